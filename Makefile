@@ -1,0 +1,63 @@
+# edgeloop: `make demo` and `make test` each do their own set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EDGE_VENV := .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+# The legacy edge runtime (tflite-runtime 2.14) needs numpy<2; this is the numpy it is tested with.
+EDGE_LEGACY_NUMPY := 1.26.4
+DEMO_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest test-edge-minimal setup mosquitto bench clean
+
+demo: setup
+	$(VENV)/bin/simulator demo $(DEMO_ARGS)
+
+test: setup lint typecheck pytest test-edge-minimal
+
+setup: $(STAMP) mosquitto
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[hub,edge,dev]'
+	@touch $(STAMP)
+
+# Debian puts the broker in /usr/sbin, which is not on every PATH.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then \
+		echo "mosquitto: found"; \
+	else \
+		echo "mosquitto: installing with apt"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP) mosquitto
+	$(VENV)/bin/pytest
+
+# The edge tests again where the device would be: tflite-runtime, numpy<2, no TensorFlow.
+$(EDGE_STAMP): pyproject.toml constraints.txt
+	@test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	grep -v '^numpy==' constraints.txt > $(EDGE_VENV)/constraints.txt
+	echo 'numpy==$(EDGE_LEGACY_NUMPY)' >> $(EDGE_VENV)/constraints.txt
+	$(EDGE_VENV)/bin/python -m pip install --quiet -c $(EDGE_VENV)/constraints.txt -e '.[edge-legacy]' pytest pytest-timeout
+	@touch $(EDGE_STAMP)
+
+test-edge-minimal: $(EDGE_STAMP) mosquitto
+	$(EDGE_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(1 if u.find_spec('tensorflow') else 0)" \
+		|| (echo "minimal edge venv must not contain tensorflow" && exit 1)
+	$(EDGE_VENV)/bin/pytest -p no:cacheprovider tests/shared tests/edge_agent
+
+bench: setup
+	$(PY) bench/edge.py
+
+clean:
+	rm -rf $(VENV) $(EDGE_VENV) reports .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""What a training run produces, handed from the training pipeline to the registry.
+
+These dataclasses are the contract between ``cloud_hub.training`` / ``cloud_hub.quantize`` (which
+fill them) and the registry, REST API and publisher (which store and ship them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.manifest import InputSpec, Normalization, ParitySummary, Quantization, ScoreSpec
+
+__all__ = ["ModelArtifact", "ParityReport", "TrainingProgress", "TrainingSpec"]
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Everything that decides what gets trained; stored with the model as its hyper-parameters."""
+
+    family: str = "dense_ae"  # dense_ae | conv1d_ae | pca
+    window: int = 32
+    train_stride: int = 1  # readings between two training windows
+    score_stride: int = 1  # readings between two windows the agent scores
+    hidden: int = 32
+    latent: int = 8
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.2
+    normalization: str = "zscore"  # zscore | minmax
+    score_method: str = "mse"  # mse | mae
+    smoothing: int = 1
+    threshold_method: str = "quantile"  # quantile | f1 (needs labelled validation data)
+    threshold_quantile: float = 0.999
+    threshold_factor: float = 1.0  # multiplies the chosen threshold (a safety margin)
+    quantization: Quantization = Quantization.INT8
+    min_agreement: float = 0.99
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One progress update: the stage and, while fitting, epoch and loss."""
+
+    stage: str  # preparing | fitting | thresholding | converting | parity | done
+    epoch: int = 0
+    epochs: int = 0
+    loss: float | None = None
+    val_loss: float | None = None
+    fraction: float = 0.0  # 0..1 over the whole job
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How far the converted model decides like the float model on held-out windows."""
+
+    quantization: Quantization
+    decision_agreement: float
+    windows: int
+    score_correlation: float | None
+    max_score_error: float
+    mean_score_error: float
+    size_bytes: int
+    float_size_bytes: int  # float32 TFLite of the same model
+    us_per_window: float  # through the edge runtime
+    runtime: str  # which interpreter package measured it
+    min_agreement: float
+    float_anomalies: int = 0  # windows the float model flags
+    quantized_anomalies: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.decision_agreement >= self.min_agreement
+
+    def failure_reason(self) -> str | None:
+        if self.passed:
+            return None
+        return (
+            f"parity gate: decision_agreement {self.decision_agreement:.4f} is below the minimum "
+            f"{self.min_agreement:.4f} ({self.quantization.value}, {self.windows} held-out windows)"
+        )
+
+    def summary(self) -> ParitySummary:
+        return ParitySummary(
+            decision_agreement=self.decision_agreement,
+            windows=self.windows,
+            score_correlation=self.score_correlation,
+            max_score_error=self.max_score_error,
+            mean_score_error=self.mean_score_error,
+        )
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A trained, converted and parity-checked model, ready to be registered and signed."""
+
+    spec: TrainingSpec
+    channels: list[str]
+    input: InputSpec
+    normalization: Normalization
+    score: ScoreSpec
+    threshold: float
+    threshold_method: str  # e.g. "quantile 0.999 of 2,400 validation scores × 1.0"
+    tflite: bytes
+    float_size: int  # bytes of the float32 TFLite conversion
+    parity: ParityReport
+    training_rows: int
+    training_windows: int
+    validation: dict[str, float] = field(default_factory=dict)  # e.g. loss, score quantiles
+    train_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)

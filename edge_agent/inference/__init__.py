@@ -1,0 +1,1 @@
+"""Running a TFLite model on windows of readings."""

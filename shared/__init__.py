@@ -1,0 +1,1 @@
+"""The wire protocol both the hub and the agents import: topics, messages, manifest, signing."""

@@ -1,0 +1,97 @@
+"""Window, normalise and score: the numeric steps the hub trains with and the agent runs.
+
+Both sides call these functions, so a model is scored the same way where it was trained, where
+its quantization was checked, and on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.manifest import Normalization, ScoreSpec
+
+__all__ = [
+    "fit_normalization",
+    "normalize",
+    "responsible_channels",
+    "sliding_windows",
+    "smooth",
+    "window_scores",
+]
+
+FloatArray = npt.NDArray[np.float32]
+_MIN_SCALE = 1e-6
+
+
+def fit_normalization(values: npt.NDArray[np.floating], method: str = "zscore") -> Normalization:
+    """Per-channel statistics of training readings (rows × channels)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.ndim != 2 or data.shape[0] < 2:
+        raise ValueError(f"need at least 2 readings × channels to fit normalization, got {data.shape}")
+    if method == "zscore":
+        center, scale = data.mean(axis=0), data.std(axis=0)
+    elif method == "minmax":
+        center, scale = data.min(axis=0), data.max(axis=0) - data.min(axis=0)
+    else:
+        raise ValueError(f"unknown normalization method {method!r} (zscore or minmax)")
+    scale = np.maximum(scale, _MIN_SCALE)
+    return Normalization(
+        method="zscore" if method == "zscore" else "minmax",
+        center=[float(x) for x in center],
+        scale=[float(x) for x in scale],
+    )
+
+
+def normalize(values: npt.NDArray[np.floating], norm: Normalization) -> FloatArray:
+    center = np.asarray(norm.center, dtype=np.float32)
+    scale = np.asarray(norm.scale, dtype=np.float32)
+    return ((np.asarray(values, dtype=np.float32) - center) / scale).astype(np.float32)
+
+
+def sliding_windows(values: npt.NDArray[np.floating], window: int, stride: int = 1) -> FloatArray:
+    """All windows of ``window`` consecutive rows, ``stride`` rows apart: (n, window, channels)."""
+    data = np.asarray(values, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"expected readings × channels, got shape {data.shape}")
+    if data.shape[0] < window:
+        return np.empty((0, window, data.shape[1]), dtype=np.float32)
+    view = np.lib.stride_tricks.sliding_window_view(data, window, axis=0)  # (n, c, window)
+    return np.ascontiguousarray(view[::stride].transpose(0, 2, 1))
+
+
+def window_scores(
+    windows: npt.NDArray[np.floating], reconstructed: npt.NDArray[np.floating], spec: ScoreSpec
+) -> npt.NDArray[np.float64]:
+    """One score per window from its reconstruction error (no smoothing here)."""
+    x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
+    y = np.asarray(reconstructed, dtype=np.float64).reshape(len(windows), -1)
+    err = np.abs(x - y) if spec.method == "mae" else (x - y) ** 2
+    result: npt.NDArray[np.float64] = err.mean(axis=1)
+    return result
+
+
+def smooth(scores: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float64]:
+    """Trailing mean over the last ``n`` scores (the first ones average what there is)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if n <= 1 or len(s) == 0:
+        return s
+    csum = np.cumsum(np.concatenate([[0.0], s]))
+    idx = np.arange(1, len(s) + 1)
+    lo = np.maximum(idx - n, 0)
+    out: npt.NDArray[np.float64] = (csum[idx] - csum[lo]) / (idx - lo)
+    return out
+
+
+def responsible_channels(
+    window: npt.NDArray[np.floating],
+    reconstructed: npt.NDArray[np.floating],
+    channels: list[str],
+    top: int = 3,
+) -> list[str]:
+    """The channels with the largest reconstruction error in one (window, channels) window."""
+    x = np.asarray(window, dtype=np.float64).reshape(-1, len(channels))
+    y = np.asarray(reconstructed, dtype=np.float64).reshape(-1, len(channels))
+    per_channel = ((x - y) ** 2).mean(axis=0)
+    order = np.argsort(per_channel)[::-1][:top]
+    return [channels[i] for i in order]

@@ -1,0 +1,170 @@
+"""Every MQTT topic string edgeloop uses, built and parsed in one place.
+
+Nothing else in the code base formats or splits topic strings; both the hub and the agents call
+:class:`Topics`, so a change of layout is a change here only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEVICE_ID_PATTERN",
+    "MODEL_NAME_PATTERN",
+    "DeviceTopic",
+    "ParsedTopic",
+    "TopicError",
+    "Topics",
+    "validate_device_id",
+    "validate_model_name",
+]
+
+DEFAULT_PREFIX = "edgeloop/v1"
+DEVICE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+MODEL_NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+_DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
+_MODEL_NAME_RE = re.compile(rf"^{MODEL_NAME_PATTERN}$")
+HUB_SHARE_GROUP = "hub"
+
+
+class TopicError(ValueError):
+    """A topic, device id or model name that does not follow the layout."""
+
+
+class DeviceTopic(StrEnum):
+    """The per-device topics, named by their last level."""
+
+    TELEMETRY = "telemetry"
+    ANOMALIES = "anomalies"
+    STATUS = "status"
+    HEARTBEAT = "heartbeat"
+    REPORTED = "reported"
+    DESIRED = "desired"
+
+
+def validate_device_id(device_id: str) -> str:
+    if not isinstance(device_id, str) or not _DEVICE_ID_RE.match(device_id):
+        raise TopicError(
+            f"device id {device_id!r} is invalid: it must match {DEVICE_ID_PATTERN}"
+        )
+    return device_id
+
+
+def validate_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+        raise TopicError(f"model name {name!r} is invalid: it must match {MODEL_NAME_PATTERN}")
+    return name
+
+
+def _validate_version(version: int) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise TopicError(f"model version {version!r} is invalid: it must be an integer >= 1")
+    return version
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    """What a received topic names: a device stream, or a model's manifest or chunk."""
+
+    kind: str  # a DeviceTopic value, or "manifest" / "chunk"
+    device_id: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    chunk_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic builder for one prefix (``edgeloop/v1`` unless configured otherwise)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise TopicError(f"topic prefix {self.prefix!r} must be non-empty without edge slashes")
+        if any(c in self.prefix for c in "+#\x00"):
+            raise TopicError(f"topic prefix {self.prefix!r} must not contain +, # or NUL")
+
+    # -- per-device topics -------------------------------------------------------------
+    def device(self, device_id: str, which: DeviceTopic | str) -> str:
+        validate_device_id(device_id)
+        return f"{self.prefix}/devices/{device_id}/{DeviceTopic(which).value}"
+
+    def telemetry(self, device_id: str) -> str:
+        return self.device(device_id, DeviceTopic.TELEMETRY)
+
+    def anomalies(self, device_id: str) -> str:
+        return self.device(device_id, DeviceTopic.ANOMALIES)
+
+    def status(self, device_id: str) -> str:
+        return self.device(device_id, DeviceTopic.STATUS)
+
+    def heartbeat(self, device_id: str) -> str:
+        return self.device(device_id, DeviceTopic.HEARTBEAT)
+
+    def reported(self, device_id: str) -> str:
+        return self.device(device_id, DeviceTopic.REPORTED)
+
+    def desired(self, device_id: str) -> str:
+        return self.device(device_id, DeviceTopic.DESIRED)
+
+    # -- model topics ------------------------------------------------------------------
+    def model_prefix(self, name: str, version: int) -> str:
+        validate_model_name(name)
+        _validate_version(version)
+        return f"{self.prefix}/models/{name}/{version}"
+
+    def manifest(self, name: str, version: int) -> str:
+        return f"{self.model_prefix(name, version)}/manifest"
+
+    def chunk(self, name: str, version: int, index: int) -> str:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise TopicError(f"chunk index {index!r} is invalid: it must be an integer >= 0")
+        return f"{self.model_prefix(name, version)}/chunks/{index}"
+
+    def chunks_filter(self, name: str, version: int) -> str:
+        return f"{self.model_prefix(name, version)}/chunks/+"
+
+    # -- subscription filters ----------------------------------------------------------
+    def all_devices(self, which: DeviceTopic | str) -> str:
+        """Filter matching one stream of every device, e.g. ``edgeloop/v1/devices/+/status``."""
+        return f"{self.prefix}/devices/+/{DeviceTopic(which).value}"
+
+    def hub_shared(self, which: DeviceTopic | str, group: str = HUB_SHARE_GROUP) -> str:
+        """Shared subscription so several hub processes split one stream between them."""
+        return f"$share/{group}/{self.all_devices(which)}"
+
+    # -- parsing -----------------------------------------------------------------------
+    def parse(self, topic: str) -> ParsedTopic:
+        """Say what a received topic names, or raise :class:`TopicError` naming the problem."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            raise TopicError(f"topic {topic!r} is outside prefix {self.prefix!r}")
+        parts = topic[len(head) :].split("/")
+        if len(parts) == 3 and parts[0] == "devices":
+            device_id = validate_device_id(parts[1])
+            try:
+                kind = DeviceTopic(parts[2])
+            except ValueError:
+                raise TopicError(f"topic {topic!r} names unknown device stream {parts[2]!r}") from None
+            return ParsedTopic(kind=kind.value, device_id=device_id)
+        if len(parts) >= 4 and parts[0] == "models":
+            name = validate_model_name(parts[1])
+            version = _parse_int(parts[2], "model version", topic)
+            if len(parts) == 4 and parts[3] == "manifest":
+                return ParsedTopic(kind="manifest", model_name=name, model_version=version)
+            if len(parts) == 5 and parts[3] == "chunks":
+                index = _parse_int(parts[4], "chunk index", topic, minimum=0)
+                return ParsedTopic(
+                    kind="chunk", model_name=name, model_version=version, chunk_index=index
+                )
+        raise TopicError(f"topic {topic!r} does not follow the edgeloop layout")
+
+
+def _parse_int(text: str, what: str, topic: str, minimum: int = 1) -> int:
+    if not text.isdigit() or int(text) < minimum:
+        raise TopicError(f"topic {topic!r} has invalid {what} {text!r}")
+    return int(text)
