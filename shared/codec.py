@@ -48,5 +48,7 @@ def reassemble(
         raise ChunkError(f"model file is {len(data)} bytes, the manifest says {size}")
     actual = sha256_hex(data)
     if actual != sha256:
-        raise ChunkError(f"model file sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…")
+        raise ChunkError(
+            f"model file sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…"
+        )
     return data

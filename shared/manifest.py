@@ -10,7 +10,15 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.topics import MODEL_NAME_PATTERN
 
@@ -57,7 +65,9 @@ class ChunkTable(_Frozen):
     @model_validator(mode="after")
     def _count_matches(self) -> ChunkTable:
         if len(self.sha256) != self.count:
-            raise ValueError(f"chunks.count is {self.count} but {len(self.sha256)} hashes are listed")
+            raise ValueError(
+                f"chunks.count is {self.count} but {len(self.sha256)} hashes are listed"
+            )
         return self
 
 
@@ -104,7 +114,7 @@ class Manifest(_Frozen):
     version: int = Field(ge=1)
     created_at: Finite
     format: Literal["tflite"] = "tflite"
-    quantization: Quantization
+    quantization: Quantization = Field(strict=False)
     size: int = Field(ge=1)
     sha256: Sha256Hex
     chunk_size: int = Field(ge=1024, le=8 * 1024 * 1024)
@@ -118,15 +128,15 @@ class Manifest(_Frozen):
     key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
     signature: str = ""
 
-    @model_validator(mode="before")
+    @field_validator("v", mode="before")
     @classmethod
-    def _known_version(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("v", MANIFEST_SCHEMA_VERSION) != MANIFEST_SCHEMA_VERSION:
+    def _known_version(cls, v: Any) -> Any:
+        if v != MANIFEST_SCHEMA_VERSION:
             raise ValueError(
-                f"unsupported manifest version v={data.get('v')!r}; "
+                f"unsupported manifest version v={v!r}; "
                 f"this build understands v={MANIFEST_SCHEMA_VERSION}"
             )
-        return data
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

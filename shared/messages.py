@@ -70,18 +70,16 @@ class WireMessage(BaseModel):
     v: int = SCHEMA_VERSION
     device_id: DeviceId
 
-    @model_validator(mode="before")
+    @field_validator("v", mode="before")
     @classmethod
-    def _known_schema_version(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            v = data.get("v", SCHEMA_VERSION)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"schema version v={v!r} is not an integer")
-            if v != SCHEMA_VERSION:
-                raise ValueError(
-                    f"unsupported schema version v={v}; this build understands v={SCHEMA_VERSION}"
-                )
-        return data
+    def _known_schema_version(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"schema version v={v!r} is not an integer")
+        if v != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported schema version v={v}; this build understands v={SCHEMA_VERSION}"
+            )
+        return v
 
 
 class ModelRef(BaseModel):
@@ -108,7 +106,9 @@ class TelemetryBatch(WireMessage):
         if len(set(self.channels)) != len(self.channels):
             raise ValueError(f"channels {self.channels} contain duplicates")
         if len(self.ts) != len(self.values):
-            raise ValueError(f"ts has {len(self.ts)} entries but values has {len(self.values)} rows")
+            raise ValueError(
+                f"ts has {len(self.ts)} entries but values has {len(self.values)} rows"
+            )
         width = len(self.channels)
         for i, row in enumerate(self.values):
             if len(row) != width:
@@ -124,7 +124,7 @@ class AnomalyEvent(WireMessage):
     """A window the device's model scored above its threshold."""
 
     seq: Seq
-    ts: list[EpochSeconds] = Field(min_length=2, max_length=2)  # first and last sample
+    ts: tuple[EpochSeconds, EpochSeconds]  # first and last sample of the window
     score: Annotated[float, Field(allow_inf_nan=False)]
     threshold: Annotated[float, Field(allow_inf_nan=False)]
     model: ModelRef
@@ -133,7 +133,7 @@ class AnomalyEvent(WireMessage):
 
     @field_validator("ts")
     @classmethod
-    def _ordered(cls, ts: list[float]) -> list[float]:
+    def _ordered(cls, ts: tuple[float, float]) -> tuple[float, float]:
         if ts[1] < ts[0]:
             raise ValueError(f"window end {ts[1]} is before its start {ts[0]}")
         return ts
@@ -147,7 +147,7 @@ class DeviceStatus(StrEnum):
 class Status(WireMessage):
     """Retained online/offline record; the offline one is also the agent's last will."""
 
-    state: DeviceStatus
+    state: DeviceStatus = Field(strict=False)
     at: EpochSeconds
     agent_version: str = ""
 
@@ -184,7 +184,7 @@ class Reported(WireMessage):
     """The model state a device really has (retained). ``model`` is what ``state`` is about."""
 
     model: ReportedModel | None
-    state: ModelState
+    state: ModelState = Field(strict=False)
     error: str | None = Field(default=None, max_length=2000)
     since: EpochSeconds
     active: ReportedModel | None = None

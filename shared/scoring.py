@@ -28,7 +28,9 @@ def fit_normalization(values: npt.NDArray[np.floating], method: str = "zscore") 
     """Per-channel statistics of training readings (rows × channels)."""
     data = np.asarray(values, dtype=np.float64)
     if data.ndim != 2 or data.shape[0] < 2:
-        raise ValueError(f"need at least 2 readings × channels to fit normalization, got {data.shape}")
+        raise ValueError(
+            f"need at least 2 readings × channels to fit normalization, got {data.shape}"
+        )
     if method == "zscore":
         center, scale = data.mean(axis=0), data.std(axis=0)
     elif method == "minmax":

@@ -149,7 +149,9 @@ class Topics:
             try:
                 kind = DeviceTopic(parts[2])
             except ValueError:
-                raise TopicError(f"topic {topic!r} names unknown device stream {parts[2]!r}") from None
+                raise TopicError(
+                    f"topic {topic!r} names unknown device stream {parts[2]!r}"
+                ) from None
             return ParsedTopic(kind=kind.value, device_id=device_id)
         if len(parts) >= 4 and parts[0] == "models":
             name = validate_model_name(parts[1])

@@ -14,7 +14,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RUNTIME_ORDER", "ModelLoadError", "TfliteModel", "available_runtime", "load_interpreter_class"]
+__all__ = [
+    "RUNTIME_ORDER",
+    "ModelLoadError",
+    "TfliteModel",
+    "available_runtime",
+    "load_interpreter_class",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +135,8 @@ class TfliteModel:
         self._interp.invoke()
         y = self._interp.get_tensor(self._out_index)
         if self.output_dtype in (np.int8, np.uint8):
-            return ((y.astype(np.float32) - self._out_zero) * self._out_scale).reshape(-1)
+            deq: npt.NDArray[np.float32] = (y.astype(np.float32) - self._out_zero) * self._out_scale
+            return deq.reshape(-1)
         return np.asarray(y, dtype=np.float32).reshape(-1)
 
     def reconstruct_many(self, windows: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -144,6 +151,6 @@ def _quant_params(detail: dict[str, Any]) -> tuple[float, int]:
     scales = params.get("scales")
     zeros = params.get("zero_points")
     if scales is not None and len(scales) == 1:
-        return float(scales[0]), int(zeros[0])
+        return float(scales[0]), int(zeros[0]) if zeros is not None else 0
     scale, zero = detail.get("quantization", (0.0, 0))
     return float(scale), int(zero)

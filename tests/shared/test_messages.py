@@ -1,0 +1,141 @@
+"""Wire messages: round trips, and refusal of every kind of bad payload with a clear reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.messages import (
+    MAX_BATCH_ROWS,
+    MAX_PAYLOAD_BYTES,
+    AnomalyEvent,
+    Desired,
+    Heartbeat,
+    MessageError,
+    ModelRef,
+    ModelState,
+    Reported,
+    ReportedModel,
+    Status,
+    TelemetryBatch,
+    decode,
+    encode,
+)
+
+
+def _batch(**overrides: object) -> TelemetryBatch:
+    fields: dict[str, object] = {
+        "device_id": "pump-01",
+        "seq": 7,
+        "channels": ["flow", "pressure"],
+        "ts": [1000.0, 1000.1],
+        "values": [[1.5, 2.0], [1.6, 2.1]],
+    }
+    fields.update(overrides)
+    return TelemetryBatch.model_validate(fields)
+
+
+def test_telemetry_batch_round_trips_through_json() -> None:
+    batch = _batch()
+    again = decode(TelemetryBatch, encode(batch))
+    assert again == batch
+    assert again.readings == 2
+    assert again.v == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        AnomalyEvent(
+            device_id="d1", seq=3, ts=(10.0, 13.1), score=0.9, threshold=0.4,
+            model=ModelRef(name="pump-ae", version=2), channels=["flow"], detected_at=13.2,
+        ),
+        Status(device_id="d1", state="online", at=5.0, agent_version="0.1.0"),
+        Heartbeat(
+            device_id="d1", at=9.0, uptime_s=3.0, rss_bytes=40_000_000, inference_us_p50=9.5,
+            inference_us_p99=20.0, outbox_depth=3, oldest_unsent_age_s=0.5, drops=0,
+        ),
+        Reported(
+            device_id="d1", model=ReportedModel(name="m", version=1, sha256="a" * 64),
+            state=ModelState.ACTIVE, error=None, since=4.0,
+        ),
+        Desired(device_id="d1", model=ModelRef(name="m", version=1), issued_at=1.0),
+    ],
+)
+def test_every_message_round_trips(message: object) -> None:
+    cls = type(message)
+    assert decode(cls, encode(message)) == message  # type: ignore[arg-type]
+
+
+def test_unknown_schema_version_is_refused_by_name() -> None:
+    payload = encode(_batch()).replace(b'"v":1', b'"v":2')
+    with pytest.raises(MessageError, match=r"unsupported schema version v=2"):
+        decode(TelemetryBatch, payload)
+
+
+def test_truncated_payload_is_refused_as_invalid_json() -> None:
+    payload = encode(_batch())
+    with pytest.raises(MessageError, match="Invalid JSON"):
+        decode(TelemetryBatch, payload[: len(payload) // 2])
+
+
+@pytest.mark.parametrize(
+    ("fragment", "replacement", "field"),
+    [
+        (b'"seq":7', b'"seq":"7"', "seq"),
+        (b'"seq":7', b'"seq":-1', "seq"),
+        (b'"device_id":"pump-01"', b'"device_id":"pump/01"', "device_id"),
+        (b'[1.5,2.0]', b'["x",2.0]', "values.0.0"),
+        (b'"ts":[1000.0,1000.1]', b'"ts":[1000.0]', "payload"),
+    ],
+)
+def test_wrong_types_are_refused_naming_the_field(
+    fragment: bytes, replacement: bytes, field: str
+) -> None:
+    payload = encode(_batch())
+    assert fragment in payload
+    with pytest.raises(MessageError) as info:
+        decode(TelemetryBatch, payload.replace(fragment, replacement))
+    assert field in str(info.value)
+
+
+def test_extra_fields_are_refused() -> None:
+    payload = encode(_batch())[:-1] + b',"firmware":"x"}'
+    with pytest.raises(MessageError, match="firmware: Extra inputs are not permitted"):
+        decode(TelemetryBatch, payload)
+
+
+def test_non_finite_values_are_refused() -> None:
+    payload = encode(_batch()).replace(b"[1.5,2.0]", b"[NaN,2.0]")
+    with pytest.raises(MessageError, match="finite"):
+        decode(TelemetryBatch, payload)
+
+
+def test_row_width_must_match_channels() -> None:
+    with pytest.raises(ValueError, match="row 1 has 1 entries, expected 2"):
+        _batch(values=[[1.0, 2.0], [3.0]])
+
+
+def test_batch_with_too_many_rows_is_refused() -> None:
+    n = MAX_BATCH_ROWS + 1
+    with pytest.raises(ValueError, match=f"at most {MAX_BATCH_ROWS}"):
+        _batch(ts=[float(i) for i in range(n)], values=[[0.0, 0.0]] * n)
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    payload = b"{" + b" " * MAX_PAYLOAD_BYTES + b"}"
+    with pytest.raises(MessageError, match="exceeds the limit"):
+        decode(TelemetryBatch, payload)
+
+
+def test_anomaly_window_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="before its start"):
+        AnomalyEvent(
+            device_id="d1", seq=1, ts=(5.0, 4.0), score=1.0, threshold=0.5,
+            model=ModelRef(name="m", version=1), channels=[], detected_at=6.0,
+        )
+
+
+def test_messages_are_frozen() -> None:
+    batch = _batch()
+    with pytest.raises(ValueError, match="frozen"):
+        batch.seq = 8  # type: ignore[misc]

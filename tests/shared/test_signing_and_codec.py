@@ -1,0 +1,137 @@
+"""Manifest signing and model chunking: any tampering is caught, with a reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.codec import ChunkError, reassemble, sha256_hex, split
+from shared.manifest import (
+    ChunkTable,
+    InputSpec,
+    Manifest,
+    ManifestError,
+    Normalization,
+    ParitySummary,
+    Quantization,
+    ScoreSpec,
+    parse_manifest,
+)
+from shared.signing import SignatureError, SigningKey, generate_signing_key, verify_manifest
+
+MODEL = os.urandom(150_000)
+CHUNK = 64 * 1024
+
+
+def _manifest(data: bytes = MODEL) -> Manifest:
+    chunks = split(data, CHUNK)
+    return Manifest(
+        name="pump-ae", version=1, created_at=1_700_000_000.0, quantization="int8",
+        size=len(data), sha256=sha256_hex(data), chunk_size=CHUNK,
+        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        input=InputSpec(window=32, channels=["a", "b"]),
+        normalization=Normalization(method="zscore", center=[0.0, 1.0], scale=[1.0, 2.0]),
+        score=ScoreSpec(), threshold=0.25,
+        parity=ParitySummary(decision_agreement=0.995, windows=1000),
+        float_size=len(data) * 3, key_id="0" * 16,
+    )
+
+
+def test_signed_manifest_verifies_after_a_round_trip() -> None:
+    key = generate_signing_key()
+    signed = key.sign(_manifest())
+    again = parse_manifest(signed.to_bytes())
+    verify_manifest(again, {key.key_id: key.public})
+    assert again.key_id == key.key_id
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("threshold", 99.0),
+        ("version", 2),
+        ("sha256", "b" * 64),
+        ("quantization", Quantization.FLOAT32),
+    ],
+)
+def test_tampered_field_breaks_the_signature(field: str, value: object) -> None:
+    key = generate_signing_key()
+    tampered = key.sign(_manifest()).model_copy(update={field: value})
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_manifest(tampered, {key.key_id: key.public})
+
+
+def test_wrong_key_with_the_same_id_does_not_verify() -> None:
+    key, other = generate_signing_key(), generate_signing_key()
+    signed = key.sign(_manifest())
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_manifest(signed, {key.key_id: other.public})
+
+
+def test_unknown_key_id_is_refused() -> None:
+    key, other = generate_signing_key(), generate_signing_key()
+    with pytest.raises(SignatureError, match="unknown key id"):
+        verify_manifest(key.sign(_manifest()), {other.key_id: other.public})
+
+
+def test_truncated_signature_is_refused() -> None:
+    key = generate_signing_key()
+    signed = key.sign(_manifest())
+    short = base64.b64encode(base64.b64decode(signed.signature)[:40]).decode()
+    with pytest.raises(SignatureError, match="40 bytes, expected 64"):
+        verify_manifest(signed.model_copy(update={"signature": short}), {key.key_id: key.public})
+
+
+def test_signing_key_persists_with_private_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "hub.pem"
+    first = SigningKey.load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert SigningKey.load_or_create(path).key_id == first.key_id
+
+
+def test_manifest_with_inconsistent_chunk_count_is_refused() -> None:
+    data = _manifest().model_dump(mode="json")
+    data["chunks"]["count"] = 2
+    data["chunks"]["sha256"] = data["chunks"]["sha256"][:2]
+    with pytest.raises(ManifestError, match="needs 3"):
+        parse_manifest(json.dumps(data))
+
+
+def test_manifest_of_unknown_version_is_refused() -> None:
+    raw = _manifest().to_bytes().replace(b'"v": 1', b'"v": 9')
+    with pytest.raises(ManifestError, match="unsupported manifest version"):
+        parse_manifest(raw)
+
+
+def test_chunks_reassemble_to_the_original() -> None:
+    m = _manifest()
+    chunks = split(MODEL, CHUNK)
+    assert [len(c) for c in chunks] == [CHUNK, CHUNK, len(MODEL) - 2 * CHUNK]
+    data = reassemble(chunks, chunk_hashes=m.chunks.sha256, size=m.size, sha256=m.sha256)
+    assert data == MODEL
+
+
+def test_corrupt_chunk_is_named() -> None:
+    m = _manifest()
+    chunks = split(MODEL, CHUNK)
+    chunks[1] = b"\x00" + chunks[1][1:]
+    with pytest.raises(ChunkError, match="chunk 1: sha256"):
+        reassemble(chunks, chunk_hashes=m.chunks.sha256, size=m.size, sha256=m.sha256)
+
+
+def test_wrong_file_hash_is_caught_even_when_chunks_match() -> None:
+    m = _manifest()
+    chunks = split(MODEL, CHUNK)
+    with pytest.raises(ChunkError, match="model file sha256"):
+        reassemble(chunks, chunk_hashes=m.chunks.sha256, size=m.size, sha256="c" * 64)
+
+
+def test_missing_chunk_is_caught() -> None:
+    m = _manifest()
+    with pytest.raises(ChunkError, match="got 2 chunks"):
+        reassemble(split(MODEL, CHUNK)[:2], chunk_hashes=m.chunks.sha256, size=m.size,
+                   sha256=m.sha256)
