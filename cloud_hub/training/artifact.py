@@ -37,6 +37,8 @@ class TrainingSpec:
     quantization: Quantization = Quantization.INT8
     min_agreement: float = 0.99
     seed: int = 0
+    max_train_windows: int = 12_000  # evenly subsampled beyond this, to bound training time
+    patience: int = 3  # early stopping on validation loss (0: train all epochs)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""Table rows to response bodies."""
+
+from __future__ import annotations
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from cloud_hub.api.schemas import DevicePublic, ModelDetail, ModelSummary, TrainingJobPublic
+from cloud_hub.db.registry_tables import ModelVersion, TrainingJob
+from cloud_hub.db.tables import Device
+
+__all__ = ["device_public", "job_public", "model_detail", "model_summary"]
+
+
+def _ref(name: str | None, version: int | None) -> dict[str, object] | None:
+    return None if name is None or version is None else {"name": name, "version": version}
+
+
+def device_public(d: Device) -> DevicePublic:
+    active = _ref(d.active_name, d.active_version)
+    if active is not None and d.active_sha256:
+        active["sha256"] = d.active_sha256
+    desired = _ref(d.desired_name, d.desired_version)
+    return DevicePublic(
+        device_id=d.device_id, online=d.online, last_seen=d.last_seen, status_at=d.status_at,
+        agent_version=d.agent_version, active_model=active, desired_model=desired,
+        reported_model=_ref(d.reported_name, d.reported_version),
+        reported_state=d.reported_state, reported_error=d.reported_error, tags=list(d.tags or []),
+        group=d.group, telemetry_readings=d.telemetry_readings,
+        telemetry_batches=d.telemetry_batches, anomalies=d.anomalies, heartbeat=d.heartbeat,
+        in_sync=desired is None or (d.active_name, d.active_version) == (
+            d.desired_name, d.desired_version),
+    )
+
+
+def job_public(job: TrainingJob) -> TrainingJobPublic:
+    assert job.id is not None
+    return TrainingJobPublic(
+        id=job.id, name=job.name, status=job.status, progress=job.progress,  # type: ignore[arg-type]
+        error=job.error, model=_ref(job.model_name, job.model_version), request=job.request,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+    )
+
+
+def running_devices(session: Session, m: ModelVersion) -> list[str]:
+    stmt = select(Device.device_id).where(
+        Device.active_name == m.name, Device.active_version == m.version
+    ).order_by(Device.device_id)
+    return list(session.exec(stmt))
+
+
+def _summary_fields(session: Session, m: ModelVersion) -> dict[str, object]:
+    count = session.exec(
+        select(func.count()).select_from(Device).where(
+            Device.active_name == m.name, Device.active_version == m.version)
+    ).one()
+    return {
+        "name": m.name, "version": m.version, "status": m.status, "family": m.family,
+        "quantization": m.quantization, "size_bytes": m.size_bytes,
+        "float_size_bytes": m.float_size_bytes, "threshold": m.threshold,
+        "decision_agreement": m.parity.get("decision_agreement"),
+        "parity_passed": m.parity_passed, "created_at": m.created_at,
+        "published_at": m.published_at, "devices_running": int(count),
+    }
+
+
+def model_summary(session: Session, m: ModelVersion) -> ModelSummary:
+    return ModelSummary.model_validate(_summary_fields(session, m))
+
+
+def model_detail(session: Session, m: ModelVersion) -> ModelDetail:
+    return ModelDetail.model_validate({
+        **_summary_fields(session, m),
+        "spec": m.spec, "channels": m.channels, "training": m.training,
+        "normalization": m.normalization, "input": m.input, "score": m.score,
+        "threshold_method": m.threshold_method, "sha256": m.sha256, "parity": m.parity,
+        "parity_failure": m.parity_failure, "validation": m.validation, "extra": m.extra,
+        "key_id": m.key_id, "retired_at": m.retired_at, "manifest": m.manifest,
+        "devices": running_devices(session, m),
+    })

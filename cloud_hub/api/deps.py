@@ -1,0 +1,61 @@
+"""Dependencies that routes declare: the hub, a database session, the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+from sqlmodel import Session, select
+
+from cloud_hub.core.security import Scope, hash_api_key, scope_allows
+from cloud_hub.db.tables import ApiKey
+from cloud_hub.service import Hub
+
+__all__ = ["AdminKey", "HubDep", "ReadKey", "SessionDep"]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                               description="an API key with scope `read` or `admin`")
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def get_db(hub: HubDep) -> Iterator[Session]:
+    with Session(hub.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def _caller(session: Session, key: str | None, needed: Scope) -> ApiKey:
+    if not key:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key (header X-API-Key)")
+    record = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key))).first()
+    if record is None or record.revoked_at is not None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key")
+    if not scope_allows(record.scope, needed):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"API key {record.name!r} has scope {record.scope!r}; this call needs {needed.value!r}",
+        )
+    return record
+
+
+def require_read(session: SessionDep, key: str | None = Security(_api_key_header)) -> ApiKey:
+    return _caller(session, key, Scope.READ)
+
+
+def require_admin(session: SessionDep, key: str | None = Security(_api_key_header)) -> ApiKey:
+    return _caller(session, key, Scope.ADMIN)
+
+
+ReadKey = Annotated[ApiKey, Depends(require_read)]
+AdminKey = Annotated[ApiKey, Depends(require_admin)]

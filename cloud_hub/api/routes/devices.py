@@ -1,0 +1,75 @@
+"""Devices: the twin view (desired vs reported), groups/tags, and setting desired."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, status
+
+from cloud_hub.api.convert import device_public
+from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.schemas import DesiredUpdate, DevicePublic, DeviceUpdate
+from cloud_hub.db.queries import list_devices
+from cloud_hub.db.tables import Device
+from cloud_hub.mqtt.publisher import PublishError
+from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
+from cloud_hub.rollouts.desired import set_desired
+from shared.messages import ModelRef
+from shared.topics import DEVICE_ID_PATTERN
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+DeviceIdPath = Annotated[str, Path(pattern=rf"^{DEVICE_ID_PATTERN}$")]
+
+
+def _get(session: SessionDep, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is unknown")
+    return device
+
+
+@router.get("", response_model=list[DevicePublic])
+def devices(
+    session: SessionDep, _key: ReadKey, group: str | None = None, tag: str | None = None,
+) -> list[DevicePublic]:
+    return [device_public(d) for d in list_devices(session, group=group, tag=tag)]
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def device(device_id: str, session: SessionDep, _key: ReadKey) -> DevicePublic:
+    return device_public(_get(session, device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(
+    device_id: str, body: DeviceUpdate, session: SessionDep, _key: AdminKey
+) -> DevicePublic:
+    """Set the device's group and/or tags (fields left out are unchanged)."""
+    device = _get(session, device_id)
+    if "group" in body.model_fields_set:
+        device.group = body.group
+    if body.tags is not None:
+        device.tags = sorted(set(body.tags))
+    session.add(device)
+    session.commit()
+    session.refresh(device)
+    return device_public(device)
+
+
+@router.put("/{device_id}/desired", response_model=DevicePublic)
+def put_desired(
+    device_id: DeviceIdPath, body: DesiredUpdate, session: SessionDep, hub: HubDep,
+    _key: AdminKey,
+) -> DevicePublic:
+    """Publish a retained ``desired`` for this device (it need not have connected yet)."""
+    model = ModelRef(name=body.model.name, version=body.model.version) if body.model else None
+    try:
+        set_desired(session, publisher=hub.publisher, device_ids=[device_id], model=model,
+                    config=body.config)
+    except ModelNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except PublishRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except PublishError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    return device_public(_get(session, device_id))

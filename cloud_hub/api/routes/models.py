@@ -1,0 +1,111 @@
+"""The model registry: list, show, download, compare, publish, retire."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from sqlmodel import col, select
+
+from cloud_hub.api.convert import model_detail, model_summary
+from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.schemas import ModelDetail, ModelSummary
+from cloud_hub.db.registry_tables import ModelVersion
+from cloud_hub.mqtt.publisher import PublishError
+from cloud_hub.registry.compare import compare_versions
+from cloud_hub.registry.lifecycle import (
+    ModelNotFound,
+    PublishRefused,
+    get_model,
+    publish_model,
+    retire_model,
+)
+from shared.topics import MODEL_NAME_PATTERN
+
+router = APIRouter(prefix="/models", tags=["models"])
+NamePath = Annotated[str, Path(pattern=rf"^{MODEL_NAME_PATTERN}$")]
+VersionPath = Annotated[int, Path(ge=1)]
+
+
+def _get(session: SessionDep, name: str, version: int) -> ModelVersion:
+    try:
+        return get_model(session, name=name, version=version)
+    except ModelNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.get("", response_model=list[ModelSummary])
+def models(
+    session: SessionDep, _key: ReadKey, name: str | None = None,
+    model_status: Annotated[str | None, Query(alias="status",
+                                              pattern="^(draft|published|retired)$")] = None,
+) -> list[ModelSummary]:
+    stmt = select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))
+    if name is not None:
+        stmt = stmt.where(ModelVersion.name == name)
+    if model_status is not None:
+        stmt = stmt.where(ModelVersion.status == model_status)
+    return [model_summary(session, m) for m in session.exec(stmt)]
+
+
+@router.get("/compare")
+def compare(
+    session: SessionDep, _key: ReadKey,
+    a: Annotated[str, Query(pattern=rf"^{MODEL_NAME_PATTERN}:\d+$", examples=["pump-ae:2"])],
+    b: Annotated[str, Query(pattern=rf"^{MODEL_NAME_PATTERN}:\d+$", examples=["pump-ae:3"])],
+) -> dict[str, Any]:
+    """Two versions side by side (``name:version`` each), with what differs."""
+    left = _get(session, *_split(a))
+    right = _get(session, *_split(b))
+    return compare_versions(left, right)
+
+
+def _split(ref: str) -> tuple[str, int]:
+    name, _, version = ref.rpartition(":")
+    return name, int(version)
+
+
+@router.get("/{name}/{version}", response_model=ModelDetail)
+def model(name: NamePath, version: VersionPath, session: SessionDep,
+          _key: ReadKey) -> ModelDetail:
+    return model_detail(session, _get(session, name, version))
+
+
+@router.get("/{name}/{version}/tflite", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def download(name: NamePath, version: VersionPath, session: SessionDep,
+             _key: ReadKey) -> Response:
+    record = _get(session, name, version)
+    return Response(
+        record.tflite, media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}-v{version}.tflite"',
+                 "X-Sha256": record.sha256},
+    )
+
+
+@router.post("/{name}/{version}/publish", response_model=ModelDetail,
+             responses={409: {"description": "the parity gate failed or the model is retired"}})
+def publish(name: NamePath, version: VersionPath, session: SessionDep, hub: HubDep,
+            _key: AdminKey) -> ModelDetail:
+    """Retain the signed manifest and the chunks on the broker (refused if parity failed)."""
+    _get(session, name, version)
+    try:
+        record = publish_model(session, name=name, version=version, publisher=hub.publisher)
+    except PublishRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            {"message": str(exc), **exc.figure}) from None
+    except PublishError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    return model_detail(session, record)
+
+
+@router.post("/{name}/{version}/retire", response_model=ModelDetail)
+def retire(name: NamePath, version: VersionPath, session: SessionDep, hub: HubDep,
+           _key: AdminKey) -> ModelDetail:
+    """Clear the retained manifest and chunks; the version stays in the registry as retired."""
+    _get(session, name, version)
+    try:
+        record = retire_model(session, name=name, version=version, publisher=hub.publisher)
+    except PublishError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    return model_detail(session, record)

@@ -1,0 +1,4 @@
+"""Rollouts (filled in below)."""
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/rollouts", tags=["rollouts"])

@@ -1,0 +1,76 @@
+"""Health, signing key, ingest metrics and API keys."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import text
+from sqlmodel import col, select
+
+from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from cloud_hub.core.security import generate_api_key, hash_api_key
+from cloud_hub.db.tables import ApiKey
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+def health(hub: HubDep, session: SessionDep) -> dict[str, object]:
+    try:
+        session.exec(select(text("1"))).one()  # type: ignore[call-overload]
+        database = "ok"
+    except Exception as exc:  # reported, not raised: health must answer
+        database = f"error: {type(exc).__name__}"
+    return {"status": "ok", "mqtt_connected": hub.ingest.connected, "database": database}
+
+
+@router.get("/signing-key")
+def signing_key(hub: HubDep) -> dict[str, str]:
+    return {"key_id": hub.signing_key.key_id, "public_key": hub.signing_key.public_b64()}
+
+
+@router.get("/metrics")
+def metrics(hub: HubDep, _key: ReadKey) -> dict[str, object]:
+    data = hub.ingest.snapshot()
+    data["publisher_connected"] = hub.publisher.connected
+    data["uptime_s"] = time.time() - hub.started_at if hub.started_at else 0.0
+    return data
+
+
+def _public(k: ApiKey) -> ApiKeyPublic:
+    assert k.id is not None
+    return ApiKeyPublic(id=k.id, name=k.name, prefix=k.prefix, scope=k.scope,
+                        created_at=k.created_at, revoked_at=k.revoked_at)
+
+
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
+def list_api_keys(session: SessionDep, _key: AdminKey) -> list[ApiKeyPublic]:
+    return [_public(k) for k in session.exec(select(ApiKey).order_by(col(ApiKey.id)))]
+
+
+@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
+def create_api_key(body: ApiKeyCreate, session: SessionDep, _key: AdminKey) -> ApiKeyCreated:
+    secret = generate_api_key()
+    record = ApiKey(name=body.name, key_hash=hash_api_key(secret), prefix=secret[:8],
+                    scope=body.scope, created_at=time.time())
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return ApiKeyCreated(**_public(record).model_dump(), key=secret)
+
+
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyPublic)
+def revoke_api_key(key_id: int, session: SessionDep, caller: AdminKey) -> ApiKeyPublic:
+    record = session.get(ApiKey, key_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key id {key_id} does not exist")
+    if record.id == caller.id:
+        raise HTTPException(status.HTTP_409_CONFLICT, "an API key cannot revoke itself")
+    if record.revoked_at is None:
+        record.revoked_at = time.time()
+        session.add(record)
+        session.commit()
+        session.refresh(record)
+    return _public(record)

@@ -1,0 +1,227 @@
+"""Request and response bodies of the REST API (validated, with OpenAPI examples)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
+
+__all__ = [
+    "AnomalyPublic", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic", "DeadLetterPublic",
+    "DesiredUpdate", "DevicePublic", "DeviceUpdate", "ModelDetail", "ModelRefBody",
+    "ModelSummary", "RolloutCreate", "RolloutPolicy", "RolloutTarget", "TelemetryPublic",
+    "TelemetrySummary", "TrainingJobCreate", "TrainingJobPublic",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRefBody(_Body):
+    name: str = Field(pattern=rf"^{MODEL_NAME_PATTERN}$", examples=["pump-ae"])
+    version: int = Field(ge=1, examples=[3])
+
+
+class DesiredUpdate(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": {"name": "pump-ae", "version": 3}}]},
+    )
+    model: ModelRefBody | None
+    config: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class DeviceUpdate(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"group": "plant-a", "tags": ["pump", "line-2"]}]},
+    )
+    group: str | None = Field(default=None, max_length=64)
+    tags: list[str] | None = Field(default=None, max_length=32)
+
+
+class DevicePublic(BaseModel):
+    device_id: str
+    online: bool
+    last_seen: float | None
+    status_at: float | None
+    agent_version: str
+    active_model: dict[str, Any] | None
+    desired_model: dict[str, Any] | None
+    reported_model: dict[str, Any] | None
+    reported_state: str | None
+    reported_error: str | None
+    tags: list[str]
+    group: str | None
+    telemetry_readings: int
+    telemetry_batches: int
+    anomalies: int
+    heartbeat: dict[str, Any] | None
+    in_sync: bool = Field(description="desired model equals the active model")
+
+
+class TelemetryPublic(BaseModel):
+    device_id: str
+    channels: list[str]
+    ts: list[float]
+    values: list[list[float]]
+
+
+class TelemetrySummary(BaseModel):
+    device_id: str
+    readings: int
+    batches: int
+    first_ts: float | None
+    last_ts: float | None
+
+
+class AnomalyPublic(BaseModel):
+    device_id: str
+    seq: int
+    ts_start: float
+    ts_end: float
+    score: float
+    threshold: float
+    model_name: str
+    model_version: int
+    channels: list[str]
+    detected_at: float
+    stored_at: float
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    topic: str
+    reason: str
+    payload_preview: str
+    payload_size: int
+    received_at: float
+
+
+class TrainingJobCreate(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "name": "pump-ae", "devices": ["pump-001", "pump-002"],
+            "channels": ["pressure", "flow", "temperature"],
+            "spec": {"family": "dense_ae", "window": 32, "epochs": 20, "quantization": "int8"},
+        }]},
+    )
+    name: str = Field(pattern=rf"^{MODEL_NAME_PATTERN}$")
+    devices: list[str] | None = Field(default=None, min_length=1)
+    channels: list[str] | None = Field(default=None, min_length=1)
+    since: float | None = Field(default=None, ge=0)
+    until: float | None = Field(default=None, ge=0)
+    spec: dict[str, Any] = Field(default_factory=dict,
+                                 description="TrainingSpec fields (family, window, epochs, …)")
+
+
+class TrainingJobPublic(BaseModel):
+    id: int
+    name: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: dict[str, Any]
+    error: str | None
+    model: dict[str, Any] | None
+    request: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: int
+    status: str
+    family: str
+    quantization: str
+    size_bytes: int
+    float_size_bytes: int
+    threshold: float
+    decision_agreement: float | None
+    parity_passed: bool
+    created_at: float
+    published_at: float | None
+    devices_running: int
+
+
+class ModelDetail(ModelSummary):
+    spec: dict[str, Any]
+    channels: list[str]
+    training: dict[str, Any]
+    normalization: dict[str, Any]
+    input: dict[str, Any]
+    score: dict[str, Any]
+    threshold_method: str
+    sha256: str
+    parity: dict[str, Any]
+    parity_failure: str | None
+    validation: dict[str, Any]
+    extra: dict[str, Any]
+    key_id: str
+    retired_at: float | None
+    manifest: dict[str, Any]
+    devices: list[str] = Field(description="devices whose `reported` says they run it")
+
+
+class ApiKeyCreate(_Body):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "grafana", "scope": "read"}]}
+    )
+    name: str = Field(min_length=1, max_length=64)
+    scope: Literal["read", "admin"] = "read"
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scope: str
+    created_at: float
+    revoked_at: float | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="the secret; shown only in this response")
+
+
+class RolloutTarget(_Body):
+    devices: list[str] | None = Field(
+        default=None, min_length=1, max_length=100_000,
+        json_schema_extra={"items": {"pattern": rf"^{DEVICE_ID_PATTERN}$"}},
+    )
+    group: str | None = None
+    tags: list[str] | None = None
+    percent: int = Field(default=100, ge=1, le=100)
+
+
+class RolloutPolicy(_Body):
+    canary_size: int = Field(default=1, ge=1, description="devices in the canary stage")
+    canary_percent: int | None = Field(default=None, ge=1, le=100)
+    wave_size: int = Field(default=10, ge=1, description="devices per wave after the canary")
+    min_observation_s: float = Field(default=30.0, ge=0)
+    max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
+    max_anomaly_rate_increase: float = Field(
+        default=2.0, ge=0,
+        description="canary anomaly events per device-minute may exceed their own rate under "
+        "the previous model by at most this many events per minute",
+    )
+    stage_timeout_s: float = Field(default=600.0, gt=0,
+                                   description="a stage whose devices never report fails")
+
+
+class RolloutCreate(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "model": {"name": "pump-ae", "version": 3},
+            "target": {"group": "plant-a", "percent": 50},
+            "policy": {"canary_size": 2, "wave_size": 20, "min_observation_s": 60},
+        }]},
+    )
+    model: ModelRefBody
+    target: RolloutTarget = Field(default_factory=RolloutTarget)
+    policy: RolloutPolicy = Field(default_factory=RolloutPolicy)

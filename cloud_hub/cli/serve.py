@@ -1,0 +1,76 @@
+"""``cloud-hub serve``: the hub (MQTT ingest, publisher, jobs, rollouts) plus uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+
+from cloud_hub.api.main import create_app
+from cloud_hub.core.config import Settings
+from cloud_hub.service import Hub
+
+__all__ = ["ServerHandle", "run_serve", "serve_in_thread"]
+
+log = logging.getLogger(__name__)
+
+
+def run_serve(settings: Settings) -> None:
+    """Run until interrupted (SIGINT/SIGTERM stop uvicorn, then the hub)."""
+    hub = Hub(settings)
+    hub.start()
+    if hub.generated_admin_key:
+        print(f"generated admin API key (shown once, store it): {hub.generated_admin_key}",
+              flush=True)
+    try:
+        uvicorn.run(create_app(hub), host=settings.http_host, port=settings.http_port,
+                    log_level="info")
+    finally:
+        hub.stop()
+
+
+@dataclass
+class ServerHandle:
+    """A hub and its HTTP server running in this process (for the simulator and tests)."""
+
+    hub: Hub
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def base_url(self) -> str:
+        sockets = self.server.servers[0].sockets if self.server.servers else []
+        port = sockets[0].getsockname()[1] if sockets else self.server.config.port
+        return f"http://{self.server.config.host}:{port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.hub.stop(timeout)
+
+
+def serve_in_thread(hub: Hub, *, host: str = "127.0.0.1", port: int = 0,
+                    timeout: float = 10.0) -> ServerHandle:
+    """Start ``hub`` (if not started) and serve its API on ``port`` (0 = a free one)."""
+    if hub.started_at is None:
+        hub.start(timeout)
+    config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning",
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="hub-http", daemon=True)
+    thread.start()
+    started = threading.Event()
+
+    def _poll() -> None:
+        while not server.started and thread.is_alive():
+            started.wait(0.01)
+        started.set()
+
+    threading.Thread(target=_poll, daemon=True).start()
+    if not started.wait(timeout) or not server.started:
+        server.should_exit = True
+        hub.stop()
+        raise RuntimeError(f"hub HTTP server did not start within {timeout}s")
+    return ServerHandle(hub, server, thread)

@@ -1,0 +1,1 @@
+"""Hub-wide configuration and security helpers."""

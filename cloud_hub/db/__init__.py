@@ -1,0 +1,1 @@
+"""The hub's store: SQLModel tables, engine set-up and CRUD functions."""

@@ -1,0 +1,42 @@
+"""Engine set-up: SQLite in WAL mode by default, any SQLAlchemy URL (e.g. postgresql+psycopg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel, create_engine
+
+import cloud_hub.db.registry_tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import cloud_hub.db.tables  # noqa: F401
+
+__all__ = ["make_engine"]
+
+
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """Open the database at ``url`` and create missing tables."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Connections are used from the ingest worker, the job thread and request threads.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

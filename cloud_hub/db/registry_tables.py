@@ -1,0 +1,101 @@
+"""Tables of the model registry, training jobs and rollouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+__all__ = ["ModelVersion", "Rollout", "RolloutDevice", "TrainingJob"]
+
+
+class ModelVersion(SQLModel, table=True):
+    """One registered model version: how it was made, what it measured, and its signed manifest."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=64)
+    version: int
+    status: str = "draft"  # draft | published | retired
+    created_at: float
+    published_at: float | None = None
+    retired_at: float | None = None
+    family: str
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    channels: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    training: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    normalization: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    input: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    score: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    threshold: float
+    threshold_method: str
+    quantization: str
+    size_bytes: int
+    float_size_bytes: int
+    sha256: str
+    parity: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    parity_passed: bool
+    parity_failure: str | None = None
+    validation: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    extra: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    key_id: str
+    manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    tflite: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    training_job_id: int | None = None
+
+
+class TrainingJob(SQLModel, table=True):
+    __tablename__ = "training_jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    status: str = "queued"  # queued | running | succeeded | failed | cancelled
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    progress: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Rollout(SQLModel, table=True):
+    __tablename__ = "rollouts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str
+    model_version: int
+    status: str = "running"  # running | paused | rolling_back | rolled_back | aborted | succeeded
+    target: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    stage: int = 0  # 0 = canary, 1.. = waves
+    stages: list[list[str]] = Field(sa_column=Column(JSON, nullable=False))
+    stage_started_at: float | None = None
+    reason: str | None = None
+    created_at: float
+    finished_at: float | None = None
+    seconds_to_full: float | None = None
+
+
+class RolloutDevice(SQLModel, table=True):
+    """A device a rollout touched: what it ran before, and what it was told to run."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: int = Field(primary_key=True, foreign_key="rollouts.id")
+    device_id: str = Field(primary_key=True, max_length=64)
+    stage: int
+    previous_name: str | None = None
+    previous_version: int | None = None
+    desired_at: float | None = None
+    confirmed_at: float | None = None  # reported active on the rollout's model
+    failed_at: float | None = None
+    failure: str | None = None
+    reverted_at: float | None = None  # desired set back to the previous model
+    revert_confirmed_at: float | None = None
+    # Anomaly rate (events per device-minute) before and during the stage, for the policy.
+    baseline_rate: float | None = None

@@ -1,0 +1,98 @@
+"""Tables fed by MQTT ingest (devices, telemetry, anomalies, dead letters) and API keys.
+
+Telemetry is stored one row per batch, keyed (device_id, seq), with the readings packed as
+little-endian float64 arrays: a batch of 100 readings is one insert instead of 100, and the key is
+exactly the deduplication key of the wire protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary
+from sqlmodel import Field, SQLModel
+
+__all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "TelemetryBatchRow"]
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "devices"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    online: bool = False
+    status_at: float | None = None
+    last_seen: float | None = None
+    agent_version: str = ""
+    group: str | None = Field(default=None, max_length=64, index=True)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    desired_name: str | None = None
+    desired_version: int | None = None
+    desired_at: float | None = None
+    # What `reported` says: the model the state is about, the state, and the active model.
+    reported_name: str | None = None
+    reported_version: int | None = None
+    reported_state: str | None = None
+    reported_error: str | None = None
+    reported_since: float | None = None
+    active_name: str | None = None
+    active_version: int | None = None
+    active_sha256: str | None = None
+    heartbeat: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    telemetry_readings: int = 0
+    telemetry_batches: int = 0
+    anomalies: int = 0
+
+
+class TelemetryBatchRow(SQLModel, table=True):
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_ts", "device_id", "ts_first"),)
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    channels: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    readings: int
+    ts_first: float
+    ts_last: float
+    ts_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    values_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    stored_at: float
+
+
+class Anomaly(SQLModel, table=True):
+    __tablename__ = "anomalies"
+    __table_args__ = (Index("ix_anomalies_device_ts", "device_id", "ts_start"),)
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    ts_start: float
+    ts_end: float
+    score: float
+    threshold: float
+    model_name: str
+    model_version: int
+    channels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    detected_at: float
+    stored_at: float = Field(index=True)
+
+
+class DeadLetter(SQLModel, table=True):
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str
+    reason: str
+    payload_preview: str
+    payload_size: int
+    received_at: float = Field(index=True)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    key_hash: str = Field(unique=True, index=True, max_length=64)
+    prefix: str = Field(max_length=12)
+    scope: str = "read"
+    created_at: float
+    revoked_at: float | None = None

@@ -1,0 +1,224 @@
+"""Training jobs: run ``run_training`` on stored telemetry in a background thread.
+
+Jobs run one at a time, in order (training uses both cores). Progress is written to the job row
+(at most a few times a second) so ``GET /training-jobs/{id}`` can show stage, epoch and loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from cloud_hub.db.queries import list_devices, read_telemetry
+from cloud_hub.db.registry_tables import TrainingJob
+from cloud_hub.db.tables import Device
+from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
+from shared.manifest import Quantization
+
+__all__ = ["JobRunner", "RunTraining", "TrainingDataError", "spec_from_dict"]
+
+log = logging.getLogger(__name__)
+
+RunTraining = Callable[..., ModelArtifact]
+Register = Callable[[Session, ModelArtifact, str, dict[str, Any], int], tuple[str, int]]
+_PROGRESS_EVERY_S = 0.25
+
+
+class TrainingDataError(ValueError):
+    """The stored telemetry cannot make a training set for this request."""
+
+
+def spec_from_dict(data: dict[str, Any]) -> TrainingSpec:
+    known = {f.name for f in fields(TrainingSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"spec has unknown field(s) {unknown}; known: {sorted(known)}")
+    values = dict(data)
+    if "quantization" in values:
+        values["quantization"] = Quantization(values["quantization"])
+    return TrainingSpec(**values)
+
+
+def _default_run_training() -> RunTraining:
+    from cloud_hub.training.pipeline import run_training  # heavy: TensorFlow
+
+    return run_training
+
+
+class JobRunner:
+    """Queue of training jobs served by one worker thread."""
+
+    def __init__(
+        self, engine: Engine, *, register: Register, run_training: RunTraining | None = None,
+    ) -> None:
+        self._engine = engine
+        self._register = register
+        self._run_training = run_training
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._cancel: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="hub-training", daemon=True)
+
+    def start(self) -> None:
+        with Session(self._engine) as session:  # jobs a previous process left behind
+            for job in session.exec(
+                select(TrainingJob).where(TrainingJob.status.in_(["queued", "running"]))  # type: ignore[attr-defined]
+            ):
+                job.status, job.error = "failed", "the hub restarted while this job was pending"
+                job.finished_at = time.time()
+                session.add(job)
+            session.commit()
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            for event in self._cancel.values():
+                event.set()
+        self._queue.put(None)
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+
+    def submit(self, session: Session, *, name: str, request: dict[str, Any]) -> TrainingJob:
+        job = TrainingJob(name=name, request=request, created_at=time.time(),
+                          progress={"stage": "queued", "fraction": 0.0})
+        session.add(job)
+        session.commit()
+        session.refresh(job)
+        assert job.id is not None
+        with self._lock:
+            self._cancel[job.id] = threading.Event()
+        self._queue.put(job.id)
+        return job
+
+    def cancel(self, job_id: int) -> bool:
+        """Ask a queued or running job to stop; False when it is not pending here."""
+        with self._lock:
+            event = self._cancel.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    # -- worker --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                self._execute(job_id)
+            except Exception:  # never let one job kill the worker
+                log.exception("training job %d crashed", job_id)
+            finally:
+                with self._lock:
+                    self._cancel.pop(job_id, None)
+
+    def _update(self, job_id: int, **changes: Any) -> None:
+        with Session(self._engine) as session:
+            job = session.get(TrainingJob, job_id)
+            if job is None:
+                return
+            for key, value in changes.items():
+                setattr(job, key, value)
+            session.add(job)
+            session.commit()
+
+    def _execute(self, job_id: int) -> None:
+        with self._lock:
+            cancel = self._cancel.get(job_id) or threading.Event()
+        with Session(self._engine) as session:
+            job = session.get(TrainingJob, job_id)
+            if job is None:
+                return
+            request, name = dict(job.request), job.name
+        if cancel.is_set():
+            self._update(job_id, status="cancelled", finished_at=time.time(),
+                         error="cancelled before it started")
+            return
+        self._update(job_id, status="running", started_at=time.time(),
+                     progress={"stage": "preparing", "fraction": 0.0})
+        last_write = [0.0]
+
+        def progress(p: TrainingProgress) -> None:
+            now = time.monotonic()
+            if now - last_write[0] < _PROGRESS_EVERY_S and p.stage == "fitting":
+                return
+            last_write[0] = now
+            self._update(job_id, progress={
+                "stage": p.stage, "epoch": p.epoch, "epochs": p.epochs, "loss": p.loss,
+                "val_loss": p.val_loss, "fraction": p.fraction,
+            })
+
+        try:
+            spec = spec_from_dict(request.get("spec") or {})
+            with Session(self._engine) as session:
+                readings, channels, segments, training = load_training_set(session, request)
+            run = self._run_training or _default_run_training()
+            artifact = run(readings, channels, spec, segments=segments, progress=progress,
+                           cancel=cancel)
+            with Session(self._engine) as session:
+                model = self._register(session, artifact, name, training, job_id)
+        except Exception as exc:
+            cancelled = type(exc).__name__ == "TrainingCancelled" or (
+                cancel.is_set() and not isinstance(exc, TrainingDataError)
+            )
+            status = "cancelled" if cancelled else "failed"
+            if not cancelled:
+                log.warning("training job %d failed: %s", job_id, exc)
+            self._update(job_id, status=status, finished_at=time.time(),
+                         error=f"{type(exc).__name__}: {exc}")
+            return
+        self._update(job_id, status="succeeded", finished_at=time.time(),
+                     model_name=model[0], model_version=model[1],
+                     progress={"stage": "done", "fraction": 1.0})
+
+
+def load_training_set(
+    session: Session, request: dict[str, Any]
+) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
+    """Readings of the requested devices (one segment each), channels, and what was used."""
+    device_ids = request.get("devices")
+    if not device_ids:
+        device_ids = [d.device_id for d in list_devices(session) if d.telemetry_readings > 0]
+    else:
+        known = {d.device_id for d in list_devices(session, device_ids=device_ids)}
+        missing = sorted(set(device_ids) - known)
+        if missing:
+            raise TrainingDataError(f"devices {missing} have never sent anything")
+    channels: list[str] | None = request.get("channels")
+    since, until = request.get("since"), request.get("until")
+    parts, segments, used = [], [], []
+    first_ts, last_ts = None, None
+    for device_id in sorted(device_ids):
+        piece = read_telemetry(session, device_id=device_id, since=since, until=until,
+                               channels=channels)
+        if len(piece.ts) == 0:
+            continue
+        channels = piece.channels
+        parts.append(piece.values)
+        segments.append(len(piece.ts))
+        used.append(device_id)
+        first_ts = min(first_ts or piece.ts[0], float(piece.ts[0]))
+        last_ts = max(last_ts or piece.ts[-1], float(piece.ts[-1]))
+    if not parts or channels is None:
+        raise TrainingDataError(
+            f"no stored telemetry for devices={request.get('devices') or 'all'} "
+            f"channels={request.get('channels') or 'all'} since={since} until={until}"
+        )
+    readings = np.concatenate(parts).astype(np.float32)
+    training = {"devices": used, "channels": channels, "since": first_ts, "until": last_ts,
+                "segments": segments}
+    return readings, list(channels), segments, training
+
+
+def device_exists(session: Session, device_id: str) -> bool:
+    return session.get(Device, device_id) is not None

@@ -1,0 +1,93 @@
+"""Keras → TFLite in the four quantization modes the hub can publish.
+
+``int8`` is full-integer: every op, the input and the output are int8, calibrated on a
+representative dataset of training windows. ``float16`` stores weights as float16, ``dynamic``
+stores weights as int8 with float activations, ``float32`` is the plain conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.training.tf_env import import_tensorflow, quiet_conversion
+from shared.manifest import Quantization
+
+__all__ = ["REPRESENTATIVE_SAMPLES", "ConversionError", "convert", "keras_reconstruct"]
+
+REPRESENTATIVE_SAMPLES = 300
+
+
+class ConversionError(RuntimeError):
+    """The converter refused the model or the inputs to the conversion are wrong."""
+
+
+def convert(
+    model: Any,
+    quantization: Quantization | str,
+    *,
+    representative: npt.NDArray[np.floating] | None = None,
+) -> bytes:
+    """TFLite bytes of ``model``; ``representative`` (windows in the model's input layout) is
+    required for int8 and ignored otherwise. The model's batch dimension becomes 1."""
+    mode = Quantization(quantization)
+    tf = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode is Quantization.INT8:
+        samples = _representative_samples(model, representative)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _feed(samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif mode is Quantization.FLOAT16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode is Quantization.DYNAMIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    try:
+        with quiet_conversion():
+            result = converter.convert()
+    except Exception as exc:  # the converter raises many unrelated types
+        raise ConversionError(f"TFLite conversion ({mode.value}) failed: {exc}") from exc
+    return bytes(result)
+
+
+def keras_reconstruct(
+    model: Any, windows: npt.NDArray[np.floating], batch_size: int = 1024
+) -> npt.NDArray[np.float32]:
+    """The float model's reconstructions, flattened to (n, window·channels)."""
+    x = np.asarray(windows, dtype=np.float32)
+    out = np.empty((len(x), int(np.prod(x.shape[1:]))), dtype=np.float32)
+    for i in range(0, len(x), batch_size):
+        chunk = model(x[i : i + batch_size], training=False)
+        out[i : i + batch_size] = np.asarray(chunk).reshape(len(chunk), -1)
+    return out
+
+
+def _representative_samples(
+    model: Any, representative: npt.NDArray[np.floating] | None
+) -> npt.NDArray[np.float32]:
+    if representative is None or len(representative) == 0:
+        raise ConversionError("int8 conversion needs a representative dataset of windows")
+    data = np.asarray(representative, dtype=np.float32)
+    expected = tuple(int(d) for d in model.input_shape[1:])
+    if data.shape[1:] != expected:
+        raise ConversionError(
+            f"representative windows have shape {list(data.shape[1:])}, "
+            f"the model takes {list(expected)}"
+        )
+    if not np.isfinite(data).all():
+        raise ConversionError("representative windows contain NaN or infinite values")
+    if len(data) > REPRESENTATIVE_SAMPLES:
+        pick = np.linspace(0, len(data) - 1, REPRESENTATIVE_SAMPLES).round().astype(np.int64)
+        data = data[pick]
+    return data
+
+
+def _feed(samples: npt.NDArray[np.float32]) -> Iterator[list[npt.NDArray[np.float32]]]:
+    for sample in samples:
+        yield [sample[None, ...]]

@@ -1,0 +1,1 @@
+"""The model registry: recording trained artifacts, signing their manifests, publishing them."""

@@ -1,0 +1,77 @@
+"""Publishing and retiring registered versions (the parity gate is enforced here)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlmodel import Session, select
+
+from cloud_hub.db.registry_tables import ModelVersion
+from cloud_hub.mqtt.publisher import Publisher
+from cloud_hub.registry.records import manifest_of
+
+__all__ = ["ModelNotFound", "PublishRefused", "get_model", "publish_model", "retire_model"]
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"model {name} v{version} is not in the registry")
+
+
+class PublishRefused(RuntimeError):
+    """The version may not be published; ``figure`` names what failed."""
+
+    def __init__(self, message: str, figure: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.figure = figure or {}
+
+
+def get_model(session: Session, *, name: str, version: int) -> ModelVersion:
+    record = session.exec(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    ).first()
+    if record is None:
+        raise ModelNotFound(name, version)
+    return record
+
+
+def publish_model(
+    session: Session, *, name: str, version: int, publisher: Publisher
+) -> ModelVersion:
+    """Publish retained manifest + chunks, unless the parity gate failed or it was retired."""
+    record = get_model(session, name=name, version=version)
+    if not record.parity_passed:
+        parity = record.parity
+        raise PublishRefused(
+            record.parity_failure or "parity gate failed",
+            {
+                "figure": "decision_agreement",
+                "value": parity.get("decision_agreement"),
+                "minimum": parity.get("min_agreement"),
+                "quantization": record.quantization,
+            },
+        )
+    if record.status == "retired":
+        raise PublishRefused(f"model {name} v{version} is retired; register a new version")
+    publisher.publish_model(manifest_of(record), record.tflite)
+    if record.status != "published":
+        record.status = "published"
+        record.published_at = time.time()
+        session.add(record)
+        session.commit()
+        session.refresh(record)
+    return record
+
+
+def retire_model(
+    session: Session, *, name: str, version: int, publisher: Publisher
+) -> ModelVersion:
+    """Clear the retained manifest and chunks and mark the version retired."""
+    record = get_model(session, name=name, version=version)
+    publisher.clear_model(name, version, manifest_of(record).chunks.count)
+    record.status = "retired"
+    record.retired_at = time.time()
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return record

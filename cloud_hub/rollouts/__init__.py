@@ -1,0 +1,1 @@
+"""Staged rollouts of a model version with canary, waves, policy and automatic rollback."""

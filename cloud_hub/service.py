@@ -1,0 +1,133 @@
+"""The hub as one object: store, signing key, MQTT ingest, publisher, jobs and rollouts.
+
+``cloud-hub serve`` builds a :class:`Hub` from :class:`Settings`, starts it and serves the REST
+API on it; tests and the simulator can do the same in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from cloud_hub.core.config import Settings
+from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.tables import ApiKey
+from cloud_hub.jobs.training import JobRunner, RunTraining
+from cloud_hub.mqtt.ingest import MqttIngest
+from cloud_hub.mqtt.publisher import Publisher
+from cloud_hub.registry.records import register_artifact
+from cloud_hub.rollouts.controller import RolloutController
+from cloud_hub.training.artifact import ModelArtifact
+from shared.signing import SigningKey
+
+__all__ = ["Hub"]
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """Everything ``cloud-hub serve`` runs besides the HTTP server."""
+
+    def __init__(
+        self, settings: Settings, *, run_training: RunTraining | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = engine or make_engine(settings.resolved_database_url)
+        self.signing_key = SigningKey.load_or_create(settings.resolved_signing_key_path)
+        self.topics = settings.topics
+        self.ingest = MqttIngest(
+            self.engine, host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
+            client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
+            batch_max=settings.ingest_batch_max, batch_wait_s=settings.ingest_batch_wait_s,
+        )
+        self.publisher = Publisher(
+            host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
+            client_id=f"{settings.mqtt_client_id}-pub", keepalive=settings.mqtt_keepalive,
+            timeout=settings.publish_timeout_s,
+        )
+        self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training)
+        self.rollouts = RolloutController(
+            self.engine, self.publisher, tick_s=settings.rollout_tick_s
+        )
+        self.generated_admin_key: str | None = None
+        self.started_at: float | None = None
+
+    def _register(
+        self, session: Session, artifact: ModelArtifact, name: str, training: dict[str, Any],
+        job_id: int,
+    ) -> tuple[str, int]:
+        record = register_artifact(
+            session, artifact, name=name, key=self.signing_key,
+            chunk_size=self.settings.chunk_size, training=training, training_job_id=job_id,
+        )
+        return record.name, record.version
+
+    def register(self, artifact: ModelArtifact, *, name: str,
+                 training: dict[str, Any] | None = None) -> tuple[str, int]:
+        """Register an artifact trained outside a job (e.g. by the simulator)."""
+        with Session(self.engine) as session:
+            record = register_artifact(
+                session, artifact, name=name, key=self.signing_key,
+                chunk_size=self.settings.chunk_size, training=training,
+            )
+            return record.name, record.version
+
+    def ensure_admin_key(self) -> str | None:
+        """Store the bootstrap admin key; generate one when none is configured and none exists.
+
+        Returns a newly generated key (to be shown once) or None.
+        """
+        with Session(self.engine) as session:
+            configured = self.settings.admin_api_key
+            if configured:
+                digest = hash_api_key(configured)
+                if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
+                    session.add(ApiKey(name="bootstrap-admin", key_hash=digest,
+                                       prefix=configured[:8], scope=Scope.ADMIN.value,
+                                       created_at=time.time()))
+                    session.commit()
+                return None
+            has_admin = session.exec(
+                select(ApiKey).where(ApiKey.scope == Scope.ADMIN.value,
+                                     ApiKey.revoked_at == None)  # noqa: E711
+            ).first()
+            if has_admin is not None:
+                return None
+            key = generate_api_key()
+            session.add(ApiKey(name="generated-admin", key_hash=hash_api_key(key),
+                               prefix=key[:8], scope=Scope.ADMIN.value, created_at=time.time()))
+            session.commit()
+            self.generated_admin_key = key
+            return key
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.ensure_admin_key()
+        self.publisher.start(timeout)
+        self.ingest.start(timeout)
+        self.jobs.start()
+        self.rollouts.start()
+        self.started_at = time.time()
+        log.info("hub started: mqtt %s:%d, database %s, signing key %s",
+                 self.settings.mqtt_host, self.settings.mqtt_port,
+                 self.engine.url.render_as_string(hide_password=True), self.signing_key.key_id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.rollouts.stop(timeout)
+        self.jobs.stop(timeout)
+        self.ingest.stop(timeout)
+        self.publisher.stop()
+        self.engine.dispose()
+
+    def __enter__(self) -> Hub:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,252 @@
+"""The training job: readings → windows → model → threshold → TFLite → parity → artifact.
+
+``run_training`` is what the hub's job runner calls (in a worker thread). It never raises for a
+failed parity gate: the artifact carries the report and the registry refuses to publish it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
+from cloud_hub.training.dataset import Dataset, prepare_dataset
+from cloud_hub.training.errors import TrainingCancelled, TrainingError
+from cloud_hub.training.families import FAMILIES, get_family, to_layout
+from cloud_hub.training.threshold import (
+    ThresholdChoice,
+    f1_optimal_threshold,
+    quantile_threshold,
+)
+from shared.manifest import InputSpec, Quantization, ScoreSpec
+
+__all__ = ["TrainingCancelled", "TrainingError", "check_spec", "run_training"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+# Share of the whole job each stage ends at (fitting dominates).
+_FIT_START, _FIT_END, _CONVERT_END = 0.05, 0.8, 0.9
+
+
+def run_training(
+    readings: npt.NDArray[np.floating],
+    channels: list[str],
+    spec: TrainingSpec,
+    *,
+    segments: list[int] | None = None,
+    labels: npt.NDArray[np.integer] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ModelArtifact:
+    """Train, threshold, convert and parity-check a model on normal-operation ``readings``.
+
+    Raises :class:`TrainingError` on bad input and :class:`TrainingCancelled` when ``cancel``
+    is set; a failed parity gate is reported in ``artifact.parity``, not raised.
+    """
+    started = time.perf_counter()
+    report = _Reporter(progress)
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled("training cancelled")
+
+    report(TrainingProgress(stage="preparing", epochs=spec.epochs))
+    check_spec(spec, len(channels))
+    if spec.threshold_method == "f1" and labels is None:
+        raise TrainingError("threshold_method 'f1' needs per-reading labels")
+    family = get_family(spec.family)
+    data = prepare_dataset(readings, channels, spec, segments=segments, labels=labels)
+    check_cancel()
+
+    # Imported here: TensorFlow is loaded by the first job, never at hub start-up.
+    from cloud_hub.quantize.convert import convert, keras_reconstruct
+    from cloud_hub.quantize.parity import measure_parity, smoothed_scores
+    from cloud_hub.training.tf_env import seed_everything
+
+    seed_everything(spec.seed)
+    train_x = to_layout(data.train, family.layout)
+    val_x = to_layout(data.validation, family.layout)
+
+    def on_epoch(epoch: int, epochs: int, loss: float | None, val_loss: float | None) -> None:
+        report(
+            TrainingProgress(
+                stage="fitting",
+                epoch=epoch,
+                epochs=epochs,
+                loss=loss,
+                val_loss=val_loss,
+                fraction=_FIT_START + (_FIT_END - _FIT_START) * epoch / max(epochs, 1),
+            )
+        )
+
+    report(TrainingProgress(stage="fitting", epochs=spec.epochs, fraction=_FIT_START))
+    model = family.train(train_x, _fit_subset(val_x), spec, on_epoch=on_epoch, cancel=cancel)
+    check_cancel()
+    fit_seconds = time.perf_counter() - started
+
+    report(TrainingProgress(stage="thresholding", epochs=spec.epochs, fraction=_FIT_END))
+    score_spec = ScoreSpec(method=_score_method(spec), smoothing=spec.smoothing)
+    float_rec = keras_reconstruct(model, val_x)
+    from shared.scoring import window_scores
+
+    val_scores = smoothed_scores(
+        window_scores(val_x, float_rec, score_spec), data.validation_lengths, spec.smoothing
+    )
+    choice = _choose_threshold(val_scores, data, spec)
+    check_cancel()
+
+    report(TrainingProgress(stage="converting", epochs=spec.epochs, fraction=_FIT_END))
+    float_tflite = convert(model, Quantization.FLOAT32)
+    mode = Quantization(spec.quantization)
+    tflite = (
+        float_tflite
+        if mode is Quantization.FLOAT32
+        else convert(model, mode, representative=train_x)
+    )
+    check_cancel()
+
+    report(TrainingProgress(stage="parity", epochs=spec.epochs, fraction=_CONVERT_END))
+    parity = measure_parity(
+        tflite,
+        val_x,
+        float_rec,
+        quantization=mode,
+        score=score_spec,
+        threshold=choice.threshold,
+        float_size=len(float_tflite),
+        min_agreement=spec.min_agreement,
+        lengths=data.validation_lengths,
+    )
+    if not parity.passed:
+        log.warning("model failed the parity gate: %s", parity.failure_reason())
+    elapsed = time.perf_counter() - started
+    report(TrainingProgress(stage="done", epochs=spec.epochs, fraction=1.0))
+    return ModelArtifact(
+        spec=spec,
+        channels=list(channels),
+        input=InputSpec(
+            window=spec.window,
+            channels=list(channels),
+            dtype="int8" if mode is Quantization.INT8 else "float32",
+            layout=family.layout,
+            stride=spec.score_stride,
+        ),
+        normalization=data.normalization,
+        score=score_spec,
+        threshold=choice.threshold,
+        threshold_method=choice.method,
+        tflite=tflite,
+        float_size=len(float_tflite),
+        parity=parity,
+        training_rows=data.training_rows,
+        training_windows=len(data.train),
+        validation=_validation_metrics(val_scores, choice, data),
+        train_seconds=elapsed,
+        extra={
+            "family": family.description,
+            "fit_seconds": round(fit_seconds, 3),
+            "available_train_windows": data.total_train_windows,
+            "validation_windows": len(data.validation),
+            "segments": len(data.validation_lengths),
+        },
+    )
+
+
+def check_spec(spec: TrainingSpec, channels: int) -> None:
+    """Raise :class:`TrainingError` for the first spec field out of range."""
+    if spec.family not in FAMILIES:
+        raise TrainingError(
+            f"spec.family {spec.family!r} is unknown; choose one of {', '.join(FAMILIES)}"
+        )
+    rules: list[tuple[str, bool, str]] = [
+        ("window", 2 <= spec.window <= 4096, "between 2 and 4096"),
+        ("train_stride", spec.train_stride >= 1, ">= 1"),
+        ("score_stride", spec.score_stride >= 1, ">= 1"),
+        ("hidden", spec.hidden >= 1, ">= 1"),
+        ("latent", 1 <= spec.latent, ">= 1"),
+        ("epochs", 1 <= spec.epochs <= 10_000, "between 1 and 10000"),
+        ("batch_size", spec.batch_size >= 1, ">= 1"),
+        ("learning_rate", 0 < spec.learning_rate < 1, "in (0, 1)"),
+        ("validation_fraction", 0.05 <= spec.validation_fraction <= 0.5, "in [0.05, 0.5]"),
+        ("normalization", spec.normalization in ("zscore", "minmax"), "zscore or minmax"),
+        ("score_method", spec.score_method in ("mse", "mae"), "mse or mae"),
+        ("smoothing", 1 <= spec.smoothing <= 1000, "between 1 and 1000"),
+        ("threshold_method", spec.threshold_method in ("quantile", "f1"), "quantile or f1"),
+        ("threshold_quantile", 0.5 <= spec.threshold_quantile < 1, "in [0.5, 1)"),
+        ("threshold_factor", spec.threshold_factor > 0, "> 0"),
+        ("quantization", spec.quantization in {q.value for q in Quantization}, "a mode"),
+        ("min_agreement", 0 <= spec.min_agreement <= 1, "in [0, 1]"),
+        ("max_train_windows", spec.max_train_windows >= 64, ">= 64"),
+        ("patience", spec.patience >= 0, ">= 0"),
+    ]
+    for field_name, ok, expected in rules:
+        if not ok:
+            value = getattr(spec, field_name)
+            raise TrainingError(f"spec.{field_name} must be {expected}, got {value!r}")
+    reason = get_family(spec.family).check(spec, channels)
+    if reason:
+        raise TrainingError(f"spec.window: {reason}")
+
+
+def _score_method(spec: TrainingSpec) -> Literal["mse", "mae"]:
+    return "mae" if spec.score_method == "mae" else "mse"
+
+
+def _fit_subset(val_x: npt.NDArray[np.float32], limit: int = 4000) -> npt.NDArray[np.float32]:
+    """Validation windows Keras evaluates each epoch (a spread-out subset keeps epochs fast)."""
+    if len(val_x) <= limit:
+        return val_x
+    return val_x[np.linspace(0, len(val_x) - 1, limit).round().astype(np.int64)]
+
+
+def _choose_threshold(
+    scores: npt.NDArray[np.float64], data: Dataset, spec: TrainingSpec
+) -> ThresholdChoice:
+    labels = data.validation_labels
+    if spec.threshold_method == "f1":
+        assert labels is not None  # checked before training
+        return f1_optimal_threshold(scores, labels, spec.threshold_factor)
+    normal = scores if labels is None else scores[labels == 0]
+    return quantile_threshold(normal, spec.threshold_quantile, spec.threshold_factor)
+
+
+def _validation_metrics(
+    scores: npt.NDArray[np.float64], choice: ThresholdChoice, data: Dataset
+) -> dict[str, float]:
+    metrics = {
+        "score_p50": float(np.quantile(scores, 0.5)),
+        "score_p99": float(np.quantile(scores, 0.99)),
+        "score_max": float(scores.max()),
+        "flagged_fraction": float((scores > choice.threshold).mean()),
+    }
+    if choice.f1 is not None:
+        metrics["f1"] = choice.f1
+    if data.validation_labels is not None:
+        metrics["anomalous_windows"] = float(data.validation_labels.sum())
+    return metrics
+
+
+class _Reporter:
+    """Calls the job's progress callback; a failing callback is logged once, never fatal."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+        self._failed = False
+
+    def __call__(self, update: TrainingProgress) -> None:
+        if self._callback is None:
+            return
+        try:
+            self._callback(update)
+        except Exception:
+            if not self._failed:
+                log.exception("training progress callback failed (stage %s)", update.stage)
+                self._failed = True

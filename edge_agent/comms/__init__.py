@@ -1,0 +1,1 @@
+"""The agent's network side: the one MQTT link and its reconnect policy."""

@@ -1,0 +1,294 @@
+"""The agent's MQTT connection: the only module that touches paho.
+
+One :class:`MqttLink` per device: client id and username are the device id, MQTT v5 with
+``clean_start=False`` and a session expiry (the broker keeps subscriptions and queues QoS 1
+messages while the device is away), a retained last will, retained "birth" messages published on
+every connect, subscriptions re-made on every connect, and reconnects with exponential back-off
+and full jitter. paho callbacks only put things on queues; the owner's threads do the work.
+
+Publishing: :meth:`MqttLink.publish` returns the message id; the PUBACK arrives later as
+:class:`Acked` on the ``control`` queue. The in-flight window is kept by the caller
+(:mod:`edge_agent.telemetry.sender`), so paho's own queue never becomes the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.comms.backoff import Backoff
+
+__all__ = [
+    "Acked",
+    "Connected",
+    "Disconnected",
+    "InboundMessage",
+    "LinkEvent",
+    "LinkSettings",
+    "MqttLink",
+    "Wake",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    client_id: str
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    session_expiry_s: int = 7 * 86400
+    clean_start: bool = False
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    will: tuple[str, bytes] | None = None  # (topic, payload), retained, QoS 1
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Acked:
+    mid: int
+    ok: bool  # False when the broker refused the message (reason code >= 0x80)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Connected:
+    session_present: bool
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Not from the broker: the link's owner nudging the thread that reads ``control``."""
+
+
+LinkEvent = Acked | Connected | Disconnected | Wake
+
+
+class MqttLink:
+    """A persistent-session MQTT v5 client that reconnects by itself until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        *,
+        inbound: queue.Queue[InboundMessage] | None = None,
+        control: queue.Queue[LinkEvent] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.inbound = inbound
+        self.control = control
+        self.backoff = backoff or Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
+        self.connections = 0  # successful CONNACKs
+        self.last_error: str | None = None
+        self.last_connected_at: float | None = None  # time.monotonic() of the last CONNACK
+        self._subscriptions: dict[str, int] = {}
+        self._births: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._lost = threading.Event()
+        self._stopping = threading.Event()
+        self._final_mid: int | None = None
+        self._final_acked = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # -- public API ----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connections - 1)
+
+    def start(self) -> None:
+        """Start connecting in the background (non-blocking)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._supervise, name=f"mqtt-{self.settings.client_id}", daemon=True
+        )
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected, and again after every reconnect."""
+        with self._lock:
+            self._subscriptions[topic_filter] = qos
+        if self.connected:
+            self._client.subscribe(topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            known = self._subscriptions.pop(topic_filter, None)
+        if known is not None and self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    def set_birth(self, topic: str, payload: bytes) -> None:
+        """A retained QoS 1 message published now (if connected) and on every connect."""
+        with self._lock:
+            self._births[topic] = payload
+        if self.connected:
+            self._client.publish(topic, payload, qos=1, retain=True)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
+        """Hand one message to the connection; its message id, or None when not connected."""
+        if not self.connected:
+            return None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    def stop(self, *, final: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Publish ``final`` (retained, e.g. the offline status) and wait for its PUBACK, then
+        disconnect cleanly so the broker does not send the last will, and stop reconnecting."""
+        deadline = time.monotonic() + timeout
+        if final is not None and self.connected:
+            self._final_acked.clear()
+            info = self._client.publish(final[0], final[1], qos=1, retain=True)
+            self._final_mid = int(info.mid)
+            if not self._final_acked.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("final message on %s was not acknowledged within %.1fs",
+                            final[0], timeout)
+        self._stopping.set()
+        self._lost.set()
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError) as exc:
+            log.debug("disconnect: %s", exc)
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # -- paho plumbing ---------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,  # reconnects are ours, with jitter
+        )
+        client.username_pw_set(s.username or s.client_id, s.password)
+        if s.tls:
+            client.tls_set(ca_certs=s.tls_ca_file)
+        if s.will is not None:
+            client.will_set(s.will[0], s.will[1], qos=1, retain=True)
+        client.max_inflight_messages_set(65535)  # the caller keeps the real window
+        client.max_queued_messages_set(0)
+        client.connect_timeout = s.connect_timeout_s
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        return props
+
+    def _supervise(self) -> None:
+        s = self.settings
+        while not self._stopping.is_set():
+            self._lost.clear()
+            try:
+                self._client.connect(
+                    s.host, s.port, s.keepalive,
+                    clean_start=s.clean_start, properties=self._connect_properties(),
+                )
+            except (OSError, ValueError) as exc:
+                self._note_error(f"connect to {s.host}:{s.port} failed: {exc}")
+                self._stopping.wait(self.backoff.next_delay())
+                continue
+            self._client.loop_start()
+            self._lost.wait()
+            if self._stopping.is_set():
+                break
+            self._client.loop_stop()
+            self._stopping.wait(self.backoff.next_delay())
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("mqtt %s: %s", self.settings.client_id, message)
+        self.last_error = message
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._note_error(f"broker refused the connection: {reason}")
+            return
+        with self._lock:
+            subscriptions = list(self._subscriptions.items())
+            births = list(self._births.items())
+        for topic_filter, qos in subscriptions:
+            client.subscribe(topic_filter, qos)
+        for topic, payload in births:
+            client.publish(topic, payload, qos=1, retain=True)
+        self.connections += 1
+        self.last_connected_at = time.monotonic()
+        self.last_error = None
+        self.backoff.reset()
+        self._connected.set()
+        if self.control is not None:
+            self.control.put(Connected(session_present=bool(flags.session_present)))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._lost.set()
+        if not self._stopping.is_set():
+            self._note_error(f"connection lost: {reason}")
+        if was_connected and self.control is not None:
+            self.control.put(Disconnected(reason=str(reason)))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self.inbound is not None:
+            self.inbound.put(InboundMessage(message.topic, bytes(message.payload),
+                                            bool(message.retain)))
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        if mid == self._final_mid:
+            self._final_acked.set()
+        if self.control is not None:
+            failed = bool(getattr(reason, "is_failure", False))
+            self.control.put(Acked(mid=mid, ok=not failed, reason=str(reason) if failed else ""))

@@ -1,0 +1,1 @@
+"""Sensor sources: where readings come from (CSV replay, stdin, MQTT, plugins)."""

@@ -1,0 +1,76 @@
+"""The small interface every sensor source implements, and the reading it produces."""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+__all__ = ["BadRowCounter", "Reading", "SensorSource", "SourceError", "finite_values"]
+
+
+class SourceError(ValueError):
+    """A source that cannot be built from its options; the text names the option."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sample of every channel at ``ts`` (epoch seconds)."""
+
+    ts: float
+    values: tuple[float, ...]
+
+
+class SensorSource(ABC):
+    """Produces readings of fixed ``channels``. ``bad_readings`` counts rows it skipped."""
+
+    channels: list[str]
+    bad_readings: int = 0
+
+    @abstractmethod
+    def read(self, timeout: float) -> list[Reading]:
+        """Readings available now, waiting at most ``timeout`` seconds; [] if none."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files, sockets and threads."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the source will never produce another reading (end of a finite file)."""
+        return False
+
+
+class BadRowCounter:
+    """Counts skipped rows; logs each of the first few as one line, then every 1000th."""
+
+    def __init__(self, logger: logging.Logger, where: str, first: int = 10) -> None:
+        self.count = 0
+        self._log = logger
+        self._where = where
+        self._first = first
+
+    def skip(self, position: str, reason: str) -> None:
+        self.count += 1
+        if self.count <= self._first or self.count % 1000 == 0:
+            self._log.warning("%s %s skipped: %s (%d bad so far)", self._where, position, reason,
+                              self.count)
+
+
+def finite_values(raw: list[object], channels: list[str]) -> tuple[float, ...]:
+    """Floats for ``channels`` from ``raw``, or ValueError naming the channel and value."""
+    if len(raw) != len(channels):
+        raise ValueError(f"{len(raw)} values for {len(channels)} channels")
+    out = []
+    for name, value in zip(channels, raw, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"channel {name!r}: {value!r} is not a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"channel {name!r}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"channel {name!r}: {value!r} is not finite")
+        out.append(number)
+    return tuple(out)

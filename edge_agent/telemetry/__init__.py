@@ -1,0 +1,1 @@
+"""Telemetry and anomaly delivery: batching, the durable outbox and the sender."""
