@@ -119,6 +119,9 @@ class Hub:
                  self.engine.url.render_as_string(hide_password=True), self.signing_key.key_id)
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.started_at is None:
+            return
+        self.started_at = None
         self.rollouts.stop(timeout)
         self.jobs.stop(timeout)
         self.ingest.stop(timeout)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.topics import DEFAULT_PREFIX, Topics, TopicError, validate_device_id
+from shared.topics import DEFAULT_PREFIX, TopicError, Topics, validate_device_id
 
 __all__ = [
     "AgentConfig",

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent.sources.base import Reading, SensorSource
+from edge_agent.sources.base import Reading, SensorSource, SourceError
 from simulator.faults import DEFAULT_DURATION_S, Fault, FaultError, FaultKind, fault_from_dict
 from simulator.profiles import PROFILES
 from simulator.scoring import GroundTruth
@@ -41,7 +41,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-class SourceOptionsError(ValueError):
+class SourceOptionsError(SourceError):
     """Options of the simulated source that cannot be used; the text names the option."""
 
 
@@ -111,10 +111,11 @@ class SimulatedSource(SensorSource):
     def close(self) -> None:
         self._closed.set()
 
-    # -- simulator side --------------------------------------------------------------------
     @property
-    def closed(self) -> bool:
+    def exhausted(self) -> bool:
         return self._closed.is_set()
+
+    # -- simulator side --------------------------------------------------------------------
 
     @property
     def samples_generated(self) -> int:

@@ -74,6 +74,11 @@ def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
     return np.asarray(values, dtype="<f8").tobytes()
 
 
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
 def _insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -87,7 +92,9 @@ def _insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[s
     session.execute(stmt, rows)
 
 
-def _existing_keys(session: Session, model: Any, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
+def _existing_keys(
+    session: Session, model: Any, keys: set[tuple[str, int]]
+) -> set[tuple[str, int]]:
     found: set[tuple[str, int]] = set()
     ordered = sorted(keys)
     for i in range(0, len(ordered), 400):
@@ -160,7 +167,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         _seen(device, received)
     for t in batch.telemetry:  # duplicates still prove the device is alive
         _seen(devices(t.device_id), received)
-    _insert_ignoring_conflicts(session, TelemetryBatchRow.__table__, rows)  # type: ignore[arg-type]
+    _insert_ignoring_conflicts(session, _table(TelemetryBatchRow), rows)
 
     for h in batch.heartbeats:
         device = devices(h.device_id)
@@ -184,7 +191,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         for d in batch.dead_letters
     ]
     if dead:
-        session.execute(DeadLetter.__table__.insert(), dead)  # type: ignore[attr-defined]
+        session.execute(_table(DeadLetter).insert(), dead)
 
     committed_at = time.time()
     anomaly_rows = []
@@ -198,7 +205,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         device = devices(a.device_id)
         device.anomalies += 1
         _seen(device, received)
-    _insert_ignoring_conflicts(session, Anomaly.__table__, anomaly_rows)  # type: ignore[arg-type]
+    _insert_ignoring_conflicts(session, _table(Anomaly), anomaly_rows)
     session.commit()
     return StoreResult(
         telemetry_batches=len(telemetry), telemetry_readings=readings,

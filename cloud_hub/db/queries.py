@@ -94,7 +94,7 @@ def read_telemetry(
 
 def telemetry_summary(session: Session) -> list[dict[str, object]]:
     stmt = (
-        select(
+        select(  # type: ignore[call-overload]
             TelemetryBatchRow.device_id,
             func.sum(TelemetryBatchRow.readings),
             func.count(),

@@ -210,7 +210,7 @@ class MqttIngest:
                 self._decode_one(m, batch)
             except (MessageError, TopicError, UnicodeDecodeError) as exc:
                 batch.dead_letters.append(
-                    DeadLetterRecord(topic=m.topic, reason=str(exc), payload=m.payload,
+                    DeadLetterRecord(topic=m.topic, reason=str(exc), payload=bytes(m.payload),
                                      received_at=now)
                 )
                 with self._lock:
@@ -232,16 +232,17 @@ class MqttIngest:
             raise MessageError(
                 f"payload of {len(m.payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}"
             )
-        message: Any = decode(cls, m.payload)
+        message: Any = decode(cls, bytes(m.payload))
         if message.device_id != parsed.device_id:
             raise MessageError(
                 f"device_id {message.device_id!r} does not match the topic's "
                 f"{parsed.device_id!r}"
             )
-        {
+        targets: dict[type[WireMessage], list[Any]] = {
             TelemetryBatch: batch.telemetry,
             AnomalyEvent: batch.anomalies,
             Status: batch.statuses,
             Heartbeat: batch.heartbeats,
             Reported: batch.reported,
-        }[cls].append(message)
+        }
+        targets[cls].append(message)

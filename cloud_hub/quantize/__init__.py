@@ -1,0 +1,1 @@
+"""Quantization: Keras → TFLite conversion, the parity gate, and the mode comparison."""

@@ -1,0 +1,1 @@
+"""Training: windows from fleet telemetry, model families, thresholds, the training job."""

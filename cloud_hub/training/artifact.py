@@ -39,6 +39,7 @@ class TrainingSpec:
     seed: int = 0
     max_train_windows: int = 12_000  # evenly subsampled beyond this, to bound training time
     patience: int = 3  # early stopping on validation loss (0: train all epochs)
+    compare_modes: bool = True  # also measure every other quantization mode (extra["modes"])
 
 
 @dataclass(frozen=True)

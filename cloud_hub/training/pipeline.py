@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -18,15 +19,23 @@ import numpy.typing as npt
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from cloud_hub.training.dataset import Dataset, prepare_dataset
 from cloud_hub.training.errors import TrainingCancelled, TrainingError
-from cloud_hub.training.families import FAMILIES, get_family, to_layout
+from cloud_hub.training.families import FAMILIES, ModelFamily, get_family, to_layout
 from cloud_hub.training.threshold import (
     ThresholdChoice,
     f1_optimal_threshold,
     quantile_threshold,
 )
 from shared.manifest import InputSpec, Quantization, ScoreSpec
+from shared.scoring import window_scores
 
-__all__ = ["TrainingCancelled", "TrainingError", "check_spec", "run_training"]
+__all__ = [
+    "FittedModel",
+    "TrainingCancelled",
+    "TrainingError",
+    "check_spec",
+    "fit_model",
+    "run_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,23 @@ ProgressCallback = Callable[[TrainingProgress], None]
 _FIT_START, _FIT_END, _CONVERT_END = 0.05, 0.8, 0.9
 
 
-def run_training(
+@dataclass(frozen=True)
+class FittedModel:
+    """A trained float model with its data and threshold, before any conversion."""
+
+    model: Any  # keras.Model
+    family: ModelFamily
+    data: Dataset
+    train_x: npt.NDArray[np.float32]  # training windows in the family's layout
+    validation_x: npt.NDArray[np.float32]
+    float_reconstructions: npt.NDArray[np.float32]  # float model output for validation_x
+    validation_scores: npt.NDArray[np.float64]  # smoothed per segment, as the agent does
+    score: ScoreSpec
+    threshold: ThresholdChoice
+    fit_seconds: float
+
+
+def fit_model(
     readings: npt.NDArray[np.floating],
     channels: list[str],
     spec: TrainingSpec,
@@ -45,18 +70,10 @@ def run_training(
     labels: npt.NDArray[np.integer] | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
-) -> ModelArtifact:
-    """Train, threshold, convert and parity-check a model on normal-operation ``readings``.
-
-    Raises :class:`TrainingError` on bad input and :class:`TrainingCancelled` when ``cancel``
-    is set; a failed parity gate is reported in ``artifact.parity``, not raised.
-    """
+) -> FittedModel:
+    """The first half of :func:`run_training`: validate, window, fit, choose the threshold."""
     started = time.perf_counter()
-    report = _Reporter(progress)
-
-    def check_cancel() -> None:
-        if cancel is not None and cancel.is_set():
-            raise TrainingCancelled("training cancelled")
+    report = progress or (lambda update: None)
 
     report(TrainingProgress(stage="preparing", epochs=spec.epochs))
     check_spec(spec, len(channels))
@@ -64,11 +81,11 @@ def run_training(
         raise TrainingError("threshold_method 'f1' needs per-reading labels")
     family = get_family(spec.family)
     data = prepare_dataset(readings, channels, spec, segments=segments, labels=labels)
-    check_cancel()
+    _check_cancel(cancel)
 
     # Imported here: TensorFlow is loaded by the first job, never at hub start-up.
-    from cloud_hub.quantize.convert import convert, keras_reconstruct
-    from cloud_hub.quantize.parity import measure_parity, smoothed_scores
+    from cloud_hub.quantize.convert import keras_reconstruct
+    from cloud_hub.quantize.parity import smoothed_scores
     from cloud_hub.training.tf_env import seed_everything
 
     seed_everything(spec.seed)
@@ -89,44 +106,84 @@ def run_training(
 
     report(TrainingProgress(stage="fitting", epochs=spec.epochs, fraction=_FIT_START))
     model = family.train(train_x, _fit_subset(val_x), spec, on_epoch=on_epoch, cancel=cancel)
-    check_cancel()
+    _check_cancel(cancel)
     fit_seconds = time.perf_counter() - started
 
     report(TrainingProgress(stage="thresholding", epochs=spec.epochs, fraction=_FIT_END))
     score_spec = ScoreSpec(method=_score_method(spec), smoothing=spec.smoothing)
     float_rec = keras_reconstruct(model, val_x)
-    from shared.scoring import window_scores
-
     val_scores = smoothed_scores(
         window_scores(val_x, float_rec, score_spec), data.validation_lengths, spec.smoothing
     )
     choice = _choose_threshold(val_scores, data, spec)
-    check_cancel()
+    _check_cancel(cancel)
+    return FittedModel(
+        model=model,
+        family=family,
+        data=data,
+        train_x=train_x,
+        validation_x=val_x,
+        float_reconstructions=float_rec,
+        validation_scores=val_scores,
+        score=score_spec,
+        threshold=choice,
+        fit_seconds=fit_seconds,
+    )
+
+
+def run_training(
+    readings: npt.NDArray[np.floating],
+    channels: list[str],
+    spec: TrainingSpec,
+    *,
+    segments: list[int] | None = None,
+    labels: npt.NDArray[np.integer] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ModelArtifact:
+    """Train, threshold, convert and parity-check a model on normal-operation ``readings``.
+
+    Raises :class:`TrainingError` on bad input and :class:`TrainingCancelled` when ``cancel``
+    is set; a failed parity gate is reported in ``artifact.parity``, not raised. With
+    ``spec.compare_modes`` every quantization mode is measured too (``artifact.extra["modes"]``).
+    """
+    started = time.perf_counter()
+    report = _Reporter(progress)
+    fitted = fit_model(
+        readings, channels, spec, segments=segments, labels=labels, progress=report, cancel=cancel
+    )
+    from cloud_hub.quantize.compare import ALL_MODES, compare_modes, comparison_rows
 
     report(TrainingProgress(stage="converting", epochs=spec.epochs, fraction=_FIT_END))
-    float_tflite = convert(model, Quantization.FLOAT32)
     mode = Quantization(spec.quantization)
-    tflite = (
-        float_tflite
-        if mode is Quantization.FLOAT32
-        else convert(model, mode, representative=train_x)
-    )
-    check_cancel()
-
-    report(TrainingProgress(stage="parity", epochs=spec.epochs, fraction=_CONVERT_END))
-    parity = measure_parity(
-        tflite,
-        val_x,
-        float_rec,
-        quantization=mode,
-        score=score_spec,
-        threshold=choice.threshold,
-        float_size=len(float_tflite),
+    modes = ALL_MODES if spec.compare_modes else tuple(dict.fromkeys([mode, Quantization.FLOAT32]))
+    results = compare_modes(
+        fitted.model,
+        representative=fitted.train_x,
+        windows=fitted.validation_x,
+        float_reconstructions=fitted.float_reconstructions,
+        score=fitted.score,
+        threshold=fitted.threshold.threshold,
         min_agreement=spec.min_agreement,
-        lengths=data.validation_lengths,
+        lengths=fitted.data.validation_lengths,
+        modes=modes,
     )
+    _check_cancel(cancel)
+    report(TrainingProgress(stage="parity", epochs=spec.epochs, fraction=_CONVERT_END))
+    chosen = results[mode]
+    parity = chosen.report
     if not parity.passed:
         log.warning("model failed the parity gate: %s", parity.failure_reason())
+    data = fitted.data
+    extra: dict[str, Any] = {
+        "family": fitted.family.description,
+        "fit_seconds": round(fitted.fit_seconds, 3),
+        "available_train_windows": data.total_train_windows,
+        "validation_windows": len(data.validation),
+        "segments": len(data.validation_lengths),
+    }
+    if spec.compare_modes:
+        extra["modes"] = comparison_rows([r.report for r in results.values()])
     elapsed = time.perf_counter() - started
     report(TrainingProgress(stage="done", epochs=spec.epochs, fraction=1.0))
     return ModelArtifact(
@@ -136,28 +193,27 @@ def run_training(
             window=spec.window,
             channels=list(channels),
             dtype="int8" if mode is Quantization.INT8 else "float32",
-            layout=family.layout,
+            layout=fitted.family.layout,
             stride=spec.score_stride,
         ),
         normalization=data.normalization,
-        score=score_spec,
-        threshold=choice.threshold,
-        threshold_method=choice.method,
-        tflite=tflite,
-        float_size=len(float_tflite),
+        score=fitted.score,
+        threshold=fitted.threshold.threshold,
+        threshold_method=fitted.threshold.method,
+        tflite=chosen.tflite,
+        float_size=parity.float_size_bytes,
         parity=parity,
         training_rows=data.training_rows,
         training_windows=len(data.train),
-        validation=_validation_metrics(val_scores, choice, data),
+        validation=_validation_metrics(fitted.validation_scores, fitted.threshold, data),
         train_seconds=elapsed,
-        extra={
-            "family": family.description,
-            "fit_seconds": round(fit_seconds, 3),
-            "available_train_windows": data.total_train_windows,
-            "validation_windows": len(data.validation),
-            "segments": len(data.validation_lengths),
-        },
+        extra=extra,
     )
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TrainingCancelled("training cancelled")
 
 
 def check_spec(spec: TrainingSpec, channels: int) -> None:
@@ -186,6 +242,7 @@ def check_spec(spec: TrainingSpec, channels: int) -> None:
         ("min_agreement", 0 <= spec.min_agreement <= 1, "in [0, 1]"),
         ("max_train_windows", spec.max_train_windows >= 64, ">= 64"),
         ("patience", spec.patience >= 0, ">= 0"),
+        ("seed", spec.seed >= 0, ">= 0"),
     ]
     for field_name, ok, expected in rules:
         if not ok:

@@ -163,7 +163,9 @@ class MqttLink:
         if self.connected:
             self._client.publish(topic, payload, qos=1, retain=True)
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> int | None:
         """Hand one message to the connection; its message id, or None when not connected."""
         if not self.connected:
             return None
@@ -192,6 +194,7 @@ class MqttLink:
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
         self._client.loop_stop()
+        self._close_wakeup_pair()
         self._connected.clear()
 
     # -- paho plumbing ---------------------------------------------------------------------
@@ -240,7 +243,15 @@ class MqttLink:
             if self._stopping.is_set():
                 break
             self._client.loop_stop()
+            self._close_wakeup_pair()
             self._stopping.wait(self.backoff.next_delay())
+
+    def _close_wakeup_pair(self) -> None:
+        # paho's loop_start() makes a new wake-up socket pair without closing the previous one;
+        # we restart the loop once per connection, so close the old pair ourselves.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset(sockpair_only=True)
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:

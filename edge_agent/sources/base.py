@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["BadRowCounter", "Reading", "SensorSource", "SourceError", "finite_values"]
+__all__ = ["BadRowCounter", "Reading", "SensorSource", "SourceError",
+           "channel_list", "finite_values", "reading_from_json"]
 
 
 class SourceError(ValueError):
@@ -74,3 +77,45 @@ def finite_values(raw: list[object], channels: list[str]) -> tuple[float, ...]:
             raise ValueError(f"channel {name!r}: {value!r} is not finite")
         out.append(number)
     return tuple(out)
+
+
+def reading_from_json(text: str | bytes, channels: list[str], now: float) -> Reading:
+    """A reading from one JSON object: ``{"ts": 1.7e9, "values": {"a": 1.0}}`` (or a list of
+    values in channel order, or the channels as top-level keys). ``ts`` defaults to ``now``."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    raw_ts = obj.get("ts", now)
+    if isinstance(raw_ts, bool) or not isinstance(raw_ts, int | float) or not math.isfinite(
+        raw_ts
+    ) or raw_ts < 0:
+        raise ValueError(f"ts: {raw_ts!r} is not epoch seconds")
+    values = obj.get("values", obj)
+    if isinstance(values, dict):
+        missing = [c for c in channels if c not in values]
+        if missing:
+            raise ValueError(f"missing channel(s) {missing}")
+        row = [values[c] for c in channels]
+    elif isinstance(values, list):
+        row = values
+    else:
+        raise ValueError(f"values: expected an object or a list, got {type(values).__name__}")
+    return Reading(ts=float(raw_ts), values=finite_values(row, channels))
+
+
+def channel_list(options: dict[str, Any], source_type: str) -> list[str]:
+    channels = options.get("channels")
+    if (
+        not isinstance(channels, list)
+        or not channels
+        or not all(isinstance(c, str) and c for c in channels)
+        or len(set(channels)) != len(channels)
+    ):
+        raise SourceError(
+            f"source.options.channels must be a non-empty list of distinct names for type "
+            f"{source_type!r}, got {channels!r}"
+        )
+    return list(channels)

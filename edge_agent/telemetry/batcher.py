@@ -13,7 +13,8 @@ __all__ = ["TelemetryBatcher"]
 
 
 class TelemetryBatcher:
-    """A batch is written when it holds ``max_readings`` or its first reading is ``max_age_s`` old."""
+    """A batch is written once it holds ``max_readings`` or its first reading is ``max_age_s``
+    old."""
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ def test_windows_never_cross_segment_boundaries() -> None:
     for windows in (data.train, data.validation):
         spread = windows[:, :, 0].max(axis=1) - windows[:, :, 0].min(axis=1)
         assert spread.max() < 0.01  # never spans two segments (≥ 1 apart after scaling)
-    assert data.validation_lengths == [14, 9, 21]  # tail 20% of each segment, windows of 10
+    assert data.validation_lengths == [15, 9, 21]  # tail 20% of each segment, windows of 10
 
 
 def test_validation_lies_after_training_in_each_segment() -> None:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.hub
 
 CHANNELS = ["flow", "pressure", "current", "temp"]
 WINDOW = 16
-TINY = TrainingSpec(window=WINDOW, hidden=16, latent=4, epochs=3, batch_size=32, seed=1)
+TINY = TrainingSpec(window=WINDOW, hidden=16, latent=4, epochs=4, batch_size=32, seed=1)
 
 
 def pump_readings(rows: int, seed: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def pump_readings(rows: int, seed: int) -> np.ndarray:
             10 + 2 * base,
             3 + 0.5 * base + 0.2 * np.cos(2 * np.pi * t / 7.0),
             5 - 1.0 * base,
-            60 + 0.3 * np.sin(2 * np.pi * t / 200.0),
+            60 + 0.3 * np.sin(2 * np.pi * t / 20.0),
         ],
         axis=1,
     ) + 0.05 * rng.normal(size=(rows, 4))
@@ -39,8 +39,8 @@ def pump_readings(rows: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained() -> tuple[ModelArtifact, list[TrainingProgress]]:
     updates: list[TrainingProgress] = []
-    readings = np.concatenate([pump_readings(300, 1), pump_readings(300, 2)])
-    artifact = run_training(readings, CHANNELS, TINY, segments=[300, 300], progress=updates.append)
+    readings = np.concatenate([pump_readings(500, 1), pump_readings(500, 2)])
+    artifact = run_training(readings, CHANNELS, TINY, segments=[500, 500], progress=updates.append)
     return artifact, updates
 
 
@@ -101,14 +101,14 @@ def test_threshold_method_is_recorded(trained) -> None:
     artifact, _ = trained
     assert artifact.threshold_method.startswith("quantile 0.999")
     assert np.isfinite(artifact.threshold) and artifact.threshold > 0
-    assert artifact.training_rows == 480  # 80% of each 300-row segment
-    assert artifact.validation["flagged_fraction"] <= 0.01
+    assert artifact.training_rows == 800  # 80% of each 500-row segment
+    assert artifact.validation["flagged_fraction"] <= 0.02
 
 
 @pytest.mark.parametrize("family", ["conv1d_ae", "pca"])
 def test_other_families_train_and_convert(family: str) -> None:
     spec = TrainingSpec(family=family, window=WINDOW, hidden=8, latent=3, epochs=2, batch_size=32)
-    artifact = run_training(pump_readings(500, 3), CHANNELS, spec)
+    artifact = run_training(pump_readings(1500, 3), CHANNELS, spec)
     model = TfliteModel(artifact.tflite)
     model.check_input(WINDOW, len(CHANNELS))
     assert artifact.input.layout == ("sequence" if family == "conv1d_ae" else "flat")
@@ -177,3 +177,18 @@ def test_nan_reading_is_refused_naming_row_and_channel() -> None:
 def test_bad_spec_raises_training_error_naming_the_field(spec: TrainingSpec, message: str):
     with pytest.raises(TrainingError, match=message):
         run_training(pump_readings(400, 0), CHANNELS, spec)
+
+
+def test_every_quantization_mode_is_measured_beside_the_chosen_one(trained) -> None:
+    from cloud_hub.quantize.compare import format_comparison
+
+    artifact, _ = trained
+    rows = {row["quantization"]: row for row in artifact.extra["modes"]}
+    assert set(rows) == {"int8", "float16", "dynamic", "float32"}
+    assert rows["float32"]["decision_agreement"] == 1.0
+    assert rows["float32"]["size_bytes"] == artifact.float_size
+    assert rows["int8"]["size_bytes"] == len(artifact.tflite)
+    assert rows["int8"]["decision_agreement"] == artifact.parity.decision_agreement
+    assert rows["int8"]["size_ratio"] < rows["float16"]["size_ratio"] < 1.0
+    table = format_comparison(artifact.extra["modes"])
+    assert all(mode in table for mode in rows)

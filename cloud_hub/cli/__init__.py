@@ -1,0 +1,137 @@
+"""``cloud-hub``: ``serve`` runs the hub; every other command is a client of its REST API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from cloud_hub.cli.client import ApiError, HubClient
+
+__all__ = ["build_parser", "main"]
+
+
+def _ref(text: str) -> tuple[str, int]:
+    name, sep, version = text.rpartition(":")
+    if not sep or not version.isdigit() or int(version) < 1:
+        raise argparse.ArgumentTypeError(f"model {text!r} must be NAME:VERSION, e.g. pump-ae:3")
+    return name, int(version)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud-hub", description=__doc__)
+    p.add_argument("--url", default=os.environ.get("EDGELOOP_HUB_URL", "http://127.0.0.1:8080"),
+                   help="hub base URL (env EDGELOOP_HUB_URL)")
+    p.add_argument("--api-key", default=os.environ.get("EDGELOOP_API_KEY"),
+                   help="API key (env EDGELOOP_API_KEY)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the hub: REST API + MQTT ingest (settings: EDGELOOP_*)")
+    s.add_argument("--log-level", default="INFO")
+
+    t = sub.add_parser("train", help="start a training job and follow its progress")
+    t.add_argument("name", help="model name")
+    t.add_argument("--devices", help="comma-separated device ids (default: all)")
+    t.add_argument("--channels", help="comma-separated channels (default: all)")
+    t.add_argument("--since", type=float)
+    t.add_argument("--until", type=float)
+    t.add_argument("--family", choices=["dense_ae", "conv1d_ae", "pca"])
+    t.add_argument("--window", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32"])
+    t.add_argument("--spec", help="more TrainingSpec fields as JSON")
+    t.add_argument("--no-wait", action="store_true", help="return once the job is queued")
+
+    j = sub.add_parser("jobs", help="list training jobs, show one, or cancel one")
+    j.add_argument("id", nargs="?", type=int)
+    j.add_argument("--cancel", type=int, metavar="ID")
+
+    m = sub.add_parser("models", help="the model registry")
+    m.add_argument("action", choices=["list", "show", "compare", "publish", "retire", "download"])
+    m.add_argument("refs", nargs="*", type=_ref, metavar="NAME:VERSION")
+    m.add_argument("--name")
+    m.add_argument("--status", choices=["draft", "published", "retired"])
+    m.add_argument("--output", "-o")
+
+    r = sub.add_parser("rollout", help="staged rollouts")
+    r.add_argument("action", choices=["create", "status", "pause", "resume", "abort"])
+    r.add_argument("id", nargs="?", type=int)
+    r.add_argument("--model", help="NAME:VERSION to roll out")
+    r.add_argument("--devices")
+    r.add_argument("--group")
+    r.add_argument("--tags")
+    r.add_argument("--percent", type=int, default=100)
+    r.add_argument("--policy", help='JSON, e.g. {"canary_size": 2, "wave_size": 20}')
+
+    d = sub.add_parser("devices", help="devices: list, show, tag, set desired")
+    d.add_argument("action", choices=["list", "show", "tag", "desired"])
+    d.add_argument("device_id", nargs="?")
+    d.add_argument("--group")
+    d.add_argument("--tag", help="filter the list by tag")
+    d.add_argument("--tags", help="tag: the device's new comma-separated tags")
+    d.add_argument("--model", help="desired: NAME:VERSION")
+
+    a = sub.add_parser("anomalies", help="recent anomalies (tail -f with --follow)")
+    a.add_argument("action", choices=["tail"], nargs="?", default="tail")
+    a.add_argument("--device")
+    a.add_argument("--since", type=float)
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--follow", "-f", action="store_true")
+    a.add_argument("--interval", type=float, default=2.0)
+
+    k = sub.add_parser("api-keys", help="create, list and revoke API keys")
+    k.add_argument("action", choices=["list", "create", "revoke"])
+    k.add_argument("--name")
+    k.add_argument("--scope", choices=["read", "admin"], default="read")
+    k.add_argument("--id", type=int)
+    return p
+
+
+def _check(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    need_id = {("rollout", "pause"), ("rollout", "resume"), ("rollout", "abort")}
+    action = getattr(a, "action", None)
+    if (a.command, action) in need_id and a.id is None:
+        parser.error(f"rollout {action} needs the rollout id")
+    if a.command == "rollout" and action == "create" and not a.model:
+        parser.error("rollout create needs --model NAME:VERSION")
+    if a.command == "models" and action in ("show", "publish", "retire", "download") and not a.refs:
+        parser.error(f"models {action} needs NAME:VERSION")
+    if a.command == "devices" and action != "list" and not a.device_id:
+        parser.error(f"devices {action} needs a device id")
+    if a.command == "devices" and action == "desired" and not a.model:
+        parser.error("devices desired needs --model NAME:VERSION")
+    if a.command == "api-keys" and action == "create" and not a.name:
+        parser.error("api-keys create needs --name")
+    if a.command == "api-keys" and action == "revoke" and a.id is None:
+        parser.error("api-keys revoke needs --id")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(args, parser)
+    if args.command == "serve":
+        from cloud_hub.cli.serve import run_serve
+        from cloud_hub.core.config import Settings
+
+        logging.basicConfig(level=args.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_serve(Settings())
+        return 0
+    from cloud_hub.cli.commands import COMMANDS
+
+    client = HubClient(args.url, args.api_key)
+    try:
+        return COMMANDS[args.command](args, client)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

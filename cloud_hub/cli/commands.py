@@ -1,0 +1,199 @@
+"""The admin commands: each takes parsed arguments and a :class:`HubClient`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cloud_hub.cli.client import HubClient
+from cloud_hub.cli.render import console, emit
+
+__all__ = ["COMMANDS"]
+
+_DEVICE_COLS = ("device_id", "online", "last_seen", "group", "tags", "desired_model",
+                "active_model", "reported_state", "telemetry_readings", "anomalies")
+_MODEL_COLS = ("name", "version", "status", "family", "quantization", "size_bytes",
+               "float_size_bytes", "decision_agreement", "parity_passed", "devices_running")
+_JOB_COLS = ("id", "name", "status", "progress", "model", "error")
+_ROLLOUT_COLS = ("id", "model", "status", "stage", "devices_total", "devices_updated",
+                 "seconds_to_full", "reason")
+
+
+def _ref(text: str) -> tuple[str, int]:
+    name, sep, version = text.rpartition(":")
+    if not sep or not version.isdigit():
+        raise argparse.ArgumentTypeError(f"model {text!r} must be NAME:VERSION, e.g. pump-ae:3")
+    return name, int(version)
+
+
+def _job_row(job: dict[str, Any]) -> dict[str, Any]:
+    p = job.get("progress") or {}
+    shown = p.get("stage", "")
+    if p.get("epochs"):
+        shown += f" {p.get('epoch')}/{p.get('epochs')}"
+    if p.get("loss") is not None:
+        shown += f" loss={p['loss']:.4g}"
+    return {**job, "progress": shown}
+
+
+def follow_job(client: HubClient, job: dict[str, Any], poll_s: float = 0.5) -> dict[str, Any]:
+    """Show a progress bar until the job finishes; returns the final job."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(f"job {job['id']}", total=1.0, info="")
+        while job["status"] in ("queued", "running"):
+            time.sleep(poll_s)  # polling an HTTP API: the interval is the point
+            job = client.get(f"/training-jobs/{job['id']}")
+            bar.update(task, completed=job["progress"].get("fraction", 0.0),
+                       info=_job_row(job)["progress"])
+        bar.update(task, completed=1.0 if job["status"] == "succeeded" else None)
+    return job
+
+
+def train(a: argparse.Namespace, c: HubClient) -> int:
+    body: dict[str, Any] = {"name": a.name, "spec": json.loads(a.spec) if a.spec else {}}
+    for key in ("devices", "channels"):
+        if getattr(a, key):
+            body[key] = getattr(a, key).split(",")
+    for key in ("since", "until"):
+        if getattr(a, key) is not None:
+            body[key] = getattr(a, key)
+    for key in ("family", "window", "epochs", "quantization"):
+        if getattr(a, key) is not None:
+            body["spec"][key] = getattr(a, key)
+    job = c.post("/training-jobs", body)
+    if not a.no_wait:
+        job = follow_job(c, job)
+    emit(_job_row(job) if not a.json else job, a.json, title="training job")
+    return 0 if job["status"] in ("succeeded", "queued", "running") else 1
+
+
+def jobs(a: argparse.Namespace, c: HubClient) -> int:
+    if a.cancel:
+        emit(c.post(f"/training-jobs/{a.cancel}/cancel"), a.json)
+        return 0
+    data = c.get(f"/training-jobs/{a.id}") if a.id else c.get("/training-jobs")
+    if isinstance(data, list) and not a.json:
+        data = [_job_row(j) for j in data]
+    emit(data, a.json, _JOB_COLS, "training jobs")
+    return 0
+
+
+def models(a: argparse.Namespace, c: HubClient) -> int:
+    if a.action == "list":
+        emit(c.get("/models", name=a.name, status=a.status), a.json, _MODEL_COLS, "models")
+    elif a.action == "show":
+        name, version = a.refs[0]
+        emit(c.get(f"/models/{name}/{version}"), a.json, title=f"{name}:{version}")
+    elif a.action == "compare":
+        if len(a.refs) != 2:
+            raise SystemExit("models compare needs two NAME:VERSION arguments")
+        (n1, v1), (n2, v2) = a.refs
+        data = c.get("/models/compare", a=f"{n1}:{v1}", b=f"{n2}:{v2}")
+        if a.json:
+            emit(data, True)
+        else:
+            rows = [{"figure": k, "a": data["a"][k], "b": data["b"][k],
+                     "differs": "*" if k in data["differs"] else ""}
+                    for k in data["a"] if k not in ("spec", "validation", "parity", "modes")]
+            rows += [{"figure": f"parity.{k}", "a": v, "b": data["b"]["parity"].get(k)}
+                     for k, v in data["a"]["parity"].items()]
+            emit(rows, False, ("figure", "a", "b", "differs"), "compare")
+            for mode_ref in ("a", "b"):
+                if data[mode_ref].get("modes"):
+                    emit(data[mode_ref]["modes"], False, title=f"{mode_ref}: quantization modes")
+    elif a.action in ("publish", "retire"):
+        for name, version in a.refs:
+            emit(c.post(f"/models/{name}/{version}/{a.action}"), a.json, _MODEL_COLS)
+    elif a.action == "download":
+        name, version = a.refs[0]
+        out = Path(a.output or f"{name}-v{version}.tflite")
+        out.write_bytes(c.get(f"/models/{name}/{version}/tflite"))
+        console.print(f"wrote {out}")
+    return 0
+
+
+def _rollout_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {**r, "model": f"{r['model']['name']}:{r['model']['version']}"}
+
+
+def rollout(a: argparse.Namespace, c: HubClient) -> int:
+    if a.action == "create":
+        name, version = _ref(a.model)
+        target: dict[str, Any] = {"percent": a.percent}
+        if a.devices:
+            target["devices"] = a.devices.split(",")
+        if a.group:
+            target["group"] = a.group
+        if a.tags:
+            target["tags"] = a.tags.split(",")
+        policy = json.loads(a.policy) if a.policy else {}
+        data = c.post("/rollouts", {"model": {"name": name, "version": version},
+                                    "target": target, "policy": policy})
+    elif a.action == "status" and a.id is None:
+        data = c.get("/rollouts")
+        emit(data if a.json else [_rollout_row(r) for r in data], a.json, _ROLLOUT_COLS)
+        return 0
+    elif a.action == "status":
+        data = c.get(f"/rollouts/{a.id}")
+        if not a.json:
+            emit(_rollout_row({k: v for k, v in data.items() if k != "devices"}), False)
+            emit(data["devices"], False, title="devices")
+            return 0
+    else:
+        data = c.post(f"/rollouts/{a.id}/{a.action}")
+    emit(data if a.json else _rollout_row({k: v for k, v in data.items() if k != "devices"}),
+         a.json)
+    return 0
+
+
+def devices(a: argparse.Namespace, c: HubClient) -> int:
+    if a.action == "list":
+        emit(c.get("/devices", group=a.group, tag=a.tag), a.json, _DEVICE_COLS, "devices")
+    elif a.action == "show":
+        emit(c.get(f"/devices/{a.device_id}"), a.json, title=a.device_id)
+    elif a.action == "tag":
+        body: dict[str, Any] = {}
+        if a.tags is not None:
+            body["tags"] = [t for t in a.tags.split(",") if t]
+        if a.group is not None:
+            body["group"] = a.group or None
+        emit(c.patch(f"/devices/{a.device_id}", body), a.json, title=a.device_id)
+    elif a.action == "desired":
+        name, version = _ref(a.model)
+        emit(c.put(f"/devices/{a.device_id}/desired",
+                   {"model": {"name": name, "version": version}}), a.json, title=a.device_id)
+    return 0
+
+
+def anomalies(a: argparse.Namespace, c: HubClient) -> int:
+    cols = ("stored_at", "device_id", "seq", "score", "threshold", "model_version", "channels")
+    since = a.since
+    while True:
+        rows = c.get("/anomalies", device_id=a.device, since=since, limit=a.limit)
+        if rows:
+            emit(rows, a.json, cols)
+            since = max(r["stored_at"] for r in rows) + 1e-6
+        if not a.follow:
+            return 0
+        time.sleep(a.interval)  # polling an HTTP API: the interval is the point
+
+
+def api_keys(a: argparse.Namespace, c: HubClient) -> int:
+    if a.action == "list":
+        emit(c.get("/api-keys"), a.json, ("id", "name", "prefix", "scope", "revoked_at"))
+    elif a.action == "create":
+        emit(c.post("/api-keys", {"name": a.name, "scope": a.scope}), a.json)
+    elif a.action == "revoke":
+        emit(c.delete(f"/api-keys/{a.id}"), a.json)
+    return 0
+
+
+COMMANDS = {"train": train, "jobs": jobs, "models": models, "rollout": rollout,
+            "devices": devices, "anomalies": anomalies, "api-keys": api_keys}

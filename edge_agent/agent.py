@@ -1,0 +1,345 @@
+"""The agent: wires source → detector and batches → outbox → MQTT, and desired → model updates.
+
+Threads: one reads the source, one worker does everything stateful (windows, scoring, batches,
+model updates, heartbeats) so a model swap always falls between two windows, one sender moves
+the outbox to the link, and the link's own. Several agents can run in one process, each with
+its own ``state_dir`` and MQTT connection (the simulator does this).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.comms.mqtt import InboundMessage, LinkEvent, LinkSettings, MqttLink
+from edge_agent.config import AgentConfig
+from edge_agent.detect.detector import Detection, Detector
+from edge_agent.health import rss_bytes
+from edge_agent.models.loader import load_model
+from edge_agent.models.store import ModelStore, write_atomic
+from edge_agent.models.updater import ModelReport, ModelUpdater
+from edge_agent.sources.base import Reading, SensorSource
+from edge_agent.sources.registry import create_source
+from edge_agent.telemetry.batcher import TelemetryBatcher
+from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
+from edge_agent.telemetry.sender import Sender
+from shared.messages import (
+    AnomalyEvent,
+    Desired,
+    DeviceStatus,
+    Heartbeat,
+    MessageError,
+    Reported,
+    Status,
+    decode,
+    encode,
+)
+from shared.signing import load_public_key
+from shared.topics import DeviceTopic, TopicError
+
+__all__ = ["Agent", "STATUS_FILE"]
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "status.json"
+_STATUS_EVERY_S = 5.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, source: SensorSource | None = None) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.topics = config.topics()
+        self._source_override = source
+        self._events: queue.Queue[Any] = queue.Queue(maxsize=10_000)
+        self._stop_reading = threading.Event()
+        self._stop_working = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started_at = time.monotonic()
+        self._started = False
+        self.readings = 0
+        self.bad_readings = 0
+        self.bad_messages = 0
+        self.anomalies_raised = 0
+        self.outbox_refusals = 0
+        self._bad_topics: set[str] = set()
+        self._worker_beat = time.monotonic()
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the state, connect in the background and start the threads; returns at once."""
+        if self._started:
+            return
+        cfg = self.config
+        state = Path(cfg.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.source = self._source_override or create_source(cfg.source.type, cfg.source.options)
+        self.channels = list(self.source.channels)
+        self.outbox = Outbox(
+            state / "outbox.db", max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s,
+            anomaly_max_age_s=cfg.outbox.anomaly_max_age_s, synchronous=cfg.outbox.synchronous,
+        )
+        control: queue.Queue[LinkEvent] = queue.Queue()
+        self.link = MqttLink(
+            LinkSettings(
+                client_id=self.device_id, host=cfg.mqtt.host, port=cfg.mqtt.port,
+                keepalive=cfg.mqtt.keepalive, username=cfg.username, password=cfg.mqtt.password,
+                tls=cfg.mqtt.tls, tls_ca_file=cfg.mqtt.tls_ca_file,
+                session_expiry_s=cfg.mqtt.session_expiry_s,
+                reconnect_initial_s=cfg.mqtt.reconnect_initial_s,
+                reconnect_max_s=cfg.mqtt.reconnect_max_s,
+                will=(self.topics.status(self.device_id), self._status(DeviceStatus.OFFLINE)),
+            ),
+            inbound=self._events,
+            control=control,
+        )
+        self.link.set_birth(self.topics.status(self.device_id), self._status(DeviceStatus.ONLINE))
+        self.link.subscribe(self.topics.desired(self.device_id), 1)
+        self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
+                             name=f"sender-{self.device_id}")
+        self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows)
+        trusted = {key_id: load_public_key(text) for key_id, text in cfg.trust.keys.items()}
+        self.store = ModelStore(state / "models", trusted)
+        self.updater = ModelUpdater(
+            store=self.store, topics=self.topics, link=self.link, detector=self.detector,
+            loader=lambda manifest, data: load_model(
+                manifest, data, channels=self.channels, num_threads=cfg.model.num_threads),
+            settings=cfg.model, on_report=self._publish_reported,
+        )
+        self.batcher = TelemetryBatcher(
+            self.outbox, device_id=self.device_id, channels=self.channels,
+            topic=self.topics.telemetry(self.device_id),
+            max_readings=cfg.telemetry.batch_max_readings,
+            max_age_s=cfg.telemetry.batch_max_age_s, on_stored=self.sender.wake,
+        )
+        self.updater.load_current()
+        self._started_at = time.monotonic()
+        self.link.start()
+        self.sender.start()
+        for target, name in ((self._work, "worker"), (self._read, "reader")):
+            thread = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._started = True
+        log.info("agent %s started (source %s, channels %s, outbox depth %d)", self.device_id,
+                 type(self.source).__name__, self.channels, self.outbox.depth())
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop reading, flush within the grace period, publish offline, disconnect.
+        Returns True when everything accepted was acknowledged by the broker in time."""
+        if not self._started:
+            return True
+        grace = self.config.daemon.grace_s if timeout is None else timeout
+        deadline = time.monotonic() + grace
+        self._stop_reading.set()
+        reader, worker = self._threads[1], self._threads[0]
+        reader.join(max(0.5, min(2.0, grace)))
+        self._stop_working.set()
+        worker.join(max(0.5, deadline - time.monotonic()))
+        try:
+            self.source.close()
+        except Exception:
+            log.exception("closing the source failed")
+        flushed = self.sender.flush(max(0.0, deadline - time.monotonic()))
+        if not flushed:
+            log.warning("agent %s: %d message(s) still unacknowledged at stop; they stay in the "
+                        "outbox and are sent after the next start", self.device_id,
+                        self.outbox.depth())
+        self.sender.stop(timeout=2.0)
+        self.link.stop(final=(self.topics.status(self.device_id),
+                              self._status(DeviceStatus.OFFLINE)),
+                       timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+        self._write_status_file()
+        self.outbox.close()
+        self._started = False
+        log.info("agent %s stopped", self.device_id)
+        return flushed
+
+    # -- what the operator and the simulator see -------------------------------------------
+    def healthy(self, stale_after_s: float = 30.0) -> bool:
+        """The worker is alive and went round its loop recently (for the systemd watchdog)."""
+        return (
+            self._started
+            and all(t.is_alive() for t in self._threads[:1])
+            and time.monotonic() - self._worker_beat < stale_after_s
+        )
+
+    def status(self) -> dict[str, Any]:
+        if not hasattr(self, "outbox"):
+            return {"device_id": self.device_id, "connected": False, "started": False}
+        active = self.detector.active
+        drops = self.outbox.drops()
+        p50, p99 = self.detector.inference_us()
+        return {
+            "device_id": self.device_id,
+            "connected": self.link.connected,
+            "active_model": None if active is None else {
+                "name": active.manifest.name, "version": active.manifest.version,
+                "sha256": active.manifest.sha256,
+            },
+            "model_state": self.updater.state.value if self.updater.state else None,
+            "threshold": None if active is None else active.threshold,
+            "readings": self.readings,
+            "batches_sent": self.sender.acked[Stream.TELEMETRY],
+            "readings_sent": self.sender.acked_readings,
+            "anomalies_raised": self.anomalies_raised,
+            "anomalies_sent": self.sender.acked[Stream.ANOMALIES],
+            "outbox_depth": self.outbox.depth(),
+            "outbox_bytes": self.outbox.pending_bytes(),
+            "oldest_unsent_age_s": self.outbox.oldest_age(),
+            "drops": drops.messages,
+            "dropped_readings": drops.telemetry_readings,
+            "dropped_anomalies": drops.anomalies,
+            "bad_readings": self.bad_readings + self.source.bad_readings,
+            "bad_messages": self.bad_messages,
+            "reconnects": self.link.reconnects,
+            "inference_us_p50": p50,
+            "inference_us_p99": p99,
+            "uptime_s": time.monotonic() - self._started_at,
+            "last_error": self.updater.last_error or self.link.last_error,
+        }
+
+    # -- threads -------------------------------------------------------------------------
+    def _read(self) -> None:
+        while not self._stop_reading.is_set():
+            try:
+                readings = self.source.read(0.2)
+            except Exception:
+                log.exception("agent %s: the source failed; retrying", self.device_id)
+                self._stop_reading.wait(1.0)
+                continue
+            if readings:
+                self._events.put(readings)
+            if self.source.exhausted:
+                log.info("agent %s: the source has no more readings", self.device_id)
+                return
+
+    def _work(self) -> None:
+        next_heartbeat = time.monotonic() + min(5.0, self.config.heartbeat.interval_s)
+        next_status = time.monotonic()
+        while True:
+            self._worker_beat = time.monotonic()
+            stopping = self._stop_working.is_set()
+            try:
+                item = self._events.get(timeout=0.0 if stopping else 0.1)
+            except queue.Empty:
+                item = None
+                if stopping:
+                    break
+            try:
+                if isinstance(item, InboundMessage):
+                    self._on_message(item)
+                elif isinstance(item, list):
+                    for reading in item:
+                        self._on_reading(reading)
+                self.batcher.flush_if_due()
+                self.updater.tick()
+                failure = self.detector.take_failure()
+                if failure is not None:
+                    self.updater.on_runtime_failure(*failure)
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.config.heartbeat.interval_s
+                    self._send_heartbeat()
+                if now >= next_status:
+                    next_status = now + _STATUS_EVERY_S
+                    self._write_status_file()
+            except OutboxError as exc:
+                self.outbox_refusals += 1
+                log.error("agent %s: outbox refused a message: %s", self.device_id, exc)
+            except Exception:
+                log.exception("agent %s: unexpected error in the worker; going on", self.device_id)
+        try:
+            self.batcher.flush()
+        except OutboxError as exc:
+            log.error("agent %s: last batch refused by the outbox: %s", self.device_id, exc)
+
+    # -- work items --------------------------------------------------------------------
+    def _on_reading(self, reading: Reading) -> None:
+        values = reading.values
+        if (
+            len(values) != len(self.channels)
+            or not all(isinstance(v, float | int) and math.isfinite(v) for v in values)
+            or not math.isfinite(reading.ts)
+            or reading.ts < 0
+        ):
+            self.bad_readings += 1
+            if self.bad_readings <= 10 or self.bad_readings % 1000 == 0:
+                log.warning("agent %s: bad reading skipped (%d so far): ts=%r values=%r",
+                            self.device_id, self.bad_readings, reading.ts, values[:8])
+            return
+        self.readings += 1
+        self.batcher.add(reading)
+        detection = self.detector.push(reading)
+        if detection is not None:
+            self._raise_anomaly(detection)
+
+    def _raise_anomaly(self, d: Detection) -> None:
+        def build(seq: int) -> bytes:
+            return encode(AnomalyEvent(
+                device_id=self.device_id, seq=seq, ts=d.ts, score=d.score,
+                threshold=d.threshold, model=d.model, channels=d.channels,
+                detected_at=d.detected_at,
+            ))
+
+        self.outbox.add(device_id=self.device_id, stream=Stream.ANOMALIES,
+                        topic=self.topics.anomalies(self.device_id), build=build)
+        self.anomalies_raised += 1
+        self.sender.wake()
+
+    def _on_message(self, message: InboundMessage) -> None:
+        try:
+            parsed = self.topics.parse(message.topic)
+            if parsed.kind == DeviceTopic.DESIRED.value and parsed.device_id == self.device_id:
+                if not message.payload:
+                    return  # desired cleared
+                desired = decode(Desired, message.payload)
+                if desired.device_id != self.device_id:
+                    raise MessageError(f"Desired: device_id {desired.device_id!r} is not "
+                                       f"{self.device_id!r}")
+                self.updater.want(desired.model, desired.issued_at)
+            elif parsed.kind in ("manifest", "chunk"):
+                self.updater.on_message(parsed, message.payload)
+        except (MessageError, TopicError) as exc:
+            self.bad_messages += 1
+            if message.topic not in self._bad_topics:
+                self._bad_topics.add(message.topic)
+                log.error("agent %s: bad message on %s: %s", self.device_id, message.topic, exc)
+
+    def _publish_reported(self, report: ModelReport) -> None:
+        message = Reported(
+            device_id=self.device_id, model=report.model, state=report.state,
+            error=report.error, since=report.since, active=report.active,
+            threshold=report.threshold,
+        )
+        self.link.set_birth(self.topics.reported(self.device_id), encode(message))
+        self._write_status_file()
+
+    def _send_heartbeat(self) -> None:
+        s = self.status()
+        beat = Heartbeat(
+            device_id=self.device_id, at=time.time(), uptime_s=s["uptime_s"],
+            rss_bytes=rss_bytes(), inference_us_p50=s["inference_us_p50"],
+            inference_us_p99=s["inference_us_p99"], outbox_depth=s["outbox_depth"],
+            oldest_unsent_age_s=s["oldest_unsent_age_s"], drops=s["drops"],
+            reconnects=s["reconnects"], bad_readings=s["bad_readings"],
+        )
+        self.link.publish(self.topics.heartbeat(self.device_id), encode(beat), qos=0)
+
+    def _status(self, state: DeviceStatus) -> bytes:
+        return encode(Status(device_id=self.device_id, state=state, at=time.time(),
+                             agent_version=__version__))
+
+    def _write_status_file(self) -> None:
+        record = dict(self.status(), updated_at=time.time())
+        try:
+            write_atomic(Path(self.config.state_dir) / STATUS_FILE,
+                         json.dumps(record, sort_keys=True).encode())
+        except OSError as exc:
+            log.warning("agent %s: cannot write %s: %s", self.device_id, STATUS_FILE, exc)

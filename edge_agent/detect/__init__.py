@@ -1,0 +1,1 @@
+"""Turning readings into anomaly decisions with the active model."""

@@ -1,0 +1,294 @@
+"""Sliding windows over readings → normalise → reconstruct with TFLite → score → anomaly.
+
+The detector holds the active model and, during a staged update, a shadow model scored on the
+same windows without raising anything. Both run in the caller's thread, so a swap always lands
+between two windows. A model that raises or returns non-finite numbers while active is taken
+out and reported through :meth:`Detector.take_failure` (the agent then rolls back).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.sources.base import Reading
+from shared.manifest import Manifest
+from shared.messages import ModelRef
+from shared.scoring import normalize, responsible_channels, window_scores
+
+__all__ = [
+    "Calibration",
+    "Detection",
+    "Detector",
+    "LoadedModel",
+    "ModelRuntimeError",
+    "Reconstructor",
+    "ShadowReport",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ModelRuntimeError(RuntimeError):
+    """The model failed on a window (raised, or produced NaN/inf)."""
+
+
+class Reconstructor(Protocol):
+    """What the detector needs from a model (``TfliteModel`` is one)."""
+
+    def reconstruct(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]: ...
+
+
+@dataclass
+class LoadedModel:
+    """A verified model ready to score: its manifest, interpreter and threshold in use."""
+
+    manifest: Manifest
+    runtime: Reconstructor
+    threshold: float
+    channel_index: list[int]  # positions of the model's channels among the source's
+    threshold_source: str = "manifest"  # manifest | calibrated
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.manifest.name, version=self.manifest.version)
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.name} v{self.manifest.version}"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """An anomaly decided on the device, before the outbox gives it a ``seq``."""
+
+    ts: tuple[float, float]
+    score: float
+    threshold: float
+    model: ModelRef
+    channels: list[str]
+    detected_at: float
+
+
+@dataclass
+class ShadowReport:
+    windows: int = 0
+    anomalies: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+    @property
+    def anomaly_rate(self) -> float:
+        return self.anomalies / self.windows if self.windows else 0.0
+
+
+@dataclass
+class Calibration:
+    """Scores collected on this device's own data to set its own threshold."""
+
+    windows: int
+    quantile: float
+    factor: float
+    scores: list[float] = field(default_factory=list)
+    threshold: float | None = None
+
+
+@dataclass
+class _Slot:
+    model: LoadedModel
+    since_scored: int = 0
+    recent: deque[float] = field(default_factory=deque)
+    in_episode: bool = False
+    since_alert: int = 0
+
+
+class Detector:
+    def __init__(
+        self,
+        channels: list[str],
+        *,
+        realert_windows: int = 0,
+        clock: Callable[[], float] = time.time,
+        latency_samples: int = 2048,
+    ) -> None:
+        self.channels = list(channels)
+        self.realert_windows = realert_windows
+        self.windows_scored = 0
+        self.anomalies = 0
+        self._clock = clock
+        self._capacity = 1
+        self._values = np.zeros((1, len(channels)), dtype=np.float32)
+        self._ts = np.zeros(1, dtype=np.float64)
+        self._count = 0  # readings seen; the ring index is count % capacity
+        self._active: _Slot | None = None
+        self._shadow: _Slot | None = None
+        self.shadow_report = ShadowReport()
+        self._failure: tuple[LoadedModel, str] | None = None
+        self._latency_us: deque[float] = deque(maxlen=latency_samples)
+        self.calibration: Calibration | None = None
+
+    # -- models --------------------------------------------------------------------------
+    @property
+    def active(self) -> LoadedModel | None:
+        return self._active.model if self._active else None
+
+    @property
+    def shadow(self) -> LoadedModel | None:
+        return self._shadow.model if self._shadow else None
+
+    def activate(self, model: LoadedModel | None) -> None:
+        self._active = _Slot(model) if model is not None else None
+        if model is not None:
+            self._ensure_capacity(model.manifest.input.window)
+        self._latency_us.clear()
+        self.calibration = None
+
+    def start_shadow(self, model: LoadedModel) -> None:
+        self._shadow = _Slot(model)
+        self.shadow_report = ShadowReport()
+        self._ensure_capacity(model.manifest.input.window)
+
+    def stop_shadow(self) -> LoadedModel | None:
+        slot, self._shadow = self._shadow, None
+        return slot.model if slot else None
+
+    def start_calibration(self, windows: int, quantile: float, factor: float) -> None:
+        self.calibration = Calibration(windows, quantile, factor)
+
+    def take_failure(self) -> tuple[LoadedModel, str] | None:
+        """The active model that failed since the last call, with the reason (once)."""
+        failure, self._failure = self._failure, None
+        return failure
+
+    def inference_us(self) -> tuple[float | None, float | None]:
+        if not self._latency_us:
+            return None, None
+        data = np.fromiter(self._latency_us, dtype=np.float64)
+        p50, p99 = np.percentile(data, [50, 99])
+        return float(p50), float(p99)
+
+    def _ensure_capacity(self, window: int) -> None:
+        if window <= self._capacity:
+            return
+        keep = min(self._count, self._capacity)
+        values, ts = self._last(keep) if keep else (self._values[:0], self._ts[:0])
+        self._capacity = window
+        self._values = np.zeros((window, len(self.channels)), dtype=np.float32)
+        self._ts = np.zeros(window, dtype=np.float64)
+        self._count = keep
+        self._values[:keep] = values
+        self._ts[:keep] = ts
+
+    def _last(self, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+        end = self._count % self._capacity
+        idx = (np.arange(end - n, end) % self._capacity) if n else np.arange(0)
+        return self._values[idx], self._ts[idx]
+
+    # -- readings ------------------------------------------------------------------------
+    def push(self, reading: Reading) -> Detection | None:
+        """Add one reading; a detection when the active model flags the newest window."""
+        pos = self._count % self._capacity
+        self._values[pos] = reading.values
+        self._ts[pos] = reading.ts
+        self._count += 1
+        detection = None
+        if self._active is not None:
+            detection = self._score_active(self._active)
+        if self._shadow is not None:
+            self._score_shadow(self._shadow)
+        return detection
+
+    def _due(self, slot: _Slot) -> bool:
+        slot.since_scored += 1
+        spec = slot.model.manifest.input
+        if self._count < spec.window or slot.since_scored < spec.stride:
+            return False
+        slot.since_scored = 0
+        return True
+
+    def _run(
+        self, slot: _Slot, *, timed: bool
+    ) -> tuple[float, npt.NDArray[np.float32], npt.NDArray[np.float32], tuple[float, float]]:
+        m = slot.model
+        window = m.manifest.input.window
+        raw, ts = self._last(window)
+        x = normalize(raw[:, m.channel_index], m.manifest.normalization)
+        started = time.perf_counter_ns()
+        try:
+            y = m.runtime.reconstruct(x)
+        except Exception as exc:
+            raise ModelRuntimeError(f"{m.label} raised {type(exc).__name__}: {exc}") from None
+        if timed:
+            self._latency_us.append((time.perf_counter_ns() - started) / 1000.0)
+        if not np.all(np.isfinite(y)):
+            raise ModelRuntimeError(f"{m.label} produced non-finite output (NaN or inf)")
+        score = float(window_scores(x[None], y[None], m.manifest.score)[0])
+        if not math.isfinite(score):
+            raise ModelRuntimeError(f"{m.label} produced a non-finite score")
+        slot.recent.append(score)
+        while len(slot.recent) > m.manifest.score.smoothing:
+            slot.recent.popleft()
+        return sum(slot.recent) / len(slot.recent), x, y, (float(ts[0]), float(ts[-1]))
+
+    def _score_active(self, slot: _Slot) -> Detection | None:
+        if not self._due(slot):
+            return None
+        try:
+            score, x, y, span = self._run(slot, timed=True)
+        except ModelRuntimeError as exc:
+            log.error("active model failed: %s", exc)
+            self._failure = (slot.model, str(exc))
+            self._active = None
+            return None
+        self.windows_scored += 1
+        self._calibrate(slot, score)
+        model = slot.model
+        if score <= model.threshold:
+            slot.in_episode = False
+            return None
+        realert = self.realert_windows or model.manifest.input.window
+        slot.since_alert += 1
+        if slot.in_episode and slot.since_alert < realert:
+            return None
+        slot.in_episode = True
+        slot.since_alert = 0
+        self.anomalies += 1
+        names = [self.channels[i] for i in model.channel_index]
+        return Detection(
+            ts=span, score=score, threshold=model.threshold, model=model.ref,
+            channels=responsible_channels(x, y, names), detected_at=self._clock(),
+        )
+
+    def _calibrate(self, slot: _Slot, score: float) -> None:
+        cal = self.calibration
+        if cal is None or cal.threshold is not None:
+            return
+        cal.scores.append(score)
+        if len(cal.scores) >= cal.windows:
+            cal.threshold = float(np.quantile(np.asarray(cal.scores), cal.quantile)) * cal.factor
+            slot.model.threshold = cal.threshold
+            slot.model.threshold_source = "calibrated"
+            log.info("calibrated threshold of %s: %.6g (quantile %.4g of %d windows × %.3g)",
+                     slot.model.label, cal.threshold, cal.quantile, len(cal.scores), cal.factor)
+
+    def _score_shadow(self, slot: _Slot) -> None:
+        if not self._due(slot):
+            return
+        report = self.shadow_report
+        try:
+            score, _, _, _ = self._run(slot, timed=False)
+        except ModelRuntimeError as exc:
+            report.errors += 1
+            report.last_error = str(exc)
+            return
+        report.windows += 1
+        if score > slot.model.threshold:
+            report.anomalies += 1

@@ -1,0 +1,1 @@
+"""Model files on the device: verified download, the current/previous pointers, updates."""

@@ -1,0 +1,251 @@
+"""The on-disk model store: resumable chunked download, verification, current/previous pointers.
+
+Layout under ``root``::
+
+    <name>/<version>/manifest.json     the signed manifest, saved once its signature verified
+    <name>/<version>/chunks/<i>        chunks received so far (each checked against its hash)
+    <name>/<version>/model.tflite      the whole file, written only after size + sha256 matched
+    <name>/<version>/calibration.json  this device's own threshold, when calibrated
+    current.json / previous.json       pointers, switched with os.replace
+
+Nothing is loaded unless the manifest's Ed25519 signature verifies against a pinned key and the
+file's size and sha256 match it; both are checked again every time a model is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from shared.codec import ChunkError, check_chunk, reassemble, sha256_hex
+from shared.manifest import Manifest, ManifestError, parse_manifest
+from shared.signing import SignatureError, verify_manifest
+
+__all__ = ["ModelPointer", "ModelStore", "StoreError", "write_atomic"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """A model that must not be used; the text is the reason reported to the hub."""
+
+
+@dataclass(frozen=True)
+class ModelPointer:
+    name: str
+    version: int
+    sha256: str
+    activated_at: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, then os.replace: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ModelStore:
+    def __init__(self, root: Path, trusted: dict[str, Ed25519PublicKey]) -> None:
+        self.root = Path(root)
+        self.trusted = dict(trusted)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def _chunk_path(self, manifest: Manifest, index: int) -> Path:
+        return self.version_dir(manifest.name, manifest.version) / "chunks" / str(index)
+
+    def model_path(self, name: str, version: int) -> Path:
+        return self.version_dir(name, version) / "model.tflite"
+
+    # -- manifest ----------------------------------------------------------------------
+    def accept_manifest(self, payload: bytes, *, name: str, version: int) -> Manifest:
+        """Parse and verify a manifest received for ``name`` v``version``, then keep it."""
+        try:
+            manifest = parse_manifest(payload)
+        except ManifestError as exc:
+            raise StoreError(f"manifest for {name} v{version} rejected: {exc}") from None
+        if (manifest.name, manifest.version) != (name, version):
+            raise StoreError(
+                f"manifest published for {name} v{version} describes "
+                f"{manifest.name} v{manifest.version}"
+            )
+        self.verify_signature(manifest)
+        write_atomic(self.version_dir(name, version) / "manifest.json", manifest.to_bytes())
+        return manifest
+
+    def verify_signature(self, manifest: Manifest) -> None:
+        try:
+            verify_manifest(manifest, self.trusted)
+        except SignatureError as exc:
+            raise StoreError(f"signature check failed: {exc}") from None
+
+    def saved_manifest(self, name: str, version: int) -> Manifest | None:
+        path = self.version_dir(name, version) / "manifest.json"
+        try:
+            manifest = parse_manifest(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ManifestError as exc:
+            log.warning("saved manifest %s is unreadable (%s); fetching it again", path, exc)
+            return None
+        return manifest
+
+    # -- chunks ------------------------------------------------------------------------
+    def missing_chunks(self, manifest: Manifest) -> list[int]:
+        count = manifest.chunks.count
+        return [i for i in range(count) if not self._chunk_path(manifest, i).exists()]
+
+    def put_chunk(self, manifest: Manifest, index: int, data: bytes) -> None:
+        """Keep chunk ``index`` if its sha256 matches the manifest; raise ChunkError if not."""
+        if not 0 <= index < manifest.chunks.count:
+            raise ChunkError(f"chunk {index} is outside 0..{manifest.chunks.count - 1}")
+        check_chunk(index, data, manifest.chunks.sha256[index])
+        write_atomic(self._chunk_path(manifest, index), data)
+
+    def has_model(self, manifest: Manifest) -> bool:
+        path = self.model_path(manifest.name, manifest.version)
+        return path.exists() and path.stat().st_size == manifest.size
+
+    def assemble(self, manifest: Manifest) -> Path:
+        """Join the chunks, check size and sha256, write ``model.tflite``, drop the chunks."""
+        chunks = []
+        for i in range(manifest.chunks.count):
+            try:
+                chunks.append(self._chunk_path(manifest, i).read_bytes())
+            except FileNotFoundError:
+                raise StoreError(f"chunk {i} of {manifest.name} v{manifest.version} is missing") \
+                    from None
+        try:
+            data = reassemble(chunks, chunk_hashes=manifest.chunks.sha256, size=manifest.size,
+                              sha256=manifest.sha256)
+        except ChunkError as exc:
+            shutil.rmtree(self.version_dir(manifest.name, manifest.version) / "chunks",
+                          ignore_errors=True)
+            raise StoreError(f"model file rejected: {exc}") from None
+        path = self.model_path(manifest.name, manifest.version)
+        write_atomic(path, data)
+        shutil.rmtree(path.parent / "chunks", ignore_errors=True)
+        return path
+
+    def read_verified(self, name: str, version: int) -> tuple[Manifest, bytes]:
+        """Manifest and model bytes, checked again (signature, size, sha256) before any load."""
+        manifest = self.saved_manifest(name, version)
+        if manifest is None:
+            raise StoreError(f"{name} v{version}: no manifest on disk")
+        self.verify_signature(manifest)
+        try:
+            data = self.model_path(name, version).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{name} v{version}: model file is missing") from None
+        if len(data) != manifest.size:
+            raise StoreError(
+                f"{name} v{version}: model file is {len(data)} bytes, the manifest says "
+                f"{manifest.size} (truncated or replaced)"
+            )
+        actual = sha256_hex(data)
+        if actual != manifest.sha256:
+            raise StoreError(
+                f"{name} v{version}: model file sha256 {actual[:12]}… does not match the "
+                f"manifest's {manifest.sha256[:12]}…"
+            )
+        return manifest, data
+
+    # -- pointers ----------------------------------------------------------------------
+    def _read_pointer(self, which: str) -> ModelPointer | None:
+        path = self.root / f"{which}.json"
+        try:
+            raw = json.loads(path.read_text())
+            return ModelPointer(str(raw["name"]), int(raw["version"]), str(raw["sha256"]),
+                                float(raw.get("activated_at", 0.0)))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("model pointer %s is unreadable: %s", path, exc)
+            return None
+
+    def _write_pointer(self, which: str, pointer: ModelPointer | None) -> None:
+        path = self.root / f"{which}.json"
+        if pointer is None:
+            path.unlink(missing_ok=True)
+            return
+        write_atomic(path, json.dumps(pointer.__dict__, sort_keys=True).encode())
+
+    def current(self) -> ModelPointer | None:
+        return self._read_pointer("current")
+
+    def previous(self) -> ModelPointer | None:
+        return self._read_pointer("previous")
+
+    def activate(self, manifest: Manifest) -> ModelPointer:
+        """Make ``manifest`` current; the model it replaces becomes ``previous``."""
+        old = self.current()
+        new = ModelPointer(manifest.name, manifest.version, manifest.sha256, time.time())
+        if old is not None and (old.name, old.version) != (new.name, new.version):
+            self._write_pointer("previous", old)
+        self._write_pointer("current", new)
+        return new
+
+    def rollback(self) -> ModelPointer | None:
+        """Make ``previous`` current again (the failed one is not kept as a rollback target)."""
+        target = self.previous()
+        self._write_pointer("current", target)
+        self._write_pointer("previous", None)
+        return target
+
+    def clear_current(self) -> None:
+        self._write_pointer("current", None)
+
+    def prune(self) -> None:
+        """Delete every version that is neither current, previous nor mid-download."""
+        keep = {(p.name, str(p.version)) for p in (self.current(), self.previous()) if p}
+        for name_dir in self.root.iterdir():
+            if not name_dir.is_dir():
+                continue
+            for version_dir in name_dir.iterdir():
+                complete = (version_dir / "model.tflite").exists()
+                if complete and (name_dir.name, version_dir.name) not in keep:
+                    shutil.rmtree(version_dir, ignore_errors=True)
+
+    # -- calibration ---------------------------------------------------------------------
+    def save_calibration(self, manifest: Manifest, info: dict[str, Any]) -> None:
+        record = dict(info, sha256=manifest.sha256)
+        write_atomic(self.version_dir(manifest.name, manifest.version) / "calibration.json",
+                     json.dumps(record, sort_keys=True).encode())
+
+    def load_calibration(self, manifest: Manifest) -> dict[str, Any] | None:
+        path = self.version_dir(manifest.name, manifest.version) / "calibration.json"
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.warning("calibration %s is unreadable (%s); calibrating again", path, exc)
+            return None
+        if record.get("sha256") != manifest.sha256:
+            return None
+        return record

@@ -1,0 +1,347 @@
+"""Follows ``desired``: download → verify → load → shadow → activate, reporting each real state.
+
+Runs in the agent's worker thread (the same thread that scores windows), so activation lands
+between two windows. On any failure the active model keeps running and ``reported`` says why.
+Chunks are fetched one retained topic each, so a restart resumes with the missing ones only and
+a chunk with a wrong hash is discarded and fetched again (``chunk_retries`` times).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge_agent.config import ModelSettings
+from edge_agent.detect.detector import Detector, LoadedModel
+from edge_agent.models.store import ModelPointer, ModelStore, StoreError
+from shared.codec import ChunkError
+from shared.manifest import Manifest
+from shared.messages import ModelRef, ModelState, ReportedModel
+from shared.topics import ParsedTopic, Topics
+
+__all__ = ["ModelLoader", "ModelReport", "ModelUpdater", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+
+class Subscriber(Protocol):
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
+    def unsubscribe(self, topic_filter: str) -> None: ...
+
+
+# Builds a LoadedModel from verified bytes, or raises (ModelLoadError/StoreError) with a reason.
+ModelLoader = Callable[[Manifest, bytes], LoadedModel]
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """What ``reported`` says: the model the state is about, the state, why, and what runs."""
+
+    model: ReportedModel | None
+    state: ModelState
+    error: str | None
+    active: ReportedModel | None
+    threshold: float | None
+    since: float
+
+
+def _reported(manifest: Manifest | None, ref: ModelRef | None = None) -> ReportedModel | None:
+    if manifest is not None:
+        return ReportedModel(name=manifest.name, version=manifest.version, sha256=manifest.sha256)
+    if ref is not None:
+        return ReportedModel(name=ref.name, version=ref.version)
+    return None
+
+
+class ModelUpdater:
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        topics: Topics,
+        link: Subscriber,
+        detector: Detector,
+        loader: ModelLoader,
+        settings: ModelSettings,
+        on_report: Callable[[ModelReport], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.link = link
+        self.detector = detector
+        self.loader = loader
+        self.settings = settings
+        self._on_report = on_report
+        self._clock = clock
+        self.state: ModelState | None = None
+        self.last_error: str | None = None
+        self.last_report: ModelReport | None = None
+        self._target: ModelRef | None = None
+        self._manifest: Manifest | None = None
+        self._subscribed: set[str] = set()
+        self._attempts: dict[int, int] = {}
+        self._deadline = 0.0
+        self._settled: dict[tuple[str, int], float] = {}  # target -> issued_at it was decided at
+
+    # -- start-up ------------------------------------------------------------------------
+    def load_current(self) -> None:
+        """Run the model the store says is current (checked again), else the previous one."""
+        for pointer in (self.store.current(), self.store.previous()):
+            if pointer is None:
+                continue
+            try:
+                loaded = self._load(pointer.name, pointer.version)
+            except Exception as exc:  # a bad file on disk must not stop the agent
+                self._fail_state(f"stored model {pointer.label} unusable: {exc}",
+                                 ModelRef(name=pointer.name, version=pointer.version))
+                continue
+            if pointer != self.store.current():
+                self.store.rollback()
+            self._activate(loaded, announce=True)
+            return
+
+    # -- desired -------------------------------------------------------------------------
+    def want(self, ref: ModelRef | None, issued_at: float = 0.0) -> None:
+        if ref is None:
+            return
+        key = (ref.name, ref.version)
+        active = self.detector.active
+        if active is not None and (active.manifest.name, active.manifest.version) == key:
+            if self._target is not None:
+                self._abort("desired changed back to the active model")
+            self._report(active.manifest, ModelState.ACTIVE, None)
+            return
+        if self._target == ref:
+            return
+        if self._settled.get(key) == issued_at:
+            return  # this very request was already decided; a new desired (issued_at) retries
+        if self._target is not None:
+            self._abort(f"desired changed to {ref.name} v{ref.version}")
+        self._target = ref
+        self._settled[key] = issued_at
+        self._attempts = {}
+        self._manifest = None
+        self._deadline = self._clock() + self.settings.download_timeout_s
+        saved = self.store.saved_manifest(ref.name, ref.version)
+        if saved is not None:
+            self._with_manifest(saved)
+            return
+        self._report(None, ModelState.DOWNLOADING, None, ref=ref)
+        self._sub(self.topics.manifest(ref.name, ref.version))
+
+    # -- messages ------------------------------------------------------------------------
+    def on_message(self, parsed: ParsedTopic, payload: bytes) -> None:
+        target = self._target
+        if target is None or (parsed.model_name, parsed.model_version) != (
+            target.name, target.version
+        ):
+            return
+        if parsed.kind == "manifest":
+            self._unsub(self.topics.manifest(target.name, target.version))
+            if self._manifest is not None:
+                return
+            if not payload:
+                self._fail(f"model {target.name} v{target.version} was retired (manifest cleared)")
+                return
+            try:
+                manifest = self.store.accept_manifest(payload, name=target.name,
+                                                      version=target.version)
+            except StoreError as exc:
+                self._fail(str(exc))
+                return
+            self._with_manifest(manifest)
+        elif parsed.kind == "chunk" and self._manifest is not None:
+            assert parsed.chunk_index is not None
+            self._on_chunk(self._manifest, parsed.chunk_index, payload)
+
+    def _with_manifest(self, manifest: Manifest) -> None:
+        self._manifest = manifest
+        if self.store.has_model(manifest):
+            self._verify_and_stage(manifest)
+            return
+        self._report(manifest, ModelState.DOWNLOADING, None)
+        missing = self.store.missing_chunks(manifest)
+        if not missing:
+            self._verify_and_stage(manifest)
+            return
+        for index in missing:
+            self._sub(self.topics.chunk(manifest.name, manifest.version, index))
+
+    def _on_chunk(self, manifest: Manifest, index: int, payload: bytes) -> None:
+        topic = self.topics.chunk(manifest.name, manifest.version, index)
+        if topic not in self._subscribed:
+            return
+        try:
+            self.store.put_chunk(manifest, index, payload)
+        except ChunkError as exc:
+            tries = self._attempts.get(index, 0) + 1
+            self._attempts[index] = tries
+            if tries > self.settings.chunk_retries:
+                self._fail(f"{exc}; still wrong after {tries} fetches")
+                return
+            log.warning("discarding bad chunk (%s); fetching it again (%d/%d)", exc, tries,
+                        self.settings.chunk_retries)
+            self._unsub(topic)
+            self._sub(topic)  # re-subscribing makes the broker send the retained chunk again
+            return
+        self._unsub(topic)
+        self._deadline = self._clock() + self.settings.download_timeout_s
+        if not self.store.missing_chunks(manifest):
+            self._verify_and_stage(manifest)
+
+    # -- verification, shadow, activation -------------------------------------------------
+    def _load(self, name: str, version: int) -> LoadedModel:
+        manifest, data = self.store.read_verified(name, version)
+        loaded = self.loader(manifest, data)
+        calibration = self.store.load_calibration(manifest)
+        if calibration is not None and "threshold" in calibration:
+            loaded.threshold = float(calibration["threshold"])
+            loaded.threshold_source = "calibrated"
+        return loaded
+
+    def _verify_and_stage(self, manifest: Manifest) -> None:
+        self._report(manifest, ModelState.VERIFYING, None)
+        try:
+            if not self.store.has_model(manifest):
+                self.store.assemble(manifest)
+            loaded = self._load(manifest.name, manifest.version)
+        except Exception as exc:  # every refusal becomes `failed` with its reason
+            self._fail(str(exc))
+            return
+        self._drop_subscriptions()
+        if self.settings.shadow_windows > 0:
+            self.detector.start_shadow(loaded)
+            self.state = ModelState.SHADOW
+            self._report(manifest, ModelState.SHADOW, None)
+            return
+        self._promote(loaded)
+
+    def tick(self) -> None:
+        """Timeouts, the end of a shadow run, the end of calibration."""
+        shadow = self.detector.shadow
+        if shadow is not None:
+            report = self.detector.shadow_report
+            if report.errors:
+                self.detector.stop_shadow()
+                self._fail(f"shadow run: {report.last_error}")
+            elif report.windows >= self.settings.shadow_windows:
+                self.detector.stop_shadow()
+                bound = self.settings.max_shadow_anomaly_rate
+                if report.anomaly_rate > bound:
+                    self._fail(f"shadow run: anomaly rate {report.anomaly_rate:.3f} over "
+                               f"{report.windows} windows exceeds the bound {bound:.3f}")
+                else:
+                    self._promote(shadow)
+        elif self._target is not None and self._clock() > self._deadline:
+            what = "chunks" if self._manifest is not None else "manifest"
+            self._fail(f"no {what} received for {self._target.name} v{self._target.version} "
+                       f"within {self.settings.download_timeout_s:.0f}s")
+        cal = self.detector.calibration
+        active = self.detector.active
+        if cal is not None and cal.threshold is not None and active is not None:
+            self.store.save_calibration(active.manifest, {
+                "threshold": cal.threshold, "windows": len(cal.scores),
+                "quantile": cal.quantile, "factor": cal.factor,
+                "manifest_threshold": active.manifest.threshold,
+            })
+            self.detector.calibration = None
+            self._report(active.manifest, ModelState.ACTIVE, None)
+
+    def _promote(self, loaded: LoadedModel) -> None:
+        self.store.activate(loaded.manifest)
+        self._target = None
+        self._manifest = None
+        self._activate(loaded, announce=True)
+        self.store.prune()
+
+    def _activate(self, loaded: LoadedModel, *, announce: bool) -> None:
+        self.detector.activate(loaded)
+        if self.settings.calibration_windows > 0 and loaded.threshold_source == "manifest":
+            self.detector.start_calibration(self.settings.calibration_windows,
+                                            self.settings.calibration_quantile,
+                                            self.settings.calibration_factor)
+        log.info("model %s active (threshold %.6g, %s)", loaded.label, loaded.threshold,
+                 loaded.threshold_source)
+        if announce:
+            self._report(loaded.manifest, ModelState.ACTIVE, None)
+
+    # -- run-time failure ------------------------------------------------------------------
+    def on_runtime_failure(self, failed: LoadedModel, reason: str) -> None:
+        """The active model failed on a window: go back to the previous version by ourselves."""
+        previous = self.store.previous()
+        error = f"{failed.label} failed at run time: {reason}"
+        if previous is None or (previous.name, previous.version) == (
+            failed.manifest.name, failed.manifest.version
+        ):
+            self.store.clear_current()
+            self._fail_state(f"{error}; no previous model to roll back to",
+                             failed.ref, manifest=failed.manifest)
+            return
+        try:
+            loaded = self._load(previous.name, previous.version)
+        except Exception as exc:
+            self.store.clear_current()
+            self._fail_state(f"{error}; previous {previous.label} unusable: {exc}", failed.ref,
+                             manifest=failed.manifest)
+            return
+        self.store.rollback()
+        self._activate(loaded, announce=False)
+        self.last_error = error
+        self._report(failed.manifest, ModelState.ROLLED_BACK, error)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        target, manifest = self._target, self._manifest
+        self._drop_subscriptions()
+        self.detector.stop_shadow()
+        self._target = None
+        self._manifest = None
+        self._fail_state(reason, target, manifest=manifest)
+
+    def _fail_state(self, reason: str, ref: ModelRef | None, *,
+                    manifest: Manifest | None = None) -> None:
+        log.error("model update failed: %s", reason)
+        self.last_error = reason
+        self._report(manifest, ModelState.FAILED, reason, ref=ref)
+
+    def _abort(self, why: str) -> None:
+        log.info("abandoning the update to %s: %s", self._target, why)
+        self._drop_subscriptions()
+        self.detector.stop_shadow()
+        self._target = None
+        self._manifest = None
+
+    def _report(self, manifest: Manifest | None, state: ModelState, error: str | None, *,
+                ref: ModelRef | None = None) -> None:
+        self.state = state
+        active = self.detector.active
+        report = ModelReport(
+            model=_reported(manifest, ref),
+            state=state,
+            error=error[:2000] if error else None,
+            active=_reported(active.manifest) if active else None,
+            threshold=active.threshold if active else None,
+            since=time.time(),
+        )
+        self.last_report = report
+        self._on_report(report)
+
+    def _sub(self, topic: str) -> None:
+        self._subscribed.add(topic)
+        self.link.subscribe(topic, 1)
+
+    def _unsub(self, topic: str) -> None:
+        if topic in self._subscribed:
+            self._subscribed.discard(topic)
+            self.link.unsubscribe(topic)
+
+    def _drop_subscriptions(self) -> None:
+        for topic in list(self._subscribed):
+            self._unsub(topic)
+
+    def pointer(self) -> ModelPointer | None:
+        return self.store.current()

@@ -1,0 +1,146 @@
+"""Run ``cloud-hub serve`` as a child process with its own data directory, ports and admin key.
+
+The simulator drives the hub only through its REST API and MQTT, exactly as an operator would;
+running it as a separate process also keeps TensorFlow out of the simulator's own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from simulator.broker import free_port
+
+__all__ = ["HubProcess", "HubProcessError"]
+
+log = logging.getLogger(__name__)
+
+
+class HubProcessError(RuntimeError):
+    """The hub did not start, or died; the message carries the end of its log."""
+
+
+def _hub_command() -> list[str]:
+    script = Path(sys.executable).with_name("cloud-hub")
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-c", "import sys; from cloud_hub.cli import main; sys.exit(main())",
+            "serve"]
+
+
+class HubProcess:
+    """``cloud-hub serve`` on a free HTTP port, talking to the broker at ``mqtt_port``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        mqtt_port: int,
+        mqtt_host: str = "127.0.0.1",
+        http_port: int | None = None,
+        admin_api_key: str | None = None,
+        topic_prefix: str = "edgeloop/v1",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.http_port = http_port or free_port()
+        self.admin_api_key = admin_api_key or secrets.token_urlsafe(24)
+        self.log_path = data_dir / "hub.log"
+        self._env = {
+            "EDGELOOP_DATA_DIR": str(data_dir),
+            "EDGELOOP_MQTT_HOST": mqtt_host,
+            "EDGELOOP_MQTT_PORT": str(mqtt_port),
+            "EDGELOOP_HTTP_HOST": "127.0.0.1",
+            "EDGELOOP_HTTP_PORT": str(self.http_port),
+            "EDGELOOP_ADMIN_API_KEY": self.admin_api_key,
+            "EDGELOOP_TOPIC_PREFIX": topic_prefix,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **(extra_env or {}),
+        }
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 120.0) -> HubProcess:
+        """Start and wait until ``GET /api/v1/health`` says ok with MQTT connected."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self._env}
+        with self.log_path.open("ab") as log_fh:
+            self._proc = subprocess.Popen(
+                _hub_command(), env=env, stdout=log_fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise HubProcessError(
+                        f"cloud-hub serve exited with {self._proc.returncode}:\n{self.log_tail()}"
+                    )
+                try:
+                    body = http.get(f"{self.url}/api/v1/health").json()
+                    if body.get("status") == "ok" and body.get("mqtt_connected"):
+                        log.info("hub healthy at %s", self.url)
+                        return self
+                    last = str(body)
+                except (httpx.HTTPError, ValueError) as exc:
+                    last = str(exc)
+                time.sleep(0.2)
+        self.stop()
+        raise HubProcessError(
+            f"hub at {self.url} not healthy within {timeout}s (last: {last}):\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Interrupt, wait, SIGKILL if it must; returns the exit code.
+
+        SIGINT rather than SIGTERM: uvicorn re-raises the signal it caught once it has shut
+        down, and only SIGINT (as KeyboardInterrupt) lets ``cloud-hub serve`` stop the hub's
+        ingest and publisher in its ``finally`` block; SIGTERM's default action ends the process
+        before that.
+        """
+        if self._proc is None:
+            return None
+        proc, self._proc = self._proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("hub did not stop within %.0fs of SIGINT; killing it", timeout)
+                proc.kill()
+                proc.wait(timeout=timeout)
+        return proc.returncode
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> HubProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

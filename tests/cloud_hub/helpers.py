@@ -1,0 +1,145 @@
+"""Helpers for hub tests: waiting on conditions, a tiny real TFLite artifact, MQTT clients."""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_hub.training.artifact import ModelArtifact, ParityReport, TrainingSpec
+from shared.manifest import InputSpec, Normalization, Quantization, ScoreSpec
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        event.wait(0.02)
+
+
+@functools.cache
+def tiny_tflite(window: int = 8, channels: int = 2) -> tuple[bytes, int]:
+    """A real (tiny) dense autoencoder converted by the real TFLite converter."""
+    import tensorflow as tf
+
+    n = window * channels
+    model = tf.keras.Sequential([
+        tf.keras.Input((n,)), tf.keras.layers.Dense(4, activation="relu"),
+        tf.keras.layers.Dense(n),
+    ])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    data = converter.convert()
+    return bytes(data), len(data)
+
+
+def tiny_artifact(
+    *, agreement: float = 1.0, threshold: float = 0.5, channels: tuple[str, ...] = ("a", "b"),
+    window: int = 8,
+) -> ModelArtifact:
+    tflite, float_size = tiny_tflite(window, len(channels))
+    parity = ParityReport(
+        quantization=Quantization.FLOAT32, decision_agreement=agreement, windows=200,
+        score_correlation=0.999, max_score_error=0.01, mean_score_error=0.001,
+        size_bytes=len(tflite), float_size_bytes=float_size, us_per_window=3.0,
+        runtime="ai_edge_litert", min_agreement=0.99,
+    )
+    return ModelArtifact(
+        spec=TrainingSpec(window=window, epochs=1, quantization=Quantization.FLOAT32),
+        channels=list(channels),
+        input=InputSpec(window=window, channels=list(channels)),
+        normalization=Normalization(method="zscore", center=[0.0] * len(channels),
+                                    scale=[1.0] * len(channels)),
+        score=ScoreSpec(),
+        threshold=threshold,
+        threshold_method="quantile 0.999 of 200 validation scores × 1.0",
+        tflite=tflite,
+        float_size=float_size,
+        parity=parity,
+        training_rows=400,
+        training_windows=393,
+        validation={"loss": 0.1},
+    )
+
+
+def stand_in_training(**overrides: Any) -> Callable[..., ModelArtifact]:
+    """A stand-in for run_training with its signature: reports progress, honours cancel."""
+
+    def run(readings: np.ndarray, channels: list[str], spec: TrainingSpec, *,
+            segments: list[int] | None = None, labels: np.ndarray | None = None,
+            progress: Any = None, cancel: threading.Event | None = None) -> ModelArtifact:
+        from cloud_hub.training.artifact import TrainingProgress
+
+        if readings.ndim != 2 or readings.shape[1] != len(channels):
+            raise ValueError(f"readings shape {readings.shape} vs channels {channels}")
+        for epoch in range(1, spec.epochs + 1):
+            if cancel is not None and cancel.is_set():
+                raise RuntimeError("cancelled")
+            if progress is not None:
+                progress(TrainingProgress(stage="fitting", epoch=epoch, epochs=spec.epochs,
+                                          loss=1.0 / epoch, fraction=epoch / spec.epochs))
+        artifact = tiny_artifact(channels=tuple(channels), window=spec.window, **overrides)
+        return ModelArtifact(**{**artifact.__dict__, "training_rows": len(readings)})
+
+    return run
+
+
+class Subscriber:
+    """A plain paho client collecting messages into a queue (for checking what the hub wrote)."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "test-sub") -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_connect = lambda c, *_: (c.subscribe(topic, qos=1), self._connected.set())
+        self.client.on_message = lambda _c, _u, m: self.messages.put(m)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise AssertionError("test subscriber could not connect")
+
+    def collect(self, count: int, timeout: float = 10.0) -> dict[str, bytes]:
+        got: dict[str, bytes] = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"received {len(got)} of {count} messages: {sorted(got)}")
+            try:
+                m = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            got[m.topic] = bytes(m.payload)
+        return got
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publisher_client(port: int, client_id: str = "test-device") -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def publish_wait(client: mqtt.Client, topic: str, payload: bytes, qos: int = 1,
+                 retain: bool = False) -> None:
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    info.wait_for_publish(10)
+    assert info.is_published(), f"publish to {topic} was not acknowledged"

@@ -1,0 +1,133 @@
+"""MQTT ingest with a real mosquitto and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlmodel import Session, func, select
+
+from cloud_hub.db.queries import read_telemetry
+from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
+from cloud_hub.service import Hub
+from shared.messages import (
+    MAX_PAYLOAD_BYTES,
+    AnomalyEvent,
+    DeviceStatus,
+    ModelRef,
+    ModelState,
+    Reported,
+    ReportedModel,
+    Status,
+    TelemetryBatch,
+    encode,
+)
+from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+
+def _batch(device: str, seq: int, rows: int = 5) -> TelemetryBatch:
+    t0 = 1_700_000_000.0 + seq * rows
+    return TelemetryBatch(
+        device_id=device, seq=seq, channels=["a", "b"],
+        ts=[t0 + i for i in range(rows)], values=[[float(seq), float(i)] for i in range(rows)],
+    )
+
+
+def _anomaly(device: str, seq: int) -> AnomalyEvent:
+    return AnomalyEvent(device_id=device, seq=seq, ts=(1.0, 2.0), score=3.0, threshold=1.0,
+                        model=ModelRef(name="m", version=1), channels=["a"], detected_at=2.5)
+
+
+def test_every_reading_is_stored_once_under_redelivery(hub: Hub) -> None:
+    topics = hub.topics
+    client = publisher_client(hub.settings.mqtt_port)
+    try:
+        for seq in (0, 1, 1, 2, 0):  # seq 0 and 1 delivered twice
+            publish_wait(client, topics.telemetry("pump-1"), encode(_batch("pump-1", seq)))
+        publish_wait(client, topics.telemetry("pump-2"), encode(_batch("pump-2", 1)))
+        for _ in range(2):
+            publish_wait(client, topics.anomalies("pump-1"), encode(_anomaly("pump-1", 7)))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    wait_for(lambda: hub.ingest.snapshot()["messages_received"] >= 8, what="8 messages")
+    stats = hub.ingest.snapshot()
+    assert stats["telemetry_batches"] == 4
+    assert stats["telemetry_readings"] == 20
+    assert stats["duplicates"] == 3
+    assert stats["anomalies"] == 1
+    with Session(hub.engine) as session:
+        assert session.exec(select(func.count()).select_from(TelemetryBatchRow)).one() == 4
+        assert session.exec(select(func.count()).select_from(Anomaly)).one() == 1
+        piece = read_telemetry(session, device_id="pump-1")
+        assert piece.channels == ["a", "b"]
+        assert piece.ts.tolist() == [1_700_000_000.0 + i for i in range(15)]
+        assert piece.values[:, 0].tolist() == [0.0] * 5 + [1.0] * 5 + [2.0] * 5
+        device = session.get(Device, "pump-1")
+        assert device is not None and device.telemetry_readings == 15
+        anomaly = session.exec(select(Anomaly)).one()
+        assert anomaly.stored_at >= anomaly.detected_at
+
+
+def test_malformed_payloads_become_dead_letters_and_ingest_goes_on(hub: Hub) -> None:
+    topics = hub.topics
+    good = encode(_batch("pump-1", 0))
+    wrong_v = json.loads(good)
+    wrong_v["v"] = 99
+    wrong_types = json.loads(good)
+    wrong_types["seq"] = "zero"
+    mismatched = encode(_batch("pump-2", 0))
+    bad = [
+        (topics.telemetry("pump-1"), good[: len(good) // 2], "TelemetryBatch"),
+        (topics.telemetry("pump-1"), json.dumps(wrong_v).encode(), "schema version"),
+        (topics.telemetry("pump-1"), json.dumps(wrong_types).encode(), "seq"),
+        (topics.telemetry("pump-1"), b"x" * (MAX_PAYLOAD_BYTES + 1), "exceeds the limit"),
+        (f"{topics.prefix}/devices/bad$id/telemetry", good, "device id"),
+        (topics.telemetry("pump-1"), mismatched, "does not match the topic"),
+    ]
+    client = publisher_client(hub.settings.mqtt_port)
+    try:
+        for topic, payload, _ in bad:
+            publish_wait(client, topic, payload)
+        publish_wait(client, topics.telemetry("pump-1"), good)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="the good batch")
+    wait_for(lambda: hub.ingest.snapshot()["dead_letters"] == len(bad), what="dead letters")
+    with Session(hub.engine) as session:
+        letters = session.exec(select(DeadLetter).order_by(DeadLetter.id)).all()
+    assert len(letters) == len(bad)
+    for letter, (topic, payload, reason) in zip(letters, bad, strict=True):
+        assert letter.topic == topic
+        assert reason in letter.reason, (reason, letter.reason)
+        assert letter.payload_size == len(payload)
+
+
+def test_status_heartbeat_and_reported_update_the_device(hub: Hub) -> None:
+    topics = hub.topics
+    client = publisher_client(hub.settings.mqtt_port)
+    reported = Reported(device_id="pump-1", model=ReportedModel(name="m", version=2),
+                        state=ModelState.ACTIVE, since=10.0)
+    try:
+        publish_wait(client, topics.status("pump-1"),
+                     encode(Status(device_id="pump-1", state=DeviceStatus.ONLINE, at=5.0,
+                                   agent_version="0.1.0")), retain=True)
+        publish_wait(client, topics.reported("pump-1"), encode(reported), retain=True)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def device() -> Device | None:
+        with Session(hub.engine) as session:
+            d = session.get(Device, "pump-1")
+            return d if d is not None and d.active_version == 2 and d.online else None
+
+    found = wait_for(device, what="device row with status and reported")
+    assert found.reported_state == "active"
+    assert found.active_name == "m"
+    assert found.agent_version == "0.1.0"

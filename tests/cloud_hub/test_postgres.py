@@ -1,0 +1,63 @@
+"""The same store on PostgreSQL (127.0.0.1:5432, trust auth, user postgres, database test)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, func, select
+
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ingest_store import IngestBatch, store_batch
+from cloud_hub.db.queries import read_telemetry
+from cloud_hub.db.tables import Anomaly, TelemetryBatchRow
+from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
+
+pytestmark = [pytest.mark.postgres, pytest.mark.hub]
+URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    schema = f"edgeloop_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = make_engine(URL, create=False)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
+    engine = make_engine(URL, create=False).execution_options(
+        schema_translate_map={None: schema})
+    SQLModel.metadata.create_all(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_postgres_store_deduplicates_and_reads_back(pg_engine: Engine) -> None:
+    def batch(seq: int) -> TelemetryBatch:
+        return TelemetryBatch(device_id="pump-1", seq=seq, channels=["a"], ts=[float(seq)],
+                              values=[[float(seq) * 2]])
+
+    anomaly = AnomalyEvent(device_id="pump-1", seq=1, ts=(0.0, 1.0), score=2.0, threshold=1.0,
+                           model=ModelRef(name="m", version=1), channels=[], detected_at=1.0)
+    with Session(pg_engine) as session:
+        first = store_batch(session, IngestBatch(telemetry=[batch(0), batch(1)],
+                                                 anomalies=[anomaly]))
+    with Session(pg_engine) as session:
+        second = store_batch(session, IngestBatch(telemetry=[batch(1), batch(2)],
+                                                  anomalies=[anomaly]))
+    assert (first.telemetry_readings, first.duplicates) == (2, 0)
+    assert (second.telemetry_readings, second.duplicates) == (1, 2)
+    with Session(pg_engine) as session:
+        assert session.exec(select(func.count()).select_from(TelemetryBatchRow)).one() == 3
+        assert session.exec(select(func.count()).select_from(Anomaly)).one() == 1
+        piece = read_telemetry(session, device_id="pump-1")
+    assert piece.values[:, 0].tolist() == [0.0, 2.0, 4.0]

@@ -1,0 +1,65 @@
+"""The agent end to end against a real mosquitto: model rollout, detection, telemetry delivery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.agent import Agent
+from shared.signing import SigningKey
+from simulator.broker import Broker
+from tests.edge_agent.support import (
+    Collector,
+    HubStandIn,
+    ScriptedSource,
+    agent_config,
+    fixture_bytes,
+    make_manifest,
+    signal_value,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
+    broker: Broker, hub: HubStandIn, collector: Collector, signing_key: SigningKey, tmp_path: Path
+) -> None:
+    data = fixture_bytes("ae_int8_w8c2.tflite")
+    manifest = make_manifest(signing_key, data, threshold=0.2)
+    hub.publish_model(manifest, data)
+
+    def value(i: int) -> tuple[float, float]:
+        a, b = signal_value(i)
+        return (a + 8.0, b) if 700 <= i < 710 else (a, b)  # one injected spike on channel a
+
+    source = ScriptedSource(1000, rate_hz=500.0, value=value)
+    config = agent_config(broker, tmp_path / "state", "dev-1", signing_key)
+    agent = Agent(config, source=source)
+    assert agent.status()["connected"] is False
+    agent.start()
+    try:
+        wait_until(lambda: agent.status()["connected"], 10, "agent connected")
+        assert agent.status()["active_model"] is None
+        hub.set_desired("dev-1", "pump-ae", 1)
+        wait_until(lambda: (agent.status()["active_model"] or {}).get("version") == 1, 20,
+                   "model v1 active")
+        wait_until(lambda: source.exhausted, 20, "source finished")
+        wait_until(lambda: agent.status()["outbox_depth"] == 0
+                   and agent.status()["readings"] == 1000, 20, "outbox drained")
+    finally:
+        agent.stop(timeout=5)
+    device = collector.device("dev-1")
+    wait_until(lambda: device.readings() == 1000, 10, "all readings at the collector")
+    assert sorted(device.telemetry) == list(range(len(device.telemetry)))
+    assert device.all_ts() == [1000.0 + i for i in range(1000)]
+    assert device.anomalies, "the spike raised no anomaly"
+    first = device.anomalies[min(device.anomalies)]
+    assert first["model"] == {"name": "pump-ae", "version": 1}
+    assert 1000 + 700 <= first["ts"][1] < 1000 + 710 + 8
+    assert first["channels"][0] == "a"
+    reported = collector.last_reported("dev-1")
+    assert reported is not None and reported["state"] == "active"
+    assert reported["model"]["sha256"] == manifest.sha256
+    assert device.status[-1]["state"] == "offline"
