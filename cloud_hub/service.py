@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from cloud_hub.core.config import Settings
 from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
 from cloud_hub.jobs.training import JobRunner, RunTraining
 from cloud_hub.mqtt.ingest import MqttIngest
@@ -46,6 +47,7 @@ class Hub:
             self.engine, host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
             client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
             batch_max=settings.ingest_batch_max, batch_wait_s=settings.ingest_batch_wait_s,
+            on_commit=self._on_ingest_commit,
         )
         self.publisher = Publisher(
             host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
@@ -58,6 +60,9 @@ class Hub:
         )
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
+
+    def _on_ingest_commit(self, _result: StoreResult) -> None:
+        self.rollouts.wake()
 
     def _register(
         self, session: Session, artifact: ModelArtifact, name: str, training: dict[str, Any],

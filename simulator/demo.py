@@ -54,9 +54,11 @@ class DemoOptions:
     fault_kinds: tuple[str, ...] = ("spike", "drift", "stuck", "noise")
     fault_slot_s: float = 25.0  # one fault per device per slot
     settle_s: float = 6.0  # detection time after the last fault ends
+    # Chosen on simulated pumps with the hub's own pipeline (see simulator/README.md): latent 16
+    # follows load, cycle phase and frequency; 8 was too narrow and missed stuck sensors.
     spec: dict[str, Any] = field(default_factory=lambda: {
-        "family": "dense_ae", "window": 32, "epochs": 25, "threshold_quantile": 0.999,
-        "threshold_factor": 1.25, "quantization": "int8",
+        "family": "dense_ae", "window": 32, "hidden": 128, "latent": 16, "epochs": 30,
+        "threshold_quantile": 0.999, "threshold_factor": 2.0, "quantization": "int8",
     })
     keep_workdir: bool = False
 

@@ -56,7 +56,7 @@ class DeviceProfile:
     thermal_tau_s: float = 20.0
     cycle_hz: float = 0.6  # working-cycle frequency at zero load
     cycle_hz_per_load: float = 0.4  # ... and how much it rises with load
-    day_period_s: float = 240.0  # a compressed day, so short runs see all of it
+    day_period_s: float = 120.0  # a compressed day, so two minutes of history see all of it
     wear_per_hour: float = 0.0
     default_fault_channels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 

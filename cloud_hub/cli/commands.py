@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cloud_hub.cli.client import HubClient
@@ -45,7 +46,7 @@ def follow_job(client: HubClient, job: dict[str, Any], poll_s: float = 0.5) -> d
     """Show a progress bar until the job finishes; returns the final job."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console) as bar:
+                  TimeElapsedColumn(), console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job['id']}", total=1.0, info="")
         while job["status"] in ("queued", "running"):
             time.sleep(poll_s)  # polling an HTTP API: the interval is the point
@@ -115,7 +116,7 @@ def models(a: argparse.Namespace, c: HubClient) -> int:
         name, version = a.refs[0]
         out = Path(a.output or f"{name}-v{version}.tflite")
         out.write_bytes(c.get(f"/models/{name}/{version}/tflite"))
-        console.print(f"wrote {out}")
+        console().print(f"wrote {out}")
     return 0
 
 

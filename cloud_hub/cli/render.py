@@ -13,7 +13,10 @@ from rich.table import Table
 
 __all__ = ["console", "emit", "fmt", "table"]
 
-console = Console()
+
+def console() -> Console:
+    """A console on the current stdout; piped output gets wide lines instead of folded ones."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def fmt(value: Any) -> str:
@@ -33,10 +36,10 @@ def fmt(value: Any) -> str:
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str = "") -> None:
     t = Table(title=title or None)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for row in rows:
         t.add_row(*(fmt(row.get(c)) for c in columns))
-    console.print(t)
+    console().print(t)
 
 
 def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None, title: str = "") -> None:
@@ -53,6 +56,6 @@ def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None, title: 
         for key, value in data.items():
             shown = json.dumps(value, default=str) if isinstance(value, dict) else fmt(value)
             t.add_row(key, shown)
-        console.print(t)
+        console().print(t)
     else:
-        console.print(data)
+        console().print(data)

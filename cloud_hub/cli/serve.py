@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -24,11 +27,30 @@ def run_serve(settings: Settings) -> None:
     if hub.generated_admin_key:
         print(f"generated admin API key (shown once, store it): {hub.generated_admin_key}",
               flush=True)
+    config = uvicorn.Config(create_app(hub), host=settings.http_host, port=settings.http_port,
+                            log_level="info")
+    server = _GracefulServer(config)
     try:
-        uvicorn.run(create_app(hub), host=settings.http_host, port=settings.http_port,
-                    log_level="info")
+        server.run()
     finally:
         hub.stop()
+        log.info("hub stopped")
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its shutdown, which would kill us before ``hub.stop()``."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @dataclass

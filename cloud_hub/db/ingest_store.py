@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from cloud_hub.db.devices import ensure_devices, insert_ignoring_conflicts
 from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
 from shared.messages import (
     AnomalyEvent,
@@ -79,19 +79,6 @@ def _table(model: Any) -> Table:
     return table
 
 
-def _insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        stmt: Any = sqlite.insert(table).on_conflict_do_nothing()
-    elif dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing()
-    else:  # other databases: the pre-check below is the only guard
-        stmt = table.insert()
-    session.execute(stmt, rows)
-
-
 def _existing_keys(
     session: Session, model: Any, keys: set[tuple[str, int]]
 ) -> set[tuple[str, int]]:
@@ -119,22 +106,13 @@ def _fresh(items: Iterable[Any], existing: set[tuple[str, int]]) -> tuple[list[A
     return fresh, dups
 
 
-class _Devices:
-    """Device rows touched by one batch, created on first sight."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._rows: dict[str, Device] = {}
-
-    def __call__(self, device_id: str) -> Device:
-        row = self._rows.get(device_id)
-        if row is None:
-            row = self._session.get(Device, device_id)
-            if row is None:
-                row = Device(device_id=device_id, tags=[])
-                self._session.add(row)
-            self._rows[device_id] = row
-        return row
+def _touched_devices(batch: IngestBatch) -> set[str]:
+    return {
+        m.device_id
+        for group in (batch.telemetry, batch.anomalies, batch.statuses, batch.heartbeats,
+                      batch.reported)
+        for m in group
+    }
 
 
 def _seen(device: Device, at: float) -> None:
@@ -144,7 +122,8 @@ def _seen(device: Device, at: float) -> None:
 def store_batch(session: Session, batch: IngestBatch, *, now: float | None = None) -> StoreResult:
     """Store one batch in the session's transaction and commit it."""
     received = now if now is not None else time.time()
-    devices = _Devices(session)
+    rows_by_id = ensure_devices(session, _touched_devices(batch))
+    devices = rows_by_id.__getitem__
 
     keys = {(t.device_id, t.seq) for t in batch.telemetry}
     telemetry, dup_t = _fresh(batch.telemetry, _existing_keys(session, TelemetryBatchRow, keys))
@@ -167,7 +146,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         _seen(device, received)
     for t in batch.telemetry:  # duplicates still prove the device is alive
         _seen(devices(t.device_id), received)
-    _insert_ignoring_conflicts(session, _table(TelemetryBatchRow), rows)
+    insert_ignoring_conflicts(session, _table(TelemetryBatchRow), rows)
 
     for h in batch.heartbeats:
         device = devices(h.device_id)
@@ -205,7 +184,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         device = devices(a.device_id)
         device.anomalies += 1
         _seen(device, received)
-    _insert_ignoring_conflicts(session, _table(Anomaly), anomaly_rows)
+    insert_ignoring_conflicts(session, _table(Anomaly), anomaly_rows)
     session.commit()
     return StoreResult(
         telemetry_batches=len(telemetry), telemetry_readings=readings,

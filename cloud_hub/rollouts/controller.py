@@ -1,20 +1,254 @@
-"""Placeholder replaced below."""
+"""The rollout controller: one thread that moves every active rollout forward.
+
+Each tick it looks at the devices of the current stage (their ``reported`` state as ingest stored
+it), asks :func:`judge_stage` for a verdict, and then starts the next stage, finishes the rollout,
+or rolls back: ``desired`` goes back to the previous version on every device the rollout
+touched, and the rollout is ``rolled_back`` only once each of them reports it runs that version.
+"""
+
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
+from cloud_hub.db.registry_tables import Rollout, RolloutDevice
+from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
 from cloud_hub.mqtt.publisher import Publisher
+from cloud_hub.rollouts.desired import set_desired
+from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
+from shared.messages import ModelRef
+
+__all__ = ["ACTIVE_STATES", "RolloutController"]
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("running", "paused", "rolling_back")
+_FAILED_STATES = ("failed", "rolled_back")
+BASELINE_WINDOW_S = 600.0
 
 
 class RolloutController:
     def __init__(self, engine: Engine, publisher: Publisher, *, tick_s: float = 0.5) -> None:
         self._engine, self._publisher, self._tick = engine, publisher, tick_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # one tick at a time (thread and REST actions)
+        self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
 
     def start(self) -> None:
-        pass
+        self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Called after ingest commits, so a `reported` change is acted on at once."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._tick)
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # a broken rollout must not stop the others
+                log.exception("rollout controller tick failed")
+
+    def tick(self, now: float | None = None) -> None:
+        with self._lock, Session(self._engine) as session:
+            rollouts = session.exec(
+                select(Rollout).where(col(Rollout.status).in_(("running", "rolling_back")))
+            ).all()
+            for rollout in rollouts:
+                if rollout.status == "running":
+                    self._advance(session, rollout, now or time.time())
+                else:
+                    self._confirm_rollback(session, rollout, now or time.time())
+
+    # -- forward -------------------------------------------------------------------------
+    def _stage_devices(self, session: Session, rollout: Rollout) -> list[RolloutDevice]:
+        return list(session.exec(select(RolloutDevice).where(
+            RolloutDevice.rollout_id == rollout.id, RolloutDevice.stage == rollout.stage)))
+
+    def _start_stage(self, session: Session, rollout: Rollout, now: float) -> None:
+        members = self._stage_devices(session, rollout)
+        ids = [m.device_id for m in members]
+        devices = {d.device_id: d for d in session.exec(
+            select(Device).where(col(Device.device_id).in_(ids)))}
+        for m in members:
+            device = devices.get(m.device_id)
+            if device is not None:
+                m.previous_name, m.previous_version = device.active_name, device.active_version
+        baselines = _baseline_rates(session, members, now) if rollout.stage == 0 else {}
+        for m in members:
+            m.baseline_rate = baselines.get(m.device_id, 0.0)
+            m.desired_at = now
+            session.add(m)
+        rollout.stage_started_at = now
+        session.add(rollout)
+        session.flush()
+        set_desired(session, publisher=self._publisher, device_ids=ids,
+                    model=ModelRef(name=rollout.model_name, version=rollout.model_version),
+                    rollout_id=rollout.id)  # commits
+        log.info("rollout %s: stage %d started on %d device(s)", rollout.id, rollout.stage,
+                 len(ids))
+
+    def _advance(self, session: Session, rollout: Rollout, now: float) -> None:
+        if rollout.stage_started_at is None:
+            self._start_stage(session, rollout, now)
+            return
+        members = self._stage_devices(session, rollout)
+        observations = self._observe_all(session, rollout, members, now)
+        session.commit()
+        policy = rollout.policy
+        verdict = judge_stage(
+            observations, now=now, stage_started_at=rollout.stage_started_at,
+            is_canary=rollout.stage == 0, min_observation_s=policy["min_observation_s"],
+            max_failure_ratio=policy["max_failure_ratio"],
+            max_anomaly_rate_increase=policy["max_anomaly_rate_increase"],
+            stage_timeout_s=policy["stage_timeout_s"],
+        )
+        if verdict.state == "breach":
+            self.roll_back(session, rollout, verdict.reason, now)
+        elif verdict.state == "pass":
+            if rollout.stage + 1 < len(rollout.stages):
+                rollout.stage += 1
+                rollout.stage_started_at = None
+                session.add(rollout)
+                session.commit()
+                self._start_stage(session, rollout, now)
+            else:
+                confirmed = session.exec(select(func.max(RolloutDevice.confirmed_at)).where(
+                    RolloutDevice.rollout_id == rollout.id)).one()
+                rollout.status, rollout.finished_at = "succeeded", now
+                rollout.seconds_to_full = (confirmed or now) - rollout.created_at
+                session.add(rollout)
+                session.commit()
+                log.info("rollout %s succeeded: %.1fs to full", rollout.id,
+                         rollout.seconds_to_full)
+
+    def _observe_all(self, session: Session, rollout: Rollout, members: list[RolloutDevice],
+                     now: float) -> list[DeviceObservation]:
+        ids = [m.device_id for m in members]
+        devices = {d.device_id: d for d in session.exec(
+            select(Device).where(col(Device.device_id).in_(ids)))}
+        name, version = rollout.model_name, rollout.model_version
+        for m in members:
+            device = devices.get(m.device_id)
+            if device is None or m.confirmed_at is not None or m.failed_at is not None:
+                continue
+            if (device.active_name, device.active_version) == (name, version):
+                m.confirmed_at = now
+            elif ((device.reported_name, device.reported_version) == (name, version)
+                  and device.reported_state in _FAILED_STATES
+                  and (device.reported_since or 0) >= (m.desired_at or 0) - 1.0):
+                m.failed_at = now
+                m.failure = f"{device.reported_state}: {device.reported_error or 'no reason'}"
+            else:
+                continue
+            session.add(m)
+        counts: dict[str, int] = {}
+        if rollout.stage == 0:  # only the canary is judged on its anomaly rate
+            since = min((m.confirmed_at for m in members if m.confirmed_at), default=now)
+            rows = session.exec(
+                select(Anomaly.device_id, Anomaly.stored_at).where(
+                    col(Anomaly.device_id).in_(ids), Anomaly.model_name == name,
+                    Anomaly.model_version == version, Anomaly.stored_at >= since))
+            confirmed = {m.device_id: m.confirmed_at for m in members}
+            for device_id, stored_at in rows:
+                start = confirmed.get(device_id)
+                if start is not None and stored_at >= start:
+                    counts[device_id] = counts.get(device_id, 0) + 1
+        return [
+            DeviceObservation(
+                device_id=m.device_id, confirmed_at=m.confirmed_at, failed=m.failure,
+                baseline_rate=m.baseline_rate or 0.0,
+                anomalies_since_confirmed=counts.get(m.device_id, 0),
+            )
+            for m in members
+        ]
+
+    # -- backward ------------------------------------------------------------------------
+    def roll_back(self, session: Session, rollout: Rollout, reason: str, now: float) -> None:
+        """Set desired back to the previous version on every device this rollout touched."""
+        touched = list(session.exec(select(RolloutDevice).where(
+            RolloutDevice.rollout_id == rollout.id, col(RolloutDevice.desired_at).is_not(None))))
+        rollout.status, rollout.reason = "rolling_back", reason
+        session.add(rollout)
+        session.commit()
+        log.warning("rollout %s: rolling back %d device(s): %s", rollout.id, len(touched), reason)
+        by_previous: dict[tuple[str | None, int | None], list[str]] = {}
+        for m in touched:
+            by_previous.setdefault((m.previous_name, m.previous_version), []).append(m.device_id)
+            m.reverted_at = now
+            session.add(m)
+        session.commit()
+        for (name, version), ids in by_previous.items():
+            model = ModelRef(name=name, version=version) if name and version else None
+            set_desired(session, publisher=self._publisher, device_ids=ids, model=model,
+                        rollout_id=rollout.id)
+        self._confirm_rollback(session, rollout, now)
+
+    def _confirm_rollback(self, session: Session, rollout: Rollout, now: float) -> None:
+        touched = list(session.exec(select(RolloutDevice).where(
+            RolloutDevice.rollout_id == rollout.id, col(RolloutDevice.reverted_at).is_not(None))))
+        new = (rollout.model_name, rollout.model_version)
+        for m in touched:
+            if m.revert_confirmed_at is not None:
+                continue
+            device = session.get(Device, m.device_id)
+            if device is None:
+                continue
+            active = (device.active_name, device.active_version)
+            back = (active == (m.previous_name, m.previous_version) if m.previous_name
+                    else active != new)
+            if back:
+                m.revert_confirmed_at = now
+                session.add(m)
+        if all(m.revert_confirmed_at is not None for m in touched):
+            rollout.status, rollout.finished_at = "rolled_back", now
+            session.add(rollout)
+            log.info("rollout %s rolled back, confirmed by %d device(s)", rollout.id,
+                     len(touched))
+        session.commit()
+
+
+def _baseline_rates(session: Session, members: list[RolloutDevice],
+                    now: float) -> dict[str, float]:
+    """Anomaly events per minute of each device under its previous model (0 if none ran).
+
+    The window is the last ``BASELINE_WINDOW_S`` seconds, or less for a device whose first
+    telemetry is more recent.
+    """
+    ids = [m.device_id for m in members if m.previous_name]
+    if not ids:
+        return {}
+    first_seen = dict(session.exec(
+        select(TelemetryBatchRow.device_id, func.min(TelemetryBatchRow.stored_at))
+        .where(col(TelemetryBatchRow.device_id).in_(ids))
+        .group_by(TelemetryBatchRow.device_id)).all())
+    counts: dict[tuple[str, str, int], int] = {}
+    for device_id, name, version, n in session.exec(
+        select(Anomaly.device_id, Anomaly.model_name, Anomaly.model_version, func.count())
+        .where(col(Anomaly.device_id).in_(ids), Anomaly.stored_at >= now - BASELINE_WINDOW_S)
+        .group_by(col(Anomaly.device_id), col(Anomaly.model_name), col(Anomaly.model_version))
+    ):
+        counts[(device_id, name, version)] = int(n)
+    rates: dict[str, float] = {}
+    for m in members:
+        first = first_seen.get(m.device_id)
+        if not m.previous_name or m.previous_version is None or first is None:
+            continue
+        window = min(BASELINE_WINDOW_S, now - first)
+        if window > 1.0:
+            n = counts.get((m.device_id, m.previous_name, m.previous_version), 0)
+            rates[m.device_id] = n / (window / 60.0)
+    return rates

@@ -6,7 +6,7 @@ import time
 
 from sqlmodel import Session
 
-from cloud_hub.db.tables import Device
+from cloud_hub.db.devices import ensure_devices
 from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.registry.lifecycle import PublishRefused, get_model
 from shared.messages import Desired, ModelRef
@@ -35,8 +35,9 @@ def set_desired(
         for d in device_ids
     ]
     publisher.publish_desired_many(messages)
+    rows = ensure_devices(session, device_ids)
     for device_id in device_ids:
-        device = session.get(Device, device_id) or Device(device_id=device_id, tags=[])
+        device = rows[device_id]
         device.desired_name = model.name if model else None
         device.desired_version = model.version if model else None
         device.desired_at = now

@@ -8,6 +8,7 @@ a chunk with a wrong hash is discarded and fetched again (``chunk_retries`` time
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -327,6 +328,9 @@ class ModelUpdater:
             threshold=active.threshold if active else None,
             since=time.time(),
         )
+        last = self.last_report
+        if last is not None and report == dataclasses.replace(last, since=report.since):
+            return  # nothing changed (e.g. the retained desired again after a reconnect)
         self.last_report = report
         self._on_report(report)
 

@@ -168,6 +168,7 @@ class CsvSource(SensorSource):
                 self._pending = None if self._done else self._next()
                 if self._pending is None:
                     self._done = True
+                    self.close()
                     if not out:
                         time.sleep(max(0.0, min(timeout, 0.05)))
                     return out

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
 import httpx
+import pytest
 
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub

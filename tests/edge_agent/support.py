@@ -120,10 +120,11 @@ class HubStandIn:
         self._publish(TOPICS.manifest(manifest.name, manifest.version),
                       manifest_payload if manifest_payload is not None else manifest.to_bytes())
 
-    def set_desired(self, device_id: str, name: str, version: int) -> None:
+    def set_desired(self, device_id: str, name: str, version: int, *,
+                    retain: bool = True) -> None:
         desired = Desired(device_id=device_id, model=ModelRef(name=name, version=version),
                           issued_at=time.time())
-        self._publish(TOPICS.desired(device_id), encode(desired))
+        self._publish(TOPICS.desired(device_id), encode(desired), retain=retain)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -137,6 +138,7 @@ class DeviceLog:
     duplicates: int = 0
     status: list[dict[str, Any]] = field(default_factory=list)
     reported: list[dict[str, Any]] = field(default_factory=list)
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)
 
     def readings(self) -> int:
         return sum(len(b["ts"]) for b in self.telemetry.values())
@@ -166,7 +168,8 @@ class Collector:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:
         client.subscribe([(f"{TOPICS.prefix}/devices/+/{kind}", 1)
-                          for kind in ("telemetry", "anomalies", "status", "reported")])
+                          for kind in ("telemetry", "anomalies", "status", "reported",
+                                       "heartbeat")])
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -184,6 +187,8 @@ class Collector:
                 store[body["seq"]] = body
             elif parsed.kind == "status":
                 log.status.append(body)
+            elif parsed.kind == "heartbeat":
+                log.heartbeats.append(body)
             else:
                 log.reported.append(body)
 

@@ -63,3 +63,7 @@ def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
     assert reported is not None and reported["state"] == "active"
     assert reported["model"]["sha256"] == manifest.sha256
     assert device.status[-1]["state"] == "offline"
+    assert device.heartbeats, "heartbeats were published"
+    beat = device.heartbeats[-1]
+    assert beat["rss_bytes"] > 0 and beat["uptime_s"] > 0
+    assert beat["inference_us_p50"] is not None and beat["inference_us_p99"] is not None

@@ -116,6 +116,7 @@ def test_entry_point_builds_a_source_with_scheduled_faults() -> None:
     src = factory({"profile": "motor", "seed": 4, "rate_hz": 5.0, "device_id": "m1",
                    "faults": [{"kind": "noise", "at": 3.0, "duration": 2.0, "severity": 1.5}]})
     assert isinstance(src, SensorSource)
+    assert isinstance(src, SimulatedSource)
     assert src.channels[0] == "current"
     (truth,) = src.ground_truth()
     assert truth.kind == "noise" and truth.end - truth.start == pytest.approx(2.0)

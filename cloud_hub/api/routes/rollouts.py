@@ -1,4 +1,91 @@
-"""Rollouts (filled in below)."""
-from fastapi import APIRouter
+"""Rollouts: create (canary + waves + policy), follow, pause, resume, abort."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, status
+from sqlmodel import col, select
+
+from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.schemas import RolloutCreate
+from cloud_hub.db.registry_tables import Rollout
+from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
+from cloud_hub.rollouts.actions import (
+    RolloutConflict,
+    change_state,
+    create_rollout,
+    rollout_view,
+)
+from cloud_hub.rollouts.planning import RolloutPlanError
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+RolloutPath = Annotated[int, Path(ge=1)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
+           _key: AdminKey) -> dict[str, Any]:
+    """Start a staged rollout: the canary first, then waves, each judged by the policy."""
+    try:
+        rollout = create_rollout(
+            session, name=body.model.name, version=body.model.version,
+            target=body.target.model_dump(mode="json"), policy=body.policy.model_dump(mode="json"),
+        )
+    except ModelNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except (PublishRefused, RolloutConflict) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except RolloutPlanError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "target"], "msg": str(exc), "type": "value_error"}],
+        ) from None
+    hub.rollouts.wake()
+    return rollout_view(session, rollout)
+
+
+@router.get("")
+def rollouts(session: SessionDep, _key: ReadKey) -> list[dict[str, Any]]:
+    rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()))
+    return [rollout_view(session, r, with_devices=False) for r in rows]
+
+
+def _get(session: SessionDep, rollout_id: int) -> Rollout:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"rollout {rollout_id} does not exist")
+    return rollout
+
+
+@router.get("/{rollout_id}")
+def rollout(rollout_id: RolloutPath, session: SessionDep, _key: ReadKey) -> dict[str, Any]:
+    """Status, per-device desired vs reported, and ``seconds_to_full`` once it succeeded."""
+    return rollout_view(session, _get(session, rollout_id))
+
+
+def _act(rollout_id: int, action: str, session: SessionDep, hub: HubDep) -> dict[str, Any]:
+    try:
+        updated = change_state(session, _get(session, rollout_id), action)
+    except RolloutConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    hub.rollouts.wake()
+    return rollout_view(session, updated)
+
+
+@router.post("/{rollout_id}/pause")
+def pause(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
+          _key: AdminKey) -> dict[str, Any]:
+    return _act(rollout_id, "pause", session, hub)
+
+
+@router.post("/{rollout_id}/resume")
+def resume(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
+           _key: AdminKey) -> dict[str, Any]:
+    return _act(rollout_id, "resume", session, hub)
+
+
+@router.post("/{rollout_id}/abort")
+def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
+          _key: AdminKey) -> dict[str, Any]:
+    return _act(rollout_id, "abort", session, hub)

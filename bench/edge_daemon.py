@@ -1,0 +1,328 @@
+"""Edge daemon benchmark (issue 4): what a running agent costs and how it recovers.
+
+1. ``rss_bytes`` and ``cpu_percent`` of a real ``edge-agent run`` process reading SKAB's
+   anomaly-free pump data at 10 Hz × 8 channels (CSV replay at 10× its 1 Hz) while an int8
+   dense autoencoder (32 readings × 8 channels) scores every window. TensorFlow builds that
+   model here, in the benchmark process; the agent process never imports it.
+2. ``replay_readings_per_s``: an outbox holding a long outage's telemetry (batches of 100
+   readings × 8 channels) is drained through the agent's link and sender after the reconnect,
+   until the last PUBACK.
+3. ``reconnect_spread_s``: 200 agent links (the agent's ``MqttLink``, in one process) on one
+   broker; the broker restarts; how far apart their reconnects land, against the configured
+   back-off window.
+
+Prints a table and writes ``reports/bench/edge_daemon.json``.
+
+    .venv/bin/python bench/edge_daemon.py [--cpu-seconds 20] [--replay-readings 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.comms.mqtt import LinkEvent, LinkSettings, MqttLink  # noqa: E402
+from edge_agent.health import cpu_seconds, rss_bytes  # noqa: E402
+from edge_agent.telemetry.outbox import Outbox, Stream  # noqa: E402
+from edge_agent.telemetry.sender import Sender  # noqa: E402
+from shared.messages import TelemetryBatch, encode  # noqa: E402
+from simulator.broker import Broker  # noqa: E402
+
+SKAB_FREE = ROOT.parent / "shared" / "data" / "skab" / "anomaly-free" / "anomaly-free.csv"
+WINDOW = 32
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _broker() -> Broker:
+    workdir = Path(tempfile.mkdtemp(prefix="edgeloop-bench-mosquitto-"))
+    os.chmod(workdir, 0o777)  # mosquitto drops to its own user and must write persistence here
+    return Broker(workdir=workdir)
+
+
+def build_model(channels: list[str]) -> tuple[bytes, Any, float]:
+    """Int8 dense AE 256→32→8→32→256 on SKAB's anomaly-free data; (tflite, norm, threshold)."""
+    import tensorflow as tf
+
+    from edge_agent.inference.runtime import TfliteModel
+    from edge_agent.sources.csv_source import CsvSource
+    from shared.scoring import fit_normalization, normalize, sliding_windows
+
+    source = CsvSource(SKAB_FREE, replay_speed=0)
+    rows: list[tuple[float, ...]] = []
+    while not source.exhausted:
+        rows.extend(r.values for r in source.read(0.1))
+    data = np.asarray(rows, dtype=np.float32)
+    norm = fit_normalization(data)
+    windows = sliding_windows(normalize(data, norm), WINDOW, stride=4).reshape(-1, WINDOW * 8)
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape=(WINDOW * 8,)),
+        tf.keras.layers.Dense(32, activation="relu"),
+        tf.keras.layers.Dense(8, activation="relu"),
+        tf.keras.layers.Dense(32, activation="relu"),
+        tf.keras.layers.Dense(WINDOW * 8),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(windows, windows, epochs=3, batch_size=64, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([w[None, :]] for w in windows[:300])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    tflite: bytes = converter.convert()
+    runtime = TfliteModel(tflite)
+    scores = [float(((w - runtime.reconstruct(w)) ** 2).mean()) for w in windows[:2000]]
+    return tflite, norm, float(np.quantile(scores, 0.999)) * 1.5
+
+
+def measure_daemon(seconds: float, agent_bin: Path) -> dict[str, Any]:
+    """Run ``agent_bin`` (an ``edge-agent`` executable) against a private broker."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from shared.codec import sha256_hex, split
+    from shared.manifest import (
+        ChunkTable,
+        InputSpec,
+        Manifest,
+        ParitySummary,
+        Quantization,
+        ScoreSpec,
+    )
+    from shared.messages import Desired, ModelRef
+    from shared.signing import generate_signing_key
+    from shared.topics import Topics
+
+    channels = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+                "Thermocouple", "Voltage", "Volume Flow RateRMS"]
+    tflite, norm, threshold = build_model(channels)
+    key = generate_signing_key()
+    chunks = split(tflite, 16 * 1024)
+    manifest = key.sign(Manifest(
+        name="bench-ae", version=1, created_at=time.time(), quantization=Quantization.INT8,
+        size=len(tflite), sha256=sha256_hex(tflite), chunk_size=16 * 1024,
+        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        input=InputSpec(window=WINDOW, channels=channels), normalization=norm,
+        score=ScoreSpec(), threshold=threshold,
+        parity=ParitySummary(decision_agreement=1.0, windows=0), float_size=len(tflite),
+        key_id=key.key_id,
+    ))
+    topics = Topics()
+    broker = _broker().start()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeloop-bench-agent-"))
+    proc: subprocess.Popen[bytes] | None = None
+    reported: list[dict[str, Any]] = []
+    hub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    hub.on_message = lambda c, u, m: reported.append(json.loads(m.payload))
+    try:
+        hub.connect(broker.host, broker.port)
+        hub.loop_start()
+        hub.subscribe(topics.reported("bench-1"), qos=1)
+        for i, chunk in enumerate(chunks):
+            hub.publish(topics.chunk("bench-ae", 1, i), chunk, qos=1, retain=True)
+        hub.publish(topics.manifest("bench-ae", 1), manifest.to_bytes(), qos=1, retain=True)
+        hub.publish(topics.desired("bench-1"), encode(Desired(
+            device_id="bench-1", model=ModelRef(name="bench-ae", version=1),
+            issued_at=time.time())), qos=1, retain=True).wait_for_publish(10)
+        config = workdir / "agent.toml"
+        config.write_text(
+            f'device_id = "bench-1"\nstate_dir = "state"\n'
+            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            f'[trust.keys]\n{key.key_id} = "{key.public_b64()}"\n'
+            f'[source]\ntype = "csv"\n[source.options]\npath = "{SKAB_FREE}"\n'
+            f'replay_speed = 10.0\nloop = true\n'
+            f'[telemetry]\nbatch_max_readings = 100\nbatch_max_age_s = 1.0\n'
+            f'[model]\nshadow_windows = 0\n[heartbeat]\ninterval_s = 10.0\n'
+            f'[log]\nlevel = "WARNING"\n'
+        )
+        proc = subprocess.Popen([str(agent_bin), "run", "--config", str(config)], cwd=ROOT)
+        _wait(lambda: any(r.get("state") == "active" for r in reported), 60, "model active")
+        time.sleep(2.0)  # let start-up settle before sampling
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        rss_samples = []
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1.0)
+            rss_samples.append(rss_bytes(proc.pid))
+        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        status = json.loads((workdir / "state" / "status.json").read_text())
+        with open(f"/proc/{proc.pid}/maps", encoding="ascii", errors="replace") as fh:
+            maps = fh.read()
+        breakdown = _rss_breakdown(proc.pid)
+        return {
+            "rss_bytes": max(rss_samples),
+            "cpu_percent": round(100.0 * (cpu1 - cpu0) / (t1 - t0), 2),
+            "sample_seconds": round(t1 - t0, 1),
+            "readings_per_s": 10,
+            "channels": 8,
+            "model_size_bytes": len(tflite),
+            "inference_us_p50": status.get("inference_us_p50"),
+            "inference_us_p99": status.get("inference_us_p99"),
+            "agent_tensorflow_loaded": "site-packages/tensorflow/" in maps,
+            "rss_breakdown_mb": breakdown,
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        hub.loop_stop()
+        hub.disconnect()
+        broker.close()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _rss_breakdown(pid: int, top: int = 8) -> dict[str, float]:
+    """Resident MB per mapping (shared library name, or heap/anonymous), largest first."""
+    totals: dict[str, int] = {}
+    name = "[anon]"
+    with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5 and ":" in first[3]:
+                name = Path(first[5].strip()).name if len(first) > 5 else "[anon]"
+            elif line.startswith("Rss:"):
+                totals[name] = totals.get(name, 0) + int(line.split()[1])
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {k: round(v / 1024, 1) for k, v in ranked}
+
+
+def measure_replay(total_readings: int, batch: int = 100) -> dict[str, Any]:
+    broker = _broker().start()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeloop-bench-outbox-"))
+    channels = [f"c{i}" for i in range(8)]
+    rng = np.random.default_rng(0)
+    try:
+        outbox = Outbox(workdir / "outbox.db", max_bytes=1 << 30)
+        for start in range(0, total_readings, batch):
+            ts = [1.7e9 + (start + i) / 10 for i in range(batch)]
+            values = rng.normal(size=(batch, 8)).round(4).tolist()
+
+            def build(seq: int, ts: list[float] = ts, values: list[list[float]] = values) -> bytes:
+                return encode(TelemetryBatch(device_id="bench-r", seq=seq, channels=channels,
+                                             ts=ts, values=values))
+
+            outbox.add(device_id="bench-r", stream=Stream.TELEMETRY,
+                       topic="edgeloop/v1/devices/bench-r/telemetry", build=build,
+                       readings=batch)
+        control: queue.Queue[LinkEvent] = queue.Queue()
+        link = MqttLink(LinkSettings(client_id="bench-r", host=broker.host, port=broker.port),
+                        control=control)
+        sender = Sender(outbox, link, control, max_inflight=100)
+        started = time.monotonic()
+        link.start()
+        sender.start()
+        if not sender.flush(300):
+            raise TimeoutError("outbox not drained within 300 s")
+        elapsed = time.monotonic() - started
+        sender.stop()
+        link.stop()
+        outbox.close()
+        return {
+            "replay_readings_per_s": round(total_readings / elapsed),
+            "replay_messages_per_s": round(total_readings / batch / elapsed),
+            "replay_readings": total_readings,
+            "replay_batch_readings": batch,
+            "replay_seconds": round(elapsed, 2),
+        }
+    finally:
+        broker.close()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_reconnect_spread(n: int, initial_s: float, max_s: float) -> dict[str, Any]:
+    broker = _broker().start()
+    links = [
+        MqttLink(LinkSettings(client_id=f"bench-{i:04d}", host=broker.host, port=broker.port,
+                              keepalive=30, reconnect_initial_s=initial_s,
+                              reconnect_max_s=max_s))
+        for i in range(n)
+    ]
+    try:
+        for link in links:
+            link.start()
+        _wait(lambda: all(link.connected for link in links), 120, "all links connected")
+        broker.stop()
+        _wait(lambda: not any(link.connected for link in links), 60, "all links down")
+        broker.start()
+        back_at = time.monotonic()
+        _wait(lambda: all(link.connections >= 2 for link in links), 4 * max_s + 60,
+              "all links reconnected")
+        times = np.array([link.last_connected_at or 0.0 for link in links]) - back_at
+        per_second = np.bincount(np.floor(np.maximum(times, 0)).astype(int))
+        return {
+            "reconnect_spread_s": round(float(times.max() - times.min()), 2),
+            "reconnect_agents": n,
+            "reconnect_backoff_window_s": initial_s,
+            "reconnect_backoff_max_s": max_s,
+            "reconnect_first_s": round(float(times.min()), 2),
+            "reconnect_last_s": round(float(times.max()), 2),
+            "reconnect_max_per_second": int(per_second.max()),
+        }
+    finally:
+        for link in links:
+            link.stop(timeout=0.5)
+        broker.close()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cpu-seconds", type=float, default=20.0)
+    parser.add_argument("--replay-readings", type=int, default=200_000)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--backoff-window", type=float, default=5.0)
+    parser.add_argument("--backoff-max", type=float, default=30.0)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    print("measuring the agent process at 10 Hz x 8 channels ...", flush=True)
+    results.update(measure_daemon(args.cpu_seconds))
+    print("measuring outbox replay after a reconnect ...", flush=True)
+    results.update(measure_replay(args.replay_readings))
+    print(f"measuring reconnects of {args.agents} links after a broker restart ...", flush=True)
+    results.update(measure_reconnect_spread(args.agents, args.backoff_window, args.backoff_max))
+    bars = {
+        "rss_bytes": (results["rss_bytes"], "<= 60 MB", results["rss_bytes"] <= 60 * 2**20),
+        "cpu_percent": (results["cpu_percent"], "<= 5 %", results["cpu_percent"] <= 5.0),
+        "replay_readings_per_s": (results["replay_readings_per_s"], ">= 20,000",
+                                  results["replay_readings_per_s"] >= 20_000),
+        "reconnect_spread_s": (results["reconnect_spread_s"],
+                               f">= {args.backoff_window} s window",
+                               results["reconnect_spread_s"] >= 0.8 * args.backoff_window),
+    }
+    print(f"\n{'figure':<28}{'measured':>16}  {'bar':<18}ok")
+    for name, (value, bar, ok) in bars.items():
+        print(f"{name:<28}{value:>16,}  {bar:<18}{'yes' if ok else 'NO'}")
+    for name, value in results.items():
+        if name not in bars:
+            print(f"  {name:<26}{value}")
+    out = ROOT / "reports" / "bench" / "edge_daemon.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""What an admin does to rollouts: create, pause, resume, abort, and the status view."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from cloud_hub.db.devices import ensure_devices
+from cloud_hub.db.registry_tables import Rollout, RolloutDevice
+from cloud_hub.db.tables import Device
+from cloud_hub.registry.lifecycle import PublishRefused, get_model
+from cloud_hub.rollouts.controller import ACTIVE_STATES
+from cloud_hub.rollouts.planning import plan_stages, resolve_target
+
+__all__ = ["RolloutConflict", "change_state", "create_rollout", "rollout_view"]
+
+
+class RolloutConflict(RuntimeError):
+    """The action does not fit the rollout's state (or another rollout is in the way)."""
+
+
+def create_rollout(
+    session: Session, *, name: str, version: int, target: dict[str, Any],
+    policy: dict[str, Any],
+) -> Rollout:
+    record = get_model(session, name=name, version=version)
+    if record.status != "published":
+        raise PublishRefused(f"model {name} v{version} is {record.status}; publish it first")
+    devices = resolve_target(session, devices=target.get("devices"), group=target.get("group"),
+                             tags=target.get("tags"), percent=target.get("percent", 100))
+    busy = session.exec(
+        select(RolloutDevice.device_id, Rollout.id)
+        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+        .where(col(Rollout.status).in_(ACTIVE_STATES), col(RolloutDevice.device_id).in_(devices))
+    ).first()
+    if busy is not None:
+        raise RolloutConflict(f"device {busy[0]} is in active rollout {busy[1]}; "
+                              "pause/abort it or wait for it to finish")
+    stages = plan_stages(devices, canary_size=policy["canary_size"],
+                         canary_percent=policy.get("canary_percent"),
+                         wave_size=policy["wave_size"])
+    rollout = Rollout(model_name=name, model_version=version, target=target, policy=policy,
+                      stages=stages, created_at=time.time())
+    session.add(rollout)
+    session.flush()
+    assert rollout.id is not None
+    ensure_devices(session, devices)
+    for index, stage in enumerate(stages):
+        for device_id in stage:
+            session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, stage=index))
+    session.commit()
+    session.refresh(rollout)
+    return rollout
+
+
+_TRANSITIONS = {
+    "pause": ({"running"}, "paused"),
+    "resume": ({"paused"}, "running"),
+    "abort": ({"running", "paused"}, "aborted"),
+}
+
+
+def change_state(session: Session, rollout: Rollout, action: str) -> Rollout:
+    """pause / resume / abort. Abort stops promoting and leaves devices where they are."""
+    allowed, new_state = _TRANSITIONS[action]
+    if rollout.status not in allowed:
+        raise RolloutConflict(f"rollout {rollout.id} is {rollout.status}; cannot {action}")
+    rollout.status = new_state
+    if new_state == "aborted":
+        rollout.finished_at = time.time()
+        rollout.reason = "aborted by an admin"
+    session.add(rollout)
+    session.commit()
+    session.refresh(rollout)
+    return rollout
+
+
+def rollout_view(session: Session, rollout: Rollout, *, with_devices: bool = True
+                 ) -> dict[str, Any]:
+    members = list(session.exec(select(RolloutDevice).where(
+        RolloutDevice.rollout_id == rollout.id).order_by(col(RolloutDevice.stage),
+                                                         col(RolloutDevice.device_id))))
+    view: dict[str, Any] = {
+        "id": rollout.id, "model": {"name": rollout.model_name,
+                                    "version": rollout.model_version},
+        "status": rollout.status, "reason": rollout.reason, "stage": rollout.stage,
+        "stages": len(rollout.stages), "stage_sizes": [len(s) for s in rollout.stages],
+        "devices_total": len(members),
+        "devices_updated": sum(1 for m in members if m.confirmed_at is not None),
+        "devices_failed": sum(1 for m in members if m.failed_at is not None),
+        "devices_reverted": sum(1 for m in members if m.revert_confirmed_at is not None),
+        "target": rollout.target, "policy": rollout.policy, "created_at": rollout.created_at,
+        "finished_at": rollout.finished_at, "seconds_to_full": rollout.seconds_to_full,
+    }
+    if with_devices:
+        devices = {d.device_id: d for d in session.exec(select(Device).where(
+            col(Device.device_id).in_([m.device_id for m in members])))}
+        view["devices"] = [_device_row(m, devices.get(m.device_id)) for m in members]
+    return view
+
+
+def _device_row(m: RolloutDevice, d: Device | None) -> dict[str, Any]:
+    def ref(name: str | None, version: int | None) -> dict[str, Any] | None:
+        return {"name": name, "version": version} if name and version else None
+
+    return {
+        "device_id": m.device_id, "stage": m.stage,
+        "previous": ref(m.previous_name, m.previous_version),
+        "desired": ref(d.desired_name, d.desired_version) if d else None,
+        "reported": ref(d.active_name, d.active_version) if d else None,
+        "reported_state": d.reported_state if d else None,
+        "reported_error": d.reported_error if d else None,
+        "confirmed_at": m.confirmed_at, "failure": m.failure,
+        "reverted_at": m.reverted_at, "revert_confirmed_at": m.revert_confirmed_at,
+    }

@@ -1,0 +1,56 @@
+"""Choosing a rollout's devices and cutting them into a canary stage and waves."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from sqlmodel import Session
+
+from cloud_hub.db.queries import list_devices
+
+__all__ = ["RolloutPlanError", "plan_stages", "resolve_target"]
+
+
+class RolloutPlanError(ValueError):
+    """The target selects no device, or names devices the hub has never heard of."""
+
+
+def _spread(device_id: str) -> str:
+    # A stable pseudo-random order, so "10 % of plant-a" is the same 10 % on every call.
+    return hashlib.sha256(device_id.encode()).hexdigest()
+
+
+def resolve_target(
+    session: Session, *, devices: list[str] | None, group: str | None, tags: list[str] | None,
+    percent: int,
+) -> list[str]:
+    """Explicit device ids (created if unknown) or group/tag filters; then ``percent`` of them."""
+    if devices:
+        chosen = sorted(set(devices))
+    else:
+        rows = list_devices(session, group=group)
+        if tags:
+            rows = [d for d in rows if set(tags) <= set(d.tags or [])]
+        chosen = sorted(d.device_id for d in rows)
+    if not chosen:
+        raise RolloutPlanError(f"target group={group!r} tags={tags!r} selects no device")
+    if percent < 100:
+        count = max(1, math.ceil(len(chosen) * percent / 100))
+        chosen = sorted(sorted(chosen, key=_spread)[:count])
+    return chosen
+
+
+def plan_stages(
+    devices: list[str], *, canary_size: int, canary_percent: int | None, wave_size: int
+) -> list[list[str]]:
+    """Canary first, then waves; the canary is picked by the same stable spread."""
+    ordered = sorted(devices, key=_spread)
+    size = canary_size
+    if canary_percent is not None:
+        size = max(1, math.ceil(len(ordered) * canary_percent / 100))
+    size = min(size, len(ordered))
+    stages = [ordered[:size]]
+    rest = ordered[size:]
+    stages += [rest[i : i + wave_size] for i in range(0, len(rest), wave_size)]
+    return stages

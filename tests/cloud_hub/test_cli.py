@@ -1,0 +1,82 @@
+"""The cloud-hub CLI against a running hub: JSON output, the parity gate, keys, rollouts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from cloud_hub.cli import main
+from cloud_hub.cli.serve import ServerHandle, serve_in_thread
+from cloud_hub.service import Hub
+from shared.messages import TelemetryBatch, encode
+from tests.cloud_hub.conftest import ADMIN_KEY
+from tests.cloud_hub.helpers import publish_wait, publisher_client, tiny_artifact, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+
+@pytest.fixture
+def server(hub: Hub) -> Iterator[ServerHandle]:
+    handle = serve_in_thread(hub)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def _run(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str,
+         key: str = ADMIN_KEY) -> tuple[int, str, str]:
+    code = main(["--url", server.base_url, "--api-key", key, *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_model_failing_the_parity_gate_cannot_be_published_from_the_cli(
+    hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, version = hub.register(tiny_artifact(agreement=0.95), name="pump-ae")
+    code, _, err = _run(server, capsys, "models", "publish", f"{name}:{version}")
+    assert code == 2
+    assert "HTTP 409" in err and "decision_agreement" in err
+    code, out, _ = _run(server, capsys, "--json", "models", "list")
+    assert code == 0
+    assert [(m["version"], m["status"]) for m in json.loads(out)] == [(version, "draft")]
+
+
+def test_train_follows_the_job_and_models_show_the_result(
+    hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = publisher_client(hub.settings.mqtt_port)
+    try:
+        batch = TelemetryBatch(device_id="pump-1", seq=0, channels=["a", "b"],
+                               ts=[float(i) for i in range(100)], values=[[1.0, 2.0]] * 100)
+        publish_wait(client, hub.topics.telemetry("pump-1"), encode(batch))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="telemetry")
+    code, out, _ = _run(server, capsys, "--json", "train", "pump-ae", "--window", "8",
+                        "--epochs", "2")
+    assert code == 0, out
+    job = json.loads(out)
+    assert job["status"] == "succeeded" and job["model"] == {"name": "pump-ae", "version": 1}
+    code, out, _ = _run(server, capsys, "--json", "models", "show", "pump-ae:1")
+    assert json.loads(out)["training"]["rows"] == 100
+    code, out, _ = _run(server, capsys, "models", "list")
+    assert code == 0 and "pump-ae" in out
+
+
+def test_api_keys_created_and_revoked_from_the_cli(
+    server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(server, capsys, "--json", "api-keys", "create", "--name", "ro")
+    created = json.loads(out)
+    assert code == 0 and created["scope"] == "read"
+    code, _, err = _run(server, capsys, "devices", "tag", "pump-1", "--tags", "a",
+                        key=created["key"])
+    assert code == 2 and "HTTP 403" in err
+    assert _run(server, capsys, "api-keys", "revoke", "--id", str(created["id"]))[0] == 0
+    code, _, err = _run(server, capsys, "devices", "list", key=created["key"])
+    assert code == 2 and "HTTP 401" in err

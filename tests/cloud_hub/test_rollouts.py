@@ -1,0 +1,140 @@
+"""Staged rollouts against real mosquitto + stand-in devices: promote, roll back, pause."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.service import Hub
+from tests.cloud_hub.conftest import ADMIN_KEY
+from tests.cloud_hub.fleet import FakeDevice
+from tests.cloud_hub.helpers import tiny_artifact, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+ADMIN = {"X-API-Key": ADMIN_KEY}
+DEVICES = [f"pump-{i}" for i in range(5)]
+
+
+@pytest.fixture
+def api(hub: Hub) -> Iterator[httpx.Client]:
+    server = serve_in_thread(hub)
+    try:
+        with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def _fleet(hub: Hub, **kwargs: Any) -> list[FakeDevice]:
+    return [FakeDevice(d, hub.settings.mqtt_port, hub.topics, hub.signing_key.key_id,
+                       hub.signing_key.public_b64(), **kwargs) for d in DEVICES]
+
+
+def _published(hub: Hub, api: httpx.Client, **kwargs: Any) -> tuple[str, int]:
+    name, version = hub.register(tiny_artifact(**kwargs), name="pump-ae")
+    assert api.post(f"/models/{name}/{version}/publish", headers=ADMIN).status_code == 200
+    return name, version
+
+
+def _rollout(api: httpx.Client, version: int, **policy: Any) -> dict[str, Any]:
+    body = {"model": {"name": "pump-ae", "version": version}, "target": {"devices": DEVICES},
+            "policy": {"canary_size": 2, "wave_size": 2, "min_observation_s": 0.5, **policy}}
+    response = api.post("/rollouts", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def _done(api: httpx.Client, rollout_id: int) -> dict[str, Any] | None:
+    view: dict[str, Any] = api.get(f"/rollouts/{rollout_id}", headers=ADMIN).json()
+    return view if view["status"] in ("succeeded", "rolled_back", "aborted") else None
+
+
+def test_good_model_is_promoted_through_every_wave(hub: Hub, api: httpx.Client) -> None:
+    fleet = _fleet(hub)
+    try:
+        _, version = _published(hub, api)
+        created = _rollout(api, version)
+        assert created["stage_sizes"] == [2, 2, 1]
+        view = wait_for(lambda: _done(api, created["id"]), timeout=30, what="rollout end")
+    finally:
+        for device in fleet:
+            device.close()
+    assert view["status"] == "succeeded", view["reason"]
+    assert view["devices_updated"] == len(DEVICES)
+    assert view["seconds_to_full"] > 0
+    assert all(d["reported"] == {"name": "pump-ae", "version": version}
+               for d in view["devices"])
+    running = api.get(f"/models/pump-ae/{version}", headers=ADMIN).json()["devices"]
+    assert running == sorted(DEVICES)
+
+
+def test_noisy_canary_is_rolled_back_on_every_touched_device(
+    hub: Hub, api: httpx.Client
+) -> None:
+    _, good = _published(hub, api)
+    _, bad = _published(hub, api, threshold=0.0001)
+    fleet = _fleet(hub, noisy_versions={bad}, noise_interval_s=0.05)
+    try:
+        first = _rollout(api, good)
+        assert wait_for(lambda: _done(api, first["id"]), timeout=30)["status"] == "succeeded"
+        second = _rollout(api, bad, min_observation_s=3, max_anomaly_rate_increase=5)
+        view = wait_for(lambda: _done(api, second["id"]), timeout=30, what="rollback")
+    finally:
+        for device in fleet:
+            device.close()
+    assert view["status"] == "rolled_back"
+    assert "anomaly rate" in view["reason"]
+    touched = [d for d in view["devices"] if d["reverted_at"] is not None]
+    assert [d["stage"] for d in touched] == [0, 0]  # only the canary got the bad model
+    for d in view["devices"]:
+        assert d["reported"] == {"name": "pump-ae", "version": good}
+        assert d["desired"] == {"name": "pump-ae", "version": good}
+
+
+def test_install_failures_breach_the_failure_ratio(hub: Hub, api: httpx.Client) -> None:
+    _, good = _published(hub, api)
+    _, broken = _published(hub, api)
+    fleet = _fleet(hub, fail_versions={broken})
+    try:
+        first = _rollout(api, good)
+        assert wait_for(lambda: _done(api, first["id"]), timeout=30)["status"] == "succeeded"
+        second = _rollout(api, broken, max_failure_ratio=0.0)
+        view = wait_for(lambda: _done(api, second["id"]), timeout=30, what="rollback")
+    finally:
+        for device in fleet:
+            device.close()
+    assert view["status"] == "rolled_back"
+    assert "install failure ratio" in view["reason"] and "cannot load" in view["reason"]
+
+
+def test_pause_holds_the_next_stage_and_resume_continues(hub: Hub, api: httpx.Client) -> None:
+    fleet = _fleet(hub)
+    try:
+        _, version = _published(hub, api)
+        created = _rollout(api, version, min_observation_s=1.0)
+        paused = api.post(f"/rollouts/{created['id']}/pause", headers=ADMIN).json()
+        assert paused["status"] == "paused"
+        assert api.post(f"/rollouts/{created['id']}/pause", headers=ADMIN).status_code == 409
+        view = api.get(f"/rollouts/{created['id']}", headers=ADMIN).json()
+        assert view["stage"] == 0
+        assert api.post(f"/rollouts/{created['id']}/resume", headers=ADMIN).status_code == 200
+        view = wait_for(lambda: _done(api, created["id"]), timeout=30, what="rollout end")
+        assert view["status"] == "succeeded"
+    finally:
+        for device in fleet:
+            device.close()
+
+
+def test_rollout_of_a_draft_is_refused(hub: Hub, api: httpx.Client) -> None:
+    name, version = hub.register(tiny_artifact(), name="pump-ae")
+    body = {"model": {"name": name, "version": version}, "target": {"devices": ["x"]}}
+    response = api.post("/rollouts", json=body, headers=ADMIN)
+    assert response.status_code == 409
+    assert "publish it first" in response.json()["detail"]
+    bad = api.post("/rollouts", json={**body, "target": {"percent": 0}}, headers=ADMIN)
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "target", "percent"]

@@ -1,0 +1,89 @@
+"""`edge-agent check` and `edge-agent status`: local answers, no network needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.models.store import ModelStore
+from edge_agent.telemetry.outbox import Outbox, Stream
+from shared.codec import split
+from shared.signing import SigningKey, generate_signing_key
+from tests.edge_agent.support import fixture_bytes, make_manifest
+
+DATA = fixture_bytes("ae_int8_w8c2.tflite")
+
+
+def _config(tmp_path: Path, key: SigningKey | None) -> Path:
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    trust = f'[trust.keys]\n{key.key_id} = "{key.public_b64()}"\n' if key else ""
+    path = tmp_path / "agent.toml"
+    path.write_text(f'device_id = "dev-c"\nstate_dir = "state"\n{trust}'
+                    f'[source]\ntype = "csv"\noptions = {{ path = "{csv}" }}\n')
+    return path
+
+
+def _install(tmp_path: Path, key: SigningKey) -> Path:
+    store = ModelStore(tmp_path / "state" / "models", {key.key_id: key.public})
+    manifest = make_manifest(key, DATA)
+    store.accept_manifest(manifest.to_bytes(), name=manifest.name, version=manifest.version)
+    for i, chunk in enumerate(split(DATA, manifest.chunk_size)):
+        store.put_chunk(manifest, i, chunk)
+    store.assemble(manifest)
+    store.activate(manifest)
+    return store.model_path(manifest.name, manifest.version)
+
+
+def test_check_passes_with_keys_source_and_a_verified_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = generate_signing_key()
+    _install(tmp_path, key)
+    assert main(["check", "--config", str(_config(tmp_path, key))]) == 0
+    out = capsys.readouterr().out
+    assert "current pump-ae v1 verified and loads" in out
+    assert "csv with channels ['a', 'b']" in out
+
+
+def test_check_fails_on_a_tampered_model_file_and_missing_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = generate_signing_key()
+    path = _install(tmp_path, key)
+    path.write_bytes(DATA[:-10])
+    assert main(["check", "--config", str(_config(tmp_path, key)), "--json"]) == 1
+    results = json.loads(capsys.readouterr().out)
+    failed = [r["check"] for r in results if not r["ok"]]
+    assert any("truncated or replaced" in text for text in failed)
+    assert main(["check", "--config", str(_config(tmp_path, None))]) == 1
+    assert "no pinned keys" in capsys.readouterr().out
+
+
+def test_check_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "x"\n[outbox]\nmax_bytes = "lots"\n')
+    assert main(["check", "--config", str(path)]) == 2
+    assert "key 'outbox.max_bytes'" in capsys.readouterr().err
+
+
+def test_status_reads_the_local_state_without_the_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = generate_signing_key()
+    _install(tmp_path, key)
+    outbox = Outbox(tmp_path / "state" / "outbox.db", max_bytes=4096)
+    for _ in range(60):
+        outbox.add(device_id="dev-c", stream=Stream.TELEMETRY, topic="t",
+                   build=lambda seq: b"x" * 100, readings=5)
+    outbox.close()
+    assert main(["status", "--config", str(_config(tmp_path, key)), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["current_model"]["name"] == "pump-ae"
+    assert status["outbox"]["depth"] == 40
+    assert status["outbox"]["drops"] == 20 and status["outbox"]["dropped_readings"] == 100
+    assert main(["status", "--config", str(_config(tmp_path, key))]) == 0
+    assert "drops 20 (100 readings, 0 anomalies)" in capsys.readouterr().out
