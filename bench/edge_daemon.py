@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import queue
 import shutil
@@ -177,6 +178,7 @@ def measure_daemon(seconds: float, agent_bin: Path) -> dict[str, Any]:
             "readings_per_s": 10,
             "channels": 8,
             "model_size_bytes": len(tflite),
+            "runtime": status.get("runtime"),
             "inference_us_p50": status.get("inference_us_p50"),
             "inference_us_p99": status.get("inference_us_p99"),
             "agent_tensorflow_loaded": "site-packages/tensorflow/" in maps,
@@ -295,10 +297,19 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--backoff-window", type=float, default=5.0)
     parser.add_argument("--backoff-max", type=float, default=30.0)
+    parser.add_argument("--legacy-agent", type=Path, default=ROOT / ".venv-edge" / "bin" /
+                        "edge-agent", help="also measure this edge-agent (tflite-runtime venv)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # 200 links losing their broker on purpose
     results: dict[str, Any] = {}
     print("measuring the agent process at 10 Hz x 8 channels ...", flush=True)
-    results.update(measure_daemon(args.cpu_seconds))
+    results.update(measure_daemon(args.cpu_seconds, Path(sys.executable).parent / "edge-agent"))
+    if args.legacy_agent.exists():
+        print(f"... and again with {args.legacy_agent} ...", flush=True)
+        legacy = measure_daemon(args.cpu_seconds, args.legacy_agent)
+        results["legacy_runtime_rss_bytes"] = legacy["rss_bytes"]
+        results["legacy_runtime_cpu_percent"] = legacy["cpu_percent"]
+        results["legacy_runtime"] = legacy["runtime"]
     print("measuring outbox replay after a reconnect ...", flush=True)
     results.update(measure_replay(args.replay_readings))
     print(f"measuring reconnects of {args.agents} links after a broker restart ...", flush=True)

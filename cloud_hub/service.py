@@ -54,7 +54,8 @@ class Hub:
             client_id=f"{settings.mqtt_client_id}-pub", keepalive=settings.mqtt_keepalive,
             timeout=settings.publish_timeout_s,
         )
-        self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training)
+        self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,
+                              uploads_dir=settings.data_dir / "uploads")
         self.rollouts = RolloutController(
             self.engine, self.publisher, tick_s=settings.rollout_tick_s
         )

@@ -77,6 +77,9 @@ class Agent:
         if self._started:
             return
         cfg = self.config
+        self._threads = []
+        self._stop_reading.clear()
+        self._stop_working.clear()
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.source = self._source_override or create_source(cfg.source.type, cfg.source.options)
@@ -94,12 +97,14 @@ class Agent:
                 session_expiry_s=cfg.mqtt.session_expiry_s,
                 reconnect_initial_s=cfg.mqtt.reconnect_initial_s,
                 reconnect_max_s=cfg.mqtt.reconnect_max_s,
-                will=(self.topics.status(self.device_id), self._status(DeviceStatus.OFFLINE)),
+                will=(self.topics.status(self.device_id),
+                      lambda: self._status(DeviceStatus.OFFLINE)),
             ),
             inbound=self._events,
             control=control,
         )
-        self.link.set_birth(self.topics.status(self.device_id), self._status(DeviceStatus.ONLINE))
+        self.link.set_birth(self.topics.status(self.device_id),
+                            lambda: self._status(DeviceStatus.ONLINE))
         self.link.subscribe(self.topics.desired(self.device_id), 1)
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
@@ -185,6 +190,7 @@ class Agent:
             },
             "model_state": self.updater.state.value if self.updater.state else None,
             "threshold": None if active is None else active.threshold,
+            "runtime": None if active is None else getattr(active.runtime, "runtime", None),
             "readings": self.readings,
             "batches_sent": self.sender.acked[Stream.TELEMETRY],
             "readings_sent": self.sender.acked_readings,
@@ -198,6 +204,7 @@ class Agent:
             "dropped_anomalies": drops.anomalies,
             "bad_readings": self.bad_readings + self.source.bad_readings,
             "bad_messages": self.bad_messages,
+            "outbox_refusals": self.outbox_refusals,
             "reconnects": self.link.reconnects,
             "inference_us_p50": p50,
             "inference_us_p99": p99,
@@ -248,7 +255,7 @@ class Agent:
                     next_heartbeat = now + self.config.heartbeat.interval_s
                     self._send_heartbeat()
                 if now >= next_status:
-                    next_status = now + _STATUS_EVERY_S
+                    next_status = now + min(_STATUS_EVERY_S, self.config.heartbeat.interval_s)
                     self._write_status_file()
             except OutboxError as exc:
                 self.outbox_refusals += 1

@@ -50,7 +50,11 @@ def _check(config: AgentConfig) -> list[tuple[bool, str]]:
         results.append((True, f"runtime: {available_runtime()}"))
     except Exception as exc:
         results.append((False, f"runtime: {exc}"))
-    store = ModelStore(Path(config.state_dir) / "models", keys)
+    models = Path(config.state_dir) / "models"
+    if not models.is_dir():
+        results.append((True, f"model store: {models} does not exist yet (no model)"))
+        return results
+    store = ModelStore(models, keys)
     for which, pointer in (("current", store.current()), ("previous", store.previous())):
         if pointer is None:
             results.append((True, f"model store: no {which} model"))
@@ -87,8 +91,9 @@ def _status(config: AgentConfig) -> dict[str, Any]:
             "drops": snap.drops.messages, "dropped_readings": snap.drops.telemetry_readings,
             "dropped_anomalies": snap.drops.anomalies, "next_seq": snap.next_seq,
         }
-    store = ModelStore(state / "models", {})
-    pointers = (("current_model", store.current()), ("previous_model", store.previous()))
+    store = ModelStore(state / "models", {}) if (state / "models").is_dir() else None
+    pointers = (("current_model", store.current() if store else None),
+                ("previous_model", store.previous() if store else None))
     for which, pointer in pointers:
         out[which] = None if pointer is None else {"name": pointer.name,
                                                    "version": pointer.version,
@@ -97,7 +102,10 @@ def _status(config: AgentConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="The edgeloop edge agent: anomaly detection next to the sensors.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run the agent until SIGTERM"),
                        ("check", "validate the config, trusted keys, source and model store"),

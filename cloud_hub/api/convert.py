@@ -33,10 +33,15 @@ def device_public(d: Device) -> DevicePublic:
     )
 
 
+_PROGRESS_DEFAULTS = {"stage": "queued", "epoch": 0, "epochs": 0, "loss": None,
+                      "val_loss": None, "fraction": 0.0}
+
+
 def job_public(job: TrainingJob) -> TrainingJobPublic:
     assert job.id is not None
     return TrainingJobPublic(
-        id=job.id, name=job.name, status=job.status, progress=job.progress,  # type: ignore[arg-type]
+        id=job.id, name=job.name, status=job.status,  # type: ignore[arg-type]
+        progress={**_PROGRESS_DEFAULTS, **(job.progress or {})},
         error=job.error, model=_ref(job.model_name, job.model_version), request=job.request,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )

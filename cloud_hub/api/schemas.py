@@ -11,7 +11,8 @@ from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
 __all__ = [
     "AnomalyPublic", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic", "DeadLetterPublic",
     "DesiredUpdate", "DevicePublic", "DeviceUpdate", "ModelDetail", "ModelRefBody",
-    "ModelSummary", "RolloutCreate", "RolloutPolicy", "RolloutTarget", "TelemetryPublic",
+    "ModelSummary", "RolloutCreate", "RolloutDevicePublic", "RolloutPolicy", "RolloutPublic",
+    "RolloutTarget", "TelemetryPublic",
     "TelemetrySummary", "TrainingJobCreate", "TrainingJobPublic",
 ]
 
@@ -225,3 +226,44 @@ class RolloutCreate(_Body):
     model: ModelRefBody
     target: RolloutTarget = Field(default_factory=RolloutTarget)
     policy: RolloutPolicy = Field(default_factory=RolloutPolicy)
+
+
+class RolloutDevicePublic(BaseModel):
+    device_id: str
+    stage: int
+    previous: dict[str, Any] | None
+    desired: dict[str, Any] | None
+    reported: dict[str, Any] | None = Field(description="the model the device runs")
+    reported_state: str | None
+    reported_error: str | None
+    confirmed_at: float | None
+    failure: str | None
+    reverted_at: float | None
+    revert_confirmed_at: float | None
+
+
+class RolloutPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 4, "model": {"name": "pump-ae", "version": 3}, "status": "running",
+        "reason": None, "stage": 1, "stages": 3, "stage_sizes": [2, 20, 18],
+        "devices_total": 40, "devices_updated": 9, "devices_failed": 0, "devices_reverted": 0,
+        "target": {"group": "plant-a", "percent": 100}, "policy": {"canary_size": 2},
+        "created_at": 1795500000.0, "finished_at": None, "seconds_to_full": None,
+    }]})
+    id: int
+    model: dict[str, Any]
+    status: Literal["running", "paused", "rolling_back", "rolled_back", "aborted", "succeeded"]
+    reason: str | None
+    stage: int
+    stages: int
+    stage_sizes: list[int]
+    devices_total: int
+    devices_updated: int
+    devices_failed: int
+    devices_reverted: int
+    target: dict[str, Any]
+    policy: dict[str, Any]
+    created_at: float
+    finished_at: float | None
+    seconds_to_full: float | None
+    devices: list[RolloutDevicePublic] | None = None

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32"])
     t.add_argument("--spec", help="more TrainingSpec fields as JSON")
+    t.add_argument("--csv", metavar="FILE", help="train on this CSV instead of stored telemetry")
     t.add_argument("--no-wait", action="store_true", help="return once the job is queued")
 
     j = sub.add_parser("jobs", help="list training jobs, show one, or cancel one")

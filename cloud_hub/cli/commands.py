@@ -68,7 +68,14 @@ def train(a: argparse.Namespace, c: HubClient) -> int:
     for key in ("family", "window", "epochs", "quantization"):
         if getattr(a, key) is not None:
             body["spec"][key] = getattr(a, key)
-    job = c.post("/training-jobs", body)
+    if a.csv:
+        params = {"name": a.name, "spec": json.dumps(body["spec"])}
+        if a.channels:
+            params["channels"] = a.channels
+        job = c.request("POST", "/training-jobs/csv", params=params,
+                        content=Path(a.csv).read_bytes(), headers={"Content-Type": "text/csv"})
+    else:
+        job = c.post("/training-jobs", body)
     if not a.no_wait:
         job = follow_job(c, job)
     emit(_job_row(job) if not a.json else job, a.json, title="training job")

@@ -154,10 +154,11 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         _seen(device, received)
     for s in batch.statuses:
         device = devices(s.device_id)
-        if device.status_at is None or s.at >= device.status_at:
-            device.online = s.state == DeviceStatus.ONLINE
-            device.status_at = s.at
-            device.agent_version = s.agent_version
+        # Arrival order, not ``at``: a last will carries the time it was set at connect,
+        # which is older than the `online` record it replaces.
+        device.online = s.state == DeviceStatus.ONLINE
+        device.status_at = s.at
+        device.agent_version = s.agent_version or device.agent_version
         _seen(device, received)
     for r in batch.reported:
         _apply_reported(devices(r.device_id), r)
@@ -194,8 +195,6 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
 
 
 def _apply_reported(device: Device, r: Reported) -> None:
-    if device.reported_since is not None and r.since < device.reported_since:
-        return  # an older record arriving late must not overwrite a newer one
     device.reported_name = r.model.name if r.model else None
     device.reported_version = r.model.version if r.model else None
     device.reported_state = r.state.value

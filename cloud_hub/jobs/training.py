@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from sqlmodel import Session, select
 from cloud_hub.db.queries import list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device
+from cloud_hub.jobs.upload import load_upload
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from shared.manifest import Quantization
 
@@ -59,8 +61,10 @@ class JobRunner:
 
     def __init__(
         self, engine: Engine, *, register: Register, run_training: RunTraining | None = None,
+        uploads_dir: Path | None = None,
     ) -> None:
         self._engine = engine
+        self.uploads_dir = uploads_dir or Path("uploads")
         self._register = register
         self._run_training = run_training
         self._queue: queue.Queue[int | None] = queue.Queue()
@@ -147,21 +151,25 @@ class JobRunner:
         self._update(job_id, status="running", started_at=time.time(),
                      progress={"stage": "preparing", "fraction": 0.0})
         last_write = [0.0]
+        latest: dict[str, Any] = {}
 
         def progress(p: TrainingProgress) -> None:
+            latest.update(stage=p.stage, epoch=p.epoch, epochs=p.epochs, fraction=p.fraction)
+            if p.loss is not None:
+                latest.update(loss=p.loss, val_loss=p.val_loss)
             now = time.monotonic()
             if now - last_write[0] < _PROGRESS_EVERY_S and p.stage == "fitting":
                 return
             last_write[0] = now
-            self._update(job_id, progress={
-                "stage": p.stage, "epoch": p.epoch, "epochs": p.epochs, "loss": p.loss,
-                "val_loss": p.val_loss, "fraction": p.fraction,
-            })
+            self._update(job_id, progress=dict(latest))
 
         try:
             spec = spec_from_dict(request.get("spec") or {})
-            with Session(self._engine) as session:
-                readings, channels, segments, training = load_training_set(session, request)
+            if request.get("upload"):
+                readings, channels, segments, training = self._uploaded_set(request["upload"])
+            else:
+                with Session(self._engine) as session:
+                    readings, channels, segments, training = load_training_set(session, request)
             run = self._run_training or _default_run_training()
             artifact = run(readings, channels, spec, segments=segments, progress=progress,
                            cancel=cancel)
@@ -179,7 +187,17 @@ class JobRunner:
             return
         self._update(job_id, status="succeeded", finished_at=time.time(),
                      model_name=model[0], model_version=model[1],
-                     progress={"stage": "done", "fraction": 1.0})
+                     progress={**latest, "stage": "done", "fraction": 1.0})
+
+
+    def _uploaded_set(
+        self, upload: dict[str, Any]
+    ) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
+        readings = load_upload(self.uploads_dir, upload["file"])
+        channels = list(upload["channels"])
+        training = {"devices": [], "channels": channels, "source": "uploaded CSV",
+                    "segments": [len(readings)]}
+        return readings, channels, [len(readings)], training
 
 
 def load_training_set(

@@ -19,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, StoreResult, store_batch
@@ -176,13 +177,32 @@ class MqttIngest:
                 with Session(self._engine) as session:
                     result = store_batch(session, batch)
                 break
-            except Exception:  # a database outage must not lose the batch: keep it, retry
+            except OperationalError:  # database down or locked: keep the batch, retry
                 with self._lock:
                     self.stats.commit_errors += 1
                 log.exception("ingest: commit of %d messages failed; retrying", len(messages))
                 if self._stop.wait(delay):
                     return  # not acknowledged: the broker redelivers after reconnect
                 delay = min(delay * 2, 5.0)
+            except Exception as exc:  # something in these rows: find it, keep the rest
+                with self._lock:
+                    self.stats.commit_errors += 1
+                if len(messages) > 1:
+                    log.warning("ingest: batch of %d failed (%s); storing one by one",
+                                len(messages), exc)
+                    for m in messages:
+                        self._commit_with_retry([m])
+                    return
+                m = messages[0]
+                if batch.dead_letters and len(batch) == 1 and batch.dead_letters[0].reason \
+                        .startswith("store failed"):
+                    log.exception("ingest: cannot even dead-letter the message on %s; left "
+                                  "unacknowledged for redelivery", m.topic)
+                    return
+                log.exception("ingest: storing the message on %s failed", m.topic)
+                batch = IngestBatch(dead_letters=[DeadLetterRecord(
+                    topic=m.topic, reason=f"store failed: {type(exc).__name__}: {exc}",
+                    payload=bytes(m.payload), received_at=time.time())])
         for m in messages:
             if m.qos > 0:
                 self._client.ack(m.mid, m.qos)
@@ -208,7 +228,7 @@ class MqttIngest:
         for m in messages:
             try:
                 self._decode_one(m, batch)
-            except (MessageError, TopicError, UnicodeDecodeError) as exc:
+            except Exception as exc:  # any bad payload is a dead letter, never a dead loop
                 batch.dead_letters.append(
                     DeadLetterRecord(topic=m.topic, reason=str(exc), payload=bytes(m.payload),
                                      received_at=now)
@@ -224,7 +244,8 @@ class MqttIngest:
         cls = _DECODERS.get(parsed.kind)
         if cls is None or parsed.device_id is None:
             raise TopicError(f"topic {m.topic!r} is not a stream the hub ingests")
-        if not m.payload and m.retain:
+        # An empty payload clears a retained record; live delivery drops the retain flag.
+        if not m.payload and parsed.kind in (DeviceTopic.STATUS.value, DeviceTopic.REPORTED.value):
             with self._lock:
                 self.stats.retained_cleared += 1
             return

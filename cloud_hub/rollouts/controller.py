@@ -178,23 +178,27 @@ class RolloutController:
 
     # -- backward ------------------------------------------------------------------------
     def roll_back(self, session: Session, rollout: Rollout, reason: str, now: float) -> None:
-        """Set desired back to the previous version on every device this rollout touched."""
+        """Set desired back to the previous version on every device this rollout touched.
+
+        `desired` is published before the rollout is marked, so a broker outage in between
+        leaves the rollout running and the next tick tries again.
+        """
         touched = list(session.exec(select(RolloutDevice).where(
             RolloutDevice.rollout_id == rollout.id, col(RolloutDevice.desired_at).is_not(None))))
-        rollout.status, rollout.reason = "rolling_back", reason
-        session.add(rollout)
-        session.commit()
         log.warning("rollout %s: rolling back %d device(s): %s", rollout.id, len(touched), reason)
         by_previous: dict[tuple[str | None, int | None], list[str]] = {}
         for m in touched:
             by_previous.setdefault((m.previous_name, m.previous_version), []).append(m.device_id)
-            m.reverted_at = now
-            session.add(m)
-        session.commit()
         for (name, version), ids in by_previous.items():
             model = ModelRef(name=name, version=version) if name and version else None
             set_desired(session, publisher=self._publisher, device_ids=ids, model=model,
-                        rollout_id=rollout.id)
+                        rollout_id=rollout.id, require_published=False)
+        for m in touched:
+            m.reverted_at = now
+            session.add(m)
+        rollout.status, rollout.reason = "rolling_back", reason
+        session.add(rollout)
+        session.commit()
         self._confirm_rollback(session, rollout, now)
 
     def _confirm_rollback(self, session: Session, rollout: Rollout, now: float) -> None:

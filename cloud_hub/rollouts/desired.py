@@ -17,14 +17,17 @@ __all__ = ["set_desired"]
 def set_desired(
     session: Session, *, publisher: Publisher, device_ids: list[str], model: ModelRef | None,
     config: dict[str, float | int | str | bool] | None = None, rollout_id: int | None = None,
+    require_published: bool = True,
 ) -> float:
     """Publish ``desired`` (retained, acknowledged) for every device, then record it; commits.
 
     Devices never seen before get a row, so a device can be told what to run before it connects.
+    A rollback passes ``require_published=False``: the devices still hold the previous version
+    even if it was retired since.
     """
     if model is not None:
         record = get_model(session, name=model.name, version=model.version)
-        if record.status != "published":
+        if require_published and record.status != "published":
             raise PublishRefused(
                 f"model {model.name} v{model.version} is {record.status}; publish it first"
             )

@@ -40,6 +40,9 @@ class TrainingSpec:
     max_train_windows: int = 12_000  # evenly subsampled beyond this, to bound training time
     patience: int = 3  # early stopping on validation loss (0: train all epochs)
     compare_modes: bool = True  # also measure every other quantization mode (extra["modes"])
+    # int8 calibration also sees the training windows scaled by this, widening the quantized
+    # input range for readings beyond training (1: the training windows as they are)
+    representative_scale: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ def run_training(
     modes = ALL_MODES if spec.compare_modes else tuple(dict.fromkeys([mode, Quantization.FLOAT32]))
     results = compare_modes(
         fitted.model,
-        representative=fitted.train_x,
+        representative=_representative(fitted.train_x, spec.representative_scale),
         windows=fitted.validation_x,
         float_reconstructions=fitted.float_reconstructions,
         score=fitted.score,
@@ -211,6 +211,12 @@ def run_training(
     )
 
 
+def _representative(train_x: npt.NDArray[np.float32], scale: float) -> npt.NDArray[np.float32]:
+    if scale == 1.0:
+        return train_x
+    return np.concatenate([train_x, train_x * np.float32(scale)])
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise TrainingCancelled("training cancelled")
@@ -243,6 +249,7 @@ def check_spec(spec: TrainingSpec, channels: int) -> None:
         ("max_train_windows", spec.max_train_windows >= 64, ">= 64"),
         ("patience", spec.patience >= 0, ">= 0"),
         ("seed", spec.seed >= 0, ">= 0"),
+        ("representative_scale", 1.0 <= spec.representative_scale <= 100.0, "in [1, 100]"),
     ]
     for field_name, ok, expected in rules:
         if not ok:

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,8 @@ class LinkSettings:
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0
     connect_timeout_s: float = 5.0
-    will: tuple[str, bytes] | None = None  # (topic, payload), retained, QoS 1
+    # (topic, payload or a function making it), retained, QoS 1; set again before every connect
+    will: tuple[str, bytes | Callable[[], bytes]] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class MqttLink:
         self.last_error: str | None = None
         self.last_connected_at: float | None = None  # time.monotonic() of the last CONNACK
         self._subscriptions: dict[str, int] = {}
-        self._births: dict[str, bytes] = {}
+        self._births: dict[str, bytes | Callable[[], bytes]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -156,12 +158,13 @@ class MqttLink:
         if known is not None and self.connected:
             self._client.unsubscribe(topic_filter)
 
-    def set_birth(self, topic: str, payload: bytes) -> None:
-        """A retained QoS 1 message published now (if connected) and on every connect."""
+    def set_birth(self, topic: str, payload: bytes | Callable[[], bytes]) -> None:
+        """A retained QoS 1 message published now (if connected) and on every connect; a
+        function is called each time, so e.g. a timestamp in it is fresh."""
         with self._lock:
             self._births[topic] = payload
         if self.connected:
-            self._client.publish(topic, payload, qos=1, retain=True)
+            self._client.publish(topic, _payload(payload), qos=1, retain=True)
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -209,8 +212,6 @@ class MqttLink:
         client.username_pw_set(s.username or s.client_id, s.password)
         if s.tls:
             client.tls_set(ca_certs=s.tls_ca_file)
-        if s.will is not None:
-            client.will_set(s.will[0], s.will[1], qos=1, retain=True)
         client.max_inflight_messages_set(65535)  # the caller keeps the real window
         client.max_queued_messages_set(0)
         client.connect_timeout = s.connect_timeout_s
@@ -229,6 +230,8 @@ class MqttLink:
         s = self.settings
         while not self._stopping.is_set():
             self._lost.clear()
+            if s.will is not None:
+                self._client.will_set(s.will[0], _payload(s.will[1]), qos=1, retain=True)
             try:
                 self._client.connect(
                     s.host, s.port, s.keepalive,
@@ -270,7 +273,7 @@ class MqttLink:
         for topic_filter, qos in subscriptions:
             client.subscribe(topic_filter, qos)
         for topic, payload in births:
-            client.publish(topic, payload, qos=1, retain=True)
+            client.publish(topic, _payload(payload), qos=1, retain=True)
         self.connections += 1
         self.last_connected_at = time.monotonic()
         self.last_error = None
@@ -303,3 +306,7 @@ class MqttLink:
         if self.control is not None:
             failed = bool(getattr(reason, "is_failure", False))
             self.control.put(Acked(mid=mid, ok=not failed, reason=str(reason) if failed else ""))
+
+
+def _payload(payload: bytes | Callable[[], bytes]) -> bytes:
+    return payload() if callable(payload) else payload

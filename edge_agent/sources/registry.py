@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 from edge_agent.sources.base import SensorSource, SourceError
@@ -26,6 +25,8 @@ BUILTIN_SOURCES = {
 
 
 def available_sources() -> list[str]:
+    from importlib.metadata import entry_points  # here: scanning installed packages is slow
+
     plugins = [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)]
     return sorted(set(BUILTIN_SOURCES) | set(plugins))
 
@@ -35,6 +36,8 @@ def _factory(source_type: str) -> Callable[[dict[str, Any]], SensorSource]:
         module = importlib.import_module(BUILTIN_SOURCES[source_type])
         factory: Callable[[dict[str, Any]], SensorSource] = module.create_source
         return factory
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == source_type:
             try:

@@ -192,9 +192,9 @@ def _print_nab(s: dict[str, Any]) -> None:
         "\npublished standard-profile scores (all 58 NAB files): "
         + ", ".join(f"{k} {v}" for k, v in s["published_standard"].items())
     )
-    print(f"\n{'file':<48} {'win':>4} {'hit':>4} {'FP':>4} {'standard raw':>13}")
+    print(f"\n{'file':<56} {'win':>4} {'hit':>4} {'FP':>4} {'standard raw':>13}")
     for f in s["per_file"]:
         print(
-            f"{f['file']:<48} {f['windows']:>4} {f['true_positives']:>4} "
+            f"{f['file']:<56} {f['windows']:>4} {f['true_positives']:>4} "
             f"{f['false_positives']:>4} {f['standard_raw']:>13.3f}"
         )

@@ -7,6 +7,18 @@ fits a model family from ``cloud_hub.training.families`` on sliding windows, con
 and through the float model, scoring and smoothing with :mod:`shared.scoring` exactly as the
 agent does. Thresholds are calibrated on the detector's own training windows (the SKAB
 protocol's "first 400 rows"), as an agent's per-device calibration would.
+
+What won on SKAB valve1 (16 files, int8 TFLite): PCA reconstruction (Q/SPE) per file, window
+10, 32 of 80 components, z-score from the file's 400 training rows, smoothing over 20 windows,
+threshold = max training score × 2.5, int8 calibrated on the training windows plus the same
+scaled × 8: F1 0.852, FAR 8.8 %, MAR 20.2 % (float: 0.850 / 9.9 / 19.7). The plateau is wide
+(float: 131 of 1,000 grid points with window 5-20, 8-32 components, factor 1.2-3 and
+smoothing 1-20 meet F1 ≥ 0.80, FAR ≤ 13, MAR ≤ 28). What lost: int8 calibrated on the training
+windows alone (F1 0.807, FAR 33.7: test readings beyond the training range clip at the int8
+input); window 20 (0.822 / 10.3 / 23.9); min-max scaling (int8 0.807 / 34.3 / 12.2); a dense
+AE (0.808 / 29.2 / 15.2; latent 8: 0.806 / 22.2 / 19.6); a Conv1D AE, window 12 (0.803 / 34.8
+/ 12.8); one PCA model trained on anomaly-free.csv with per-file normalisation and threshold
+(best 0.623 / 23.7 / 45.5: that recording's operating point differs from valve1's).
 """
 
 from __future__ import annotations

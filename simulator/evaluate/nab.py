@@ -34,7 +34,7 @@ __all__ = ["NAB_PUBLISHED", "NabResult", "detections_from_flags", "evaluate_nab"
 NAB_PUBLISHED = {"ARTime": 74.9, "HTM": 70.5, "CAD OSE": 69.9, "random": 11.0}
 
 DEFAULT_NAB_CONFIG = DetectorConfig(
-    family="pca", window=12, latent=4, smoothing=3, threshold_quantile=1.0, threshold_factor=1.5
+    family="pca", window=24, latent=4, smoothing=3, threshold_quantile=1.0, threshold_factor=1.5
 )
 
 

@@ -8,6 +8,7 @@ first 400 rows.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.scoring import fit_normalization
 from simulator.evaluate.datasets import SkabFile, load_skab_file, skab_files
 from simulator.evaluate.detector import Detector, DetectorConfig, Scores, fit_detector
 from simulator.evaluate.metrics import PointwiseCounts, pointwise_counts
@@ -155,7 +157,11 @@ def _evaluate_file(f: SkabFile, config: DetectorConfig, shared: Detector | None)
         detector = fit_detector(train, config)
         threshold, float_threshold = detector.threshold, detector.float_threshold
     else:
-        detector = shared
+        # The shared model sees each file in that file's own units: normalisation and
+        # threshold both come from its first rows (per-device calibration).
+        detector = dataclasses.replace(
+            shared, normalization=fit_normalization(train, config.normalization)
+        )
         threshold, float_threshold = detector.thresholds(detector.scores(train))
     scores = detector.scores(f.values)
     flags = np.nan_to_num(scores.device, nan=-np.inf) > threshold

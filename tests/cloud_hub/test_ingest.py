@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, func, select
@@ -22,6 +23,8 @@ from shared.messages import (
     TelemetryBatch,
     encode,
 )
+from simulator.broker import Broker
+from tests.cloud_hub.conftest import hub_settings
 from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -131,3 +134,51 @@ def test_status_heartbeat_and_reported_update_the_device(hub: Hub) -> None:
     assert found.reported_state == "active"
     assert found.active_name == "m"
     assert found.agent_version == "0.1.0"
+
+
+def test_a_last_will_older_than_the_online_record_marks_the_device_offline(hub: Hub) -> None:
+    topics = hub.topics
+    client = publisher_client(hub.settings.mqtt_port)
+    try:
+        for state, at in ((DeviceStatus.ONLINE, 10.0), (DeviceStatus.OFFLINE, 9.0)):
+            publish_wait(client, topics.status("pump-1"),
+                         encode(Status(device_id="pump-1", state=state, at=at)), retain=True)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def offline() -> bool:
+        with Session(hub.engine) as session:
+            d = session.get(Device, "pump-1")
+            return d is not None and d.status_at == 9.0
+
+    wait_for(offline, what="the offline record")
+    with Session(hub.engine) as session:
+        device = session.get(Device, "pump-1")
+        assert device is not None and device.online is False
+
+
+def test_telemetry_sent_while_the_hub_is_down_is_stored_after_it_restarts(
+    broker: Broker, tmp_path: Path
+) -> None:
+    settings = hub_settings(broker, tmp_path / "hub")
+    first = Hub(settings)
+    first.start()
+    first.stop()  # persistent session: the broker queues for the hub's subscriptions
+    client = publisher_client(broker.port)
+    try:
+        for seq in range(3):
+            publish_wait(client, settings.topics.telemetry("pump-1"),
+                         encode(_batch("pump-1", seq)))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    second = Hub(settings)
+    second.start()
+    try:
+        wait_for(lambda: second.ingest.snapshot()["telemetry_batches"] == 3,
+                 what="the batches queued while the hub was down")
+        with Session(second.engine) as session:
+            assert read_telemetry(session, device_id="pump-1").ts.size == 15
+    finally:
+        second.stop()

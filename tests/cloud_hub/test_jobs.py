@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub
+from cloud_hub.training.errors import TrainingCancelled
 from shared.messages import TelemetryBatch, encode
-from tests.cloud_hub.conftest import ADMIN_KEY
+from simulator.broker import Broker
+from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
 from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -60,7 +65,9 @@ def test_training_job_trains_on_stored_telemetry_and_registers_a_draft(
     job = wait_for(lambda: _finished(api, created.json()["id"]), what="job to finish")
     assert job["status"] == "succeeded", job["error"]
     assert job["model"] == {"name": "pump-ae", "version": 1}
-    assert job["progress"] == {"stage": "done", "fraction": 1.0}
+    progress = job["progress"]
+    assert (progress["stage"], progress["fraction"]) == ("done", 1.0)
+    assert (progress["epoch"], progress["epochs"], progress["loss"]) == (3, 3, 1 / 3)
     record = api.get("/models/pump-ae/1", headers=ADMIN).json()
     assert record["status"] == "draft"
     assert record["training"]["devices"] == ["pump-1", "pump-2"]
@@ -82,3 +89,54 @@ def test_a_job_for_unknown_devices_fails_naming_them(hub: Hub, api: httpx.Client
     job = wait_for(lambda: _finished(api, created["id"]), what="job to finish")
     assert job["status"] == "failed"
     assert "ghost" in str(job["error"])
+
+
+def test_a_job_trains_on_an_uploaded_csv(hub: Hub, api: httpx.Client) -> None:
+    lines = ["ts,a,b,c"] + [f"{1000 + i},{i % 7},{i % 5},{i % 3}" for i in range(200)]
+    created = api.post("/training-jobs/csv", params={"name": "csv-ae", "channels": "a,c",
+                                                      "spec": '{"window": 8, "epochs": 2}'},
+                       content="\n".join(lines).encode(), headers={**ADMIN,
+                                                                   "Content-Type": "text/csv"})
+    assert created.status_code == 202, created.text
+    job = wait_for(lambda: _finished(api, created.json()["id"]), what="job to finish")
+    assert job["status"] == "succeeded", job["error"]
+    record = api.get("/models/csv-ae/1", headers=ADMIN).json()
+    assert record["channels"] == ["a", "c"]
+    assert record["training"]["rows"] == 200
+    assert record["training"]["source"] == "uploaded CSV"
+
+
+def test_a_bad_csv_is_422_naming_line_and_column(hub: Hub, api: httpx.Client) -> None:
+    text = "ts,a,b\n1,2,3\n2,x,4\n"
+    response = api.post("/training-jobs/csv", params={"name": "csv-ae"}, content=text.encode(),
+                        headers={**ADMIN, "Content-Type": "text/csv"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == "line 3, column 'a': 'x' is not a number"
+
+
+def test_a_running_job_can_be_cancelled(broker: Broker, tmp_path: Path) -> None:
+    started = threading.Event()
+
+    def slow_training(readings: Any, channels: Any, spec: Any, *, cancel: threading.Event,
+                      **_: Any) -> Any:
+        started.set()
+        if cancel.wait(30):
+            raise TrainingCancelled("training cancelled")
+        raise AssertionError("cancel never arrived")
+
+    hub = Hub(hub_settings(broker, tmp_path / "hub"), run_training=slow_training)
+    hub.start()
+    server = serve_in_thread(hub)
+    try:
+        with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as api:
+            _send_telemetry(hub, ["pump-1"], batches=1)
+            job = api.post("/training-jobs", json={"name": "m"}, headers=ADMIN).json()
+            assert started.wait(10)
+            assert api.post(f"/training-jobs/{job['id']}/cancel",
+                            headers=ADMIN).status_code == 200
+            done = wait_for(lambda: _finished(api, job["id"]), what="the cancelled job")
+            assert done["status"] == "cancelled"
+            again = api.post(f"/training-jobs/{job['id']}/cancel", headers=ADMIN)
+            assert again.status_code == 409
+    finally:
+        server.stop()

@@ -138,3 +138,30 @@ def test_rollout_of_a_draft_is_refused(hub: Hub, api: httpx.Client) -> None:
     bad = api.post("/rollouts", json={**body, "target": {"percent": 0}}, headers=ADMIN)
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["body", "target", "percent"]
+
+
+def test_target_by_group_tags_and_percent_then_abort(hub: Hub, api: httpx.Client) -> None:
+    for i, device in enumerate(DEVICES[:4]):
+        body = {"group": "plant-a", "tags": ["line-2"] if i % 2 else ["line-1"]}
+        assert api.put(f"/devices/{device}/desired", json={"model": None},
+                       headers=ADMIN).status_code == 200
+        assert api.patch(f"/devices/{device}", json=body, headers=ADMIN).status_code == 200
+    _, version = _published(hub, api)
+    body: dict[str, Any] = {"model": {"name": "pump-ae", "version": version},
+                            "target": {"group": "plant-a", "tags": ["line-2"]},
+                            "policy": {"min_observation_s": 60}}
+    created = api.post("/rollouts", json=body, headers=ADMIN).json()
+    assert sorted(d["device_id"] for d in created["devices"]) == [DEVICES[1], DEVICES[3]]
+    busy = api.post("/rollouts", json=body, headers=ADMIN)
+    assert busy.status_code == 409 and "active rollout" in busy.json()["detail"]
+    aborted = api.post(f"/rollouts/{created['id']}/abort", headers=ADMIN).json()
+    assert aborted["status"] == "aborted"
+
+    half = api.post("/rollouts", json={**body, "target": {"group": "plant-a", "percent": 50}},
+                    headers=ADMIN).json()
+    assert half["devices_total"] == 2
+    listed = api.get("/rollouts", headers=ADMIN).json()
+    assert [r["id"] for r in listed] == [half["id"], created["id"]]
+    nobody = api.post("/rollouts", json={**body, "target": {"group": "plant-z"}},
+                      headers=ADMIN)
+    assert nobody.status_code == 422 and "selects no device" in nobody.text

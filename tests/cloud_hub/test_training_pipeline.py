@@ -107,7 +107,9 @@ def test_threshold_method_is_recorded(trained) -> None:
 
 @pytest.mark.parametrize("family", ["conv1d_ae", "pca"])
 def test_other_families_train_and_convert(family: str) -> None:
-    spec = TrainingSpec(family=family, window=WINDOW, hidden=8, latent=3, epochs=2, batch_size=32)
+    spec = TrainingSpec(
+        family=family, window=WINDOW, hidden=8, latent=3, epochs=2, compare_modes=False
+    )
     artifact = run_training(pump_readings(1500, 3), CHANNELS, spec)
     model = TfliteModel(artifact.tflite)
     model.check_input(WINDOW, len(CHANNELS))
@@ -124,7 +126,9 @@ def test_cancel_during_fitting_raises_training_cancelled() -> None:
         if update.stage == "fitting" and update.epoch >= 1:
             cancel.set()
 
-    spec = TrainingSpec(window=WINDOW, hidden=8, latent=3, epochs=200, patience=0)
+    spec = TrainingSpec(
+        window=WINDOW, hidden=8, latent=3, epochs=200, patience=0, compare_modes=False
+    )
     with pytest.raises(TrainingCancelled):
         run_training(pump_readings(400, 4), CHANNELS, spec, progress=on_progress, cancel=cancel)
     assert max(u.epoch for u in seen) < 200
@@ -172,6 +176,7 @@ def test_nan_reading_is_refused_naming_row_and_channel() -> None:
         (TrainingSpec(threshold_quantile=1.5), "spec.threshold_quantile"),
         (TrainingSpec(quantization="int4"), "spec.quantization"),  # type: ignore[arg-type]
         (TrainingSpec(threshold_method="f1"), "needs per-reading labels"),
+        (TrainingSpec(representative_scale=0.5), "spec.representative_scale"),
     ],
 )
 def test_bad_spec_raises_training_error_naming_the_field(spec: TrainingSpec, message: str):

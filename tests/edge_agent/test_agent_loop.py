@@ -67,3 +67,21 @@ def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
     beat = device.heartbeats[-1]
     assert beat["rss_bytes"] > 0 and beat["uptime_s"] > 0
     assert beat["inference_us_p50"] is not None and beat["inference_us_p99"] is not None
+
+
+def test_bad_messages_are_counted_and_the_agent_goes_on(
+    broker: Broker, hub: HubStandIn, collector: Collector, tmp_path: Path
+) -> None:
+    source = ScriptedSource(10**9, rate_hz=100.0)
+    agent = Agent(agent_config(broker, tmp_path / "state", "dev-b", None), source=source)
+    agent.start()
+    try:
+        wait_until(lambda: agent.status()["connected"], 10, "connected")
+        hub.client.publish("edgeloop/v1/devices/dev-b/desired", b"{not json", qos=1)
+        hub.client.publish("edgeloop/v1/devices/dev-b/desired", b'{"v": 9}', qos=1)
+        wait_until(lambda: agent.status()["bad_messages"] == 2, 10, "bad messages counted")
+        sent = agent.status()["readings_sent"]
+        wait_until(lambda: agent.status()["readings_sent"] > sent + 50, 10, "still streaming")
+        assert agent.status()["model_state"] is None
+    finally:
+        agent.stop(timeout=5)

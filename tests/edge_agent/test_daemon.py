@@ -49,6 +49,8 @@ timestamps = "file"
 [telemetry]
 batch_max_readings = 25
 batch_max_age_s = 0.2
+[heartbeat]
+interval_s = 1.0
 [daemon]
 grace_s = 5.0
 {extra}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from sqlmodel import col, select
 
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
-from cloud_hub.api.schemas import RolloutCreate
+from cloud_hub.api.schemas import RolloutCreate, RolloutPublic
 from cloud_hub.db.registry_tables import Rollout
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
 from cloud_hub.rollouts.actions import (
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutPath = Annotated[int, Path(ge=1)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RolloutPublic)
 def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> dict[str, Any]:
     """Start a staged rollout: the canary first, then waves, each judged by the policy."""
@@ -45,7 +45,7 @@ def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
     return rollout_view(session, rollout)
 
 
-@router.get("")
+@router.get("", response_model=list[RolloutPublic])
 def rollouts(session: SessionDep, _key: ReadKey) -> list[dict[str, Any]]:
     rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()))
     return [rollout_view(session, r, with_devices=False) for r in rows]
@@ -58,7 +58,7 @@ def _get(session: SessionDep, rollout_id: int) -> Rollout:
     return rollout
 
 
-@router.get("/{rollout_id}")
+@router.get("/{rollout_id}", response_model=RolloutPublic)
 def rollout(rollout_id: RolloutPath, session: SessionDep, _key: ReadKey) -> dict[str, Any]:
     """Status, per-device desired vs reported, and ``seconds_to_full`` once it succeeded."""
     return rollout_view(session, _get(session, rollout_id))
@@ -73,19 +73,19 @@ def _act(rollout_id: int, action: str, session: SessionDep, hub: HubDep) -> dict
     return rollout_view(session, updated)
 
 
-@router.post("/{rollout_id}/pause")
+@router.post("/{rollout_id}/pause", response_model=RolloutPublic)
 def pause(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "pause", session, hub)
 
 
-@router.post("/{rollout_id}/resume")
+@router.post("/{rollout_id}/resume", response_model=RolloutPublic)
 def resume(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "resume", session, hub)
 
 
-@router.post("/{rollout_id}/abort")
+@router.post("/{rollout_id}/abort", response_model=RolloutPublic)
 def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "abort", session, hub)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
-from sqlmodel import col, select
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from sqlmodel import Session, col, select
 
 from cloud_hub.api.convert import job_public
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
 from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.jobs.training import spec_from_dict
+from cloud_hub.jobs.upload import MAX_UPLOAD_BYTES, CsvError, parse_training_csv, save_upload
+from shared.topics import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/training-jobs", tags=["training"])
 JobPath = Annotated[int, Path(ge=1)]
@@ -36,6 +39,47 @@ def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
         )
     job = hub.jobs.submit(session, name=body.name, request=body.model_dump(mode="json"))
     return job_public(job)
+
+
+@router.post("/csv", response_model=TrainingJobPublic, status_code=status.HTTP_202_ACCEPTED,
+             openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {
+                 "schema": {"type": "string"},
+                 "example": "ts,pressure,flow\n1700000000.0,2.01,0.52\n1700000000.1,2.03,0.51\n",
+             }}}})
+async def create_job_from_csv(
+    request: Request, hub: HubDep, _key: AdminKey,
+    name: Annotated[str, Query(pattern=rf"^{MODEL_NAME_PATTERN}$")],
+    channels: Annotated[str | None, Query(description="comma-separated; default all")] = None,
+    spec: Annotated[str | None, Query(description="TrainingSpec fields as JSON")] = None,
+) -> TrainingJobPublic:
+    """Train on an uploaded CSV (header line; a ts/time column is ignored)."""
+    body = await request.body()
+    if len(body) > MAX_UPLOAD_BYTES:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                            f"CSV of {len(body)} bytes exceeds {MAX_UPLOAD_BYTES}")
+    try:
+        spec_data = json.loads(spec) if spec else {}
+        if not isinstance(spec_data, dict):
+            raise ValueError(f"spec must be a JSON object, got {spec!r}")
+        spec_from_dict(spec_data)
+    except (TypeError, ValueError) as exc:
+        raise _unprocessable(["query", "spec"], str(exc)) from None
+    try:
+        values, names = parse_training_csv(
+            body.decode("utf-8"), channels.split(",") if channels else None)
+    except (CsvError, UnicodeDecodeError) as exc:
+        raise _unprocessable(["body"], str(exc)) from None
+    stored = save_upload(hub.jobs.uploads_dir, values)
+    request_data = {"name": name, "spec": spec_data,
+                    "upload": {"file": stored, "rows": len(values), "channels": names}}
+    with Session(hub.engine) as session:
+        job = hub.jobs.submit(session, name=name, request=request_data)
+        return job_public(job)
+
+
+def _unprocessable(loc: list[str], message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         [{"loc": loc, "msg": message, "type": "value_error"}])
 
 
 @router.get("", response_model=list[TrainingJobPublic])
