@@ -7,6 +7,8 @@ broker that something else started. Standard library only, so the minimal edge v
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -46,6 +48,18 @@ def repo_mosquitto_conf() -> Path:
     return here
 
 
+def _let_broker_write(folder: Path) -> None:
+    """Started as root, mosquitto drops to the ``mosquitto`` user: it must own its folder,
+    or every persistence save fails (and a restart loses queued and retained messages)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    os.chown(folder, entry.pw_uid, entry.pw_gid)
+
+
 class Broker:
     """A mosquitto process; ``stop()`` and ``start()`` again keep the same port and persistence."""
 
@@ -55,6 +69,7 @@ class Broker:
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeloop-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        _let_broker_write(self.workdir)
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None

@@ -90,3 +90,16 @@ def test_representative_windows_of_the_wrong_shape_are_refused(dense_model, wind
 def test_unknown_mode_is_refused(dense_model) -> None:
     with pytest.raises(ValueError, match="int4"):
         convert(dense_model, "int4")
+
+
+def test_conversion_hides_only_the_known_converter_chatter(capfd) -> None:
+    import os
+
+    from cloud_hub.training.tf_env import quiet_conversion
+
+    with quiet_conversion():
+        os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8\n")
+        os.write(2, b"E tensorflow: something real went wrong\n")
+    err = capfd.readouterr().err
+    assert "something real went wrong" in err
+    assert "fully_quantize" not in err
