@@ -110,6 +110,10 @@ class Broker:
         raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout}s")
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

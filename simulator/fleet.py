@@ -114,11 +114,12 @@ class Fleet:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: dict[str, SimDevice] = field(default_factory=dict)
 
-    def add(self, spec: DeviceSpec) -> SimDevice:
+    def add(self, spec: DeviceSpec, *, mqtt_port: int | None = None) -> SimDevice:
+        """A new device; ``mqtt_port`` overrides the broker port (e.g. a chaos proxy's)."""
         if spec.device_id in self.devices:
             raise ValueError(f"device {spec.device_id!r} is already in the fleet")
         config = agent_config(
-            spec, mqtt_host=self.mqtt_host, mqtt_port=self.mqtt_port,
+            spec, mqtt_host=self.mqtt_host, mqtt_port=mqtt_port or self.mqtt_port,
             state_dir=self.state_root / spec.device_id, trust_keys=self.trust_keys,
             topic_prefix=self.topic_prefix, overrides=self.overrides,
         )
@@ -171,6 +172,7 @@ class Fleet:
         device = self.devices[device_id]
         if device.started:
             return
+        device.source.reopen()
         device.agent = Agent(device.agent.config, source=device.source)
         device.agent.start()
         device.started = True

@@ -73,6 +73,10 @@ class HubProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

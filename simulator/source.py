@@ -177,6 +177,16 @@ class SimulatedSource(SensorSource):
         with self._lock:
             return [self._truth(f) for f in self._faults]
 
+    def reopen(self) -> int:
+        """Power the device back on after :meth:`close`: readings of the time it was off are
+        never produced (nor counted); returns how many were skipped."""
+        with self._lock:
+            skipped = max(0, self._due(self._clock()) - self._gen.samples) if self.realtime else 0
+            if skipped:
+                self._gen.generate(skipped)
+            self._closed.clear()
+        return skipped
+
     def pause(self, seconds: float) -> None:
         """Hold readings back for ``seconds`` (a slow or stalled device); none are lost."""
         with self._lock:

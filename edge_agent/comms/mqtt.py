@@ -242,7 +242,8 @@ class MqttLink:
                 self._stopping.wait(self.backoff.next_delay())
                 continue
             self._client.loop_start()
-            self._lost.wait()
+            while not self._lost.wait(timeout=1.0):
+                continue  # paho's thread runs the connection until it is lost or we stop
             if self._stopping.is_set():
                 break
             self._client.loop_stop()

@@ -1,0 +1,219 @@
+"""Fleet scale run: a thousand lightweight devices against a real hub, measured.
+
+Used by ``bench/fleet.py``. The devices (:mod:`simulator.lite`) stream their recorded history,
+the hub trains a model on some of them and publishes it; every device loads the signed model
+(signature checked against the hub's key, loaded by the agent's loader), then the fleet runs
+for the measured period with faults injected on a share of the devices. Everything reported is
+counted from what the sources produced and what the hub's REST API says it stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from cloud_hub.cli.client import HubClient
+from shared.manifest import parse_manifest
+from shared.signing import load_public_key, verify_manifest
+from simulator.broker import Broker
+from simulator.fleet import DeviceSpec
+from simulator.hub_process import HubProcess
+from simulator.lite import LiteFleet
+from simulator.loop import LoopError, publish_model, train_model
+from simulator.scoring import Event, GroundTruth, latency_summary, score_detections
+
+__all__ = ["ScaleOptions", "run_scale"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScaleOptions:
+    devices: int = 1000
+    duration_s: float = 60.0
+    rate_hz: float = 1.0
+    profile: str = "server"
+    history_s: float = 240.0  # recorded normal operation each device uploads first
+    train_devices: int = 50
+    fault_share: float = 0.1  # devices that get one fault in the measured period
+    fault_kinds: tuple[str, ...] = ("step", "spike", "multi", "noise")
+    fault_duration_s: float = 20.0
+    shards: int = 4
+    seed: int = 0
+    spec: dict[str, Any] = field(default_factory=lambda: {
+        "family": "dense_ae", "window": 16, "hidden": 64, "latent": 16, "epochs": 20,
+        "threshold_quantile": 0.999, "threshold_factor": 2.0, "quantization": "int8",
+    })
+
+
+def _cpu_seconds_of(pid: int | None) -> float:
+    """utime + stime of another process, from /proc (Linux)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _own_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    say: Callable[[str], None] = console.print
+    workdir = Path(tempfile.mkdtemp(prefix="edgeloop-fleet-"))
+    broker = Broker(workdir=workdir / "mosquitto")
+    hub: HubProcess | None = None
+    client: HubClient | None = None
+    fleet: LiteFleet | None = None
+    try:
+        broker.start()
+        hub = HubProcess(workdir / "hub", mqtt_port=broker.port).start()
+        client = HubClient(hub.url, hub.admin_api_key, timeout=120.0)
+        key = client.get("/signing-key")
+        say(f"broker :{broker.port}, hub {hub.url}")
+
+        fleet = LiteFleet(mqtt_host=broker.host, mqtt_port=broker.port,
+                          state_root=workdir / "devices", shards=opts.shards)
+        for i in range(opts.devices):
+            fleet.add(DeviceSpec(device_id=f"{opts.profile}-{i:04d}", profile=opts.profile,
+                                 seed=opts.seed * 100_000 + i, rate_hz=opts.rate_hz,
+                                 history_s=opts.history_s))
+        fleet.start()
+        up = fleet.wait_connected(60.0)
+        say(f"{up}/{opts.devices} devices connected, each with its own MQTT session")
+        if up < opts.devices:
+            raise LoopError(f"only {up} of {opts.devices} devices connected")
+
+        train_ids = list(fleet.devices)[: opts.train_devices]
+        need = int(opts.history_s * opts.rate_hz)
+        deadline = time.monotonic() + 300.0
+        while True:
+            stored = {r["device_id"]: r["readings"] for r in client.get("/telemetry/summary")}
+            if all(stored.get(d, 0) >= need for d in train_ids):
+                break
+            if time.monotonic() > deadline:
+                raise LoopError("the hub did not receive the training devices' history in 300s")
+            time.sleep(1.0)
+        ref = train_model(client, console, name=f"{opts.profile}-fleet", devices=train_ids,
+                          until=time.time(), spec=opts.spec)
+        model = publish_model(client, ref, say)
+        detail = client.get(f"/models/{ref[0]}/{ref[1]}")
+        manifest = parse_manifest(json.dumps(detail["manifest"]))
+        verify_manifest(manifest, {key["key_id"]: load_public_key(key["public_key"])})
+        tflite = client.get(f"/models/{ref[0]}/{ref[1]}/tflite")
+        t = time.monotonic()
+        fleet.activate(manifest, tflite)
+        say(f"model loaded on {opts.devices} devices in {time.monotonic() - t:.1f} s")
+
+        rng = np.random.default_rng(opts.seed)
+        measured_from = time.time() + 1.0
+        faulty = rng.choice(opts.devices, size=int(opts.devices * opts.fault_share),
+                            replace=False)
+        window_s = manifest.input.window / opts.rate_hz
+        latest = max(opts.duration_s - opts.fault_duration_s - window_s, 2.0)
+        truths: list[GroundTruth] = []
+        ids = list(fleet.devices)
+        for n, i in enumerate(sorted(int(x) for x in faulty)):
+            device = fleet.devices[ids[i]]
+            kind = opts.fault_kinds[n % len(opts.fault_kinds)]
+            truths.append(device.source.inject(
+                kind, at=measured_from + window_s + float(rng.uniform(0.0, latest)),
+                duration=opts.fault_duration_s if kind != "spike" else 3.0 / opts.rate_hz))
+
+        cpu_self0, cpu_hub0, cpu_broker0 = (_own_cpu_seconds(), _cpu_seconds_of(hub.pid),
+                                            _cpu_seconds_of(broker.pid))
+        generated0 = sum(fleet.samples_generated().values())
+        say(f"measuring {opts.duration_s:g} s with {len(truths)} faults injected …")
+        time.sleep(max(0.0, measured_from + opts.duration_s - time.time()))
+        cpu = {
+            "simulator_s": round(_own_cpu_seconds() - cpu_self0, 2),
+            "hub_s": round(_cpu_seconds_of(hub.pid) - cpu_hub0, 2),
+            "broker_s": round(_cpu_seconds_of(broker.pid) - cpu_broker0, 2),
+        }
+        generated_in_period = sum(fleet.samples_generated().values()) - generated0
+        lag = fleet.max_tick_lag_s()
+        drained = fleet.stop()
+        generated = fleet.samples_generated()
+        deadline = time.monotonic() + 120.0
+        while True:
+            stored = {r["device_id"]: r["readings"] for r in client.get("/telemetry/summary")}
+            if all(stored.get(d, 0) >= n for d, n in generated.items()):
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        rows = client.get("/anomalies", limit=100_000)
+        events = [Event.from_api(r) for r in rows]
+        score = score_detections(truths, events)
+        true_events = [e for e in events
+                       if any(t.device_id == e.device_id and t.overlaps(e.ts_start, e.ts_end)
+                              for t in truths)]
+        window_to_commit = [(e.stored_at - e.ts_end) * 1000.0 for e in true_events
+                            if e.stored_at is not None]
+        statuses = fleet.statuses()
+        raised = sum(s["anomalies_raised"] for s in statuses.values())
+        total_generated = sum(generated.values())
+        total_stored = sum(stored.get(d, 0) for d in generated)
+        return {
+            "devices": opts.devices,
+            "duration_s": opts.duration_s,
+            "rate_hz": opts.rate_hz,
+            "channels": len(next(iter(fleet.devices.values())).channels),
+            "profile": opts.profile,
+            "readings_generated": total_generated,
+            "readings_generated_in_period": generated_in_period,
+            "readings_stored": total_stored,
+            "lost": total_generated - total_stored,
+            "anomalies_raised": raised,
+            "anomalies_stored": len(events),
+            "detection_latency_ms_p99": _p(window_to_commit, 99),
+            "detection_latency_ms": {
+                "window_end_to_commit": {"p50": _p(window_to_commit, 50),
+                                         "p99": _p(window_to_commit, 99),
+                                         "max": _p(window_to_commit, 100)},
+                "fault_start_to_commit": latency_summary(score.latencies_ms),
+            },
+            "faults_injected": score.faults_injected,
+            "faults_detected": score.faults_detected,
+            "false_alarms": score.false_alarms,
+            "precision": round(score.precision, 4),
+            "recall": round(score.recall, 4),
+            "cpu_time_s": cpu,
+            "cpu_cores_used": round(sum(cpu.values()) / opts.duration_s, 3),
+            "max_tick_lag_s": round(lag, 3),
+            "outboxes_drained_at_stop": drained,
+            "drops": sum(int(s.get("drops") or 0) for s in statuses.values()),
+            "reconnects": sum(int(s.get("reconnects") or 0) for s in statuses.values()),
+            "model": model,
+        }
+    finally:
+        if fleet is not None and not fleet.stopped:
+            fleet.stop(flush_timeout=5.0)
+        if client is not None:
+            client.close()
+        if hub is not None:
+            hub.stop()
+        broker.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _p(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
