@@ -108,16 +108,17 @@ def _status_file(tmp_path: Path) -> dict[str, object]:
         return {}
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_flushes_publishes_offline_and_exits_0(
     broker: Broker, collector: Collector, tmp_path: Path,
-    processes: list[subprocess.Popen[str]],
+    processes: list[subprocess.Popen[str]], stop_signal: signal.Signals,
 ) -> None:
     csv = _csv(tmp_path / "data.csv", 300)
     proc = _spawn(_config(tmp_path, broker, "dev-t", csv, replay_speed=100.0), processes)
     wait_until(lambda: collector.device("dev-t").readings() > 0, 20, "streaming")
     wait_until(lambda: any(s["state"] == "online" for s in collector.device("dev-t").status),
                10, "online published")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop_signal)
     assert proc.wait(timeout=15) == 0, _output(tmp_path / "agent.toml")
     status = _retained_status(broker, "dev-t")
     assert status["state"] == "offline"

@@ -141,3 +141,20 @@ def test_mqtt_source_reads_a_local_topic(broker: Broker) -> None:
 def test_builtin_and_plugin_sources_are_listed() -> None:
     names = available_sources()
     assert {"csv", "stdin", "mqtt"} <= set(names)
+
+
+def test_plugin_sources_load_through_their_entry_point() -> None:
+    """`simulated` is not built in: it comes from the simulator's "edgeloop.sources" entry."""
+    from importlib.metadata import entry_points
+
+    if not any(ep.name == "simulated" for ep in entry_points(group="edgeloop.sources")):
+        pytest.skip("the project is not installed with its entry points")
+    source = create_source("simulated", {"rate_hz": 50.0, "seed": 1, "realtime": False})
+    try:
+        readings = source.read(1.0)
+        assert isinstance(source, SensorSource) and source.channels
+        assert readings and len(readings[0].values) == len(source.channels)
+    finally:
+        source.close()
+    with pytest.raises(SourceError, match="unknown option"):
+        create_source("simulated", {"colour": "red"})

@@ -1,0 +1,130 @@
+"""Nothing is lost when the network breaks: a device cut off; the broker restarted.
+
+Real mosquitto, real ``cloud-hub serve``, two real agents, each behind a chaos proxy. At the end
+every reading each source produced must be stored at the hub exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from cloud_hub.cli.client import HubClient
+from simulator.broker import Broker
+from simulator.fleet import DeviceSpec, Fleet
+from simulator.hub_process import HubProcess
+from simulator.netem import LinkProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def hub(broker: Broker, tmp_path: Path) -> Iterator[HubClient]:
+    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port).start(timeout=120)
+    client = HubClient(process.url, process.admin_api_key)
+    try:
+        yield client
+    finally:
+        client.close()
+        process.stop()
+
+
+@pytest.fixture
+def fleet(broker: Broker, tmp_path: Path) -> Iterator[tuple[Fleet, dict[str, LinkProxy]]]:
+    proxies = {d: LinkProxy(broker.host, broker.port, name=d) for d in ("pump-001", "pump-002")}
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=tmp_path / "agents",
+              trust_keys={})
+    for i, (device_id, proxy) in enumerate(proxies.items()):
+        f.add(DeviceSpec(device_id=device_id, seed=i, rate_hz=20.0), mqtt_port=proxy.port)
+    f.start()
+    try:
+        yield f, proxies
+    finally:
+        f.stop()
+        for proxy in proxies.values():
+            proxy.close()
+
+
+def _stored(hub: HubClient) -> dict[str, int]:
+    return {r["device_id"]: r["readings"] for r in hub.get("/telemetry/summary")}
+
+
+def _assert_everything_stored_once(hub: HubClient, fleet: Fleet) -> None:
+    fleet.stop()
+    generated = fleet.samples_generated()
+
+    def complete() -> dict[str, int] | None:
+        s = _stored(hub)
+        return s if all(s.get(d, 0) >= n for d, n in generated.items()) else None
+
+    deadline = time.monotonic() + 60
+    final = complete()
+    while final is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        final = complete()
+    stored = _stored(hub)
+    lost = {d: n - stored.get(d, 0) for d, n in generated.items() if stored.get(d, 0) != n}
+    assert not lost, f"readings generated but not stored, per device: {lost}"
+    for device_id, n in generated.items():
+        ts = np.asarray(hub.get("/telemetry", device_id=device_id)["ts"])
+        assert len(ts) == n and np.all(np.diff(ts) > 0)
+    assert all(s["drops"] == 0 for s in fleet.statuses().values())
+
+
+def test_a_device_cut_off_buffers_and_catches_up_losing_nothing(
+    hub: HubClient, fleet: tuple[Fleet, dict[str, LinkProxy]]
+) -> None:
+    agents, proxies = fleet
+    wait_for(lambda: all(_stored(hub).get(d, 0) > 20 for d in proxies), 30, "first telemetry")
+    proxies["pump-001"].cut()
+    wait_for(lambda: not agents.statuses()["pump-001"]["connected"], 30,
+             "pump-001 noticing it is offline")
+    before = _stored(hub)["pump-001"]
+    # Offline, the device keeps measuring: its outbox grows while the hub sees nothing new.
+    wait_for(lambda: agents.statuses()["pump-001"]["outbox_depth"] >= 3, 30,
+             "pump-001 buffering while offline")
+    assert _stored(hub)["pump-001"] == before
+    proxies["pump-001"].restore()
+    wait_for(lambda: _stored(hub)["pump-001"] > before + 20, 30, "pump-001 catching up")
+    _assert_everything_stored_once(hub, agents)
+    assert agents.statuses()["pump-001"]["reconnects"] >= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mosquitto 2.0.11 does not restore shared subscriptions ($share/hub/...) from its "
+    "persistence: readings the agents resend after a broker restart, before the hub "
+    "re-subscribes, are acknowledged by the broker and delivered to nobody",
+)
+def test_broker_restart_loses_nothing(
+    broker: Broker, hub: HubClient, fleet: tuple[Fleet, dict[str, LinkProxy]]
+) -> None:
+    agents, proxies = fleet
+    wait_for(lambda: all(_stored(hub).get(d, 0) > 20 for d in proxies), 30, "first telemetry")
+    broker.stop()
+    wait_for(lambda: not any(s["connected"] for s in agents.statuses().values()), 30,
+             "agents noticing the broker is gone")
+    broker.start()
+    wait_for(lambda: all(s["connected"] for s in agents.statuses().values()), 60,
+             "agents reconnecting after the broker restart")
+    mark = _stored(hub)
+    wait_for(lambda: all(_stored(hub)[d] > mark[d] + 20 for d in proxies), 60,
+             "telemetry flowing again after the restart")
+    _assert_everything_stored_once(hub, agents)
