@@ -74,11 +74,17 @@ def _assert_everything_stored_once(hub: HubClient, fleet: Fleet) -> None:
         s = _stored(hub)
         return s if all(s.get(d, 0) >= n for d, n in generated.items()) else None
 
+    # The agents flushed their outboxes as they stopped: wait until the hub has it all, or
+    # until its counts stop moving (what is missing then is never coming).
     deadline = time.monotonic() + 60
-    final = complete()
-    while final is None and time.monotonic() < deadline:
+    last, still_since = _stored(hub), time.monotonic()
+    while complete() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-        final = complete()
+        now = _stored(hub)
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since > 3.0:
+            break
     stored = _stored(hub)
     lost = {d: n - stored.get(d, 0) for d, n in generated.items() if stored.get(d, 0) != n}
     assert not lost, f"readings generated but not stored, per device: {lost}"
