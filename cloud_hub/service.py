@@ -46,6 +46,7 @@ class Hub:
         self.ingest = MqttIngest(
             self.engine, host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
             client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
+            share_group=settings.mqtt_share_group or None,
             batch_max=settings.ingest_batch_max, batch_wait_s=settings.ingest_batch_wait_s,
             on_commit=self._on_ingest_commit,
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -178,5 +177,5 @@ def _stop_hub(hub: HubProcess, out_dir: Path, say: Callable[[str], None]) -> Non
     out_dir.mkdir(parents=True, exist_ok=True)
     if hub.log_path.exists():
         shutil.copyfile(hub.log_path, out_dir / "hub.log")
-    if code not in (0, None, 130, -signal.SIGINT):
+    if code not in (0, None):
         say(f"[yellow]hub exited with code {code}; its log is in {out_dir / 'hub.log'}[/]")

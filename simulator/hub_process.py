@@ -112,22 +112,16 @@ class HubProcess:
         )
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """Interrupt, wait, SIGKILL if it must; returns the exit code.
-
-        SIGINT rather than SIGTERM: uvicorn re-raises the signal it caught once it has shut
-        down, and only SIGINT (as KeyboardInterrupt) lets ``cloud-hub serve`` stop the hub's
-        ingest and publisher in its ``finally`` block; SIGTERM's default action ends the process
-        before that.
-        """
+        """SIGTERM (as systemd would), wait, SIGKILL if it must; returns the exit code."""
         if self._proc is None:
             return None
         proc, self._proc = self._proc, None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                log.warning("hub did not stop within %.0fs of SIGINT; killing it", timeout)
+                log.warning("hub did not stop within %.0fs of SIGTERM; killing it", timeout)
                 proc.kill()
                 proc.wait(timeout=timeout)
         return proc.returncode

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import selectors
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -37,6 +35,7 @@ from shared.manifest import Manifest
 from shared.messages import AnomalyEvent, DeviceStatus, Status, encode
 from shared.topics import Topics
 from simulator.fleet import DeviceSpec
+from simulator.shards import Shard
 from simulator.source import SimulatedSource
 
 __all__ = ["LiteDevice", "LiteFleet"]
@@ -85,7 +84,7 @@ class LiteDevice:
         self._retry_at = 0.0
         self._backoff = 0.5
         self.client = self._make_client()
-        self.shard: _Shard | None = None
+        self.shard: Shard | None = None
         self._final_status: dict[str, Any] | None = None
         self._next_reading_at = 0.0
 
@@ -260,72 +259,6 @@ class LiteDevice:
         }
 
 
-class _Shard:
-    """One thread driving many devices: epoll for their sockets, a tick for their work."""
-
-    def __init__(self, name: str, tick_s: float) -> None:
-        self.name = name
-        self.tick_s = tick_s
-        self.devices: list[LiteDevice] = []
-        self.selector = selectors.DefaultSelector()
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.ticks = 0
-        self.max_lag_s = 0.0
-
-    def watch(self, device: LiteDevice, sock: socket.socket) -> None:
-        try:
-            self.selector.register(sock, selectors.EVENT_READ, device)
-        except KeyError:
-            self.selector.modify(sock, selectors.EVENT_READ, device)
-
-    def unwatch(self, sock: socket.socket) -> None:
-        try:
-            self.selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-
-    def want_write(self, device: LiteDevice, sock: socket.socket, on: bool) -> None:
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
-        try:
-            self.selector.modify(sock, events, device)
-        except (KeyError, ValueError):
-            pass
-
-    def _run(self) -> None:
-        next_tick = time.monotonic()
-        next_misc = next_tick + 1.0
-        while not self.stop_event.is_set():
-            timeout = max(0.0, next_tick - time.monotonic())
-            try:
-                ready = self.selector.select(timeout) if self.selector.get_map() else []
-            except OSError as exc:
-                log.warning("shard %s: select failed: %s", self.name, exc)
-                ready = []
-            if not ready and timeout > 0 and not self.selector.get_map():
-                self.stop_event.wait(timeout)
-            for key, mask in ready:
-                device: LiteDevice = key.data
-                if mask & selectors.EVENT_READ:
-                    device.client.loop_read()
-                if mask & selectors.EVENT_WRITE:
-                    device.client.loop_write()
-            now = time.monotonic()
-            if now >= next_tick:
-                self.max_lag_s = max(self.max_lag_s, now - next_tick)
-                for device in self.devices:
-                    try:
-                        device.tick(now)
-                    except Exception:  # one device's failure must not stop the others
-                        log.exception("lite %s: tick failed", device.device_id)
-                self.ticks += 1
-                next_tick = max(next_tick + self.tick_s, now)
-            if now >= next_misc:
-                for device in self.devices:
-                    device.client.loop_misc()
-                next_misc = now + 1.0
-
-
 @dataclass
 class LiteFleet:
     """Many :class:`LiteDevice` on one broker, split over ``shards`` threads."""
@@ -340,11 +273,11 @@ class LiteFleet:
     batch_max_age_s: float = 2.0
     devices: dict[str, LiteDevice] = field(default_factory=dict)
     stopped: bool = False
-    _shards: list[_Shard] = field(default_factory=list)
+    _shards: list[Shard] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state_root.mkdir(parents=True, exist_ok=True)
-        self._shards = [_Shard(f"lite-shard-{i}", self.tick_s) for i in range(self.shards)]
+        self._shards = [Shard(f"lite-shard-{i}", self.tick_s) for i in range(self.shards)]
 
     def add(self, spec: DeviceSpec) -> LiteDevice:
         device = LiteDevice(spec, host=self.mqtt_host, port=self.mqtt_port,
@@ -435,6 +368,10 @@ class LiteFleet:
 
     def samples_generated(self) -> dict[str, int]:
         return {d.device_id: d.source.samples_generated for d in self.devices.values()}
+
+    def reset_tick_lag(self) -> None:
+        for shard in self._shards:
+            shard.max_lag_s = 0.0
 
     def max_tick_lag_s(self) -> float:
         return max((s.max_lag_s for s in self._shards), default=0.0)

@@ -229,14 +229,23 @@ class Results:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def plots(self, out_dir: Path, origin: float, truths: Sequence[GroundTruth],
-              max_devices: int = 3) -> list[Path]:
-        """Signal/score/threshold/fault plots for a few devices, and the latency histogram."""
+              max_devices: int = 3,
+              model_of: dict[str, ModelRef] | None = None) -> list[Path]:
+        """Signal/score/threshold/fault plots for a few devices, and the latency histogram.
+
+        Scores are replayed with ``model_of[device]`` (default: the run's model)."""
         from simulator.plots import DeviceTrace, plot_device, plot_latencies
         from simulator.replay import replay_scores
 
-        name, version = self.ref
-        detail = self.client.get(f"/models/{name}/{version}")
-        tflite = self.client.get(f"/models/{name}/{version}/tflite")
+        models: dict[ModelRef, tuple[dict[str, Any], bytes]] = {}
+
+        def model(ref: ModelRef) -> tuple[dict[str, Any], bytes]:
+            if ref not in models:
+                name, version = ref
+                models[ref] = (self.client.get(f"/models/{name}/{version}"),
+                               self.client.get(f"/models/{name}/{version}/tflite"))
+            return models[ref]
+
         chosen: list[str] = []
         seen_kinds: set[str] = set()
         for f in truths:  # devices whose faults show the most different kinds
@@ -250,6 +259,7 @@ class Results:
             data = self.client.get("/telemetry", device_id=device_id, since=origin - 10.0)
             ts = np.asarray(data["ts"], dtype=np.float64)
             values = np.asarray(data["values"], dtype=np.float64)
+            detail, tflite = model((model_of or {}).get(device_id, self.ref))
             trace = replay_scores(tflite, detail["manifest"], data["channels"], ts, values)
             paths.append(plot_device(
                 DeviceTrace(device_id, data["channels"], ts, values, trace,

@@ -141,6 +141,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         cpu_self0, cpu_hub0, cpu_broker0 = (_own_cpu_seconds(), _cpu_seconds_of(hub.pid),
                                             _cpu_seconds_of(broker.pid))
         generated0 = sum(fleet.samples_generated().values())
+        fleet.reset_tick_lag()  # the backlog and the model loading are behind us
         say(f"measuring {opts.duration_s:g} s with {len(truths)} faults injected …")
         time.sleep(max(0.0, measured_from + opts.duration_s - time.time()))
         cpu = {

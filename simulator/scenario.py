@@ -268,11 +268,12 @@ def run_scenario(scenario: Scenario, console: Console | None = None,
             fleet.stop()
             first = scenario.fleet[0].profile
             results = collect_results(client, fleet, refs[first], say)
-            plots = results.plots(out, phase_start, fleet.ground_truth())
+            model_of = {d: refs[p] for p, ids in by_profile.items() for d in ids}
+            plots = results.plots(out, phase_start, fleet.ground_truth(), model_of=model_of)
             report = build_report(
                 devices=len(fleet.devices), duration_s=scenario.duration_s,
                 accounts=results.accounts, score=results.score, model=models[first],
-                rollout=rollouts[first], faults=results.faults,
+                rollout=_overall(rollouts), faults=results.faults,
                 extra={
                     "title": f"scenario {scenario.name}",
                     "scenario": scenario.model_dump(mode="json"),
@@ -299,6 +300,17 @@ class _Subset(Fleet):
                          state_root=fleet.state_root, trust_keys=fleet.trust_keys,
                          topic_prefix=fleet.topic_prefix,
                          devices={i: fleet.devices[i] for i in ids})
+
+
+def _overall(rollouts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The fleet-wide rollout figures of per-profile rollouts (updated: sum; time: slowest)."""
+    times = [r.get("seconds_to_full") for r in rollouts.values()]
+    return {
+        "devices_updated": sum(int(r.get("devices_updated") or 0) for r in rollouts.values()),
+        "devices_total": sum(int(r.get("devices_total") or 0) for r in rollouts.values()),
+        "seconds_to_full": None if None in times else max(t for t in times if t is not None),
+        "per_profile": rollouts,
+    }
 
 
 def _schedule_faults(scenario: Scenario, fleet: Fleet, phase_start: float) -> list[Any]:

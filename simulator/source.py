@@ -247,11 +247,15 @@ def create_source(options: Mapping[str, Any]) -> SimulatedSource:
             f"simulated source: unknown option(s) {unknown}; known: {sorted(_OPTIONS)}"
         )
     for key, expected in _OPTIONS.items():
+        value = opts.get(key)
+        # bool is an int to Python, never a number or a seed here.
         if key in opts and (
-            not isinstance(opts[key], expected) or isinstance(opts[key], bool) != (expected is bool)
+            not isinstance(value, expected) or isinstance(value, bool) != (expected is bool)
         ):
+            names = expected if isinstance(expected, tuple) else (expected,)
             raise SourceOptionsError(
-                f"simulated source: option {key}={opts[key]!r} has the wrong type"
+                f"simulated source: option {key}={value!r} has the wrong type; expected "
+                + " or ".join(t.__name__ for t in names)
             )
     faults = opts.pop("faults", [])
     source = SimulatedSource(**opts)

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
     mqtt_client_id: str = Field(default="edgeloop-hub", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     mqtt_keepalive: int = Field(default=30, ge=5)
+    # Empty: one hub, plain subscriptions in a persistent session, which mosquitto 2.0 restores
+    # after a broker restart. A group name (e.g. "hub"): several hub processes split the load
+    # with $share/<group>/..., but mosquitto 2.0 does not restore shared subscriptions from its
+    # persistence, so what devices resend before the hubs re-subscribe is delivered to nobody.
+    mqtt_share_group: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,64}$")
     topic_prefix: str = "edgeloop/v1"
     signing_key_path: Path | None = None
     admin_api_key: str | None = Field(default=None, min_length=16)

@@ -48,6 +48,7 @@ _DECODERS: dict[str, type[WireMessage]] = {
     DeviceTopic.HEARTBEAT.value: Heartbeat,
     DeviceTopic.REPORTED.value: Reported,
 }
+# Streams a share group may split between hub processes (when one is configured).
 # Retained streams are subscribed directly: brokers do not send retained messages to shared
 # subscriptions, and a hub that starts after a device must still learn its status and model.
 _SHARED = (DeviceTopic.TELEMETRY, DeviceTopic.ANOMALIES, DeviceTopic.HEARTBEAT)
@@ -84,6 +85,7 @@ class MqttIngest:
         topics: Topics,
         client_id: str = "edgeloop-hub",
         keepalive: int = 30,
+        share_group: str | None = None,
         batch_max: int = 500,
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
@@ -91,6 +93,7 @@ class MqttIngest:
         self._engine = engine
         self._host, self._port, self._keepalive = host, port, keepalive
         self._topics = topics
+        self._share_group = share_group
         self._batch_max, self._batch_wait = batch_max, batch_wait_s
         self._on_commit = on_commit
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -109,7 +112,10 @@ class MqttIngest:
         if rc.is_failure:
             log.warning("ingest: broker refused the connection: %s", rc)
             return
-        subs = [(self._topics.hub_shared(t), 1) for t in _SHARED]
+        if self._share_group:
+            subs = [(self._topics.hub_shared(t, self._share_group), 1) for t in _SHARED]
+        else:
+            subs = [(self._topics.all_devices(t), 1) for t in _SHARED]
         subs += [(self._topics.all_devices(t), 1) for t in _DIRECT]
         client.subscribe(subs)
         self._connected.set()

@@ -25,7 +25,7 @@ from shared.messages import (
 )
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import hub_settings
-from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
+from tests.cloud_hub.helpers import publish_wait, publisher_client, stand_in_training, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
@@ -182,3 +182,38 @@ def test_telemetry_sent_while_the_hub_is_down_is_stored_after_it_restarts(
             assert read_telemetry(session, device_id="pump-1").ts.size == 15
     finally:
         second.stop()
+
+
+def test_hubs_in_a_share_group_split_telemetry_and_store_each_reading_once(
+    broker: Broker, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'shared-hub.db'}"
+    hubs = [
+        Hub(hub_settings(broker, tmp_path / f"hub-{i}", database_url=db_url,
+                         mqtt_share_group="hub").model_copy(
+                update={"mqtt_client_id": f"hub-{i}-{broker.port}"}),
+            run_training=stand_in_training())
+        for i in range(2)
+    ]
+    for h in hubs:
+        h.start()
+    try:
+        client = publisher_client(broker.port)
+        try:
+            for seq in range(40):
+                topic = hubs[0].topics.telemetry("pump-9")
+                publish_wait(client, topic, encode(_batch("pump-9", seq)))
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        wait_for(lambda: sum(h.ingest.snapshot()["telemetry_batches"] for h in hubs) >= 40,
+                 what="40 batches across both hubs")
+        per_hub = [h.ingest.snapshot()["telemetry_batches"] for h in hubs]
+        assert sum(per_hub) == 40, per_hub  # each message went to exactly one hub
+        assert all(n > 0 for n in per_hub), f"the share group did not split the load: {per_hub}"
+        with Session(hubs[0].engine) as session:
+            stored = session.exec(select(func.count()).select_from(TelemetryBatchRow)).one()
+        assert stored == 40
+    finally:
+        for h in hubs:
+            h.stop()

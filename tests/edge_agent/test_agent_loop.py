@@ -38,6 +38,7 @@ def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
     config = agent_config(broker, tmp_path / "state", "dev-1", signing_key)
     agent = Agent(config, source=source)
     assert agent.status()["connected"] is False
+    source.pause()  # the spike must come after the model is active, however slow the machine
     agent.start()
     try:
         wait_until(lambda: agent.status()["connected"], 10, "agent connected")
@@ -45,6 +46,7 @@ def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
         hub.set_desired("dev-1", "pump-ae", 1)
         wait_until(lambda: (agent.status()["active_model"] or {}).get("version") == 1, 20,
                    "model v1 active")
+        source.resume()
         wait_until(lambda: source.exhausted, 20, "source finished")
         wait_until(lambda: agent.status()["outbox_depth"] == 0
                    and agent.status()["readings"] == 1000, 20, "outbox drained")
@@ -77,6 +79,9 @@ def test_bad_messages_are_counted_and_the_agent_goes_on(
     agent.start()
     try:
         wait_until(lambda: agent.status()["connected"], 10, "connected")
+        # The agent subscribes before it publishes `online`, so once `online` is seen the
+        # broker already routes `desired` to it.
+        wait_until(lambda: _saw_online(collector, "dev-b"), 10, "online status")
         hub.client.publish("edgeloop/v1/devices/dev-b/desired", b"{not json", qos=1)
         hub.client.publish("edgeloop/v1/devices/dev-b/desired", b'{"v": 9}', qos=1)
         wait_until(lambda: agent.status()["bad_messages"] == 2, 10, "bad messages counted")
@@ -85,3 +90,9 @@ def test_bad_messages_are_counted_and_the_agent_goes_on(
         assert agent.status()["model_state"] is None
     finally:
         agent.stop(timeout=5)
+
+
+def _saw_online(collector: Collector, device_id: str) -> bool:
+    with collector.lock:
+        log = collector.devices.get(device_id)
+        return log is not None and any(s.get("state") == "online" for s in log.status)
