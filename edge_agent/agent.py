@@ -57,6 +57,7 @@ class Agent:
         self.device_id = config.device_id
         self.topics = config.topics()
         self._source_override = source
+        self._final_status: dict[str, Any] | None = None
         self._events: queue.Queue[Any] = queue.Queue(maxsize=10_000)
         self._stop_reading = threading.Event()
         self._stop_working = threading.Event()
@@ -77,6 +78,7 @@ class Agent:
         if self._started:
             return
         cfg = self.config
+        self._final_status = None
         self._threads = []
         self._stop_reading.clear()
         self._stop_working.clear()
@@ -161,6 +163,7 @@ class Agent:
                               self._status(DeviceStatus.OFFLINE)),
                        timeout=max(1.0, min(5.0, deadline - time.monotonic())))
         self._write_status_file()
+        self._final_status = {**self.status(), "connected": False}
         self.outbox.close()
         self._started = False
         log.info("agent %s stopped", self.device_id)
@@ -176,6 +179,8 @@ class Agent:
         )
 
     def status(self) -> dict[str, Any]:
+        if self._final_status is not None:  # stopped: the outbox is closed, report the last
+            return dict(self._final_status)
         if not hasattr(self, "outbox"):
             return {"device_id": self.device_id, "connected": False, "started": False}
         active = self.detector.active

@@ -77,6 +77,9 @@ class TelemetrySummary(BaseModel):
     batches: int
     first_ts: float | None
     last_ts: float | None
+    seq_first: int
+    seq_last: int
+    missing_batches: int  # gaps in seq between the first and last batch stored
 
 
 class AnomalyPublic(BaseModel):

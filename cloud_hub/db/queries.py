@@ -93,6 +93,9 @@ def read_telemetry(
 
 
 def telemetry_summary(session: Session) -> list[dict[str, object]]:
+    """Per device: readings and batches stored, time range, and batches missing between the
+    first and last seq stored (seq is contiguous per device, so a gap is a batch that never
+    arrived: dropped by the device's outbox policy, or lost on the way)."""
     stmt = (
         select(  # type: ignore[call-overload]
             TelemetryBatchRow.device_id,
@@ -100,13 +103,19 @@ def telemetry_summary(session: Session) -> list[dict[str, object]]:
             func.count(),
             func.min(TelemetryBatchRow.ts_first),
             func.max(TelemetryBatchRow.ts_last),
+            func.min(TelemetryBatchRow.seq),
+            func.max(TelemetryBatchRow.seq),
         )
         .group_by(TelemetryBatchRow.device_id)
         .order_by(TelemetryBatchRow.device_id)
     )
     return [
-        {"device_id": d, "readings": int(r), "batches": int(b), "first_ts": f, "last_ts": last}
-        for d, r, b, f, last in session.exec(stmt)
+        {
+            "device_id": d, "readings": int(r), "batches": int(b), "first_ts": f,
+            "last_ts": last, "seq_first": int(s0), "seq_last": int(s1),
+            "missing_batches": int(s1) - int(s0) + 1 - int(b),
+        }
+        for d, r, b, f, last, s0, s1 in session.exec(stmt)
     ]
 
 

@@ -96,3 +96,17 @@ def _saw_online(collector: Collector, device_id: str) -> bool:
     with collector.lock:
         log = collector.devices.get(device_id)
         return log is not None and any(s.get("state") == "online" for s in log.status)
+
+
+def test_status_after_stop_reports_the_last_state(broker: Broker, tmp_path: Path) -> None:
+    source = ScriptedSource(200, rate_hz=0.0)
+    agent = Agent(agent_config(broker, tmp_path / "state", "dev-s", None), source=source)
+    agent.start()
+    try:
+        wait_until(lambda: agent.status()["readings"] == 200, 10, "all readings taken")
+    finally:
+        agent.stop(timeout=5)
+    status = agent.status()
+    assert status["connected"] is False
+    assert status["readings"] == 200
+    assert status["outbox_depth"] == 0
