@@ -11,7 +11,7 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -23,44 +23,13 @@ from cloud_hub.cli.client import HubClient
 from shared.topics import Topics
 from simulator.broker import Broker
 from simulator.fleet import DeviceSpec, Fleet
-from simulator.hub_process import HubProcess
 from simulator.loop import publish_model, roll_out, train_model, wait_for_telemetry
+from tests.integration.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
-T = TypeVar("T")
 TINY_SPEC = {"family": "dense_ae", "window": 16, "hidden": 32, "latent": 8, "epochs": 3,
              "threshold_quantile": 0.999, "threshold_factor": 1.5}
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def hub(broker: Broker, tmp_path: Path) -> Iterator[HubProcess]:
-    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port)
-    process.start(timeout=120)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def client(hub: HubProcess) -> Iterator[HubClient]:
-    c = HubClient(hub.url, hub.admin_api_key)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -20,45 +20,15 @@ from rich.console import Console
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
 from simulator.fleet import DeviceSpec, Fleet
-from simulator.hub_process import HubProcess
 from simulator.loop import publish_model, train_model, wait_for_telemetry
+from tests.integration.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
-T = TypeVar("T")
 DEVICES = [f"pump-{i + 1:03d}" for i in range(4)]
 GOOD_SPEC = {"family": "dense_ae", "window": 16, "hidden": 32, "latent": 8, "epochs": 3,
              "threshold_quantile": 0.999, "threshold_factor": 1.5, "compare_modes": False}
 BAD_SPEC = {**GOOD_SPEC, "threshold_factor": 0.001}
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)  # polling the REST API of another process
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def hub(broker: Broker, tmp_path: Path) -> Iterator[HubProcess]:
-    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port)
-    process.start(timeout=120)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def client(hub: HubProcess) -> Iterator[HubClient]:
-    c = HubClient(hub.url, hub.admin_api_key)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture
