@@ -101,7 +101,7 @@ class MqttIngest:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.stats = IngestStats()
-        self._client = new_client(client_id, persistent=True, manual_ack=True)
+        self._client = new_client(client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -137,7 +137,7 @@ class MqttIngest:
         self._worker.start()
         connect_and_wait(
             self._client, self._host, self._port, keepalive=self._keepalive,
-            connected=self._connected, timeout=timeout,
+            connected=self._connected, timeout=timeout, persistent=True,
         )
 
     def stop(self, timeout: float = 10.0) -> None:

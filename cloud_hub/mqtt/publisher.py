@@ -39,7 +39,7 @@ class Publisher:
         self.topics = topics
         self.timeout = timeout
         self._connected = threading.Event()
-        self._client = new_client(client_id, persistent=False)
+        self._client = new_client(client_id)
         self._client.max_inflight_messages_set(20)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -59,7 +59,7 @@ class Publisher:
     def start(self, timeout: float = 10.0) -> None:
         connect_and_wait(
             self._client, self._host, self._port, keepalive=self._keepalive,
-            connected=self._connected, timeout=timeout,
+            connected=self._connected, timeout=timeout, persistent=False,
         )
 
     def stop(self) -> None:
