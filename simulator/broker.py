@@ -10,13 +10,14 @@ import logging
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from simulator.process import log_tail, terminate
 
 __all__ = ["Broker", "BrokerError", "find_mosquitto", "free_port", "repo_mosquitto_conf"]
 
@@ -121,13 +122,7 @@ class Broker:
         """Stop gracefully (SIGTERM, so persistence is saved)."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=timeout)
+        terminate(self._proc, timeout, "mosquitto")
         self._proc = None
 
     def kill(self) -> None:
@@ -138,10 +133,7 @@ class Broker:
         self._proc = None
 
     def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def close(self) -> None:
         self.stop()

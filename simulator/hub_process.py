@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from types import TracebackType
 import httpx
 
 from simulator.broker import free_port
+from simulator.process import log_tail, terminate
 
 __all__ = ["HubProcess", "HubProcessError"]
 
@@ -116,21 +116,10 @@ class HubProcess:
         if self._proc is None:
             return None
         proc, self._proc = self._proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("hub did not stop within %.0fs of SIGTERM; killing it", timeout)
-                proc.kill()
-                proc.wait(timeout=timeout)
-        return proc.returncode
+        return terminate(proc, timeout, "hub")
 
     def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def __enter__(self) -> HubProcess:
         return self.start()
