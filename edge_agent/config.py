@@ -107,6 +107,11 @@ class OutboxSettings(_Section):
     max_age_s: float = Field(default=7 * 86400, gt=0)  # telemetry older than this is dropped
     anomaly_max_age_s: float = Field(default=30 * 86400, gt=0)  # anomalies are kept longest
     max_inflight: int = Field(default=100, ge=1, le=10_000)
+    # Acknowledged messages are kept this long, to be sent again when a hub comes back from an
+    # outage (a new hub session): the broker may have acknowledged them with no hub listening.
+    resend_window_s: float = Field(default=300.0, ge=0, le=86400)  # 0: never resend
+    # ... and those acknowledged up to this long before the outage began
+    resend_margin_s: float = Field(default=10.0, ge=0, le=3600)
     synchronous: Literal["full", "normal"] = "full"  # full: survives power loss, not only kill
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "DeviceStatus",
     "Desired",
     "Heartbeat",
+    "HubStatus",
     "MessageError",
     "ModelRef",
     "ModelState",
@@ -150,6 +151,20 @@ class Status(WireMessage):
     state: DeviceStatus = Field(strict=False)
     at: EpochSeconds
     agent_version: str = ""
+
+
+class HubStatus(WireMessage):
+    """Retained birth (and will) of one hub process; ``device_id`` is the hub's client id.
+
+    ``session`` is new on every connection. An agent that sees a session it has not seen
+    before, after its own link or the hub was down, sends again what the broker acknowledged
+    around that outage: a broker restarted from persistence does not queue for the hub until
+    the hub reconnects, so those messages may have reached nobody (the hub dedups by seq).
+    """
+
+    state: DeviceStatus = Field(strict=False)
+    session: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
+    at: EpochSeconds
 
 
 class Heartbeat(WireMessage):

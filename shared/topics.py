@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEVICE_ID_PATTERN",
     "MODEL_NAME_PATTERN",
+    "HUB_STATUS",
     "DeviceTopic",
     "ParsedTopic",
     "TopicError",
@@ -28,6 +29,7 @@ MODEL_NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
 _MODEL_NAME_RE = re.compile(rf"^{MODEL_NAME_PATTERN}$")
 HUB_SHARE_GROUP = "hub"
+HUB_STATUS = "hub_status"  # ParsedTopic.kind of a hub's presence topic
 
 
 class TopicError(ValueError):
@@ -69,7 +71,7 @@ def _validate_version(version: int) -> int:
 class ParsedTopic:
     """What a received topic names: a device stream, or a model's manifest or chunk."""
 
-    kind: str  # a DeviceTopic value, or "manifest" / "chunk"
+    kind: str  # a DeviceTopic value, "manifest" / "chunk", or HUB_STATUS (device_id: the hub)
     device_id: str | None = None
     model_name: str | None = None
     model_version: int | None = None
@@ -128,6 +130,15 @@ class Topics:
     def chunks_filter(self, name: str, version: int) -> str:
         return f"{self.model_prefix(name, version)}/chunks/+"
 
+    # -- the hub's own presence -----------------------------------------------------------
+    def hub_status(self, hub_id: str) -> str:
+        """Retained birth/will of one hub process (its ingest client id)."""
+        validate_device_id(hub_id)
+        return f"{self.prefix}/hub/{hub_id}/status"
+
+    def all_hub_status(self) -> str:
+        return f"{self.prefix}/hub/+/status"
+
     # -- subscription filters ----------------------------------------------------------
     def all_devices(self, which: DeviceTopic | str) -> str:
         """Filter matching one stream of every device, e.g. ``edgeloop/v1/devices/+/status``."""
@@ -163,6 +174,8 @@ class Topics:
                 return ParsedTopic(
                     kind="chunk", model_name=name, model_version=version, chunk_index=index
                 )
+        if len(parts) == 3 and parts[0] == "hub" and parts[2] == "status":
+            return ParsedTopic(kind=HUB_STATUS, device_id=validate_device_id(parts[1]))
         raise TopicError(f"topic {topic!r} does not follow the edgeloop layout")
 
 
