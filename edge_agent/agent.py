@@ -30,6 +30,7 @@ from edge_agent.sources.registry import create_source
 from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
 from edge_agent.telemetry.sender import Sender
+from shared.keys import public_key_bytes
 from shared.messages import (
     AnomalyEvent,
     Desired,
@@ -41,7 +42,6 @@ from shared.messages import (
     decode,
     encode,
 )
-from shared.signing import load_public_key
 from shared.topics import DeviceTopic, TopicError
 
 __all__ = ["Agent", "STATUS_FILE"]
@@ -111,7 +111,7 @@ class Agent:
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
         self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows)
-        trusted = {key_id: load_public_key(text) for key_id, text in cfg.trust.keys.items()}
+        trusted = {key_id: public_key_bytes(text) for key_id, text in cfg.trust.keys.items()}
         self.store = ModelStore(state / "models", trusted)
         self.updater = ModelUpdater(
             store=self.store, topics=self.topics, link=self.link, detector=self.detector,

@@ -25,11 +25,11 @@ def _check(config: AgentConfig) -> list[tuple[bool, str]]:
     from edge_agent.models.store import ModelStore
     from edge_agent.sources.base import SourceError
     from edge_agent.sources.registry import available_sources, create_source
-    from shared.signing import load_public_key
+    from shared.keys import public_key_bytes
 
     results: list[tuple[bool, str]] = [(True, f"config: device {config.device_id}, broker "
                                               f"{config.mqtt.host}:{config.mqtt.port}")]
-    keys = {k: load_public_key(v) for k, v in config.trust.keys.items()}
+    keys = {k: public_key_bytes(v) for k, v in config.trust.keys.items()}
     results.append((bool(keys), f"trust: {len(keys)} pinned key(s) {sorted(keys)}" if keys else
                     "trust: no pinned keys; every model will be refused"))
     channels: list[str] | None = None

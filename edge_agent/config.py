@@ -1,17 +1,23 @@
 """The agent's configuration: one TOML file, validated strictly, errors that name the key.
 
-``load_config(path)`` reads the file; ``AgentConfig.model_validate(dict)`` builds the same thing
-in-process (the simulator does this). Unknown keys are refused (``extra="forbid"``).
+``load_config(path)`` reads the file; ``config_from_dict(dict)`` builds the same thing in-process
+(the simulator does this). Unknown keys are refused, every value is checked against its type and
+range, and the error names the key (``mqtt.port``) and the value that was given.
+
+msgspec rather than pydantic, like :mod:`shared.messages`: pydantic would cost the running agent
+about 15 MB of its 60 MB budget.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import msgspec
 
+from shared.keys import SignatureError, key_id_of_raw, public_key_bytes
 from shared.topics import DEFAULT_PREFIX, TopicError, Topics, validate_device_id
 
 __all__ = [
@@ -26,147 +32,140 @@ __all__ = [
     "SourceSettings",
     "TelemetrySettings",
     "TrustSettings",
-    "describe_validation_error",
+    "config_from_dict",
     "load_config",
 ]
+
+_MAX = 1.7976931348623157e308
+
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=_MAX)]
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the text names the file, the key and the value."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    def replace(self, **changes: Any) -> Any:
+        return msgspec.structs.replace(self, **changes)
 
 
-class MqttSettings(_Section):
+class MqttSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    keepalive: int = Field(default=30, ge=5, le=3600)
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
+    keepalive: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
     topic_prefix: str = DEFAULT_PREFIX
     username: str | None = None  # defaults to device_id
     password: str | None = None
     tls: bool = False
     tls_ca_file: str | None = None  # CA bundle; system CAs when unset
-    session_expiry_s: int = Field(default=7 * 86400, ge=0)
-    reconnect_initial_s: float = Field(default=1.0, gt=0, le=3600)
-    reconnect_max_s: float = Field(default=60.0, gt=0, le=86400)
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0)] = 7 * 86400
+    reconnect_initial_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    reconnect_max_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _valid_prefix(cls, prefix: str) -> str:
+    def __post_init__(self) -> None:
         try:
-            Topics(prefix)
+            Topics(self.topic_prefix)
         except TopicError as exc:
-            raise ValueError(str(exc)) from None
-        return prefix
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> MqttSettings:
+            raise _KeyError("mqtt.topic_prefix", str(exc)) from None
         if self.reconnect_max_s < self.reconnect_initial_s:
-            raise ValueError(
-                f"reconnect_max_s {self.reconnect_max_s} is below reconnect_initial_s "
-                f"{self.reconnect_initial_s}"
+            raise _KeyError(
+                "mqtt.reconnect_max_s",
+                f"{self.reconnect_max_s} is below reconnect_initial_s {self.reconnect_initial_s}",
             )
-        return self
 
 
-class TrustSettings(_Section):
+class TrustSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # key_id -> base64 of the 32 raw Ed25519 public key bytes (or PEM text)
-    keys: dict[str, str] = Field(default_factory=dict)
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _keys_match_their_ids(self) -> TrustSettings:
-        # Imported here: cryptography is only needed once keys are actually checked.
-        from shared.signing import SignatureError, key_id_of, load_public_key
-
+    def __post_init__(self) -> None:
         for key_id, text in self.keys.items():
             try:
-                actual = key_id_of(load_public_key(text))
+                actual = key_id_of_raw(public_key_bytes(text))
             except SignatureError as exc:
-                raise ValueError(f"keys.{key_id}: {exc}") from None
+                raise _KeyError(f"trust.keys.{key_id}", str(exc)) from None
             if actual != key_id:
-                raise ValueError(
-                    f"keys.{key_id}: the public key's id is {actual!r}, not {key_id!r}"
+                raise _KeyError(
+                    f"trust.keys.{key_id}", f"the public key's id is {actual!r}, not {key_id!r}"
                 )
-        return self
 
 
-class SourceSettings(_Section):
+class SourceSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     type: str = "stdin"  # csv | stdin | mqtt | an "edgeloop.sources" entry point name
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class TelemetrySettings(_Section):
-    batch_max_readings: int = Field(default=100, ge=1, le=10_000)
-    batch_max_age_s: float = Field(default=1.0, gt=0, le=3600)
+class TelemetrySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    batch_max_readings: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    batch_max_age_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
 
 
-class OutboxSettings(_Section):
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
-    max_age_s: float = Field(default=7 * 86400, gt=0)  # telemetry older than this is dropped
-    anomaly_max_age_s: float = Field(default=30 * 86400, gt=0)  # anomalies are kept longest
-    max_inflight: int = Field(default=100, ge=1, le=10_000)
+class OutboxSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * 1024 * 1024
+    max_age_s: PositiveSeconds = 7 * 86400.0  # telemetry older than this is dropped
+    anomaly_max_age_s: PositiveSeconds = 30 * 86400.0  # anomalies are kept longest
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     # Acknowledged messages are kept this long, to be sent again when a hub comes back from an
     # outage (a new hub session): the broker may have acknowledged them with no hub listening.
-    resend_window_s: float = Field(default=300.0, ge=0, le=86400)  # 0: never resend
+    resend_window_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0  # 0: never resend
     # ... and those acknowledged up to this long before the outage began
-    resend_margin_s: float = Field(default=10.0, ge=0, le=3600)
+    resend_margin_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     synchronous: Literal["full", "normal"] = "full"  # full: survives power loss, not only kill
 
 
-class ModelSettings(_Section):
-    shadow_windows: int = Field(default=20, ge=0)  # 0: activate without a shadow run
-    max_shadow_anomaly_rate: float = Field(default=0.5, ge=0, le=1)
-    download_timeout_s: float = Field(default=120.0, gt=0)
-    chunk_retries: int = Field(default=3, ge=0)
-    realert_windows: int = Field(default=0, ge=0)  # 0: the model's window length
-    calibration_windows: int = Field(default=0, ge=0)  # 0: keep the manifest's threshold
-    calibration_quantile: float = Field(default=0.999, gt=0, lt=1)
-    calibration_factor: float = Field(default=1.0, gt=0)
-    num_threads: int = Field(default=1, ge=1, le=64)
+class ModelSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    shadow_windows: Annotated[int, msgspec.Meta(ge=0)] = 20  # 0: activate without a shadow run
+    max_shadow_anomaly_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    download_timeout_s: PositiveSeconds = 120.0
+    chunk_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    realert_windows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the model's window length
+    calibration_windows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: keep the manifest's threshold
+    calibration_quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.999
+    calibration_factor: Annotated[float, msgspec.Meta(gt=0, le=_MAX)] = 1.0
+    num_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 
-class HeartbeatSettings(_Section):
-    interval_s: float = Field(default=30.0, gt=0)
+class HeartbeatSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    interval_s: PositiveSeconds = 30.0
 
 
-class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    json_format: bool = Field(default=False, alias="json")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("level", mode="before")
-    @classmethod
-    def _upper(cls, level: Any) -> Any:
-        return level.upper() if isinstance(level, str) else level
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class DaemonSettings(_Section):
-    grace_s: float = Field(default=10.0, ge=0, le=600)  # flush time on SIGTERM/SIGINT
+class LogSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: str = "INFO"  # any case in the file
+    json_format: bool = msgspec.field(default=False, name="json")
+
+    def __post_init__(self) -> None:
+        if self.level.upper() not in _LEVELS:
+            raise _KeyError("log.level", f"{self.level!r} is not one of {', '.join(_LEVELS)}")
+        msgspec.structs.force_setattr(self, "level", self.level.upper())
 
 
-class AgentConfig(_Section):
+class DaemonSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0  # flush time on SIGTERM/SIGINT
+
+
+class AgentConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     device_id: str
     state_dir: Path = Path("./agent-state")
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)
-    trust: TrustSettings = Field(default_factory=TrustSettings)
-    source: SourceSettings = Field(default_factory=SourceSettings)
-    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
-    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
-    log: LogSettings = Field(default_factory=LogSettings)
-    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    trust: TrustSettings = msgspec.field(default_factory=TrustSettings)
+    source: SourceSettings = msgspec.field(default_factory=SourceSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    heartbeat: HeartbeatSettings = msgspec.field(default_factory=HeartbeatSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
 
-    @field_validator("device_id")
-    @classmethod
-    def _valid_device_id(cls, device_id: str) -> str:
+    def __post_init__(self) -> None:
         try:
-            return validate_device_id(device_id)
+            validate_device_id(self.device_id)
         except TopicError as exc:
-            raise ValueError(str(exc)) from None
+            raise _KeyError("device_id", str(exc)) from None
 
     @property
     def username(self) -> str:
@@ -176,23 +175,49 @@ class AgentConfig(_Section):
         return Topics(self.mqtt.topic_prefix)
 
 
-def describe_validation_error(exc: ValidationError, where: str = "config") -> str:
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        value = err.get("input")
-        shown = "{…}" if isinstance(value, dict) else repr(value)[:80]
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "missing":
-            parts.append(f"{where}: key {key!r} is required")
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown key {key!r}")
-        else:
-            parts.append(f"{where}: key {key!r}: {message} (got {shown})")
-    more = exc.error_count() - len(parts)
-    if more > 0:
-        parts.append(f"and {more} more error(s)")
-    return "; ".join(parts)
+class _KeyError(ValueError):
+    """A check across fields failed; carries the key so the message can name it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"key {key!r}: {problem}")
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"{kind} is not a config type")
+
+
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def config_from_dict(raw: Any, where: str = "config") -> AgentConfig:
+    """Validate parsed TOML (or an equal dict) as an agent config, or raise :class:`ConfigError`
+    naming the key, what is wrong, and the value given."""
+    try:
+        return msgspec.convert(raw, type=AgentConfig, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(str(exc), raw)}") from None
+
+
+def _describe(text: str, raw: Any) -> str:
+    match = _AT.search(text)
+    path = [p for p in re.split(r"\.|\[|\]", match.group("path")) if p] if match else []
+    message = text[: match.start()] if match else text
+    if message.startswith("Object contains unknown field"):
+        return f"unknown key {'.'.join([*path, message.split('`')[1]])!r}"
+    if message.startswith("Object missing required field"):
+        return f"key {'.'.join([*path, message.split('`')[1]])!r} is required"
+    own = re.match(r"key '(?P<key>[^']+)': ", message)
+    if own:  # a check across fields (_KeyError) names its key itself
+        path, message = own.group("key").split("."), message[own.end() :]
+    if not path:
+        return message
+    value: Any = raw
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    shown = "{…}" if isinstance(value, dict) else repr(value)[:80]
+    return f"key {'.'.join(path)!r}: {message} (got {shown})"
 
 
 def load_config(path: Path | str) -> AgentConfig:
@@ -204,10 +229,7 @@ def load_config(path: Path | str) -> AgentConfig:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        config = AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, str(path))) from None
+    config = config_from_dict(raw, str(path))
     if not config.state_dir.is_absolute() and "state_dir" in raw:
-        config = config.model_copy(update={"state_dir": path.parent / config.state_dir})
+        config = config.replace(state_dir=path.parent / config.state_dir)
     return config

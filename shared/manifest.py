@@ -10,17 +10,17 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
 
-from shared.topics import MODEL_NAME_PATTERN
+from shared.messages import (
+    Finite,
+    Frozen,
+    ModelName,
+    Sha256Hex,
+    VersionProbe,
+    check_version,
+    describe_error,
+)
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -33,14 +33,15 @@ __all__ = [
     "Quantization",
     "ScoreSpec",
     "canonical_bytes",
+    "manifest_from_dict",
     "parse_manifest",
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 256 * 1024
 
-Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ManifestError(ValueError):
@@ -54,92 +55,80 @@ class Quantization(StrEnum):
     FLOAT32 = "float32"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class ChunkTable(_Frozen):
-    count: int = Field(ge=1)
+class ChunkTable(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    count: Positive
     sha256: list[Sha256Hex]
 
-    @model_validator(mode="after")
-    def _count_matches(self) -> ChunkTable:
+    def __post_init__(self) -> None:
         if len(self.sha256) != self.count:
             raise ValueError(
                 f"chunks.count is {self.count} but {len(self.sha256)} hashes are listed"
             )
-        return self
 
 
-class InputSpec(_Frozen):
+class InputSpec(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The model's input: ``window`` consecutive readings of ``channels``, flattened or not."""
 
-    window: int = Field(ge=1, le=4096)
-    channels: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
-        min_length=1, max_length=64
-    )
+    window: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    channels: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]],
+        msgspec.Meta(min_length=1, max_length=64),
+    ]
     dtype: Literal["float32", "int8", "uint8"] = "float32"
     layout: Literal["flat", "sequence"] = "flat"  # (1, window*channels) or (1, window, channels)
-    stride: int = Field(default=1, ge=1)  # readings between two scored windows
+    stride: Positive = 1  # readings between two scored windows
 
 
-class Normalization(_Frozen):
+class Normalization(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Per-channel ``(x - center) / scale``: z-score (mean/std) or min-max (min/range)."""
 
     method: Literal["zscore", "minmax"]
     center: list[Finite]
-    scale: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]]
+    scale: list[Annotated[float, msgspec.Meta(gt=0, le=1.7976931348623157e308)]]
 
 
-class ScoreSpec(_Frozen):
+class ScoreSpec(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How a window's reconstruction becomes one number."""
 
     method: Literal["mse", "mae"] = "mse"
-    smoothing: int = Field(default=1, ge=1, le=1000)  # mean of the last n window scores
+    smoothing: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1  # mean of the last n scores
 
 
-class ParitySummary(_Frozen):
+Error = Annotated[float, msgspec.Meta(ge=0, le=1.7976931348623157e308)]
+
+
+class ParitySummary(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What the quantization gate measured on held-out windows."""
 
-    decision_agreement: float = Field(ge=0, le=1)
-    windows: int = Field(ge=0)
-    score_correlation: float | None = Field(default=None, ge=-1, le=1)
-    max_score_error: float | None = Field(default=None, ge=0)
-    mean_score_error: float | None = Field(default=None, ge=0)
+    decision_agreement: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    windows: Count
+    score_correlation: Annotated[float, msgspec.Meta(ge=-1, le=1)] | None = None
+    max_score_error: Error | None = None
+    mean_score_error: Error | None = None
 
 
-class Manifest(_Frozen):
+class Manifest(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     v: int = MANIFEST_SCHEMA_VERSION
-    name: Annotated[str, StringConstraints(pattern=rf"^{MODEL_NAME_PATTERN}$")]
-    version: int = Field(ge=1)
+    name: ModelName
+    version: Positive
     created_at: Finite
     format: Literal["tflite"] = "tflite"
-    quantization: Quantization = Field(strict=False)
-    size: int = Field(ge=1)
+    quantization: Quantization
+    size: Positive
     sha256: Sha256Hex
-    chunk_size: int = Field(ge=1024, le=8 * 1024 * 1024)
+    chunk_size: Annotated[int, msgspec.Meta(ge=1024, le=8 * 1024 * 1024)]
     chunks: ChunkTable
     input: InputSpec
     normalization: Normalization
     score: ScoreSpec
     threshold: Finite
     parity: ParitySummary
-    float_size: int = Field(ge=1)
-    key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
-    signature: str = ""
+    float_size: Positive
+    key_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8,64}$")]
+    signature: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
-    @field_validator("v", mode="before")
-    @classmethod
-    def _known_version(cls, v: Any) -> Any:
-        if v != MANIFEST_SCHEMA_VERSION:
-            raise ValueError(
-                f"unsupported manifest version v={v!r}; "
-                f"this build understands v={MANIFEST_SCHEMA_VERSION}"
-            )
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
+    def __post_init__(self) -> None:
+        check_version(self.v, MANIFEST_SCHEMA_VERSION, "manifest version")
         n = len(self.input.channels)
         if len(self.normalization.center) != n or len(self.normalization.scale) != n:
             raise ValueError(
@@ -152,15 +141,14 @@ class Manifest(_Frozen):
                 f"chunks.count is {self.chunks.count} but size {self.size} in chunks of "
                 f"{self.chunk_size} needs {expected}"
             )
-        return self
 
     def unsigned(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        data = self.to_dict()
         data.pop("signature")
         return data
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return json.dumps(self.to_dict(), sort_keys=True).encode()
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:
@@ -176,11 +164,29 @@ def parse_manifest(payload: bytes | str) -> Manifest:
     if len(payload) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest of {len(payload)} bytes exceeds {MAX_MANIFEST_BYTES}")
     try:
-        return Manifest.model_validate_json(payload)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise ManifestError(
-            f"manifest field {where}: {first['msg']}"
-            + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
-        ) from None
+        return msgspec.json.decode(payload, type=Manifest)
+    except msgspec.ValidationError as exc:
+        _refuse_unknown_version(payload)
+        raise ManifestError(f"manifest field {describe_error(exc)}") from None
+    except msgspec.DecodeError as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+
+
+def manifest_from_dict(data: Any) -> Manifest:
+    """A manifest from already-parsed data (e.g. the registry's JSON column), validated."""
+    try:
+        return msgspec.convert(data, type=Manifest)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"manifest field {describe_error(exc)}") from None
+
+
+def _refuse_unknown_version(payload: bytes | str) -> None:
+    # A newer manifest may differ in any field: name the version, not the first difference.
+    try:
+        v = msgspec.json.decode(payload, type=VersionProbe).v
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return
+    try:
+        check_version(v, MANIFEST_SCHEMA_VERSION, "manifest version")
+    except ValueError as exc:
+        raise ManifestError(f"manifest field v: {exc}") from None

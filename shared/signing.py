@@ -1,17 +1,22 @@
-"""Ed25519 signing of manifests by the hub, verification against pinned keys by agents."""
+"""Ed25519 signing of manifests by the hub, and verification against pinned keys.
+
+The hub (and tools) use this module; it needs ``cryptography``. Agents verify through
+:mod:`edge_agent.models.verify`, which runs :func:`verify_parts` in a short-lived child process.
+"""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.manifest import Manifest, canonical_bytes
+from shared.keys import SignatureError, SignedParts, key_id_of_raw, public_key_bytes, signed_parts
+from shared.manifest import Manifest, canonical_bytes, manifest_from_dict
 
 __all__ = [
     "SignatureError",
@@ -20,37 +25,22 @@ __all__ = [
     "key_id_of",
     "load_public_key",
     "verify_manifest",
+    "verify_parts",
 ]
-
-
-class SignatureError(ValueError):
-    """A manifest whose signature is missing, malformed, by an unknown key, or wrong."""
 
 
 def _raw_public(public: Ed25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def key_id_of(public: Ed25519PublicKey) -> str:
+def key_id_of(public: Ed25519PublicKey | bytes) -> str:
     """Short, stable id of a public key: the first 16 hex digits of sha256 of its raw bytes."""
-    return hashlib.sha256(_raw_public(public)).hexdigest()[:16]
+    return key_id_of_raw(public if isinstance(public, bytes) else _raw_public(public))
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:
     """A public key from base64 of its 32 raw bytes, or from PEM text."""
-    text = text.strip()
-    try:
-        if text.startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(text.encode())
-            if not isinstance(key, Ed25519PublicKey):
-                raise SignatureError("public key is not an Ed25519 key")
-            return key
-        raw = base64.b64decode(text, validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except SignatureError:
-        raise
-    except ValueError as exc:
-        raise SignatureError(f"public key {text[:16]!r}… is not valid: {exc}") from None
+    return Ed25519PublicKey.from_public_bytes(public_key_bytes(text))
 
 
 class SigningKey:
@@ -59,7 +49,8 @@ class SigningKey:
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
         self.public = private.public_key()
-        self.key_id = key_id_of(self.public)
+        self.public_raw = _raw_public(self.public)
+        self.key_id = key_id_of_raw(self.public_raw)
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
@@ -90,37 +81,39 @@ class SigningKey:
         return key
 
     def public_b64(self) -> str:
-        return base64.b64encode(_raw_public(self.public)).decode()
+        return base64.b64encode(self.public_raw).decode()
 
     def sign(self, manifest: Manifest) -> Manifest:
-        """The manifest with ``key_id`` set to this key and a fresh signature."""
-        stamped = manifest.model_copy(update={"key_id": self.key_id, "signature": ""})
+        """The manifest with ``key_id`` set to this key and a fresh signature.
+
+        The manifest is validated first, through the same decoding an agent does, so what is
+        signed is exactly what a device will check (an int where a float belongs, say, would
+        otherwise change the canonical bytes between here and the device)."""
+        stamped = manifest_from_dict(manifest.replace(key_id=self.key_id, signature="").to_dict())
         signature = self._private.sign(canonical_bytes(stamped))
-        return stamped.model_copy(update={"signature": base64.b64encode(signature).decode()})
+        return stamped.replace(signature=base64.b64encode(signature).decode())
 
 
 def generate_signing_key() -> SigningKey:
     return SigningKey(Ed25519PrivateKey.generate())
 
 
-def verify_manifest(manifest: Manifest, pinned: dict[str, Ed25519PublicKey]) -> None:
-    """Raise :class:`SignatureError` unless a pinned key with the manifest's key id signed it."""
-    public = pinned.get(manifest.key_id)
-    if public is None:
-        raise SignatureError(
-            f"manifest {manifest.name} v{manifest.version} is signed by unknown key id "
-            f"{manifest.key_id!r}; pinned: {sorted(pinned) or 'none'}"
-        )
+def verify_parts(parts: SignedParts) -> bool:
+    """The Ed25519 check itself: True when the signature is good."""
     try:
-        signature = base64.b64decode(manifest.signature, validate=True)
-    except ValueError:
-        raise SignatureError("manifest signature is not valid base64") from None
-    if len(signature) != 64:
-        raise SignatureError(f"manifest signature has {len(signature)} bytes, expected 64")
-    try:
-        public.verify(signature, canonical_bytes(manifest))
+        Ed25519PublicKey.from_public_bytes(parts.key).verify(parts.signature, parts.message)
     except InvalidSignature:
+        return False
+    return True
+
+
+def verify_manifest(
+    manifest: Manifest, pinned: Mapping[str, bytes] | Mapping[str, Ed25519PublicKey]
+) -> None:
+    """Raise :class:`SignatureError` unless a pinned key with the manifest's key id signed it."""
+    raw = {k: v if isinstance(v, bytes) else _raw_public(v) for k, v in pinned.items()}
+    if not verify_parts(signed_parts(manifest, raw)):
         raise SignatureError(
             f"manifest {manifest.name} v{manifest.version}: signature does not verify "
             f"with key {manifest.key_id}"
-        ) from None
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agent import STATUS_FILE, Agent
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, config_from_dict
 from simulator.scoring import GroundTruth
 from simulator.source import SimulatedSource
 
@@ -74,7 +74,7 @@ def agent_config(
             raw[section] = {**raw[section], **values}
         else:
             raw[section] = values
-    return AgentConfig.model_validate(raw)
+    return config_from_dict(raw)
 
 
 @dataclass

@@ -150,7 +150,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
 
     for h in batch.heartbeats:
         device = devices(h.device_id)
-        device.heartbeat = h.model_dump(mode="json", exclude={"v", "device_id"})
+        device.heartbeat = {k: v for k, v in h.to_dict().items() if k not in ("v", "device_id")}
         _seen(device, received)
     for s in batch.statuses:
         device = devices(s.device_id)

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.training.artifact import ModelArtifact
 from shared.codec import sha256_hex, split
-from shared.manifest import ChunkTable, Manifest
+from shared.manifest import ChunkTable, Manifest, manifest_from_dict
 from shared.signing import SigningKey
 from shared.topics import validate_model_name
 
@@ -91,9 +91,9 @@ def register_artifact(
             "windows": artifact.training_windows,
             "train_seconds": artifact.train_seconds,
         },
-        normalization=artifact.normalization.model_dump(mode="json"),
-        input=artifact.input.model_dump(mode="json"),
-        score=artifact.score.model_dump(mode="json"),
+        normalization=artifact.normalization.to_dict(),
+        input=artifact.input.to_dict(),
+        score=artifact.score.to_dict(),
         threshold=artifact.threshold,
         threshold_method=artifact.threshold_method,
         quantization=artifact.parity.quantization.value,
@@ -106,7 +106,7 @@ def register_artifact(
         validation=_jsonable(artifact.validation),
         extra=_jsonable(artifact.extra),
         key_id=key.key_id,
-        manifest=manifest.model_dump(mode="json"),
+        manifest=manifest.to_dict(),
         tflite=artifact.tflite,
         training_job_id=training_job_id,
     )
@@ -117,4 +117,4 @@ def register_artifact(
 
 
 def manifest_of(record: ModelVersion) -> Manifest:
-    return Manifest.model_validate(record.manifest, strict=False)
+    return manifest_from_dict(record.manifest)

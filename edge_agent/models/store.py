@@ -19,15 +19,15 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from edge_agent.models.verify import verify_manifest_isolated
 from shared.codec import ChunkError, check_chunk, reassemble, sha256_hex
+from shared.keys import SignatureError
 from shared.manifest import Manifest, ManifestError, parse_manifest
-from shared.signing import SignatureError, verify_manifest
 
 __all__ = ["ModelPointer", "ModelStore", "StoreError", "write_atomic"]
 
@@ -67,7 +67,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class ModelStore:
-    def __init__(self, root: Path, trusted: dict[str, Ed25519PublicKey]) -> None:
+    def __init__(self, root: Path, trusted: Mapping[str, bytes]) -> None:
+        """``trusted``: key id → the 32 raw bytes of each pinned Ed25519 public key."""
         self.root = Path(root)
         self.trusted = dict(trusted)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ class ModelStore:
 
     def verify_signature(self, manifest: Manifest) -> None:
         try:
-            verify_manifest(manifest, self.trusted)
+            verify_manifest_isolated(manifest, self.trusted)
         except SignatureError as exc:
             raise StoreError(f"signature check failed: {exc}") from None
 

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, config_from_dict
 from edge_agent.sources.base import Reading, SensorSource
 from shared.codec import sha256_hex, split
 from shared.manifest import (
@@ -268,7 +268,7 @@ def agent_config(broker: Broker, state_dir: Path, device_id: str, key: SigningKe
     }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
-    return AgentConfig.model_validate(raw)
+    return config_from_dict(raw)
 
 
 def normal_windows_error(data: bytes) -> float:

@@ -28,7 +28,7 @@ def _config(tmp_path: Path, key: SigningKey | None) -> Path:
 
 
 def _install(tmp_path: Path, key: SigningKey) -> Path:
-    store = ModelStore(tmp_path / "state" / "models", {key.key_id: key.public})
+    store = ModelStore(tmp_path / "state" / "models", {key.key_id: key.public_raw})
     manifest = make_manifest(key, DATA)
     store.accept_manifest(manifest.to_bytes(), name=manifest.name, version=manifest.version)
     for i, chunk in enumerate(split(DATA, manifest.chunk_size)):

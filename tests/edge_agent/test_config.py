@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.config import ConfigError, config_from_dict, load_config
 from shared.signing import generate_signing_key
 
 
@@ -35,7 +35,7 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
         ('device_id = "a"\n[outbox]\nmax_inflight = 0\n', "key 'outbox.max_inflight'"),
         ('device_id = "a"\n[log]\nlevel = "LOUD"\n', "key 'log.level'"),
         ('device_id = "a"\n[mqtt]\nreconnect_initial_s = 5\nreconnect_max_s = 1\n',
-         "reconnect_max_s 1.0 is below"),
+         "key 'mqtt.reconnect_max_s': 1.0 is below"),
         ('device_id = "a"\n[trust.keys]\nabcdef0123456789 = "bm90IGEga2V5"\n',
          "keys.abcdef0123456789"),
     ],
@@ -65,7 +65,7 @@ def test_not_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
 
 
 def test_in_process_dict_config_works_like_the_file() -> None:
-    config = AgentConfig.model_validate({"device_id": "sim-1", "log": {"json": True}})
+    config = config_from_dict({"device_id": "sim-1", "log": {"json": True}})
     assert config.log.json_format is True
 
 

@@ -54,7 +54,7 @@ def _unknown_key(key: SigningKey, hub: HubStandIn, version: int) -> None:
 def _truncated(key: SigningKey, hub: HubStandIn, version: int) -> None:
     short = DATA[: len(DATA) - 300]
     manifest = make_manifest(key, short, version=version, threshold=0.2, size=len(DATA))
-    signed: Manifest = key.sign(manifest.model_copy(update={"sha256": make_manifest(
+    signed: Manifest = key.sign(manifest.replace(**{"sha256": make_manifest(
         key, DATA).sha256}))
     hub.publish_model(signed, short)
 

@@ -13,7 +13,8 @@ import pytest
 from simulator.broker import Broker
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ["tensorflow", "keras", "fastapi", "sqlmodel"]
+# pydantic and cryptography too: each would cost the daemon several MB of its 60 MB budget.
+HEAVY = ["tensorflow", "keras", "fastapi", "sqlmodel", "pydantic", "cryptography"]
 
 
 @pytest.mark.integration
@@ -26,9 +27,9 @@ def test_importing_and_starting_the_agent_loads_no_heavy_module(
         import json, sys, time
         import edge_agent.cli, edge_agent.agent, edge_agent.daemon.runner
         from edge_agent.agent import Agent
-        from edge_agent.config import AgentConfig
+        from edge_agent.config import config_from_dict
         from edge_agent.inference.runtime import available_runtime
-        config = AgentConfig.model_validate({{
+        config = config_from_dict({{
             "device_id": "light-1", "state_dir": {str(tmp_path / "state")!r},
             "mqtt": {{"host": {broker.host!r}, "port": {broker.port}}},
             "source": {{"type": "csv", "options": {{"path": {str(csv)!r},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from edge_agent.config import ModelSettings
@@ -46,12 +47,12 @@ class Rig:
     def __init__(self, root: Path, key: SigningKey, **settings: object) -> None:
         self.link = RecordingLink()
         self.reports: list[ModelReport] = []
-        self.store = ModelStore(root, {key.key_id: key.public})
+        self.store = ModelStore(root, {key.key_id: key.public_raw})
         self.detector = Detector(CHANNELS)
         self.updater = ModelUpdater(
             store=self.store, topics=TOPICS, link=self.link, detector=self.detector,
             loader=lambda m, d: load_model(m, d, channels=CHANNELS),
-            settings=ModelSettings.model_validate({"shadow_windows": 0, **settings}),
+            settings=msgspec.convert({"shadow_windows": 0, **settings}, ModelSettings),
             on_report=self.reports.append,
         )
         self.i = 0

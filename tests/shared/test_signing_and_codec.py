@@ -60,7 +60,7 @@ def test_signed_manifest_verifies_after_a_round_trip() -> None:
 )
 def test_tampered_field_breaks_the_signature(field: str, value: object) -> None:
     key = generate_signing_key()
-    tampered = key.sign(_manifest()).model_copy(update={field: value})
+    tampered = key.sign(_manifest()).replace(**{field: value})
     with pytest.raises(SignatureError, match="does not verify"):
         verify_manifest(tampered, {key.key_id: key.public})
 
@@ -83,7 +83,7 @@ def test_truncated_signature_is_refused() -> None:
     signed = key.sign(_manifest())
     short = base64.b64encode(base64.b64decode(signed.signature)[:40]).decode()
     with pytest.raises(SignatureError, match="40 bytes, expected 64"):
-        verify_manifest(signed.model_copy(update={"signature": short}), {key.key_id: key.public})
+        verify_manifest(signed.replace(**{"signature": short}), {key.key_id: key.public})
 
 
 def test_signing_key_persists_with_private_permissions(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_signing_key_persists_with_private_permissions(tmp_path: Path) -> None:
 
 
 def test_manifest_with_inconsistent_chunk_count_is_refused() -> None:
-    data = _manifest().model_dump(mode="json")
+    data = _manifest().to_dict()
     data["chunks"]["count"] = 2
     data["chunks"]["sha256"] = data["chunks"]["sha256"][:2]
     with pytest.raises(ManifestError, match="needs 3"):
