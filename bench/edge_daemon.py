@@ -315,12 +315,13 @@ def main() -> None:
     print(f"measuring reconnects of {args.agents} links after a broker restart ...", flush=True)
     results.update(measure_reconnect_spread(args.agents, args.backoff_window, args.backoff_max))
     bars = {
-        "rss_bytes": (results["rss_bytes"], "<= 60 MB", results["rss_bytes"] <= 60 * 2**20),
+        "rss_bytes": (results["rss_bytes"], "<= 60,000,000", results["rss_bytes"] <= 60_000_000),
         "cpu_percent": (results["cpu_percent"], "<= 5 %", results["cpu_percent"] <= 5.0),
         "replay_readings_per_s": (results["replay_readings_per_s"], ">= 20,000",
                                   results["replay_readings_per_s"] >= 20_000),
         "reconnect_spread_s": (results["reconnect_spread_s"],
-                               f">= {args.backoff_window} s window",
+                               # n uniform draws span about (n-1)/(n+1) of the window
+                               f">= 0.8 x {args.backoff_window} s",
                                results["reconnect_spread_s"] >= 0.8 * args.backoff_window),
     }
     print(f"\n{'figure':<28}{'measured':>16}  {'bar':<18}ok")
