@@ -29,6 +29,7 @@ from edge_agent.sources.base import Reading, SensorSource
 from edge_agent.sources.registry import create_source
 from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
+from edge_agent.telemetry.presence import HubPresence
 from edge_agent.telemetry.sender import Sender
 from shared.keys import public_key_bytes
 from shared.messages import (
@@ -42,7 +43,7 @@ from shared.messages import (
     decode,
     encode,
 )
-from shared.topics import DeviceTopic, TopicError
+from shared.topics import HUB_STATUS, DeviceTopic, TopicError
 
 __all__ = ["Agent", "STATUS_FILE"]
 
@@ -71,6 +72,7 @@ class Agent:
         self.outbox_refusals = 0
         self._bad_topics: set[str] = set()
         self._worker_beat = time.monotonic()
+        self._link_lost_seen: float | None = None  # the link's last_lost_at already noted
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -89,7 +91,10 @@ class Agent:
         self.outbox = Outbox(
             state / "outbox.db", max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s,
             anomaly_max_age_s=cfg.outbox.anomaly_max_age_s, synchronous=cfg.outbox.synchronous,
+            resend_window_s=cfg.outbox.resend_window_s,
         )
+        self.presence = HubPresence(self.outbox, margin_s=cfg.outbox.resend_margin_s,
+                                    name=f"agent {self.device_id}")
         control: queue.Queue[LinkEvent] = queue.Queue()
         self.link = MqttLink(
             LinkSettings(
@@ -108,6 +113,7 @@ class Agent:
         self.link.set_birth(self.topics.status(self.device_id),
                             lambda: self._status(DeviceStatus.ONLINE))
         self.link.subscribe(self.topics.desired(self.device_id), 1)
+        self.link.subscribe(self.topics.all_hub_status(), 1)
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
         self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows)
@@ -210,6 +216,9 @@ class Agent:
             "bad_readings": self.bad_readings + self.source.bad_readings,
             "bad_messages": self.bad_messages,
             "outbox_refusals": self.outbox_refusals,
+            "outbox_kept": self.outbox.kept(),
+            "resent": self.outbox.resent,
+            "hub_resends": self.presence.resends,
             "reconnects": self.link.reconnects,
             "inference_us_p50": p50,
             "inference_us_p99": p99,
@@ -250,6 +259,7 @@ class Agent:
                 elif isinstance(item, list):
                     for reading in item:
                         self._on_reading(reading)
+                self._note_link_loss()
                 self.batcher.flush_if_due()
                 self.updater.tick()
                 failure = self.detector.take_failure()
@@ -318,11 +328,23 @@ class Agent:
                 self.updater.want(desired.model, desired.issued_at)
             elif parsed.kind in ("manifest", "chunk"):
                 self.updater.on_message(parsed, message.payload)
+            elif parsed.kind == HUB_STATUS and parsed.device_id is not None:
+                # A loss of this link comes before any message of the next connection: note
+                # it first, whether or not the worker's loop has seen it yet.
+                self._note_link_loss()
+                if self.presence.on_payload(parsed.device_id, message.payload) is not None:
+                    self.sender.wake()
         except (MessageError, TopicError) as exc:
             self.bad_messages += 1
             if message.topic not in self._bad_topics:
                 self._bad_topics.add(message.topic)
                 log.error("agent %s: bad message on %s: %s", self.device_id, message.topic, exc)
+
+    def _note_link_loss(self) -> None:
+        lost = self.link.last_lost_at
+        if lost is not None and lost != self._link_lost_seen:
+            self._link_lost_seen = lost
+            self.presence.link_lost(lost)
 
     def _publish_reported(self, report: ModelReport) -> None:
         message = Reported(

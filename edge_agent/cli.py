@@ -90,6 +90,7 @@ def _status(config: AgentConfig) -> dict[str, Any]:
             else round(time.time() - snap.oldest_created_at, 1),
             "drops": snap.drops.messages, "dropped_readings": snap.drops.telemetry_readings,
             "dropped_anomalies": snap.drops.anomalies, "next_seq": snap.next_seq,
+            "kept_for_resend": snap.kept,
         }
     store = ModelStore(state / "models", {}) if (state / "models").is_dir() else None
     pointers = (("current_model", store.current() if store else None),

@@ -3,8 +3,10 @@
 Each :class:`LiteDevice` has what a device has on the wire and on disk: its own MQTT v5
 connection (client id = device id, persistent session, retained last will), its own durable
 SQLite :class:`~edge_agent.telemetry.outbox.Outbox`, the agent's
-:class:`~edge_agent.telemetry.batcher.TelemetryBatcher` and
-:class:`~edge_agent.detect.detector.Detector`, and an in-flight window where a batch leaves the
+:class:`~edge_agent.telemetry.batcher.TelemetryBatcher`,
+:class:`~edge_agent.detect.detector.Detector` and
+:class:`~edge_agent.telemetry.presence.HubPresence` (a new hub session after an outage resends
+what the broker acknowledged meanwhile), and an in-flight window where a batch leaves the
 outbox only on its PUBACK. What differs from ``edge_agent.agent.Agent`` is the threading: instead
 of five threads per device, a few shard threads each drive hundreds of paho clients through one
 ``epoll`` selector (paho's own loop uses ``select()``, which cannot watch descriptors above
@@ -31,9 +33,10 @@ from edge_agent.detect.detector import Detection, Detector, LoadedModel
 from edge_agent.models.loader import load_model
 from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxEntry, Stream
+from edge_agent.telemetry.presence import HubPresence
 from shared.manifest import Manifest
-from shared.messages import AnomalyEvent, DeviceStatus, Status, encode
-from shared.topics import Topics
+from shared.messages import AnomalyEvent, DeviceStatus, MessageError, Status, encode
+from shared.topics import TopicError, Topics
 from simulator.fleet import DeviceSpec
 from simulator.shards import Shard
 from simulator.source import SimulatedSource
@@ -61,7 +64,9 @@ class LiteDevice:
         self.max_inflight = max_inflight
         self.source = SimulatedSource(**spec.source_options())
         self.channels = list(self.source.channels)
-        self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal")
+        self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal",
+                             resend_window_s=300.0)  # the agent's defaults
+        self.presence = HubPresence(self.outbox, margin_s=10.0, name=f"lite {self.device_id}")
         self.batcher = TelemetryBatcher(
             self.outbox, device_id=self.device_id, channels=self.channels,
             topic=topics.telemetry(self.device_id), max_readings=batch_max_readings,
@@ -75,9 +80,11 @@ class LiteDevice:
         self.acked_anomalies = 0
         self.connections = 0
         self.refused = 0
+        self.bad_messages = 0
         self.last_error: str | None = None
         self._inflight: dict[int, OutboxEntry] = {}
         self._acks: deque[tuple[int, bool]] = deque()  # filled by paho callbacks only
+        self._inbound: deque[tuple[str, bytes]] = deque()  # hub presence records, likewise
         self._link_changed = False
         self._connected = False
         self._stopping = False
@@ -106,6 +113,7 @@ class LiteDevice:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
@@ -130,6 +138,7 @@ class LiteDevice:
             return
         client.publish(self.topics.status(self.device_id),
                        _status(self.device_id, DeviceStatus.ONLINE), qos=1, retain=True)
+        client.subscribe(self.topics.all_hub_status(), 1)
         self.connections += 1
         self._connected = True
         self._link_changed = True
@@ -137,6 +146,8 @@ class LiteDevice:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        if self._connected:  # the shard's thread runs both paho and the presence: no race
+            self.presence.link_lost(time.time())
         self._connected = False
         self._link_changed = True
         if not self._stopping:
@@ -146,6 +157,9 @@ class LiteDevice:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
         self._acks.append((mid, not bool(getattr(reason, "is_failure", False))))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._inbound.append((message.topic, bytes(message.payload)))
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self.shard is not None:
@@ -224,6 +238,13 @@ class LiteDevice:
                     self.acked_readings += e.readings
                 else:
                     self.acked_anomalies += 1
+        while self._inbound:  # only hub presence is subscribed to
+            topic, payload = self._inbound.popleft()
+            try:
+                self.presence.on_payload(self.topics.parse(topic).device_id or "", payload)
+            except (MessageError, TopicError) as exc:
+                self.bad_messages += 1
+                self._note(f"bad message on {topic}: {exc}")
         if self._link_changed:
             self._link_changed = False
             self._inflight.clear()
@@ -255,6 +276,7 @@ class LiteDevice:
             "anomalies_raised": self.anomalies_raised, "anomalies_sent": self.acked_anomalies,
             "outbox_depth": self.outbox.depth(), "drops": drops.messages,
             "bad_readings": self.source.bad_readings, "reconnects": max(0, self.connections - 1),
+            "bad_messages": self.bad_messages, "resent": self.outbox.resent,
             "last_error": self.last_error,
         }
 

@@ -5,6 +5,12 @@ paho runs with ``manual_ack=True``; ``on_message`` only queues. One worker threa
 crash between receipt and commit makes the broker deliver them again, and the (device_id, seq)
 keys make that redelivery harmless. A bad payload becomes a dead letter (stored, counted, logged
 once with its topic, acknowledged) and ingest goes on.
+
+The ingest client also announces the hub: every connection gets a new session id, a retained
+offline :class:`HubStatus` as its last will, and, once the broker has granted every subscription
+(so that nothing the devices send from then on goes to nobody), a retained online record. A
+device that sees a new session after an outage sends again what the broker acknowledged while
+no hub may have been subscribed (:mod:`edge_agent.telemetry.presence`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +34,16 @@ from cloud_hub.mqtt.client import connect_and_wait, new_client
 from shared.messages import (
     MAX_PAYLOAD_BYTES,
     AnomalyEvent,
+    DeviceStatus,
     Heartbeat,
+    HubStatus,
     MessageError,
     Reported,
     Status,
     TelemetryBatch,
     WireMessage,
     decode,
+    encode,
 )
 from shared.topics import DeviceTopic, TopicError, Topics
 
@@ -68,6 +78,8 @@ class IngestStats:
     commits: int = 0
     commit_errors: int = 0
     last_commit_at: float | None = None
+    births: int = 0  # retained "online" records published, one per granted subscription set
+    subscribe_refusals: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -91,6 +103,7 @@ class MqttIngest:
         on_commit: Callable[[StoreResult], None] | None = None,
     ) -> None:
         self._engine = engine
+        self.client_id = client_id
         self._host, self._port, self._keepalive = host, port, keepalive
         self._topics = topics
         self._share_group = share_group
@@ -101,13 +114,27 @@ class MqttIngest:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.stats = IngestStats()
+        self.session = ""  # this connection's id in the hub's presence record; new per attempt
+        self._subscribe_mid: int | None = None
         self._client = new_client(client_id, manual_ack=True)
+        self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
 
-    # -- paho callbacks: no work, only hand-off -----------------------------------------
+    # -- paho callbacks: no work, only hand-off (and the hub's presence records) ----------
+    def _status(self, state: DeviceStatus) -> bytes:
+        return encode(HubStatus(device_id=self.client_id, state=state, session=self.session,
+                                at=time.time()))
+
+    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        # paho sends the will stored at each (re)connect: set this session's before each one.
+        self.session = uuid.uuid4().hex
+        client.will_set(self._topics.hub_status(self.client_id),
+                        self._status(DeviceStatus.OFFLINE), qos=1, retain=True)
+
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             log.warning("ingest: broker refused the connection: %s", rc)
@@ -117,8 +144,25 @@ class MqttIngest:
         else:
             subs = [(self._topics.all_devices(t), 1) for t in _SHARED]
         subs += [(self._topics.all_devices(t), 1) for t in _DIRECT]
-        client.subscribe(subs)
+        _rc, self._subscribe_mid = client.subscribe(subs)
         self._connected.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any], _p: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(rc) for rc in reason_codes if rc.value >= 0x80]
+        if refused:
+            with self._lock:
+                self.stats.subscribe_refusals += 1
+            log.error("ingest: broker refused subscriptions (%s); not announcing session %s",
+                      ", ".join(refused), self.session)
+            return
+        client.publish(self._topics.hub_status(self.client_id),
+                       self._status(DeviceStatus.ONLINE), qos=1, retain=True)
+        with self._lock:
+            self.stats.births += 1
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
@@ -141,10 +185,21 @@ class MqttIngest:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Store and acknowledge what was already received, then disconnect."""
+        """Store and acknowledge what was already received, announce the hub offline (retained;
+        a clean disconnect does not send the will), then disconnect."""
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        if self.connected:
+            info = self._client.publish(self._topics.hub_status(self.client_id),
+                                        self._status(DeviceStatus.OFFLINE), qos=1, retain=True)
+            try:
+                info.wait_for_publish(min(timeout, 5.0))
+                published = info.is_published()
+            except (RuntimeError, ValueError):  # the connection went away meanwhile
+                published = False
+            if not published:
+                log.warning("ingest: the broker did not acknowledge the hub's offline record")
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -153,6 +208,7 @@ class MqttIngest:
             data = self.stats.as_dict()
         data["queue_depth"] = self._queue.qsize()
         data["mqtt_connected"] = self.connected
+        data["session"] = self.session
         return data
 
     # -- worker --------------------------------------------------------------------------

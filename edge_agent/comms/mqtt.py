@@ -113,6 +113,8 @@ class MqttLink:
         self.connections = 0  # successful CONNACKs
         self.last_error: str | None = None
         self.last_connected_at: float | None = None  # time.monotonic() of the last CONNACK
+        # Wall clock (comparable with when the outbox saw PUBACKs) of the last lost connection
+        self.last_lost_at: float | None = None
         self._subscriptions: dict[str, int] = {}
         self._births: dict[str, bytes | Callable[[], bytes]] = {}
         self._lock = threading.Lock()
@@ -287,6 +289,8 @@ class MqttLink:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         was_connected = self._connected.is_set()
+        if was_connected:
+            self.last_lost_at = time.time()
         self._connected.clear()
         self._lost.set()
         if not self._stopping.is_set():

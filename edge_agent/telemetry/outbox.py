@@ -2,8 +2,10 @@
 
 SQLite in WAL mode, one explicit transaction per change. A message gets its ``seq`` here (per
 device and stream, monotonic across restarts, because the counter lives in the same database
-and transaction as the row) and is deleted only when the broker's PUBACK arrives (:meth:`ack`).
-After a reconnect or a restart everything still here is handed out again, in order.
+and transaction as the row) and leaves the outbox only when the broker's PUBACK arrives
+(:meth:`ack`). After a reconnect or a restart everything still here is handed out again, in order.
+With ``resend_window_s`` an acknowledged row is kept that long in a ``sent`` table, outside the
+bound, so that :meth:`Outbox.resend_acked_since` can send it again (see :mod:`.resend` for why).
 
 The outbox is bounded by bytes and age. When a new message does not fit, the oldest telemetry
 that is not in flight is dropped first; anomaly events go only when no telemetry is left, and
@@ -16,11 +18,14 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from edge_agent.telemetry import resend
 
 __all__ = ["DropStats", "Outbox", "OutboxEntry", "OutboxError", "OutboxSnapshot", "Stream"]
 
@@ -91,6 +96,7 @@ class OutboxSnapshot:
     oldest_created_at: float | None
     drops: DropStats
     next_seq: dict[str, int]
+    kept: int = 0  # acknowledged messages kept for a resend (not counted in depth or bytes)
 
 
 class Outbox:
@@ -104,6 +110,7 @@ class Outbox:
         max_age_s: float = 7 * 86400,
         anomaly_max_age_s: float = 30 * 86400,
         synchronous: str = "full",
+        resend_window_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if synchronous not in ("full", "normal"):
@@ -112,18 +119,24 @@ class Outbox:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.anomaly_max_age_s = anomaly_max_age_s
+        self.resend_window_s = resend_window_s  # 0: an acknowledged message is deleted at once
         self._clock = clock
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + resend.SCHEMA)
         row = self._db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox").fetchone()
         self._bytes, self._depth = int(row[0]), int(row[1])
+        self._kept, self._kept_bytes = resend.kept_totals(self._db)
         self._inflight: set[int] = set()
+        # In flight when a resend was asked for: their PUBACK may already be on its way (and
+        # the message lost like the others), so at that PUBACK they stay and go out again.
+        self._again_on_ack: set[int] = set()
         self._cursor = 0
         self._last_expiry = 0.0
+        self.resent = 0  # messages handed out again by resend_acked_since, since opening
 
     # -- writing -----------------------------------------------------------------------
     def add(
@@ -139,8 +152,7 @@ class Outbox:
         now = self._clock()
         with self._lock:
             self._maybe_expire(now)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 row = self._db.execute(
                     "SELECT next_seq FROM seqs WHERE device_id=? AND stream=?",
                     (device_id, stream.value),
@@ -164,15 +176,21 @@ class Outbox:
                     "ON CONFLICT (device_id, stream) DO UPDATE SET next_seq=excluded.next_seq",
                     (device_id, stream.value, seq + 1),
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._bytes += size - freed
             self._depth += 1 - dropped_count
             row_id = cur.lastrowid
             assert row_id is not None
         return OutboxEntry(row_id, device_id, stream, seq, topic, payload, readings, now)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _make_room(self, size: int, incoming: Stream) -> tuple[int, int]:
         """Drop oldest telemetry, then oldest anomalies, until ``size`` more bytes fit."""
@@ -230,11 +248,19 @@ class Outbox:
             ).fetchall()
             rows = [r for r in rows if r[0] not in self._inflight]
             if rows:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._delete_counted(stream, rows, reason=f"older than {max_age:.0f}s")
-                self._db.execute("COMMIT")
+                with self._transaction():
+                    self._delete_counted(stream, rows, reason=f"older than {max_age:.0f}s")
                 self._bytes -= sum(int(r[1]) for r in rows)
                 self._depth -= len(rows)
+        if self._kept:
+            # Kept rows are bounded too, by a quarter of the outbox: they are only insurance.
+            with self._transaction():
+                count, freed = resend.prune_kept(
+                    self._db, acked_before=now - self.resend_window_s,
+                    kept_bytes=self._kept_bytes, max_bytes=self.max_bytes // 4,
+                )
+            self._kept -= count
+            self._kept_bytes -= freed
 
     # -- sending -----------------------------------------------------------------------
     def take(self, limit: int) -> list[OutboxEntry]:
@@ -242,11 +268,15 @@ class Outbox:
         if limit <= 0:
             return []
         with self._lock:
+            # After a resend lowered the cursor, messages still in flight may lie beyond it.
+            skip = sum(1 for i in self._inflight if i > self._cursor)
             rows = self._db.execute(
                 "SELECT id, device_id, stream, seq, topic, payload, readings, created_at "
                 "FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (self._cursor, limit),
+                (self._cursor, limit + skip),
             ).fetchall()
+            if skip:
+                rows = [r for r in rows if int(r[0]) not in self._inflight][:limit]
             if rows:
                 self._cursor = int(rows[-1][0])
                 self._inflight.update(int(r[0]) for r in rows)
@@ -257,33 +287,53 @@ class Outbox:
         ]
 
     def ack(self, ids: Iterable[int]) -> int:
-        """The broker has these: delete them. Returns how many were still here."""
+        """The broker has these: they leave the outbox (kept for ``resend_window_s`` if set).
+        Returns how many were still here."""
         wanted = list(ids)
         if not wanted:
             return 0
         with self._lock:
-            sizes: list[Any] = []
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for row_id in wanted:
-                    sizes.extend(
-                        self._db.execute(
-                            "DELETE FROM outbox WHERE id=? RETURNING size", (row_id,)
-                        ).fetchall()
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            again = [i for i in wanted if i in self._again_on_ack]
+            done = [i for i in wanted if i not in self._again_on_ack] if again else wanted
+            with self._transaction():
+                if self.resend_window_s > 0:
+                    sizes = resend.keep_acked(self._db, done, self._clock())
+                else:
+                    sizes = resend.delete_acked(self._db, done)
             self._inflight.difference_update(wanted)
-            self._bytes -= sum(int(s[0]) for s in sizes)
+            if again:
+                self._again_on_ack.difference_update(again)
+                self._cursor = min(self._cursor, min(again) - 1)
+            self._bytes -= sum(sizes)
             self._depth -= len(sizes)
+            if self.resend_window_s > 0:
+                self._kept += len(sizes)
+                self._kept_bytes += sum(sizes)
         return len(sizes)
+
+    def resend_acked_since(self, since: float) -> int:
+        """Hand out again, first and in order, every message acknowledged at or after
+        ``since`` (and any in flight now, at its PUBACK); returns how many."""
+        with self._lock:
+            with self._transaction():
+                restored = resend.restore_since(self._db, since)
+            size = sum(s for _, s in restored)
+            self._kept -= len(restored)
+            self._kept_bytes -= size
+            self._bytes += size
+            self._depth += len(restored)
+            if restored:
+                self._cursor = min(self._cursor, restored[0][0] - 1)
+            self._again_on_ack.update(self._inflight)
+            count = len(restored) + len(self._inflight)
+            self.resent += count
+        return count
 
     def requeue_inflight(self) -> None:
         """The link went down: everything not acknowledged is handed out again, in order."""
         with self._lock:
             self._inflight.clear()
+            self._again_on_ack.clear()
             self._cursor = 0
 
     # -- looking -----------------------------------------------------------------------
@@ -295,6 +345,19 @@ class Outbox:
 
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def kept(self) -> int:
+        """Acknowledged messages kept for a resend."""
+        return self._kept
+
+    def meta(self, name: str) -> str | None:
+        """A small durable note kept beside the messages (e.g. the last hub session seen)."""
+        with self._lock:
+            return resend.read_meta(self._db, name)
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._lock:
+            resend.write_meta(self._db, name, value)
 
     def oldest_age(self) -> float:
         with self._lock:
@@ -329,7 +392,11 @@ class Outbox:
                 f"{d}/{s}": int(n)
                 for d, s, n in db.execute("SELECT device_id, stream, next_seq FROM seqs")
             }
-            return OutboxSnapshot(int(depth), int(size), oldest, _read_drops(db), seqs)
+            try:
+                kept = resend.kept_totals(db)[0]
+            except sqlite3.OperationalError:  # written by a version that kept nothing
+                kept = 0
+            return OutboxSnapshot(int(depth), int(size), oldest, _read_drops(db), seqs, kept)
         finally:
             db.close()
 

@@ -107,6 +107,102 @@ def test_old_telemetry_expires_and_is_counted(tmp_path: Path) -> None:
     assert [e.stream for e in outbox.take(10)] == [Stream.ANOMALIES, Stream.TELEMETRY]
 
 
+def _acked(outbox: Outbox, n: int) -> list[int]:
+    """Add ``n`` telemetry messages, hand them out and acknowledge them; their seqs."""
+    seqs = [_add(outbox) for _ in range(n)]
+    outbox.ack(e.id for e in outbox.take(n))
+    return seqs
+
+
+def test_acknowledged_messages_are_kept_outside_the_bound_then_pruned_by_age(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", resend_window_s=60, clock=lambda: now[0])
+    _acked(outbox, 3)
+    assert (outbox.depth(), outbox.pending_bytes(), outbox.kept()) == (0, 0, 3)
+    assert outbox.take(10) == [], "kept messages are not handed out by themselves"
+    now[0] += 30
+    _acked(outbox, 2)
+    now[0] += 40  # the first three are now 70 s old, the two others 40 s
+    _add(outbox)  # expiry runs as messages are added
+    assert outbox.kept() == 2
+    assert outbox.drops().messages == 0, "forgetting kept messages is not a drop"
+
+
+def test_kept_messages_are_bounded_by_a_quarter_of_the_outbox(tmp_path: Path) -> None:
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", max_bytes=4096, resend_window_s=300,
+                    clock=lambda: now[0])
+    _acked(outbox, 20)  # 2,000 bytes kept
+    now[0] += 2
+    _add(outbox)
+    assert outbox.kept() == 10, "the newest 1,024 bytes' worth of messages stay"
+    outbox.resend_acked_since(0.0)
+    assert [e.seq for e in outbox.take(100)] == list(range(10, 21))
+
+
+def test_resend_brings_back_exactly_the_messages_acked_since_in_order(tmp_path: Path) -> None:
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", resend_window_s=300, clock=lambda: now[0])
+    _acked(outbox, 3)  # seq 0-2 acknowledged at 1000
+    now[0] = 1010.0
+    _acked(outbox, 2)  # seq 3-4 acknowledged at 1010
+    _add(outbox)
+    _add(outbox)  # seq 5-6 waiting
+    assert outbox.resend_acked_since(1005.0) == 2
+    assert (outbox.depth(), outbox.pending_bytes(), outbox.kept()) == (4, 400, 3)
+    again = outbox.take(10)
+    assert [e.seq for e in again] == [3, 4, 5, 6], "the resent first, in their original order"
+    assert again[0].payload == _payload(3)
+    outbox.ack(e.id for e in again)
+    assert (outbox.depth(), outbox.pending_bytes(), outbox.kept()) == (0, 0, 7)
+    assert outbox.resend_acked_since(1005.0) == 4, "each message is kept once, not twice"
+
+
+def test_resend_never_hands_out_a_message_twice_while_it_is_in_flight(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", resend_window_s=300)
+    _acked(outbox, 2)
+    for _ in range(3):
+        _add(outbox)
+    in_flight = outbox.take(2)  # seq 2-3; seq 4 not yet handed out
+    assert outbox.resend_acked_since(0.0) == 4, "two kept, two in flight"
+    assert [e.seq for e in outbox.take(10)] == [0, 1, 4]
+    # The two in flight may have reached nobody either: at their PUBACK they go out again.
+    outbox.ack([in_flight[0].id])
+    assert outbox.depth() == 5, "nothing has left: seq 2 stays for its second sending"
+    second = outbox.take(10)
+    assert [e.seq for e in second] == [2]
+    outbox.ack([second[0].id])
+    assert (outbox.depth(), outbox.kept()) == (4, 1), "acknowledged again, it is kept as usual"
+
+
+def test_resend_window_zero_keeps_nothing(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", resend_window_s=0)
+    _acked(outbox, 3)
+    assert outbox.kept() == 0
+    assert outbox.resend_acked_since(0.0) == 0
+    assert outbox.take(10) == []
+    outbox.close()
+    assert Outbox.inspect(tmp_path / "o.db").kept == 0
+
+
+def test_kept_messages_and_notes_survive_reopening(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", resend_window_s=300)
+    _acked(outbox, 3)
+    outbox.set_meta("hub_session:hub-1", "0123abcd")
+    outbox.close()
+    assert Outbox.inspect(tmp_path / "o.db").kept == 3
+
+    reopened = Outbox(tmp_path / "o.db", resend_window_s=300)
+    assert (reopened.kept(), reopened.depth()) == (3, 0)
+    assert reopened.meta("hub_session:hub-1") == "0123abcd"
+    assert reopened.meta("hub_session:hub-2") is None
+    assert reopened.resend_acked_since(0.0) == 3
+    assert [e.seq for e in reopened.take(10)] == [0, 1, 2]
+    assert _add(reopened) == 3, "resending does not disturb the seq counter"
+
+
 @pytest.mark.integration
 def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None:
     """A message handed to a link whose broker is gone stays; it goes out after a reconnect."""

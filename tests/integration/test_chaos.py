@@ -1,11 +1,14 @@
-"""Nothing is lost when the network breaks: a device cut off; the broker restarted.
+"""Nothing is lost when the network breaks: a device cut off; the broker restarted, with or
+without its saved state, while the hub is away.
 
-Real mosquitto, real ``cloud-hub serve``, two real agents, each behind a chaos proxy. At the end
+Real mosquitto, real ``cloud-hub serve``, real agents (some behind a chaos proxy). At the end
 every reading each source produced must be stored at the hub exactly once.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +57,8 @@ def _stored(hub: HubClient) -> dict[str, int]:
     return {r["device_id"]: r["readings"] for r in hub.get("/telemetry/summary")}
 
 
-def _assert_everything_stored_once(hub: HubClient, fleet: Fleet) -> None:
+def _lost_after_stop(hub: HubClient, fleet: Fleet) -> dict[str, int]:
+    """Stop the agents, let the hub store what they flushed; readings never stored, per device."""
     fleet.stop()
     generated = fleet.samples_generated()
 
@@ -74,8 +78,13 @@ def _assert_everything_stored_once(hub: HubClient, fleet: Fleet) -> None:
         elif time.monotonic() - still_since > 3.0:
             break
     stored = _stored(hub)
-    lost = {d: n - stored.get(d, 0) for d, n in generated.items() if stored.get(d, 0) != n}
+    return {d: n - stored.get(d, 0) for d, n in generated.items() if stored.get(d, 0) != n}
+
+
+def _assert_everything_stored_once(hub: HubClient, fleet: Fleet) -> None:
+    lost = _lost_after_stop(hub, fleet)
     assert not lost, f"readings generated but not stored, per device: {lost}"
+    generated = fleet.samples_generated()
     for device_id, n in generated.items():
         ts = np.asarray(hub.get("/telemetry", device_id=device_id)["ts"])
         assert len(ts) == n and np.all(np.diff(ts) > 0)
@@ -134,3 +143,116 @@ def test_broker_restart_loses_nothing(broker: Broker, hub: HubClient, direct_fle
     wait_for(lambda: all(_stored(hub)[d] > mark[d] + 20 for d in agents.devices), 60,
              "telemetry flowing again after the restart")
     _assert_everything_stored_once(hub, agents)
+
+
+# -- the broker loses its state while the hub is away ------------------------------------------
+# A broker that comes back without its saved state (a crash between two saves, a fail-over to
+# a fresh broker) has no session for the hub: it acknowledges what the agents send before the
+# hub has subscribed again and delivers it to nobody. The hub's new session makes every agent
+# send again what was acknowledged since its outage began.
+
+
+def _restart_without_state(broker: Broker) -> None:
+    broker.stop()
+    for saved in broker.workdir.glob("mosquitto.db*"):
+        saved.unlink()
+    broker.start()
+
+
+@pytest.fixture
+def hub_process(broker: Broker, tmp_path: Path) -> Iterator[HubProcess]:
+    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port).start(timeout=120)
+    try:
+        yield process
+    finally:
+        if process.pid is not None:
+            os.kill(process.pid, signal.SIGCONT)  # harmless unless a test left it paused
+        process.stop()
+
+
+@pytest.fixture
+def hub_client(hub_process: HubProcess) -> Iterator[HubClient]:
+    client = HubClient(hub_process.url, hub_process.admin_api_key)  # the same across restarts
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _fleet(broker: Broker, root: Path, **outbox: float) -> Fleet:
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=root, trust_keys={},
+              overrides={"outbox": dict(outbox)} if outbox else {})
+    for i in range(3):
+        f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0))
+    return f
+
+
+def _acknowledged_with_no_hub(agents: Fleet) -> None:
+    """Agents reconnect to a broker that lost its state and send, while no hub listens."""
+    wait_for(lambda: all(s["connected"] for s in agents.statuses().values()), 60,
+             "agents reconnecting to the broker")
+    sent = {d: s["readings_sent"] for d, s in agents.statuses().items()}
+    wait_for(lambda: all(s["readings_sent"] > sent[d] + 20
+                         for d, s in agents.statuses().items()), 30,
+             "readings acknowledged by the broker while no hub was subscribed")
+
+
+def _stopped_hub_then_broker_without_state(
+    broker: Broker, process: HubProcess, hub: HubClient, agents: Fleet
+) -> None:
+    wait_for(lambda: all(_stored(hub).get(d, 0) > 20 for d in agents.devices), 30,
+             "first telemetry")
+    process.stop()  # the hub announces it is offline
+    _restart_without_state(broker)
+    _acknowledged_with_no_hub(agents)
+    process.start(timeout=120)
+
+
+def test_hub_back_after_the_broker_lost_its_state_is_sent_everything_again(
+    broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
+) -> None:
+    agents = _fleet(broker, tmp_path / "agents")
+    agents.start()
+    try:
+        _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)
+        wait_for(lambda: all(s["hub_resends"] >= 1 for s in agents.statuses().values()), 30,
+                 "every agent sending again for the hub's new session")
+        _assert_everything_stored_once(hub_client, agents)
+    finally:
+        agents.stop()
+
+
+def test_hub_slower_than_the_agents_after_the_broker_lost_its_state_gets_everything(
+    broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
+) -> None:
+    # No offline record this time: the hub is paused, not stopped, so only the agents' own
+    # outage tells them that what the broker acknowledged from then on may have gone nowhere.
+    agents = _fleet(broker, tmp_path / "agents")
+    agents.start()
+    try:
+        wait_for(lambda: all(_stored(hub_client).get(d, 0) > 20 for d in agents.devices), 30,
+                 "first telemetry")
+        assert hub_process.pid is not None
+        os.kill(hub_process.pid, signal.SIGSTOP)
+        _restart_without_state(broker)
+        _acknowledged_with_no_hub(agents)
+        os.kill(hub_process.pid, signal.SIGCONT)
+        wait_for(lambda: all(s["hub_resends"] >= 1 for s in agents.statuses().values()), 60,
+                 "every agent sending again for the hub's new session")
+        _assert_everything_stored_once(hub_client, agents)
+    finally:
+        agents.stop()
+
+
+def test_without_resending_the_same_outage_loses_readings(
+    broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
+) -> None:
+    # The control experiment: the scenario above really loses what it must recover.
+    agents = _fleet(broker, tmp_path / "agents", resend_window_s=0)
+    agents.start()
+    try:
+        _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)
+        lost = _lost_after_stop(hub_client, agents)
+    finally:
+        agents.stop()
+    assert set(lost) == set(agents.devices) and all(n > 20 for n in lost.values()), lost

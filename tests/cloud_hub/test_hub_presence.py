@@ -1,0 +1,163 @@
+"""The hub's presence record: a retained HubStatus, online with a fresh session once its
+subscriptions are granted, offline as its will and when it stops. Real mosquitto, real Hub."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import create_engine
+
+from cloud_hub.mqtt.ingest import MqttIngest
+from cloud_hub.service import Hub
+from shared.messages import DeviceStatus, HubStatus, decode, encode
+from shared.topics import Topics
+from simulator.broker import Broker
+from simulator.netem import LinkProxy
+from tests.cloud_hub.conftest import hub_settings
+from tests.cloud_hub.helpers import (
+    Subscriber,
+    publish_wait,
+    publisher_client,
+    stand_in_training,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+
+def _next_status(sub: Subscriber, state: DeviceStatus, *, not_of: tuple[str, ...] = (),
+                 timeout: float = 15.0) -> HubStatus:
+    """The next presence record in ``state`` the subscriber receives, skipping others and those
+    of the sessions ``not_of`` (QoS 1 may deliver a record again: paho resends a birth whose
+    PUBACK was lost with the connection)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = sub.messages.get(timeout=left)
+        except queue.Empty:
+            break
+        status = decode(HubStatus, bytes(message.payload))
+        if status.state == state and status.session not in not_of:
+            return status
+    raise AssertionError(f"no {state.value} hub status within {timeout}s")
+
+
+def _retained_status(port: int, topic: str) -> HubStatus:
+    """What a device that subscribes now is told first: the retained record."""
+    sub = Subscriber(port, topic, client_id="test-late-sub")
+    try:
+        return decode(HubStatus, bytes(sub.messages.get(timeout=10).payload))
+    finally:
+        sub.close()
+
+
+@pytest.fixture
+def proxy(broker: Broker) -> Iterator[LinkProxy]:
+    p = LinkProxy(broker.host, broker.port, name="hub-link")
+    yield p
+    p.close()
+
+
+def test_hub_announces_a_new_session_per_connection_and_its_will_follows_it(
+    broker: Broker, proxy: LinkProxy, tmp_path: Path
+) -> None:
+    settings = hub_settings(broker, tmp_path / "hub").model_copy(update={"mqtt_port": proxy.port})
+    topic = settings.topics.hub_status(settings.mqtt_client_id)
+    sub = Subscriber(broker.port, topic)
+    hub = Hub(settings, run_training=stand_in_training())
+    try:
+        hub.start()
+        first = _next_status(sub, DeviceStatus.ONLINE)
+        assert first.device_id == settings.mqtt_client_id
+        assert first.session == hub.ingest.session == hub.ingest.snapshot()["session"]
+
+        # The connection drops without a goodbye: the broker publishes the will, which names
+        # the session that was lost; the reconnect announces a new one, with a new will.
+        proxy.cut()
+        assert _next_status(sub, DeviceStatus.OFFLINE).session == first.session
+        proxy.restore()
+        second = _next_status(sub, DeviceStatus.ONLINE, not_of=(first.session,))
+        proxy.cut()
+        assert _next_status(sub, DeviceStatus.OFFLINE, not_of=(first.session,)).session \
+            == second.session, "the will was set again for the new session"
+        proxy.restore()
+        third = _next_status(sub, DeviceStatus.ONLINE, not_of=(first.session, second.session))
+        assert hub.ingest.snapshot()["births"] == 3
+
+        hub.stop()
+        assert _next_status(sub, DeviceStatus.OFFLINE, not_of=(first.session, second.session)) \
+            .session == third.session
+        retained = _retained_status(broker.port, topic)
+        assert (retained.state, retained.session) == (DeviceStatus.OFFLINE, third.session)
+    finally:
+        hub.stop()
+        sub.close()
+
+
+def test_telemetry_sent_once_the_hub_is_announced_is_stored(broker: Broker, tmp_path: Path) -> None:
+    from tests.cloud_hub.test_ingest import _batch
+
+    settings = hub_settings(broker, tmp_path / "hub")
+    sub = Subscriber(broker.port, settings.topics.hub_status(settings.mqtt_client_id))
+    hub = Hub(settings, run_training=stand_in_training())
+    device = publisher_client(broker.port)
+    try:
+        hub.start()
+        _next_status(sub, DeviceStatus.ONLINE)
+        publish_wait(device, settings.topics.telemetry("pump-1"), encode(_batch("pump-1", 0)))
+        wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="batch stored")
+    finally:
+        device.disconnect()
+        device.loop_stop()
+        hub.stop()
+        sub.close()
+
+
+class _RecordingClient:
+    """Stands in for paho where the SUBACK callback publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, int, bool]] = []
+        self.will: tuple[str, bytes, int, bool] | None = None
+
+    def will_set(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.will = (topic, payload, qos, retain)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.published.append((topic, payload, qos, retain))
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_hub_announces_itself_only_when_every_subscription_is_granted(refused: bool) -> None:
+    # mosquitto's ACL file does not refuse subscriptions (it filters deliveries), so the
+    # refusal is handed to the SUBACK callback directly.
+    topics = Topics()
+    ingest = MqttIngest(create_engine("sqlite://"), host="127.0.0.1", port=1, topics=topics,
+                        client_id="hub-a")
+    client = _RecordingClient()
+    ingest._on_pre_connect(client, None)  # type: ignore[arg-type]
+    assert client.will is not None
+    will = decode(HubStatus, client.will[1])
+    assert (will.state, will.session) == (DeviceStatus.OFFLINE, ingest.session)
+    ingest._subscribe_mid = 7
+    codes = [ReasonCode(PacketTypes.SUBACK, identifier=1),
+             ReasonCode(PacketTypes.SUBACK, identifier=0x87 if refused else 1)]
+    ingest._on_subscribe(client, None, 8, codes, None)  # type: ignore[arg-type]
+    assert client.published == [], "the SUBACK of another subscription is not the hub's"
+    ingest._on_subscribe(client, None, 7, codes, None)  # type: ignore[arg-type]
+    stats = ingest.snapshot()
+    if refused:
+        assert client.published == []
+        assert (stats["subscribe_refusals"], stats["births"]) == (1, 0)
+    else:
+        [(topic, payload, qos, retain)] = client.published
+        status = decode(HubStatus, payload)
+        assert (topic, qos, retain) == (topics.hub_status("hub-a"), 1, True)
+        assert (status.state, status.session) == (DeviceStatus.ONLINE, ingest.session)
+        assert (stats["subscribe_refusals"], stats["births"]) == (0, 1)
