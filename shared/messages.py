@@ -170,8 +170,9 @@ class HubStatus(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
     ``session`` is new on every connection. An agent that sees a session it has not seen
     before, after its own link or the hub was down, sends again what the broker acknowledged
-    around that outage: a broker restarted from persistence does not queue for the hub until
-    the hub reconnects, so those messages may have reached nobody (the hub dedups by seq).
+    around that outage: a broker that came back without the hub's session (a crash between two
+    saves, a fail-over, shared subscriptions, which mosquitto 2.0 does not restore) acknowledged
+    messages that reached nobody. The hub dedups on (device_id, seq).
     """
 
     state: DeviceStatus

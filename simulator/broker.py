@@ -61,6 +61,15 @@ def _let_broker_write(folder: Path) -> None:
     os.chown(folder, entry.pw_uid, entry.pw_gid)
 
 
+def _persistence_dir() -> Path:
+    # Its own folder directly under the system temp dir: a caller's ``workdir`` often sits in
+    # a root-only (0700) temp folder that the ``mosquitto`` user cannot even enter, and then
+    # every save fails with "Permission denied" and a restart comes back empty.
+    folder = Path(tempfile.mkdtemp(prefix="edgeloop-mosquitto-db-"))
+    _let_broker_write(folder)
+    return folder
+
+
 class Broker:
     """A mosquitto process; ``stop()`` and ``start()`` again keep the same port and persistence."""
 
@@ -70,7 +79,7 @@ class Broker:
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeloop-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _let_broker_write(self.workdir)
+        self.data_dir = _persistence_dir()
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -80,7 +89,7 @@ class Broker:
         base = repo_mosquitto_conf().read_text()
         self.conf_path.write_text(
             f"listener {self.port} {self.host}\n"
-            f"persistence_location {self.workdir}/\n"
+            f"persistence_location {self.data_dir}/\n"
             + base
         )
 
@@ -137,6 +146,7 @@ class Broker:
 
     def close(self) -> None:
         self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

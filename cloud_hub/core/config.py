@@ -27,8 +27,8 @@ class Settings(BaseSettings):
     mqtt_keepalive: int = Field(default=30, ge=5)
     # Empty: one hub, plain subscriptions in a persistent session, which mosquitto 2.0 restores
     # after a broker restart. A group name (e.g. "hub"): several hub processes split the load
-    # with $share/<group>/..., but mosquitto 2.0 does not restore shared subscriptions from its
-    # persistence, so what devices resend before the hubs re-subscribe is delivered to nobody.
+    # with $share/<group>/..., which mosquitto 2.0 does not restore from its persistence; the
+    # agents' resend to a new hub session (HubStatus) covers what reached nobody meanwhile.
     mqtt_share_group: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,64}$")
     topic_prefix: str = "edgeloop/v1"
     signing_key_path: Path | None = None

@@ -28,8 +28,8 @@ def new_client(client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
         protocol=mqtt.MQTTv5,
         manual_ack=manual_ack,
     )
-    # Retry every second: until the hub is back, mosquitto 2.0 does not queue for its session
-    # after a broker restart (measured in the chaos scenario: loss halved against 1..10 s).
+    # Retry every second: the hub is one client, not a fleet, and the sooner it is back the
+    # fewer messages the agents have to send again (see HubStatus).
     client.reconnect_delay_set(min_delay=1, max_delay=1)
     return client
 

@@ -154,7 +154,7 @@ def test_broker_restart_loses_nothing(broker: Broker, hub: HubClient, direct_fle
 
 def _restart_without_state(broker: Broker) -> None:
     broker.stop()
-    for saved in broker.workdir.glob("mosquitto.db*"):
+    for saved in broker.data_dir.glob("mosquitto.db*"):
         saved.unlink()
     broker.start()
 
