@@ -17,6 +17,7 @@ from types import FrameType
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.daemon.logs import setup_logging
+from edge_agent.daemon.memory import limit_malloc_arenas
 from edge_agent.daemon.sdnotify import notify, watchdog_interval
 
 __all__ = ["run"]
@@ -80,6 +81,7 @@ def run(path: Path) -> int:
         log.error("%s", exc)
         return 2
     setup_logging(config.log.level, config.log.json_format)
+    limit_malloc_arenas()
     signals = _Signals()
     signals.install()
     agent = Agent(config)
