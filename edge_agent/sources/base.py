@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["BadRowCounter", "Reading", "SensorSource", "SourceError",
-           "channel_list", "finite_values", "reading_from_json"]
+__all__ = ["BadRowCounter", "Reading", "SensorSource", "SourceError", "channel_list", "drain",
+           "finite_values", "reading_from_json", "refuse_unknown_options"]
+
+T = TypeVar("T")
 
 
 class SourceError(ValueError):
@@ -119,3 +123,24 @@ def channel_list(options: dict[str, Any], source_type: str) -> list[str]:
             f"{source_type!r}, got {channels!r}"
         )
     return list(channels)
+
+
+def refuse_unknown_options(options: dict[str, Any], known: Iterable[str],
+                           source_type: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SourceError(f"source.options: unknown key(s) {unknown} for type {source_type!r}; "
+                          f"known: {sorted(known)}")
+
+
+def drain(items: queue.Queue[T], timeout: float) -> list[T]:
+    """Wait up to ``timeout`` for one item, then take whatever else is already there."""
+    try:
+        out = [items.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            out.append(items.get_nowait())
+        except queue.Empty:
+            return out

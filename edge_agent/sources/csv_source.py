@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from edge_agent.sources.base import BadRowCounter, Reading, SensorSource, SourceError, finite_values
+from edge_agent.sources.base import (
+    BadRowCounter,
+    Reading,
+    SensorSource,
+    SourceError,
+    finite_values,
+    refuse_unknown_options,
+)
 
 __all__ = ["CsvSource", "create_source"]
 
@@ -191,10 +198,7 @@ class CsvSource(SensorSource):
 
 
 def create_source(options: dict[str, Any]) -> CsvSource:
-    unknown = sorted(set(options) - _KNOWN)
-    if unknown:
-        raise SourceError(f"source.options: unknown key(s) {unknown} for type 'csv'; "
-                          f"known: {sorted(_KNOWN)}")
+    refuse_unknown_options(options, _KNOWN, "csv")
     if "path" not in options:
         raise SourceError("source.options.path is required for type 'csv'")
     try:

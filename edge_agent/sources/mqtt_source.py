@@ -20,7 +20,9 @@ from edge_agent.sources.base import (
     SensorSource,
     SourceError,
     channel_list,
+    drain,
     reading_from_json,
+    refuse_unknown_options,
 )
 
 __all__ = ["MqttSource", "create_source"]
@@ -45,28 +47,19 @@ class MqttSource(SensorSource):
 
     def read(self, timeout: float) -> list[Reading]:
         out: list[Reading] = []
-        try:
-            message = self._inbound.get(timeout=timeout)
-        except queue.Empty:
-            return out
-        while True:
+        for message in drain(self._inbound, timeout):
             try:
                 out.append(reading_from_json(message.payload, self.channels, time.time()))
             except ValueError as exc:
                 self._bad.skip(f"message on {message.topic}", str(exc))
-            try:
-                message = self._inbound.get_nowait()
-            except queue.Empty:
-                return out
+        return out
 
     def close(self) -> None:
         self._link.stop(timeout=2.0)
 
 
 def create_source(options: dict[str, Any]) -> MqttSource:
-    unknown = sorted(set(options) - _KNOWN)
-    if unknown:
-        raise SourceError(f"source.options: unknown key(s) {unknown} for type 'mqtt'")
+    refuse_unknown_options(options, _KNOWN, "mqtt")
     topic = options.get("topic")
     if not isinstance(topic, str) or not topic:
         raise SourceError(f"source.options.topic is required for type 'mqtt', got {topic!r}")

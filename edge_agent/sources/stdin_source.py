@@ -17,9 +17,10 @@ from edge_agent.sources.base import (
     BadRowCounter,
     Reading,
     SensorSource,
-    SourceError,
     channel_list,
+    drain,
     reading_from_json,
+    refuse_unknown_options,
 )
 
 __all__ = ["StdinSource", "create_source"]
@@ -57,31 +58,22 @@ class StdinSource(SensorSource):
 
     def read(self, timeout: float) -> list[Reading]:
         out: list[Reading] = []
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return out
-        while True:
+        for item in drain(self._queue, timeout):
             if item is _END:
                 self._done = True
-                return out
+                break
             assert isinstance(item, tuple)
             number, line = item
             try:
                 out.append(reading_from_json(line, self.channels, time.time()))
             except ValueError as exc:
                 self._bad.skip(f"line {number}", str(exc))
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return out
+        return out
 
     def close(self) -> None:
         self._closed.set()
 
 
 def create_source(options: dict[str, Any]) -> StdinSource:
-    unknown = sorted(set(options) - {"channels"})
-    if unknown:
-        raise SourceError(f"source.options: unknown key(s) {unknown} for type 'stdin'")
+    refuse_unknown_options(options, {"channels"}, "stdin")
     return StdinSource(channel_list(options, "stdin"))
