@@ -14,9 +14,13 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEVICE_ID_PATTERN",
     "MODEL_NAME_PATTERN",
+    "DEVICE_WRITES",
     "HUB_STATUS",
+    "HUB_WRITES",
+    "TRUST",
     "DeviceTopic",
     "ParsedTopic",
+    "TopicAccess",
     "TopicError",
     "Topics",
     "validate_device_id",
@@ -30,6 +34,7 @@ _DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
 _MODEL_NAME_RE = re.compile(rf"^{MODEL_NAME_PATTERN}$")
 HUB_SHARE_GROUP = "hub"
 HUB_STATUS = "hub_status"  # ParsedTopic.kind of a hub's presence topic
+TRUST = "trust"  # ParsedTopic.kind of a trust list (its version in model_version)
 
 
 class TopicError(ValueError):
@@ -45,6 +50,20 @@ class DeviceTopic(StrEnum):
     HEARTBEAT = "heartbeat"
     REPORTED = "reported"
     DESIRED = "desired"
+    ACK = "ack"  # hub -> agent, retained: what the hub has stored (delivery watermark)
+    DRIFT = "drift"  # agent -> hub: statistics of what the model sees, never raw readings
+
+
+# Who writes which device stream: the ACL and the hub's subscriptions are built from these.
+DEVICE_WRITES = (
+    DeviceTopic.TELEMETRY,
+    DeviceTopic.ANOMALIES,
+    DeviceTopic.STATUS,
+    DeviceTopic.HEARTBEAT,
+    DeviceTopic.REPORTED,
+    DeviceTopic.DRIFT,
+)
+HUB_WRITES = (DeviceTopic.DESIRED, DeviceTopic.ACK)
 
 
 def validate_device_id(device_id: str) -> str:
@@ -76,6 +95,17 @@ class ParsedTopic:
     model_name: str | None = None
     model_version: int | None = None
     chunk_index: int | None = None
+
+
+@dataclass(frozen=True)
+class TopicAccess:
+    """What one MQTT identity may do: topics it may publish to, filters it may subscribe to.
+
+    The broker's ACL (whatever enforces it) is generated from this, so adding a topic here
+    is the only change the ACL needs."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -130,6 +160,15 @@ class Topics:
     def chunks_filter(self, name: str, version: int) -> str:
         return f"{self.model_prefix(name, version)}/chunks/+"
 
+    # -- the trust list (signed key sets, one retained record per version) -----------------
+    def trust(self, version: int) -> str:
+        """Retained, signed trust list ``version``; agents walk the versions in order."""
+        _validate_version(version)
+        return f"{self.prefix}/trust/{version}"
+
+    def all_trust(self) -> str:
+        return f"{self.prefix}/trust/+"
+
     # -- the hub's own presence -----------------------------------------------------------
     def hub_status(self, hub_id: str) -> str:
         """Retained birth/will of one hub process (its ingest client id)."""
@@ -138,6 +177,27 @@ class Topics:
 
     def all_hub_status(self) -> str:
         return f"{self.prefix}/hub/+/status"
+
+    # -- who may do what (the ACL) ------------------------------------------------------
+    def device_access(self, device_id: str) -> TopicAccess:
+        """A device writes only its own streams and reads only its own ``desired`` and
+        ``ack``, the models, the trust lists and the hubs' status."""
+        return TopicAccess(
+            publish=tuple(self.device(device_id, t) for t in DEVICE_WRITES),
+            subscribe=tuple(self.device(device_id, t) for t in HUB_WRITES)
+            + (f"{self.prefix}/models/#", self.all_trust(), self.all_hub_status()),
+        )
+
+    def hub_access(self, hub_id: str) -> TopicAccess:
+        """A hub reads every device stream and writes ``desired``, ``ack``, the models, the
+        trust lists and its own status record."""
+        return TopicAccess(
+            publish=tuple(self.all_devices(t) for t in HUB_WRITES)
+            + (f"{self.prefix}/models/#", f"{self.prefix}/trust/#", self.hub_status(hub_id)),
+            subscribe=(f"{self.prefix}/devices/#", f"$share/+/{self.prefix}/devices/#",
+                       f"{self.prefix}/models/#", f"{self.prefix}/trust/#",
+                       self.all_hub_status()),
+        )
 
     # -- subscription filters ----------------------------------------------------------
     def all_devices(self, which: DeviceTopic | str) -> str:
@@ -174,6 +234,9 @@ class Topics:
                 return ParsedTopic(
                     kind="chunk", model_name=name, model_version=version, chunk_index=index
                 )
+        if len(parts) == 2 and parts[0] == "trust":
+            return ParsedTopic(kind=TRUST, model_version=_parse_int(parts[1], "trust version",
+                                                                     topic))
         if len(parts) == 3 and parts[0] == "hub" and parts[2] == "status":
             return ParsedTopic(kind=HUB_STATUS, device_id=validate_device_id(parts[1]))
         raise TopicError(f"topic {topic!r} does not follow the edgeloop layout")
