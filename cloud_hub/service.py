@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from cloud_hub.core.config import Settings
 from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
@@ -26,9 +26,12 @@ from cloud_hub.rollouts.controller import RolloutController
 from cloud_hub.training.artifact import ModelArtifact
 from shared.signing import SigningKey
 
-__all__ = ["Hub"]
+__all__ = ["BOOTSTRAP_KEY_NAME", "GENERATED_KEY_NAME", "Hub"]
 
 log = logging.getLogger(__name__)
+
+BOOTSTRAP_KEY_NAME = "bootstrap-admin"  # the key from EDGELOOP_ADMIN_API_KEY
+GENERATED_KEY_NAME = "generated-admin"  # made at first start when none is configured
 
 
 class Hub:
@@ -89,17 +92,28 @@ class Hub:
     def ensure_admin_key(self) -> str | None:
         """Store the bootstrap admin key; generate one when none is configured and none exists.
 
-        Returns a newly generated key (to be shown once) or None.
+        A configured key (``EDGELOOP_ADMIN_API_KEY``) replaces the bootstrap key before it: a
+        previous configured or generated bootstrap key is revoked, so changing the variable
+        and restarting is how the bootstrap key is rotated. A configured key that an admin
+        revoked stays revoked. Returns a newly generated key (to be shown once, on the
+        terminal, never logged) or None.
         """
         with Session(self.engine) as session:
             configured = self.settings.admin_api_key
             if configured:
                 digest = hash_api_key(configured)
                 if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
-                    session.add(ApiKey(name="bootstrap-admin", key_hash=digest,
+                    session.add(ApiKey(name=BOOTSTRAP_KEY_NAME, key_hash=digest,
                                        prefix=configured[:8], scope=Scope.ADMIN.value,
                                        created_at=time.time()))
-                    session.commit()
+                for old in session.exec(select(ApiKey).where(
+                        col(ApiKey.name).in_((BOOTSTRAP_KEY_NAME, GENERATED_KEY_NAME)),
+                        ApiKey.key_hash != digest, ApiKey.revoked_at == None)):  # noqa: E711
+                    old.revoked_at = time.time()
+                    session.add(old)
+                    log.warning("API key id %s (%s) revoked: EDGELOOP_ADMIN_API_KEY changed",
+                                old.id, old.name)
+                session.commit()
                 return None
             has_admin = session.exec(
                 select(ApiKey).where(ApiKey.scope == Scope.ADMIN.value,
@@ -108,7 +122,7 @@ class Hub:
             if has_admin is not None:
                 return None
             key = generate_api_key()
-            session.add(ApiKey(name="generated-admin", key_hash=hash_api_key(key),
+            session.add(ApiKey(name=GENERATED_KEY_NAME, key_hash=hash_api_key(key),
                                prefix=key[:8], scope=Scope.ADMIN.value, created_at=time.time()))
             session.commit()
             self.generated_admin_key = key

@@ -5,12 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from cloud_hub import __version__
+from cloud_hub.api.body_limit import BodySizeLimit
 from cloud_hub.api.routes import data, devices, models, rollouts, system, training
 from cloud_hub.service import Hub
 
-__all__ = ["API_PREFIX", "create_app"]
+__all__ = ["API_PREFIX", "UPLOAD_PATHS", "create_app"]
 
 API_PREFIX = "/api/v1"
+# Routes whose body is an upload, with the larger `max_upload_bytes` limit.
+UPLOAD_PATHS = (f"{API_PREFIX}/training-jobs/csv",)
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -20,7 +23,9 @@ def create_app(hub: Hub) -> FastAPI:
         description=(
             "Telemetry and anomalies from the fleet, the model registry, training jobs and "
             "staged rollouts. Every call except `/health` and `/signing-key` needs an API key "
-            "in `X-API-Key`; writes need scope `admin`."
+            "in `X-API-Key`; writes need scope `admin`. Request bodies above "
+            "`EDGELOOP_MAX_REQUEST_BYTES` (1 MiB; the CSV upload: `EDGELOOP_MAX_UPLOAD_BYTES`, "
+            "64 MiB) are refused with 413 before anything else."
         ),
     )
     app.state.hub = hub
@@ -28,4 +33,7 @@ def create_app(hub: Hub) -> FastAPI:
     for module in (system, devices, data, models, training, rollouts):
         api.include_router(module.router)
     app.include_router(api)
+    settings = hub.settings
+    app.add_middleware(BodySizeLimit, default_limit=settings.max_request_bytes,
+                       path_limits={p: settings.max_upload_bytes for p in UPLOAD_PATHS})
     return app

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(default=64 * 1024, ge=1024)
     # Rollout controller tick and the "online" window for devices without a status record.
     rollout_tick_s: float = Field(default=0.5, gt=0)
+    # REST request bodies: refused with 413 above this, before parsing or the key check; the CSV
+    # training upload (POST /api/v1/training-jobs/csv) has its own, larger limit.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     @field_validator("topic_prefix")
     @classmethod

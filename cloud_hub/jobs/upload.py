@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_UPLOAD_BYTES", "CsvError", "load_upload", "parse_training_csv", "save_upload"]
+__all__ = ["CsvError", "load_upload", "parse_training_csv", "save_upload"]
 
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 _TIME_COLUMNS = {"ts", "time", "timestamp", "datetime"}
 
 

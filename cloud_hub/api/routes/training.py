@@ -13,7 +13,7 @@ from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
 from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.jobs.training import spec_from_dict
-from cloud_hub.jobs.upload import MAX_UPLOAD_BYTES, CsvError, parse_training_csv, save_upload
+from cloud_hub.jobs.upload import CsvError, parse_training_csv, save_upload
 from shared.topics import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/training-jobs", tags=["training"])
@@ -53,10 +53,7 @@ async def create_job_from_csv(
     spec: Annotated[str | None, Query(description="TrainingSpec fields as JSON")] = None,
 ) -> TrainingJobPublic:
     """Train on an uploaded CSV (header line; a ts/time column is ignored)."""
-    body = await request.body()
-    if len(body) > MAX_UPLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"CSV of {len(body)} bytes exceeds {MAX_UPLOAD_BYTES}")
+    body = await request.body()  # BodySizeLimit refused it already above max_upload_bytes
     try:
         spec_data = json.loads(spec) if spec else {}
         if not isinstance(spec_data, dict):
