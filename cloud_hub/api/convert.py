@@ -61,7 +61,7 @@ def _summary_fields(session: Session, m: ModelVersion) -> dict[str, object]:
     ).one()
     return {
         "name": m.name, "version": m.version, "status": m.status, "family": m.family,
-        "quantization": m.quantization, "size_bytes": m.size_bytes,
+        "quantization": m.quantization, "channels": m.channels, "size_bytes": m.size_bytes,
         "float_size_bytes": m.float_size_bytes, "threshold": m.threshold,
         "decision_agreement": m.parity.get("decision_agreement"),
         "parity_passed": m.parity_passed, "created_at": m.created_at,
@@ -76,7 +76,7 @@ def model_summary(session: Session, m: ModelVersion) -> ModelSummary:
 def model_detail(session: Session, m: ModelVersion) -> ModelDetail:
     return ModelDetail.model_validate({
         **_summary_fields(session, m),
-        "spec": m.spec, "channels": m.channels, "training": m.training,
+        "spec": m.spec, "training": m.training,
         "normalization": m.normalization, "input": m.input, "score": m.score,
         "threshold_method": m.threshold_method, "sha256": m.sha256, "parity": m.parity,
         "parity_failure": m.parity_failure, "validation": m.validation, "extra": m.extra,

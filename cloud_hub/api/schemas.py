@@ -142,6 +142,7 @@ class ModelSummary(BaseModel):
     status: str
     family: str
     quantization: str
+    channels: list[str]
     size_bytes: int
     float_size_bytes: int
     threshold: float
@@ -154,7 +155,6 @@ class ModelSummary(BaseModel):
 
 class ModelDetail(ModelSummary):
     spec: dict[str, Any]
-    channels: list[str]
     training: dict[str, Any]
     normalization: dict[str, Any]
     input: dict[str, Any]

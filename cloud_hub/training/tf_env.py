@@ -45,11 +45,12 @@ def import_tensorflow() -> ModuleType:
                 absl_logging.set_verbosity(absl_logging.ERROR)
             except ImportError:  # absl ships with tensorflow; tolerate its absence
                 pass
-            import keras
-
-            # Keras otherwise print()s export/progress messages to stdout.
-            keras.config.disable_interactive_logging()
             _ready = True
+        import keras
+
+        # Keras otherwise print()s export/progress messages to stdout. Its setting is
+        # per thread (Keras keeps global state in a threading.local), so set it every time.
+        keras.config.disable_interactive_logging()
         module: ModuleType = tf
         return module
 

@@ -1,11 +1,14 @@
 """Replay a CSV file as a sensor, at its own pace (or faster), SKAB format included.
 
+The file is read by :mod:`shared.sensor_csv`, the reader the hub's training uploads use too.
+
 Options: ``path`` (required); ``separator`` (default: ``;`` if the header has one, else ``,``);
 ``columns`` (channels to read; default every column but the time and label columns);
-``time_column`` (default ``datetime`` or ``timestamp`` when present); ``replay_speed`` (1.0 =
-real time, 10 = ten times faster, 0 = as fast as possible); ``rate_hz`` (pace when the file has
-no time column); ``loop`` (start again at the end); ``timestamps`` (``now``: stamp readings
-with the replay time, as a live sensor would; ``file``: keep the file's times).
+``time_column`` (default ``datetime``, ``timestamp``, ``time`` or ``ts`` when present);
+``replay_speed`` (1.0 = real time, 10 = ten times faster, 0 = as fast as possible); ``rate_hz``
+(pace when the file has no time column); ``loop`` (start again at the end); ``timestamps``
+(``now``: stamp readings with the replay time, as a live sensor would; ``file``: keep the
+file's times).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import csv
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,31 +25,17 @@ from edge_agent.sources.base import (
     Reading,
     SensorSource,
     SourceError,
-    finite_values,
     refuse_unknown_options,
 )
+from shared.sensor_csv import CsvFormatError, read_layout
 
 __all__ = ["CsvSource", "create_source"]
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS = ("anomaly", "changepoint", "label")
-TIME_COLUMNS = ("datetime", "timestamp", "time", "ts")
 _MAX_PER_READ = 5000
 _KNOWN = {"path", "separator", "columns", "time_column", "replay_speed", "rate_hz", "loop",
           "timestamps"}
-
-
-def _parse_time(text: str) -> float:
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    stamp = datetime.fromisoformat(text)
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
 
 
 class CsvSource(SensorSource):
@@ -76,23 +64,14 @@ class CsvSource(SensorSource):
                 header_line = fh.readline()
         except OSError as exc:
             raise SourceError(f"source.options.path {str(self.path)!r}: {exc.strerror}") from None
-        self.separator = separator or (";" if ";" in header_line else ",")
-        header = [h.strip() for h in next(csv.reader([header_line], delimiter=self.separator))]
-        if time_column is None:
-            time_column = next((c for c in TIME_COLUMNS if c in header), None)
-        elif time_column not in header:
-            raise SourceError(f"source.options.time_column {time_column!r} is not a column of "
-                              f"{self.path.name}: {header}")
-        if columns is None:
-            columns = [c for c in header if c != time_column and c not in LABEL_COLUMNS]
-        missing = [c for c in columns if c not in header]
-        if missing or not columns:
-            raise SourceError(f"source.options.columns {missing or columns} not in the header "
-                              f"of {self.path.name}: {header}")
-        self.channels = list(columns)
-        self._col_index = [header.index(c) for c in columns]
-        self._time_index = header.index(time_column) if time_column else None
-        self._width = len(header)
+        try:
+            self.layout = read_layout(header_line, separator=separator, columns=columns,
+                                      time_column=time_column)
+        except CsvFormatError as exc:
+            option = "path" if exc.part == "header" else exc.part
+            raise SourceError(f"source.options.{option}: {self.path.name}: {exc}") from None
+        self.separator = self.layout.separator
+        self.channels = list(self.layout.channels)
         self.replay_speed = replay_speed
         self.rate_hz = rate_hz
         self.loop = loop
@@ -152,12 +131,8 @@ class CsvSource(SensorSource):
             return reading_at, values
 
     def _parse(self, row: list[str]) -> tuple[float, Reading]:
-        if len(row) != self._width:
-            raise ValueError(f"{len(row)} fields, the header has {self._width}")
-        values = finite_values([row[i].strip() for i in self._col_index], self.channels)
-        if self._time_index is not None:
-            file_ts = _parse_time(row[self._time_index])
-        else:
+        file_ts, values = self.layout.row(row)
+        if file_ts is None:
             file_ts = self._row_number / self.rate_hz
         self._row_number += 1
         if self._start_file is None:

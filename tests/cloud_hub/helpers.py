@@ -35,7 +35,9 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
 @functools.cache
 def tiny_tflite(window: int = 8, channels: int = 2) -> tuple[bytes, int]:
     """A real (tiny) dense autoencoder converted by the real TFLite converter."""
-    import tensorflow as tf
+    from cloud_hub.training.tf_env import import_tensorflow
+
+    tf = import_tensorflow()  # quiet: Keras would print "Saved artifact" into captured stdout
 
     n = window * channels
     model = tf.keras.Sequential([

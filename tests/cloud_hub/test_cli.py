@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,27 @@ def test_api_keys_created_and_revoked_from_the_cli(
     assert _run(server, capsys, "api-keys", "revoke", "--id", str(created["id"]))[0] == 0
     code, _, err = _run(server, capsys, "devices", "list", key=created["key"])
     assert code == 2 and "HTTP 401" in err
+
+
+def test_train_from_a_skab_csv_leaves_labels_out_and_models_list_shows_channels(
+    server: ServerHandle, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    header = ("datetime;Accelerometer1RMS;Current;Volume Flow RateRMS;anomaly;changepoint")
+    rows = [f"2020-03-09 10:{i // 60:02d}:{i % 60:02d};0.0{i % 7};1.{i % 5};3{i % 3};0.0;0.0"
+            for i in range(300)]
+    csv_file = tmp_path / "skab.csv"
+    csv_file.write_text("\n".join([header, *rows]) + "\n")
+    code, out, err = _run(server, capsys, "--json", "train", "skab-ae", "--csv", str(csv_file),
+                          "--window", "8", "--epochs", "2")
+    assert code == 0, err
+    assert json.loads(out)["status"] == "succeeded"
+    code, out, _ = _run(server, capsys, "--json", "models", "list")
+    assert json.loads(out)[0]["channels"] == ["Accelerometer1RMS", "Current",
+                                              "Volume Flow RateRMS"]
+    code, out, _ = _run(server, capsys, "models", "list")
+    assert code == 0 and "Volume Flow RateRMS" in out and "anomaly" not in out
+    code, out, err = _run(server, capsys, "--json", "train", "skab-ae", "--csv", str(csv_file),
+                          "--channels", "Current,anomaly", "--window", "8", "--epochs", "2")
+    assert code == 0, err
+    code, out, _ = _run(server, capsys, "--json", "models", "show", "skab-ae:2")
+    assert json.loads(out)["channels"] == ["Current", "anomaly"]
