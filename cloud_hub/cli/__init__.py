@@ -20,8 +20,19 @@ def _ref(text: str) -> tuple[str, int]:
     return name, int(version)
 
 
+class _Parser(argparse.ArgumentParser):
+    """``serve --help`` lists every setting; built only when shown (it needs pydantic)."""
+
+    def format_help(self) -> str:
+        if self.prog.split()[-1] == "serve":
+            from cloud_hub.core.settings_doc import help_text
+
+            self.epilog = help_text()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloud-hub", description=__doc__)
+    p = _Parser(prog="cloud-hub", description=__doc__)
     p.add_argument("--url", default=os.environ.get("EDGELOOP_HUB_URL", "http://127.0.0.1:8080"),
                    help="hub base URL (env EDGELOOP_HUB_URL)")
     p.add_argument("--api-key", default=os.environ.get("EDGELOOP_API_KEY"),
@@ -29,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the hub: REST API + MQTT ingest (settings: EDGELOOP_*)")
+    s = sub.add_parser("serve", help="run the hub: REST API + MQTT ingest (settings: EDGELOOP_*)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run the hub: REST API + MQTT ingest. Settings come from "
+                                   "EDGELOOP_* environment variables.")
     s.add_argument("--log-level", default="INFO")
 
     t = sub.add_parser("train", help="start a training job and follow its progress")
@@ -115,12 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check(args, parser)
     if args.command == "serve":
+        from pydantic import ValidationError
+
         from cloud_hub.cli.serve import run_serve
         from cloud_hub.core.config import Settings
+        from cloud_hub.core.settings_doc import setting_errors
 
+        try:
+            settings = Settings()
+        except ValidationError as exc:
+            for line in setting_errors(exc):
+                print(f"error: {line}", file=sys.stderr)
+            return 2
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run_serve(Settings())
+        run_serve(settings)
         return 0
     from cloud_hub.cli.commands import COMMANDS
 

@@ -13,39 +13,60 @@ __all__ = ["Settings"]
 
 
 class Settings(BaseSettings):
-    """Everything the hub process needs; ``Settings()`` reads the environment."""
+    """Everything the hub process needs; ``Settings()`` reads the environment.
+
+    Give every setting a ``description``: ``cloud-hub serve --help`` and the README's table
+    are generated from them (:mod:`cloud_hub.core.settings_doc`).
+    """
 
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore")
 
-    data_dir: Path = Path("./hub-data")
+    data_dir: Path = Field(default=Path("./hub-data"),
+                           description="database, signing key and uploads (relative: to the cwd)")
     database_url: str | None = Field(
-        default=None, description="any SQLAlchemy URL; default sqlite:///<data_dir>/hub.db"
+        default=None, json_schema_extra={"secret": True},
+        description="any SQLAlchemy URL; default sqlite:///DATA_DIR/hub.db",
     )
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(default=1883, ge=1, le=65535)
-    mqtt_client_id: str = Field(default="edgeloop-hub", pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    mqtt_keepalive: int = Field(default=30, ge=5)
+    mqtt_host: str = Field(default="127.0.0.1", description="the MQTT broker's host")
+    mqtt_port: int = Field(default=1883, ge=1, le=65535, description="the MQTT broker's port")
+    mqtt_client_id: str = Field(default="edgeloop-hub", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                description="MQTT client id of ingest (the publisher adds -pub)")
+    mqtt_keepalive: int = Field(default=30, ge=5, description="MQTT keep-alive in seconds")
     # Empty: one hub, plain subscriptions in a persistent session, which mosquitto 2.0 restores
     # after a broker restart. A group name (e.g. "hub"): several hub processes split the load
     # with $share/<group>/..., which mosquitto 2.0 does not restore from its persistence; the
     # agents' resend to a new hub session (HubStatus) covers what reached nobody meanwhile.
-    mqtt_share_group: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,64}$")
-    topic_prefix: str = "edgeloop/v1"
-    signing_key_path: Path | None = None
-    admin_api_key: str | None = Field(default=None, min_length=16)
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8080, ge=0, le=65535)
-    # Ingest: how many messages one transaction may hold, and how long a batch may wait.
-    ingest_batch_max: int = Field(default=500, ge=1)
-    ingest_batch_wait_s: float = Field(default=0.05, gt=0)
-    publish_timeout_s: float = Field(default=30.0, gt=0)
-    chunk_size: int = Field(default=64 * 1024, ge=1024)
-    # Rollout controller tick and the "online" window for devices without a status record.
-    rollout_tick_s: float = Field(default=0.5, gt=0)
+    mqtt_share_group: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="empty: one hub; a name: hub processes split ingest with $share/NAME/...",
+    )
+    topic_prefix: str = Field(default="edgeloop/v1",
+                              description="MQTT topic prefix; the agents' mqtt.topic_prefix")
+    signing_key_path: Path | None = Field(
+        default=None, description="Ed25519 key signing models; default DATA_DIR/signing-key.pem"
+    )
+    admin_api_key: str | None = Field(
+        default=None, min_length=16, json_schema_extra={"secret": True},
+        description="bootstrap admin API key, 16+ characters; unset: one is generated and shown",
+    )
+    http_host: str = Field(default="127.0.0.1", description="address the REST API listens on")
+    http_port: int = Field(default=8080, ge=0, le=65535,
+                           description="port of the REST API (0: any free port)")
+    ingest_batch_max: int = Field(default=500, ge=1,
+                                  description="messages one ingest transaction may hold")
+    ingest_batch_wait_s: float = Field(default=0.05, gt=0,
+                                       description="longest wait to fill an ingest batch")
+    publish_timeout_s: float = Field(default=30.0, gt=0,
+                                     description="wait for the broker to take a model's chunks")
+    chunk_size: int = Field(default=64 * 1024, ge=1024, description="model chunk size in bytes")
+    rollout_tick_s: float = Field(default=0.5, gt=0,
+                                  description="how often the rollout controller looks again")
     # REST request bodies: refused with 413 above this, before parsing or the key check; the CSV
     # training upload (POST /api/v1/training-jobs/csv) has its own, larger limit.
-    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
-    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024,
+                                   description="REST request bodies above this get 413")
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
+                                  description="the CSV training upload's own limit")
 
     @field_validator("topic_prefix")
     @classmethod
