@@ -47,7 +47,7 @@ class LoopError(RuntimeError):
 
 
 def _stored_by_device(client: HubClient) -> dict[str, int]:
-    return {str(r["device_id"]): int(r["readings"]) for r in client.get("/telemetry/summary")}
+    return {str(r["device_id"]): int(r["readings"]) for r in client.get_all("/telemetry/summary")}
 
 
 def wait_for_telemetry(client: HubClient, fleet: Fleet, *, min_seconds: float,
@@ -126,7 +126,7 @@ def publish_model(client: HubClient, ref: ModelRef, say: Say) -> dict[str, Any]:
 def _devices_running(client: HubClient, ref: ModelRef, device_ids: Sequence[str]) -> set[str]:
     name, version = ref
     running = set()
-    for d in client.get("/devices"):
+    for d in client.get_all("/devices", limit=1000):
         active = d.get("active_model") or {}
         if (d["device_id"] in device_ids and d.get("reported_state") == "active"
                 and active.get("name") == name and active.get("version") == version):
@@ -256,7 +256,8 @@ class Results:
                 break
         paths = []
         for device_id in chosen:
-            data = self.client.get("/telemetry", device_id=device_id, since=origin - 10.0)
+            data = self.client.get_telemetry(device_id, since=origin - 10.0,
+                                              limit=100_000)
             ts = np.asarray(data["ts"], dtype=np.float64)
             values = np.asarray(data["values"], dtype=np.float64)
             detail, tflite = model((model_of or {}).get(device_id, self.ref))
@@ -282,15 +283,15 @@ def collect_results(client: HubClient, fleet: Fleet, ref: ModelRef, say: Say,
             break
         time.sleep(0.25)
         stored = _stored_by_device(client)
-    summary = client.get("/telemetry/summary")
-    rows = client.get("/anomalies", limit=100_000)
+    summary = client.get_all("/telemetry/summary")
+    rows = client.get_all("/anomalies", limit=10_000)
     events = [Event.from_api(r) for r in rows if r["device_id"] in generated]
     truths = fleet.ground_truth()
     score = score_detections(truths, events)
     statuses = fleet.statuses()
     accounts = account_devices(generated, summary, events, statuses)
     metrics = client.get("/metrics")
-    dead = client.get("/dead-letters", limit=100_000)
+    dead = client.get_all("/dead-letters", limit=1000)
     lost = sum(a.readings_lost for a in accounts)
     say(f"[bold]hub[/] stored {sum(a.readings_stored for a in accounts)} of "
         f"{sum(generated.values())} readings ({lost} lost), {len(events)} anomaly events, "

@@ -106,7 +106,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         need = int(opts.history_s * opts.rate_hz)
         deadline = time.monotonic() + 300.0
         while True:
-            stored = {r["device_id"]: r["readings"] for r in client.get("/telemetry/summary")}
+            stored = {r["device_id"]: r["readings"] for r in client.get_all("/telemetry/summary")}
             if all(stored.get(d, 0) >= need for d in train_ids):
                 break
             if time.monotonic() > deadline:
@@ -155,13 +155,13 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         generated = fleet.samples_generated()
         deadline = time.monotonic() + 120.0
         while True:
-            stored = {r["device_id"]: r["readings"] for r in client.get("/telemetry/summary")}
+            stored = {r["device_id"]: r["readings"] for r in client.get_all("/telemetry/summary")}
             if all(stored.get(d, 0) >= n for d, n in generated.items()):
                 break
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        rows = client.get("/anomalies", limit=100_000)
+        rows = client.get_all("/anomalies", limit=10_000)
         events = [Event.from_api(r) for r in rows]
         score = score_detections(truths, events)
         true_events = [e for e in events

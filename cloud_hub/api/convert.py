@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from cloud_hub.api.schemas import DevicePublic, ModelDetail, ModelSummary, TrainingJobPublic
 from cloud_hub.db.registry_tables import ModelVersion, TrainingJob
 from cloud_hub.db.tables import Device
 
-__all__ = ["device_public", "job_public", "model_detail", "model_summary"]
+__all__ = ["SUMMARY_COLUMNS", "device_public", "job_public", "model_detail", "model_summaries"]
 
 
 def _ref(name: str | None, version: int | None) -> dict[str, object] | None:
@@ -54,28 +54,46 @@ def running_devices(session: Session, m: ModelVersion) -> list[str]:
     return list(session.exec(stmt))
 
 
-def _summary_fields(session: Session, m: ModelVersion) -> dict[str, object]:
-    count = session.exec(
+def _running_count(session: Session, m: ModelVersion) -> int:
+    return int(session.exec(
         select(func.count()).select_from(Device).where(
             Device.active_name == m.name, Device.active_version == m.version)
-    ).one()
+    ).one())
+
+
+def _summary_fields(m: ModelVersion, running: int) -> dict[str, object]:
     return {
         "name": m.name, "version": m.version, "status": m.status, "family": m.family,
         "quantization": m.quantization, "channels": m.channels, "size_bytes": m.size_bytes,
         "float_size_bytes": m.float_size_bytes, "threshold": m.threshold,
         "decision_agreement": m.parity.get("decision_agreement"),
         "parity_passed": m.parity_passed, "created_at": m.created_at,
-        "published_at": m.published_at, "devices_running": int(count),
+        "published_at": m.published_at, "devices_running": running,
     }
 
 
-def model_summary(session: Session, m: ModelVersion) -> ModelSummary:
-    return ModelSummary.model_validate(_summary_fields(session, m))
+# What a summary reads: no model bytes, no manifest, no training record.
+SUMMARY_COLUMNS = ("name", "version", "status", "family", "quantization", "channels", "size_bytes",
+                   "float_size_bytes", "threshold", "parity", "parity_passed", "created_at",
+                   "published_at")
+
+
+def model_summaries(session: Session, models: list[ModelVersion]) -> list[ModelSummary]:
+    """Summaries of a page of models, with one query for the devices running each."""
+    names = sorted({m.name for m in models})
+    running: dict[tuple[str, int], int] = {}
+    if names:
+        stmt = (select(Device.active_name, Device.active_version, func.count())
+                .where(col(Device.active_name).in_(names))
+                .group_by(col(Device.active_name), col(Device.active_version)))
+        running = {(n, v): int(c) for n, v, c in session.exec(stmt) if n and v}
+    return [ModelSummary.model_validate(_summary_fields(m, running.get((m.name, m.version), 0)))
+            for m in models]
 
 
 def model_detail(session: Session, m: ModelVersion) -> ModelDetail:
     return ModelDetail.model_validate({
-        **_summary_fields(session, m),
+        **_summary_fields(m, _running_count(session, m)),
         "spec": m.spec, "training": m.training,
         "normalization": m.normalization, "input": m.input, "score": m.score,
         "threshold_method": m.threshold_method, "sha256": m.sha256, "parity": m.parity,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+
+# The header list routes set when another page follows (cloud_hub.api.paging); not imported
+# from there so that the CLI client does not need FastAPI.
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
 __all__ = ["ApiError", "HubClient"]
 
@@ -28,7 +33,7 @@ class HubClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -39,9 +44,40 @@ class HubClient:
             except ValueError:
                 detail = response.text
             raise ApiError(response.status_code, detail)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.content
+
+    def pages(self, path: str, **params: Any) -> Iterator[Any]:
+        """Each page of a list route, following ``X-Next-Cursor`` to the last one."""
+        query = {k: v for k, v in params.items() if v is not None}
+        while True:
+            response = self._send("GET", path, params=query)
+            yield response.json()
+            cursor = response.headers.get(NEXT_CURSOR_HEADER)
+            if not cursor:
+                return
+            query["cursor"] = cursor
+
+    def get_all(self, path: str, **params: Any) -> list[Any]:
+        """Every item of a list route, page after page (``limit`` is the page size)."""
+        return [item for page in self.pages(path, **params) for item in page]
+
+    def get_telemetry(self, device_id: str, **params: Any) -> dict[str, Any]:
+        """``GET /telemetry`` of one device, every page joined into one body."""
+        joined: dict[str, Any] | None = None
+        for page in self.pages("/telemetry", device_id=device_id, **params):
+            if joined is None:
+                joined = page
+            else:
+                joined["ts"] += page["ts"]
+                joined["values"] += page["values"]
+        assert joined is not None
+        return joined
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items()

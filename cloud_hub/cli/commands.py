@@ -86,7 +86,7 @@ def jobs(a: argparse.Namespace, c: HubClient) -> int:
     if a.cancel:
         emit(c.post(f"/training-jobs/{a.cancel}/cancel"), a.json)
         return 0
-    data = c.get(f"/training-jobs/{a.id}") if a.id else c.get("/training-jobs")
+    data = c.get(f"/training-jobs/{a.id}") if a.id else c.get_all("/training-jobs")
     if isinstance(data, list) and not a.json:
         data = [_job_row(j) for j in data]
     emit(data, a.json, _JOB_COLS, "training jobs")
@@ -95,7 +95,7 @@ def jobs(a: argparse.Namespace, c: HubClient) -> int:
 
 def models(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
-        emit(c.get("/models", name=a.name, status=a.status), a.json, _MODEL_COLS, "models")
+        emit(c.get_all("/models", name=a.name, status=a.status), a.json, _MODEL_COLS, "models")
     elif a.action == "show":
         name, version = a.refs[0]
         emit(c.get(f"/models/{name}/{version}"), a.json, title=f"{name}:{version}")
@@ -145,7 +145,7 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
         data = c.post("/rollouts", {"model": {"name": name, "version": version},
                                     "target": target, "policy": policy})
     elif a.action == "status" and a.id is None:
-        data = c.get("/rollouts")
+        data = c.get_all("/rollouts")
         emit(data if a.json else [_rollout_row(r) for r in data], a.json, _ROLLOUT_COLS)
         return 0
     elif a.action == "status":
@@ -163,7 +163,7 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
 
 def devices(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
-        emit(c.get("/devices", group=a.group, tag=a.tag), a.json, _DEVICE_COLS, "devices")
+        emit(c.get_all("/devices", group=a.group, tag=a.tag), a.json, _DEVICE_COLS, "devices")
     elif a.action == "show":
         emit(c.get(f"/devices/{a.device_id}"), a.json, title=a.device_id)
     elif a.action == "tag":
@@ -195,7 +195,7 @@ def anomalies(a: argparse.Namespace, c: HubClient) -> int:
 
 def api_keys(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
-        emit(c.get("/api-keys"), a.json, ("id", "name", "prefix", "scope", "revoked_at"))
+        emit(c.get_all("/api-keys"), a.json, ("id", "name", "prefix", "scope", "revoked_at"))
     elif a.action == "create":
         emit(c.post("/api-keys", {"name": a.name, "scope": a.scope}), a.json)
     elif a.action == "revoke":

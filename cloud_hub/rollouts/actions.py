@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cloud_hub.db.devices import ensure_devices
@@ -14,7 +15,8 @@ from cloud_hub.registry.lifecycle import PublishRefused, get_model
 from cloud_hub.rollouts.controller import ACTIVE_STATES
 from cloud_hub.rollouts.planning import plan_stages, resolve_target
 
-__all__ = ["RolloutConflict", "change_state", "create_rollout", "rollout_view"]
+__all__ = ["RolloutConflict", "change_state", "create_rollout", "rollout_summaries",
+           "rollout_view"]
 
 
 class RolloutConflict(RuntimeError):
@@ -77,23 +79,43 @@ def change_state(session: Session, rollout: Rollout, action: str) -> Rollout:
     return rollout
 
 
+def _view(rollout: Rollout, counts: tuple[int, int, int, int]) -> dict[str, Any]:
+    total, updated, failed, reverted = counts
+    return {
+        "id": rollout.id, "model": {"name": rollout.model_name,
+                                    "version": rollout.model_version},
+        "status": rollout.status, "reason": rollout.reason, "stage": rollout.stage,
+        "stages": len(rollout.stages), "stage_sizes": [len(s) for s in rollout.stages],
+        "devices_total": total, "devices_updated": updated, "devices_failed": failed,
+        "devices_reverted": reverted,
+        "target": rollout.target, "policy": rollout.policy, "created_at": rollout.created_at,
+        "finished_at": rollout.finished_at, "seconds_to_full": rollout.seconds_to_full,
+    }
+
+
+def rollout_summaries(session: Session, rollouts: list[Rollout]) -> list[dict[str, Any]]:
+    """Views of a page of rollouts without their devices: counts come from one query."""
+    ids = [r.id for r in rollouts]
+    stmt = (select(  # type: ignore[call-overload]
+                   RolloutDevice.rollout_id, func.count(),
+                   func.count(col(RolloutDevice.confirmed_at)),
+                   func.count(col(RolloutDevice.failed_at)),
+                   func.count(col(RolloutDevice.revert_confirmed_at)))
+            .where(col(RolloutDevice.rollout_id).in_(ids))
+            .group_by(col(RolloutDevice.rollout_id)))
+    counts = {rid: (int(t), int(u), int(f), int(r)) for rid, t, u, f, r in session.exec(stmt)}
+    return [_view(r, counts.get(r.id, (0, 0, 0, 0))) for r in rollouts]
+
+
 def rollout_view(session: Session, rollout: Rollout, *, with_devices: bool = True
                  ) -> dict[str, Any]:
     members = list(session.exec(select(RolloutDevice).where(
         RolloutDevice.rollout_id == rollout.id).order_by(col(RolloutDevice.stage),
                                                          col(RolloutDevice.device_id))))
-    view: dict[str, Any] = {
-        "id": rollout.id, "model": {"name": rollout.model_name,
-                                    "version": rollout.model_version},
-        "status": rollout.status, "reason": rollout.reason, "stage": rollout.stage,
-        "stages": len(rollout.stages), "stage_sizes": [len(s) for s in rollout.stages],
-        "devices_total": len(members),
-        "devices_updated": sum(1 for m in members if m.confirmed_at is not None),
-        "devices_failed": sum(1 for m in members if m.failed_at is not None),
-        "devices_reverted": sum(1 for m in members if m.revert_confirmed_at is not None),
-        "target": rollout.target, "policy": rollout.policy, "created_at": rollout.created_at,
-        "finished_at": rollout.finished_at, "seconds_to_full": rollout.seconds_to_full,
-    }
+    view = _view(rollout, (
+        len(members), sum(1 for m in members if m.confirmed_at is not None),
+        sum(1 for m in members if m.failed_at is not None),
+        sum(1 for m in members if m.revert_confirmed_at is not None)))
     if with_devices:
         devices = {d.device_id: d for d in session.exec(select(Device).where(
             col(Device.device_id).in_([m.device_id for m in members])))}

@@ -61,3 +61,38 @@ def test_postgres_store_deduplicates_and_reads_back(pg_engine: Engine) -> None:
         assert session.exec(select(func.count()).select_from(Anomaly)).one() == 1
         piece = read_telemetry(session, device_id="pump-1")
     assert piece.values[:, 0].tolist() == [0.0, 2.0, 4.0]
+
+
+def test_postgres_pages_listings_and_filters_tags_in_sql(pg_engine: Engine) -> None:
+    from cloud_hub.db.queries import list_anomalies, page_devices
+
+    model = ModelRef(name="m", version=1)
+    with Session(pg_engine) as session:
+        store_batch(session, IngestBatch(
+            telemetry=[TelemetryBatch(device_id=f"d-{i}", seq=s, channels=["a"],
+                                      ts=[float(s * 3 + k) for k in range(3)],
+                                      values=[[1.0]] * 3)
+                       for i in range(4) for s in range(3)],
+            anomalies=[AnomalyEvent(device_id=f"d-{i}", seq=s, ts=(0.0, 1.0), score=2.0,
+                                    threshold=1.0, model=model, channels=[], detected_at=1.0)
+                       for i in range(4) for s in range(2)]), now=5.0)
+        for device in page_devices(session, limit=10).rows:
+            device.tags = ["odd"] if device.device_id in ("d-1", "d-3") else ["even"]
+            session.add(device)
+        session.commit()
+        seen, after = [], None
+        while True:
+            page = list_anomalies(session, limit=3, after=after)
+            seen += [(a.device_id, a.seq) for a in page.rows]
+            if page.next_key is None:
+                break
+            after = page.next_key
+        assert seen == [(f"d-{i}", s) for i in range(4) for s in range(2)]
+        odd = page_devices(session, tag="odd", limit=1)
+        assert [d.device_id for d in odd.rows] == ["d-1"]
+        rest = page_devices(session, tag="odd", limit=1, after=odd.next_key)
+        assert [d.device_id for d in rest.rows] == ["d-3"] and rest.next_key is None
+        first = read_telemetry(session, device_id="d-2", limit=4)
+        assert first.ts.tolist() == [0.0, 1.0, 2.0, 3.0] and first.next_cursor is not None
+        second = read_telemetry(session, device_id="d-2", limit=10, after=first.next_cursor)
+        assert second.ts.tolist() == [4.0, 5.0, 6.0, 7.0, 8.0] and second.next_cursor is None

@@ -90,5 +90,5 @@ def test_good_model_is_promoted_and_a_noisy_canary_is_rolled_back(
         assert d["desired"] == {"name": "it-pump", "version": good[1]}, d
     statuses = fleet.statuses()
     assert {s["active_model"]["version"] for s in statuses.values()} == {good[1]}
-    anomalies = client.get("/anomalies", device_id=canary[0]["device_id"], limit=10_000)
+    anomalies = client.get_all("/anomalies", device_id=canary[0]["device_id"], limit=10_000)
     assert any(a["model_version"] == bad[1] for a in anomalies)

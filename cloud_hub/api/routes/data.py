@@ -1,19 +1,33 @@
-"""What devices sent: telemetry, anomalies, and the dead letters ingest refused."""
+"""What devices sent: telemetry, anomalies, and the dead letters ingest refused.
+
+Every listing is paged in SQL: ``limit`` per page and ``cursor`` from the ``X-Next-Cursor``
+header of the previous page (see ``cloud_hub.api.paging``).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
 from cloud_hub.api.deps import ReadKey, SessionDep
+from cloud_hub.api.paging import (
+    PAGE_HEADERS,
+    CursorQuery,
+    bad_cursor,
+    decode_cursor,
+    paged,
+    set_next_page,
+)
 from cloud_hub.api.schemas import (
     AnomalyPublic,
     DeadLetterPublic,
     TelemetryPublic,
     TelemetrySummary,
 )
+from cloud_hub.db.paging import CursorError
 from cloud_hub.db.queries import (
+    TelemetryCursor,
     list_anomalies,
     list_dead_letters,
     read_telemetry,
@@ -24,41 +38,70 @@ from shared.topics import DEVICE_ID_PATTERN
 router = APIRouter(tags=["data"])
 DeviceQuery = Annotated[str, Query(pattern=rf"^{DEVICE_ID_PATTERN}$")]
 
+MAX_TELEMETRY_READINGS = 100_000
+MAX_SUMMARY_DEVICES = 10_000
+MAX_ANOMALIES = 10_000
+MAX_DEAD_LETTERS = 1000
 
-@router.get("/telemetry", response_model=TelemetryPublic)
+
+@router.get("/telemetry", response_model=TelemetryPublic, responses=PAGE_HEADERS)
 def telemetry(
-    session: SessionDep, _key: ReadKey, device_id: DeviceQuery,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    device_id: DeviceQuery,
     since: Annotated[float | None, Query(ge=0)] = None,
     until: Annotated[float | None, Query(ge=0)] = None,
-    limit: Annotated[int, Query(ge=1, le=1_000_000)] = 100_000,
+    limit: Annotated[int, Query(ge=1, le=MAX_TELEMETRY_READINGS,
+                                description="readings per page")] = 10_000,
+    cursor: CursorQuery = None,
 ) -> TelemetryPublic:
-    """Readings of one device, time-ordered (at most ``limit`` rows from ``since``)."""
-    piece = read_telemetry(session, device_id=device_id, since=since, until=until, limit=limit)
+    """Readings of one device, time-ordered: at most ``limit`` from ``since`` per page."""
+    after = None
+    if cursor is not None:
+        try:
+            after = TelemetryCursor.from_json(decode_cursor(cursor))
+        except CursorError as exc:
+            raise bad_cursor(str(exc)) from None
+    piece = read_telemetry(session, device_id=device_id, since=since, until=until, limit=limit,
+                           after=after)
+    set_next_page(request, response,
+                  piece.next_cursor.to_json() if piece.next_cursor else None)
     return TelemetryPublic(device_id=device_id, channels=piece.channels,
                            ts=piece.ts.tolist(), values=piece.values.tolist())
 
 
-@router.get("/telemetry/summary", response_model=list[TelemetrySummary])
-def summary(session: SessionDep, _key: ReadKey) -> list[TelemetrySummary]:
-    return [TelemetrySummary.model_validate(row) for row in telemetry_summary(session)]
+@router.get("/telemetry/summary", response_model=list[TelemetrySummary], responses=PAGE_HEADERS)
+def summary(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_SUMMARY_DEVICES)] = 1000,
+    cursor: CursorQuery = None,
+) -> list[TelemetrySummary]:
+    """Per device (in device id order): readings, batches, time range, missing batches."""
+    rows = paged(request, response, cursor,
+                 lambda after: telemetry_summary(session, limit=limit, after=after))
+    return [TelemetrySummary.model_validate(row) for row in rows]
 
 
-@router.get("/anomalies", response_model=list[AnomalyPublic])
+@router.get("/anomalies", response_model=list[AnomalyPublic], responses=PAGE_HEADERS)
 def anomalies(
-    session: SessionDep, _key: ReadKey, device_id: DeviceQuery | None = None,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    device_id: DeviceQuery | None = None,
     since: Annotated[float | None, Query(ge=0, description="stored_at >= since")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=MAX_ANOMALIES)] = 1000,
+    cursor: CursorQuery = None,
 ) -> list[AnomalyPublic]:
     """Anomaly events in the order the hub stored them (``stored_at`` = commit time)."""
-    rows = list_anomalies(session, device_id=device_id, since=since, limit=limit)
+    rows = paged(request, response, cursor, lambda after: list_anomalies(
+        session, device_id=device_id, since=since, limit=limit, after=after))
     return [AnomalyPublic.model_validate(r, from_attributes=True) for r in rows]
 
 
-@router.get("/dead-letters", response_model=list[DeadLetterPublic])
+@router.get("/dead-letters", response_model=list[DeadLetterPublic], responses=PAGE_HEADERS)
 def dead_letters(
-    session: SessionDep, _key: ReadKey,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_DEAD_LETTERS)] = 100,
+    cursor: CursorQuery = None,
 ) -> list[DeadLetterPublic]:
     """Payloads ingest refused, newest first, with the reason."""
-    return [DeadLetterPublic.model_validate(r, from_attributes=True)
-            for r in list_dead_letters(session, limit=limit)]
+    rows = paged(request, response, cursor,
+                 lambda after: list_dead_letters(session, limit=limit, after=after))
+    return [DeadLetterPublic.model_validate(r, from_attributes=True) for r in rows]

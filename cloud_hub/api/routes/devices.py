@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from cloud_hub.api.convert import device_public
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import DesiredUpdate, DevicePublic, DeviceUpdate
-from cloud_hub.db.queries import list_devices
+from cloud_hub.db.queries import page_devices
 from cloud_hub.db.tables import Device
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
@@ -28,11 +29,20 @@ def _get(session: SessionDep, device_id: str) -> Device:
     return device
 
 
-@router.get("", response_model=list[DevicePublic])
+MAX_DEVICES = 1000
+
+
+@router.get("", response_model=list[DevicePublic], responses=PAGE_HEADERS)
 def devices(
-    session: SessionDep, _key: ReadKey, group: str | None = None, tag: str | None = None,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    group: str | None = None, tag: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_DEVICES)] = 100,
+    cursor: CursorQuery = None,
 ) -> list[DevicePublic]:
-    return [device_public(d) for d in list_devices(session, group=group, tag=tag)]
+    """Devices in id order, a page at a time (``cursor`` from ``X-Next-Cursor``)."""
+    rows = paged(request, response, cursor, lambda after: page_devices(
+        session, group=group, tag=tag, limit=limit, after=after))
+    return [device_public(d) for d in rows]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from sqlalchemy.orm import load_only
 from sqlmodel import col, select
 
-from cloud_hub.api.convert import model_detail, model_summary
+from cloud_hub.api.convert import SUMMARY_COLUMNS, model_detail, model_summaries
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import ModelDetail, ModelSummary
+from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.compare import compare_versions
@@ -34,18 +37,29 @@ def _get(session: SessionDep, name: str, version: int) -> ModelVersion:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.get("", response_model=list[ModelSummary])
+MAX_MODELS = 1000
+
+
+@router.get("", response_model=list[ModelSummary], responses=PAGE_HEADERS)
 def models(
-    session: SessionDep, _key: ReadKey, name: str | None = None,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    name: str | None = None,
     model_status: Annotated[str | None, Query(alias="status",
                                               pattern="^(draft|published|retired)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_MODELS)] = 100,
+    cursor: CursorQuery = None,
 ) -> list[ModelSummary]:
-    stmt = select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))
+    """Versions by name and version; only the summary columns are read (never the model)."""
+    stmt = select(ModelVersion).options(
+        load_only(*[getattr(ModelVersion, c) for c in SUMMARY_COLUMNS]))
     if name is not None:
         stmt = stmt.where(ModelVersion.name == name)
     if model_status is not None:
         stmt = stmt.where(ModelVersion.status == model_status)
-    return [model_summary(session, m) for m in session.exec(stmt)]
+    order = [col(ModelVersion.name), col(ModelVersion.version)]
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, stmt, order=order, limit=limit, after=after))
+    return model_summaries(session, rows)
 
 
 @router.get("/compare")

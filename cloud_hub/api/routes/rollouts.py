@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlmodel import col, select
 
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import RolloutCreate, RolloutPublic
+from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import Rollout
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
 from cloud_hub.rollouts.actions import (
     RolloutConflict,
     change_state,
     create_rollout,
+    rollout_summaries,
     rollout_view,
 )
 from cloud_hub.rollouts.planning import RolloutPlanError
@@ -45,10 +48,20 @@ def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
     return rollout_view(session, rollout)
 
 
-@router.get("", response_model=list[RolloutPublic])
-def rollouts(session: SessionDep, _key: ReadKey) -> list[dict[str, Any]]:
-    rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()))
-    return [rollout_view(session, r, with_devices=False) for r in rows]
+MAX_ROLLOUTS = 1000
+
+
+@router.get("", response_model=list[RolloutPublic], responses=PAGE_HEADERS)
+def rollouts(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROLLOUTS)] = 100,
+    cursor: CursorQuery = None,
+) -> list[dict[str, Any]]:
+    """Newest first, without the per-device rows (``GET /rollouts/{id}`` has them)."""
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, select(Rollout), order=[col(Rollout.id)], limit=limit, after=after,
+        descending=True))
+    return rollout_summaries(session, rows)
 
 
 def _get(session: SessionDep, rollout_id: int) -> Rollout:

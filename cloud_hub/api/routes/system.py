@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import text
 from sqlmodel import col, select
 
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from cloud_hub.core.security import generate_api_key, hash_api_key
+from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import ApiKey
 
 router = APIRouter(tags=["system"])
@@ -45,9 +48,19 @@ def _public(k: ApiKey) -> ApiKeyPublic:
                         created_at=k.created_at, revoked_at=k.revoked_at)
 
 
-@router.get("/api-keys", response_model=list[ApiKeyPublic])
-def list_api_keys(session: SessionDep, _key: AdminKey) -> list[ApiKeyPublic]:
-    return [_public(k) for k in session.exec(select(ApiKey).order_by(col(ApiKey.id)))]
+MAX_API_KEYS = 1000
+
+
+@router.get("/api-keys", response_model=list[ApiKeyPublic], responses=PAGE_HEADERS)
+def list_api_keys(
+    request: Request, response: Response, session: SessionDep, _key: AdminKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_API_KEYS)] = 100,
+    cursor: CursorQuery = None,
+) -> list[ApiKeyPublic]:
+    """Keys by id (never the secret: only its first characters, ``prefix``)."""
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, select(ApiKey), order=[col(ApiKey.id)], limit=limit, after=after))
+    return [_public(k) for k in rows]
 
 
 @router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlmodel import Session, col, select
 
 from cloud_hub.api.convert import job_public
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic
+from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.jobs.training import spec_from_dict
 from cloud_hub.jobs.upload import CsvError, parse_training_csv, save_upload
@@ -79,10 +81,20 @@ def _unprocessable(loc: list[str], message: str) -> HTTPException:
                          [{"loc": loc, "msg": message, "type": "value_error"}])
 
 
-@router.get("", response_model=list[TrainingJobPublic])
-def jobs(session: SessionDep, _key: ReadKey) -> list[TrainingJobPublic]:
-    return [job_public(j) for j in session.exec(select(TrainingJob).order_by(
-        col(TrainingJob.id).desc()))]
+MAX_JOBS = 1000
+
+
+@router.get("", response_model=list[TrainingJobPublic], responses=PAGE_HEADERS)
+def jobs(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_JOBS)] = 100,
+    cursor: CursorQuery = None,
+) -> list[TrainingJobPublic]:
+    """Newest first."""
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, select(TrainingJob), order=[col(TrainingJob.id)], limit=limit, after=after,
+        descending=True))
+    return [job_public(j) for j in rows]
 
 
 @router.get("/{job_id}", response_model=TrainingJobPublic)
