@@ -1,4 +1,5 @@
-"""The hub as one object: store, signing key, MQTT ingest, publisher, jobs and rollouts.
+"""The hub as one object: store, signing key, MQTT ingest, publisher, jobs, rollouts,
+incidents and their notifications.
 
 ``cloud-hub serve`` builds a :class:`Hub` from :class:`Settings`, starts it and serves the REST
 API on it; tests and the simulator can do the same in-process.
@@ -18,9 +19,13 @@ from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
+from cloud_hub.incidents.grouping import GroupingPolicy
+from cloud_hub.incidents.job import IncidentTick
+from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
 from cloud_hub.jobs.training import JobRunner, RunTraining
 from cloud_hub.mqtt.ingest import MqttIngest
 from cloud_hub.mqtt.publisher import Publisher
+from cloud_hub.notify.sender import DeliveryPolicy, WebhookSender
 from cloud_hub.registry.records import register_artifact
 from cloud_hub.rollouts.controller import RolloutController
 from cloud_hub.training.artifact import ModelArtifact
@@ -63,11 +68,27 @@ class Hub:
         self.rollouts = RolloutController(
             self.engine, self.publisher, tick_s=settings.rollout_tick_s
         )
+        holder = process_holder_id()
+        self.incident_tick = IncidentTick(
+            self.engine, GroupingPolicy(gap_s=settings.incident_gap_s,
+                                        quiet_s=settings.incident_quiet_s),
+            on_change=lambda _queued: self.notifier.wake(),
+        )
+        self.incidents = LeasedWorker(self.engine, name="incidents", tick=self.incident_tick,
+                                      interval_s=settings.incident_tick_s, holder=holder)
+        self.webhooks = WebhookSender(self.engine, DeliveryPolicy(
+            timeout_s=settings.webhook_timeout_s, max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s, backoff_max_s=settings.webhook_backoff_max_s))
+        self.notifier = LeasedWorker(self.engine, name="notifier", tick=self.webhooks.tick,
+                                     interval_s=min(settings.webhook_backoff_s, 1.0),
+                                     holder=holder)
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 
-    def _on_ingest_commit(self, _result: StoreResult) -> None:
+    def _on_ingest_commit(self, result: StoreResult) -> None:
         self.rollouts.wake()
+        if result.anomalies:
+            self.incidents.wake()
 
     def _register(
         self, session: Session, artifact: ModelArtifact, name: str, training: dict[str, Any],
@@ -134,6 +155,8 @@ class Hub:
         self.ingest.start(timeout)
         self.jobs.start()
         self.rollouts.start()
+        self.incidents.start()
+        self.notifier.start()
         self.started_at = time.time()
         log.info("hub started: mqtt %s:%d, database %s, signing key %s",
                  self.settings.mqtt_host, self.settings.mqtt_port,
@@ -143,6 +166,9 @@ class Hub:
         if self.started_at is None:
             return
         self.started_at = None
+        self.notifier.stop(timeout)
+        self.incidents.stop(timeout)
+        self.webhooks.close()
         self.rollouts.stop(timeout)
         self.jobs.stop(timeout)
         self.ingest.stop(timeout)

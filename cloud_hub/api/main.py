@@ -6,7 +6,16 @@ from fastapi import APIRouter, FastAPI
 
 from cloud_hub import __version__
 from cloud_hub.api.body_limit import BodySizeLimit
-from cloud_hub.api.routes import data, devices, models, rollouts, system, training
+from cloud_hub.api.routes import (
+    data,
+    devices,
+    incidents,
+    models,
+    rollouts,
+    system,
+    training,
+    webhooks,
+)
 from cloud_hub.service import Hub
 
 __all__ = ["API_PREFIX", "UPLOAD_PATHS", "create_app"]
@@ -30,7 +39,7 @@ def create_app(hub: Hub) -> FastAPI:
     )
     app.state.hub = hub
     api = APIRouter(prefix=API_PREFIX)
-    for module in (system, devices, data, models, training, rollouts):
+    for module in (system, devices, data, models, training, rollouts, incidents, webhooks):
         api.include_router(module.router)
     app.include_router(api)
     settings = hub.settings

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from cloud_hub.cli.client import ApiError, HubClient
+from cloud_hub.cli.ops_commands import add_ops_parsers
 
 __all__ = ["build_parser", "main"]
 
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", "-o")
 
     r = sub.add_parser("rollout", help="staged rollouts")
-    r.add_argument("action", choices=["create", "status", "pause", "resume", "abort"])
+    r.add_argument("action", choices=["create", "status", "pause", "resume", "abort",
+                                      "rollback"])
     r.add_argument("id", nargs="?", type=int)
     r.add_argument("--model", help="NAME:VERSION to roll out")
     r.add_argument("--devices")
@@ -89,13 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tags", help="tag: the device's new comma-separated tags")
     d.add_argument("--model", help="desired: NAME:VERSION")
 
-    a = sub.add_parser("anomalies", help="recent anomalies (tail -f with --follow)")
-    a.add_argument("action", choices=["tail"], nargs="?", default="tail")
-    a.add_argument("--device")
-    a.add_argument("--since", type=float)
-    a.add_argument("--limit", type=int, default=50)
-    a.add_argument("--follow", "-f", action="store_true")
-    a.add_argument("--interval", type=float, default=2.0)
+    add_ops_parsers(sub)  # anomalies, incidents, webhooks
 
     k = sub.add_parser("api-keys", help="create, list and revoke API keys")
     k.add_argument("action", choices=["list", "create", "revoke"])
@@ -106,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    need_id = {("rollout", "pause"), ("rollout", "resume"), ("rollout", "abort")}
+    need_id = {("rollout", "pause"), ("rollout", "resume"), ("rollout", "abort"),
+               ("rollout", "rollback")}
     action = getattr(a, "action", None)
     if (a.command, action) in need_id and a.id is None:
         parser.error(f"rollout {action} needs the rollout id")

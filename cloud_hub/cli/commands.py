@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cloud_hub.cli.client import HubClient
+from cloud_hub.cli.ops_commands import OPS_COMMANDS
 from cloud_hub.cli.render import console, emit
 
 __all__ = ["COMMANDS"]
@@ -180,19 +181,6 @@ def devices(a: argparse.Namespace, c: HubClient) -> int:
     return 0
 
 
-def anomalies(a: argparse.Namespace, c: HubClient) -> int:
-    cols = ("stored_at", "device_id", "seq", "score", "threshold", "model_version", "channels")
-    since = a.since
-    while True:
-        rows = c.get("/anomalies", device_id=a.device, since=since, limit=a.limit)
-        if rows:
-            emit(rows, a.json, cols)
-            since = max(r["stored_at"] for r in rows) + 1e-6
-        if not a.follow:
-            return 0
-        time.sleep(a.interval)  # polling an HTTP API: the interval is the point
-
-
 def api_keys(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
         emit(c.get_all("/api-keys"), a.json, ("id", "name", "prefix", "scope", "revoked_at"))
@@ -204,4 +192,4 @@ def api_keys(a: argparse.Namespace, c: HubClient) -> int:
 
 
 COMMANDS = {"train": train, "jobs": jobs, "models": models, "rollout": rollout,
-            "devices": devices, "anomalies": anomalies, "api-keys": api_keys}
+            "devices": devices, "api-keys": api_keys, **OPS_COMMANDS}

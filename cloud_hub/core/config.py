@@ -67,6 +67,25 @@ class Settings(BaseSettings):
                                    description="REST request bodies above this get 413")
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                   description="the CSV training upload's own limit")
+    # Incidents: an event within incident_gap_s (device time) of its device's unresolved
+    # incident joins it; an incident with no event stored for incident_quiet_s is resolved.
+    incident_gap_s: float = Field(
+        default=60.0, gt=0,
+        description="an anomaly within this many seconds of its device's incident joins it")
+    incident_quiet_s: float = Field(
+        default=300.0, gt=0, description="an incident with no new event for this long resolves")
+    incident_tick_s: float = Field(default=1.0, gt=0,
+                                   description="how often the incident job looks again")
+    webhook_timeout_s: float = Field(default=5.0, gt=0,
+                                     description="time-out of one webhook delivery attempt")
+    webhook_max_attempts: int = Field(default=8, ge=1,
+                                      description="attempts before a delivery is failed")
+    webhook_backoff_s: float = Field(
+        default=2.0, gt=0, description="wait after the first failed attempt, doubled each time")
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0,
+                                         description="longest wait between two attempts")
+    ui_session_ttl_s: float = Field(default=12 * 3600.0, gt=0,
+                                    description="a console login lasts this long")
 
     @field_validator("topic_prefix")
     @classmethod

@@ -104,16 +104,17 @@ def telemetry_summary(
 
 def list_anomalies(
     session: Session, *, device_id: str | None = None, since: float | None = None,
-    limit: int = 1000, after: Key | None = None,
+    limit: int = 1000, after: Key | None = None, newest_first: bool = False,
 ) -> Page[Anomaly]:
-    """In the order the hub stored them (``stored_at``, then the key)."""
+    """In the order the hub stored them (``stored_at``, then the key), or the reverse."""
     stmt = select(Anomaly)
     if device_id is not None:
         stmt = stmt.where(Anomaly.device_id == device_id)
     if since is not None:
         stmt = stmt.where(Anomaly.stored_at >= since)
     order = [col(Anomaly.stored_at), *primary_key_columns(Anomaly)]
-    return keyset_page(session, stmt, order=order, limit=limit, after=after)
+    return keyset_page(session, stmt, order=order, limit=limit, after=after,
+                       descending=newest_first)
 
 
 def list_dead_letters(session: Session, *, limit: int = 1000,

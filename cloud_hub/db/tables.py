@@ -73,6 +73,8 @@ class Anomaly(SQLModel, table=True):
     channels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     detected_at: float
     stored_at: float = Field(index=True)
+    # Set by the incident job (cloud_hub/incidents); NULL until the event is grouped.
+    incident_id: int | None = Field(default=None, index=True)
 
 
 class DeadLetter(SQLModel, table=True):

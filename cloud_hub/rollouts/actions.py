@@ -1,4 +1,5 @@
-"""What an admin does to rollouts: create, pause, resume, abort, and the status view."""
+"""What an admin does to rollouts: create, pause, resume, abort, roll back, and the status
+view. The REST API and the console both call these, so both apply the same checks."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from cloud_hub.db.devices import ensure_devices
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Device
 from cloud_hub.registry.lifecycle import PublishRefused, get_model
-from cloud_hub.rollouts.controller import ACTIVE_STATES
+from cloud_hub.rollouts.controller import ACTIVE_STATES, RolloutController
 from cloud_hub.rollouts.planning import plan_stages, resolve_target
 
-__all__ = ["RolloutConflict", "change_state", "create_rollout", "rollout_summaries",
+__all__ = ["ROLL_BACK_FROM", "RolloutConflict", "change_state", "create_rollout", "roll_back",
+           "rollout_summaries",
            "rollout_view"]
 
 

@@ -177,6 +177,20 @@ class RolloutController:
         ]
 
     # -- backward ------------------------------------------------------------------------
+    def roll_back_on_request(self, rollout_id: int, reason: str,
+                             allowed: tuple[str, ...]) -> str | None:
+        """Roll back at an admin's request if the rollout's state is in ``allowed``.
+
+        Runs under the tick lock, so it never races a tick. Returns the state that refused
+        it, or None once the rollback started.
+        """
+        with self._lock, Session(self._engine) as session:
+            rollout = session.get(Rollout, rollout_id)
+            if rollout is None or rollout.status not in allowed:
+                return rollout.status if rollout is not None else "missing"
+            self.roll_back(session, rollout, reason, time.time())
+            return None
+
     def roll_back(self, session: Session, rollout: Rollout, reason: str, now: float) -> None:
         """Set desired back to the previous version on every device this rollout touched.
 

@@ -165,3 +165,33 @@ def test_target_by_group_tags_and_percent_then_abort(hub: Hub, api: httpx.Client
     nobody = api.post("/rollouts", json={**body, "target": {"group": "plant-z"}},
                       headers=ADMIN)
     assert nobody.status_code == 422 and "selects no device" in nobody.text
+
+
+def test_an_admin_rolls_back_a_finished_rollout_to_the_previous_model(
+    hub: Hub, api: httpx.Client
+) -> None:
+    fleet = _fleet(hub)
+    try:
+        _, first = _published(hub, api)
+        _, second = _published(hub, api)
+        initial = _rollout(api, first)
+        done = wait_for(lambda: _done(api, initial["id"]), timeout=30, what="the first rollout")
+        assert done["status"] == "succeeded"
+        created = _rollout(api, second)
+        assert wait_for(lambda: _done(api, created["id"]), timeout=30,
+                        what="the second rollout")["status"] == "succeeded"
+        viewer = api.post("/api-keys", json={"name": "ro", "scope": "read"}, headers=ADMIN)
+        refused = api.post(f"/rollouts/{created['id']}/rollback",
+                           headers={"X-API-Key": viewer.json()["key"]})
+        assert refused.status_code == 403
+        response = api.post(f"/rollouts/{created['id']}/rollback", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        assert response.json()["reason"] == "rolled back by bootstrap-admin"
+        view = wait_for(lambda: _done(api, created["id"]), timeout=30, what="the rollback")
+        again = api.post(f"/rollouts/{created['id']}/rollback", headers=ADMIN)
+    finally:
+        for device in fleet:
+            device.close()
+    assert view["status"] == "rolled_back"
+    assert all(d["reported"] == {"name": "pump-ae", "version": first} for d in view["devices"])
+    assert again.status_code == 409 and "rolled_back; cannot roll back" in again.json()["detail"]

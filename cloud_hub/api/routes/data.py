@@ -88,10 +88,14 @@ def anomalies(
     since: Annotated[float | None, Query(ge=0, description="stored_at >= since")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_ANOMALIES)] = 1000,
     cursor: CursorQuery = None,
+    order: Annotated[str, Query(pattern="^(stored|newest)$",
+                                description="`stored`: oldest first; `newest`: latest first")
+                     ] = "stored",
 ) -> list[AnomalyPublic]:
     """Anomaly events in the order the hub stored them (``stored_at`` = commit time)."""
     rows = paged(request, response, cursor, lambda after: list_anomalies(
-        session, device_id=device_id, since=since, limit=limit, after=after))
+        session, device_id=device_id, since=since, limit=limit, after=after,
+        newest_first=order == "newest"))
     return [AnomalyPublic.model_validate(r, from_attributes=True) for r in rows]
 
 

@@ -1,4 +1,4 @@
-"""Rollouts: create (canary + waves + policy), follow, pause, resume, abort."""
+"""Rollouts: create (canary + waves + policy), follow, pause, resume, abort, roll back."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cloud_hub.rollouts.actions import (
     RolloutConflict,
     change_state,
     create_rollout,
+    roll_back,
     rollout_summaries,
     rollout_view,
 )
@@ -102,3 +103,15 @@ def resume(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
 def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "abort", session, hub)
+
+
+@router.post("/{rollout_id}/rollback", response_model=RolloutPublic)
+def rollback(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
+             caller: AdminKey) -> dict[str, Any]:
+    """Set `desired` back to the previous model on every device the rollout touched (also
+    after it succeeded); `rolled_back` once each of them reports that model."""
+    try:
+        updated = roll_back(session, _get(session, rollout_id), hub.rollouts, by=caller.name)
+    except RolloutConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return rollout_view(session, updated)

@@ -1,0 +1,78 @@
+"""Webhook rules for incident notifications, and their deliveries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+
+from cloud_hub.api.deps import AdminKey, ReadKey, SessionDep
+from cloud_hub.api.incident_schemas import (
+    DeliveryPublic,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookPublic,
+    WebhookUpdate,
+)
+from cloud_hub.incidents.queries import list_deliveries
+from cloud_hub.notify import admin
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+RulePath = Annotated[int, Path(ge=1)]
+
+
+@router.get("", response_model=list[WebhookPublic])
+def rules(session: SessionDep, _key: ReadKey) -> list[dict[str, Any]]:
+    return [admin.rule_view(session, r) for r in admin.list_rules(session)]
+
+
+@router.post("", response_model=WebhookCreated, status_code=status.HTTP_201_CREATED)
+def create(body: WebhookCreate, session: SessionDep, _key: AdminKey) -> dict[str, Any]:
+    """A rule: incidents of devices in `group` / with `tag`, reaching `min_score`, of
+    `fault_class` (each optional) are sent to `url`, signed with the returned `secret`."""
+    try:
+        rule = admin.create_rule(session, **body.model_dump())
+    except ValueError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "url"], "msg": str(exc), "type": "value_error"}],
+        ) from None
+    return admin.rule_view(session, rule, with_secret=True)
+
+
+@router.get("/deliveries", response_model=list[DeliveryPublic])
+def deliveries(
+    session: SessionDep, _key: ReadKey, response: Response,
+    delivery_status: Annotated[str | None, Query(alias="status",
+                                                 pattern="^(pending|delivered|failed)$")] = None,
+    rule_id: Annotated[int | None, Query(ge=1)] = None,
+    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[Any]:
+    """Newest first, with attempts and the last error; total in `X-Total-Count`."""
+    page = list_deliveries(session, status=delivery_status, rule_id=rule_id,
+                           incident_id=incident_id, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(page.total)
+    return list(page.items)
+
+
+def _rule(session: SessionDep, rule_id: int) -> None:
+    try:
+        admin.get_rule(session, rule_id)
+    except admin.RuleNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.patch("/{rule_id}", response_model=WebhookPublic)
+def update(rule_id: RulePath, body: WebhookUpdate, session: SessionDep,
+           _key: AdminKey) -> dict[str, Any]:
+    _rule(session, rule_id)
+    return admin.rule_view(session, admin.set_enabled(session, rule_id, body.enabled))
+
+
+@router.delete("/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
+def remove(rule_id: RulePath, session: SessionDep, _key: AdminKey) -> None:
+    """Delete the rule and its delivery history."""
+    _rule(session, rule_id)
+    admin.delete_rule(session, rule_id)

@@ -1,0 +1,120 @@
+"""Tables of operations: incidents, webhook rules and deliveries, console sessions, job leases.
+
+An incident groups the anomaly events of one device while they keep coming; the events point at
+it through ``anomalies.incident_id``. Webhook deliveries are written in the same transaction as
+the incident change they announce (an outbox), and sent by the notifier afterwards.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+__all__ = ["Incident", "JobLease", "UiSession", "WebhookDelivery", "WebhookRule"]
+
+INCIDENT_STATES = ("open", "acknowledged", "resolved")
+
+
+class Incident(SQLModel, table=True):
+    __tablename__ = "incidents"
+    __table_args__ = (
+        Index("ix_incidents_device_state", "device_id", "state"),
+        Index("ix_incidents_updated", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    state: str = Field(default="open", index=True)  # open | acknowledged | resolved
+    # Device time of the first window's start and the last window's end.
+    started_at: float
+    ended_at: float
+    # Hub time: when the first and the latest event were stored, and of the last change.
+    opened_at: float
+    last_event_at: float
+    updated_at: float
+    events: int = 0
+    peak_score: float
+    peak_threshold: float
+    channel_counts: dict[str, int] = Field(default_factory=dict,
+                                           sa_column=Column(JSON, nullable=False))
+    model_name: str
+    model_version: int
+    # Filled when the anomaly events carry them (fault classification, remaining useful life).
+    fault_class: str | None = Field(default=None, max_length=64)
+    rul_s: float | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    ack_note: str | None = Field(default=None, max_length=2000)
+    resolved_by: str | None = None
+    resolved_at: float | None = None
+    resolve_note: str | None = Field(default=None, max_length=2000)
+
+    @property
+    def channels(self) -> list[str]:
+        """Channels named by the events, the most frequent first."""
+        counts = self.channel_counts or {}
+        return sorted(counts, key=lambda c: (-counts[c], c))
+
+
+class WebhookRule(SQLModel, table=True):
+    """Where to send incident notifications, and for which incidents."""
+
+    __tablename__ = "webhook_rules"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    url: str = Field(max_length=2000)
+    secret: str = Field(max_length=128)  # HMAC-SHA256 key; the receiver holds the same
+    group: str | None = Field(default=None, max_length=64)
+    tag: str | None = Field(default=None, max_length=64)
+    min_score: float | None = None
+    fault_class: str | None = Field(default=None, max_length=64)
+    enabled: bool = True
+    created_at: float
+
+
+class WebhookDelivery(SQLModel, table=True):
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_rule_incident", "rule_id", "incident_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    rule_id: int = Field(foreign_key="webhook_rules.id")
+    incident_id: int = Field(foreign_key="incidents.id")
+    event: str  # incident.opened | incident.resolved
+    body: str  # the exact JSON sent (and signed)
+    status: str = "pending"  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: float
+    last_error: str | None = Field(default=None, max_length=2000)
+    last_status_code: int | None = None
+    created_at: float
+    delivered_at: float | None = None
+
+
+class UiSession(SQLModel, table=True):
+    """A console login: made from an API key, carried by an HttpOnly cookie.
+
+    Only the sha256 of the cookie's token is stored; the key's scope is read on every request,
+    so revoking the key ends its sessions.
+    """
+
+    __tablename__ = "ui_sessions"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    api_key_id: int = Field(foreign_key="api_keys.id", index=True)
+    csrf_token: str = Field(max_length=64)
+    created_at: float
+    expires_at: float
+
+
+class JobLease(SQLModel, table=True):
+    """Which hub process runs a singleton job (incidents, notifier) until ``expires_at``."""
+
+    __tablename__ = "job_leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: float

@@ -1,0 +1,1 @@
+"""Incidents: anomaly events of a device grouped while they keep coming, and their life cycle."""

@@ -1,0 +1,1 @@
+"""Incident notifications: webhook rules, signed deliveries, retries with back-off."""
