@@ -1,24 +1,29 @@
-"""Read side of incidents and events: filtered, newest first, paginated in SQL."""
+"""Read side of incidents and events: filtered, newest first, paginated in SQL.
+
+The REST API pages with a keyset cursor (:mod:`cloud_hub.db.paging`); the console shows page
+numbers, so it gets an offset page with the total count (:class:`Listing`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cloud_hub.db.ops_tables import Incident, WebhookDelivery
+from cloud_hub.db.paging import Key, Page, keyset_page
 from cloud_hub.db.tables import Anomaly
 
-__all__ = ["Page", "count_by_state", "incident_events", "list_deliveries", "list_events",
-           "list_incidents"]
+__all__ = ["Listing", "count_by_state", "deliveries_page", "incident_events", "incidents_page",
+           "list_deliveries", "list_events", "list_incidents"]
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Page(Generic[T]):
+class Listing(Generic[T]):
     items: list[T]
     total: int
     limit: int
@@ -32,19 +37,11 @@ class Page(Generic[T]):
 def list_incidents(
     session: Session, *, state: str | None = None, device_id: str | None = None,
     limit: int = 50, offset: int = 0,
-) -> Page[Incident]:
-    stmt = select(Incident)
-    count = select(func.count()).select_from(Incident)
-    if state == "active":  # open or acknowledged
-        stmt = stmt.where(Incident.state != "resolved")
-        count = count.where(Incident.state != "resolved")
-    elif state is not None:
-        stmt, count = stmt.where(Incident.state == state), count.where(Incident.state == state)
-    if device_id is not None:
-        stmt = stmt.where(Incident.device_id == device_id)
-        count = count.where(Incident.device_id == device_id)
+) -> Listing[Incident]:
+    stmt = _incident_filter(select(Incident), state, device_id)
+    count = _incident_filter(select(func.count()).select_from(Incident), state, device_id)
     rows = session.exec(stmt.order_by(col(Incident.id).desc()).offset(offset).limit(limit))
-    return Page(list(rows), int(session.exec(count).one()), limit, offset)
+    return Listing(list(rows), int(session.exec(count).one()), limit, offset)
 
 
 def count_by_state(session: Session) -> dict[str, int]:
@@ -63,7 +60,7 @@ def incident_events(session: Session, incident_id: int, *, limit: int = 500) -> 
 
 def list_events(
     session: Session, *, device_id: str | None = None, limit: int = 50, offset: int = 0,
-) -> Page[Anomaly]:
+) -> Listing[Anomaly]:
     """Anomaly events, the latest stored first."""
     stmt = select(Anomaly)
     count = select(func.count()).select_from(Anomaly)
@@ -73,13 +70,13 @@ def list_events(
     stmt = stmt.order_by(col(Anomaly.stored_at).desc(), col(Anomaly.device_id),
                          col(Anomaly.seq).desc())
     rows = session.exec(stmt.offset(offset).limit(limit))
-    return Page(list(rows), int(session.exec(count).one()), limit, offset)
+    return Listing(list(rows), int(session.exec(count).one()), limit, offset)
 
 
 def list_deliveries(
     session: Session, *, status: str | None = None, rule_id: int | None = None,
     incident_id: int | None = None, limit: int = 50, offset: int = 0,
-) -> Page[WebhookDelivery]:
+) -> Listing[WebhookDelivery]:
     stmt = select(WebhookDelivery)
     count = select(func.count()).select_from(WebhookDelivery)
     for column, value in ((WebhookDelivery.status, status), (WebhookDelivery.rule_id, rule_id),
@@ -87,4 +84,38 @@ def list_deliveries(
         if value is not None:
             stmt, count = stmt.where(column == value), count.where(column == value)
     rows = session.exec(stmt.order_by(col(WebhookDelivery.id).desc()).offset(offset).limit(limit))
-    return Page(list(rows), int(session.exec(count).one()), limit, offset)
+    return Listing(list(rows), int(session.exec(count).one()), limit, offset)
+
+
+def _incident_filter(stmt: Any, state: str | None, device_id: str | None) -> Any:
+    if state == "active":  # open or acknowledged
+        stmt = stmt.where(Incident.state != "resolved")
+    elif state is not None:
+        stmt = stmt.where(Incident.state == state)
+    if device_id is not None:
+        stmt = stmt.where(Incident.device_id == device_id)
+    return stmt
+
+
+def incidents_page(
+    session: Session, *, state: str | None = None, device_id: str | None = None,
+    limit: int = 50, after: Key | None = None,
+) -> Page[Incident]:
+    """Newest first (by id), after the cursor's key."""
+    stmt = _incident_filter(select(Incident), state, device_id)
+    return keyset_page(session, stmt, order=[col(Incident.id)], limit=limit, after=after,
+                       descending=True)
+
+
+def deliveries_page(
+    session: Session, *, status: str | None = None, rule_id: int | None = None,
+    incident_id: int | None = None, limit: int = 50, after: Key | None = None,
+) -> Page[WebhookDelivery]:
+    """Newest first (by id), after the cursor's key."""
+    stmt = select(WebhookDelivery)
+    for column, value in ((WebhookDelivery.status, status), (WebhookDelivery.rule_id, rule_id),
+                          (WebhookDelivery.incident_id, incident_id)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    return keyset_page(session, stmt, order=[col(WebhookDelivery.id)], limit=limit,
+                       after=after, descending=True)

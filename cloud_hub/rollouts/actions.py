@@ -81,6 +81,25 @@ def change_state(session: Session, rollout: Rollout, action: str) -> Rollout:
     return rollout
 
 
+ROLL_BACK_FROM = ("running", "paused", "succeeded", "aborted")
+
+
+def roll_back(session: Session, rollout: Rollout, controller: RolloutController,
+              *, by: str) -> Rollout:
+    """Set every device this rollout touched back to the model it ran before.
+
+    The rollout is ``rolling_back`` until each of them reports that model, then
+    ``rolled_back``.
+    """
+    assert rollout.id is not None
+    refused = controller.roll_back_on_request(rollout.id, f"rolled back by {by}",
+                                              ROLL_BACK_FROM)
+    if refused is not None:
+        raise RolloutConflict(f"rollout {rollout.id} is {refused}; cannot roll back")
+    session.refresh(rollout)
+    return rollout
+
+
 def _view(rollout: Rollout, counts: tuple[int, int, int, int]) -> dict[str, Any]:
     total, updated, failed, reverted = counts
     return {

@@ -4,34 +4,35 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
 from cloud_hub.api.incident_schemas import IncidentAction, IncidentDetail, IncidentPublic
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.incidents import actions
-from cloud_hub.incidents.queries import incident_events, list_incidents
+from cloud_hub.incidents.queries import incident_events, incidents_page
 from cloud_hub.incidents.views import event_view, incident_view
 from shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/incidents", tags=["incidents"])
 IncidentPath = Annotated[int, Path(ge=1)]
-TOTAL_HEADER = "X-Total-Count"
 
 
-@router.get("", response_model=list[IncidentPublic], response_model_exclude_unset=True)
+@router.get("", response_model=list[IncidentPublic], response_model_exclude_unset=True,
+            responses=PAGE_HEADERS)
 def incidents(
-    session: SessionDep, _key: ReadKey, response: Response,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
     state: Annotated[str | None, Query(pattern="^(open|acknowledged|resolved|active)$",
                                        description="`active` = open or acknowledged")] = None,
     device_id: Annotated[str | None, Query(pattern=rf"^{DEVICE_ID_PATTERN}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: CursorQuery = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; the total matching count is in the `X-Total-Count` header."""
-    page = list_incidents(session, state=state, device_id=device_id, limit=limit, offset=offset)
-    response.headers[TOTAL_HEADER] = str(page.total)
-    return [incident_view(i) for i in page.items]
+    """Newest first; more pages through `X-Next-Cursor`."""
+    rows = paged(request, response, cursor, lambda after: incidents_page(
+        session, state=state, device_id=device_id, limit=limit, after=after))
+    return [incident_view(i) for i in rows]
 
 
 def _detail(session: SessionDep, incident: Incident) -> dict[str, Any]:

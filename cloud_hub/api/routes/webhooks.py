@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from cloud_hub.api.deps import AdminKey, ReadKey, SessionDep
 from cloud_hub.api.incident_schemas import (
@@ -14,7 +14,8 @@ from cloud_hub.api.incident_schemas import (
     WebhookPublic,
     WebhookUpdate,
 )
-from cloud_hub.incidents.queries import list_deliveries
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
+from cloud_hub.incidents.queries import deliveries_page
 from cloud_hub.notify import admin
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -40,21 +41,20 @@ def create(body: WebhookCreate, session: SessionDep, _key: AdminKey) -> dict[str
     return admin.rule_view(session, rule, with_secret=True)
 
 
-@router.get("/deliveries", response_model=list[DeliveryPublic])
+@router.get("/deliveries", response_model=list[DeliveryPublic], responses=PAGE_HEADERS)
 def deliveries(
-    session: SessionDep, _key: ReadKey, response: Response,
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
     delivery_status: Annotated[str | None, Query(alias="status",
                                                  pattern="^(pending|delivered|failed)$")] = None,
     rule_id: Annotated[int | None, Query(ge=1)] = None,
     incident_id: Annotated[int | None, Query(ge=1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: CursorQuery = None,
 ) -> list[Any]:
-    """Newest first, with attempts and the last error; total in `X-Total-Count`."""
-    page = list_deliveries(session, status=delivery_status, rule_id=rule_id,
-                           incident_id=incident_id, limit=limit, offset=offset)
-    response.headers["X-Total-Count"] = str(page.total)
-    return list(page.items)
+    """Newest first, with attempts and the last error; more pages through `X-Next-Cursor`."""
+    return paged(request, response, cursor, lambda after: deliveries_page(
+        session, status=delivery_status, rule_id=rule_id, incident_id=incident_id, limit=limit,
+        after=after))
 
 
 def _rule(session: SessionDep, rule_id: int) -> None:
