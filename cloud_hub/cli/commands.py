@@ -34,13 +34,21 @@ def _ref(text: str) -> tuple[str, int]:
 
 
 def _job_row(job: dict[str, Any]) -> dict[str, Any]:
-    p = job.get("progress") or {}
-    shown = p.get("stage", "")
-    if p.get("epochs"):
-        shown += f" {p.get('epoch')}/{p.get('epochs')}"
+    return {**job, "progress": _progress_text(job.get("progress") or {})}
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    stage, epoch, epochs = p.get("stage", ""), p.get("epoch") or 0, p.get("epochs") or 0
+    if stage == "fitting" and epochs:
+        shown = f"fitting {epoch}/{epochs}"
+    elif stage == "done" and epoch:
+        shown = f"done after {epoch} of {epochs} epochs" if epoch < epochs else \
+            f"done after {epoch} epochs"
+    else:
+        shown = stage
     if p.get("loss") is not None:
         shown += f" loss={p['loss']:.4g}"
-    return {**job, "progress": shown}
+    return shown
 
 
 def follow_job(client: HubClient, job: dict[str, Any], poll_s: float = 0.5) -> dict[str, Any]:
@@ -54,8 +62,19 @@ def follow_job(client: HubClient, job: dict[str, Any], poll_s: float = 0.5) -> d
             job = client.get(f"/training-jobs/{job['id']}")
             bar.update(task, completed=job["progress"].get("fraction", 0.0),
                        info=_job_row(job)["progress"])
-        bar.update(task, completed=1.0 if job["status"] == "succeeded" else None)
+        final = _job_row(job)["progress"]
+        bar.update(task, completed=job["progress"].get("fraction", 0.0),
+                   info=final if job["status"] == "succeeded" else f"{job['status']}: {final}")
     return job
+
+
+def _job_summary(job: dict[str, Any]) -> str:
+    model = job.get("model")
+    ref = f" model {model['name']}:{model['version']}" if model else ""
+    line = f"job {job['id']} {job['status']}:{ref} ({_job_row(job)['progress']})"
+    if job.get("error"):
+        line += f"\n  reason: {job['error']}"
+    return line
 
 
 def train(a: argparse.Namespace, c: HubClient) -> int:
@@ -79,7 +98,10 @@ def train(a: argparse.Namespace, c: HubClient) -> int:
         job = c.post("/training-jobs", body)
     if not a.no_wait:
         job = follow_job(c, job)
-    emit(_job_row(job) if not a.json else job, a.json, title="training job")
+    if a.json:
+        emit(job, True)
+    else:
+        console().print(_job_summary(job), highlight=False, markup=False)
     return 0 if job["status"] in ("succeeded", "queued", "running") else 1
 
 

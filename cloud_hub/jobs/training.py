@@ -1,7 +1,10 @@
-"""Training jobs: run ``run_training`` on stored telemetry in a background thread.
+"""Training jobs: run ``run_training`` on stored telemetry, one job at a time.
 
-Jobs run one at a time, in order (training uses both cores). Progress is written to the job row
-(at most a few times a second) so ``GET /training-jobs/{id}`` can show stage, epoch and loss.
+Jobs run one at a time, in order (training uses both cores), each in a child process
+(:mod:`cloud_hub.jobs.child`) so TensorFlow never loads into the hub; a worker thread here waits
+for it. Progress is written to the job row (at most a few times a second) so
+``GET /training-jobs/{id}`` can show stage, epoch and loss. A job whose model cannot be published
+(it failed the parity gate) ends as ``failed`` with the reason; its draft stays for inspection.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ def spec_from_dict(data: dict[str, Any]) -> TrainingSpec:
 
 
 def _default_run_training() -> RunTraining:
-    from cloud_hub.training.pipeline import run_training  # heavy: TensorFlow
+    from cloud_hub.jobs.child import train_in_child  # TensorFlow loads in the child only
 
-    return run_training
+    return train_in_child
 
 
 class JobRunner:
@@ -63,6 +66,8 @@ class JobRunner:
         self, engine: Engine, *, register: Register, run_training: RunTraining | None = None,
         uploads_dir: Path | None = None,
     ) -> None:
+        """``run_training`` replaces the child-process pipeline and runs in this process (the
+        tests' stand-ins); by default each job trains in a child process."""
         self._engine = engine
         self.uploads_dir = uploads_dir or Path("uploads")
         self._register = register
@@ -154,7 +159,9 @@ class JobRunner:
         latest: dict[str, Any] = {}
 
         def progress(p: TrainingProgress) -> None:
-            latest.update(stage=p.stage, epoch=p.epoch, epochs=p.epochs, fraction=p.fraction)
+            latest.update(stage=p.stage, epochs=p.epochs, fraction=p.fraction)
+            if p.stage == "fitting" or "epoch" not in latest:  # later stages keep the last epoch
+                latest["epoch"] = p.epoch
             if p.loss is not None:
                 latest.update(loss=p.loss, val_loss=p.val_loss)
             now = time.monotonic()
@@ -175,6 +182,7 @@ class JobRunner:
                            cancel=cancel)
             with Session(self._engine) as session:
                 model = self._register(session, artifact, name, training, job_id)
+            unpublishable = artifact.parity.failure_reason()
         except Exception as exc:
             cancelled = type(exc).__name__ == "TrainingCancelled" or (
                 cancel.is_set() and not isinstance(exc, TrainingDataError)
@@ -185,9 +193,14 @@ class JobRunner:
             self._update(job_id, status=status, finished_at=time.time(),
                          error=f"{type(exc).__name__}: {exc}")
             return
-        self._update(job_id, status="succeeded", finished_at=time.time(),
-                     model_name=model[0], model_version=model[1],
-                     progress={**latest, "stage": "done", "fraction": 1.0})
+        if unpublishable:
+            log.warning("training job %d failed: model %s:%d cannot be published: %s", job_id,
+                        model[0], model[1], unpublishable)
+        self._update(job_id, status="failed" if unpublishable else "succeeded",
+                     finished_at=time.time(), model_name=model[0], model_version=model[1],
+                     progress={**latest, "stage": "done", "fraction": 1.0},
+                     error=f"model {model[0]}:{model[1]} cannot be published (it stays a draft "
+                           f"to inspect): {unpublishable}" if unpublishable else None)
 
 
     def _uploaded_set(

@@ -12,8 +12,15 @@ from cloud_hub.cli import main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
-from tests.cloud_hub.conftest import ADMIN_KEY
-from tests.cloud_hub.helpers import publish_wait, publisher_client, tiny_artifact, wait_for
+from simulator.broker import Broker
+from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
+from tests.cloud_hub.helpers import (
+    publish_wait,
+    publisher_client,
+    stand_in_training,
+    tiny_artifact,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
@@ -105,3 +112,31 @@ def test_train_from_a_skab_csv_leaves_labels_out_and_models_list_shows_channels(
     assert code == 0, err
     code, out, _ = _run(server, capsys, "--json", "models", "show", "skab-ae:2")
     assert json.loads(out)["channels"] == ["Current", "anomaly"]
+
+
+def test_train_exits_non_zero_with_the_reason_when_the_model_cannot_be_published(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = Hub(hub_settings(broker, tmp_path / "hub"),
+              run_training=stand_in_training(agreement=0.95))
+    hub.start()
+    server = serve_in_thread(hub)
+    try:
+        client = publisher_client(hub.settings.mqtt_port)
+        try:
+            batch = TelemetryBatch(device_id="pump-1", seq=0, channels=["a", "b"],
+                                   ts=[float(i) for i in range(100)], values=[[1.0, 2.0]] * 100)
+            publish_wait(client, hub.topics.telemetry("pump-1"), encode(batch))
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="telemetry")
+        code, out, err = _run(server, capsys, "train", "pump-ae", "--window", "8",
+                              "--epochs", "3")
+        assert code == 1
+        assert "job 1 failed: model pump-ae:1 (done after 3 epochs loss=0.3333)" in out
+        assert "cannot be published" in out and "decision_agreement 0.9500" in out
+        assert "0/3" not in out + err
+    finally:
+        server.stop()
+        hub.stop()

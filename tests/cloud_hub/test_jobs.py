@@ -16,7 +16,12 @@ from cloud_hub.training.errors import TrainingCancelled
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
+from tests.cloud_hub.helpers import (
+    publish_wait,
+    publisher_client,
+    stand_in_training,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -49,6 +54,9 @@ def _send_telemetry(hub: Hub, devices: list[str], batches: int = 4, rows: int = 
     wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == total, what="telemetry")
 
 
+JOB_TIMEOUT_S = 120.0  # the first stand-in job converts a tiny model: TensorFlow loads then
+
+
 def _finished(api: httpx.Client, job_id: int) -> dict[str, object] | None:
     job: dict[str, object] = api.get(f"/training-jobs/{job_id}", headers=ADMIN).json()
     return job if job["status"] not in ("queued", "running") else None
@@ -62,7 +70,7 @@ def test_training_job_trains_on_stored_telemetry_and_registers_a_draft(
             "spec": {"window": 8, "epochs": 3}}
     created = api.post("/training-jobs", json=body, headers=ADMIN)
     assert created.status_code == 202, created.text
-    job = wait_for(lambda: _finished(api, created.json()["id"]), what="job to finish")
+    job = wait_for(lambda: _finished(api, created.json()["id"]), JOB_TIMEOUT_S, "job to finish")
     assert job["status"] == "succeeded", job["error"]
     assert job["model"] == {"name": "pump-ae", "version": 1}
     progress = job["progress"]
@@ -78,7 +86,7 @@ def test_training_job_trains_on_stored_telemetry_and_registers_a_draft(
 
 def test_a_job_without_data_fails_and_says_why(hub: Hub, api: httpx.Client) -> None:
     created = api.post("/training-jobs", json={"name": "pump-ae"}, headers=ADMIN).json()
-    job = wait_for(lambda: _finished(api, created["id"]), what="job to finish")
+    job = wait_for(lambda: _finished(api, created["id"]), JOB_TIMEOUT_S, "job to finish")
     assert job["status"] == "failed"
     assert "no stored telemetry" in str(job["error"])
 
@@ -86,7 +94,7 @@ def test_a_job_without_data_fails_and_says_why(hub: Hub, api: httpx.Client) -> N
 def test_a_job_for_unknown_devices_fails_naming_them(hub: Hub, api: httpx.Client) -> None:
     created = api.post("/training-jobs", json={"name": "m", "devices": ["ghost"]},
                        headers=ADMIN).json()
-    job = wait_for(lambda: _finished(api, created["id"]), what="job to finish")
+    job = wait_for(lambda: _finished(api, created["id"]), JOB_TIMEOUT_S, "job to finish")
     assert job["status"] == "failed"
     assert "ghost" in str(job["error"])
 
@@ -98,7 +106,7 @@ def test_a_job_trains_on_an_uploaded_csv(hub: Hub, api: httpx.Client) -> None:
                        content="\n".join(lines).encode(), headers={**ADMIN,
                                                                    "Content-Type": "text/csv"})
     assert created.status_code == 202, created.text
-    job = wait_for(lambda: _finished(api, created.json()["id"]), what="job to finish")
+    job = wait_for(lambda: _finished(api, created.json()["id"]), JOB_TIMEOUT_S, "job to finish")
     assert job["status"] == "succeeded", job["error"]
     record = api.get("/models/csv-ae/1", headers=ADMIN).json()
     assert record["channels"] == ["a", "c"]
@@ -140,3 +148,29 @@ def test_a_running_job_can_be_cancelled(broker: Broker, tmp_path: Path) -> None:
             assert again.status_code == 409
     finally:
         server.stop()
+
+
+def test_a_job_whose_model_fails_the_parity_gate_ends_failed_with_the_reason(
+    broker: Broker, tmp_path: Path
+) -> None:
+    hub = Hub(hub_settings(broker, tmp_path / "hub"),
+              run_training=stand_in_training(agreement=0.95))
+    hub.start()
+    server = serve_in_thread(hub)
+    try:
+        with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as api:
+            _send_telemetry(hub, ["pump-1"])
+            created = api.post("/training-jobs", json={"name": "pump-ae",
+                                                       "spec": {"window": 8, "epochs": 2}},
+                               headers=ADMIN)
+            job_id = created.json()["id"]
+            job = wait_for(lambda: _finished(api, job_id), JOB_TIMEOUT_S, "job to finish")
+            assert job["status"] == "failed"
+            assert "cannot be published" in str(job["error"])
+            assert "decision_agreement 0.9500" in str(job["error"])
+            assert job["model"] == {"name": "pump-ae", "version": 1}
+            record = api.get("/models/pump-ae/1", headers=ADMIN).json()
+            assert record["status"] == "draft" and record["parity_passed"] is False
+    finally:
+        server.stop()
+        hub.stop()

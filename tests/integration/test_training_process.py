@@ -1,0 +1,95 @@
+"""Training runs in a child process of ``cloud-hub serve``: TensorFlow never loads into the hub,
+and a training child that dies (here: SIGKILL, as the OOM killer would) fails its job with the
+reason while the hub goes on ingesting."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.cli.client import HubClient
+from shared.messages import TelemetryBatch, encode
+from simulator.broker import Broker
+from simulator.hub_process import HubProcess
+from tests.cloud_hub.helpers import publish_wait, publisher_client
+from tests.integration.support import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+QUICK = '{"window": 8, "epochs": 2, "compare_modes": false}'
+LONG = '{"window": 8, "epochs": 5000, "patience": 0, "compare_modes": false}'
+
+
+def _csv(rows: int = 600) -> bytes:
+    lines = ["ts,a,b"] + [f"{1000 + i},{math.sin(i / 5):.4f},{math.cos(i / 7):.4f}"
+                          for i in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _train(client: HubClient, name: str, spec: str) -> int:
+    job = client.request("POST", "/training-jobs/csv", params={"name": name, "spec": spec},
+                         content=_csv(), headers={"Content-Type": "text/csv"})
+    return int(job["id"])
+
+
+def _loaded_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _training_children(pid: int) -> list[int]:
+    """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return found
+
+
+def _finished(client: HubClient, job_id: int) -> dict[str, object] | None:
+    job: dict[str, object] = client.get(f"/training-jobs/{job_id}")
+    return job if job["status"] not in ("queued", "running") else None
+
+
+def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
+    hub: HubProcess, client: HubClient, broker: Broker
+) -> None:
+    assert hub.pid is not None
+    job_id = _train(client, "child-ae", QUICK)
+    job = wait_for(lambda: _finished(client, job_id), 300, "the training job to finish")
+    assert job["status"] == "succeeded", job["error"]
+    maps = _loaded_libraries(hub.pid)
+    assert "tensorflow" not in maps, "the hub process loaded TensorFlow"
+    status = Path(f"/proc/{hub.pid}/status").read_text()
+    rss_kb = int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
+    print(f"hub RSS after one training job: {rss_kb / 1024:.0f} MB")  # noqa: T201
+
+    job_id = _train(client, "child-ae", LONG)
+    wait_for(lambda: client.get(f"/training-jobs/{job_id}")["progress"]["stage"] == "fitting",
+             300, "the long job to start fitting")
+    children = _training_children(hub.pid)
+    assert len(children) == 1, children
+    os.kill(children[0], signal.SIGKILL)
+    job = wait_for(lambda: _finished(client, job_id), 60, "the killed job to end")
+    assert job["status"] == "failed"
+    assert "killed by SIGKILL" in str(job["error"]), job["error"]
+
+    assert hub.running
+    device = publisher_client(broker.port, client_id="after-kill")
+    try:
+        batch = TelemetryBatch(device_id="after-kill", seq=0, channels=["a"], ts=[1.0, 2.0],
+                               values=[[1.0], [2.0]])
+        publish_wait(device, "edgeloop/v1/devices/after-kill/telemetry", encode(batch))
+    finally:
+        device.disconnect()
+        device.loop_stop()
+    wait_for(lambda: any(d["device_id"] == "after-kill" and d["telemetry_readings"] == 2
+                         for d in client.get("/devices")), 30, "ingest after the kill")
