@@ -43,6 +43,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.timefmt import iso_time
 from shared.topics import HUB_STATUS, DeviceTopic, TopicError
 
 __all__ = ["Agent", "STATUS_FILE"]
@@ -142,6 +143,9 @@ class Agent:
         self._started = True
         log.info("agent %s started (source %s, channels %s, outbox depth %d)", self.device_id,
                  type(self.source).__name__, self.channels, self.outbox.depth())
+        if not trusted:
+            log.warning("agent %s: no pinned signing key in [trust.keys]: every model will be "
+                        "refused (the hub's key: GET /api/v1/signing-key)", self.device_id)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop reading, flush within the grace period, publish offline, disconnect.
@@ -223,8 +227,18 @@ class Agent:
             "inference_us_p50": p50,
             "inference_us_p99": p99,
             "uptime_s": time.monotonic() - self._started_at,
-            "last_error": self.updater.last_error or self.link.last_error,
+            **self._last_error(),
+            "session_conflict": self.link.session_conflict,
+            "session_takeovers": self.link.takeovers,
         }
+
+    def _last_error(self) -> dict[str, Any]:
+        """The most recent error of the model updater and the link, with its wall-clock time."""
+        errors = [(at or 0.0, text) for at, text in (
+            (self.updater.last_error_at, self.updater.last_error),
+            (self.link.last_error_at, self.link.last_error)) if text]
+        at, text = max(errors, default=(None, None))
+        return {"last_error": text, "last_error_at": at}
 
     # -- threads -------------------------------------------------------------------------
     def _read(self) -> None:
@@ -313,6 +327,9 @@ class Agent:
         self.outbox.add(device_id=self.device_id, stream=Stream.ANOMALIES,
                         topic=self.topics.anomalies(self.device_id), build=build)
         self.anomalies_raised += 1
+        log.info("agent %s: anomaly at %s, score %.4g over threshold %.4g (model %s v%d, "
+                 "channels %s)", self.device_id, iso_time(d.ts[0]), d.score, d.threshold,
+                 d.model.name, d.model.version, ", ".join(d.channels))
         self.sender.wake()
 
     def _on_message(self, message: InboundMessage) -> None:

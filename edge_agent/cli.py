@@ -102,6 +102,17 @@ def _status(config: AgentConfig) -> dict[str, Any]:
     return out
 
 
+def _last_error(agent: dict[str, Any]) -> str:
+    from shared.timefmt import iso_time
+
+    text, at = agent.get("last_error"), agent.get("last_error_at")
+    if not text:
+        return "-"
+    if not isinstance(at, int | float):
+        return str(text)
+    return f"{iso_time(at)} ({round(time.time() - at)}s ago): {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -148,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
               f"oldest {outbox.get('oldest_unsent_age_s') or 0}s, drops {outbox.get('drops', 0)} "
               f"({outbox.get('dropped_readings', 0)} readings, "
               f"{outbox.get('dropped_anomalies', 0)} anomalies)")
-        print(f"last error    {agent.get('last_error') or '-'}")
+        print(f"last error    {_last_error(agent)}")
+        if agent.get("session_conflict"):
+            print(f"WARNING       {agent['session_conflict']} "
+                  f"({agent.get('session_takeovers', 0)} take-overs)")
         if agent:
             print(f"last update   {status.get('status_age_s')}s ago, connected "
                   f"{agent.get('connected')}, readings {agent.get('readings')}, "

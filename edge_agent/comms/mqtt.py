@@ -41,6 +41,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our id
+# A connection the broker closes this soon after accepting it, twice in a row, is the pattern of
+# two clients with one client id taking the session from each other (mosquitto 2.0 closes the
+# old connection without telling it why, so the reason code is not always there to read).
+_SHORT_LIVED_S = 10.0
+_SHORT_IN_A_ROW = 2
+
 
 @dataclass(frozen=True)
 class LinkSettings:
@@ -111,7 +118,12 @@ class MqttLink:
         self.control = control
         self.backoff = backoff or Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self.connections = 0  # successful CONNACKs
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # kept after recovery; last_error_at says when
+        self.last_error_at: float | None = None  # wall clock
+        self.takeovers = 0  # connections another client with our client id took over
+        self._conflict: str | None = None  # set while that keeps happening
+        self._logged_error: str | None = None
+        self._short_lived = 0
         self.last_connected_at: float | None = None  # time.monotonic() of the last CONNACK
         # Wall clock (comparable with when the outbox saw PUBACKs) of the last lost connection
         self.last_lost_at: float | None = None
@@ -130,6 +142,21 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def session_conflict(self) -> str | None:
+        """Why connections keep being taken over, until one has lasted a while."""
+        held = self.last_connected_at
+        if (self._conflict is not None and self.connected and held is not None
+                and time.monotonic() - held > 3 * _SHORT_LIVED_S):
+            self._conflict_over()
+        return self._conflict
+
+    def _conflict_over(self) -> None:
+        if self._conflict is not None:
+            log.info("mqtt %s: the session is no longer taken over (%d take-overs in all)",
+                     self.settings.client_id, self.takeovers)
+            self._conflict = None
 
     @property
     def reconnects(self) -> int:
@@ -260,9 +287,42 @@ class MqttLink:
             reset(sockpair_only=True)
 
     def _note_error(self, message: str) -> None:
-        if message != self.last_error:
+        if message != self._logged_error:  # once until the next good connection
             log.warning("mqtt %s: %s", self.settings.client_id, message)
+        self._logged_error = message
         self.last_error = message
+        self.last_error_at = time.time()
+
+    def _note_loss(self, reason: Any, held_s: float | None, from_broker: bool) -> None:
+        """Name a lost connection; recognise a session taken over by a client with our id."""
+        code = getattr(reason, "value", None)
+        cid = self.settings.client_id
+        if held_s is not None and held_s < _SHORT_LIVED_S and not from_broker:
+            self._short_lived += 1
+        elif code != _SESSION_TAKEN_OVER:
+            self._short_lived = 0
+        if code == _SESSION_TAKEN_OVER:
+            conflict = (f"session taken over: another client connected with client id {cid!r} "
+                        f"(two agents with the same device_id?)")
+        elif self._short_lived >= _SHORT_IN_A_ROW:
+            conflict = (f"session taken over (probably): the broker accepted and then closed "
+                        f"{self._short_lived} connections in a row, each within "
+                        f"{_SHORT_LIVED_S:.0f}s; another client is likely connected with client "
+                        f"id {cid!r} (two agents with the same device_id?)")
+        else:
+            self._conflict_over()
+            generic = str(reason) == "Unspecified error" and not from_broker
+            self._note_error("connection lost" if generic else f"connection lost: {reason}")
+            return
+        self.takeovers += 1
+        if self._conflict is None:  # once per episode, not once per flap
+            log.warning("mqtt %s: %s", cid, conflict)
+        else:
+            log.debug("mqtt %s: session taken over again (%d so far)", cid, self.takeovers)
+        self._conflict = conflict
+        self._logged_error = conflict
+        self.last_error = conflict
+        self.last_error_at = time.time()
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -279,7 +339,11 @@ class MqttLink:
             client.publish(topic, _payload(payload), qos=1, retain=True)
         self.connections += 1
         self.last_connected_at = time.monotonic()
-        self.last_error = None
+        if self._conflict is None:
+            log.info("mqtt %s: connected to %s:%d (session %s)", self.settings.client_id,
+                     self.settings.host, self.settings.port,
+                     "resumed" if flags.session_present else "new")
+        self._logged_error = None
         self.backoff.reset()
         self._connected.set()
         if self.control is not None:
@@ -289,12 +353,16 @@ class MqttLink:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         was_connected = self._connected.is_set()
+        held_s = None
         if was_connected:
             self.last_lost_at = time.time()
+            if self.last_connected_at is not None:
+                held_s = time.monotonic() - self.last_connected_at
         self._connected.clear()
         self._lost.set()
         if not self._stopping.is_set():
-            self._note_error(f"connection lost: {reason}")
+            from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+            self._note_loss(reason, held_s, from_broker)
         if was_connected and self.control is not None:
             self.control.put(Disconnected(reason=str(reason)))
 

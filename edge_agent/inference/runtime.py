@@ -9,6 +9,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +26,7 @@ __all__ = [
     "TfliteModel",
     "available_runtime",
     "load_interpreter_class",
+    "quiet_runtime_stderr",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,16 +82,44 @@ def available_runtime() -> str:
     return load_interpreter_class()[0]
 
 
+# The runtime's native logger prints this to the C stderr when it creates its default delegate
+# (once per process). It is not a log record, the runtime exports no way to raise its log
+# level, and TF_CPP_MIN_LOG_LEVEL does not reach it: only a file-descriptor filter removes it.
+_RUNTIME_CHATTER = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$")
+_stderr_lock = threading.Lock()
+
+
+@contextmanager
+def quiet_runtime_stderr() -> Iterator[None]:
+    """Hold fd 2 meanwhile and pass every line on afterwards except the runtime's chatter."""
+    with _stderr_lock, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().splitlines(keepends=True)
+                    if not _RUNTIME_CHATTER.match(line.rstrip(b"\r\n"))]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 class TfliteModel:
     """A loaded model: float windows in, float reconstructions out, quantization handled here."""
 
     def __init__(self, model_bytes: bytes, *, num_threads: int = 1) -> None:
         self.runtime, interpreter_cls = load_interpreter_class()
         try:
-            self._interp: _Interpreter = interpreter_cls(
-                model_content=model_bytes, num_threads=num_threads
-            )
-            self._interp.allocate_tensors()
+            with quiet_runtime_stderr():
+                self._interp: _Interpreter = interpreter_cls(
+                    model_content=model_bytes, num_threads=num_threads
+                )
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"the interpreter refused the model: {exc}") from None
         inputs = self._interp.get_input_details()

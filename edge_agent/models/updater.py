@@ -80,12 +80,14 @@ class ModelUpdater:
         self._clock = clock
         self.state: ModelState | None = None
         self.last_error: str | None = None
+        self.last_error_at: float | None = None  # wall clock
         self.last_report: ModelReport | None = None
         self._target: ModelRef | None = None
         self._manifest: Manifest | None = None
         self._subscribed: set[str] = set()
         self._attempts: dict[int, int] = {}
         self._deadline = 0.0
+        self._download_started = 0.0
         self._settled: dict[tuple[str, int], float] = {}  # target -> issued_at it was decided at
 
     # -- start-up ------------------------------------------------------------------------
@@ -169,6 +171,9 @@ class ModelUpdater:
         if not missing:
             self._verify_and_stage(manifest)
             return
+        self._download_started = self._clock()
+        log.info("model %s v%d: downloading %d of %d chunk(s), %d bytes", manifest.name,
+                 manifest.version, len(missing), manifest.chunks.count, manifest.size)
         for index in missing:
             self._sub(self.topics.chunk(manifest.name, manifest.version, index))
 
@@ -192,6 +197,8 @@ class ModelUpdater:
         self._unsub(topic)
         self._deadline = self._clock() + self.settings.download_timeout_s
         if not self.store.missing_chunks(manifest):
+            log.info("model %s v%d: download complete in %.1fs", manifest.name,
+                     manifest.version, self._clock() - self._download_started)
             self._verify_and_stage(manifest)
 
     # -- verification, shadow, activation -------------------------------------------------
@@ -291,7 +298,7 @@ class ModelUpdater:
             return
         self.store.rollback()
         self._activate(loaded, announce=False)
-        self.last_error = error
+        self.last_error, self.last_error_at = error, time.time()
         self._report(failed.manifest, ModelState.ROLLED_BACK, error)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -306,7 +313,7 @@ class ModelUpdater:
     def _fail_state(self, reason: str, ref: ModelRef | None, *,
                     manifest: Manifest | None = None) -> None:
         log.error("model update failed: %s", reason)
-        self.last_error = reason
+        self.last_error, self.last_error_at = reason, time.time()
         self._report(manifest, ModelState.FAILED, reason, ref=ref)
 
     def _abort(self, why: str) -> None:

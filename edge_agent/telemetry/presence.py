@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from edge_agent.telemetry.outbox import Outbox
 from shared.messages import DeviceStatus, HubStatus, MessageError, decode
+from shared.timefmt import iso_time
 
 __all__ = ["HubPresence"]
 
@@ -70,8 +71,9 @@ class HubPresence:
             since, self.suspect_since = self.suspect_since, None
             count = self.outbox.resend_acked_since(since)
             self.resends += 1
-            log.info("%s: hub %s is back with a new session; sending again the %d message(s) "
-                     "acknowledged since %.3f", self.name, status.device_id, count, since)
+            log.log(logging.INFO if count else logging.DEBUG,
+                    "%s: hub %s is back with a new session; sending again the %d message(s) "
+                    "acknowledged since %s", self.name, status.device_id, count, iso_time(since))
         self.outbox.set_meta(key, status.session)
         return count
 

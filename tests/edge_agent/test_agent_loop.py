@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
-    broker: Broker, hub: HubStandIn, collector: Collector, signing_key: SigningKey, tmp_path: Path
+    broker: Broker, hub: HubStandIn, collector: Collector, signing_key: SigningKey, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent")
     data = fixture_bytes("ae_int8_w8c2.tflite")
     manifest = make_manifest(signing_key, data, threshold=0.2)
     hub.publish_model(manifest, data)
@@ -69,6 +72,13 @@ def test_agent_runs_rolled_out_model_and_delivers_every_reading_once(
     beat = device.heartbeats[-1]
     assert beat["rss_bytes"] > 0 and beat["uptime_s"] > 0
     assert beat["inference_us_p50"] is not None and beat["inference_us_p99"] is not None
+    # What an operator reads at INFO: the connection, the download, each anomaly (ISO times).
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith(f"mqtt dev-1: connected to 127.0.0.1:{broker.port}") for m in info)
+    assert any(m.startswith("model pump-ae v1: downloading") for m in info)
+    assert any(m.startswith("model pump-ae v1: download complete in") for m in info)
+    anomaly_lines = [m for m in info if m.startswith("agent dev-1: anomaly at 1970-01-01T00:")]
+    assert len(anomaly_lines) == len(device.anomalies), info
 
 
 def test_bad_messages_are_counted_and_the_agent_goes_on(
