@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -64,7 +65,9 @@ class Hub:
             timeout=settings.publish_timeout_s,
         )
         self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,
-                              uploads_dir=settings.data_dir / "uploads")
+                              uploads_dir=settings.data_dir / "uploads",
+                              min_agreement=settings.min_parity_agreement,
+                              max_readings=settings.training_max_readings)
         self.rollouts = RolloutController(
             self.engine, self.publisher, tick_s=settings.rollout_tick_s
         )
@@ -95,17 +98,24 @@ class Hub:
         job_id: int,
     ) -> tuple[str, int]:
         record = register_artifact(
-            session, artifact, name=name, key=self.signing_key,
+            session, self._with_parity_floor(artifact), name=name, key=self.signing_key,
             chunk_size=self.settings.chunk_size, training=training, training_job_id=job_id,
         )
         return record.name, record.version
+
+    def _with_parity_floor(self, artifact: ModelArtifact) -> ModelArtifact:
+        """The artifact judged by a gate no laxer than the hub's floor, however it was made."""
+        floor = self.settings.min_parity_agreement
+        if artifact.parity.min_agreement >= floor:
+            return artifact
+        return replace(artifact, parity=replace(artifact.parity, min_agreement=floor))
 
     def register(self, artifact: ModelArtifact, *, name: str,
                  training: dict[str, Any] | None = None) -> tuple[str, int]:
         """Register an artifact trained outside a job (e.g. by the simulator)."""
         with Session(self.engine) as session:
             record = register_artifact(
-                session, artifact, name=name, key=self.signing_key,
+                session, self._with_parity_floor(artifact), name=name, key=self.signing_key,
                 chunk_size=self.settings.chunk_size, training=training,
             )
             return record.name, record.version

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from cloud_hub.training import limits
+from shared.messages import MAX_CHANNELS
 from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
 
 __all__ = [
@@ -13,12 +15,15 @@ __all__ = [
     "DesiredUpdate", "DevicePublic", "DeviceUpdate", "ModelDetail", "ModelRefBody",
     "ModelSummary", "RolloutCreate", "RolloutDevicePublic", "RolloutPolicy", "RolloutPublic",
     "RolloutTarget", "TelemetryPublic",
-    "TelemetrySummary", "TrainingJobCreate", "TrainingJobPublic",
+    "TelemetrySummary", "TrainingJobCreate", "TrainingJobPublic", "TrainingSpecBody",
 ]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+DeviceId = Annotated[str, StringConstraints(pattern=rf"^{DEVICE_ID_PATTERN}$")]
 
 
 class ModelRefBody(_Body):
@@ -105,6 +110,40 @@ class DeadLetterPublic(BaseModel):
     received_at: float
 
 
+class TrainingSpecBody(_Body):
+    """The fields of ``TrainingSpec`` a request may set, each with its bounds."""
+
+    family: Literal["dense_ae", "conv1d_ae", "pca"] = "dense_ae"
+    window: int = Field(default=32, ge=2, le=limits.MAX_WINDOW)
+    train_stride: int = Field(default=1, ge=1, le=limits.MAX_STRIDE)
+    score_stride: int = Field(default=1, ge=1, le=limits.MAX_STRIDE)
+    hidden: int = Field(default=32, ge=1, le=limits.MAX_HIDDEN)
+    latent: int = Field(default=8, ge=1, le=limits.MAX_LATENT)
+    epochs: int = Field(default=20, ge=1, le=limits.MAX_EPOCHS)
+    batch_size: int = Field(default=64, ge=1, le=limits.MAX_BATCH_SIZE)
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1)
+    validation_fraction: float = Field(default=0.2, ge=0.05, le=0.5)
+    normalization: Literal["zscore", "minmax"] = "zscore"
+    score_method: Literal["mse", "mae"] = "mse"
+    smoothing: int = Field(default=1, ge=1, le=limits.MAX_SMOOTHING)
+    threshold_method: Literal["quantile", "f1"] = "quantile"
+    threshold_quantile: float = Field(default=0.999, ge=0.5, lt=1)
+    threshold_factor: float = Field(default=1.0, gt=0, le=limits.MAX_THRESHOLD_FACTOR)
+    quantization: Literal["int8", "float16", "dynamic", "float32"] = "int8"
+    min_agreement: float = Field(
+        default=0.99, ge=0, le=1,
+        description="the parity gate; at least the hub's floor (EDGELOOP_MIN_PARITY_AGREEMENT)")
+    seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
+    max_train_windows: int = Field(default=12_000, ge=limits.MIN_TRAIN_WINDOWS,
+                                   le=limits.MAX_TRAIN_WINDOWS)
+    patience: int = Field(default=3, ge=0, le=limits.MAX_PATIENCE)
+    compare_modes: bool = True
+    representative_scale: float = Field(default=1.0, ge=1.0, le=100.0)
+
+
+ChannelName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class TrainingJobCreate(_Body):
     model_config = ConfigDict(
         extra="forbid",
@@ -115,12 +154,14 @@ class TrainingJobCreate(_Body):
         }]},
     )
     name: str = Field(pattern=rf"^{MODEL_NAME_PATTERN}$")
-    devices: list[str] | None = Field(default=None, min_length=1)
-    channels: list[str] | None = Field(default=None, min_length=1)
+    devices: list[DeviceId] | None = Field(default=None, min_length=1,
+                                           max_length=limits.MAX_TRAINING_DEVICES)
+    channels: list[ChannelName] | None = Field(default=None, min_length=1,
+                                               max_length=MAX_CHANNELS)
     since: float | None = Field(default=None, ge=0)
     until: float | None = Field(default=None, ge=0)
-    spec: dict[str, Any] = Field(default_factory=dict,
-                                 description="TrainingSpec fields (family, window, epochs, …)")
+    spec: TrainingSpecBody = Field(default_factory=TrainingSpecBody,
+                                   description="TrainingSpec fields (family, window, epochs, …)")
 
 
 class TrainingJobPublic(BaseModel):
@@ -193,10 +234,7 @@ class ApiKeyCreated(ApiKeyPublic):
 
 
 class RolloutTarget(_Body):
-    devices: list[str] | None = Field(
-        default=None, min_length=1, max_length=100_000,
-        json_schema_extra={"items": {"pattern": rf"^{DEVICE_ID_PATTERN}$"}},
-    )
+    devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=100_000)
     group: str | None = None
     tags: list[str] | None = None
     percent: int = Field(default=100, ge=1, le=100)

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
                                          description="longest wait between two attempts")
     ui_session_ttl_s: float = Field(default=12 * 3600.0, gt=0,
                                     description="a console login lasts this long")
+    # The parity gate's floor: a training request may ask for a stricter gate, never a laxer one.
+    min_parity_agreement: float = Field(
+        default=0.99, ge=0.5, le=1.0,
+        description="lowest decision agreement a quantized model may pass the gate with")
+    training_max_readings: int = Field(
+        default=2_000_000, ge=1000,
+        description="readings (rows) one training job may load, stored or uploaded")
 
     @field_validator("topic_prefix")
     @classmethod

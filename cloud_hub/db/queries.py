@@ -17,6 +17,7 @@ from cloud_hub.db.telemetry_read import TelemetryCursor, TelemetrySlice, read_te
 __all__ = [
     "TelemetryCursor",
     "TelemetrySlice",
+    "count_readings",
     "list_anomalies",
     "list_dead_letters",
     "list_devices",
@@ -100,6 +101,21 @@ def telemetry_summary(
     if limit is None or len(rows) <= limit:
         return Page(rows, None)
     return Page(rows[:limit], [rows[limit - 1]["device_id"]])
+
+
+def count_readings(
+    session: Session, *, device_ids: list[str] | None, since: float | None = None,
+    until: float | None = None,
+) -> int:
+    """Readings stored in batches that overlap [since, until] (an upper bound of those in it)."""
+    stmt = select(func.coalesce(func.sum(TelemetryBatchRow.readings), 0))
+    if device_ids is not None:
+        stmt = stmt.where(col(TelemetryBatchRow.device_id).in_(device_ids))
+    if since is not None:
+        stmt = stmt.where(TelemetryBatchRow.ts_last >= since)
+    if until is not None:
+        stmt = stmt.where(TelemetryBatchRow.ts_first <= until)
+    return int(session.exec(stmt).one())
 
 
 def list_anomalies(

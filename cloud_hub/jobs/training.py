@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from cloud_hub.db.queries import list_devices, read_telemetry
+from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device
 from cloud_hub.jobs.upload import load_upload
@@ -64,11 +64,14 @@ class JobRunner:
 
     def __init__(
         self, engine: Engine, *, register: Register, run_training: RunTraining | None = None,
-        uploads_dir: Path | None = None,
+        uploads_dir: Path | None = None, min_agreement: float = 0.0,
+        max_readings: int | None = None,
     ) -> None:
         """``run_training`` replaces the child-process pipeline and runs in this process (the
         tests' stand-ins); by default each job trains in a child process."""
         self._engine = engine
+        self._min_agreement = min_agreement  # the parity floor no request may go below
+        self._max_readings = max_readings
         self.uploads_dir = uploads_dir or Path("uploads")
         self._register = register
         self._run_training = run_training
@@ -172,11 +175,16 @@ class JobRunner:
 
         try:
             spec = spec_from_dict(request.get("spec") or {})
+            if spec.min_agreement < self._min_agreement:
+                log.warning("training job %d: min_agreement %s raised to the hub's parity "
+                            "floor %s", job_id, spec.min_agreement, self._min_agreement)
+                spec = replace(spec, min_agreement=self._min_agreement)
             if request.get("upload"):
                 readings, channels, segments, training = self._uploaded_set(request["upload"])
             else:
                 with Session(self._engine) as session:
-                    readings, channels, segments, training = load_training_set(session, request)
+                    readings, channels, segments, training = load_training_set(
+                        session, request, max_readings=self._max_readings)
             run = self._run_training or _default_run_training()
             artifact = run(readings, channels, spec, segments=segments, progress=progress,
                            cancel=cancel)
@@ -207,6 +215,9 @@ class JobRunner:
         self, upload: dict[str, Any]
     ) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
         readings = load_upload(self.uploads_dir, upload["file"])
+        if self._max_readings is not None and len(readings) > self._max_readings:
+            raise TrainingDataError(f"the upload has {len(readings)} rows; a training job may "
+                                    f"load at most {self._max_readings}")
         channels = list(upload["channels"])
         training = {"devices": [], "channels": channels, "source": "uploaded CSV",
                     "segments": [len(readings)]}
@@ -214,9 +225,12 @@ class JobRunner:
 
 
 def load_training_set(
-    session: Session, request: dict[str, Any]
+    session: Session, request: dict[str, Any], *, max_readings: int | None = None,
 ) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
-    """Readings of the requested devices (one segment each), channels, and what was used."""
+    """Readings of the requested devices (one segment each), channels, and what was used.
+
+    More than ``max_readings`` selected is refused before any is loaded.
+    """
     device_ids = request.get("devices")
     if not device_ids:
         device_ids = [d.device_id for d in list_devices(session) if d.telemetry_readings > 0]
@@ -227,6 +241,12 @@ def load_training_set(
             raise TrainingDataError(f"devices {missing} have never sent anything")
     channels: list[str] | None = request.get("channels")
     since, until = request.get("since"), request.get("until")
+    if max_readings is not None:
+        selected = count_readings(session, device_ids=device_ids, since=since, until=until)
+        if selected > max_readings:
+            raise TrainingDataError(
+                f"devices={request.get('devices') or 'all'} since={since} until={until} "
+                f"select {selected} readings; a training job may load at most {max_readings}")
     parts, segments, used = [], [], []
     first_ts, last_ts = None, None
     for device_id in sorted(device_ids):

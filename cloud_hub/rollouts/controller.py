@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
-from cloud_hub.mqtt.publisher import Publisher
+from cloud_hub.mqtt.publisher import Publisher, PublishError
 from cloud_hub.rollouts.desired import set_desired
 from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
 from shared.messages import ModelRef
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("running", "paused", "rolling_back")
 _FAILED_STATES = ("failed", "rolled_back")
 BASELINE_WINDOW_S = 600.0
+# A rollout whose step fails this many times in a row (other than for a broker outage, which
+# is retried for ever) is aborted with the error as its reason.
+MAX_STEP_FAILURES = 3
 
 
 class RolloutController:
@@ -39,6 +42,7 @@ class RolloutController:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one tick at a time (thread and REST actions)
         self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
+        self._failures: dict[int, int] = {}  # rollout id -> consecutive failed steps
 
     def start(self) -> None:
         self._thread.start()
@@ -63,15 +67,56 @@ class RolloutController:
                 log.exception("rollout controller tick failed")
 
     def tick(self, now: float | None = None) -> None:
-        with self._lock, Session(self._engine) as session:
-            rollouts = session.exec(
-                select(Rollout).where(col(Rollout.status).in_(("running", "rolling_back")))
-            ).all()
-            for rollout in rollouts:
+        """Move every active rollout one step, each in its own session: an error in one (a
+        bad stored target, say) is contained to it and never holds the others back."""
+        with self._lock:
+            with Session(self._engine) as session:
+                ids = session.exec(select(Rollout.id).where(
+                    col(Rollout.status).in_(("running", "rolling_back")))).all()
+            for rollout_id in ids:
+                if rollout_id is not None:
+                    self._tick_one(rollout_id, now or time.time())
+
+    def _tick_one(self, rollout_id: int, now: float) -> None:
+        try:
+            with Session(self._engine) as session:
+                rollout = session.get(Rollout, rollout_id)
+                if rollout is None:
+                    return
                 if rollout.status == "running":
-                    self._advance(session, rollout, now or time.time())
-                else:
-                    self._confirm_rollback(session, rollout, now or time.time())
+                    self._advance(session, rollout, now)
+                elif rollout.status == "rolling_back":
+                    self._confirm_rollback(session, rollout, now)
+        except PublishError as exc:  # the broker is away: try again next tick, for ever
+            self._tick_failed(rollout_id, exc, give_up=False)
+        except Exception as exc:
+            self._tick_failed(rollout_id, exc, give_up=True)
+        else:
+            self._failures.pop(rollout_id, None)
+
+    def _tick_failed(self, rollout_id: int, exc: Exception, *, give_up: bool) -> None:
+        """Log a rollout's error once; abort it when the error persists (not a broker outage)."""
+        count = self._failures.get(rollout_id, 0) + 1
+        self._failures[rollout_id] = count
+        if count == 1:
+            log.error("rollout %s: step failed (%s: %s); the other rollouts go on",
+                      rollout_id, type(exc).__name__, exc, exc_info=give_up)
+        if not give_up or count < MAX_STEP_FAILURES:
+            return
+        reason = (f"aborted by the controller after {count} failed steps: "
+                  f"{type(exc).__name__}: {exc}")[:2000]
+        try:
+            with Session(self._engine) as session:
+                rollout = session.get(Rollout, rollout_id)
+                if rollout is not None and rollout.status in ACTIVE_STATES:
+                    rollout.status, rollout.reason = "aborted", reason
+                    rollout.finished_at = time.time()
+                    session.add(rollout)
+                    session.commit()
+            log.error("rollout %s: %s", rollout_id, reason)
+            self._failures.pop(rollout_id, None)
+        except Exception:
+            log.exception("rollout %s: could not mark it aborted", rollout_id)
 
     # -- forward -------------------------------------------------------------------------
     def _stage_devices(self, session: Session, rollout: Rollout) -> list[RolloutDevice]:

@@ -5,15 +5,36 @@ from __future__ import annotations
 import hashlib
 import math
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from cloud_hub.db.queries import list_devices
+from cloud_hub.db.tables import Device
 
-__all__ = ["RolloutPlanError", "plan_stages", "resolve_target"]
+__all__ = ["RolloutPlanError", "UnknownDevices", "plan_stages", "resolve_target",
+           "unknown_devices"]
 
 
 class RolloutPlanError(ValueError):
     """The target selects no device, or names devices the hub has never heard of."""
+
+
+class UnknownDevices(RolloutPlanError):
+    """Device ids in the target that the hub does not know (never connected nor enrolled)."""
+
+    def __init__(self, device_ids: list[str]) -> None:
+        super().__init__(f"device(s) {device_ids} are not known to the hub (never connected "
+                         "nor registered); a rollout targets known devices only")
+        self.device_ids = device_ids
+
+
+def unknown_devices(session: Session, device_ids: list[str]) -> list[str]:
+    """Those of ``device_ids`` that have no row in the hub's device registry."""
+    known: set[str] = set()
+    wanted = sorted(set(device_ids))
+    for i in range(0, len(wanted), 500):
+        known.update(session.exec(select(Device.device_id).where(
+            col(Device.device_id).in_(wanted[i:i + 500]))))
+    return [d for d in wanted if d not in known]
 
 
 def _spread(device_id: str) -> str:
@@ -25,9 +46,12 @@ def resolve_target(
     session: Session, *, devices: list[str] | None, group: str | None, tags: list[str] | None,
     percent: int,
 ) -> list[str]:
-    """Explicit device ids (created if unknown) or group/tag filters; then ``percent`` of them."""
+    """Explicit (known) device ids or group/tag filters; then ``percent`` of them."""
     if devices:
         chosen = sorted(set(devices))
+        unknown = unknown_devices(session, chosen)
+        if unknown:
+            raise UnknownDevices(unknown)
     else:
         rows = list_devices(session, group=group)
         if tags:

@@ -7,8 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import Session
 
 from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.db.registry_tables import Rollout, RolloutDevice
+from cloud_hub.rollouts.planning import unknown_devices
 from cloud_hub.service import Hub
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.fleet import FakeDevice
@@ -30,8 +33,15 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
 
 
 def _fleet(hub: Hub, **kwargs: Any) -> list[FakeDevice]:
-    return [FakeDevice(d, hub.settings.mqtt_port, hub.topics, hub.signing_key.key_id,
-                       hub.signing_key.public_b64(), **kwargs) for d in DEVICES]
+    fleet = [FakeDevice(d, hub.settings.mqtt_port, hub.topics, hub.signing_key.key_id,
+                        hub.signing_key.public_b64(), **kwargs) for d in DEVICES]
+
+    def known() -> bool:  # a rollout targets devices the hub has heard of
+        with Session(hub.engine) as session:
+            return not unknown_devices(session, DEVICES)
+
+    wait_for(known, timeout=20, what="the hub to know every device")
+    return fleet
 
 
 def _published(hub: Hub, api: httpx.Client, **kwargs: Any) -> tuple[str, int]:
@@ -195,3 +205,55 @@ def test_an_admin_rolls_back_a_finished_rollout_to_the_previous_model(
     assert view["status"] == "rolled_back"
     assert all(d["reported"] == {"name": "pump-ae", "version": first} for d in view["devices"])
     assert again.status_code == 409 and "rolled_back; cannot roll back" in again.json()["detail"]
+
+
+def test_rollout_naming_a_malformed_or_unknown_device_is_422_naming_it(
+    hub: Hub, api: httpx.Client
+) -> None:
+    fleet = _fleet(hub)
+    try:
+        _, version = _published(hub, api)
+        body = {"model": {"name": "pump-ae", "version": version},
+                "target": {"devices": [DEVICES[0], "bad/id#", DEVICES[1]]}}
+        response = api.post("/rollouts", json=body, headers=ADMIN)
+        assert response.status_code == 422
+        error = response.json()["detail"][0]
+        assert error["loc"] == ["body", "target", "devices", 1]
+        assert error["input"] == "bad/id#"
+        body["target"] = {"devices": [DEVICES[0], "pump-never-seen"]}
+        response = api.post("/rollouts", json=body, headers=ADMIN)
+        assert response.status_code == 422
+        error = response.json()["detail"][0]
+        assert error["loc"] == ["body", "target", "devices", 1]
+        assert "'pump-never-seen' is not known" in error["msg"]
+        assert api.get("/rollouts", headers=ADMIN).json() == []
+    finally:
+        for device in fleet:
+            device.close()
+
+
+def test_a_rollout_with_a_bad_stored_target_never_stops_the_others(
+    hub: Hub, api: httpx.Client
+) -> None:
+    fleet = _fleet(hub)
+    try:
+        name, version = _published(hub, api)
+        with Session(hub.engine) as session:  # behind the API's back: an id no topic can hold
+            bad = Rollout(model_name=name, model_version=version, target={},
+                          policy={"min_observation_s": 0.5}, stages=[["bad/id#"]],
+                          created_at=0.0)
+            session.add(bad)
+            session.flush()
+            assert bad.id is not None
+            session.add(RolloutDevice(rollout_id=bad.id, device_id="bad/id#", stage=0))
+            session.commit()
+            bad_id = bad.id
+        good = _rollout(api, version)
+        view = wait_for(lambda: _done(api, good["id"]), timeout=30, what="good rollout end")
+        assert view["status"] == "succeeded", view["reason"]
+        broken = wait_for(lambda: _done(api, bad_id), timeout=30, what="bad rollout aborted")
+        assert broken["status"] == "aborted"
+        assert "bad/id#" in broken["reason"] and "failed steps" in broken["reason"]
+    finally:
+        for device in fleet:
+            device.close()

@@ -21,7 +21,7 @@ from cloud_hub.rollouts.actions import (
     rollout_summaries,
     rollout_view,
 )
-from cloud_hub.rollouts.planning import RolloutPlanError
+from cloud_hub.rollouts.planning import RolloutPlanError, UnknownDevices
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutPath = Annotated[int, Path(ge=1)]
@@ -40,6 +40,13 @@ def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except (PublishRefused, RolloutConflict) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except UnknownDevices as exc:
+        positions = {d: i for i, d in enumerate(body.target.devices or [])}
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [
+            {"loc": ["body", "target", "devices", positions.get(d, 0)],
+             "msg": f"device {d!r} is not known to the hub (never connected nor registered)",
+             "type": "value_error", "input": d}
+            for d in exc.device_ids]) from None
     except RolloutPlanError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from cloud_hub.api.convert import job_public
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
-from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic
+from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic, TrainingSpecBody
 from cloud_hub.db.paging import keyset_page
+from cloud_hub.db.queries import count_readings
 from cloud_hub.db.registry_tables import TrainingJob
-from cloud_hub.jobs.training import spec_from_dict
 from cloud_hub.jobs.upload import CsvError, parse_training_csv, save_upload
 from shared.topics import MODEL_NAME_PATTERN
 
@@ -22,24 +23,43 @@ router = APIRouter(prefix="/training-jobs", tags=["training"])
 JobPath = Annotated[int, Path(ge=1)]
 
 
+def _spec_request(spec: TrainingSpecBody, loc: list[str | int],
+                  floor: float) -> dict[str, Any]:
+    """The spec fields as asked, with the hub's parity floor applied (422 below it)."""
+    if "min_agreement" in spec.model_fields_set and spec.min_agreement < floor:
+        raise _unprocessable([*loc, "min_agreement"], (
+            f"min_agreement {spec.min_agreement} is below the hub's parity floor {floor} "
+            "(EDGELOOP_MIN_PARITY_AGREEMENT); a request may only ask for a stricter gate"))
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    if "min_agreement" not in data and floor > spec.min_agreement:
+        data["min_agreement"] = floor  # the default gate is below this hub's floor
+    return data
+
+
 @router.post("", response_model=TrainingJobPublic, status_code=status.HTTP_202_ACCEPTED)
 def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
                _key: AdminKey) -> TrainingJobPublic:
-    """Queue a training run; follow it with ``GET /training-jobs/{id}``."""
-    try:
-        spec_from_dict(body.spec)
-    except (TypeError, ValueError) as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [{"loc": ["body", "spec"], "msg": str(exc), "type": "value_error"}],
-        ) from None
+    """Queue a training run; follow it with ``GET /training-jobs/{id}``.
+
+    Every spec field has bounds (a 422 names the field and the bound); ``min_agreement``
+    cannot go below the hub's parity floor; the devices and time range may select at most
+    ``EDGELOOP_TRAINING_MAX_READINGS`` readings.
+    """
     if body.since is not None and body.until is not None and body.until < body.since:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [{"loc": ["body", "until"], "msg": f"until {body.until} is before since "
-              f"{body.since}", "type": "value_error"}],
-        )
-    job = hub.jobs.submit(session, name=body.name, request=body.model_dump(mode="json"))
+        raise _unprocessable(["body", "until"],
+                             f"until {body.until} is before since {body.since}")
+    settings = hub.settings
+    spec = _spec_request(body.spec, ["body", "spec"], settings.min_parity_agreement)
+    selected = count_readings(session, device_ids=body.devices, since=body.since,
+                              until=body.until)
+    if selected > settings.training_max_readings:
+        raise _unprocessable(["body", "devices"], (
+            f"devices={body.devices or 'all'} since={body.since} until={body.until} select "
+            f"{selected} readings; a training job may load at most "
+            f"{settings.training_max_readings} (EDGELOOP_TRAINING_MAX_READINGS): narrow the "
+            "devices or the time range"))
+    request = {**body.model_dump(mode="json"), "spec": spec}
+    job = hub.jobs.submit(session, name=body.name, request=request)
     return job_public(job)
 
 
@@ -51,32 +71,47 @@ def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
 async def create_job_from_csv(
     request: Request, hub: HubDep, _key: AdminKey,
     name: Annotated[str, Query(pattern=rf"^{MODEL_NAME_PATTERN}$")],
-    channels: Annotated[str | None, Query(description="comma-separated; default all")] = None,
-    spec: Annotated[str | None, Query(description="TrainingSpec fields as JSON")] = None,
+    channels: Annotated[str | None, Query(max_length=64 * 65,
+                                          description="comma-separated; default all")] = None,
+    spec: Annotated[str | None, Query(max_length=8192,
+                                      description="TrainingSpec fields as JSON")] = None,
 ) -> TrainingJobPublic:
-    """Train on an uploaded CSV (header line; a ts/time column is ignored)."""
+    """Train on an uploaded CSV (header line; a ts/time column is ignored).
+
+    The body may be up to ``EDGELOOP_MAX_UPLOAD_BYTES`` and hold up to
+    ``EDGELOOP_TRAINING_MAX_READINGS`` data rows.
+    """
     body = await request.body()  # BodySizeLimit refused it already above max_upload_bytes
+    settings = hub.settings
     try:
         spec_data = json.loads(spec) if spec else {}
-        if not isinstance(spec_data, dict):
-            raise ValueError(f"spec must be a JSON object, got {spec!r}")
-        spec_from_dict(spec_data)
-    except (TypeError, ValueError) as exc:
-        raise _unprocessable(["query", "spec"], str(exc)) from None
+    except ValueError as exc:
+        raise _unprocessable(["query", "spec"], f"spec is not JSON: {exc}") from None
+    try:
+        spec_body = TrainingSpecBody.model_validate(spec_data)
+    except ValidationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [
+            {"loc": ["query", "spec", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()]) from None
+    spec_request = _spec_request(spec_body, ["query", "spec"], settings.min_parity_agreement)
     try:
         values, names = parse_training_csv(
             body.decode("utf-8"), channels.split(",") if channels else None)
     except (CsvError, UnicodeDecodeError) as exc:
         raise _unprocessable(["body"], str(exc)) from None
+    if len(values) > settings.training_max_readings:
+        raise _unprocessable(["body"], (
+            f"the CSV has {len(values)} data rows; a training job may load at most "
+            f"{settings.training_max_readings} (EDGELOOP_TRAINING_MAX_READINGS)"))
     stored = save_upload(hub.jobs.uploads_dir, values)
-    request_data = {"name": name, "spec": spec_data,
+    request_data = {"name": name, "spec": spec_request,
                     "upload": {"file": stored, "rows": len(values), "channels": names}}
     with Session(hub.engine) as session:
         job = hub.jobs.submit(session, name=name, request=request_data)
         return job_public(job)
 
 
-def _unprocessable(loc: list[str], message: str) -> HTTPException:
+def _unprocessable(loc: list[str | int], message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                          [{"loc": loc, "msg": message, "type": "value_error"}])
 
