@@ -143,6 +143,7 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from cloud_hub.mqtt.connection import HubConnection
     from cloud_hub.mqtt.publisher import Publisher
     from shared.codec import sha256_hex, split
     from shared.manifest import ChunkTable, InputSpec, Manifest
@@ -195,8 +196,11 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
     reports: queue.Queue[Reported] = queue.Queue()
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-edge-watch")
     try:
-        publisher = Publisher(host=broker.host, port=broker.port, topics=topics)
-        publisher.start()
+        connection = HubConnection(host=broker.host, port=broker.port, topics=topics,
+                                   client_id="bench-edge-pub", subscriptions=[])
+        connection.start()
+        connection.wait_ready(10)
+        publisher = Publisher(connection)
         publisher.publish_model(manifest, tflite)
         publisher.publish_desired(
             Desired(
@@ -205,7 +209,7 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
                 issued_at=time.time(),
             )
         )
-        publisher.stop()
+        connection.stop()
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
             try:

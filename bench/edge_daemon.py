@@ -222,7 +222,8 @@ def measure_replay(total_readings: int, batch: int = 100) -> dict[str, Any]:
             values = rng.normal(size=(batch, 8)).round(4).tolist()
 
             def build(seq: int, ts: list[float] = ts, values: list[list[float]] = values) -> bytes:
-                return encode(TelemetryBatch(device_id="bench-r", seq=seq, channels=channels,
+                return encode(TelemetryBatch(device_id="bench-r", epoch=outbox.epoch, seq=seq,
+                                             channels=channels,
                                              ts=ts, values=values))
 
             outbox.add(device_id="bench-r", stream=Stream.TELEMETRY,

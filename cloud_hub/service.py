@@ -24,7 +24,9 @@ from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
 from cloud_hub.jobs.training import JobRunner, RunTraining
-from cloud_hub.mqtt.ingest import MqttIngest
+from cloud_hub.mqtt.acks import AckPublisher
+from cloud_hub.mqtt.connection import HubConnection
+from cloud_hub.mqtt.ingest import MqttIngest, subscriptions
 from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.notify.sender import DeliveryPolicy, WebhookSender
 from cloud_hub.registry.records import register_artifact
@@ -52,18 +54,19 @@ class Hub:
         self.engine = engine or make_engine(settings.resolved_database_url)
         self.signing_key = SigningKey.load_or_create(settings.resolved_signing_key_path)
         self.topics = settings.topics
-        self.ingest = MqttIngest(
-            self.engine, host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
-            client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
-            share_group=settings.mqtt_share_group or None,
-            batch_max=settings.ingest_batch_max, batch_wait_s=settings.ingest_batch_wait_s,
-            on_commit=self._on_ingest_commit,
-        )
-        self.publisher = Publisher(
+        # One MQTT connection for ingest, acknowledgements and publishing.
+        self.mqtt = HubConnection(
             host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
-            client_id=f"{settings.mqtt_client_id}-pub", keepalive=settings.mqtt_keepalive,
-            timeout=settings.publish_timeout_s,
+            client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
+            subscriptions=subscriptions(self.topics, settings.mqtt_share_group or None),
+            presence_refresh_s=settings.hub_status_refresh_s,
         )
+        self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
+        self.ingest = MqttIngest(
+            self.engine, self.mqtt, batch_max=settings.ingest_batch_max,
+            batch_wait_s=settings.ingest_batch_wait_s, on_commit=self._on_ingest_commit,
+        )
+        self.publisher = Publisher(self.mqtt, timeout=settings.publish_timeout_s)
         self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,
                               uploads_dir=settings.data_dir / "uploads",
                               min_agreement=settings.min_parity_agreement,
@@ -89,6 +92,7 @@ class Hub:
         self.started_at: float | None = None
 
     def _on_ingest_commit(self, result: StoreResult) -> None:
+        self.acks.touched(result.touched)
         self.rollouts.wake()
         if result.anomalies:
             self.incidents.wake()
@@ -160,16 +164,22 @@ class Hub:
             return key
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start everything; wait up to ``timeout`` for the broker to grant the hub's
+        subscriptions. A broker that is down does not stop the hub: it serves its API and
+        connects in the background (``/health`` says whether MQTT is up)."""
         self.ensure_admin_key()
-        self.publisher.start(timeout)
-        self.ingest.start(timeout)
+        self.ingest.start()
+        self.acks.start()
+        self.mqtt.start()
         self.jobs.start()
         self.rollouts.start()
         self.incidents.start()
         self.notifier.start()
         self.started_at = time.time()
-        log.info("hub started: mqtt %s:%d, database %s, signing key %s",
+        ready = self.mqtt.wait_ready(timeout)
+        log.info("hub started: mqtt %s:%d (%s), database %s, signing key %s",
                  self.settings.mqtt_host, self.settings.mqtt_port,
+                 "subscribed" if ready else "not reachable yet, retrying in the background",
                  self.engine.url.render_as_string(hide_password=True), self.signing_key.key_id)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -182,7 +192,8 @@ class Hub:
         self.rollouts.stop(timeout)
         self.jobs.stop(timeout)
         self.ingest.stop(timeout)
-        self.publisher.stop()
+        self.acks.stop(timeout)
+        self.mqtt.stop(timeout)
         self.engine.dispose()
 
     def __enter__(self) -> Hub:

@@ -319,8 +319,8 @@ class Agent:
     def _raise_anomaly(self, d: Detection) -> None:
         def build(seq: int) -> bytes:
             return encode(AnomalyEvent(
-                device_id=self.device_id, seq=seq, ts=d.ts, score=d.score,
-                threshold=d.threshold, model=d.model, channels=d.channels,
+                device_id=self.device_id, epoch=self.outbox.epoch, seq=seq, ts=d.ts,
+                score=d.score, threshold=d.threshold, model=d.model, channels=d.channels,
                 detected_at=d.detected_at,
             ))
 

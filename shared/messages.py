@@ -9,11 +9,25 @@ costs a running agent about 15 MB of its 60 MB budget against msgspec's 2 MB (me
 ``bench/edge_daemon.py``). Decoding validates types and constraints strictly; building a message
 in code runs only the cross-field checks, so code that turns outside input into a message goes
 through :func:`from_dict`, which validates everything.
+
+Delivery (schema version 2). Telemetry and anomalies of one device form two streams, each
+numbered by ``seq`` from 0 within an ``epoch``: 16 random hex digits created with the device's
+outbox and stored in it, so a device that loses its state starts a new epoch instead of
+reusing old numbers. The hub stores each message once per (device_id, epoch, seq). A message
+also carries ``floor``, the lowest seq of its stream the device still held when it sent it:
+everything below the floor is either stored at the hub or was dropped by the device on
+purpose (counted there), so a drop never stalls the acknowledgement. The hub answers with a
+retained :class:`Ack` on the device's ``ack`` topic, at most one per ack interval per device,
+computed from what is committed in its database: per stream, a ``watermark`` (every seq from
+the floor up to it is stored) and ``top`` (the highest seq stored). The device keeps a message
+until a watermark covers it, not just until the broker's PUBACK, and sends again what an
+acknowledgement shows missing (see :mod:`edge_agent.telemetry.delivery`).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -22,10 +36,13 @@ import msgspec
 from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
 
 __all__ = [
+    "EPOCH_PATTERN",
     "MAX_BATCH_ROWS",
+    "MAX_SEQ",
     "MAX_CHANNELS",
     "MAX_PAYLOAD_BYTES",
     "SCHEMA_VERSION",
+    "Ack",
     "AnomalyEvent",
     "DeviceStatus",
     "Desired",
@@ -38,6 +55,7 @@ __all__ = [
     "Reported",
     "ReportedModel",
     "Status",
+    "StreamAck",
     "TelemetryBatch",
     "VersionProbe",
     "WireMessage",
@@ -46,9 +64,15 @@ __all__ = [
     "describe_error",
     "encode",
     "from_dict",
+    "new_epoch",
+    "with_floor",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_SEQ = 2**53 - 1  # exact in every JSON reader, and far beyond any device's life
+MAX_COUNT = 2**63 - 1  # what a database's BIGINT holds
+MAX_VERSION = 2**31 - 1  # model versions are INTEGER columns
+EPOCH_PATTERN = r"^[0-9a-f]{16}$"
 MAX_BATCH_ROWS = 10_000
 MAX_CHANNELS = 64
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
@@ -61,8 +85,15 @@ Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Finite = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
 EpochSeconds = Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
-Seq = Count
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+Watermark = Annotated[int, msgspec.Meta(ge=-1, le=MAX_SEQ)]  # -1: nothing yet
+Epoch = Annotated[str, msgspec.Meta(pattern=EPOCH_PATTERN)]
+
+
+def new_epoch() -> str:
+    """A fresh stream epoch: 16 random lowercase hex digits."""
+    return secrets.token_hex(8)
 
 
 class MessageError(ValueError):
@@ -106,19 +137,22 @@ class ModelRef(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A model version by name."""
 
     name: ModelName
-    version: Annotated[int, msgspec.Meta(ge=1)]
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
 
 
 class TelemetryBatch(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Many readings of one device; a reading is one row of ``values`` at ``ts[i]``."""
 
+    epoch: Epoch
     seq: Seq
+    floor: Seq = 0  # lowest seq of the stream the sender still held; 0 claims nothing
     channels: Annotated[list[ChannelName], msgspec.Meta(min_length=1, max_length=MAX_CHANNELS)]
     ts: Annotated[list[EpochSeconds], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ROWS)]
     values: Annotated[list[list[Finite]], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ROWS)]
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_floor(self.floor, self.seq)
         if len(set(self.channels)) != len(self.channels):
             raise ValueError(f"channels {self.channels} contain duplicates")
         if len(self.ts) != len(self.values):
@@ -138,7 +172,9 @@ class TelemetryBatch(WireMessage, frozen=True, forbid_unknown_fields=True, kw_on
 class AnomalyEvent(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A window the device's model scored above its threshold."""
 
+    epoch: Epoch
     seq: Seq
+    floor: Seq = 0  # as in TelemetryBatch, for the anomalies stream
     ts: tuple[EpochSeconds, EpochSeconds]  # first and last sample of the window
     score: Finite
     threshold: Finite
@@ -148,8 +184,36 @@ class AnomalyEvent(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_floor(self.floor, self.seq)
         if self.ts[1] < self.ts[0]:
             raise ValueError(f"window end {self.ts[1]} is before its start {self.ts[0]}")
+
+
+def _check_floor(floor: int, seq: int) -> None:
+    if floor > seq:
+        raise ValueError(f"floor {floor} is above seq {seq}: a sender holds what it sends")
+
+
+class StreamAck(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the hub has committed of one stream of one epoch."""
+
+    watermark: Watermark = -1  # every seq from the device's floor up to here is stored
+    top: Watermark = -1  # the highest seq stored (above the watermark when there is a gap)
+
+    def __post_init__(self) -> None:
+        if self.top < self.watermark:
+            raise ValueError(f"top {self.top} is below the watermark {self.watermark}")
+
+
+class Ack(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Hub -> device, retained on the device's ``ack`` topic: what of the device's ``epoch``
+    is committed in the hub's database. A device deletes what a watermark covers; a message
+    below ``top`` that is not covered went missing on the way and is sent again."""
+
+    epoch: Epoch
+    telemetry: StreamAck = msgspec.field(default_factory=StreamAck)
+    anomalies: StreamAck = msgspec.field(default_factory=StreamAck)
+    at: EpochSeconds
 
 
 class DeviceStatus(StrEnum):
@@ -168,11 +232,11 @@ class Status(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True)
 class HubStatus(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Retained birth (and will) of one hub process; ``device_id`` is the hub's client id.
 
-    ``session`` is new on every connection. An agent that sees a session it has not seen
-    before, after its own link or the hub was down, sends again what the broker acknowledged
-    around that outage: a broker that came back without the hub's session (a crash between two
-    saves, a fail-over, shared subscriptions, which mosquitto 2.0 does not restore) acknowledged
-    messages that reached nobody. The hub dedups on (device_id, seq).
+    ``session`` is new on every connection; ``at`` is refreshed while the hub runs, so a
+    record that stays online without refreshing belongs to a hub that is gone. Agents use it
+    to tell an operator that no hub listens under their topic prefix; a second hub uses it to
+    refuse to take over a running hub's client id. Delivery does not depend on it (see
+    :class:`Ack`).
     """
 
     state: DeviceStatus
@@ -225,7 +289,7 @@ class Desired(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True
     model: ModelRef | None
     config: dict[str, float | int | str | bool] = msgspec.field(default_factory=dict)
     issued_at: EpochSeconds
-    rollout_id: int | None = None
+    rollout_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] | None = None
 
 
 M = TypeVar("M", bound=Frozen)
@@ -240,6 +304,15 @@ class VersionProbe(msgspec.Struct):
 def encode(message: Frozen) -> bytes:
     """Serialise a message to its JSON payload."""
     return msgspec.json.encode(message)
+
+
+def with_floor(payload: bytes, floor: int) -> bytes:
+    """A telemetry or anomaly payload with its ``floor`` set as the sender sends it (the
+    outbox stores a message once, and the lowest seq held changes while it waits). Values
+    are copied as raw JSON, not parsed again."""
+    fields = msgspec.json.decode(payload, type=dict[str, msgspec.Raw])
+    fields["floor"] = msgspec.Raw(str(int(floor)).encode())
+    return msgspec.json.encode(fields)
 
 
 def decode(cls: type[M], payload: bytes | str) -> M:

@@ -143,6 +143,10 @@ class Topics:
     def desired(self, device_id: str) -> str:
         return self.device(device_id, DeviceTopic.DESIRED)
 
+    def ack(self, device_id: str) -> str:
+        """Retained delivery acknowledgement, hub -> device (:class:`shared.messages.Ack`)."""
+        return self.device(device_id, DeviceTopic.ACK)
+
     # -- model topics ------------------------------------------------------------------
     def model_prefix(self, name: str, version: int) -> str:
         validate_model_name(name)

@@ -82,13 +82,15 @@ class TelemetrySummary(BaseModel):
     batches: int
     first_ts: float | None
     last_ts: float | None
-    seq_first: int
+    seq_first: int  # of the latest epoch
     seq_last: int
-    missing_batches: int  # gaps in seq between the first and last batch stored
+    missing_batches: int  # seqs never stored below the highest one, from 0 in every epoch
+    epochs: int = Field(default=1, description="stream epochs seen (a new one per device state)")
 
 
 class AnomalyPublic(BaseModel):
     device_id: str
+    epoch: str
     seq: int
     ts_start: float
     ts_end: float

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # Empty: one hub, plain subscriptions in a persistent session, which mosquitto 2.0 restores
     # after a broker restart. A group name (e.g. "hub"): several hub processes split the load
     # with $share/<group>/..., which mosquitto 2.0 does not restore from its persistence; the
-    # agents' resend to a new hub session (HubStatus) covers what reached nobody meanwhile.
+    # agents send again what the hubs' acknowledgements show missing.
     mqtt_share_group: str = Field(
         default="", pattern=r"^[A-Za-z0-9._-]{0,64}$",
         description="empty: one hub; a name: hub processes split ingest with $share/NAME/...",
@@ -58,6 +58,12 @@ class Settings(BaseSettings):
                                        description="longest wait to fill an ingest batch")
     publish_timeout_s: float = Field(default=30.0, gt=0,
                                      description="wait for the broker to take a model's chunks")
+    ack_interval_s: float = Field(default=1.0, gt=0, le=60,
+                                  description="at most one delivery acknowledgement per device "
+                                              "per this many seconds")
+    hub_status_refresh_s: float = Field(default=30.0, gt=0, le=3600,
+                                        description="how often the hub refreshes its retained "
+                                                    "presence record")
     chunk_size: int = Field(default=64 * 1024, ge=1024, description="model chunk size in bytes")
     rollout_tick_s: float = Field(default=0.5, gt=0,
                                   description="how often the rollout controller looks again")

@@ -1,22 +1,26 @@
 """Write what MQTT ingest decoded: one transaction per batch of messages, duplicates ignored.
 
-Deduplication is by primary key (device_id, seq) per stream. Keys already stored are looked up
-first (so duplicates are counted), and the insert itself also ignores conflicts, so two hub
-processes sharing a subscription can never store a batch twice.
+Deduplication is by primary key (device_id, epoch, seq) per stream, inside the insert itself
+(``INSERT … ON CONFLICT DO NOTHING RETURNING`` the keys stored, on SQLite and PostgreSQL alike):
+no SELECT before it, and two hub processes sharing a database can never store a message twice.
+The same transaction advances the delivery watermarks of every stream it touched
+(:mod:`cloud_hub.db.marks`), so an acknowledgement never covers a row that is not committed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, select, tuple_
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from cloud_hub.db.devices import ensure_devices, insert_ignoring_conflicts
+from cloud_hub.db.devices import ensure_devices
+from cloud_hub.db.marks import MarkKey, Stream, advance_marks
 from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
 from shared.messages import (
     AnomalyEvent,
@@ -52,6 +56,14 @@ class IngestBatch:
     reported: list[Reported] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
 
+    def add(self, message: Any) -> None:
+        """Put a decoded message in its list (by its type)."""
+        lists: dict[type, list[Any]] = {
+            TelemetryBatch: self.telemetry, AnomalyEvent: self.anomalies,
+            Status: self.statuses, Heartbeat: self.heartbeats, Reported: self.reported,
+        }
+        lists[type(message)].append(message)
+
     def __len__(self) -> int:
         return sum(
             len(x)
@@ -68,6 +80,8 @@ class StoreResult:
     anomalies: int
     dead_letters: int
     committed_at: float
+    # (device_id, epoch) of every telemetry or anomaly stream the batch touched (to acknowledge)
+    touched: tuple[tuple[str, str], ...] = ()
 
 
 def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
@@ -79,31 +93,47 @@ def _table(model: Any) -> Table:
     return table
 
 
-def _existing_keys(
-    session: Session, model: Any, keys: set[tuple[str, int]]
-) -> set[tuple[str, int]]:
-    found: set[tuple[str, int]] = set()
-    ordered = sorted(keys)
-    for i in range(0, len(ordered), 400):
-        part = ordered[i : i + 400]
-        stmt = select(model.device_id, model.seq).where(
-            tuple_(model.device_id, model.seq).in_(part)
-        )
-        found.update((d, s) for d, s in session.execute(stmt))
-    return found
+Key = tuple[str, str, int]
 
 
-def _fresh(items: Iterable[Any], existing: set[tuple[str, int]]) -> tuple[list[Any], int]:
-    seen = set(existing)
-    fresh, dups = [], 0
+def _insert_new(session: Session, model: Any, rows: list[dict[str, Any]]) -> set[Key]:
+    """Insert ``rows``, skipping keys already stored; the keys this statement stored."""
+    if not rows:
+        return set()
+    table = _table(model)
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    stmt = insert.on_conflict_do_nothing().returning(table.c.device_id, table.c.epoch,
+                                                     table.c.seq)
+    stored: set[Key] = set()
+    for d, e, s in session.execute(stmt, rows):
+        stored.add((d, e, int(s)))
+    return stored
+
+
+def _unique(items: Sequence[Any]) -> list[Any]:
+    """The first of each (device_id, epoch, seq) in ``items``."""
+    seen: set[Key] = set()
+    first: list[Any] = []
     for item in items:
-        key = (item.device_id, item.seq)
-        if key in seen:
-            dups += 1
-            continue
-        seen.add(key)
-        fresh.append(item)
-    return fresh, dups
+        key = (item.device_id, item.epoch, item.seq)
+        if key not in seen:
+            seen.add(key)
+            first.append(item)
+    return first
+
+
+def _marks_of(batch: IngestBatch) -> dict[MarkKey, tuple[int, int]]:
+    """(highest floor, highest seq) per stream touched, duplicates included: a message sent
+    again must still advance its stream's watermark and be answered."""
+    touched: dict[MarkKey, tuple[int, int]] = {}
+    for stream, items in ((Stream.TELEMETRY, batch.telemetry), (Stream.ANOMALIES,
+                                                               batch.anomalies)):
+        for m in items:
+            key = MarkKey(m.device_id, m.epoch, stream)
+            floor, top = touched.get(key, (0, -1))
+            touched[key] = (max(floor, m.floor), max(top, m.seq))
+    return touched
 
 
 def _touched_devices(batch: IngestBatch) -> set[str]:
@@ -125,28 +155,23 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     rows_by_id = ensure_devices(session, _touched_devices(batch))
     devices = rows_by_id.__getitem__
 
-    keys = {(t.device_id, t.seq) for t in batch.telemetry}
-    telemetry, dup_t = _fresh(batch.telemetry, _existing_keys(session, TelemetryBatchRow, keys))
-    keys = {(a.device_id, a.seq) for a in batch.anomalies}
-    anomalies, dup_a = _fresh(batch.anomalies, _existing_keys(session, Anomaly, keys))
-
+    telemetry = _unique(batch.telemetry)
+    stored_t = _insert_new(session, TelemetryBatchRow, [
+        {"device_id": t.device_id, "epoch": t.epoch, "seq": t.seq, "channels": list(t.channels),
+         "readings": t.readings, "ts_first": min(t.ts), "ts_last": max(t.ts),
+         "ts_blob": pack_floats(t.ts), "values_blob": pack_floats(t.values),
+         "stored_at": received}
+        for t in telemetry
+    ])
     readings = 0
-    rows: list[dict[str, Any]] = []
     for t in telemetry:
-        rows.append({
-            "device_id": t.device_id, "seq": t.seq, "channels": list(t.channels),
-            "readings": t.readings, "ts_first": min(t.ts), "ts_last": max(t.ts),
-            "ts_blob": pack_floats(t.ts), "values_blob": pack_floats(t.values),
-            "stored_at": received,
-        })
-        readings += t.readings
-        device = devices(t.device_id)
-        device.telemetry_readings += t.readings
-        device.telemetry_batches += 1
-        _seen(device, received)
+        if (t.device_id, t.epoch, t.seq) in stored_t:
+            readings += t.readings
+            device = devices(t.device_id)
+            device.telemetry_readings += t.readings
+            device.telemetry_batches += 1
     for t in batch.telemetry:  # duplicates still prove the device is alive
         _seen(devices(t.device_id), received)
-    insert_ignoring_conflicts(session, _table(TelemetryBatchRow), rows)
 
     for h in batch.heartbeats:
         device = devices(h.device_id)
@@ -174,23 +199,26 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         session.execute(_table(DeadLetter).insert(), dead)
 
     committed_at = time.time()
-    anomaly_rows = []
-    for a in anomalies:
-        anomaly_rows.append({
-            "device_id": a.device_id, "seq": a.seq, "ts_start": a.ts[0], "ts_end": a.ts[1],
-            "score": a.score, "threshold": a.threshold, "model_name": a.model.name,
-            "model_version": a.model.version, "channels": list(a.channels),
-            "detected_at": a.detected_at, "stored_at": committed_at,
-        })
-        device = devices(a.device_id)
-        device.anomalies += 1
-        _seen(device, received)
-    insert_ignoring_conflicts(session, _table(Anomaly), anomaly_rows)
+    anomalies = _unique(batch.anomalies)
+    stored_a = _insert_new(session, Anomaly, [
+        {"device_id": a.device_id, "epoch": a.epoch, "seq": a.seq, "ts_start": a.ts[0],
+         "ts_end": a.ts[1], "score": a.score, "threshold": a.threshold,
+         "model_name": a.model.name, "model_version": a.model.version,
+         "channels": list(a.channels), "detected_at": a.detected_at, "stored_at": committed_at}
+        for a in anomalies
+    ])
+    for a in batch.anomalies:
+        _seen(devices(a.device_id), received)
+    for device_id, _epoch, _seq in stored_a:
+        devices(device_id).anomalies += 1
+    marks = _marks_of(batch)
+    advance_marks(session, marks, now=received)
     session.commit()
     return StoreResult(
-        telemetry_batches=len(telemetry), telemetry_readings=readings,
-        duplicates=dup_t + dup_a, anomalies=len(anomalies), dead_letters=len(dead),
-        committed_at=committed_at,
+        telemetry_batches=len(stored_t), telemetry_readings=readings,
+        duplicates=len(batch.telemetry) - len(stored_t) + len(batch.anomalies) - len(stored_a),
+        anomalies=len(stored_a), dead_letters=len(dead), committed_at=committed_at,
+        touched=tuple(sorted({(k.device_id, k.epoch) for k in marks})),
     )
 
 

@@ -68,39 +68,56 @@ def page_devices(
 def telemetry_summary(
     session: Session, *, limit: int | None = None, after: Key | None = None,
 ) -> Page[dict[str, object]]:
-    """Per device: readings and batches stored, time range, and batches missing between the
-    first and last seq stored (seq is contiguous per device, so a gap is a batch that never
-    arrived: dropped by the device's outbox policy, or lost on the way)."""
+    """Per device: readings and batches stored, time range, and batches missing.
+
+    seq is contiguous from 0 in each epoch of a device's stream, so every seq below the highest
+    stored that is not stored is a batch that never arrived: dropped by the device's outbox
+    policy, or lost on the way (also at the start of a stream, and in every epoch, not only the
+    latest). ``seq_first``/``seq_last`` are those of the device's latest epoch."""
+    devices = (select(TelemetryBatchRow.device_id).distinct()
+               .order_by(TelemetryBatchRow.device_id))
+    if after is not None:
+        if len(after) != 1 or not isinstance(after[0], str):
+            raise CursorError("the cursor of this listing is one device id")
+        devices = devices.where(TelemetryBatchRow.device_id > after[0])
+    if limit is not None:
+        devices = devices.limit(limit + 1)
+    wanted = list(session.exec(devices))
+    more = limit is not None and len(wanted) > limit
+    wanted = wanted[:limit] if limit is not None else wanted
     stmt = (
         select(  # type: ignore[call-overload]
             TelemetryBatchRow.device_id,
+            TelemetryBatchRow.epoch,
             func.sum(TelemetryBatchRow.readings),
             func.count(),
             func.min(TelemetryBatchRow.ts_first),
             func.max(TelemetryBatchRow.ts_last),
             func.min(TelemetryBatchRow.seq),
             func.max(TelemetryBatchRow.seq),
+            func.max(TelemetryBatchRow.stored_at),
         )
-        .group_by(TelemetryBatchRow.device_id)
+        .where(col(TelemetryBatchRow.device_id).in_(wanted))
+        .group_by(TelemetryBatchRow.device_id, TelemetryBatchRow.epoch)
         .order_by(TelemetryBatchRow.device_id)
     )
-    if after is not None:
-        if len(after) != 1 or not isinstance(after[0], str):
-            raise CursorError("the cursor of this listing is one device id")
-        stmt = stmt.where(TelemetryBatchRow.device_id > after[0])
-    if limit is not None:
-        stmt = stmt.limit(limit + 1)
-    rows = [
-        {
-            "device_id": d, "readings": int(r), "batches": int(b), "first_ts": f,
-            "last_ts": last, "seq_first": int(s0), "seq_last": int(s1),
-            "missing_batches": int(s1) - int(s0) + 1 - int(b),
-        }
-        for d, r, b, f, last, s0, s1 in session.exec(stmt)
-    ]
-    if limit is None or len(rows) <= limit:
-        return Page(rows, None)
-    return Page(rows[:limit], [rows[limit - 1]["device_id"]])
+    out: dict[str, dict[str, Any]] = {}
+    latest: dict[str, float] = {}
+    for d, _epoch, r, b, f, last, s0, s1, stored in session.exec(stmt):
+        row = out.setdefault(d, {"device_id": d, "readings": 0, "batches": 0, "first_ts": f,
+                                 "last_ts": last, "seq_first": int(s0), "seq_last": int(s1),
+                                 "missing_batches": 0, "epochs": 0})
+        row["readings"] += int(r)
+        row["batches"] += int(b)
+        row["first_ts"] = min(row["first_ts"], f)
+        row["last_ts"] = max(row["last_ts"], last)
+        row["missing_batches"] += int(s1) + 1 - int(b)
+        row["epochs"] += 1
+        if stored >= latest.get(d, float("-inf")):
+            latest[d] = stored
+            row["seq_first"], row["seq_last"] = int(s0), int(s1)
+    rows: list[dict[str, object]] = [out[d] for d in wanted if d in out]
+    return Page(rows, [wanted[-1]] if more else None)
 
 
 def count_readings(

@@ -1,18 +1,21 @@
 """Tables fed by MQTT ingest (devices, telemetry, anomalies, dead letters) and API keys.
 
-Telemetry is stored one row per batch, keyed (device_id, seq), with the readings packed as
-little-endian float64 arrays: a batch of 100 readings is one insert instead of 100, and the key is
-exactly the deduplication key of the wire protocol.
+Telemetry is stored one row per batch, keyed (device_id, epoch, seq), with the readings packed
+as little-endian float64 arrays: a batch of 100 readings is one insert instead of 100, and the key
+is exactly the deduplication key of the wire protocol. :class:`StreamMark` holds, per device,
+epoch and stream, what the hub acknowledges to the device (see :mod:`cloud_hub.db.marks`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
-__all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "TelemetryBatchRow"]
+__all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "StreamMark", "TelemetryBatchRow"]
+
+EPOCH_LENGTH = 16
 
 
 class Device(SQLModel, table=True):
@@ -48,7 +51,8 @@ class TelemetryBatchRow(SQLModel, table=True):
     __table_args__ = (Index("ix_telemetry_device_ts", "device_id", "ts_first"),)
 
     device_id: str = Field(primary_key=True, max_length=64)
-    seq: int = Field(primary_key=True)
+    epoch: str = Field(primary_key=True, max_length=EPOCH_LENGTH)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
     channels: list[str] = Field(sa_column=Column(JSON, nullable=False))
     readings: int
     ts_first: float
@@ -63,7 +67,8 @@ class Anomaly(SQLModel, table=True):
     __table_args__ = (Index("ix_anomalies_device_ts", "device_id", "ts_start"),)
 
     device_id: str = Field(primary_key=True, max_length=64)
-    seq: int = Field(primary_key=True)
+    epoch: str = Field(primary_key=True, max_length=EPOCH_LENGTH)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
     ts_start: float
     ts_end: float
     score: float
@@ -75,6 +80,26 @@ class Anomaly(SQLModel, table=True):
     stored_at: float = Field(index=True)
     # Set by the incident job (cloud_hub/incidents); NULL until the event is grouped.
     incident_id: int | None = Field(default=None, index=True)
+
+
+class StreamMark(SQLModel, table=True):
+    """Delivery state of one stream (telemetry or anomalies) of one device epoch.
+
+    ``floor``: the highest floor the device has sent (what is below is stored or was dropped by
+    the device). ``watermark``: every seq from the floor up to it is stored. ``top``: the highest
+    seq stored. Advanced in SQL in the transaction that stores the rows, so every hub process
+    sharing the database advances it from what any of them committed."""
+
+    __tablename__ = "stream_marks"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    epoch: str = Field(primary_key=True, max_length=EPOCH_LENGTH)
+    stream: str = Field(primary_key=True, max_length=16)
+    floor: int = Field(default=0, sa_type=BigInteger)
+    watermark: int = Field(default=-1, sa_type=BigInteger)
+    top: int = Field(default=-1, sa_type=BigInteger)
+    first_seen: float  # when this database first heard of the epoch: the newest is current
+    updated_at: float
 
 
 class DeadLetter(SQLModel, table=True):

@@ -1,16 +1,16 @@
 """MQTT ingest: device streams into the store, acknowledged only after their commit.
 
-paho runs with ``manual_ack=True``; ``on_message`` only queues. One worker thread takes up to
-``batch_max`` messages, stores them in one transaction and only then sends their PUBACKs, so a
-crash between receipt and commit makes the broker deliver them again, and the (device_id, seq)
-keys make that redelivery harmless. A bad payload becomes a dead letter (stored, counted, logged
-once with its topic, acknowledged) and ingest goes on.
+The connection (:mod:`cloud_hub.mqtt.connection`) puts every message on a queue; one worker
+takes up to ``batch_max`` of them, decodes them (:mod:`cloud_hub.mqtt.decoding`), stores them in
+one transaction (:mod:`cloud_hub.db.ingest_store`) and only then sends their PUBACKs, so a crash
+between receipt and commit makes the broker deliver them again, and the (device_id, epoch, seq)
+keys make that redelivery harmless. After each commit the streams it touched are handed to the
+acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
 
-The ingest client also announces the hub: every connection gets a new session id, a retained
-offline :class:`HubStatus` as its last will, and, once the broker has granted every subscription
-(so that nothing the devices send from then on goes to nobody), a retained online record. A
-device that sees a new session after an outage sends again what the broker acknowledged while
-no hub may have been subscribed (:mod:`edge_agent.telemetry.presence`).
+Failures are typed: :class:`DatabaseUnavailable` (down, locked, a deadlock) keeps the batch and
+retries it with back-off; :class:`RowsRefused` (something in these rows the database will not
+take) splits the batch in halves until the culprit stands alone and becomes a dead letter, so a
+bad message costs a few extra commits, not one commit per message.
 """
 
 from __future__ import annotations
@@ -19,51 +19,65 @@ import logging
 import queue
 import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, StoreResult, store_batch
-from cloud_hub.mqtt.client import connect_and_wait, new_client
-from shared.messages import (
-    MAX_PAYLOAD_BYTES,
-    AnomalyEvent,
-    DeviceStatus,
-    Heartbeat,
-    HubStatus,
-    MessageError,
-    Reported,
-    Status,
-    TelemetryBatch,
-    WireMessage,
-    decode,
-    encode,
-)
-from shared.topics import DeviceTopic, TopicError, Topics
+from cloud_hub.mqtt.connection import HubConnection
+from cloud_hub.mqtt.decoding import decode_batch
+from shared.topics import DeviceTopic, Topics
 
-__all__ = ["IngestStats", "MqttIngest"]
+__all__ = ["DatabaseUnavailable", "IngestStats", "MqttIngest", "RowsRefused", "StoreError",
+           "classify", "subscriptions"]
 
 log = logging.getLogger(__name__)
-
-_DECODERS: dict[str, type[WireMessage]] = {
-    DeviceTopic.TELEMETRY.value: TelemetryBatch,
-    DeviceTopic.ANOMALIES.value: AnomalyEvent,
-    DeviceTopic.STATUS.value: Status,
-    DeviceTopic.HEARTBEAT.value: Heartbeat,
-    DeviceTopic.REPORTED.value: Reported,
-}
+_RETRY_MAX_S = 5.0
 # Streams a share group may split between hub processes (when one is configured).
 # Retained streams are subscribed directly: brokers do not send retained messages to shared
 # subscriptions, and a hub that starts after a device must still learn its status and model.
 _SHARED = (DeviceTopic.TELEMETRY, DeviceTopic.ANOMALIES, DeviceTopic.HEARTBEAT)
 _DIRECT = (DeviceTopic.STATUS, DeviceTopic.REPORTED)
-_LOG_FIRST_DEAD_LETTERS = 100
+
+
+def subscriptions(topics: Topics, share_group: str | None) -> list[tuple[str, int]]:
+    """What the hub's connection subscribes to for ingest."""
+    if share_group:
+        subs = [(topics.hub_shared(t, share_group), 1) for t in _SHARED]
+    else:
+        subs = [(topics.all_devices(t), 1) for t in _SHARED]
+    return subs + [(topics.all_devices(t), 1) for t in _DIRECT]
+
+
+class StoreError(Exception):
+    """Storing a batch failed; the subclass says what to do about it."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database is down, locked or chose this transaction as a deadlock victim: retry."""
+
+
+class RowsRefused(StoreError):
+    """The database refused something in these rows: find the message and dead-letter it."""
+
+
+def classify(exc: Exception) -> StoreError:
+    """The typed form of an exception raised while storing."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, SQLAlchemyError | ValueError | TypeError | OverflowError):
+        return RowsRefused(f"{type(exc).__name__}: {exc}")
+    return RowsRefused(f"unexpected {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -78,144 +92,69 @@ class IngestStats:
     commits: int = 0
     commit_errors: int = 0
     last_commit_at: float | None = None
-    births: int = 0  # retained "online" records published, one per granted subscription set
-    subscribe_refusals: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 class MqttIngest:
-    """Subscribes to every device stream and stores what arrives; ``start()`` / ``stop()``."""
+    """Stores what the connection receives; ``start()`` / ``stop()``."""
 
     def __init__(
         self,
         engine: Engine,
+        connection: HubConnection,
         *,
-        host: str,
-        port: int,
-        topics: Topics,
-        client_id: str = "edgeloop-hub",
-        keepalive: int = 30,
-        share_group: str | None = None,
         batch_max: int = 500,
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
+        store: Callable[[Session, IngestBatch], StoreResult] = store_batch,
     ) -> None:
         self._engine = engine
-        self.client_id = client_id
-        self._host, self._port, self._keepalive = host, port, keepalive
-        self._topics = topics
-        self._share_group = share_group
+        self._store_batch = store
+        self.connection = connection
         self._batch_max, self._batch_wait = batch_max, batch_wait_s
         self._on_commit = on_commit
-        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._stop = threading.Event()
-        self._connected = threading.Event()
         self._lock = threading.Lock()
         self.stats = IngestStats()
-        self.session = ""  # this connection's id in the hub's presence record; new per attempt
-        self._subscribe_mid: int | None = None
-        self._client = new_client(client_id, manual_ack=True)
-        self._client.on_pre_connect = self._on_pre_connect
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
 
-    # -- paho callbacks: no work, only hand-off (and the hub's presence records) ----------
-    def _status(self, state: DeviceStatus) -> bytes:
-        return encode(HubStatus(device_id=self.client_id, state=state, session=self.session,
-                                at=time.time()))
-
-    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
-        # paho sends the will stored at each (re)connect: set this session's before each one.
-        self.session = uuid.uuid4().hex
-        client.will_set(self._topics.hub_status(self.client_id),
-                        self._status(DeviceStatus.OFFLINE), qos=1, retain=True)
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            log.warning("ingest: broker refused the connection: %s", rc)
-            return
-        if self._share_group:
-            subs = [(self._topics.hub_shared(t, self._share_group), 1) for t in _SHARED]
-        else:
-            subs = [(self._topics.all_devices(t), 1) for t in _SHARED]
-        subs += [(self._topics.all_devices(t), 1) for t in _DIRECT]
-        _rc, self._subscribe_mid = client.subscribe(subs)
-        self._connected.set()
-
-    def _on_subscribe(
-        self, client: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any], _p: Any
-    ) -> None:
-        if mid != self._subscribe_mid:
-            return
-        refused = [str(rc) for rc in reason_codes if rc.value >= 0x80]
-        if refused:
-            with self._lock:
-                self.stats.subscribe_refusals += 1
-            log.error("ingest: broker refused subscriptions (%s); not announcing session %s",
-                      ", ".join(refused), self.session)
-            return
-        client.publish(self._topics.hub_status(self.client_id),
-                       self._status(DeviceStatus.ONLINE), qos=1, retain=True)
-        with self._lock:
-            self.stats.births += 1
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self._connected.clear()
-        if not self._stop.is_set():
-            log.warning("ingest: disconnected from the broker (%s); reconnecting", rc)
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.put(message)
-
-    # -- life cycle ----------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self.connection.connected
 
-    def start(self, timeout: float = 10.0) -> None:
+    @property
+    def session(self) -> str:
+        return self.connection.session
+
+    def start(self) -> None:
         self._worker.start()
-        connect_and_wait(
-            self._client, self._host, self._port, keepalive=self._keepalive,
-            connected=self._connected, timeout=timeout, persistent=True,
-        )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Store and acknowledge what was already received, announce the hub offline (retained;
-        a clean disconnect does not send the will), then disconnect."""
+        """Store and acknowledge what was already received, then return."""
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join(timeout)
-        if self.connected:
-            info = self._client.publish(self._topics.hub_status(self.client_id),
-                                        self._status(DeviceStatus.OFFLINE), qos=1, retain=True)
-            try:
-                info.wait_for_publish(min(timeout, 5.0))
-                published = info.is_published()
-            except (RuntimeError, ValueError):  # the connection went away meanwhile
-                published = False
-            if not published:
-                log.warning("ingest: the broker did not acknowledge the hub's offline record")
-        self._client.disconnect()
-        self._client.loop_stop()
+
+    def snapshot_stats(self) -> IngestStats:
+        with self._lock:
+            return IngestStats(**self.stats.as_dict())
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             data = self.stats.as_dict()
-        data["queue_depth"] = self._queue.qsize()
-        data["mqtt_connected"] = self.connected
-        data["session"] = self.session
+        data["queue_depth"] = self.connection.inbound.qsize()
+        data.update(self.connection.snapshot())
         return data
 
     # -- worker --------------------------------------------------------------------------
     def _run(self) -> None:
+        inbound = self.connection.inbound
         while True:
+            self.connection.tick()
             try:
-                first = self._queue.get(timeout=0.2)
+                first = inbound.get(timeout=0.2)
             except queue.Empty:
                 if self._stop.is_set():
                     return
@@ -225,49 +164,75 @@ class MqttIngest:
             while len(messages) < self._batch_max:
                 remaining = deadline - time.monotonic()
                 try:
-                    messages.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0
-                                    else self._queue.get_nowait())
+                    messages.append(inbound.get(timeout=remaining) if remaining > 0
+                                    else inbound.get_nowait())
                 except queue.Empty:
                     break
-            self._commit_with_retry(messages)
-
-    def _commit_with_retry(self, messages: list[mqtt.MQTTMessage]) -> None:
-        batch = self._decode_all(messages)
-        delay = 0.1
-        while True:
             try:
-                with Session(self._engine) as session:
-                    result = store_batch(session, batch)
-                break
-            except OperationalError:  # database down or locked: keep the batch, retry
-                with self._lock:
-                    self.stats.commit_errors += 1
-                log.exception("ingest: commit of %d messages failed; retrying", len(messages))
+                self._store(messages)
+            except Exception:  # never let the worker die; the messages stay unacknowledged
+                log.exception("ingest: unexpected failure storing %d messages", len(messages))
+
+    def _store(self, messages: list[mqtt.MQTTMessage]) -> None:
+        """Store ``messages``, retrying and splitting as their failures call for."""
+        pending: deque[list[mqtt.MQTTMessage]] = deque([messages])
+        delay = 0.1
+        while pending:
+            part = pending.popleft()
+            batch, cleared = decode_batch(self.connection.topics, part)
+            try:
+                result = self._commit(batch)
+            except DatabaseUnavailable as exc:
+                self._count_error()
+                log.warning("ingest: database unavailable (%s); retrying %d message(s) in "
+                            "%.1fs", exc, len(part), delay)
                 if self._stop.wait(delay):
-                    return  # not acknowledged: the broker redelivers after reconnect
-                delay = min(delay * 2, 5.0)
-            except Exception as exc:  # something in these rows: find it, keep the rest
-                with self._lock:
-                    self.stats.commit_errors += 1
-                if len(messages) > 1:
-                    log.warning("ingest: batch of %d failed (%s); storing one by one",
-                                len(messages), exc)
-                    for m in messages:
-                        self._commit_with_retry([m])
-                    return
-                m = messages[0]
-                if batch.dead_letters and len(batch) == 1 and batch.dead_letters[0].reason \
-                        .startswith("store failed"):
-                    log.exception("ingest: cannot even dead-letter the message on %s; left "
-                                  "unacknowledged for redelivery", m.topic)
-                    return
-                log.exception("ingest: storing the message on %s failed", m.topic)
-                batch = IngestBatch(dead_letters=[DeadLetterRecord(
-                    topic=m.topic, reason=f"store failed: {type(exc).__name__}: {exc}",
-                    payload=bytes(m.payload), received_at=time.time())])
+                    return  # not acknowledged: the broker delivers them again
+                delay = min(delay * 2, _RETRY_MAX_S)
+                pending.appendleft(part)
+                continue
+            except RowsRefused as exc:
+                self._count_error()
+                if len(part) > 1:
+                    half = len(part) // 2
+                    log.warning("ingest: batch of %d refused (%s); storing it in halves",
+                                len(part), exc)
+                    pending.appendleft(part[half:])
+                    pending.appendleft(part[:half])
+                    continue
+                letter = self._dead_letter_refused(part[0], exc)
+                if letter is None:
+                    continue
+                result = letter
+            delay = 0.1
+            self._done(part, result, cleared)
+
+    def _commit(self, batch: IngestBatch) -> StoreResult:
+        try:
+            with Session(self._engine) as session:
+                return self._store_batch(session, batch)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def _dead_letter_refused(self, m: mqtt.MQTTMessage, exc: StoreError) -> StoreResult | None:
+        log.error("ingest: the database refused the message on %s: %s", m.topic, exc)
+        letter = IngestBatch(dead_letters=[DeadLetterRecord(
+            topic=m.topic, reason=f"store failed: {exc}", payload=bytes(m.payload),
+            received_at=time.time())])
+        try:
+            return self._commit(letter)
+        except StoreError as again:
+            log.error("ingest: cannot even dead-letter the message on %s (%s); left "
+                      "unacknowledged for redelivery", m.topic, again)
+            return None
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self.stats.commit_errors += 1
+
+    def _done(self, messages: list[mqtt.MQTTMessage], result: StoreResult, cleared: int) -> None:
         for m in messages:
-            if m.qos > 0:
-                self._client.ack(m.mid, m.qos)
+            self.connection.ack(m.mid, m.qos)
         with self._lock:
             s = self.stats
             s.messages_received += len(messages)
@@ -276,6 +241,7 @@ class MqttIngest:
             s.duplicates += result.duplicates
             s.anomalies += result.anomalies
             s.dead_letters += result.dead_letters
+            s.retained_cleared += cleared
             s.commits += 1
             s.last_commit_at = result.committed_at
         if self._on_commit is not None:
@@ -283,49 +249,3 @@ class MqttIngest:
                 self._on_commit(result)
             except Exception:
                 log.exception("ingest: on_commit hook failed")
-
-    def _decode_all(self, messages: list[mqtt.MQTTMessage]) -> IngestBatch:
-        batch = IngestBatch()
-        now = time.time()
-        for m in messages:
-            try:
-                self._decode_one(m, batch)
-            except Exception as exc:  # any bad payload is a dead letter, never a dead loop
-                batch.dead_letters.append(
-                    DeadLetterRecord(topic=m.topic, reason=str(exc), payload=bytes(m.payload),
-                                     received_at=now)
-                )
-                with self._lock:
-                    n = self.stats.dead_letters + len(batch.dead_letters)
-                if n <= _LOG_FIRST_DEAD_LETTERS or n % 1000 == 0:
-                    log.warning("ingest: dead letter #%d on %s: %s", n, m.topic, exc)
-        return batch
-
-    def _decode_one(self, m: mqtt.MQTTMessage, batch: IngestBatch) -> None:
-        parsed = self._topics.parse(m.topic)
-        cls = _DECODERS.get(parsed.kind)
-        if cls is None or parsed.device_id is None:
-            raise TopicError(f"topic {m.topic!r} is not a stream the hub ingests")
-        # An empty payload clears a retained record; live delivery drops the retain flag.
-        if not m.payload and parsed.kind in (DeviceTopic.STATUS.value, DeviceTopic.REPORTED.value):
-            with self._lock:
-                self.stats.retained_cleared += 1
-            return
-        if len(m.payload) > MAX_PAYLOAD_BYTES:
-            raise MessageError(
-                f"payload of {len(m.payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}"
-            )
-        message: Any = decode(cls, bytes(m.payload))
-        if message.device_id != parsed.device_id:
-            raise MessageError(
-                f"device_id {message.device_id!r} does not match the topic's "
-                f"{parsed.device_id!r}"
-            )
-        targets: dict[type[WireMessage], list[Any]] = {
-            TelemetryBatch: batch.telemetry,
-            AnomalyEvent: batch.anomalies,
-            Status: batch.statuses,
-            Heartbeat: batch.heartbeats,
-            Reported: batch.reported,
-        }
-        targets[cls].append(message)

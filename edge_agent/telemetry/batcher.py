@@ -66,7 +66,8 @@ class TelemetryBatcher:
 
         def build(seq: int) -> bytes:
             return encode(TelemetryBatch(
-                device_id=self.device_id, seq=seq, channels=self.channels, ts=ts, values=values
+                device_id=self.device_id, epoch=self.outbox.epoch, seq=seq,
+                channels=self.channels, ts=ts, values=values,
             ))
 
         self.outbox.add(device_id=self.device_id, stream=Stream.TELEMETRY, topic=self.topic,

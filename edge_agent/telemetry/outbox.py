@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.telemetry import resend
+from shared.messages import new_epoch
 
 __all__ = ["DropStats", "Outbox", "OutboxEntry", "OutboxError", "OutboxSnapshot", "Stream"]
 
@@ -130,6 +131,7 @@ class Outbox:
         row = self._db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox").fetchone()
         self._bytes, self._depth = int(row[0]), int(row[1])
         self._kept, self._kept_bytes = resend.kept_totals(self._db)
+        self.epoch = self._load_epoch()
         self._inflight: set[int] = set()
         # In flight when a resend was asked for: their PUBACK may already be on its way (and
         # the message lost like the others), so at that PUBACK they stay and go out again.
@@ -137,6 +139,14 @@ class Outbox:
         self._cursor = 0
         self._last_expiry = 0.0
         self.resent = 0  # messages handed out again by resend_acked_since, since opening
+
+    def _load_epoch(self) -> str:
+        """This outbox's stream epoch, created with it: a wiped state starts a new one."""
+        epoch = resend.read_meta(self._db, "epoch")
+        if epoch is None:
+            epoch = new_epoch()
+            resend.write_meta(self._db, "epoch", epoch)
+        return epoch
 
     # -- writing -----------------------------------------------------------------------
     def add(

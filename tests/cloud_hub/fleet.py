@@ -27,6 +27,7 @@ from shared.messages import (
     Status,
     decode,
     encode,
+    new_epoch,
 )
 from shared.signing import load_public_key, verify_manifest
 from shared.topics import Topics
@@ -46,6 +47,7 @@ class FakeDevice:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._seq = 0
+        self.epoch = new_epoch()
         self._manifest: Manifest | None = None
         self._chunks: dict[int, bytes] = {}
         self._wanted: ModelRef | None = None
@@ -123,7 +125,8 @@ class FakeDevice:
                     continue
                 self._seq += 1
                 now = time.time()
-                event = AnomalyEvent(device_id=self.device_id, seq=self._seq, ts=(now - 1, now),
+                event = AnomalyEvent(device_id=self.device_id, epoch=self.epoch, seq=self._seq,
+                                     ts=(now - 1, now),
                                      score=9.0, threshold=0.1,
                                      model=ModelRef(name=active.name, version=active.version),
                                      channels=[], detected_at=now)

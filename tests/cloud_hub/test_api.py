@@ -102,7 +102,8 @@ def test_devices_telemetry_and_summary_after_ingest(api: httpx.Client, hub: Hub)
     client = publisher_client(hub.settings.mqtt_port)
     try:
         for seq in (0, 1, 3):  # batch 2 never arrives
-            batch = TelemetryBatch(device_id="pump-9", seq=seq, channels=["a", "b"],
+            batch = TelemetryBatch(device_id="pump-9", epoch="0123456789abcdef", seq=seq,
+                                   channels=["a", "b"],
                                    ts=[100.0 + seq * 2, 101.0 + seq * 2],
                                    values=[[1.0, 2.0], [3.0, 4.0]])
             publish_wait(client, hub.topics.telemetry("pump-9"), encode(batch))
@@ -121,7 +122,7 @@ def test_devices_telemetry_and_summary_after_ingest(api: httpx.Client, hub: Hub)
     summary = api.get("/api/v1/telemetry/summary", headers=ADMIN).json()
     assert summary == [{"device_id": "pump-9", "readings": 6, "batches": 3,
                         "first_ts": 100.0, "last_ts": 107.0, "seq_first": 0, "seq_last": 3,
-                        "missing_batches": 1}]
+                        "missing_batches": 1, "epochs": 1}]
     metrics = api.get("/api/v1/metrics", headers=ADMIN).json()
     assert metrics["telemetry_readings"] == 6
     tagged = api.patch("/api/v1/devices/pump-9", json={"group": "plant-a", "tags": ["x", "y"]},

@@ -105,7 +105,8 @@ def sql(hub: Hub) -> Iterator[StatementLog]:
 
 
 def _telemetry(device: str, seq: int, ts: list[float]) -> TelemetryBatch:
-    return TelemetryBatch(device_id=device, seq=seq, channels=["a", "b"], ts=ts,
+    return TelemetryBatch(
+            epoch="0123456789abcdef", device_id=device, seq=seq, channels=["a", "b"], ts=ts,
                           values=[[t, -t] for t in ts])
 
 
@@ -174,7 +175,8 @@ def test_anomalies_devices_summary_and_dead_letters_page_without_gaps(
         devices = [f"dev-{d:02d}" for d in range(part * 5, part * 5 + 5)]
         _store(hub, IngestBatch(
             telemetry=[_telemetry(d, 0, [1.0, 2.0]) for d in devices],
-            anomalies=[AnomalyEvent(device_id=d, seq=s, ts=(1.0, 2.0), score=2.0,
+            anomalies=[AnomalyEvent(
+                    epoch="0123456789abcdef", device_id=d, seq=s, ts=(1.0, 2.0), score=2.0,
                                     threshold=1.0, model=model, channels=["a"],
                                     detected_at=3.0)
                        for d in devices for s in range(3)],

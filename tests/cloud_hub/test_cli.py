@@ -58,7 +58,8 @@ def test_train_follows_the_job_and_models_show_the_result(
 ) -> None:
     client = publisher_client(hub.settings.mqtt_port)
     try:
-        batch = TelemetryBatch(device_id="pump-1", seq=0, channels=["a", "b"],
+        batch = TelemetryBatch(device_id="pump-1", epoch="0123456789abcdef", seq=0,
+                               channels=["a", "b"],
                                ts=[float(i) for i in range(100)], values=[[1.0, 2.0]] * 100)
         publish_wait(client, hub.topics.telemetry("pump-1"), encode(batch))
     finally:
@@ -124,7 +125,8 @@ def test_train_exits_non_zero_with_the_reason_when_the_model_cannot_be_published
     try:
         client = publisher_client(hub.settings.mqtt_port)
         try:
-            batch = TelemetryBatch(device_id="pump-1", seq=0, channels=["a", "b"],
+            batch = TelemetryBatch(
+                    epoch="0123456789abcdef", device_id="pump-1", seq=0, channels=["a", "b"],
                                    ts=[float(i) for i in range(100)], values=[[1.0, 2.0]] * 100)
             publish_wait(client, hub.topics.telemetry("pump-1"), encode(batch))
         finally:

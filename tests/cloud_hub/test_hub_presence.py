@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
-from sqlalchemy import create_engine
 
-from cloud_hub.mqtt.ingest import MqttIngest
+from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.service import Hub
 from shared.messages import DeviceStatus, HubStatus, decode, encode
 from shared.topics import Topics
@@ -138,8 +137,8 @@ def test_hub_announces_itself_only_when_every_subscription_is_granted(refused: b
     # mosquitto's ACL file does not refuse subscriptions (it filters deliveries), so the
     # refusal is handed to the SUBACK callback directly.
     topics = Topics()
-    ingest = MqttIngest(create_engine("sqlite://"), host="127.0.0.1", port=1, topics=topics,
-                        client_id="hub-a")
+    ingest = HubConnection(host="127.0.0.1", port=1, topics=topics, client_id="hub-a",
+                           subscriptions=[(topics.all_devices("telemetry"), 1)])
     client = _RecordingClient()
     ingest._on_pre_connect(client, None)  # type: ignore[arg-type]
     assert client.will is not None
@@ -161,3 +160,35 @@ def test_hub_announces_itself_only_when_every_subscription_is_granted(refused: b
         assert (topic, qos, retain) == (topics.hub_status("hub-a"), 1, True)
         assert (status.state, status.session) == (DeviceStatus.ONLINE, ingest.session)
         assert (stats["subscribe_refusals"], stats["births"]) == (0, 1)
+
+
+def test_a_hub_started_with_the_broker_down_serves_its_api_and_connects_later(
+    broker: Broker, tmp_path: Path
+) -> None:
+    from cloud_hub.cli.serve import serve_in_thread
+    from tests.cloud_hub.test_ingest import _batch
+
+    broker.stop()
+    settings = hub_settings(broker, tmp_path / "hub")
+    hub = Hub(settings, run_training=stand_in_training())
+    server = serve_in_thread(hub, timeout=2.0)  # does not raise: the hub waits for its broker
+    try:
+        import httpx
+
+        health = httpx.get(f"{server.base_url}/api/v1/health").json()
+        assert health == {"status": "degraded", "mqtt_connected": False, "database": "ok"}
+        assert "cannot reach the MQTT broker" in (hub.ingest.snapshot()["mqtt_error"] or "")
+        broker.start()
+        wait_for(lambda: httpx.get(f"{server.base_url}/api/v1/health").json()["status"] == "ok",
+                 timeout=30, what="the hub connecting once the broker is up")
+        wait_for(lambda: hub.ingest.snapshot()["births"] == 1, what="subscriptions granted")
+        device = publisher_client(broker.port)
+        try:
+            publish_wait(device, settings.topics.telemetry("pump-1"),
+                         encode(_batch("pump-1", 0)))
+        finally:
+            device.disconnect()
+            device.loop_stop()
+        wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="batch stored")
+    finally:
+        server.stop()

@@ -70,7 +70,8 @@ def device(quick_hub: Hub) -> Iterator[mqtt.Client]:
 
 def send_event(client: mqtt.Client, hub: Hub, device_id: str, seq: int, t: float,
                score: float, channels: list[str]) -> None:
-    event = AnomalyEvent(device_id=device_id, seq=seq, ts=(t, t + 1.0), score=score,
+    event = AnomalyEvent(
+            epoch="0123456789abcdef", device_id=device_id, seq=seq, ts=(t, t + 1.0), score=score,
                          threshold=1.0, model=ModelRef(name="pump-ae", version=1),
                          channels=channels, detected_at=t + 1.0)
     publish_wait(client, hub.topics.anomalies(device_id), encode(event))

@@ -13,6 +13,7 @@ from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
 from cloud_hub.service import Hub
 from shared.messages import (
     MAX_PAYLOAD_BYTES,
+    Ack,
     AnomalyEvent,
     DeviceStatus,
     ModelRef,
@@ -20,27 +21,37 @@ from shared.messages import (
     Reported,
     ReportedModel,
     Status,
+    StreamAck,
     TelemetryBatch,
+    decode,
     encode,
 )
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import hub_settings
-from tests.cloud_hub.helpers import publish_wait, publisher_client, stand_in_training, wait_for
+from tests.cloud_hub.helpers import (
+    Subscriber,
+    publish_wait,
+    publisher_client,
+    stand_in_training,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
+EPOCH = "0123456789abcdef"
 
 
 def _batch(device: str, seq: int, rows: int = 5) -> TelemetryBatch:
     t0 = 1_700_000_000.0 + seq * rows
     return TelemetryBatch(
-        device_id=device, seq=seq, channels=["a", "b"],
+        device_id=device, epoch=EPOCH, seq=seq, channels=["a", "b"],
         ts=[t0 + i for i in range(rows)], values=[[float(seq), float(i)] for i in range(rows)],
     )
 
 
 def _anomaly(device: str, seq: int) -> AnomalyEvent:
-    return AnomalyEvent(device_id=device, seq=seq, ts=(1.0, 2.0), score=3.0, threshold=1.0,
-                        model=ModelRef(name="m", version=1), channels=["a"], detected_at=2.5)
+    return AnomalyEvent(device_id=device, epoch=EPOCH, seq=seq, ts=(1.0, 2.0), score=3.0,
+                        threshold=1.0, model=ModelRef(name="m", version=1), channels=["a"],
+                        detected_at=2.5)
 
 
 def test_every_reading_is_stored_once_under_redelivery(hub: Hub) -> None:
@@ -217,3 +228,36 @@ def test_hubs_in_a_share_group_split_telemetry_and_store_each_reading_once(
     finally:
         for h in hubs:
             h.stop()
+
+
+def test_the_hub_acknowledges_what_it_committed_on_the_devices_ack_topic(hub: Hub) -> None:
+    topics = hub.topics
+    sub = Subscriber(hub.settings.mqtt_port, topics.ack("pump-1"), client_id="test-ack-sub")
+    client = publisher_client(hub.settings.mqtt_port)
+
+    def next_ack() -> Ack:
+        return decode(Ack, bytes(sub.messages.get(timeout=10).payload))
+
+    try:
+        for seq in (1, 2):  # seq 0 went missing on the way
+            publish_wait(client, topics.telemetry("pump-1"), encode(_batch("pump-1", seq)))
+        ack = next_ack()
+        while ack.telemetry.top < 2:
+            ack = next_ack()
+        assert (ack.epoch, ack.telemetry.watermark, ack.telemetry.top) == (EPOCH, -1, 2)
+        publish_wait(client, topics.telemetry("pump-1"), encode(_batch("pump-1", 0)))
+        while ack.telemetry.watermark < 2:
+            ack = next_ack()
+        assert ack.telemetry == StreamAck(watermark=2, top=2)
+        assert ack.anomalies == StreamAck()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        sub.close()
+    late = Subscriber(hub.settings.mqtt_port, topics.ack("pump-1"), client_id="test-ack-late")
+    try:
+        retained = decode(Ack, bytes(late.messages.get(timeout=10).payload))
+        assert retained.telemetry.watermark == 2, "the latest acknowledgement is retained"
+    finally:
+        late.close()
+    assert hub.acks.snapshot()["acks_published"] >= 2

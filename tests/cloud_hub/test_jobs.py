@@ -43,7 +43,8 @@ def _send_telemetry(hub: Hub, devices: list[str], batches: int = 4, rows: int = 
         for device in devices:
             for seq in range(batches):
                 t0 = 1000.0 + seq * rows
-                batch = TelemetryBatch(device_id=device, seq=seq, channels=["a", "b", "c"],
+                batch = TelemetryBatch(device_id=device, epoch="0123456789abcdef", seq=seq,
+                                       channels=["a", "b", "c"],
                                        ts=[t0 + i for i in range(rows)],
                                        values=[[1.0, 2.0, 3.0]] * rows)
                 publish_wait(client, hub.topics.telemetry(device), encode(batch))

@@ -43,10 +43,12 @@ def pg_engine() -> Iterator[Engine]:
 
 def test_postgres_store_deduplicates_and_reads_back(pg_engine: Engine) -> None:
     def batch(seq: int) -> TelemetryBatch:
-        return TelemetryBatch(device_id="pump-1", seq=seq, channels=["a"], ts=[float(seq)],
+        return TelemetryBatch(device_id="pump-1", epoch="0123456789abcdef", seq=seq,
+                              channels=["a"], ts=[float(seq)],
                               values=[[float(seq) * 2]])
 
-    anomaly = AnomalyEvent(device_id="pump-1", seq=1, ts=(0.0, 1.0), score=2.0, threshold=1.0,
+    anomaly = AnomalyEvent(device_id="pump-1", epoch="0123456789abcdef", seq=1,
+                           ts=(0.0, 1.0), score=2.0, threshold=1.0,
                            model=ModelRef(name="m", version=1), channels=[], detected_at=1.0)
     with Session(pg_engine) as session:
         first = store_batch(session, IngestBatch(telemetry=[batch(0), batch(1)],
@@ -69,11 +71,13 @@ def test_postgres_pages_listings_and_filters_tags_in_sql(pg_engine: Engine) -> N
     model = ModelRef(name="m", version=1)
     with Session(pg_engine) as session:
         store_batch(session, IngestBatch(
-            telemetry=[TelemetryBatch(device_id=f"d-{i}", seq=s, channels=["a"],
+            telemetry=[TelemetryBatch(
+                    epoch="0123456789abcdef", device_id=f"d-{i}", seq=s, channels=["a"],
                                       ts=[float(s * 3 + k) for k in range(3)],
                                       values=[[1.0]] * 3)
                        for i in range(4) for s in range(3)],
-            anomalies=[AnomalyEvent(device_id=f"d-{i}", seq=s, ts=(0.0, 1.0), score=2.0,
+            anomalies=[AnomalyEvent(
+                    epoch="0123456789abcdef", device_id=f"d-{i}", seq=s, ts=(0.0, 1.0), score=2.0,
                                     threshold=1.0, model=model, channels=[], detected_at=1.0)
                        for i in range(4) for s in range(2)]), now=5.0)
         for device in page_devices(session, limit=10).rows:
@@ -96,3 +100,38 @@ def test_postgres_pages_listings_and_filters_tags_in_sql(pg_engine: Engine) -> N
         assert first.ts.tolist() == [0.0, 1.0, 2.0, 3.0] and first.next_cursor is not None
         second = read_telemetry(session, device_id="d-2", limit=10, after=first.next_cursor)
         assert second.ts.tolist() == [4.0, 5.0, 6.0, 7.0, 8.0] and second.next_cursor is None
+
+
+def test_two_writers_interleaving_leave_the_watermark_complete(pg_engine: Engine) -> None:
+    """Two hub processes store alternate seqs of one stream concurrently, each in its own
+    transactions: the last commit must see the other's rows (no stall below the top)."""
+    import threading
+
+    from cloud_hub.db.marks import acks_for
+
+    epoch = "0123456789abcdef"
+    other = make_engine(URL, create=False).execution_options(
+        schema_translate_map=pg_engine.get_execution_options()["schema_translate_map"])
+    errors: list[BaseException] = []
+
+    def write(engine: Engine, first: int) -> None:
+        try:
+            for seq in range(first, 120, 2):
+                batch = TelemetryBatch(device_id="pump-1", epoch=epoch, seq=seq, channels=["a"],
+                                       ts=[float(seq)], values=[[1.0]])
+                with Session(engine) as session:
+                    store_batch(session, IngestBatch(telemetry=[batch]))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(e, i))
+               for i, e in enumerate((pg_engine, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.dispose()
+    assert not errors, errors
+    with Session(pg_engine) as session:
+        [ack] = acks_for(session, [("pump-1", epoch)], at=0.0)
+    assert (ack.telemetry.watermark, ack.telemetry.top) == (119, 119)

@@ -85,7 +85,9 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
     assert hub.running
     device = publisher_client(broker.port, client_id="after-kill")
     try:
-        batch = TelemetryBatch(device_id="after-kill", seq=0, channels=["a"], ts=[1.0, 2.0],
+        batch = TelemetryBatch(
+                epoch="0123456789abcdef", device_id="after-kill", seq=0, channels=["a"],
+                ts=[1.0, 2.0],
                                values=[[1.0], [2.0]])
         publish_wait(device, "edgeloop/v1/devices/after-kill/telemetry", encode(batch))
     finally:

@@ -26,6 +26,7 @@ from shared.messages import (
 def _batch(**overrides: object) -> TelemetryBatch:
     fields: dict[str, object] = {
         "device_id": "pump-01",
+        "epoch": "0123456789abcdef",
         "seq": 7,
         "channels": ["flow", "pressure"],
         "ts": [1000.0, 1000.1],
@@ -40,14 +41,15 @@ def test_telemetry_batch_round_trips_through_json() -> None:
     again = decode(TelemetryBatch, encode(batch))
     assert again == batch
     assert again.readings == 2
-    assert again.v == 1
+    assert again.v == 2 and again.epoch == "0123456789abcdef"
 
 
 @pytest.mark.parametrize(
     "message",
     [
         AnomalyEvent(
-            device_id="d1", seq=3, ts=(10.0, 13.1), score=0.9, threshold=0.4,
+            device_id="d1", epoch="0123456789abcdef", seq=3, ts=(10.0, 13.1), score=0.9,
+            threshold=0.4,
             model=ModelRef(name="pump-ae", version=2), channels=["flow"], detected_at=13.2,
         ),
         Status(device_id="d1", state="online", at=5.0, agent_version="0.1.0"),
@@ -68,8 +70,8 @@ def test_every_message_round_trips(message: object) -> None:
 
 
 def test_unknown_schema_version_is_refused_by_name() -> None:
-    payload = encode(_batch()).replace(b'"v":1', b'"v":2')
-    with pytest.raises(MessageError, match=r"unsupported schema version v=2"):
+    payload = encode(_batch()).replace(b'"v":2', b'"v":3')
+    with pytest.raises(MessageError, match=r"unsupported schema version v=3"):
         decode(TelemetryBatch, payload)
 
 
@@ -131,7 +133,8 @@ def test_oversized_payload_is_refused_before_parsing() -> None:
 def test_anomaly_window_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="before its start"):
         AnomalyEvent(
-            device_id="d1", seq=1, ts=(5.0, 4.0), score=1.0, threshold=0.5,
+            device_id="d1", epoch="0123456789abcdef", seq=1, ts=(5.0, 4.0), score=1.0,
+            threshold=0.5,
             model=ModelRef(name="m", version=1), channels=[], detected_at=6.0,
         )
 

@@ -26,7 +26,10 @@ def health(hub: HubDep, session: SessionDep) -> dict[str, object]:
         database = "ok"
     except Exception as exc:  # reported, not raised: health must answer
         database = f"error: {type(exc).__name__}"
-    return {"status": "ok", "mqtt_connected": hub.ingest.connected, "database": database}
+    # A hub whose broker is down still serves its API and reconnects in the background.
+    connected = hub.ingest.connected
+    return {"status": "ok" if connected else "degraded", "mqtt_connected": connected,
+            "database": database}
 
 
 @router.get("/signing-key")
@@ -37,6 +40,7 @@ def signing_key(hub: HubDep) -> dict[str, str]:
 @router.get("/metrics")
 def metrics(hub: HubDep, _key: ReadKey) -> dict[str, object]:
     data = hub.ingest.snapshot()
+    data.update(hub.acks.snapshot())
     data["publisher_connected"] = hub.publisher.connected
     data["uptime_s"] = time.time() - hub.started_at if hub.started_at else 0.0
     return data

@@ -1,0 +1,223 @@
+"""The hub's one MQTT connection, for ingest and publishing alike.
+
+Nothing else in the hub talks to paho. The connection starts in the background and retries
+with back-off, so a hub whose broker is down (or late at boot) starts, serves its API and
+connects when it can. MQTT 5 with a persistent session (the broker queues device streams for
+the hub while it is away), ``manual_ack=True`` (ingest acknowledges a message only after its
+commit), subscriptions made again on every connect, and the hub's presence records
+(:mod:`cloud_hub.mqtt.presence`). paho's callbacks do no work: a message goes on the inbound
+queue; the birth record is one publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud_hub.mqtt.client import SESSION_EXPIRY_S, new_client
+from cloud_hub.mqtt.presence import HubPresence
+from shared.messages import DeviceStatus
+from shared.topics import Topics
+
+__all__ = ["HubConnection", "PublishError"]
+
+log = logging.getLogger(__name__)
+_SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
+
+
+class PublishError(RuntimeError):
+    """The broker did not acknowledge a publish within the timeout."""
+
+
+class HubConnection:
+    """Connects in the background; ``subscriptions`` are made on every connect."""
+
+    def __init__(
+        self, *, host: str, port: int, topics: Topics, client_id: str,
+        subscriptions: Sequence[tuple[str, int]], keepalive: int = 30,
+        presence_refresh_s: float = 30.0,
+    ) -> None:
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.topics = topics
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self.inbound: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.presence = HubPresence(topics, client_id, refresh_s=presence_refresh_s)
+        self.births = 0  # online records published, one per granted subscription set
+        self.subscribe_refusals = 0
+        self.takeovers = 0  # times another client connected with our client id
+        self.last_error: str | None = None
+        self._connected = threading.Event()
+        self._ready = threading.Event()  # connected and every subscription granted
+        self._stopping = threading.Event()
+        self._subscribe_mid: int | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._client = new_client(client_id, manual_ack=True)
+        self._client.max_queued_messages_set(0)
+        self._client.on_pre_connect = self._on_pre_connect
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_message = self._on_message
+
+    # -- life cycle ----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def session(self) -> str:
+        return self.presence.session
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once, whether or not the broker is
+        up (paho retries with back-off, ``new_client`` sets its bounds)."""
+        if self._started:
+            return
+        self._started = True
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until connected with every subscription granted."""
+        return self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Announce the hub offline (retained: a clean disconnect does not send the will), then
+        disconnect."""
+        self._stopping.set()
+        if not self._started:
+            return
+        if self.connected:
+            info = self._client.publish(self.presence.topic,
+                                        self.presence.record(DeviceStatus.OFFLINE), qos=1,
+                                        retain=True)
+            try:
+                info.wait_for_publish(min(timeout, 5.0))
+                published = info.is_published()
+            except (RuntimeError, ValueError):  # the connection went away meanwhile
+                published = False
+            if not published:
+                log.warning("mqtt: the broker did not acknowledge the hub's offline record")
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._ready.clear()
+
+    # -- used by ingest and the publishers -------------------------------------------------
+    def ack(self, mid: int, qos: int) -> None:
+        """PUBACK a message received with ``manual_ack`` (after its rows are committed)."""
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_all(self, messages: list[tuple[str, bytes]], *, timeout: float,
+                    retain: bool = True) -> None:
+        """Publish at QoS 1 and wait for every PUBACK; raises :class:`PublishError`."""
+        if not self._connected.wait(timeout):
+            raise PublishError(f"not connected to the MQTT broker {self.host}:{self.port} "
+                               f"within {timeout}s")
+        infos = [self._client.publish(t, p, qos=1, retain=retain) for t, p in messages]
+        deadline = time.monotonic() + timeout
+        for (topic, _), info in zip(messages, infos, strict=True):
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+            try:
+                info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
+            except (RuntimeError, ValueError) as exc:
+                raise PublishError(f"publish to {topic} failed: {exc}") from exc
+            if not info.is_published():
+                raise PublishError(f"broker did not acknowledge {topic} within {timeout}s")
+
+    def tick(self) -> None:
+        """Refresh the presence record when due (called from a worker, not from paho)."""
+        if self.connected and self.presence.refresh_due():
+            self.presence.announced()
+            self._client.publish(self.presence.topic, self.presence.record(DeviceStatus.ONLINE),
+                                 qos=1, retain=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"mqtt_connected": self.connected, "session": self.session,
+                    "births": self.births, "subscribe_refusals": self.subscribe_refusals,
+                    "takeovers": self.takeovers, "mqtt_error": self.last_error}
+
+    # -- paho callbacks: hand-off only -----------------------------------------------------
+    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        # paho sends the will stored at each (re)connect: set this session's before each one.
+        self.presence.new_session()
+        client.will_set(self.presence.topic, self.presence.record(DeviceStatus.OFFLINE), qos=1,
+                        retain=True)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            self._note(f"broker refused the connection: {rc}")
+            return
+        self._connected.set()
+        if self.subscriptions:
+            _rc, self._subscribe_mid = client.subscribe(self.subscriptions)
+        else:  # a publishing-only connection (e.g. a bench): nothing to announce
+            self._ready.set()
+        self.last_error = None
+        log.info("mqtt: connected to %s:%d as %s", self.host, self.port, self.client_id)
+
+    def _on_subscribe(self, client: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any],
+                      _p: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(rc) for rc in reason_codes if rc.value >= 0x80]
+        if refused:
+            with self._lock:
+                self.subscribe_refusals += 1
+            log.error("mqtt: broker refused subscriptions (%s); not announcing session %s",
+                      ", ".join(refused), self.session)
+            return
+        client.publish(self.presence.topic, self.presence.record(DeviceStatus.ONLINE), qos=1,
+                       retain=True)
+        self.presence.announced()
+        with self._lock:
+            self.births += 1
+        self._ready.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._connected.clear()
+        self._ready.clear()
+        self.presence.withdrawn()
+        if self._stopping.is_set():
+            return
+        if getattr(rc, "value", None) == _SESSION_TAKEN_OVER:
+            with self._lock:
+                self.takeovers += 1
+            self._note(f"another client connected with this hub's client id {self.client_id!r} "
+                       "and took its session; two hubs must not share a client id "
+                       "(EDGELOOP_MQTT_CLIENT_ID)", error=True)
+        else:
+            self._note(f"disconnected from the broker ({rc}); reconnecting")
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._note(f"cannot reach the MQTT broker at {self.host}:{self.port}; retrying with "
+                   "back-off")
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.inbound.put(message)
+
+    def _note(self, text: str, *, error: bool = False) -> None:
+        if text != self.last_error:
+            (log.error if error else log.warning)("mqtt: %s", text)
+        self.last_error = text

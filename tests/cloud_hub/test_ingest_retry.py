@@ -1,0 +1,91 @@
+"""Ingest's retry loop, driven directly: a database that is down is waited for, and rows the
+database refuses are found by halving the batch, not by one commit per message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, func, select
+
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
+from cloud_hub.db.tables import DeadLetter, TelemetryBatchRow
+from cloud_hub.mqtt.ingest import (
+    DatabaseUnavailable,
+    MqttIngest,
+    RowsRefused,
+    classify,
+)
+from shared.messages import TelemetryBatch, encode
+from shared.topics import Topics
+
+pytestmark = pytest.mark.hub
+TOPICS = Topics()
+POISON = 13  # the seq the stand-in database refuses
+
+
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int = 1
+
+
+@dataclass
+class _Connection:
+    """What ingest needs of the MQTT connection: its topics and PUBACKs."""
+
+    topics: Topics = TOPICS
+    acked: list[int] = field(default_factory=list)
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acked.append(mid)
+
+
+def _messages(n: int) -> list[_Message]:
+    return [_Message(TOPICS.telemetry("pump-1"), encode(TelemetryBatch(
+        device_id="pump-1", epoch="0123456789abcdef", seq=i, channels=["a"], ts=[float(i)],
+        values=[[1.0]])), mid=i + 1) for i in range(n)]
+
+
+def test_failures_are_typed_by_what_to_do_about_them() -> None:
+    down = OperationalError("INSERT", {}, Exception("database is locked"))
+    refused = IntegrityError("INSERT", {}, Exception("constraint failed"))
+    assert isinstance(classify(down), DatabaseUnavailable)
+    assert isinstance(classify(refused), RowsRefused)
+    assert isinstance(classify(OverflowError("int too big")), RowsRefused)
+
+
+def test_a_refused_message_is_dead_lettered_in_a_few_commits_and_the_rest_stored(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    calls: list[int] = []
+    outages = [2]  # the database is down for the first two attempts
+
+    def store(session: Session, batch: IngestBatch) -> StoreResult:
+        calls.append(len(batch))
+        if outages[0] > 0:
+            outages[0] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        if any(t.seq == POISON for t in batch.telemetry):
+            raise IntegrityError("INSERT", {}, Exception("the stand-in refuses seq 13"))
+        return store_batch(session, batch)
+
+    connection = _Connection()
+    ingest = MqttIngest(engine, connection, store=store)  # type: ignore[arg-type]
+    ingest._store(_messages(64))  # type: ignore[arg-type]
+
+    assert sorted(connection.acked) == list(range(1, 65)), "every message acknowledged"
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(TelemetryBatchRow)).one() == 63
+        [letter] = session.exec(select(DeadLetter)).all()
+    assert "store failed" in letter.reason and "seq 13" in letter.reason
+    stats = ingest.snapshot_stats()
+    assert stats.commit_errors == 2 + 7, "two outages, then one refusal per halving"
+    assert stats.commits <= 8, f"{stats.commits} commits for 64 messages: not one per message"
+    assert calls[:2] == [64, 64], "the batch was kept whole while the database was down"

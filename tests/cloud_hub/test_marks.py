@@ -1,0 +1,115 @@
+"""Delivery watermarks and the missing-batch count, on a real SQLite file (no broker)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
+from cloud_hub.db.marks import acks_for
+from cloud_hub.db.queries import telemetry_summary
+from shared.messages import AnomalyEvent, ModelRef, StreamAck, TelemetryBatch
+
+pytestmark = pytest.mark.hub
+OLD, NEW = "00000000000000aa", "00000000000000bb"
+
+
+def _t(seq: int, *, floor: int = 0, epoch: str = OLD, device: str = "pump-1") -> TelemetryBatch:
+    return TelemetryBatch(device_id=device, epoch=epoch, seq=seq, floor=floor, channels=["a"],
+                          ts=[float(seq)], values=[[float(seq)]])
+
+
+def _a(seq: int, *, floor: int = 0, epoch: str = OLD) -> AnomalyEvent:
+    return AnomalyEvent(device_id="pump-1", epoch=epoch, seq=seq, floor=floor, ts=(1.0, 2.0),
+                        score=2.0, threshold=1.0, model=ModelRef(name="m", version=1),
+                        channels=[], detected_at=2.0)
+
+
+def _store(engine: Engine, *telemetry: TelemetryBatch,
+           anomalies: tuple[AnomalyEvent, ...] = ()) -> StoreResult:
+    with Session(engine) as session:
+        return store_batch(session, IngestBatch(telemetry=list(telemetry),
+                                                anomalies=list(anomalies)))
+
+
+def _ack(engine: Engine, epoch: str = OLD) -> tuple[StreamAck, StreamAck]:
+    with Session(engine) as session:
+        [ack] = acks_for(session, [("pump-1", epoch)], at=time.time())
+    return ack.telemetry, ack.anomalies
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+
+
+def test_the_watermark_covers_only_seqs_stored_without_a_gap_from_zero(engine: Engine) -> None:
+    result = _store(engine, _t(1), _t(2), _t(2))
+    assert (result.telemetry_batches, result.duplicates) == (2, 1)
+    assert result.touched == (("pump-1", OLD),)
+    assert _ack(engine)[0] == StreamAck(watermark=-1, top=2), "seq 0 is missing"
+    _store(engine, _t(0))
+    assert _ack(engine)[0] == StreamAck(watermark=2, top=2)
+    _store(engine, _t(4))
+    assert _ack(engine)[0] == StreamAck(watermark=2, top=4)
+
+
+def test_a_floor_lets_the_watermark_pass_what_the_device_dropped(engine: Engine) -> None:
+    _store(engine, _t(0), _t(1))
+    _store(engine, _t(6, floor=6), _t(7, floor=6))  # seqs 2-5 dropped by the device's outbox
+    assert _ack(engine)[0] == StreamAck(watermark=7, top=7)
+    _store(engine, _t(9, floor=8))  # 8 still held by the device and not stored: a real gap
+    assert _ack(engine)[0] == StreamAck(watermark=7, top=9)
+
+
+def test_a_message_sent_again_still_advances_its_stream(engine: Engine) -> None:
+    _store(engine, _t(1))
+    _store(engine, _t(0))
+    result = _store(engine, _t(1))  # a duplicate: nothing stored, but the stream is answered
+    assert (result.telemetry_batches, result.duplicates, result.touched) == (
+        0, 1, (("pump-1", OLD),))
+    assert _ack(engine)[0].watermark == 1
+
+
+def test_streams_and_epochs_have_their_own_watermarks(engine: Engine) -> None:
+    _store(engine, _t(0), _t(1), anomalies=(_a(1),))
+    _store(engine, _t(0, epoch=NEW))
+    assert _ack(engine) == (StreamAck(watermark=1, top=1), StreamAck(watermark=-1, top=1))
+    assert _ack(engine, NEW) == (StreamAck(watermark=0, top=0), StreamAck())
+    _store(engine, anomalies=(_a(0),))
+    assert _ack(engine)[1] == StreamAck(watermark=1, top=1)
+
+
+def test_a_device_that_lost_its_state_is_stored_again_from_seq_zero(engine: Engine) -> None:
+    _store(engine, *[_t(i) for i in range(5)])
+    result = _store(engine, *[_t(i, epoch=NEW) for i in range(3)])
+    assert (result.telemetry_batches, result.duplicates) == (3, 0), \
+        "a new epoch's seq 0-2 are new messages, not duplicates of the old epoch's"
+    with Session(engine) as session:
+        [row] = telemetry_summary(session)
+    assert (row["readings"], row["batches"], row["epochs"], row["missing_batches"]) == (
+        8, 8, 2, 0)
+    assert (row["seq_first"], row["seq_last"]) == (0, 2), "the latest epoch's range"
+
+
+def test_missing_batches_counts_gaps_at_the_start_of_every_epoch(engine: Engine) -> None:
+    _store(engine, _t(3), _t(4), _t(6))  # 0-2 and 5 never arrived
+    _store(engine, _t(2, epoch=NEW))  # 0-1 of the new epoch never arrived
+    with Session(engine) as session:
+        [row] = telemetry_summary(session)
+    assert row["missing_batches"] == 4 + 2
+
+
+def test_two_hub_processes_advance_each_others_watermarks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = make_engine(url), make_engine(url)
+    _store(first, _t(1), _t(3))
+    _store(second, _t(0))  # the other hub stores the missing seq 0
+    assert _ack(first)[0] == StreamAck(watermark=1, top=3)
+    _store(first, _t(2))
+    assert _ack(second)[0] == StreamAck(watermark=3, top=3)
