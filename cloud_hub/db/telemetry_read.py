@@ -55,7 +55,7 @@ class TelemetryCursor:
         if (not isinstance(ts, int | float) or isinstance(ts, bool)
                 or not isinstance(index, int) or isinstance(index, bool) or index < 0
                 or not isinstance(batch, list) or len(batch) != width
-                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                or not all(isinstance(v, int | float | str) and not isinstance(v, bool)
                            for v in batch)
                 or not isinstance(channels, list)
                 or not all(isinstance(c, str) for c in channels)):
