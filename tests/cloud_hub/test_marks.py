@@ -91,7 +91,7 @@ def test_a_device_that_lost_its_state_is_stored_again_from_seq_zero(engine: Engi
     assert (result.telemetry_batches, result.duplicates) == (3, 0), \
         "a new epoch's seq 0-2 are new messages, not duplicates of the old epoch's"
     with Session(engine) as session:
-        [row] = telemetry_summary(session)
+        [row] = telemetry_summary(session).rows
     assert (row["readings"], row["batches"], row["epochs"], row["missing_batches"]) == (
         8, 8, 2, 0)
     assert (row["seq_first"], row["seq_last"]) == (0, 2), "the latest epoch's range"
@@ -101,7 +101,7 @@ def test_missing_batches_counts_gaps_at_the_start_of_every_epoch(engine: Engine)
     _store(engine, _t(3), _t(4), _t(6))  # 0-2 and 5 never arrived
     _store(engine, _t(2, epoch=NEW))  # 0-1 of the new epoch never arrived
     with Session(engine) as session:
-        [row] = telemetry_summary(session)
+        [row] = telemetry_summary(session).rows
     assert row["missing_batches"] == 4 + 2
 
 
