@@ -6,6 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from cloud_hub import __version__
 from cloud_hub.api.body_limit import BodySizeLimit
+from cloud_hub.api.docs import add_docs
 from cloud_hub.api.routes import (
     data,
     devices,
@@ -36,7 +37,9 @@ def create_app(hub: Hub) -> FastAPI:
             "`EDGELOOP_MAX_REQUEST_BYTES` (1 MiB; the CSV upload: `EDGELOOP_MAX_UPLOAD_BYTES`, "
             "64 MiB) are refused with 413 before anything else."
         ),
+        docs_url=None, redoc_url=None,  # /docs from the hub's own files: add_docs
     )
+    add_docs(app)
     app.state.hub = hub
     api = APIRouter(prefix=API_PREFIX)
     for module in (system, devices, data, models, training, rollouts, incidents, webhooks):

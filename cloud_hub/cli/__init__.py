@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from cloud_hub.cli.client import ApiError, HubClient
 from cloud_hub.cli.ops_commands import add_ops_parsers
+from cloud_hub.cli.timearg import WHEN_HELP, parse_when
 
 __all__ = ["build_parser", "main"]
 
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("name", help="model name")
     t.add_argument("--devices", help="comma-separated device ids (default: all)")
     t.add_argument("--channels", help="comma-separated channels (default: all)")
-    t.add_argument("--since", type=float)
-    t.add_argument("--until", type=float)
+    t.add_argument("--since", type=parse_when, help=f"readings from: {WHEN_HELP}")
+    t.add_argument("--until", type=parse_when, help="readings until (same forms)")
     t.add_argument("--family", choices=["dense_ae", "conv1d_ae", "pca"])
     t.add_argument("--window", type=int)
     t.add_argument("--epochs", type=int)
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tags")
     r.add_argument("--percent", type=int, default=100)
     r.add_argument("--policy", help='JSON, e.g. {"canary_size": 2, "wave_size": 20}')
+    r.add_argument("--wait", action="store_true",
+                   help="create: follow it to the end with a progress bar (exit 1 unless it "
+                        "succeeds)")
 
     d = sub.add_parser("devices", help="devices: list, show, tag, set desired")
     d.add_argument("action", choices=["list", "show", "tag", "desired"])
@@ -98,7 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--name")
     k.add_argument("--scope", choices=["read", "admin"], default="read")
     k.add_argument("--id", type=int)
+    _accept_common_options_after(sub)
     return p
+
+
+def _accept_common_options_after(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud-hub devices list --json --api-key K`` as well as before the command: given
+    after it, they win; not given, the values before it (or the environment) stay."""
+    for name, command in sub.choices.items():
+        if name == "serve":
+            continue
+        taken = command._option_string_actions  # e.g. webhooks has its own --url
+        if "--url" not in taken:
+            command.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if "--api-key" not in taken:
+            command.add_argument("--api-key", default=argparse.SUPPRESS,
+                                 help="API key (env EDGELOOP_API_KEY)")
+        if "--json" not in taken:
+            command.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                 help="machine-readable JSON output")
 
 
 def _check(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

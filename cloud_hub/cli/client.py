@@ -11,22 +11,42 @@ import httpx
 # from there so that the CLI client does not need FastAPI.
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
-__all__ = ["ApiError", "HubClient"]
+__all__ = ["ApiError", "HubClient", "HubUnreachable"]
 
 
 class ApiError(RuntimeError):
     """The hub answered with an error status; the message carries its detail."""
 
     def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
+        super().__init__(f"HTTP {status}: {_readable(detail)}" if status else str(detail))
+        self.status = status  # 0: no answer at all (see HubUnreachable)
         self.detail = detail
+
+
+def _readable(detail: Any) -> str:
+    """A JSON error detail as a line: its message, or each validation error with its place."""
+    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+        return str(detail["message"])
+    if isinstance(detail, list) and all(isinstance(e, dict) and "msg" in e for e in detail):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in e.get('loc') or [])}: {e['msg']}".lstrip(": ")
+            for e in detail)
+    return str(detail)
+
+
+class HubUnreachable(ApiError):
+    """No HTTP answer: the hub is not running there, or the URL is wrong."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(0, f"cannot reach the hub at {url} ({reason})")
+        self.url = url
 
 
 class HubClient:
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
+        self.url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=base_url.rstrip("/") + "/api/v1", headers=headers,
                                   timeout=timeout, transport=transport)
 
@@ -37,7 +57,7 @@ class HubClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot reach the hub at {self._http.base_url}: {exc}") from None
+            raise HubUnreachable(self.url, str(exc) or type(exc).__name__) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cloud_hub.cli.client import HubClient
+from cloud_hub.cli.model_view import model_line, model_lines
 from cloud_hub.cli.ops_commands import OPS_COMMANDS
 from cloud_hub.cli.render import console, emit
 
@@ -121,7 +122,11 @@ def models(a: argparse.Namespace, c: HubClient) -> int:
         emit(c.get_all("/models", name=a.name, status=a.status), a.json, _MODEL_COLS, "models")
     elif a.action == "show":
         name, version = a.refs[0]
-        emit(c.get(f"/models/{name}/{version}"), a.json, title=f"{name}:{version}")
+        detail = c.get(f"/models/{name}/{version}")
+        if a.json:
+            emit(detail, True)
+        else:
+            _print_lines(model_lines(detail))
     elif a.action == "compare":
         if len(a.refs) != 2:
             raise SystemExit("models compare needs two NAME:VERSION arguments")
@@ -140,8 +145,13 @@ def models(a: argparse.Namespace, c: HubClient) -> int:
                 if data[mode_ref].get("modes"):
                     emit(data[mode_ref]["modes"], False, title=f"{mode_ref}: quantization modes")
     elif a.action in ("publish", "retire"):
+        done = "published" if a.action == "publish" else "retired"
         for name, version in a.refs:
-            emit(c.post(f"/models/{name}/{version}/{a.action}"), a.json, _MODEL_COLS)
+            record = c.post(f"/models/{name}/{version}/{a.action}")
+            if a.json:
+                emit(record, True)
+            else:
+                _print_lines([model_line(record, done)])
     elif a.action == "download":
         name, version = a.refs[0]
         out = Path(a.output or f"{name}-v{version}.tflite")
@@ -167,6 +177,11 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
         policy = json.loads(a.policy) if a.policy else {}
         data = c.post("/rollouts", {"model": {"name": name, "version": version},
                                     "target": target, "policy": policy})
+        if a.wait:
+            data = follow_rollout(c, data)
+            emit(data if a.json else _rollout_row({k: v for k, v in data.items()
+                                                   if k != "devices"}), a.json)
+            return 0 if data["status"] == "succeeded" else 1
     elif a.action == "status" and a.id is None:
         data = c.get_all("/rollouts")
         emit(data if a.json else [_rollout_row(r) for r in data], a.json, _ROLLOUT_COLS)
@@ -182,6 +197,37 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
     emit(data if a.json else _rollout_row({k: v for k, v in data.items() if k != "devices"}),
          a.json)
     return 0
+
+
+_ROLLOUT_DONE = ("succeeded", "aborted", "rolled_back")
+
+
+def follow_rollout(client: HubClient, rollout: dict[str, Any],
+                   poll_s: float = 1.0) -> dict[str, Any]:
+    """A progress bar of devices updated until the rollout succeeds, is aborted or rolled back
+    (a paused rollout waits for ``rollout resume``, and the bar says so)."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} devices"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"rollout {rollout['id']}", total=rollout["devices_total"] or 1,
+                            info="")
+        while True:
+            info = f"{rollout['status']} stage {rollout['stage']}/{rollout['stages']}"
+            if rollout["devices_failed"]:
+                info += f", {rollout['devices_failed']} failed"
+            if rollout["status"] == "paused":
+                info += " (waiting for: cloud-hub rollout resume)"
+            bar.update(task, completed=rollout["devices_updated"],
+                       total=rollout["devices_total"] or 1, info=info)
+            if rollout["status"] in _ROLLOUT_DONE:
+                return rollout
+            time.sleep(poll_s)  # polling an HTTP API: the interval is the point
+            rollout = client.get(f"/rollouts/{rollout['id']}")
+
+
+def _print_lines(lines: list[str]) -> None:
+    console().print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
 def devices(a: argparse.Namespace, c: HubClient) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit
+from cloud_hub.cli.timearg import WHEN_HELP, parse_when
 
 __all__ = ["OPS_COMMANDS", "add_ops_parsers", "event_line", "incident_line"]
 
@@ -27,7 +28,8 @@ def add_ops_parsers(sub: Any) -> None:
     a.add_argument("--incidents", action="store_true",
                    help="one line per incident instead of per event")
     a.add_argument("--device")
-    a.add_argument("--since", type=float, help="events stored at or after this epoch time")
+    a.add_argument("--since", type=parse_when,
+                   help=f"events stored at or after this: {WHEN_HELP}")
     a.add_argument("--limit", type=int, default=50, help="how many recent items to print first")
     a.add_argument("--follow", "-f", action="store_true", help="then print each new item")
     a.add_argument("--interval", type=float, default=2.0, help="seconds between polls")

@@ -15,7 +15,7 @@ from cloud_hub.api.main import create_app
 from cloud_hub.core.config import Settings
 from cloud_hub.service import Hub
 
-__all__ = ["ServerHandle", "run_serve", "serve_in_thread"]
+__all__ = ["ReadsAtDebug", "ServerHandle", "run_serve", "serve_in_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,26 @@ def run_serve(settings: Settings) -> None:
               flush=True)
     config = uvicorn.Config(create_app(hub), host=settings.http_host, port=settings.http_port,
                             log_level="info")
+    logging.getLogger("uvicorn.access").addFilter(ReadsAtDebug())
     server = _GracefulServer(config)
     try:
         server.run()
     finally:
         hub.stop()
         log.info("hub stopped")
+
+
+class ReadsAtDebug(logging.Filter):
+    """uvicorn's access log: successful reads (the CLI, the console and scripts poll them
+    several times a second) at DEBUG, so writes, errors and the hub's own lines stand out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (isinstance(args, tuple) and len(args) == 5 and args[1] in ("GET", "HEAD")
+                and isinstance(args[4], int) and args[4] < 400):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 class _GracefulServer(uvicorn.Server):

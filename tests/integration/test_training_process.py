@@ -95,3 +95,8 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
         device.loop_stop()
     wait_for(lambda: any(d["device_id"] == "after-kill" and d["telemetry_readings"] == 2
                          for d in client.get("/devices")), 30, "ingest after the kill")
+
+    # The access log: the writes are there, the many polling reads are not (DEBUG).
+    access = [ln for ln in hub.log_path.read_text().splitlines() if '" 20' in ln]
+    assert any('"POST /api/v1/training-jobs/csv' in ln for ln in access), access
+    assert not [ln for ln in access if '"GET ' in ln], access
