@@ -173,7 +173,7 @@ _DELIVERY_COLS = ("id", "rule_id", "incident_id", "event", "status", "attempts",
 
 def webhooks(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
-        emit(c.get("/webhooks"), a.json, _RULE_COLS, "webhook rules")
+        emit(c.get_all("/webhooks"), a.json, _RULE_COLS, "webhook rules")
     elif a.action == "create":
         if not a.name or not a.url:
             raise SystemExit("webhooks create needs --name and --url")

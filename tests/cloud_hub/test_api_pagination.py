@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import Session
 
+from cloud_hub.api.main import create_app
 from cloud_hub.api.paging import NEXT_CURSOR_HEADER
 from cloud_hub.core.config import Settings
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
@@ -248,6 +249,8 @@ def test_jobs_rollouts_and_keys_page_newest_first(hub: Hub, api: httpx.Client) -
     ("/api/v1/telemetry/summary", 10_000), ("/api/v1/anomalies", 10_000),
     ("/api/v1/dead-letters", 1000), ("/api/v1/models", 1000),
     ("/api/v1/training-jobs", 1000), ("/api/v1/rollouts", 1000), ("/api/v1/api-keys", 1000),
+    ("/api/v1/webhooks", 1000), ("/api/v1/webhooks/deliveries", 1000),
+    ("/api/v1/incidents", 1000),
 ])
 def test_limits_are_bounded_and_bad_cursors_refused(
     api: httpx.Client, path: str, maximum: int
@@ -261,3 +264,21 @@ def test_limits_are_bounded_and_bad_cursors_refused(
         response = api.get(f"{path}{sep}cursor={cursor}", headers=ADMIN)
         assert response.status_code == 422, (cursor, response.text)
         assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
+def test_every_list_route_takes_a_bounded_limit_and_a_cursor(hub: Hub) -> None:
+    """From the OpenAPI schema, so that a list route added later is held to the same rule."""
+    schema = create_app(hub).openapi()
+    lists = []
+    for path, item in schema["paths"].items():
+        get = item.get("get")
+        content = (get or {}).get("responses", {}).get("200", {}).get("content", {})
+        if content.get("application/json", {}).get("schema", {}).get("type") != "array":
+            continue
+        lists.append(path)
+        params = {p["name"]: p for p in get.get("parameters", [])}
+        assert "cursor" in params, f"{path} returns a list but takes no cursor"
+        limit = params.get("limit", {}).get("schema", {})
+        assert "maximum" in limit, f"{path} returns a list without a bounded limit"
+        assert NEXT_CURSOR_HEADER in get["responses"]["200"].get("headers", {}), path
+    assert "/api/v1/devices" in lists and len(lists) >= 10

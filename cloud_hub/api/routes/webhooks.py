@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from sqlmodel import col, select
 
 from cloud_hub.api.deps import AdminKey, ReadKey, SessionDep
 from cloud_hub.api.incident_schemas import (
@@ -15,6 +16,8 @@ from cloud_hub.api.incident_schemas import (
     WebhookUpdate,
 )
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
+from cloud_hub.db.ops_tables import WebhookRule
+from cloud_hub.db.paging import keyset_page
 from cloud_hub.incidents.queries import deliveries_page
 from cloud_hub.notify import admin
 
@@ -22,9 +25,16 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 RulePath = Annotated[int, Path(ge=1)]
 
 
-@router.get("", response_model=list[WebhookPublic])
-def rules(session: SessionDep, _key: ReadKey) -> list[dict[str, Any]]:
-    return [admin.rule_view(session, r) for r in admin.list_rules(session)]
+@router.get("", response_model=list[WebhookPublic], responses=PAGE_HEADERS)
+def rules(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: CursorQuery = None,
+) -> list[dict[str, Any]]:
+    """Rules by id; more pages through `X-Next-Cursor`."""
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, select(WebhookRule), order=[col(WebhookRule.id)], limit=limit, after=after))
+    return [admin.rule_view(session, r) for r in rows]
 
 
 @router.post("", response_model=WebhookCreated, status_code=status.HTTP_201_CREATED)

@@ -1,0 +1,292 @@
+"""Every route of the hub's API, called with no key, a read key, an admin key and a revoked
+key: 401 / 403 / 2xx as its scope says.
+
+The cases come from the application's own routes: a route added later is either in the table
+below (its scope and a call that succeeds with the right key) or its tests fail and name it.
+"""
+
+from __future__ import annotations
+
+import string
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import iter_route_contexts
+from sqlmodel import Session
+
+from cloud_hub.api.main import create_app
+from cloud_hub.core.config import Settings
+from cloud_hub.db.ingest_store import IngestBatch, store_batch
+from cloud_hub.service import Hub
+from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
+from simulator.broker import Broker
+from tests.cloud_hub.api_support import Keys, make_keys, serving
+from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
+from tests.cloud_hub.helpers import stand_in_training, tiny_artifact, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+PUBLIC = "public"
+READ = "read"
+ADMIN = "admin"
+KEY_KINDS = ("none", "read", "admin", "revoked")
+
+
+@dataclass
+class World:
+    """A started hub with one of everything the routes act on."""
+
+    hub: Hub
+    http: httpx.Client
+    keys: Keys
+    model: tuple[str, int]
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, f"/api/v1{path}",
+                                     headers={"X-API-Key": self.keys.admin}, **kwargs)
+        assert response.status_code < 300, (method, path, response.text)
+        return response.json() if response.content else None
+
+    def fresh(self, prefix: str) -> str:
+        self.counter[0] += 1
+        return f"{prefix}-{self.counter[0]}"
+
+    def known_device(self) -> str:
+        device = self.fresh("auth-dev")
+        with Session(self.hub.engine) as session:
+            store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
+                device_id=device, seq=0, channels=["a", "b"], ts=[1.0, 2.0],
+                values=[[1.0, 2.0], [3.0, 4.0]])]))
+        return device
+
+    def registered_model(self) -> int:
+        return self.hub.register(tiny_artifact(), name=self.model[0])[1]
+
+    def rollout(self, *, then: str | None = None) -> int:
+        body = {"model": {"name": self.model[0], "version": self.model[1]},
+                "target": {"devices": [self.known_device()]},
+                "policy": {"min_observation_s": 3600, "stage_timeout_s": 3600}}
+        rollout_id = int(self.admin("POST", "/rollouts", json=body)["id"])
+        if then:
+            self.admin("POST", f"/rollouts/{rollout_id}/{then}")
+        return rollout_id
+
+    def incident(self) -> int:
+        device = self.known_device()
+        event = AnomalyEvent(device_id=device, seq=0, ts=(1.0, 2.0), score=3.0, threshold=1.0,
+                             model=ModelRef(name=self.model[0], version=self.model[1]),
+                             channels=["a"], detected_at=2.0)
+        with Session(self.hub.engine) as session:
+            store_batch(session, IngestBatch(anomalies=[event]))
+        self.hub.incidents.wake()
+        found = wait_for(lambda: self.admin("GET", "/incidents", params={"device_id": device}),
+                         timeout=20, what=f"an incident of {device}")
+        return int(found[0]["id"])
+
+
+@dataclass(frozen=True)
+class Call:
+    """How to call a route so that it succeeds with a key of the right scope."""
+
+    params: Callable[[World], dict[str, Any]] = lambda w: {}  # path parameters (setup here)
+    query: dict[str, Any] = field(default_factory=dict)
+    json: Any = None
+    content: bytes | None = None
+    json_for: Callable[[World], Any] | None = None  # a JSON body that needs setup
+
+
+def _device(w: World) -> dict[str, Any]:
+    return {"device_id": w.known_device()}
+
+
+def _model(w: World) -> dict[str, Any]:
+    return {"name": w.model[0], "version": w.model[1]}
+
+
+def _new_model(w: World) -> dict[str, Any]:
+    return {"name": w.model[0], "version": w.registered_model()}
+
+
+def _job(w: World) -> dict[str, Any]:
+    job = w.admin("POST", "/training-jobs/csv", params={"name": "auth-slow"},
+                  content=b"slow,b\n1,2\n3,4\n")  # waits for its cancel (see _run_training)
+    return {"job_id": job["id"]}
+
+
+def _api_key(w: World) -> dict[str, Any]:
+    return {"key_id": w.admin("POST", "/api-keys", json={"name": w.fresh("k")})["id"]}
+
+
+def _rule(w: World) -> dict[str, Any]:
+    rule = w.admin("POST", "/webhooks", json={"name": w.fresh("hook"),
+                                              "url": "http://127.0.0.1:9/hook",
+                                              "group": "auth-nobody"})
+    return {"rule_id": rule["id"]}
+
+
+# Routes anyone may call (the console's login page belongs here once it exists).
+PUBLIC_ROUTES: dict[tuple[str, str], Call] = {
+    ("GET", "/openapi.json"): Call(),
+    ("GET", "/docs"): Call(),
+    ("GET", "/docs/oauth2-redirect"): Call(),
+    ("GET", "/redoc"): Call(),
+    ("GET", "/api/v1/health"): Call(),
+    ("GET", "/api/v1/signing-key"): Call(),
+}
+
+# Every other route: the scope it needs, and a call that succeeds with that scope.
+SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
+    ("GET", "/api/v1/metrics"): (READ, Call()),
+    ("GET", "/api/v1/api-keys"): (ADMIN, Call()),
+    ("POST", "/api/v1/api-keys"): (ADMIN, Call(json={"name": "made-by-auth-test"})),
+    ("DELETE", "/api/v1/api-keys/{key_id}"): (ADMIN, Call(_api_key)),
+    ("GET", "/api/v1/devices"): (READ, Call()),
+    ("GET", "/api/v1/devices/{device_id}"): (READ, Call(_device)),
+    ("PATCH", "/api/v1/devices/{device_id}"): (ADMIN, Call(_device, json={"tags": ["x"]})),
+    ("PUT", "/api/v1/devices/{device_id}/desired"): (ADMIN, Call(_device,
+                                                                 json={"model": None})),
+    ("GET", "/api/v1/telemetry"): (READ, Call(query={"device_id": "auth-dev-1"})),
+    ("GET", "/api/v1/telemetry/summary"): (READ, Call()),
+    ("GET", "/api/v1/anomalies"): (READ, Call()),
+    ("GET", "/api/v1/dead-letters"): (READ, Call()),
+    ("GET", "/api/v1/models"): (READ, Call()),
+    ("GET", "/api/v1/models/compare"): (READ, Call(query={"a": "auth-ae:1", "b": "auth-ae:1"})),
+    ("GET", "/api/v1/models/{name}/{version}"): (READ, Call(_model)),
+    ("GET", "/api/v1/models/{name}/{version}/tflite"): (READ, Call(_model)),
+    ("POST", "/api/v1/models/{name}/{version}/publish"): (ADMIN, Call(_new_model)),
+    ("POST", "/api/v1/models/{name}/{version}/retire"): (ADMIN, Call(_new_model)),
+    ("POST", "/api/v1/training-jobs"): (ADMIN, Call(json={"name": "auth-m",
+                                                          "channels": ["nope"]})),
+    ("POST", "/api/v1/training-jobs/csv"): (ADMIN, Call(query={"name": "auth-csv"},
+                                                        content=b"a,b\n1,2\n3,4\n")),
+    ("GET", "/api/v1/training-jobs"): (READ, Call()),
+    ("GET", "/api/v1/training-jobs/{job_id}"): (READ, Call(lambda w: {"job_id": 1})),
+    ("POST", "/api/v1/training-jobs/{job_id}/cancel"): (ADMIN, Call(_job)),
+    ("POST", "/api/v1/rollouts"): (ADMIN, Call(json_for=lambda w: {
+        "model": {"name": w.model[0], "version": w.model[1]},
+        "target": {"devices": [w.known_device()]}, "policy": {"min_observation_s": 3600}})),
+    ("GET", "/api/v1/rollouts"): (READ, Call()),
+    ("GET", "/api/v1/rollouts/{rollout_id}"): (READ, Call(lambda w: {"rollout_id": 1})),
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): (ADMIN, Call(
+        lambda w: {"rollout_id": w.rollout()})),
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): (ADMIN, Call(
+        lambda w: {"rollout_id": w.rollout(then="pause")})),
+    ("POST", "/api/v1/rollouts/{rollout_id}/abort"): (ADMIN, Call(
+        lambda w: {"rollout_id": w.rollout()})),
+    ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): (ADMIN, Call(
+        lambda w: {"rollout_id": w.rollout()})),
+    ("GET", "/api/v1/incidents"): (READ, Call()),
+    ("GET", "/api/v1/incidents/{incident_id}"): (READ, Call(
+        lambda w: {"incident_id": w.incident()})),
+    ("POST", "/api/v1/incidents/{incident_id}/acknowledge"): (ADMIN, Call(
+        lambda w: {"incident_id": w.incident()}, json={"note": "seen"})),
+    ("POST", "/api/v1/incidents/{incident_id}/resolve"): (ADMIN, Call(
+        lambda w: {"incident_id": w.incident()}, json={})),
+    ("GET", "/api/v1/webhooks"): (READ, Call()),
+    ("POST", "/api/v1/webhooks"): (ADMIN, Call(json={
+        "name": "auth-hook", "url": "http://127.0.0.1:9/hook", "group": "auth-nobody"})),
+    ("GET", "/api/v1/webhooks/deliveries"): (READ, Call()),
+    ("PATCH", "/api/v1/webhooks/{rule_id}"): (ADMIN, Call(_rule, json={"enabled": False})),
+    ("DELETE", "/api/v1/webhooks/{rule_id}"): (ADMIN, Call(_rule)),
+}
+
+
+def _app_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route the hub's application serves (HEAD left out)."""
+    with tempfile.TemporaryDirectory() as folder:
+        hub = Hub(Settings(data_dir=Path(folder)))
+        try:
+            app = create_app(hub)
+            found = {(method, context.path)
+                     for context in iter_route_contexts(app.routes)
+                     for method in (getattr(context.original_route, "methods", None) or ())
+                     if method != "HEAD" and context.path}
+        finally:
+            hub.engine.dispose()
+    return sorted(found, key=lambda r: (r[1], r[0]))
+
+
+ROUTES = _app_routes()
+
+
+def test_the_table_names_only_routes_that_exist() -> None:
+    stale = (set(PUBLIC_ROUTES) | set(SCOPED_ROUTES)) - set(ROUTES)
+    assert not stale, f"routes in the auth table that the app no longer has: {sorted(stale)}"
+
+
+def _run_training(readings: Any, channels: list[str], spec: Any, **kwargs: Any) -> Any:
+    if channels and channels[0] == "slow":  # the job the cancel test cancels
+        cancel = kwargs["cancel"]
+        cancel.wait(60)
+        raise RuntimeError("cancelled")
+    return stand_in_training()(readings, channels, spec, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    broker = Broker()
+    broker.start()
+    hub = Hub(hub_settings(broker, tmp_path_factory.mktemp("hub"), incident_tick_s=0.1),
+              run_training=_run_training)
+    hub.start()
+    try:
+        with serving(create_app(hub)) as url, httpx.Client(base_url=url, timeout=30) as http:
+            keys = make_keys(http, ADMIN_KEY)
+            w = World(hub=hub, http=http, keys=keys, model=("auth-ae", 0))
+            w.known_device()  # auth-dev-1, whose telemetry the read call asks for
+            version = w.registered_model()
+            w.model = ("auth-ae", version)
+            w.admin("POST", f"/models/auth-ae/{version}/publish")
+            w.admin("POST", "/training-jobs", json={"name": "auth-m", "channels": ["nope"]})
+            w.rollout()  # rollout 1
+            yield w
+    finally:
+        hub.stop()
+        broker.close()
+
+
+def _expected(scope: str, kind: str) -> int | None:
+    """The status for a key kind; None: any 2xx."""
+    if scope == PUBLIC or kind == "admin" or (kind == "read" and scope == READ):
+        return None
+    if kind == "read":
+        return 403
+    return 401
+
+
+@pytest.mark.parametrize("kind", KEY_KINDS)
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_route_answers_each_kind_of_key_as_its_scope_says(
+    world: World, method: str, path: str, kind: str
+) -> None:
+    if (method, path) in PUBLIC_ROUTES:
+        scope, call = PUBLIC, PUBLIC_ROUTES[(method, path)]
+    elif (method, path) in SCOPED_ROUTES:
+        scope, call = SCOPED_ROUTES[(method, path)]
+    else:
+        pytest.fail(f"{method} {path} is not in the auth table of {__file__}: add it to "
+                    "PUBLIC_ROUTES or SCOPED_ROUTES with its scope and a call that succeeds")
+    expected = _expected(scope, kind)
+    # The setup (a fresh rollout, key, model …) runs only where the call must succeed.
+    params = call.params(world) if expected is None else _placeholders(path)
+    headers = {} if kind == "none" else {"X-API-Key": getattr(world.keys, kind)}
+    body = call.json_for(world) if call.json_for is not None and expected is None else call.json
+    response = world.http.request(method, path.format(**params), params=call.query,
+                                  json=body, content=call.content, headers=headers)
+    if expected is None:
+        assert 200 <= response.status_code < 300, (kind, response.status_code, response.text)
+    else:
+        assert response.status_code == expected, (kind, response.text)
+        assert "detail" in response.json()
+
+
+def _placeholders(path: str) -> dict[str, Any]:
+    names = [name for _, name, _, _ in string.Formatter().parse(path) if name]
+    return {name: ("auth-ae" if name == "name" else "auth-dev-1" if name == "device_id"
+                   else 1) for name in names}
