@@ -3,6 +3,7 @@
     edge-agent run --config /etc/edgeloop/agent.toml
     edge-agent check --config agent.toml     # config, trusted keys, source, model store
     edge-agent status --config agent.toml    # local state, no network needed
+    edge-agent init --hub http://hub:8080 --device pump-001 --csv data.csv   # write agent.toml
 """
 
 from __future__ import annotations
@@ -113,12 +114,42 @@ def _last_error(agent: dict[str, Any]) -> str:
     return f"{iso_time(at)} ({round(time.time() - at)}s ago): {text}"
 
 
+def _init(args: argparse.Namespace) -> int:
+    from edge_agent.init_config import InitError, InitOptions, write_config
+
+    options = InitOptions(
+        hub_url=args.hub, device_id=args.device, output=args.output, mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, state_dir=args.state_dir,
+        csv=args.csv, channels=args.channels.split(",") if args.channels else None,
+        force=args.force)
+    try:
+        path = write_config(options)
+    except (InitError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} for device {args.device} (the hub's signing key pinned); next: "
+          f"edge-agent check --config {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="The edgeloop edge agent: anomaly detection next to the sensors.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("init", help="write a working agent.toml for this device from the hub")
+    i.add_argument("--hub", required=True, help="the hub's URL, e.g. http://hub:8080")
+    i.add_argument("--device", required=True, help="this device's id")
+    i.add_argument("--output", "-o", type=Path, default=Path("agent.toml"),
+                   help="where to write it (default ./agent.toml)")
+    i.add_argument("--csv", help="source: replay this CSV file (SKAB format too)")
+    i.add_argument("--channels", help="source: JSON lines on stdin with these channels (a,b)")
+    i.add_argument("--mqtt-host", help="the broker (default: the hub URL's host)")
+    i.add_argument("--mqtt-port", type=int, default=1883)
+    i.add_argument("--topic-prefix", default="edgeloop/v1")
+    i.add_argument("--state-dir", help="default: <output name>-state beside the file")
+    i.add_argument("--force", action="store_true", help="replace an existing file")
     for name, text in (("run", "run the agent until SIGTERM"),
                        ("check", "validate the config, trusted keys, source and model store"),
                        ("status", "show the local state without the network")):
@@ -132,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         from edge_agent.daemon.runner import run
 
         return run(args.config)
+    if args.command == "init":
+        return _init(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

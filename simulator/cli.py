@@ -3,6 +3,7 @@
     simulator demo --devices 10 --duration 60
     simulator run simulator/scenarios/chaos.toml
     simulator evaluate --dataset skab --data ../shared/data/skab
+    simulator broker --port 1883            # a private broker for running the parts by hand
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", type=Path)
     r.add_argument("--out", type=Path, help="report directory (default reports/<scenario name>)")
 
+    b = sub.add_parser("broker", help="a private mosquitto in the foreground (the tests' "
+                                      "harness) that refuses a taken port")
+    b.add_argument("--port", type=int, default=1883,
+                   help="port on 127.0.0.1 (default 1883; 0: any free port, printed)")
+
     e = sub.add_parser("evaluate", add_help=False,
                        help="detection quality on SKAB / NAB (see simulator evaluate --help)")
     e.add_argument("rest", nargs=argparse.REMAINDER)
@@ -60,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "broker":
+        from simulator.broker_run import run_broker
+
+        return run_broker(args.port)
     return 2
 
 
