@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -83,8 +84,12 @@ def _status(config: AgentConfig) -> dict[str, Any]:
     except (OSError, ValueError):
         out["agent"] = None
     outbox = state / "outbox.db"
-    if outbox.exists():
-        snap = Outbox.inspect(outbox)
+    try:
+        snap = Outbox.inspect(outbox) if outbox.exists() else None
+    except sqlite3.Error as exc:  # an agent starting right now has not made its tables yet
+        out["outbox"] = {"unreadable": str(exc)}
+        snap = None
+    if snap is not None:
         out["outbox"] = {
             "depth": snap.depth, "bytes": snap.bytes,
             "oldest_unsent_age_s": None if snap.oldest_created_at is None

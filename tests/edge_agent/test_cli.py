@@ -87,3 +87,12 @@ def test_status_reads_the_local_state_without_the_network(
     assert status["outbox"]["drops"] == 20 and status["outbox"]["dropped_readings"] == 100
     assert main(["status", "--config", str(_config(tmp_path, key))]) == 0
     assert "drops 20 (100 readings, 0 anomalies)" in capsys.readouterr().out
+
+
+def test_status_while_the_agent_is_still_creating_its_outbox(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "outbox.db").write_bytes(b"")  # opened, no tables yet
+    assert main(["status", "--config", str(_config(tmp_path, None))]) == 0
+    assert capsys.readouterr().out.startswith("device        dev-c")
