@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 from sqlmodel import Session
+from starlette.routing import Mount
 
 from cloud_hub.api.main import create_app
 from cloud_hub.core.config import Settings
@@ -29,6 +30,7 @@ from tests.cloud_hub.api_support import Keys, make_keys, serving
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
 from tests.cloud_hub.helpers import stand_in_training, tiny_artifact, wait_for
 
+EPOCH = "0123456789abcdef"  # one stream epoch per device here
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
 PUBLIC = "public"
@@ -61,7 +63,7 @@ class World:
         device = self.fresh("auth-dev")
         with Session(self.hub.engine) as session:
             store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
-                device_id=device, seq=0, channels=["a", "b"], ts=[1.0, 2.0],
+                device_id=device, epoch=EPOCH, seq=0, channels=["a", "b"], ts=[1.0, 2.0],
                 values=[[1.0, 2.0], [3.0, 4.0]])]))
         return device
 
@@ -79,9 +81,9 @@ class World:
 
     def incident(self) -> int:
         device = self.known_device()
-        event = AnomalyEvent(device_id=device, seq=0, ts=(1.0, 2.0), score=3.0, threshold=1.0,
-                             model=ModelRef(name=self.model[0], version=self.model[1]),
-                             channels=["a"], detected_at=2.0)
+        event = AnomalyEvent(device_id=device, epoch=EPOCH, seq=0, ts=(1.0, 2.0), score=3.0,
+                             threshold=1.0, channels=["a"], detected_at=2.0,
+                             model=ModelRef(name=self.model[0], version=self.model[1]))
         with Session(self.hub.engine) as session:
             store_batch(session, IngestBatch(anomalies=[event]))
         self.hub.incidents.wake()
@@ -135,10 +137,12 @@ PUBLIC_ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/openapi.json"): Call(),
     ("GET", "/docs"): Call(),
     ("GET", "/docs/oauth2-redirect"): Call(),
-    ("GET", "/redoc"): Call(),
     ("GET", "/api/v1/health"): Call(),
     ("GET", "/api/v1/signing-key"): Call(),
 }
+
+# Static files mounted under a path (served to anyone: the docs page's own scripts).
+PUBLIC_MOUNTS = {"/docs/assets"}
 
 # Every other route: the scope it needs, and a call that succeeds with that scope.
 SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
@@ -197,22 +201,27 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
 }
 
 
-def _app_routes() -> list[tuple[str, str]]:
-    """(method, path) of every route the hub's application serves (HEAD left out)."""
+def _app_routes() -> tuple[list[tuple[str, str]], set[str]]:
+    """(method, path) of every route the hub's application serves (HEAD left out), and the
+    paths of its mounts."""
     with tempfile.TemporaryDirectory() as folder:
         hub = Hub(Settings(data_dir=Path(folder)))
         try:
-            app = create_app(hub)
-            found = {(method, context.path)
-                     for context in iter_route_contexts(app.routes)
-                     for method in (getattr(context.original_route, "methods", None) or ())
-                     if method != "HEAD" and context.path}
+            contexts = list(iter_route_contexts(create_app(hub).routes))
         finally:
             hub.engine.dispose()
-    return sorted(found, key=lambda r: (r[1], r[0]))
+    found = {(method, c.path) for c in contexts
+             for method in (getattr(c.original_route, "methods", None) or ())
+             if method != "HEAD" and c.path}
+    mounts = {str(c.path) for c in contexts if isinstance(c.original_route, Mount)}
+    return sorted(found, key=lambda r: (r[1], r[0])), mounts
 
 
-ROUTES = _app_routes()
+ROUTES, MOUNTS = _app_routes()
+
+
+def test_every_mount_is_known_to_serve_public_files() -> None:
+    assert MOUNTS <= PUBLIC_MOUNTS, f"mounts not in PUBLIC_MOUNTS: {sorted(MOUNTS - PUBLIC_MOUNTS)}"
 
 
 def test_the_table_names_only_routes_that_exist() -> None:

@@ -25,6 +25,7 @@ from shared.messages import TelemetryBatch
 from tests.cloud_hub.api_support import api_client
 from tests.cloud_hub.helpers import tiny_artifact, wait_for
 
+EPOCH = "0123456789abcdef"  # one stream epoch per device here
 pytestmark = [pytest.mark.hub]
 ADMIN_KEY = "training-bounds-admin-key-0123"
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -150,7 +151,7 @@ def test_a_higher_floor_raises_the_default_gate_and_says_so(tmp_path: Path) -> N
 def test_a_training_request_selecting_too_many_readings_is_refused(
     hub: Hub, api: httpx.Client
 ) -> None:
-    batches = [TelemetryBatch(device_id="pump-1", seq=s, channels=["a"],
+    batches = [TelemetryBatch(device_id="pump-1", epoch=EPOCH, seq=s, channels=["a"],
                               ts=[s * 100.0 + i for i in range(100)], values=[[1.0]] * 100)
                for s in range(12)]
     with Session(hub.engine) as session:
@@ -181,7 +182,8 @@ def test_a_stored_request_below_the_floor_is_trained_at_the_floor(tmp_path: Path
     hub = Hub(Settings(data_dir=tmp_path, admin_api_key=ADMIN_KEY), run_training=run)
     with Session(hub.engine) as session:
         store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
-            device_id="pump-1", seq=0, channels=["a"], ts=[1.0, 2.0], values=[[1.0], [2.0]])]))
+            device_id="pump-1", epoch=EPOCH, seq=0, channels=["a"], ts=[1.0, 2.0],
+            values=[[1.0], [2.0]])]))
     hub.jobs.start()
     try:
         with Session(hub.engine) as session:  # behind the API's back, e.g. an old request
