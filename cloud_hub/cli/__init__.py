@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--family", choices=["dense_ae", "conv1d_ae", "pca"])
     t.add_argument("--window", type=int)
     t.add_argument("--epochs", type=int)
-    t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32"])
+    t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32", "auto"])
     t.add_argument("--spec", help="more TrainingSpec fields as JSON")
     t.add_argument("--csv", metavar="FILE", help="train on this CSV instead of stored telemetry")
     t.add_argument("--no-wait", action="store_true", help="return once the job is queued")

@@ -48,7 +48,7 @@ def spec_from_dict(data: dict[str, Any]) -> TrainingSpec:
     if unknown:
         raise ValueError(f"spec has unknown field(s) {unknown}; known: {sorted(known)}")
     values = dict(data)
-    if "quantization" in values:
+    if "quantization" in values and values["quantization"] != "auto":
         values["quantization"] = Quantization(values["quantization"])
     return TrainingSpec(**values)
 
@@ -206,7 +206,8 @@ class JobRunner:
                         model[0], model[1], unpublishable)
         self._update(job_id, status="failed" if unpublishable else "succeeded",
                      finished_at=time.time(), model_name=model[0], model_version=model[1],
-                     progress={**latest, "stage": "done", "fraction": 1.0},
+                     progress={**latest, "stage": "done", "fraction": 1.0,
+                               "quantization": artifact.extra.get("quantization_choice")},
                      error=f"model {model[0]}:{model[1]} cannot be published (it stays a draft "
                            f"to inspect): {unpublishable}" if unpublishable else None)
 

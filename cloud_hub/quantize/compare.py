@@ -3,13 +3,16 @@
 The training pipeline calls :func:`compare_modes` once the float model is fitted and stores
 :func:`comparison_rows` in ``ModelArtifact.extra["modes"]``, so ``cloud-hub models compare``
 shows the table for any registered version without TensorFlow or retraining.
+:func:`choose_mode` picks, for ``quantization = "auto"``, the fastest mode that passed the parity
+gate, and says why (``extra["quantization_choice"]``, shown by ``cloud-hub models show``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +22,23 @@ from cloud_hub.quantize.parity import DEFAULT_MIN_AGREEMENT, measure_parity
 from cloud_hub.training.artifact import ParityReport
 from shared.manifest import Quantization, ScoreSpec
 
-__all__ = ["ALL_MODES", "ModeResult", "compare_modes", "comparison_rows", "format_comparison"]
+__all__ = [
+    "ALL_MODES",
+    "AUTO",
+    "SPEED_TOLERANCE",
+    "ModeChoice",
+    "ModeResult",
+    "choose_mode",
+    "compare_modes",
+    "comparison_rows",
+    "format_comparison",
+]
+
+AUTO: Literal["auto"] = "auto"
+# Modes within this fraction of the fastest count as equally fast; the first of ALL_MODES among
+# them wins (int8: the smallest file, and it loads in every edge runtime). Timings on a shared
+# machine differ by about this much from run to run.
+SPEED_TOLERANCE = 0.15
 
 ALL_MODES: tuple[Quantization, ...] = (
     Quantization.INT8,
@@ -55,12 +74,8 @@ def compare_modes(
     wanted = [Quantization(m) for m in modes]
     float_tflite = convert(model, Quantization.FLOAT32)
     results: dict[Quantization, ModeResult] = {}
-    for mode in wanted:
-        tflite = (
-            float_tflite
-            if mode is Quantization.FLOAT32
-            else convert(model, mode, representative=representative)
-        )
+
+    def measured(tflite: bytes, mode: Quantization, detail: str = "") -> ModeResult:
         report = measure_parity(
             tflite,
             windows,
@@ -72,8 +87,101 @@ def compare_modes(
             min_agreement=min_agreement,
             lengths=lengths,
         )
-        results[mode] = ModeResult(report=report, tflite=tflite)
+        return ModeResult(report=dataclasses.replace(report, detail=detail), tflite=tflite)
+
+    for mode in wanted:
+        if mode is Quantization.FLOAT32:
+            results[mode] = measured(float_tflite, mode)
+        elif mode is Quantization.INT8:
+            # one weight scale per dense layer first (a file ~25% smaller); one per output unit
+            # only when that fails the gate and per-unit scales do better
+            result = measured(convert(model, mode, representative=representative), mode,
+                              "per-tensor weight scales")
+            if not result.report.passed:
+                per_channel = measured(
+                    convert(model, mode, representative=representative, per_channel=True),
+                    mode, "per-channel weight scales (per-tensor failed the parity gate)",
+                )
+                if per_channel.report.decision_agreement > result.report.decision_agreement:
+                    result = per_channel
+            results[mode] = result
+        else:
+            results[mode] = measured(convert(model, mode, representative=representative), mode)
     return results
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """Which mode a model is published in, and why."""
+
+    mode: Quantization
+    requested: str  # a mode, or "auto"
+    reason: str
+    fastest_passing: Quantization | None
+    us_per_window: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "requested": self.requested,
+            "reason": self.reason,
+            "fastest_passing": None if self.fastest_passing is None else self.fastest_passing.value,
+            "us_per_window": self.us_per_window,
+        }
+
+
+def choose_mode(
+    reports: Sequence[ParityReport],
+    requested: Quantization | str,
+    *,
+    tolerance: float = SPEED_TOLERANCE,
+) -> ModeChoice:
+    """The requested mode, or for ``"auto"`` the fastest mode that passed the parity gate
+    (modes within ``tolerance`` of the fastest are a tie, won by the first in ``ALL_MODES``).
+    Speed is the agent's per-window call on this machine's edge runtime (``reports[i].runtime``);
+    the reason says which modes were faster or failed, so an explicit choice is explained too."""
+    if not reports:
+        raise ValueError("choose_mode needs the parity report of at least one mode")
+    by_mode = {r.quantization: r for r in reports}
+    timings = {r.quantization.value: round(r.us_per_window, 2) for r in reports}
+    passing = [r for r in reports if r.passed]
+    fastest: ParityReport | None = None
+    if passing:
+        quickest = min(r.us_per_window for r in passing)
+        ties = [r for r in passing if r.us_per_window <= quickest * (1.0 + tolerance)]
+        fastest = min(ties, key=lambda r: ALL_MODES.index(r.quantization))
+    runtime = reports[0].runtime
+    failed = [r.quantization.value for r in reports if not r.passed]
+    tail = f"; failed the parity gate: {', '.join(failed)}" if failed else ""
+    speeds = ", ".join(f"{m} {us:.1f} µs" for m, us in timings.items())
+    if requested == AUTO:
+        if fastest is None:
+            best = max(reports, key=lambda r: r.decision_agreement)
+            return ModeChoice(
+                mode=best.quantization, requested=AUTO, fastest_passing=None,
+                us_per_window=timings,
+                reason=f"no mode passed the parity gate ({speeds}); {best.quantization.value} "
+                f"agrees best ({best.decision_agreement:.4f}) and will not be published",
+            )
+        return ModeChoice(
+            mode=fastest.quantization, requested=AUTO, fastest_passing=fastest.quantization,
+            us_per_window=timings,
+            reason=f"{fastest.quantization.value}: the fastest mode that passed the parity gate "
+            f"on {runtime} ({speeds}; within {tolerance:.0%} counts as a tie){tail}",
+        )
+    mode = Quantization(requested)
+    if mode not in by_mode:
+        raise ValueError(f"mode {mode.value} was not measured (measured: {list(timings)})")
+    if fastest is None or fastest.quantization is mode:
+        note = "" if fastest is None else ", also the fastest that passed the parity gate"
+        reason = f"{mode.value} as requested{note} ({speeds} on {runtime}){tail}"
+    else:
+        reason = (
+            f"{mode.value} as requested; {fastest.quantization.value} passed the parity gate and "
+            f"is faster on {runtime} ({speeds}){tail}; train with quantization=auto to pick it"
+        )
+    return ModeChoice(mode=mode, requested=mode.value, fastest_passing=None if fastest is None
+                      else fastest.quantization, us_per_window=timings, reason=reason)
 
 
 def comparison_rows(reports: Sequence[ParityReport]) -> list[dict[str, Any]]:
@@ -97,6 +205,8 @@ def comparison_rows(reports: Sequence[ParityReport]) -> list[dict[str, Any]]:
                 "quantized_anomalies": r.quantized_anomalies,
                 "windows": r.windows,
                 "runtime": r.runtime,
+                "input_dtype": r.input_dtype,
+                "detail": r.detail,
             }
         )
     return rows

@@ -7,7 +7,7 @@ fill them) and the registry, REST API and publisher (which store and ship them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from shared.manifest import InputSpec, Normalization, ParitySummary, Quantization, ScoreSpec
 
@@ -34,7 +34,8 @@ class TrainingSpec:
     threshold_method: str = "quantile"  # quantile | f1 (needs labelled validation data)
     threshold_quantile: float = 0.999
     threshold_factor: float = 1.0  # multiplies the chosen threshold (a safety margin)
-    quantization: Quantization = Quantization.INT8
+    # "auto": the fastest mode that passes the parity gate (cloud_hub.quantize.compare)
+    quantization: Quantization | Literal["auto"] = Quantization.INT8
     min_agreement: float = 0.99
     seed: int = 0
     max_train_windows: int = 12_000  # evenly subsampled beyond this, to bound training time
@@ -74,6 +75,8 @@ class ParityReport:
     min_agreement: float
     float_anomalies: int = 0  # windows the float model flags
     quantized_anomalies: int = 0
+    input_dtype: str = "float32"  # what the device feeds the model (InputSpec.dtype)
+    detail: str = ""  # how this mode was converted, when there was a choice (int8 weight scales)
 
     @property
     def passed(self) -> bool:

@@ -166,11 +166,19 @@ def run_training(
     fitted = fit_model(
         readings, channels, spec, segments=segments, labels=labels, progress=report, cancel=cancel
     )
-    from cloud_hub.quantize.compare import ALL_MODES, compare_modes, comparison_rows
+    from cloud_hub.quantize.compare import (
+        ALL_MODES,
+        AUTO,
+        choose_mode,
+        compare_modes,
+        comparison_rows,
+    )
 
     report(TrainingProgress(stage="converting", epochs=spec.epochs, fraction=_FIT_END))
-    mode = Quantization(spec.quantization)
-    modes = ALL_MODES if spec.compare_modes else tuple(dict.fromkeys([mode, Quantization.FLOAT32]))
+    if spec.compare_modes or spec.quantization == AUTO:
+        modes: tuple[Quantization, ...] = ALL_MODES
+    else:
+        modes = tuple(dict.fromkeys([Quantization(spec.quantization), Quantization.FLOAT32]))
     results = compare_modes(
         fitted.model,
         representative=_representative(fitted.train_x, spec.representative_scale),
@@ -184,7 +192,9 @@ def run_training(
     )
     _check_cancel(cancel)
     report(TrainingProgress(stage="parity", epochs=spec.epochs, fraction=_CONVERT_END))
-    chosen = results[mode]
+    choice = choose_mode([r.report for r in results.values()], spec.quantization)
+    log.info("quantization: %s", choice.reason)
+    chosen = results[choice.mode]
     parity = chosen.report
     if not parity.passed:
         log.warning("model failed the parity gate: %s", parity.failure_reason())
@@ -195,6 +205,7 @@ def run_training(
         "available_train_windows": data.total_train_windows,
         "validation_windows": len(data.validation),
         "segments": len(data.validation_lengths),
+        "quantization_choice": choice.to_dict(),
     }
     if spec.compare_modes:
         extra["modes"] = comparison_rows([r.report for r in results.values()])
@@ -206,7 +217,7 @@ def run_training(
         input=InputSpec(
             window=spec.window,
             channels=list(channels),
-            dtype="int8" if mode is Quantization.INT8 else "float32",
+            dtype=_input_dtype(parity.input_dtype),
             layout=fitted.family.layout,
             stride=spec.score_stride,
         ),
@@ -223,6 +234,12 @@ def run_training(
         train_seconds=elapsed,
         extra=extra,
     )
+
+
+def _input_dtype(name: str) -> Literal["float32", "int8", "uint8"]:
+    if name not in ("float32", "int8", "uint8"):
+        raise TrainingError(f"the converted model takes {name} input, which no device feeds")
+    return "int8" if name == "int8" else "uint8" if name == "uint8" else "float32"
 
 
 def _representative(train_x: npt.NDArray[np.float32], scale: float) -> npt.NDArray[np.float32]:
@@ -260,7 +277,8 @@ def check_spec(spec: TrainingSpec, channels: int) -> None:
         ("threshold_quantile", 0.5 <= spec.threshold_quantile < 1, "in [0.5, 1)"),
         ("threshold_factor", 0 < spec.threshold_factor <= MAX_THRESHOLD_FACTOR,
          f"in (0, {MAX_THRESHOLD_FACTOR:g}]"),
-        ("quantization", spec.quantization in {q.value for q in Quantization}, "a mode"),
+        ("quantization", spec.quantization in {q.value for q in Quantization} | {"auto"},
+         "a mode or auto"),
         ("min_agreement", 0 <= spec.min_agreement <= 1, "in [0, 1]"),
         ("max_train_windows", MIN_TRAIN_WINDOWS <= spec.max_train_windows <= MAX_TRAIN_WINDOWS,
          f"between {MIN_TRAIN_WINDOWS} and {MAX_TRAIN_WINDOWS}"),

@@ -42,7 +42,7 @@ def dense_model(windows: np.ndarray):
 @pytest.mark.parametrize(
     ("mode", "input_dtype"),
     [
-        (Quantization.INT8, np.int8),
+        (Quantization.INT8, np.float32),  # int8 inside; QUANTIZE/DEQUANTIZE at its edges
         (Quantization.FLOAT16, np.float32),
         (Quantization.DYNAMIC, np.float32),
         (Quantization.FLOAT32, np.float32),
@@ -59,7 +59,7 @@ def test_every_mode_converts_and_reconstructs_like_keras(dense_model, windows, m
     assert np.abs(got - expected).mean() < 0.05 * np.abs(expected).mean() + 1e-3
 
 
-def test_int8_weights_take_about_a_quarter_of_float32() -> None:
+def test_int8_file_is_at_most_35_percent_of_float32() -> None:
     # Untrained is enough for sizes: the default 32-reading × 8-channel dense AE.
     from cloud_hub.training.tf_env import import_keras
 
@@ -73,8 +73,10 @@ def test_int8_weights_take_about_a_quarter_of_float32() -> None:
     int8 = convert(model, Quantization.INT8, representative=sample)
     float32 = convert(model, Quantization.FLOAT32)
     float16 = convert(model, Quantization.FLOAT16)
-    assert len(int8) < 0.45 * len(float32)
+    assert len(int8) <= 0.35 * len(float32)  # per-tensor weight scales (per-channel: 0.41)
     assert len(int8) < len(float16) < len(float32)
+    per_channel = convert(model, Quantization.INT8, representative=sample, per_channel=True)
+    assert len(int8) < len(per_channel)
 
 
 def test_int8_without_a_representative_dataset_is_refused(dense_model) -> None:

@@ -56,8 +56,9 @@ def test_pipeline_returns_int8_model_that_loads_on_the_device_runtime(trained) -
     artifact, _ = trained
     model = TfliteModel(artifact.tflite)
     model.check_input(WINDOW, len(CHANNELS))
-    assert model.input_dtype == np.int8
-    assert artifact.input.dtype == "int8"
+    # int8 inside, float32 at its edges: the manifest says what the device feeds
+    assert model.input_dtype == np.float32
+    assert artifact.input.dtype == "float32"
     assert artifact.input.channels == CHANNELS
     assert artifact.parity.quantization is Quantization.INT8
     assert artifact.parity.runtime == model.runtime
@@ -195,5 +196,29 @@ def test_every_quantization_mode_is_measured_beside_the_chosen_one(trained) -> N
     assert rows["int8"]["size_bytes"] == len(artifact.tflite)
     assert rows["int8"]["decision_agreement"] == artifact.parity.decision_agreement
     assert rows["int8"]["size_ratio"] < rows["float16"]["size_ratio"] < 1.0
+    assert rows["int8"]["detail"] == "per-tensor weight scales"
     table = format_comparison(artifact.extra["modes"])
     assert all(mode in table for mode in rows)
+
+
+def test_the_result_says_which_mode_was_chosen_and_how_fast_every_mode_was(trained) -> None:
+    artifact, _ = trained
+    choice = artifact.extra["quantization_choice"]
+    assert choice["mode"] == "int8"
+    assert choice["requested"] == "int8"
+    assert set(choice["us_per_window"]) == {"int8", "float16", "dynamic", "float32"}
+    assert all(us > 0 for us in choice["us_per_window"].values())
+    assert choice["reason"].startswith("int8 as requested")
+
+
+def test_auto_publishes_a_mode_that_passed_the_gate_and_says_why() -> None:
+    readings = np.concatenate([pump_readings(500, 1), pump_readings(500, 2)])
+    spec = TrainingSpec(window=WINDOW, hidden=16, latent=4, epochs=4, batch_size=32, seed=1,
+                        quantization="auto")
+    artifact = run_training(readings, CHANNELS, spec, segments=[500, 500])
+    choice = artifact.extra["quantization_choice"]
+    assert choice["requested"] == "auto"
+    assert artifact.parity.passed
+    assert artifact.parity.quantization.value == choice["mode"] == choice["fastest_passing"]
+    assert "the fastest mode that passed the parity gate" in choice["reason"]
+    assert TfliteModel(artifact.tflite).input_dtype.name == artifact.input.dtype
