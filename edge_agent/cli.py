@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "run":
+        from edge_agent.daemon.memory import limit_native_threads
+
+        limit_native_threads()  # before anything imports numpy
         from edge_agent.daemon.runner import run
 
         return run(args.config)

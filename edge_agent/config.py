@@ -146,6 +146,8 @@ class LogSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 class DaemonSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0  # flush time on SIGTERM/SIGINT
+    # unmap library pages only start-up used, once settled (edge_agent/daemon/memory.py)
+    release_startup_pages: bool = True
 
 
 class AgentConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

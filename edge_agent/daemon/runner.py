@@ -11,18 +11,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.daemon.logs import setup_logging
-from edge_agent.daemon.memory import limit_malloc_arenas
+from edge_agent.daemon.memory import limit_malloc_arenas, release_startup_pages
 from edge_agent.daemon.sdnotify import notify, watchdog_interval
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
+# Start-up pages are released this long after the agent started or its active model changed
+# (by then the first windows have been scored, so what scoring needs is mapped again at once).
+_SETTLE_S = 3.0
 
 
 class _Signals:
@@ -72,6 +76,25 @@ def _reload(path: Path, current: AgentConfig, agent: Agent) -> tuple[AgentConfig
     return new, replacement
 
 
+class _StartupPages:
+    """Releases start-up pages once the agent has settled, and again after each model change."""
+
+    def __init__(self) -> None:
+        self._model: object = None
+        self._agent: Agent | None = None
+        self._due: float | None = None
+
+    def tick(self, agent: Agent) -> None:
+        now = time.monotonic()
+        model = agent.detector.active
+        if agent is not self._agent or model is not self._model:
+            self._agent, self._model, self._due = agent, model, now + _SETTLE_S
+        if self._due is not None and now >= self._due:
+            self._due = None
+            released = release_startup_pages()
+            log.info("released %.1f MB of start-up pages", released / 2**20)
+
+
 def run(path: Path) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
     try:
@@ -93,6 +116,7 @@ def run(path: Path) -> int:
     notify("READY=1")
     notify(f"STATUS=running as {config.device_id}")
     keepalive = watchdog_interval()
+    pages = _StartupPages()
     while not signals.stop.is_set():
         signals.wake.wait(keepalive if keepalive else 1.0)
         signals.wake.clear()
@@ -101,6 +125,8 @@ def run(path: Path) -> int:
         if signals.reload.is_set() and not signals.stop.is_set():
             signals.reload.clear()
             config, agent = _reload(path, config, agent)
+        if config.daemon.release_startup_pages:
+            pages.tick(agent)
     log.info("%s: stopping within %.1fs", signals.stop_signal, config.daemon.grace_s)
     notify("STOPPING=1")
     flushed = agent.stop(timeout=config.daemon.grace_s)

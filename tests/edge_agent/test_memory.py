@@ -1,10 +1,18 @@
-"""The daemon caps glibc's malloc arenas, unless the operator set MALLOC_ARENA_MAX."""
+"""The daemon's memory measures: malloc arenas, start-up pages, the figures it reports."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from edge_agent.daemon.memory import limit_malloc_arenas
+from edge_agent.daemon.memory import limit_malloc_arenas, memory_figures
+from tests.edge_agent.support import fixture_bytes
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_arena_cap_is_applied_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15,3 +23,43 @@ def test_arena_cap_is_applied_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_operator_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas(2) is True
+
+
+_RELEASE_CHILD = r"""
+import json, sys
+import numpy as np
+from edge_agent.daemon.memory import memory_figures, release_startup_pages
+from edge_agent.inference.runtime import TfliteModel
+model = TfliteModel(open(sys.argv[1], "rb").read())
+x = np.linspace(-1, 1, 16, dtype=np.float32)
+before_y = model.reconstruct(x)
+before = memory_figures()
+released = release_startup_pages()
+after = memory_figures()
+after_y = model.reconstruct(x)  # the unmapped library pages come back on use
+print(json.dumps({"released": released, "before": before.__dict__, "after": after.__dict__,
+                  "same": bool((before_y == after_y).all())}))
+"""
+
+
+def test_releasing_startup_pages_shrinks_the_file_backed_part_and_changes_nothing_else(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.tflite"
+    model.write_bytes(fixture_bytes("ae_float32_w8c2.tflite"))
+    done = subprocess.run([sys.executable, "-c", _RELEASE_CHILD, str(model)], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["same"]
+    assert out["released"] > 1_000_000  # numpy's and the runtime's start-up pages at least
+    assert out["after"]["file"] < out["before"]["file"]
+    assert out["after"]["anonymous"] <= out["before"]["anonymous"] + 1_000_000
+
+
+def test_memory_figures_add_up() -> None:
+    figures = memory_figures()
+    assert figures is not None
+    assert 0 < figures.anonymous <= figures.rss
+    assert figures.file == figures.rss - figures.anonymous
+    assert 0 < figures.pss <= figures.rss
