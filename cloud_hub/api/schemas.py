@@ -131,7 +131,9 @@ class TrainingSpecBody(_Body):
     threshold_method: Literal["quantile", "f1"] = "quantile"
     threshold_quantile: float = Field(default=0.999, ge=0.5, lt=1)
     threshold_factor: float = Field(default=1.0, gt=0, le=limits.MAX_THRESHOLD_FACTOR)
-    quantization: Literal["int8", "float16", "dynamic", "float32"] = "int8"
+    quantization: Literal["int8", "float16", "dynamic", "float32", "auto"] = Field(
+        default="int8",
+        description="auto: the fastest mode that passes the parity gate (the result says why)")
     min_agreement: float = Field(
         default=0.99, ge=0, le=1,
         description="the parity gate; at least the hub's floor (EDGELOOP_MIN_PARITY_AGREEMENT)")

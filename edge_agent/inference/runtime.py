@@ -237,11 +237,12 @@ class TfliteModel:
         if self._batch is not None and self._batch_size == size:
             return self._batch
         try:
-            interp = self._interpreter_cls(
-                model_content=self._model_bytes, num_threads=self._num_threads
-            )
-            interp.resize_tensor_input(self._in_index, [size, *self.input_shape[1:]])
-            interp.allocate_tensors()
+            with quiet_runtime_stderr():
+                interp = self._interpreter_cls(
+                    model_content=self._model_bytes, num_threads=self._num_threads
+                )
+                interp.resize_tensor_input(self._in_index, [size, *self.input_shape[1:]])
+                interp.allocate_tensors()
             if tuple(interp.get_output_details()[0]["shape"])[0] != size:
                 return None
         except (ValueError, RuntimeError) as exc:

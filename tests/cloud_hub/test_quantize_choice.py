@@ -1,4 +1,4 @@
-"""Which quantization mode a model is published in: the requested one, or the fastest that passed."""
+"""Which quantization mode a model is published in: the one asked for, or the fastest passing."""
 
 from __future__ import annotations
 
