@@ -9,14 +9,14 @@ EDGE_STAMP := $(EDGE_VENV)/.installed
 EDGE_LEGACY_NUMPY := 1.26.4
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest test-edge-minimal setup mosquitto bench clean
+.PHONY: demo test lint typecheck pytest test-edge-minimal setup mosquitto chromium bench clean
 
 demo: setup
 	$(VENV)/bin/simulator demo $(DEMO_ARGS)
 
 test: setup lint typecheck pytest test-edge-minimal
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) mosquitto chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,13 +33,23 @@ mosquitto:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto; \
 	fi
 
+# The console's browser tests drive Debian's chromium through Playwright (never Playwright's own
+# browser download, which these machines cannot reach).
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium; then \
+		echo "chromium: found"; \
+	else \
+		echo "chromium: installing with apt"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) mosquitto
+pytest: $(STAMP) mosquitto chromium
 	$(VENV)/bin/pytest
 
 # The edge tests again where the device would be: tflite-runtime, numpy<2, no TensorFlow.

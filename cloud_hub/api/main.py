@@ -18,6 +18,7 @@ from cloud_hub.api.routes import (
     webhooks,
 )
 from cloud_hub.service import Hub
+from cloud_hub.ui import mount_console
 
 __all__ = ["API_PREFIX", "UPLOAD_PATHS", "create_app"]
 
@@ -45,6 +46,7 @@ def create_app(hub: Hub) -> FastAPI:
     for module in (system, devices, data, models, training, rollouts, incidents, webhooks):
         api.include_router(module.router)
     app.include_router(api)
+    mount_console(app)
     settings = hub.settings
     app.add_middleware(BodySizeLimit, default_limit=settings.max_request_bytes,
                        path_limits={p: settings.max_upload_bytes for p in UPLOAD_PATHS})

@@ -1,0 +1,1 @@
+"""Console routes, one module per area; each stays thin and calls shared functions."""
