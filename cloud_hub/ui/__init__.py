@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -35,12 +35,18 @@ def _is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
+def _wants_page(request: Request) -> bool:
+    """A browser navigating (not htmx, fetch or an event stream): it can follow a redirect."""
+    return (request.method == "GET" and not _is_htmx(request)
+            and "text/html" in request.headers.get("accept", ""))
+
+
 async def _login_required(request: Request, _exc: Exception) -> Response:
-    if request.method == "GET" and not _is_htmx(request) and not request.url.path.endswith(
-            ".json") and request.url.path != f"{UI_PREFIX}/events":
+    if _wants_page(request):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{UI_PREFIX}/login?next={_quote(target)}", status_code=303)
-    response = Response("login required", status_code=401, media_type="text/plain")
+    response = JSONResponse({"detail": "login required: no valid console session"},
+                            status_code=401)
     response.headers["HX-Redirect"] = f"{UI_PREFIX}/login"
     return response
 
@@ -56,8 +62,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             STATIC_PREFIX):
         return await http_exception_handler(request, exc)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if _is_htmx(request):
-        return Response(detail, status_code=exc.status_code, media_type="text/plain")
+    if "text/html" not in request.headers.get("accept", "") or _is_htmx(request):
+        return await http_exception_handler(request, exc)
     return templates.TemplateResponse(request, "error.html", {
         "status_code": exc.status_code, "detail": detail, "viewer": None, "csrf": ""},
         status_code=exc.status_code)

@@ -29,7 +29,9 @@ from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 from tests.console.conftest import DEVICES, Console, log_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub, pytest.mark.browser]
+EPOCH = "00000000c0ffee00"
 
+EPOCH = "00000000c0ffee00"  # the stream epoch of the hand-made messages
 LIVE = 20_000  # ms: an SSE round (1 s) + grouping (0.2 s) + a fragment, with room for load
 
 
@@ -111,9 +113,10 @@ def test_operator_starts_a_canary_rollout_and_watches_the_waves(
 def test_a_read_key_sees_everything_and_cannot_act(page: Any, console: Console) -> None:
     client = publisher_client(console.hub.settings.mqtt_port, client_id="test-read-key")
     try:
-        event = AnomalyEvent(device_id="fan-7", seq=1, ts=(time.time() - 2, time.time()),
-                             score=5.0, threshold=1.0, model=ModelRef(name="fan", version=1),
-                             channels=["rpm"], detected_at=time.time())
+        event = AnomalyEvent(device_id="fan-7", epoch=EPOCH, seq=1,
+                             ts=(time.time() - 2, time.time()), score=5.0, threshold=1.0,
+                             model=ModelRef(name="fan", version=1), channels=["rpm"],
+                             detected_at=time.time())
         publish_wait(client, console.hub.topics.anomalies("fan-7"), encode(event))
     finally:
         client.disconnect()
@@ -172,14 +175,15 @@ def test_device_supplied_text_is_shown_as_text_never_run(page: Any, console: Con
             device_id=device_id, state=DeviceStatus.ONLINE, at=now, agent_version=IMG)),
             retain=True)
         publish_wait(client, topics.telemetry(device_id), encode(TelemetryBatch(
-            device_id=device_id, seq=1, channels=[SCRIPT, "flow"],
+            device_id=device_id, epoch=EPOCH, seq=1, channels=[SCRIPT, "flow"],
             ts=[now - 30 + i for i in range(30)], values=[[float(i % 5), 1.0]
                                                            for i in range(30)])))
         publish_wait(client, topics.reported(device_id), encode(Reported(
             device_id=device_id, model=ReportedModel(name="pump-ae", version=1),
             state=ModelState.FAILED, error=IMG + SCRIPT, since=now)), retain=True)
         publish_wait(client, topics.anomalies(device_id), encode(AnomalyEvent(
-            device_id=device_id, seq=1, ts=(now - 10, now - 9), score=3.0, threshold=1.0,
+            device_id=device_id, epoch=EPOCH, seq=1, ts=(now - 10, now - 9), score=3.0,
+            threshold=1.0,
             model=ModelRef(name="pump-ae", version=1), channels=[SCRIPT], detected_at=now)))
     finally:
         client.disconnect()
