@@ -163,6 +163,7 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
         Manifest(
             name="bench-edge",
             version=1,
+            release=1,
             created_at=time.time(),
             quantization=int8.report.quantization,
             size=len(tflite),

@@ -122,7 +122,8 @@ def measure_daemon(seconds: float, agent_bin: Path) -> dict[str, Any]:
     key = generate_signing_key()
     chunks = split(tflite, 16 * 1024)
     manifest = key.sign(Manifest(
-        name="bench-ae", version=1, created_at=time.time(), quantization=Quantization.INT8,
+        name="bench-ae", version=1, release=1, created_at=time.time(),
+        quantization=Quantization.INT8,
         size=len(tflite), sha256=sha256_hex(tflite), chunk_size=16 * 1024,
         chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
         input=InputSpec(window=WINDOW, channels=channels), normalization=norm,

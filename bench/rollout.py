@@ -193,7 +193,7 @@ def main() -> int:
 
         with Session(hub.engine) as session:
             record = publish_model(session, name=name, version=version,
-                                   publisher=hub.publisher)
+                                   releases=hub.releases)
             model_bytes = record.size_bytes
         pinned = {hub.signing_key.key_id: load_public_key(hub.signing_key.public_b64())}
         devices = [LightDevice(f"bench-{i:04d}", hub.topics, pinned)

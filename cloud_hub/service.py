@@ -24,12 +24,14 @@ from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
 from cloud_hub.jobs.training import JobRunner, RunTraining
+from cloud_hub.keys.ring import HubKeys, KeyUnavailable
 from cloud_hub.mqtt.acks import AckPublisher
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.ingest import MqttIngest, subscriptions
-from cloud_hub.mqtt.publisher import Publisher
+from cloud_hub.mqtt.publisher import Publisher, PublishError
 from cloud_hub.notify.sender import DeliveryPolicy, WebhookSender
 from cloud_hub.registry.records import register_artifact
+from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.controller import RolloutController
 from cloud_hub.training.artifact import ModelArtifact
 from shared.signing import SigningKey
@@ -52,7 +54,8 @@ class Hub:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = engine or make_engine(settings.resolved_database_url)
-        self.signing_key = SigningKey.load_or_create(settings.resolved_signing_key_path)
+        self.keys = HubKeys(self.engine, keys_dir=settings.data_dir / "keys",
+                            first_key_path=settings.resolved_signing_key_path)
         self.topics = settings.topics
         # One MQTT connection for ingest, acknowledgements and publishing.
         self.mqtt = HubConnection(
@@ -71,8 +74,9 @@ class Hub:
                               uploads_dir=settings.data_dir / "uploads",
                               min_agreement=settings.min_parity_agreement,
                               max_readings=settings.training_max_readings)
+        self.releases = Releases(self.keys, self.publisher)
         self.rollouts = RolloutController(
-            self.engine, self.publisher, tick_s=settings.rollout_tick_s
+            self.engine, self.releases, tick_s=settings.rollout_tick_s
         )
         holder = process_holder_id()
         self.incident_tick = IncidentTick(
@@ -91,6 +95,11 @@ class Hub:
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 
+    @property
+    def signing_key(self) -> SigningKey:
+        """The key that signs new releases (it changes when the keys are rotated)."""
+        return self.keys.active
+
     def _on_ingest_commit(self, result: StoreResult) -> None:
         self.acks.touched(result.touched)
         self.rollouts.wake()
@@ -102,7 +111,7 @@ class Hub:
         job_id: int,
     ) -> tuple[str, int]:
         record = register_artifact(
-            session, self._with_parity_floor(artifact), name=name, key=self.signing_key,
+            session, self._with_parity_floor(artifact), name=name,
             chunk_size=self.settings.chunk_size, training=training, training_job_id=job_id,
         )
         return record.name, record.version
@@ -119,7 +128,7 @@ class Hub:
         """Register an artifact trained outside a job (e.g. by the simulator)."""
         with Session(self.engine) as session:
             record = register_artifact(
-                session, self._with_parity_floor(artifact), name=name, key=self.signing_key,
+                session, self._with_parity_floor(artifact), name=name,
                 chunk_size=self.settings.chunk_size, training=training,
             )
             return record.name, record.version
@@ -177,10 +186,26 @@ class Hub:
         self.notifier.start()
         self.started_at = time.time()
         ready = self.mqtt.wait_ready(timeout)
+        if ready:
+            self._publish_trust_lists()
         log.info("hub started: mqtt %s:%d (%s), database %s, signing key %s",
                  self.settings.mqtt_host, self.settings.mqtt_port,
                  "subscribed" if ready else "not reachable yet, retrying in the background",
-                 self.engine.url.render_as_string(hide_password=True), self.signing_key.key_id)
+                 self.engine.url.render_as_string(hide_password=True), self._active_key_id())
+
+    def _publish_trust_lists(self) -> None:
+        """Retained trust lists again, in case the broker lost them (agents walk them)."""
+        try:
+            with Session(self.engine) as session:
+                self.keys.publish_trust_lists(session, self.publisher)
+        except PublishError as exc:
+            log.error("trust lists not published (%s); the next key change publishes them", exc)
+
+    def _active_key_id(self) -> str:
+        try:
+            return self.keys.active.key_id
+        except KeyUnavailable as exc:
+            return f"unavailable ({exc})"
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.started_at is None:

@@ -31,7 +31,7 @@ from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
 from edge_agent.telemetry.presence import HubPresence
 from edge_agent.telemetry.sender import Sender
-from shared.keys import public_key_bytes
+from edge_agent.trust.keyring import open_keyring
 from shared.messages import (
     AnomalyEvent,
     Desired,
@@ -44,7 +44,7 @@ from shared.messages import (
     encode,
 )
 from shared.timefmt import iso_time
-from shared.topics import HUB_STATUS, DeviceTopic, TopicError
+from shared.topics import HUB_STATUS, TRUST, DeviceTopic, TopicError
 
 __all__ = ["Agent", "STATUS_FILE"]
 
@@ -113,13 +113,14 @@ class Agent:
         )
         self.link.set_birth(self.topics.status(self.device_id),
                             lambda: self._status(DeviceStatus.ONLINE))
+        self.link.subscribe(self.topics.all_trust(), 1)  # before desired: keys, then models
         self.link.subscribe(self.topics.desired(self.device_id), 1)
         self.link.subscribe(self.topics.all_hub_status(), 1)
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
         self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows)
-        trusted = {key_id: public_key_bytes(text) for key_id, text in cfg.trust.keys.items()}
-        self.store = ModelStore(state / "models", trusted)
+        self.trust = open_keyring(cfg.trust.keys, state)
+        self.store = ModelStore(state / "models", self.trust)
         self.updater = ModelUpdater(
             store=self.store, topics=self.topics, link=self.link, detector=self.detector,
             loader=lambda manifest, data: load_model(
@@ -143,7 +144,7 @@ class Agent:
         self._started = True
         log.info("agent %s started (source %s, channels %s, outbox depth %d)", self.device_id,
                  type(self.source).__name__, self.channels, self.outbox.depth())
-        if not trusted:
+        if not cfg.trust.keys:
             log.warning("agent %s: no pinned signing key in [trust.keys]: every model will be "
                         "refused (the hub's key: GET /api/v1/signing-key)", self.device_id)
 
@@ -230,6 +231,9 @@ class Agent:
             **self._last_error(),
             "session_conflict": self.link.session_conflict,
             "session_takeovers": self.link.takeovers,
+            "trust_version": self.trust.version,
+            "trusted_keys": sorted(self.trust.trusted()),
+            "trust_refused": self.trust.refused,
         }
 
     def _last_error(self) -> dict[str, Any]:
@@ -345,6 +349,8 @@ class Agent:
                 self.updater.want(desired.model, desired.issued_at)
             elif parsed.kind in ("manifest", "chunk"):
                 self.updater.on_message(parsed, message.payload)
+            elif parsed.kind == TRUST and parsed.model_version is not None:
+                self.trust.offer(parsed.model_version, message.payload)
             elif parsed.kind == HUB_STATUS and parsed.device_id is not None:
                 # A loss of this link comes before any message of the next connection: note
                 # it first, whether or not the worker's loop has seen it yet.

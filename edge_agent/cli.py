@@ -27,13 +27,17 @@ def _check(config: AgentConfig) -> list[tuple[bool, str]]:
     from edge_agent.models.store import ModelStore
     from edge_agent.sources.base import SourceError
     from edge_agent.sources.registry import available_sources, create_source
-    from shared.keys import public_key_bytes
+    from edge_agent.trust.keyring import open_keyring
 
     results: list[tuple[bool, str]] = [(True, f"config: device {config.device_id}, broker "
                                               f"{config.mqtt.host}:{config.mqtt.port}")]
-    keys = {k: public_key_bytes(v) for k, v in config.trust.keys.items()}
-    results.append((bool(keys), f"trust: {len(keys)} pinned key(s) {sorted(keys)}" if keys else
+    pinned = sorted(config.trust.keys)
+    results.append((bool(pinned), f"trust: {len(pinned)} pinned key(s) {pinned}" if pinned else
                     "trust: no pinned keys; every model will be refused"))
+    ring = open_keyring(config.trust.keys, Path(config.state_dir), read_only=True)
+    if ring.version:
+        results.append((True, f"trust: signed trust list v{ring.version} applied, keys "
+                              f"{sorted(ring.trusted())}"))
     channels: list[str] | None = None
     if config.source.type not in available_sources():
         results.append((False, f"source: type {config.source.type!r} unknown; available: "
@@ -56,7 +60,7 @@ def _check(config: AgentConfig) -> list[tuple[bool, str]]:
     if not models.is_dir():
         results.append((True, f"model store: {models} does not exist yet (no model)"))
         return results
-    store = ModelStore(models, keys)
+    store = ModelStore(models, ring)
     for which, pointer in (("current", store.current()), ("previous", store.previous())):
         if pointer is None:
             results.append((True, f"model store: no {which} model"))

@@ -14,16 +14,24 @@ from collections.abc import Mapping
 
 from shared.manifest import Manifest, canonical_bytes
 
-__all__ = ["SignatureError", "SignedParts", "key_id_of_raw", "public_key_bytes", "signed_parts"]
+__all__ = [
+    "SIGNATURE_BYTES",
+    "SignatureError",
+    "SignedParts",
+    "key_id_of_raw",
+    "public_key_bytes",
+    "signed_parts",
+]
 
 _RAW_KEY_BYTES = 32
-_SIGNATURE_BYTES = 64
+SIGNATURE_BYTES = 64
 # DER of SubjectPublicKeyInfo for Ed25519 (RFC 8410) before the 32 raw key bytes.
 _ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
 
 class SignatureError(ValueError):
-    """A manifest whose signature is missing, malformed, by an unknown key, or wrong."""
+    """A manifest or trust list whose signature is missing, malformed, by an unknown key, or
+    wrong."""
 
 
 def public_key_bytes(text: str) -> bytes:
@@ -76,8 +84,8 @@ def signed_parts(manifest: Manifest, pinned: Mapping[str, bytes]) -> SignedParts
         signature = base64.b64decode(manifest.signature, validate=True)
     except binascii.Error:
         raise SignatureError("manifest signature is not valid base64") from None
-    if len(signature) != _SIGNATURE_BYTES:
+    if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(
-            f"manifest signature has {len(signature)} bytes, expected {_SIGNATURE_BYTES}"
+            f"manifest signature has {len(signature)} bytes, expected {SIGNATURE_BYTES}"
         )
     return SignedParts(key, signature, canonical_bytes(manifest))

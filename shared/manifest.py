@@ -2,6 +2,11 @@
 
 The signature covers the canonical JSON of every field but ``signature`` itself
 (:func:`canonical_bytes`), so any change to any field breaks it.
+
+Schema v2 added ``release``: a counter per model name that the hub increments for every signed
+release of that name (a first publication, or a hub-decided rollback that re-releases an older
+version's content). An agent refuses a manifest whose ``release`` is lower than the highest it
+has installed for that name, so an old signed manifest cannot be replayed to downgrade it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ __all__ = [
     "parse_manifest",
 ]
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2  # v2: `release` (anti-rollback counter)
 MAX_MANIFEST_BYTES = 256 * 1024
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -111,6 +116,7 @@ class Manifest(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     v: int = MANIFEST_SCHEMA_VERSION
     name: ModelName
     version: Positive
+    release: Positive  # per model name; the hub increments it for every signed release
     created_at: Finite
     format: Literal["tflite"] = "tflite"
     quantization: Quantization

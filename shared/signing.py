@@ -1,4 +1,4 @@
-"""Ed25519 signing of manifests by the hub, and verification against pinned keys.
+"""Ed25519 signing of manifests and trust lists by the hub, and verification against pinned keys.
 
 The hub (and tools) use this module; it needs ``cryptography``. Agents verify through
 :mod:`edge_agent.models.verify`, which runs :func:`verify_parts` in a short-lived child process.
@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared import trust
 from shared.keys import SignatureError, SignedParts, key_id_of_raw, public_key_bytes, signed_parts
 from shared.manifest import Manifest, canonical_bytes, manifest_from_dict
 
@@ -24,8 +25,10 @@ __all__ = [
     "generate_signing_key",
     "key_id_of",
     "load_public_key",
+    "sign_trust_list",
     "verify_manifest",
     "verify_parts",
+    "verify_trust_list",
 ]
 
 
@@ -65,8 +68,13 @@ class SigningKey:
         if path.exists():
             return cls.load(path)
         key = generate_signing_key()
+        key.save(path)
+        return key
+
+    def save(self, path: Path) -> None:
+        """Write the private key as PEM, readable by its owner only (0600), atomically."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = key._private.private_bytes(
+        pem = self._private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
@@ -78,7 +86,6 @@ class SigningKey:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        return key
 
     def public_b64(self) -> str:
         return base64.b64encode(self.public_raw).decode()
@@ -92,6 +99,13 @@ class SigningKey:
         stamped = manifest_from_dict(manifest.replace(key_id=self.key_id, signature="").to_dict())
         signature = self._private.sign(canonical_bytes(stamped))
         return stamped.replace(signature=base64.b64encode(signature).decode())
+
+    def sign_bytes(self, message: bytes) -> str:
+        """Base64 of the Ed25519 signature of ``message``."""
+        return base64.b64encode(self._private.sign(message)).decode()
+
+    def __repr__(self) -> str:  # never the private key, in a log or a traceback
+        return f"SigningKey(key_id={self.key_id!r})"
 
 
 def generate_signing_key() -> SigningKey:
@@ -116,4 +130,22 @@ def verify_manifest(
         raise SignatureError(
             f"manifest {manifest.name} v{manifest.version}: signature does not verify "
             f"with key {manifest.key_id}"
+        )
+
+
+def sign_trust_list(unsigned: trust.TrustList, keys: list[SigningKey]) -> trust.TrustList:
+    """``unsigned`` with one signature by each of ``keys``, validated as an agent decodes it."""
+    checked = trust.parse_trust_list(unsigned.replace(signatures=[]).to_bytes())
+    message = trust.canonical_bytes(checked)
+    return checked.replace(signatures=[
+        trust.KeySignature(key_id=k.key_id, signature=k.sign_bytes(message)) for k in keys
+    ])
+
+
+def verify_trust_list(trust_list: trust.TrustList, trusted: Mapping[str, bytes]) -> None:
+    """Raise :class:`SignatureError` unless a key in ``trusted`` signed ``trust_list`` and every
+    signature by a trusted key verifies (the agent's rule)."""
+    if not all(verify_parts(p) for p in trust.signed_parts(trust_list, trusted).values()):
+        raise SignatureError(
+            f"trust list v{trust_list.version}: a signature by a trusted key does not verify"
         )

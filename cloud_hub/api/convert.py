@@ -6,7 +6,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cloud_hub.api.schemas import DevicePublic, ModelDetail, ModelSummary, TrainingJobPublic
-from cloud_hub.db.registry_tables import ModelVersion, TrainingJob
+from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, TrainingJob
 from cloud_hub.db.tables import Device
 
 __all__ = ["SUMMARY_COLUMNS", "device_public", "job_public", "model_detail", "model_summaries"]
@@ -61,14 +61,14 @@ def _running_count(session: Session, m: ModelVersion) -> int:
     ).one())
 
 
-def _summary_fields(m: ModelVersion, running: int) -> dict[str, object]:
+def _summary_fields(m: ModelVersion, running: int, release: int | None) -> dict[str, object]:
     return {
         "name": m.name, "version": m.version, "status": m.status, "family": m.family,
         "quantization": m.quantization, "channels": m.channels, "size_bytes": m.size_bytes,
         "float_size_bytes": m.float_size_bytes, "threshold": m.threshold,
         "decision_agreement": m.parity.get("decision_agreement"),
         "parity_passed": m.parity_passed, "created_at": m.created_at,
-        "published_at": m.published_at, "devices_running": running,
+        "published_at": m.published_at, "devices_running": running, "release": release,
     }
 
 
@@ -87,13 +87,26 @@ def model_summaries(session: Session, models: list[ModelVersion]) -> list[ModelS
                 .where(col(Device.active_name).in_(names))
                 .group_by(col(Device.active_name), col(Device.active_version)))
         running = {(n, v): int(c) for n, v, c in session.exec(stmt) if n and v}
-    return [ModelSummary.model_validate(_summary_fields(m, running.get((m.name, m.version), 0)))
-            for m in models]
+    releases = latest_releases(session, names)
+    return [ModelSummary.model_validate(_summary_fields(
+        m, running.get((m.name, m.version), 0), releases.get((m.name, m.version))))
+        for m in models]
+
+
+def latest_releases(session: Session, names: list[str]) -> dict[tuple[str, int], int]:
+    """(name, version) -> the number of its latest signed release (drafts have none)."""
+    if not names:
+        return {}
+    stmt = (select(ModelRelease.name, ModelRelease.version, func.max(ModelRelease.release))
+            .where(col(ModelRelease.name).in_(names))
+            .group_by(col(ModelRelease.name), col(ModelRelease.version)))
+    return {(n, v): int(r) for n, v, r in session.exec(stmt)}
 
 
 def model_detail(session: Session, m: ModelVersion) -> ModelDetail:
     return ModelDetail.model_validate({
-        **_summary_fields(m, _running_count(session, m)),
+        **_summary_fields(m, _running_count(session, m),
+                          m.manifest.get("release") if m.key_id else None),
         "spec": m.spec, "training": m.training,
         "normalization": m.normalization, "input": m.input, "score": m.score,
         "threshold_method": m.threshold_method, "sha256": m.sha256, "parity": m.parity,

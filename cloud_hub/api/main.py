@@ -11,6 +11,7 @@ from cloud_hub.api.routes import (
     data,
     devices,
     incidents,
+    keys,
     models,
     rollouts,
     system,
@@ -43,7 +44,8 @@ def create_app(hub: Hub) -> FastAPI:
     add_docs(app)
     app.state.hub = hub
     api = APIRouter(prefix=API_PREFIX)
-    for module in (system, devices, data, models, training, rollouts, incidents, webhooks):
+    for module in (system, devices, data, models, training, rollouts, incidents, webhooks,
+                   keys):
         api.include_router(module.router)
     app.include_router(api)
     mount_console(app)

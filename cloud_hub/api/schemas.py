@@ -196,6 +196,8 @@ class ModelSummary(BaseModel):
     created_at: float
     published_at: float | None
     devices_running: int
+    release: int | None = Field(default=None, description="its latest signed release number "
+                                "(none while a draft: only a release is signed)")
 
 
 class ModelDetail(ModelSummary):

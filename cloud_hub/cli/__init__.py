@@ -67,11 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--cancel", type=int, metavar="ID")
 
     m = sub.add_parser("models", help="the model registry")
-    m.add_argument("action", choices=["list", "show", "compare", "publish", "retire", "download"])
+    m.add_argument("action", choices=["list", "show", "compare", "publish", "retire", "download",
+                                      "rollback"])
     m.add_argument("refs", nargs="*", type=_ref, metavar="NAME:VERSION")
     m.add_argument("--name")
     m.add_argument("--status", choices=["draft", "published", "retired"])
     m.add_argument("--output", "-o")
+    m.add_argument("--devices", help="rollback: comma-separated device ids (default: every "
+                                     "device on another version of that model)")
 
     r = sub.add_parser("rollout", help="staged rollouts")
     r.add_argument("action", choices=["create", "status", "pause", "resume", "abort",
@@ -96,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="desired: NAME:VERSION")
 
     add_ops_parsers(sub)  # anomalies, incidents, webhooks
+
+    sk = sub.add_parser("keys", help="signing keys: list, rotate to a new key, retire an old one")
+    sk.add_argument("action", choices=["list", "rotate", "retire"])
+    sk.add_argument("key_id", nargs="?", help="retire: the key id")
+    sk.add_argument("--overlap", type=float, default=7 * 86400.0, metavar="SECONDS",
+                    help="rotate: how long the old key stays trusted (default 7 days)")
+    sk.add_argument("--force", action="store_true",
+                    help="retire: even during the overlap (a compromised key)")
 
     k = sub.add_parser("api-keys", help="create, list and revoke API keys")
     k.add_argument("action", choices=["list", "create", "revoke"])
@@ -131,12 +142,15 @@ def _check(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"rollout {action} needs the rollout id")
     if a.command == "rollout" and action == "create" and not a.model:
         parser.error("rollout create needs --model NAME:VERSION")
-    if a.command == "models" and action in ("show", "publish", "retire", "download") and not a.refs:
+    if a.command == "models" and action in ("show", "publish", "retire", "download",
+                                            "rollback") and not a.refs:
         parser.error(f"models {action} needs NAME:VERSION")
     if a.command == "devices" and action != "list" and not a.device_id:
         parser.error(f"devices {action} needs a device id")
     if a.command == "devices" and action == "desired" and not a.model:
         parser.error("devices desired needs --model NAME:VERSION")
+    if a.command == "keys" and action == "retire" and not a.key_id:
+        parser.error("keys retire needs the key id (see keys list)")
     if a.command == "api-keys" and action == "create" and not a.name:
         parser.error("api-keys create needs --name")
     if a.command == "api-keys" and action == "revoke" and a.id is None:

@@ -20,8 +20,9 @@ __all__ = ["COMMANDS"]
 
 _DEVICE_COLS = ("device_id", "online", "last_seen", "group", "tags", "desired_model",
                 "active_model", "reported_state", "telemetry_readings", "anomalies")
-_MODEL_COLS = ("name", "version", "status", "family", "quantization", "channels", "size_bytes",
-               "float_size_bytes", "decision_agreement", "parity_passed", "devices_running")
+_MODEL_COLS = ("name", "version", "release", "status", "family", "quantization", "channels",
+               "size_bytes", "float_size_bytes", "decision_agreement", "parity_passed",
+               "devices_running")
 _JOB_COLS = ("id", "name", "status", "progress", "model", "error")
 _ROLLOUT_COLS = ("id", "model", "status", "stage", "devices_total", "devices_updated",
                  "seconds_to_full", "reason")
@@ -152,6 +153,11 @@ def models(a: argparse.Namespace, c: HubClient) -> int:
                 emit(record, True)
             else:
                 _print_lines([model_line(record, done)])
+    elif a.action == "rollback":
+        name, version = a.refs[0]
+        body: dict[str, Any] = {"devices": a.devices.split(",")} if a.devices else {}
+        emit(c.post(f"/models/{name}/{version}/rollback", body), a.json,
+             title=f"{name}:{version} rolled back to")
     elif a.action == "download":
         name, version = a.refs[0]
         out = Path(a.output or f"{name}-v{version}.tflite")
@@ -249,6 +255,25 @@ def devices(a: argparse.Namespace, c: HubClient) -> int:
     return 0
 
 
+def keys(a: argparse.Namespace, c: HubClient) -> int:
+    if a.action == "rotate":
+        data = c.post("/keys/rotate", {"overlap_s": a.overlap})
+    elif a.action == "retire":
+        data = c.post(f"/keys/{a.key_id}/retire", {"force": a.force})
+    else:
+        data = c.get("/keys")
+    if a.json:
+        emit(data, True)
+        return 0
+    emit(data["keys"], False, ("key_id", "status", "created_at", "retire_after", "retired_at",
+                               "private_key_here"), f"signing keys (active {data['active']})")
+    emit(data["trust_lists"], False, ("version", "reason", "keys", "signed_by", "published_at"),
+         f"trust lists (latest v{data['trust_version']})")
+    if data.get("resigned"):
+        emit([{"model": r} for r in data["resigned"]], False, ("model",), "signed again")
+    return 0
+
+
 def api_keys(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
         emit(c.get_all("/api-keys"), a.json, ("id", "name", "prefix", "scope", "revoked_at"))
@@ -260,4 +285,4 @@ def api_keys(a: argparse.Namespace, c: HubClient) -> int:
 
 
 COMMANDS = {"train": train, "jobs": jobs, "models": models, "rollout": rollout,
-            "devices": devices, "api-keys": api_keys, **OPS_COMMANDS}
+            "devices": devices, "keys": keys, "api-keys": api_keys, **OPS_COMMANDS}

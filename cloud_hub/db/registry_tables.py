@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-__all__ = ["ModelVersion", "Rollout", "RolloutDevice", "TrainingJob"]
+__all__ = ["ModelRelease", "ModelVersion", "Rollout", "RolloutDevice", "TrainingJob"]
 
 
 class ModelVersion(SQLModel, table=True):
@@ -41,10 +41,30 @@ class ModelVersion(SQLModel, table=True):
     parity_failure: str | None = None
     validation: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     extra: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    key_id: str
+    key_id: str  # "" while a draft: only a release is signed
+    # A draft holds the manifest's fields without release, key_id and signature; once
+    # released, the signed manifest of its latest release.
     manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     tflite: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     training_job_id: int | None = None
+
+
+class ModelRelease(SQLModel, table=True):
+    """Every signed release of a model name: its counter, the version it carries, and why.
+
+    The counter only grows per name; a rollback the hub decides is a new release of an older
+    version. Agents refuse a manifest whose release is lower than the one they installed."""
+
+    __tablename__ = "model_releases"
+    __table_args__ = (UniqueConstraint("name", "release", name="uq_model_releases_name_release"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=64)
+    release: int
+    version: int
+    key_id: str
+    created_at: float
+    reason: str  # publish | rollback | desired | re-signed after retiring KEY
 
 
 class TrainingJob(SQLModel, table=True):

@@ -1,4 +1,4 @@
-"""Publishing from the hub: retained manifests and chunks, retained desired state per device.
+"""Publishing from the hub: retained manifests, chunks, trust lists and desired state per device.
 
 Every publish is QoS 1 over the hub's one connection (:mod:`cloud_hub.mqtt.connection`) and
 waits for its PUBACK with a timeout, so "published" in the registry means the broker holds it.
@@ -56,6 +56,10 @@ class Publisher:
         messages += [(self.topics.chunk(name, version, i), b"") for i in range(chunk_count)]
         self._publish_all(messages)
         log.info("cleared retained %s v%d (%d chunks)", name, version, chunk_count)
+
+    def publish_trust_lists(self, lists: list[tuple[int, bytes]]) -> None:
+        """Retain signed trust lists, one topic per version (agents walk them in order)."""
+        self._publish_all([(self.topics.trust(version), payload) for version, payload in lists])
 
     def publish_desired(self, desired: Desired) -> None:
         self._publish_all([(self.topics.desired(desired.device_id), encode(desired))])

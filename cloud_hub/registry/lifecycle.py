@@ -1,14 +1,18 @@
-"""Publishing and retiring registered versions (the parity gate is enforced here)."""
+"""Publishing and retiring registered versions (the parity gate is enforced by the release)."""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session, select
 
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.mqtt.publisher import Publisher
-from cloud_hub.registry.records import manifest_of
+from cloud_hub.registry.records import chunk_count
+
+if TYPE_CHECKING:
+    from cloud_hub.registry.releases import Releases
 
 __all__ = ["ModelNotFound", "PublishRefused", "get_model", "publish_model", "retire_model"]
 
@@ -36,31 +40,11 @@ def get_model(session: Session, *, name: str, version: int) -> ModelVersion:
 
 
 def publish_model(
-    session: Session, *, name: str, version: int, publisher: Publisher
+    session: Session, *, name: str, version: int, releases: Releases
 ) -> ModelVersion:
-    """Publish retained manifest + chunks, unless the parity gate failed or it was retired."""
-    record = get_model(session, name=name, version=version)
-    if not record.parity_passed:
-        parity = record.parity
-        raise PublishRefused(
-            record.parity_failure or "parity gate failed",
-            {
-                "figure": "decision_agreement",
-                "value": parity.get("decision_agreement"),
-                "minimum": parity.get("min_agreement"),
-                "quantization": record.quantization,
-            },
-        )
-    if record.status == "retired":
-        raise PublishRefused(f"model {name} v{version} is retired; register a new version")
-    publisher.publish_model(manifest_of(record), record.tflite)
-    if record.status != "published":
-        record.status = "published"
-        record.published_at = time.time()
-        session.add(record)
-        session.commit()
-        session.refresh(record)
-    return record
+    """Sign and publish retained manifest + chunks, unless the parity gate failed or it was
+    retired (see :meth:`Releases.publish`)."""
+    return releases.publish(session, get_model(session, name=name, version=version))
 
 
 def retire_model(
@@ -68,7 +52,7 @@ def retire_model(
 ) -> ModelVersion:
     """Clear the retained manifest and chunks and mark the version retired."""
     record = get_model(session, name=name, version=version)
-    publisher.clear_model(name, version, manifest_of(record).chunks.count)
+    publisher.clear_model(name, version, chunk_count(record))
     record.status = "retired"
     record.retired_at = time.time()
     session.add(record)

@@ -1,4 +1,9 @@
-"""Turning a :class:`ModelArtifact` into a registry row with a signed manifest."""
+"""Turning a :class:`ModelArtifact` into a registry row (a draft: its manifest is not signed).
+
+Only a release signs a manifest (:mod:`cloud_hub.registry.releases`), and only a version that
+passed the parity gate is ever released, so a model that failed the gate never carries a valid
+signature.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,18 @@ from shared.manifest import ChunkTable, Manifest, manifest_from_dict
 from shared.signing import SigningKey
 from shared.topics import validate_model_name
 
-__all__ = ["build_manifest", "manifest_of", "next_version", "register_artifact"]
+__all__ = [
+    "UNSIGNED_FIELDS",
+    "build_manifest",
+    "chunk_count",
+    "manifest_body",
+    "next_version",
+    "register_artifact",
+    "sign_release",
+]
+
+# What only a release adds to a draft's manifest.
+UNSIGNED_FIELDS = ("v", "release", "key_id", "signature")
 
 
 def next_version(session: Session, name: str) -> int:
@@ -27,28 +43,45 @@ def next_version(session: Session, name: str) -> int:
 
 
 def build_manifest(
-    artifact: ModelArtifact, *, name: str, version: int, chunk_size: int, key: SigningKey,
+    artifact: ModelArtifact, *, name: str, version: int, chunk_size: int,
     created_at: float | None = None,
-) -> Manifest:
+) -> dict[str, Any]:
+    """The manifest's fields without ``release``, ``key_id`` and ``signature`` (a draft's)."""
     chunks = split(artifact.tflite, chunk_size)
-    unsigned = Manifest(
-        name=name,
-        version=version,
-        created_at=created_at if created_at is not None else time.time(),
-        quantization=artifact.parity.quantization,
-        size=len(artifact.tflite),
-        sha256=sha256_hex(artifact.tflite),
-        chunk_size=chunk_size,
-        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
-        input=artifact.input,
-        normalization=artifact.normalization,
-        score=artifact.score,
-        threshold=artifact.threshold,
-        parity=artifact.parity.summary(),
-        float_size=artifact.float_size,
-        key_id=key.key_id,
-    )
-    return key.sign(unsigned)
+    body: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "created_at": created_at if created_at is not None else time.time(),
+        "quantization": artifact.parity.quantization.value,
+        "size": len(artifact.tflite),
+        "sha256": sha256_hex(artifact.tflite),
+        "chunk_size": chunk_size,
+        "chunks": ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]).to_dict(),
+        "input": artifact.input.to_dict(),
+        "normalization": artifact.normalization.to_dict(),
+        "score": artifact.score.to_dict(),
+        "threshold": artifact.threshold,
+        "parity": artifact.parity.summary().to_dict(),
+        "float_size": artifact.float_size,
+    }
+    # Validated now, as a release would be, so a draft that cannot become a manifest fails here.
+    manifest_from_dict({**body, "release": 1, "key_id": "0" * 16})
+    return body
+
+
+def manifest_body(record: ModelVersion) -> dict[str, Any]:
+    """A registry row's manifest without what a release adds (works for drafts and releases)."""
+    return {k: v for k, v in record.manifest.items() if k not in UNSIGNED_FIELDS}
+
+
+def chunk_count(record: ModelVersion) -> int:
+    return int(record.manifest["chunks"]["count"])
+
+
+def sign_release(record: ModelVersion, *, release: int, key: SigningKey) -> Manifest:
+    """The signed manifest of ``record`` as release ``release`` of its name."""
+    return key.sign(manifest_from_dict({**manifest_body(record), "release": release,
+                                        "key_id": key.key_id}))
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,22 +99,20 @@ def _jsonable(value: Any) -> Any:
 
 
 def register_artifact(
-    session: Session, artifact: ModelArtifact, *, name: str, key: SigningKey, chunk_size: int,
+    session: Session, artifact: ModelArtifact, *, name: str, chunk_size: int,
     training: dict[str, Any] | None = None, training_job_id: int | None = None,
 ) -> ModelVersion:
-    """Store a new draft version of ``name`` with its signed manifest; commits."""
+    """Store a new draft version of ``name`` with its (unsigned) manifest; commits."""
     validate_model_name(name)
     version = next_version(session, name)
-    manifest = build_manifest(
-        artifact, name=name, version=version, chunk_size=chunk_size, key=key
-    )
+    manifest = build_manifest(artifact, name=name, version=version, chunk_size=chunk_size)
     parity = _jsonable(artifact.parity)
     parity["passed"] = artifact.parity.passed
     record = ModelVersion(
         name=name,
         version=version,
         status="draft",
-        created_at=manifest.created_at,
+        created_at=manifest["created_at"],
         family=artifact.spec.family,
         spec=_jsonable(artifact.spec),
         channels=list(artifact.channels),
@@ -99,14 +130,14 @@ def register_artifact(
         quantization=artifact.parity.quantization.value,
         size_bytes=len(artifact.tflite),
         float_size_bytes=artifact.float_size,
-        sha256=manifest.sha256,
+        sha256=manifest["sha256"],
         parity=parity,
         parity_passed=artifact.parity.passed,
         parity_failure=artifact.parity.failure_reason(),
         validation=_jsonable(artifact.validation),
         extra=_jsonable(artifact.extra),
-        key_id=key.key_id,
-        manifest=manifest.to_dict(),
+        key_id="",
+        manifest=manifest,
         tflite=artifact.tflite,
         training_job_id=training_job_id,
     )
@@ -115,6 +146,3 @@ def register_artifact(
     session.refresh(record)
     return record
 
-
-def manifest_of(record: ModelVersion) -> Manifest:
-    return manifest_from_dict(record.manifest)

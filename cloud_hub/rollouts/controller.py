@@ -18,7 +18,8 @@ from sqlmodel import Session, col, select
 
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
-from cloud_hub.mqtt.publisher import Publisher, PublishError
+from cloud_hub.mqtt.publisher import PublishError
+from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.desired import set_desired
 from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
 from shared.messages import ModelRef
@@ -36,8 +37,8 @@ MAX_STEP_FAILURES = 3
 
 
 class RolloutController:
-    def __init__(self, engine: Engine, publisher: Publisher, *, tick_s: float = 0.5) -> None:
-        self._engine, self._publisher, self._tick = engine, publisher, tick_s
+    def __init__(self, engine: Engine, releases: Releases, *, tick_s: float = 0.5) -> None:
+        self._engine, self._releases, self._tick = engine, releases, tick_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one tick at a time (thread and REST actions)
@@ -140,9 +141,9 @@ class RolloutController:
         rollout.stage_started_at = now
         session.add(rollout)
         session.flush()
-        set_desired(session, publisher=self._publisher, device_ids=ids,
+        set_desired(session, releases=self._releases, device_ids=ids,
                     model=ModelRef(name=rollout.model_name, version=rollout.model_version),
-                    rollout_id=rollout.id)  # commits
+                    rollout_id=rollout.id, reason=f"rollout {rollout.id}")  # commits
         log.info("rollout %s: stage %d started on %d device(s)", rollout.id, rollout.stage,
                  len(ids))
 
@@ -239,6 +240,9 @@ class RolloutController:
     def roll_back(self, session: Session, rollout: Rollout, reason: str, now: float) -> None:
         """Set desired back to the previous version on every device this rollout touched.
 
+        The previous version goes out as a new signed release (see :func:`set_desired`): the
+        devices refuse an older release than the one they run.
+
         `desired` is published before the rollout is marked, so a broker outage in between
         leaves the rollout running and the next tick tries again.
         """
@@ -250,8 +254,9 @@ class RolloutController:
             by_previous.setdefault((m.previous_name, m.previous_version), []).append(m.device_id)
         for (name, version), ids in by_previous.items():
             model = ModelRef(name=name, version=version) if name and version else None
-            set_desired(session, publisher=self._publisher, device_ids=ids, model=model,
-                        rollout_id=rollout.id, require_published=False)
+            set_desired(session, releases=self._releases, device_ids=ids, model=model,
+                        rollout_id=rollout.id, require_published=False,
+                        reason=f"rollback of rollout {rollout.id}")
         for m in touched:
             m.reverted_at = now
             session.add(m)

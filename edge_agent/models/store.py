@@ -8,28 +8,37 @@ Layout under ``root``::
     <name>/<version>/calibration.json  this device's own threshold, when calibrated
     current.json / previous.json       pointers, switched with os.replace
 
-Nothing is loaded unless the manifest's Ed25519 signature verifies against a pinned key and the
-file's size and sha256 match it; both are checked again every time a model is read back.
+    releases.json                      per model name, the highest release installed
+
+Nothing is loaded unless the manifest's Ed25519 signature verifies against a trusted key and the
+file's size and sha256 match it; both are checked again every time a model is read back. A
+manifest from the network must be signed by a key trusted now and carry a release no lower than
+the highest this device installed for that name; a model already installed here is read back
+against every key the device has trusted through its chain (a key retired since still vouches
+for what it signed while it was trusted).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from edge_agent.models.atomic import write_atomic
+from edge_agent.models.releases import ReleaseFloor
 from edge_agent.models.verify import verify_manifest_isolated
 from shared.codec import ChunkError, check_chunk, reassemble, sha256_hex
 from shared.keys import SignatureError
 from shared.manifest import Manifest, ManifestError, parse_manifest
 
-__all__ = ["ModelPointer", "ModelStore", "StoreError", "write_atomic"]
+__all__ = [
+    "FixedKeys", "ModelPointer", "ModelStore", "StoreError", "TrustedKeys", "write_atomic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +59,38 @@ class ModelPointer:
         return f"{self.name} v{self.version}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, then os.replace: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+class TrustedKeys(Protocol):
+    """Key id → the 32 raw bytes of each Ed25519 public key (see :mod:`edge_agent.trust`)."""
+
+    def trusted(self) -> Mapping[str, bytes]:
+        """The keys that may sign what arrives now."""
+        ...
+
+    def known(self) -> Mapping[str, bytes]:
+        """Every key trusted at some point (for models installed while it was)."""
+        ...
+
+
+class FixedKeys:
+    """A key set that never changes (the pinned keys alone)."""
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        self._keys = dict(keys)
+
+    def trusted(self) -> Mapping[str, bytes]:
+        return self._keys
+
+    def known(self) -> Mapping[str, bytes]:
+        return self._keys
 
 
 class ModelStore:
-    def __init__(self, root: Path, trusted: Mapping[str, bytes]) -> None:
-        """``trusted``: key id → the 32 raw bytes of each pinned Ed25519 public key."""
+    def __init__(self, root: Path, trusted: Mapping[str, bytes] | TrustedKeys) -> None:
+        """``trusted``: the device's key ring, or fixed key id → raw public key bytes."""
         self.root = Path(root)
-        self.trusted = dict(trusted)
+        self.keys: TrustedKeys = FixedKeys(trusted) if isinstance(trusted, Mapping) else trusted
         self.root.mkdir(parents=True, exist_ok=True)
+        self.releases = ReleaseFloor(self.root / "releases.json", rebuild=self._installed)
 
     # -- paths -------------------------------------------------------------------------
     def version_dir(self, name: str, version: int) -> Path:
@@ -95,13 +114,20 @@ class ModelStore:
                 f"manifest published for {name} v{version} describes "
                 f"{manifest.name} v{manifest.version}"
             )
-        self.verify_signature(manifest)
+        floor = self.releases.get(name)
+        if manifest.release < floor:
+            raise StoreError(
+                f"manifest {name} v{version} is release {manifest.release}, older than release "
+                f"{floor} installed here: refused as a replay or downgrade (a rollback comes "
+                "from the hub as a new release)"
+            )
+        self.verify_signature(manifest, self.keys.trusted())
         write_atomic(self.version_dir(name, version) / "manifest.json", manifest.to_bytes())
         return manifest
 
-    def verify_signature(self, manifest: Manifest) -> None:
+    def verify_signature(self, manifest: Manifest, keys: Mapping[str, bytes]) -> None:
         try:
-            verify_manifest_isolated(manifest, self.trusted)
+            verify_manifest_isolated(manifest, keys)
         except SignatureError as exc:
             raise StoreError(f"signature check failed: {exc}") from None
 
@@ -158,7 +184,7 @@ class ModelStore:
         manifest = self.saved_manifest(name, version)
         if manifest is None:
             raise StoreError(f"{name} v{version}: no manifest on disk")
-        self.verify_signature(manifest)
+        self.verify_signature(manifest, self.keys.known())
         try:
             data = self.model_path(name, version).read_bytes()
         except FileNotFoundError:
@@ -203,7 +229,9 @@ class ModelStore:
         return self._read_pointer("previous")
 
     def activate(self, manifest: Manifest) -> ModelPointer:
-        """Make ``manifest`` current; the model it replaces becomes ``previous``."""
+        """Make ``manifest`` current; the model it replaces becomes ``previous``. The release
+        floor of its name rises to its release."""
+        self.releases.raise_to(manifest.name, manifest.release)
         old = self.current()
         new = ModelPointer(manifest.name, manifest.version, manifest.sha256, time.time())
         if old is not None and (old.name, old.version) != (new.name, new.version):
@@ -231,6 +259,15 @@ class ModelStore:
                 complete = (version_dir / "model.tflite").exists()
                 if complete and (name_dir.name, version_dir.name) not in keep:
                     shutil.rmtree(version_dir, ignore_errors=True)
+
+    def _installed(self) -> Iterator[tuple[str, int]]:
+        """(name, release) of every complete model on disk (to rebuild a lost floor from)."""
+        for path in self.root.glob("*/*/model.tflite"):
+            if not path.parent.name.isdigit():
+                continue
+            manifest = self.saved_manifest(path.parent.parent.name, int(path.parent.name))
+            if manifest is not None:
+                yield manifest.name, manifest.release
 
     # -- calibration ---------------------------------------------------------------------
     def save_calibration(self, manifest: Manifest, info: dict[str, Any]) -> None:

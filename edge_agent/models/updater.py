@@ -130,7 +130,9 @@ class ModelUpdater:
         self._manifest = None
         self._deadline = self._clock() + self.settings.download_timeout_s
         saved = self.store.saved_manifest(ref.name, ref.version)
-        if saved is not None:
+        if saved is not None and saved.release >= self.store.releases.get(ref.name):
+            # (an older release of it on disk is not enough: going back needs the hub's
+            # new release of this version, which is on the broker)
             self._with_manifest(saved)
             return
         self._report(None, ModelState.DOWNLOADING, None, ref=ref)

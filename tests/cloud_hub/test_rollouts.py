@@ -103,6 +103,37 @@ def test_noisy_canary_is_rolled_back_on_every_touched_device(
     for d in view["devices"]:
         assert d["reported"] == {"name": "pump-ae", "version": good}
         assert d["desired"] == {"name": "pump-ae", "version": good}
+    # Devices are only sent to the newest release of a name: publish good (1) and bad (2),
+    # roll out good (released again: 3), roll out bad (4), roll back to good (5).
+    releases = {m["version"]: m["release"] for m in api.get("/models", headers=ADMIN).json()}
+    assert releases == {good: 5, bad: 4}
+
+
+def test_an_admin_rolls_back_a_finished_rollout_as_a_new_release(
+    hub: Hub, api: httpx.Client
+) -> None:
+    _, first_version = _published(hub, api)
+    _, second_version = _published(hub, api, threshold=0.6)
+    fleet = _fleet(hub)
+    try:
+        first = _rollout(api, first_version)
+        assert wait_for(lambda: _done(api, first["id"]), timeout=30)["status"] == "succeeded"
+        second = _rollout(api, second_version)
+        assert wait_for(lambda: _done(api, second["id"]), timeout=30)["status"] == "succeeded"
+        back = api.post(f"/rollouts/{second['id']}/rollback", headers=ADMIN)
+        assert back.status_code == 200, back.text
+        view = wait_for(lambda: _done(api, second["id"]), timeout=30, what="rollback")
+        again = api.post(f"/rollouts/{second['id']}/rollback", headers=ADMIN)
+    finally:
+        for device in fleet:
+            device.close()
+    assert view["status"] == "rolled_back" and view["reason"] == "rolled back by an admin"
+    assert view["devices_reverted"] == len(DEVICES)
+    assert all(d["reported"] == {"name": "pump-ae", "version": first_version}
+               for d in view["devices"])
+    # 1, 2 published; the first rollout releases v1 again (3), the second v2 (4), back: 5
+    assert api.get(f"/models/pump-ae/{first_version}", headers=ADMIN).json()["release"] == 5
+    assert again.status_code == 409
 
 
 def test_install_failures_breach_the_failure_ratio(hub: Hub, api: httpx.Client) -> None:

@@ -72,6 +72,7 @@ def make_manifest(
     *,
     name: str = "pump-ae",
     version: int = 1,
+    release: int | None = None,
     window: int = 8,
     channels: list[str] | None = None,
     threshold: float = 1.0,
@@ -85,7 +86,8 @@ def make_manifest(
     channels = channels or CHANNELS
     chunks = split(data, chunk_size)
     manifest = Manifest(
-        name=name, version=version, created_at=time.time(), quantization=quantization,
+        name=name, version=version, release=release or version, created_at=time.time(),
+        quantization=quantization,
         size=size or len(data), sha256=sha256 or sha256_hex(data), chunk_size=chunk_size,
         chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
         input=InputSpec(window=window, channels=channels, stride=stride),

@@ -12,7 +12,7 @@ import pytest
 from edge_agent.config import ModelSettings
 from edge_agent.detect.detector import Detector
 from edge_agent.models.loader import load_model
-from edge_agent.models.store import ModelStore
+from edge_agent.models.store import ModelStore, TrustedKeys
 from edge_agent.models.updater import ModelReport, ModelUpdater
 from edge_agent.sources.base import Reading
 from shared.codec import split
@@ -44,10 +44,11 @@ class RecordingLink:
 
 
 class Rig:
-    def __init__(self, root: Path, key: SigningKey, **settings: object) -> None:
+    def __init__(self, root: Path, key: SigningKey, *, keys: TrustedKeys | None = None,
+                 **settings: object) -> None:
         self.link = RecordingLink()
         self.reports: list[ModelReport] = []
-        self.store = ModelStore(root, {key.key_id: key.public_raw})
+        self.store = ModelStore(root, keys or {key.key_id: key.public_raw})
         self.detector = Detector(CHANNELS)
         self.updater = ModelUpdater(
             store=self.store, topics=TOPICS, link=self.link, detector=self.detector,

@@ -64,3 +64,48 @@ def test_pinned_keys_parse_from_base64_and_pem_without_cryptography() -> None:
         public_key_bytes(base64.b64encode(b"x" * 31).decode())
     with pytest.raises(SignatureError, match="not a PUBLIC KEY"):
         public_key_bytes("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+
+
+_HIJACK = """
+import sys
+def _child():
+    sys.stdout.write('{"valid": [' + ','.join(['true'] * 256) + ']}')
+    return 0
+def verify_parts(parts):
+    return True
+"""
+
+
+def _plant(where: Path) -> None:
+    """Modules named like the verifier's, its library and cryptography, that say yes to all."""
+    for package in ("edge_agent", "edge_agent/models", "shared", "cryptography"):
+        (where / package).mkdir(parents=True, exist_ok=True)
+        (where / package / "__init__.py").write_text("")
+    (where / "edge_agent" / "models" / "verify.py").write_text(_HIJACK)
+    (where / "shared" / "signing.py").write_text(_HIJACK)
+    (where / "cryptography" / "__init__.py").write_text("raise SystemExit(0)\n")
+
+
+def test_modules_planted_in_the_working_and_state_dirs_cannot_hijack_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from edge_agent.models import verify
+
+    key = generate_signing_key()
+    forged = key.sign(_manifest()).replace(threshold=1e9)  # changed after signing
+    state, work = tmp_path / "state", tmp_path / "work"
+    _plant(state)
+    _plant(work)
+    monkeypatch.setenv("PYTHONPATH", str(state))
+    for cwd in (work, state):  # the agent run from its working dir, or from its state dir
+        monkeypatch.chdir(cwd)
+        # Without isolation the plant wins: Python puts the working directory on sys.path.
+        naive = subprocess.run([sys.executable, "-c", verify._CHILD, str(verify._CODE_ROOT)],
+                               input=b'{"checks": []}', capture_output=True, check=False)
+        assert naive.stdout.startswith(b'{"valid": [true'), naive.stderr
+
+        with pytest.raises(SignatureError, match="does not verify"):
+            verify_manifest_isolated(forged, {key.key_id: key.public_raw})
+        verify_manifest_isolated(key.sign(_manifest()), {key.key_id: key.public_raw})

@@ -30,7 +30,7 @@ CHUNK = 64 * 1024
 def _manifest(data: bytes = MODEL) -> Manifest:
     chunks = split(data, CHUNK)
     return Manifest(
-        name="pump-ae", version=1, created_at=1_700_000_000.0, quantization="int8",
+        name="pump-ae", version=1, release=1, created_at=1_700_000_000.0, quantization="int8",
         size=len(data), sha256=sha256_hex(data), chunk_size=CHUNK,
         chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
         input=InputSpec(window=32, channels=["a", "b"]),
@@ -54,6 +54,7 @@ def test_signed_manifest_verifies_after_a_round_trip() -> None:
     [
         ("threshold", 99.0),
         ("version", 2),
+        ("release", 7),
         ("sha256", "b" * 64),
         ("quantization", Quantization.FLOAT32),
     ],
@@ -102,9 +103,23 @@ def test_manifest_with_inconsistent_chunk_count_is_refused() -> None:
 
 
 def test_manifest_of_unknown_version_is_refused() -> None:
-    raw = _manifest().to_bytes().replace(b'"v": 1', b'"v": 9')
+    raw = _manifest().to_bytes().replace(b'"v": 2', b'"v": 9')
     with pytest.raises(ManifestError, match="unsupported manifest version"):
         parse_manifest(raw)
+
+
+def test_a_v1_manifest_without_a_release_counter_is_refused_naming_the_version() -> None:
+    data = _manifest().to_dict()
+    del data["release"]
+    data["v"] = 1
+    with pytest.raises(ManifestError, match="manifest version v=1; this build understands v=2"):
+        parse_manifest(json.dumps(data))
+    data["v"] = 2
+    with pytest.raises(ManifestError, match="release"):
+        parse_manifest(json.dumps(data))
+    data["release"] = 0
+    with pytest.raises(ManifestError, match="release"):
+        parse_manifest(json.dumps(data))
 
 
 def test_chunks_reassemble_to_the_original() -> None:

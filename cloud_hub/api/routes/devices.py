@@ -12,6 +12,7 @@ from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import DesiredUpdate, DevicePublic, DeviceUpdate
 from cloud_hub.db.queries import page_devices
 from cloud_hub.db.tables import Device
+from cloud_hub.keys.ring import KeyUnavailable
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
 from cloud_hub.rollouts.desired import set_desired
@@ -74,12 +75,12 @@ def put_desired(
     """Publish a retained ``desired`` for this device (it need not have connected yet)."""
     model = ModelRef(name=body.model.name, version=body.model.version) if body.model else None
     try:
-        set_desired(session, publisher=hub.publisher, device_ids=[device_id], model=model,
+        set_desired(session, releases=hub.releases, device_ids=[device_id], model=model,
                     config=body.config)
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except PublishRefused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except PublishError as exc:
+    except (PublishError, KeyUnavailable) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     return device_public(_get(session, device_id))

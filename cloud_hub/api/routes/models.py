@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import load_only
-from sqlmodel import col, select
+from sqlmodel import col, or_, select
 
 from cloud_hub.api.convert import SUMMARY_COLUMNS, model_detail, model_summaries
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
@@ -14,6 +15,8 @@ from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import ModelDetail, ModelSummary
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import ModelVersion
+from cloud_hub.db.tables import Device
+from cloud_hub.keys.ring import KeyUnavailable
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.compare import compare_versions
 from cloud_hub.registry.lifecycle import (
@@ -23,7 +26,9 @@ from cloud_hub.registry.lifecycle import (
     publish_model,
     retire_model,
 )
-from shared.topics import MODEL_NAME_PATTERN
+from cloud_hub.rollouts.desired import set_desired
+from shared.messages import ModelRef
+from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/models", tags=["models"])
 NamePath = Annotated[str, Path(pattern=rf"^{MODEL_NAME_PATTERN}$")]
@@ -104,11 +109,11 @@ def publish(name: NamePath, version: VersionPath, session: SessionDep, hub: HubD
     """Retain the signed manifest and the chunks on the broker (refused if parity failed)."""
     _get(session, name, version)
     try:
-        record = publish_model(session, name=name, version=version, publisher=hub.publisher)
+        record = publish_model(session, name=name, version=version, releases=hub.releases)
     except PublishRefused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             {"message": str(exc), **exc.figure}) from None
-    except PublishError as exc:
+    except (PublishError, KeyUnavailable) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     return model_detail(session, record)
 
@@ -123,3 +128,46 @@ def retire(name: NamePath, version: VersionPath, session: SessionDep, hub: HubDe
     except PublishError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     return model_detail(session, record)
+
+
+class ModelRollback(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"devices": ["pump-001", "pump-002"]}, {}]})
+    devices: list[Annotated[str, Field(pattern=rf"^{DEVICE_ID_PATTERN}$")]] | None = Field(
+        default=None, max_length=10_000,
+        description="default: every device told to run, or running, another version of it")
+
+
+class RollbackDone(BaseModel):
+    name: str
+    version: int
+    release: int
+    devices: list[str]
+
+
+@router.post("/{name}/{version}/rollback", response_model=RollbackDone,
+             responses={409: {"description": "never released, or the parity gate failed"}})
+def rollback(name: NamePath, version: VersionPath, body: ModelRollback, session: SessionDep,
+             hub: HubDep, _key: AdminKey) -> RollbackDone:
+    """Send devices back to this version: it goes out as a new signed release (a higher release
+    number than what they run, which they refuse otherwise) and their ``desired`` points to it.
+    """
+    record = _get(session, name, version)
+    if record.status == "draft":
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"model {name} v{version} was never published; nothing to go back to")
+    devices = body.devices
+    if devices is None:
+        devices = sorted(set(session.exec(select(Device.device_id).where(or_(
+            Device.desired_name == name, Device.active_name == name)))))
+    try:
+        set_desired(session, releases=hub.releases, device_ids=devices,
+                    model=ModelRef(name=name, version=version), require_published=False,
+                    reason="rollback")
+    except PublishRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except (PublishError, KeyUnavailable) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    session.refresh(record)
+    return RollbackDone(name=name, version=version, release=int(record.manifest["release"]),
+                        devices=devices)

@@ -12,6 +12,8 @@ from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import RolloutCreate, RolloutPublic
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import Rollout
+from cloud_hub.keys.ring import KeyUnavailable
+from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
 from cloud_hub.rollouts.actions import (
     RolloutConflict,
@@ -116,9 +118,12 @@ def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
 def rollback(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
              caller: AdminKey) -> dict[str, Any]:
     """Set `desired` back to the previous model on every device the rollout touched (also
-    after it succeeded); `rolled_back` once each of them reports that model."""
+    after it succeeded); `rolled_back` once each of them reports that model. The previous
+    model goes out as a new signed release: devices refuse an older release than they run."""
     try:
         updated = roll_back(session, _get(session, rollout_id), hub.rollouts, by=caller.name)
-    except RolloutConflict as exc:
+    except (RolloutConflict, PublishRefused) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except (PublishError, KeyUnavailable) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     return rollout_view(session, updated)
