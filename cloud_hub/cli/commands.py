@@ -20,9 +20,8 @@ __all__ = ["COMMANDS"]
 
 _DEVICE_COLS = ("device_id", "online", "last_seen", "group", "tags", "desired_model",
                 "active_model", "reported_state", "telemetry_readings", "anomalies")
-_MODEL_COLS = ("name", "version", "release", "status", "family", "quantization", "channels",
-               "size_bytes", "float_size_bytes", "decision_agreement", "parity_passed",
-               "devices_running")
+_MODEL_COLS = ("name", "version", "status", "family", "quantization", "channels", "size_bytes",
+               "float_size_bytes", "decision_agreement", "parity_passed", "devices_running")
 _JOB_COLS = ("id", "name", "status", "progress", "model", "error")
 _ROLLOUT_COLS = ("id", "model", "status", "stage", "devices_total", "devices_updated",
                  "seconds_to_full", "reason")
