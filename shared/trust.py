@@ -32,6 +32,7 @@ from shared.keys import (
 from shared.messages import EpochSeconds, Frozen, VersionProbe, check_version, describe_error
 
 __all__ = [
+    "MAX_KEYS",
     "MAX_TRUST_LIST_BYTES",
     "TRUST_SCHEMA_VERSION",
     "KeySignature",

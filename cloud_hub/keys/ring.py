@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from cloud_hub.db.key_tables import SigningKeyRecord, TrustListRecord
 from cloud_hub.mqtt.publisher import Publisher
 from shared.signing import SignatureError, SigningKey, generate_signing_key, sign_trust_list
-from shared.trust import TrustedKey, TrustList, parse_trust_list
+from shared.trust import MAX_KEYS, TrustedKey, TrustList, parse_trust_list
 
 __all__ = ["HubKeys", "KeyConflict", "KeyUnavailable"]
 
@@ -126,6 +126,9 @@ class HubKeys:
         with self._lock:
             old = self._active_record(session)
             keep = self._kept(session)
+            if len(keep) >= MAX_KEYS:
+                raise KeyConflict(f"{len(keep)} keys are trusted, a trust list holds at most "
+                                  f"{MAX_KEYS}: retire an old key first")
             new = generate_signing_key()
             path = self.keys_dir / f"{new.key_id}.pem"
             new.save(path)

@@ -68,7 +68,7 @@ def rotate(body: KeyRotate, session: SessionDep, hub: HubDep, _key: AdminKey) ->
     """A new signing key for new releases; the old one stays trusted for ``overlap_s``."""
     try:
         hub.keys.rotate(session, overlap_s=body.overlap_s, publisher=hub.publisher)
-    except KeyUnavailable as exc:
+    except (KeyConflict, KeyUnavailable) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except PublishError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
