@@ -132,6 +132,12 @@ def _rule(w: World) -> dict[str, Any]:
     return {"rule_id": rule["id"]}
 
 
+def _retirable_key(w: World) -> dict[str, Any]:
+    old = w.admin("GET", "/keys")["active"]
+    w.admin("POST", "/keys/rotate", json={"overlap_s": 0})
+    return {"key_id": old}
+
+
 # Routes anyone may call (the console's login page and assets: tests/console/test_console_auth).
 PUBLIC_ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/openapi.json"): Call(),
@@ -165,6 +171,11 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("GET", "/api/v1/models/{name}/{version}/tflite"): (READ, Call(_model)),
     ("POST", "/api/v1/models/{name}/{version}/publish"): (ADMIN, Call(_new_model)),
     ("POST", "/api/v1/models/{name}/{version}/retire"): (ADMIN, Call(_new_model)),
+    ("POST", "/api/v1/models/{name}/{version}/rollback"): (ADMIN, Call(_model,
+                                                                       json={"devices": []})),
+    ("GET", "/api/v1/keys"): (READ, Call()),
+    ("POST", "/api/v1/keys/rotate"): (ADMIN, Call(json={"overlap_s": 0})),
+    ("POST", "/api/v1/keys/{key_id}/retire"): (ADMIN, Call(_retirable_key, json={"force": True})),
     ("POST", "/api/v1/training-jobs"): (ADMIN, Call(json={"name": "auth-m",
                                                           "channels": ["nope"]})),
     ("POST", "/api/v1/training-jobs/csv"): (ADMIN, Call(query={"name": "auth-csv"},

@@ -178,26 +178,11 @@ def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_k
     assert "PRIVATE KEY" not in caplog.text
 
 
-def test_key_routes_need_the_right_key(hub: Hub, api: httpx.Client) -> None:
-    viewer = api.post("/api-keys", json={"name": "viewer", "scope": "read"},
-                      headers=ADMIN).json()
-    read = {"X-API-Key": viewer["key"]}
-    calls = [("GET", "/keys", None, "read"),
-             ("POST", "/keys/rotate", {"overlap_s": 0}, "admin"),
-             ("POST", "/keys/0123456789abcdef/retire", {}, "admin"),
-             ("POST", "/models/pump-ae/1/rollback", {}, "admin"),
-             ("POST", "/rollouts/1/rollback", None, "admin")]
-    for method, path, body, needs in calls:
-        assert api.request(method, path, json=body).status_code == 401, path
-        assert api.request(method, path, json=body,
-                           headers={"X-API-Key": "not-a-key"}).status_code == 401, path
-        with_read = api.request(method, path, json=body, headers=read).status_code
-        assert with_read == (200 if needs == "read" else 403), path
-    api.delete(f"/api-keys/{viewer['id']}", headers=ADMIN)
-    assert api.get("/keys", headers=read).status_code == 401
+def test_unknown_keys_models_and_rollouts_are_404(api: httpx.Client) -> None:
     assert api.post("/keys/0123456789abcdef/retire", json={}, headers=ADMIN).status_code == 404
     assert api.post("/models/pump-ae/1/rollback", json={}, headers=ADMIN).status_code == 404
     assert api.post("/rollouts/1/rollback", headers=ADMIN).status_code == 404
+    assert api.post("/keys/not-a-key-id/retire", json={}, headers=ADMIN).status_code == 422
 
 
 def test_keys_from_the_cli(hub: Hub, capsys: pytest.CaptureFixture[str]) -> None:
