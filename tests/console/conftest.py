@@ -111,7 +111,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                              name="pump-ae")
         with Session(hub.engine) as session:
             for name, version in (quiet, noisy):
-                publish_model(session, name=name, version=version, publisher=hub.publisher)
+                publish_model(session, name=name, version=version, releases=hub.releases)
         wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] >= 3 * len(DEVICES),
                  timeout=30, what="telemetry from every agent")
         yield Console(hub, server, fleet, _read_key(hub), quiet, noisy)

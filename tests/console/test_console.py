@@ -54,7 +54,7 @@ def test_operator_sees_the_fleet_and_a_live_anomaly_and_acknowledges_it(
     # pump-003 is told to run the model that flags every window: its agent downloads it,
     # verifies it, and sends real anomaly events; the inbox shows the incident without reload.
     with Session(console.hub.engine) as session:
-        set_desired(session, publisher=console.hub.publisher, device_ids=["pump-003"],
+        set_desired(session, releases=console.hub.releases, device_ids=["pump-003"],
                     model=ModelRef(name=console.noisy[0], version=console.noisy[1]))
     row = page.locator("#incident-table tbody tr[data-incident]").first
     expect(row).to_contain_text("pump-003", timeout=LIVE)

@@ -217,7 +217,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                      headers={"X-API-Key": ADMIN_KEY}, timeout=30)
         model = hub.register(tiny_artifact(), name="ui-ae")
         with Session(hub.engine) as session:
-            publish_model(session, name=model[0], version=model[1], publisher=hub.publisher)
+            publish_model(session, name=model[0], version=model[1], releases=hub.releases)
             store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
                 device_id="ui-dev", epoch=EPOCH, seq=0, channels=["a", "b"],
                 ts=[time.time()], values=[[1.0, 2.0]])]))
