@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from cloud_hub.db.queries import read_telemetry
 from cloud_hub.db.registry_tables import ModelVersion
-from cloud_hub.db.tables import Anomaly
+from cloud_hub.db.tables import Anomaly, TelemetryBatchRow
 
-__all__ = ["Sparkline", "chart_data", "sparkline"]
+__all__ = ["Sparkline", "chart_data", "sparkline", "sparklines"]
 
 MAX_READINGS = 20_000  # read at most this many readings for one chart
 BAND_SIGMAS = 3.0
@@ -23,20 +24,21 @@ BAND_SIGMAS = 3.0
 
 def envelope(ts: npt.NDArray[np.float64], values: npt.NDArray[np.float64], points: int
              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """At most about ``points`` rows: each bucket keeps its min and max row per channel."""
+    """At most about ``points`` rows: each bucket keeps its min and max per channel (at the
+    bucket's first and last time), so a one-reading spike survives the thinning."""
     n = len(ts)
     if n <= points:
         return ts, values
     buckets = max(1, points // 2)
-    edges = np.linspace(0, n, buckets + 1).astype(int)
-    out_ts, out_vals = [], []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        if hi <= lo:
-            continue
-        chunk = values[lo:hi]
-        out_ts += [ts[lo], ts[hi - 1]]
-        out_vals += [np.nanmin(chunk, axis=0), np.nanmax(chunk, axis=0)]
-    return np.asarray(out_ts), np.asarray(out_vals)
+    starts = np.unique(np.linspace(0, n, buckets + 1).astype(int)[:-1])
+    ends = np.append(starts[1:], n) - 1
+    lows = np.minimum.reduceat(values, starts, axis=0)
+    highs = np.maximum.reduceat(values, starts, axis=0)
+    out_ts = np.empty(2 * len(starts))
+    out_ts[0::2], out_ts[1::2] = ts[starts], ts[ends]
+    out_vals = np.empty((2 * len(starts), values.shape[1]))
+    out_vals[0::2], out_vals[1::2] = lows, highs
+    return out_ts, out_vals
 
 
 def _clean(values: npt.NDArray[np.float64]) -> list[float | None]:
@@ -109,22 +111,19 @@ class Sparkline:
     readings: int
 
 
-def sparkline(session: Session, *, device_id: str, start: float, end: float,
-              channels: list[str], width: int = 160, height: int = 32,
-              max_channels: int = 3) -> Sparkline:
+def _spark(piece_ts: npt.NDArray[np.float64], piece_values: npt.NDArray[np.float64],
+           names: list[str], *, start: float, end: float, channels: list[str], width: int,
+           height: int, max_channels: int) -> Sparkline:
     span = max(end - start, 1.0)
     pad = max(span * 0.5, 30.0)
     since, until = start - pad, end + pad
-    piece = read_telemetry(session, device_id=device_id, since=since, until=until,
-                           limit=5000)
-    wanted = [c for c in channels if c in piece.channels][:max_channels] or list(
-        piece.channels[:1])
+    wanted = [c for c in channels if c in names][:max_channels] or names[:1]
     lines: list[tuple[str, str]] = []
-    ts, values = envelope(piece.ts, piece.values, width)
+    ts, values = envelope(piece_ts, piece_values, width)
     if len(ts) >= 2:
         xs = (ts - since) / (until - since) * width
         for channel in wanted:
-            v = values[:, piece.channels.index(channel)]
+            v = values[:, names.index(channel)]
             lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
             ys = height - 2 - (v - lo) / ((hi - lo) or 1.0) * (height - 4)
             lines.append((channel, " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys,
@@ -132,4 +131,56 @@ def sparkline(session: Session, *, device_id: str, start: float, end: float,
     x0 = (start - since) / (until - since) * width
     x1 = (end - since) / (until - since) * width
     return Sparkline(width, height, lines, (round(x0, 1), round(max(x1 - x0, 1.0), 1)),
-                     int(len(piece.ts)))
+                     int(len(piece_ts)))
+
+
+def sparkline(session: Session, *, device_id: str, start: float, end: float,
+              channels: list[str], width: int = 160, height: int = 32,
+              max_channels: int = 3) -> Sparkline:
+    """The readings of one device around [start, end]."""
+    return sparklines(session, [(device_id, start, end, channels)], width=width,
+                      height=height, max_channels=max_channels)[0]
+
+
+def sparklines(session: Session, spans: list[tuple[str, float, float, list[str]]], *,
+               width: int = 160, height: int = 32, max_channels: int = 3,
+               max_batches: int = 200) -> list[Sparkline]:
+    """Sparklines of many (device, start, end, channels) spans with one SQL query: a page of
+    the inbox reads its 50 sparklines at once."""
+    if not spans:
+        return []
+    windows = []
+    for device_id, start, end, _channels in spans:
+        pad = max(max(end - start, 1.0) * 0.5, 30.0)
+        windows.append((device_id, start - pad, end + pad))
+    row = TelemetryBatchRow
+    stmt = select(  # type: ignore[call-overload]
+        row.device_id, row.ts_first, row.ts_last, row.channels, row.ts_blob, row.values_blob
+    ).where(or_(*(and_(col(row.device_id) == d, col(row.ts_last) >= lo,
+                       col(row.ts_first) <= hi) for d, lo, hi in windows)))
+    stmt = stmt.limit(max_batches * len(spans))
+    by_device: dict[str, list[Any]] = {}
+    for batch in session.exec(stmt):
+        by_device.setdefault(batch[0], []).append(batch)
+    out = []
+    for (device_id, start, end, channels), (_d, lo, hi) in zip(spans, windows, strict=True):
+        batches = sorted((b for b in by_device.get(device_id, [])
+                          if b[2] >= lo and b[1] <= hi), key=lambda b: b[1])
+        names = list(batches[0][3]) if batches else []
+        ts_parts, value_parts = [], []
+        for b in batches:
+            if list(b[3]) != names:
+                continue
+            ts = np.frombuffer(b[4], dtype="<f8")
+            values = np.frombuffer(b[5], dtype="<f8").reshape(len(ts), len(names))
+            keep = (ts >= lo) & (ts <= hi)
+            ts_parts.append(ts[keep])
+            value_parts.append(values[keep])
+        ts_all = np.concatenate(ts_parts) if ts_parts else np.zeros(0)
+        values_all = (np.concatenate(value_parts) if value_parts
+                      else np.zeros((0, len(names))))
+        order = np.argsort(ts_all, kind="stable")
+        out.append(_spark(ts_all[order], values_all[order], names, start=start, end=end,
+                          channels=channels, width=width, height=height,
+                          max_channels=max_channels))
+    return out

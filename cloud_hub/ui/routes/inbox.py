@@ -19,7 +19,7 @@ from cloud_hub.incidents.queries import (
     list_events,
     list_incidents,
 )
-from cloud_hub.ui.charts import chart_data, sparkline
+from cloud_hub.ui.charts import chart_data, sparklines
 from cloud_hub.ui.render import fragment, page
 from cloud_hub.ui.security import AdminUser, FormData, UiUser, form_data
 from shared.topics import DEVICE_ID_PATTERN
@@ -43,8 +43,9 @@ def _rows(session: Session, view: str, state: str, device: str | None, page_no: 
                 "query": query, "page_no": page_no}
     listing = list_incidents(session, state=None if state == "all" else state,
                              device_id=device, limit=PER_PAGE, offset=(page_no - 1) * PER_PAGE)
-    sparks = {i.id: sparkline(session, device_id=i.device_id, start=i.started_at,
-                              end=i.ended_at, channels=i.channels) for i in listing.items}
+    lines = sparklines(session, [(i.device_id, i.started_at, i.ended_at, i.channels)
+                                 for i in listing.items])
+    sparks = {i.id: line for i, line in zip(listing.items, lines, strict=True)}
     return {"listing": listing, "sparks": sparks, "view": view, "state": state,
             "device": device, "query": query, "page_no": page_no}
 
