@@ -29,10 +29,11 @@ from edge_agent.sources.base import Reading, SensorSource
 from edge_agent.sources.registry import create_source
 from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
-from edge_agent.telemetry.presence import HubPresence
+from edge_agent.telemetry.presence import HubWatch
 from edge_agent.telemetry.sender import Sender
 from edge_agent.trust.keyring import open_keyring
 from shared.messages import (
+    Ack,
     AnomalyEvent,
     Desired,
     DeviceStatus,
@@ -70,10 +71,11 @@ class Agent:
         self.bad_readings = 0
         self.bad_messages = 0
         self.anomalies_raised = 0
+        self.stored = {Stream.TELEMETRY: 0, Stream.ANOMALIES: 0}  # acknowledged by a hub
+        self.stored_readings = 0
         self.outbox_refusals = 0
         self._bad_topics: set[str] = set()
         self._worker_beat = time.monotonic()
-        self._link_lost_seen: float | None = None  # the link's last_lost_at already noted
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -92,10 +94,11 @@ class Agent:
         self.outbox = Outbox(
             state / "outbox.db", max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s,
             anomaly_max_age_s=cfg.outbox.anomaly_max_age_s, synchronous=cfg.outbox.synchronous,
-            resend_window_s=cfg.outbox.resend_window_s,
+            ack_timeout_s=cfg.outbox.ack_timeout_s, probe_max_s=cfg.outbox.probe_max_s,
         )
-        self.presence = HubPresence(self.outbox, margin_s=cfg.outbox.resend_margin_s,
-                                    name=f"agent {self.device_id}")
+        self.hubs = HubWatch(prefix=self.topics.prefix,
+                             silence_warn_s=cfg.outbox.hub_silence_warn_s,
+                             name=f"agent {self.device_id}")
         control: queue.Queue[LinkEvent] = queue.Queue()
         self.link = MqttLink(
             LinkSettings(
@@ -116,6 +119,7 @@ class Agent:
         self.link.subscribe(self.topics.all_trust(), 1)  # before desired: keys, then models
         self.link.subscribe(self.topics.desired(self.device_id), 1)
         self.link.subscribe(self.topics.all_hub_status(), 1)
+        self.link.subscribe(self.topics.ack(self.device_id), 1)
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
         self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows)
@@ -150,7 +154,7 @@ class Agent:
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop reading, flush within the grace period, publish offline, disconnect.
-        Returns True when everything accepted was acknowledged by the broker in time."""
+        Returns True when a hub acknowledged everything accepted, in time."""
         if not self._started:
             return True
         grace = self.config.daemon.grace_s if timeout is None else timeout
@@ -164,7 +168,7 @@ class Agent:
             self.source.close()
         except Exception:
             log.exception("closing the source failed")
-        flushed = self.sender.flush(max(0.0, deadline - time.monotonic()))
+        flushed = self._flush(deadline)
         if not flushed:
             log.warning("agent %s: %d message(s) still unacknowledged at stop; they stay in the "
                         "outbox and are sent after the next start", self.device_id,
@@ -179,6 +183,22 @@ class Agent:
         self._started = False
         log.info("agent %s stopped", self.device_id)
         return flushed
+
+    def _flush(self, deadline: float) -> bool:
+        """Wait for the hub to acknowledge everything, handling its acknowledgements here (the
+        worker has stopped)."""
+        self.sender.wake()
+        while self.outbox.depth() > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                item = self._events.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+            if isinstance(item, InboundMessage):
+                self._on_message(item)
+        return True
 
     # -- what the operator and the simulator see -------------------------------------------
     def healthy(self, stale_after_s: float = 30.0) -> bool:
@@ -221,9 +241,12 @@ class Agent:
             "bad_readings": self.bad_readings + self.source.bad_readings,
             "bad_messages": self.bad_messages,
             "outbox_refusals": self.outbox_refusals,
-            "outbox_kept": self.outbox.kept(),
+            "outbox_delivered": self.outbox.delivered(),
+            "batches_stored": self.stored[Stream.TELEMETRY],
+            "readings_stored": self.stored_readings,
+            "anomalies_stored": self.stored[Stream.ANOMALIES],
             "resent": self.outbox.resent,
-            "hub_resends": self.presence.resends,
+            "hub": self.hubs.status(),
             "reconnects": self.link.reconnects,
             "inference_us_p50": p50,
             "inference_us_p99": p99,
@@ -277,7 +300,8 @@ class Agent:
                 elif isinstance(item, list):
                     for reading in item:
                         self._on_reading(reading)
-                self._note_link_loss()
+                self.hubs.link(self.link.connected)
+                self.hubs.check()
                 self.batcher.flush_if_due()
                 self.updater.tick()
                 failure = self.detector.take_failure()
@@ -351,23 +375,26 @@ class Agent:
                 self.updater.on_message(parsed, message.payload)
             elif parsed.kind == TRUST and parsed.model_version is not None:
                 self.trust.offer(parsed.model_version, message.payload)
+            elif parsed.kind == DeviceTopic.ACK.value and parsed.device_id == self.device_id:
+                if message.payload:
+                    self._on_ack(decode(Ack, message.payload), live=not message.retain)
             elif parsed.kind == HUB_STATUS and parsed.device_id is not None:
-                # A loss of this link comes before any message of the next connection: note
-                # it first, whether or not the worker's loop has seen it yet.
-                self._note_link_loss()
-                if self.presence.on_payload(parsed.device_id, message.payload) is not None:
-                    self.sender.wake()
+                self.hubs.on_payload(parsed.device_id, message.payload)
         except (MessageError, TopicError) as exc:
             self.bad_messages += 1
             if message.topic not in self._bad_topics:
                 self._bad_topics.add(message.topic)
                 log.error("agent %s: bad message on %s: %s", self.device_id, message.topic, exc)
 
-    def _note_link_loss(self) -> None:
-        lost = self.link.last_lost_at
-        if lost is not None and lost != self._link_lost_seen:
-            self._link_lost_seen = lost
-            self.presence.link_lost(lost)
+    def _on_ack(self, ack: Ack, *, live: bool) -> None:
+        if ack.device_id != self.device_id:
+            raise MessageError(f"Ack: device_id {ack.device_id!r} is not {self.device_id!r}")
+        result = self.outbox.apply_ack(ack, live=live)
+        for stream, count in result.stored.items():
+            self.stored[stream] += count
+        self.stored_readings += result.stored_readings
+        if any(result.stored.values()) or result.resend:
+            self.sender.progressed()
 
     def _publish_reported(self, report: ModelReport) -> None:
         message = Reported(

@@ -100,7 +100,7 @@ def _status(config: AgentConfig) -> dict[str, Any]:
             else round(time.time() - snap.oldest_created_at, 1),
             "drops": snap.drops.messages, "dropped_readings": snap.drops.telemetry_readings,
             "dropped_anomalies": snap.drops.anomalies, "next_seq": snap.next_seq,
-            "kept_for_resend": snap.kept,
+            "awaiting_hub_ack": snap.delivered, "epoch": snap.epoch,
         }
     store = ModelStore(state / "models", {}) if (state / "models").is_dir() else None
     pointers = (("current_model", store.current() if store else None),
@@ -208,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         if agent.get("session_conflict"):
             print(f"WARNING       {agent['session_conflict']} "
                   f"({agent.get('session_takeovers', 0)} take-overs)")
+        print(f"              {outbox.get('awaiting_hub_ack', 0)} taken by the broker, waiting "
+              f"for the hub's acknowledgement (epoch {outbox.get('epoch') or '-'})")
+        hub = agent.get("hub") or {}
+        if hub.get("warning"):
+            print(f"hub           WARNING: {hub['warning']}: check mqtt.topic_prefix")
+        elif agent:
+            print(f"hub           online: {', '.join(hub.get('hubs_online') or []) or 'none'}")
+        print(f"last error    {agent.get('last_error') or '-'}")
         if agent:
             print(f"last update   {status.get('status_age_s')}s ago, connected "
                   f"{agent.get('connected')}, readings {agent.get('readings')}, "

@@ -107,11 +107,13 @@ class OutboxSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     max_age_s: PositiveSeconds = 7 * 86400.0  # telemetry older than this is dropped
     anomaly_max_age_s: PositiveSeconds = 30 * 86400.0  # anomalies are kept longest
     max_inflight: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
-    # Acknowledged messages are kept this long, to be sent again when a hub comes back from an
-    # outage (a new hub session): the broker may have acknowledged them with no hub listening.
-    resend_window_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0  # 0: never resend
-    # ... and those acknowledged up to this long before the outage began
-    resend_margin_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    # A message the broker took but no hub acknowledgement covers after this long is sent again
+    # when an acknowledgement shows it missing; and the newest such message is sent again as a
+    # probe, at intervals doubling up to probe_max_s while no hub answers.
+    ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    probe_max_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    # Warn when connected this long without any hub announcing itself under the topic prefix.
+    hub_silence_warn_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
     synchronous: Literal["full", "normal"] = "full"  # full: survives power loss, not only kill
 
 

@@ -4,10 +4,10 @@ Each :class:`LiteDevice` has what a device has on the wire and on disk: its own 
 connection (client id = device id, persistent session, retained last will), its own durable
 SQLite :class:`~edge_agent.telemetry.outbox.Outbox`, the agent's
 :class:`~edge_agent.telemetry.batcher.TelemetryBatcher`,
-:class:`~edge_agent.detect.detector.Detector` and
-:class:`~edge_agent.telemetry.presence.HubPresence` (a new hub session after an outage resends
-what the broker acknowledged meanwhile), and an in-flight window where a batch leaves the
-outbox only on its PUBACK. What differs from ``edge_agent.agent.Agent`` is the threading: instead
+:class:`~edge_agent.detect.detector.Detector`, an in-flight window, and the delivery protocol: a
+message leaves the outbox only when the hub's retained acknowledgement on the device's ``ack``
+topic covers it, and goes out again when an acknowledgement shows it missing or a probe is due.
+What differs from ``edge_agent.agent.Agent`` is the threading: instead
 of five threads per device, a few shard threads each drive hundreds of paho clients through one
 ``epoll`` selector (paho's own loop uses ``select()``, which cannot watch descriptors above
 1023, and a thousand devices need several thousand descriptors).
@@ -32,10 +32,9 @@ from paho.mqtt.properties import Properties
 from edge_agent.detect.detector import Detection, Detector, LoadedModel
 from edge_agent.models.loader import load_model
 from edge_agent.telemetry.batcher import TelemetryBatcher
-from edge_agent.telemetry.outbox import Outbox, OutboxEntry, Stream
-from edge_agent.telemetry.presence import HubPresence
+from edge_agent.telemetry.outbox import Outbox, Stream
 from shared.manifest import Manifest
-from shared.messages import AnomalyEvent, DeviceStatus, MessageError, Status, encode
+from shared.messages import Ack, AnomalyEvent, DeviceStatus, MessageError, Status, decode, encode
 from shared.topics import TopicError, Topics
 from simulator.fleet import DeviceSpec
 from simulator.shards import Shard
@@ -64,9 +63,7 @@ class LiteDevice:
         self.max_inflight = max_inflight
         self.source = SimulatedSource(**spec.source_options())
         self.channels = list(self.source.channels)
-        self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal",
-                             resend_window_s=300.0)  # the agent's defaults
-        self.presence = HubPresence(self.outbox, margin_s=10.0, name=f"lite {self.device_id}")
+        self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal")
         self.batcher = TelemetryBatcher(
             self.outbox, device_id=self.device_id, channels=self.channels,
             topic=topics.telemetry(self.device_id), max_readings=batch_max_readings,
@@ -78,13 +75,13 @@ class LiteDevice:
         self.anomalies_raised = 0
         self.acked_readings = 0
         self.acked_anomalies = 0
+        self.stored_readings = 0  # acknowledged by the hub
         self.connections = 0
         self.refused = 0
         self.bad_messages = 0
         self.last_error: str | None = None
-        self._inflight: dict[int, OutboxEntry] = {}
         self._acks: deque[tuple[int, bool]] = deque()  # filled by paho callbacks only
-        self._inbound: deque[tuple[str, bytes]] = deque()  # hub presence records, likewise
+        self._inbound: deque[tuple[str, bytes, bool]] = deque()  # hub acknowledgements, likewise
         self._link_changed = False
         self._connected = False
         self._stopping = False
@@ -138,7 +135,7 @@ class LiteDevice:
             return
         client.publish(self.topics.status(self.device_id),
                        _status(self.device_id, DeviceStatus.ONLINE), qos=1, retain=True)
-        client.subscribe(self.topics.all_hub_status(), 1)
+        client.subscribe(self.topics.ack(self.device_id), 1)
         self.connections += 1
         self._connected = True
         self._link_changed = True
@@ -146,8 +143,6 @@ class LiteDevice:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        if self._connected:  # the shard's thread runs both paho and the presence: no race
-            self.presence.link_lost(time.time())
         self._connected = False
         self._link_changed = True
         if not self._stopping:
@@ -159,7 +154,7 @@ class LiteDevice:
         self._acks.append((mid, not bool(getattr(reason, "is_failure", False))))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._inbound.append((message.topic, bytes(message.payload)))
+        self._inbound.append((message.topic, bytes(message.payload), bool(message.retain)))
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self.shard is not None:
@@ -221,47 +216,47 @@ class LiteDevice:
         self.anomalies_raised += 1
 
     def _pump(self) -> None:
-        """PUBACKs delete from the outbox; a link change resends; then fill the window."""
-        done = []
+        """PUBACKs mark delivered; hub acknowledgements delete what they cover and queue again
+        what they show missing; a link change resends; then fill the window."""
         while self._acks:
             mid, ok = self._acks.popleft()
-            entry = self._inflight.pop(mid, None)
+            entry = self.outbox.puback(mid, ok)
             if entry is None:
                 continue
-            if ok:
-                done.append(entry)
-            else:
+            if not ok:
                 self.refused += 1
-        if done:
-            self.outbox.ack(e.id for e in done)
-            for e in done:
-                if e.stream is Stream.TELEMETRY:
-                    self.acked_readings += e.readings
-                else:
-                    self.acked_anomalies += 1
-        while self._inbound:  # only hub presence is subscribed to
-            topic, payload = self._inbound.popleft()
+            elif entry.stream is Stream.TELEMETRY:
+                self.acked_readings += entry.readings
+            else:
+                self.acked_anomalies += 1
+        while self._inbound:  # only the device's acknowledgement topic is subscribed to
+            topic, payload, retained = self._inbound.popleft()
             try:
-                self.presence.on_payload(self.topics.parse(topic).device_id or "", payload)
+                if self.topics.parse(topic).device_id != self.device_id or not payload:
+                    continue
+                ack = decode(Ack, payload)
+                if ack.device_id != self.device_id:
+                    raise MessageError(f"Ack: device_id {ack.device_id!r} is not ours")
+                self.stored_readings += self.outbox.apply_ack(ack, live=not retained)\
+                    .stored_readings
             except (MessageError, TopicError) as exc:
                 self.bad_messages += 1
                 self._note(f"bad message on {topic}: {exc}")
         if self._link_changed:
             self._link_changed = False
-            self._inflight.clear()
             self.outbox.requeue_inflight()
         if not self._connected:
             return
-        free = self.max_inflight - len(self._inflight)
-        if free <= 0 or self.outbox.depth() <= len(self._inflight):
-            return  # nothing waits that is not already in flight: skip the query
+        self.outbox.probe()
+        free = self.max_inflight - self.outbox.inflight()
+        if free <= 0:
+            return
         for entry in self.outbox.take(free):
             info = self.client.publish(entry.topic, entry.payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._inflight.clear()
                 self.outbox.requeue_inflight()
                 return
-            self._inflight[int(info.mid)] = entry
+            self.outbox.sent(int(info.mid), entry)
 
     def flush_batch(self) -> None:
         self.batcher.flush()
@@ -275,6 +270,7 @@ class LiteDevice:
             "device_id": self.device_id, "connected": self._connected,
             "readings": self.readings, "readings_sent": self.acked_readings,
             "anomalies_raised": self.anomalies_raised, "anomalies_sent": self.acked_anomalies,
+            "readings_stored": self.stored_readings,
             "outbox_depth": self.outbox.depth(), "drops": drops.messages,
             "bad_readings": self.source.bad_readings, "reconnects": max(0, self.connections - 1),
             "bad_messages": self.bad_messages, "resent": self.outbox.resent,

@@ -1,12 +1,11 @@
-"""When to send again what the broker already acknowledged: the hubs' presence, seen by a device.
+"""Which hubs a device hears under its topic prefix, so that an operator can be told when none.
 
-Each hub process publishes a retained :class:`~shared.messages.HubStatus` with a session id that
-is new on every connection (and the same record, offline, as its last will). A PUBACK may have
-reached nobody while a hub was away and its broker session was lost, so a device becomes
-*suspect* when its own link drops (from a margin before that moment) or when it sees a hub go
-offline; the next hub session it has not seen before makes it resend everything acknowledged
-since then (:meth:`~edge_agent.telemetry.outbox.Outbox.resend_acked_since`). The last session
-seen per hub is kept in the outbox database, so a restarted device does not resend needlessly.
+Each hub process keeps a retained :class:`~shared.messages.HubStatus` (online while it runs,
+refreshed; offline as its will). An agent with a wrong ``mqtt.topic_prefix`` connects, sends and
+drains its outbox into a broker where nothing listens: it hears no hub at all. After
+``silence_warn_s`` connected without any online hub record, :class:`HubWatch` says so (a log
+warning once, and ``edge-agent status``). Delivery does not depend on it: messages stay in the
+outbox until a hub acknowledges them (:mod:`.delivery`).
 """
 
 from __future__ import annotations
@@ -14,69 +13,68 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-from edge_agent.telemetry.outbox import Outbox
 from shared.messages import DeviceStatus, HubStatus, MessageError, decode
-from shared.timefmt import iso_time
 
-__all__ = ["HubPresence"]
+__all__ = ["HubWatch"]
 
 log = logging.getLogger(__name__)
-_META_PREFIX = "hub_session:"
 
 
-class HubPresence:
-    """Tracks hub sessions for one outbox; call it from the thread that handles inbound
-    messages (it is not thread-safe on its own, the outbox is)."""
+class HubWatch:
+    """Call from the thread that handles inbound messages (not thread-safe on its own)."""
 
-    def __init__(
-        self, outbox: Outbox, *, margin_s: float, name: str = "",
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.outbox = outbox
-        self.margin_s = margin_s
+    def __init__(self, *, prefix: str, silence_warn_s: float = 60.0, name: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.prefix = prefix
+        self.silence_warn_s = silence_warn_s
         self.name = name
         self._clock = clock
-        # Wall-clock time (the outbox's ``acked_at`` clock) from which acknowledged messages
-        # may have been lost; None: nothing is suspect (the state after a start).
-        self.suspect_since: float | None = None
-        self.resends = 0  # how often a new hub session made this device send again
+        self.online: dict[str, float] = {}  # hub id -> when its online record was last seen
+        self._connected_since: float | None = None
+        self._warned = False
 
-    def link_lost(self, at: float) -> None:
-        """This device's own connection dropped at ``at`` (wall clock)."""
-        self._suspect(at)
-
-    def on_payload(self, hub_id: str, payload: bytes) -> int | None:
-        """What arrived on hub ``hub_id``'s presence topic (empty: its retained record was
-        cleared); as :meth:`on_status`. Raises :class:`MessageError` for a bad payload."""
+    def on_payload(self, hub_id: str, payload: bytes) -> None:
+        """What arrived on hub ``hub_id``'s presence topic; raises MessageError when bad."""
         if not payload:
-            return None
+            self.online.pop(hub_id, None)
+            return
         status = decode(HubStatus, payload)
         if status.device_id != hub_id:
             raise MessageError(f"HubStatus: device_id {status.device_id!r} does not match the "
                                f"topic's {hub_id!r}")
-        return self.on_status(status)
+        if status.state == DeviceStatus.ONLINE:
+            self.online[hub_id] = self._clock()
+            if self._warned:
+                log.info("%s: hub %s is online under %r", self.name, hub_id, self.prefix)
+                self._warned = False
+        else:
+            self.online.pop(hub_id, None)
 
-    def on_status(self, status: HubStatus) -> int | None:
-        """A hub's presence record arrived; how many messages were handed out again, or None
-        when it did not call for a resend."""
-        if status.state == DeviceStatus.OFFLINE:
-            self._suspect(self._clock())
+    def link(self, connected: bool) -> None:
+        if connected and self._connected_since is None:
+            self._connected_since = self._clock()
+        elif not connected:
+            self._connected_since = None
+
+    def silent_for(self) -> float | None:
+        """Seconds connected without hearing any hub online, once past the warning threshold."""
+        if self.online or self._connected_since is None:
             return None
-        key = _META_PREFIX + status.device_id
-        if self.outbox.meta(key) == status.session:
-            return None  # a session already seen, e.g. the retained record after a reconnect
-        count: int | None = None
-        if self.suspect_since is not None:
-            since, self.suspect_since = self.suspect_since, None
-            count = self.outbox.resend_acked_since(since)
-            self.resends += 1
-            log.log(logging.INFO if count else logging.DEBUG,
-                    "%s: hub %s is back with a new session; sending again the %d message(s) "
-                    "acknowledged since %s", self.name, status.device_id, count, iso_time(since))
-        self.outbox.set_meta(key, status.session)
-        return count
+        quiet = self._clock() - self._connected_since
+        return quiet if quiet >= self.silence_warn_s else None
 
-    def _suspect(self, at: float) -> None:
-        if self.suspect_since is None:
-            self.suspect_since = at - self.margin_s
+    def check(self) -> None:
+        quiet = self.silent_for()
+        if quiet is not None and not self._warned:
+            self._warned = True
+            log.warning("%s: connected for %.0f s and no hub has announced itself under topic "
+                        "prefix %r: check mqtt.topic_prefix (messages stay in the outbox until "
+                        "a hub acknowledges them)", self.name, quiet, self.prefix)
+
+    def status(self) -> dict[str, Any]:
+        quiet = self.silent_for()
+        return {"hubs_online": sorted(self.online), "prefix": self.prefix,
+                "warning": None if quiet is None else
+                f"no hub heard under prefix {self.prefix!r} for {quiet:.0f} s"}

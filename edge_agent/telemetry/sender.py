@@ -1,8 +1,10 @@
 """Moves messages from the outbox to the MQTT link within a bounded in-flight window.
 
-One thread reads the link's control queue: a PUBACK deletes its message from the outbox, a
-connect or disconnect hands everything unacknowledged out again in order, a :class:`Wake` says
-new messages are waiting. Only ``max_inflight`` messages are ever handed to paho at once.
+One thread reads the link's control queue: a PUBACK marks its message delivered (it stays in the
+outbox until a hub acknowledgement covers it), a connect or disconnect hands everything not
+PUBACKed out again in order, a :class:`Wake` says new messages are waiting. Only ``max_inflight``
+messages are ever handed to paho at once; the outbox (:mod:`.delivery`) is the one record of
+which. Every round also lets the outbox probe for messages no hub has acknowledged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from typing import Protocol
 
 from edge_agent.comms.mqtt import Acked, Connected, Disconnected, LinkEvent, Wake
-from edge_agent.telemetry.outbox import Outbox, OutboxEntry, Stream
+from edge_agent.telemetry.outbox import Outbox, Stream
 
 __all__ = ["Publisher", "Sender"]
 
@@ -47,10 +49,9 @@ class Sender:
         self.control = control
         self.max_inflight = max_inflight
         self.sent = 0
-        self.acked: dict[Stream, int] = {Stream.TELEMETRY: 0, Stream.ANOMALIES: 0}
+        self.acked: dict[Stream, int] = {Stream.TELEMETRY: 0, Stream.ANOMALIES: 0}  # PUBACKs
         self.acked_readings = 0
         self.refused = 0
-        self._inflight: dict[int, OutboxEntry] = {}  # mid -> entry
         self._stop = threading.Event()
         self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -65,8 +66,14 @@ class Sender:
     def wake(self) -> None:
         self.control.put(Wake())
 
+    def progressed(self) -> None:
+        """The outbox shrank (a hub acknowledgement): wake whoever waits in :meth:`flush`."""
+        with self._progress:
+            self._progress.notify_all()
+        self.wake()
+
     def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (everything acknowledged) or ``timeout`` passes."""
+        """Wait until the outbox is empty (everything acknowledged by a hub) or ``timeout``."""
         self.wake()
         deadline = time.monotonic() + timeout
         with self._progress:
@@ -97,20 +104,23 @@ class Sender:
                     break
             try:
                 self._handle(events)
+                if self.link.connected:
+                    self.outbox.probe()
                 self._fill_window()
             except Exception:  # the outbox keeps everything; log and go on
                 log.exception("sender %s: unexpected error, retrying", self._name)
                 self._stop.wait(0.5)
 
     def _handle(self, events: list[LinkEvent]) -> None:
-        done: list[OutboxEntry] = []
         for event in events:
             if isinstance(event, Acked):
-                entry = self._inflight.pop(event.mid, None)
+                entry = self.outbox.puback(event.mid, event.ok)
                 if entry is None:
                     continue
                 if event.ok:
-                    done.append(entry)
+                    self.acked[entry.stream] += 1
+                    if entry.stream is Stream.TELEMETRY:
+                        self.acked_readings += entry.readings
                 else:
                     self.refused += 1
                     if event.reason != self._last_refusal:
@@ -119,28 +129,18 @@ class Sender:
                                   event.reason)
                         self._last_refusal = event.reason
             elif isinstance(event, Connected | Disconnected):
-                self._inflight.clear()
                 self.outbox.requeue_inflight()
-        if done:
-            self.outbox.ack(entry.id for entry in done)
-            for entry in done:
-                self.acked[entry.stream] += 1
-                if entry.stream is Stream.TELEMETRY:
-                    self.acked_readings += entry.readings
-            with self._progress:
-                self._progress.notify_all()
 
     def _fill_window(self) -> None:
         if not self.link.connected:
             return
-        free = self.max_inflight - len(self._inflight)
+        free = self.max_inflight - self.outbox.inflight()
         if free <= 0:
             return
         for entry in self.outbox.take(free):
             mid = self.link.publish(entry.topic, entry.payload, qos=1)
             if mid is None:  # the link dropped under us; its Disconnected event follows
-                self._inflight.clear()
                 self.outbox.requeue_inflight()
                 return
-            self._inflight[mid] = entry
+            self.outbox.sent(mid, entry)
             self.sent += 1

@@ -34,7 +34,7 @@ from shared.manifest import (
     Quantization,
     ScoreSpec,
 )
-from shared.messages import Desired, ModelRef, encode
+from shared.messages import Ack, Desired, ModelRef, StreamAck, encode
 from shared.signing import SigningKey
 from shared.topics import Topics
 from simulator.broker import Broker
@@ -150,9 +150,15 @@ class DeviceLog:
 
 
 class Collector:
-    """A subscriber with its own persistent session that keeps one copy per (device_id, seq)."""
+    """A hub stand-in: a subscriber with its own persistent session that keeps one copy per
+    (device_id, seq) and acknowledges what it keeps as the hub does (a retained Ack per device,
+    watermark from the device's floor), so that agents empty their outboxes. ``acks=False``:
+    a listener that stores nothing for the devices (they keep their messages)."""
 
-    def __init__(self, broker: Broker, client_id: str = "test-collector") -> None:
+    def __init__(self, broker: Broker, client_id: str = "test-collector",
+                 acks: bool = True) -> None:
+        self.acks = acks
+        self._marks: dict[tuple[str, str, str], tuple[set[int], int]] = {}
         self.devices: dict[str, DeviceLog] = {}
         self.lock = threading.Lock()
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -185,14 +191,36 @@ class Collector:
                 store = log.telemetry if parsed.kind == "telemetry" else log.anomalies
                 if body["seq"] in store:
                     log.duplicates += 1
-                    assert store[body["seq"]] == body, "same seq, different content"
+                    assert {**store[body["seq"]], "floor": 0} == {**body, "floor": 0}, \
+                        "same seq, different content"
                 store[body["seq"]] = body
+                if self.acks:
+                    self._acknowledge(client, str(parsed.device_id), parsed.kind, body)
             elif parsed.kind == "status":
                 log.status.append(body)
             elif parsed.kind == "heartbeat":
                 log.heartbeats.append(body)
             else:
                 log.reported.append(body)
+
+    def _acknowledge(self, client: paho.Client, device_id: str, stream: str,
+                     body: dict[str, Any]) -> None:
+        key = (device_id, body["epoch"], stream)
+        seqs, floor = self._marks.get(key, (set(), 0))
+        seqs.add(body["seq"])
+        self._marks[key] = (seqs, max(floor, body.get("floor", 0)))
+        marks = {}
+        for kind in ("telemetry", "anomalies"):
+            stored, low = self._marks.get((device_id, body["epoch"], kind), (set(), 0))
+            watermark = low - 1
+            while watermark + 1 in stored:
+                watermark += 1
+            marks[kind] = StreamAck(watermark=watermark, top=max(stored, default=-1)
+                                    if stored else -1)
+            if marks[kind].top < watermark:
+                marks[kind] = StreamAck(watermark=watermark, top=watermark)
+        ack = Ack(device_id=device_id, epoch=body["epoch"], at=time.time(), **marks)
+        client.publish(TOPICS.ack(device_id), encode(ack), qos=0, retain=True)
 
     def device(self, device_id: str) -> DeviceLog:
         with self.lock:

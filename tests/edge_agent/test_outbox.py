@@ -2,43 +2,137 @@
 
 from __future__ import annotations
 
+import json
 import queue
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from edge_agent.comms.mqtt import LinkEvent, LinkSettings, MqttLink
-from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
+from edge_agent.telemetry.outbox import AckResult, Outbox, OutboxEntry, OutboxError, Stream
 from edge_agent.telemetry.sender import Sender
+from shared.messages import Ack, StreamAck
 from simulator.broker import Broker
 from tests.edge_agent.support import Collector, wait_until
 
 
 def _payload(seq: int, size: int = 100) -> bytes:
-    return f'{{"seq": {seq}}}'.encode().ljust(size)
+    return f'{{"seq": {seq}}}'.encode().ljust(size)  # JSON with padding, as the link sees it
+
+
+def _batch_payload(seq: int, size: int) -> bytes:
+    return _batch(seq, float(seq))
 
 
 def _add(outbox: Outbox, stream: Stream = Stream.TELEMETRY, size: int = 100,
-         readings: int = 10) -> int:
+         readings: int = 10, payload: Callable[[int, int], bytes] | None = None) -> int:
+    make = payload or _payload
     entry = outbox.add(device_id="dev", stream=stream, topic=f"t/{stream.value}",
-                       build=lambda seq: _payload(seq, size), readings=readings)
+                       build=lambda seq: make(seq, size), readings=readings)
     return entry.seq
 
 
-def test_outbox_keeps_unacknowledged_messages_across_reopening(tmp_path: Path) -> None:
+def _deliver(outbox: Outbox, n: int, first_mid: int = 1) -> list[OutboxEntry]:
+    """Hand ``n`` messages to a pretend link and PUBACK them; the entries as sent."""
+    entries = outbox.take(n)
+    for mid, entry in enumerate(entries, start=first_mid):
+        outbox.sent(mid, entry)
+        assert outbox.puback(mid) == entry
+    return entries
+
+
+def _ack(outbox: Outbox, telemetry: int = -1, top: int | None = None,
+         anomalies: int = -1, epoch: str | None = None, live: bool = True) -> AckResult:
+    mark = StreamAck(watermark=telemetry, top=max(telemetry, top if top is not None else -1))
+    ack = Ack(device_id="dev", epoch=epoch or outbox.epoch, at=0.0, telemetry=mark,
+              anomalies=StreamAck(watermark=anomalies, top=anomalies))
+    return outbox.apply_ack(ack, live=live)
+
+
+def test_outbox_keeps_messages_until_the_hub_acknowledges_them(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.db")
     seqs = [_add(outbox) for _ in range(3)]
-    taken = outbox.take(10)
-    outbox.ack([taken[0].id])
+    _deliver(outbox, 3)
+    assert (outbox.depth(), outbox.delivered(), outbox.take(10)) == (3, 3, []), \
+        "PUBACKed by the broker: kept, not sent again by itself"
+    result = _ack(outbox, telemetry=0)
+    assert (result.stored[Stream.TELEMETRY], result.stored_readings) == (1, 10)
+    epoch = outbox.epoch
     outbox.close()
 
     reopened = Outbox(tmp_path / "o.db")
-    pending = reopened.take(10)
+    assert reopened.epoch == epoch, "the epoch lives with the outbox"
     assert seqs == [0, 1, 2]
-    assert [e.seq for e in pending] == [1, 2]
-    assert pending[0].payload == _payload(1)
+    assert (reopened.depth(), reopened.delivered()) == (2, 2)
     assert _add(reopened) == 3, "seq must continue after reopening, never restart"
-    assert reopened.depth() == 3
+    assert [e.seq for e in reopened.take(10)] == [3]
+    _ack(reopened, telemetry=3)
+    assert reopened.depth() == 0
+
+
+def test_a_wiped_outbox_starts_a_new_epoch_and_ignores_the_old_ones_acks(tmp_path: Path) -> None:
+    first = Outbox(tmp_path / "a.db")
+    second = Outbox(tmp_path / "b.db")
+    assert first.epoch != second.epoch and len(first.epoch) == 16
+    _add(second)
+    _deliver(second, 1)
+    assert _ack(second, telemetry=5, epoch=first.epoch).stored[Stream.TELEMETRY] == 0
+    assert second.depth() == 1
+
+
+def test_a_message_goes_out_with_the_lowest_seq_of_its_stream_still_held(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    for _ in range(4):
+        _add(outbox, payload=_batch_payload)
+    _add(outbox, Stream.ANOMALIES, payload=_batch_payload)
+    _deliver(outbox, 2)
+    _ack(outbox, telemetry=0)
+    sent = outbox.take(10)
+    floors = {(e.stream, e.seq): json.loads(e.payload)["floor"] for e in sent}
+    assert floors == {(Stream.TELEMETRY, 2): 1, (Stream.TELEMETRY, 3): 1,
+                      (Stream.ANOMALIES, 0): 0}
+
+
+def test_a_live_ack_sends_again_what_it_shows_missing_once_it_is_old_enough(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", ack_timeout_s=10, clock=lambda: now[0])
+    for _ in range(5):
+        _add(outbox)
+    _deliver(outbox, 5)  # seq 0-4 delivered at 1000; the hub stored 0, 1 and 4
+    assert _ack(outbox, telemetry=1, top=4).resend == 0, "too recent: may still be on its way"
+    now[0] += 11
+    assert _ack(outbox, telemetry=1, top=4, live=False).resend == 0, \
+        "a retained ack replayed at subscribe says nothing about now"
+    assert _ack(outbox, telemetry=1, top=4).resend == 2
+    assert [e.seq for e in outbox.take(10)] == [2, 3], "the missing, in order; 4 is stored"
+    assert outbox.resent == 2
+
+
+def test_a_probe_sends_the_newest_unacknowledged_message_backing_off_while_no_hub_answers(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", ack_timeout_s=10, probe_max_s=40, clock=lambda: now[0])
+    for _ in range(3):
+        _add(outbox)
+    _deliver(outbox, 3)
+    assert outbox.probe() == 0
+    probes = []
+    for _ in range(12):  # 120 s with no hub answering
+        now[0] += 10
+        if outbox.probe():
+            [entry] = _deliver(outbox, 10, first_mid=100 + len(probes))
+            probes.append((now[0] - 1000.0, entry.seq))
+    assert probes == [(10.0, 2), (30.0, 2), (70.0, 2), (110.0, 2)], \
+        "intervals 10, 20, 40, then capped at 40 s"
+    _ack(outbox, telemetry=0, top=2)  # a hub answers: the rest follows the ack rules
+    now[0] += 10
+    assert outbox.probe() == 1, "the watermark moved: back to probing after ack_timeout_s"
 
 
 def test_seq_is_per_device_and_stream(tmp_path: Path) -> None:
@@ -49,15 +143,34 @@ def test_seq_is_per_device_and_stream(tmp_path: Path) -> None:
     assert other.seq == 0
 
 
-def test_requeue_hands_out_unacknowledged_messages_again_in_order(tmp_path: Path) -> None:
+def test_requeue_hands_out_what_the_broker_did_not_take_again_in_order(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.db")
     for _ in range(5):
         _add(outbox)
     first = outbox.take(3)
+    for mid, entry in enumerate(first, start=1):
+        outbox.sent(mid, entry)
     assert outbox.take(10)[0].seq == 3, "take continues after what is in flight"
-    outbox.ack([first[1].id])
+    assert outbox.inflight() == 3
+    outbox.puback(2)
     outbox.requeue_inflight()
-    assert [e.seq for e in outbox.take(10)] == [0, 2, 3, 4]
+    assert outbox.inflight() == 0
+    assert [e.seq for e in outbox.take(10)] == [0, 2, 3, 4], "seq 1 is with the broker"
+
+
+def test_drops_take_what_the_hub_has_not_acknowledged_but_never_what_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.db", max_bytes=1000)
+    for _ in range(5):
+        _add(outbox)
+    _deliver(outbox, 3)  # seq 0-2 with the broker, not acknowledged by a hub
+    [sending] = outbox.take(1)  # seq 3 waits for its PUBACK
+    outbox.sent(9, sending)
+    for _ in range(7):
+        _add(outbox)
+    assert outbox.drops().telemetry_messages == 2, "the two oldest, delivered or not"
+    assert outbox.puback(9) == sending, "the message in flight was kept"
 
 
 def test_full_outbox_drops_oldest_telemetry_first_and_counts_it(tmp_path: Path) -> None:
@@ -107,106 +220,10 @@ def test_old_telemetry_expires_and_is_counted(tmp_path: Path) -> None:
     assert [e.stream for e in outbox.take(10)] == [Stream.ANOMALIES, Stream.TELEMETRY]
 
 
-def _acked(outbox: Outbox, n: int) -> list[int]:
-    """Add ``n`` telemetry messages, hand them out and acknowledge them; their seqs."""
-    seqs = [_add(outbox) for _ in range(n)]
-    outbox.ack(e.id for e in outbox.take(n))
-    return seqs
-
-
-def test_acknowledged_messages_are_kept_outside_the_bound_then_pruned_by_age(
-    tmp_path: Path,
-) -> None:
-    now = [1000.0]
-    outbox = Outbox(tmp_path / "o.db", resend_window_s=60, clock=lambda: now[0])
-    _acked(outbox, 3)
-    assert (outbox.depth(), outbox.pending_bytes(), outbox.kept()) == (0, 0, 3)
-    assert outbox.take(10) == [], "kept messages are not handed out by themselves"
-    now[0] += 30
-    _acked(outbox, 2)
-    now[0] += 40  # the first three are now 70 s old, the two others 40 s
-    _add(outbox)  # expiry runs as messages are added
-    assert outbox.kept() == 2
-    assert outbox.drops().messages == 0, "forgetting kept messages is not a drop"
-
-
-def test_kept_messages_are_bounded_by_a_quarter_of_the_outbox(tmp_path: Path) -> None:
-    now = [1000.0]
-    outbox = Outbox(tmp_path / "o.db", max_bytes=4096, resend_window_s=300,
-                    clock=lambda: now[0])
-    _acked(outbox, 20)  # 2,000 bytes kept
-    now[0] += 2
-    _add(outbox)
-    assert outbox.kept() == 10, "the newest 1,024 bytes' worth of messages stay"
-    outbox.resend_acked_since(0.0)
-    assert [e.seq for e in outbox.take(100)] == list(range(10, 21))
-
-
-def test_resend_brings_back_exactly_the_messages_acked_since_in_order(tmp_path: Path) -> None:
-    now = [1000.0]
-    outbox = Outbox(tmp_path / "o.db", resend_window_s=300, clock=lambda: now[0])
-    _acked(outbox, 3)  # seq 0-2 acknowledged at 1000
-    now[0] = 1010.0
-    _acked(outbox, 2)  # seq 3-4 acknowledged at 1010
-    _add(outbox)
-    _add(outbox)  # seq 5-6 waiting
-    assert outbox.resend_acked_since(1005.0) == 2
-    assert (outbox.depth(), outbox.pending_bytes(), outbox.kept()) == (4, 400, 3)
-    again = outbox.take(10)
-    assert [e.seq for e in again] == [3, 4, 5, 6], "the resent first, in their original order"
-    assert again[0].payload == _payload(3)
-    outbox.ack(e.id for e in again)
-    assert (outbox.depth(), outbox.pending_bytes(), outbox.kept()) == (0, 0, 7)
-    assert outbox.resend_acked_since(1005.0) == 4, "each message is kept once, not twice"
-
-
-def test_resend_never_hands_out_a_message_twice_while_it_is_in_flight(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", resend_window_s=300)
-    _acked(outbox, 2)
-    for _ in range(3):
-        _add(outbox)
-    in_flight = outbox.take(2)  # seq 2-3; seq 4 not yet handed out
-    assert outbox.resend_acked_since(0.0) == 4, "two kept, two in flight"
-    assert [e.seq for e in outbox.take(10)] == [0, 1, 4]
-    # The two in flight may have reached nobody either: at their PUBACK they go out again.
-    outbox.ack([in_flight[0].id])
-    assert outbox.depth() == 5, "nothing has left: seq 2 stays for its second sending"
-    second = outbox.take(10)
-    assert [e.seq for e in second] == [2]
-    outbox.ack([second[0].id])
-    assert (outbox.depth(), outbox.kept()) == (4, 1), "acknowledged again, it is kept as usual"
-
-
-def test_resend_window_zero_keeps_nothing(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", resend_window_s=0)
-    _acked(outbox, 3)
-    assert outbox.kept() == 0
-    assert outbox.resend_acked_since(0.0) == 0
-    assert outbox.take(10) == []
-    outbox.close()
-    assert Outbox.inspect(tmp_path / "o.db").kept == 0
-
-
-def test_kept_messages_and_notes_survive_reopening(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", resend_window_s=300)
-    _acked(outbox, 3)
-    outbox.set_meta("hub_session:hub-1", "0123abcd")
-    outbox.close()
-    assert Outbox.inspect(tmp_path / "o.db").kept == 3
-
-    reopened = Outbox(tmp_path / "o.db", resend_window_s=300)
-    assert (reopened.kept(), reopened.depth()) == (3, 0)
-    assert reopened.meta("hub_session:hub-1") == "0123abcd"
-    assert reopened.meta("hub_session:hub-2") is None
-    assert reopened.resend_acked_since(0.0) == 3
-    assert [e.seq for e in reopened.take(10)] == [0, 1, 2]
-    assert _add(reopened) == 3, "resending does not disturb the seq counter"
-
-
 @pytest.mark.integration
 def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None:
     """A message handed to a link whose broker is gone stays; it goes out after a reconnect."""
-    collector = Collector(broker)
+    collector = Collector(broker, acks=False)
     outbox = Outbox(tmp_path / "o.db")
     control: queue.Queue[LinkEvent] = queue.Queue()
     link = MqttLink(LinkSettings(client_id="dev", host=broker.host, port=broker.port,
@@ -220,7 +237,8 @@ def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None
                    topic="edgeloop/v1/devices/dev/telemetry",
                    build=lambda seq: _batch(seq, 1.0), readings=1)
         sender.wake()
-        assert sender.flush(10), "first batch acknowledged"
+        wait_until(lambda: outbox.delivered() == 1, 10, "first batch PUBACKed")
+        assert outbox.depth() == 1, "kept until a hub acknowledges it (none runs here)"
         broker.stop()
         wait_until(lambda: not link.connected, 10, "link noticed the broker is gone")
         outbox.add(device_id="dev", stream=Stream.TELEMETRY,
@@ -228,9 +246,9 @@ def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None
                    build=lambda seq: _batch(seq, 2.0), readings=1)
         sender.wake()
         assert not sender.flush(0.5)
-        assert outbox.depth() == 1, "no PUBACK, so the batch is still in the outbox"
+        assert outbox.delivered() == 1, "no PUBACK for the second batch"
         broker.start()
-        assert sender.flush(15), "sent and acknowledged after the reconnect"
+        wait_until(lambda: outbox.delivered() == 2, 15, "sent and PUBACKed after the reconnect")
         wait_until(lambda: len(collector.device("dev").telemetry) == 2, 10,
                    f"both batches {collector.device('dev').telemetry}")
         assert collector.device("dev").all_ts() == [1.0, 2.0]
@@ -241,5 +259,5 @@ def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None
 
 
 def _batch(seq: int, ts: float) -> bytes:
-    return (f'{{"v":1,"device_id":"dev","seq":{seq},"channels":["a"],"ts":[{ts}],'
-            f'"values":[[0.5]]}}').encode()
+    return (f'{{"v":2,"device_id":"dev","epoch":"0123456789abcdef","seq":{seq},'
+            f'"channels":["a"],"ts":[{ts}],"values":[[0.5]]}}').encode()
