@@ -204,10 +204,6 @@ def main(argv: list[str] | None = None) -> int:
               f"oldest {outbox.get('oldest_unsent_age_s') or 0}s, drops {outbox.get('drops', 0)} "
               f"({outbox.get('dropped_readings', 0)} readings, "
               f"{outbox.get('dropped_anomalies', 0)} anomalies)")
-        print(f"last error    {_last_error(agent)}")
-        if agent.get("session_conflict"):
-            print(f"WARNING       {agent['session_conflict']} "
-                  f"({agent.get('session_takeovers', 0)} take-overs)")
         print(f"              {outbox.get('awaiting_hub_ack', 0)} taken by the broker, waiting "
               f"for the hub's acknowledgement (epoch {outbox.get('epoch') or '-'})")
         hub = agent.get("hub") or {}
@@ -215,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hub           WARNING: {hub['warning']}: check mqtt.topic_prefix")
         elif agent:
             print(f"hub           online: {', '.join(hub.get('hubs_online') or []) or 'none'}")
-        print(f"last error    {agent.get('last_error') or '-'}")
+        print(f"last error    {_last_error(agent)}")
+        if agent.get("session_conflict"):
+            print(f"WARNING       {agent['session_conflict']} "
+                  f"({agent.get('session_takeovers', 0)} take-overs)")
         if agent:
             print(f"last update   {status.get('status_age_s')}s ago, connected "
                   f"{agent.get('connected')}, readings {agent.get('readings')}, "

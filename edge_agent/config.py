@@ -194,6 +194,15 @@ def _decode_path(kind: type, value: Any) -> Any:
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
+# Keys of earlier versions, and what replaced them: named, not just refused as unknown.
+_ACKNOWLEDGED = ("a message now stays in the outbox until the hub acknowledges that it stored "
+                 "it; remove the key (outbox.ack_timeout_s and outbox.probe_max_s set when "
+                 "unacknowledged messages are sent again)")
+_RETIRED = {
+    "outbox.resend_window_s": _ACKNOWLEDGED,
+    "outbox.resend_margin_s": _ACKNOWLEDGED,
+}
+
 
 def config_from_dict(raw: Any, where: str = "config") -> AgentConfig:
     """Validate parsed TOML (or an equal dict) as an agent config, or raise :class:`ConfigError`
@@ -209,7 +218,10 @@ def _describe(text: str, raw: Any) -> str:
     path = [p for p in re.split(r"\.|\[|\]", match.group("path")) if p] if match else []
     message = text[: match.start()] if match else text
     if message.startswith("Object contains unknown field"):
-        return f"unknown key {'.'.join([*path, message.split('`')[1]])!r}"
+        key = ".".join([*path, message.split("`")[1]])
+        if key in _RETIRED:
+            return f"key {key!r} is no longer used: {_RETIRED[key]}"
+        return f"unknown key {key!r}"
     if message.startswith("Object missing required field"):
         return f"key {'.'.join([*path, message.split('`')[1]])!r} is required"
     own = re.match(r"key '(?P<key>[^']+)': ", message)

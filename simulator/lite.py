@@ -55,7 +55,8 @@ class LiteDevice:
 
     def __init__(self, spec: DeviceSpec, *, host: str, port: int, state_dir: Path,
                  topics: Topics, batch_max_readings: int = 100, batch_max_age_s: float = 2.0,
-                 max_inflight: int = 20, keepalive: int = 30) -> None:
+                 max_inflight: int = 20, keepalive: int = 30,
+                 ack_timeout_s: float = 10.0) -> None:
         self.spec = spec
         self.device_id = spec.device_id
         self.host, self.port, self.keepalive = host, port, keepalive
@@ -63,7 +64,8 @@ class LiteDevice:
         self.max_inflight = max_inflight
         self.source = SimulatedSource(**spec.source_options())
         self.channels = list(self.source.channels)
-        self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal")
+        self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal",
+                             ack_timeout_s=ack_timeout_s)
         self.batcher = TelemetryBatcher(
             self.outbox, device_id=self.device_id, channels=self.channels,
             topic=topics.telemetry(self.device_id), max_readings=batch_max_readings,
@@ -76,6 +78,9 @@ class LiteDevice:
         self.acked_readings = 0
         self.acked_anomalies = 0
         self.stored_readings = 0  # acknowledged by the hub
+        self.acks_received = 0  # hub acknowledgements, their bytes and the CPU they cost
+        self.ack_bytes = 0
+        self.ack_cpu_s = 0.0
         self.connections = 0
         self.refused = 0
         self.bad_messages = 0
@@ -231,17 +236,22 @@ class LiteDevice:
                 self.acked_anomalies += 1
         while self._inbound:  # only the device's acknowledgement topic is subscribed to
             topic, payload, retained = self._inbound.popleft()
+            started = time.thread_time()
             try:
                 if self.topics.parse(topic).device_id != self.device_id or not payload:
                     continue
                 ack = decode(Ack, payload)
                 if ack.device_id != self.device_id:
                     raise MessageError(f"Ack: device_id {ack.device_id!r} is not ours")
-                self.stored_readings += self.outbox.apply_ack(ack, live=not retained)\
-                    .stored_readings
+                done = self.outbox.apply_ack(ack, live=not retained)
+                self.stored_readings += done.stored_readings
+                self.acks_received += 1
+                self.ack_bytes += len(payload)
             except (MessageError, TopicError) as exc:
                 self.bad_messages += 1
                 self._note(f"bad message on {topic}: {exc}")
+            finally:
+                self.ack_cpu_s += time.thread_time() - started
         if self._link_changed:
             self._link_changed = False
             self.outbox.requeue_inflight()
@@ -274,6 +284,8 @@ class LiteDevice:
             "outbox_depth": self.outbox.depth(), "drops": drops.messages,
             "bad_readings": self.source.bad_readings, "reconnects": max(0, self.connections - 1),
             "bad_messages": self.bad_messages, "resent": self.outbox.resent,
+            "acks_received": self.acks_received, "ack_bytes": self.ack_bytes,
+            "ack_cpu_s": self.ack_cpu_s,
             "last_error": self.last_error,
         }
 
@@ -290,6 +302,7 @@ class LiteFleet:
     tick_s: float = 0.05
     batch_max_readings: int = 100
     batch_max_age_s: float = 2.0
+    ack_timeout_s: float = 10.0  # the agent's default
     devices: dict[str, LiteDevice] = field(default_factory=dict)
     stopped: bool = False
     _shards: list[Shard] = field(default_factory=list)
@@ -302,7 +315,8 @@ class LiteFleet:
         device = LiteDevice(spec, host=self.mqtt_host, port=self.mqtt_port,
                             state_dir=self.state_root, topics=Topics(self.topic_prefix),
                             batch_max_readings=self.batch_max_readings,
-                            batch_max_age_s=self.batch_max_age_s)
+                            batch_max_age_s=self.batch_max_age_s,
+                            ack_timeout_s=self.ack_timeout_s)
         shard = self._shards[len(self.devices) % len(self._shards)]
         device.shard = shard
         shard.devices.append(device)

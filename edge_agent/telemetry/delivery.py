@@ -62,9 +62,10 @@ class Delivery:
             return []
         busy = self.sending_ids()
         found = store.queued_after(self.db, self.cursor, limit + len(busy))
-        rows = [e for e in found if e.id not in busy][:limit]
-        if len(found) < limit + len(busy):
-            self.maybe_queued = False
+        waiting = [e for e in found if e.id not in busy]
+        rows = waiting[:limit]
+        if len(found) < limit + len(busy) and len(waiting) <= limit:
+            self.maybe_queued = False  # the query saw every queued row, and all are taken
         if rows:
             self.cursor = rows[-1].id
         return rows

@@ -1,6 +1,6 @@
 """What the agent tells its operator: a session taken over by a second agent with the same id
 (named once, shown by `edge-agent status`), no pinned key at start-up, no runtime chatter on
-stderr, no empty resend lines, and readable times."""
+stderr, and readable times."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import main as agent_cli
 from edge_agent.inference.runtime import quiet_runtime_stderr
-from edge_agent.telemetry.outbox import Outbox
-from edge_agent.telemetry.presence import HubPresence
-from shared.messages import DeviceStatus, HubStatus
 from shared.timefmt import iso_time
 from simulator.broker import Broker
 from tests.edge_agent.support import FIXTURES, ScriptedSource, agent_config, wait_until
@@ -91,19 +88,6 @@ def test_other_stderr_output_while_a_model_loads_is_passed_on(
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"ERROR: something the runtime really wants to say\n")
     assert capfd.readouterr().err == "ERROR: something the runtime really wants to say\n"
-
-
-def test_a_new_hub_session_with_nothing_to_resend_is_not_logged_at_info(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent")
-    presence = HubPresence(Outbox(tmp_path / "o.db", resend_window_s=300), margin_s=10)
-    presence.on_status(HubStatus(device_id="hub-1", state=DeviceStatus.ONLINE,
-                                 session="aaaa0001", at=1.0))
-    presence.link_lost(1_700_000_000.0)
-    assert presence.on_status(HubStatus(device_id="hub-1", state=DeviceStatus.ONLINE,
-                                        session="bbbb0002", at=2.0)) == 0
-    assert not [r for r in caplog.records if "sending again" in r.getMessage()]
 
 
 def test_log_times_are_iso() -> None:

@@ -111,7 +111,9 @@ def _saw_online(collector: Collector, device_id: str) -> bool:
         return log is not None and any(s.get("state") == "online" for s in log.status)
 
 
-def test_status_after_stop_reports_the_last_state(broker: Broker, tmp_path: Path) -> None:
+def test_status_after_stop_reports_the_last_state(
+    broker: Broker, collector: Collector, tmp_path: Path
+) -> None:
     source = ScriptedSource(200, rate_hz=0.0)
     agent = Agent(agent_config(broker, tmp_path / "state", "dev-s", None), source=source)
     agent.start()
@@ -122,4 +124,5 @@ def test_status_after_stop_reports_the_last_state(broker: Broker, tmp_path: Path
     status = agent.status()
     assert status["connected"] is False
     assert status["readings"] == 200
-    assert status["outbox_depth"] == 0
+    assert status["outbox_depth"] == 0, "stop waits for the hub's acknowledgement"
+    assert status["readings_stored"] == 200

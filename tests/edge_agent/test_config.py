@@ -38,6 +38,12 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
          "key 'mqtt.reconnect_max_s': 1.0 is below"),
         ('device_id = "a"\n[trust.keys]\nabcdef0123456789 = "bm90IGEga2V5"\n',
          "keys.abcdef0123456789"),
+        # keys of the resend window, replaced by the hub's acknowledgement: named as such
+        ('device_id = "a"\n[outbox]\nresend_window_s = 300.0\n',
+         "key 'outbox.resend_window_s' is no longer used: a message now stays in the outbox "
+         "until the hub acknowledges"),
+        ('device_id = "a"\n[outbox]\nresend_margin_s = 10.0\n',
+         "key 'outbox.resend_margin_s' is no longer used"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:

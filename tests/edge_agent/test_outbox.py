@@ -158,6 +158,29 @@ def test_requeue_hands_out_what_the_broker_did_not_take_again_in_order(tmp_path:
     assert [e.seq for e in outbox.take(10)] == [0, 2, 3, 4], "seq 1 is with the broker"
 
 
+def test_a_window_refilled_one_by_one_still_reaches_every_queued_message(
+    tmp_path: Path,
+) -> None:
+    # The take after the first PUBACK sees fewer rows than it asked for (those in flight sit
+    # before its cursor): that must not make the outbox believe nothing else is queued.
+    outbox = Outbox(tmp_path / "o.db")
+    for _ in range(8):
+        _add(outbox)
+    inflight: list[int] = []
+    taken: list[int] = []
+    for entry in outbox.take(3):
+        outbox.sent(len(taken) + 1, entry)
+        inflight.append(len(taken) + 1)
+        taken.append(entry.seq)
+    while len(taken) < 8:
+        outbox.puback(inflight.pop(0))
+        [entry] = outbox.take(1)
+        outbox.sent(len(taken) + 1, entry)
+        inflight.append(len(taken) + 1)
+        taken.append(entry.seq)
+    assert taken == list(range(8))
+
+
 def test_drops_take_what_the_hub_has_not_acknowledged_but_never_what_is_in_flight(
     tmp_path: Path,
 ) -> None:

@@ -1,14 +1,20 @@
-"""Hub presence on the device: which new hub session makes it send acknowledged messages again."""
+"""Which hubs a device hears (issue 11 defect 6): an agent connected under a topic prefix where
+no hub announces itself says so, once, in its log and in ``edge-agent status``."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from edge_agent.telemetry.outbox import Outbox, Stream
-from edge_agent.telemetry.presence import HubPresence
+from edge_agent.agent import Agent
+from edge_agent.cli import main as agent_cli
+from edge_agent.telemetry.presence import HubWatch
 from shared.messages import DeviceStatus, HubStatus, MessageError, encode
+from shared.topics import Topics
+from simulator.broker import Broker
+from tests.edge_agent.support import Collector, ScriptedSource, agent_config, wait_until
 
 
 class _Clock:
@@ -19,85 +25,99 @@ class _Clock:
         return self.now
 
 
-def _outbox(path: Path, clock: _Clock) -> Outbox:
-    return Outbox(path, resend_window_s=300, clock=clock)
+def _record(state: DeviceStatus, hub: str = "hub-1") -> bytes:
+    return encode(HubStatus(device_id=hub, state=state, session="aaaa0001", at=1000.0))
 
 
-def _send(outbox: Outbox, n: int) -> None:
-    """``n`` messages added and acknowledged by the broker now."""
-    for _ in range(n):
-        outbox.add(device_id="dev", stream=Stream.TELEMETRY, topic="t",
-                   build=lambda seq: b'{"seq": %d}' % seq, readings=1)
-    outbox.ack(e.id for e in outbox.take(n))
-
-
-def _status(state: DeviceStatus, session: str, hub: str = "hub-1") -> HubStatus:
-    return HubStatus(device_id=hub, state=state, session=session, at=1000.0)
-
-
-def test_first_session_seen_after_a_start_resends_nothing(tmp_path: Path) -> None:
+def test_connected_with_no_hub_heard_warns_once_after_the_threshold(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.telemetry.presence")
     clock = _Clock()
-    outbox = _outbox(tmp_path / "o.db", clock)
-    presence = HubPresence(outbox, margin_s=10, clock=clock)
-    _send(outbox, 3)
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "aaaa0001")) is None
-    assert outbox.depth() == 0 and presence.resends == 0
+    watch = HubWatch(prefix="edgeloop/v9", silence_warn_s=60, name="agent d", clock=clock)
+    watch.check()
+    assert watch.status()["warning"] is None, "not connected: nothing to say about hubs"
+    watch.link(True)
+    clock.now += 59
+    watch.check()
+    assert watch.status()["warning"] is None, "not silent for long enough yet"
+    clock.now += 2
+    for _ in range(3):
+        watch.check()
+    assert watch.status() == {"hubs_online": [], "prefix": "edgeloop/v9",
+                              "warning": "no hub heard under prefix 'edgeloop/v9' for 61 s"}
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "check mqtt.topic_prefix" in warned[0], warned
+
+    watch.on_payload("hub-1", _record(DeviceStatus.ONLINE))
+    watch.check()
+    assert watch.status() == {"hubs_online": ["hub-1"], "prefix": "edgeloop/v9",
+                              "warning": None}
+    assert any("hub hub-1 is online" in r.getMessage() for r in caplog.records)
 
 
-def test_new_session_after_the_link_dropped_resends_from_a_margin_before(tmp_path: Path) -> None:
+def test_a_hub_going_offline_or_cleared_is_no_longer_heard() -> None:
     clock = _Clock()
-    outbox = _outbox(tmp_path / "o.db", clock)
-    presence = HubPresence(outbox, margin_s=10, clock=clock)
-    presence.on_status(_status(DeviceStatus.ONLINE, "aaaa0001"))
-    _send(outbox, 2)  # acknowledged at 1000: long before the outage
-    clock.now = 1095.0
-    _send(outbox, 3)  # acknowledged at 1095: within the margin before the outage
-    presence.link_lost(1100.0)
-    clock.now = 1104.0
-    _send(outbox, 4)  # after the reconnect, before the hub is back
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "aaaa0001")) is None, \
-        "the retained record of the session already seen"
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "bbbb0002")) == 7
-    assert outbox.depth() == 7 and presence.suspect_since is None
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "bbbb0002")) is None
+    watch = HubWatch(prefix="p", silence_warn_s=10, clock=clock)
+    watch.link(True)
+    watch.on_payload("hub-1", _record(DeviceStatus.ONLINE))
+    watch.on_payload("hub-2", _record(DeviceStatus.ONLINE, "hub-2"))
+    watch.on_payload("hub-1", _record(DeviceStatus.OFFLINE))
+    watch.on_payload("hub-2", b"")  # a cleared retained record
+    clock.now += 11
+    assert watch.status()["hubs_online"] == []
+    assert watch.status()["warning"] is not None
 
 
-def test_hub_going_offline_makes_its_next_session_resend(tmp_path: Path) -> None:
+def test_a_link_that_drops_starts_the_silence_again() -> None:
     clock = _Clock()
-    outbox = _outbox(tmp_path / "o.db", clock)
-    presence = HubPresence(outbox, margin_s=0, clock=clock)
-    presence.on_status(_status(DeviceStatus.ONLINE, "aaaa0001"))
-    _send(outbox, 2)
-    clock.now = 1050.0
-    presence.on_status(_status(DeviceStatus.OFFLINE, "aaaa0001"))
-    _send(outbox, 3)
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "cccc0003", hub="hub-2")) == 3, \
-        "any hub's new session ends the suspicion"
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "bbbb0002")) is None, \
-        "nothing is suspect any more"
+    watch = HubWatch(prefix="p", silence_warn_s=10, clock=clock)
+    watch.link(True)
+    clock.now += 8
+    watch.link(False)
+    watch.link(True)
+    clock.now += 8
+    assert watch.silent_for() is None, "8 s since the reconnect, not 16"
 
 
-def test_sessions_seen_survive_a_restart_of_the_device(tmp_path: Path) -> None:
-    clock = _Clock()
-    outbox = _outbox(tmp_path / "o.db", clock)
-    HubPresence(outbox, margin_s=10, clock=clock).on_status(
-        _status(DeviceStatus.ONLINE, "aaaa0001"))
-    _send(outbox, 2)
-    outbox.close()
-
-    reopened = _outbox(tmp_path / "o.db", clock)
-    presence = HubPresence(reopened, margin_s=10, clock=clock)
-    presence.link_lost(clock.now)
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "aaaa0001")) is None
-    assert presence.on_status(_status(DeviceStatus.ONLINE, "bbbb0002")) == 2
-
-
-def test_bad_presence_payloads_are_refused_with_the_reason(tmp_path: Path) -> None:
-    clock = _Clock()
-    presence = HubPresence(_outbox(tmp_path / "o.db", clock), margin_s=10, clock=clock)
-    assert presence.on_payload("hub-1", b"") is None, "a cleared retained record"
+def test_bad_presence_payloads_are_refused_with_the_reason() -> None:
+    watch = HubWatch(prefix="p")
     with pytest.raises(MessageError, match="does not match"):
-        presence.on_payload("hub-2", encode(_status(DeviceStatus.ONLINE, "aaaa0001")))
-    with pytest.raises(MessageError):
-        presence.on_payload("hub-1", b'{"v":1,"device_id":"hub-1","state":"online",'
-                                     b'"session":"not hex","at":1.0}')
+        watch.on_payload("hub-2", _record(DeviceStatus.ONLINE))
+    with pytest.raises(MessageError, match="session"):
+        watch.on_payload("hub-1", b'{"v":2,"device_id":"hub-1","state":"online",'
+                                  b'"session":"not hex","at":1.0}')
+    assert watch.online == {}
+
+
+@pytest.mark.integration
+def test_an_agent_under_a_prefix_no_hub_uses_says_so_in_its_status(
+    broker: Broker, collector: Collector, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A hub is online under the default prefix; the agent was given another one.
+    hub_record = HubStatus(device_id="edgeloop-hub", state=DeviceStatus.ONLINE,
+                           session="aaaa0001", at=1.0)
+    collector.client.publish(Topics().hub_status("edgeloop-hub"), encode(hub_record), qos=1,
+                             retain=True).wait_for_publish(10)
+    state = tmp_path / "state"
+    config = agent_config(broker, state, "lost-1", None,
+                          mqtt={"topic_prefix": "edgeloop/v9"},
+                          outbox={"hub_silence_warn_s": 0.5}, heartbeat={"interval_s": 0.2})
+    agent = Agent(config, source=ScriptedSource(40, rate_hz=50.0))
+    agent.start()
+    try:
+        wait_until(lambda: agent.status()["hub"]["warning"], 20, "the no-hub warning")
+        wait_until(lambda: agent.status()["outbox_delivered"] > 0, 20,
+                   "messages taken by the broker")
+        assert agent.status()["outbox_depth"] > 0, "kept: no hub acknowledged them"
+        assert collector.device("lost-1").readings() == 0
+    finally:
+        agent.stop(timeout=1)
+    toml = tmp_path / "agent.toml"
+    toml.write_text(f'device_id = "lost-1"\nstate_dir = "{state}"\n')
+    capsys.readouterr()
+    assert agent_cli(["status", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    hub_line = next(ln for ln in out.splitlines() if ln.startswith("hub"))
+    assert "WARNING: no hub heard under prefix 'edgeloop/v9'" in hub_line, out
+    assert "waiting for the hub's acknowledgement" in out
