@@ -1,17 +1,22 @@
 """Nothing is lost when the network breaks: a device cut off; the broker restarted, with or
-without its saved state, while the hub is away.
+without its saved state, while the hub is away; the broker and the hub started only after the
+agents; an agent whose state is wiped mid-run.
 
 Real mosquitto, real ``cloud-hub serve``, real agents (some behind a chaos proxy). At the end
-every reading each source produced must be stored at the hub exactly once.
+every reading each source produced must be stored at the hub exactly once. What makes it so is
+end-to-end delivery: an agent keeps a message until the hub's acknowledgement covers it, not
+just until the broker's PUBACK, and sends again what an acknowledgement shows missing.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,7 +91,7 @@ def _assert_everything_stored_once(hub: HubClient, fleet: Fleet) -> None:
     assert not lost, f"readings generated but not stored, per device: {lost}"
     generated = fleet.samples_generated()
     for device_id, n in generated.items():
-        ts = np.asarray(hub.get("/telemetry", device_id=device_id)["ts"])
+        ts = np.asarray(hub.get_telemetry(device_id)["ts"])
         assert len(ts) == n and np.all(np.diff(ts) > 0)
     assert all(s["drops"] == 0 for s in fleet.statuses().values())
 
@@ -125,7 +130,7 @@ def direct_fleet(broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
 
 def test_broker_restart_loses_nothing(broker: Broker, hub: HubClient, direct_fleet: Fleet) -> None:
     # The hub's session and subscriptions must survive the restart (mosquitto 2.0.11 restores
-    # plain subscriptions from persistence, not $share ones): what the agents resend before the
+    # plain subscriptions from persistence, not $share ones): what the agents send before the
     # hub is back is queued for it, not acknowledged and delivered to nobody.
     agents = direct_fleet
     wait_for(lambda: all(_stored(hub).get(d, 0) > 20 for d in agents.devices), 30,
@@ -145,11 +150,92 @@ def test_broker_restart_loses_nothing(broker: Broker, hub: HubClient, direct_fle
     _assert_everything_stored_once(hub, agents)
 
 
+def _summary(hub: HubClient) -> dict[str, dict[str, Any]]:
+    return {r["device_id"]: r for r in hub.get_all("/telemetry/summary")}
+
+
+def _fleet(broker: Broker, root: Path, n: int = 3, **outbox: float) -> Fleet:
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=root, trust_keys={},
+              overrides={"outbox": dict(outbox)} if outbox else {})
+    for i in range(n):
+        f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0))
+    return f
+
+
+def _taken_by_a_broker_nobody_listens_to(agents: Fleet) -> None:
+    """Agents (re)connect to a broker where no hub is subscribed, and send: every PUBACK is
+    real, and every message goes nowhere."""
+    wait_for(lambda: all(s["connected"] for s in agents.statuses().values()), 60,
+             "agents connecting to the broker")
+    sent = {d: s["readings_sent"] for d, s in agents.statuses().items()}
+    wait_for(lambda: all(s["readings_sent"] > sent[d] + 20
+                         for d, s in agents.statuses().items()), 30,
+             "readings acknowledged by the broker while no hub was subscribed")
+
+
+# -- issue 11, defect 1: the agents start first, then the broker, then the hub -----------------
+
+
+def test_agents_started_before_the_broker_and_the_hubs_first_start_lose_nothing(
+    broker: Broker, tmp_path: Path
+) -> None:
+    broker.stop()
+    agents = _fleet(broker, tmp_path / "agents", n=2)
+    agents.start()
+    process: HubProcess | None = None
+    client: HubClient | None = None
+    try:
+        wait_for(lambda: all(s["outbox_depth"] >= 2 for s in agents.statuses().values()), 30,
+                 "agents buffering while there is no broker")
+        broker.start()
+        _taken_by_a_broker_nobody_listens_to(agents)
+        process = HubProcess(tmp_path / "new-hub", mqtt_port=broker.port).start(timeout=120)
+        client = HubClient(process.url, process.admin_api_key)
+        _assert_everything_stored_once(client, agents)
+        summary = _summary(client)
+        for device_id in agents.devices:
+            row = summary[device_id]
+            assert (row["seq_first"], row["missing_batches"], row["epochs"]) == (0, 0, 1), row
+        assert all(s["resent"] > 0 for s in agents.statuses().values()), \
+            "what the broker took for nobody was sent again"
+    finally:
+        agents.stop()
+        if client is not None:
+            client.close()
+        if process is not None:
+            process.stop()
+
+
+# -- issue 10: an agent that loses its state starts a new stream epoch -------------------------
+
+
+def test_an_agent_whose_state_is_wiped_mid_run_loses_nothing_it_sends_after(
+    broker: Broker, hub: HubClient, tmp_path: Path
+) -> None:
+    agents = _fleet(broker, tmp_path / "agents", n=1)
+    [device_id] = agents.devices
+    agents.start()
+    try:
+        wait_for(lambda: _stored(hub).get(device_id, 0) > 20, 30, "first telemetry")
+        agents.stop()  # flushed: the hub acknowledged everything
+        before = _stored(hub)[device_id]
+        assert before == agents.samples_generated()[device_id]
+        shutil.rmtree(agents.devices[device_id].agent.config.state_dir)  # seq starts at 0 again
+        agents.restart(device_id)
+        wait_for(lambda: _stored(hub).get(device_id, 0) > before + 20, 30,
+                 "telemetry of the new epoch stored, not taken for duplicates")
+        _assert_everything_stored_once(hub, agents)
+    finally:
+        agents.stop()
+    row = _summary(hub)[device_id]
+    assert (row["epochs"], row["missing_batches"], row["seq_first"]) == (2, 0, 0), row
+
+
 # -- the broker loses its state while the hub is away ------------------------------------------
 # A broker that comes back without its saved state (a crash between two saves, a fail-over to
 # a fresh broker) has no session for the hub: it acknowledges what the agents send before the
-# hub has subscribed again and delivers it to nobody. The hub's new session makes every agent
-# send again what was acknowledged since its outage began.
+# hub has subscribed again and delivers it to nobody. The hub's acknowledgements, once it is
+# back, show the agents what is missing, and they send it again.
 
 
 def _restart_without_state(broker: Broker) -> None:
@@ -179,24 +265,6 @@ def hub_client(hub_process: HubProcess) -> Iterator[HubClient]:
         client.close()
 
 
-def _fleet(broker: Broker, root: Path, **outbox: float) -> Fleet:
-    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=root, trust_keys={},
-              overrides={"outbox": dict(outbox)} if outbox else {})
-    for i in range(3):
-        f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0))
-    return f
-
-
-def _acknowledged_with_no_hub(agents: Fleet) -> None:
-    """Agents reconnect to a broker that lost its state and send, while no hub listens."""
-    wait_for(lambda: all(s["connected"] for s in agents.statuses().values()), 60,
-             "agents reconnecting to the broker")
-    sent = {d: s["readings_sent"] for d, s in agents.statuses().items()}
-    wait_for(lambda: all(s["readings_sent"] > sent[d] + 20
-                         for d, s in agents.statuses().items()), 30,
-             "readings acknowledged by the broker while no hub was subscribed")
-
-
 def _stopped_hub_then_broker_without_state(
     broker: Broker, process: HubProcess, hub: HubClient, agents: Fleet
 ) -> None:
@@ -204,29 +272,28 @@ def _stopped_hub_then_broker_without_state(
              "first telemetry")
     process.stop()  # the hub announces it is offline
     _restart_without_state(broker)
-    _acknowledged_with_no_hub(agents)
+    _taken_by_a_broker_nobody_listens_to(agents)
     process.start(timeout=120)
 
 
-def test_hub_back_after_the_broker_lost_its_state_is_sent_everything_again(
+def test_broker_restarted_without_its_state_while_the_hub_was_stopped_loses_nothing(
     broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
 ) -> None:
     agents = _fleet(broker, tmp_path / "agents")
     agents.start()
     try:
         _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)
-        wait_for(lambda: all(s["hub_resends"] >= 1 for s in agents.statuses().values()), 30,
-                 "every agent sending again for the hub's new session")
         _assert_everything_stored_once(hub_client, agents)
+        assert all(s["resent"] > 0 for s in agents.statuses().values())
     finally:
         agents.stop()
+    assert all(r["missing_batches"] == 0 for r in _summary(hub_client).values())
 
 
-def test_hub_slower_than_the_agents_after_the_broker_lost_its_state_gets_everything(
+def test_broker_restarted_without_its_state_while_the_hub_was_paused_loses_nothing(
     broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
 ) -> None:
-    # No offline record this time: the hub is paused, not stopped, so only the agents' own
-    # outage tells them that what the broker acknowledged from then on may have gone nowhere.
+    # No offline record this time: the hub is paused, not stopped.
     agents = _fleet(broker, tmp_path / "agents")
     agents.start()
     try:
@@ -235,24 +302,29 @@ def test_hub_slower_than_the_agents_after_the_broker_lost_its_state_gets_everyth
         assert hub_process.pid is not None
         os.kill(hub_process.pid, signal.SIGSTOP)
         _restart_without_state(broker)
-        _acknowledged_with_no_hub(agents)
+        _taken_by_a_broker_nobody_listens_to(agents)
         os.kill(hub_process.pid, signal.SIGCONT)
-        wait_for(lambda: all(s["hub_resends"] >= 1 for s in agents.statuses().values()), 60,
-                 "every agent sending again for the hub's new session")
         _assert_everything_stored_once(hub_client, agents)
     finally:
         agents.stop()
 
 
-def test_without_resending_the_same_outage_loses_readings(
+def test_without_acknowledgements_acted_on_the_same_outage_loses_readings(
     broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
 ) -> None:
-    # The control experiment: the scenario above really loses what it must recover.
-    agents = _fleet(broker, tmp_path / "agents", resend_window_s=0)
+    # The control experiment: agents that wait an hour before sending anything again lose, in
+    # the scenario above, what the other tests recover; so those tests prove the recovery.
+    agents = _fleet(broker, tmp_path / "agents", ack_timeout_s=3600.0)
     agents.start()
     try:
         _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)
+        mark = _stored(hub_client)
+        wait_for(lambda: all(_stored(hub_client).get(d, 0) > mark.get(d, 0) + 20
+                             for d in agents.devices), 30, "telemetry flowing again")
+        agents.stop(timeout=2.0)  # what is not acknowledged would stay in the outboxes
         lost = _lost_after_stop(hub_client, agents)
     finally:
         agents.stop()
     assert set(lost) == set(agents.devices) and all(n > 20 for n in lost.values()), lost
+    assert all(r["missing_batches"] > 0 for r in _summary(hub_client).values()), \
+        "the loss shows in the summary"
