@@ -239,7 +239,7 @@ class Agent:
             "dropped_readings": drops.telemetry_readings,
             "dropped_anomalies": drops.anomalies,
             "bad_readings": self.bad_readings + self.source.bad_readings,
-            "bad_messages": self.bad_messages,
+            "bad_messages": self.bad_messages + self.updater.refused,
             "outbox_refusals": self.outbox_refusals,
             "outbox_delivered": self.outbox.delivered(),
             "batches_stored": self.stored[Stream.TELEMETRY],

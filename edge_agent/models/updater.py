@@ -81,6 +81,7 @@ class ModelUpdater:
         self.state: ModelState | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # wall clock
+        self.refused = 0  # manifests and chunks refused (bad, forged, or not what was asked)
         self.last_report: ModelReport | None = None
         self._target: ModelRef | None = None
         self._manifest: Manifest | None = None
@@ -156,6 +157,7 @@ class ModelUpdater:
                 manifest = self.store.accept_manifest(payload, name=target.name,
                                                       version=target.version)
             except StoreError as exc:
+                self.refused += 1
                 self._fail(str(exc))
                 return
             self._with_manifest(manifest)
@@ -186,6 +188,7 @@ class ModelUpdater:
         try:
             self.store.put_chunk(manifest, index, payload)
         except ChunkError as exc:
+            self.refused += 1
             tries = self._attempts.get(index, 0) + 1
             self._attempts[index] = tries
             if tries > self.settings.chunk_retries:

@@ -22,7 +22,7 @@ from edge_agent.telemetry import store
 from edge_agent.telemetry.accounting import Accounting, DropStats, OutboxError
 from edge_agent.telemetry.delivery import Delivery, streams
 from edge_agent.telemetry.store import OutboxEntry, Stream, transaction
-from shared.messages import Ack, with_floor
+from shared.messages import Ack, MessageError, with_floor
 
 __all__ = ["AckResult", "DropStats", "Outbox", "OutboxEntry", "OutboxError", "OutboxSnapshot",
            "Stream"]
@@ -145,6 +145,14 @@ class Outbox:
         now = self._clock()
         readings = resend = 0
         with self._lock, transaction(self._db):
+            for stream, mark in streams(ack):
+                assigned = store.next_seq(self._db, ack.device_id, stream) - 1
+                if mark.top > assigned:
+                    # No hub can have stored what was never sent: believing it would delete
+                    # messages nobody has. Refused before anything changes.
+                    raise MessageError(
+                        f"Ack: {stream.value} top {mark.top} is above the highest seq this "
+                        f"device has sent in epoch {self.epoch} ({assigned})")
             for stream, mark in streams(ack):
                 gone = store.delete_covered(self._db, ack.device_id, stream, mark.watermark)
                 self._accounting.removed(gone)

@@ -12,7 +12,7 @@ import pytest
 from edge_agent.comms.mqtt import LinkEvent, LinkSettings, MqttLink
 from edge_agent.telemetry.outbox import AckResult, Outbox, OutboxEntry, OutboxError, Stream
 from edge_agent.telemetry.sender import Sender
-from shared.messages import Ack, StreamAck
+from shared.messages import Ack, MessageError, StreamAck
 from simulator.broker import Broker
 from tests.edge_agent.support import Collector, wait_until
 
@@ -79,6 +79,21 @@ def test_a_wiped_outbox_starts_a_new_epoch_and_ignores_the_old_ones_acks(tmp_pat
     _deliver(second, 1)
     assert _ack(second, telemetry=5, epoch=first.epoch).stored[Stream.TELEMETRY] == 0
     assert second.depth() == 1
+
+
+def test_an_ack_claiming_more_than_the_device_ever_sent_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    for _ in range(3):
+        _add(outbox)
+    _deliver(outbox, 3)
+    with pytest.raises(MessageError, match="top 99 is above the highest seq this device has "
+                                           "sent"):
+        _ack(outbox, telemetry=99)
+    with pytest.raises(MessageError, match="anomalies top 0"):
+        _ack(outbox, telemetry=2, anomalies=0)
+    assert (outbox.depth(), outbox.delivered()) == (3, 3), "nothing deleted by a forged ack"
 
 
 def test_a_message_goes_out_with_the_lowest_seq_of_its_stream_still_held(
