@@ -207,7 +207,9 @@ class Hub:
         except KeyUnavailable as exc:
             return f"unavailable ({exc})"
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, announce: bool = True) -> None:
+        """Stop everything; ``announce=False`` leaves the hub's presence record alone (another
+        hub holds this client id now)."""
         if self.started_at is None:
             return
         self.started_at = None
@@ -218,7 +220,7 @@ class Hub:
         self.jobs.stop(timeout)
         self.ingest.stop(timeout)
         self.acks.stop(timeout)
-        self.mqtt.stop(timeout)
+        self.mqtt.stop(timeout, announce=announce)
         self.engine.dispose()
 
     def __enter__(self) -> Hub:

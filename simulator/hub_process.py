@@ -80,8 +80,15 @@ class HubProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 120.0) -> HubProcess:
-        """Start and wait until ``GET /api/v1/health`` says ok with MQTT connected."""
+    def start(self, timeout: float = 120.0, *, mqtt: bool = True) -> HubProcess:
+        """Start and wait until ``GET /api/v1/health`` answers: with MQTT connected (``status``
+        ok), or, with ``mqtt=False``, serving its API whatever the broker does (a hub whose
+        broker is down starts and says ``degraded``)."""
+        self.launch()
+        return self.wait_healthy(timeout, mqtt=mqtt)
+
+    def launch(self) -> HubProcess:
+        """Start the process and return at once."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self._env}
         with self.log_path.open("ab") as log_fh:
@@ -89,6 +96,10 @@ class HubProcess:
                 _hub_command(), env=env, stdout=log_fh, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        return self
+
+    def wait_healthy(self, timeout: float, *, mqtt: bool = True) -> HubProcess:
+        assert self._proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         with httpx.Client(timeout=2.0) as http:
@@ -99,7 +110,8 @@ class HubProcess:
                     )
                 try:
                     body = http.get(f"{self.url}/api/v1/health").json()
-                    if body.get("status") == "ok" and body.get("mqtt_connected"):
+                    if body.get("status") == "ok" and body.get("mqtt_connected") or (
+                            not mqtt and body.get("status") in ("ok", "degraded")):
                         log.info("hub healthy at %s", self.url)
                         return self
                     last = str(body)
@@ -110,6 +122,17 @@ class HubProcess:
         raise HubProcessError(
             f"hub at {self.url} not healthy within {timeout}s (last: {last}):\n{self.log_tail()}"
         )
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end by itself; its exit code (HubProcessError if it runs on)."""
+        assert self._proc is not None, "launch() first"
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise HubProcessError(f"cloud-hub serve still runs after {timeout}s:\n"
+                                  f"{self.log_tail()}") from None
+        self._proc = None
+        return code
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (as systemd would), wait, SIGKILL if it must; returns the exit code."""

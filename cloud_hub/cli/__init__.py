@@ -176,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run_serve(settings)
-        return 0
+        return run_serve(settings)
     from cloud_hub.cli.commands import COMMANDS
 
     client = HubClient(args.url, args.api_key)

@@ -5,23 +5,55 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 
-from cloud_hub.api.main import create_app
+from cloud_hub.cli.startup import (
+    ClaimWatch,
+    DataDirLock,
+    StartRefused,
+    bind_http,
+    check_client_id,
+)
 from cloud_hub.core.config import Settings
-from cloud_hub.service import Hub
+
+if TYPE_CHECKING:  # the hub's modules load only once the checks have passed (they are slow)
+    from cloud_hub.service import Hub
 
 __all__ = ["ReadsAtDebug", "ServerHandle", "run_serve", "serve_in_thread"]
 
 log = logging.getLogger(__name__)
 
 
-def run_serve(settings: Settings) -> None:
-    """Run until interrupted (SIGINT/SIGTERM stop uvicorn, then the hub)."""
+def run_serve(settings: Settings) -> int:
+    """Run until interrupted (SIGINT/SIGTERM stop uvicorn, then the hub); the exit status.
+
+    Everything local is claimed before anything connects (:mod:`cloud_hub.cli.startup`): a
+    second hub with the same settings stops here with the reason, and the running one is not
+    disturbed."""
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()
+        sock = bind_http(settings.http_host, settings.http_port)
+    except StartRefused as exc:
+        lock.release()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        check_client_id(settings)
+    except StartRefused as exc:
+        sock.close()
+        lock.release()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from cloud_hub.api.main import create_app
+    from cloud_hub.service import Hub
+
     hub = Hub(settings)
     hub.start()
     if hub.generated_admin_key:
@@ -31,11 +63,28 @@ def run_serve(settings: Settings) -> None:
                             log_level="info")
     logging.getLogger("uvicorn.access").addFilter(ReadsAtDebug())
     server = _GracefulServer(config)
+    lost: list[str] = []
+
+    def yield_session(reason: str) -> None:
+        lost.append(reason)
+        log.error("%s", reason)
+        server.should_exit = True
+
+    watch = ClaimWatch(settings, hub.mqtt, yield_session)
+    watch.start()
+    log.info("REST API on http://%s:%d", settings.http_host, sock.getsockname()[1])
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
-        hub.stop()
+        watch.stop()
+        hub.stop(announce=not lost)
+        sock.close()
+        lock.release()
         log.info("hub stopped")
+    if lost:
+        print(f"error: {lost[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 class ReadsAtDebug(logging.Filter):
@@ -90,6 +139,8 @@ class ServerHandle:
 def serve_in_thread(hub: Hub, *, host: str = "127.0.0.1", port: int = 0,
                     timeout: float = 10.0) -> ServerHandle:
     """Start ``hub`` (if not started) and serve its API on ``port`` (0 = a free one)."""
+    from cloud_hub.api.main import create_app
+
     if hub.started_at is None:
         hub.start(timeout)
     config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning",

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     mqtt_host: str = Field(default="127.0.0.1", description="the MQTT broker's host")
     mqtt_port: int = Field(default=1883, ge=1, le=65535, description="the MQTT broker's port")
     mqtt_client_id: str = Field(default="edgeloop-hub", pattern=r"^[A-Za-z0-9._-]{1,64}$",
-                                description="MQTT client id of ingest (the publisher adds -pub)")
+                                description="MQTT client id of the hub; one running hub per id")
     mqtt_keepalive: int = Field(default=30, ge=5, description="MQTT keep-alive in seconds")
     # Empty: one hub, plain subscriptions in a persistent session, which mosquitto 2.0 restores
     # after a broker restart. A group name (e.g. "hub"): several hub processes split the load

@@ -31,6 +31,11 @@ __all__ = ["HubConnection", "PublishError"]
 
 log = logging.getLogger(__name__)
 _SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
+# mosquitto 2.0 closes a taken-over connection without that reason code. Two connections in a
+# row that the broker closes this soon after accepting them are the pattern of two clients with
+# one client id taking the session from each other (the agent's link uses the same rule).
+_SHORT_LIVED_S = 10.0
+_SHORT_IN_A_ROW = 2
 
 
 class PublishError(RuntimeError):
@@ -55,6 +60,8 @@ class HubConnection:
         self.subscribe_refusals = 0
         self.takeovers = 0  # times another client connected with our client id
         self.last_error: str | None = None
+        self._connected_at: float | None = None
+        self._short_lived = 0
         self._connected = threading.Event()
         self._ready = threading.Event()  # connected and every subscription granted
         self._stopping = threading.Event()
@@ -95,13 +102,14 @@ class HubConnection:
         """Wait until connected with every subscription granted."""
         return self._ready.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, announce: bool = True) -> None:
         """Announce the hub offline (retained: a clean disconnect does not send the will), then
-        disconnect."""
+        disconnect. ``announce=False``: leave the presence record alone (it belongs to another
+        hub with this client id now)."""
         self._stopping.set()
         if not self._started:
             return
-        if self.connected:
+        if self.connected and announce:
             info = self._client.publish(self.presence.topic,
                                         self.presence.record(DeviceStatus.OFFLINE), qos=1,
                                         retain=True)
@@ -170,6 +178,7 @@ class HubConnection:
             self._note(f"broker refused the connection: {rc}")
             return
         self._connected.set()
+        self._connected_at = time.monotonic()
         if self.subscriptions:
             _rc, self._subscribe_mid = client.subscribe(self.subscriptions)
         else:  # a publishing-only connection (e.g. a bench): nothing to announce
@@ -195,13 +204,16 @@ class HubConnection:
             self.births += 1
         self._ready.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
         self._ready.clear()
         self.presence.withdrawn()
+        held = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
         if self._stopping.is_set():
             return
-        if getattr(rc, "value", None) == _SESSION_TAKEN_OVER:
+        if self._taken_over(rc, held, bool(getattr(flags, "is_disconnect_packet_from_server",
+                                                   False))):
             with self._lock:
                 self.takeovers += 1
             self._note(f"another client connected with this hub's client id {self.client_id!r} "
@@ -209,6 +221,15 @@ class HubConnection:
                        "(EDGELOOP_MQTT_CLIENT_ID)", error=True)
         else:
             self._note(f"disconnected from the broker ({rc}); reconnecting")
+
+    def _taken_over(self, rc: Any, held: float | None, from_broker: bool) -> bool:
+        if getattr(rc, "value", None) == _SESSION_TAKEN_OVER:
+            return True
+        if held is None or held >= _SHORT_LIVED_S or from_broker:
+            self._short_lived = 0
+            return False
+        self._short_lived += 1
+        return self._short_lived >= _SHORT_IN_A_ROW
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         self._note(f"cannot reach the MQTT broker at {self.host}:{self.port}; retrying with "
