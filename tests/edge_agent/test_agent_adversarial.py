@@ -1,7 +1,8 @@
 """Hostile payloads on every stream the agent reads (issue 10): desired, its acknowledgements,
-hub status, model manifests and chunks. Oversized, malformed, NaN/infinite, huge-integer,
-unknown-version and wrong-topic payloads are each refused and counted; the agent keeps running,
-keeps its model, keeps streaming, and an acknowledgement never deletes what it did not store.
+hub status, trust lists, model manifests and chunks. Oversized, malformed, NaN/infinite,
+huge-integer, unknown-version and wrong-topic payloads are each refused and counted; the agent
+keeps running, keeps its model and its trusted keys, keeps streaming, and an acknowledgement
+never deletes what the hub did not store.
 
 A real mosquitto and a real agent; the payloads are published as anyone on the broker could.
 """
@@ -93,6 +94,20 @@ def _hub_status_cases() -> list[tuple[str, bytes]]:
     ]
 
 
+def _trust_cases() -> list[tuple[int, str, bytes]]:
+    """(topic version, case, payload): none of them may ever change the keys trusted."""
+    good = {"v": 1, "version": 5, "created_at": 1.0,
+            "keys": {"0123456789abcdef": {"public_key": "AAAA"}}}
+    return [
+        (5, "oversized", b'{"pad":"' + b"x" * (64 * 1024) + b'"}'),
+        (5, "malformed", b"{not json"),
+        (5, "NaN", json.dumps({**good, "created_at": float("nan")}).encode()),
+        (5, "huge integer", _json(**{**good, "version": HUGE})),
+        (5, "unknown version", _json(**{**good, "v": 99})),
+        (6, "another version's list", _json(**good)),
+    ]
+
+
 def _publish(hub: HubStandIn, topic: str, payload: bytes, retain: bool = False) -> None:
     hub.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
@@ -139,7 +154,19 @@ def test_hostile_payloads_on_every_stream_are_refused_counted_and_change_nothing
                 wait_until(lambda n=expected: agent.status()["bad_messages"] >= n, 10,
                            f"{topic}: {case} refused and counted")
                 assert agent.status()["bad_messages"] == expected, f"{topic}: {case}"
+        # -- trust lists: refused and counted by the key ring, the pinned key still trusted ----
+        keys = agent.status()["trusted_keys"]
+        for n, (version, case, payload) in enumerate(_trust_cases(), start=1):
+            _publish(hub, TOPICS.trust(version), payload)
+            wait_until(lambda n=n: agent.status()["trust_refused"] >= n, 10,
+                       f"trust list {case} refused and counted")
+            assert agent.status()["trust_refused"] == n, f"trust list {case}"
+        _publish(hub, "edgeloop/v1/trust/latest", b"{}")
+        expected += 1
+        wait_until(lambda: agent.status()["bad_messages"] >= expected, 10,
+                   "a trust topic without a version refused and counted")
         status = agent.status()
+        assert (status["trusted_keys"], status["trust_version"]) == (keys, 0)
         assert status["active_model"]["version"] == 1 and status["model_state"] == "active"
         assert status["hub"]["hubs_online"] == ["hub-1"], "the good hub record still stands"
         stored = status["readings_stored"]
