@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return run_serve(settings)
+        return run_serve(settings, args.log_level)
     from cloud_hub.cli.commands import COMMANDS
 
     client = HubClient(args.url, args.api_key)

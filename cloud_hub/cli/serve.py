@@ -30,7 +30,7 @@ __all__ = ["ReadsAtDebug", "ServerHandle", "run_serve", "serve_in_thread"]
 log = logging.getLogger(__name__)
 
 
-def run_serve(settings: Settings) -> int:
+def run_serve(settings: Settings, log_level: str = "info") -> int:
     """Run until interrupted (SIGINT/SIGTERM stop uvicorn, then the hub); the exit status.
 
     Everything local is claimed before anything connects (:mod:`cloud_hub.cli.startup`): a
@@ -60,7 +60,7 @@ def run_serve(settings: Settings) -> int:
         print(f"generated admin API key (shown once, store it): {hub.generated_admin_key}",
               flush=True)
     config = uvicorn.Config(create_app(hub), host=settings.http_host, port=settings.http_port,
-                            log_level="info")
+                            log_level=log_level.lower())
     logging.getLogger("uvicorn.access").addFilter(ReadsAtDebug())
     server = _GracefulServer(config)
     lost: list[str] = []

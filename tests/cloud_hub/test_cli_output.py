@@ -123,3 +123,27 @@ def test_rollout_create_wait_follows_it_to_the_end(
     final = json.loads(out)
     assert final["status"] == "succeeded" and final["devices_updated"] == 3
     assert "3/3 devices" in err  # the progress bar's last state, on stderr
+
+
+def test_the_access_log_puts_successful_reads_at_debug() -> None:
+    import logging
+
+    from cloud_hub.cli.serve import ReadsAtDebug
+
+    def record(method: str, status: int) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                                 '%s - "%s %s HTTP/%s" %d',
+                                 ("127.0.0.1:5", method, "/api/v1/x", "1.1", status), None)
+
+    access = logging.getLogger("uvicorn.access")
+    before = access.level
+    try:
+        access.setLevel(logging.INFO)
+        quiet = ReadsAtDebug()
+        assert not quiet.filter(record("GET", 200))
+        assert quiet.filter(record("POST", 202)) and quiet.filter(record("GET", 404))
+        access.setLevel(logging.DEBUG)  # cloud-hub serve --log-level DEBUG
+        shown = record("GET", 200)
+        assert quiet.filter(shown) and shown.levelname == "DEBUG"
+    finally:
+        access.setLevel(before)
