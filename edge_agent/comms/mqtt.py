@@ -124,6 +124,10 @@ class MqttLink:
         self._conflict: str | None = None  # set while that keeps happening
         self._logged_error: str | None = None
         self._short_lived = 0
+        # False once a connect attempt failed since the last loss: a broker that is down or
+        # restarting, not another client taking the session (its reconnect succeeds at once).
+        self._clean_reconnect = True
+        self._attempt_failed = False
         self.last_connected_at: float | None = None  # time.monotonic() of the last CONNACK
         # Wall clock (comparable with when the outbox saw PUBACKs) of the last lost connection
         self.last_lost_at: float | None = None
@@ -267,6 +271,7 @@ class MqttLink:
                     clean_start=s.clean_start, properties=self._connect_properties(),
                 )
             except (OSError, ValueError) as exc:
+                self._attempt_failed = True
                 self._note_error(f"connect to {s.host}:{s.port} failed: {exc}")
                 self._stopping.wait(self.backoff.next_delay())
                 continue
@@ -297,7 +302,11 @@ class MqttLink:
         """Name a lost connection; recognise a session taken over by a client with our id."""
         code = getattr(reason, "value", None)
         cid = self.settings.client_id
-        if held_s is not None and held_s < _SHORT_LIVED_S and not from_broker:
+        # Closed by the broker without a reason soon after a reconnect that worked at once:
+        # not a keep-alive timeout, not a broker that was down in between.
+        closed_soon = (held_s is not None and held_s < _SHORT_LIVED_S and not from_broker
+                       and str(reason) == "Unspecified error" and self._clean_reconnect)
+        if closed_soon:
             self._short_lived += 1
         elif code != _SESSION_TAKEN_OVER:
             self._short_lived = 0
@@ -328,6 +337,7 @@ class MqttLink:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
+            self._attempt_failed = True
             self._note_error(f"broker refused the connection: {reason}")
             return
         with self._lock:
@@ -339,6 +349,7 @@ class MqttLink:
             client.publish(topic, _payload(payload), qos=1, retain=True)
         self.connections += 1
         self.last_connected_at = time.monotonic()
+        self._clean_reconnect, self._attempt_failed = not self._attempt_failed, False
         if self._conflict is None:
             log.info("mqtt %s: connected to %s:%d (session %s)", self.settings.client_id,
                      self.settings.host, self.settings.port,

@@ -14,6 +14,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.cli import main as agent_cli
+from edge_agent.comms.mqtt import LinkSettings, MqttLink
 from edge_agent.inference.runtime import quiet_runtime_stderr
 from shared.timefmt import iso_time
 from simulator.broker import Broker
@@ -54,6 +55,26 @@ def test_two_agents_with_one_device_id_name_the_takeover_once_and_status_shows_i
     assert TAKEOVER in conflict_line and "take-overs" in conflict_line
     error_line = next(ln for ln in out.splitlines() if ln.startswith("last error"))
     assert error_line.split()[2].endswith("Z"), error_line  # an ISO time, then the text
+
+
+@pytest.mark.integration
+def test_a_broker_restarting_twice_in_a_row_is_not_taken_for_a_takeover(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = MqttLink(LinkSettings(client_id="solo", port=broker.port, reconnect_initial_s=0.2,
+                                 reconnect_max_s=0.5))
+    link.start()
+    try:
+        wait_until(lambda: link.connected, 10, "connected")
+        for _ in range(2):  # each connection lost within seconds of being made
+            broker.kill()
+            wait_until(lambda: "failed" in (link.last_error or ""), 10, "a failed reconnect")
+            broker.start()
+            wait_until(lambda: link.connected, 10, "connected again")
+        assert link.takeovers == 0 and link.session_conflict is None
+        assert not [r for r in caplog.records if TAKEOVER in r.getMessage()]
+    finally:
+        link.stop()
 
 
 @pytest.mark.integration
