@@ -21,7 +21,7 @@ from tests.integration.support import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
 QUICK = '{"window": 8, "epochs": 2, "compare_modes": false}'
-LONG = '{"window": 8, "epochs": 5000, "patience": 0, "compare_modes": false}'
+LONG = '{"window": 8, "epochs": 1000, "patience": 0, "compare_modes": false}'
 
 
 def _csv(rows: int = 600) -> bytes:
