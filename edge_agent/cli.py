@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -130,14 +131,15 @@ def _init(args: argparse.Namespace) -> int:
         hub_url=args.hub, device_id=args.device, output=args.output, mqtt_host=args.mqtt_host,
         mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, state_dir=args.state_dir,
         csv=args.csv, channels=args.channels.split(",") if args.channels else None,
-        force=args.force)
+        force=args.force, api_key=args.api_key)
     try:
         path = write_config(options)
     except (InitError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path} for device {args.device} (the hub's signing key pinned); next: "
-          f"edge-agent check --config {path}")
+    how = "enrolled: its broker credential and" if args.api_key else "with"
+    print(f"wrote {path} for device {args.device} ({how} the hub's signing key pinned); "
+          f"next: edge-agent check --config {path}")
     return 0
 
 
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--topic-prefix", default="edgeloop/v1")
     i.add_argument("--state-dir", help="default: <output name>-state beside the file")
     i.add_argument("--force", action="store_true", help="replace an existing file")
+    i.add_argument("--api-key", default=os.environ.get("EDGELOOP_API_KEY"),
+                   help="an admin API key (env EDGELOOP_API_KEY): enroll the device (its own "
+                        "broker credential and CA); without: only pin the hub's signing key")
     for name, text in (("run", "run the agent until SIGTERM"),
                        ("check", "validate the config, trusted keys, source and model store"),
                        ("status", "show the local state without the network")):

@@ -4,6 +4,8 @@ hub's signing key pinned (a stand-in answers GET /api/v1/signing-key as the hub 
 from __future__ import annotations
 
 import json
+import re
+import stat
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +18,9 @@ from edge_agent.config import load_config
 from shared.signing import SigningKey, generate_signing_key
 from simulator.broker import free_port
 
+ADMIN_KEY = "admin-key-for-tests-0123456789"
+ENROLLED: list[dict[str, object]] = []
+
 
 @pytest.fixture
 def hub_key() -> SigningKey:
@@ -27,12 +32,36 @@ def hub_url(hub_key: SigningKey) -> Iterator[str]:
     body = json.dumps({"key_id": hub_key.key_id, "public_key": hub_key.public_b64()}).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-            found = self.path == "/api/v1/signing-key"
-            self.send_response(200 if found else 404)
+        def _answer(self, status: int, data: bytes) -> None:
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(body if found else b'{"detail": "Not Found"}')
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            found = self.path == "/api/v1/signing-key"
+            self._answer(200 if found else 404, body if found else b'{"detail": "Not Found"}')
+
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            """The hub's enrollment route, as its API documents it (a bundle per device)."""
+            match = re.fullmatch(r"/api/v1/devices/([^/]+)/enroll", self.path)
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if match is None or match.group(1) == "old-hub":
+                self._answer(404, b'{"detail": "Not Found"}')
+            elif self.headers.get("X-API-Key") != ADMIN_KEY:
+                self._answer(401, b'{"detail": "a valid X-API-Key header is required"}')
+            else:
+                ENROLLED.append(request)
+                source = request["source"]
+                toml = (f'device_id = "{match.group(1)}"\nstate_dir = "{request["state_dir"]}"\n'
+                        '[mqtt]\nhost = "127.0.0.1"\nport = 8883\ntls = true\n'
+                        'tls_ca_file = "ca.crt"\nusername = "u"\npassword = "secret-pw"\n'
+                        f'[trust.keys]\n{hub_key.key_id} = "{hub_key.public_b64()}"\n'
+                        f'[source]\ntype = "{source["type"]}"\n[source.options]\n'
+                        + "".join(f"{k} = {json.dumps(v)}\n"
+                                  for k, v in source["options"].items()))
+                self._answer(201, json.dumps({"device_id": match.group(1), "agent_toml": toml,
+                                              "ca_pem": "-----BEGIN CERTIFICATE-----\n"}).encode())
 
         def log_message(self, *args: object) -> None:
             pass
@@ -97,3 +126,33 @@ def test_init_refuses_what_would_not_work(
     assert main(["init", "--hub", gone, "--device", "pump-1", "--channels", "a",
                  "-o", str(out), "--force"]) == 2
     assert f"cannot reach the hub at {gone}" in capsys.readouterr().err
+
+
+def test_init_with_an_api_key_enrolls_the_device_and_writes_its_bundle(
+    hub_url: str, hub_key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pump-9" / "agent.toml"
+    assert main(["init", "--hub", hub_url, "--device", "pump-9", "--channels", "a,b",
+                 "--api-key", ADMIN_KEY, "-o", str(out)]) == 0
+    assert "enrolled" in capsys.readouterr().out
+    assert ENROLLED[-1] == {"state_dir": "agent-state",
+                            "source": {"type": "stdin", "options": {"channels": ["a", "b"]}}}
+    config = load_config(out)
+    assert (config.mqtt.tls, config.mqtt.username, config.mqtt.port) == (True, "u", 8883)
+    assert config.trust.keys == {hub_key.key_id: hub_key.public_b64()}
+    assert (out.parent / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600, "the file holds the broker password"
+
+
+def test_init_names_a_refused_key_and_a_hub_without_enrollment(
+    hub_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "agent.toml"
+    assert main(["init", "--hub", hub_url, "--device", "pump-9", "--channels", "a",
+                 "--api-key", "wrong-key-0123456789", "-o", str(out)]) == 2
+    assert (f"HTTP 401 from POST {hub_url}/api/v1/devices/pump-9/enroll: a valid X-API-Key "
+            "header is required") in capsys.readouterr().err
+    assert main(["init", "--hub", hub_url, "--device", "old-hub", "--channels", "a",
+                 "--api-key", ADMIN_KEY, "-o", str(out)]) == 2
+    assert "does not enroll devices" in capsys.readouterr().err
+    assert not out.exists()
