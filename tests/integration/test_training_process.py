@@ -1,6 +1,6 @@
 """Training runs in a child process of ``cloud-hub serve``: TensorFlow never loads into the hub,
-and a training child that dies (here: SIGKILL, as the OOM killer would) fails its job with the
-reason while the hub goes on ingesting."""
+a training child that dies (here: SIGKILL, as the OOM killer would) fails its job with the
+reason while the hub goes on ingesting, and a cancel stops the child."""
 
 from __future__ import annotations
 
@@ -81,6 +81,14 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
     job = wait_for(lambda: _finished(client, job_id), 60, "the killed job to end")
     assert job["status"] == "failed"
     assert "killed by SIGKILL" in str(job["error"]), job["error"]
+
+    job_id = _train(client, "child-ae", LONG)  # a cancel reaches the child's training loop
+    wait_for(lambda: client.get(f"/training-jobs/{job_id}")["progress"]["stage"] == "fitting",
+             300, "the third job to start fitting")
+    client.post(f"/training-jobs/{job_id}/cancel")
+    job = wait_for(lambda: _finished(client, job_id), 60, "the cancelled job to end")
+    assert job["status"] == "cancelled", job
+    wait_for(lambda: not _training_children(hub.pid), 30, "the training child to exit")
 
     assert hub.running
     device = publisher_client(broker.port, client_id="after-kill")
