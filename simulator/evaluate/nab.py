@@ -22,10 +22,10 @@ from simulator.evaluate.datasets import NabSeries, load_nab
 from simulator.evaluate.detector import DetectorConfig, Scores, fit_detector
 from simulator.evaluate.metrics import (
     NAB_PROFILES,
-    PROBATIONARY_FRACTION,
     NabCounts,
     nab_file_score,
     nab_normalised,
+    probationary_rows,
 )
 
 __all__ = ["NAB_PUBLISHED", "NabResult", "detections_from_flags", "evaluate_nab"]
@@ -95,7 +95,7 @@ class NabResult:
             "windows": sum(f.windows for f in self.files),
             "quantization": self.config.quantization.value,
             "detector": {**self.config.describe(), "cooldown": self.cooldown},
-            "protocol": f"train on the probationary period (first {PROBATIONARY_FRACTION:.0%} "
+            "protocol": "train on the probationary period (min(15% of rows, 750) "
             "of each file), score the rest with NAB's profiles",
             "published_standard": NAB_PUBLISHED,
             "seconds": round(self.seconds, 1),
@@ -141,7 +141,7 @@ def evaluate_nab(
 
 def _evaluate_series(s: NabSeries, config: DetectorConfig, cooldown: int) -> NabFileResult:
     values = s.values.reshape(-1, 1)
-    train_rows = max(int(PROBATIONARY_FRACTION * len(values)), config.window + 2)
+    train_rows = max(probationary_rows(len(values)), config.window + 2)
     detector = fit_detector(values[:train_rows], config)
     scores = detector.scores(values)
     flags = np.nan_to_num(scores.device, nan=-np.inf) > detector.threshold
