@@ -122,7 +122,8 @@ class Agent:
         self.link.subscribe(self.topics.ack(self.device_id), 1)
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
-        self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows)
+        self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows,
+                                 adaptation=cfg.adaptation)
         self.trust = open_keyring(cfg.trust.keys, state)
         self.store = ModelStore(state / "models", self.trust)
         self.updater = ModelUpdater(

@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from edge_agent.detect.adaptation import AdaptationSettings
 from shared.keys import SignatureError, key_id_of_raw, public_key_bytes
 from shared.topics import DEFAULT_PREFIX, TopicError, Topics, validate_device_id
 
 __all__ = [
+    "AdaptationSettings",
     "AgentConfig",
     "ConfigError",
     "DaemonSettings",
@@ -161,6 +163,7 @@ class AgentConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    adaptation: AdaptationSettings = msgspec.field(default_factory=AdaptationSettings)
     heartbeat: HeartbeatSettings = msgspec.field(default_factory=HeartbeatSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)

@@ -45,6 +45,8 @@ class FaultKind(StrEnum):
     STEP = "step"  # a sudden constant offset
     FREQUENCY = "frequency"  # the working cycle runs faster than it should
     MULTI = "multi"  # several channels move together in a way normal operation never does
+    # a bearing wearing out: vibration grows with a defect harmonic, its temperature creeps up
+    BEARING_WEAR = "bearing_wear"
 
 
 DEFAULT_DURATION_S: dict[FaultKind, float] = {
@@ -56,6 +58,7 @@ DEFAULT_DURATION_S: dict[FaultKind, float] = {
     FaultKind.STEP: 6.0,
     FaultKind.FREQUENCY: 8.0,
     FaultKind.MULTI: 6.0,
+    FaultKind.BEARING_WEAR: 60.0,
 }
 
 # Amplitude at severity 1, in units of the channel's normal spread.
@@ -66,6 +69,12 @@ _NOISE_SPREADS = 1.5
 _STEP_SPREADS = 3.0
 _MULTI_SPREADS = 2.0
 _FREQUENCY_GAIN = 0.6  # the cycle runs (1 + 0.6 × severity) times faster
+# Bearing wear grows linearly from nothing to severity over the interval. At full wear a vibration
+# channel gains 4 spreads, modulated ±60 % at the defect frequency; a temperature channel 3.
+_WEAR_VIBRATION_SPREADS = 4.0
+_WEAR_TEMPERATURE_SPREADS = 3.0
+_WEAR_DEFECT_HZ = 2.9  # outer-race defect frequency: no normal cycle runs this fast
+_WEAR_MODULATION = 0.6
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,15 @@ class FaultApplier:
         if f.kind is FaultKind.MULTI:
             sign = -1.0 if k % 2 == 0 else 1.0
             return np.full(ts.shape, sign * _MULTI_SPREADS * amp)
+        if f.kind is FaultKind.BEARING_WEAR:
+            wear = amp * (ts - f.start) / f.duration
+            name = self.channel_names[self.channels_of(f)[k]]
+            if "temp" in name:  # a temperature channel: heat, no vibration
+                return _WEAR_TEMPERATURE_SPREADS * wear
+            # vibration, and a current or speed reading too (motor current signature analysis
+            # finds bearing defect frequencies there)
+            defect = np.sin(2.0 * math.pi * _WEAR_DEFECT_HZ * (ts - f.start))
+            return _WEAR_VIBRATION_SPREADS * wear * (1.0 + _WEAR_MODULATION * defect)
         raise FaultError(f"fault kind {f.kind!r} has no value offset")
 
     def _apply_stuck(self, f: Fault, mask: npt.NDArray[np.bool_], out: Array) -> None:

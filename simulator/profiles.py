@@ -162,6 +162,7 @@ PROFILES: dict[str, DeviceProfile] = {
                 "step": ("current",),
                 "frequency": (),
                 "multi": ("flow", "pressure_out", "vibration"),
+                "bearing_wear": ("vibration", "temperature"),
             },
         ),
         DeviceProfile(
@@ -189,6 +190,7 @@ PROFILES: dict[str, DeviceProfile] = {
                 "step": ("current",),
                 "frequency": (),
                 "multi": ("vibration_rms", "vibration_peak", "bearing_temp"),
+                "bearing_wear": ("vibration_rms", "vibration_peak", "bearing_temp"),
             },
         ),
         DeviceProfile(
@@ -216,6 +218,7 @@ PROFILES: dict[str, DeviceProfile] = {
                 "step": ("return_temp",),
                 "frequency": (),
                 "multi": ("supply_temp", "compressor_current", "fan_speed"),
+                "bearing_wear": ("fan_speed",),  # the fan's bearing
             },
         ),
         DeviceProfile(
@@ -243,6 +246,7 @@ PROFILES: dict[str, DeviceProfile] = {
                 "step": ("latency",),
                 "frequency": (),
                 "multi": ("cpu", "latency", "requests"),
+                "bearing_wear": ("temperature",),  # a cooling fan's bearing: the box runs hotter
             },
         ),
     )

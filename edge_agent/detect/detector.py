@@ -3,7 +3,9 @@
 The detector holds the active model and, during a staged update, a shadow model scored on the
 same windows without raising anything. Both run in the caller's thread, so a swap always lands
 between two windows. A model that raises or returns non-finite numbers while active is taken
-out and reported through :meth:`Detector.take_failure` (the agent then rolls back).
+out and reported through :meth:`Detector.take_failure` (the agent then rolls back). With
+``adaptation`` settings enabled, the active model's normalization and threshold follow slow
+regime changes (:mod:`edge_agent.detect.adaptation`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.detect.adaptation import Adaptation, AdaptationSettings
 from edge_agent.sources.base import Reading
 from shared.manifest import Manifest
 from shared.messages import ModelRef
@@ -108,6 +111,7 @@ class _Slot:
     recent: deque[float] = field(default_factory=deque)
     in_episode: bool = False
     since_alert: int = 0
+    adaptation: Adaptation | None = None
 
 
 class Detector:
@@ -118,9 +122,11 @@ class Detector:
         realert_windows: int = 0,
         clock: Callable[[], float] = time.time,
         latency_samples: int = 2048,
+        adaptation: AdaptationSettings | None = None,
     ) -> None:
         self.channels = list(channels)
         self.realert_windows = realert_windows
+        self.adaptation_settings = adaptation
         self.windows_scored = 0
         self.anomalies = 0
         self._clock = clock
@@ -144,8 +150,18 @@ class Detector:
     def shadow(self) -> LoadedModel | None:
         return self._shadow.model if self._shadow else None
 
+    @property
+    def adaptation(self) -> Adaptation | None:
+        """The active model's adaptation state (None when off or no model is active)."""
+        return self._active.adaptation if self._active else None
+
     def activate(self, model: LoadedModel | None) -> None:
         self._active = _Slot(model) if model is not None else None
+        settings = self.adaptation_settings
+        if self._active is not None and model is not None and settings and settings.enabled:
+            self._active.adaptation = Adaptation(
+                settings, model.manifest.normalization, model.threshold
+            )
         if model is not None:
             self._ensure_capacity(model.manifest.input.window)
         self._latency_us.clear()
@@ -220,7 +236,10 @@ class Detector:
         m = slot.model
         window = m.manifest.input.window
         raw, ts = self._last(window)
-        x = normalize(raw[:, m.channel_index], m.manifest.normalization)
+        if slot.adaptation is not None:
+            x = slot.adaptation.normalize(raw[:, m.channel_index])
+        else:
+            x = normalize(raw[:, m.channel_index], m.manifest.normalization)
         started = time.perf_counter_ns()
         try:
             y = m.runtime.reconstruct(x)
@@ -251,7 +270,13 @@ class Detector:
         self.windows_scored += 1
         self._calibrate(slot, score)
         model = slot.model
-        if score <= model.threshold:
+        threshold = model.threshold
+        if slot.adaptation is not None:
+            threshold = slot.adaptation.threshold(model.threshold)
+            stride = model.manifest.input.stride
+            newest, _ = self._last(min(stride, self._count))
+            slot.adaptation.observe(score, score > threshold, newest[:, model.channel_index])
+        if score <= threshold:
             slot.in_episode = False
             return None
         realert = self.realert_windows or model.manifest.input.window
@@ -263,7 +288,7 @@ class Detector:
         self.anomalies += 1
         names = [self.channels[i] for i in model.channel_index]
         return Detection(
-            ts=span, score=score, threshold=model.threshold, model=model.ref,
+            ts=span, score=score, threshold=threshold, model=model.ref,
             channels=responsible_channels(x, y, names), detected_at=self._clock(),
         )
 

@@ -135,11 +135,11 @@ def _run(args: argparse.Namespace) -> int:
         summary = result.summary()
         plots = plot_skab(result, args.out / "skab", files=args.plots, train_rows=TRAIN_ROWS)
     else:
-        from simulator.evaluate.nab import DEFAULT_NAB_CONFIG, evaluate_nab
+        from simulator.evaluate.nab import DEFAULT_NAB_CONFIG, NabSetting, evaluate_nab
 
-        config = _config(args, DEFAULT_NAB_CONFIG)
+        setting = NabSetting(config=_config(args, DEFAULT_NAB_CONFIG), cooldown=args.cooldown)
         with _progress("NAB", args.json) as progress:
-            nab = evaluate_nab(args.data, config, cooldown=args.cooldown, progress=progress)
+            nab = evaluate_nab(args.data, setting, progress=progress)
         summary = nab.summary()
         plots = plot_nab(nab, args.out / "nab", files=args.plots)
     summary["plots"] = [str(p) for p in plots]

@@ -157,7 +157,7 @@ def nab_file_score(
     best: dict[int, float] = {}
     fp_score = 0.0
     fp = 0
-    for i in np.flatnonzero(flags):
+    for i in (int(k) for k in np.flatnonzero(flags)):
         if i < probation:
             continue
         inside = next((k for k, (left, right) in enumerate(scored) if left <= i <= right), None)

@@ -98,16 +98,17 @@ def _nab_file(plt: Any, r: NabFileResult, path: Path) -> None:
     hits = np.flatnonzero(r.detections)
     axes[0].scatter(hits, r.series.values[hits], color="red", s=18, zorder=3, label="detection")
     axes[0].legend(fontsize=7, loc="upper left")
-    axes[1].plot(x, r.scores.device, lw=0.8, label="score (int8 TFLite)")
-    axes[1].axhline(r.threshold, color="red", lw=0.8, label="threshold")
+    axes[1].plot(x, r.device.scores, lw=0.8, label="score (int8 TFLite, agent detector)")
+    axes[1].plot(x, r.device.thresholds, color="red", lw=0.8, label="threshold (adaptive)")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=7, loc="upper left")
     for ax in axes:
         _shade(ax, inside, x, "orange")
+        ax.axvline(r.probation, color="grey", lw=0.8, ls=":")
     s = r.summary()
     fig.suptitle(
         f"NAB {r.name}: {s['true_positives']}/{r.windows} windows hit, "
-        f"{s['false_positives']} false positives"
+        f"{s['false_positives']} false positives (dotted: end of the probationary period)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -6,6 +6,7 @@ Every score runs through int8 TFLite on the agent's runtime; models are tiny PCA
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,10 @@ from simulator.evaluate import main
 
 pytestmark = pytest.mark.hub
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+# ../shared/data beside the repository; EDGELOOP_DATA points elsewhere (e.g. from a worktree)
+DATA = Path(
+    os.environ.get("EDGELOOP_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
+)
 CHANNELS = ["Accelerometer1RMS", "Current", "Pressure", "Temperature"]
 
 

@@ -27,7 +27,7 @@ def _fault(kind: FaultKind, severity: float = 1.0, **kw: object) -> Fault:
 
 @pytest.mark.parametrize(
     "kind", [FaultKind.SPIKE, FaultKind.DRIFT, FaultKind.STUCK, FaultKind.NOISE, FaultKind.STEP,
-             FaultKind.MULTI]
+             FaultKind.MULTI, FaultKind.BEARING_WEAR]
 )
 def test_value_faults_change_only_their_interval_and_channels(kind: FaultKind) -> None:
     fault = _fault(kind)
@@ -52,6 +52,26 @@ def test_spike_amplitude_scales_with_severity() -> None:
         amplitudes.append(np.abs(faulty - clean)[fault.active(ts), c].max())
     assert amplitudes[0] == pytest.approx(6.0 * spread)
     assert amplitudes[1] == pytest.approx(2 * amplitudes[0])
+
+
+def test_bearing_wear_grows_with_the_defect_frequency_and_heats_the_bearing() -> None:
+    fault = Fault(kind=FaultKind.BEARING_WEAR, start=START + 5.0, duration=30.0)
+    ts, clean, faulty, _ = _pair(fault, n=400)
+    inside = fault.active(ts)
+    vib, temp = PUMP.channel_index("vibration"), PUMP.channel_index("temperature")
+    spread = reference_spread("pump")
+    delta = (faulty - clean)[inside]
+    first, last = delta[: len(delta) // 4], delta[-len(delta) // 4 :]
+    # grows: the last quarter moves the channels far more than the first
+    assert last[:, vib].mean() > 3 * first[:, vib].mean() > 0
+    assert last[:, temp].mean() > 3 * first[:, temp].mean() > 0
+    # at full wear: temperature about 3 spreads up, vibration 4 spreads ± 60 % at 2.9 Hz
+    assert delta[-1, temp] == pytest.approx(3.0 * spread[temp], rel=0.05)
+    vibration = last[:, vib] / spread[vib]
+    assert vibration.max() > 5.0 and vibration.min() < 3.0
+    spectrum = np.abs(np.fft.rfft(delta[:, vib] - np.linspace(0, delta[-1, vib], len(delta))))
+    freqs = np.fft.rfftfreq(len(delta), d=1.0 / RATE)
+    assert abs(freqs[1:][np.argmax(spectrum[1:])] - 2.9) < 0.1
 
 
 def test_drift_grows_over_the_interval() -> None:

@@ -1,0 +1,108 @@
+"""The agent's own detector, as an evaluation runs it: a trained model becomes what a device loads.
+
+:func:`device_model` wraps a fitted :class:`~simulator.evaluate.detector.Detector` in the
+manifest the hub would publish (unsigned: nothing here crosses a network) and loads it with the
+agent's loader, so windows, normalisation, scoring, smoothing, thresholds and adaptation all run
+through ``edge_agent.detect`` and the TFLite model through ``edge_agent.inference.runtime``.
+:func:`replay` pushes readings through an agent :class:`~edge_agent.detect.detector.Detector` one
+by one, as the daemon does, and returns the rows at which it raised events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.detect.detector import Detector as DeviceDetector
+from edge_agent.detect.detector import LoadedModel
+from edge_agent.models.loader import load_model
+from edge_agent.sources.base import Reading
+from shared.codec import sha256_hex, split
+from shared.manifest import (
+    ChunkTable,
+    InputSpec,
+    Manifest,
+    ParitySummary,
+)
+from simulator.evaluate.detector import Detector
+
+__all__ = ["Replay", "device_model", "replay"]
+
+_CHUNK = 64 * 1024
+_UNSIGNED_KEY_ID = "0" * 16  # the evaluation never signs: the model goes straight to the loader
+
+
+def device_model(
+    detector: Detector,
+    channels: list[str],
+    *,
+    name: str = "evaluate",
+    version: int = 1,
+    threshold: float | None = None,
+) -> LoadedModel:
+    """The fitted model as the agent would run it (its device-path threshold by default)."""
+    data = detector.tflite
+    chunks = split(data, _CHUNK)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created_at=time.time(),
+        quantization=detector.config.quantization,
+        size=len(data),
+        sha256=sha256_hex(data),
+        chunk_size=_CHUNK,
+        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        input=InputSpec(window=detector.config.window, channels=list(channels),
+                        layout="flat" if detector.layout == "flat" else "sequence"),
+        normalization=detector.normalization,
+        score=detector.score_spec,
+        threshold=detector.threshold if threshold is None else threshold,
+        parity=ParitySummary(decision_agreement=1.0, windows=0),
+        float_size=len(data),
+        key_id=_UNSIGNED_KEY_ID,
+    )
+    return load_model(manifest, data, channels=list(channels))
+
+
+@dataclass
+class Replay:
+    """What a detector did over a stream: event rows, and per row the score and threshold."""
+
+    events: list[int]
+    scores: npt.NDArray[np.float64]  # smoothed score of the window ending at each row (NaN: none)
+    thresholds: npt.NDArray[np.float64]  # the threshold that score met
+
+
+def replay(
+    detector: DeviceDetector,
+    timestamps: npt.NDArray[np.floating],
+    values: npt.NDArray[np.floating],
+    *,
+    on_row: Callable[[int], None] | None = None,
+) -> Replay:
+    """Push every row through ``detector`` in order, as the daemon does.
+
+    Scores and thresholds are read from the detector's adaptation (NaN where it has none).
+    ``on_row(i)`` runs before row ``i`` is pushed (to swap models between windows).
+    """
+    rows = np.asarray(values, dtype=np.float64)
+    rows = rows.reshape(len(rows), -1)
+    ts = np.asarray(timestamps, dtype=np.float64)
+    scores = np.full(len(rows), np.nan)
+    thresholds = np.full(len(rows), np.nan)
+    events = []
+    for i in range(len(rows)):
+        if on_row is not None:
+            on_row(i)
+        before = detector.windows_scored
+        if detector.push(Reading(float(ts[i]), tuple(float(v) for v in rows[i]))) is not None:
+            events.append(i)
+        adaptation = detector.adaptation
+        if adaptation is not None and detector.windows_scored > before:
+            scores[i] = adaptation.last_score
+            thresholds[i] = adaptation.last_threshold
+    return Replay(events=events, scores=scores, thresholds=thresholds)
