@@ -193,8 +193,6 @@ class Adaptation:
         self._anomalous_run = 0
         self._holdoff = 0
         self.windows_frozen = 0
-        self.last_score = math.nan  # the newest scored window's, with the threshold it met
-        self.last_threshold = math.nan
 
     def normalize(self, raw: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """A raw window (window × the model's channels) in the current normalization."""
@@ -208,19 +206,16 @@ class Adaptation:
     def threshold(self, model_threshold: float) -> float:
         """The threshold in force: the adaptive one, or the model's when that is off."""
         if self._threshold is None:
-            self.last_threshold = model_threshold
             return model_threshold
         if model_threshold != self._threshold.base:  # calibrated since: restart from it
             self._threshold = AdaptiveThreshold(model_threshold, self.settings)
-        self.last_threshold = self._threshold.value
-        return self.last_threshold
+        return self._threshold.value
 
     def observe(
         self, score: float, anomalous: bool, new_readings: npt.NDArray[np.floating]
     ) -> bool:
         """After a scored window: learn from it if the gate allows; True when it learned."""
         s = self.settings
-        self.last_score = score
         if anomalous:
             self._anomalous_run += 1
             self._holdoff = s.holdoff_windows

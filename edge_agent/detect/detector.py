@@ -129,6 +129,8 @@ class Detector:
         self.adaptation_settings = adaptation
         self.windows_scored = 0
         self.anomalies = 0
+        self.last_score = math.nan  # the active model's newest smoothed score ...
+        self.last_threshold = math.nan  # ... and the threshold it met
         self._clock = clock
         self._capacity = 1
         self._values = np.zeros((1, len(channels)), dtype=np.float32)
@@ -276,6 +278,7 @@ class Detector:
             stride = model.manifest.input.stride
             newest, _ = self._last(min(stride, self._count))
             slot.adaptation.observe(score, score > threshold, newest[:, model.channel_index])
+        self.last_score, self.last_threshold = score, threshold
         if score <= threshold:
             slot.in_episode = False
             return None

@@ -45,9 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="simulator evaluate",
         description="Score the edgeloop detector on SKAB or NAB, through int8 TFLite.",
     )
-    p.add_argument("--dataset", required=True, choices=["skab", "nab"])
     p.add_argument(
-        "--data", required=True, type=Path, help="benchmark folder (e.g. ../shared/data/skab)"
+        "--dataset",
+        required=True,
+        choices=["skab", "nab", "adaptation"],
+        help="adaptation: the simulator's own slow faults and a benign seasonal change",
+    )
+    p.add_argument(
+        "--data", type=Path, help="benchmark folder (e.g. ../shared/data/skab); skab and nab"
     )
     p.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder")
     p.add_argument(
@@ -78,11 +83,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cooldown", type=int, default=100, help="NAB: readings between detections")
     p.add_argument("--plots", type=int, default=4, help="per-file figures to draw (0: none)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="adaptation: run the scenario this many times faster (quick checks)",
+    )
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="first choose the settings by leave-one-file-out over a grid (slow), record it "
+        "in <out>/<dataset>-selection.json and evaluate the chosen setting",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.dataset != "adaptation" and args.data is None:
+        parser.error(f"--data is required with --dataset {args.dataset}")
     from simulator.evaluate.datasets import DatasetError
 
     try:
@@ -120,33 +140,58 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int, str], Non
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: these pull in TensorFlow, which ``simulator --help`` should not pay for.
+    from simulator.evaluate.choose import choose_nab, choose_skab, recorded_selection
     from simulator.evaluate.detector import DetectorConfig
     from simulator.evaluate.plots import plot_nab, plot_skab
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.dataset == "adaptation":
+        return _run_adaptation(args)
+    record_path = args.out / f"{args.dataset}-selection.json"
+    how = (
+        f"the defaults in simulator/evaluate/{args.dataset}.py, chosen by `simulator evaluate "
+        f"--dataset {args.dataset} --select` (leave one file out over a grid; its record, "
+        f"when present, is {record_path.name})"
+    )
+    selection: dict[str, Any]
     if args.dataset == "skab":
-        from simulator.evaluate.skab import TRAIN_ROWS, evaluate_skab
+        from simulator.evaluate.skab import TRAIN_ROWS, SkabSetting, evaluate_skab
 
-        config = _config(args, DetectorConfig())
+        skab_setting = SkabSetting(config=_config(args, DetectorConfig()))
         with _progress("SKAB", args.json) as progress:
+            if args.select:
+                skab_setting, selection = choose_skab(
+                    args.data, skab_setting, subsets=args.subset, progress=progress
+                )
+                _write_record(record_path, selection, skab_setting.describe())
+            else:
+                selection = recorded_selection(record_path, skab_setting, how)
             result = evaluate_skab(
-                args.data, config, subsets=args.subset, train_on=args.train_on, progress=progress
+                args.data, skab_setting, subsets=args.subset, train_on=args.train_on,
+                progress=progress,
             )
+        result = dataclasses.replace(result, selection=selection)
         summary = result.summary()
         plots = plot_skab(result, args.out / "skab", files=args.plots, train_rows=TRAIN_ROWS)
     else:
         from simulator.evaluate.nab import DEFAULT_NAB_CONFIG, NabSetting, evaluate_nab
 
-        setting = NabSetting(config=_config(args, DEFAULT_NAB_CONFIG), cooldown=args.cooldown)
+        nab_setting = NabSetting(config=_config(args, DEFAULT_NAB_CONFIG), cooldown=args.cooldown)
         with _progress("NAB", args.json) as progress:
-            nab = evaluate_nab(args.data, setting, progress=progress)
+            if args.select:
+                nab_setting, selection = choose_nab(args.data, nab_setting, progress=progress)
+                _write_record(record_path, selection, nab_setting.describe())
+            else:
+                selection = recorded_selection(record_path, nab_setting, how)
+            nab = evaluate_nab(args.data, nab_setting, progress=progress)
+        nab = dataclasses.replace(nab, selection=selection)
         summary = nab.summary()
         plots = plot_nab(nab, args.out / "nab", files=args.plots)
     summary["plots"] = [str(p) for p in plots]
     path = args.out / f"{args.dataset}.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    path.write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, default=_plain))
     elif args.dataset == "skab":
         _print_skab(summary)
     else:
@@ -154,6 +199,44 @@ def _run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"\nwrote {path} and {len(plots)} plot(s) under {args.out / args.dataset}")
     return 0
+
+
+def _run_adaptation(args: argparse.Namespace) -> int:
+    from simulator.evaluate.adaptation import evaluate_adaptation
+
+    with _progress("adaptation", args.json) as progress:
+        report = evaluate_adaptation(speed=args.speed, progress=progress)
+    path = args.out / "adaptation.json"
+    path.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2, default=_plain))
+        return 0
+    print(f"adaptation: {report['setup']['profile']} at {report['setup']['rate_hz']} Hz, "
+          f"{report['model']['quantization']} TFLite, agent detector")
+    print(f"\n{'scenario':<14} {'adaptation':>10} {'events':>7} {'false':>6} {'caught':>7} "
+          f"{'delay s':>8}")
+    for r in report["scenarios"]:
+        delay = r["detection_delay_s"][0] if r["detection_delay_s"] else None
+        shown = "-" if delay is None else f"{delay:.0f}"
+        caught = f"{r['faults_caught']}/{len(r['faults'])}"
+        print(f"{r['scenario']:<14} {r['adaptation']:>10} {r['events']:>7} "
+              f"{r['false_alarms']:>6} {caught:>7} {shown:>8}")
+    print(f"\nwrote {path}")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and enums in a report, as JSON."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "value"):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _write_record(path: Path, selection: dict[str, Any], setting: dict[str, Any]) -> None:
+    record = {**selection, "setting": json.loads(json.dumps(setting, default=_plain))}
+    path.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
 
 
 def _print_skab(s: dict[str, Any]) -> None:
@@ -168,10 +251,13 @@ def _print_skab(s: dict[str, Any]) -> None:
             f"{row['detector']:<34} {row['f1']:>6.3f} {row['far']:>7.2f} {row['mar']:>7.2f}{mark}"
         )
     print(
-        f"{'(same model, float Keras)':<34} {s['float_f1']:>6.3f} {s['float_far']:>7.2f} "
+        f"{'(same model, float32 TFLite)':<34} {s['float_f1']:>6.3f} {s['float_far']:>7.2f} "
         f"{s['float_mar']:>7.2f}"
     )
     print("(published rows: all 34 SKAB files; this run: the files under --data)")
+    if s.get("anomaly_free_far") is not None:
+        print(f"anomaly-free.csv, same protocol: FAR {s['anomaly_free_far']:.2f} %")
+    _print_selection(s.get("selection"))
     print(
         f"\n{'file':<14} {'rows':>5} {'F1':>6} {'FAR %':>7} {'MAR %':>7} "
         f"{'float F1':>9} {'agree':>6}"
@@ -188,6 +274,7 @@ def _print_nab(s: dict[str, Any]) -> None:
     print(f"\n{'profile':<15} {'score':>7} {'float':>7}")
     for name in ("standard", "reward_low_fp", "reward_low_fn"):
         print(f"{name:<15} {s[name]:>7.2f} {s['float'][name]:>7.2f}")
+    _print_selection(s.get("selection"))
     print(
         "\npublished standard-profile scores (all 58 NAB files): "
         + ", ".join(f"{k} {v}" for k, v in s["published_standard"].items())
@@ -198,3 +285,14 @@ def _print_nab(s: dict[str, Any]) -> None:
             f"{f['file']:<56} {f['windows']:>4} {f['true_positives']:>4} "
             f"{f['false_positives']:>4} {f['standard_raw']:>13.3f}"
         )
+
+
+def _print_selection(selection: dict[str, Any] | None) -> None:
+    if not selection:
+        return
+    record = selection.get("record", selection)
+    if not record or "cross_validated" not in record:
+        print(f"settings: {selection.get('how', '')}")
+        return
+    cv = ", ".join(f"{k} {v}" for k, v in record["cross_validated"].items())
+    print(f"settings chosen by leave-one-file-out: {record['chosen']}; held-out scores: {cv}")

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.detect.detector import Detector as DeviceDetector
-from edge_agent.detect.detector import LoadedModel
+from edge_agent.detect.detector import LoadedModel, Reconstructor
 from edge_agent.models.loader import load_model
 from edge_agent.sources.base import Reading
 from shared.codec import sha256_hex, split
@@ -30,10 +30,29 @@ from shared.manifest import (
 )
 from simulator.evaluate.detector import Detector
 
-__all__ = ["Replay", "device_model", "replay"]
+__all__ = ["MemoReconstructor", "Replay", "device_model", "replay"]
 
 _CHUNK = 64 * 1024
 _UNSIGNED_KEY_ID = "0" * 16  # the evaluation never signs: the model goes straight to the loader
+
+
+class MemoReconstructor:
+    """A model's runtime that remembers its outputs: the same window is run once.
+
+    Settings that change only what happens after the model (threshold, smoothing, hold-off) see
+    the same windows on every run; a grid over them then costs the interpreter only once.
+    """
+
+    def __init__(self, runtime: Reconstructor) -> None:
+        self.runtime = runtime
+        self._seen: dict[bytes, npt.NDArray[np.float32]] = {}
+
+    def reconstruct(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        key = np.ascontiguousarray(window, dtype=np.float32).tobytes()
+        out = self._seen.get(key)
+        if out is None:
+            out = self._seen[key] = self.runtime.reconstruct(window)
+        return out
 
 
 def device_model(
@@ -43,8 +62,12 @@ def device_model(
     name: str = "evaluate",
     version: int = 1,
     threshold: float | None = None,
+    runtime: Reconstructor | None = None,
 ) -> LoadedModel:
-    """The fitted model as the agent would run it (its device-path threshold by default)."""
+    """The fitted model as the agent would run it (its device-path threshold by default).
+
+    ``runtime`` replaces the interpreter the loader built (e.g. a :class:`MemoReconstructor`).
+    """
     data = detector.tflite
     chunks = split(data, _CHUNK)
     manifest = Manifest(
@@ -65,7 +88,10 @@ def device_model(
         float_size=len(data),
         key_id=_UNSIGNED_KEY_ID,
     )
-    return load_model(manifest, data, channels=list(channels))
+    loaded = load_model(manifest, data, channels=list(channels))
+    if runtime is not None:
+        loaded.runtime = runtime
+    return loaded
 
 
 @dataclass
@@ -86,7 +112,6 @@ def replay(
 ) -> Replay:
     """Push every row through ``detector`` in order, as the daemon does.
 
-    Scores and thresholds are read from the detector's adaptation (NaN where it has none).
     ``on_row(i)`` runs before row ``i`` is pushed (to swap models between windows).
     """
     rows = np.asarray(values, dtype=np.float64)
@@ -101,8 +126,7 @@ def replay(
         before = detector.windows_scored
         if detector.push(Reading(float(ts[i]), tuple(float(v) for v in rows[i]))) is not None:
             events.append(i)
-        adaptation = detector.adaptation
-        if adaptation is not None and detector.windows_scored > before:
-            scores[i] = adaptation.last_score
-            thresholds[i] = adaptation.last_threshold
+        if detector.windows_scored > before:
+            scores[i] = detector.last_score
+            thresholds[i] = detector.last_threshold
     return Replay(events=events, scores=scores, thresholds=thresholds)

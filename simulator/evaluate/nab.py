@@ -25,9 +25,10 @@ import numpy.typing as npt
 
 from edge_agent.detect.adaptation import AdaptationSettings
 from edge_agent.detect.detector import Detector as DeviceDetector
+from edge_agent.detect.detector import Reconstructor
 from shared.manifest import Quantization
 from simulator.evaluate.datasets import NabSeries, load_nab
-from simulator.evaluate.detector import DetectorConfig, fit_detector
+from simulator.evaluate.detector import Detector, DetectorConfig, fit_detector
 from simulator.evaluate.device import Replay, device_model, replay
 from simulator.evaluate.metrics import (
     NAB_PROFILES,
@@ -46,6 +47,9 @@ __all__ = [
     "detections_from_events",
     "detections_from_flags",
     "evaluate_nab",
+    "evaluate_series",
+    "fit_series_model",
+    "nab_scores",
 ]
 
 # Published standard-profile scores over all 58 NAB files (../shared/data/README.md).
@@ -56,14 +60,14 @@ NAB_PUBLISHED = {"ARTime": 74.9, "HTM": 70.5, "CAD OSE": 69.9, "random": 11.0}
 DEFAULT_NAB_CONFIG = DetectorConfig(
     family="pca", window=24, latent=4, smoothing=3, threshold_quantile=1.0, threshold_factor=1.5
 )
-# The device's adaptation: threshold = 1.2 × the 99th percentile of the scores of windows it
-# judged normal, each window weighing 0.3 % of that distribution (after a warm-up over the
+# The device's adaptation: threshold = 1.75 × the 95th percentile of the scores of windows it
+# judged normal, each window weighing 0.1 % of that distribution (after a warm-up over the
 # probationary period). Chosen by `simulator evaluate --dataset nab --select` (see `selection`).
 DEFAULT_NAB_ADAPTATION = AdaptationSettings(
     threshold=True,
-    threshold_quantile=0.99,
-    threshold_factor=1.2,
-    threshold_rate=0.003,
+    threshold_quantile=0.95,
+    threshold_factor=1.75,
+    threshold_rate=0.001,
     threshold_min=0.01,
     threshold_max=100.0,
     holdoff_windows=0,
@@ -211,35 +215,45 @@ def evaluate_nab(
     )
 
 
+def fit_series_model(
+    s: NabSeries, config: DetectorConfig, quantization: Quantization | None = None
+) -> Detector:
+    """The model of one series, trained on its probationary period."""
+    if quantization is not None:
+        config = dataclasses.replace(config, quantization=quantization)
+    return fit_detector(s.values.reshape(-1, 1)[: _train_rows(s, config)], config)
+
+
 def evaluate_series(
-    s: NabSeries, setting: NabSetting, *, float_reference: bool = True
+    s: NabSeries,
+    setting: NabSetting,
+    *,
+    float_reference: bool = True,
+    model: Detector | None = None,
+    runtime: Reconstructor | None = None,
 ) -> NabFileResult:
-    """Train on the probationary period, then stream the whole file through the device."""
+    """Train on the probationary period (or use ``model``), then stream the whole file through
+    the device; ``runtime`` replaces the model's interpreter (e.g. a memo of its outputs)."""
     config = setting.config
-    values = s.values.reshape(-1, 1)
-    probation = probationary_rows(len(values))
-    train_rows = max(probation, config.window + 2)
-    model = fit_detector(values[:train_rows], config)
+    rows = len(s.values)
+    model = model or fit_series_model(s, config)
     # The adaptive threshold warms up on the probationary windows (the protocol, not a tuning).
     adaptation = setting.adaptation
     if adaptation.threshold:
-        warmup = max(1, train_rows - config.window + 1)
+        warmup = max(1, _train_rows(s, config) - config.window + 1)
         adaptation = msgspec.structs.replace(adaptation, threshold_warmup_windows=warmup)
-    device = _stream(s, model, adaptation)
+    device = _stream(s, model, adaptation, runtime)
     if float_reference:
-        reference_model = fit_detector(
-            values[:train_rows], dataclasses.replace(config, quantization=Quantization.FLOAT32)
-        )
-        reference = _stream(s, reference_model, adaptation)
+        reference = _stream(s, fit_series_model(s, config, Quantization.FLOAT32), adaptation, None)
     else:
         reference = device
-    detections = detections_from_events(device.events, len(values), setting.cooldown)
-    float_detections = detections_from_events(reference.events, len(values), setting.cooldown)
+    detections = detections_from_events(device.events, rows, setting.cooldown)
+    float_detections = detections_from_events(reference.events, rows, setting.cooldown)
     return NabFileResult(
         name=s.name,
-        rows=len(values),
+        rows=rows,
         windows=len(s.windows),
-        probation=probation,
+        probation=probationary_rows(rows),
         counts={p.name: nab_file_score(s.timestamps, detections, s.windows, p)
                 for p in NAB_PROFILES},
         float_counts={p.name: nab_file_score(s.timestamps, float_detections, s.windows, p)
@@ -252,7 +266,13 @@ def evaluate_series(
     )
 
 
-def _stream(s: NabSeries, model: Any, adaptation: AdaptationSettings) -> Replay:
+def _train_rows(s: NabSeries, config: DetectorConfig) -> int:
+    return max(probationary_rows(len(s.values)), config.window + 2)
+
+
+def _stream(
+    s: NabSeries, model: Detector, adaptation: AdaptationSettings, runtime: Reconstructor | None
+) -> Replay:
     detector = DeviceDetector(["value"], realert_windows=_NO_REALERT, adaptation=adaptation)
-    detector.activate(device_model(model, ["value"]))
+    detector.activate(device_model(model, ["value"], runtime=runtime))
     return replay(detector, s.timestamps, s.values)

@@ -1,14 +1,16 @@
-"""On-device adaptation: it follows slow change, learns only from normal windows, at a bounded rate."""
+"""On-device adaptation: follows slow change, learns only from normal windows, at a bounded rate."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
 
-from edge_agent.config import ConfigError, config_from_dict
+from edge_agent.config import ConfigError, config_from_dict, load_config
 from edge_agent.detect.adaptation import (
     Adaptation,
     AdaptationSettings,
@@ -37,6 +39,8 @@ def test_adaptation_is_off_by_default_and_in_the_agent_config() -> None:
     assert config.adaptation == AdaptationSettings()
     on = config_from_dict({"device_id": "d", "adaptation": {"normalization": True, "rate": 0.01}})
     assert on.adaptation.enabled and on.adaptation.rate == 0.01
+    example = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
+    assert load_config(example).adaptation == AdaptationSettings()  # documents every default
 
 
 @pytest.mark.parametrize(
@@ -153,7 +157,9 @@ def _model(threshold: float) -> LoadedModel:
                       channels=CHANNELS)
 
 
-def _events(detector: Detector, n: int, offset: callable) -> list[int]:  # type: ignore[valid-type]
+def _events(
+    detector: Detector, n: int, offset: Callable[[int], tuple[float, float]]
+) -> list[int]:
     rows = []
     for i in range(n):
         a, b = signal_value(i)
