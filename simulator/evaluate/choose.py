@@ -31,6 +31,7 @@ __all__ = [
     "NAB_GRID",
     "SKAB_GRID",
     "SKAB_LIMITS",
+    "SkabRun",
     "choose_nab",
     "choose_skab",
     "nab_objective",
@@ -65,11 +66,13 @@ def _label(point: dict[str, float]) -> str:
 
 
 @dataclass(frozen=True)
-class _SkabRun:
+class SkabRun:
+    """One file's pointwise counts under one candidate."""
+
     counts: PointwiseCounts
 
 
-def skab_objective(results: list[_SkabRun], names: list[str]) -> float:
+def skab_objective(results: list[SkabRun], names: list[str]) -> float:
     """F1 of the labelled files if every limit holds; otherwise below every acceptable one."""
     labelled = [r.counts for r, n in zip(results, names, strict=True) if n != ANOMALY_FREE]
     pooled = sum(labelled, PointwiseCounts(0, 0, 0, 0))
@@ -84,15 +87,22 @@ def skab_objective(results: list[_SkabRun], names: list[str]) -> float:
 
 
 def choose_skab(
-    root: Path, base: SkabSetting, *, subsets: list[str] | None, progress: Progress | None
+    root: Path,
+    base: SkabSetting,
+    *,
+    subsets: list[str] | None,
+    progress: Progress | None,
+    grid: dict[str, list[float]] | None = None,
 ) -> tuple[SkabSetting, dict[str, Any]]:
-    """Leave one labelled file out over :data:`SKAB_GRID`; anomaly-free.csv counts FAR only."""
+    """Leave one labelled file out over ``grid`` (default :data:`SKAB_GRID`: ``rate`` and
+    ``threshold_factor``); anomaly-free.csv, when there, counts false alarms only."""
+    grid = grid or SKAB_GRID
     files = skab_files(root, subsets)
     free_path = root / f"{ANOMALY_FREE}.csv"
     if free_path.exists():
         files = [*files, load_skab_file(free_path, root)]
-    points = _grid(SKAB_GRID)
-    per_point: list[dict[str, _SkabRun]] = [{} for _ in points]
+    points = _grid(grid)
+    per_point: list[dict[str, SkabRun]] = [{} for _ in points]
     for i, f in enumerate(files):
         if progress:
             progress(i, len(files), f"select {f.name}")
@@ -105,7 +115,7 @@ def choose_skab(
             scaled = dataclasses.replace(models, threshold=models.threshold * factor)
             adaptation = _adaptation(base.adaptation, point["rate"])
             run = score_file(f, scaled, adaptation, runtime=None if point["rate"] else memo)
-            per_point[k][f.name] = _SkabRun(run.device)
+            per_point[k][f.name] = SkabRun(run.device)
     if progress:
         progress(len(files), len(files), "select done")
     candidates = [
@@ -126,7 +136,7 @@ def choose_skab(
         "setting on the other files is chosen and the held-out file is scored with it; the "
         "setting used is then chosen the same way on all files. Per-file models (first 400 "
         "rows) are fitted once; every candidate runs through the agent's detector, int8.",
-        "searched": SKAB_GRID,
+        "searched": grid,
         "fixed": {"model": base.config.describe()},
         "objective": f"pooled F1 of the labelled files, among settings with FAR <= "
         f"{SKAB_LIMITS['far']}, MAR <= {SKAB_LIMITS['mar']} and anomaly-free FAR <= "
@@ -151,7 +161,7 @@ def _counts_summary(c: PointwiseCounts) -> dict[str, float]:
     return {"f1": round(c.f1, 4), "far": round(c.far, 2), "mar": round(c.mar, 2)}
 
 
-def _skab_candidate_summary(c: Candidate[_SkabRun], labelled: list[str]) -> dict[str, Any]:
+def _skab_candidate_summary(c: Candidate[SkabRun], labelled: list[str]) -> dict[str, Any]:
     pooled = sum((c.per_file[n].counts for n in labelled), PointwiseCounts(0, 0, 0, 0))
     free = c.per_file.get(ANOMALY_FREE)
     return {
@@ -165,11 +175,17 @@ def nab_objective(results: list[NabFileResult], names: list[str]) -> float:
 
 
 def choose_nab(
-    root: Path, base: NabSetting, *, progress: Progress | None
+    root: Path,
+    base: NabSetting,
+    *,
+    progress: Progress | None,
+    grid: dict[str, list[float]] | None = None,
 ) -> tuple[NabSetting, dict[str, Any]]:
-    """Leave one file out over :data:`NAB_GRID` (NAB's standard profile)."""
+    """Leave one file out over ``grid`` (default :data:`NAB_GRID`, adaptive-threshold fields),
+    by NAB's standard profile."""
+    grid = grid or NAB_GRID
     series = load_nab(root)
-    points = _grid(NAB_GRID)
+    points = _grid(grid)
     settings = [
         NabSetting(
             config=base.config,
@@ -207,7 +223,7 @@ def choose_nab(
         "the held-out file is scored with it; the setting used is then chosen the same way "
         "on all files. Each file's model (trained on its probationary period) is fitted "
         "once; every candidate runs through the agent's detector, int8.",
-        "searched": NAB_GRID,
+        "searched": grid,
         "fixed": {"model": base.config.describe(), "cooldown": base.cooldown},
         "objective": "NAB standard score over the files",
         "chosen": points[candidates.index(chosen)],
@@ -229,20 +245,48 @@ def choose_nab(
     return chosen.setting, record
 
 
-def recorded_selection(path: Path, setting: Any, how: str) -> dict[str, Any]:
-    """The ``selection`` of a run with the default settings: how they were chosen, and the
-    record of that choice when ``path`` holds one for these settings."""
-    out: dict[str, Any] = {"how": how, "record": None}
+# What the last `--select` runs measured (int8, the files in ../shared/data), so that a run with
+# the defaults reports how they were chosen even where no selection record is at hand.
+RECORDED: dict[str, dict[str, Any]] = {
+    "skab": {
+        "files": "valve1 (16 labelled files) + anomaly-free.csv (false alarms only)",
+        "searched": SKAB_GRID,
+        "chosen": {"rate": 0.003, "threshold_factor": 2.0},
+        "fold_choices": "the chosen setting in 16 of 16 folds",
+        "cross_validated": {"f1": 0.8546, "far": 9.94, "mar": 18.97},
+    },
+    "nab": {
+        "files": "realAWSCloudwatch (17 files, 30 windows)",
+        "searched": NAB_GRID,
+        "chosen": {"threshold_factor": 1.75, "threshold_quantile": 0.95, "threshold_rate": 0.001},
+        "fold_choices": "the chosen setting in 13 of 17 folds; threshold_factor=1.5, "
+        "threshold_rate=0.003 in the other 4",
+        "cross_validated": {"standard": 67.86, "reward_low_fp": 61.08, "reward_low_fn": 71.9},
+    },
+}
+
+
+def recorded_selection(path: Path, setting: Any, dataset: str) -> dict[str, Any]:
+    """The ``selection`` of a run with the default settings: how they were chosen, what the
+    last selection measured, and its full record when ``path`` holds one for these settings."""
+    out: dict[str, Any] = {
+        "how": f"the defaults in simulator/evaluate/{dataset}.py, chosen by `simulator evaluate "
+        f"--dataset {dataset} --select` (leave one file out over a grid, "
+        "simulator/evaluate/choose.py)",
+        "recorded": RECORDED.get(dataset),
+        "record": None,
+    }
     if path.exists():
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             out["note"] = f"{path}: unreadable ({exc})"
             return out
-        out["record"] = record
-        out["record_path"] = str(path)
-        if record.get("setting") != _jsonable(setting.describe()):
-            out["note"] = f"{path} chose other settings than this run's"
+        if record.get("setting") == _jsonable(setting.describe()):
+            out["record"] = record
+            out["record_path"] = str(path)
+        else:
+            out["note"] = f"{path} chose other settings than this run's; not included"
     return out
 
 

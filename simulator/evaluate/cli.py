@@ -148,11 +148,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.dataset == "adaptation":
         return _run_adaptation(args)
     record_path = args.out / f"{args.dataset}-selection.json"
-    how = (
-        f"the defaults in simulator/evaluate/{args.dataset}.py, chosen by `simulator evaluate "
-        f"--dataset {args.dataset} --select` (leave one file out over a grid; its record, "
-        f"when present, is {record_path.name})"
-    )
     selection: dict[str, Any]
     if args.dataset == "skab":
         from simulator.evaluate.skab import TRAIN_ROWS, SkabSetting, evaluate_skab
@@ -165,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
                 )
                 _write_record(record_path, selection, skab_setting.describe())
             else:
-                selection = recorded_selection(record_path, skab_setting, how)
+                selection = recorded_selection(record_path, skab_setting, "skab")
             result = evaluate_skab(
                 args.data, skab_setting, subsets=args.subset, train_on=args.train_on,
                 progress=progress,
@@ -182,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
                 nab_setting, selection = choose_nab(args.data, nab_setting, progress=progress)
                 _write_record(record_path, selection, nab_setting.describe())
             else:
-                selection = recorded_selection(record_path, nab_setting, how)
+                selection = recorded_selection(record_path, nab_setting, "nab")
             nab = evaluate_nab(args.data, nab_setting, progress=progress)
         nab = dataclasses.replace(nab, selection=selection)
         summary = nab.summary()
@@ -290,8 +285,8 @@ def _print_nab(s: dict[str, Any]) -> None:
 def _print_selection(selection: dict[str, Any] | None) -> None:
     if not selection:
         return
-    record = selection.get("record", selection)
-    if not record or "cross_validated" not in record:
+    record = selection.get("record") or selection.get("recorded") or selection
+    if "cross_validated" not in record:
         print(f"settings: {selection.get('how', '')}")
         return
     cv = ", ".join(f"{k} {v}" for k, v in record["cross_validated"].items())

@@ -170,8 +170,9 @@ class NabResult:
             "detector": self.setting.describe(),
             "protocol": "NAB's rules: each file once, in order; the model is trained on the "
             "probationary period (min(15% of rows, 750), not scored) and the agent's detector, "
-            "with adaptation, learns online from the windows it judges normal; NAB's scorer "
-            "(sweeper.py) and normalisation",
+            "with adaptation, learns online from the windows it judges normal; a detection is "
+            f"a device event (one per episode), at most one per {self.setting.cooldown} rows; "
+            "NAB's scorer (sweeper.py) and normalisation",
             "selection": self.selection,
             "published_standard": NAB_PUBLISHED,
             "seconds": round(self.seconds, 1),

@@ -156,11 +156,13 @@ def test_skab_protocol_on_two_real_valve1_files(tmp_path: Path) -> None:
     )
     report = json.loads((out / "skab.json").read_text())
     assert report["files"] == 2
-    # Measured: F1 0.64, FAR 3.8 %, MAR 52 % on these two (0.855 / 9.9 / 19.0 over all 16).
+    # Measured: F1 0.64, FAR 3.8 %, MAR 51.6 % on these two (0.855 / 9.9 / 19.0 over all 16).
     assert report["f1"] > 0.5
     assert report["far"] < 15  # flagging everything would give FAR 100
     assert report["mar"] < 70
     assert all(f["decision_agreement"] > 0.9 for f in report["per_file"])
+    assert report["detector"]["adaptation"]["normalization"] is True
+    assert report["selection"]["recorded"]["chosen"] == {"rate": 0.003, "threshold_factor": 2.0}
 
 
 @pytest.mark.skipif(not (DATA / "nab").is_dir(), reason="../shared/data not present")
@@ -183,3 +185,9 @@ def test_nab_evaluation_on_two_real_files(tmp_path: Path) -> None:
         assert -200 < report[profile] <= 100
     assert report["windows"] == sum(len(w) for w in keep.values())
     assert len(list((out / "nab").glob("*.png"))) == 1
+    # the agent's detector with its adaptive threshold, settings chosen by a recorded procedure
+    assert report["detector"]["adaptation"]["threshold"] is True
+    assert report["selection"]["recorded"]["chosen"]["threshold_factor"] == (
+        report["detector"]["adaptation"]["threshold_factor"]
+    )
+    assert all(f["probationary_rows"] == 604 for f in report["per_file"])  # 15 % of 4,032
