@@ -12,10 +12,11 @@ the new normal:
   most ``rate × clip`` spreads per reading, whatever the data do; the spread and the threshold
   stay within fixed multiples of the model's own;
 - the threshold is ``threshold_factor`` × a high quantile of normal windows' scores, read from
-  a histogram of log scores in which each window weighs at most ``threshold_rate`` of the whole
-  (after a warm-up of ``threshold_warmup_windows`` equal weights, with the model's threshold in
-  force meanwhile), within ``threshold_min``..``threshold_max`` × the model's threshold. The
-  quantile rises only when that share of recent normal windows scored above it.
+  a histogram of log scores in which a window weighs ``threshold_rate`` of the whole once there
+  are more than 1/``threshold_rate`` of them (equal weights before), within
+  ``threshold_min``..``threshold_max`` × the model's threshold, which holds until
+  ``threshold_warmup_windows`` windows are learned. The quantile rises only when that share of
+  recent normal windows scored above it.
 
 A fault that grows faster than these rates is therefore caught and then frozen out; a regime
 change slower than them is followed. ``max_freeze_windows`` > 0 accepts a lasting change: after
@@ -35,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.manifest import Normalization
+from shared.scoring import normalize
 
 __all__ = [
     "Adaptation",
@@ -54,7 +56,7 @@ class AdaptationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     normalization: bool = False  # follow each channel's center (and spread) on normal windows
     threshold: bool = False  # factor × a high quantile of normal windows' scores
-    rate: Rate = 0.001  # weight of one reading in the center/spread averages
+    rate: Rate = 0.001  # weight of one reading in the running center
     clip: Annotated[float, msgspec.Meta(gt=0, le=100)] = 3.0  # spreads a reading counts at most
     # weight of one reading in the running spread (0: spread fixed); slower than the center's,
     # since a growing spread is what many faults (noise, wear) look like
@@ -118,10 +120,10 @@ class AdaptiveThreshold:
     """``factor`` × the ``quantile`` of normal windows' scores, from a decaying histogram.
 
     Scores are binned by log (``_BINS_PER_E`` bins per factor e, from e^-30 to e^15: any score
-    of a normalised window). Over the first ``threshold_warmup_windows`` normal windows every
-    window weighs the same and the model's threshold stays in force; after that a window
-    weighs ``threshold_rate`` of the whole (older ones fade), so a slowly rising score must fill
-    that share of the distribution before the quantile follows it.
+    of a normalised window). The n-th normal window weighs max(1/n, ``threshold_rate``) of the
+    whole (older ones fade once n passes 1/rate), so a slowly rising score must fill that share
+    of the distribution before the quantile follows it. The model's threshold stays in force
+    over the first ``threshold_warmup_windows`` windows.
     """
 
     def __init__(self, base: float, settings: AdaptationSettings) -> None:
@@ -198,10 +200,7 @@ class Adaptation:
         """A raw window (window × the model's channels) in the current normalization."""
         if self.normalization is not None:
             return self.normalization.normalize(raw)
-        base = self._base_normalization
-        center = np.asarray(base.center, dtype=np.float32)
-        scale = np.asarray(base.scale, dtype=np.float32)
-        return ((np.asarray(raw, dtype=np.float32) - center) / scale).astype(np.float32)
+        return normalize(raw, self._base_normalization)
 
     def threshold(self, model_threshold: float) -> float:
         """The threshold in force: the adaptive one, or the model's when that is off."""
