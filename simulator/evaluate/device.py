@@ -73,6 +73,7 @@ def device_model(
     manifest = Manifest(
         name=name,
         version=version,
+        release=version,
         created_at=time.time(),
         quantization=detector.config.quantization,
         size=len(data),
