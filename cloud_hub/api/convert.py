@@ -5,9 +5,15 @@ from __future__ import annotations
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from cloud_hub.api.schemas import DevicePublic, ModelDetail, ModelSummary, TrainingJobPublic
+from cloud_hub.api.schemas import (
+    DeviceConflictPublic,
+    DevicePublic,
+    ModelDetail,
+    ModelSummary,
+    TrainingJobPublic,
+)
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, TrainingJob
-from cloud_hub.db.tables import Device
+from cloud_hub.db.tables import Device, DeviceConflict
 
 __all__ = ["SUMMARY_COLUMNS", "device_public", "job_public", "model_detail", "model_summaries"]
 
@@ -16,7 +22,7 @@ def _ref(name: str | None, version: int | None) -> dict[str, object] | None:
     return None if name is None or version is None else {"name": name, "version": version}
 
 
-def device_public(d: Device) -> DevicePublic:
+def device_public(d: Device, conflict: DeviceConflict | None = None) -> DevicePublic:
     active = _ref(d.active_name, d.active_version)
     if active is not None and d.active_sha256:
         active["sha256"] = d.active_sha256
@@ -30,6 +36,9 @@ def device_public(d: Device) -> DevicePublic:
         telemetry_batches=d.telemetry_batches, anomalies=d.anomalies, heartbeat=d.heartbeat,
         in_sync=desired is None or (d.active_name, d.active_version) == (
             d.desired_name, d.desired_version),
+        conflict=None if conflict is None else DeviceConflictPublic(
+            kind=conflict.kind, detail=conflict.detail, epochs=list(conflict.epochs),
+            first_at=conflict.first_at, last_at=conflict.last_at, count=conflict.count),
     )
 
 

@@ -49,6 +49,18 @@ class DeviceUpdate(_Body):
     tags: list[str] | None = Field(default=None, max_length=32)
 
 
+class DeviceConflictPublic(BaseModel):
+    """A device id used by two sources, as ingest saw it."""
+
+    kind: str = Field(description="epochs: an older epoch sent after a newer one began; "
+                                  "seq: one seq arrived twice with different readings")
+    detail: str
+    epochs: list[str]
+    first_at: float
+    last_at: float
+    count: int = Field(description="ingest batches that showed it")
+
+
 class DevicePublic(BaseModel):
     device_id: str
     online: bool
@@ -67,6 +79,8 @@ class DevicePublic(BaseModel):
     anomalies: int
     heartbeat: dict[str, Any] | None
     in_sync: bool = Field(description="desired model equals the active model")
+    conflict: DeviceConflictPublic | None = Field(
+        default=None, description="set when two sources use this device id")
 
 
 class TelemetryPublic(BaseModel):

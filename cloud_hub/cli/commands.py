@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.model_view import model_line, model_lines
 from cloud_hub.cli.ops_commands import OPS_COMMANDS
-from cloud_hub.cli.render import console, emit
+from cloud_hub.cli.render import console, emit, fmt
 
 __all__ = ["COMMANDS"]
 
@@ -239,7 +239,8 @@ def devices(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
         emit(c.get_all("/devices", group=a.group, tag=a.tag), a.json, _DEVICE_COLS, "devices")
     elif a.action == "show":
-        emit(c.get(f"/devices/{a.device_id}"), a.json, title=a.device_id)
+        emit(_with_conflict_line(c.get(f"/devices/{a.device_id}"), a.json), a.json,
+             title=a.device_id)
     elif a.action == "tag":
         body: dict[str, Any] = {}
         if a.tags is not None:
@@ -252,6 +253,16 @@ def devices(a: argparse.Namespace, c: HubClient) -> int:
         emit(c.put(f"/devices/{a.device_id}/desired",
                    {"model": {"name": name, "version": version}}), a.json, title=a.device_id)
     return 0
+
+
+def _with_conflict_line(device: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """A device whose id two sources use says so in one line (JSON keeps the record)."""
+    conflict = device.get("conflict")
+    if as_json or not conflict:
+        return device
+    return {**device, "conflict": f"WARNING: {conflict['detail']} (seen {conflict['count']} "
+                                  f"times, {fmt(conflict['first_at'])} to "
+                                  f"{fmt(conflict['last_at'])})"}
 
 
 def keys(a: argparse.Namespace, c: HubClient) -> int:

@@ -4,7 +4,8 @@ Deduplication is by primary key (device_id, epoch, seq) per stream, inside the i
 (``INSERT … ON CONFLICT DO NOTHING RETURNING`` the keys stored, on SQLite and PostgreSQL alike):
 no SELECT before it, and two hub processes sharing a database can never store a message twice.
 The same transaction advances the delivery watermarks of every stream it touched
-(:mod:`cloud_hub.db.marks`), so an acknowledgement never covers a row that is not committed.
+(:mod:`cloud_hub.db.marks`), so an acknowledgement never covers a row that is not committed, and
+flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from cloud_hub.db.conflicts import epoch_conflicts, record_conflicts, seq_conflicts
 from cloud_hub.db.devices import ensure_devices
 from cloud_hub.db.marks import MarkKey, Stream, advance_marks
 from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
@@ -82,6 +84,7 @@ class StoreResult:
     committed_at: float
     # (device_id, epoch) of every telemetry or anomaly stream the batch touched (to acknowledge)
     touched: tuple[tuple[str, str], ...] = ()
+    conflicts: tuple[str, ...] = ()  # devices this batch showed used by two sources
 
 
 def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
@@ -212,6 +215,9 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     for device_id, _epoch, _seq in stored_a:
         devices(device_id).anomalies += 1
     marks = _marks_of(batch)
+    conflicts = epoch_conflicts(session, marks) + seq_conflicts(session, batch.telemetry,
+                                                                 stored_t)
+    record_conflicts(session, conflicts, now=received)
     advance_marks(session, marks, now=received)
     session.commit()
     return StoreResult(
@@ -219,6 +225,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         duplicates=len(batch.telemetry) - len(stored_t) + len(batch.anomalies) - len(stored_a),
         anomalies=len(stored_a), dead_letters=len(dead), committed_at=committed_at,
         touched=tuple(sorted({(k.device_id, k.epoch) for k in marks})),
+        conflicts=tuple(sorted({c.device_id for c in conflicts})),
     )
 
 

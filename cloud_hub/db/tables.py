@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
-__all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "StreamMark", "TelemetryBatchRow"]
+__all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "DeviceConflict", "StreamMark",
+           "TelemetryBatchRow"]
 
 EPOCH_LENGTH = 16
 
@@ -100,6 +101,22 @@ class StreamMark(SQLModel, table=True):
     top: int = Field(default=-1, sa_type=BigInteger)
     first_seen: float  # when this database first heard of the epoch: the newest is current
     updated_at: float
+
+
+class DeviceConflict(SQLModel, table=True):
+    """A device id that two sources use (see :mod:`cloud_hub.db.conflicts`): what was seen
+    (``kind``: ``epochs`` or ``seq``), the latest case in words, when first and last, how often.
+    A table of its own, so that a database made before it only gains a table."""
+
+    __tablename__ = "device_conflicts"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)
+    detail: str
+    epochs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    first_at: float
+    last_at: float
+    count: int = 0
 
 
 class DeadLetter(SQLModel, table=True):

@@ -91,6 +91,7 @@ class IngestStats:
     retained_cleared: int = 0
     commits: int = 0
     commit_errors: int = 0
+    device_conflicts: int = 0  # batches that showed a device id used by two sources
     last_commit_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,6 +119,7 @@ class MqttIngest:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.stats = IngestStats()
+        self._conflicts_named: set[str] = set()  # devices whose conflict was logged already
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
 
     @property
@@ -244,6 +246,13 @@ class MqttIngest:
             s.retained_cleared += cleared
             s.commits += 1
             s.last_commit_at = result.committed_at
+            s.device_conflicts += len(result.conflicts)
+        for device_id in result.conflicts:
+            if device_id not in self._conflicts_named:
+                self._conflicts_named.add(device_id)
+                log.warning("ingest: device id %s is used by two sources (two agents with one "
+                            "device_id, or copies of one state); see its conflict in "
+                            "GET /api/v1/devices/%s", device_id, device_id)
         if self._on_commit is not None:
             try:
                 self._on_commit(result)

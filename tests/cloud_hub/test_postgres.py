@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, func, select
 
+from cloud_hub.db.conflicts import conflicts_of
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.queries import read_telemetry
@@ -135,3 +136,19 @@ def test_two_writers_interleaving_leave_the_watermark_complete(pg_engine: Engine
     with Session(pg_engine) as session:
         [ack] = acks_for(session, [("pump-1", epoch)], at=0.0)
     assert (ack.telemetry.watermark, ack.telemetry.top) == (119, 119)
+
+
+def test_postgres_flags_a_device_id_used_by_two_sources(pg_engine: Engine) -> None:
+    def batch(seq: int, epoch: str, ts: float) -> TelemetryBatch:
+        return TelemetryBatch(device_id="pump-1", epoch=epoch, seq=seq, channels=["a"],
+                              ts=[ts], values=[[ts]])
+
+    a, b = "00000000000000aa", "00000000000000bb"
+    for telemetry in ([batch(0, a, 0.0)], [batch(0, b, 1.0)], [batch(1, a, 2.0)],
+                      [batch(1, a, 9.0)]):
+        with Session(pg_engine) as session:
+            store_batch(session, IngestBatch(telemetry=telemetry))
+    with Session(pg_engine) as session:
+        conflict = conflicts_of(session, ["pump-1"])["pump-1"]
+    assert (conflict.kind, conflict.count) == ("seq", 2), "epochs first, then a seq collision"
+    assert conflict.first_at <= conflict.last_at

@@ -10,6 +10,7 @@ from cloud_hub.api.convert import device_public
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import DesiredUpdate, DevicePublic, DeviceUpdate
+from cloud_hub.db.conflicts import conflicts_of
 from cloud_hub.db.queries import page_devices
 from cloud_hub.db.tables import Device
 from cloud_hub.keys.ring import KeyUnavailable
@@ -43,12 +44,18 @@ def devices(
     """Devices in id order, a page at a time (``cursor`` from ``X-Next-Cursor``)."""
     rows = paged(request, response, cursor, lambda after: page_devices(
         session, group=group, tag=tag, limit=limit, after=after))
-    return [device_public(d) for d in rows]
+    conflicts = conflicts_of(session, [d.device_id for d in rows])
+    return [device_public(d, conflicts.get(d.device_id)) for d in rows]
+
+
+def _public(session: SessionDep, device: Device) -> DevicePublic:
+    return device_public(device, conflicts_of(session, [device.device_id]).get(device.device_id))
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
 def device(device_id: str, session: SessionDep, _key: ReadKey) -> DevicePublic:
-    return device_public(_get(session, device_id))
+    """One device; ``conflict`` says when two sources use its id."""
+    return _public(session, _get(session, device_id))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
@@ -64,7 +71,7 @@ def update_device(
     session.add(device)
     session.commit()
     session.refresh(device)
-    return device_public(device)
+    return _public(session, device)
 
 
 @router.put("/{device_id}/desired", response_model=DevicePublic)
@@ -83,4 +90,4 @@ def put_desired(
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (PublishError, KeyUnavailable) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-    return device_public(_get(session, device_id))
+    return _public(session, _get(session, device_id))

@@ -1,0 +1,143 @@
+"""A device id used by two sources (issue 11 defect 5), seen from what ingest stores.
+
+One device has one outbox, so one stream epoch at a time: when its state is wiped it starts a
+new epoch and the old one never sends again. Two sources under one device id show in two ways:
+
+- ``epochs``: an epoch of the device sends new messages (a seq above its own top) after another
+  epoch began (first heard in the same batch or later): two agents with the same
+  ``device_id``, each with its own state. A device whose state was wiped never does this: its
+  old epoch is gone, and the broker hands the hub its messages in the order they were sent;
+- ``seq``: one (epoch, seq) arrives twice with different readings: two devices running copies
+  of one state directory (a cloned image), whose seqs collide; without this check the second
+  copy would pass for a harmless duplicate and its readings would be lost unseen.
+
+Found in the ingest transaction (from the stream marks read before they advance, and from the
+stored rows of the duplicates only), recorded on :class:`~cloud_hub.db.tables.DeviceConflict`
+(first and last time, a count, the latest case in words), and shown with the device by the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, tuple_
+from sqlalchemy import select as core_select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from cloud_hub.db.marks import MarkKey
+from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryBatchRow
+from shared.messages import TelemetryBatch
+
+__all__ = ["Conflict", "conflicts_of", "epoch_conflicts", "record_conflicts", "seq_conflicts"]
+
+_CHUNK = 400
+
+
+@dataclass(frozen=True)
+class Conflict:
+    device_id: str
+    kind: str  # "epochs" | "seq"
+    detail: str
+    epochs: tuple[str, ...]
+
+
+def epoch_conflicts(session: Session, touched: dict[MarkKey, tuple[int, int]]) -> list[Conflict]:
+    """Streams of this batch whose epoch sent something new although a newer epoch of the same
+    device exists; read before the marks advance (in the ingest transaction)."""
+    devices = sorted({k.device_id for k in touched})
+    first_seen: dict[tuple[str, str], float] = {}
+    tops: dict[tuple[str, str, str], int] = {}
+    for i in range(0, len(devices), _CHUNK):
+        part = devices[i:i + _CHUNK]
+        for mark in session.exec(select(StreamMark).where(col(StreamMark.device_id).in_(part))):
+            pair = (mark.device_id, mark.epoch)
+            first_seen[pair] = min(first_seen.get(pair, mark.first_seen), mark.first_seen)
+            tops[(mark.device_id, mark.epoch, mark.stream)] = mark.top
+    found: dict[str, Conflict] = {}
+    for key, (_floor, top) in sorted(touched.items()):
+        device, epoch = key.device_id, key.epoch
+        mine = first_seen.get((device, epoch))
+        if mine is None or top <= tops.get((device, epoch, key.stream.value), -1):
+            continue  # a new epoch, or nothing beyond what this epoch sent before
+        # first heard with or after this one (two epochs can first arrive in one batch)
+        newer = sorted(e for (d, e), seen in first_seen.items()
+                       if d == device and e != epoch and seen >= mine)
+        if newer:
+            found[device] = Conflict(
+                device, "epochs",
+                f"epoch {epoch} sent {key.stream.value} seq {top} after epoch {newer[-1]} "
+                f"began: two agents use device id {device!r}, each with its own state",
+                (epoch, *newer))
+    return list(found.values())
+
+
+def _fingerprint(t: TelemetryBatch) -> tuple[int, float, float]:
+    return (t.readings, min(t.ts), max(t.ts))
+
+
+def seq_conflicts(session: Session, telemetry: Sequence[TelemetryBatch],
+                  stored: set[tuple[str, str, int]]) -> list[Conflict]:
+    """Telemetry keys that arrived again (in this batch or before) with different readings."""
+    first: dict[tuple[str, str, int], tuple[int, float, float]] = {}
+    again: list[TelemetryBatch] = []
+    for t in telemetry:
+        key = (t.device_id, t.epoch, t.seq)
+        if key in stored and key not in first:
+            first[key] = _fingerprint(t)
+        else:
+            again.append(t)
+    if not again:
+        return []
+    unknown = sorted({(t.device_id, t.epoch, t.seq) for t in again} - set(first))
+    table: Table = TelemetryBatchRow.__table__  # type: ignore[attr-defined]
+    for i in range(0, len(unknown), _CHUNK):
+        part = unknown[i:i + _CHUNK]
+        rows = session.execute(
+            core_select(table.c.device_id, table.c.epoch, table.c.seq, table.c.readings,
+                        table.c.ts_first, table.c.ts_last)
+            .where(tuple_(table.c.device_id, table.c.epoch, table.c.seq).in_(part)))
+        for d, e, s, readings, ts_first, ts_last in rows:
+            first[(d, e, int(s))] = (int(readings), float(ts_first), float(ts_last))
+    found: dict[str, Conflict] = {}
+    for t in again:
+        key = (t.device_id, t.epoch, t.seq)
+        if key in first and first[key] != _fingerprint(t):
+            found[t.device_id] = Conflict(
+                t.device_id, "seq",
+                f"epoch {t.epoch} seq {t.seq} arrived twice with different readings: two "
+                f"devices run copies of one state as device id {t.device_id!r}", (t.epoch,))
+    return list(found.values())
+
+
+def record_conflicts(session: Session, conflicts: Iterable[Conflict], *, now: float) -> None:
+    """Upsert each device's conflict record (in the session's transaction)."""
+    rows = [{"device_id": c.device_id, "kind": c.kind, "detail": c.detail[:2000],
+             "epochs": list(c.epochs), "first_at": now, "last_at": now, "count": 1}
+            for c in conflicts]
+    if not rows:
+        return
+    table: Table = DeviceConflict.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    new = insert.excluded
+    stmt = insert.on_conflict_do_update(
+        index_elements=["device_id"],
+        set_={"kind": new.kind, "detail": new.detail, "epochs": new.epochs,
+              "last_at": new.last_at, "count": table.c.count + 1},
+    )
+    for row in sorted(rows, key=lambda r: str(r["device_id"])):
+        session.execute(stmt, row)
+
+
+def conflicts_of(session: Session, device_ids: Sequence[str]) -> dict[str, DeviceConflict]:
+    """The conflict records of these devices (those that have one)."""
+    found: dict[str, DeviceConflict] = {}
+    for i in range(0, len(device_ids), _CHUNK):
+        part = list(device_ids[i:i + _CHUNK])
+        for row in session.exec(select(DeviceConflict).where(
+                col(DeviceConflict.device_id).in_(part))):
+            found[row.device_id] = row
+    return found
