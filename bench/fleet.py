@@ -6,7 +6,9 @@ process) trains a model on part of the fleet's recorded history and publishes it
 loads it; faults are injected on a tenth of the devices. Prints a table and writes
 ``reports/bench/fleet.json`` with devices, readings_generated, readings_stored, lost,
 anomalies_raised, anomalies_stored, detection_latency_ms_p99 (window completion to hub commit)
-and the CPU time each process used.
+and the CPU time each process used, and what the hub's delivery acknowledgements cost (acks
+published per second and their bytes, from the hub's /metrics; the CPU the devices spent
+handling them).
 
     .venv/bin/python bench/fleet.py [--devices 1000] [--duration 60]
 """
@@ -53,6 +55,12 @@ def main() -> int:
                 "max_tick_lag_s", "drops", "reconnects"):
         table.add_row(key, str(result[key]))
     console.print(table)
+    acks = Table(title="delivery acknowledgements (hub -> devices) over the measured period")
+    acks.add_column("measure")
+    acks.add_column("value", justify="right")
+    for key, value in result["acks"].items():
+        acks.add_row(key, str(value))
+    console.print(acks)
     console.print(f"written {args.out}")
     return 0 if result["lost"] == 0 else 1
 

@@ -395,7 +395,7 @@ class Agent:
             self.stored[stream] += count
         self.stored_readings += result.stored_readings
         if any(result.stored.values()) or result.resend:
-            self.sender.progressed()
+            self.sender.wake()  # room in the window, or messages to send again
 
     def _publish_reported(self, report: ModelReport) -> None:
         message = Reported(

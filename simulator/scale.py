@@ -140,6 +140,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
 
         cpu_self0, cpu_hub0, cpu_broker0 = (_own_cpu_seconds(), _cpu_seconds_of(hub.pid),
                                             _cpu_seconds_of(broker.pid))
+        hub0, devices0 = client.get("/metrics"), _ack_totals(fleet)
         generated0 = sum(fleet.samples_generated().values())
         fleet.reset_tick_lag()  # the backlog and the model loading are behind us
         say(f"measuring {opts.duration_s:g} s with {len(truths)} faults injected …")
@@ -150,6 +151,8 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "broker_s": round(_cpu_seconds_of(broker.pid) - cpu_broker0, 2),
         }
         generated_in_period = sum(fleet.samples_generated().values()) - generated0
+        acks = _ack_cost(hub0, client.get("/metrics"), devices0, _ack_totals(fleet),
+                         devices=opts.devices, seconds=opts.duration_s)
         lag = fleet.max_tick_lag_s()
         drained = fleet.stop()
         generated = fleet.samples_generated()
@@ -198,6 +201,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "precision": round(score.precision, 4),
             "recall": round(score.recall, 4),
             "cpu_time_s": cpu,
+            "acks": acks,
             "cpu_cores_used": round(sum(cpu.values()) / opts.duration_s, 3),
             "max_tick_lag_s": round(lag, 3),
             "outboxes_drained_at_stop": drained,
@@ -214,6 +218,38 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             hub.stop()
         broker.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ack_totals(fleet: LiteFleet) -> dict[str, float]:
+    statuses = fleet.statuses().values()
+    return {key: float(sum(s[key] for s in statuses))
+            for key in ("acks_received", "ack_bytes", "ack_cpu_s")}
+
+
+def _ack_cost(hub0: dict[str, Any], hub1: dict[str, Any], dev0: dict[str, float],
+              dev1: dict[str, float], *, devices: int, seconds: float) -> dict[str, Any]:
+    """What the hub's delivery acknowledgements cost over the measured period: messages and
+    bytes the hub published, what the devices received, and the CPU the devices spent on them
+    (decoding an Ack and applying it to the outbox, thread CPU time)."""
+    def delta(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+        return float(b.get(key, 0)) - float(a.get(key, 0))
+
+    published = delta(hub0, hub1, "acks_published")
+    size = delta(hub0, hub1, "ack_bytes")
+    streamed = delta(hub0, hub1, "messages_received")
+    received = delta(dev0, dev1, "acks_received")
+    cpu = delta(dev0, dev1, "ack_cpu_s")
+    return {
+        "published_per_s": round(published / seconds, 1),
+        "bytes_per_s": round(size / seconds),
+        "bytes_per_ack": round(size / published, 1) if published else None,
+        "device_messages_per_s": round(streamed / seconds, 1),
+        "acks_per_device_message": round(published / streamed, 3) if streamed else None,
+        "received_per_s": round(received / seconds, 1),
+        "device_cpu_s": round(cpu, 3),
+        "device_cpu_us_per_ack": round(cpu / received * 1e6, 1) if received else None,
+        "device_cpu_share_of_a_core": round(cpu / seconds / devices, 6),
+    }
 
 
 def _p(values: list[float], q: float) -> float | None:

@@ -129,8 +129,6 @@ class MqttLink:
         self._clean_reconnect = True
         self._attempt_failed = False
         self.last_connected_at: float | None = None  # time.monotonic() of the last CONNACK
-        # Wall clock (comparable with when the outbox saw PUBACKs) of the last lost connection
-        self.last_lost_at: float | None = None
         self._subscriptions: dict[str, int] = {}
         self._births: dict[str, bytes | Callable[[], bytes]] = {}
         self._lock = threading.Lock()
@@ -365,10 +363,8 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         held_s = None
-        if was_connected:
-            self.last_lost_at = time.time()
-            if self.last_connected_at is not None:
-                held_s = time.monotonic() - self.last_connected_at
+        if was_connected and self.last_connected_at is not None:
+            held_s = time.monotonic() - self.last_connected_at
         self._connected.clear()
         self._lost.set()
         if not self._stopping.is_set():

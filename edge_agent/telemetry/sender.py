@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Protocol
 
 from edge_agent.comms.mqtt import Acked, Connected, Disconnected, LinkEvent, Wake
@@ -53,7 +52,6 @@ class Sender:
         self.acked_readings = 0
         self.refused = 0
         self._stop = threading.Event()
-        self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
         self._name = name
         self._last_refusal: str | None = None
@@ -65,24 +63,6 @@ class Sender:
 
     def wake(self) -> None:
         self.control.put(Wake())
-
-    def progressed(self) -> None:
-        """The outbox shrank (a hub acknowledgement): wake whoever waits in :meth:`flush`."""
-        with self._progress:
-            self._progress.notify_all()
-        self.wake()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (everything acknowledged by a hub) or ``timeout``."""
-        self.wake()
-        deadline = time.monotonic() + timeout
-        with self._progress:
-            while self.outbox.depth() > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._progress.wait(min(left, 0.2))
-        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
