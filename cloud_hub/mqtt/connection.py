@@ -62,6 +62,10 @@ class HubConnection:
         self.last_error: str | None = None
         self._connected_at: float | None = None
         self._short_lived = 0
+        # False once a connect attempt failed since the last loss: a broker that is down or
+        # restarting, not another client taking the session (whose reconnect works at once).
+        self._clean_reconnect = True
+        self._attempt_failed = False
         self._connected = threading.Event()
         self._ready = threading.Event()  # connected and every subscription granted
         self._stopping = threading.Event()
@@ -175,10 +179,12 @@ class HubConnection:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
+            self._attempt_failed = True
             self._note(f"broker refused the connection: {rc}")
             return
         self._connected.set()
         self._connected_at = time.monotonic()
+        self._clean_reconnect, self._attempt_failed = not self._attempt_failed, False
         if self.subscriptions:
             _rc, self._subscribe_mid = client.subscribe(self.subscriptions)
         else:  # a publishing-only connection (e.g. a bench): nothing to announce
@@ -225,13 +231,17 @@ class HubConnection:
     def _taken_over(self, rc: Any, held: float | None, from_broker: bool) -> bool:
         if getattr(rc, "value", None) == _SESSION_TAKEN_OVER:
             return True
-        if held is None or held >= _SHORT_LIVED_S or from_broker:
+        # Closed by the broker without a reason soon after a reconnect that worked at once: not
+        # a keep-alive timeout, not a broker that was down in between.
+        if (held is None or held >= _SHORT_LIVED_S or from_broker
+                or str(rc) != "Unspecified error" or not self._clean_reconnect):
             self._short_lived = 0
             return False
         self._short_lived += 1
         return self._short_lived >= _SHORT_IN_A_ROW
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._attempt_failed = True
         self._note(f"cannot reach the MQTT broker at {self.host}:{self.port}; retrying with "
                    "back-off")
 
