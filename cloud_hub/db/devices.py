@@ -6,25 +6,32 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from cloud_hub.db.tables import Device
 
-__all__ = ["ensure_devices", "insert_ignoring_conflicts"]
+__all__ = ["ensure_devices", "insert_ignoring_conflicts", "insert_ignoring_conflicts_on"]
 
 
 def insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """INSERT that skips rows whose key exists (SQLite and PostgreSQL)."""
+    insert_ignoring_conflicts_on(session.connection(), table, rows)
+
+
+def insert_ignoring_conflicts_on(conn: Connection, table: Table,
+                                 rows: list[dict[str, Any]]) -> None:
+    """:func:`insert_ignoring_conflicts` on a Core connection."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
+    dialect = conn.dialect.name
     if dialect == "sqlite":
         stmt: Any = sqlite.insert(table).on_conflict_do_nothing()
     elif dialect == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing()
     else:  # other databases: callers check for existing keys first
         stmt = table.insert()
-    session.execute(stmt, rows)
+    conn.execute(stmt, rows)
 
 
 def ensure_devices(session: Session, device_ids: list[str] | set[str]) -> dict[str, Device]:

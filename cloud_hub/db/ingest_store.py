@@ -10,29 +10,28 @@ flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from cloud_hub.db import ingest_tables
 from cloud_hub.db.conflicts import epoch_conflicts, record_conflicts, seq_conflicts
-from cloud_hub.db.devices import ensure_devices
-from cloud_hub.db.marks import MarkKey, Stream, advance_marks
-from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
-from shared.messages import (
-    AnomalyEvent,
-    DeviceStatus,
-    Heartbeat,
-    ModelState,
-    Reported,
-    Status,
-    TelemetryBatch,
+from cloud_hub.db.device_updates import (
+    add_device_counts,
+    apply_device_records,
+    ensure_device_rows,
+    remember_devices,
 )
+from cloud_hub.db.marks import MarkKey, Stream, advance_marks
+from cloud_hub.db.tables import DeadLetter
+from shared.messages import AnomalyEvent, Heartbeat, Reported, Status, TelemetryBatch
 
 __all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "pack_floats", "store_batch"]
 
@@ -88,7 +87,12 @@ class StoreResult:
 
 
 def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
-    return np.asarray(values, dtype="<f8").tobytes()
+    """Little-endian float64, row after row (how telemetry rows hold ts and values)."""
+    first = values[0] if len(values) else None
+    if isinstance(first, list | tuple):
+        rows: Any = values
+        return struct.pack(f"<{len(rows) * len(first)}d", *chain.from_iterable(rows))
+    return struct.pack(f"<{len(values)}d", *values)
 
 
 def _table(model: Any) -> Table:
@@ -99,31 +103,13 @@ def _table(model: Any) -> Table:
 Key = tuple[str, str, int]
 
 
-def _insert_new(session: Session, model: Any, rows: list[dict[str, Any]]) -> set[Key]:
-    """Insert ``rows``, skipping keys already stored; the keys this statement stored."""
-    if not rows:
-        return set()
-    table = _table(model)
-    dialect = session.get_bind().dialect.name
-    insert: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    stmt = insert.on_conflict_do_nothing().returning(table.c.device_id, table.c.epoch,
-                                                     table.c.seq)
-    stored: set[Key] = set()
-    for d, e, s in session.execute(stmt, rows):
-        stored.add((d, e, int(s)))
-    return stored
-
-
 def _unique(items: Sequence[Any]) -> list[Any]:
-    """The first of each (device_id, epoch, seq) in ``items``."""
-    seen: set[Key] = set()
-    first: list[Any] = []
+    """The first of each (device_id, epoch, seq) in ``items``, in key order (so that writers
+    sharing a database take their row locks in the same order)."""
+    first: dict[Key, Any] = {}
     for item in items:
-        key = (item.device_id, item.epoch, item.seq)
-        if key not in seen:
-            seen.add(key)
-            first.append(item)
-    return first
+        first.setdefault((item.device_id, item.epoch, item.seq), item)
+    return [first[k] for k in sorted(first)]
 
 
 def _marks_of(batch: IngestBatch) -> dict[MarkKey, tuple[int, int]]:
@@ -148,48 +134,56 @@ def _touched_devices(batch: IngestBatch) -> set[str]:
     }
 
 
-def _seen(device: Device, at: float) -> None:
-    device.last_seen = max(device.last_seen or 0.0, at)
+@dataclass
+class _Counts:
+    """What one commit adds to a device's row."""
+
+    readings: int = 0
+    batches: int = 0
+    anomalies: int = 0
+    seen: float | None = None
 
 
 def store_batch(session: Session, batch: IngestBatch, *, now: float | None = None) -> StoreResult:
-    """Store one batch in the session's transaction and commit it."""
+    """Store one batch in the session's transaction and commit it.
+
+    Core statements only (no ORM objects): multi-row inserts that skip stored keys, device
+    counters added to in SQL (``n = n + :k``, so hub processes sharing the database never
+    lose or double a count), one statement per kind of change, executed for many rows.
+    """
     received = now if now is not None else time.time()
-    rows_by_id = ensure_devices(session, _touched_devices(batch))
-    devices = rows_by_id.__getitem__
+    conn = session.connection()
+    new_devices = ensure_device_rows(conn, _touched_devices(batch))
+
+    counts: dict[str, _Counts] = {}
+
+    def count(device_id: str) -> _Counts:
+        c = counts.get(device_id)
+        if c is None:
+            c = counts[device_id] = _Counts()
+        return c
 
     telemetry = _unique(batch.telemetry)
-    stored_t = _insert_new(session, TelemetryBatchRow, [
-        {"device_id": t.device_id, "epoch": t.epoch, "seq": t.seq, "channels": list(t.channels),
-         "readings": t.readings, "ts_first": min(t.ts), "ts_last": max(t.ts),
-         "ts_blob": pack_floats(t.ts), "values_blob": pack_floats(t.values),
-         "stored_at": received}
+    stored_t = _insert_new(conn, ingest_tables.telemetry, [
+        {"device_id": t.device_id, "epoch": t.epoch, "seq": t.seq,
+         "channels": ingest_tables.channels_json(t.channels), "readings": len(t.ts),
+         "ts_first": min(t.ts), "ts_last": max(t.ts), "ts_blob": pack_floats(t.ts),
+         "values_blob": pack_floats(t.values), "stored_at": received}
         for t in telemetry
     ])
     readings = 0
     for t in telemetry:
         if (t.device_id, t.epoch, t.seq) in stored_t:
-            readings += t.readings
-            device = devices(t.device_id)
-            device.telemetry_readings += t.readings
-            device.telemetry_batches += 1
-    for t in batch.telemetry:  # duplicates still prove the device is alive
-        _seen(devices(t.device_id), received)
+            n = len(t.ts)
+            readings += n
+            c = count(t.device_id)
+            c.readings += n
+            c.batches += 1
+    for group in (batch.telemetry, batch.heartbeats, batch.statuses, batch.anomalies,
+                  batch.reported):
+        for m in group:  # duplicates still prove the device is alive
+            count(m.device_id).seen = received
 
-    for h in batch.heartbeats:
-        device = devices(h.device_id)
-        device.heartbeat = {k: v for k, v in h.to_dict().items() if k not in ("v", "device_id")}
-        _seen(device, received)
-    for s in batch.statuses:
-        device = devices(s.device_id)
-        # Arrival order, not ``at``: a last will carries the time it was set at connect,
-        # which is older than the `online` record it replaces.
-        device.online = s.state == DeviceStatus.ONLINE
-        device.status_at = s.at
-        device.agent_version = s.agent_version or device.agent_version
-        _seen(device, received)
-    for r in batch.reported:
-        _apply_reported(devices(r.device_id), r)
     dead = [
         {
             "topic": d.topic[:512], "reason": d.reason[:2000],
@@ -199,27 +193,34 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         for d in batch.dead_letters
     ]
     if dead:
-        session.execute(_table(DeadLetter).insert(), dead)
+        conn.execute(_table(DeadLetter).insert(), dead)
 
     committed_at = time.time()
     anomalies = _unique(batch.anomalies)
-    stored_a = _insert_new(session, Anomaly, [
+    stored_a = _insert_new(conn, ingest_tables.anomalies, [
         {"device_id": a.device_id, "epoch": a.epoch, "seq": a.seq, "ts_start": a.ts[0],
          "ts_end": a.ts[1], "score": a.score, "threshold": a.threshold,
          "model_name": a.model.name, "model_version": a.model.version,
-         "channels": list(a.channels), "detected_at": a.detected_at, "stored_at": committed_at}
+         "channels": ingest_tables.channels_json(a.channels), "detected_at": a.detected_at,
+         "stored_at": committed_at}
         for a in anomalies
     ])
-    for a in batch.anomalies:
-        _seen(devices(a.device_id), received)
     for device_id, _epoch, _seq in stored_a:
-        devices(device_id).anomalies += 1
+        count(device_id).anomalies += 1
+
+    add_device_counts(conn, [
+        {"d": d, "r": c.readings, "b": c.batches, "a": c.anomalies, "seen": c.seen}
+        for d, c in sorted(counts.items())
+    ])
+    apply_device_records(conn, heartbeats=batch.heartbeats, statuses=batch.statuses,
+                         reported=batch.reported, received=received)
     marks = _marks_of(batch)
     conflicts = epoch_conflicts(session, marks) + seq_conflicts(session, batch.telemetry,
                                                                  stored_t)
     record_conflicts(session, conflicts, now=received)
     advance_marks(session, marks, now=received)
     session.commit()
+    remember_devices(conn, new_devices)
     return StoreResult(
         telemetry_batches=len(stored_t), telemetry_readings=readings,
         duplicates=len(batch.telemetry) - len(stored_t) + len(batch.anomalies) - len(stored_a),
@@ -229,17 +230,11 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     )
 
 
-def _apply_reported(device: Device, r: Reported) -> None:
-    device.reported_name = r.model.name if r.model else None
-    device.reported_version = r.model.version if r.model else None
-    device.reported_state = r.state.value
-    device.reported_error = r.error
-    device.reported_since = r.since
-    active = r.active
-    if active is None and r.state == ModelState.ACTIVE and r.model is not None:
-        active = r.model
-    if active is not None:
-        device.active_name, device.active_version = active.name, active.version
-        device.active_sha256 = active.sha256
-    elif r.state == ModelState.ACTIVE:
-        device.active_name = device.active_version = device.active_sha256 = None
+def _insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> set[Key]:
+    """Insert ``rows``, skipping keys already stored; the keys this statement stored."""
+    if not rows:
+        return set()
+    stmt = ingest_tables.insert_new(conn.dialect.name, table)
+    return {(d, e, int(s)) for d, e, s in conn.execute(stmt, rows)}
+
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.mqtt.lean import LeanClient
+
 __all__ = ["RECONNECT_MAX_S", "SESSION_EXPIRY_S", "new_client"]
 
 
@@ -16,8 +18,9 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 RECONNECT_MAX_S = 16
 
 
-def new_client(client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
-    client = mqtt.Client(
+def new_client(client_id: str, *, manual_ack: bool = False) -> LeanClient:
+    """A paho client; setting its ``on_received`` takes the cheap receive path (:mod:`.lean`)."""
+    client = LeanClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,

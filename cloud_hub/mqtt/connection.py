@@ -5,17 +5,18 @@ with back-off, so a hub whose broker is down (or late at boot) starts, serves it
 connects when it can. MQTT 5 with a persistent session (the broker queues device streams for
 the hub while it is away), ``manual_ack=True`` (ingest acknowledges a message only after its
 commit), subscriptions made again on every connect, and the hub's presence records
-(:mod:`cloud_hub.mqtt.presence`). paho's callbacks do no work: a message goes on the inbound
-queue; the birth record is one publish.
+(:mod:`cloud_hub.mqtt.presence`). paho's callbacks do no work: a message goes on the bounded
+inbound queue (:mod:`cloud_hub.mqtt.inbox`); the birth record is one publish. The broker has at
+most ``receive_maximum`` QoS 1 messages unacknowledged at the hub (MQTT 5 Receive Maximum): the
+rest wait in the hub's session on the broker, which is the hub's back-pressure valve.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,6 +24,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_hub.mqtt.client import SESSION_EXPIRY_S, new_client
+from cloud_hub.mqtt.inbox import Inbox
+from cloud_hub.mqtt.lean import Received
 from cloud_hub.mqtt.presence import HubPresence
 from shared.messages import DeviceStatus
 from shared.topics import Topics
@@ -48,13 +51,16 @@ class HubConnection:
     def __init__(
         self, *, host: str, port: int, topics: Topics, client_id: str,
         subscriptions: Sequence[tuple[str, int]], keepalive: int = 30,
-        presence_refresh_s: float = 30.0,
+        presence_refresh_s: float = 30.0, receive_maximum: int = 1000,
+        inbox_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topics = topics
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
-        self.inbound: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.receive_maximum = receive_maximum
+        # QoS 1 is bounded by the receive maximum; the margin is for QoS 0 and retained records.
+        self.inbound = Inbox(max_messages=receive_maximum + 1000, max_bytes=inbox_bytes)
         self.presence = HubPresence(topics, client_id, refresh_s=presence_refresh_s)
         self.births = 0  # online records published, one per granted subscription set
         self.subscribe_refusals = 0
@@ -74,6 +80,7 @@ class HubConnection:
         self._started = False
         self._client = new_client(client_id, manual_ack=True)
         self._client.max_queued_messages_set(0)
+        self._client.on_received = self._on_received
         self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -98,6 +105,7 @@ class HubConnection:
         self._started = True
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = self.receive_maximum
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive,
                                    clean_start=False, properties=props)
         self._client.loop_start()
@@ -134,6 +142,15 @@ class HubConnection:
         """PUBACK a message received with ``manual_ack`` (after its rows are committed)."""
         if qos > 0:
             self._client.ack(mid, qos)
+
+    def ack_received(self, messages: Iterable[Received]) -> int:
+        """PUBACK the QoS 1 ``messages`` in one write, those that came on the current
+        connection only: a message id of an earlier connection may name another message on
+        a new session (the broker redelivers the unacknowledged ones of a resumed session,
+        and their copies are acknowledged then). Returns how many were acknowledged."""
+        generation = self._client.generation
+        return self._client.ack_many(
+            m.mid for m in messages if m.qos == 1 and m.generation == generation)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                 retain: bool = False) -> mqtt.MQTTMessageInfo:
@@ -182,6 +199,7 @@ class HubConnection:
             self._attempt_failed = True
             self._note(f"broker refused the connection: {rc}")
             return
+        self._client.generation += 1
         self._connected.set()
         self._connected_at = time.monotonic()
         self._clean_reconnect, self._attempt_failed = not self._attempt_failed, False
@@ -246,7 +264,12 @@ class HubConnection:
                    "back-off")
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self.inbound.put(message)
+        # QoS 2 only (nothing the hub subscribes to uses it): the lean path takes QoS 0 and 1.
+        self._on_received(Received(message.topic, bytes(message.payload), message.mid,
+                                   message.qos, bool(message.retain), self._client.generation))
+
+    def _on_received(self, message: Received) -> None:
+        self.inbound.put(message, stop=self._stopping)
 
     def _note(self, text: str, *, error: bool = False) -> None:
         if text != self.last_error:

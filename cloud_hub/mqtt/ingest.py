@@ -16,7 +16,6 @@ bad message costs a few extra commits, not one commit per message.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -24,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
@@ -32,6 +30,7 @@ from sqlmodel import Session
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, StoreResult, store_batch
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.decoding import decode_batch
+from cloud_hub.mqtt.lean import Received
 from shared.topics import DeviceTopic, Topics
 
 __all__ = ["DatabaseUnavailable", "IngestStats", "MqttIngest", "RowsRefused", "StoreError",
@@ -146,7 +145,12 @@ class MqttIngest:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             data = self.stats.as_dict()
-        data["queue_depth"] = self.connection.inbound.qsize()
+        inbound = self.connection.inbound
+        data["queue_depth"] = inbound.qsize()
+        data["queue_bytes"] = inbound.bytes
+        data["queue_high_water"] = inbound.high_water
+        data["queue_waits"] = inbound.waits
+        data["dropped_qos0"] = inbound.dropped_qos0
         data.update(self.connection.snapshot())
         return data
 
@@ -155,29 +159,19 @@ class MqttIngest:
         inbound = self.connection.inbound
         while True:
             self.connection.tick()
-            try:
-                first = inbound.get(timeout=0.2)
-            except queue.Empty:
+            messages = inbound.take(self._batch_max, wait_s=self._batch_wait, first_timeout=0.2)
+            if not messages:
                 if self._stop.is_set():
                     return
                 continue
-            messages = [first]
-            deadline = time.monotonic() + self._batch_wait
-            while len(messages) < self._batch_max:
-                remaining = deadline - time.monotonic()
-                try:
-                    messages.append(inbound.get(timeout=remaining) if remaining > 0
-                                    else inbound.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 self._store(messages)
             except Exception:  # never let the worker die; the messages stay unacknowledged
                 log.exception("ingest: unexpected failure storing %d messages", len(messages))
 
-    def _store(self, messages: list[mqtt.MQTTMessage]) -> None:
+    def _store(self, messages: list[Received]) -> None:
         """Store ``messages``, retrying and splitting as their failures call for."""
-        pending: deque[list[mqtt.MQTTMessage]] = deque([messages])
+        pending: deque[list[Received]] = deque([messages])
         delay = 0.1
         while pending:
             part = pending.popleft()
@@ -216,7 +210,7 @@ class MqttIngest:
         except Exception as exc:
             raise classify(exc) from exc
 
-    def _dead_letter_refused(self, m: mqtt.MQTTMessage, exc: StoreError) -> StoreResult | None:
+    def _dead_letter_refused(self, m: Received, exc: StoreError) -> StoreResult | None:
         log.error("ingest: the database refused the message on %s: %s", m.topic, exc)
         letter = IngestBatch(dead_letters=[DeadLetterRecord(
             topic=m.topic, reason=f"store failed: {exc}", payload=bytes(m.payload),
@@ -232,9 +226,8 @@ class MqttIngest:
         with self._lock:
             self.stats.commit_errors += 1
 
-    def _done(self, messages: list[mqtt.MQTTMessage], result: StoreResult, cleared: int) -> None:
-        for m in messages:
-            self.connection.ack(m.mid, m.qos)
+    def _done(self, messages: list[Received], result: StoreResult, cleared: int) -> None:
+        self.connection.ack_received(messages)
         with self._lock:
             s = self.stats
             s.messages_received += len(messages)

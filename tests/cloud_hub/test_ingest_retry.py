@@ -42,8 +42,9 @@ class _Connection:
     topics: Topics = TOPICS
     acked: list[int] = field(default_factory=list)
 
-    def ack(self, mid: int, qos: int) -> None:
-        self.acked.append(mid)
+    def ack_received(self, messages: list[_Message]) -> int:
+        self.acked.extend(m.mid for m in messages if m.qos == 1)
+        return len(messages)
 
 
 def _messages(n: int) -> list[_Message]:
