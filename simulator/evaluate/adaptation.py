@@ -14,6 +14,11 @@ A fault is caught when an event falls inside its interval (ground truth from the
 within ``tail_s`` after it, while the detector's window and smoothing still hold faulty readings;
 every other event is a false alarm. The report shows the trade-off: what adaptation removes
 (false alarms from the season) and what it costs (detection delay of the slow faults).
+
+Measured (int8, agent detector, :data:`ADAPTATION_ON`): the season raises 5 false alarms without
+adaptation, none with it; the drift is caught either way, 216 s after it began without
+adaptation and 279 s with it (of 600 s); the bearing wear too, after 225 s and 518 s (of
+1,200 s), with no false alarm with adaptation (5 without).
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ class AdaptationScenarioSetup:
         return {**out, "model": self.model.describe()}
 
     def faster(self, speed: float) -> AdaptationScenarioSetup:
-        """The same scenario with every duration divided by ``speed`` (for quick checks)."""
+        """The scenario with its slow durations divided by ``speed`` (for quick checks); the
+        training keeps at least 600 readings, in which the device's load must still vary."""
         return dataclasses.replace(
             self,
             season_s=self.season_s / speed,

@@ -18,14 +18,14 @@ from simulator.evaluate.adaptation import evaluate_adaptation
 
 pytestmark = pytest.mark.hub
 
-SPEED = 4.0  # the command's own scenario, four times faster
+SPEED = 2.0  # the command's own scenario, twice as fast
 
 
 def test_slow_faults_are_caught_and_the_season_stops_alarming_with_adaptation_on() -> None:
     report = evaluate_adaptation(speed=SPEED)
     runs = {(r["scenario"], r["adaptation"]): r for r in report["scenarios"]}
-    # without adaptation the season alone raises false alarms ...
-    assert runs["seasonal", "off"]["false_alarms"] >= 1
+    # without adaptation the season alone raises false alarms (measured: 6) ...
+    assert runs["seasonal", "off"]["false_alarms"] >= 3
     # ... with it, none, and the season's shift was learned
     assert runs["seasonal", "on"]["events"] == 0
     # the slow drift and the bearing wear are still caught, with no false alarm
