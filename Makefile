@@ -58,7 +58,7 @@ $(EDGE_STAMP): pyproject.toml constraints.txt
 	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	grep -v '^numpy==' constraints.txt > $(EDGE_VENV)/constraints.txt
 	echo 'numpy==$(EDGE_LEGACY_NUMPY)' >> $(EDGE_VENV)/constraints.txt
-	$(EDGE_VENV)/bin/python -m pip install --quiet -c $(EDGE_VENV)/constraints.txt -e '.[edge-legacy]' pytest pytest-timeout
+	$(EDGE_VENV)/bin/python -m pip install --quiet -c $(EDGE_VENV)/constraints.txt -e '.[edge-legacy]' pytest pytest-timeout hypothesis tomli-w
 	@touch $(EDGE_STAMP)
 
 test-edge-minimal: $(EDGE_STAMP) mosquitto

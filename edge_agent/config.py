@@ -10,6 +10,7 @@ about 15 MB of its 60 MB budget.
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -190,8 +191,11 @@ class _KeyError(ValueError):
 
 
 def _decode_path(kind: type, value: Any) -> Any:
-    if kind is Path and isinstance(value, str):
-        return Path(value)
+    if kind is Path:
+        if isinstance(value, str):
+            return Path(value)
+        # a TypeError becomes a ValidationError at the key (NotImplementedError would escape)
+        raise TypeError(f"Expected a path (`str`), got `{type(value).__name__}`")
     raise NotImplementedError(f"{kind} is not a config type")
 
 
@@ -227,9 +231,11 @@ def _describe(text: str, raw: Any) -> str:
         return f"unknown key {key!r}"
     if message.startswith("Object missing required field"):
         return f"key {'.'.join([*path, message.split('`')[1]])!r} is required"
-    own = re.match(r"key '(?P<key>[^']+)': ", message)
-    if own:  # a check across fields (_KeyError) names its key itself
-        path, message = own.group("key").split("."), message[own.end() :]
+    if match and match.group("path").endswith("[...]"):  # a value in a table of free keys
+        path += _entry_of_type(_at(raw, path), message)
+    own = _OWN_KEY.match(message)
+    if own:  # a check across fields (_KeyError) names its key itself, as a repr
+        path, message = ast.literal_eval(own.group("key")).split("."), message[own.end() :]
     if not path:
         return message
     value: Any = raw
@@ -237,6 +243,29 @@ def _describe(text: str, raw: Any) -> str:
         value = value.get(part) if isinstance(value, dict) else None
     shown = "{…}" if isinstance(value, dict) else repr(value)[:80]
     return f"key {'.'.join(path)!r}: {message} (got {shown})"
+
+
+_OWN_KEY = re.compile(r"""key (?P<key>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"): """)
+_GOT = re.compile(r"got `(?P<got>\w+)`")
+_TOML_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool,
+                                "array": list, "object": dict}
+
+
+def _at(raw: Any, path: list[str]) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _entry_of_type(table: Any, message: str) -> list[str]:
+    """msgspec names the table (``trust.keys``) for a wrong value in it: find the entry."""
+    got = _GOT.search(message)
+    kind = _TOML_TYPES.get(got.group("got")) if got else None
+    if isinstance(table, dict) and kind is not None:
+        for key, value in table.items():
+            if type(value) is kind:
+                return [str(key)]
+    return []
 
 
 def load_config(path: Path | str) -> AgentConfig:

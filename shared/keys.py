@@ -49,7 +49,9 @@ def public_key_bytes(text: str) -> bytes:
         if text.startswith("-----BEGIN"):
             raise SignatureError(f"public key PEM {text.splitlines()[0]!r} is not a PUBLIC KEY")
         raw = base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
+    except SignatureError:
+        raise
+    except ValueError as exc:  # binascii.Error, or a str that is not ASCII
         raise SignatureError(f"public key {text[:16]!r}… is not valid base64: {exc}") from None
     if len(raw) != _RAW_KEY_BYTES:
         raise SignatureError(

@@ -130,7 +130,7 @@ class Manifest(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     threshold: Finite
     parity: ParitySummary
     float_size: Positive
-    key_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8,64}$")]
+    key_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8,64}\Z")]
     signature: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
     def __post_init__(self) -> None:
@@ -176,6 +176,9 @@ def parse_manifest(payload: bytes | str) -> Manifest:
         raise ManifestError(f"manifest field {describe_error(exc)}") from None
     except msgspec.DecodeError as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec raises it for a key that is not UTF-8
+        raise ManifestError(f"manifest is not valid JSON: a string is not UTF-8 "
+                            f"({exc.reason})") from None
 
 
 def manifest_from_dict(data: Any) -> Manifest:
@@ -190,7 +193,7 @@ def _refuse_unknown_version(payload: bytes | str) -> None:
     # A newer manifest may differ in any field: name the version, not the first difference.
     try:
         v = msgspec.json.decode(payload, type=VersionProbe).v
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         return
     try:
         check_version(v, MANIFEST_SCHEMA_VERSION, "manifest version")

@@ -72,16 +72,17 @@ SCHEMA_VERSION = 2
 MAX_SEQ = 2**53 - 1  # exact in every JSON reader, and far beyond any device's life
 MAX_COUNT = 2**63 - 1  # what a database's BIGINT holds
 MAX_VERSION = 2**31 - 1  # model versions are INTEGER columns
-EPOCH_PATTERN = r"^[0-9a-f]{16}$"
+EPOCH_PATTERN = r"^[0-9a-f]{16}\Z"
 MAX_BATCH_ROWS = 10_000
 MAX_CHANNELS = 64
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 _MAX_FLOAT = 1.7976931348623157e308  # bounds that refuse inf; NaN fails every comparison
 
-DeviceId = Annotated[str, msgspec.Meta(pattern=rf"^{DEVICE_ID_PATTERN}$")]
-ModelName = Annotated[str, msgspec.Meta(pattern=rf"^{MODEL_NAME_PATTERN}$")]
+# Patterns end in \Z, not $: Python's $ also matches before a final newline ("pump-1\n").
+DeviceId = Annotated[str, msgspec.Meta(pattern=rf"^{DEVICE_ID_PATTERN}\Z")]
+ModelName = Annotated[str, msgspec.Meta(pattern=rf"^{MODEL_NAME_PATTERN}\Z")]
 ChannelName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Finite = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
 EpochSeconds = Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
@@ -240,7 +241,7 @@ class HubStatus(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """
 
     state: DeviceStatus
-    session: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8,64}$")]
+    session: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8,64}\Z")]
     at: EpochSeconds
 
 
@@ -329,6 +330,9 @@ def decode(cls: type[M], payload: bytes | str) -> M:
         raise MessageError(f"{cls.__name__}: {describe_error(exc)}") from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"{cls.__name__}: Invalid JSON: {_json_problem(exc, payload)}") from None
+    except UnicodeDecodeError as exc:  # msgspec raises it for a key that is not UTF-8
+        raise MessageError(f"{cls.__name__}: Invalid JSON: a string is not UTF-8 "
+                           f"({exc.reason})") from None
 
 
 def from_dict(cls: type[M], data: Any) -> M:
@@ -345,7 +349,7 @@ def _refuse_unknown_version(cls: type[Frozen], payload: bytes | str) -> None:
         return
     try:
         v = msgspec.json.decode(payload, type=VersionProbe).v
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         return
     try:
         check_version(v, SCHEMA_VERSION, "schema version")

@@ -30,8 +30,8 @@ __all__ = [
 DEFAULT_PREFIX = "edgeloop/v1"
 DEVICE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 MODEL_NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
-_DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
-_MODEL_NAME_RE = re.compile(rf"^{MODEL_NAME_PATTERN}$")
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)  # fullmatch: $ would accept a final newline
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 HUB_SHARE_GROUP = "hub"
 HUB_STATUS = "hub_status"  # ParsedTopic.kind of a hub's presence topic
 TRUST = "trust"  # ParsedTopic.kind of a trust list (its version in model_version)
@@ -67,7 +67,7 @@ HUB_WRITES = (DeviceTopic.DESIRED, DeviceTopic.ACK)
 
 
 def validate_device_id(device_id: str) -> str:
-    if not isinstance(device_id, str) or not _DEVICE_ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
         raise TopicError(
             f"device id {device_id!r} is invalid: it must match {DEVICE_ID_PATTERN}"
         )
@@ -75,7 +75,7 @@ def validate_device_id(device_id: str) -> str:
 
 
 def validate_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+    if not isinstance(name, str) or not _MODEL_NAME_RE.fullmatch(name):
         raise TopicError(f"model name {name!r} is invalid: it must match {MODEL_NAME_PATTERN}")
     return name
 
@@ -247,6 +247,8 @@ class Topics:
 
 
 def _parse_int(text: str, what: str, topic: str, minimum: int = 1) -> int:
-    if not text.isdigit() or int(text) < minimum:
+    # ASCII digits as Topics writes them: str.isdigit() also takes "²" (int() refuses it) and
+    # "١" (int() reads 1), and "01" would name the topic of 1 under another string.
+    if not (text.isascii() and text.isdigit()) or text != str(int(text)) or int(text) < minimum:
         raise TopicError(f"topic {topic!r} has invalid {what} {text!r}")
     return int(text)

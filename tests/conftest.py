@@ -1,12 +1,24 @@
-"""Fixtures shared by every test package: a private mosquitto on a free port."""
+"""Fixtures shared by every test package: a private mosquitto on a free port; and the
+Hypothesis profiles of the property tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from simulator.broker import Broker, BrokerError, find_mosquitto
+
+# `make test` (and CI) run the property tests deterministically, with a bounded number of
+# examples each: the same inputs on every run, nothing saved between runs. To search wider
+# while working on a boundary: HYPOTHESIS_PROFILE=explore (random, 2,000 examples, and a
+# database of failing examples under .hypothesis/).
+settings.register_profile("ci", derandomize=True, database=None, max_examples=100,
+                          deadline=None, print_blob=True)
+settings.register_profile("explore", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Path, Query, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlmodel import Session, select
 
@@ -13,7 +13,13 @@ from cloud_hub.core.security import Scope, hash_api_key, scope_allows
 from cloud_hub.db.tables import ApiKey
 from cloud_hub.service import Hub
 
-__all__ = ["AdminKey", "HubDep", "ReadKey", "SessionDep"]
+__all__ = ["MAX_ID", "AdminKey", "HubDep", "IdPath", "IdQuery", "ReadKey", "SessionDep"]
+
+# Row ids and model versions are INTEGER columns (32 bits on PostgreSQL): a larger number in a
+# request is refused as invalid (422) before it reaches the database (where it was a 500).
+MAX_ID = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="an API key with scope `read` or `admin`")

@@ -7,6 +7,7 @@ from fastapi import APIRouter, FastAPI
 from cloud_hub import __version__
 from cloud_hub.api.body_limit import BodySizeLimit
 from cloud_hub.api.docs import add_docs
+from cloud_hub.api.errors import document_errors
 from cloud_hub.api.routes import (
     data,
     devices,
@@ -49,6 +50,7 @@ def create_app(hub: Hub) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     mount_console(app)
+    document_errors(app)
     settings = hub.settings
     app.add_middleware(BodySizeLimit, default_limit=settings.max_request_bytes,
                        path_limits={p: settings.max_upload_bytes for p in UPLOAD_PATHS})

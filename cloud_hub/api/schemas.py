@@ -12,7 +12,8 @@ from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
 
 __all__ = [
     "AnomalyPublic", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic", "DeadLetterPublic",
-    "DesiredUpdate", "DevicePublic", "DeviceUpdate", "ModelDetail", "ModelRefBody",
+    "DesiredUpdate", "DevicePublic", "DeviceUpdate", "HealthPublic", "MetricsPublic",
+    "ModelComparison", "ModelDetail", "ModelRefBody", "SigningKeyPublic",
     "ModelSummary", "RolloutCreate", "RolloutDevicePublic", "RolloutPolicy", "RolloutPublic",
     "RolloutTarget", "TelemetryPublic",
     "TelemetrySummary", "TrainingJobCreate", "TrainingJobPublic", "TrainingSpecBody",
@@ -28,7 +29,7 @@ DeviceId = Annotated[str, StringConstraints(pattern=rf"^{DEVICE_ID_PATTERN}$")]
 
 class ModelRefBody(_Body):
     name: str = Field(pattern=rf"^{MODEL_NAME_PATTERN}$", examples=["pump-ae"])
-    version: int = Field(ge=1, examples=[3])
+    version: int = Field(ge=1, le=2**31 - 1, examples=[3])
 
 
 class DesiredUpdate(_Body):
@@ -232,6 +233,32 @@ class ModelDetail(ModelSummary):
     devices: list[str] = Field(description="devices whose `reported` says they run it")
 
 
+class HealthPublic(BaseModel):
+    status: Literal["ok", "degraded"] = Field(description="degraded: the broker is unreachable")
+    mqtt_connected: bool
+    database: str = Field(description='"ok", or "error: <kind>"')
+
+
+class SigningKeyPublic(BaseModel):
+    key_id: str
+    public_key: str = Field(description="base64 of the 32 raw Ed25519 public key bytes")
+
+
+class MetricsPublic(BaseModel):
+    """Ingest and delivery counters (more may be added; each is a number or a flag)."""
+
+    model_config = ConfigDict(extra="allow")
+    publisher_connected: bool
+    uptime_s: float
+
+
+class ModelComparison(BaseModel):
+    a: dict[str, Any] = Field(description="figures of the first version")
+    b: dict[str, Any] = Field(description="figures of the second version")
+    differs: list[str] = Field(description="figures that differ")
+    spec_diff: dict[str, list[Any]] = Field(description="spec field -> [a, b]")
+
+
 class ApiKeyCreate(_Body):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "grafana", "scope": "read"}]}
@@ -261,9 +288,11 @@ class RolloutTarget(_Body):
 
 
 class RolloutPolicy(_Body):
-    canary_size: int = Field(default=1, ge=1, description="devices in the canary stage")
+    canary_size: int = Field(default=1, ge=1, le=100_000,
+                             description="devices in the canary stage")
     canary_percent: int | None = Field(default=None, ge=1, le=100)
-    wave_size: int = Field(default=10, ge=1, description="devices per wave after the canary")
+    wave_size: int = Field(default=10, ge=1, le=100_000,
+                           description="devices per wave after the canary")
     min_observation_s: float = Field(default=30.0, ge=0)
     max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
     max_anomaly_rate_increase: float = Field(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
 from cloud_hub.api.main import create_app
+from cloud_hub.core.config import Settings
 from cloud_hub.service import Hub
 
 
@@ -36,6 +40,16 @@ def serving(app: FastAPI, timeout: float = 10.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def openapi_of_a_fresh_hub() -> dict[str, Any]:
+    """The hub application's OpenAPI document, without starting anything (for collection)."""
+    with tempfile.TemporaryDirectory() as folder:
+        hub = Hub(Settings(data_dir=Path(folder)))
+        try:
+            return create_app(hub).openapi()
+        finally:
+            hub.engine.dispose()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 
 from cloud_hub.api.convert import device_public
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import DesiredUpdate, DevicePublic, DeviceUpdate
 from cloud_hub.db.conflicts import conflicts_of
@@ -52,13 +53,13 @@ def _public(session: SessionDep, device: Device) -> DevicePublic:
     return device_public(device, conflicts_of(session, [device.device_id]).get(device.device_id))
 
 
-@router.get("/{device_id}", response_model=DevicePublic)
+@router.get("/{device_id}", response_model=DevicePublic, responses=errors(404))
 def device(device_id: str, session: SessionDep, _key: ReadKey) -> DevicePublic:
     """One device; ``conflict`` says when two sources use its id."""
     return _public(session, _get(session, device_id))
 
 
-@router.patch("/{device_id}", response_model=DevicePublic)
+@router.patch("/{device_id}", response_model=DevicePublic, responses=errors(404))
 def update_device(
     device_id: str, body: DeviceUpdate, session: SessionDep, _key: AdminKey
 ) -> DevicePublic:
@@ -74,7 +75,8 @@ def update_device(
     return _public(session, device)
 
 
-@router.put("/{device_id}/desired", response_model=DevicePublic)
+@router.put("/{device_id}/desired", response_model=DevicePublic,
+            responses=errors(404, 409, 503))
 def put_desired(
     device_id: DeviceIdPath, body: DesiredUpdate, session: SessionDep, hub: HubDep,
     _key: AdminKey,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
-from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.incident_schemas import IncidentAction, IncidentDetail, IncidentPublic
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.db.ops_tables import Incident
@@ -16,7 +17,7 @@ from cloud_hub.incidents.views import event_view, incident_view
 from shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/incidents", tags=["incidents"])
-IncidentPath = Annotated[int, Path(ge=1)]
+IncidentPath = IdPath
 
 
 @router.get("", response_model=list[IncidentPublic], response_model_exclude_unset=True,
@@ -48,7 +49,8 @@ def _get(session: SessionDep, incident_id: int) -> Incident:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.get("/{incident_id}", response_model=IncidentDetail, response_model_exclude_unset=True)
+@router.get("/{incident_id}", response_model=IncidentDetail, response_model_exclude_unset=True,
+            responses=errors(404))
 def incident(incident_id: IncidentPath, session: SessionDep, _key: ReadKey) -> dict[str, Any]:
     return _detail(session, _get(session, incident_id))
 
@@ -65,7 +67,7 @@ def _act(action: Any, incident_id: int, body: IncidentAction, session: SessionDe
 
 
 @router.post("/{incident_id}/acknowledge", response_model=IncidentDetail,
-             response_model_exclude_unset=True)
+             response_model_exclude_unset=True, responses=errors(404, 409))
 def acknowledge(incident_id: IncidentPath, body: IncidentAction, session: SessionDep,
                 caller: AdminKey, hub: HubDep) -> dict[str, Any]:
     """Open → acknowledged, with the caller's key name and an optional note."""
@@ -73,7 +75,7 @@ def acknowledge(incident_id: IncidentPath, body: IncidentAction, session: Sessio
 
 
 @router.post("/{incident_id}/resolve", response_model=IncidentDetail,
-             response_model_exclude_unset=True)
+             response_model_exclude_unset=True, responses=errors(404, 409))
 def resolve(incident_id: IncidentPath, body: IncidentAction, session: SessionDep,
             caller: AdminKey, hub: HubDep) -> dict[str, Any]:
     """Open or acknowledged → resolved; webhooks that were told of the opening are told."""

@@ -10,9 +10,10 @@ from sqlalchemy.orm import load_only
 from sqlmodel import col, or_, select
 
 from cloud_hub.api.convert import SUMMARY_COLUMNS, model_detail, model_summaries
-from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
+from cloud_hub.api.errors import ErrorBody, errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
-from cloud_hub.api.schemas import ModelDetail, ModelSummary
+from cloud_hub.api.schemas import ModelComparison, ModelDetail, ModelSummary
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
@@ -32,7 +33,7 @@ from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/models", tags=["models"])
 NamePath = Annotated[str, Path(pattern=rf"^{MODEL_NAME_PATTERN}$")]
-VersionPath = Annotated[int, Path(ge=1)]
+VersionPath = IdPath
 
 
 def _get(session: SessionDep, name: str, version: int) -> ModelVersion:
@@ -67,11 +68,15 @@ def models(
     return model_summaries(session, rows)
 
 
-@router.get("/compare")
+# name:version, the version as a path would take it (1 to 999,999,999)
+_REF = rf"^{MODEL_NAME_PATTERN}:[1-9][0-9]{{0,8}}$"
+
+
+@router.get("/compare", response_model=ModelComparison, responses=errors(404))
 def compare(
     session: SessionDep, _key: ReadKey,
-    a: Annotated[str, Query(pattern=rf"^{MODEL_NAME_PATTERN}:\d+$", examples=["pump-ae:2"])],
-    b: Annotated[str, Query(pattern=rf"^{MODEL_NAME_PATTERN}:\d+$", examples=["pump-ae:3"])],
+    a: Annotated[str, Query(pattern=_REF, examples=["pump-ae:2"])],
+    b: Annotated[str, Query(pattern=_REF, examples=["pump-ae:3"])],
 ) -> dict[str, Any]:
     """Two versions side by side (``name:version`` each), with what differs."""
     left = _get(session, *_split(a))
@@ -84,14 +89,14 @@ def _split(ref: str) -> tuple[str, int]:
     return name, int(version)
 
 
-@router.get("/{name}/{version}", response_model=ModelDetail)
+@router.get("/{name}/{version}", response_model=ModelDetail, responses=errors(404))
 def model(name: NamePath, version: VersionPath, session: SessionDep,
           _key: ReadKey) -> ModelDetail:
     return model_detail(session, _get(session, name, version))
 
 
 @router.get("/{name}/{version}/tflite", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={200: {"content": {"application/octet-stream": {}}}, **errors(404)})
 def download(name: NamePath, version: VersionPath, session: SessionDep,
              _key: ReadKey) -> Response:
     record = _get(session, name, version)
@@ -103,7 +108,9 @@ def download(name: NamePath, version: VersionPath, session: SessionDep,
 
 
 @router.post("/{name}/{version}/publish", response_model=ModelDetail,
-             responses={409: {"description": "the parity gate failed or the model is retired"}})
+             responses={**errors(404, 503), 409: {
+                 "model": ErrorBody,
+                 "description": "the parity gate failed or the model is retired"}})
 def publish(name: NamePath, version: VersionPath, session: SessionDep, hub: HubDep,
             _key: AdminKey) -> ModelDetail:
     """Retain the signed manifest and the chunks on the broker (refused if parity failed)."""
@@ -118,7 +125,8 @@ def publish(name: NamePath, version: VersionPath, session: SessionDep, hub: HubD
     return model_detail(session, record)
 
 
-@router.post("/{name}/{version}/retire", response_model=ModelDetail)
+@router.post("/{name}/{version}/retire", response_model=ModelDetail,
+             responses=errors(404, 503))
 def retire(name: NamePath, version: VersionPath, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> ModelDetail:
     """Clear the retained manifest and chunks; the version stays in the registry as retired."""

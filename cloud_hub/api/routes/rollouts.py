@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlmodel import col, select
 
-from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import RolloutCreate, RolloutPublic
 from cloud_hub.db.paging import keyset_page
@@ -26,10 +27,11 @@ from cloud_hub.rollouts.actions import (
 from cloud_hub.rollouts.planning import RolloutPlanError, UnknownDevices
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
-RolloutPath = Annotated[int, Path(ge=1)]
+RolloutPath = IdPath
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RolloutPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RolloutPublic,
+             responses=errors(404, 409))
 def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> dict[str, Any]:
     """Start a staged rollout: the canary first, then waves, each judged by the policy."""
@@ -81,7 +83,7 @@ def _get(session: SessionDep, rollout_id: int) -> Rollout:
     return rollout
 
 
-@router.get("/{rollout_id}", response_model=RolloutPublic)
+@router.get("/{rollout_id}", response_model=RolloutPublic, responses=errors(404))
 def rollout(rollout_id: RolloutPath, session: SessionDep, _key: ReadKey) -> dict[str, Any]:
     """Status, per-device desired vs reported, and ``seconds_to_full`` once it succeeded."""
     return rollout_view(session, _get(session, rollout_id))
@@ -96,25 +98,26 @@ def _act(rollout_id: int, action: str, session: SessionDep, hub: HubDep) -> dict
     return rollout_view(session, updated)
 
 
-@router.post("/{rollout_id}/pause", response_model=RolloutPublic)
+@router.post("/{rollout_id}/pause", response_model=RolloutPublic, responses=errors(404, 409))
 def pause(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "pause", session, hub)
 
 
-@router.post("/{rollout_id}/resume", response_model=RolloutPublic)
+@router.post("/{rollout_id}/resume", response_model=RolloutPublic, responses=errors(404, 409))
 def resume(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "resume", session, hub)
 
 
-@router.post("/{rollout_id}/abort", response_model=RolloutPublic)
+@router.post("/{rollout_id}/abort", response_model=RolloutPublic, responses=errors(404, 409))
 def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
     return _act(rollout_id, "abort", session, hub)
 
 
-@router.post("/{rollout_id}/rollback", response_model=RolloutPublic)
+@router.post("/{rollout_id}/rollback", response_model=RolloutPublic,
+             responses=errors(404, 409))
 def rollback(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
              caller: AdminKey) -> dict[str, Any]:
     """Set `desired` back to the previous model on every device the rollout touched (also

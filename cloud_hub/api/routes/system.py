@@ -9,9 +9,17 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
-from cloud_hub.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from cloud_hub.api.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    HealthPublic,
+    MetricsPublic,
+    SigningKeyPublic,
+)
 from cloud_hub.core.security import generate_api_key, hash_api_key
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import ApiKey
@@ -19,7 +27,7 @@ from cloud_hub.db.tables import ApiKey
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthPublic)
 def health(hub: HubDep, session: SessionDep) -> dict[str, object]:
     try:
         session.connection().execute(text("SELECT 1")).one()
@@ -32,12 +40,12 @@ def health(hub: HubDep, session: SessionDep) -> dict[str, object]:
             "database": database}
 
 
-@router.get("/signing-key")
+@router.get("/signing-key", response_model=SigningKeyPublic)
 def signing_key(hub: HubDep) -> dict[str, str]:
     return {"key_id": hub.signing_key.key_id, "public_key": hub.signing_key.public_b64()}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_model=MetricsPublic)
 def metrics(hub: HubDep, _key: ReadKey) -> dict[str, object]:
     data = hub.ingest.snapshot()
     data.update(hub.acks.snapshot())
@@ -78,8 +86,8 @@ def create_api_key(body: ApiKeyCreate, session: SessionDep, _key: AdminKey) -> A
     return ApiKeyCreated(**_public(record).model_dump(), key=secret)
 
 
-@router.delete("/api-keys/{key_id}", response_model=ApiKeyPublic)
-def revoke_api_key(key_id: int, session: SessionDep, caller: AdminKey) -> ApiKeyPublic:
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyPublic, responses=errors(404, 409))
+def revoke_api_key(key_id: IdPath, session: SessionDep, caller: AdminKey) -> ApiKeyPublic:
     record = session.get(ApiKey, key_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key id {key_id} does not exist")

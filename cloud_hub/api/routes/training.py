@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from cloud_hub.api.convert import job_public
-from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic, TrainingSpecBody
 from cloud_hub.db.paging import keyset_page
@@ -20,7 +21,7 @@ from cloud_hub.jobs.upload import CsvError, parse_training_csv, save_upload
 from shared.topics import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/training-jobs", tags=["training"])
-JobPath = Annotated[int, Path(ge=1)]
+JobPath = IdPath
 
 
 def _spec_request(spec: TrainingSpecBody, loc: list[str | int],
@@ -132,7 +133,7 @@ def jobs(
     return [job_public(j) for j in rows]
 
 
-@router.get("/{job_id}", response_model=TrainingJobPublic)
+@router.get("/{job_id}", response_model=TrainingJobPublic, responses=errors(404))
 def job(job_id: JobPath, session: SessionDep, _key: ReadKey) -> TrainingJobPublic:
     record = session.get(TrainingJob, job_id)
     if record is None:
@@ -140,7 +141,8 @@ def job(job_id: JobPath, session: SessionDep, _key: ReadKey) -> TrainingJobPubli
     return job_public(record)
 
 
-@router.post("/{job_id}/cancel", response_model=TrainingJobPublic)
+@router.post("/{job_id}/cancel", response_model=TrainingJobPublic,
+             responses=errors(404, 409))
 def cancel(job_id: JobPath, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> TrainingJobPublic:
     record = session.get(TrainingJob, job_id)

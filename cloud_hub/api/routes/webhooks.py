@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlmodel import col, select
 
-from cloud_hub.api.deps import AdminKey, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, IdPath, IdQuery, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.incident_schemas import (
     DeliveryPublic,
     WebhookCreate,
@@ -22,7 +23,7 @@ from cloud_hub.incidents.queries import deliveries_page
 from cloud_hub.notify import admin
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-RulePath = Annotated[int, Path(ge=1)]
+RulePath = IdPath
 
 
 @router.get("", response_model=list[WebhookPublic], responses=PAGE_HEADERS)
@@ -56,8 +57,8 @@ def deliveries(
     request: Request, response: Response, session: SessionDep, _key: ReadKey,
     delivery_status: Annotated[str | None, Query(alias="status",
                                                  pattern="^(pending|delivered|failed)$")] = None,
-    rule_id: Annotated[int | None, Query(ge=1)] = None,
-    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    rule_id: IdQuery = None,
+    incident_id: IdQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: CursorQuery = None,
 ) -> list[Any]:
@@ -74,14 +75,14 @@ def _rule(session: SessionDep, rule_id: int) -> None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.patch("/{rule_id}", response_model=WebhookPublic)
+@router.patch("/{rule_id}", response_model=WebhookPublic, responses=errors(404))
 def update(rule_id: RulePath, body: WebhookUpdate, session: SessionDep,
            _key: AdminKey) -> dict[str, Any]:
     _rule(session, rule_id)
     return admin.rule_view(session, admin.set_enabled(session, rule_id, body.enabled))
 
 
-@router.delete("/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{rule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404))
 def remove(rule_id: RulePath, session: SessionDep, _key: AdminKey) -> None:
     """Delete the rule and its delivery history."""
     _rule(session, rule_id)
