@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.errors import ErrorBody, errors
 from cloud_hub.keys.ring import KeyConflict, KeyUnavailable
 from cloud_hub.mqtt.publisher import PublishError
 
@@ -63,7 +64,7 @@ def keys(session: SessionDep, hub: HubDep, _key: ReadKey) -> dict[str, Any]:
     return hub.keys.view(session)
 
 
-@router.post("/rotate", response_model=KeysPublic)
+@router.post("/rotate", response_model=KeysPublic, responses=errors(409, 503))
 def rotate(body: KeyRotate, session: SessionDep, hub: HubDep, _key: AdminKey) -> dict[str, Any]:
     """A new signing key for new releases; the old one stays trusted for ``overlap_s``."""
     try:
@@ -78,7 +79,8 @@ def rotate(body: KeyRotate, session: SessionDep, hub: HubDep, _key: AdminKey) ->
 
 
 @router.post("/{key_id}/retire", response_model=KeysPublic,
-             responses={409: {"description": "the active key, or still in its overlap"}})
+             responses={**errors(404, 503), 409: {
+                 "model": ErrorBody, "description": "the active key, or still in its overlap"}})
 def retire(key_id: KeyIdPath, body: KeyRetire, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> dict[str, Any]:
     """Stop trusting a key: a trust list without it; published models it signed are signed

@@ -154,7 +154,9 @@ class RollbackDone(BaseModel):
 
 
 @router.post("/{name}/{version}/rollback", response_model=RollbackDone,
-             responses={409: {"description": "never released, or the parity gate failed"}})
+             responses={**errors(404, 503), 409: {
+                 "model": ErrorBody,
+                 "description": "never released, or the parity gate failed"}})
 def rollback(name: NamePath, version: VersionPath, body: ModelRollback, session: SessionDep,
              hub: HubDep, _key: AdminKey) -> RollbackDone:
     """Send devices back to this version: it goes out as a new signed release (a higher release
