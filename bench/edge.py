@@ -1,17 +1,25 @@
-"""Edge inference benchmark (issue 3): TFLite through the agent's runtime vs Keras, sizes, RSS.
+"""Edge inference benchmark (issues 3, 12): TFLite through the agent's runtime vs Keras, sizes,
+and what a running agent costs in memory.
 
 1. Trains the default model (dense AE, 32 readings × 8 pump channels) on simulated readings and
-   converts it to int8 and float32 TFLite.
+   converts it to int8 and float32 TFLite with the hub's converter and parity gate.
 2. Times one window at a time: Keras eager ``model(x)`` and ``model.predict(x)`` here; the two
    TFLite models in a *subprocess that never imports TensorFlow*, through
-   ``edge_agent.inference.runtime.TfliteModel`` (quantizing the input in Python, as the device).
-3. Starts a private mosquitto, publishes the signed int8 model with the hub's publisher, runs a
-   real ``edge-agent run --config …`` process with a CSV source, waits until it reports the
-   model ``active`` and samples its resident memory while it scores.
+   ``edge_agent.inference.runtime.TfliteModel.reconstruct`` (the agent's per-window call), in
+   interleaved rounds so that load from other processes hits both models alike (median and
+   spread of the rounds); also 64 windows per invoke, and the legacy runtime (tflite-runtime in
+   ``.venv-edge``) when that venv exists.
+3. Starts a private mosquitto, publishes the signed int8 model with the hub's publisher, and runs
+   a real ``edge-agent run --config …`` process with a CSV source ``--agent-runs`` times: waits
+   until it reports the model ``active`` and has released its start-up pages, samples its RSS
+   while it scores, and reads PSS, private and anonymous memory, its largest mappings and its
+   threads. RSS is reported as the maximum over the runs (it varies with the page cache).
+4. What each import of the agent adds (RSS, PSS, private, anonymous), step by step.
 
-Prints a table and writes ``reports/bench/edge.json``.
+Prints a table and writes ``reports/bench/edge.json``. Timings and RSS are only comparable on a
+quiet machine: say how busy it was when you quote them.
 
-    .venv/bin/python bench/edge.py [--windows 2000] [--agent-seconds 8]
+    .venv/bin/python bench/edge.py [--windows 2000] [--agent-seconds 8] [--agent-runs 3]
 """
 
 from __future__ import annotations
@@ -32,21 +40,40 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# The child's code: edge runtime + numpy only; proves TensorFlow stays out of it.
+from agent_memory import (  # noqa: E402
+    agent_env,
+    format_import_costs,
+    import_costs,
+    process_memory,
+    wait_for_release,
+)
+
+LEGACY_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
+
+# The child's code: edge runtime + numpy only; proves TensorFlow stays out of it. Rounds
+# alternate between the models, so a busy spell of the machine slows both alike.
 _TFLITE_TIMER = r"""
 import json, sys, time
 import numpy as np
 from edge_agent.inference.runtime import TfliteModel
 windows = np.load(sys.argv[1])
-out = {}
-for path in sys.argv[2:]:
-    model = TfliteModel(open(path, "rb").read())
+rounds = int(sys.argv[2])
+models = {path: TfliteModel(open(path, "rb").read()) for path in sys.argv[3:]}
+out = {path: [] for path in models}
+for model in models.values():
     for w in windows[:50]:
         model.reconstruct(w)
+for _ in range(rounds):
+    for path, model in models.items():
+        started = time.perf_counter()
+        for w in windows:
+            model.reconstruct(w)
+        out[path].append((time.perf_counter() - started) * 1e6 / len(windows))
+for path, model in models.items():
+    model.reconstruct_batch(windows[:128], batch_size=64)
     started = time.perf_counter()
-    for w in windows:
-        model.reconstruct(w)
-    out[path] = (time.perf_counter() - started) * 1e6 / len(windows)
+    model.reconstruct_batch(windows, batch_size=64)
+    out[path + ":batch64"] = (time.perf_counter() - started) * 1e6 / len(windows)
     out["runtime"] = model.runtime
 out["tensorflow_loaded"] = "tensorflow" in sys.modules
 status = open("/proc/self/status").read().split("VmRSS:")[1].split()[0]
@@ -100,8 +127,10 @@ def time_keras(model: Any, windows: np.ndarray) -> tuple[float, float]:
 
 
 def time_tflite_in_subprocess(
-    workdir: Path, windows: np.ndarray, models: dict[str, bytes]
+    workdir: Path, windows: np.ndarray, models: dict[str, bytes], *, rounds: int = 7,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
+    """µs per window of each model: every round's figure, then ``name:batch64``."""
     np.save(workdir / "windows.npy", windows)
     paths = []
     for name, data in models.items():
@@ -110,7 +139,7 @@ def time_tflite_in_subprocess(
         paths.append(str(path))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", _TFLITE_TIMER, str(workdir / "windows.npy"), *paths],
+        [python, "-c", _TFLITE_TIMER, str(workdir / "windows.npy"), str(rounds), *paths],
         capture_output=True,
         text=True,
         timeout=600,
@@ -122,7 +151,14 @@ def time_tflite_in_subprocess(
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     for name in models:
         result[name] = result.pop(str(workdir / f"{name}.tflite"))
+        result[f"{name}:batch64"] = result.pop(str(workdir / f"{name}.tflite") + ":batch64")
     return result
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"median": round(ordered[len(ordered) // 2], 2), "min": round(ordered[0], 2),
+            "max": round(ordered[-1], 2)}
 
 
 def rss_of(pid: int) -> int:
@@ -138,8 +174,11 @@ def tensorflow_mapped(pid: int) -> bool:
     return "/tensorflow/" in maps or "libtensorflow" in maps
 
 
-def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict[str, Any]:
-    """Run a real ``edge-agent`` process with the int8 model active and sample its RSS."""
+def measure_agent(
+    workdir: Path, fitted: Any, int8: Any, seconds: float, runs: int
+) -> list[dict[str, Any]]:
+    """Run a real ``edge-agent`` process ``runs`` times with the int8 model active; each run's
+    RSS samples (after the start-up pages were released) and memory at the end."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -147,7 +186,7 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
     from cloud_hub.mqtt.publisher import Publisher
     from shared.codec import sha256_hex, split
     from shared.manifest import ChunkTable, InputSpec, Manifest
-    from shared.messages import Desired, ModelRef, ModelState, Reported, decode
+    from shared.messages import Desired, ModelRef, Reported, decode
     from shared.signing import generate_signing_key
     from shared.topics import Topics
     from simulator.broker import Broker
@@ -173,7 +212,7 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
             input=InputSpec(
                 window=fitted.data.train.shape[1],
                 channels=channels,
-                dtype="int8",
+                dtype=int8.report.input_dtype,
                 layout=fitted.family.layout,
             ),
             normalization=fitted.data.normalization,
@@ -193,7 +232,6 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
 
     broker = Broker()
     broker.start()
-    proc: subprocess.Popen[bytes] | None = None
     reports: queue.Queue[Reported] = queue.Queue()
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-edge-watch")
     try:
@@ -222,21 +260,43 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
         watcher.connect(broker.host, broker.port)
         watcher.subscribe(topics.reported("bench-edge-1"), qos=1)
         watcher.loop_start()
+        results = []
+        for run in range(runs):
+            results.append(
+                run_agent_once(workdir / f"run-{run}", broker, key, csv_path, reports, seconds)
+            )
+        return results
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        broker.close()
 
-        config = workdir / "agent.toml"
-        config.write_text(
-            f'device_id = "bench-edge-1"\nstate_dir = "{workdir / "agent-state"}"\n'
-            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-            f'[trust]\nkeys = {{ "{key.key_id}" = "{key.public_b64()}" }}\n'
-            f'[source]\ntype = "csv"\noptions = {{ path = "{csv_path}", replay_speed = 20.0, '
-            f"loop = true }}\n"
-            "[model]\nshadow_windows = 0\n[heartbeat]\ninterval_s = 2.0\n"
-            '[log]\nlevel = "WARNING"\n'
-        )
-        agent_bin = Path(sys.executable).parent / "edge-agent"
-        command = [str(agent_bin), "run", "--config", str(config)]
-        log_file = (workdir / "agent.log").open("wb")
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+
+def run_agent_once(
+    workdir: Path, broker: Any, key: Any, csv_path: Path, reports: queue.Queue[Any],
+    seconds: float,
+) -> dict[str, Any]:
+    from shared.messages import ModelState
+
+    workdir.mkdir(parents=True)
+    config = workdir / "agent.toml"
+    config.write_text(
+        f'device_id = "bench-edge-1"\nstate_dir = "{workdir / "agent-state"}"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'[trust]\nkeys = {{ "{key.key_id}" = "{key.public_b64()}" }}\n'
+        f'[source]\ntype = "csv"\noptions = {{ path = "{csv_path}", replay_speed = 20.0, '
+        f"loop = true }}\n"
+        "[model]\nshadow_windows = 0\n[heartbeat]\ninterval_s = 2.0\n"
+        '[log]\nlevel = "INFO"\n'  # the bench waits for the line on released start-up pages
+    )
+    agent_bin = Path(sys.executable).parent / "edge-agent"
+    command = [str(agent_bin), "run", "--config", str(config)]
+    log_path = workdir / "agent.log"
+    proc = subprocess.Popen(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                            env=agent_env())
+    try:
+        while not reports.empty():  # the previous run's
+            reports.get_nowait()
         deadline = time.monotonic() + 60.0
         state = None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -250,8 +310,9 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
             if state == ModelState.FAILED:
                 raise RuntimeError(f"the agent refused the model: {reported.error}")
         if state != ModelState.ACTIVE:
-            tail = (workdir / "agent.log").read_text(errors="replace")[-2000:]
+            tail = log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"agent did not activate the model (last state {state}):\n{tail}")
+        wait_for_release(log_path, proc, timeout=60.0)
         samples = []
         end = time.monotonic() + seconds
         while time.monotonic() < end and proc.poll() is None:
@@ -259,23 +320,24 @@ def measure_agent(workdir: Path, fitted: Any, int8: Any, seconds: float) -> dict
             time.sleep(0.5)
         if proc.poll() is not None:
             raise RuntimeError(f"edge-agent exited with {proc.returncode} while measured")
+        memory = process_memory(proc.pid)
+        status = json.loads((workdir / "agent-state" / "status.json").read_text())
         return {
-            "agent_rss_bytes": max(samples),
-            "agent_rss_samples": len(samples),
-            "agent_tensorflow_loaded": tensorflow_mapped(proc.pid),
-            "agent_command": "edge-agent run --config <tmp>/agent.toml",
+            "rss_bytes": max(samples),
+            "rss_samples": len(samples),
+            "memory": memory,
+            "tensorflow_loaded": tensorflow_mapped(proc.pid),
+            "inference_us_p50": status.get("inference_us_p50"),
+            "inference_us_p99": status.get("inference_us_p99"),
         }
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        watcher.loop_stop()
-        watcher.disconnect()
-        broker.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,9 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=2000, help="windows timed per TFLite model")
     parser.add_argument("--keras-windows", type=int, default=300)
     parser.add_argument("--agent-seconds", type=float, default=8.0)
+    parser.add_argument("--agent-runs", type=int, default=3, help="agent processes measured")
+    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per TFLite model")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "edge.json")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()
     print("training the default model (dense AE, 32 × 8, int8) ...")
     fitted, results = train_default_model()
     from shared.manifest import Quantization
@@ -294,38 +359,93 @@ def main(argv: list[str] | None = None) -> int:
     windows = fitted.validation_x[: args.windows]
     print("timing Keras (eager call and predict) ...")
     keras_us, predict_us = time_keras(fitted.model, fitted.validation_x[: args.keras_windows])
+    models = {"int8": int8.tflite, "float32": float32.tflite}
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
         workdir = Path(tmp)
-        print("timing TFLite in a subprocess without TensorFlow ...")
-        tfl = time_tflite_in_subprocess(
-            workdir, windows, {"int8": int8.tflite, "float32": float32.tflite}
-        )
-        print("running edge-agent against a private mosquitto ...")
-        agent = measure_agent(workdir, fitted, int8, args.agent_seconds)
+        print(f"timing TFLite in a subprocess without TensorFlow ({args.rounds} rounds) ...")
+        tfl = time_tflite_in_subprocess(workdir, windows, models, rounds=args.rounds)
+        legacy = None
+        if LEGACY_PYTHON.exists():
+            print(f"... and with {LEGACY_PYTHON} (tflite-runtime) ...")
+            legacy = time_tflite_in_subprocess(workdir, windows, models, rounds=args.rounds,
+                                               python=str(LEGACY_PYTHON))
+        print("what each import of the agent costs ...")
+        (workdir / "ladder.tflite").write_bytes(int8.tflite)
+        ladder = import_costs(sys.executable, workdir / "ladder.tflite")
+        print(f"running edge-agent against a private mosquitto ({args.agent_runs} runs) ...")
+        runs = measure_agent(workdir, fitted, int8, args.agent_seconds, args.agent_runs)
+    load_after = os.getloadavg()
 
-    result = {
-        "int8_us_per_window": round(tfl["int8"], 2),
-        "float32_us_per_window": round(tfl["float32"], 2),
+    int8_us, float32_us = spread(tfl["int8"]), spread(tfl["float32"])
+    worst = max(runs, key=lambda r: r["rss_bytes"])
+    memories = [r["memory"] for r in runs]
+    result: dict[str, Any] = {
+        "int8_us_per_window": int8_us["median"],
+        "float32_us_per_window": float32_us["median"],
+        "int8_us_per_window_rounds": int8_us,
+        "float32_us_per_window_rounds": float32_us,
+        "int8_batch64_us_per_window": round(tfl["int8:batch64"], 3),
+        "float32_batch64_us_per_window": round(tfl["float32:batch64"], 3),
         "keras_us_per_window": round(keras_us, 1),
         "keras_predict_us_per_window": round(predict_us, 1),
-        "int8_speedup_vs_keras": round(keras_us / tfl["int8"], 1),
+        "int8_speedup_vs_keras": round(keras_us / int8_us["median"], 1),
         "int8_size_bytes": len(int8.tflite),
         "float32_size_bytes": len(float32.tflite),
         "int8_size_ratio": round(len(int8.tflite) / len(float32.tflite), 3),
         "int8_parity": int8.report.decision_agreement,
-        "agent_rss_bytes": agent["agent_rss_bytes"],
-        "agent_rss_mb": round(agent["agent_rss_bytes"] / 2**20, 1),
-        "agent_tensorflow_loaded": agent["agent_tensorflow_loaded"],
+        "int8_input_dtype": int8.report.input_dtype,
+        "agent_rss_bytes": worst["rss_bytes"],
+        "agent_rss_mb": round(worst["rss_bytes"] / 2**20, 1),
+        "agent_rss_mb_runs": [round(r["rss_bytes"] / 2**20, 1) for r in runs],
+        "agent_pss_mb": max(m["pss_mb"] for m in memories),
+        "agent_private_mb": max(m["private_mb"] for m in memories),
+        "agent_anonymous_mb": max(m["anonymous_mb"] for m in memories),
+        "agent_file_mb": max(m["file_mb"] for m in memories),
+        "agent_threads": worst["memory"]["threads"],
+        "agent_thread_stacks_kb": worst["memory"]["thread_stacks_kb"],
+        "agent_rss_by_mapping_mb": worst["memory"]["by_mapping_mb"],
+        "agent_import_costs": ladder,
+        "agent_inference_us_p50": worst["inference_us_p50"],
+        "agent_inference_us_p99": worst["inference_us_p99"],
+        "agent_tensorflow_loaded": any(r["tensorflow_loaded"] for r in runs),
         "timer_process_rss_bytes": tfl["rss_bytes"],
         "timer_process_tensorflow_loaded": tfl["tensorflow_loaded"],
         "runtime": tfl["runtime"],
         "windows_timed": len(windows),
+        "timing_rounds": args.rounds,
         "window": fitted.data.train.shape[1],
         "channels": fitted.data.train.shape[2],
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
     }
+    if legacy is not None:
+        result.update({
+            "legacy_runtime": legacy["runtime"],
+            "legacy_int8_us_per_window": spread(legacy["int8"])["median"],
+            "legacy_float32_us_per_window": spread(legacy["float32"])["median"],
+        })
+    bars = {
+        "int8_us_per_window": (int8_us["median"], "<= 5 and <= float32",
+                               int8_us["median"] <= min(5.0, float32_us["median"])),
+        "agent_rss_bytes (max of runs)": (result["agent_rss_bytes"], "<= 50,000,000",
+                                          result["agent_rss_bytes"] <= 50_000_000),
+        "int8_speedup_vs_keras": (result["int8_speedup_vs_keras"], ">= 200",
+                                  result["int8_speedup_vs_keras"] >= 200),
+        "int8_size_ratio": (result["int8_size_ratio"], "<= 0.35",
+                            result["int8_size_ratio"] <= 0.35),
+        "int8_parity": (round(result["int8_parity"], 4), ">= 0.99",
+                        result["int8_parity"] >= 0.99),
+    }
+    print(f"\n{'figure':<28}{'measured':>12}  {'bar':<22}ok")
+    for name, (value, bar, ok) in bars.items():
+        print(f"{name:<28}{value:>12}  {bar:<22}{'yes' if ok else 'NO'}")
+    print()
     width = max(len(k) for k in result)
     for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
+        if k not in ("agent_import_costs",):
+            print(f"{k:<{width}}  {v}")
+    print("\n" + format_import_costs(ladder))
+    print("(TensorFlow trains the model in this process: load average before/after "
+          f"{result['load_average_before_after']}; on a busy machine timings and RSS are noisy)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
