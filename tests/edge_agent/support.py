@@ -292,6 +292,12 @@ def agent_config(broker: Broker, state_dir: Path, device_id: str, key: SigningKe
                  "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0},
         "trust": {"keys": {key.key_id: key.public_b64()} if key else {}},
         "telemetry": {"batch_max_readings": 20, "batch_max_age_s": 0.2},
+        # These tests are about delivery and accounting, not power loss (which none simulates).
+        # With "full" every batch and anomaly waits for its own fsync: 4-6 ms (p50) and up to
+        # 200 ms on this shared disk. The outbox-overflow test commits ~430 times in a burst and
+        # so timed out at 30 s when the disk was busy (reproduced with every fsync delayed by
+        # 100 ms: strace -e inject=fsync:delay_exit=100000); WAL still survives a killed process.
+        "outbox": {"synchronous": "normal"},
         "model": {"shadow_windows": 0},
         "heartbeat": {"interval_s": 1.0},
         "daemon": {"grace_s": 5.0},
