@@ -52,6 +52,8 @@ __all__ = ["Agent", "STATUS_FILE"]
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 _STATUS_EVERY_S = 5.0
+# How long stop() waits, past the grace period, for the worker to store what it already read.
+_WORKER_FINISH_S = 60.0
 
 
 class Agent:
@@ -165,6 +167,12 @@ class Agent:
         reader.join(max(0.5, min(2.0, grace)))
         self._stop_working.set()
         worker.join(max(0.5, deadline - time.monotonic()))
+        if worker.is_alive():
+            # It is storing readings already taken from the source (a slow disk makes each commit
+            # wait): closing the outbox under it would lose them and fail the thread.
+            log.warning("agent %s: still storing what was read; waiting up to %.0f s more",
+                        self.device_id, _WORKER_FINISH_S)
+            worker.join(_WORKER_FINISH_S)
         try:
             self.source.close()
         except Exception:
@@ -180,7 +188,10 @@ class Agent:
                        timeout=max(1.0, min(5.0, deadline - time.monotonic())))
         self._write_status_file()
         self._final_status = {**self.status(), "connected": False}
-        self.outbox.close()
+        if worker.is_alive():
+            log.error("agent %s: the worker did not stop; the outbox is left open", self.device_id)
+        else:
+            self.outbox.close()
         self._started = False
         log.info("agent %s stopped", self.device_id)
         return flushed

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
 
 from edge_agent.agent import Agent
+from edge_agent.detect.detector import Detection
+from edge_agent.sources.base import Reading
+from edge_agent.telemetry.outbox import Outbox
 from shared.signing import SigningKey
 from simulator.broker import Broker
 from tests.edge_agent.support import (
@@ -126,3 +130,38 @@ def test_status_after_stop_reports_the_last_state(
     assert status["readings"] == 200
     assert status["outbox_depth"] == 0, "stop waits for the hub's acknowledgement"
     assert status["readings_stored"] == 200
+
+
+def test_stop_waits_for_the_worker_to_store_what_it_read_before_closing_the_outbox(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker still busy past the grace period (a slow disk makes each commit wait) used to
+    # have the outbox closed under it: "Cannot operate on a closed database" in its thread, and
+    # what it had read but not stored was lost. Here it is held inside its first reading.
+    caplog.set_level(logging.WARNING, logger="edge_agent")
+    total = 10_000
+    source = ScriptedSource(total, batch=total)
+    config = agent_config(broker, tmp_path / "state", "dev-q", None,
+                          telemetry={"batch_max_readings": 1000})
+    agent = Agent(config, source=source)
+    agent.start()
+    gate = threading.Event()
+    push = agent.detector.push
+
+    def held(reading: Reading) -> Detection | None:
+        gate.wait(30)
+        return push(reading)
+
+    agent.detector.push = held  # type: ignore[method-assign]
+    wait_until(lambda: source.exhausted, 10, "the source read to its end")
+    stopper = threading.Thread(target=agent.stop, kwargs={"timeout": 0})
+    stopper.start()
+    wait_until(lambda: "still storing what was read" in caplog.text or not stopper.is_alive(),
+               20, "stop past its grace period")
+    gate.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert agent.status()["readings"] == total
+    outbox = Outbox.inspect(tmp_path / "state" / "outbox.db")
+    assert outbox.next_seq["dev-q/telemetry"] == total // 1000, "every batch in the outbox"
+    assert outbox.drops.messages == 0
