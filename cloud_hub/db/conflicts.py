@@ -27,6 +27,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from cloud_hub.db import pg_bulk
 from cloud_hub.db.marks import MarkKey
 from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryBatchRow
 from shared.messages import TelemetryBatch
@@ -48,23 +49,30 @@ def epoch_conflicts(session: Session, touched: dict[MarkKey, tuple[int, int]]) -
     """Streams of this batch whose epoch sent something new although a newer epoch of the same
     device exists; read before the marks advance (in the ingest transaction)."""
     devices = sorted({k.device_id for k in touched})
-    first_seen: dict[tuple[str, str], float] = {}
+    first_seen: dict[str, dict[str, float]] = {}  # device -> epoch -> first heard
     tops: dict[tuple[str, str, str], int] = {}
-    for i in range(0, len(devices), _CHUNK):
-        part = devices[i:i + _CHUNK]
-        for mark in session.exec(select(StreamMark).where(col(StreamMark.device_id).in_(part))):
-            pair = (mark.device_id, mark.epoch)
-            first_seen[pair] = min(first_seen.get(pair, mark.first_seen), mark.first_seen)
-            tops[(mark.device_id, mark.epoch, mark.stream)] = mark.top
+    marks: Table = StreamMark.__table__  # type: ignore[attr-defined]
+    m = marks.c
+    dialect = session.get_bind().dialect.name
+    chunk = len(devices) or 1 if dialect == "postgresql" else _CHUNK
+    for i in range(0, len(devices), chunk):
+        part = devices[i:i + chunk]
+        for device_id, epoch, stream, seen, top in session.execute(
+                core_select(m.device_id, m.epoch, m.stream, m.first_seen, m.top)
+                .where(pg_bulk.in_list(m.device_id, part, dialect))):
+            epochs = first_seen.setdefault(device_id, {})
+            epochs[epoch] = min(epochs.get(epoch, seen), seen)
+            tops[(device_id, epoch, stream)] = top
     found: dict[str, Conflict] = {}
     for key, (_floor, top) in sorted(touched.items()):
         device, epoch = key.device_id, key.epoch
-        mine = first_seen.get((device, epoch))
-        if mine is None or top <= tops.get((device, epoch, key.stream.value), -1):
-            continue  # a new epoch, or nothing beyond what this epoch sent before
+        epochs = first_seen.get(device, {})
+        mine = epochs.get(epoch)
+        if mine is None or len(epochs) < 2 or top <= tops.get((device, epoch,
+                                                                key.stream.value), -1):
+            continue  # a new epoch, the only one, or nothing beyond what it sent before
         # first heard with or after this one (two epochs can first arrive in one batch)
-        newer = sorted(e for (d, e), seen in first_seen.items()
-                       if d == device and e != epoch and seen >= mine)
+        newer = sorted(e for e, seen in epochs.items() if e != epoch and seen >= mine)
         if newer:
             found[device] = Conflict(
                 device, "epochs",

@@ -13,9 +13,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Table, bindparam, case, update
+from sqlalchemy import Float, Integer, String, Table, any_, bindparam, case, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
+from cloud_hub.db import pg_bulk
 from cloud_hub.db.devices import insert_ignoring_conflicts_on
 from cloud_hub.db.tables import Device
 from shared.messages import DeviceStatus, Heartbeat, ModelState, Reported, ReportedModel, Status
@@ -88,10 +90,39 @@ _ADD_COUNTS = (
 )
 
 
+_COUNT_COLUMNS: pg_bulk.Columns = (("d", String), ("r", Integer), ("b", Integer), ("a", Integer),
+                                   ("seen", Float))
+
+
+def _add_counts_arrays() -> tuple[Any, Any]:
+    """PostgreSQL: lock the rows in device order, then one UPDATE from arrays."""
+    k = pg_bulk.unnest_rows(_COUNT_COLUMNS, name="k")
+    lock = (select(_c.device_id)
+            .where(_c.device_id == any_(bindparam("ids", type_=ARRAY(String))))
+            .order_by(_c.device_id).with_for_update())
+    seen = k.c.seen
+    add = (update(_devices).where(_c.device_id == k.c.d).values(
+        telemetry_readings=_c.telemetry_readings + k.c.r,
+        telemetry_batches=_c.telemetry_batches + k.c.b,
+        anomalies=_c.anomalies + k.c.a,
+        last_seen=case((_c.last_seen == None, seen),  # noqa: E711
+                       (_c.last_seen < seen, seen), else_=_c.last_seen)))
+    return lock, add
+
+
+_LOCK_DEVICES, _ADD_COUNTS_ARRAYS = _add_counts_arrays()
+
+
 def add_device_counts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Add ``r`` readings, ``b`` batches and ``a`` anomalies to device ``d``, and move its
     ``last_seen`` forward to ``seen``. ``rows`` in device order."""
-    if rows:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_DEVICES, {"ids": [r["d"] for r in rows]})
+        conn.execute(_ADD_COUNTS_ARRAYS,
+                     pg_bulk.as_arrays(rows, [n for n, _ in _COUNT_COLUMNS]))
+    else:
         conn.execute(_ADD_COUNTS, list(rows))
 
 

@@ -31,6 +31,8 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.driver == "psycopg":
+        event.listen(engine, "connect", _binary_arrays)
     if create:
         SQLModel.metadata.create_all(engine)
     return engine
@@ -42,3 +44,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _binary_arrays(dbapi_connection: Any, _record: Any) -> None:
+    """Lists go to PostgreSQL as binary arrays: ingest sends its columns as arrays
+    (:mod:`cloud_hub.db.pg_bulk`), and psycopg's text format escapes every bytea element
+    (profiled: a fifth of the hub's time on PostgreSQL went there)."""
+    from psycopg.types.array import ListBinaryDumper
+
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)

@@ -232,9 +232,6 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
 
 def _insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> set[Key]:
     """Insert ``rows``, skipping keys already stored; the keys this statement stored."""
-    if not rows:
-        return set()
-    stmt = ingest_tables.insert_new(conn.dialect.name, table)
-    return {(d, e, int(s)) for d, e, s in conn.execute(stmt, rows)}
+    return ingest_tables.insert_new(conn, table, rows)
 
 

@@ -14,10 +14,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, MetaData, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    cast,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType, TypeDecorator
 
+from cloud_hub.db import pg_bulk
 from cloud_hub.db.tables import Anomaly, TelemetryBatchRow
 
 __all__ = ["anomalies", "channels_json", "insert_new", "telemetry"]
@@ -32,24 +45,25 @@ class _JsonText(TypeDecorator[str]):
     impl = NullType
     cache_ok = True
 
-telemetry = Table(
-    TelemetryBatchRow.__tablename__, _metadata,
-    Column("device_id", String, primary_key=True), Column("epoch", String, primary_key=True),
-    Column("seq", BigInteger, primary_key=True), Column("channels", _JsonText()),
-    Column("readings", Integer), Column("ts_first", Float), Column("ts_last", Float),
-    Column("ts_blob", LargeBinary), Column("values_blob", LargeBinary),
-    Column("stored_at", Float),
-)
+_KEY = (("device_id", String), ("epoch", String), ("seq", BigInteger))
+_TELEMETRY: pg_bulk.Columns = (
+    *_KEY, ("channels", String), ("readings", Integer), ("ts_first", Float), ("ts_last", Float),
+    ("ts_blob", LargeBinary), ("values_blob", LargeBinary), ("stored_at", Float))
+_ANOMALIES: pg_bulk.Columns = (
+    *_KEY, ("ts_start", Float), ("ts_end", Float), ("score", Float), ("threshold", Float),
+    ("model_name", String), ("model_version", Integer), ("channels", String),
+    ("detected_at", Float), ("stored_at", Float))
 
-anomalies = Table(
-    Anomaly.__tablename__, _metadata,
-    Column("device_id", String, primary_key=True), Column("epoch", String, primary_key=True),
-    Column("seq", BigInteger, primary_key=True), Column("ts_start", Float),
-    Column("ts_end", Float), Column("score", Float), Column("threshold", Float),
-    Column("model_name", String), Column("model_version", Integer),
-    Column("channels", _JsonText()),
-    Column("detected_at", Float), Column("stored_at", Float),
-)
+
+def _mirror(name: str, columns: pg_bulk.Columns) -> Table:
+    return Table(name, _metadata, *[
+        Column(n, _JsonText() if n == "channels" else t, primary_key=(n, t) in _KEY)
+        for n, t in columns])
+
+
+telemetry = _mirror(TelemetryBatchRow.__tablename__, _TELEMETRY)
+anomalies = _mirror(Anomaly.__tablename__, _ANOMALIES)
+_COLUMNS = {telemetry.name: _TELEMETRY, anomalies.name: _ANOMALIES}
 
 
 def _check_mirror(mirror: Table, model: Any) -> None:
@@ -74,8 +88,28 @@ def channels_json(channels: Sequence[str]) -> str:
 
 
 @functools.cache
-def insert_new(dialect: str, table: Table) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the key of each row stored."""
-    insert: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+def _insert_new(dialect: str, table: Table) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the key of each row stored: on PostgreSQL
+    from arrays (:mod:`cloud_hub.db.pg_bulk`), elsewhere as many rows of VALUES."""
+    if dialect == "postgresql":
+        columns = _COLUMNS[table.name]
+        rows = pg_bulk.unnest_select(columns, casts={"channels": lambda c: cast(c, JSON)})
+        insert: Any = postgresql.insert(table).from_select([n for n, _ in columns], rows)
+    else:
+        insert = sqlite.insert(table)
     return insert.on_conflict_do_nothing().returning(table.c.device_id, table.c.epoch,
                                                      table.c.seq)
+
+
+def insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]
+               ) -> set[tuple[str, str, int]]:
+    """Insert ``rows`` (in key order), skipping keys already stored; the keys stored."""
+    if not rows:
+        return set()
+    dialect = conn.dialect.name
+    stmt = _insert_new(dialect, table)
+    if dialect == "postgresql":
+        result = conn.execute(stmt, pg_bulk.as_arrays(rows, [n for n, _ in _COLUMNS[table.name]]))
+    else:
+        result = conn.execute(stmt, rows)
+    return {(d, e, int(s)) for d, e, s in result}

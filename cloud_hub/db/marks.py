@@ -15,16 +15,29 @@ dropped on purpose.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, exists, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col
-from sqlmodel import select as select_model
+from sqlmodel import Session
 
+from cloud_hub.db import pg_bulk
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow
 from shared.messages import Ack, StreamAck
 
@@ -46,10 +59,11 @@ class MarkKey:
     stream: Stream
 
 
-def _advance_statement(rows: Table) -> Any:
-    """UPDATE of one mark's watermark, from the rows stored (parameters: b_device, b_epoch,
-    b_stream). The run that starts at base + 1, base = max(watermark, floor - 1), ends at the
-    first stored seq above base without a successor, provided base + 1 itself is stored."""
+def _advance_statement(rows: Table, *, arrays: bool = False) -> Any:
+    """UPDATE of the watermark of marks, from the rows stored (parameters: b_device, b_epoch,
+    b_stream: one mark per execution, or with ``arrays`` every mark at once, PostgreSQL). The
+    run that starts at base + 1, base = max(watermark, floor - 1), ends at the first stored seq
+    above base without a successor, provided base + 1 itself is stored."""
     marks: Table = StreamMark.__table__  # type: ignore[attr-defined]
     r, n = rows.alias("r"), rows.alias("n")
     base = case((marks.c.watermark > marks.c.floor - 1, marks.c.watermark),
@@ -60,18 +74,47 @@ def _advance_statement(rows: Table) -> Any:
                                    n.c.seq == r.c.seq + 1)
     run_end = (select(r.c.seq).where(same, r.c.seq > base, ~has_successor)
                .order_by(r.c.seq).limit(1).scalar_subquery())
-    return (
-        update(marks)
-        .where(marks.c.device_id == bindparam("b_device"),
-               marks.c.epoch == bindparam("b_epoch"), marks.c.stream == bindparam("b_stream"))
-        .values(watermark=case((starts, run_end), else_=base))
-    )
+    stmt = update(marks).values(watermark=case((starts, run_end), else_=base))
+    if arrays:
+        k = pg_bulk.unnest_rows(_KEY_COLUMNS, name="k")
+        return stmt.where(marks.c.device_id == k.c.b_device, marks.c.epoch == k.c.b_epoch,
+                          marks.c.stream == k.c.b_stream)
+    return stmt.where(marks.c.device_id == bindparam("b_device"),
+                      marks.c.epoch == bindparam("b_epoch"),
+                      marks.c.stream == bindparam("b_stream"))
 
 
-_ADVANCE = {
-    Stream.TELEMETRY: _advance_statement(TelemetryBatchRow.__table__),  # type: ignore[attr-defined]
-    Stream.ANOMALIES: _advance_statement(Anomaly.__table__),  # type: ignore[attr-defined]
+_KEY_COLUMNS: pg_bulk.Columns = (("b_device", String), ("b_epoch", String), ("b_stream", String))
+_ROW_TABLES: dict[Stream, Table] = {
+    Stream.TELEMETRY: TelemetryBatchRow.__table__,  # type: ignore[attr-defined]
+    Stream.ANOMALIES: Anomaly.__table__,  # type: ignore[attr-defined]
 }
+_ADVANCE = {s: _advance_statement(t) for s, t in _ROW_TABLES.items()}
+_ADVANCE_ARRAYS = {s: _advance_statement(t, arrays=True) for s, t in _ROW_TABLES.items()}
+_MARK_COLUMNS: pg_bulk.Columns = (
+    ("device_id", String), ("epoch", String), ("stream", String), ("floor", BigInteger),
+    ("top", BigInteger), ("watermark", BigInteger), ("first_seen", Float),
+    ("updated_at", Float))
+
+
+@functools.cache
+def _upsert_statement(dialect: str) -> Any:
+    """Insert marks not there yet; raise the floor and top of those that are."""
+    table: Table = StreamMark.__table__  # type: ignore[attr-defined]
+    if dialect == "postgresql":
+        rows = pg_bulk.unnest_select(_MARK_COLUMNS)
+        insert: Any = postgresql.insert(table).from_select([n for n, _ in _MARK_COLUMNS], rows)
+    else:
+        insert = sqlite.insert(table)
+    new = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=["device_id", "epoch", "stream"],
+        set_={
+            "floor": _greatest(table.c.floor, new.floor),
+            "top": _greatest(table.c.top, new.top),
+            "updated_at": new.updated_at,
+        },
+    )
 
 
 def advance_marks(
@@ -88,24 +131,23 @@ def advance_marks(
          "updated_at": now}
         for k in keys
     ]
-    table: Table = StreamMark.__table__  # type: ignore[attr-defined]
     dialect = session.get_bind().dialect.name
-    insert: Any = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
-    new = insert.excluded
-    stmt = insert.on_conflict_do_update(
-        index_elements=["device_id", "epoch", "stream"],
-        set_={
-            "floor": _greatest(table.c.floor, new.floor),
-            "top": _greatest(table.c.top, new.top),
-            "updated_at": new.updated_at,
-        },
-    )
-    for row in rows:  # one by one, in key order: the row locks are taken in that order
-        session.execute(stmt, row)
+    pg = dialect == "postgresql"
+    # All rows in one statement, in key order: the row locks are taken in that order, before
+    # the watermarks are computed by statements that start after them (and so see what
+    # another writer committed while this one waited).
+    upsert = _upsert_statement(dialect)
+    session.execute(upsert, pg_bulk.as_arrays(rows, [n for n, _ in _MARK_COLUMNS]) if pg
+                    else rows)
     for stream in Stream:
         params = [{"b_device": k.device_id, "b_epoch": k.epoch, "b_stream": k.stream.value}
                   for k in keys if k.stream is stream]
-        if params:
+        if not params:
+            continue
+        if pg:
+            session.execute(_ADVANCE_ARRAYS[stream],
+                            pg_bulk.as_arrays(params, [n for n, _ in _KEY_COLUMNS]))
+        else:
             session.execute(_ADVANCE[stream], params)
 
 
@@ -118,13 +160,15 @@ def acks_for(session: Session, device_epochs: Iterable[tuple[str, str]], *,
     """The acknowledgement of each (device, epoch), read from the committed marks."""
     wanted: Sequence[tuple[str, str]] = sorted(set(device_epochs))
     found: dict[tuple[str, str], dict[str, StreamAck]] = {}
+    marks: Table = StreamMark.__table__  # type: ignore[attr-defined]
+    m = marks.c
     for i in range(0, len(wanted), 400):
         part = wanted[i:i + 400]
-        stmt = select_model(StreamMark).where(
-            tuple_(col(StreamMark.device_id), col(StreamMark.epoch)).in_(part))
-        for mark in session.exec(stmt):
-            found.setdefault((mark.device_id, mark.epoch), {})[mark.stream] = StreamAck(
-                watermark=mark.watermark, top=max(mark.top, mark.watermark))
+        stmt = (select(m.device_id, m.epoch, m.stream, m.watermark, m.top)
+                .where(tuple_(m.device_id, m.epoch).in_(part)))
+        for device_id, epoch, stream, watermark, top in session.execute(stmt):
+            found.setdefault((device_id, epoch), {})[stream] = StreamAck(
+                watermark=watermark, top=max(top, watermark))
     return [
         Ack(device_id=d, epoch=e, at=at,
             telemetry=streams.get(Stream.TELEMETRY.value, StreamAck()),
