@@ -15,9 +15,10 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.config import AgentConfig, ConfigError, load_config
+if TYPE_CHECKING:  # imported where used: the config pulls in numpy, and `run` must first
+    from edge_agent.config import AgentConfig  # cap numpy's BLAS threads (daemon/memory.py)
 
 __all__ = ["main"]
 
@@ -125,6 +126,7 @@ def _last_error(agent: dict[str, Any]) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from edge_agent.config import ConfigError
     from edge_agent.init_config import InitError, InitOptions, write_config
 
     options = InitOptions(
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.config)
     if args.command == "init":
         return _init(args)
+    from edge_agent.config import ConfigError, load_config
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:

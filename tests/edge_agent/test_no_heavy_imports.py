@@ -53,3 +53,23 @@ def test_importing_and_starting_the_agent_loads_no_heavy_module(
     assert report["readings"] == 50, "the agent really ran"
     assert report["runtime"] in ("ai_edge_litert", "tflite_runtime")
     assert report["heavy"] == []
+
+
+def test_the_cli_loads_numpy_only_after_run_has_capped_its_blas_threads() -> None:
+    # numpy starts OpenBLAS's thread pool when it loads: `edge-agent run` sets
+    # OPENBLAS_NUM_THREADS=1 first, which only works if importing the CLI loads no numpy.
+    script = textwrap.dedent("""
+        import os, sys
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.pop(name, None)
+        import edge_agent.cli
+        assert "numpy" not in sys.modules, "importing edge_agent.cli loaded numpy"
+        from edge_agent.daemon.memory import limit_native_threads
+        limit_native_threads()
+        import numpy
+        print(len(os.listdir("/proc/self/task")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "1", "numpy started a BLAS thread"
