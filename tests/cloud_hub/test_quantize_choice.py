@@ -63,3 +63,16 @@ def test_when_no_mode_passes_auto_keeps_the_closest_one_for_the_record() -> None
 def test_a_requested_mode_that_was_not_measured_is_an_error() -> None:
     with pytest.raises(ValueError, match="float16 was not measured"):
         choose_mode([report("int8", 2.0)], "float16")
+
+
+def test_a_training_request_may_ask_for_auto_and_the_job_keeps_it() -> None:
+    from pydantic import ValidationError
+
+    from cloud_hub.api.schemas import TrainingSpecBody
+    from cloud_hub.jobs.training import spec_from_dict
+
+    assert TrainingSpecBody(quantization="auto").quantization == "auto"
+    with pytest.raises(ValidationError, match="auto"):
+        TrainingSpecBody(quantization="int4")
+    assert spec_from_dict({"quantization": "auto"}).quantization == "auto"
+    assert spec_from_dict({"quantization": "float16"}).quantization is Quantization.FLOAT16
