@@ -67,8 +67,8 @@ configs = st.fixed_dictionaries({"device_id": ids}, optional={
     "outbox": st.fixed_dictionaries({}, optional={
         "max_bytes": st.integers(4096, _MAX_TOML_INT), "max_age_s": _seconds(0, 1e12),
         "anomaly_max_age_s": _seconds(0, 1e12), "max_inflight": st.integers(1, 10_000),
-        "resend_window_s": _seconds(0, 86400, open_low=False),
-        "resend_margin_s": _seconds(0, 3600, open_low=False),
+        "ack_timeout_s": _seconds(0, 3600), "probe_max_s": _seconds(0, 86400),
+        "hub_silence_warn_s": _seconds(0, 86400),
         "synchronous": st.sampled_from(["full", "normal"])}),
     "model": st.fixed_dictionaries({}, optional={
         "shadow_windows": st.integers(0, 10**6), "max_shadow_anomaly_rate": _seconds(0, 1,

@@ -123,6 +123,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
     size = draw(st.integers(min_value=(count - 1) * chunk_size + 1, max_value=count * chunk_size))
     return Manifest(
         name=draw(ids), version=draw(st.integers(min_value=1, max_value=10**6)),
+        release=draw(st.integers(min_value=1, max_value=10**6)),
         created_at=draw(finite), quantization=draw(st.sampled_from(Quantization)),
         size=size, sha256=draw(hex64), chunk_size=chunk_size,
         chunks=ChunkTable(count=count, sha256=draw(st.lists(hex64, min_size=count,
