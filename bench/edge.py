@@ -180,15 +180,15 @@ def measure_agent(
     """Run a real ``edge-agent`` process ``runs`` times with the int8 model active; each run's
     RSS samples (after the start-up pages were released) and memory at the end."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
+    from cloud_hub.mqtt.client import MqttAuth
     from cloud_hub.mqtt.connection import HubConnection
     from cloud_hub.mqtt.publisher import Publisher
     from shared.codec import sha256_hex, split
     from shared.manifest import ChunkTable, InputSpec, Manifest
     from shared.messages import Desired, ModelRef, Reported, decode
     from shared.signing import generate_signing_key
-    from shared.topics import Topics
+    from shared.topics import TopicAccess, Topics
     from simulator.broker import Broker
     from simulator.signals import SignalGenerator
 
@@ -233,10 +233,14 @@ def measure_agent(
     broker = Broker()
     broker.start()
     reports: queue.Queue[Reported] = queue.Queue()
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-edge-watch")
+    hub = broker.add_hub("edgeloop-hub")  # the stand-in hub publishes as edgeloop-hub
+    watcher = broker.client(broker.add_client("bench-edge-watch", TopicAccess(
+        publish=(), subscribe=(topics.reported("bench-edge-1"),))), protocol=mqtt.MQTTv311)
     try:
-        connection = HubConnection(host=broker.host, port=broker.port, topics=topics,
-                                   client_id="bench-edge-pub", subscriptions=[])
+        connection = HubConnection(
+            host=broker.host, port=broker.port, topics=topics, client_id="edgeloop-hub",
+            subscriptions=[], auth=MqttAuth(password=hub.password, tls=broker.secure,
+                                            ca_file=str(broker.ca_file)))
         connection.start()
         connection.wait_ready(10)
         publisher = Publisher(connection)
@@ -282,7 +286,7 @@ def run_agent_once(
     config = workdir / "agent.toml"
     config.write_text(
         f'device_id = "bench-edge-1"\nstate_dir = "{workdir / "agent-state"}"\n'
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'[mqtt]\n{broker.agent_mqtt_toml(broker.add_device("bench-edge-1"))}'
         f'[trust]\nkeys = {{ "{key.key_id}" = "{key.public_b64()}" }}\n'
         f'[source]\ntype = "csv"\noptions = {{ path = "{csv_path}", replay_speed = 20.0, '
         f"loop = true }}\n"

@@ -72,6 +72,13 @@ def _broker() -> Broker:
     return Broker(workdir=workdir)
 
 
+def _login(broker: Broker, device_id: str) -> dict[str, Any]:
+    """LinkSettings keys for ``device_id`` on ``broker`` (TLS and its own credential)."""
+    section = broker.agent_mqtt(broker.add_device(device_id))
+    section.pop("topic_prefix")
+    return section
+
+
 def build_model(channels: list[str], data: Path) -> tuple[bytes, Any, float]:
     """Int8 dense AE 256→32→8→32→256 on SKAB's anomaly-free data; (tflite, norm, threshold)."""
     import tensorflow as tf
@@ -111,7 +118,6 @@ def measure_daemon(
     """Run ``agent_bin`` (an ``edge-agent`` executable) ``runs`` times against a private broker;
     RSS and memory figures are the maximum over the runs."""
     import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
 
     from shared.codec import sha256_hex, split
     from shared.manifest import (
@@ -144,7 +150,7 @@ def measure_daemon(
     topics = Topics()
     broker = _broker().start()
     reported: list[dict[str, Any]] = []
-    hub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    hub = broker.client(broker.add_hub("bench-hub"), protocol=paho.MQTTv311)
     hub.on_message = lambda c, u, m: reported.append(json.loads(m.payload))
     try:
         hub.connect(broker.host, broker.port)
@@ -203,7 +209,7 @@ def _run_agent_once(
         config = workdir / "agent.toml"
         config.write_text(
             f'device_id = "bench-1"\nstate_dir = "state"\n'
-            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            f'[mqtt]\n{broker.agent_mqtt_toml(broker.add_device("bench-1"))}'
             f'[trust.keys]\n{key.key_id} = "{key.public_b64()}"\n'
             f'[source]\ntype = "csv"\n[source.options]\npath = "{data}"\n'
             f'replay_speed = 10.0\nloop = true\n'
@@ -263,7 +269,7 @@ def measure_replay(total_readings: int, batch: int = 100) -> dict[str, Any]:
                        topic="edgeloop/v1/devices/bench-r/telemetry", build=build,
                        readings=batch)
         control: queue.Queue[LinkEvent] = queue.Queue()
-        link = MqttLink(LinkSettings(client_id="bench-r", host=broker.host, port=broker.port),
+        link = MqttLink(LinkSettings(client_id="bench-r", **_login(broker, "bench-r")),
                         control=control)
         sender = Sender(outbox, link, control, max_inflight=100)
         started = time.monotonic()
@@ -290,9 +296,11 @@ def measure_replay(total_readings: int, batch: int = 100) -> dict[str, Any]:
 
 
 def measure_reconnect_spread(n: int, initial_s: float, max_s: float) -> dict[str, Any]:
-    broker = _broker().start()
+    broker = _broker()
+    broker.add_devices(f"bench-{i:04d}" for i in range(n))  # before start: into the file
+    broker.start()
     links = [
-        MqttLink(LinkSettings(client_id=f"bench-{i:04d}", host=broker.host, port=broker.port,
+        MqttLink(LinkSettings(client_id=f"bench-{i:04d}", **_login(broker, f"bench-{i:04d}"),
                               keepalive=30, reconnect_initial_s=initial_s,
                               reconnect_max_s=max_s))
         for i in range(n)

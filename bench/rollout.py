@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,15 +45,17 @@ from shared.messages import (  # noqa: E402
 )
 from shared.signing import load_public_key, verify_manifest  # noqa: E402
 from shared.topics import Topics  # noqa: E402
-from simulator.broker import Broker  # noqa: E402
+from simulator.broker import Broker, Credential  # noqa: E402
 
 
 class LightDevice:
     """One MQTT connection per device; its callbacks run in the fleet's selector loop."""
 
-    def __init__(self, device_id: str, topics: Topics, pinned: dict[str, Any]) -> None:
+    def __init__(self, device_id: str, topics: Topics, pinned: dict[str, Any], broker: Broker,
+                 credential: Credential) -> None:
         self.device_id, self.topics, self.pinned = device_id, topics, pinned
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        # The secure configuration, as every run: TLS and this device's own credential.
+        self.client = broker.client(credential, protocol=mqtt.MQTTv311)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.manifest: Manifest | None = None
@@ -127,6 +128,9 @@ class Fleet:
                 d.client.loop_write()
         for key, _ in self.selector.select(timeout):
             key.data.loop_read(10)
+            sock: Any = key.fileobj  # TLS: decrypted bytes can wait where select cannot see them
+            while getattr(sock, "pending", None) is not None and sock.pending() > 0:
+                key.data.loop_read(10)
         now = time.monotonic()
         if now - self._last_misc > 1.0:
             self._last_misc = now
@@ -178,10 +182,15 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-bench-rollout-"))
-    broker = Broker().start()
-    hub = Hub(Settings(data_dir=workdir / "hub", mqtt_port=broker.port,
-                       admin_api_key="bench-admin-key-0123456789", rollout_tick_s=0.05,
-                       mqtt_client_id="bench-hub"))
+    broker = Broker()
+    # Every device's identity goes into the broker's file before it starts (one role each,
+    # client id bound): adding 1,000 through $CONTROL would take minutes.
+    device_ids = [f"bench-{i:04d}" for i in range(args.devices)]
+    credentials = broker.add_devices(device_ids)
+    mqtt_settings = broker.hub_settings("bench-hub")
+    broker.start()
+    hub = Hub(Settings(data_dir=workdir / "hub", admin_api_key="bench-admin-key-0123456789",
+                       rollout_tick_s=0.05, **mqtt_settings))
     hub.start()
     fleet: Fleet | None = None
     try:
@@ -196,8 +205,8 @@ def main() -> int:
                                    releases=hub.releases)
             model_bytes = record.size_bytes
         pinned = {hub.signing_key.key_id: load_public_key(hub.signing_key.public_b64())}
-        devices = [LightDevice(f"bench-{i:04d}", hub.topics, pinned)
-                   for i in range(args.devices)]
+        devices = [LightDevice(d, hub.topics, pinned, broker, credentials[d])
+                   for d in device_ids]
         fleet = Fleet(devices, broker.port)
         fleet.run_until(lambda: all(d.connected for d in devices), 60, "all devices connected")
         print(f"{len(devices)} devices connected; rolling out {name} v{version} "

@@ -26,6 +26,7 @@ from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
 from cloud_hub.jobs.training import JobRunner, RunTraining
 from cloud_hub.keys.ring import HubKeys, KeyUnavailable
 from cloud_hub.mqtt.acks import AckPublisher
+from cloud_hub.mqtt.client import MqttAuth
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.ingest import MqttIngest, subscriptions
 from cloud_hub.mqtt.publisher import Publisher, PublishError
@@ -58,11 +59,15 @@ class Hub:
                             first_key_path=settings.resolved_signing_key_path)
         self.topics = settings.topics
         # One MQTT connection for ingest, acknowledgements and publishing.
+        self.mqtt_auth = MqttAuth(
+            password=settings.mqtt_password, tls=settings.mqtt_tls,
+            ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+        )
         self.mqtt = HubConnection(
             host=settings.mqtt_host, port=settings.mqtt_port, topics=self.topics,
             client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
             subscriptions=subscriptions(self.topics, settings.mqtt_share_group or None),
-            presence_refresh_s=settings.hub_status_refresh_s,
+            presence_refresh_s=settings.hub_status_refresh_s, auth=self.mqtt_auth,
         )
         self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
         self.ingest = MqttIngest(

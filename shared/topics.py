@@ -15,6 +15,8 @@ __all__ = [
     "DEVICE_ID_PATTERN",
     "MODEL_NAME_PATTERN",
     "DEVICE_WRITES",
+    "DYNSEC_CONTROL",
+    "DYNSEC_RESPONSE",
     "HUB_STATUS",
     "HUB_WRITES",
     "TRUST",
@@ -23,6 +25,7 @@ __all__ = [
     "TopicAccess",
     "TopicError",
     "Topics",
+    "broker_admin_access",
     "validate_device_id",
     "validate_model_name",
 ]
@@ -35,6 +38,9 @@ _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 HUB_SHARE_GROUP = "hub"
 HUB_STATUS = "hub_status"  # ParsedTopic.kind of a hub's presence topic
 TRUST = "trust"  # ParsedTopic.kind of a trust list (its version in model_version)
+# mosquitto's dynamic-security plugin takes commands here and answers on the response topic.
+DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
+DYNSEC_RESPONSE = f"{DYNSEC_CONTROL}/response"
 
 
 class TopicError(ValueError):
@@ -244,6 +250,12 @@ class Topics:
         if len(parts) == 3 and parts[0] == "hub" and parts[2] == "status":
             return ParsedTopic(kind=HUB_STATUS, device_id=validate_device_id(parts[1]))
         raise TopicError(f"topic {topic!r} does not follow the edgeloop layout")
+
+
+def broker_admin_access() -> TopicAccess:
+    """The hub's broker-admin identity: it manages device credentials at run time through the
+    dynamic-security plugin, and may do nothing else."""
+    return TopicAccess(publish=(DYNSEC_CONTROL,), subscribe=(DYNSEC_RESPONSE,))
 
 
 def _parse_int(text: str, what: str, topic: str, minimum: int = 1) -> int:

@@ -84,8 +84,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[str, Any
             broker = Broker(workdir=workdir / "mosquitto")
             broker.start()
             stack.callback(broker.close)
-            say(f"[bold]broker[/] mosquitto on 127.0.0.1:{broker.port}")
-            hub = HubProcess(workdir / "hub", mqtt_port=broker.port)
+            say(f"[bold]broker[/] mosquitto on 127.0.0.1:{broker.port} ({broker.transport}, "
+                f"{broker.auth})")
+            hub = HubProcess(workdir / "hub", mqtt_port=broker.port,
+                             extra_env=broker.hub_env("edgeloop-hub"))
             say("[bold]hub[/] starting cloud-hub serve …")
             hub.start()
             stack.callback(_stop_hub, hub, opts.out_dir, say)
@@ -98,7 +100,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[str, Any
             t = time.monotonic()
             fleet = Fleet(
                 mqtt_host=broker.host, mqtt_port=broker.port, state_root=workdir / "agents",
-                trust_keys={key["key_id"]: key["public_key"]},
+                trust_keys={key["key_id"]: key["public_key"]}, mqtt_auth=broker.device_auth,
             )
             for i in range(opts.devices):
                 fleet.add(DeviceSpec(
@@ -152,6 +154,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[str, Any
                 faults=results.faults,
                 extra={
                     "title": "edgeloop demo",
+                    "transport": broker.transport,
+                    "auth": broker.auth,
                     "profile": opts.profile,
                     "rate_hz": opts.rate_hz,
                     "history_s": opts.history_s,

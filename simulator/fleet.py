@@ -54,13 +54,16 @@ def agent_config(
     trust_keys: dict[str, str],
     topic_prefix: str = "edgeloop/v1",
     overrides: dict[str, dict[str, Any]] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> AgentConfig:
-    """The agent configuration a simulated device runs with (validated like a TOML file)."""
+    """The agent configuration a simulated device runs with (validated like a TOML file);
+    ``auth``: the device's ``[mqtt]`` login keys (tls, tls_ca_file, username, password)."""
     raw: dict[str, Any] = {
         "device_id": spec.device_id,
         "state_dir": str(state_dir),
         "mqtt": {"host": mqtt_host, "port": mqtt_port, "topic_prefix": topic_prefix,
-                 "keepalive": 10, "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0},
+                 "keepalive": 10, "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0,
+                 **(auth or {})},
         "trust": {"keys": dict(trust_keys)},
         "source": {"type": "simulated", "options": spec.source_options()},
         "telemetry": {"batch_max_readings": 200, "batch_max_age_s": 0.5},
@@ -104,7 +107,9 @@ def _final_status(device: SimDevice) -> dict[str, Any]:
 
 @dataclass
 class Fleet:
-    """Agents on one broker, trusting the hub's signing key(s)."""
+    """Agents on one broker, trusting the hub's signing key(s); ``mqtt_auth`` gives each device
+    its login (e.g. ``Broker.device_auth``, or the hub's enrollment): none on an anonymous
+    broker."""
 
     mqtt_host: str
     mqtt_port: int
@@ -112,6 +117,7 @@ class Fleet:
     trust_keys: dict[str, str]
     topic_prefix: str = "edgeloop/v1"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mqtt_auth: Callable[[str], dict[str, Any]] | None = None
     devices: dict[str, SimDevice] = field(default_factory=dict)
 
     def add(self, spec: DeviceSpec, *, mqtt_port: int | None = None) -> SimDevice:
@@ -122,6 +128,7 @@ class Fleet:
             spec, mqtt_host=self.mqtt_host, mqtt_port=mqtt_port or self.mqtt_port,
             state_dir=self.state_root / spec.device_id, trust_keys=self.trust_keys,
             topic_prefix=self.topic_prefix, overrides=self.overrides,
+            auth=self.mqtt_auth(spec.device_id) if self.mqtt_auth else None,
         )
         source = SimulatedSource(**spec.source_options())
         device = SimDevice(spec=spec, source=source, agent=Agent(config, source=source))

@@ -19,7 +19,7 @@ import logging
 import selectors
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, Stream
 from shared.manifest import Manifest
 from shared.messages import Ack, AnomalyEvent, DeviceStatus, MessageError, Status, decode, encode
+from shared.tls import client_context
 from shared.topics import TopicError, Topics
 from simulator.fleet import DeviceSpec
 from simulator.shards import Shard
@@ -56,12 +57,13 @@ class LiteDevice:
     def __init__(self, spec: DeviceSpec, *, host: str, port: int, state_dir: Path,
                  topics: Topics, batch_max_readings: int = 100, batch_max_age_s: float = 2.0,
                  max_inflight: int = 20, keepalive: int = 30,
-                 ack_timeout_s: float = 10.0) -> None:
+                 ack_timeout_s: float = 10.0, auth: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.device_id = spec.device_id
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topics = topics
         self.max_inflight = max_inflight
+        self.auth = dict(auth or {})  # the [mqtt] login keys an agent would have
         self.source = SimulatedSource(**spec.source_options())
         self.channels = list(self.source.channels)
         self.outbox = Outbox(state_dir / f"{self.device_id}.db", synchronous="normal",
@@ -107,7 +109,9 @@ class LiteDevice:
         c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                         client_id=self.device_id, protocol=MQTTProtocolVersion.MQTTv5,
                         reconnect_on_failure=False)
-        c.username_pw_set(self.device_id)
+        c.username_pw_set(self.auth.get("username", self.device_id), self.auth.get("password"))
+        if self.auth.get("tls"):
+            c.tls_set_context(client_context(self.auth.get("tls_ca_file")))
         c.will_set(self.topics.status(self.device_id),
                    _status(self.device_id, DeviceStatus.OFFLINE), qos=1, retain=True)
         c.max_inflight_messages_set(65535)  # the device keeps the real window
@@ -303,6 +307,8 @@ class LiteFleet:
     batch_max_readings: int = 100
     batch_max_age_s: float = 2.0
     ack_timeout_s: float = 10.0  # the agent's default
+    # Each device's login (tls, tls_ca_file, username, password), e.g. Broker.device_auth
+    mqtt_auth: Callable[[str], dict[str, Any]] | None = None
     devices: dict[str, LiteDevice] = field(default_factory=dict)
     stopped: bool = False
     _shards: list[Shard] = field(default_factory=list)
@@ -316,7 +322,8 @@ class LiteFleet:
                             state_dir=self.state_root, topics=Topics(self.topic_prefix),
                             batch_max_readings=self.batch_max_readings,
                             batch_max_age_s=self.batch_max_age_s,
-                            ack_timeout_s=self.ack_timeout_s)
+                            ack_timeout_s=self.ack_timeout_s,
+                            auth=self.mqtt_auth(spec.device_id) if self.mqtt_auth else None)
         shard = self._shards[len(self.devices) % len(self._shards)]
         device.shard = shard
         shard.devices.append(device)

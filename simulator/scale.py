@@ -83,17 +83,23 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
     hub: HubProcess | None = None
     client: HubClient | None = None
     fleet: LiteFleet | None = None
+    device_ids = [f"{opts.profile}-{i:04d}" for i in range(opts.devices)]
     try:
+        # Every device's identity goes into the broker's file before it starts: adding a
+        # thousand through $CONTROL would take minutes (the plugin rewrites its file each time).
+        broker.add_devices(device_ids)
         broker.start()
-        hub = HubProcess(workdir / "hub", mqtt_port=broker.port).start()
+        hub = HubProcess(workdir / "hub", mqtt_port=broker.port,
+                         extra_env=broker.hub_env("edgeloop-hub")).start()
         client = HubClient(hub.url, hub.admin_api_key, timeout=120.0)
         key = client.get("/signing-key")
-        say(f"broker :{broker.port}, hub {hub.url}")
+        say(f"broker :{broker.port} ({broker.transport}, {broker.auth}), hub {hub.url}")
 
         fleet = LiteFleet(mqtt_host=broker.host, mqtt_port=broker.port,
+                          mqtt_auth=broker.device_auth,
                           state_root=workdir / "devices", shards=opts.shards)
-        for i in range(opts.devices):
-            fleet.add(DeviceSpec(device_id=f"{opts.profile}-{i:04d}", profile=opts.profile,
+        for i, device_id in enumerate(device_ids):
+            fleet.add(DeviceSpec(device_id=device_id, profile=opts.profile,
                                  seed=opts.seed * 100_000 + i, rate_hz=opts.rate_hz,
                                  history_s=opts.history_s))
         fleet.start()
@@ -178,6 +184,8 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         total_stored = sum(stored.get(d, 0) for d in generated)
         return {
             "devices": opts.devices,
+            "transport": broker.transport,
+            "auth": broker.auth,
             "duration_s": opts.duration_s,
             "rate_hz": opts.rate_hz,
             "channels": len(next(iter(fleet.devices.values())).channels),

@@ -211,12 +211,14 @@ def run_scenario(scenario: Scenario, console: Console | None = None,
             broker = Broker(workdir=workdir / "mosquitto")
             broker.start()
             stack.callback(broker.close)
-            hub = HubProcess(workdir / "hub", mqtt_port=broker.port).start()
+            hub = HubProcess(workdir / "hub", mqtt_port=broker.port,
+                             extra_env=broker.hub_env("edgeloop-hub")).start()
             stack.callback(hub.stop)
             client = HubClient(hub.url, hub.admin_api_key, timeout=60.0)
             stack.callback(client.close)
             key = client.get("/signing-key")
             fleet = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+                          mqtt_auth=broker.device_auth,
                           state_root=workdir / "agents",
                           trust_keys={key["key_id"]: key["public_key"]})
             proxies: dict[str, LinkProxy] = {}
@@ -276,6 +278,8 @@ def run_scenario(scenario: Scenario, console: Console | None = None,
                 rollout=_overall(rollouts), faults=results.faults,
                 extra={
                     "title": f"scenario {scenario.name}",
+                    "transport": broker.transport,
+                    "auth": broker.auth,
                     "scenario": scenario.model_dump(mode="json"),
                     "models": models, "rollouts": rollouts, "chaos": chaos.log,
                     "hub_metrics": results.metrics, "dead_letters": results.dead_letters,

@@ -76,6 +76,10 @@ class Shard:
                 device: Driven = key.data
                 if mask & selectors.EVENT_READ:
                     device.client.loop_read()
+                    # TLS: decrypted bytes can wait in the socket where epoll cannot see them
+                    sock: Any = key.fileobj
+                    while getattr(sock, "pending", None) is not None and sock.pending() > 0:
+                        device.client.loop_read()
                 if mask & selectors.EVENT_WRITE:
                     device.client.loop_write()
             now = time.monotonic()

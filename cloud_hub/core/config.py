@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.topics import Topics
@@ -42,6 +43,19 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field(default="edgeloop/v1",
                               description="MQTT topic prefix; the agents' mqtt.topic_prefix")
+    # The broker's security. The hub's MQTT username is the client id of each connection
+    # (<id> for ingest, <id>-pub for publishing, <id>-admin for device credentials), all with
+    # this password. Unset: taken from DATA_DIR/broker/hub.json (`cloud-hub broker init`).
+    mqtt_password: str | None = Field(
+        default=None, json_schema_extra={"secret": True},
+        description="the hub's MQTT password; default from DATA_DIR/broker/hub.json")
+    mqtt_tls: bool = Field(default=False, description="TLS to the broker (set by hub.json)")
+    mqtt_ca_file: Path | None = Field(
+        default=None, description="CA of the broker's certificate; unset: the system CAs")
+    mqtt_dynsec: bool = Field(
+        default=True,
+        description="the hub creates and deletes device credentials on the broker "
+                    "(dynamic-security plugin); false: the operator manages them")
     signing_key_path: Path | None = Field(
         default=None, description="Ed25519 key signing models; default DATA_DIR/signing-key.pem"
     )
@@ -105,6 +119,34 @@ class Settings(BaseSettings):
     def _valid_prefix(cls, value: str) -> str:
         Topics(value)  # raises TopicError naming the prefix
         return value
+
+    @model_validator(mode="after")
+    def _broker_files(self) -> Settings:
+        """Fill the MQTT security settings from what `cloud-hub broker init` wrote, unless
+        they were given."""
+        path = self.broker_dir / "hub.json"
+        if self.mqtt_password is not None or not path.exists():
+            return self
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read the hub's broker credentials: {exc}") from exc
+        given = self.model_fields_set
+        self.mqtt_password = str(saved["password"])
+        if "mqtt_tls" not in given:
+            self.mqtt_tls = bool(saved.get("tls", True))
+        if "mqtt_ca_file" not in given and saved.get("ca_file"):
+            self.mqtt_ca_file = self.broker_dir / str(saved["ca_file"])
+        if "mqtt_port" not in given and saved.get("port"):
+            self.mqtt_port = int(saved["port"])
+        if "mqtt_client_id" not in given and saved.get("client_id"):
+            self.mqtt_client_id = str(saved["client_id"])
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where `cloud-hub broker init` writes the broker's CA, certificate and identities."""
+        return self.data_dir / "broker"
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.mqtt.lean import LeanClient
+from shared.tls import client_context
 
-__all__ = ["RECONNECT_MAX_S", "SESSION_EXPIRY_S", "new_client"]
+__all__ = ["RECONNECT_MAX_S", "SESSION_EXPIRY_S", "MqttAuth", "new_client"]
 
 
 # How long the broker keeps the hub's session (subscriptions and queued messages) while the
@@ -18,7 +21,25 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 RECONNECT_MAX_S = 16
 
 
-def new_client(client_id: str, *, manual_ack: bool = False) -> LeanClient:
+@dataclass(frozen=True)
+class MqttAuth:
+    """How the hub logs in: its password (the username is the connection's client id) and
+    TLS with ``ca_file`` (the system CAs when None). All unset: an anonymous plain broker."""
+
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+    def apply(self, client: mqtt.Client, username: str) -> None:
+        if self.password is not None:
+            client.username_pw_set(username, self.password)
+        if self.tls:
+            client.tls_set_context(client_context(self.ca_file))
+
+
+def new_client(
+    client_id: str, *, manual_ack: bool = False, auth: MqttAuth | None = None
+) -> LeanClient:
     """A paho client; setting its ``on_received`` takes the cheap receive path (:mod:`.lean`)."""
     client = LeanClient(
         CallbackAPIVersion.VERSION2,
@@ -27,4 +48,6 @@ def new_client(client_id: str, *, manual_ack: bool = False) -> LeanClient:
         manual_ack=manual_ack,
     )
     client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
+    if auth is not None:
+        auth.apply(client, client_id)
     return client

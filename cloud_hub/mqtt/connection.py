@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_hub.mqtt.client import SESSION_EXPIRY_S, new_client
+from cloud_hub.mqtt.client import SESSION_EXPIRY_S, MqttAuth, new_client
 from cloud_hub.mqtt.inbox import Inbox
 from cloud_hub.mqtt.lean import Received
 from cloud_hub.mqtt.presence import HubPresence
@@ -52,7 +52,7 @@ class HubConnection:
         self, *, host: str, port: int, topics: Topics, client_id: str,
         subscriptions: Sequence[tuple[str, int]], keepalive: int = 30,
         presence_refresh_s: float = 30.0, receive_maximum: int = 1000,
-        inbox_bytes: int = 64 * 1024 * 1024,
+        inbox_bytes: int = 64 * 1024 * 1024, auth: MqttAuth | None = None,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topics = topics
@@ -78,7 +78,7 @@ class HubConnection:
         self._subscribe_mid: int | None = None
         self._lock = threading.Lock()
         self._started = False
-        self._client = new_client(client_id, manual_ack=True)
+        self._client = new_client(client_id, manual_ack=True, auth=auth)
         self._client.max_queued_messages_set(0)
         self._client.on_received = self._on_received
         self._client.on_pre_connect = self._on_pre_connect

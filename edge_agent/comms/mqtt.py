@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.comms.backoff import Backoff
+from shared.tls import client_context
 
 __all__ = [
     "Acked",
@@ -242,7 +243,7 @@ class MqttLink:
         )
         client.username_pw_set(s.username or s.client_id, s.password)
         if s.tls:
-            client.tls_set(ca_certs=s.tls_ca_file)
+            client.tls_set_context(client_context(s.tls_ca_file))
         client.max_inflight_messages_set(65535)  # the caller keeps the real window
         client.max_queued_messages_set(0)
         client.connect_timeout = s.connect_timeout_s

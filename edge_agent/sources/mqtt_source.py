@@ -2,7 +2,8 @@
 
 Options: ``topic`` (required, may hold wildcards), ``channels`` (required), ``host``
 (127.0.0.1), ``port`` (1883), ``client_id`` (default ``edgeloop-source-<pid>``), ``username``,
-``password``. Payloads are JSON objects as for the stdin source.
+``password``, ``tls`` (false) and ``tls_ca_file``. Payloads are JSON objects as for the stdin
+source.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from edge_agent.sources.base import (
 __all__ = ["MqttSource", "create_source"]
 
 log = logging.getLogger(__name__)
-_KNOWN = {"topic", "channels", "host", "port", "client_id", "username", "password"}
+_KNOWN = {"topic", "channels", "host", "port", "client_id", "username", "password", "tls",
+          "tls_ca_file"}
 
 
 class MqttSource(SensorSource):
@@ -72,6 +74,8 @@ def create_source(options: dict[str, Any]) -> MqttSource:
         port=port,
         username=options.get("username"),
         password=options.get("password"),
+        tls=bool(options.get("tls", False)),
+        tls_ca_file=options.get("tls_ca_file"),
         clean_start=True,
         session_expiry_s=0,
         reconnect_initial_s=0.5,

@@ -15,11 +15,14 @@ from tests.cloud_hub.helpers import stand_in_training
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 
 
-def hub_settings(broker: Broker, data_dir: Path, **extra: object) -> Settings:
+def hub_settings(broker: Broker, data_dir: Path, *, hub_id: str | None = None,
+                 **extra: object) -> Settings:
+    """A hub on ``broker`` (its identity created there: TLS and a password on a secure one)."""
+    mqtt = broker.hub_settings(hub_id or f"hub-{broker.port}")
     return Settings(
-        data_dir=data_dir, mqtt_host=broker.host, mqtt_port=broker.port,
-        admin_api_key=ADMIN_KEY, mqtt_client_id=f"hub-{broker.port}", ingest_batch_wait_s=0.02,
-        publish_timeout_s=10.0, chunk_size=1024, rollout_tick_s=0.1, **extra,  # type: ignore[arg-type]
+        data_dir=data_dir, admin_api_key=ADMIN_KEY, ingest_batch_wait_s=0.02,
+        publish_timeout_s=10.0, chunk_size=1024, rollout_tick_s=0.1,
+        **{**mqtt, **extra},  # type: ignore[arg-type]
     )
 
 

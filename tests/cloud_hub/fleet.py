@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.codec import reassemble
 from shared.manifest import Manifest, parse_manifest
@@ -31,10 +30,12 @@ from shared.messages import (
 )
 from shared.signing import load_public_key, verify_manifest
 from shared.topics import Topics
+from simulator.broker import Broker
 
 
 class FakeDevice:
-    def __init__(self, device_id: str, port: int, topics: Topics, key_id: str, public_b64: str,
+    def __init__(self, device_id: str, broker: Broker, topics: Topics, key_id: str,
+                 public_b64: str,
                  *, fail_versions: set[int] = frozenset(),  # type: ignore[assignment]
                  noisy_versions: set[int] = frozenset(),  # type: ignore[assignment]
                  noise_interval_s: float = 0.1) -> None:
@@ -51,12 +52,12 @@ class FakeDevice:
         self._manifest: Manifest | None = None
         self._chunks: dict[int, bytes] = {}
         self._wanted: ModelRef | None = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client = broker.client(broker.add_device(device_id), protocol=mqtt.MQTTv311)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         will = Status(device_id=device_id, state=DeviceStatus.OFFLINE, at=time.time())
         self.client.will_set(topics.status(device_id), encode(will), qos=1, retain=True)
-        self.client.connect("127.0.0.1", port)
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         self._noise = threading.Thread(target=self._noise_loop, daemon=True)
         self._noise.start()

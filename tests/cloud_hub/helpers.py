@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import queue
 import threading
 import time
@@ -11,10 +12,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.training.artifact import ModelArtifact, ParityReport, TrainingSpec
 from shared.manifest import InputSpec, Normalization, Quantization, ScoreSpec
+from shared.topics import DEVICE_WRITES, TopicAccess
+from simulator.broker import Broker
 
 T = TypeVar("T")
 
@@ -102,16 +104,24 @@ def stand_in_training(**overrides: Any) -> Callable[..., ModelArtifact]:
     return run
 
 
-class Subscriber:
-    """A plain paho client collecting messages into a queue (for checking what the hub wrote)."""
+_SUBSCRIBERS = itertools.count(1)
 
-    def __init__(self, port: int, topic: str, client_id: str = "test-sub") -> None:
+
+class Subscriber:
+    """A paho client collecting messages into a queue (for checking what the hub wrote); on a
+    secure broker an observer identity that may only subscribe to ``topic``."""
+
+    def __init__(self, broker: Broker, topic: str, client_id: str = "test-sub", *,
+                 publish: tuple[str, ...] = ()) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        # A fresh identity per subscriber: a test may open several with the same client id.
+        name = f"{client_id}-{next(_SUBSCRIBERS)}"
+        credential = broker.add_client(name, TopicAccess(publish=publish, subscribe=(topic,)))
+        self.client = broker.client(credential, protocol=mqtt.MQTTv311)
         self.client.on_connect = lambda c, *_: (c.subscribe(topic, qos=1), self._connected.set())
         self.client.on_message = lambda _c, _u, m: self.messages.put(m)
-        self.client.connect("127.0.0.1", port)
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise AssertionError("test subscriber could not connect")
@@ -135,9 +145,15 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def publisher_client(port: int, client_id: str = "test-device") -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.connect("127.0.0.1", port)
+def publisher_client(broker: Broker, client_id: str = "test-device") -> mqtt.Client:
+    """A client that publishes device streams for any device id, as a gateway would: hub tests
+    about parsing and storage send many devices' messages through one connection. (What a
+    single device may do is tested with device credentials, in tests/integration.)"""
+    topics = broker.topics
+    gateway = TopicAccess(publish=tuple(topics.all_devices(t) for t in DEVICE_WRITES),
+                          subscribe=())
+    client = broker.client(broker.add_client(client_id, gateway), protocol=mqtt.MQTTv311)
+    client.connect(broker.host, broker.port)
     client.loop_start()
     return client
 

@@ -10,6 +10,7 @@ import pytest
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
+from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 
@@ -98,8 +99,10 @@ def test_invalid_desired_body_is_422(api: httpx.Client) -> None:
     assert response.status_code == 422
 
 
-def test_devices_telemetry_and_summary_after_ingest(api: httpx.Client, hub: Hub) -> None:
-    client = publisher_client(hub.settings.mqtt_port)
+def test_devices_telemetry_and_summary_after_ingest(
+    broker: Broker, api: httpx.Client, hub: Hub
+) -> None:
+    client = publisher_client(broker)
     try:
         for seq in (0, 1, 3):  # batch 2 never arrives
             batch = TelemetryBatch(device_id="pump-9", epoch="0123456789abcdef", seq=seq,

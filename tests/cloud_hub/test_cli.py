@@ -54,9 +54,10 @@ def test_a_model_failing_the_parity_gate_cannot_be_published_from_the_cli(
 
 
 def test_train_follows_the_job_and_models_show_the_result(
+    broker: Broker,
     hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = publisher_client(hub.settings.mqtt_port)
+    client = publisher_client(broker)
     try:
         batch = TelemetryBatch(device_id="pump-1", epoch="0123456789abcdef", seq=0,
                                channels=["a", "b"],
@@ -123,7 +124,7 @@ def test_train_exits_non_zero_with_the_reason_when_the_model_cannot_be_published
     hub.start()
     server = serve_in_thread(hub)
     try:
-        client = publisher_client(hub.settings.mqtt_port)
+        client = publisher_client(broker)
         try:
             batch = TelemetryBatch(
                     epoch="0123456789abcdef", device_id="pump-1", seq=0, channels=["a", "b"],

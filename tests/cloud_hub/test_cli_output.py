@@ -13,7 +13,7 @@ from cloud_hub.cli import main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.cli.timearg import parse_when
 from cloud_hub.service import Hub
-from simulator.broker import free_port
+from simulator.broker import Broker, free_port
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.fleet import FakeDevice
 from tests.cloud_hub.helpers import tiny_artifact
@@ -104,10 +104,11 @@ def test_an_unreachable_hub_is_named_without_http_0(capsys: pytest.CaptureFixtur
 
 
 def test_rollout_create_wait_follows_it_to_the_end(
+    broker: Broker,
     hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
     devices = ["pump-0", "pump-1", "pump-2"]
-    fleet = [FakeDevice(d, hub.settings.mqtt_port, hub.topics, hub.signing_key.key_id,
+    fleet = [FakeDevice(d, broker, hub.topics, hub.signing_key.key_id,
                         hub.signing_key.public_b64()) for d in devices]
     try:
         name, version = hub.register(tiny_artifact(), name="pump-ae")

@@ -47,9 +47,9 @@ def _next_status(sub: Subscriber, state: DeviceStatus, *, not_of: tuple[str, ...
     raise AssertionError(f"no {state.value} hub status within {timeout}s")
 
 
-def _retained_status(port: int, topic: str) -> HubStatus:
+def _retained_status(broker: Broker, topic: str) -> HubStatus:
     """What a device that subscribes now is told first: the retained record."""
-    sub = Subscriber(port, topic, client_id="test-late-sub")
+    sub = Subscriber(broker, topic, client_id="test-late-sub")
     try:
         return decode(HubStatus, bytes(sub.messages.get(timeout=10).payload))
     finally:
@@ -68,7 +68,7 @@ def test_hub_announces_a_new_session_per_connection_and_its_will_follows_it(
 ) -> None:
     settings = hub_settings(broker, tmp_path / "hub").model_copy(update={"mqtt_port": proxy.port})
     topic = settings.topics.hub_status(settings.mqtt_client_id)
-    sub = Subscriber(broker.port, topic)
+    sub = Subscriber(broker, topic)
     hub = Hub(settings, run_training=stand_in_training())
     try:
         hub.start()
@@ -92,7 +92,7 @@ def test_hub_announces_a_new_session_per_connection_and_its_will_follows_it(
         hub.stop()
         assert _next_status(sub, DeviceStatus.OFFLINE, not_of=(first.session, second.session)) \
             .session == third.session
-        retained = _retained_status(broker.port, topic)
+        retained = _retained_status(broker, topic)
         assert (retained.state, retained.session) == (DeviceStatus.OFFLINE, third.session)
     finally:
         hub.stop()
@@ -103,9 +103,9 @@ def test_telemetry_sent_once_the_hub_is_announced_is_stored(broker: Broker, tmp_
     from tests.cloud_hub.test_ingest import _batch
 
     settings = hub_settings(broker, tmp_path / "hub")
-    sub = Subscriber(broker.port, settings.topics.hub_status(settings.mqtt_client_id))
+    sub = Subscriber(broker, settings.topics.hub_status(settings.mqtt_client_id))
     hub = Hub(settings, run_training=stand_in_training())
-    device = publisher_client(broker.port)
+    device = publisher_client(broker)
     try:
         hub.start()
         _next_status(sub, DeviceStatus.ONLINE)
@@ -182,7 +182,7 @@ def test_a_hub_started_with_the_broker_down_serves_its_api_and_connects_later(
         wait_for(lambda: httpx.get(f"{server.base_url}/api/v1/health").json()["status"] == "ok",
                  timeout=30, what="the hub connecting once the broker is up")
         wait_for(lambda: hub.ingest.snapshot()["births"] == 1, what="subscriptions granted")
-        device = publisher_client(broker.port)
+        device = publisher_client(broker)
         try:
             publish_wait(device, settings.topics.telemetry("pump-1"),
                          encode(_batch("pump-1", 0)))

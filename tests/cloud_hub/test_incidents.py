@@ -59,8 +59,8 @@ def api(server: ServerHandle) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def device(quick_hub: Hub) -> Iterator[mqtt.Client]:
-    client = publisher_client(quick_hub.settings.mqtt_port)
+def device(broker: Broker, quick_hub: Hub) -> Iterator[mqtt.Client]:
+    client = publisher_client(broker)
     try:
         yield client
     finally:

@@ -54,9 +54,9 @@ def _anomaly(device: str, seq: int) -> AnomalyEvent:
                         detected_at=2.5)
 
 
-def test_every_reading_is_stored_once_under_redelivery(hub: Hub) -> None:
+def test_every_reading_is_stored_once_under_redelivery(broker: Broker, hub: Hub) -> None:
     topics = hub.topics
-    client = publisher_client(hub.settings.mqtt_port)
+    client = publisher_client(broker)
     try:
         for seq in (0, 1, 1, 2, 0):  # seq 0 and 1 delivered twice
             publish_wait(client, topics.telemetry("pump-1"), encode(_batch("pump-1", seq)))
@@ -86,7 +86,9 @@ def test_every_reading_is_stored_once_under_redelivery(hub: Hub) -> None:
         assert anomaly.stored_at >= anomaly.detected_at
 
 
-def test_malformed_payloads_become_dead_letters_and_ingest_goes_on(hub: Hub) -> None:
+def test_malformed_payloads_become_dead_letters_and_ingest_goes_on(
+    broker: Broker, hub: Hub
+) -> None:
     topics = hub.topics
     good = encode(_batch("pump-1", 0))
     wrong_v = json.loads(good)
@@ -102,7 +104,7 @@ def test_malformed_payloads_become_dead_letters_and_ingest_goes_on(hub: Hub) -> 
         (f"{topics.prefix}/devices/bad$id/telemetry", good, "device id"),
         (topics.telemetry("pump-1"), mismatched, "does not match the topic"),
     ]
-    client = publisher_client(hub.settings.mqtt_port)
+    client = publisher_client(broker)
     try:
         for topic, payload, _ in bad:
             publish_wait(client, topic, payload)
@@ -122,9 +124,9 @@ def test_malformed_payloads_become_dead_letters_and_ingest_goes_on(hub: Hub) -> 
         assert letter.payload_size == len(payload)
 
 
-def test_status_heartbeat_and_reported_update_the_device(hub: Hub) -> None:
+def test_status_heartbeat_and_reported_update_the_device(broker: Broker, hub: Hub) -> None:
     topics = hub.topics
-    client = publisher_client(hub.settings.mqtt_port)
+    client = publisher_client(broker)
     reported = Reported(device_id="pump-1", model=ReportedModel(name="m", version=2),
                         state=ModelState.ACTIVE, since=10.0)
     try:
@@ -147,9 +149,11 @@ def test_status_heartbeat_and_reported_update_the_device(hub: Hub) -> None:
     assert found.agent_version == "0.1.0"
 
 
-def test_a_last_will_older_than_the_online_record_marks_the_device_offline(hub: Hub) -> None:
+def test_a_last_will_older_than_the_online_record_marks_the_device_offline(
+    broker: Broker, hub: Hub
+) -> None:
     topics = hub.topics
-    client = publisher_client(hub.settings.mqtt_port)
+    client = publisher_client(broker)
     try:
         for state, at in ((DeviceStatus.ONLINE, 10.0), (DeviceStatus.OFFLINE, 9.0)):
             publish_wait(client, topics.status("pump-1"),
@@ -176,7 +180,7 @@ def test_telemetry_sent_while_the_hub_is_down_is_stored_after_it_restarts(
     first = Hub(settings)
     first.start()
     first.stop()  # persistent session: the broker queues for the hub's subscriptions
-    client = publisher_client(broker.port)
+    client = publisher_client(broker)
     try:
         for seq in range(3):
             publish_wait(client, settings.topics.telemetry("pump-1"),
@@ -201,15 +205,14 @@ def test_hubs_in_a_share_group_split_telemetry_and_store_each_reading_once(
     db_url = f"sqlite:///{tmp_path / 'shared-hub.db'}"
     hubs = [
         Hub(hub_settings(broker, tmp_path / f"hub-{i}", database_url=db_url,
-                         mqtt_share_group="hub").model_copy(
-                update={"mqtt_client_id": f"hub-{i}-{broker.port}"}),
+                         mqtt_share_group="hub", hub_id=f"hub-{i}-{broker.port}"),
             run_training=stand_in_training())
         for i in range(2)
     ]
     for h in hubs:
         h.start()
     try:
-        client = publisher_client(broker.port)
+        client = publisher_client(broker)
         try:
             for seq in range(40):
                 topic = hubs[0].topics.telemetry("pump-9")
@@ -230,10 +233,12 @@ def test_hubs_in_a_share_group_split_telemetry_and_store_each_reading_once(
             h.stop()
 
 
-def test_the_hub_acknowledges_what_it_committed_on_the_devices_ack_topic(hub: Hub) -> None:
+def test_the_hub_acknowledges_what_it_committed_on_the_devices_ack_topic(
+    broker: Broker, hub: Hub
+) -> None:
     topics = hub.topics
-    sub = Subscriber(hub.settings.mqtt_port, topics.ack("pump-1"), client_id="test-ack-sub")
-    client = publisher_client(hub.settings.mqtt_port)
+    sub = Subscriber(broker, topics.ack("pump-1"), client_id="test-ack-sub")
+    client = publisher_client(broker)
 
     def next_ack() -> Ack:
         return decode(Ack, bytes(sub.messages.get(timeout=10).payload))
@@ -254,7 +259,7 @@ def test_the_hub_acknowledges_what_it_committed_on_the_devices_ack_topic(hub: Hu
         client.disconnect()
         client.loop_stop()
         sub.close()
-    late = Subscriber(hub.settings.mqtt_port, topics.ack("pump-1"), client_id="test-ack-late")
+    late = Subscriber(broker, topics.ack("pump-1"), client_id="test-ack-late")
     try:
         retained = decode(Ack, bytes(late.messages.get(timeout=10).payload))
         assert retained.telemetry.watermark == 2, "the latest acknowledgement is retained"

@@ -91,7 +91,7 @@ def test_hostile_payloads_on_every_stream_are_dead_lettered_and_good_ones_stored
     first.stop()  # the broker now queues the device streams for the hub's session
 
     expected: list[tuple[str, str]] = []
-    client = publisher_client(broker.port)
+    client = publisher_client(broker)
     seq = 0
     try:
         for stream in VALID:

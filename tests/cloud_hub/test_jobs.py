@@ -37,8 +37,10 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
         server.stop()
 
 
-def _send_telemetry(hub: Hub, devices: list[str], batches: int = 4, rows: int = 50) -> None:
-    client = publisher_client(hub.settings.mqtt_port)
+def _send_telemetry(
+    broker: Broker, hub: Hub, devices: list[str], batches: int = 4, rows: int = 50
+) -> None:
+    client = publisher_client(broker)
     try:
         for device in devices:
             for seq in range(batches):
@@ -64,9 +66,10 @@ def _finished(api: httpx.Client, job_id: int) -> dict[str, object] | None:
 
 
 def test_training_job_trains_on_stored_telemetry_and_registers_a_draft(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
-    _send_telemetry(hub, ["pump-1", "pump-2"])
+    _send_telemetry(broker, hub, ["pump-1", "pump-2"])
     body = {"name": "pump-ae", "channels": ["a", "c"], "since": 1000, "until": 1149,
             "spec": {"window": 8, "epochs": 3}}
     created = api.post("/training-jobs", json=body, headers=ADMIN)
@@ -138,7 +141,7 @@ def test_a_running_job_can_be_cancelled(broker: Broker, tmp_path: Path) -> None:
     server = serve_in_thread(hub)
     try:
         with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as api:
-            _send_telemetry(hub, ["pump-1"], batches=1)
+            _send_telemetry(broker, hub, ["pump-1"], batches=1)
             job = api.post("/training-jobs", json={"name": "m"}, headers=ADMIN).json()
             assert started.wait(10)
             assert api.post(f"/training-jobs/{job['id']}/cancel",

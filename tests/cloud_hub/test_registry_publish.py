@@ -12,6 +12,7 @@ from cloud_hub.service import Hub
 from shared.codec import reassemble
 from shared.manifest import parse_manifest
 from shared.signing import load_public_key, verify_manifest
+from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import Subscriber, publish_wait, tiny_artifact
 
@@ -29,12 +30,12 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
         server.stop()
 
 
-def _retained(hub: Hub, name: str, version: int) -> dict[str, bytes]:
+def _retained(broker: Broker, hub: Hub, name: str, version: int) -> dict[str, bytes]:
     """Everything retained under the model's topics, seen by a brand-new subscriber."""
     prefix = hub.topics.model_prefix(name, version)
-    sub = Subscriber(hub.settings.mqtt_port, f"{prefix}/#", client_id="fresh-sub")
+    marker = f"{prefix}/marker"  # not retained: arrives after every retained message
+    sub = Subscriber(broker, f"{prefix}/#", client_id="fresh-sub", publish=(marker,))
     try:
-        marker = f"{prefix}/marker"  # not retained: arrives after every retained message
         publish_wait(sub.client, marker, b"end")
         got: dict[str, bytes] = {}
         while marker not in got:
@@ -46,6 +47,7 @@ def _retained(hub: Hub, name: str, version: int) -> dict[str, bytes]:
 
 
 def test_publish_retains_a_manifest_and_chunks_a_fresh_subscriber_can_verify(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
     name, version = hub.register(tiny_artifact(), name="pump-ae")
@@ -55,7 +57,7 @@ def test_publish_retains_a_manifest_and_chunks_a_fresh_subscriber_can_verify(
     assert published.status_code == 200, published.text
     assert published.json()["status"] == "published"
 
-    retained = _retained(hub, name, version)
+    retained = _retained(broker, hub, name, version)
     manifest = parse_manifest(retained.pop(hub.topics.manifest(name, version)))
     key = api.get("/signing-key").json()
     verify_manifest(manifest, {key["key_id"]: load_public_key(key["public_key"])})
@@ -66,19 +68,22 @@ def test_publish_retains_a_manifest_and_chunks_a_fresh_subscriber_can_verify(
     assert model == api.get(f"/models/{name}/{version}/tflite", headers=ADMIN).content
 
 
-def test_retire_clears_the_retained_manifest_and_chunks(hub: Hub, api: httpx.Client) -> None:
+def test_retire_clears_the_retained_manifest_and_chunks(
+    broker: Broker, hub: Hub, api: httpx.Client
+) -> None:
     name, version = hub.register(tiny_artifact(), name="pump-ae")
     assert api.post(f"/models/{name}/{version}/publish", headers=ADMIN).status_code == 200
-    assert _retained(hub, name, version)
+    assert _retained(broker, hub, name, version)
 
     retired = api.post(f"/models/{name}/{version}/retire", headers=ADMIN)
     assert retired.json()["status"] == "retired"
-    assert _retained(hub, name, version) == {}
+    assert _retained(broker, hub, name, version) == {}
     again = api.post(f"/models/{name}/{version}/publish", headers=ADMIN)
     assert again.status_code == 409
 
 
 def test_a_model_that_failed_the_parity_gate_cannot_be_published(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
     name, version = hub.register(tiny_artifact(agreement=0.9), name="pump-ae")
@@ -88,11 +93,11 @@ def test_a_model_that_failed_the_parity_gate_cannot_be_published(
     assert detail["figure"] == "decision_agreement"
     assert detail["value"] == 0.9 and detail["minimum"] == 0.99
     assert "0.9000 is below the minimum 0.9900" in detail["message"]
-    assert _retained(hub, name, version) == {}
+    assert _retained(broker, hub, name, version) == {}
     assert api.get(f"/models/{name}/{version}", headers=ADMIN).json()["status"] == "draft"
 
 
-def test_desired_is_retained_per_device(hub: Hub, api: httpx.Client) -> None:
+def test_desired_is_retained_per_device(broker: Broker, hub: Hub, api: httpx.Client) -> None:
     name, version = hub.register(tiny_artifact(), name="pump-ae")
     body = {"model": {"name": name, "version": version}}
     assert api.put("/devices/pump-1/desired", json=body, headers=ADMIN).status_code == 409
@@ -100,7 +105,7 @@ def test_desired_is_retained_per_device(hub: Hub, api: httpx.Client) -> None:
     response = api.put("/devices/pump-1/desired", json=body, headers=ADMIN)
     assert response.status_code == 200, response.text
     assert response.json()["desired_model"] == {"name": name, "version": version}
-    sub = Subscriber(hub.settings.mqtt_port, hub.topics.desired("pump-1"), client_id="dev")
+    sub = Subscriber(broker, hub.topics.desired("pump-1"), client_id="dev")
     try:
         payload = sub.collect(1)[hub.topics.desired("pump-1")]
     finally:

@@ -13,6 +13,7 @@ from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.rollouts.planning import unknown_devices
 from cloud_hub.service import Hub
+from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.fleet import FakeDevice
 from tests.cloud_hub.helpers import tiny_artifact, wait_for
@@ -32,8 +33,8 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
         server.stop()
 
 
-def _fleet(hub: Hub, **kwargs: Any) -> list[FakeDevice]:
-    fleet = [FakeDevice(d, hub.settings.mqtt_port, hub.topics, hub.signing_key.key_id,
+def _fleet(broker: Broker, hub: Hub, **kwargs: Any) -> list[FakeDevice]:
+    fleet = [FakeDevice(d, broker, hub.topics, hub.signing_key.key_id,
                         hub.signing_key.public_b64(), **kwargs) for d in DEVICES]
 
     def known() -> bool:  # a rollout targets devices the hub has heard of
@@ -63,8 +64,10 @@ def _done(api: httpx.Client, rollout_id: int) -> dict[str, Any] | None:
     return view if view["status"] in ("succeeded", "rolled_back", "aborted") else None
 
 
-def test_good_model_is_promoted_through_every_wave(hub: Hub, api: httpx.Client) -> None:
-    fleet = _fleet(hub)
+def test_good_model_is_promoted_through_every_wave(
+    broker: Broker, hub: Hub, api: httpx.Client
+) -> None:
+    fleet = _fleet(broker, hub)
     try:
         _, version = _published(hub, api)
         created = _rollout(api, version)
@@ -83,11 +86,12 @@ def test_good_model_is_promoted_through_every_wave(hub: Hub, api: httpx.Client) 
 
 
 def test_noisy_canary_is_rolled_back_on_every_touched_device(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
     _, good = _published(hub, api)
     _, bad = _published(hub, api, threshold=0.0001)
-    fleet = _fleet(hub, noisy_versions={bad}, noise_interval_s=0.05)
+    fleet = _fleet(broker, hub, noisy_versions={bad}, noise_interval_s=0.05)
     try:
         first = _rollout(api, good)
         assert wait_for(lambda: _done(api, first["id"]), timeout=30)["status"] == "succeeded"
@@ -109,10 +113,12 @@ def test_noisy_canary_is_rolled_back_on_every_touched_device(
     assert releases == {good: 5, bad: 4}
 
 
-def test_install_failures_breach_the_failure_ratio(hub: Hub, api: httpx.Client) -> None:
+def test_install_failures_breach_the_failure_ratio(
+    broker: Broker, hub: Hub, api: httpx.Client
+) -> None:
     _, good = _published(hub, api)
     _, broken = _published(hub, api)
-    fleet = _fleet(hub, fail_versions={broken})
+    fleet = _fleet(broker, hub, fail_versions={broken})
     try:
         first = _rollout(api, good)
         assert wait_for(lambda: _done(api, first["id"]), timeout=30)["status"] == "succeeded"
@@ -125,8 +131,10 @@ def test_install_failures_breach_the_failure_ratio(hub: Hub, api: httpx.Client) 
     assert "install failure ratio" in view["reason"] and "cannot load" in view["reason"]
 
 
-def test_pause_holds_the_next_stage_and_resume_continues(hub: Hub, api: httpx.Client) -> None:
-    fleet = _fleet(hub)
+def test_pause_holds_the_next_stage_and_resume_continues(
+    broker: Broker, hub: Hub, api: httpx.Client
+) -> None:
+    fleet = _fleet(broker, hub)
     try:
         _, version = _published(hub, api)
         created = _rollout(api, version, min_observation_s=1.0)
@@ -182,9 +190,10 @@ def test_target_by_group_tags_and_percent_then_abort(hub: Hub, api: httpx.Client
 
 
 def test_an_admin_rolls_back_a_finished_rollout_to_the_previous_model(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
-    fleet = _fleet(hub)
+    fleet = _fleet(broker, hub)
     try:
         _, first = _published(hub, api)
         _, second = _published(hub, api)
@@ -215,9 +224,10 @@ def test_an_admin_rolls_back_a_finished_rollout_to_the_previous_model(
 
 
 def test_rollout_naming_a_malformed_or_unknown_device_is_422_naming_it(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
-    fleet = _fleet(hub)
+    fleet = _fleet(broker, hub)
     try:
         _, version = _published(hub, api)
         body = {"model": {"name": "pump-ae", "version": version},
@@ -240,9 +250,10 @@ def test_rollout_naming_a_malformed_or_unknown_device_is_422_naming_it(
 
 
 def test_a_rollout_with_a_bad_stored_target_never_stops_the_others(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
-    fleet = _fleet(hub)
+    fleet = _fleet(broker, hub)
     try:
         name, version = _published(hub, api)
         with Session(hub.engine) as session:  # behind the API's back: an id no topic can hold

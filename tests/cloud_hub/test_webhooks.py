@@ -124,10 +124,11 @@ def _rule(api: httpx.Client, receiver: Receiver, base: str, path: str, **match: 
 
 
 def test_incident_notifications_are_signed_retried_and_recorded(
+    broker: Broker,
     hub: Hub, api: httpx.Client, receiver: tuple[Receiver, str]
 ) -> None:
     state, base = receiver
-    client = publisher_client(hub.settings.mqtt_port)
+    client = publisher_client(broker)
     try:
         send_event(client, hub, "pump-1", 0, time.time(), 1.0, ["boot"])  # the device exists
         wait_for(lambda: api.get("/incidents").json(), what="the first incident")

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -36,7 +35,7 @@ from shared.manifest import (
 )
 from shared.messages import Ack, Desired, ModelRef, StreamAck, encode
 from shared.signing import SigningKey
-from shared.topics import Topics
+from shared.topics import TopicAccess, Topics
 from simulator.broker import Broker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -104,8 +103,7 @@ class HubStandIn:
     """Publishes what the hub would: retained manifests, chunks and desired records."""
 
     def __init__(self, broker: Broker) -> None:
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id="test-hub", protocol=MQTTProtocolVersion.MQTTv5)
+        self.client = broker.client(broker.add_hub("test-hub"))
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
@@ -161,8 +159,9 @@ class Collector:
         self._marks: dict[tuple[str, str, str], tuple[set[int], int]] = {}
         self.devices: dict[str, DeviceLog] = {}
         self.lock = threading.Lock()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        streams = ("telemetry", "anomalies", "status", "reported", "heartbeat")
+        access = TopicAccess(publish=(), subscribe=tuple(TOPICS.all_devices(s) for s in streams))
+        self.client = broker.client(broker.add_client(client_id, access))
         self._subscribed = threading.Event()
         self.client.reconnect_delay_set(0.05, 0.5)
         self.client.on_message = self._on_message
@@ -288,7 +287,7 @@ def agent_config(broker: Broker, state_dir: Path, device_id: str, key: SigningKe
     raw: dict[str, Any] = {
         "device_id": device_id,
         "state_dir": str(state_dir),
-        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5,
+        "mqtt": {**broker.agent_mqtt(broker.add_device(device_id)), "keepalive": 5,
                  "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0},
         "trust": {"keys": {key.key_id: key.public_b64()} if key else {}},
         "telemetry": {"batch_max_readings": 20, "batch_max_age_s": 0.2},

@@ -98,8 +98,8 @@ def test_bad_messages_are_counted_and_the_agent_goes_on(
         wait_until(lambda: _saw_online(collector, "dev-b"), 10, "online status")
         hub.client.publish("edgeloop/v1/devices/dev-b/desired", b"{not json", qos=1)
         hub.client.publish("edgeloop/v1/devices/dev-b/desired", b'{"v": 9}', qos=1)
-        hub.client.publish("edgeloop/v1/hub/hub-1/status", b"{not json", qos=1)
-        hub.client.publish("edgeloop/v1/hub/hub-1/status", b'{"v":1,"device_id":"hub-2",'
+        hub.client.publish("edgeloop/v1/hub/test-hub/status", b"{not json", qos=1)
+        hub.client.publish("edgeloop/v1/hub/test-hub/status", b'{"v":1,"device_id":"hub-2",'
                            b'"state":"online","session":"0123abcd","at":1.0}', qos=1)
         wait_until(lambda: agent.status()["bad_messages"] == 4, 10, "bad messages counted")
         sent = agent.status()["readings_sent"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.telemetry.outbox import Outbox
+from shared.topics import TopicAccess
 from simulator.broker import Broker
 from tests.edge_agent.support import TOPICS, Collector, wait_until
 
@@ -36,9 +36,7 @@ def _config(tmp_path: Path, broker: Broker, device_id: str, csv: Path, *,
 device_id = "{device_id}"
 state_dir = "state"
 [mqtt]
-host = "{broker.host}"
-port = {broker.port}
-reconnect_initial_s = 0.2
+{broker.agent_mqtt_toml(broker.add_device(device_id))}reconnect_initial_s = 0.2
 reconnect_max_s = 1.0
 [source]
 type = "csv"
@@ -88,7 +86,9 @@ def _output(config: Path, n: int = 0) -> str:
 
 def _retained_status(broker: Broker, device_id: str) -> dict[str, object]:
     got: list[bytes] = []
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    observer = TopicAccess(publish=(), subscribe=(TOPICS.status(device_id),))
+    client = broker.client(broker.add_client(f"status-of-{device_id}", observer),
+                           protocol=paho.MQTTv311)
     client.on_message = lambda c, u, m: got.append(m.payload)
     client.connect(broker.host, broker.port)
     client.subscribe(TOPICS.status(device_id), qos=1)

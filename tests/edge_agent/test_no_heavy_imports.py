@@ -31,7 +31,7 @@ def test_importing_and_starting_the_agent_loads_no_heavy_module(
         from edge_agent.inference.runtime import available_runtime
         config = config_from_dict({{
             "device_id": "light-1", "state_dir": {str(tmp_path / "state")!r},
-            "mqtt": {{"host": {broker.host!r}, "port": {broker.port}}},
+            "mqtt": {broker.agent_mqtt(broker.add_device("light-1"))!r},
             "source": {{"type": "csv", "options": {{"path": {str(csv)!r},
                                                      "replay_speed": 0}}}},
         }})

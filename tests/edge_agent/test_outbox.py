@@ -264,7 +264,9 @@ def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None
     collector = Collector(broker, acks=False)
     outbox = Outbox(tmp_path / "o.db")
     control: queue.Queue[LinkEvent] = queue.Queue()
-    link = MqttLink(LinkSettings(client_id="dev", host=broker.host, port=broker.port,
+    mqtt = broker.agent_mqtt(broker.add_device("dev"))
+    mqtt.pop("topic_prefix")
+    link = MqttLink(LinkSettings(client_id="dev", **mqtt,
                                  reconnect_initial_s=0.1, reconnect_max_s=0.3), control=control)
     sender = Sender(outbox, link, control, max_inflight=5)
     try:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.sources.base import Reading, SensorSource, SourceError
 from edge_agent.sources.csv_source import CsvSource
 from edge_agent.sources.registry import available_sources, create_source
 from edge_agent.sources.stdin_source import StdinSource
+from shared.topics import TopicAccess
 from simulator.broker import Broker
 from tests.edge_agent.support import wait_until
 
@@ -117,9 +117,16 @@ def test_stdin_json_lines_with_bad_lines_counted() -> None:
 
 @pytest.mark.integration
 def test_mqtt_source_reads_a_local_topic(broker: Broker) -> None:
+    # The local sensor bus: a reader and a sensor, each with only the access it needs.
+    reader = broker.add_client("pump-sensor-reader",
+                               TopicAccess(publish=(), subscribe=("sensors/pump/#",)))
+    sensor = broker.add_client("pump-sensor", TopicAccess(publish=("sensors/pump/1",),
+                                                          subscribe=()))
+    options = broker.agent_mqtt(reader)
+    options.pop("topic_prefix")
     source = create_source("mqtt", {"topic": "sensors/pump/#", "channels": ["a", "b"],
-                                    "host": broker.host, "port": broker.port})
-    publisher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+                                    "client_id": reader.client_id, **options})
+    publisher = broker.client(sensor, protocol=paho.MQTTv311)
     publisher.connect(broker.host, broker.port)
     publisher.loop_start()
     got: list[Reading] = []

@@ -14,7 +14,8 @@ from simulator.hub_process import HubProcess
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[HubProcess]:
-    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port)
+    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port,
+                         extra_env=broker.hub_env("edgeloop-hub"))
     process.start(timeout=120)
     try:
         yield process

@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[HubClient]:
-    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port).start(timeout=120)
+    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port,
+                         extra_env=broker.hub_env("edgeloop-hub")).start(timeout=120)
     client = HubClient(process.url, process.admin_api_key)
     try:
         yield client
@@ -45,7 +46,8 @@ def hub(broker: Broker, tmp_path: Path) -> Iterator[HubClient]:
 @pytest.fixture
 def fleet(broker: Broker, tmp_path: Path) -> Iterator[tuple[Fleet, dict[str, LinkProxy]]]:
     proxies = {d: LinkProxy(broker.host, broker.port, name=d) for d in ("pump-001", "pump-002")}
-    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=tmp_path / "agents",
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+              mqtt_auth=broker.device_auth, state_root=tmp_path / "agents",
               trust_keys={})
     for i, (device_id, proxy) in enumerate(proxies.items()):
         f.add(DeviceSpec(device_id=device_id, seed=i, rate_hz=20.0), mqtt_port=proxy.port)
@@ -117,7 +119,8 @@ def test_a_device_cut_off_buffers_and_catches_up_losing_nothing(
 
 @pytest.fixture
 def direct_fleet(broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=tmp_path / "direct",
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+              mqtt_auth=broker.device_auth, state_root=tmp_path / "direct",
               trust_keys={})
     for i in range(3):
         f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0))
@@ -247,7 +250,8 @@ def _restart_without_state(broker: Broker) -> None:
 
 @pytest.fixture
 def hub_process(broker: Broker, tmp_path: Path) -> Iterator[HubProcess]:
-    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port).start(timeout=120)
+    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port,
+                         extra_env=broker.hub_env("edgeloop-hub")).start(timeout=120)
     try:
         yield process
     finally:

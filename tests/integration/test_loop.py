@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
 from cloud_hub.cli.client import HubClient
-from shared.topics import Topics
+from shared.topics import TopicAccess, Topics
 from simulator.broker import Broker
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.loop import publish_model, roll_out, train_model, wait_for_telemetry
@@ -35,7 +34,8 @@ TINY_SPEC = {"family": "dense_ae", "window": 16, "hidden": 32, "latent": 8, "epo
 @pytest.fixture
 def fleet(broker: Broker, client: HubClient, tmp_path: Path) -> Iterator[Fleet]:
     key = client.get("/signing-key")
-    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=tmp_path / "agents",
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+              mqtt_auth=broker.device_auth, state_root=tmp_path / "agents",
               trust_keys={key["key_id"]: key["public_key"]})
     for i in range(3):
         f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0, history_s=60.0))
@@ -47,8 +47,10 @@ def fleet(broker: Broker, client: HubClient, tmp_path: Path) -> Iterator[Fleet]:
 
 
 def _publish_raw(broker: Broker, topic: str, payload: bytes) -> None:
-    """Publish bytes with a plain paho client, QoS 1, and wait for the broker's PUBACK."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-malformed")
+    """Publish bytes with a plain paho client, QoS 1, and wait for the broker's PUBACK (an
+    identity that may write only ``topic``: a device with broken firmware, in effect)."""
+    writer = broker.add_client("test-malformed", TopicAccess(publish=(topic,), subscribe=()))
+    c = broker.client(writer, protocol=mqtt.MQTTv311)
     c.connect(broker.host, broker.port)
     c.loop_start()
     try:

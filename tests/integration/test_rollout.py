@@ -34,7 +34,8 @@ BAD_SPEC = {**GOOD_SPEC, "threshold_factor": 0.001}
 @pytest.fixture
 def fleet(broker: Broker, client: HubClient, tmp_path: Path) -> Iterator[Fleet]:
     key = client.get("/signing-key")
-    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=tmp_path / "agents",
+    f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+              mqtt_auth=broker.device_auth, state_root=tmp_path / "agents",
               trust_keys={key["key_id"]: key["public_key"]})
     for i, device_id in enumerate(DEVICES):
         f.add(DeviceSpec(device_id=device_id, seed=i, rate_hz=10.0, history_s=60.0))

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from shared.topics import TopicAccess
 from simulator.broker import Broker
 
 TOPIC = "edgeloop/v1/test/retained"
@@ -16,7 +16,8 @@ TOPIC = "edgeloop/v1/test/retained"
 
 def _client(broker: Broker, name: str) -> tuple[mqtt.Client, threading.Event]:
     connected = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
+    access = TopicAccess(publish=(TOPIC,), subscribe=(TOPIC,))
+    client = broker.client(broker.add_client(name, access), protocol=mqtt.MQTTv311)
     client.on_connect = lambda *_args: connected.set()
     client.connect(broker.host, broker.port)
     client.loop_start()
