@@ -189,8 +189,10 @@ def main() -> int:
     credentials = broker.add_devices(device_ids)
     mqtt_settings = broker.hub_settings("bench-hub")
     broker.start()
+    # The devices' broker credentials were made above; the hub keeps only its registry.
     hub = Hub(Settings(data_dir=workdir / "hub", admin_api_key="bench-admin-key-0123456789",
-                       rollout_tick_s=0.05, **mqtt_settings))
+                       rollout_tick_s=0.05, mqtt_dynsec=False, **mqtt_settings))
+    hub.enrollment.enroll(device_ids)
     hub.start()
     fleet: Fleet | None = None
     try:

@@ -20,6 +20,7 @@ from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
+from cloud_hub.identity.enrollment import DeviceEnrollment
 from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
@@ -97,8 +98,15 @@ class Hub:
         self.notifier = LeasedWorker(self.engine, name="notifier", tick=self.webhooks.tick,
                                      interval_s=min(settings.webhook_backoff_s, 1.0),
                                      holder=holder)
+        self.enrollment = DeviceEnrollment(settings, self.engine, trust_keys=self._pinned_keys)
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
+
+    def _pinned_keys(self) -> dict[str, str]:
+        """What a newly enrolled device pins: every key the hub still trusts."""
+        with Session(self.engine) as session:
+            return {k["key_id"]: k["public_key"] for k in self.keys.view(session)["keys"]
+                    if k["status"] != "retired"}
 
     @property
     def signing_key(self) -> SigningKey:
@@ -226,6 +234,7 @@ class Hub:
         self.ingest.stop(timeout)
         self.acks.stop(timeout)
         self.mqtt.stop(timeout, announce=announce)
+        self.enrollment.close()
         self.engine.dispose()
 
     def __enter__(self) -> Hub:

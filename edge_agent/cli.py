@@ -30,6 +30,7 @@ def _check(config: AgentConfig) -> list[tuple[bool, str]]:
     from edge_agent.sources.base import SourceError
     from edge_agent.sources.registry import available_sources, create_source
     from edge_agent.trust.keyring import open_keyring
+    from shared.keys import fingerprint_of_raw, public_key_bytes
 
     results: list[tuple[bool, str]] = [(True, f"config: device {config.device_id}, broker "
                                               f"{config.mqtt.host}:{config.mqtt.port}")]
@@ -40,6 +41,9 @@ def _check(config: AgentConfig) -> list[tuple[bool, str]]:
     if ring.version:
         results.append((True, f"trust: signed trust list v{ring.version} applied, keys "
                               f"{sorted(ring.trusted())}"))
+    # Compare these with `cloud-hub keys fingerprint` on the hub, over another channel.
+    results += [(True, f"trust: key {k} fingerprint {fingerprint_of_raw(public_key_bytes(v))}")
+                for k, v in sorted(config.trust.keys.items())]
     channels: list[str] | None = None
     if config.source.type not in available_sources():
         results.append((False, f"source: type {config.source.type!r} unknown; available: "

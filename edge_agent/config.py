@@ -269,7 +269,8 @@ def _entry_of_type(table: Any, message: str) -> list[str]:
 
 
 def load_config(path: Path | str) -> AgentConfig:
-    """Read and validate an agent TOML file; a relative ``state_dir`` is relative to the file."""
+    """Read and validate an agent TOML file; a relative ``state_dir`` or ``mqtt.tls_ca_file``
+    is relative to the file (an enrollment bundle keeps ca.crt beside agent.toml)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -280,4 +281,7 @@ def load_config(path: Path | str) -> AgentConfig:
     config = config_from_dict(raw, str(path))
     if not config.state_dir.is_absolute() and "state_dir" in raw:
         config = config.replace(state_dir=path.parent / config.state_dir)
+    ca_file = config.mqtt.tls_ca_file
+    if ca_file is not None and not Path(ca_file).is_absolute():
+        config = config.replace(mqtt=config.mqtt.replace(tls_ca_file=str(path.parent / ca_file)))
     return config

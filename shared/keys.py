@@ -18,6 +18,7 @@ __all__ = [
     "SIGNATURE_BYTES",
     "SignatureError",
     "SignedParts",
+    "fingerprint_of_raw",
     "key_id_of_raw",
     "public_key_bytes",
     "signed_parts",
@@ -58,6 +59,13 @@ def public_key_bytes(text: str) -> bytes:
             f"public key {text[:16]!r}… has {len(raw)} bytes, an Ed25519 key has {_RAW_KEY_BYTES}"
         )
     return raw
+
+
+def fingerprint_of_raw(raw: bytes) -> str:
+    """The whole SHA-256 of a public key, for checking it out of band (the key id is its first
+    16 hex digits)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    return "SHA256:" + " ".join(digest[i:i + 8] for i in range(0, 64, 8))
 
 
 def key_id_of_raw(raw: bytes) -> str:

@@ -208,8 +208,8 @@ class Broker:
                     for d in wanted}
 
     def add_hub(self, hub_id: str) -> Credential:
-        """The credential of a hub whose client id is ``hub_id`` (also ``<id>-pub`` and
-        ``<id>-admin``, the hub's other connections, with the same password)."""
+        """The credential of a hub whose client id is ``hub_id`` (also ``<id>-admin``, the
+        hub's broker-admin connection, with the same password)."""
         with self._lock:
             if hub_id in self._clients:
                 return self._clients[hub_id]

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
+from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
 from simulator.loop import (
@@ -100,7 +101,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[str, Any
             t = time.monotonic()
             fleet = Fleet(
                 mqtt_host=broker.host, mqtt_port=broker.port, state_root=workdir / "agents",
-                trust_keys={key["key_id"]: key["public_key"]}, mqtt_auth=broker.device_auth,
+                trust_keys={key["key_id"]: key["public_key"]},
+                mqtt_auth=hub_enrollment(client, workdir / "bundles"),  # as an operator would
             )
             for i in range(opts.devices):
                 fleet.add(DeviceSpec(

@@ -28,6 +28,7 @@ from cloud_hub.cli.client import HubClient
 from shared.manifest import parse_manifest
 from shared.signing import load_public_key, verify_manifest
 from simulator.broker import Broker
+from simulator.enroll import enroll_many
 from simulator.fleet import DeviceSpec
 from simulator.hub_process import HubProcess
 from simulator.lite import LiteFleet
@@ -89,11 +90,14 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         # thousand through $CONTROL would take minutes (the plugin rewrites its file each time).
         broker.add_devices(device_ids)
         broker.start()
+        # The devices' broker credentials were made above; the hub keeps only its registry.
         hub = HubProcess(workdir / "hub", mqtt_port=broker.port,
-                         extra_env=broker.hub_env("edgeloop-hub")).start()
+                         extra_env={**broker.hub_env("edgeloop-hub"),
+                                    "EDGELOOP_MQTT_DYNSEC": "false"}).start()
         client = HubClient(hub.url, hub.admin_api_key, timeout=120.0)
         key = client.get("/signing-key")
         say(f"broker :{broker.port} ({broker.transport}, {broker.auth}), hub {hub.url}")
+        enroll_many(client, device_ids, workdir / "bundles")  # only enrolled devices may send
 
         fleet = LiteFleet(mqtt_host=broker.host, mqtt_port=broker.port,
                           mqtt_auth=broker.device_auth,

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
+from simulator.enroll import hub_enrollment
 from simulator.faults import DEFAULT_DURATION_S, FaultKind
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
@@ -218,7 +219,7 @@ def run_scenario(scenario: Scenario, console: Console | None = None,
             stack.callback(client.close)
             key = client.get("/signing-key")
             fleet = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
-                          mqtt_auth=broker.device_auth,
+                          mqtt_auth=hub_enrollment(client, workdir / "bundles"),
                           state_root=workdir / "agents",
                           trust_keys={key["key_id"]: key["public_key"]})
             proxies: dict[str, LinkProxy] = {}

@@ -11,6 +11,7 @@ from cloud_hub.api.errors import document_errors
 from cloud_hub.api.routes import (
     data,
     devices,
+    enrollment,
     incidents,
     keys,
     models,
@@ -45,8 +46,8 @@ def create_app(hub: Hub) -> FastAPI:
     add_docs(app)
     app.state.hub = hub
     api = APIRouter(prefix=API_PREFIX)
-    for module in (system, devices, data, models, training, rollouts, incidents, webhooks,
-                   keys):
+    for module in (system, devices, enrollment, data, models, training, rollouts, incidents,
+                   webhooks, keys):
         api.include_router(module.router)
     app.include_router(api)
     mount_console(app)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from cloud_hub.cli.client import ApiError, HubClient
+from cloud_hub.cli.local_commands import LOCAL, add_local_parsers, run_local
 from cloud_hub.cli.ops_commands import add_ops_parsers
 from cloud_hub.cli.timearg import WHEN_HELP, parse_when
 
@@ -91,17 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "succeeds)")
 
     d = sub.add_parser("devices", help="devices: list, show, tag, set desired")
-    d.add_argument("action", choices=["list", "show", "tag", "desired"])
+    d.add_argument("action", choices=["list", "show", "tag", "desired", "enroll", "revoke"])
     d.add_argument("device_id", nargs="?")
     d.add_argument("--group")
     d.add_argument("--tag", help="filter the list by tag")
     d.add_argument("--tags", help="tag: the device's new comma-separated tags")
     d.add_argument("--model", help="desired: NAME:VERSION")
+    d.add_argument("--out", help="enroll: write agent.toml and ca.crt into this folder "
+                                 "(default: ./DEVICE_ID)")
+    d.add_argument("--state-dir", help="enroll: the agent's state_dir (default /var/lib/edgeloop)")
+    d.add_argument("--mqtt-host", help="enroll: the broker's name as the device reaches it")
+    d.add_argument("--mqtt-port", type=int)
+    add_local_parsers(sub)  # broker init|run
 
     add_ops_parsers(sub)  # anomalies, incidents, webhooks
 
-    sk = sub.add_parser("keys", help="signing keys: list, rotate to a new key, retire an old one")
-    sk.add_argument("action", choices=["list", "rotate", "retire"])
+    sk = sub.add_parser("keys", help="signing keys: list, rotate to a new key, retire an old one; "
+                                     "fingerprint: read on this machine, for checking devices")
+    sk.add_argument("action", choices=["list", "rotate", "retire", "fingerprint"])
     sk.add_argument("key_id", nargs="?", help="retire: the key id")
     sk.add_argument("--overlap", type=float, default=7 * 86400.0, metavar="SECONDS",
                     help="rotate: how long the old key stays trusted (default 7 days)")
@@ -161,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(args, parser)
+    if args.command in LOCAL or (args.command, getattr(args, "action", None)) == (
+            "keys", "fingerprint"):
+        return run_local(args)
     if args.command == "serve":
         from pydantic import ValidationError
 

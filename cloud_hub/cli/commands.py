@@ -252,6 +252,40 @@ def devices(a: argparse.Namespace, c: HubClient) -> int:
         name, version = _ref(a.model)
         emit(c.put(f"/devices/{a.device_id}/desired",
                    {"model": {"name": name, "version": version}}), a.json, title=a.device_id)
+    elif a.action == "enroll":
+        return _enroll(a, c)
+    elif a.action == "revoke":
+        data = c.post(f"/devices/{a.device_id}/revoke")
+        if a.json:
+            emit(data, True)
+        else:
+            seconds = data.get("broker_seconds")
+            console().print(f"revoked {a.device_id}: "
+                            + (f"the broker disconnected and refuses it ({seconds:.3f} s)"
+                               if seconds is not None else "refused by the hub (the broker's "
+                               "credentials are managed outside the hub)"), highlight=False)
+    return 0
+
+
+def _enroll(a: argparse.Namespace, c: HubClient) -> int:
+    from cloud_hub.identity.enrollment import Bundle
+
+    body: dict[str, Any] = {}
+    for key in ("state_dir", "mqtt_host", "mqtt_port"):
+        if getattr(a, key) is not None:
+            body[key] = getattr(a, key)
+    data = c.post(f"/devices/{a.device_id}/enroll", body)
+    path = Bundle(**data).write(Path(a.out or a.device_id))
+    if a.json:
+        emit({"device_id": a.device_id, "config": str(path), "fingerprints": data["fingerprints"],
+              "broker_credential": data["broker_credential"]}, True)
+        return 0
+    out = console()
+    out.print(f"enrolled {a.device_id}: {path} (+ ca.crt beside it)", highlight=False)
+    for key_id, fingerprint in data["fingerprints"].items():
+        out.print(f"  pinned signing key {key_id}: {fingerprint}", highlight=False)
+    out.print("  check it against `cloud-hub keys fingerprint` on the hub, then on the device: "
+              f"edge-agent run --config {path.name}", highlight=False)
     return 0
 
 

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     mqtt_host: str = Field(default="127.0.0.1", description="the MQTT broker's host")
     mqtt_port: int = Field(default=1883, ge=1, le=65535, description="the MQTT broker's port")
     mqtt_client_id: str = Field(default="edgeloop-hub", pattern=r"^[A-Za-z0-9._-]{1,64}$",
-                                description="MQTT client id of the hub; one running hub per id")
+                                description="the hub's MQTT client id and username, one running "
+                                            "hub per id (<id>-admin: its broker admin)")
     mqtt_keepalive: int = Field(default=30, ge=5, description="MQTT keep-alive in seconds")
     # Empty: one hub, plain subscriptions in a persistent session, which mosquitto 2.0 restores
     # after a broker restart. A group name (e.g. "hub"): several hub processes split the load
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="edgeloop/v1",
                               description="MQTT topic prefix; the agents' mqtt.topic_prefix")
     # The broker's security. The hub's MQTT username is the client id of each connection
-    # (<id> for ingest, <id>-pub for publishing, <id>-admin for device credentials), all with
+    # (<id> for ingest and publishing, <id>-admin for device credentials), both with
     # this password. Unset: taken from DATA_DIR/broker/hub.json (`cloud-hub broker init`).
     mqtt_password: str | None = Field(
         default=None, json_schema_extra={"secret": True},

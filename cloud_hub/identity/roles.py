@@ -2,9 +2,9 @@
 
 - a device: username and client id are its device id; it writes only its own streams and reads
   only its own ``desired``/``ack``, the models, the trust lists and the hubs' status;
-- a hub: one identity per connection, all with the hub's password: ``<hub id>`` (ingest and
-  presence), ``<hub id>-pub`` (retained desired state and models) and ``<hub id>-admin``
-  (device credentials, through the dynamic-security plugin, and nothing else);
+- a hub: one identity per connection, both with the hub's password: ``<hub id>`` (ingest,
+  presence, acknowledgements, desired state and models) and ``<hub id>-admin`` (device
+  credentials, through the dynamic-security plugin, and nothing else);
 - the broker admin that ``cloud-hub broker init`` and the test harness use to set up the rest.
 
 Every identity's client id is bound to it, so nobody can take over another's session.
@@ -18,7 +18,6 @@ from shared.topics import Topics, broker_admin_access, validate_device_id
 __all__ = [
     "BROKER_ADMIN",
     "HUB_ADMIN_SUFFIX",
-    "HUB_PUBLISHER_SUFFIX",
     "device_identity",
     "device_rolename",
     "hub_identities",
@@ -27,7 +26,6 @@ __all__ = [
 ]
 
 BROKER_ADMIN = "edgeloop-broker-admin"
-HUB_PUBLISHER_SUFFIX = "-pub"
 HUB_ADMIN_SUFFIX = "-admin"
 
 
@@ -51,7 +49,6 @@ def hub_identities(topics: Topics, hub_id: str, password: str) -> list[Identity]
     data = topics.hub_access(hub_id)
     return [
         Identity(hub_credential(hub_id, password), f"hub:{hub_id}", data),
-        Identity(hub_credential(hub_id, password, HUB_PUBLISHER_SUFFIX), f"hub:{hub_id}", data),
         Identity(hub_credential(hub_id, password, HUB_ADMIN_SUFFIX), "broker-admin",
                  broker_admin_access()),
     ]

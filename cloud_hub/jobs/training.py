@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device
@@ -234,8 +235,14 @@ def load_training_set(
     """
     device_ids = request.get("devices")
     if not device_ids:
-        device_ids = [d.device_id for d in list_devices(session) if d.telemetry_readings > 0]
+        candidates = [d.device_id for d in list_devices(session) if d.telemetry_readings > 0]
+        enrolled = enrolled_among(session, candidates)  # a revoked device's data is not used
+        device_ids = [d for d in candidates if d in enrolled]
     else:
+        try:
+            require_enrolled(session, device_ids, "training")
+        except NotEnrolled as exc:
+            raise TrainingDataError(str(exc)) from None
         known = {d.device_id for d in list_devices(session, device_ids=device_ids)}
         missing = sorted(set(device_ids) - known)
         if missing:

@@ -27,11 +27,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
+from cloud_hub.db.enrollments import enrolled_among
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, StoreResult, store_batch
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.decoding import decode_batch
 from cloud_hub.mqtt.lean import Received
-from shared.topics import DeviceTopic, Topics
+from shared.topics import DeviceTopic, TopicError, Topics
 
 __all__ = ["DatabaseUnavailable", "IngestStats", "MqttIngest", "RowsRefused", "StoreError",
            "classify", "subscriptions"]
@@ -92,6 +93,7 @@ class IngestStats:
     commit_errors: int = 0
     device_conflicts: int = 0  # batches that showed a device id used by two sources
     last_commit_at: float | None = None
+    unenrolled_refused: int = 0  # messages of devices not enrolled (dead letters, not stored)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -175,8 +177,10 @@ class MqttIngest:
         delay = 0.1
         while pending:
             part = pending.popleft()
-            batch, cleared = decode_batch(self.connection.topics, part)
             try:
+                kept, refused = self._screen(part)
+                batch, cleared = decode_batch(self.connection.topics, kept)
+                batch.dead_letters.extend(refused)
                 result = self._commit(batch)
             except DatabaseUnavailable as exc:
                 self._count_error()
@@ -202,6 +206,36 @@ class MqttIngest:
                 result = letter
             delay = 0.1
             self._done(part, result, cleared)
+            if refused:
+                with self._lock:
+                    self.stats.unenrolled_refused += len(refused)
+
+    def _screen(self, part: list[Received]
+                ) -> tuple[list[Received], list[DeadLetterRecord]]:
+        """Messages of a device that is not enrolled are refused: dead letters naming it,
+        never stored and never registering the device (one query per batch)."""
+        topics = self.connection.topics
+        claimed: list[str | None] = []
+        for m in part:
+            try:
+                claimed.append(topics.parse(m.topic).device_id)
+            except TopicError:
+                claimed.append(None)  # decoding dead-letters it with the reason
+        try:
+            with Session(self._engine) as session:
+                enrolled = enrolled_among(session, {d for d in claimed if d is not None})
+        except Exception as exc:
+            raise classify(exc) from exc
+        kept, refused = [], []
+        now = time.time()
+        for m, device_id in zip(part, claimed, strict=True):
+            if device_id is not None and device_id not in enrolled:
+                refused.append(DeadLetterRecord(
+                    topic=m.topic, reason=f"device {device_id!r} is not enrolled",
+                    payload=bytes(m.payload), received_at=now))
+            else:
+                kept.append(m)
+        return kept, refused
 
     def _commit(self, batch: IngestBatch) -> StoreResult:
         try:

@@ -7,6 +7,7 @@ import math
 
 from sqlmodel import Session, col, select
 
+from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
 from cloud_hub.db.queries import list_devices
 from cloud_hub.db.tables import Device
 
@@ -46,17 +47,23 @@ def resolve_target(
     session: Session, *, devices: list[str] | None, group: str | None, tags: list[str] | None,
     percent: int,
 ) -> list[str]:
-    """Explicit (known) device ids or group/tag filters; then ``percent`` of them."""
+    """Explicit device ids (known to the hub and enrolled) or group/tag filters (enrolled
+    devices only); then ``percent`` of them."""
     if devices:
         chosen = sorted(set(devices))
         unknown = unknown_devices(session, chosen)
         if unknown:
             raise UnknownDevices(unknown)
+        try:
+            require_enrolled(session, chosen, "rollout target")
+        except NotEnrolled as exc:
+            raise RolloutPlanError(str(exc)) from None
     else:
         rows = list_devices(session, group=group)
         if tags:
             rows = [d for d in rows if set(tags) <= set(d.tags or [])]
-        chosen = sorted(d.device_id for d in rows)
+        enrolled = enrolled_among(session, [d.device_id for d in rows])
+        chosen = sorted(d.device_id for d in rows if d.device_id in enrolled)
     if not chosen:
         raise RolloutPlanError(f"target group={group!r} tags={tags!r} selects no device")
     if percent < 100:

@@ -10,7 +10,7 @@ import pytest
 from cloud_hub.core.config import Settings
 from cloud_hub.service import Hub
 from simulator.broker import Broker
-from tests.cloud_hub.helpers import stand_in_training
+from tests.cloud_hub.helpers import enroll_devices, stand_in_training
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 
@@ -29,6 +29,7 @@ def hub_settings(broker: Broker, data_dir: Path, *, hub_id: str | None = None,
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
     h = Hub(hub_settings(broker, tmp_path / "hub"), run_training=stand_in_training())
+    enroll_devices(h)
     h.start()
     try:
         yield h

@@ -12,7 +12,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from sqlmodel import Session
 
+from cloud_hub.db.enrollments import enrolled_among, record_enrollment
+from cloud_hub.service import Hub
 from cloud_hub.training.artifact import ModelArtifact, ParityReport, TrainingSpec
 from shared.manifest import InputSpec, Normalization, Quantization, ScoreSpec
 from shared.topics import DEVICE_WRITES, TopicAccess
@@ -105,6 +108,18 @@ def stand_in_training(**overrides: Any) -> Callable[..., ModelArtifact]:
 
 
 _SUBSCRIBERS = itertools.count(1)
+# Device ids the hub tests send data as; hubs made for a test have them enrolled.
+TEST_DEVICES = tuple(f"pump-{i}" for i in range(10)) + ("d-1", "d-2")
+
+
+def enroll_devices(hub: Hub, device_ids: tuple[str, ...] = TEST_DEVICES) -> None:
+    """Enroll devices in the hub's registry, as ``cloud-hub devices enroll`` would (without
+    broker credentials: hub tests send device data through one gateway identity)."""
+    with Session(hub.engine) as session:
+        fresh = sorted(set(device_ids) - enrolled_among(session, device_ids))
+        if fresh:
+            # No device rows: a device appears in listings once it has sent something.
+            record_enrollment(session, fresh, broker_credential=False, device_rows=False)
 
 
 class Subscriber:

@@ -15,6 +15,7 @@ from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
 from tests.cloud_hub.helpers import (
+    enroll_devices,
     publish_wait,
     publisher_client,
     stand_in_training,
@@ -121,6 +122,7 @@ def test_train_exits_non_zero_with_the_reason_when_the_model_cannot_be_published
 ) -> None:
     hub = Hub(hub_settings(broker, tmp_path / "hub"),
               run_training=stand_in_training(agreement=0.95))
+    enroll_devices(hub)
     hub.start()
     server = serve_in_thread(hub)
     try:

@@ -21,6 +21,7 @@ from simulator.netem import LinkProxy
 from tests.cloud_hub.conftest import hub_settings
 from tests.cloud_hub.helpers import (
     Subscriber,
+    enroll_devices,
     publish_wait,
     publisher_client,
     stand_in_training,
@@ -70,7 +71,9 @@ def test_hub_announces_a_new_session_per_connection_and_its_will_follows_it(
     topic = settings.topics.hub_status(settings.mqtt_client_id)
     sub = Subscriber(broker, topic)
     hub = Hub(settings, run_training=stand_in_training())
+    enroll_devices(hub)
     try:
+        enroll_devices(hub)
         hub.start()
         first = _next_status(sub, DeviceStatus.ONLINE)
         assert first.device_id == settings.mqtt_client_id
@@ -107,6 +110,7 @@ def test_telemetry_sent_once_the_hub_is_announced_is_stored(broker: Broker, tmp_
     hub = Hub(settings, run_training=stand_in_training())
     device = publisher_client(broker)
     try:
+        enroll_devices(hub)
         hub.start()
         _next_status(sub, DeviceStatus.ONLINE)
         publish_wait(device, settings.topics.telemetry("pump-1"), encode(_batch("pump-1", 0)))

@@ -19,7 +19,13 @@ from cloud_hub.service import Hub
 from shared.messages import AnomalyEvent, ModelRef, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import publish_wait, publisher_client, stand_in_training, wait_for
+from tests.cloud_hub.helpers import (
+    enroll_devices,
+    publish_wait,
+    publisher_client,
+    stand_in_training,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -36,6 +42,7 @@ def quick_hub(broker: Broker, tmp_path: Path, incident_quiet_s: float) -> Iterat
     settings = hub_settings(broker, tmp_path / "hub", incident_gap_s=5.0,
                             incident_quiet_s=incident_quiet_s, incident_tick_s=0.1)
     h = Hub(settings, run_training=stand_in_training())
+    enroll_devices(h)
     h.start()
     try:
         yield h

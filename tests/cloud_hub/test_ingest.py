@@ -30,6 +30,7 @@ from simulator.broker import Broker
 from tests.cloud_hub.conftest import hub_settings
 from tests.cloud_hub.helpers import (
     Subscriber,
+    enroll_devices,
     publish_wait,
     publisher_client,
     stand_in_training,
@@ -178,6 +179,7 @@ def test_telemetry_sent_while_the_hub_is_down_is_stored_after_it_restarts(
 ) -> None:
     settings = hub_settings(broker, tmp_path / "hub")
     first = Hub(settings)
+    enroll_devices(first)
     first.start()
     first.stop()  # persistent session: the broker queues for the hub's subscriptions
     client = publisher_client(broker)
@@ -189,6 +191,7 @@ def test_telemetry_sent_while_the_hub_is_down_is_stored_after_it_restarts(
         client.disconnect()
         client.loop_stop()
     second = Hub(settings)
+    enroll_devices(second)
     second.start()
     try:
         wait_for(lambda: second.ingest.snapshot()["telemetry_batches"] == 3,
@@ -209,6 +212,7 @@ def test_hubs_in_a_share_group_split_telemetry_and_store_each_reading_once(
             run_training=stand_in_training())
         for i in range(2)
     ]
+    enroll_devices(hubs[0])  # one database for both
     for h in hubs:
         h.start()
     try:

@@ -17,6 +17,7 @@ from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
 from tests.cloud_hub.helpers import (
+    enroll_devices,
     publish_wait,
     publisher_client,
     stand_in_training,
@@ -137,6 +138,7 @@ def test_a_running_job_can_be_cancelled(broker: Broker, tmp_path: Path) -> None:
         raise AssertionError("cancel never arrived")
 
     hub = Hub(hub_settings(broker, tmp_path / "hub"), run_training=slow_training)
+    enroll_devices(hub)
     hub.start()
     server = serve_in_thread(hub)
     try:
@@ -159,11 +161,12 @@ def test_a_job_whose_model_fails_the_parity_gate_ends_failed_with_the_reason(
 ) -> None:
     hub = Hub(hub_settings(broker, tmp_path / "hub"),
               run_training=stand_in_training(agreement=0.95))
+    enroll_devices(hub)
     hub.start()
     server = serve_in_thread(hub)
     try:
         with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as api:
-            _send_telemetry(hub, ["pump-1"])
+            _send_telemetry(broker, hub, ["pump-1"])
             created = api.post("/training-jobs", json={"name": "pump-ae",
                                                        "spec": {"window": 8, "epochs": 2}},
                                headers=ADMIN)

@@ -28,7 +28,7 @@ from cloud_hub.notify.signing import (
 from cloud_hub.service import Hub
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import publisher_client, stand_in_training, wait_for
+from tests.cloud_hub.helpers import enroll_devices, publisher_client, stand_in_training, wait_for
 from tests.cloud_hub.test_incidents import send_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -97,6 +97,7 @@ def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
                             incident_tick_s=0.1, webhook_backoff_s=0.2, webhook_max_attempts=3,
                             webhook_timeout_s=2.0)
     h = Hub(settings, run_training=stand_in_training())
+    enroll_devices(h)
     h.start()
     try:
         yield h

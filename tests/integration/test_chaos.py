@@ -23,6 +23,7 @@ import pytest
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
+from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
 from simulator.netem import LinkProxy
@@ -44,10 +45,11 @@ def hub(broker: Broker, tmp_path: Path) -> Iterator[HubClient]:
 
 
 @pytest.fixture
-def fleet(broker: Broker, tmp_path: Path) -> Iterator[tuple[Fleet, dict[str, LinkProxy]]]:
+def fleet(broker: Broker, hub: HubClient,
+          tmp_path: Path) -> Iterator[tuple[Fleet, dict[str, LinkProxy]]]:
     proxies = {d: LinkProxy(broker.host, broker.port, name=d) for d in ("pump-001", "pump-002")}
     f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
-              mqtt_auth=broker.device_auth, state_root=tmp_path / "agents",
+              mqtt_auth=hub_enrollment(hub, tmp_path / "bundles"), state_root=tmp_path / "agents",
               trust_keys={})
     for i, (device_id, proxy) in enumerate(proxies.items()):
         f.add(DeviceSpec(device_id=device_id, seed=i, rate_hz=20.0), mqtt_port=proxy.port)
@@ -118,9 +120,9 @@ def test_a_device_cut_off_buffers_and_catches_up_losing_nothing(
 
 
 @pytest.fixture
-def direct_fleet(broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
+def direct_fleet(broker: Broker, hub: HubClient, tmp_path: Path) -> Iterator[Fleet]:
     f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
-              mqtt_auth=broker.device_auth, state_root=tmp_path / "direct",
+              mqtt_auth=hub_enrollment(hub, tmp_path / "bundles"), state_root=tmp_path / "direct",
               trust_keys={})
     for i in range(3):
         f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0))
@@ -283,7 +285,7 @@ def _stopped_hub_then_broker_without_state(
 def test_broker_restarted_without_its_state_while_the_hub_was_stopped_loses_nothing(
     broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
 ) -> None:
-    agents = _fleet(broker, tmp_path / "agents")
+    agents = _fleet(broker, hub_client, tmp_path / "agents")
     agents.start()
     try:
         _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
+from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.loop import publish_model, train_model, wait_for_telemetry
 from tests.integration.support import wait_for
@@ -35,7 +36,8 @@ BAD_SPEC = {**GOOD_SPEC, "threshold_factor": 0.001}
 def fleet(broker: Broker, client: HubClient, tmp_path: Path) -> Iterator[Fleet]:
     key = client.get("/signing-key")
     f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
-              mqtt_auth=broker.device_auth, state_root=tmp_path / "agents",
+              mqtt_auth=hub_enrollment(client, tmp_path / "bundles"),
+              state_root=tmp_path / "agents",
               trust_keys={key["key_id"]: key["public_key"]})
     for i, device_id in enumerate(DEVICES):
         f.add(DeviceSpec(device_id=device_id, seed=i, rate_hz=10.0, history_s=60.0))

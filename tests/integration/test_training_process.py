@@ -91,6 +91,7 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
     wait_for(lambda: not _training_children(hub.pid), 30, "the training child to exit")
 
     assert hub.running
+    client.post("/devices/after-kill/enroll")
     device = publisher_client(broker, client_id="after-kill")
     try:
         batch = TelemetryBatch(

@@ -1,0 +1,127 @@
+"""Enrollment: give a device its identity (broker credential + bundle), revoke it, list them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import col, select
+
+from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
+from cloud_hub.db.enrollments import Enrollment, NotEnrolled
+from cloud_hub.db.paging import keyset_page
+from cloud_hub.identity.enrollment import DEFAULT_STATE_DIR, Bundle, EnrollmentError
+from shared.topics import DEVICE_ID_PATTERN, TopicError
+
+router = APIRouter(tags=["enrollment"])
+DeviceIdPath = Annotated[str, Path(pattern=rf"^{DEVICE_ID_PATTERN}$")]
+_MAX_BULK = 1000
+
+
+class EnrollRequest(BaseModel):
+    """Where the device will keep its state and reach the broker, and its sensor source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: str = Field(default=DEFAULT_STATE_DIR, min_length=1, max_length=4096)
+    mqtt_host: str | None = Field(default=None, min_length=1, max_length=253,
+                                  description="the broker as devices reach it (default: hub's)")
+    mqtt_port: int | None = Field(default=None, ge=1, le=65535)
+    source: dict[str, Any] | None = Field(
+        default=None, description='the agent\'s [source], e.g. {"type": "csv", "options": '
+                                  '{"path": "..."}}; default: a simulated pump')
+
+
+class BulkEnrollRequest(EnrollRequest):
+    device_ids: list[Annotated[str, Field(pattern=rf"^{DEVICE_ID_PATTERN}$")]] = Field(
+        min_length=1, max_length=_MAX_BULK)
+
+
+class BundlePublic(BaseModel):
+    device_id: str
+    agent_toml: str = Field(description="write as agent.toml (0600) and run edge-agent on it")
+    ca_pem: str | None = Field(description="write as ca.crt beside agent.toml")
+    username: str | None
+    password: str | None
+    mqtt: dict[str, Any]
+    trust_keys: dict[str, str]
+    fingerprints: dict[str, str] = Field(description="SHA-256 of each pinned key, to compare "
+                                                     "out of band")
+    broker_credential: bool = Field(description="the hub created the broker credential")
+
+
+class EnrollmentPublic(BaseModel):
+    device_id: str
+    enrolled_at: float
+    revoked_at: float | None
+    broker_credential: bool
+
+
+class Revoked(BaseModel):
+    device_id: str
+    revoked_at: float
+    broker_seconds: float | None = Field(description="from the call until the broker confirmed "
+                                                     "deleting the credential")
+    broker_credential_deleted: bool
+
+
+def _enroll(hub: Any, ids: list[str], body: EnrollRequest) -> list[Bundle]:
+    try:
+        return hub.enrollment.enroll(  # type: ignore[no-any-return]
+            ids, state_dir=body.state_dir, mqtt_host=body.mqtt_host, mqtt_port=body.mqtt_port,
+            source=body.source)
+    except FileExistsError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except (TopicError, ValueError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    except EnrollmentError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+
+
+@router.post("/devices/{device_id}/enroll", response_model=BundlePublic,
+             status_code=status.HTTP_201_CREATED)
+def enroll(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey,
+           body: EnrollRequest | None = None) -> BundlePublic:
+    """Enroll a device: its broker credential (own role, bound client id) and its bundle.
+    The password is in the answer only: the hub does not keep it."""
+    bundle = _enroll(hub, [device_id], body or EnrollRequest())[0]
+    return BundlePublic(**bundle.to_dict())
+
+
+@router.post("/enrollments", response_model=list[BundlePublic],
+             status_code=status.HTTP_201_CREATED)
+def enroll_many(body: BulkEnrollRequest, hub: HubDep, _key: AdminKey) -> list[BundlePublic]:
+    """Enroll up to 1,000 devices at once (one bundle each)."""
+    bundles = _enroll(hub, list(body.device_ids), body)
+    return [BundlePublic(**b.to_dict()) for b in bundles]
+
+
+@router.post("/devices/{device_id}/revoke", response_model=Revoked)
+def revoke(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey) -> Revoked:
+    """The broker disconnects the device at once and refuses it from then on; the hub
+    refuses its messages, trainings and rollouts."""
+    try:
+        return Revoked(**hub.enrollment.revoke(device_id))
+    except NotEnrolled as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except EnrollmentError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+
+
+@router.get("/enrollments", response_model=list[EnrollmentPublic], responses=PAGE_HEADERS)
+def enrollments(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    revoked: bool | None = None, limit: Annotated[int, Query(ge=1, le=_MAX_BULK)] = 100,
+    cursor: CursorQuery = None,
+) -> list[EnrollmentPublic]:
+    """Enrolled (and revoked) devices by id; ``revoked``: only those (true) or none (false)."""
+    stmt = select(Enrollment)
+    if revoked is True:
+        stmt = stmt.where(col(Enrollment.revoked_at).is_not(None))
+    elif revoked is False:
+        stmt = stmt.where(col(Enrollment.revoked_at).is_(None))
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, stmt, order=[col(Enrollment.device_id)], limit=limit, after=after))
+    return [EnrollmentPublic(**e.model_dump()) for e in rows]

@@ -1,0 +1,115 @@
+"""Commands that work on this machine's files, not through the REST API: setting up the secure
+broker (``broker init`` / ``broker run``) and showing the signing keys' fingerprints
+(``keys fingerprint``)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["add_local_parsers", "run_local"]
+
+LOCAL = ("broker",)  # and `keys fingerprint`
+
+
+def add_local_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser("broker", help="set up and run a secure mosquitto for this hub",
+                       description="init: write the CA, the broker's TLS certificate, the "
+                       "dynamic-security identities (broker admin + this hub) and a "
+                       "mosquitto.conf into DATA_DIR/broker; run: start mosquitto on them.")
+    b.add_argument("action", choices=["init", "run"])
+    b.add_argument("--dir", type=Path, help="where (default: EDGELOOP_DATA_DIR/broker)")
+    b.add_argument("--port", type=int, default=8883)
+    b.add_argument("--host", action="append", dest="hosts", metavar="NAME",
+                   help="a name or address devices use for the broker (repeatable; "
+                        "default: 127.0.0.1 and localhost)")
+    b.add_argument("--bind", help="listen on this address only (default: every address)")
+    b.add_argument("--ca-cert", type=Path, help="the operator's CA certificate (PEM)")
+    b.add_argument("--ca-key", type=Path, help="... and its key, to sign the server certificate")
+    b.add_argument("--server-cert", type=Path, help="the operator's own server certificate")
+    b.add_argument("--server-key", type=Path)
+    b.add_argument("--force", action="store_true", help="replace an existing set-up")
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from cloud_hub.core.config import Settings
+    from cloud_hub.core.settings_doc import setting_errors
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for line in setting_errors(exc):
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    if args.command == "keys":  # keys fingerprint
+        return _fingerprint(settings)
+    return _broker(args, settings)
+
+
+def _fingerprint(settings: object) -> int:
+    """Every signing key the hub trusts, read from its own database (no network)."""
+    from sqlmodel import Session, col, select
+
+    from cloud_hub.core.config import Settings
+    from cloud_hub.db.engine import make_engine
+    from cloud_hub.db.key_tables import SigningKeyRecord
+    from shared.keys import fingerprint_of_raw, public_key_bytes
+
+    assert isinstance(settings, Settings)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            records = session.exec(select(SigningKeyRecord).where(
+                col(SigningKeyRecord.status) != "retired").order_by(
+                col(SigningKeyRecord.created_at))).all()
+    finally:
+        engine.dispose()
+    if not records:
+        print(f"error: no signing key in {settings.resolved_database_url} (the hub makes one "
+              "when it first starts)", file=sys.stderr)
+        return 2
+    for r in records:
+        print(f"key {r.key_id} ({r.status})  {fingerprint_of_raw(public_key_bytes(r.public_key))}")
+    print("compare with the `# <key id>: SHA256:...` lines of a device's agent.toml, or with "
+          "`edge-agent check` on the device")
+    return 0
+
+
+def _broker(args: argparse.Namespace, settings: object) -> int:
+    from cloud_hub.core.config import Settings
+    from cloud_hub.identity.broker_files import init_broker, run_broker
+    from cloud_hub.identity.mosquitto import BrokerConfigError
+
+    assert isinstance(settings, Settings)
+    folder = args.dir or settings.broker_dir
+    try:
+        if args.action == "run":
+            mosquitto = shutil.which("mosquitto") or shutil.which(
+                "mosquitto", path="/usr/sbin:/usr/local/sbin")
+            if mosquitto is None:
+                print("error: mosquitto is not installed (apt-get install mosquitto)",
+                      file=sys.stderr)
+                return 2
+            if not (folder / "hub.json").exists():
+                print(f"error: {folder} has no broker set-up: run `cloud-hub broker init` first",
+                      file=sys.stderr)
+                return 2
+            print(f"mosquitto on {folder / 'mosquitto.conf'} (Ctrl-C stops it)", flush=True)
+            return run_broker(folder, mosquitto)
+        files = init_broker(
+            folder, hub_id=settings.mqtt_client_id, port=args.port,
+            hosts=args.hosts or ["127.0.0.1", "localhost"], topics=settings.topics,
+            bind=args.bind, ca_cert=args.ca_cert, ca_key=args.ca_key,
+            server_cert=args.server_cert, server_key=args.server_key, force=args.force)
+    except (BrokerConfigError, FileExistsError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {files.folder}: ca.crt, server certificate, dynamic-security identities "
+          f"(broker admin, hub {settings.mqtt_client_id}), mosquitto.conf, hub.json")
+    print(f"next: cloud-hub broker run   (TLS on port {files.port}); then cloud-hub serve "
+          "reads hub.json from the same data directory")
+    return 0

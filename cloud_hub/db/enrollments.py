@@ -1,0 +1,82 @@
+"""The registry of enrolled devices: only these may send data, train models or take rollouts.
+
+A device is enrolled by ``cloud-hub devices enroll`` (which also gives it a broker credential)
+and revoked by ``cloud-hub devices revoke``; a revoked device may be enrolled again (with a new
+credential). Its own table, so that a database made before enrollment existed gains it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from cloud_hub.db.devices import ensure_devices
+
+__all__ = ["Enrollment", "NotEnrolled", "enrolled_among", "record_enrollment",
+           "record_revocation", "require_enrolled"]
+
+
+class NotEnrolled(ValueError):
+    """A device that is not (or no longer) enrolled was asked to do something."""
+
+
+class Enrollment(SQLModel, table=True):
+    __tablename__ = "enrollments"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    enrolled_at: float
+    revoked_at: float | None = Field(default=None, index=True)
+    broker_credential: bool = False  # the hub made the device's broker credential
+
+
+def enrolled_among(session: Session, device_ids: Iterable[str]) -> set[str]:
+    """Which of these devices are enrolled now (one query per 500 ids)."""
+    wanted = sorted(set(device_ids))
+    found: set[str] = set()
+    for i in range(0, len(wanted), 500):
+        part = wanted[i:i + 500]
+        found.update(session.exec(
+            select(Enrollment.device_id).where(col(Enrollment.device_id).in_(part),
+                                               col(Enrollment.revoked_at).is_(None))))
+    return found
+
+
+def require_enrolled(session: Session, device_ids: Iterable[str], what: str) -> None:
+    """Raise :class:`NotEnrolled` naming the devices ``what`` may not use."""
+    wanted = set(device_ids)
+    missing = sorted(wanted - enrolled_among(session, wanted))
+    if missing:
+        shown = ", ".join(repr(d) for d in missing[:10]) + (" …" if len(missing) > 10 else "")
+        raise NotEnrolled(f"{what}: device(s) {shown} are not enrolled "
+                          "(cloud-hub devices enroll ID)")
+
+
+def record_enrollment(session: Session, device_ids: list[str], *, broker_credential: bool,
+                      now: float | None = None, device_rows: bool = True) -> None:
+    """Enroll (or enroll again after a revocation) and commit; ``device_rows``: make the
+    devices' rows too, so they are listed (and can take a rollout) before they connect."""
+    at = now if now is not None else time.time()
+    for device_id in device_ids:
+        row = session.get(Enrollment, device_id)
+        if row is None:
+            session.add(Enrollment(device_id=device_id, enrolled_at=at,
+                                   broker_credential=broker_credential))
+        else:
+            row.enrolled_at, row.revoked_at = at, None
+            row.broker_credential = broker_credential
+            session.add(row)
+    if device_rows:
+        ensure_devices(session, device_ids)
+    session.commit()
+
+
+def record_revocation(session: Session, device_id: str, *, now: float | None = None) -> float:
+    row = session.get(Enrollment, device_id)
+    if row is None or row.revoked_at is not None:
+        raise NotEnrolled(f"device {device_id!r} is not enrolled")
+    row.revoked_at = now if now is not None else time.time()
+    session.add(row)
+    session.commit()
+    return row.revoked_at

@@ -1,0 +1,239 @@
+"""Enrolling and revoking devices: the hub's registry and the broker's credentials together.
+
+Enrolling a device records it (only enrolled devices may send data, be trained on or take a
+rollout), creates its broker identity (own password, own role from ``Topics.device_access``,
+client id bound) through the dynamic-security plugin, and returns a bundle: the ``agent.toml``
+that ``edge-agent run --config`` runs as it is, the broker's CA and the pinned signing key(s).
+The hub keeps no device password: a lost bundle means revoke and enroll again.
+
+Revoking deletes the broker identity (mosquitto disconnects the device at once and refuses it
+from then on) and marks the registry entry revoked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from cloud_hub.core.config import Settings
+from cloud_hub.db.enrollments import NotEnrolled, record_enrollment, record_revocation
+from cloud_hub.identity.dynsec import DynsecClient, client_commands, remove_commands
+from cloud_hub.identity.roles import (
+    HUB_ADMIN_SUFFIX,
+    device_identity,
+    device_rolename,
+    hub_credential,
+)
+from shared.keys import fingerprint_of_raw, public_key_bytes
+from shared.topics import validate_device_id
+
+__all__ = ["DEFAULT_STATE_DIR", "Bundle", "DeviceEnrollment", "EnrollmentError", "agent_toml"]
+
+log = logging.getLogger(__name__)
+
+# The systemd unit's StateDirectory (deploy/edgeloop-agent.service).
+DEFAULT_STATE_DIR = "/var/lib/edgeloop"
+CA_FILE_NAME = "ca.crt"
+
+
+class EnrollmentError(RuntimeError):
+    """The broker could not be told about the device (it is then not enrolled either)."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What one device needs: write ``agent_toml`` as agent.toml and ``ca_pem`` beside it as
+    ca.crt, then ``edge-agent run --config agent.toml``."""
+
+    device_id: str
+    agent_toml: str
+    ca_pem: str | None
+    username: str | None
+    password: str | None
+    mqtt: dict[str, Any]
+    trust_keys: dict[str, str]
+    fingerprints: dict[str, str]
+    broker_credential: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def write(self, folder: Path) -> Path:
+        """Write agent.toml (0600: it holds the password) and ca.crt into ``folder``."""
+        from cloud_hub.identity.pki import write_private
+
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.ca_pem is not None:
+            (folder / CA_FILE_NAME).write_text(self.ca_pem)
+        path = folder / "agent.toml"
+        write_private(path, self.agent_toml.encode())
+        return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def agent_toml(device_id: str, *, state_dir: str, mqtt: dict[str, Any],
+               trust_keys: dict[str, str], fingerprints: dict[str, str],
+               source: dict[str, Any]) -> str:
+    lines = [
+        f"# edgeloop agent for {device_id}, written by `cloud-hub devices enroll`.",
+        "# Holds this device's broker password: keep it 0600, readable by the agent only.",
+        "# Run:  edge-agent run --config agent.toml   (check: edge-agent check --config ...)",
+        f"device_id = {_toml_value(device_id)}",
+        f"state_dir = {_toml_value(state_dir)}",
+        "",
+        "[mqtt]",
+        *(f"{k} = {_toml_value(v)}" for k, v in mqtt.items()),
+        "",
+        "[trust.keys]",
+        "# The hub's signing key(s), pinned here. Check each fingerprint against",
+        "# `cloud-hub keys fingerprint` on the hub, over a channel other than this file.",
+    ]
+    for key_id, public in trust_keys.items():
+        lines.append(f"# {key_id}: {fingerprints[key_id]}")
+        lines.append(f"{key_id} = {_toml_value(public)}")
+    lines += [
+        "",
+        "[source]",
+        "# Replace with the device's sensors: csv | stdin | mqtt | an entry point.",
+        f"type = {_toml_value(source.get('type', 'simulated'))}",
+        f"options = {_toml_value(source.get('options', {}))}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass
+class DeviceEnrollment:
+    """Enroll and revoke devices for one hub (its settings, store and signing key(s))."""
+
+    settings: Settings
+    engine: Engine
+    trust_keys: Any  # () -> dict[key_id, base64 public key]
+    _control: DynsecClient | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def manages_broker(self) -> bool:
+        """The hub creates device credentials itself (a secure broker with dynsec)."""
+        return self.settings.mqtt_dynsec and self.settings.mqtt_password is not None
+
+    def _admin(self) -> DynsecClient:
+        if self._control is None:
+            s = self.settings
+            assert s.mqtt_password is not None
+            credential = hub_credential(s.mqtt_client_id, s.mqtt_password, HUB_ADMIN_SUFFIX)
+            self._control = DynsecClient(
+                host=s.mqtt_host, port=s.mqtt_port, credential=credential,
+                ca_file=s.mqtt_ca_file if s.mqtt_tls else None,
+                timeout=s.publish_timeout_s).start()
+        return self._control
+
+    def close(self) -> None:
+        with self._lock:
+            if self._control is not None:
+                self._control.stop()
+                self._control = None
+
+    def enroll(self, device_ids: list[str], *, state_dir: str = DEFAULT_STATE_DIR,
+               mqtt_host: str | None = None, mqtt_port: int | None = None,
+               source: dict[str, Any] | None = None) -> list[Bundle]:
+        """Enroll these devices (each must not be enrolled now); one bundle each."""
+        for device_id in device_ids:
+            validate_device_id(device_id)
+        if len(set(device_ids)) != len(device_ids):
+            raise ValueError("a device id is listed twice")
+        s = self.settings
+        from cloud_hub.db.enrollments import enrolled_among
+
+        with Session(self.engine) as session:
+            already = sorted(enrolled_among(session, device_ids))
+        if already:
+            raise FileExistsError(f"device(s) {already} are enrolled already; revoke first")
+        identities = [device_identity(s.topics, d) for d in device_ids]
+        if self.manages_broker:
+            with self._lock:
+                try:
+                    # A credential left over from an earlier enrollment goes first.
+                    self._admin().execute(
+                        [c for d in device_ids for c in remove_commands(d, device_rolename(d))],
+                        ignore=("not found",))
+                    self._admin().execute(client_commands(identities))
+                except Exception as exc:
+                    raise EnrollmentError(f"the broker refused the new credential(s): {exc}") \
+                        from exc
+        with Session(self.engine) as session:
+            record_enrollment(session, device_ids, broker_credential=self.manages_broker)
+        keys = dict(self.trust_keys())
+        fingerprints = {k: fingerprint_of_raw(public_key_bytes(v)) for k, v in keys.items()}
+        ca_pem = s.mqtt_ca_file.read_text() if s.mqtt_tls and s.mqtt_ca_file else None
+        bundles = []
+        for ident in identities:
+            mqtt: dict[str, Any] = {"host": mqtt_host or s.mqtt_host,
+                                    "port": mqtt_port or s.mqtt_port,
+                                    "topic_prefix": s.topic_prefix, "tls": s.mqtt_tls}
+            if s.mqtt_tls and ca_pem is not None:
+                mqtt["tls_ca_file"] = CA_FILE_NAME  # beside agent.toml
+            credential = ident.credential if self.manages_broker else None
+            if credential is not None:
+                mqtt.update(username=credential.username, password=credential.password)
+            device_source = source or {"type": "simulated",
+                                       "options": {"profile": "pump", "device_id": ident.
+                                                   credential.username, "rate_hz": 1.0}}
+            text = agent_toml(ident.credential.username, state_dir=state_dir, mqtt=mqtt,
+                              trust_keys=keys, fingerprints=fingerprints, source=device_source)
+            bundles.append(Bundle(
+                device_id=ident.credential.username, agent_toml=text, ca_pem=ca_pem,
+                username=credential.username if credential else None,
+                password=credential.password if credential else None, mqtt=mqtt,
+                trust_keys=keys, fingerprints=fingerprints,
+                broker_credential=self.manages_broker))
+        log.info("enrolled %d device(s)%s", len(device_ids),
+                 " with broker credentials" if self.manages_broker else " (registry only)")
+        return bundles
+
+    def revoke(self, device_id: str) -> dict[str, Any]:
+        """Delete the device's broker identity (it is disconnected and refused at once) and
+        mark it revoked; ``broker_seconds``: from this call until the broker confirmed."""
+        validate_device_id(device_id)
+        started = time.monotonic()
+        with Session(self.engine) as session:
+            revoked_at = record_revocation(session, device_id)
+        broker_seconds: float | None = None
+        if self.manages_broker:
+            with self._lock:
+                try:
+                    self._admin().execute(remove_commands(device_id, device_rolename(device_id)),
+                                          ignore=("not found",))
+                except Exception as exc:
+                    raise EnrollmentError(
+                        f"device {device_id!r} is revoked in the registry, but the broker did "
+                        f"not confirm deleting its credential: {exc}") from exc
+            broker_seconds = round(time.monotonic() - started, 4)
+        log.info("revoked device %s (broker: %s s)", device_id, broker_seconds)
+        return {"device_id": device_id, "revoked_at": revoked_at,
+                "broker_seconds": broker_seconds, "broker_credential_deleted": self.manages_broker}
+
+
+__all__ += ["NotEnrolled"]

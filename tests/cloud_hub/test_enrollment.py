@@ -1,0 +1,210 @@
+"""Enrollment and revocation against a real secure mosquitto and an in-process hub: a bundle
+runs as it is, an unenrolled device is refused and counted, training and rollouts take
+enrolled devices only, and a revoked device is disconnected and refused."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from sqlmodel import Session, select
+
+from cloud_hub.cli import main
+from cloud_hub.cli.serve import ServerHandle, serve_in_thread
+from cloud_hub.db.tables import DeadLetter, Device
+from cloud_hub.service import Hub
+from shared.messages import TelemetryBatch, encode
+from simulator.broker import Broker, Credential
+from tests.cloud_hub.conftest import ADMIN_KEY
+from tests.cloud_hub.helpers import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+@pytest.fixture
+def server(hub: Hub) -> Iterator[ServerHandle]:
+    handle = serve_in_thread(hub)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def api(server: ServerHandle) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url + "/api/v1", headers=ADMIN, timeout=30) as c:
+        yield c
+
+
+def _cli(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code = main(["--url", server.base_url, "--api-key", ADMIN_KEY, *args])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+class _Device:
+    """A device's own MQTT connection (MQTT v5: refusals come back as reason codes)."""
+
+    def __init__(self, broker: Broker, credential: Credential) -> None:
+        self.connack: queue.Queue[str] = queue.Queue()
+        self.dropped = threading.Event()
+        self.client = broker.client(credential)
+        self.client.reconnect_delay_set(60, 60)
+        self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(str(rc))
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.dropped.set()
+        self.client.connect_async(broker.host, broker.port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: bytes) -> str:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+        return "sent" if info.is_published() else "not acknowledged"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _batch(device_id: str, seq: int) -> bytes:
+    return encode(TelemetryBatch(device_id=device_id, seq=seq, channels=["a"],
+                                 ts=[float(seq)], values=[[1.0]]))
+
+
+def test_an_enrolled_bundle_runs_as_it_is(
+    broker: Broker, hub: Hub, server: ServerHandle, api: httpx.Client,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "bundle"
+    out = _cli(server, capsys, "devices", "enroll", "press-7", "--out", str(bundle),
+               "--state-dir", str(tmp_path / "state"))
+    assert "SHA256:" in out and hub.signing_key.key_id in out
+    config = tomllib.loads((bundle / "agent.toml").read_text())
+    assert oct((bundle / "agent.toml").stat().st_mode & 0o777) == "0o600"
+    assert config["mqtt"]["tls"] is True and config["mqtt"]["username"] == "press-7"
+    assert config["trust"]["keys"] == {hub.signing_key.key_id: hub.signing_key.public_b64()}
+    assert (bundle / "ca.crt").read_text() == Path(str(broker.ca_file)).read_text()
+    log = (tmp_path / "agent.log").open("w")
+    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
+                              str(bundle / "agent.toml")], cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        def stored() -> bool:
+            rows = api.get("/telemetry/summary").json()
+            return any(r["device_id"] == "press-7" and r["readings"] > 0 for r in rows)
+
+        wait_for(stored, 60, "telemetry from the enrolled bundle's agent")
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        log.close()
+    listed = api.get("/enrollments").json()
+    assert any(e["device_id"] == "press-7" and e["revoked_at"] is None for e in listed)
+
+
+def test_a_device_the_hub_did_not_enroll_is_refused_and_counted(
+    broker: Broker, hub: Hub
+) -> None:
+    # The broker lets it in (a credential made outside the hub); the hub's registry does not.
+    device = _Device(broker, broker.add_device("stranger-1"))
+    try:
+        assert device.connack.get(timeout=10) == "Success"
+        assert device.send(hub.topics.telemetry("stranger-1"), _batch("stranger-1", 0)) == "sent"
+        wait_for(lambda: hub.ingest.snapshot()["unenrolled_refused"] >= 1, 10,
+                 "the refusal counted")
+    finally:
+        device.close()
+    with Session(hub.engine) as session:
+        assert session.get(Device, "stranger-1") is None, "an unenrolled device was registered"
+        letters = session.exec(select(DeadLetter)).all()
+    assert any("not enrolled" in d.reason and "stranger-1" in d.topic for d in letters)
+
+
+def test_training_and_rollout_targets_take_enrolled_devices_only(
+    hub: Hub, api: httpx.Client
+) -> None:
+    job = api.post("/training-jobs", json={"name": "m", "devices": ["ghost-1"]})
+    if job.status_code < 400:  # a queued job must end failed, naming the device
+        job_id = job.json()["id"]
+        done = wait_for(lambda: (j := api.get(f"/training-jobs/{job_id}").json())["status"]
+                        not in ("queued", "running") and j, 30, "the job to end")
+        assert done["status"] == "failed" and "not enrolled" in done["error"], done
+    else:
+        assert "not enrolled" in job.text, job.text
+    name, version = hub.register(__import__("tests.cloud_hub.helpers",
+                                            fromlist=["tiny_artifact"]).tiny_artifact(),
+                                 name="pump-ae")
+    assert api.post(f"/models/{name}/{version}/publish").status_code == 200
+    refused = api.post("/rollouts", json={"model": {"name": name, "version": version},
+                                          "target": {"devices": ["ghost-1"]}})
+    assert refused.status_code in (404, 409, 422), refused.text
+    assert "not enrolled" in refused.text
+
+
+def test_revoke_disconnects_the_device_and_it_is_refused_from_then_on(
+    broker: Broker, hub: Hub, server: ServerHandle, api: httpx.Client,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bundle: dict[str, Any] = api.post("/devices/pump-77/enroll").json()
+    credential = Credential(bundle["username"], bundle["password"], bundle["username"])
+    device = _Device(broker, credential)
+    try:
+        assert device.connack.get(timeout=10) == "Success"
+        assert device.send(hub.topics.telemetry("pump-77"), _batch("pump-77", 0)) == "sent"
+        wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] >= 1, 10, "stored")
+        out = _cli(server, capsys, "devices", "revoke", "pump-77")
+        assert "revoked pump-77" in out
+        assert device.dropped.wait(10), "the broker did not disconnect the revoked device"
+    finally:
+        device.close()
+    again = _Device(broker, credential)
+    try:
+        assert again.connack.get(timeout=10) == "Not authorized"
+    finally:
+        again.close()
+    listed = api.get("/enrollments", params={"revoked": True}).json()
+    assert [e["device_id"] for e in listed] == ["pump-77"]
+    # Enrolled again: a new credential works, the old one stays refused.
+    renewed = api.post("/devices/pump-77/enroll").json()
+    assert renewed["password"] != bundle["password"]
+    fresh = _Device(broker, Credential("pump-77", renewed["password"], "pump-77"))
+    try:
+        assert fresh.connack.get(timeout=10) == "Success"
+    finally:
+        fresh.close()
+
+
+def test_enrolling_an_enrolled_device_is_a_conflict(api: httpx.Client) -> None:
+    assert api.post("/devices/pump-88/enroll").status_code == 201
+    again = api.post("/devices/pump-88/enroll")
+    assert again.status_code == 409 and "revoke first" in again.text
+
+
+def test_a_device_credential_cannot_be_used_as_another_client_id(
+    broker: Broker, api: httpx.Client
+) -> None:
+    bundle = api.post("/devices/pump-99/enroll").json()
+    thief = broker.client(Credential("pump-99", bundle["password"], "pump-99"),
+                          client_id="pump-1", protocol=mqtt.MQTTv5)
+    answers: queue.Queue[str] = queue.Queue()
+    thief.on_connect = lambda c, u, f, rc, p: answers.put(str(rc))
+    thief.reconnect_delay_set(60, 60)
+    thief.connect_async(broker.host, broker.port)
+    thief.loop_start()
+    try:
+        assert answers.get(timeout=10) == "Not authorized"
+    finally:
+        thief.loop_stop()
