@@ -17,10 +17,12 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from cloud_hub.identity.dynsec import new_password, write_config
 from cloud_hub.identity.mosquitto import BrokerConfigError, secure_conf
@@ -146,4 +148,11 @@ def run_broker(folder: Path, mosquitto: str) -> int:
     if problem is not None:
         raise BrokerConfigError(f"port {port} is taken ({problem}): stop what listens there, "
                                 "or run `cloud-hub broker init --force --port N`")
-    return subprocess.call([mosquitto, "-c", str(folder / "mosquitto.conf")])
+    proc = subprocess.Popen([mosquitto, "-c", str(folder / "mosquitto.conf")])
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        proc.send_signal(signum)  # mosquitto saves its state on SIGTERM/SIGINT, then exits
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return proc.wait()

@@ -28,7 +28,7 @@ from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
 from simulator.broker import Broker
 from tests.cloud_hub.api_support import Keys, make_keys, serving
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import stand_in_training, tiny_artifact, wait_for
+from tests.cloud_hub.helpers import enroll_devices, stand_in_training, tiny_artifact, wait_for
 
 EPOCH = "0123456789abcdef"  # one stream epoch per device here
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -61,6 +61,7 @@ class World:
 
     def known_device(self) -> str:
         device = self.fresh("auth-dev")
+        enroll_devices(self.hub, (device,))  # only enrolled devices send data or take rollouts
         with Session(self.hub.engine) as session:
             store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
                 device_id=device, epoch=EPOCH, seq=0, channels=["a", "b"], ts=[1.0, 2.0],
@@ -125,6 +126,12 @@ def _api_key(w: World) -> dict[str, Any]:
     return {"key_id": w.admin("POST", "/api-keys", json={"name": w.fresh("k")})["id"]}
 
 
+def _enrolled(w: World) -> dict[str, Any]:
+    device = w.fresh("auth-enrolled")
+    w.admin("POST", f"/devices/{device}/enroll")
+    return {"device_id": device}
+
+
 def _rule(w: World) -> dict[str, Any]:
     rule = w.admin("POST", "/webhooks", json={"name": w.fresh("hook"),
                                               "url": "http://127.0.0.1:9/hook",
@@ -161,6 +168,12 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("PATCH", "/api/v1/devices/{device_id}"): (ADMIN, Call(_device, json={"tags": ["x"]})),
     ("PUT", "/api/v1/devices/{device_id}/desired"): (ADMIN, Call(_device,
                                                                  json={"model": None})),
+    ("POST", "/api/v1/devices/{device_id}/enroll"): (ADMIN, Call(
+        lambda w: {"device_id": w.fresh("auth-new")})),
+    ("POST", "/api/v1/devices/{device_id}/revoke"): (ADMIN, Call(_enrolled)),
+    ("POST", "/api/v1/enrollments"): (ADMIN, Call(json_for=lambda w: {
+        "device_ids": [w.fresh("auth-bulk")]})),
+    ("GET", "/api/v1/enrollments"): (READ, Call()),
     ("GET", "/api/v1/telemetry"): (READ, Call(query={"device_id": "auth-dev-1"})),
     ("GET", "/api/v1/telemetry/summary"): (READ, Call()),
     ("GET", "/api/v1/anomalies"): (READ, Call()),

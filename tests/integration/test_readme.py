@@ -170,7 +170,9 @@ def test_the_readme_by_hand_path_runs_as_written(run: Run) -> None:
     commands = readme_commands()
     names = [c.name[:2] for c in commands]
     assert ("cloud-hub", "serve") in names and ("edge-agent", "run") in names, names
-    device = next(c.argv[c.argv.index("--device") + 1] for c in commands if "--device" in c.argv)
+    device = next(c.argv[c.argv.index("--device") + 1] if "--device" in c.argv else c.argv[3]
+                  for c in commands if "--device" in c.argv
+                  or c.name[:3] == ("cloud-hub", "devices", "enroll"))
     admin_key = next(c.env["EDGELOOP_ADMIN_API_KEY"] for c in commands
                      if "EDGELOOP_ADMIN_API_KEY" in c.env)
     last = commands[-1]
