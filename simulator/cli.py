@@ -103,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     from simulator.scenario import ScenarioError, load_scenario, run_scenario
 
     console = Console()
+    if _is_attacks(args.scenario):
+        return _run_attacks(args, console)
     try:
         scenario = load_scenario(args.scenario)
         report = run_scenario(scenario, console, out_dir=args.out)
@@ -111,6 +113,33 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     _print_summary(console, report)
     return 0
+
+
+def _is_attacks(path: Path) -> bool:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")).get("kind") == "attacks"
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # load_scenario names the problem
+
+
+def _run_attacks(args: argparse.Namespace, console: object) -> int:
+    from rich.console import Console
+
+    from cloud_hub.cli.client import ApiError
+    from simulator.attacks import load_attack_scenario, print_attack_summary, run_attacks
+    from simulator.hub_process import HubProcessError
+    from simulator.loop import LoopError
+
+    assert isinstance(console, Console)
+    try:
+        report = run_attacks(load_attack_scenario(args.scenario), console, out_dir=args.out)
+    except (ValueError, LoopError, HubProcessError, ApiError) as exc:
+        console.print(f"[red]scenario failed:[/] {exc}")
+        return 1
+    print_attack_summary(console, report)
+    return 0 if report["all_refused"] and report["readings_lost"] == 0 else 3
 
 
 def _print_summary(console: object, report: dict[str, object]) -> None:

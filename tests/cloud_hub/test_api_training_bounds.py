@@ -23,7 +23,7 @@ from cloud_hub.service import Hub
 from cloud_hub.training.artifact import ModelArtifact, TrainingSpec
 from shared.messages import TelemetryBatch
 from tests.cloud_hub.api_support import api_client
-from tests.cloud_hub.helpers import tiny_artifact, wait_for
+from tests.cloud_hub.helpers import enroll_devices, tiny_artifact, wait_for
 
 EPOCH = "0123456789abcdef"  # one stream epoch per device here
 pytestmark = [pytest.mark.hub]
@@ -36,6 +36,7 @@ def _hub(data_dir: Path, **settings: Any) -> Hub:
     hub = Hub(Settings(data_dir=data_dir, admin_api_key=ADMIN_KEY,
                        training_max_readings=MAX_READINGS, **settings))
     hub.ensure_admin_key()
+    enroll_devices(hub)
     return hub
 
 
@@ -180,6 +181,7 @@ def test_a_stored_request_below_the_floor_is_trained_at_the_floor(tmp_path: Path
         raise RuntimeError("stop here: only the spec is looked at")
 
     hub = Hub(Settings(data_dir=tmp_path, admin_api_key=ADMIN_KEY), run_training=run)
+    enroll_devices(hub)
     with Session(hub.engine) as session:
         store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
             device_id="pump-1", epoch=EPOCH, seq=0, channels=["a"], ts=[1.0, 2.0],

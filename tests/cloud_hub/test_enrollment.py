@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 
 from cloud_hub.cli import main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
+from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.tables import DeadLetter, Device
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
@@ -80,8 +81,8 @@ class _Device:
 
 
 def _batch(device_id: str, seq: int) -> bytes:
-    return encode(TelemetryBatch(device_id=device_id, seq=seq, channels=["a"],
-                                 ts=[float(seq)], values=[[1.0]]))
+    return encode(TelemetryBatch(device_id=device_id, epoch="0123456789abcdef", seq=seq,
+                                 channels=["a"], ts=[float(seq)], values=[[1.0]]))
 
 
 def test_an_enrolled_bundle_runs_as_it_is(
@@ -148,10 +149,26 @@ def test_training_and_rollout_targets_take_enrolled_devices_only(
                                             fromlist=["tiny_artifact"]).tiny_artifact(),
                                  name="pump-ae")
     assert api.post(f"/models/{name}/{version}/publish").status_code == 200
-    refused = api.post("/rollouts", json={"model": {"name": name, "version": version},
+    unknown = api.post("/rollouts", json={"model": {"name": name, "version": version},
                                           "target": {"devices": ["ghost-1"]}})
-    assert refused.status_code in (404, 409, 422), refused.text
-    assert "not enrolled" in refused.text
+    assert unknown.status_code == 422 and "ghost-1" in unknown.text, unknown.text
+    # A device the hub knows (it sent data while enrolled) but that is revoked now.
+    hub.enrollment.revoke("pump-3")
+    with Session(hub.engine) as session:
+        store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
+            device_id="pump-3", epoch="0123456789abcdef", seq=0, channels=["a"], ts=[1.0],
+            values=[[1.0]])]))
+    revoked = api.post("/rollouts", json={"model": {"name": name, "version": version},
+                                          "target": {"devices": ["pump-3"]}})
+    assert revoked.status_code == 422 and "not enrolled" in revoked.text, revoked.text
+    job = api.post("/training-jobs", json={"name": "m", "devices": ["pump-3"]})
+    if job.status_code < 400:
+        job_id = job.json()["id"]
+        done = wait_for(lambda: (j := api.get(f"/training-jobs/{job_id}").json())["status"]
+                        not in ("queued", "running") and j, 30, "the job to end")
+        assert done["status"] == "failed" and "not enrolled" in done["error"], done
+    else:
+        assert "not enrolled" in job.text, job.text
 
 
 def test_revoke_disconnects_the_device_and_it_is_refused_from_then_on(

@@ -175,6 +175,7 @@ def test_a_hub_started_with_the_broker_down_serves_its_api_and_connects_later(
     broker.stop()
     settings = hub_settings(broker, tmp_path / "hub")
     hub = Hub(settings, run_training=stand_in_training())
+    enroll_devices(hub)
     server = serve_in_thread(hub, timeout=2.0)  # does not raise: the hub waits for its broker
     try:
         import httpx

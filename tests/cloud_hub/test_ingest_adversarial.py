@@ -20,7 +20,13 @@ from shared.messages import MAX_PAYLOAD_BYTES
 from shared.topics import DeviceTopic, Topics
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import hub_settings
-from tests.cloud_hub.helpers import publish_wait, publisher_client, stand_in_training, wait_for
+from tests.cloud_hub.helpers import (
+    enroll_devices,
+    publish_wait,
+    publisher_client,
+    stand_in_training,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 EPOCH = "0123456789abcdef"
@@ -87,6 +93,7 @@ def test_hostile_payloads_on_every_stream_are_dead_lettered_and_good_ones_stored
     settings = hub_settings(broker, tmp_path / "hub")
     topics: Topics = settings.topics
     first = Hub(settings, run_training=stand_in_training())
+    enroll_devices(first)
     first.start()
     first.stop()  # the broker now queues the device streams for the hub's session
 

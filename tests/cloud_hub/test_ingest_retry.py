@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, func, select
 
 from cloud_hub.db.engine import make_engine
+from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
 from cloud_hub.db.tables import DeadLetter, TelemetryBatchRow
 from cloud_hub.mqtt.ingest import (
@@ -65,6 +66,8 @@ def test_a_refused_message_is_dead_lettered_in_a_few_commits_and_the_rest_stored
     tmp_path: Path,
 ) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    with Session(engine) as session:  # only enrolled devices' messages are stored
+        record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
     calls: list[int] = []
     outages = [2]  # the database is down for the first two attempts
 

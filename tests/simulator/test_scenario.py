@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from simulator.attacks import load_attack_scenario
 from simulator.scenario import ScenarioError, load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "simulator" / "scenarios"
@@ -13,8 +15,11 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "simulator" / "scenarios"
 
 def test_every_shipped_scenario_loads() -> None:
     paths = sorted(SCENARIOS.glob("*.toml"))
-    assert {p.stem for p in paths} >= {"baseline", "chaos", "mixed-fleet"}
+    assert {p.stem for p in paths} >= {"baseline", "chaos", "mixed-fleet", "attacks"}
     for path in paths:
+        if tomllib.loads(path.read_text()).get("kind") == "attacks":
+            assert load_attack_scenario(path).name == path.stem
+            continue
         scenario = load_scenario(path)
         assert scenario.name == path.stem
         assert scenario.device_specs()
