@@ -19,6 +19,7 @@ from cloud_hub.service import Hub
 from shared.manifest import parse_manifest
 from shared.signing import load_public_key, verify_manifest, verify_trust_list
 from shared.trust import parse_trust_list
+from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import Subscriber, publish_wait, tiny_artifact
 
@@ -36,9 +37,9 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
         server.stop()
 
 
-def _retained(hub: Hub, topic_filter: str) -> dict[str, bytes]:
+def _retained(broker: Broker, hub: Hub, topic_filter: str) -> dict[str, bytes]:
     """Everything retained under ``topic_filter``, as a brand-new subscriber sees it."""
-    sub = Subscriber(hub.settings.mqtt_port, topic_filter, client_id="fresh-sub")
+    sub = Subscriber(broker, topic_filter, client_id="fresh-sub")
     try:
         marker = topic_filter.rstrip("#+/") + "/marker"  # not retained: comes after them all
         publish_wait(sub.client, marker, b"end")
@@ -51,8 +52,8 @@ def _retained(hub: Hub, topic_filter: str) -> dict[str, bytes]:
         sub.close()
 
 
-def _manifest(hub: Hub, name: str, version: int) -> dict[str, object]:
-    retained = _retained(hub, f"{hub.topics.model_prefix(name, version)}/#")
+def _manifest(broker: Broker, hub: Hub, name: str, version: int) -> dict[str, object]:
+    retained = _retained(broker, hub, f"{hub.topics.model_prefix(name, version)}/#")
     return json.loads(retained[hub.topics.manifest(name, version)])  # type: ignore[no-any-return]
 
 
@@ -63,7 +64,7 @@ def _releases(hub: Hub, name: str) -> list[tuple[int, int, str]]:
         return [(r.release, r.version, r.reason) for r in rows]
 
 
-def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(
+def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(broker: Broker, 
     hub: Hub, api: httpx.Client
 ) -> None:
     name, version = hub.register(tiny_artifact(agreement=0.9), name="pump-ae")
@@ -79,7 +80,7 @@ def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(
                             json={"model": {"name": name, "version": version}})):
         assert attempt.status_code == 409, attempt.text
     assert _releases(hub, name) == []
-    assert _retained(hub, f"{hub.topics.prefix}/models/#") == {}
+    assert _retained(broker, hub, f"{hub.topics.prefix}/models/#") == {}
     detail = api.get(f"/models/{name}/{version}", headers=ADMIN).json()
     assert detail["release"] is None and detail["key_id"] == ""
 
@@ -119,18 +120,20 @@ def test_each_release_takes_the_next_number_and_a_rollback_is_a_new_release(
     assert [(m["version"], m["release"]) for m in listed] == [(1, 3), (2, 4)]
 
 
-def test_a_rollback_of_a_retired_version_publishes_it_again(hub: Hub, api: httpx.Client) -> None:
+def test_a_rollback_of_a_retired_version_publishes_it_again(
+    broker: Broker, hub: Hub, api: httpx.Client
+) -> None:
     hub.register(tiny_artifact(), name="pump-ae")
     api.post("/models/pump-ae/1/publish", headers=ADMIN)
     api.post("/models/pump-ae/1/retire", headers=ADMIN)
-    assert _retained(hub, f"{hub.topics.prefix}/models/#") == {}
+    assert _retained(broker, hub, f"{hub.topics.prefix}/models/#") == {}
     done = api.post("/models/pump-ae/1/rollback", json={"devices": ["dev-9"]}, headers=ADMIN)
     assert done.status_code == 200 and done.json()["release"] == 2
     assert api.get("/models/pump-ae/1", headers=ADMIN).json()["status"] == "published"
     assert _manifest(hub, "pump-ae", 1)["release"] == 2
 
 
-def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_key(
+def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_key(broker: Broker, 
     hub: Hub, api: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -150,7 +153,7 @@ def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_k
     assert [p.name for p in key_files] == [f"{new}.pem"]
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in key_files)
 
-    lists = _retained(hub, hub.topics.all_trust())
+    lists = _retained(broker, hub, hub.topics.all_trust())
     v1 = parse_trust_list(lists[hub.topics.trust(1)])
     assert set(v1.keys) == {old, new} and {s.key_id for s in v1.signatures} == {old, new}
     verify_trust_list(v1, old_public)  # a device that trusts only the old key accepts it
@@ -169,7 +172,7 @@ def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_k
     body = retired.json()
     assert body["trust_version"] == 2 and body["resigned"] == ["pump-ae:1"]
     assert {k["key_id"]: k["status"] for k in body["keys"]} == {old: "retired", new: "active"}
-    v2 = parse_trust_list(_retained(hub, hub.topics.all_trust())[hub.topics.trust(2)])
+    v2 = parse_trust_list(_retained(broker, hub, hub.topics.all_trust())[hub.topics.trust(2)])
     assert set(v2.keys) == {new} and [s.key_id for s in v2.signatures] == [new]
     verify_trust_list(v2, v1.public_keys())
     resigned = _manifest(hub, "pump-ae", 1)

@@ -28,12 +28,14 @@ from simulator.broker import Broker, BrokerError, find_mosquitto
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.profiles import PROFILES
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import stand_in_training, tiny_artifact, wait_for
+from tests.cloud_hub.helpers import enroll_devices, stand_in_training, tiny_artifact, wait_for
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync",
                  "--disable-dev-shm-usage"]
 DEVICES = ["pump-001", "pump-002", "pump-003"]
+# Devices the tests send as through a gateway connection (not agents).
+OTHER_DEVICES = ("fan-7", "evil-1")
 PUMP_CHANNELS = tuple(PROFILES["pump"].channel_names)
 
 
@@ -65,6 +67,7 @@ class Console:
     hub: Hub
     server: ServerHandle
     fleet: Fleet
+    broker: Broker
     read_key: str
     quiet: tuple[str, int]
     noisy: tuple[str, int]
@@ -95,10 +98,13 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     broker.start()
     hub = Hub(hub_settings(broker, tmp / "hub", incident_tick_s=0.2, incident_quiet_s=3600.0),
               run_training=stand_in_training())
+    # Enrolled in the hub's registry; the agents log in with broker credentials of their own.
+    enroll_devices(hub, (*DEVICES, *OTHER_DEVICES))
     hub.start()
     server = serve_in_thread(hub)
     fleet = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=tmp / "agents",
-                  trust_keys={hub.signing_key.key_id: hub.signing_key.public_b64()})
+                  trust_keys={hub.signing_key.key_id: hub.signing_key.public_b64()},
+                  mqtt_auth=broker.device_auth)
     try:
         for i, device_id in enumerate(DEVICES):
             fleet.add(DeviceSpec(device_id=device_id, seed=i, rate_hz=10.0))
@@ -114,7 +120,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                 publish_model(session, name=name, version=version, releases=hub.releases)
         wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] >= 3 * len(DEVICES),
                  timeout=30, what="telemetry from every agent")
-        yield Console(hub, server, fleet, _read_key(hub), quiet, noisy)
+        yield Console(hub, server, fleet, broker, _read_key(hub), quiet, noisy)
     finally:
         fleet.stop(timeout=10)
         server.stop()

@@ -111,7 +111,7 @@ def test_operator_starts_a_canary_rollout_and_watches_the_waves(
 
 
 def test_a_read_key_sees_everything_and_cannot_act(page: Any, console: Console) -> None:
-    client = publisher_client(console.hub.settings.mqtt_port, client_id="test-read-key")
+    client = publisher_client(console.broker, client_id="test-read-key")
     try:
         event = AnomalyEvent(device_id="fan-7", epoch=EPOCH, seq=1,
                              ts=(time.time() - 2, time.time()), score=5.0, threshold=1.0,
@@ -168,7 +168,7 @@ def test_device_supplied_text_is_shown_as_text_never_run(page: Any, console: Con
     markup in them sees it printed, never executed (and the CSP would block it anyway)."""
     device_id = "evil-1"
     now = time.time()
-    client = publisher_client(console.hub.settings.mqtt_port, client_id="test-evil")
+    client = publisher_client(console.broker, client_id="test-evil")
     topics = console.hub.topics
     try:
         publish_wait(client, topics.status(device_id), encode(Status(

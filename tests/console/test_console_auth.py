@@ -31,7 +31,7 @@ from cloud_hub.ui import PUBLIC_PATHS, STATIC_PREFIX
 from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import stand_in_training, tiny_artifact, wait_for
+from tests.cloud_hub.helpers import enroll_devices, stand_in_training, tiny_artifact, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 PUBLIC, READ, ADMIN = "public", "read", "admin"
@@ -199,6 +199,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     broker.start()
     hub = Hub(hub_settings(broker, tmp_path_factory.mktemp("hub"), incident_tick_s=0.1),
               run_training=stand_in_training())
+    enroll_devices(hub, ("ui-dev",))
     hub.start()
     server = serve_in_thread(hub)
     try:

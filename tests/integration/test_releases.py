@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_hub.cli.serve import serve_in_thread
@@ -25,7 +26,7 @@ from shared.manifest import Manifest
 from shared.messages import Desired, ModelRef, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import publish_wait, publisher_client, stand_in_training, tiny_artifact
+from tests.cloud_hub.helpers import enroll_devices, publish_wait, stand_in_training, tiny_artifact
 from tests.edge_agent.support import ScriptedSource, agent_config, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -35,6 +36,7 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
     h = Hub(hub_settings(broker, tmp_path / "hub"), run_training=stand_in_training())
+    enroll_devices(h, ("dev-a", "dev-b"))
     server = serve_in_thread(h)
     h.test_api = httpx.Client(base_url=server.base_url + "/api/v1", headers=ADMIN,  # type: ignore[attr-defined]
                               timeout=30)
@@ -83,7 +85,11 @@ def test_replayed_releases_are_refused_and_a_rotation_reaches_an_offline_device(
     for threshold in (0.5, 0.6, 0.7):
         hub.register(tiny_artifact(threshold=threshold), name="pump-ae")
     agents = {d: _start(broker, tmp_path, d, first_key) for d in ("dev-a", "dev-b")}
-    attacker = publisher_client(broker.port, client_id="attacker")
+    # Someone with hub-level broker rights (a stolen credential): the broker lets these
+    # writes through, so only the agent stands between them and a model install.
+    attacker = broker.client(broker.add_hub("attacker"), protocol=mqtt.MQTTv311)
+    attacker.connect(broker.host, broker.port)
+    attacker.loop_start()
     try:
         # v1, then v2: releases 1 and 2.
         _call(hub, "POST", "/models/pump-ae/1/publish")
