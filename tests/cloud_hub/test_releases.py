@@ -39,9 +39,9 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
 
 def _retained(broker: Broker, hub: Hub, topic_filter: str) -> dict[str, bytes]:
     """Everything retained under ``topic_filter``, as a brand-new subscriber sees it."""
-    sub = Subscriber(broker, topic_filter, client_id="fresh-sub")
+    marker = topic_filter.rstrip("#+/") + "/marker"  # not retained: comes after them all
+    sub = Subscriber(broker, topic_filter, client_id="fresh-sub", publish=(marker,))
     try:
-        marker = topic_filter.rstrip("#+/") + "/marker"  # not retained: comes after them all
         publish_wait(sub.client, marker, b"end")
         got: dict[str, bytes] = {}
         while marker not in got:
@@ -64,7 +64,8 @@ def _releases(hub: Hub, name: str) -> list[tuple[int, int, str]]:
         return [(r.release, r.version, r.reason) for r in rows]
 
 
-def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(broker: Broker, 
+def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
     name, version = hub.register(tiny_artifact(agreement=0.9), name="pump-ae")
@@ -86,6 +87,7 @@ def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(broker
 
 
 def test_each_release_takes_the_next_number_and_a_rollback_is_a_new_release(
+    broker: Broker,
     hub: Hub, api: httpx.Client
 ) -> None:
     key = api.get("/signing-key").json()
@@ -94,8 +96,8 @@ def test_each_release_takes_the_next_number_and_a_rollback_is_a_new_release(
         hub.register(tiny_artifact(threshold=threshold), name="pump-ae")
     for version in (1, 2):
         assert api.post(f"/models/pump-ae/{version}/publish", headers=ADMIN).status_code == 200
-    old_v1 = _manifest(hub, "pump-ae", 1)
-    assert (old_v1["release"], _manifest(hub, "pump-ae", 2)["release"]) == (1, 2)
+    old_v1 = _manifest(broker, hub, "pump-ae", 1)
+    assert (old_v1["release"], _manifest(broker, hub, "pump-ae", 2)["release"]) == (1, 2)
     # publishing again is the same release, not a new one
     assert api.post("/models/pump-ae/2/publish", headers=ADMIN).json()["release"] == 2
 
@@ -104,7 +106,7 @@ def test_each_release_takes_the_next_number_and_a_rollback_is_a_new_release(
     done = api.post("/models/pump-ae/1/rollback", json={}, headers=ADMIN)
     assert done.status_code == 200, done.text
     assert done.json() == {"name": "pump-ae", "version": 1, "release": 3, "devices": ["dev-1"]}
-    rolled = parse_manifest(json.dumps(_manifest(hub, "pump-ae", 1)))
+    rolled = parse_manifest(json.dumps(_manifest(broker, hub, "pump-ae", 1)))
     verify_manifest(rolled, pinned)
     assert rolled.release == 3 and rolled.sha256 == old_v1["sha256"]
     assert api.get("/devices/dev-1", headers=ADMIN).json()["desired_model"] == {
@@ -113,7 +115,7 @@ def test_each_release_takes_the_next_number_and_a_rollback_is_a_new_release(
     # Setting desired back to v2 (not the newest release any more) releases it again.
     api.put("/devices/dev-1/desired", headers=ADMIN,
             json={"model": {"name": "pump-ae", "version": 2}})
-    assert _manifest(hub, "pump-ae", 2)["release"] == 4
+    assert _manifest(broker, hub, "pump-ae", 2)["release"] == 4
     assert _releases(hub, "pump-ae") == [(1, 1, "publish"), (2, 2, "publish"),
                                          (3, 1, "rollback"), (4, 2, "desired")]
     listed = api.get("/models", headers=ADMIN).json()
@@ -130,10 +132,11 @@ def test_a_rollback_of_a_retired_version_publishes_it_again(
     done = api.post("/models/pump-ae/1/rollback", json={"devices": ["dev-9"]}, headers=ADMIN)
     assert done.status_code == 200 and done.json()["release"] == 2
     assert api.get("/models/pump-ae/1", headers=ADMIN).json()["status"] == "published"
-    assert _manifest(hub, "pump-ae", 1)["release"] == 2
+    assert _manifest(broker, hub, "pump-ae", 1)["release"] == 2
 
 
-def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_key(broker: Broker, 
+def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_key(
+    broker: Broker,
     hub: Hub, api: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -160,8 +163,8 @@ def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_k
 
     hub.register(tiny_artifact(threshold=0.7), name="pump-ae")
     api.post("/models/pump-ae/2/publish", headers=ADMIN)
-    assert _manifest(hub, "pump-ae", 2)["key_id"] == new, "new releases: the new key"
-    assert _manifest(hub, "pump-ae", 1)["key_id"] == old, "still trusted in the overlap"
+    assert _manifest(broker, hub, "pump-ae", 2)["key_id"] == new, "new releases: the new key"
+    assert _manifest(broker, hub, "pump-ae", 1)["key_id"] == old, "still trusted in the overlap"
 
     early = api.post(f"/keys/{old}/retire", json={}, headers=ADMIN)
     assert early.status_code == 409 and "overlap" in early.json()["detail"]
@@ -175,7 +178,7 @@ def test_rotate_then_retire_publishes_signed_trust_lists_and_moves_the_signing_k
     v2 = parse_trust_list(_retained(broker, hub, hub.topics.all_trust())[hub.topics.trust(2)])
     assert set(v2.keys) == {new} and [s.key_id for s in v2.signatures] == [new]
     verify_trust_list(v2, v1.public_keys())
-    resigned = _manifest(hub, "pump-ae", 1)
+    resigned = _manifest(broker, hub, "pump-ae", 1)
     assert (resigned["key_id"], resigned["release"]) == (new, 1), "same release, new key"
     assert not hub.settings.resolved_signing_key_path.exists(), "a retired key's file is gone"
     assert "PRIVATE KEY" not in caplog.text
