@@ -71,6 +71,7 @@ class World:
     def rollout(self) -> int:
         self.counter += 1
         device = f"ui-auth-rollout-{self.counter}"
+        enroll_devices(self.hub, (device,))  # a rollout targets enrolled devices only
         with Session(self.hub.engine) as session:
             store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
                 device_id=device, epoch=EPOCH, seq=0, channels=["a", "b"], ts=[1.0],
@@ -112,6 +113,7 @@ def _rollout_then(action: str | None) -> Callable[[World], dict[str, Any]]:
 def _rollout_form(w: World) -> dict[str, str]:
     w.counter += 1
     device = f"ui-auth-target-{w.counter}"
+    enroll_devices(w.hub, (device,))  # a rollout targets enrolled devices only
     with Session(w.hub.engine) as session:
         store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
             device_id=device, epoch=EPOCH, seq=0, channels=["a", "b"], ts=[1.0],
