@@ -35,7 +35,7 @@ from shared.manifest import (
 )
 from shared.messages import Ack, Desired, ModelRef, StreamAck, encode
 from shared.signing import SigningKey
-from shared.topics import TopicAccess, Topics
+from shared.topics import Topics
 from simulator.broker import Broker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -159,9 +159,8 @@ class Collector:
         self._marks: dict[tuple[str, str, str], tuple[set[int], int]] = {}
         self.devices: dict[str, DeviceLog] = {}
         self.lock = threading.Lock()
-        streams = ("telemetry", "anomalies", "status", "reported", "heartbeat")
-        access = TopicAccess(publish=(), subscribe=tuple(TOPICS.all_devices(s) for s in streams))
-        self.client = broker.client(broker.add_client(client_id, access))
+        # A hub's identity: it reads every device stream and writes the devices' acks.
+        self.client = broker.client(broker.add_hub(client_id))
         self._subscribed = threading.Event()
         self.client.reconnect_delay_set(0.05, 0.5)
         self.client.on_message = self._on_message

@@ -23,7 +23,7 @@ import pytest
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
-from simulator.enroll import hub_enrollment
+from simulator.enroll import enroll_many, hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
 from simulator.netem import LinkProxy
@@ -159,9 +159,13 @@ def _summary(hub: HubClient) -> dict[str, dict[str, Any]]:
     return {r["device_id"]: r for r in hub.get_all("/telemetry/summary")}
 
 
-def _fleet(broker: Broker, root: Path, n: int = 3, **outbox: float) -> Fleet:
+def _fleet(broker: Broker, root: Path, n: int = 3, *, hub: HubClient | None = None,
+           **outbox: float) -> Fleet:
+    """``n`` agents, enrolled through ``hub``; without one, with broker credentials an
+    operator made (the hub enrolls them later, in its registry only)."""
+    login = hub_enrollment(hub, root / "bundles") if hub is not None else broker.device_auth
     f = Fleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=root, trust_keys={},
-              overrides={"outbox": dict(outbox)} if outbox else {})
+              overrides={"outbox": dict(outbox)} if outbox else {}, mqtt_auth=login)
     for i in range(n):
         f.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=10.0))
     return f
@@ -194,8 +198,12 @@ def test_agents_started_before_the_broker_and_the_hubs_first_start_lose_nothing(
                  "agents buffering while there is no broker")
         broker.start()
         _taken_by_a_broker_nobody_listens_to(agents)
-        process = HubProcess(tmp_path / "new-hub", mqtt_port=broker.port).start(timeout=120)
+        # The hub's first start: it enrolls the devices the operator gave credentials to.
+        process = HubProcess(tmp_path / "new-hub", mqtt_port=broker.port, extra_env={
+            **broker.hub_env("edgeloop-hub"), "EDGELOOP_MQTT_DYNSEC": "false"}
+        ).start(timeout=120)
         client = HubClient(process.url, process.admin_api_key)
+        enroll_many(client, sorted(agents.devices), tmp_path / "bundles")
         _assert_everything_stored_once(client, agents)
         summary = _summary(client)
         for device_id in agents.devices:
@@ -217,7 +225,7 @@ def test_agents_started_before_the_broker_and_the_hubs_first_start_lose_nothing(
 def test_an_agent_whose_state_is_wiped_mid_run_loses_nothing_it_sends_after(
     broker: Broker, hub: HubClient, tmp_path: Path
 ) -> None:
-    agents = _fleet(broker, tmp_path / "agents", n=1)
+    agents = _fleet(broker, tmp_path / "agents", n=1, hub=hub)
     [device_id] = agents.devices
     agents.start()
     try:
@@ -285,7 +293,7 @@ def _stopped_hub_then_broker_without_state(
 def test_broker_restarted_without_its_state_while_the_hub_was_stopped_loses_nothing(
     broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
 ) -> None:
-    agents = _fleet(broker, hub_client, tmp_path / "agents")
+    agents = _fleet(broker, tmp_path / "agents", hub=hub_client)
     agents.start()
     try:
         _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)
@@ -300,7 +308,7 @@ def test_broker_restarted_without_its_state_while_the_hub_was_paused_loses_nothi
     broker: Broker, hub_process: HubProcess, hub_client: HubClient, tmp_path: Path
 ) -> None:
     # No offline record this time: the hub is paused, not stopped.
-    agents = _fleet(broker, tmp_path / "agents")
+    agents = _fleet(broker, tmp_path / "agents", hub=hub_client)
     agents.start()
     try:
         wait_for(lambda: all(_stored(hub_client).get(d, 0) > 20 for d in agents.devices), 30,
@@ -320,7 +328,7 @@ def test_without_acknowledgements_acted_on_the_same_outage_loses_readings(
 ) -> None:
     # The control experiment: agents that wait an hour before sending anything again lose, in
     # the scenario above, what the other tests recover; so those tests prove the recovery.
-    agents = _fleet(broker, tmp_path / "agents", ack_timeout_s=3600.0)
+    agents = _fleet(broker, tmp_path / "agents", hub=hub_client, ack_timeout_s=3600.0)
     agents.start()
     try:
         _stopped_hub_then_broker_without_state(broker, hub_process, hub_client, agents)

@@ -27,7 +27,8 @@ def collector(broker: Broker) -> Iterator[Collector]:
 
 def _fleet(broker: Broker, root: Path, n: int, **options: float) -> LiteFleet:
     fleet = LiteFleet(mqtt_host=broker.host, mqtt_port=broker.port, state_root=root, shards=2,
-                      batch_max_readings=20, batch_max_age_s=0.2, **options)
+                      batch_max_readings=20, batch_max_age_s=0.2, mqtt_auth=broker.device_auth,
+                      **options)
     for i in range(n):
         fleet.add(DeviceSpec(device_id=f"lite-{i}", profile="server", seed=i, rate_hz=10.0,
                              history_s=5.0))
