@@ -46,7 +46,7 @@ from simulator.broker import Broker, Credential
 from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
-from simulator.loop import publish_model, roll_out, train_model, wait_for_telemetry
+from simulator.loop import LoopError, publish_model, train_model, wait_for_telemetry
 from simulator.probe import Probe, wait_until
 
 __all__ = ["AttackResult", "AttackScenario", "load_attack_scenario", "run_attacks"]
@@ -342,6 +342,24 @@ class _Attacks:
                             f"command; reconnect: {again.connack}")
 
 
+def _activate(client: HubClient, device_ids: list[str], ref: tuple[str, int], say: Say,
+              timeout: float = 180.0) -> None:
+    """The model on every device, set directly (no staged rollout: its anomaly-rate policy
+    is not what this scenario is about, and a young model could make it stop)."""
+    name, version = ref
+    for device_id in device_ids:
+        client.put(f"/devices/{device_id}/desired", {"model": {"name": name, "version": version}})
+
+    def running() -> bool:
+        return all((d.get("active_model") or {}).get("version") == version
+                   and d.get("reported_state") == "active"
+                   for d in (client.get(f"/devices/{i}") for i in device_ids))
+
+    if not wait_until(running, timeout):
+        raise LoopError(f"{name} v{version} not active on every device within {timeout:g}s")
+    say(f"[bold]model[/] {name} v{version} active on {len(device_ids)} devices")
+
+
 def _lost_and_false_alarms(client: HubClient, fleet: Fleet, since: float,
                            say: Say) -> dict[str, Any]:
     """Stop the honest agents (they flush), wait for the hub; what never arrived, and the
@@ -408,7 +426,7 @@ def run_attacks(scenario: AttackScenario, console: Console | None = None,
                 ref = train_model(client, console, name="pump-ae", devices=ids,
                                   until=time.time(), spec={**spec, "seed": round_})
                 publish_model(client, ref, say)
-                roll_out(client, fleet, ref, say)
+                _activate(client, ids, ref, say)
                 models.append(ref)
             phase_start = time.time()
             attacks = _Attacks(broker, client, fleet, workdir, models, say)

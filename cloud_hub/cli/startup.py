@@ -23,8 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import paho.mqtt.client as mqtt
+
 from cloud_hub.core.config import Settings
-from cloud_hub.mqtt.client import new_client
+from cloud_hub.identity.roles import HUB_CHECK_SUFFIX
+from cloud_hub.mqtt.client import MqttAuth, new_client
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.presence import running_hub, session_started_at
 from shared.timefmt import iso_time
@@ -91,15 +94,21 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _probe_client_id(client_id: str) -> str:
-    return f"{client_id[:48]}-check-{os.getpid()}"
+def _probe_client(settings: Settings) -> mqtt.Client:
+    """A throwaway client to look for another hub with this client id. On a secure broker it is
+    the hub's own ``<id>-check`` identity (it may read the hub's status record, nothing else)."""
+    if settings.mqtt_password is None:
+        return new_client(f"{settings.mqtt_client_id[:48]}-check-{os.getpid()}")
+    auth = MqttAuth(password=settings.mqtt_password, tls=settings.mqtt_tls,
+                    ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
+    return new_client(settings.mqtt_client_id + HUB_CHECK_SUFFIX, auth=auth)
 
 
 def check_client_id(settings: Settings, *, timeout: float = 5.0) -> None:
     """Refuse (:class:`StartRefused`) when a hub is online with this hub's MQTT client id."""
     fresh_s = _FRESH_REFRESHES * settings.hub_status_refresh_s
     try:
-        other = running_hub(new_client(_probe_client_id(settings.mqtt_client_id)),
+        other = running_hub(_probe_client(settings),
                             settings.mqtt_host, settings.mqtt_port, settings.topics,
                             settings.mqtt_client_id, fresh_s=fresh_s, timeout=timeout)
     except OSError as exc:
@@ -157,7 +166,7 @@ class ClaimWatch:
     def _older_holder(self) -> str | None:
         s = self._settings
         presence = self._connection.presence
-        other = running_hub(new_client(_probe_client_id(s.mqtt_client_id)), s.mqtt_host,
+        other = running_hub(_probe_client(s), s.mqtt_host,
                             s.mqtt_port, s.topics, s.mqtt_client_id,
                             fresh_s=_FRESH_REFRESHES * s.hub_status_refresh_s,
                             not_session=presence.session)

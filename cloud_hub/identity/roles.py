@@ -2,9 +2,10 @@
 
 - a device: username and client id are its device id; it writes only its own streams and reads
   only its own ``desired``/``ack``, the models, the trust lists and the hubs' status;
-- a hub: one identity per connection, both with the hub's password: ``<hub id>`` (ingest,
-  presence, acknowledgements, desired state and models) and ``<hub id>-admin`` (device
-  credentials, through the dynamic-security plugin, and nothing else);
+- a hub: one identity per connection, all with the hub's password: ``<hub id>`` (ingest,
+  presence, acknowledgements, desired state and models), ``<hub id>-admin`` (device
+  credentials, through the dynamic-security plugin, and nothing else) and ``<hub id>-check``
+  (a starting hub reads its own status record, to find another hub with its client id);
 - the broker admin that ``cloud-hub broker init`` and the test harness use to set up the rest.
 
 Every identity's client id is bound to it, so nobody can take over another's session.
@@ -13,11 +14,12 @@ Every identity's client id is bound to it, so nobody can take over another's ses
 from __future__ import annotations
 
 from cloud_hub.identity.dynsec import Credential, Identity, new_password
-from shared.topics import Topics, broker_admin_access, validate_device_id
+from shared.topics import TopicAccess, Topics, broker_admin_access, validate_device_id
 
 __all__ = [
     "BROKER_ADMIN",
     "HUB_ADMIN_SUFFIX",
+    "HUB_CHECK_SUFFIX",
     "device_identity",
     "device_rolename",
     "hub_identities",
@@ -27,6 +29,7 @@ __all__ = [
 
 BROKER_ADMIN = "edgeloop-broker-admin"
 HUB_ADMIN_SUFFIX = "-admin"
+HUB_CHECK_SUFFIX = "-check"  # a starting hub looks for another one with its client id
 
 
 def device_rolename(device_id: str) -> str:
@@ -51,6 +54,8 @@ def hub_identities(topics: Topics, hub_id: str, password: str) -> list[Identity]
         Identity(hub_credential(hub_id, password), f"hub:{hub_id}", data),
         Identity(hub_credential(hub_id, password, HUB_ADMIN_SUFFIX), "broker-admin",
                  broker_admin_access()),
+        Identity(hub_credential(hub_id, password, HUB_CHECK_SUFFIX), f"hub-check:{hub_id}",
+                 TopicAccess(publish=(), subscribe=(topics.hub_status(hub_id),))),
     ]
 
 

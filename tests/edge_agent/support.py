@@ -35,7 +35,7 @@ from shared.manifest import (
 )
 from shared.messages import Ack, Desired, ModelRef, StreamAck, encode
 from shared.signing import SigningKey
-from shared.topics import Topics
+from shared.topics import TopicAccess, Topics
 from simulator.broker import Broker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -103,7 +103,11 @@ class HubStandIn:
     """Publishes what the hub would: retained manifests, chunks and desired records."""
 
     def __init__(self, broker: Broker) -> None:
-        self.client = broker.client(broker.add_hub("test-hub"))
+        # A hub's rights, and the status record of any hub: tests play several hubs with it.
+        hub = TOPICS.hub_access("test-hub")
+        access = TopicAccess(publish=(*hub.publish, TOPICS.all_hub_status()),
+                             subscribe=hub.subscribe)
+        self.client = broker.client(broker.add_client("test-hub", access))
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 

@@ -61,7 +61,9 @@ def test_two_agents_with_one_device_id_name_the_takeover_once_and_status_shows_i
 def test_a_broker_restarting_twice_in_a_row_is_not_taken_for_a_takeover(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    link = MqttLink(LinkSettings(client_id="solo", port=broker.port, reconnect_initial_s=0.2,
+    login = broker.agent_mqtt(broker.add_device("solo"))
+    login.pop("topic_prefix")
+    link = MqttLink(LinkSettings(client_id="solo", **login, reconnect_initial_s=0.2,
                                  reconnect_max_s=0.5))
     link.start()
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.identity.roles import device_identity
 from edge_agent.agent import Agent
 from edge_agent.cli import main as agent_cli
 from edge_agent.telemetry.presence import HubWatch
@@ -100,9 +101,14 @@ def test_an_agent_under_a_prefix_no_hub_uses_says_so_in_its_status(
     collector.client.publish(Topics().hub_status("edgeloop-hub"), encode(hub_record), qos=1,
                              retain=True).wait_for_publish(10)
     state = tmp_path / "state"
+    # The broker lets it write under its own (wrong) prefix: only the missing hub can tell.
+    lost = device_identity(Topics("edgeloop/v9"), "lost-1")
     config = agent_config(broker, state, "lost-1", None,
-                          mqtt={"topic_prefix": "edgeloop/v9"},
+                          mqtt={"topic_prefix": "edgeloop/v9",
+                                "password": lost.credential.password},
                           outbox={"hub_silence_warn_s": 0.5}, heartbeat={"interval_s": 0.2})
+    broker.revoke("lost-1")  # the harness's identity under the default prefix ...
+    broker.add_identities([lost])  # ... gives way to one under the agent's
     agent = Agent(config, source=ScriptedSource(40, rate_hz=50.0))
     agent.start()
     try:

@@ -92,7 +92,7 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
 
     assert hub.running
     client.post("/devices/after-kill/enroll")
-    device = publisher_client(broker, client_id="after-kill")
+    device = publisher_client(broker, client_id="test-gateway")
     try:
         batch = TelemetryBatch(
                 epoch="0123456789abcdef", device_id="after-kill", seq=0, channels=["a"],
