@@ -31,7 +31,8 @@ EXPECTED = {
 def test_every_attack_is_refused_and_no_honest_reading_is_lost(tmp_path: Path) -> None:
     scenario = AttackScenario(kind="attacks", name="attacks-small", devices=2, rate_hz=10.0,
                               history_s=10.0, settle_s=2.0,
-                              training={"window": 8, "hidden": 16, "latent": 4, "epochs": 2})
+                              training={"window": 8, "hidden": 16, "latent": 4, "epochs": 2,
+                                        "quantization": "float32"})
     report = run_attacks(scenario, Console(file=io.StringIO()), out_dir=tmp_path / "report")
     assert json.loads((tmp_path / "report" / "report.json").read_text()) == report
     assert report["transport"] == "tls" and report["auth"] == "dynsec-per-device"
