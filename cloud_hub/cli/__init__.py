@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "EDGELOOP_* environment variables.")
     s.add_argument("--log-level", default="INFO")
 
+    db = sub.add_parser("db", help="the hub's database schema (settings: EDGELOOP_*, like serve)")
+    db.add_argument("action", choices=["upgrade", "current", "revision"],
+                    help="upgrade: to this hub's schema (serve does it at start-up); current: "
+                         "the revision it is at; revision: a new migration (developers)")
+    db.add_argument("-m", "--message", help="revision: what the new migration changes")
+
     t = sub.add_parser("train", help="start a training job and follow its progress")
     t.add_argument("name", help="model name")
     t.add_argument("--devices", help="comma-separated device ids (default: all)")
@@ -188,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return run_serve(settings, args.log_level)
+    if args.command == "db":
+        from cloud_hub.cli.db import run_db
+
+        return run_db(args)
     from cloud_hub.cli.commands import COMMANDS
 
     client = HubClient(args.url, args.api_key)

@@ -53,9 +53,16 @@ def run_serve(settings: Settings, log_level: str = "info") -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from cloud_hub.api.main import create_app
+    from cloud_hub.db.migrate import SchemaTooNew
     from cloud_hub.service import Hub
 
-    hub = Hub(settings)
+    try:
+        hub = Hub(settings)  # brings the database's schema to this code's (or refuses)
+    except SchemaTooNew as exc:
+        sock.close()
+        lock.release()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     hub.start()
     if hub.generated_admin_key:
         print(f"generated admin API key (shown once, store it): {hub.generated_admin_key}",

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
 import cloud_hub.db.enrollments  # noqa: F401  (registers the tables on SQLModel.metadata)
 import cloud_hub.db.key_tables  # noqa: F401
@@ -19,7 +19,8 @@ __all__ = ["make_engine"]
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
-    """Open the database at ``url`` and create missing tables."""
+    """Open the database at ``url``; with ``create``, bring its schema to this code's
+    (:mod:`cloud_hub.db.migrate`: created when empty, upgraded, refused when newer)."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -35,7 +36,9 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     elif engine.dialect.driver == "psycopg":
         event.listen(engine, "connect", _binary_arrays)
     if create:
-        SQLModel.metadata.create_all(engine)
+        from cloud_hub.db.migrate import prepare  # Alembic loads only where a schema is made
+
+        prepare(engine)
     return engine
 
 

@@ -1,0 +1,306 @@
+"""Schema migrations: a database at 98792cc's schema, with data in it, upgraded by the hub;
+the migrations build exactly the schema the tables declare; a newer database is refused.
+
+The old schema is written out here as the SQL that ``create_all`` made at 98792cc (SQLite's
+text; PostgreSQL takes the same with BYTEA for BLOB), never by checking old code out.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, select
+
+from cloud_hub.core.security import hash_api_key
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ingest_store import IngestBatch, store_batch
+from cloud_hub.db.migrate import SchemaTooNew, head, state, upgrade
+from cloud_hub.db.tables import ApiKey, Device, TelemetryBatchRow
+from cloud_hub.db.telemetry_read import read_telemetry
+from shared.messages import EPOCH_PATTERN, TelemetryBatch
+
+pytestmark = pytest.mark.hub
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+SCHEMA_98792CC = """
+CREATE TABLE models (
+    id INTEGER NOT NULL, 
+    name VARCHAR(64) NOT NULL, 
+    version INTEGER NOT NULL, 
+    status VARCHAR NOT NULL, 
+    created_at FLOAT NOT NULL, 
+    published_at FLOAT, 
+    retired_at FLOAT, 
+    family VARCHAR NOT NULL, 
+    spec JSON NOT NULL, 
+    channels JSON NOT NULL, 
+    training JSON NOT NULL, 
+    normalization JSON NOT NULL, 
+    input JSON NOT NULL, 
+    score JSON NOT NULL, 
+    threshold FLOAT NOT NULL, 
+    threshold_method VARCHAR NOT NULL, 
+    quantization VARCHAR NOT NULL, 
+    size_bytes INTEGER NOT NULL, 
+    float_size_bytes INTEGER NOT NULL, 
+    sha256 VARCHAR NOT NULL, 
+    parity JSON NOT NULL, 
+    parity_passed BOOLEAN NOT NULL, 
+    parity_failure VARCHAR, 
+    validation JSON NOT NULL, 
+    extra JSON NOT NULL, 
+    key_id VARCHAR NOT NULL, 
+    manifest JSON NOT NULL, 
+    tflite BLOB NOT NULL, 
+    training_job_id INTEGER, 
+    PRIMARY KEY (id), 
+    CONSTRAINT uq_models_name_version UNIQUE (name, version)
+);
+CREATE INDEX ix_models_name ON models (name);
+CREATE TABLE training_jobs (
+    id INTEGER NOT NULL, 
+    name VARCHAR(64) NOT NULL, 
+    status VARCHAR NOT NULL, 
+    request JSON NOT NULL, 
+    progress JSON NOT NULL, 
+    error VARCHAR, 
+    model_name VARCHAR, 
+    model_version INTEGER, 
+    created_at FLOAT NOT NULL, 
+    started_at FLOAT, 
+    finished_at FLOAT, 
+    PRIMARY KEY (id)
+);
+CREATE TABLE rollouts (
+    id INTEGER NOT NULL, 
+    model_name VARCHAR NOT NULL, 
+    model_version INTEGER NOT NULL, 
+    status VARCHAR NOT NULL, 
+    target JSON NOT NULL, 
+    policy JSON NOT NULL, 
+    stage INTEGER NOT NULL, 
+    stages JSON NOT NULL, 
+    stage_started_at FLOAT, 
+    reason VARCHAR, 
+    created_at FLOAT NOT NULL, 
+    finished_at FLOAT, 
+    seconds_to_full FLOAT, 
+    PRIMARY KEY (id)
+);
+CREATE TABLE devices (
+    device_id VARCHAR(64) NOT NULL, 
+    online BOOLEAN NOT NULL, 
+    status_at FLOAT, 
+    last_seen FLOAT, 
+    agent_version VARCHAR NOT NULL, 
+    "group" VARCHAR(64), 
+    tags JSON NOT NULL, 
+    desired_name VARCHAR, 
+    desired_version INTEGER, 
+    desired_at FLOAT, 
+    reported_name VARCHAR, 
+    reported_version INTEGER, 
+    reported_state VARCHAR, 
+    reported_error VARCHAR, 
+    reported_since FLOAT, 
+    active_name VARCHAR, 
+    active_version INTEGER, 
+    active_sha256 VARCHAR, 
+    heartbeat JSON, 
+    telemetry_readings INTEGER NOT NULL, 
+    telemetry_batches INTEGER NOT NULL, 
+    anomalies INTEGER NOT NULL, 
+    PRIMARY KEY (device_id)
+);
+CREATE INDEX ix_devices_group ON devices ("group");
+CREATE TABLE telemetry (
+    device_id VARCHAR(64) NOT NULL, 
+    seq INTEGER NOT NULL, 
+    channels JSON NOT NULL, 
+    readings INTEGER NOT NULL, 
+    ts_first FLOAT NOT NULL, 
+    ts_last FLOAT NOT NULL, 
+    ts_blob BLOB NOT NULL, 
+    values_blob BLOB NOT NULL, 
+    stored_at FLOAT NOT NULL, 
+    PRIMARY KEY (device_id, seq)
+);
+CREATE INDEX ix_telemetry_device_ts ON telemetry (device_id, ts_first);
+CREATE TABLE anomalies (
+    device_id VARCHAR(64) NOT NULL, 
+    seq INTEGER NOT NULL, 
+    ts_start FLOAT NOT NULL, 
+    ts_end FLOAT NOT NULL, 
+    score FLOAT NOT NULL, 
+    threshold FLOAT NOT NULL, 
+    model_name VARCHAR NOT NULL, 
+    model_version INTEGER NOT NULL, 
+    channels JSON NOT NULL, 
+    detected_at FLOAT NOT NULL, 
+    stored_at FLOAT NOT NULL, 
+    PRIMARY KEY (device_id, seq)
+);
+CREATE INDEX ix_anomalies_stored_at ON anomalies (stored_at);
+CREATE INDEX ix_anomalies_device_ts ON anomalies (device_id, ts_start);
+CREATE TABLE dead_letters (
+    id INTEGER NOT NULL, 
+    topic VARCHAR NOT NULL, 
+    reason VARCHAR NOT NULL, 
+    payload_preview VARCHAR NOT NULL, 
+    payload_size INTEGER NOT NULL, 
+    received_at FLOAT NOT NULL, 
+    PRIMARY KEY (id)
+);
+CREATE INDEX ix_dead_letters_received_at ON dead_letters (received_at);
+CREATE TABLE api_keys (
+    id INTEGER NOT NULL, 
+    name VARCHAR(64) NOT NULL, 
+    key_hash VARCHAR(64) NOT NULL, 
+    prefix VARCHAR(12) NOT NULL, 
+    scope VARCHAR NOT NULL, 
+    created_at FLOAT NOT NULL, 
+    revoked_at FLOAT, 
+    PRIMARY KEY (id)
+);
+CREATE UNIQUE INDEX ix_api_keys_key_hash ON api_keys (key_hash);
+CREATE TABLE rollout_devices (
+    rollout_id INTEGER NOT NULL, 
+    device_id VARCHAR(64) NOT NULL, 
+    stage INTEGER NOT NULL, 
+    previous_name VARCHAR, 
+    previous_version INTEGER, 
+    desired_at FLOAT, 
+    confirmed_at FLOAT, 
+    failed_at FLOAT, 
+    failure VARCHAR, 
+    reverted_at FLOAT, 
+    revert_confirmed_at FLOAT, 
+    baseline_rate FLOAT, 
+    PRIMARY KEY (rollout_id, device_id), 
+    FOREIGN KEY(rollout_id) REFERENCES rollouts (id)
+);
+
+"""
+
+
+def _old_rows(conn: object) -> None:
+    """A device that sent 3 telemetry batches and an anomaly, an API key, a dead letter."""
+    run = conn.execute  # type: ignore[attr-defined]
+    run(text("INSERT INTO devices (device_id, online, agent_version, tags, telemetry_readings, "
+             "telemetry_batches, anomalies) VALUES ('pump-1', true, '0.1.0', '[]', 6, 3, 1)"))
+    for seq in range(3):
+        run(text("INSERT INTO telemetry (device_id, seq, channels, readings, ts_first, ts_last, "
+                 "ts_blob, values_blob, stored_at) VALUES ('pump-1', :seq, '[\"a\"]', 2, :t0, "
+                 ":t1, :ts, :vals, :t1)"),
+            {"seq": seq, "t0": 100.0 + 2 * seq, "t1": 101.0 + 2 * seq,
+             "ts": struct.pack("<2d", 100.0 + 2 * seq, 101.0 + 2 * seq),
+             "vals": struct.pack("<2d", float(seq), float(seq) + 0.5)})
+    run(text("INSERT INTO anomalies (device_id, seq, ts_start, ts_end, score, threshold, "
+             "model_name, model_version, channels, detected_at, stored_at) VALUES "
+             "('pump-1', 0, 100.0, 105.0, 3.0, 1.0, 'pump-ae', 1, '[\"a\"]', 105.0, 106.0)"))
+    run(text("INSERT INTO api_keys (name, key_hash, prefix, scope, created_at) VALUES "
+             "('ops', :h, 'old-key-', 'admin', 1.0)"), {"h": hash_api_key("old-key-0123456789")})
+    run(text("INSERT INTO dead_letters (topic, reason, payload_preview, payload_size, "
+             "received_at) VALUES ('t', 'bad', 'x', 1, 1.0)"))
+
+
+def _make_old(engine: Engine) -> None:
+    ddl = SCHEMA_98792CC
+    if engine.dialect.name == "postgresql":  # what create_all wrote there
+        ddl = ddl.replace(" BLOB ", " BYTEA ").replace("id INTEGER NOT NULL", "id SERIAL NOT NULL")
+    with engine.begin() as conn:
+        for statement in ddl.split(";"):
+            if statement.strip():
+                conn.execute(text(statement))
+        _old_rows(conn)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a PostgreSQL database made for the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    name = f"edgeloop_mig_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_a_database_at_98792cc_is_upgraded_with_its_data_kept_and_usable(empty_url: str) -> None:
+    old = create_engine(empty_url)
+    _make_old(old)
+    old.dispose()
+
+    engine = make_engine(empty_url)  # what the hub does at start-up
+    try:
+        assert state(engine).current == head()
+        with Session(engine) as session:
+            rows = session.exec(select(TelemetryBatchRow).order_by(TelemetryBatchRow.seq)).all()
+            assert [(r.epoch, r.seq) for r in rows] == [("legacy0000000000", s) for s in range(3)]
+            import re
+            assert not re.match(EPOCH_PATTERN, rows[0].epoch), "an old epoch looks like a real one"
+            piece = read_telemetry(session, device_id="pump-1")
+            assert piece.ts.tolist() == [100.0, 101.0, 102.0, 103.0, 104.0, 105.0]
+            assert piece.values[:, 0].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+            key = session.exec(select(ApiKey).where(
+                ApiKey.key_hash == hash_api_key("old-key-0123456789"))).one()
+            assert key.scope == "admin"
+        # The device goes on with a real epoch from seq 0: nothing collides with its old rows.
+        with Session(engine) as session:
+            result = store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
+                device_id="pump-1", epoch="0123456789abcdef", seq=0, channels=["a"],
+                ts=[200.0], values=[[9.0]])]))
+        assert (result.telemetry_batches, result.duplicates) == (1, 0)
+        with Session(engine) as session:
+            device = session.get(Device, "pump-1")
+            assert device is not None
+            assert (device.telemetry_batches, device.telemetry_readings) == (4, 7)
+            assert read_telemetry(session, device_id="pump-1").values[-1, 0] == 9.0
+        again = make_engine(empty_url)  # a restart finds nothing to do
+        assert state(again).current == head()
+        again.dispose()
+    finally:
+        engine.dispose()
+
+
+def test_the_migrations_build_the_schema_the_tables_declare(empty_url: str) -> None:
+    """Every table and column on SQLModel.metadata has a migration: a future column added
+    without one fails here."""
+    engine = create_engine(empty_url)
+    try:
+        upgrade(engine, fresh="migrate")
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                    SQLModel.metadata)
+        assert diff == [], f"schema differences not covered by a migration: {diff}"
+    finally:
+        engine.dispose()
+
+
+def test_a_database_from_a_newer_hub_is_refused_with_the_reason(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    make_engine(url).dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(SchemaTooNew, match="9999.*newer hub"):
+        make_engine(url)
