@@ -282,6 +282,6 @@ def load_config(path: Path | str) -> AgentConfig:
     if not config.state_dir.is_absolute() and "state_dir" in raw:
         config = config.replace(state_dir=path.parent / config.state_dir)
     ca_file = config.mqtt.tls_ca_file
-    if ca_file is not None and not Path(ca_file).is_absolute():
+    if ca_file and not Path(ca_file).is_absolute():
         config = config.replace(mqtt=config.mqtt.replace(tls_ca_file=str(path.parent / ca_file)))
     return config

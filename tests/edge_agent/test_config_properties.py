@@ -104,6 +104,10 @@ def test_every_config_of_valid_values_loads_and_validates_again(raw: dict[str, A
         if isinstance(values, dict):
             for key, value in values.items():
                 got = getattr(getattr(config, section), "json_format" if key == "json" else key)
+                if (section, key) == ("mqtt", "tls_ca_file") and value and \
+                        not Path(value).is_absolute():
+                    assert Path(got).is_absolute(), got  # relative: beside agent.toml
+                    continue
                 assert got == (value.upper() if key == "level" else value), (section, key)
     _revalidates(config)
 
