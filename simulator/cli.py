@@ -3,7 +3,7 @@
     simulator demo --devices 10 --duration 60
     simulator run simulator/scenarios/chaos.toml
     simulator evaluate --dataset skab --data ../shared/data/skab
-    simulator broker --port 1883            # a private broker for running the parts by hand
+    simulator broker --port 0               # the tests' harness broker, in the foreground
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", type=Path)
     r.add_argument("--out", type=Path, help="report directory (default reports/<scenario name>)")
 
-    b = sub.add_parser("broker", help="a private mosquitto in the foreground (the tests' "
-                                      "harness) that refuses a taken port")
+    b = sub.add_parser("broker", help="the tests' harness mosquitto in the foreground (secure: "
+                                      "its own CA and credentials); refuses a taken port. "
+                                      "By hand, use cloud-hub broker init/run")
     b.add_argument("--port", type=int, default=1883,
                    help="port on 127.0.0.1 (default 1883; 0: any free port, printed)")
 
