@@ -47,6 +47,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
+from shared.topics import DeviceTopic, TopicAccess  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
 from simulator.flood import FloodPlan, FloodReport, Publishers  # noqa: E402
 from simulator.hub_process import HubProcess  # noqa: E402
@@ -125,9 +126,7 @@ class Hubs:
         self.admin_key = secrets.token_urlsafe(24)
         for i in range(count):
             env = {"EDGELOOP_MQTT_CLIENT_ID": f"bench-hub-{i}"}
-            hub_env = getattr(broker, "hub_env", None)
-            if hub_env is not None:  # the secure harness: the hub's own credential and TLS
-                env.update(hub_env(f"bench-hub-{i}"))
+            env.update(broker.hub_env(f"bench-hub-{i}"))  # its credential and TLS
             if count > 1:
                 env["EDGELOOP_MQTT_SHARE_GROUP"] = "bench"
             if db.url:
@@ -184,16 +183,31 @@ def _count_in_database(hubs: Hubs, db: Database) -> dict[str, int]:
 
 
 def _connect(broker: Broker, processes: int) -> list[dict[str, Any]]:
-    """How each publisher process connects (its own identity on the secure harness)."""
-    add_publisher = getattr(broker, "add_publisher", None)
+    """How each publisher process connects: on the secure harness (TLS, a password per
+    identity) with its own identity that may publish every device's telemetry, standing in
+    for the devices (one connection per device would measure the publishers, not the hub)."""
+    access = TopicAccess(publish=(broker.topics.all_devices(DeviceTopic.TELEMETRY),),
+                         subscribe=())
     out = []
     for i in range(processes):
         c: dict[str, Any] = {"host": broker.host, "port": broker.port,
                              "client_id": f"bench-flood-{i}"}
-        if add_publisher is not None:
-            c.update(add_publisher(f"bench-flood-{i}"))
+        if broker.secure:
+            cred = broker.add_client(f"bench-flood-{i}", access)
+            c.update(client_id=cred.client_id, username=cred.username, password=cred.password,
+                     ca_file=str(broker.ca_file))
         out.append(c)
     return out
+
+
+def enroll(hubs: Hubs, device_ids: list[str]) -> None:
+    """The hub stores only enrolled devices' messages: enroll the flood's, 1,000 a call."""
+    url = hubs.procs[0].url
+    for start in range(0, len(device_ids), 1000):
+        r = httpx.post(f"{url}/api/v1/enrollments",
+                       json={"device_ids": device_ids[start:start + 1000]},
+                       headers={"X-API-Key": hubs.admin_key}, timeout=300)
+        r.raise_for_status()
 
 
 def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, window_s: float,
@@ -263,6 +277,7 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers)
+                enroll(hubs, plan.device_ids())
                 console.print(f"[{db_kind} batch {readings}] flood for {opts.duration:g} s")
                 flood = measure(broker, hubs, plan, warmup_s=opts.warmup, window_s=opts.duration)
                 published = flood["published"]
@@ -322,6 +337,7 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers)
+                enroll(hubs, plan.device_ids())
                 console.print(f"[postgresql, two hubs, batch {readings}] flood for "
                               f"{opts.duration:g} s")
                 flood = measure(broker, hubs, plan, warmup_s=opts.warmup, window_s=opts.duration)

@@ -129,7 +129,9 @@ def _publisher_main(plan: FloodPlan, devices: list[str], connect: dict[str, Any]
     if connect.get("username"):
         client.username_pw_set(connect["username"], connect.get("password"))
     if connect.get("ca_file"):
-        client.tls_set(ca_certs=connect["ca_file"])
+        from shared.tls import client_context
+
+        client.tls_set_context(client_context(connect["ca_file"]))
     client.max_inflight_messages_set(plan.window)
     client.max_queued_messages_set(0)
 
