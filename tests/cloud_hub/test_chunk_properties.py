@@ -19,7 +19,14 @@ from cloud_hub.registry.records import build_manifest
 from cloud_hub.training.artifact import ModelArtifact, ParityReport, TrainingSpec
 from edge_agent.models.store import ModelStore
 from shared.codec import ChunkError, split
-from shared.manifest import InputSpec, Normalization, Quantization, ScoreSpec
+from shared.manifest import (
+    InputSpec,
+    Manifest,
+    Normalization,
+    Quantization,
+    ScoreSpec,
+    manifest_from_dict,
+)
 from shared.signing import generate_signing_key, verify_manifest
 
 pytestmark = [pytest.mark.hub]
@@ -39,13 +46,19 @@ def _artifact(model: bytes) -> ModelArtifact:
         float_size=len(model), parity=parity, training_rows=10, training_windows=7)
 
 
+def _released(model: bytes, chunk_size: int) -> Manifest:
+    """The manifest the hub signs for release 1 of this model (as ``sign_release`` does)."""
+    body = build_manifest(_artifact(model), name="prop-ae", version=1, chunk_size=chunk_size,
+                          created_at=1.0)
+    return KEY.sign(manifest_from_dict({**body, "release": 1, "key_id": KEY.key_id}))
+
+
 @given(model=st.binary(min_size=1, max_size=20_000), chunk_size=st.integers(1024, 9000),
        order=st.randoms(use_true_random=False), repeats=st.integers(0, 3))
 def test_the_agent_assembles_exactly_what_the_hub_chunked(
     model: bytes, chunk_size: int, order: object, repeats: int
 ) -> None:
-    manifest = build_manifest(_artifact(model), name="prop-ae", version=1,
-                              chunk_size=chunk_size, key=KEY, created_at=1.0)
+    manifest = _released(model, chunk_size)
     verify_manifest(manifest, {KEY.key_id: KEY.public})
     chunks = split(model, chunk_size)
     assert manifest.chunks.count == len(chunks) and manifest.size == len(model)
@@ -65,8 +78,7 @@ def test_the_agent_assembles_exactly_what_the_hub_chunked(
 def test_the_agent_refuses_any_chunk_that_is_not_the_listed_one(
     model: bytes, chunk_size: int, which: int, flip: int, cut: int
 ) -> None:
-    manifest = build_manifest(_artifact(model), name="prop-ae", version=1,
-                              chunk_size=chunk_size, key=KEY, created_at=1.0)
+    manifest = _released(model, chunk_size)
     chunks = split(model, chunk_size)
     index = which % len(chunks)
     flipped = bytearray(chunks[index])
