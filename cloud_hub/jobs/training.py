@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
+from cloud_hub.db.leases import hold_lease
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device
+from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.jobs.upload import load_upload
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from shared.manifest import Quantization
@@ -66,7 +69,8 @@ class JobRunner:
     def __init__(
         self, engine: Engine, *, register: Register, run_training: RunTraining | None = None,
         uploads_dir: Path | None = None, min_agreement: float = 0.0,
-        max_readings: int | None = None,
+        max_readings: int | None = None, holder: str | None = None,
+        lease_ttl_s: float = 30.0, poll_s: float = 2.0,
     ) -> None:
         """``run_training`` replaces the child-process pipeline and runs in this process (the
         tests' stand-ins); by default each job trains in a child process."""
@@ -76,23 +80,21 @@ class JobRunner:
         self.uploads_dir = uploads_dir or Path("uploads")
         self._register = register
         self._run_training = run_training
-        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._queue: queue.Queue[int | None] = queue.Queue()  # wakes the worker
+        self._stopping = threading.Event()
+        self._holder = holder or process_holder_id()
+        self._lease_ttl_s = lease_ttl_s
+        self._poll_s = poll_s
+        self._leading = False
         self._cancel: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="hub-training", daemon=True)
 
     def start(self) -> None:
-        with Session(self._engine) as session:  # jobs a previous process left behind
-            for job in session.exec(
-                select(TrainingJob).where(TrainingJob.status.in_(["queued", "running"]))  # type: ignore[attr-defined]
-            ):
-                job.status, job.error = "failed", "the hub restarted while this job was pending"
-                job.finished_at = time.time()
-                session.add(job)
-            session.commit()
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
         with self._lock:
             for event in self._cancel.values():
                 event.set()
@@ -113,27 +115,77 @@ class JobRunner:
         return job
 
     def cancel(self, job_id: int) -> bool:
-        """Ask a queued or running job to stop; False when it is not pending here."""
+        """Ask a queued or running job to stop; False when it is running in another hub
+        process (or is over). A queued job is cancelled in the database, whichever hub
+        process would have run it."""
         with self._lock:
             event = self._cancel.get(job_id)
-        if event is None:
-            return False
-        event.set()
-        return True
+        if event is not None:
+            event.set()
+        with Session(self._engine) as session:
+            cancelled = session.exec(
+                update(TrainingJob)
+                .where(col(TrainingJob.id) == job_id, col(TrainingJob.status) == "queued")
+                .values(status="cancelled", finished_at=time.time(),
+                        error="cancelled before it started")).rowcount
+            session.commit()
+        return event is not None or bool(cancelled)
 
     # -- worker --------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            job_id = self._queue.get()
-            if job_id is None:
+        """Jobs run one at a time in the hub process that holds the ``training`` lease
+        (several hub processes may share a database); each job is claimed with a
+        conditional UPDATE, so it runs once whichever process claims it."""
+        while not self._stopping.is_set():
+            try:
+                wake = self._queue.get(timeout=self._poll_s)
+            except queue.Empty:
+                wake = 0
+            if wake is None or self._stopping.is_set():
                 return
             try:
-                self._execute(job_id)
-            except Exception:  # never let one job kill the worker
-                log.exception("training job %d crashed", job_id)
-            finally:
-                with self._lock:
-                    self._cancel.pop(job_id, None)
+                while not self._stopping.is_set() and self._lead():
+                    job_id = self._claim_next()
+                    if job_id is None:
+                        break
+                    try:
+                        self._execute(job_id)
+                    finally:
+                        with self._lock:
+                            self._cancel.pop(job_id, None)
+            except Exception:  # never let one job (or a database hiccup) kill the worker
+                log.exception("training worker: a job or its bookkeeping failed")
+
+    def _lead(self) -> bool:
+        """Take or renew the training lease; on taking it over, jobs its previous holder
+        left running are failed (that process is gone, and so is their child)."""
+        now = time.time()
+        with Session(self._engine) as session:
+            held = hold_lease(session, name="training", holder=self._holder, now=now,
+                              ttl_s=self._lease_ttl_s)
+        if held and not self._leading:
+            with Session(self._engine) as session:
+                session.exec(
+                    update(TrainingJob)
+                    .where(col(TrainingJob.status) == "running")
+                    .values(status="failed", finished_at=now,
+                            error="the hub process running this job stopped"))
+                session.commit()
+        self._leading = held
+        return held
+
+    def _claim_next(self) -> int | None:
+        with Session(self._engine) as session:
+            job_id = session.exec(select(TrainingJob.id).where(
+                col(TrainingJob.status) == "queued").order_by(col(TrainingJob.id))).first()
+            if job_id is None:
+                return None
+            claimed = session.exec(
+                update(TrainingJob)
+                .where(col(TrainingJob.id) == job_id, col(TrainingJob.status) == "queued")
+                .values(status="running", started_at=time.time())).rowcount
+            session.commit()
+        return job_id if claimed else self._claim_next()
 
     def _update(self, job_id: int, **changes: Any) -> None:
         with Session(self._engine) as session:
@@ -160,6 +212,7 @@ class JobRunner:
         self._update(job_id, status="running", started_at=time.time(),
                      progress={"stage": "preparing", "fraction": 0.0})
         last_write = [0.0]
+        last_renew = [time.monotonic()]
         latest: dict[str, Any] = {}
 
         def progress(p: TrainingProgress) -> None:
@@ -173,6 +226,9 @@ class JobRunner:
                 return
             last_write[0] = now
             self._update(job_id, progress=dict(latest))
+            if now - last_renew[0] > self._lease_ttl_s / 3:  # a long job keeps its lease
+                last_renew[0] = now
+                self._lead()
 
         try:
             spec = spec_from_dict(request.get("spec") or {})

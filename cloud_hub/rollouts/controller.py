@@ -16,8 +16,10 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.db.leases import hold_lease
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
+from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.desired import set_desired
@@ -37,8 +39,17 @@ MAX_STEP_FAILURES = 3
 
 
 class RolloutController:
-    def __init__(self, engine: Engine, releases: Releases, *, tick_s: float = 0.5) -> None:
+    """Ticks in the one hub process holding the ``rollouts`` lease (hub processes may share a
+    database); each rollout's step also locks its row (PostgreSQL), so an admin's rollback
+    through another hub process waits for the step in progress instead of racing it."""
+
+    def __init__(self, engine: Engine, releases: Releases, *, tick_s: float = 0.5,
+                 holder: str | None = None, lease_ttl_s: float = 15.0) -> None:
         self._engine, self._releases, self._tick = engine, releases, tick_s
+        self.holder = holder or process_holder_id()
+        self._lease_ttl_s = max(lease_ttl_s, 3 * tick_s)
+        self.holding = False
+        self.ticks = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one tick at a time (thread and REST actions)
@@ -63,7 +74,12 @@ class RolloutController:
             self._wake.wait(self._tick)
             self._wake.clear()
             try:
-                self.tick()
+                with Session(self._engine) as session:
+                    self.holding = hold_lease(session, name="rollouts", holder=self.holder,
+                                              now=time.time(), ttl_s=self._lease_ttl_s)
+                if self.holding:
+                    self.tick()
+                    self.ticks += 1
             except Exception:  # a broken rollout must not stop the others
                 log.exception("rollout controller tick failed")
 
@@ -81,7 +97,7 @@ class RolloutController:
     def _tick_one(self, rollout_id: int, now: float) -> None:
         try:
             with Session(self._engine) as session:
-                rollout = session.get(Rollout, rollout_id)
+                rollout = session.get(Rollout, rollout_id, with_for_update=True)
                 if rollout is None:
                     return
                 if rollout.status == "running":
@@ -231,7 +247,7 @@ class RolloutController:
         it, or None once the rollback started.
         """
         with self._lock, Session(self._engine) as session:
-            rollout = session.get(Rollout, rollout_id)
+            rollout = session.get(Rollout, rollout_id, with_for_update=True)
             if rollout is None or rollout.status not in allowed:
                 return rollout.status if rollout is not None else "missing"
             self.roll_back(session, rollout, reason, time.time())
