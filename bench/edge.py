@@ -6,8 +6,9 @@ and what a running agent costs in memory.
 2. Times one window at a time: Keras eager ``model(x)`` and ``model.predict(x)`` here; the two
    TFLite models in a *subprocess that never imports TensorFlow*, through
    ``edge_agent.inference.runtime.TfliteModel.reconstruct`` (the agent's per-window call), in
-   interleaved rounds so that load from other processes hits both models alike (median and
-   spread of the rounds); also 64 windows per invoke, and the legacy runtime (tflite-runtime in
+   40 short interleaved rounds so that load from other processes hits both models alike (the
+   median of the rounds is the figure; the minimum is what the model costs when the machine
+   leaves it alone); also 64 windows per invoke, and the legacy runtime (tflite-runtime in
    ``.venv-edge``) when that venv exists.
 3. Starts a private mosquitto, publishes the signed int8 model with the hub's publisher, and runs
    a real ``edge-agent run --config …`` process with a CSV source ``--agent-runs`` times: waits
@@ -49,6 +50,7 @@ from agent_memory import (  # noqa: E402
 )
 
 LEGACY_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
+ROUND_WINDOWS = 250  # windows per timing round (about 1 ms: shorter than a time slice)
 
 # The child's code: edge runtime + numpy only; proves TensorFlow stays out of it. Rounds
 # alternate between the models, so a busy spell of the machine slows both alike.
@@ -57,18 +59,19 @@ import json, sys, time
 import numpy as np
 from edge_agent.inference.runtime import TfliteModel
 windows = np.load(sys.argv[1])
-rounds = int(sys.argv[2])
-models = {path: TfliteModel(open(path, "rb").read()) for path in sys.argv[3:]}
+rounds, size = int(sys.argv[2]), int(sys.argv[3])
+models = {path: TfliteModel(open(path, "rb").read()) for path in sys.argv[4:]}
 out = {path: [] for path in models}
 for model in models.values():
     for w in windows[:50]:
         model.reconstruct(w)
-for _ in range(rounds):
+for r in range(rounds):  # short rounds: some fall between other processes' time slices
+    part = windows[(r * size) % len(windows):][:size]
     for path, model in models.items():
         started = time.perf_counter()
-        for w in windows:
+        for w in part:
             model.reconstruct(w)
-        out[path].append((time.perf_counter() - started) * 1e6 / len(windows))
+        out[path].append((time.perf_counter() - started) * 1e6 / len(part))
 for path, model in models.items():
     model.reconstruct_batch(windows[:128], batch_size=64)
     started = time.perf_counter()
@@ -127,7 +130,7 @@ def time_keras(model: Any, windows: np.ndarray) -> tuple[float, float]:
 
 
 def time_tflite_in_subprocess(
-    workdir: Path, windows: np.ndarray, models: dict[str, bytes], *, rounds: int = 7,
+    workdir: Path, windows: np.ndarray, models: dict[str, bytes], *, rounds: int = 40,
     python: str = sys.executable,
 ) -> dict[str, Any]:
     """µs per window of each model: every round's figure, then ``name:batch64``."""
@@ -139,7 +142,8 @@ def time_tflite_in_subprocess(
         paths.append(str(path))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [python, "-c", _TFLITE_TIMER, str(workdir / "windows.npy"), str(rounds), *paths],
+        [python, "-c", _TFLITE_TIMER, str(workdir / "windows.npy"), str(rounds),
+         str(min(ROUND_WINDOWS, len(windows))), *paths],
         capture_output=True,
         text=True,
         timeout=600,
@@ -350,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keras-windows", type=int, default=300)
     parser.add_argument("--agent-seconds", type=float, default=8.0)
     parser.add_argument("--agent-runs", type=int, default=3, help="agent processes measured")
-    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per TFLite model")
+    parser.add_argument("--rounds", type=int, default=40,
+                        help=f"interleaved timing rounds of {ROUND_WINDOWS} windows each")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "edge.json")
     args = parser.parse_args(argv)
 
