@@ -21,6 +21,8 @@ from edge_agent import __version__
 from edge_agent.comms.mqtt import InboundMessage, LinkEvent, LinkSettings, MqttLink
 from edge_agent.config import AgentConfig
 from edge_agent.detect.detector import Detection, Detector
+from edge_agent.drift.federated import WindowScatter
+from edge_agent.drift.monitor import DriftMonitor
 from edge_agent.health import rss_bytes
 from edge_agent.models.loader import load_model
 from edge_agent.models.store import ModelStore, write_atomic
@@ -37,6 +39,7 @@ from shared.messages import (
     AnomalyEvent,
     Desired,
     DeviceStatus,
+    DriftSummary,
     Heartbeat,
     MessageError,
     Reported,
@@ -73,7 +76,8 @@ class Agent:
         self.bad_readings = 0
         self.bad_messages = 0
         self.anomalies_raised = 0
-        self.stored = {Stream.TELEMETRY: 0, Stream.ANOMALIES: 0}  # acknowledged by a hub
+        self.stored = {s: 0 for s in Stream}  # acknowledged by a hub
+        self.drift: DriftMonitor | None = None
         self.stored_readings = 0
         self.outbox_refusals = 0
         self._bad_topics: set[str] = set()
@@ -124,8 +128,12 @@ class Agent:
         self.link.subscribe(self.topics.ack(self.device_id), 1)
         self.sender = Sender(self.outbox, self.link, control, max_inflight=cfg.outbox.max_inflight,
                              name=f"sender-{self.device_id}")
+        summaries = cfg.telemetry.upload == "summaries"
+        self.drift = DriftMonitor(cfg.drift, self.channels, training=WindowScatter(
+            cfg.federated, len(self.channels)) if summaries else None,
+        ) if cfg.drift.enabled or summaries else None
         self.detector = Detector(self.channels, realert_windows=cfg.model.realert_windows,
-                                 adaptation=cfg.adaptation)
+                                 adaptation=cfg.adaptation, observer=self.drift)
         self.trust = open_keyring(cfg.trust.keys, state)
         self.store = ModelStore(state / "models", self.trust)
         self.updater = ModelUpdater(
@@ -257,6 +265,8 @@ class Agent:
             "batches_stored": self.stored[Stream.TELEMETRY],
             "readings_stored": self.stored_readings,
             "anomalies_stored": self.stored[Stream.ANOMALIES],
+            "drift": self.drift.status() if self.drift is not None else None,
+            "drift_summaries_stored": self.stored[Stream.DRIFT],
             "resent": self.outbox.resent,
             "hub": self.hubs.status(),
             "reconnects": self.link.reconnects,
@@ -297,6 +307,7 @@ class Agent:
     def _work(self) -> None:
         next_heartbeat = time.monotonic() + min(5.0, self.config.heartbeat.interval_s)
         next_status = time.monotonic()
+        next_drift = time.monotonic() + self.config.drift.summary_interval_s
         while True:
             self._worker_beat = time.monotonic()
             stopping = self._stop_working.is_set()
@@ -326,6 +337,9 @@ class Agent:
                 if now >= next_status:
                     next_status = now + min(_STATUS_EVERY_S, self.config.heartbeat.interval_s)
                     self._write_status_file()
+                if now >= next_drift:
+                    next_drift = now + self.config.drift.summary_interval_s
+                    self._send_drift()
             except OutboxError as exc:
                 self.outbox_refusals += 1
                 log.error("agent %s: outbox refused a message: %s", self.device_id, exc)
@@ -351,10 +365,27 @@ class Agent:
                             self.device_id, self.bad_readings, reading.ts, values[:8])
             return
         self.readings += 1
-        self.batcher.add(reading)
+        if self.config.telemetry.upload == "raw":
+            self.batcher.add(reading)
         detection = self.detector.push(reading)
+        if self.drift is not None:
+            self.drift.observe(reading.ts, reading.values)
         if detection is not None:
             self._raise_anomaly(detection)
+
+    def _send_drift(self) -> None:
+        """The drift summary of the period that just ended, through the outbox."""
+        fields = self.drift.take_summary() if self.drift is not None else None
+        if fields is None:
+            return
+
+        def build(seq: int) -> bytes:
+            return encode(DriftSummary(device_id=self.device_id, epoch=self.outbox.epoch,
+                                       seq=seq, **fields))
+
+        self.outbox.add(device_id=self.device_id, stream=Stream.DRIFT,
+                        topic=self.topics.drift(self.device_id), build=build)
+        self.sender.wake()
 
     def _raise_anomaly(self, d: Detection) -> None:
         def build(seq: int) -> bytes:
@@ -425,6 +456,7 @@ class Agent:
             inference_us_p99=s["inference_us_p99"], outbox_depth=s["outbox_depth"],
             oldest_unsent_age_s=s["oldest_unsent_age_s"], drops=s["drops"],
             reconnects=s["reconnects"], bad_readings=s["bad_readings"],
+            drift=self.drift.brief() if self.drift is not None else None,
         )
         self.link.publish(self.topics.heartbeat(self.device_id), encode(beat), qos=0)
 

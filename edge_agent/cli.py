@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hub           WARNING: {hub['warning']}: check mqtt.topic_prefix")
         elif agent:
             print(f"hub           online: {', '.join(hub.get('hubs_online') or []) or 'none'}")
+        drift = agent.get("drift")
+        if drift:
+            print(f"drift         {_drift_line(drift)}")
         print(f"last error    {_last_error(agent)}")
         if agent.get("session_conflict"):
             print(f"WARNING       {agent['session_conflict']} "
@@ -233,6 +236,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{agent.get('connected')}, readings {agent.get('readings')}, "
                   f"anomalies {agent.get('anomalies_raised')}")
     return 0
+
+
+def _drift_line(drift: dict[str, Any]) -> str:
+    """``drift  drift since 12:04:05 on flow, score; anomaly rate 4.1 % (baseline 0.2 %)``."""
+    text = str(drift.get("state"))
+    if drift.get("since") is not None:
+        text += f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(drift['since']))}"
+    if drift.get("channels"):
+        text += f" on {', '.join(drift['channels'])}"
+    rate, base = drift.get("anomaly_rate"), drift.get("baseline_anomaly_rate")
+    if rate is not None:
+        text += f"; anomaly rate {100 * rate:.1f} %"
+        if base is not None:
+            text += f" (baseline {100 * base:.1f} %)"
+    return text
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edge_agent.detect.adaptation import AdaptationSettings
+from edge_agent.drift.federated import FederatedSettings
+from edge_agent.drift.monitor import DriftSettings
 from shared.keys import SignatureError, key_id_of_raw, public_key_bytes
 from shared.topics import DEFAULT_PREFIX, TopicError, Topics, validate_device_id
 
@@ -27,6 +29,8 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "DaemonSettings",
+    "DriftSettings",
+    "FederatedSettings",
     "HeartbeatSettings",
     "LogSettings",
     "ModelSettings",
@@ -103,6 +107,9 @@ class SourceSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
 class TelemetrySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     batch_max_readings: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     batch_max_age_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    # raw: readings go to the hub; summaries: no readings, drift summaries carry the statistics
+    # the hub trains from ([federated]); anomalies: no readings, no training statistics
+    upload: Literal["raw", "summaries", "anomalies"] = "raw"
 
 
 class OutboxSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -165,6 +172,8 @@ class AgentConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
     adaptation: AdaptationSettings = msgspec.field(default_factory=AdaptationSettings)
+    drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
+    federated: FederatedSettings = msgspec.field(default_factory=FederatedSettings)
     heartbeat: HeartbeatSettings = msgspec.field(default_factory=HeartbeatSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import secrets
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -40,12 +40,19 @@ __all__ = [
     "MAX_BATCH_ROWS",
     "MAX_SEQ",
     "MAX_CHANNELS",
+    "MAX_DRIFT_BYTES",
+    "MAX_TRAINING_FEATURES",
     "MAX_PAYLOAD_BYTES",
     "SCHEMA_VERSION",
     "Ack",
     "AnomalyEvent",
     "DeviceStatus",
     "Desired",
+    "DriftBrief",
+    "DriftChannel",
+    "DriftScores",
+    "DriftState",
+    "DriftSummary",
     "Frozen",
     "Heartbeat",
     "HubStatus",
@@ -57,6 +64,7 @@ __all__ = [
     "Status",
     "StreamAck",
     "TelemetryBatch",
+    "TrainingStats",
     "VersionProbe",
     "WireMessage",
     "check_version",
@@ -209,11 +217,16 @@ class StreamAck(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
 class Ack(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Hub -> device, retained on the device's ``ack`` topic: what of the device's ``epoch``
     is committed in the hub's database. A device deletes what a watermark covers; a message
-    below ``top`` that is not covered went missing on the way and is sent again."""
+    below ``top`` that is not covered went missing on the way and is sent again. ``drift`` is
+    left out while the device has sent no drift summary, so agents that never send one (and
+    builds from before that stream) read every acknowledgement as before."""
+
+    omit_when_none: ClassVar[tuple[str, ...]] = ("drift",)
 
     epoch: Epoch
     telemetry: StreamAck = msgspec.field(default_factory=StreamAck)
     anomalies: StreamAck = msgspec.field(default_factory=StreamAck)
+    drift: StreamAck | None = None
     at: EpochSeconds
 
 
@@ -245,8 +258,25 @@ class HubStatus(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     at: EpochSeconds
 
 
+class DriftState(StrEnum):
+    WARMING = "warming"  # learning what normal looks like after a model change
+    STABLE = "stable"
+    DRIFT = "drift"  # a change detector fired and the change has not gone away
+
+
+class DriftBrief(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The drift state in a heartbeat: since when, and on which channels."""
+
+    state: DriftState
+    since: EpochSeconds | None = None
+    channels: Annotated[list[ChannelName], msgspec.Meta(max_length=MAX_CHANNELS + 1)] = (
+        msgspec.field(default_factory=list))
+
+
 class Heartbeat(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Periodic health of an agent."""
+
+    omit_when_none: ClassVar[tuple[str, ...]] = ("drift",)  # hubs of earlier builds refuse it
 
     at: EpochSeconds
     uptime_s: NonNegative
@@ -258,6 +288,114 @@ class Heartbeat(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     drops: Count
     reconnects: Count = 0
     bad_readings: Count = 0
+    drift: DriftBrief | None = None
+
+
+MAX_DRIFT_BYTES = 512 * 1024
+MAX_TRAINING_FEATURES = 256  # window × channels of the statistics a device sends to train on
+_MAX_SCATTER_CHARS = 4 * ((8 * MAX_TRAINING_FEATURES * (MAX_TRAINING_FEATURES + 1) // 2 + 2) // 3)
+Optional = Finite | None
+
+
+class DriftChannel(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One channel over a drift summary's period: moments, quantiles from the device's sketch,
+    and how far its recent mean sits from the reference, in the reference's spreads."""
+
+    name: ChannelName
+    count: Count
+    mean: Optional = None
+    std: NonNegative | None = None
+    min: Optional = None
+    max: Optional = None
+    q05: Optional = None
+    q50: Optional = None
+    q95: Optional = None
+    shift: Optional = None
+    drifting_since: EpochSeconds | None = None
+
+
+class DriftScores(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The model's window scores over the period."""
+
+    count: Count
+    mean: Optional = None
+    q50: Optional = None
+    q95: Optional = None
+    q99: Optional = None
+    max: Optional = None
+    shift: Optional = None  # log-score mean against the reference, in its spreads
+
+
+class TrainingStats(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Sufficient statistics of a device's normal windows (``telemetry.upload = "summaries"``):
+    count, mean and scatter (upper triangle, base64 of little-endian float64) of the windows
+    flattened as ``window`` rows × ``channels``, and each channel's count, mean and M2."""
+
+    window: Annotated[int, msgspec.Meta(ge=2, le=MAX_TRAINING_FEATURES)]
+    stride: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+    channels: Annotated[list[ChannelName], msgspec.Meta(min_length=1, max_length=MAX_CHANNELS)]
+    windows: Annotated[int, msgspec.Meta(ge=10, le=MAX_COUNT)]
+    mean: Annotated[list[Finite], msgspec.Meta(max_length=MAX_TRAINING_FEATURES)]
+    scatter: Annotated[str, msgspec.Meta(max_length=_MAX_SCATTER_CHARS)]
+    reading_count: Count
+    reading_mean: Annotated[list[Finite], msgspec.Meta(max_length=MAX_CHANNELS)]
+    reading_m2: Annotated[list[NonNegative], msgspec.Meta(max_length=MAX_CHANNELS)]
+
+    def __post_init__(self) -> None:
+        features = self.window * len(self.channels)
+        if features > MAX_TRAINING_FEATURES:
+            raise ValueError(f"window {self.window} × {len(self.channels)} channels is "
+                             f"{features} values; at most {MAX_TRAINING_FEATURES}")
+        if len(self.mean) != features:
+            raise ValueError(f"mean has {len(self.mean)} values, expected {features}")
+        width = len(self.channels)
+        if len(self.reading_mean) != width or len(self.reading_m2) != width:
+            raise ValueError(f"reading_mean and reading_m2 need one value per channel ({width})")
+        expected = 4 * ((8 * features * (features + 1) // 2 + 2) // 3)
+        if len(self.scatter) != expected:
+            raise ValueError(f"scatter has {len(self.scatter)} characters; the base64 of a "
+                             f"{features}×{features} upper triangle has {expected}")
+
+
+class DriftSummary(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Statistics of what a device's model saw over a period, never readings: per-channel
+    moments and quantiles, the score distribution, the anomaly rate against the reference
+    (the first windows after the model was installed), and the change detectors' state.
+    A durable stream like anomalies (``epoch``/``seq``/``floor``, acknowledged by the hub)."""
+
+    max_bytes: ClassVar[int] = MAX_DRIFT_BYTES
+
+    epoch: Epoch
+    seq: Seq
+    floor: Seq = 0
+    start: EpochSeconds  # device time of the period's first and last reading
+    end: EpochSeconds
+    model: ModelRef | None = None
+    state: DriftState
+    since: EpochSeconds | None = None  # when the current state began (drift: its detection)
+    drifting: Annotated[list[ChannelName], msgspec.Meta(max_length=MAX_CHANNELS + 1)] = (
+        msgspec.field(default_factory=list))
+    detections: Count = 0  # changes detected in the period
+    readings: Count = 0
+    windows: Count = 0
+    anomalies: Count = 0  # windows over the threshold
+    baseline_windows: Count = 0  # of the reference period, and how many were over it
+    baseline_anomalies: Count = 0
+    channels: Annotated[list[DriftChannel], msgspec.Meta(max_length=MAX_CHANNELS)] = (
+        msgspec.field(default_factory=list))
+    score: DriftScores | None = None
+    training: TrainingStats | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_floor(self.floor, self.seq)
+        if self.end < self.start:
+            raise ValueError(f"period end {self.end} is before its start {self.start}")
+        if self.anomalies > self.windows:
+            raise ValueError(f"anomalies {self.anomalies} exceed windows {self.windows}")
+        if self.baseline_anomalies > self.baseline_windows:
+            raise ValueError(f"baseline_anomalies {self.baseline_anomalies} exceed "
+                             f"baseline_windows {self.baseline_windows}")
 
 
 class ModelState(StrEnum):
@@ -303,7 +441,15 @@ class VersionProbe(msgspec.Struct):
 
 
 def encode(message: Frozen) -> bytes:
-    """Serialise a message to its JSON payload."""
+    """Serialise a message to its JSON payload (fields a newer build added are left out while
+    they are None, where the message says so: readers of an older build refuse them)."""
+    optional: tuple[str, ...] = getattr(message, "omit_when_none", ())
+    if optional and any(getattr(message, name) is None for name in optional):
+        data = msgspec.to_builtins(message)
+        for name in optional:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return msgspec.json.encode(data)
     return msgspec.json.encode(message)
 
 
@@ -319,9 +465,10 @@ def with_floor(payload: bytes, floor: int) -> bytes:
 def decode(cls: type[M], payload: bytes | str) -> M:
     """Parse and validate a payload as ``cls``, or raise :class:`MessageError` saying why."""
     size = len(payload)
-    if size > MAX_PAYLOAD_BYTES:
+    limit = min(MAX_PAYLOAD_BYTES, getattr(cls, "max_bytes", MAX_PAYLOAD_BYTES))
+    if size > limit:
         raise MessageError(
-            f"{cls.__name__}: payload of {size} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}"
+            f"{cls.__name__}: payload of {size} bytes exceeds the limit of {limit}"
         )
     try:
         return msgspec.json.decode(payload, type=cls)

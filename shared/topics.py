@@ -137,6 +137,10 @@ class Topics:
     def anomalies(self, device_id: str) -> str:
         return self.device(device_id, DeviceTopic.ANOMALIES)
 
+    def drift(self, device_id: str) -> str:
+        """Drift summaries, agent -> hub (:class:`shared.messages.DriftSummary`)."""
+        return self.device(device_id, DeviceTopic.DRIFT)
+
     def status(self, device_id: str) -> str:
         return self.device(device_id, DeviceTopic.STATUS)
 

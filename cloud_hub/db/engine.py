@@ -9,7 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import create_engine
 
-import cloud_hub.db.enrollments  # noqa: F401  (registers the tables on SQLModel.metadata)
+import cloud_hub.db.drift_tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import cloud_hub.db.enrollments  # noqa: F401
 import cloud_hub.db.key_tables  # noqa: F401
 import cloud_hub.db.ops_tables  # noqa: F401
 import cloud_hub.db.registry_tables  # noqa: F401

@@ -18,6 +18,7 @@ from itertools import chain
 from typing import Any
 
 from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -29,9 +30,18 @@ from cloud_hub.db.device_updates import (
     ensure_device_rows,
     remember_devices,
 )
+from cloud_hub.db.drift_store import drift_row, store_drift
+from cloud_hub.db.drift_tables import DriftSummaryRow
 from cloud_hub.db.marks import MarkKey, Stream, advance_marks
 from cloud_hub.db.tables import DeadLetter
-from shared.messages import AnomalyEvent, Heartbeat, Reported, Status, TelemetryBatch
+from shared.messages import (
+    AnomalyEvent,
+    DriftSummary,
+    Heartbeat,
+    Reported,
+    Status,
+    TelemetryBatch,
+)
 
 __all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "pack_floats", "store_batch"]
 
@@ -55,6 +65,7 @@ class IngestBatch:
     statuses: list[Status] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
     reported: list[Reported] = field(default_factory=list)
+    drift: list[DriftSummary] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
 
     def add(self, message: Any) -> None:
@@ -62,6 +73,7 @@ class IngestBatch:
         lists: dict[type, list[Any]] = {
             TelemetryBatch: self.telemetry, AnomalyEvent: self.anomalies,
             Status: self.statuses, Heartbeat: self.heartbeats, Reported: self.reported,
+            DriftSummary: self.drift,
         }
         lists[type(message)].append(message)
 
@@ -69,7 +81,7 @@ class IngestBatch:
         return sum(
             len(x)
             for x in (self.telemetry, self.anomalies, self.statuses, self.heartbeats,
-                      self.reported, self.dead_letters)
+                      self.reported, self.drift, self.dead_letters)
         )
 
 
@@ -84,6 +96,7 @@ class StoreResult:
     # (device_id, epoch) of every telemetry or anomaly stream the batch touched (to acknowledge)
     touched: tuple[tuple[str, str], ...] = ()
     conflicts: tuple[str, ...] = ()  # devices this batch showed used by two sources
+    drift_summaries: int = 0
 
 
 def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
@@ -116,8 +129,10 @@ def _marks_of(batch: IngestBatch) -> dict[MarkKey, tuple[int, int]]:
     """(highest floor, highest seq) per stream touched, duplicates included: a message sent
     again must still advance its stream's watermark and be answered."""
     touched: dict[MarkKey, tuple[int, int]] = {}
-    for stream, items in ((Stream.TELEMETRY, batch.telemetry), (Stream.ANOMALIES,
-                                                               batch.anomalies)):
+    streams: tuple[tuple[Stream, Sequence[Any]], ...] = (
+        (Stream.TELEMETRY, batch.telemetry), (Stream.ANOMALIES, batch.anomalies),
+        (Stream.DRIFT, batch.drift))
+    for stream, items in streams:
         for m in items:
             key = MarkKey(m.device_id, m.epoch, stream)
             floor, top = touched.get(key, (0, -1))
@@ -129,7 +144,7 @@ def _touched_devices(batch: IngestBatch) -> set[str]:
     return {
         m.device_id
         for group in (batch.telemetry, batch.anomalies, batch.statuses, batch.heartbeats,
-                      batch.reported)
+                      batch.reported, batch.drift)
         for m in group
     }
 
@@ -180,7 +195,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
             c.readings += n
             c.batches += 1
     for group in (batch.telemetry, batch.heartbeats, batch.statuses, batch.anomalies,
-                  batch.reported):
+                  batch.reported, batch.drift):
         for m in group:  # duplicates still prove the device is alive
             count(m.device_id).seen = received
 
@@ -207,6 +222,10 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     ])
     for device_id, _epoch, _seq in stored_a:
         count(device_id).anomalies += 1
+    drift = _unique(batch.drift)
+    stored_d = _insert_drift(conn, [drift_row(d, committed_at) for d in drift])
+    store_drift(session, [d for d in drift if (d.device_id, d.epoch, d.seq) in stored_d],
+                now=committed_at)
 
     add_device_counts(conn, [
         {"d": d, "r": c.readings, "b": c.batches, "a": c.anomalies, "seen": c.seen}
@@ -223,10 +242,12 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     remember_devices(conn, new_devices)
     return StoreResult(
         telemetry_batches=len(stored_t), telemetry_readings=readings,
-        duplicates=len(batch.telemetry) - len(stored_t) + len(batch.anomalies) - len(stored_a),
+        duplicates=(len(batch.telemetry) - len(stored_t) + len(batch.anomalies) - len(stored_a)
+                    + len(batch.drift) - len(stored_d)),
         anomalies=len(stored_a), dead_letters=len(dead), committed_at=committed_at,
         touched=tuple(sorted({(k.device_id, k.epoch) for k in marks})),
         conflicts=tuple(sorted({c.device_id for c in conflicts})),
+        drift_summaries=len(stored_d),
     )
 
 
@@ -235,3 +256,16 @@ def _insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> s
     return ingest_tables.insert_new(conn, table, rows)
 
 
+
+
+def _insert_drift(conn: Connection, rows: list[dict[str, Any]]) -> set[Key]:
+    """Drift summaries are few (one per device every few minutes): plain multi-row VALUES
+    through the SQLModel table, keys already stored skipped."""
+    if not rows:
+        return set()
+    table = _table(DriftSummaryRow)
+    insert: Any = (postgresql.insert(table) if conn.dialect.name == "postgresql"
+                   else sqlite.insert(table))
+    stmt = insert.on_conflict_do_nothing().returning(table.c.device_id, table.c.epoch,
+                                                     table.c.seq)
+    return {(d, e, int(s)) for d, e, s in conn.execute(stmt, rows)}

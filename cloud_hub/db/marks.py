@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from cloud_hub.db import pg_bulk
+from cloud_hub.db.drift_tables import DriftSummaryRow
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow
 from shared.messages import Ack, StreamAck
 
@@ -47,9 +48,11 @@ __all__ = ["MarkKey", "Stream", "acks_for", "advance_marks"]
 class Stream(StrEnum):
     TELEMETRY = "telemetry"
     ANOMALIES = "anomalies"
+    DRIFT = "drift"
 
 
-_ROWS: dict[Stream, Any] = {Stream.TELEMETRY: TelemetryBatchRow, Stream.ANOMALIES: Anomaly}
+_ROWS: dict[Stream, Any] = {Stream.TELEMETRY: TelemetryBatchRow, Stream.ANOMALIES: Anomaly,
+                            Stream.DRIFT: DriftSummaryRow}
 
 
 @dataclass(frozen=True, order=True)
@@ -88,6 +91,7 @@ _KEY_COLUMNS: pg_bulk.Columns = (("b_device", String), ("b_epoch", String), ("b_
 _ROW_TABLES: dict[Stream, Table] = {
     Stream.TELEMETRY: TelemetryBatchRow.__table__,  # type: ignore[attr-defined]
     Stream.ANOMALIES: Anomaly.__table__,  # type: ignore[attr-defined]
+    Stream.DRIFT: DriftSummaryRow.__table__,  # type: ignore[attr-defined]
 }
 _ADVANCE = {s: _advance_statement(t) for s, t in _ROW_TABLES.items()}
 _ADVANCE_ARRAYS = {s: _advance_statement(t, arrays=True) for s, t in _ROW_TABLES.items()}
@@ -169,9 +173,12 @@ def acks_for(session: Session, device_epochs: Iterable[tuple[str, str]], *,
         for device_id, epoch, stream, watermark, top in session.execute(stmt):
             found.setdefault((device_id, epoch), {})[stream] = StreamAck(
                 watermark=watermark, top=max(top, watermark))
+    # ``drift`` only for a device that sent drift summaries: agents that never do (and those
+    # of builds before that stream) refuse an acknowledgement with a field they do not know.
     return [
         Ack(device_id=d, epoch=e, at=at,
             telemetry=streams.get(Stream.TELEMETRY.value, StreamAck()),
-            anomalies=streams.get(Stream.ANOMALIES.value, StreamAck()))
+            anomalies=streams.get(Stream.ANOMALIES.value, StreamAck()),
+            drift=streams.get(Stream.DRIFT.value))
         for (d, e), streams in sorted(found.items())
     ]

@@ -18,6 +18,7 @@ from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch
 from shared.messages import (
     MAX_PAYLOAD_BYTES,
     AnomalyEvent,
+    DriftSummary,
     Heartbeat,
     MessageError,
     Reported,
@@ -38,6 +39,7 @@ INGESTED: dict[DeviceTopic, type[WireMessage]] = {
     DeviceTopic.STATUS: Status,
     DeviceTopic.HEARTBEAT: Heartbeat,
     DeviceTopic.REPORTED: Reported,
+    DeviceTopic.DRIFT: DriftSummary,
 }
 _RETAINED = (DeviceTopic.STATUS, DeviceTopic.REPORTED)
 _LOG_FIRST = 100
@@ -82,10 +84,9 @@ def _decode_one(topics: Topics, topic: str, payload: bytes) -> WireMessage | Non
     # An empty payload clears a retained record; live delivery drops the retain flag.
     if not payload and kind in _RETAINED:
         return None
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise MessageError(
-            f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}"
-        )
+    limit = min(MAX_PAYLOAD_BYTES, getattr(cls, "max_bytes", MAX_PAYLOAD_BYTES))
+    if len(payload) > limit:
+        raise MessageError(f"payload of {len(payload)} bytes exceeds the limit of {limit}")
     message = decode(cls, payload)
     if message.device_id != parsed.device_id:
         raise MessageError(

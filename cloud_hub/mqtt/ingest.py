@@ -42,7 +42,8 @@ _RETRY_MAX_S = 5.0
 # Streams a share group may split between hub processes (when one is configured).
 # Retained streams are subscribed directly: brokers do not send retained messages to shared
 # subscriptions, and a hub that starts after a device must still learn its status and model.
-_SHARED = (DeviceTopic.TELEMETRY, DeviceTopic.ANOMALIES, DeviceTopic.HEARTBEAT)
+_SHARED = (DeviceTopic.TELEMETRY, DeviceTopic.ANOMALIES, DeviceTopic.HEARTBEAT,
+           DeviceTopic.DRIFT)
 _DIRECT = (DeviceTopic.STATUS, DeviceTopic.REPORTED)
 
 
@@ -87,6 +88,7 @@ class IngestStats:
     telemetry_readings: int = 0
     duplicates: int = 0
     anomalies: int = 0
+    drift_summaries: int = 0
     dead_letters: int = 0
     retained_cleared: int = 0
     commits: int = 0
@@ -269,6 +271,7 @@ class MqttIngest:
             s.telemetry_readings += result.telemetry_readings
             s.duplicates += result.duplicates
             s.anomalies += result.anomalies
+            s.drift_summaries += result.drift_summaries
             s.dead_letters += result.dead_letters
             s.retained_cleared += cleared
             s.commits += 1

@@ -35,6 +35,7 @@ __all__ = [
     "ModelRuntimeError",
     "Reconstructor",
     "ShadowReport",
+    "WindowObserver",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 
 class ModelRuntimeError(RuntimeError):
     """The model failed on a window (raised, or produced NaN/inf)."""
+
+
+class WindowObserver(Protocol):
+    """Told of each model change and each window the active model scored (drift monitoring,
+    :class:`edge_agent.drift.monitor.DriftMonitor`)."""
+
+    def model_changed(self, model: ModelRef | None, threshold: float) -> None: ...
+
+    def window_scored(self, *, ts: tuple[float, float], score: float, threshold: float,
+                      anomalous: bool) -> None: ...
 
 
 class Reconstructor(Protocol):
@@ -123,8 +134,10 @@ class Detector:
         clock: Callable[[], float] = time.time,
         latency_samples: int = 2048,
         adaptation: AdaptationSettings | None = None,
+        observer: WindowObserver | None = None,
     ) -> None:
         self.channels = list(channels)
+        self.observer = observer
         self.realert_windows = realert_windows
         self.adaptation_settings = adaptation
         self.windows_scored = 0
@@ -168,6 +181,9 @@ class Detector:
             self._ensure_capacity(model.manifest.input.window)
         self._latency_us.clear()
         self.calibration = None
+        if self.observer is not None:
+            self.observer.model_changed(model.ref if model else None,
+                                        model.threshold if model else math.nan)
 
     def start_shadow(self, model: LoadedModel) -> None:
         self._shadow = _Slot(model)
@@ -279,6 +295,9 @@ class Detector:
             newest, _ = self._last(min(stride, self._count))
             slot.adaptation.observe(score, score > threshold, newest[:, model.channel_index])
         self.last_score, self.last_threshold = score, threshold
+        if self.observer is not None:
+            self.observer.window_scored(ts=span, score=score, threshold=threshold,
+                                        anomalous=score > threshold)
         if score <= threshold:
             slot.in_episode = False
             return None

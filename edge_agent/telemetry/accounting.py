@@ -2,9 +2,10 @@
 
 The totals change in one place (:meth:`Accounting.added`, :meth:`Accounting.removed`), fed by
 what the store really inserted or deleted. The bounds apply to everything not yet acknowledged
-by the hub: when a new message does not fit, the oldest telemetry goes first, anomalies only
-when no telemetry is left, and they expire later; a message the link holds right now (waiting
-for its PUBACK) is never dropped. Every drop is counted, persistently, in the same transaction.
+by the hub: when a new message does not fit, the oldest telemetry goes first, then drift
+summaries, anomalies only when nothing else is left, and they expire later; a message the link
+holds right now (waiting for its PUBACK) is never dropped. Every drop is counted,
+persistently, in the same transaction.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ class DropStats:
     telemetry_messages: int = 0
     telemetry_readings: int = 0
     anomalies: int = 0
+    drift: int = 0
 
     @property
     def messages(self) -> int:
-        return self.telemetry_messages + self.anomalies
+        return self.telemetry_messages + self.anomalies + self.drift
 
     @staticmethod
     def read(db: sqlite3.Connection) -> DropStats:
@@ -43,7 +45,11 @@ class DropStats:
             telemetry_messages=values.get("dropped_telemetry_messages", 0),
             telemetry_readings=values.get("dropped_telemetry_readings", 0),
             anomalies=values.get("dropped_anomalies", 0),
+            drift=values.get("dropped_drift", 0),
         )
+
+
+_DROP_ORDER = (Stream.TELEMETRY, Stream.DRIFT, Stream.ANOMALIES)
 
 
 class Accounting:
@@ -53,7 +59,8 @@ class Accounting:
                  anomaly_max_age_s: float) -> None:
         self.db = db
         self.max_bytes = max_bytes
-        self.max_age = {Stream.TELEMETRY: max_age_s, Stream.ANOMALIES: anomaly_max_age_s}
+        self.max_age = {Stream.TELEMETRY: max_age_s, Stream.DRIFT: max_age_s,
+                        Stream.ANOMALIES: anomaly_max_age_s}
         self.depth, self.bytes, _ = store.totals(db)
 
     def added(self, size: int) -> None:
@@ -66,12 +73,12 @@ class Accounting:
             self.bytes -= row.size
 
     def make_room(self, size: int, incoming: Stream, protected: Container[int]) -> None:
-        """Drop oldest telemetry, then oldest anomalies, until ``size`` more bytes fit (inside
-        the caller's transaction)."""
+        """Drop oldest telemetry, then oldest drift summaries, then oldest anomalies, until
+        ``size`` more bytes fit (inside the caller's transaction)."""
         if size > self.max_bytes:
             raise OutboxError(f"{incoming.value} message of {size} bytes exceeds "
                               f"outbox.max_bytes {self.max_bytes}")
-        for stream in Stream:
+        for stream in _DROP_ORDER:
             while self.bytes + size > self.max_bytes:
                 victims = [v for v in store.oldest(self.db, stream, 256)
                            if int(v[0]) not in protected]
@@ -107,6 +114,8 @@ class Accounting:
             if stream is Stream.TELEMETRY:
                 store.bump(self.db, "dropped_telemetry_messages", len(mine))
                 store.bump(self.db, "dropped_telemetry_readings", sum(r.readings for r in mine))
+            elif stream is Stream.DRIFT:
+                store.bump(self.db, "dropped_drift", len(mine))
             else:
                 store.bump(self.db, "dropped_anomalies", len(mine))
             log.warning("outbox: dropped %d %s message(s): %s", len(mine), stream.value, reason)

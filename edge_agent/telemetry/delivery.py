@@ -129,4 +129,7 @@ class Delivery:
 
 
 def streams(ack: Ack) -> list[tuple[Stream, StreamAck]]:
-    return [(Stream.TELEMETRY, ack.telemetry), (Stream.ANOMALIES, ack.anomalies)]
+    out = [(Stream.TELEMETRY, ack.telemetry), (Stream.ANOMALIES, ack.anomalies)]
+    if ack.drift is not None:
+        out.append((Stream.DRIFT, ack.drift))
+    return out

@@ -48,7 +48,7 @@ class Sender:
         self.control = control
         self.max_inflight = max_inflight
         self.sent = 0
-        self.acked: dict[Stream, int] = {Stream.TELEMETRY: 0, Stream.ANOMALIES: 0}  # PUBACKs
+        self.acked: dict[Stream, int] = {s: 0 for s in Stream}  # PUBACKs
         self.acked_readings = 0
         self.refused = 0
         self._stop = threading.Event()

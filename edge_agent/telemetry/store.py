@@ -53,6 +53,7 @@ CHUNK = 500  # ids per statement, well below SQLite's limit on parameters
 class Stream(StrEnum):
     TELEMETRY = "telemetry"
     ANOMALIES = "anomalies"
+    DRIFT = "drift"  # drift summaries: statistics, small and few
 
 
 @dataclass(frozen=True)

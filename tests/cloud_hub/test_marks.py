@@ -9,11 +9,19 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from cloud_hub.db.drift_tables import DeviceDrift, DriftSummaryRow
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
 from cloud_hub.db.marks import acks_for
 from cloud_hub.db.queries import telemetry_summary
-from shared.messages import AnomalyEvent, ModelRef, StreamAck, TelemetryBatch
+from shared.messages import (
+    AnomalyEvent,
+    DriftSummary,
+    ModelRef,
+    StreamAck,
+    TelemetryBatch,
+    encode,
+)
 
 pytestmark = pytest.mark.hub
 OLD, NEW = "00000000000000aa", "00000000000000bb"
@@ -113,3 +121,45 @@ def test_two_hub_processes_advance_each_others_watermarks(tmp_path: Path) -> Non
     assert _ack(first)[0] == StreamAck(watermark=1, top=3)
     _store(first, _t(2))
     assert _ack(second)[0] == StreamAck(watermark=3, top=3)
+
+
+def _d(seq: int, *, end: float, state: str = "stable", epoch: str = OLD) -> DriftSummary:
+    from shared.messages import DriftState
+
+    return DriftSummary(device_id="pump-1", epoch=epoch, seq=seq, start=end - 10.0, end=end,
+                        state=DriftState(state), since=end - 5.0 if state == "drift" else None,
+                        drifting=["flow"] if state == "drift" else [], windows=100,
+                        anomalies=7, baseline_windows=300, baseline_anomalies=3)
+
+
+def test_drift_summaries_are_stored_once_with_their_own_watermark_and_latest_state(
+    engine: Engine,
+) -> None:
+    with Session(engine) as session:
+        result = store_batch(session, IngestBatch(drift=[_d(1, end=30.0, state="drift"),
+                                                         _d(0, end=20.0), _d(1, end=30.0)]))
+    assert (result.drift_summaries, result.duplicates) == (2, 1)
+    assert result.touched == (("pump-1", OLD),)
+    with Session(engine) as session:
+        [ack] = acks_for(session, [("pump-1", OLD)], at=time.time())
+        assert ack.drift == StreamAck(watermark=1, top=1)
+        assert ack.telemetry == StreamAck(watermark=-1, top=-1)
+        state = session.get(DeviceDrift, "pump-1")
+        assert state is not None
+        assert (state.state, state.drifting, state.since) == ("drift", ["flow"], 25.0)
+        assert (state.windows, state.anomalies, state.baseline_anomalies) == (100, 7, 3)
+    with Session(engine) as session:  # a late summary of an earlier period changes nothing
+        store_batch(session, IngestBatch(drift=[_d(5, end=25.0)]))
+    with Session(engine) as session:
+        state = session.get(DeviceDrift, "pump-1")
+        assert state is not None and state.state == "drift"
+        assert session.get(DriftSummaryRow, ("pump-1", OLD, 5)) is not None
+
+
+def test_an_ack_names_drift_only_for_a_device_that_sent_drift_summaries(
+    engine: Engine,
+) -> None:
+    _store(engine, _t(0))
+    with Session(engine) as session:
+        [ack] = acks_for(session, [("pump-1", OLD)], at=time.time())
+    assert ack.drift is None and b"drift" not in encode(ack)

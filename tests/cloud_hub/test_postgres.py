@@ -152,3 +152,28 @@ def test_postgres_flags_a_device_id_used_by_two_sources(pg_engine: Engine) -> No
         conflict = conflicts_of(session, ["pump-1"])["pump-1"]
     assert (conflict.kind, conflict.count) == ("seq", 2), "epochs first, then a seq collision"
     assert conflict.first_at <= conflict.last_at
+
+
+def test_postgres_stores_drift_summaries_and_acknowledges_their_stream(
+    pg_engine: Engine,
+) -> None:
+    import time
+
+    from cloud_hub.db.drift_tables import DeviceDrift
+    from cloud_hub.db.marks import acks_for
+    from shared.messages import DriftState, DriftSummary, StreamAck
+
+    def summary(seq: int) -> DriftSummary:
+        return DriftSummary(device_id="pump-1", epoch="0123456789abcdef", seq=seq,
+                            start=10.0 * seq, end=10.0 * seq + 9.0, state=DriftState.STABLE)
+
+    with Session(pg_engine) as session:
+        store_batch(session, IngestBatch(drift=[summary(0), summary(1)]))
+    with Session(pg_engine) as session:
+        result = store_batch(session, IngestBatch(drift=[summary(1), summary(2)]))
+        assert (result.drift_summaries, result.duplicates) == (1, 1)
+    with Session(pg_engine) as session:
+        [ack] = acks_for(session, [("pump-1", "0123456789abcdef")], at=time.time())
+        assert ack.drift == StreamAck(watermark=2, top=2)
+        state = session.get(DeviceDrift, "pump-1")
+        assert state is not None and state.period_end == 29.0

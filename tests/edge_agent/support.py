@@ -143,6 +143,7 @@ class DeviceLog:
     status: list[dict[str, Any]] = field(default_factory=list)
     reported: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
+    drift: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def readings(self) -> int:
         return sum(len(b["ts"]) for b in self.telemetry.values())
@@ -179,7 +180,7 @@ class Collector:
                     props: Any) -> None:
         client.subscribe([(f"{TOPICS.prefix}/devices/+/{kind}", 1)
                           for kind in ("telemetry", "anomalies", "status", "reported",
-                                       "heartbeat")])
+                                       "heartbeat", "drift")])
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -189,8 +190,9 @@ class Collector:
         body = json.loads(msg.payload)
         with self.lock:
             log = self.devices.setdefault(str(parsed.device_id), DeviceLog())
-            if parsed.kind in ("telemetry", "anomalies"):
-                store = log.telemetry if parsed.kind == "telemetry" else log.anomalies
+            if parsed.kind in ("telemetry", "anomalies", "drift"):
+                store = {"telemetry": log.telemetry, "anomalies": log.anomalies,
+                         "drift": log.drift}[parsed.kind]
                 if body["seq"] in store:
                     log.duplicates += 1
                     assert {**store[body["seq"]], "floor": 0} == {**body, "floor": 0}, \
@@ -211,8 +213,10 @@ class Collector:
         seqs, floor = self._marks.get(key, (set(), 0))
         seqs.add(body["seq"])
         self._marks[key] = (seqs, max(floor, body.get("floor", 0)))
-        marks = {}
-        for kind in ("telemetry", "anomalies"):
+        marks: dict[str, StreamAck] = {}
+        for kind in ("telemetry", "anomalies", "drift"):
+            if kind == "drift" and (device_id, body["epoch"], kind) not in self._marks:
+                continue  # as the hub: no drift mark for a device that sent no summary
             stored, low = self._marks.get((device_id, body["epoch"], kind), (set(), 0))
             watermark = low - 1
             while watermark + 1 in stored:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,17 @@ def test_status_while_the_agent_is_still_creating_its_outbox(
     (tmp_path / "state" / "outbox.db").write_bytes(b"")  # opened, no tables yet
     assert main(["status", "--config", str(_config(tmp_path, None))]) == 0
     assert capsys.readouterr().out.startswith("device        dev-c")
+
+
+def test_status_shows_the_drift_state_the_agent_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "state").mkdir()
+    record = {"device_id": "dev-c", "updated_at": time.time(), "connected": True,
+              "drift": {"state": "drift", "since": 1_700_000_000.0, "channels": ["flow"],
+                        "anomaly_rate": 0.041, "baseline_anomaly_rate": 0.002}}
+    (tmp_path / "state" / "status.json").write_text(json.dumps(record))
+    assert main(["status", "--config", str(_config(tmp_path, None))]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("drift"))
+    assert "drift since" in line and "on flow" in line
+    assert "anomaly rate 4.1 % (baseline 0.2 %)" in line

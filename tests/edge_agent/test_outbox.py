@@ -300,3 +300,34 @@ def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None
 def _batch(seq: int, ts: float) -> bytes:
     return (f'{{"v":2,"device_id":"dev","epoch":"0123456789abcdef","seq":{seq},'
             f'"channels":["a"],"ts":[{ts}],"values":[[0.5]]}}').encode()
+
+
+def test_drift_summaries_are_a_third_stream_acknowledged_by_its_own_watermark(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    assert [_add(outbox, Stream.DRIFT) for _ in range(3)] == [0, 1, 2]
+    _add(outbox, Stream.TELEMETRY)
+    _deliver(outbox, 4)
+    assert _ack(outbox, telemetry=0).stored[Stream.DRIFT] == 0, \
+        "an acknowledgement without a drift mark (a hub of an earlier build) deletes none"
+    ack = Ack(device_id="dev", epoch=outbox.epoch, at=0.0,
+              drift=StreamAck(watermark=1, top=1))
+    result = outbox.apply_ack(ack, live=True)
+    assert result.stored[Stream.DRIFT] == 2 and outbox.depth() == 1
+    with pytest.raises(MessageError, match="drift top 7"):
+        outbox.apply_ack(ack.replace(drift=StreamAck(watermark=7, top=7)), live=True)
+
+
+def test_drift_summaries_are_dropped_after_telemetry_and_before_anomalies(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.db", max_bytes=1000)
+    _add(outbox, Stream.ANOMALIES)
+    _add(outbox, Stream.DRIFT)
+    _add(outbox, Stream.TELEMETRY)
+    for _ in range(9):
+        _add(outbox, Stream.ANOMALIES)
+    drops = outbox.drops()
+    assert (drops.telemetry_messages, drops.drift, drops.anomalies) == (1, 1, 0)
+    assert drops.messages == 2

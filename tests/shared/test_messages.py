@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared.messages import (
@@ -143,3 +145,69 @@ def test_messages_are_frozen() -> None:
     batch = _batch()
     with pytest.raises(AttributeError, match="immutable"):
         batch.seq = 8  # type: ignore[misc]
+
+
+def _drift(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "v": 2, "device_id": "pump-1", "epoch": "0123456789abcdef", "seq": 3, "floor": 1,
+        "start": 10.0, "end": 20.0, "model": {"name": "m", "version": 1}, "state": "drift",
+        "since": 15.0, "drifting": ["flow"], "windows": 10, "anomalies": 2,
+        "channels": [{"name": "flow", "count": 100, "mean": 1.0, "std": 0.5, "shift": 3.2}],
+    }
+    return {**base, **changes}
+
+
+def test_a_drift_summary_round_trips_and_refuses_what_it_does_not_know() -> None:
+    from shared.messages import DriftState, DriftSummary, from_dict
+
+    summary = from_dict(DriftSummary, _drift())
+    assert summary.state is DriftState.DRIFT and summary.channels[0].shift == 3.2
+    assert decode(DriftSummary, encode(summary)) == summary
+    with pytest.raises(MessageError, match=r"channels\.0\.values: unknown field"):
+        from_dict(DriftSummary, _drift(channels=[{"name": "flow", "count": 1,
+                                                   "values": [1.0, 2.0]}]))
+    with pytest.raises(MessageError, match="anomalies 11 exceed windows 10"):
+        from_dict(DriftSummary, _drift(anomalies=11))
+    with pytest.raises(MessageError, match="state"):
+        from_dict(DriftSummary, _drift(state="melting"))
+
+
+def test_a_drift_summary_has_a_size_cap_below_the_general_one() -> None:
+    from shared.messages import MAX_DRIFT_BYTES, DriftSummary
+
+    payload = json.dumps(_drift(channels=[{"name": "x" * 60, "count": 1}] * 10)).encode()
+    padded = payload[:-1] + b" " * (MAX_DRIFT_BYTES + 1 - len(payload)) + b"}"
+    with pytest.raises(MessageError, match=f"exceeds the limit of {MAX_DRIFT_BYTES}"):
+        decode(DriftSummary, padded)
+
+
+def test_training_statistics_must_be_consistent_with_their_shape() -> None:
+    import numpy as np
+
+    from edge_agent.drift.federated import pack_upper
+    from shared.messages import DriftSummary, from_dict
+
+    stats = {"window": 2, "stride": 1, "channels": ["a", "b"], "windows": 50,
+             "mean": [0.0] * 4, "scatter": pack_upper(np.eye(4)), "reading_count": 60,
+             "reading_mean": [0.0, 0.0], "reading_m2": [1.0, 1.0]}
+    assert from_dict(DriftSummary, _drift(training=stats)).training is not None
+    with pytest.raises(MessageError, match="mean has 3 values, expected 4"):
+        from_dict(DriftSummary, _drift(training={**stats, "mean": [0.0] * 3}))
+    with pytest.raises(MessageError, match="scatter has"):
+        from_dict(DriftSummary, _drift(training={**stats, "scatter": pack_upper(np.eye(3))}))
+    with pytest.raises(MessageError, match="windows"):
+        from_dict(DriftSummary, _drift(training={**stats, "windows": 1}))
+
+
+def test_an_ack_and_a_heartbeat_leave_out_drift_until_there_is_some() -> None:
+    from shared.messages import Ack, DriftBrief, DriftState, Heartbeat, StreamAck
+
+    ack = Ack(device_id="d", epoch="0123456789abcdef", at=1.0)
+    assert b"drift" not in encode(ack), "agents of earlier builds refuse an unknown field"
+    with_drift = ack.replace(drift=StreamAck(watermark=2, top=2))
+    assert decode(Ack, encode(with_drift)).drift == StreamAck(watermark=2, top=2)
+    beat = Heartbeat(device_id="d", at=1.0, uptime_s=1.0, rss_bytes=1, outbox_depth=0,
+                     oldest_unsent_age_s=0.0, drops=0)
+    assert b"drift" not in encode(beat) and b'"v":2' in encode(beat)
+    brief = DriftBrief(state=DriftState.DRIFT, since=5.0, channels=["flow"])
+    assert decode(Heartbeat, encode(beat.replace(drift=brief))).drift == brief
