@@ -20,6 +20,7 @@ from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
+from cloud_hub.drift.loop import RetrainLoop
 from cloud_hub.identity.enrollment import DeviceEnrollment
 from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
@@ -99,6 +100,10 @@ class Hub:
                                      interval_s=min(settings.webhook_backoff_s, 1.0),
                                      holder=holder)
         self.enrollment = DeviceEnrollment(settings, self.engine, trust_keys=self._pinned_keys)
+        self.retrain = LeasedWorker(
+            self.engine, name="retrain", holder=holder, interval_s=settings.retrain_tick_s,
+            tick=RetrainLoop(self.engine, jobs=self.jobs, releases=self.releases,
+                             wake_rollouts=self.rollouts.wake))
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 
@@ -118,6 +123,8 @@ class Hub:
         self.rollouts.wake()
         if result.anomalies:
             self.incidents.wake()
+        if result.drift_summaries:
+            self.retrain.wake()
 
     def _register(
         self, session: Session, artifact: ModelArtifact, name: str, training: dict[str, Any],
@@ -197,6 +204,7 @@ class Hub:
         self.rollouts.start()
         self.incidents.start()
         self.notifier.start()
+        self.retrain.start()
         self.started_at = time.time()
         ready = self.mqtt.wait_ready(timeout)
         if ready:
@@ -226,6 +234,7 @@ class Hub:
         if self.started_at is None:
             return
         self.started_at = None
+        self.retrain.stop(timeout)
         self.notifier.stop(timeout)
         self.incidents.stop(timeout)
         self.webhooks.close()

@@ -11,6 +11,7 @@ from cloud_hub.api.errors import document_errors
 from cloud_hub.api.routes import (
     data,
     devices,
+    drift,
     enrollment,
     incidents,
     keys,
@@ -47,7 +48,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     api = APIRouter(prefix=API_PREFIX)
     for module in (system, devices, enrollment, data, models, training, rollouts, incidents,
-                   webhooks, keys):
+                   webhooks, keys, drift):
         api.include_router(module.router)
     app.include_router(api)
     mount_console(app)

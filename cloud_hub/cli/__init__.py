@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from cloud_hub.cli.client import ApiError, HubClient
+from cloud_hub.cli.drift_commands import add_drift_parsers
 from cloud_hub.cli.local_commands import LOCAL, add_local_parsers, run_local
 from cloud_hub.cli.ops_commands import add_ops_parsers
 from cloud_hub.cli.timearg import WHEN_HELP, parse_when
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_local_parsers(sub)  # broker init|run
 
     add_ops_parsers(sub)  # anomalies, incidents, webhooks
+    add_drift_parsers(sub)  # drift, retrain
 
     sk = sub.add_parser("keys", help="signing keys: list, rotate to a new key, retire an old one; "
                                      "fingerprint: read on this machine, for checking devices")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cloud_hub.cli.client import HubClient
+from cloud_hub.cli.drift_commands import DRIFT_COMMANDS
 from cloud_hub.cli.model_view import model_line, model_lines
 from cloud_hub.cli.ops_commands import OPS_COMMANDS
 from cloud_hub.cli.render import console, emit, fmt
@@ -329,4 +330,5 @@ def api_keys(a: argparse.Namespace, c: HubClient) -> int:
 
 
 COMMANDS = {"train": train, "jobs": jobs, "models": models, "rollout": rollout,
-            "devices": devices, "keys": keys, "api-keys": api_keys, **OPS_COMMANDS}
+            "devices": devices, "keys": keys, "api-keys": api_keys, **OPS_COMMANDS,
+            **DRIFT_COMMANDS}

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     training_max_readings: int = Field(
         default=2_000_000, ge=1000,
         description="readings (rows) one training job may load, stored or uploaded")
+    retrain_tick_s: float = Field(
+        default=2.0, gt=0, description="how often the retraining loop (drift policies) looks again")
 
     @field_validator("topic_prefix")
     @classmethod

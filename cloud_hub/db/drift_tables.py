@@ -70,8 +70,8 @@ class DeviceDrift(SQLModel, table=True):
 
 
 class RetrainPolicy(SQLModel, table=True):
-    """What starts a retraining for a device group (``group`` "" is the default policy for
-    devices whose group has none), and how it is trained and rolled out."""
+    """What starts a retraining for a device group (``group`` "default": the policy of devices
+    whose group has none), and how it is trained and rolled out."""
 
     __tablename__ = "retrain_policies"
 

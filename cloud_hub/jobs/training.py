@@ -27,7 +27,7 @@ from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enroll
 from cloud_hub.db.leases import hold_lease
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
-from cloud_hub.db.tables import Device
+from cloud_hub.db.tables import Anomaly, Device
 from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.jobs.upload import load_upload
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
@@ -313,14 +313,23 @@ def load_training_set(
                 f"select {selected} readings; a training job may load at most {max_readings}")
     parts, segments, used = [], [], []
     first_ts, last_ts = None, None
+    left_out = 0
     for device_id in sorted(device_ids):
         piece = read_telemetry(session, device_id=device_id, since=since, until=until,
                                channels=channels)
         if len(piece.ts) == 0:
             continue
         channels = piece.channels
-        parts.append(piece.values)
-        segments.append(len(piece.ts))
+        runs = [(0, len(piece.ts))]
+        if request.get("exclude_anomalies"):
+            runs = normal_runs(session, device_id, piece.ts,
+                               min_rows=int(request.get("min_segment_rows") or 64))
+            left_out += len(piece.ts) - sum(b - a for a, b in runs)
+        for a, b in runs:
+            parts.append(piece.values[a:b])
+            segments.append(b - a)
+        if not runs:
+            continue
         used.append(device_id)
         first_ts = min(first_ts or piece.ts[0], float(piece.ts[0]))
         last_ts = max(last_ts or piece.ts[-1], float(piece.ts[-1]))
@@ -332,7 +341,30 @@ def load_training_set(
     readings = np.concatenate(parts).astype(np.float32)
     training = {"devices": used, "channels": channels, "since": first_ts, "until": last_ts,
                 "segments": segments}
+    if request.get("exclude_anomalies"):
+        training["readings_left_out"] = left_out  # inside or next to stored anomaly events
     return readings, list(channels), segments, training
+
+
+def normal_runs(session: Session, device_id: str, ts: np.ndarray, *,
+                min_rows: int) -> list[tuple[int, int]]:
+    """Index ranges of ``ts`` (sorted) outside every stored anomaly event of the device, each
+    widened by its own window length on both sides (the readings that led into the event and
+    its trailing edge); ranges shorter than ``min_rows`` are dropped."""
+    if len(ts) == 0:
+        return []
+    keep = np.ones(len(ts), dtype=bool)
+    events = session.exec(select(Anomaly.ts_start, Anomaly.ts_end).where(
+        Anomaly.device_id == device_id, Anomaly.ts_end >= float(ts[0]) - 3600.0,
+        Anomaly.ts_start <= float(ts[-1]) + 3600.0))
+    for start, end in events:
+        span = max(end - start, 0.0)
+        a = int(np.searchsorted(ts, start - span, side="left"))
+        b = int(np.searchsorted(ts, end + span, side="right"))
+        keep[a:b] = False
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)
+            if b - a >= min_rows]
 
 
 def device_exists(session: Session, device_id: str) -> bool:

@@ -24,7 +24,7 @@ from cloud_hub.api.main import create_app
 from cloud_hub.core.config import Settings
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.service import Hub
-from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
+from shared.messages import AnomalyEvent, DriftState, DriftSummary, ModelRef, TelemetryBatch
 from simulator.broker import Broker
 from tests.cloud_hub.api_support import Keys, make_keys, serving
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
@@ -139,6 +139,41 @@ def _rule(w: World) -> dict[str, Any]:
     return {"rule_id": rule["id"]}
 
 
+def _drifting_device(w: World) -> dict[str, Any]:
+    device = w.known_device()
+    summary = DriftSummary(device_id=device, epoch=EPOCH, seq=0, start=1.0, end=2.0,
+                           state=DriftState.STABLE)
+    with Session(w.hub.engine) as session:
+        store_batch(session, IngestBatch(drift=[summary]))
+    return {"device_id": device}
+
+
+def _running_device(w: World) -> str:
+    """A device that reports the world's model active (so a retraining can be opened)."""
+    from cloud_hub.db.tables import Device
+
+    device = w.known_device()
+    with Session(w.hub.engine) as session:
+        row = session.get(Device, device)
+        assert row is not None
+        row.active_name, row.active_version = w.model
+        session.add(row)
+        session.commit()
+    return device
+
+
+def _policy(w: World) -> dict[str, Any]:
+    group = w.fresh("auth-group")
+    w.admin("PUT", f"/retrain-policies/{group}", json={"enabled": False})
+    return {"group": group}
+
+
+def _retrain_run(w: World) -> dict[str, Any]:
+    run = w.admin("POST", "/retrain-runs", json={"devices": [_running_device(w)],
+                                                  "reason": "auth test"})
+    return {"run_id": run["id"]}
+
+
 def _retirable_key(w: World) -> dict[str, Any]:
     old = w.admin("GET", "/keys")["active"]
     w.admin("POST", "/keys/rotate", json={"overlap_s": 0})
@@ -222,6 +257,16 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("GET", "/api/v1/webhooks/deliveries"): (READ, Call()),
     ("PATCH", "/api/v1/webhooks/{rule_id}"): (ADMIN, Call(_rule, json={"enabled": False})),
     ("DELETE", "/api/v1/webhooks/{rule_id}"): (ADMIN, Call(_rule)),
+    ("GET", "/api/v1/drift"): (READ, Call()),
+    ("GET", "/api/v1/drift/{device_id}"): (READ, Call(_drifting_device)),
+    ("GET", "/api/v1/retrain-policies"): (READ, Call()),
+    ("PUT", "/api/v1/retrain-policies/{group}"): (ADMIN, Call(
+        lambda w: {"group": w.fresh("auth-group")}, json={"enabled": False})),
+    ("DELETE", "/api/v1/retrain-policies/{group}"): (ADMIN, Call(_policy)),
+    ("GET", "/api/v1/retrain-runs"): (READ, Call()),
+    ("GET", "/api/v1/retrain-runs/{run_id}"): (READ, Call(_retrain_run)),
+    ("POST", "/api/v1/retrain-runs"): (ADMIN, Call(json_for=lambda w: {
+        "devices": [_running_device(w)], "reason": "auth test"})),
 }
 
 

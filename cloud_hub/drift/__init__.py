@@ -1,0 +1,1 @@
+"""Drift on the hub: the fleet drift view, retrain policies and the retraining loop."""

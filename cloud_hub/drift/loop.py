@@ -1,0 +1,316 @@
+"""The closed loop: drift seen on devices -> training job -> parity gate -> canary -> promotion.
+
+A :class:`RetrainLoop` tick (run by a :class:`~cloud_hub.jobs.leased.LeasedWorker`, so in one
+hub process at a time; its state is the ``retrain_runs`` table) does two things:
+
+- it looks at each device's latest drift state under its group's :class:`RetrainPolicy` (the
+  rules are :func:`cloud_hub.drift.triggers.device_trigger`) and opens a run for the devices
+  that trigger, grouped by policy and model name; an operator opens one through the API;
+- it moves every open run one step: ``triggered`` queues a training job on the hub's job runner
+  (recent readings of the run's devices, the windows of stored anomaly events left out, with
+  the spec of the model they run; or their federated statistics), ``training`` waits for it and
+  then releases the new version (the registry refuses a version that failed the parity gate)
+  and starts a canary rollout with the policy's quality rules (the rollout controller does the
+  rest), ``canary`` waits for the rollout: ``promoted`` when it succeeded, ``rolled_back`` when
+  the canary breached the policy, ``failed`` otherwise.
+
+Every step is appended to the run's ``steps`` with its hub time and reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from cloud_hub.db.drift_tables import DeviceDrift, RetrainPolicy, RetrainRun
+from cloud_hub.db.registry_tables import ModelVersion, Rollout, TrainingJob
+from cloud_hub.db.tables import Device
+from cloud_hub.drift.triggers import DeviceDriftState, PolicyRules, Trigger, device_trigger
+from cloud_hub.jobs.training import JobRunner
+from cloud_hub.registry.lifecycle import PublishRefused, publish_model
+from cloud_hub.registry.releases import Releases
+from cloud_hub.rollouts.actions import RolloutConflict, create_rollout
+from cloud_hub.rollouts.planning import RolloutPlanError
+
+__all__ = ["ACTIVE_RUN_STATES", "DEFAULT_POLICY", "RetrainError", "RetrainLoop", "open_run",
+           "policy_for", "rollout_policy"]
+
+log = logging.getLogger(__name__)
+
+ACTIVE_RUN_STATES = ("triggered", "training", "canary")
+DEFAULT_POLICY = "default"  # the policy of devices whose group has none
+_ROLLOUT_DEFAULTS: dict[str, Any] = {
+    "canary_size": 1, "canary_percent": None, "wave_size": 10, "min_observation_s": 60.0,
+    "max_failure_ratio": 0.2, "max_anomaly_rate_increase": 1.0, "stage_timeout_s": 600.0,
+}
+
+
+class RetrainError(ValueError):
+    """A retraining that cannot be opened (no devices, no model to retrain)."""
+
+
+def rollout_policy(policy: RetrainPolicy | None) -> dict[str, Any]:
+    """The rollout policy a run's canary is judged by (the policy's, over the defaults)."""
+    return {**_ROLLOUT_DEFAULTS, **((policy.rollout if policy else None) or {})}
+
+
+def policy_for(policies: dict[str, RetrainPolicy], group: str | None) -> RetrainPolicy | None:
+    """A device group's policy, else the default one (group ``default``)."""
+    return (policies.get(group) if group else None) or policies.get(DEFAULT_POLICY)
+
+
+def _step(run: RetrainRun, step: str, reason: str, now: float, **extra: Any) -> None:
+    run.steps = [*run.steps, {"at": now, "step": step, "reason": reason, **extra}]
+    run.updated_at = now
+    log.info("retrain run %s: %s: %s", run.id, step, reason)
+
+
+def _finish(run: RetrainRun, state: str, reason: str, now: float) -> None:
+    run.state = state
+    run.finished_at = now
+    _step(run, state, reason, now)
+
+
+def open_run(session: Session, *, devices: list[str], trigger: str, reason: str, now: float,
+             policy: RetrainPolicy | None, since: float | None = None,
+             requested_by: str | None = None, source: str | None = None) -> RetrainRun:
+    """Record a new run for ``devices`` (they must run one model name); commits."""
+    rows = list(session.exec(select(Device).where(col(Device.device_id).in_(devices))))
+    names = sorted({d.active_name for d in rows if d.active_name})
+    if not rows or not names:
+        raise RetrainError(f"devices {devices} run no model: nothing to retrain")
+    if len(names) > 1:
+        raise RetrainError(f"devices {devices} run different models {names}; retrain each "
+                           "model's devices on their own")
+    busy = session.exec(select(RetrainRun).where(col(RetrainRun.state).in_(ACTIVE_RUN_STATES)))
+    for other in busy:
+        taken = sorted(set(other.devices) & set(devices))
+        if taken:
+            raise RetrainError(f"devices {taken} are in retraining run {other.id} "
+                               f"({other.state})")
+    group = policy.group if policy else DEFAULT_POLICY
+    recent = policy.recent_s if policy else 1800.0
+    run = RetrainRun(
+        group=group, trigger=trigger, reason=reason[:2000],
+        devices=sorted(d.device_id for d in rows if d.active_name), model_name=names[0],
+        source=source or (policy.source if policy else "telemetry"),
+        since=max(since, now - recent) if since is not None else now - recent,
+        requested_by=requested_by, created_at=now, updated_at=now,
+    )
+    session.add(run)
+    session.flush()
+    _step(run, "triggered", reason, now, trigger=trigger, devices=run.devices)
+    session.add(run)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+class RetrainLoop:
+    """One tick: open runs for devices that trigger, then move every open run one step."""
+
+    def __init__(self, engine: Engine, *, jobs: JobRunner, releases: Releases,
+                 wake_rollouts: Callable[[], None]) -> None:
+        self._engine = engine
+        self._jobs = jobs
+        self._releases = releases
+        self._wake_rollouts = wake_rollouts
+
+    def __call__(self, now: float) -> bool:
+        engine = self._engine
+        with Session(engine) as session:
+            self._open_triggered(session, now)
+        with Session(engine) as session:
+            ids = [r for r in session.exec(select(RetrainRun.id).where(
+                col(RetrainRun.state).in_(ACTIVE_RUN_STATES)))]
+        for run_id in ids:
+            with Session(engine) as session:
+                run = session.get(RetrainRun, run_id)
+                if run is None:
+                    continue
+                try:
+                    self._advance(session, run, now)
+                except Exception as exc:  # one broken run must not hold the others back
+                    session.rollback()
+                    log.exception("retrain run %s: step failed", run_id)
+                    run = session.get(RetrainRun, run_id)
+                    if run is not None and run.state in ACTIVE_RUN_STATES:
+                        _finish(run, "failed", f"{type(exc).__name__}: {exc}", now)
+                        session.add(run)
+                session.commit()
+        return False
+
+    # -- triggers -----------------------------------------------------------------------------
+    def _open_triggered(self, session: Session, now: float) -> None:
+        policies = {p.group: p for p in session.exec(select(RetrainPolicy))}
+        if not any(p.enabled for p in policies.values()):
+            return
+        runs = list(session.exec(select(RetrainRun)))
+        busy = {d for r in runs if r.state in ACTIVE_RUN_STATES for d in r.devices}
+        ended: dict[str, float] = {}
+        for r in runs:
+            if r.finished_at is not None:
+                for d in r.devices:
+                    ended[d] = max(ended.get(d, 0.0), r.finished_at)
+        fired: dict[tuple[str, str], list[Trigger]] = {}
+        devices_of: dict[tuple[str, str], list[str]] = {}
+        for drift, device in session.exec(
+                select(DeviceDrift, Device).join(Device, col(Device.device_id)
+                                                 == col(DeviceDrift.device_id))):
+            policy = policy_for(policies, device.group)
+            if policy is None or not policy.enabled or not device.active_name:
+                continue
+            key = (policy.group, device.active_name)
+            devices_of.setdefault(key, []).append(device.device_id)
+            trigger = device_trigger(_state(drift, device, busy, ended), PolicyRules(
+                drift_hold_s=policy.drift_hold_s,
+                max_anomaly_rate_ratio=policy.max_anomaly_rate_ratio,
+                min_anomaly_windows=policy.min_anomaly_windows, cooldown_s=policy.cooldown_s,
+            ), now=now)
+            if trigger is not None:
+                fired.setdefault(key, []).append(trigger)
+        for key, triggers in fired.items():
+            policy = policies[key[0]]
+            devices = ([t.device_id for t in triggers] if policy.scope == "drifted"
+                       else [d for d in devices_of[key] if d not in busy])
+            kinds = [t.kind for t in triggers]
+            starts = [t.since for t in triggers if t.since is not None]
+            reason = "; ".join(t.reason for t in triggers[:5]) + (
+                f"; and {len(triggers) - 5} more" if len(triggers) > 5 else "")
+            try:
+                open_run(session, devices=devices, trigger=max(set(kinds), key=kinds.count),
+                         reason=reason, now=now, policy=policy,
+                         since=max(starts) if starts else None)
+            except RetrainError as exc:
+                session.rollback()
+                log.warning("retrain policy %r: %s", key[0], exc)
+
+    # -- steps --------------------------------------------------------------------------------
+    def _advance(self, session: Session, run: RetrainRun, now: float) -> None:
+        if run.state == "triggered":
+            self._train(session, run, now)
+        elif run.state == "training":
+            self._after_training(session, run, now)
+        elif run.state == "canary":
+            self._after_canary(session, run, now)
+        session.add(run)
+
+    def _policy(self, session: Session, run: RetrainRun) -> RetrainPolicy | None:
+        return session.get(RetrainPolicy, run.group) or session.get(RetrainPolicy,
+                                                                    DEFAULT_POLICY)
+
+    def _train(self, session: Session, run: RetrainRun, now: float) -> None:
+        current = _current_version(session, run)
+        spec = {k: v for k, v in (current.spec if current else {}).items()}
+        policy = self._policy(session, run)
+        spec.update((policy.spec if policy else None) or {})
+        run.until = now
+        if run.source == "federated":
+            request: dict[str, Any] = {
+                "name": run.model_name, "spec": spec,
+                "federated": {"devices": run.devices, "since": run.since, "until": now}}
+            what = "their federated statistics (no readings)"
+        else:
+            request = {"name": run.model_name, "devices": run.devices, "since": run.since,
+                       "until": now, "spec": spec, "exclude_anomalies": True}
+            what = "their readings judged normal (windows of anomaly events left out)"
+        job = self._jobs.submit(session, name=run.model_name, request=request)
+        run.training_job_id = job.id
+        run.state = "training"
+        span = now - (run.since or now)
+        _step(run, "training", f"training job {job.id}: {run.model_name} on {len(run.devices)} "
+              f"device(s), {what}, the last {span:.0f} s; spec of "
+              f"{run.model_name} v{current.version if current else '?'}", now,
+              training_job_id=job.id)
+
+    def _after_training(self, session: Session, run: RetrainRun, now: float) -> None:
+        job = session.get(TrainingJob, run.training_job_id) if run.training_job_id else None
+        if job is None:
+            _finish(run, "failed", "its training job is gone", now)
+            return
+        if job.status in ("queued", "running"):
+            return
+        if job.model_version is not None:
+            run.model_version = job.model_version
+        if job.status != "succeeded":
+            step = "failed"
+            reason = f"training job {job.id} {job.status}: {job.error or 'no reason given'}"
+            if job.error and "parity gate" in job.error:
+                reason = f"parity gate refused the new model: {job.error}"
+            _finish(run, step, reason, now)
+            return
+        record = session.exec(select(ModelVersion).where(
+            ModelVersion.name == run.model_name, ModelVersion.version == job.model_version)).one()
+        parity = record.parity or {}
+        _step(run, "parity_gate", f"{run.model_name} v{record.version} passed the parity gate: "
+              f"decision agreement {parity.get('decision_agreement')} >= "
+              f"{parity.get('min_agreement')} ({record.quantization})", now,
+              model_version=record.version)
+        try:
+            released = publish_model(session, name=run.model_name, version=record.version,
+                                     releases=self._releases)
+        except PublishRefused as exc:
+            _finish(run, "failed", f"release refused: {exc}", now)
+            return
+        _step(run, "released", f"{run.model_name} v{released.version} signed and published",
+              now, release=(released.manifest or {}).get("release"))
+        policy = self._policy(session, run)
+        try:
+            rollout = create_rollout(session, name=run.model_name, version=record.version,
+                                     target={"devices": run.devices},
+                                     policy=rollout_policy(policy))
+        except (RolloutConflict, RolloutPlanError, PublishRefused) as exc:
+            _finish(run, "failed", f"canary rollout refused: {exc}", now)
+            return
+        run.rollout_id = rollout.id
+        run.state = "canary"
+        stages = rollout.stages
+        _step(run, "canary", f"rollout {rollout.id}: canary {', '.join(stages[0])}, then "
+              f"{len(stages) - 1} wave(s); judged on install failures and on the canary's "
+              f"anomaly rate against the previous model's", now, rollout_id=rollout.id)
+        self._wake_rollouts()
+
+    def _after_canary(self, session: Session, run: RetrainRun, now: float) -> None:
+        rollout = session.get(Rollout, run.rollout_id) if run.rollout_id else None
+        if rollout is None:
+            _finish(run, "failed", "its rollout is gone", now)
+        elif rollout.status == "succeeded":
+            _finish(run, "promoted", f"rollout {rollout.id} succeeded: {run.model_name} "
+                    f"v{run.model_version} runs on {len(run.devices)} device(s)", now)
+        elif rollout.status == "rolled_back":
+            _finish(run, "rolled_back", f"rollout {rollout.id} rolled back: {rollout.reason}",
+                    now)
+        elif rollout.status == "aborted":
+            _finish(run, "failed", f"rollout {rollout.id} aborted: {rollout.reason}", now)
+
+
+def _state(drift: DeviceDrift, device: Device, busy: set[str],
+           ended: dict[str, float]) -> DeviceDriftState:
+    return DeviceDriftState(
+        device_id=device.device_id, state=drift.state, since=drift.since,
+        drifting=list(drift.drifting), period_end=drift.period_end, windows=drift.windows,
+        anomalies=drift.anomalies, baseline_windows=drift.baseline_windows,
+        baseline_anomalies=drift.baseline_anomalies,
+        summary_model=(drift.model_name, drift.model_version)
+        if drift.model_name and drift.model_version else None,
+        active_model=(device.active_name, device.active_version)
+        if device.active_name and device.active_version else None,
+        busy=device.device_id in busy, last_run_ended_at=ended.get(device.device_id),
+        updated_at=drift.updated_at,
+    )
+
+
+def _current_version(session: Session, run: RetrainRun) -> ModelVersion | None:
+    """The version most of the run's devices run now (its spec is the new model's)."""
+    versions = [d.active_version for d in session.exec(select(Device).where(
+        col(Device.device_id).in_(run.devices))) if d.active_name == run.model_name]
+    if not versions:
+        return None
+    version = max(set(versions), key=lambda v: (versions.count(v), v or 0))
+    return session.exec(select(ModelVersion).where(
+        ModelVersion.name == run.model_name, ModelVersion.version == version)).first()
+
