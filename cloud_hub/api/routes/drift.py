@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlmodel import col, select
 
-from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.drift_schemas import RetrainPolicyBody, RetrainRunCreate
+from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.db.drift_tables import DeviceDrift, DriftSummaryRow, RetrainPolicy, RetrainRun
 from cloud_hub.db.paging import keyset_page
@@ -27,7 +28,7 @@ from shared.topics import DEVICE_ID_PATTERN
 router = APIRouter(tags=["drift"])
 DevicePath = Annotated[str, Path(pattern=rf"^{DEVICE_ID_PATTERN}$")]
 GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-RunPath = Annotated[int, Path(ge=1)]
+RunPath = IdPath
 
 
 @router.get("/drift", responses=PAGE_HEADERS)
@@ -44,7 +45,7 @@ def fleet_drift(
         session, group=group, state=state, limit=limit, after=after))
 
 
-@router.get("/drift/{device_id}")
+@router.get("/drift/{device_id}", responses=errors(404))
 def device_drift(
     device_id: DevicePath, session: SessionDep, _key: ReadKey,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
@@ -89,7 +90,8 @@ def put_retrain_policy(group: GroupPath, body: RetrainPolicyBody, session: Sessi
     return policy_view(policy)
 
 
-@router.delete("/retrain-policies/{group}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/retrain-policies/{group}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=errors(404))
 def delete_retrain_policy(group: GroupPath, session: SessionDep, _key: AdminKey) -> None:
     policy = session.get(RetrainPolicy, group)
     if policy is None:
@@ -114,7 +116,7 @@ def retrain_runs(
     return [run_view(r) for r in rows]
 
 
-@router.get("/retrain-runs/{run_id}")
+@router.get("/retrain-runs/{run_id}", responses=errors(404))
 def retrain_run(run_id: RunPath, session: SessionDep, _key: ReadKey) -> dict[str, Any]:
     run = session.get(RetrainRun, run_id)
     if run is None:
@@ -122,7 +124,7 @@ def retrain_run(run_id: RunPath, session: SessionDep, _key: ReadKey) -> dict[str
     return run_view(run)
 
 
-@router.post("/retrain-runs", status_code=status.HTTP_201_CREATED)
+@router.post("/retrain-runs", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def start_retrain_run(body: RetrainRunCreate, session: SessionDep, hub: HubDep,
                       caller: AdminKey) -> dict[str, Any]:
     """An operator's retraining: of ``devices``, or of every device of ``group`` that runs a
