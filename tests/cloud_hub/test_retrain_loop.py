@@ -32,7 +32,12 @@ from shared.messages import (
 from simulator.broker import Broker
 from tests.cloud_hub.api_support import serving
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import stand_in_training, tiny_artifact, wait_for
+from tests.cloud_hub.helpers import (
+    enroll_devices,
+    stand_in_training,
+    tiny_artifact,
+    wait_for,
+)
 
 pytestmark = pytest.mark.hub
 EPOCH = "00000000000000dd"
@@ -83,6 +88,7 @@ def test_nothing_triggers_for_a_device_busy_stale_or_cooling_down(
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
     h = Hub(hub_settings(broker, tmp_path / "hub", retrain_tick_s=0.1),
             run_training=stand_in_training())
+    enroll_devices(h, ("pump-1", "pump-2"))
     h.start()
     try:
         yield h
@@ -174,6 +180,7 @@ def test_an_operator_starts_a_run_and_a_failing_gate_is_recorded(
 ) -> None:
     hub = Hub(hub_settings(broker, tmp_path / "hub", retrain_tick_s=0.1),
               run_training=stand_in_training(agreement=0.5))
+    enroll_devices(hub, ("pump-9",))
     hub.start()
     try:
         now = time.time()
