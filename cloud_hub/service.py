@@ -27,6 +27,8 @@ from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
 from cloud_hub.jobs.training import JobRunner, RunTraining
 from cloud_hub.keys.ring import HubKeys, KeyUnavailable
+from cloud_hub.maintenance.job import MaintenanceTick
+from cloud_hub.maintenance.retention import RetentionPolicy
 from cloud_hub.mqtt.acks import AckPublisher
 from cloud_hub.mqtt.client import MqttAuth
 from cloud_hub.mqtt.connection import HubConnection
@@ -104,6 +106,13 @@ class Hub:
             self.engine, name="retrain", holder=holder, interval_s=settings.retrain_tick_s,
             tick=RetrainLoop(self.engine, jobs=self.jobs, releases=self.releases,
                              wake_rollouts=self.rollouts.wake))
+        self.maintenance_tick = MaintenanceTick(self.engine, RetentionPolicy(
+            raw_days=settings.retention_raw_days, rollup_days=settings.retention_rollup_days,
+            dead_letter_days=settings.retention_dead_letter_days,
+            jobs_days=settings.retention_jobs_days))
+        self.maintenance = LeasedWorker(self.engine, name="maintenance",
+                                        tick=self.maintenance_tick,
+                                        interval_s=settings.maintenance_tick_s, holder=holder)
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 
@@ -205,6 +214,7 @@ class Hub:
         self.incidents.start()
         self.notifier.start()
         self.retrain.start()
+        self.maintenance.start()
         self.started_at = time.time()
         ready = self.mqtt.wait_ready(timeout)
         if ready:
@@ -235,6 +245,7 @@ class Hub:
             return
         self.started_at = None
         self.retrain.stop(timeout)
+        self.maintenance.stop(timeout)
         self.notifier.stop(timeout)
         self.incidents.stop(timeout)
         self.webhooks.close()

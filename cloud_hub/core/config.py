@@ -116,6 +116,17 @@ class Settings(BaseSettings):
         description="readings (rows) one training job may load, stored or uploaded")
     retrain_tick_s: float = Field(
         default=2.0, gt=0, description="how often the retraining loop (drift policies) looks again")
+    retention_raw_days: float = Field(
+        default=30.0, gt=0,
+        description="raw telemetry is kept this many days (then only its rollups, once folded)")
+    retention_rollup_days: float = Field(
+        default=400.0, gt=0, description="1-minute and 1-hour telemetry rollups are kept this long")
+    retention_dead_letter_days: float = Field(
+        default=30.0, gt=0, description="dead letters are kept this many days")
+    retention_jobs_days: float = Field(
+        default=90.0, gt=0, description="finished training jobs are kept this many days")
+    maintenance_tick_s: float = Field(
+        default=10.0, gt=0, description="how often rollups and retention run (in one hub process)")
 
     @field_validator("topic_prefix")
     @classmethod

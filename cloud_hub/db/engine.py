@@ -14,6 +14,7 @@ import cloud_hub.db.enrollments  # noqa: F401
 import cloud_hub.db.key_tables  # noqa: F401
 import cloud_hub.db.ops_tables  # noqa: F401
 import cloud_hub.db.registry_tables  # noqa: F401
+import cloud_hub.db.rollup_tables  # noqa: F401
 import cloud_hub.db.tables  # noqa: F401
 
 __all__ = ["make_engine"]

@@ -98,7 +98,7 @@ _ADVANCE_ARRAYS = {s: _advance_statement(t, arrays=True) for s, t in _ROW_TABLES
 _MARK_COLUMNS: pg_bulk.Columns = (
     ("device_id", String), ("epoch", String), ("stream", String), ("floor", BigInteger),
     ("top", BigInteger), ("watermark", BigInteger), ("first_seen", Float),
-    ("updated_at", Float))
+    ("updated_at", Float), ("pruned_through", BigInteger))
 
 
 @functools.cache
@@ -132,7 +132,7 @@ def advance_marks(
     rows = [
         {"device_id": k.device_id, "epoch": k.epoch, "stream": k.stream.value,
          "floor": touched[k][0], "top": touched[k][1], "watermark": -1, "first_seen": now,
-         "updated_at": now}
+         "updated_at": now, "pruned_through": -1}
         for k in keys
     ]
     dialect = session.get_bind().dialect.name

@@ -11,7 +11,7 @@ from sqlalchemy import func, literal
 from sqlmodel import Session, col, select
 
 from cloud_hub.db.paging import CursorError, Key, Page, keyset_page, primary_key_columns
-from cloud_hub.db.tables import Anomaly, DeadLetter, Device, TelemetryBatchRow
+from cloud_hub.db.tables import Anomaly, DeadLetter, Device, StreamMark, TelemetryBatchRow
 from cloud_hub.db.telemetry_read import TelemetryCursor, TelemetrySlice, read_telemetry
 
 __all__ = [
@@ -101,6 +101,10 @@ def telemetry_summary(
         .group_by(TelemetryBatchRow.device_id, TelemetryBatchRow.epoch)
         .order_by(TelemetryBatchRow.device_id)
     )
+    pruned = dict(((d, e), int(p)) for d, e, p in session.exec(
+        select(StreamMark.device_id, StreamMark.epoch, StreamMark.pruned_through)
+        .where(col(StreamMark.device_id).in_(wanted), StreamMark.stream == "telemetry",
+               StreamMark.pruned_through >= 0)))
     out: dict[str, dict[str, Any]] = {}
     latest: dict[str, float] = {}
     for d, _epoch, r, b, f, last, s0, s1, stored in session.exec(stmt):
@@ -111,7 +115,9 @@ def telemetry_summary(
         row["batches"] += int(b)
         row["first_ts"] = min(row["first_ts"], f)
         row["last_ts"] = max(row["last_ts"], last)
-        row["missing_batches"] += int(s1) + 1 - int(b)
+        # seqs retention deleted (up to pruned_through) were stored: not missing
+        below = min(pruned.get((d, _epoch), -1), int(s0) - 1) + 1
+        row["missing_batches"] += int(s1) + 1 - int(b) - below
         row["epochs"] += 1
         if stored >= latest.get(d, float("-inf")):
             latest[d] = stored

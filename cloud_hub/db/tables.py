@@ -49,7 +49,9 @@ class Device(SQLModel, table=True):
 
 class TelemetryBatchRow(SQLModel, table=True):
     __tablename__ = "telemetry"
-    __table_args__ = (Index("ix_telemetry_device_ts", "device_id", "ts_first"),)
+    __table_args__ = (Index("ix_telemetry_device_ts", "device_id", "ts_first"),
+                      # rollups fold rows in the order stored; retention deletes the oldest
+                      Index("ix_telemetry_stored_at", "stored_at"))
 
     device_id: str = Field(primary_key=True, max_length=64)
     epoch: str = Field(primary_key=True, max_length=EPOCH_LENGTH)
@@ -101,6 +103,8 @@ class StreamMark(SQLModel, table=True):
     top: int = Field(default=-1, sa_type=BigInteger)
     first_seen: float  # when this database first heard of the epoch: the newest is current
     updated_at: float
+    # Retention deleted this stream's rows up to this seq (-1: none): they are not missing.
+    pruned_through: int = Field(default=-1, sa_type=BigInteger)
 
 
 class DeviceConflict(SQLModel, table=True):

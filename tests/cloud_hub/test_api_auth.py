@@ -211,6 +211,8 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("GET", "/api/v1/enrollments"): (READ, Call()),
     ("GET", "/api/v1/telemetry"): (READ, Call(query={"device_id": "auth-dev-1"})),
     ("GET", "/api/v1/telemetry/summary"): (READ, Call()),
+    ("GET", "/api/v1/devices/{device_id}/telemetry"): (READ, Call(_device,
+                                                                 query={"resolution": "1h"})),
     ("GET", "/api/v1/anomalies"): (READ, Call()),
     ("GET", "/api/v1/dead-letters"): (READ, Call()),
     ("GET", "/api/v1/models"): (READ, Call()),

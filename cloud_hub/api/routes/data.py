@@ -6,9 +6,10 @@ header of the previous page (see ``cloud_hub.api.paging``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from cloud_hub.api.deps import ReadKey, SessionDep
 from cloud_hub.api.paging import (
@@ -33,6 +34,7 @@ from cloud_hub.db.queries import (
     read_telemetry,
     telemetry_summary,
 )
+from cloud_hub.maintenance.rollups import read_rollups
 from shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(tags=["data"])
@@ -67,6 +69,46 @@ def telemetry(
                   piece.next_cursor.to_json() if piece.next_cursor else None)
     return TelemetryPublic(device_id=device_id, channels=piece.channels,
                            ts=piece.ts.tolist(), values=piece.values.tolist())
+
+
+class TelemetryRollupsPublic(BaseModel):
+    """Buckets of one device: per bucket start (``ts``) and channel, the readings' count,
+    mean, min and max (null where a channel had no reading in that bucket)."""
+
+    device_id: str
+    resolution: Literal["1m", "1h"]
+    channels: list[str]
+    ts: list[float]
+    count: list[list[int]]
+    mean: list[list[float | None]]
+    min: list[list[float | None]]
+    max: list[list[float | None]]
+
+
+@router.get("/devices/{device_id}/telemetry",
+            response_model=TelemetryPublic | TelemetryRollupsPublic, responses=PAGE_HEADERS)
+def device_telemetry(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    device_id: Annotated[str, Path(pattern=rf"^{DEVICE_ID_PATTERN}$")],
+    since: Annotated[float | None, Query(alias="from", ge=0)] = None,
+    until: Annotated[float | None, Query(alias="to", ge=0)] = None,
+    resolution: Literal["raw", "1m", "1h"] = "raw",
+    limit: Annotated[int, Query(ge=1, le=MAX_TELEMETRY_READINGS,
+                                description="readings per page (raw only)")] = 10_000,
+    cursor: CursorQuery = None,
+) -> TelemetryPublic | TelemetryRollupsPublic:
+    """A device's telemetry in [from, to]: raw readings (paged like ``GET /telemetry``), or
+    1-minute or 1-hour rollups (kept much longer than raw data; complete up to about a
+    minute ago, when the maintenance job last ran)."""
+    if resolution == "raw":
+        return telemetry(request, response, session, _key, device_id, since, until, limit,
+                         cursor)
+    found = read_rollups(session.connection(), device_ids=[device_id], resolution=resolution,
+                         since=since, until=until).get(device_id)
+    empty: dict[str, list[Any]] = {"channels": [], "ts": [], "count": [], "mean": [], "min": [],
+                                   "max": []}
+    return TelemetryRollupsPublic(device_id=device_id, resolution=resolution,
+                                  **(found or empty))
 
 
 @router.get("/telemetry/summary", response_model=list[TelemetrySummary], responses=PAGE_HEADERS)

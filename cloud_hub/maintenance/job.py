@@ -1,0 +1,44 @@
+"""The maintenance job: fold new telemetry into rollups, then prune what retention allows.
+
+Runs as a :class:`~cloud_hub.jobs.leased.LeasedWorker` (lease ``maintenance``), so in one hub
+process at a time; all its progress is in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Engine
+
+from cloud_hub.maintenance.retention import RetentionPolicy, prune
+from cloud_hub.maintenance.rollups import fold_rollups
+
+__all__ = ["MaintenanceTick"]
+
+log = logging.getLogger(__name__)
+
+
+class MaintenanceTick:
+    def __init__(self, engine: Engine, policy: RetentionPolicy, *, fold_limit: int = 2000,
+                 settle_s: float = 30.0) -> None:
+        self._engine = engine
+        self.policy = policy
+        self._fold_limit = fold_limit
+        self._settle_s = settle_s
+        self.folded = 0
+        self.pruned: dict[str, int] = {}
+
+    def __call__(self, now: float) -> bool:
+        """One round; True when a full batch was done (more is waiting)."""
+        with self._engine.begin() as conn:
+            folded = fold_rollups(conn, now=now, settle_s=self._settle_s,
+                                  limit=self._fold_limit)
+        with self._engine.begin() as conn:
+            pruned = prune(conn, self.policy, now=now)
+        self.folded += folded
+        for kind, n in pruned.items():
+            self.pruned[kind] = self.pruned.get(kind, 0) + n
+        if any(pruned.values()):
+            log.info("retention: deleted %s", {k: n for k, n in pruned.items() if n})
+        return folded >= self._fold_limit or any(n >= self.policy.batch
+                                                 for n in pruned.values())

@@ -1,0 +1,100 @@
+"""Retention: what is old enough goes, in bounded deletes, so no statement holds the database
+for long and every table stays bounded.
+
+- raw telemetry stored more than ``raw_days`` ago, and only once the rollups have folded it
+  (``stored_at`` before their mark): the rollups then answer for that time;
+- rollups older than ``rollup_days`` (400 by default);
+- dead letters older than ``dead_letter_days``, and training jobs finished that long ago.
+
+Each call deletes at most ``batch`` rows per kind; the job calls again at once while a kind
+had a full batch. Deleted telemetry seqs are recorded on their stream's mark
+(``pruned_through``), so the telemetry summary does not count them as missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, delete, func, literal, select, tuple_, update
+from sqlalchemy.engine import Connection
+
+from cloud_hub.db.registry_tables import TrainingJob
+from cloud_hub.db.rollup_tables import TelemetryRollup
+from cloud_hub.db.tables import DeadLetter, StreamMark, TelemetryBatchRow
+from cloud_hub.maintenance.rollups import folded_mark
+
+__all__ = ["RetentionPolicy", "prune"]
+
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    raw_days: float = 30.0
+    rollup_days: float = 400.0
+    dead_letter_days: float = 30.0
+    jobs_days: float = 90.0
+    batch: int = 5000
+
+
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+def _delete_keys(conn: Connection, table: Table, keys: list[Any],
+                 key_columns: Iterable[Any]) -> int:
+    if not keys:
+        return 0
+    cols = list(key_columns)
+    return int(conn.execute(delete(table).where(tuple_(*cols).in_(keys))).rowcount or 0)
+
+
+def prune(conn: Connection, policy: RetentionPolicy, *, now: float) -> dict[str, int]:
+    """One bounded round of deletes (in the caller's transaction); rows deleted per kind."""
+    done: dict[str, int] = {}
+    rows = _table(TelemetryBatchRow)
+    r = rows.c
+    at, key = folded_mark(conn)
+    folded = tuple_(r.stored_at, r.device_id, r.epoch, r.seq) <= tuple_(
+        literal(at), literal(key[0]), literal(key[1]), literal(key[2]))
+    old = conn.execute(
+        select(r.device_id, r.epoch, r.seq)
+        .where(r.stored_at < now - policy.raw_days * _DAY, folded)
+        .limit(policy.batch)).all()
+    keys = [tuple(k) for k in old]
+    done["telemetry"] = _delete_keys(conn, rows, keys, (r.device_id, r.epoch, r.seq))
+    pruned: dict[tuple[str, str], int] = {}
+    for d, e, s in keys:
+        pruned[(d, e)] = max(pruned.get((d, e), -1), int(s))
+    marks = _table(StreamMark)
+    m = marks.c
+    for (d, e), seq in sorted(pruned.items()):
+        conn.execute(update(marks).where(m.device_id == d, m.epoch == e, m.stream == "telemetry",
+                                         m.pruned_through < seq).values(pruned_through=seq))
+
+    rollups = _table(TelemetryRollup)
+    u = rollups.c
+    old_rollups = conn.execute(
+        select(u.device_id, u.resolution, u.bucket, u.channel)
+        .where(u.bucket < now - policy.rollup_days * _DAY).limit(policy.batch)).all()
+    done["rollups"] = _delete_keys(conn, rollups, [tuple(k) for k in old_rollups],
+                                   (u.device_id, u.resolution, u.bucket, u.channel))
+
+    letters = _table(DeadLetter)
+    ids = conn.execute(select(letters.c.id).where(
+        letters.c.received_at < now - policy.dead_letter_days * _DAY)
+        .limit(policy.batch)).scalars().all()
+    done["dead_letters"] = int(conn.execute(
+        delete(letters).where(letters.c.id.in_(ids))).rowcount or 0) if ids else 0
+
+    jobs = _table(TrainingJob)
+    ids = conn.execute(select(jobs.c.id).where(
+        jobs.c.status.in_(("succeeded", "failed", "cancelled")),
+        func.coalesce(jobs.c.finished_at, jobs.c.created_at) < now - policy.jobs_days * _DAY)
+        .limit(policy.batch)).scalars().all()
+    done["training_jobs"] = int(conn.execute(
+        delete(jobs).where(jobs.c.id.in_(ids))).rowcount or 0) if ids else 0
+    return done

@@ -1,0 +1,109 @@
+"""Rollups and retention: raw telemetry folded into 1-minute and 1-hour buckets exactly once,
+read back through the API at the resolution asked for; raw rows deleted only once folded and
+old enough (in bounded rounds), without showing up as missing; old rollups, dead letters and
+finished jobs pruned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sqlmodel import Session, func, select
+
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
+from cloud_hub.db.queries import telemetry_summary
+from cloud_hub.db.rollup_tables import TelemetryRollup
+from cloud_hub.db.tables import DeadLetter, TelemetryBatchRow
+from cloud_hub.maintenance.job import MaintenanceTick
+from cloud_hub.maintenance.retention import RetentionPolicy
+from cloud_hub.maintenance.rollups import read_rollups
+from cloud_hub.service import Hub
+from shared.messages import TelemetryBatch
+from tests.cloud_hub.api_support import api_client
+from tests.cloud_hub.conftest import ADMIN_KEY
+
+pytestmark = pytest.mark.hub
+EPOCH = "0123456789abcdef"
+DAY = 86_400.0
+T0 = 1_700_000_000.0 - (T0_MOD := 1_700_000_000.0 % 3600)  # on an hour
+
+
+def _batch(seq: int, t0: float, rows: int = 30, device: str = "pump-1") -> TelemetryBatch:
+    ts = [t0 + 10.0 * i for i in range(rows)]  # one reading every 10 s
+    return TelemetryBatch(device_id=device, epoch=EPOCH, seq=seq, channels=["a", "b"], ts=ts,
+                          values=[[float(i), -float(i)] for i in range(rows)])
+
+
+def test_rollups_fold_each_row_once_and_retention_keeps_what_is_not_folded(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    stored_at = T0 + 10 * DAY
+    with Session(engine) as session:  # 40 batches of 30 readings: 12,000 s, 3 h 20 min
+        store_batch(session, IngestBatch(
+            telemetry=[_batch(s, T0 + 300.0 * s) for s in range(40)],
+            dead_letters=[DeadLetterRecord("t", "bad", b"x", received_at=stored_at)]),
+            now=stored_at)
+    tick = MaintenanceTick(engine, RetentionPolicy(raw_days=30, batch=7), fold_limit=15,
+                           settle_s=30)
+    while tick(stored_at + 60):  # folds 15 rows a round until all 40 are in
+        pass
+    assert tick.folded == 40
+    tick(stored_at + 120)  # nothing new: nothing folded twice
+    assert tick.folded == 40
+    with engine.connect() as conn:
+        hourly = read_rollups(conn, device_ids=["pump-1"], resolution="1h", since=T0,
+                              until=T0 + 4 * 3600)["pump-1"]
+        minutes = read_rollups(conn, device_ids=["pump-1"], resolution="1m", since=None,
+                               until=None)["pump-1"]
+    assert hourly["channels"] == ["a", "b"] and hourly["ts"] == [T0 + h * 3600 for h in range(4)]
+    assert [row[0] for row in hourly["count"]] == [360, 360, 360, 120]
+    assert sum(row[0] for row in minutes["count"]) == 1200
+    # batch s covers 300 s from T0 + 300 s: channel a goes 0..29 within every batch
+    assert hourly["min"][0] == [0.0, -29.0] and hourly["max"][0] == [29.0, 0.0]
+    assert hourly["mean"][0][0] == pytest.approx(14.5)
+
+    # 31 days later: raw rows go (7 per round), rollups stay; the summary misses nothing.
+    later = stored_at + 31 * DAY
+    with Session(engine) as session:  # one newer batch, stored now: not folded yet
+        store_batch(session, IngestBatch(telemetry=[_batch(40, T0 + 12_000.0)]), now=later)
+    rounds = 0
+    while tick(later) and rounds < 20:
+        rounds += 1
+    with Session(engine) as session:
+        left = session.exec(select(TelemetryBatchRow.seq)).all()
+        assert left == [40], "only the batch stored within the retention period is kept"
+        assert session.exec(select(func.count()).select_from(TelemetryRollup)).one() > 0
+        assert session.exec(select(func.count()).select_from(DeadLetter)).one() == 0
+        [summary] = telemetry_summary(session).rows
+        assert summary["missing_batches"] == 0 and summary["batches"] == 1
+    engine.dispose()
+
+
+@pytest.mark.integration
+def test_the_api_answers_at_the_resolution_asked_for(hub: Hub) -> None:
+    with Session(hub.engine) as session:
+        store_batch(session, IngestBatch(telemetry=[_batch(s, T0 + 300.0 * s)
+                                                    for s in range(12)]), now=T0)
+    hub.maintenance_tick(T0 + 3600)
+    with api_client(hub) as api:
+        api.headers["X-API-Key"] = ADMIN_KEY
+        _check_resolutions(api)
+
+
+def _check_resolutions(api: httpx.Client) -> None:
+    raw = api.get("/api/v1/devices/pump-1/telemetry",
+                  params={"from": T0, "to": T0 + 599, "resolution": "raw"})
+    assert raw.status_code == 200 and len(raw.json()["ts"]) == 60
+    hourly = api.get("/api/v1/devices/pump-1/telemetry", params={"resolution": "1h"}).json()
+    assert hourly["resolution"] == "1h" and hourly["ts"] == [T0]
+    assert hourly["count"] == [[360, 360]]
+    minutes = api.get("/api/v1/devices/pump-1/telemetry",
+                      params={"from": T0, "to": T0 + 600, "resolution": "1m"}).json()
+    assert minutes["ts"] == [T0 + 60.0 * m for m in range(10)]
+    assert np.allclose([r[0] for r in minutes["mean"]], [2.5 + 6 * m for m in range(5)] * 2)
+    bad = api.get("/api/v1/devices/pump-1/telemetry", params={"resolution": "5m"})
+    assert bad.status_code == 422
