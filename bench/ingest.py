@@ -377,6 +377,8 @@ def main() -> int:
     if not args.quick and "postgresql" in args.databases:
         two_hubs = run_two_hubs(10, 1000, args, console)
     rollup_ms = None
+    if "postgresql" in args.databases:
+        rollup_ms = measure_rollup_query(console, devices=100, days=30)
     result = summarize(cases, two_hubs, rollup_ms)
     result.update(load_average_before=load_before, load_average_after=_load(),
                   cpu_count=os.cpu_count(), seconds=round(time.time() - started),
@@ -387,6 +389,43 @@ def main() -> int:
     print_table(console, result)
     console.print(f"written {args.out}")
     return 0 if result["lost"] == 0 and result["duplicates"] == 0 else 1
+
+
+def measure_rollup_query(console: Console, *, devices: int, days: int,
+                         channels: int = 8) -> float:
+    """30 days of 1-hour rollups for 100 devices x 8 channels (576,000 buckets) generated in a
+    PostgreSQL database with the hub's schema; the median of 5 reads of all of them through
+    the API's query (:func:`cloud_hub.maintenance.rollups.read_rollups`), in milliseconds."""
+    from cloud_hub.db.engine import make_engine
+    from cloud_hub.maintenance.rollups import _upsert, read_rollups
+
+    with tempfile.TemporaryDirectory() as tmp, database("postgresql", Path(tmp)) as db:
+        assert db.url is not None
+        engine = make_engine(db.url)
+        try:
+            end = time.time() // 3600 * 3600
+            ids = [f"roll-{i:04d}" for i in range(devices)]
+            console.print(f"[rollups] generating {devices} devices x {days} days x 24 h x "
+                          f"{channels} channels")
+            for device in ids:
+                buckets = {(device, "1h", end - h * 3600.0, f"ch{c}"): [360, 7200.0, 1.0, 30.0]
+                           for h in range(days * 24) for c in range(channels)}
+                with engine.begin() as conn:
+                    _upsert(conn, buckets)
+            with engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE telemetry_rollups")
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                with engine.connect() as conn:
+                    got = read_rollups(conn, device_ids=ids, resolution="1h",
+                                       since=end - days * 86_400.0, until=end + 1)
+                times.append((time.perf_counter() - t0) * 1000)
+                assert len(got) == devices and len(got[ids[0]]["ts"]) == days * 24
+        finally:
+            engine.dispose()
+    times.sort()
+    return round(times[len(times) // 2], 1)
 
 
 def _worst(values: list[Any], pick: Callable[[list[Any]], Any] = min) -> Any:
