@@ -393,11 +393,11 @@ def main() -> int:
 
 def measure_rollup_query(console: Console, *, devices: int, days: int,
                          channels: int = 8) -> float:
-    """30 days of 1-hour rollups for 100 devices x 8 channels (576,000 buckets) generated in a
+    """30 days of 1-hour rollups for 100 devices x 8 channels (72,000 bucket rows) generated in a
     PostgreSQL database with the hub's schema; the median of 5 reads of all of them through
     the API's query (:func:`cloud_hub.maintenance.rollups.read_rollups`), in milliseconds."""
     from cloud_hub.db.engine import make_engine
-    from cloud_hub.maintenance.rollups import _upsert, read_rollups
+    from cloud_hub.maintenance.rollups import _write, read_rollups
 
     with tempfile.TemporaryDirectory() as tmp, database("postgresql", Path(tmp)) as db:
         assert db.url is not None
@@ -408,10 +408,11 @@ def measure_rollup_query(console: Console, *, devices: int, days: int,
             console.print(f"[rollups] generating {devices} devices x {days} days x 24 h x "
                           f"{channels} channels")
             for device in ids:
-                buckets = {(device, "1h", end - h * 3600.0, f"ch{c}"): [360, 7200.0, 1.0, 30.0]
-                           for h in range(days * 24) for c in range(channels)}
+                buckets = {(device, "1h", end - h * 3600.0): {
+                    f"ch{c}": [360.0, 7200.0 + h, 1.0, 30.0] for c in range(channels)}
+                    for h in range(days * 24)}
                 with engine.begin() as conn:
-                    _upsert(conn, buckets)
+                    _write(conn, buckets)
             with engine.connect() as conn:
                 conn.exec_driver_sql("ANALYZE telemetry_rollups")
             times = []

@@ -78,10 +78,10 @@ def prune(conn: Connection, policy: RetentionPolicy, *, now: float) -> dict[str,
     rollups = _table(TelemetryRollup)
     u = rollups.c
     old_rollups = conn.execute(
-        select(u.device_id, u.resolution, u.bucket, u.channel)
+        select(u.device_id, u.resolution, u.bucket)
         .where(u.bucket < now - policy.rollup_days * _DAY).limit(policy.batch)).all()
     done["rollups"] = _delete_keys(conn, rollups, [tuple(k) for k in old_rollups],
-                                   (u.device_id, u.resolution, u.bucket, u.channel))
+                                   (u.device_id, u.resolution, u.bucket))
 
     letters = _table(DeadLetter)
     ids = conn.execute(select(letters.c.id).where(

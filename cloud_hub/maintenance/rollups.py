@@ -2,21 +2,22 @@
 
 Rows are folded in the order they were stored, from a mark kept in the database
 (:class:`~cloud_hub.db.rollup_tables.MaintenanceMark` ``rollups``: the (stored_at, device,
-epoch, seq) of the last row folded), in the same transaction as the buckets they add to, so a
-row is folded exactly once even if the job moves to another hub process. Only rows stored at
-least ``settle_s`` ago are taken: a transaction still open in another hub process may commit a
-row whose ``stored_at`` is a little older than rows already committed.
+epoch, seq) of the last row folded), in the same transaction as the buckets they add to, and
+with the mark's row locked first, so a row is folded exactly once even if the job moves to
+another hub process. Only rows stored at least ``settle_s`` ago are taken: a transaction still
+open in another hub process may commit a row whose ``stored_at`` is a little older than rows
+already committed. A bucket row is read, merged and written back (one folder at a time, by the
+lock), its channels' statistics packed as arrays (:class:`TelemetryRollup`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, String, Table, case, literal, select, tuple_
+from sqlalchemy import Float, LargeBinary, String, Table, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -24,7 +25,7 @@ from cloud_hub.db import pg_bulk
 from cloud_hub.db.rollup_tables import MaintenanceMark, TelemetryRollup
 from cloud_hub.db.tables import TelemetryBatchRow
 
-__all__ = ["RESOLUTIONS", "fold_rollups", "folded_mark", "folded_through", "read_rollups"]
+__all__ = ["RESOLUTIONS", "fold_rollups", "folded_mark", "read_rollups"]
 
 RESOLUTIONS = {"1m": 60.0, "1h": 3600.0}
 MARK = "rollups"
@@ -32,73 +33,100 @@ _rows: Table = TelemetryBatchRow.__table__  # type: ignore[attr-defined]
 _rollups: Table = TelemetryRollup.__table__  # type: ignore[attr-defined]
 _marks: Table = MaintenanceMark.__table__  # type: ignore[attr-defined]
 _COLUMNS: pg_bulk.Columns = (("device_id", String), ("resolution", String), ("bucket", Float),
-                             ("channel", String), ("count", Float), ("sum", Float),
-                             ("min", Float), ("max", Float))
+                             ("channels", String), ("counts", LargeBinary),
+                             ("sums", LargeBinary), ("mins", LargeBinary),
+                             ("maxs", LargeBinary))
 
-Bucket = tuple[str, str, float, str]  # device, resolution, bucket start, channel
-
-
-def folded_through(conn: Connection) -> float:
-    """Every row stored at or before this instant is folded into the rollups."""
-    row = conn.execute(select(_marks.c.value).where(_marks.c.name == MARK)).first()
-    return float(row[0]) if row else 0.0
+BucketKey = tuple[str, str, float]  # device, resolution, bucket start
+Stats = dict[str, list[float]]  # channel -> [count, sum, min, max]
 
 
-def folded_mark(conn: Connection) -> tuple[float, tuple[str, str, int]]:
+def folded_mark(conn: Connection, *, lock: bool = False) -> tuple[float, tuple[str, str, int]]:
     """(stored_at, (device_id, epoch, seq)) of the last row folded: every row at or before it
-    in that order is in the rollups."""
-    row = conn.execute(select(_marks.c.value, _marks.c.key).where(_marks.c.name == MARK)).first()
+    in that order is in the rollups. ``lock``: hold the mark's row until the transaction ends
+    (PostgreSQL), so two folders never fold the same rows."""
+    stmt = select(_marks.c.value, _marks.c.key).where(_marks.c.name == MARK)
+    row = conn.execute(stmt.with_for_update() if lock else stmt).first()
     if row is None:
         return 0.0, ("", "", -1)
     key: list[Any] = json.loads(row[1]) if row[1] else ["", "", -1]
     return float(row[0]), (str(key[0]), str(key[1]), int(key[2]))
 
 
-def _accumulate(into: dict[Bucket, list[float]], device_id: str, channels: list[str],
+def _accumulate(into: dict[BucketKey, Stats], device_id: str, channels: list[str],
                 ts: np.ndarray, values: np.ndarray) -> None:
     for resolution, width in RESOLUTIONS.items():
         starts = np.floor(ts / width) * width
         order = np.argsort(starts, kind="stable")
         starts, rows = starts[order], values[order]
-        edges = np.flatnonzero(np.diff(starts)) + 1
-        begin = np.concatenate(([0], edges))
+        begin = np.concatenate(([0], np.flatnonzero(np.diff(starts)) + 1))
         counts = np.diff(np.concatenate((begin, [len(starts)])))
         sums = np.add.reduceat(rows, begin, axis=0)
         mins = np.minimum.reduceat(rows, begin, axis=0)
         maxs = np.maximum.reduceat(rows, begin, axis=0)
         for i, b in enumerate(starts[begin]):
+            stats = into.setdefault((device_id, resolution, float(b)), {})
             for c, channel in enumerate(channels):
-                key = (device_id, resolution, float(b), channel)
-                acc = into.get(key)
-                n, s, lo, hi = int(counts[i]), float(sums[i, c]), float(mins[i, c]), float(
-                    maxs[i, c])
-                if acc is None:
-                    into[key] = [n, s, lo, hi]
-                else:
-                    acc[0] += n
-                    acc[1] += s
-                    acc[2] = min(acc[2], lo)
-                    acc[3] = max(acc[3], hi)
+                _merge(stats, channel, [float(counts[i]), float(sums[i, c]), float(mins[i, c]),
+                                        float(maxs[i, c])])
 
 
-def _upsert(conn: Connection, buckets: dict[Bucket, list[float]]) -> None:
+def _merge(stats: Stats, channel: str, add: list[float]) -> None:
+    acc = stats.get(channel)
+    if acc is None:
+        stats[channel] = list(add)
+        return
+    acc[0] += add[0]
+    acc[1] += add[1]
+    acc[2] = min(acc[2], add[2])
+    acc[3] = max(acc[3], add[3])
+
+
+def _unpack(channels: str, counts: bytes, sums: bytes, mins: bytes, maxs: bytes) -> Stats:
+    names = json.loads(channels)
+    n, s = np.frombuffer(counts, "<i8"), np.frombuffer(sums, "<f8")
+    lo, hi = np.frombuffer(mins, "<f8"), np.frombuffer(maxs, "<f8")
+    return {c: [float(n[i]), float(s[i]), float(lo[i]), float(hi[i])]
+            for i, c in enumerate(names)}
+
+
+def _pack(key: BucketKey, stats: Stats) -> dict[str, Any]:
+    names = sorted(stats)
+    cols = np.array([stats[c] for c in names], dtype="<f8")
+    return {"device_id": key[0], "resolution": key[1], "bucket": key[2],
+            "channels": json.dumps(names), "counts": cols[:, 0].astype("<i8").tobytes(),
+            "sums": cols[:, 1].tobytes(), "mins": cols[:, 2].tobytes(),
+            "maxs": cols[:, 3].tobytes()}
+
+
+def _write(conn: Connection, buckets: dict[BucketKey, Stats]) -> None:
+    """Merge ``buckets`` into the stored ones (read, add, write back)."""
     if not buckets:
         return
-    rows = [{"device_id": k[0], "resolution": k[1], "bucket": k[2], "channel": k[3],
-             "count": v[0], "sum": v[1], "min": v[2], "max": v[3]}
-            for k, v in sorted(buckets.items())]
+    keys = sorted(buckets)
+    u = _rollups.c
+    for device_id in sorted({k[0] for k in keys}):
+        mine = [k for k in keys if k[0] == device_id]
+        stored = conn.execute(
+            select(u.resolution, u.bucket, u.channels, u.counts, u.sums, u.mins, u.maxs)
+            .where(u.device_id == device_id, u.bucket >= min(k[2] for k in mine),
+                   u.bucket <= max(k[2] for k in mine)))
+        for resolution, bucket, channels, counts, sums, mins, maxs in stored:
+            key = (device_id, resolution, float(bucket))
+            if key in buckets:
+                for channel, acc in _unpack(channels, counts, sums, mins, maxs).items():
+                    _merge(buckets[key], channel, acc)
+    rows = [_pack(k, buckets[k]) for k in keys]
     pg = conn.dialect.name == "postgresql"
     if pg:
         source = pg_bulk.unnest_select(_COLUMNS)
         insert: Any = postgresql.insert(_rollups).from_select([n for n, _ in _COLUMNS], source)
     else:
         insert = sqlite.insert(_rollups)
-    new, old = insert.excluded, _rollups.c
+    new = insert.excluded
     stmt = insert.on_conflict_do_update(
-        index_elements=["device_id", "resolution", "bucket", "channel"],
-        set_={"count": old.count + new.count, "sum": old.sum + new.sum,
-              "min": case((new.min < old.min, new.min), else_=old.min),
-              "max": case((new.max > old.max, new.max), else_=old.max)})
+        index_elements=["device_id", "resolution", "bucket"],
+        set_={n: getattr(new, n) for n in ("channels", "counts", "sums", "mins", "maxs")})
     conn.execute(stmt, pg_bulk.as_arrays(rows, [n for n, _ in _COLUMNS]) if pg else rows)
 
 
@@ -107,73 +135,117 @@ def fold_rollups(conn: Connection, *, now: float | None = None, settle_s: float 
     """Fold up to ``limit`` rows stored since the mark (in the caller's transaction; the
     caller commits). Returns how many rows were folded."""
     now = time.time() if now is None else now
-    at, key = folded_mark(conn)
+    _ensure_mark(conn, now)
+    at, key = folded_mark(conn, lock=True)
     r = _rows.c
     position = tuple_(r.stored_at, r.device_id, r.epoch, r.seq)
     rows = conn.execute(
         select(r.device_id, r.epoch, r.seq, r.stored_at, r.channels, r.ts_blob, r.values_blob)
-        .where(position > tuple_(_lit(at), _lit(key[0]), _lit(key[1]), _lit(key[2])),
+        .where(position > tuple_(literal(at), literal(key[0]), literal(key[1]),
+                                 literal(key[2])),
                r.stored_at <= now - settle_s)
         .order_by(r.stored_at, r.device_id, r.epoch, r.seq)
         .limit(limit)).all()
     if not rows:
         return 0
-    buckets: dict[Bucket, list[float]] = {}
+    buckets: dict[BucketKey, Stats] = {}
     for device_id, _epoch, _seq, _stored, channels, ts_blob, values_blob in rows:
         names = channels if isinstance(channels, list) else json.loads(channels)
         ts = np.frombuffer(ts_blob, dtype="<f8")
         values = np.frombuffer(values_blob, dtype="<f8").reshape(len(ts), len(names))
         _accumulate(buckets, device_id, names, ts, values)
-    _upsert(conn, buckets)
+    _write(conn, buckets)
     last = rows[-1]
     _set_mark(conn, float(last[3]), [last[0], last[1], int(last[2])], now)
     return len(rows)
 
 
-def _lit(value: Any) -> Any:
-    return literal(value)
-
-
-def _set_mark(conn: Connection, value: float, key: Iterable[Any], now: float) -> None:
-    text = json.dumps(list(key))
+def _ensure_mark(conn: Connection, now: float) -> None:
     dialect = conn.dialect.name
     insert: Any = postgresql.insert(_marks) if dialect == "postgresql" else sqlite.insert(_marks)
-    conn.execute(insert.values(name=MARK, value=value, key=text, updated_at=now)
-                 .on_conflict_do_update(index_elements=["name"],
-                                        set_={"value": value, "key": text, "updated_at": now}))
+    conn.execute(insert.values(name=MARK, value=0.0, key="", updated_at=now)
+                 .on_conflict_do_nothing(index_elements=["name"]))
+
+
+def _set_mark(conn: Connection, value: float, key: list[Any], now: float) -> None:
+    conn.execute(_marks.update().where(_marks.c.name == MARK)
+                 .values(value=value, key=json.dumps(key), updated_at=now))
 
 
 def read_rollups(conn: Connection, *, device_ids: list[str], resolution: str,
                  since: float | None, until: float | None) -> dict[str, dict[str, Any]]:
-    """Each device's buckets in [since, until): ``ts`` (bucket starts), ``channels``, and per
-    bucket and channel ``count``, ``mean``, ``min``, ``max`` (None where a channel has no
-    reading in a bucket). One query for all the devices."""
+    """Each device's buckets in [since, until): ``ts`` (bucket starts, an array), ``channels``,
+    and 2-D arrays (bucket x channel) ``count``, ``mean``, ``min``, ``max`` (NaN where a
+    channel had no reading in a bucket). One query for all the devices; on PostgreSQL each
+    device's buckets come back concatenated (``string_agg``), decoded by numpy at once."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution {resolution!r} is not one of {sorted(RESOLUTIONS)}")
     u = _rollups.c
-    stmt = (select(u.device_id, u.bucket, u.channel, u.count, u.sum, u.min, u.max)
-            .where(pg_bulk.in_list(u.device_id, device_ids, conn.dialect.name),
-                   u.resolution == resolution)
-            .order_by(u.device_id, u.bucket, u.channel))
+    where = [pg_bulk.in_list(u.device_id, device_ids, conn.dialect.name),
+             u.resolution == resolution]
     if since is not None:
-        stmt = stmt.where(u.bucket >= float(np.floor(since / RESOLUTIONS[resolution]))
-                          * RESOLUTIONS[resolution])
+        width = RESOLUTIONS[resolution]
+        where.append(u.bucket >= float(np.floor(since / width) * width))
     if until is not None:
-        stmt = stmt.where(u.bucket < until)
-    raw: dict[str, dict[float, dict[str, tuple[int, float, float, float]]]] = {}
-    for device_id, bucket, channel, count, total, lo, hi in conn.execute(stmt):
-        raw.setdefault(device_id, {}).setdefault(float(bucket), {})[channel] = (
-            int(count), float(total), float(lo), float(hi))
-    out: dict[str, dict[str, Any]] = {}
-    for device_id, buckets in raw.items():
-        channels = sorted({c for b in buckets.values() for c in b})
-        ts = sorted(buckets)
-        cells = [[buckets[t].get(c) for c in channels] for t in ts]
-        out[device_id] = {
-            "channels": channels, "ts": ts,
-            "count": [[x[0] if x else 0 for x in row] for row in cells],
-            "mean": [[x[1] / x[0] if x else None for x in row] for row in cells],
-            "min": [[x[2] if x else None for x in row] for row in cells],
-            "max": [[x[3] if x else None for x in row] for row in cells],
-        }
-    return out
+        where.append(u.bucket < until)
+    parts: dict[str, list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                np.ndarray]]] = {}
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy import func
+        from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+        def agg(column: Any) -> Any:
+            return func.string_agg(column, aggregate_order_by(literal(b"", LargeBinary),
+                                                              u.bucket))
+
+        stmt = (select(u.device_id, u.channels, agg(func.float8send(u.bucket)), agg(u.counts),
+                       agg(u.sums), agg(u.mins), agg(u.maxs))
+                .where(*where).group_by(u.device_id, u.channels))
+        for device_id, channels, ts, counts, sums, mins, maxs in conn.execute(stmt):
+            names = json.loads(channels)
+            k = len(names)
+            parts.setdefault(device_id, []).append((
+                names, np.frombuffer(ts, ">f8"), np.frombuffer(counts, "<i8").reshape(-1, k),
+                np.frombuffer(sums, "<f8").reshape(-1, k),
+                np.frombuffer(mins, "<f8").reshape(-1, k),
+                np.frombuffer(maxs, "<f8").reshape(-1, k)))
+    else:
+        stmt = (select(u.device_id, u.bucket, u.channels, u.counts, u.sums, u.mins, u.maxs)
+                .where(*where).order_by(u.device_id, u.bucket))
+        for device_id, bucket, channels, counts, sums, mins, maxs in conn.execute(stmt):
+            names = json.loads(channels)
+            parts.setdefault(device_id, []).append((
+                names, np.array([bucket]), np.frombuffer(counts, "<i8")[None, :],
+                np.frombuffer(sums, "<f8")[None, :], np.frombuffer(mins, "<f8")[None, :],
+                np.frombuffer(maxs, "<f8")[None, :]))
+    return {d: _assemble(p) for d, p in parts.items()}
+
+
+def _assemble(parts: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                np.ndarray]]) -> dict[str, Any]:
+    """One device's pieces (one per channel list) on one time axis and one channel list."""
+    channels = sorted({c for p in parts for c in p[0]})
+    col = {c: i for i, c in enumerate(channels)}
+    ts = np.unique(np.concatenate([p[1] for p in parts]))
+    row = {t: i for i, t in enumerate(ts.tolist())}
+    shape = (len(ts), len(channels))
+    count = np.zeros(shape, dtype=np.int64)
+    total = np.zeros(shape)
+    lo = np.full(shape, np.nan)
+    hi = np.full(shape, np.nan)
+    for names, t, n, s, mn, mx in parts:
+        if len(parts) == 1 and names == channels:
+            count, total, lo, hi = n.copy(), s.copy(), mn.copy(), mx.copy()
+            break
+        rows = np.array([row[x] for x in t.tolist()])
+        cols = np.array([col[c] for c in names])
+        idx = np.ix_(rows, cols)
+        count[idx] += n
+        total[idx] += s
+        lo[idx] = np.fmin(lo[idx], mn)
+        hi[idx] = np.fmax(hi[idx], mx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    lo[count == 0] = np.nan
+    hi[count == 0] = np.nan
+    return {"channels": channels, "ts": ts, "count": count, "mean": mean, "min": lo, "max": hi}

@@ -105,10 +105,17 @@ def device_telemetry(
                          cursor)
     found = read_rollups(session.connection(), device_ids=[device_id], resolution=resolution,
                          since=since, until=until).get(device_id)
-    empty: dict[str, list[Any]] = {"channels": [], "ts": [], "count": [], "mean": [], "min": [],
-                                   "max": []}
-    return TelemetryRollupsPublic(device_id=device_id, resolution=resolution,
-                                  **(found or empty))
+    if found is None:
+        return TelemetryRollupsPublic(device_id=device_id, resolution=resolution, channels=[],
+                                      ts=[], count=[], mean=[], min=[], max=[])
+
+    def cells(a: Any) -> list[list[float | None]]:
+        return [[None if x != x else x for x in row] for row in a.tolist()]  # NaN -> null
+
+    return TelemetryRollupsPublic(
+        device_id=device_id, resolution=resolution, channels=found["channels"],
+        ts=found["ts"].tolist(), count=found["count"].tolist(), mean=cells(found["mean"]),
+        min=cells(found["min"]), max=cells(found["max"]))
 
 
 @router.get("/telemetry/summary", response_model=list[TelemetrySummary], responses=PAGE_HEADERS)
