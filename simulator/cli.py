@@ -106,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()
     if _is_attacks(args.scenario):
         return _run_attacks(args, console)
+    if _kind(args.scenario) == "drift":
+        return _run_drift(args, console)
     try:
         scenario = load_scenario(args.scenario)
         report = run_scenario(scenario, console, out_dir=args.out)
@@ -123,6 +125,40 @@ def _is_attacks(path: Path) -> bool:
         return tomllib.loads(path.read_text(encoding="utf-8")).get("kind") == "attacks"
     except (OSError, tomllib.TOMLDecodeError):
         return False  # load_scenario names the problem
+
+
+def _kind(path: Path) -> str | None:
+    import tomllib
+
+    try:
+        kind = tomllib.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # load_scenario names the problem
+    return kind if isinstance(kind, str) else None
+
+
+def _run_drift(args: argparse.Namespace, console: object) -> int:
+    from rich.console import Console
+
+    from cloud_hub.cli.client import ApiError
+    from simulator.drift_scenario import load_drift_scenario, run_drift_scenario
+    from simulator.hub_process import HubProcessError
+    from simulator.loop import LoopError
+
+    assert isinstance(console, Console)
+    try:
+        report = run_drift_scenario(load_drift_scenario(args.scenario), console,
+                                    out_dir=args.out)
+    except (ValueError, LoopError, HubProcessError, ApiError) as exc:
+        console.print(f"[red]scenario failed:[/] {exc}")
+        return 1
+    keys = ("false_alarm_rate_before", "false_alarm_rate_during_drift",
+            "false_alarm_rate_after", "drift_detected_seconds", "false_drift_devices",
+            "retrain_triggered", "seconds_to_recover", "faults_detected", "faults_injected",
+            "faults_detected_during_retraining", "faults_during_retraining", "bars")
+    for key in keys:
+        console.print(f"{key:<36} {report.get(key)}")
+    return 0 if all(report["bars"].values()) else 3
 
 
 def _run_attacks(args: argparse.Namespace, console: object) -> int:

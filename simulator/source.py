@@ -90,6 +90,7 @@ class SimulatedSource(SensorSource):
         self.channels = self._gen.channels
         self.rate_hz = self._gen.rate_hz
         self._faults: list[Fault] = []
+        self._recalibrations: list[tuple[float, dict[int, float]]] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._delivered = 0
@@ -164,6 +165,22 @@ class SimulatedSource(SensorSource):
             self._faults.append(fault)
         return self._truth(fault)
 
+    def recalibrate(self, at: float, offsets: Mapping[str, float]) -> None:
+        """From epoch ``at`` on, channels read ``offsets[channel]`` normal spreads higher (a
+        sensor recalibrated, or swapped for one calibrated differently). A concept drift, not
+        a fault: it has no ground-truth interval, and a model should learn it as normal."""
+        index = {}
+        for name, spreads in offsets.items():
+            if name not in self.channels:
+                raise SourceOptionsError(f"recalibration names channel {name!r}, which is not "
+                                         f"one of {self.channels}")
+            index[self.channels.index(name)] = float(spreads)
+        with self._lock:
+            if at < self._gen.next_ts:
+                raise FaultError(f"recalibration at {at:.3f} on {self.device_id} is before the "
+                                 f"next reading ({self._gen.next_ts:.3f})")
+            self._recalibrations.append((at, index))
+
     def add_fault(self, fault: Fault) -> GroundTruth:
         return self.inject(
             fault.kind,
@@ -227,6 +244,13 @@ class SimulatedSource(SensorSource):
             active = [f for f in self._faults if f.start <= last and f.end > first]
             block = self._gen.generate(n, active)
             ts, values = block.delivered()
+            for at, offsets in self._recalibrations:
+                after = ts >= at
+                if after.any():
+                    spread = self._gen.applier.spread
+                    values = values.copy()
+                    for c, spreads in offsets.items():
+                        values[after, c] += spreads * spread[c]
             self._delivered += len(ts)
         return [
             Reading(ts=float(t), values=tuple(float(v) for v in row))
