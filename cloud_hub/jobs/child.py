@@ -24,7 +24,7 @@ import numpy as np
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from cloud_hub.training.errors import TrainingCancelled, TrainingError
 
-__all__ = ["TrainingProcessDied", "train_in_child"]
+__all__ = ["TrainingProcessDied", "train_federated_in_child", "train_in_child"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,31 @@ def train_in_child(
 ) -> ModelArtifact:
     """:func:`cloud_hub.training.pipeline.run_training` in a spawned child process, with the
     same arguments and errors; ``on_start`` gets the child's pid."""
+    return _in_child("run_training", (readings, channels, spec),
+                     {"segments": segments, "labels": labels}, progress, cancel, on_start)
+
+
+def train_federated_in_child(
+    stats: Any, spec: TrainingSpec, *,
+    progress: Callable[[TrainingProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ModelArtifact:
+    """:func:`cloud_hub.training.federated.run_federated_training` in a child process."""
+    return _in_child("run_federated_training", (stats, spec), {}, progress, cancel, on_start)
+
+
+def _in_child(
+    entry: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    progress: Callable[[TrainingProgress], None] | None, cancel: threading.Event | None,
+    on_start: Callable[[int], None] | None,
+) -> ModelArtifact:
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     stop = context.Event()
     child = context.Process(
         target=_child_main, name="edgeloop-training", daemon=True,
-        args=(send, stop, readings, channels, spec, segments, labels,
-              logging.getLogger().getEffectiveLevel()),
+        args=(send, stop, entry, args, kwargs, logging.getLogger().getEffectiveLevel()),
     )
     child.start()
     send.close()  # the child holds the only writer: EOF on our side means it is gone
@@ -119,20 +137,24 @@ def _rebuild_error(kind: str, message: str) -> Exception:
 
 
 def _child_main(
-    send: Connection, stop: Any, readings: np.ndarray, channels: list[str], spec: TrainingSpec,
-    segments: list[int] | None, labels: np.ndarray | None, log_level: int,
+    send: Connection, stop: Any, entry: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    log_level: int,
 ) -> None:
     """The child: train, report progress, send the artifact or the error, and exit."""
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s training-child %(name)s: %(message)s")
-    from cloud_hub.training.pipeline import run_training  # TensorFlow loads here, in the child
+    # TensorFlow loads here, in the child
+    from cloud_hub.training.federated import run_federated_training
+    from cloud_hub.training.pipeline import run_training
+
+    run: Callable[..., ModelArtifact] = (
+        run_training if entry == "run_training" else run_federated_training)
 
     def report(update: TrainingProgress) -> None:
         send.send(("progress", update))
 
     try:
-        artifact = run_training(readings, channels, spec, segments=segments, labels=labels,
-                                progress=report, cancel=cast(threading.Event, stop))
+        artifact = run(*args, progress=report, cancel=cast(threading.Event, stop), **kwargs)
     except Exception as exc:
         send.send(("error", (type(exc).__name__, str(exc))))
     else:

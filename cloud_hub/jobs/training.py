@@ -71,6 +71,7 @@ class JobRunner:
         uploads_dir: Path | None = None, min_agreement: float = 0.0,
         max_readings: int | None = None, holder: str | None = None,
         lease_ttl_s: float = 30.0, poll_s: float = 2.0,
+        run_federated_training: Callable[..., ModelArtifact] | None = None,
     ) -> None:
         """``run_training`` replaces the child-process pipeline and runs in this process (the
         tests' stand-ins); by default each job trains in a child process."""
@@ -80,6 +81,7 @@ class JobRunner:
         self.uploads_dir = uploads_dir or Path("uploads")
         self._register = register
         self._run_training = run_training
+        self._run_federated_training = run_federated_training
         self._queue: queue.Queue[int | None] = queue.Queue()  # wakes the worker
         self._stopping = threading.Event()
         self._holder = holder or process_holder_id()
@@ -236,15 +238,21 @@ class JobRunner:
                 log.warning("training job %d: min_agreement %s raised to the hub's parity "
                             "floor %s", job_id, spec.min_agreement, self._min_agreement)
                 spec = replace(spec, min_agreement=self._min_agreement)
-            if request.get("upload"):
-                readings, channels, segments, training = self._uploaded_set(request["upload"])
-            else:
+            if request.get("federated"):
                 with Session(self._engine) as session:
-                    readings, channels, segments, training = load_training_set(
-                        session, request, max_readings=self._max_readings)
-            run = self._run_training or _default_run_training()
-            artifact = run(readings, channels, spec, segments=segments, progress=progress,
-                           cancel=cancel)
+                    stats, training = load_federated_set(session, request["federated"])
+                artifact = self._run_federated(stats, spec, progress=progress, cancel=cancel)
+            else:
+                if request.get("upload"):
+                    readings, channels, segments, training = self._uploaded_set(
+                        request["upload"])
+                else:
+                    with Session(self._engine) as session:
+                        readings, channels, segments, training = load_training_set(
+                            session, request, max_readings=self._max_readings)
+                run = self._run_training or _default_run_training()
+                artifact = run(readings, channels, spec, segments=segments, progress=progress,
+                               cancel=cancel)
             with Session(self._engine) as session:
                 model = self._register(session, artifact, name, training, job_id)
             unpublishable = artifact.parity.failure_reason()
@@ -268,6 +276,14 @@ class JobRunner:
                      error=f"model {model[0]}:{model[1]} cannot be published (it stays a draft "
                            f"to inspect): {unpublishable}" if unpublishable else None)
 
+
+    def _run_federated(self, stats: Any, spec: TrainingSpec, **kwargs: Any) -> ModelArtifact:
+        if self._run_federated_training is not None:
+            artifact: ModelArtifact = self._run_federated_training(stats, spec, **kwargs)
+            return artifact
+        from cloud_hub.jobs.child import train_federated_in_child
+
+        return train_federated_in_child(stats, spec, **kwargs)
 
     def _uploaded_set(
         self, upload: dict[str, Any]
@@ -346,18 +362,62 @@ def load_training_set(
     return readings, list(channels), segments, training
 
 
+def load_federated_set(session: Session, request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The pooled training statistics the requested devices sent in drift summaries between
+    ``since`` and ``until`` (device time of the periods' ends), and what was used."""
+    from cloud_hub.db.drift_tables import DriftSummaryRow
+    from cloud_hub.training.errors import TrainingError
+    from cloud_hub.training.federated import merge_stats
+
+    device_ids = list(request.get("devices") or [])
+    try:
+        require_enrolled(session, device_ids, "training")
+    except NotEnrolled as exc:
+        raise TrainingDataError(str(exc)) from None
+    stmt = select(DriftSummaryRow).where(col(DriftSummaryRow.device_id).in_(device_ids),
+                                         col(DriftSummaryRow.has_training).is_(True))
+    if request.get("since") is not None:
+        stmt = stmt.where(DriftSummaryRow.period_end >= float(request["since"]))
+    if request.get("until") is not None:
+        stmt = stmt.where(DriftSummaryRow.period_end <= float(request["until"]))
+    rows = list(session.exec(stmt.order_by(col(DriftSummaryRow.device_id),
+                                           col(DriftSummaryRow.period_end))))
+    if not rows:
+        raise TrainingDataError(
+            f"no federated statistics from devices {device_ids} between {request.get('since')} "
+            f"and {request.get('until')} (they need telemetry.upload = \"summaries\")")
+    try:
+        stats = merge_stats([r.training for r in rows if r.training])
+    except TrainingError as exc:
+        raise TrainingDataError(str(exc)) from None
+    used = sorted({r.device_id for r in rows})
+    return stats, {"devices": used, "channels": stats.channels, "source": "federated statistics",
+                   "summaries": len(rows), "windows": stats.windows,
+                   "since": rows[0].period_start, "until": rows[-1].period_end,
+                   "segments": []}
+
+
 def normal_runs(session: Session, device_id: str, ts: np.ndarray, *,
                 min_rows: int) -> list[tuple[int, int]]:
-    """Index ranges of ``ts`` (sorted) outside every stored anomaly event of the device, each
-    widened by its own window length on both sides (the readings that led into the event and
-    its trailing edge); ranges shorter than ``min_rows`` are dropped."""
+    """Index ranges of ``ts`` (sorted) outside the device's stored anomaly events judged to be
+    faults, each widened by its own window length on both sides (the readings that led into
+    the event and its trailing edge); ranges shorter than ``min_rows`` are dropped.
+
+    Every event is a fault unless the events cover most of the range: then the model that
+    raised them no longer fits the device (a drift, which is why it is retrained) and most
+    events are false alarms; only those scoring above 3 × the events' median score (a fault on
+    top of the drift) are left out."""
     if len(ts) == 0:
         return []
     keep = np.ones(len(ts), dtype=bool)
-    events = session.exec(select(Anomaly.ts_start, Anomaly.ts_end).where(
-        Anomaly.device_id == device_id, Anomaly.ts_end >= float(ts[0]) - 3600.0,
-        Anomaly.ts_start <= float(ts[-1]) + 3600.0))
-    for start, end in events:
+    events = list(session.exec(select(Anomaly.ts_start, Anomaly.ts_end, Anomaly.score).where(
+        Anomaly.device_id == device_id, Anomaly.ts_end >= float(ts[0]),
+        Anomaly.ts_start <= float(ts[-1]))))
+    covered = sum(min(e, float(ts[-1])) - max(s, float(ts[0])) for s, e, _ in events)
+    if events and covered > 0.5 * max(float(ts[-1] - ts[0]), 1e-9):
+        cut = 3.0 * float(np.median([score for _, _, score in events]))
+        events = [e for e in events if e[2] > cut]
+    for start, end, _score in events:
         span = max(end - start, 0.0)
         a = int(np.searchsorted(ts, start - span, side="left"))
         b = int(np.searchsorted(ts, end + span, side="right"))

@@ -47,6 +47,7 @@ __all__ = [
     "TrainingCancelled",
     "TrainingError",
     "check_spec",
+    "convert_and_gate",
     "fit_model",
     "run_training",
 ]
@@ -166,6 +167,14 @@ def run_training(
     fitted = fit_model(
         readings, channels, spec, segments=segments, labels=labels, progress=report, cancel=cancel
     )
+    return convert_and_gate(fitted, channels, spec, report, cancel, started)
+
+
+def convert_and_gate(fitted: FittedModel, channels: list[str], spec: TrainingSpec,
+                     report: ProgressCallback, cancel: threading.Event | None,
+                     started: float) -> ModelArtifact:
+    """The second half of :func:`run_training`: convert, parity-check, build the artifact
+    (also for a model fitted another way, e.g. from federated statistics)."""
     from cloud_hub.quantize.compare import (
         ALL_MODES,
         AUTO,

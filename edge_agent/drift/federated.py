@@ -15,7 +15,6 @@ them until there are enough.
 
 from __future__ import annotations
 
-import base64
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ import numpy.typing as npt
 
 from edge_agent.drift.sketch import Moments
 
-__all__ = ["MAX_FEATURES", "FederatedSettings", "WindowScatter", "pack_upper", "unpack_upper"]
+__all__ = ["MAX_FEATURES", "FederatedSettings", "WindowScatter"]
 
 MAX_FEATURES = 256  # window × channels: the scatter's upper triangle is then at most 263 KB
 
@@ -38,30 +37,6 @@ class FederatedSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     window: Annotated[int, msgspec.Meta(ge=2, le=MAX_FEATURES)] = 10
     stride: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
     min_windows: Annotated[int, msgspec.Meta(ge=10)] = 200
-
-
-def pack_upper(matrix: npt.NDArray[np.float64]) -> str:
-    """The upper triangle (diagonal included, row by row) as base64 of little-endian float64."""
-    rows, cols = np.triu_indices(matrix.shape[0])
-    return base64.b64encode(np.ascontiguousarray(matrix[rows, cols], dtype="<f8").tobytes()
-                            ).decode("ascii")
-
-
-def unpack_upper(text: str, size: int) -> npt.NDArray[np.float64]:
-    """The symmetric matrix :func:`pack_upper` packed; ValueError when the text does not fit."""
-    raw = base64.b64decode(text.encode("ascii"), validate=True)
-    expected = size * (size + 1) // 2
-    if len(raw) != 8 * expected:
-        raise ValueError(f"scatter holds {len(raw) // 8} values; a {size}×{size} upper triangle "
-                         f"has {expected}")
-    values = np.frombuffer(raw, dtype="<f8")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("scatter holds non-finite values")
-    out = np.zeros((size, size))
-    rows, cols = np.triu_indices(size)
-    out[rows, cols] = values
-    out[cols, rows] = values
-    return out
 
 
 class WindowScatter:

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from edge_agent.drift.federated import WindowScatter, pack_upper
+from edge_agent.drift.federated import WindowScatter
 from edge_agent.drift.page_hinkley import PageHinkley
 from edge_agent.drift.sketch import BinnedSketch, Moments
 from shared.messages import (
@@ -38,6 +38,7 @@ from shared.messages import (
     ModelRef,
     TrainingStats,
 )
+from shared.scatter import pack_upper
 
 __all__ = ["SCORE", "DriftMonitor", "DriftSettings"]
 

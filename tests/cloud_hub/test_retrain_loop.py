@@ -215,3 +215,28 @@ def _app(hub: Hub) -> Any:
     from cloud_hub.api.main import create_app
 
     return create_app(hub)
+
+
+def test_training_leaves_out_faults_but_not_a_drift_s_false_alarms(hub: Hub) -> None:
+    import numpy as np
+
+    from cloud_hub.jobs.training import normal_runs
+    from shared.messages import AnomalyEvent
+
+    ts = np.arange(0.0, 100.0, 0.1)
+
+    def event(seq: int, start: float, score: float) -> AnomalyEvent:
+        return AnomalyEvent(device_id="pump-1", epoch=EPOCH, seq=seq, ts=(start, start + 1.0),
+                            score=score, threshold=1.0, model=ModelRef(name="m", version=1),
+                            channels=[], detected_at=start + 1.0)
+
+    _store(hub, anomalies=[event(0, 50.0, 4.0)])  # one fault: it and a window around it go
+    with Session(hub.engine) as session:
+        assert normal_runs(session, "pump-1", ts, min_rows=64) == [(0, 490), (521, 1000)]
+    # then a drift: an event every second (false alarms of a model that no longer fits), and
+    # a fault on top of it scoring far above them: only that one goes (the one of score 4 is
+    # now below 3 × the events' median and is taken as part of the drift)
+    _store(hub, anomalies=[event(1 + i, float(i), 1.5) for i in range(100) if i != 50]
+           + [event(200, 70.0, 20.0)])
+    with Session(hub.engine) as session:
+        assert normal_runs(session, "pump-1", ts, min_rows=64) == [(0, 690), (721, 1000)]

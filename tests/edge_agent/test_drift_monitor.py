@@ -8,9 +8,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from edge_agent.drift.federated import FederatedSettings, WindowScatter, unpack_upper
+from edge_agent.drift.federated import FederatedSettings, WindowScatter
 from edge_agent.drift.monitor import SCORE, DriftMonitor, DriftSettings
 from shared.messages import DriftState, DriftSummary, ModelRef, decode, encode
+from shared.scatter import unpack_upper
 
 CHANNELS = ["pressure", "flow", "temp", "vibration"]
 RATE = 10.0

@@ -184,8 +184,8 @@ def test_a_drift_summary_has_a_size_cap_below_the_general_one() -> None:
 def test_training_statistics_must_be_consistent_with_their_shape() -> None:
     import numpy as np
 
-    from edge_agent.drift.federated import pack_upper
     from shared.messages import DriftSummary, from_dict
+    from shared.scatter import pack_upper
 
     stats = {"window": 2, "stride": 1, "channels": ["a", "b"], "windows": 50,
              "mean": [0.0] * 4, "scatter": pack_upper(np.eye(4)), "reading_count": 60,

@@ -18,7 +18,21 @@ from cloud_hub.training.artifact import TrainingSpec
 from cloud_hub.training.families.base import EpochCallback, ModelFamily
 from cloud_hub.training.tf_env import import_keras
 
-__all__ = ["PcaBaseline"]
+__all__ = ["PcaBaseline", "pca_model"]
+
+
+def pca_model(mean: npt.NDArray[np.floating], basis: npt.NDArray[np.floating]) -> Any:
+    """``(x - mean) V Vᵀ + mean`` as two linear Dense layers (``basis`` V: features × k); the
+    federated fit (:mod:`cloud_hub.training.federated`) builds the same model from statistics."""
+    keras = import_keras()
+    size, k = basis.shape
+    inputs = keras.Input((size,), name="window")
+    project = keras.layers.Dense(k, name="project")
+    restore = keras.layers.Dense(size, name="reconstruction")
+    model = keras.Model(inputs, restore(project(inputs)), name="pca")
+    project.set_weights([basis.astype(np.float32), (-mean @ basis).astype(np.float32)])
+    restore.set_weights([basis.T.astype(np.float32), mean.astype(np.float32)])
+    return model
 
 
 class PcaBaseline(ModelFamily):
@@ -35,19 +49,12 @@ class PcaBaseline(ModelFamily):
         on_epoch: EpochCallback,
         cancel: threading.Event | None,
     ) -> Any:
-        keras = import_keras()
         x = train.astype(np.float64)
         mean = x.mean(axis=0)
         _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
         k = max(1, min(spec.latent, vt.shape[0]))
         basis = vt[:k].T  # (size, k)
-        size = x.shape[1]
-        inputs = keras.Input((size,), name="window")
-        project = keras.layers.Dense(k, name="project")
-        restore = keras.layers.Dense(size, name="reconstruction")
-        model = keras.Model(inputs, restore(project(inputs)), name="pca")
-        project.set_weights([basis.astype(np.float32), (-mean @ basis).astype(np.float32)])
-        restore.set_weights([basis.T.astype(np.float32), mean.astype(np.float32)])
+        model = pca_model(mean, basis)
 
         def loss_of(w: npt.NDArray[np.float32]) -> float:
             centred = w.astype(np.float64) - mean
