@@ -228,7 +228,25 @@ def _report(scenario: DriftScenario, start: float, drift_start: float, end: floa
 
     before = false_alarms(drifted, start, drift_start)
     during = false_alarms(drifted, drift_start, recovered_at or end)
-    after = false_alarms(drifted, recovered_at, end) if recovered_at else None
+    # each device from its own promotion on (a device whose new model was rolled back has not
+    # recovered: it is left out of "after" and named in devices_not_recovered)
+    promoted_at = {d: r["finished_at"] for r in reversed(promoted) for d in r["devices"]}
+    per_device = {}
+    for d in sorted(drifted):
+        at = promoted_at.get(d)
+        per_device[d] = {
+            "before": false_alarms({d}, start, drift_start)["per_device_minute"],
+            "during_drift": false_alarms({d}, drift_start, at or end)["per_device_minute"],
+            "after": false_alarms({d}, at, end)["per_device_minute"] if at else None,
+            "recovered_after_s": round(at - drift_start, 1) if at else None}
+    recovered = [d for d in sorted(drifted) if d in promoted_at]
+    after = None
+    if recovered:
+        counts = [false_alarms({d}, promoted_at[d], end) for d in recovered]
+        minutes = sum(c["device_minutes"] for c in counts)
+        total = sum(c["false_alarms"] for c in counts)
+        after = {"false_alarms": total, "device_minutes": round(minutes, 2),
+                 "per_device_minute": round(total / minutes, 4) if minutes else None}
     score = score_detections(all_truths, events)
     run_windows = [(r["created_at"], r["finished_at"] or end) for r in runs]
     during_runs = [o for o in score.outcomes
@@ -248,6 +266,8 @@ def _report(scenario: DriftScenario, start: float, drift_start: float, end: floa
         "false_alarm_rate_after": after_rate,
         "false_alarms": {"before": before, "during_drift": during, "after": after,
                          "unit": "false-alarm events per drifted device-minute"},
+        "per_device": per_device,
+        "devices_not_recovered": sorted(drifted - set(recovered)),
         "drift_detected_seconds": {d: round(s, 1) for d, s in sorted(detection.items())},
         "drift_missed_devices": sorted(drifted - set(detection)),
         "false_drift_devices": sorted(d for d in watch.first_drift if d not in drifted),
@@ -270,6 +290,7 @@ def _report(scenario: DriftScenario, start: float, drift_start: float, end: floa
         "every_drifted_device_detected": not report["drift_missed_devices"],
         "no_false_drift": not report["false_drift_devices"],
         "retrained_and_promoted": bool(promoted),
+        "every_drifted_device_recovered": not report["devices_not_recovered"],
         "no_fault_missed_during_retraining":
             report["faults_detected_during_retraining"] == report["faults_during_retraining"],
     }
