@@ -20,6 +20,11 @@ def test_every_shipped_scenario_loads() -> None:
         if tomllib.loads(path.read_text()).get("kind") == "attacks":
             assert load_attack_scenario(path).name == path.stem
             continue
+        if tomllib.loads(path.read_text()).get("kind") == "drift":
+            from simulator.drift_scenario import load_drift_scenario
+
+            assert load_drift_scenario(path).name == path.stem
+            continue
         scenario = load_scenario(path)
         assert scenario.name == path.stem
         assert scenario.device_specs()
