@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from cloud_hub.core.config import Settings  # noqa: E402
 from cloud_hub.rollouts.actions import create_rollout, rollout_view  # noqa: E402
+from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget  # noqa: E402
 from cloud_hub.service import Hub  # noqa: E402
 from shared.codec import reassemble  # noqa: E402
 from shared.manifest import Manifest, parse_manifest  # noqa: E402
@@ -216,10 +217,10 @@ def main() -> int:
         with Session(hub.engine) as session:
             rollout = create_rollout(
                 session, name=name, version=version,
-                target={"devices": [d.device_id for d in devices], "percent": 100},
-                policy={"canary_size": len(devices), "wave_size": len(devices),
-                        "min_observation_s": 0.0, "max_failure_ratio": 0.0,
-                        "max_anomaly_rate_increase": 1.0, "stage_timeout_s": 120.0},
+                target=RolloutTarget(devices=[d.device_id for d in devices]),
+                policy=RolloutPolicy(canary_size=len(devices), wave_size=len(devices),
+                                     min_observation_s=0.0, max_failure_ratio=0.0,
+                                     max_anomaly_rate_increase=1.0, stage_timeout_s=120.0),
             )
             rollout_id = rollout.id
         hub.rollouts.wake()

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from cloud_hub.core.config import Settings
 from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
+from cloud_hub.core.states import KeyStatus
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
@@ -120,7 +121,7 @@ class Hub:
         """What a newly enrolled device pins: every key the hub still trusts."""
         with Session(self.engine) as session:
             return {k["key_id"]: k["public_key"] for k in self.keys.view(session)["keys"]
-                    if k["status"] != "retired"}
+                    if k["status"] != KeyStatus.RETIRED}
 
     @property
     def signing_key(self) -> SigningKey:
@@ -177,7 +178,7 @@ class Hub:
                 digest = hash_api_key(configured)
                 if session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first() is None:
                     session.add(ApiKey(name=BOOTSTRAP_KEY_NAME, key_hash=digest,
-                                       prefix=configured[:8], scope=Scope.ADMIN.value,
+                                       prefix=configured[:8], scope=Scope.ADMIN,
                                        created_at=time.time()))
                 for old in session.exec(select(ApiKey).where(
                         col(ApiKey.name).in_((BOOTSTRAP_KEY_NAME, GENERATED_KEY_NAME)),
@@ -189,14 +190,14 @@ class Hub:
                 session.commit()
                 return None
             has_admin = session.exec(
-                select(ApiKey).where(ApiKey.scope == Scope.ADMIN.value,
+                select(ApiKey).where(ApiKey.scope == Scope.ADMIN,
                                      ApiKey.revoked_at == None)  # noqa: E711
             ).first()
             if has_admin is not None:
                 return None
             key = generate_api_key()
             session.add(ApiKey(name=GENERATED_KEY_NAME, key_hash=hash_api_key(key),
-                               prefix=key[:8], scope=Scope.ADMIN.value, created_at=time.time()))
+                               prefix=key[:8], scope=Scope.ADMIN, created_at=time.time()))
             session.commit()
             self.generated_admin_key = key
             return key

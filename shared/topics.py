@@ -24,6 +24,7 @@ __all__ = [
     "ParsedTopic",
     "TopicAccess",
     "TopicError",
+    "TopicKind",
     "Topics",
     "broker_admin_access",
     "validate_device_id",
@@ -36,8 +37,6 @@ MODEL_NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)  # fullmatch: $ would accept a final newline
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 HUB_SHARE_GROUP = "hub"
-HUB_STATUS = "hub_status"  # ParsedTopic.kind of a hub's presence topic
-TRUST = "trust"  # ParsedTopic.kind of a trust list (its version in model_version)
 # mosquitto's dynamic-security plugin takes commands here and answers on the response topic.
 DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
 DYNSEC_RESPONSE = f"{DYNSEC_CONTROL}/response"
@@ -58,6 +57,30 @@ class DeviceTopic(StrEnum):
     DESIRED = "desired"
     ACK = "ack"  # hub -> agent, retained: what the hub has stored (delivery watermark)
     DRIFT = "drift"  # agent -> hub: statistics of what the model sees, never raw readings
+
+
+class TopicKind(StrEnum):
+    """What a parsed topic names (:attr:`ParsedTopic.kind`): a device stream (the values of
+    :class:`DeviceTopic`), a model's manifest or chunk, a trust list, or a hub's presence."""
+
+    TELEMETRY = "telemetry"
+    ANOMALIES = "anomalies"
+    STATUS = "status"
+    HEARTBEAT = "heartbeat"
+    REPORTED = "reported"
+    DESIRED = "desired"
+    ACK = "ack"
+    DRIFT = "drift"
+    MANIFEST = "manifest"
+    CHUNK = "chunk"
+    TRUST = "trust"  # its version in ParsedTopic.model_version
+    HUB_STATUS = "hub_status"  # ParsedTopic.device_id: the hub's client id
+
+
+# Every device stream is a kind (TopicKind(value) raises at import if one is missing).
+_DEVICE_KINDS = frozenset(TopicKind(t.value) for t in DeviceTopic)
+HUB_STATUS = TopicKind.HUB_STATUS
+TRUST = TopicKind.TRUST
 
 
 # Who writes which device stream: the ACL and the hub's subscriptions are built from these.
@@ -96,11 +119,18 @@ def _validate_version(version: int) -> int:
 class ParsedTopic:
     """What a received topic names: a device stream, or a model's manifest or chunk."""
 
-    kind: str  # a DeviceTopic value, "manifest" / "chunk", or HUB_STATUS (device_id: the hub)
+    kind: TopicKind
     device_id: str | None = None
     model_name: str | None = None
     model_version: int | None = None
     chunk_index: int | None = None
+
+    @property
+    def stream(self) -> DeviceTopic | None:
+        """The device stream a ``devices/{d}/…`` topic names, else None."""
+        if self.kind in _DEVICE_KINDS and self.device_id is not None:
+            return DeviceTopic(self.kind.value)
+        return None
 
 
 @dataclass(frozen=True)
@@ -237,22 +267,23 @@ class Topics:
                 raise TopicError(
                     f"topic {topic!r} names unknown device stream {parts[2]!r}"
                 ) from None
-            return ParsedTopic(kind=kind.value, device_id=device_id)
+            return ParsedTopic(kind=TopicKind(kind.value), device_id=device_id)
         if len(parts) >= 4 and parts[0] == "models":
             name = validate_model_name(parts[1])
             version = _parse_int(parts[2], "model version", topic)
             if len(parts) == 4 and parts[3] == "manifest":
-                return ParsedTopic(kind="manifest", model_name=name, model_version=version)
+                return ParsedTopic(kind=TopicKind.MANIFEST, model_name=name,
+                                   model_version=version)
             if len(parts) == 5 and parts[3] == "chunks":
                 index = _parse_int(parts[4], "chunk index", topic, minimum=0)
                 return ParsedTopic(
-                    kind="chunk", model_name=name, model_version=version, chunk_index=index
+                    kind=TopicKind.CHUNK, model_name=name, model_version=version, chunk_index=index
                 )
         if len(parts) == 2 and parts[0] == "trust":
-            return ParsedTopic(kind=TRUST, model_version=_parse_int(parts[1], "trust version",
-                                                                     topic))
+            return ParsedTopic(kind=TopicKind.TRUST,
+                               model_version=_parse_int(parts[1], "trust version", topic))
         if len(parts) == 3 and parts[0] == "hub" and parts[2] == "status":
-            return ParsedTopic(kind=HUB_STATUS, device_id=validate_device_id(parts[1]))
+            return ParsedTopic(kind=TopicKind.HUB_STATUS, device_id=validate_device_id(parts[1]))
         raise TopicError(f"topic {topic!r} does not follow the edgeloop layout")
 
 

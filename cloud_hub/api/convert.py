@@ -49,7 +49,7 @@ _PROGRESS_DEFAULTS = {"stage": "queued", "epoch": 0, "epochs": 0, "loss": None,
 def job_public(job: TrainingJob) -> TrainingJobPublic:
     assert job.id is not None
     return TrainingJobPublic(
-        id=job.id, name=job.name, status=job.status,  # type: ignore[arg-type]
+        id=job.id, name=job.name, status=job.status,
         progress={**_PROGRESS_DEFAULTS, **(job.progress or {})},
         error=job.error, model=_ref(job.model_name, job.model_version), request=job.request,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_hub.api.schemas import RolloutPolicy, TrainingSpecBody
+from cloud_hub.core.states import RetrainScope, TrainingSource
 from shared.topics import DEVICE_ID_PATTERN
 
 __all__ = ["RetrainPolicyBody", "RetrainRunCreate"]
@@ -29,12 +30,14 @@ class RetrainPolicyBody(BaseModel):
         default=5.0, gt=1, le=1e6, description="a device whose anomaly rate is above this "
         "many times its baseline triggers (null: never)")
     min_anomaly_windows: int = Field(default=100, ge=1, le=10**9)
-    scope: Literal["drifted", "group"] = Field(
-        default="drifted", description="retrain for the devices that triggered, or for the "
-        "whole group's devices on the same model")
-    source: Literal["telemetry", "federated"] = Field(
-        default="telemetry", description="train on stored readings judged normal, or on the "
-        "devices' federated statistics (telemetry.upload = \"summaries\")")
+    scope: RetrainScope = Field(
+        default=RetrainScope.DRIFTED,
+        description="retrain for the devices that triggered, or for the whole group's "
+        "devices on the same model")
+    source: TrainingSource = Field(
+        default=TrainingSource.TELEMETRY,
+        description="train on stored readings judged normal, or on the devices' "
+        "federated statistics (telemetry.upload = \"summaries\")")
     recent_s: float = Field(default=1800.0, gt=0, le=365 * _DAY,
                             description="train on at most this much recent data")
     cooldown_s: float = Field(default=1800.0, ge=0, le=365 * _DAY,
@@ -56,5 +59,5 @@ class RetrainRunCreate(BaseModel):
     devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=10_000)
     group: str | None = Field(default=None, max_length=64)
     reason: str = Field(min_length=1, max_length=2000)
-    source: Literal["telemetry", "federated"] | None = None
+    source: TrainingSource | None = None
     recent_s: float | None = Field(default=None, gt=0, le=365 * _DAY)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_hub.core.states import DeliveryStatus, IncidentState, WebhookEvent
 
 __all__ = ["DeliveryPublic", "EventPublic", "IncidentAction", "IncidentDetail", "IncidentPublic",
            "WebhookCreate", "WebhookCreated", "WebhookPublic", "WebhookUpdate"]
@@ -23,7 +25,7 @@ class IncidentAction(_Body):
 class IncidentPublic(BaseModel):
     id: int
     device_id: str
-    state: Literal["open", "acknowledged", "resolved"]
+    state: IncidentState
     started_at: float = Field(description="device time of the first window's start")
     ended_at: float = Field(description="device time of the last window's end")
     opened_at: float = Field(description="hub time the first event was stored")
@@ -101,8 +103,8 @@ class DeliveryPublic(BaseModel):
     id: int
     rule_id: int
     incident_id: int
-    event: str
-    status: Literal["pending", "delivered", "failed"]
+    event: WebhookEvent
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: float
     last_error: str | None

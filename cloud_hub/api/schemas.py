@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus
+from cloud_hub.jobs.request import TrainingRequest
+from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 from cloud_hub.training import limits
 from shared.messages import MAX_CHANNELS
 from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
@@ -186,11 +189,11 @@ class TrainingJobCreate(_Body):
 class TrainingJobPublic(BaseModel):
     id: int
     name: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     progress: dict[str, Any]
     error: str | None
     model: dict[str, Any] | None
-    request: dict[str, Any]
+    request: TrainingRequest
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -199,7 +202,7 @@ class TrainingJobPublic(BaseModel):
 class ModelSummary(BaseModel):
     name: str
     version: int
-    status: str
+    status: ModelStatus
     family: str
     quantization: str
     channels: list[str]
@@ -280,30 +283,6 @@ class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="the secret; shown only in this response")
 
 
-class RolloutTarget(_Body):
-    devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=100_000)
-    group: str | None = None
-    tags: list[str] | None = None
-    percent: int = Field(default=100, ge=1, le=100)
-
-
-class RolloutPolicy(_Body):
-    canary_size: int = Field(default=1, ge=1, le=100_000,
-                             description="devices in the canary stage")
-    canary_percent: int | None = Field(default=None, ge=1, le=100)
-    wave_size: int = Field(default=10, ge=1, le=100_000,
-                           description="devices per wave after the canary")
-    min_observation_s: float = Field(default=30.0, ge=0)
-    max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
-    max_anomaly_rate_increase: float = Field(
-        default=2.0, ge=0,
-        description="canary anomaly events per device-minute may exceed their own rate under "
-        "the previous model by at most this many events per minute",
-    )
-    stage_timeout_s: float = Field(default=600.0, gt=0,
-                                   description="a stage whose devices never report fails")
-
-
 class RolloutCreate(_Body):
     model_config = ConfigDict(
         extra="forbid",
@@ -342,7 +321,7 @@ class RolloutPublic(BaseModel):
     }]})
     id: int
     model: dict[str, Any]
-    status: Literal["running", "paused", "rolling_back", "rolled_back", "aborted", "succeeded"]
+    status: RolloutStatus
     reason: str | None
     stage: int
     stages: int
@@ -351,8 +330,8 @@ class RolloutPublic(BaseModel):
     devices_updated: int
     devices_failed: int
     devices_reverted: int
-    target: dict[str, Any]
-    policy: dict[str, Any]
+    target: RolloutTarget
+    policy: RolloutPolicy
     created_at: float
     finished_at: float | None
     seconds_to_full: float | None

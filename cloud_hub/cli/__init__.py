@@ -13,6 +13,7 @@ from cloud_hub.cli.drift_commands import add_drift_parsers
 from cloud_hub.cli.local_commands import LOCAL, add_local_parsers, run_local
 from cloud_hub.cli.ops_commands import add_ops_parsers
 from cloud_hub.cli.timearg import WHEN_HELP, parse_when
+from cloud_hub.core.states import ModelStatus
 
 __all__ = ["build_parser", "main"]
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "rollback"])
     m.add_argument("refs", nargs="*", type=_ref, metavar="NAME:VERSION")
     m.add_argument("--name")
-    m.add_argument("--status", choices=["draft", "published", "retired"])
+    m.add_argument("--status", choices=list(ModelStatus))
     m.add_argument("--output", "-o")
     m.add_argument("--devices", help="rollback: comma-separated device ids (default: every "
                                      "device on another version of that model)")

@@ -16,6 +16,7 @@ from cloud_hub.cli.drift_commands import DRIFT_COMMANDS
 from cloud_hub.cli.model_view import model_line, model_lines
 from cloud_hub.cli.ops_commands import OPS_COMMANDS
 from cloud_hub.cli.render import console, emit, fmt
+from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus
 
 __all__ = ["COMMANDS"]
 
@@ -59,14 +60,15 @@ def follow_job(client: HubClient, job: dict[str, Any], poll_s: float = 0.5) -> d
                   TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job['id']}", total=1.0, info="")
-        while job["status"] in ("queued", "running"):
+        while not JobStatus(job["status"]).finished:
             time.sleep(poll_s)  # polling an HTTP API: the interval is the point
             job = client.get(f"/training-jobs/{job['id']}")
             bar.update(task, completed=job["progress"].get("fraction", 0.0),
                        info=_job_row(job)["progress"])
         final = _job_row(job)["progress"]
         bar.update(task, completed=job["progress"].get("fraction", 0.0),
-                   info=final if job["status"] == "succeeded" else f"{job['status']}: {final}")
+                   info=final if job["status"] == JobStatus.SUCCEEDED
+                   else f"{job['status']}: {final}")
     return job
 
 
@@ -104,7 +106,7 @@ def train(a: argparse.Namespace, c: HubClient) -> int:
         emit(job, True)
     else:
         console().print(_job_summary(job), highlight=False, markup=False)
-    return 0 if job["status"] in ("succeeded", "queued", "running") else 1
+    return 1 if job["status"] in (JobStatus.FAILED, JobStatus.CANCELLED) else 0
 
 
 def jobs(a: argparse.Namespace, c: HubClient) -> int:
@@ -146,7 +148,7 @@ def models(a: argparse.Namespace, c: HubClient) -> int:
                 if data[mode_ref].get("modes"):
                     emit(data[mode_ref]["modes"], False, title=f"{mode_ref}: quantization modes")
     elif a.action in ("publish", "retire"):
-        done = "published" if a.action == "publish" else "retired"
+        done = ModelStatus.PUBLISHED if a.action == "publish" else ModelStatus.RETIRED
         for name, version in a.refs:
             record = c.post(f"/models/{name}/{version}/{a.action}")
             if a.json:
@@ -187,7 +189,7 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
             data = follow_rollout(c, data)
             emit(data if a.json else _rollout_row({k: v for k, v in data.items()
                                                    if k != "devices"}), a.json)
-            return 0 if data["status"] == "succeeded" else 1
+            return 0 if data["status"] == RolloutStatus.SUCCEEDED else 1
     elif a.action == "status" and a.id is None:
         data = c.get_all("/rollouts")
         emit(data if a.json else [_rollout_row(r) for r in data], a.json, _ROLLOUT_COLS)
@@ -205,7 +207,7 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
     return 0
 
 
-_ROLLOUT_DONE = ("succeeded", "aborted", "rolled_back")
+_ROLLOUT_DONE = (RolloutStatus.SUCCEEDED, RolloutStatus.ABORTED, RolloutStatus.ROLLED_BACK)
 
 
 def follow_rollout(client: HubClient, rollout: dict[str, Any],
@@ -222,7 +224,7 @@ def follow_rollout(client: HubClient, rollout: dict[str, Any],
             info = f"{rollout['status']} stage {rollout['stage']}/{rollout['stages']}"
             if rollout["devices_failed"]:
                 info += f", {rollout['devices_failed']} failed"
-            if rollout["status"] == "paused":
+            if rollout["status"] == RolloutStatus.PAUSED:
                 info += " (waiting for: cloud-hub rollout resume)"
             bar.update(task, completed=rollout["devices_updated"],
                        total=rollout["devices_total"] or 1, info=info)

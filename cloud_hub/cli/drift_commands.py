@@ -10,6 +10,7 @@ from typing import Any
 
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit, fmt
+from cloud_hub.core.states import RetrainScope, TrainingSource
 
 __all__ = ["DRIFT_COMMANDS", "add_drift_parsers", "drift_line", "run_line"]
 
@@ -32,11 +33,11 @@ def add_drift_parsers(sub: Any) -> None:
     r.add_argument("--devices", help="start: comma-separated device ids")
     r.add_argument("--group", help="start: every device of this group")
     r.add_argument("--reason", help="start: why (kept with the run)")
-    r.add_argument("--source", choices=["telemetry", "federated"])
+    r.add_argument("--source", choices=list(TrainingSource))
     r.add_argument("--state", help="runs: only runs in this state")
     r.add_argument("--hold", type=float, metavar="SECONDS", help="policy: drift held this long")
     r.add_argument("--ratio", type=float, help="policy: anomaly rate above ratio x baseline")
-    r.add_argument("--scope", choices=["drifted", "group"])
+    r.add_argument("--scope", choices=list(RetrainScope))
     r.add_argument("--recent", type=float, metavar="SECONDS",
                    help="policy: train on this much recent data")
     r.add_argument("--cooldown", type=float, metavar="SECONDS")

@@ -17,6 +17,7 @@ from typing import Any
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit
 from cloud_hub.cli.timearg import WHEN_HELP, parse_when
+from cloud_hub.core.states import DeliveryStatus, IncidentState
 
 __all__ = ["OPS_COMMANDS", "add_ops_parsers", "event_line", "incident_line"]
 
@@ -40,7 +41,7 @@ def add_ops_parsers(sub: Any) -> None:
     i.add_argument("action", choices=["list", "show", "ack", "resolve"], nargs="?",
                    default="list")
     i.add_argument("id", nargs="?", type=int)
-    i.add_argument("--state", choices=["open", "acknowledged", "resolved", "active"])
+    i.add_argument("--state", choices=[*IncidentState, "active"])
     i.add_argument("--device")
     i.add_argument("--limit", type=int, default=50)
     i.add_argument("--note", help="ack/resolve: a note kept with the incident")
@@ -55,7 +56,7 @@ def add_ops_parsers(sub: Any) -> None:
     w.add_argument("--tag")
     w.add_argument("--min-score", type=float)
     w.add_argument("--fault-class")
-    w.add_argument("--status", choices=["pending", "delivered", "failed"])
+    w.add_argument("--status", choices=list(DeliveryStatus))
     w.add_argument("--limit", type=int, default=50)
 
 
@@ -85,9 +86,9 @@ def incident_line(i: dict[str, Any]) -> str:
     duration = max(0.0, i["ended_at"] - i["started_at"])
     channels = ",".join(i.get("channels") or []) or "-"
     who = ""
-    if i["state"] == "acknowledged":
+    if i["state"] == IncidentState.ACKNOWLEDGED:
         who = f" by {i['acknowledged_by']}"
-    elif i["state"] == "resolved":
+    elif i["state"] == IncidentState.RESOLVED:
         who = f" by {i['resolved_by']}"
     extra = f"  fault {i['fault_class']}" if i.get("fault_class") else ""
     return (f"#{i['id']}  {i['state']}{who}  {i['device_id']}  {_time(i['started_at'])} "

@@ -27,6 +27,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import ConflictKind
 from cloud_hub.db import pg_bulk
 from cloud_hub.db.marks import MarkKey
 from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryBatchRow
@@ -40,7 +41,7 @@ _CHUNK = 400
 @dataclass(frozen=True)
 class Conflict:
     device_id: str
-    kind: str  # "epochs" | "seq"
+    kind: ConflictKind
     detail: str
     epochs: tuple[str, ...]
 
@@ -75,7 +76,7 @@ def epoch_conflicts(session: Session, touched: dict[MarkKey, tuple[int, int]]) -
         newer = sorted(e for e, seen in epochs.items() if e != epoch and seen >= mine)
         if newer:
             found[device] = Conflict(
-                device, "epochs",
+                device, ConflictKind.EPOCHS,
                 f"epoch {epoch} sent {key.stream.value} seq {top} after epoch {newer[-1]} "
                 f"began: two agents use device id {device!r}, each with its own state",
                 (epoch, *newer))
@@ -114,7 +115,7 @@ def seq_conflicts(session: Session, telemetry: Sequence[TelemetryBatch],
         key = (t.device_id, t.epoch, t.seq)
         if key in first and first[key] != _fingerprint(t):
             found[t.device_id] = Conflict(
-                t.device_id, "seq",
+                t.device_id, ConflictKind.SEQ,
                 f"epoch {t.epoch} seq {t.seq} arrived twice with different readings: two "
                 f"devices run copies of one state as device id {t.device_id!r}", (t.epoch,))
     return list(found.values())

@@ -46,9 +46,9 @@ def store_drift(session: Session, summaries: Sequence[DriftSummary], *, now: flo
         if row is not None and row.period_end >= d.end:
             continue
         if row is None:
-            row = DeviceDrift(device_id=device_id, state=d.state.value, period_start=d.start,
+            row = DeviceDrift(device_id=device_id, state=d.state, period_start=d.start,
                               period_end=d.end, updated_at=now)
-        row.state, row.since, row.drifting = d.state.value, d.since, list(d.drifting)
+        row.state, row.since, row.drifting = d.state, d.since, list(d.drifting)
         row.model_name = d.model.name if d.model else None
         row.model_version = d.model.version if d.model else None
         row.windows, row.anomalies = d.windows, d.anomalies

@@ -14,7 +14,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
+from cloud_hub.core.states import RetrainScope, RetrainState, RetrainTrigger, TrainingSource
 from cloud_hub.db.tables import EPOCH_LENGTH
+from cloud_hub.db.types import enum_field
+from shared.messages import DriftState
 
 __all__ = ["DeviceDrift", "DriftSummaryRow", "RetrainPolicy", "RetrainRun"]
 
@@ -28,7 +31,7 @@ class DriftSummaryRow(SQLModel, table=True):
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     period_start: float
     period_end: float
-    state: str = Field(max_length=16)
+    state: DriftState = enum_field(DriftState, length=16)
     since: float | None = None
     drifting: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     model_name: str | None = Field(default=None, max_length=64)
@@ -54,7 +57,7 @@ class DeviceDrift(SQLModel, table=True):
     __tablename__ = "device_drift"
 
     device_id: str = Field(primary_key=True, max_length=64)
-    state: str = Field(max_length=16)
+    state: DriftState = enum_field(DriftState, length=16)
     since: float | None = None
     drifting: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     model_name: str | None = Field(default=None, max_length=64)
@@ -80,8 +83,8 @@ class RetrainPolicy(SQLModel, table=True):
     drift_hold_s: float = 600.0  # drift held this long triggers
     max_anomaly_rate_ratio: float | None = 5.0  # anomaly rate above ratio × baseline triggers
     min_anomaly_windows: int = 100  # ... once the period has this many windows
-    scope: str = Field(default="drifted", max_length=16)  # drifted | group
-    source: str = Field(default="telemetry", max_length=16)  # telemetry | federated
+    scope: RetrainScope = enum_field(RetrainScope, RetrainScope.DRIFTED, length=16)
+    source: TrainingSource = enum_field(TrainingSource, TrainingSource.TELEMETRY, length=16)
     recent_s: float = 1800.0  # data of this long before the trigger trains the new model
     cooldown_s: float = 1800.0  # no new automatic run for a device sooner than this
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -98,16 +101,15 @@ class RetrainRun(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     group: str = Field(max_length=64)
-    trigger: str = Field(max_length=16)  # drift | anomaly_rate | operator
+    trigger: RetrainTrigger = enum_field(RetrainTrigger, length=16)
     reason: str
     devices: list[str] = Field(sa_column=Column(JSON, nullable=False))
     model_name: str = Field(max_length=64)
-    # triggered | training | releasing | canary | promoted | rolled_back | failed
-    state: str = Field(default="triggered", max_length=16)
+    state: RetrainState = enum_field(RetrainState, RetrainState.TRIGGERED, length=16)
     training_job_id: int | None = None
     model_version: int | None = None
     rollout_id: int | None = None
-    source: str = Field(default="telemetry", max_length=16)
+    source: TrainingSource = enum_field(TrainingSource, TrainingSource.TELEMETRY, length=16)
     since: float | None = None  # start of the data the new model is trained on
     until: float | None = None
     steps: list[dict[str, Any]] = Field(default_factory=list,

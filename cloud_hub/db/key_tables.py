@@ -5,6 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Column, Text
 from sqlmodel import Field, SQLModel
 
+from cloud_hub.core.states import KeyStatus
+from cloud_hub.db.types import enum_field
+
 __all__ = ["SigningKeyRecord", "TrustListRecord"]
 
 
@@ -15,7 +18,7 @@ class SigningKeyRecord(SQLModel, table=True):
 
     key_id: str = Field(primary_key=True, max_length=16)
     public_key: str  # base64 of the 32 raw bytes
-    status: str = "trusted"  # active (signs new releases) | trusted | retired
+    status: KeyStatus = enum_field(KeyStatus, KeyStatus.TRUSTED)
     created_at: float
     activated_at: float | None = None
     retire_after: float | None = None  # end of the overlap once a newer key took over

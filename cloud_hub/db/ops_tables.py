@@ -10,9 +10,12 @@ from __future__ import annotations
 from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
+from cloud_hub.core.states import DeliveryStatus, IncidentState, WebhookEvent
+from cloud_hub.db.types import enum_field
+
 __all__ = ["Incident", "JobLease", "UiSession", "WebhookDelivery", "WebhookRule"]
 
-INCIDENT_STATES = ("open", "acknowledged", "resolved")
+INCIDENT_STATES = tuple(IncidentState)
 
 
 class Incident(SQLModel, table=True):
@@ -24,7 +27,7 @@ class Incident(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(max_length=64)
-    state: str = Field(default="open", index=True)  # open | acknowledged | resolved
+    state: IncidentState = enum_field(IncidentState, IncidentState.OPEN, index=True)
     # Device time of the first window's start and the last window's end.
     started_at: float
     ended_at: float
@@ -83,9 +86,9 @@ class WebhookDelivery(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     rule_id: int = Field(foreign_key="webhook_rules.id")
     incident_id: int = Field(foreign_key="incidents.id")
-    event: str  # incident.opened | incident.resolved
+    event: WebhookEvent = enum_field(WebhookEvent)
     body: str  # the exact JSON sent (and signed)
-    status: str = "pending"  # pending | delivered | failed
+    status: DeliveryStatus = enum_field(DeliveryStatus, DeliveryStatus.PENDING)
     attempts: int = 0
     next_attempt_at: float
     last_error: str | None = Field(default=None, max_length=2000)

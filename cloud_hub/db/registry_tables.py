@@ -7,6 +7,11 @@ from typing import Any
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus
+from cloud_hub.db.types import enum_field, model_field
+from cloud_hub.jobs.request import TrainingRequest
+from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
+
 __all__ = ["ModelRelease", "ModelVersion", "Rollout", "RolloutDevice", "TrainingJob"]
 
 
@@ -19,7 +24,7 @@ class ModelVersion(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, max_length=64)
     version: int
-    status: str = "draft"  # draft | published | retired
+    status: ModelStatus = enum_field(ModelStatus, ModelStatus.DRAFT)
     created_at: float
     published_at: float | None = None
     retired_at: float | None = None
@@ -72,8 +77,8 @@ class TrainingJob(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64)
-    status: str = "queued"  # queued | running | succeeded | failed | cancelled
-    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: JobStatus = enum_field(JobStatus, JobStatus.QUEUED)
+    request: TrainingRequest = model_field(TrainingRequest)
     progress: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = None
     model_name: str | None = None
@@ -89,9 +94,9 @@ class Rollout(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     model_name: str
     model_version: int
-    status: str = "running"  # running | paused | rolling_back | rolled_back | aborted | succeeded
-    target: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: RolloutStatus = enum_field(RolloutStatus, RolloutStatus.RUNNING)
+    target: RolloutTarget = model_field(RolloutTarget)
+    policy: RolloutPolicy = model_field(RolloutPolicy)
     stage: int = 0  # 0 = canary, 1.. = waves
     stages: list[list[str]] = Field(sa_column=Column(JSON, nullable=False))
     stage_started_at: float | None = None

@@ -13,6 +13,11 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
+from cloud_hub.core.security import Scope
+from cloud_hub.core.states import ConflictKind
+from cloud_hub.db.types import enum_field
+from shared.messages import ModelState
+
 __all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "DeviceConflict", "StreamMark",
            "TelemetryBatchRow"]
 
@@ -35,7 +40,7 @@ class Device(SQLModel, table=True):
     # What `reported` says: the model the state is about, the state, and the active model.
     reported_name: str | None = None
     reported_version: int | None = None
-    reported_state: str | None = None
+    reported_state: ModelState | None = enum_field(ModelState, nullable=True)
     reported_error: str | None = None
     reported_since: float | None = None
     active_name: str | None = None
@@ -115,7 +120,7 @@ class DeviceConflict(SQLModel, table=True):
     __tablename__ = "device_conflicts"
 
     device_id: str = Field(primary_key=True, max_length=64)
-    kind: str = Field(max_length=16)
+    kind: ConflictKind = enum_field(ConflictKind, length=16)
     detail: str
     epochs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     first_at: float
@@ -141,6 +146,6 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(max_length=64)
     key_hash: str = Field(unique=True, index=True, max_length=64)
     prefix: str = Field(max_length=12)
-    scope: str = "read"
+    scope: Scope = enum_field(Scope, Scope.READ)
     created_at: float
     revoked_at: float | None = None

@@ -26,36 +26,46 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import (
+    JobStatus,
+    RetrainScope,
+    RetrainState,
+    RetrainTrigger,
+    RolloutStatus,
+    TrainingSource,
+)
 from cloud_hub.db.drift_tables import DeviceDrift, RetrainPolicy, RetrainRun
 from cloud_hub.db.registry_tables import ModelVersion, Rollout, TrainingJob
 from cloud_hub.db.tables import Device
 from cloud_hub.drift.triggers import DeviceDriftState, PolicyRules, Trigger, device_trigger
+from cloud_hub.jobs.request import FederatedSet, TrainingRequest
 from cloud_hub.jobs.training import JobRunner
 from cloud_hub.registry.lifecycle import PublishRefused, publish_model
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.actions import RolloutConflict, create_rollout
 from cloud_hub.rollouts.planning import RolloutPlanError
+from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 
 __all__ = ["ACTIVE_RUN_STATES", "DEFAULT_POLICY", "RetrainError", "RetrainLoop", "open_run",
            "policy_for", "rollout_policy"]
 
 log = logging.getLogger(__name__)
 
-ACTIVE_RUN_STATES = ("triggered", "training", "canary")
+ACTIVE_RUN_STATES = (RetrainState.TRIGGERED, RetrainState.TRAINING, RetrainState.CANARY)
 DEFAULT_POLICY = "default"  # the policy of devices whose group has none
-_ROLLOUT_DEFAULTS: dict[str, Any] = {
-    "canary_size": 1, "canary_percent": None, "wave_size": 10, "min_observation_s": 60.0,
-    "max_failure_ratio": 0.2, "max_anomaly_rate_increase": 1.0, "stage_timeout_s": 600.0,
-}
+# A retraining's canary is judged longer and stricter than the API's default rollout.
+_ROLLOUT_DEFAULTS = RolloutPolicy(min_observation_s=60.0, max_anomaly_rate_increase=1.0)
 
 
 class RetrainError(ValueError):
     """A retraining that cannot be opened (no devices, no model to retrain)."""
 
 
-def rollout_policy(policy: RetrainPolicy | None) -> dict[str, Any]:
-    """The rollout policy a run's canary is judged by (the policy's, over the defaults)."""
-    return {**_ROLLOUT_DEFAULTS, **((policy.rollout if policy else None) or {})}
+def rollout_policy(policy: RetrainPolicy | None) -> RolloutPolicy:
+    """The rollout policy a run's canary is judged by (the policy's fields over the
+    defaults); a stored field the rollout policy does not have is refused here."""
+    overrides = (policy.rollout if policy else None) or {}
+    return RolloutPolicy.model_validate({**_ROLLOUT_DEFAULTS.model_dump(), **overrides})
 
 
 def policy_for(policies: dict[str, RetrainPolicy], group: str | None) -> RetrainPolicy | None:
@@ -69,15 +79,17 @@ def _step(run: RetrainRun, step: str, reason: str, now: float, **extra: Any) -> 
     log.info("retrain run %s: %s: %s", run.id, step, reason)
 
 
-def _finish(run: RetrainRun, state: str, reason: str, now: float) -> None:
+def _finish(run: RetrainRun, state: RetrainState, reason: str, now: float) -> None:
     run.state = state
     run.finished_at = now
     _step(run, state, reason, now)
 
 
-def open_run(session: Session, *, devices: list[str], trigger: str, reason: str, now: float,
+def open_run(session: Session, *, devices: list[str], trigger: RetrainTrigger, reason: str,
+             now: float,
              policy: RetrainPolicy | None, since: float | None = None,
-             requested_by: str | None = None, source: str | None = None) -> RetrainRun:
+             requested_by: str | None = None, source: TrainingSource | None = None
+             ) -> RetrainRun:
     """Record a new run for ``devices`` (they must run one model name); commits."""
     rows = list(session.exec(select(Device).where(col(Device.device_id).in_(devices))))
     names = sorted({d.active_name for d in rows if d.active_name})
@@ -97,13 +109,13 @@ def open_run(session: Session, *, devices: list[str], trigger: str, reason: str,
     run = RetrainRun(
         group=group, trigger=trigger, reason=reason[:2000],
         devices=sorted(d.device_id for d in rows if d.active_name), model_name=names[0],
-        source=source or (policy.source if policy else "telemetry"),
+        source=source or (policy.source if policy else TrainingSource.TELEMETRY),
         since=max(since, now - recent) if since is not None else now - recent,
         requested_by=requested_by, created_at=now, updated_at=now,
     )
     session.add(run)
     session.flush()
-    _step(run, "triggered", reason, now, trigger=trigger, devices=run.devices)
+    _step(run, RetrainState.TRIGGERED, reason, now, trigger=trigger, devices=run.devices)
     session.add(run)
     session.commit()
     session.refresh(run)
@@ -139,7 +151,7 @@ class RetrainLoop:
                     log.exception("retrain run %s: step failed", run_id)
                     run = session.get(RetrainRun, run_id)
                     if run is not None and run.state in ACTIVE_RUN_STATES:
-                        _finish(run, "failed", f"{type(exc).__name__}: {exc}", now)
+                        _finish(run, RetrainState.FAILED, f"{type(exc).__name__}: {exc}", now)
                         session.add(run)
                 session.commit()
         return False
@@ -175,7 +187,7 @@ class RetrainLoop:
                 fired.setdefault(key, []).append(trigger)
         for key, triggers in fired.items():
             policy = policies[key[0]]
-            devices = ([t.device_id for t in triggers] if policy.scope == "drifted"
+            devices = ([t.device_id for t in triggers] if policy.scope == RetrainScope.DRIFTED
                        else [d for d in devices_of[key] if d not in busy])
             kinds = [t.kind for t in triggers]
             starts = [t.since for t in triggers if t.since is not None]
@@ -191,11 +203,11 @@ class RetrainLoop:
 
     # -- steps --------------------------------------------------------------------------------
     def _advance(self, session: Session, run: RetrainRun, now: float) -> None:
-        if run.state == "triggered":
+        if run.state == RetrainState.TRIGGERED:
             self._train(session, run, now)
-        elif run.state == "training":
+        elif run.state == RetrainState.TRAINING:
             self._after_training(session, run, now)
-        elif run.state == "canary":
+        elif run.state == RetrainState.CANARY:
             self._after_canary(session, run, now)
         session.add(run)
 
@@ -209,35 +221,34 @@ class RetrainLoop:
         policy = self._policy(session, run)
         spec.update((policy.spec if policy else None) or {})
         run.until = now
-        if run.source == "federated":
-            request: dict[str, Any] = {
-                "name": run.model_name, "spec": spec,
-                "federated": {"devices": run.devices, "since": run.since, "until": now}}
+        if run.source == TrainingSource.FEDERATED:
+            request = TrainingRequest(name=run.model_name, spec=spec, federated=FederatedSet(
+                devices=run.devices, since=run.since, until=now))
             what = "their federated statistics (no readings)"
         else:
-            request = {"name": run.model_name, "devices": run.devices, "since": run.since,
-                       "until": now, "spec": spec, "exclude_anomalies": True}
+            request = TrainingRequest(name=run.model_name, devices=run.devices, since=run.since,
+                                      until=now, spec=spec, exclude_anomalies=True)
             what = "their readings judged normal (windows of anomaly events left out)"
         job = self._jobs.submit(session, name=run.model_name, request=request)
         run.training_job_id = job.id
-        run.state = "training"
+        run.state = RetrainState.TRAINING
         span = now - (run.since or now)
-        _step(run, "training", f"training job {job.id}: {run.model_name} on {len(run.devices)} "
-              f"device(s), {what}, the last {span:.0f} s; spec of "
+        _step(run, RetrainState.TRAINING, f"training job {job.id}: {run.model_name} on "
+              f"{len(run.devices)} device(s), {what}, the last {span:.0f} s; spec of "
               f"{run.model_name} v{current.version if current else '?'}", now,
               training_job_id=job.id)
 
     def _after_training(self, session: Session, run: RetrainRun, now: float) -> None:
         job = session.get(TrainingJob, run.training_job_id) if run.training_job_id else None
         if job is None:
-            _finish(run, "failed", "its training job is gone", now)
+            _finish(run, RetrainState.FAILED, "its training job is gone", now)
             return
-        if job.status in ("queued", "running"):
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             return
         if job.model_version is not None:
             run.model_version = job.model_version
-        if job.status != "succeeded":
-            step = "failed"
+        if job.status != JobStatus.SUCCEEDED:
+            step = RetrainState.FAILED
             reason = f"training job {job.id} {job.status}: {job.error or 'no reason given'}"
             if job.error and "parity gate" in job.error:
                 reason = f"parity gate refused the new model: {job.error}"
@@ -254,38 +265,40 @@ class RetrainLoop:
             released = publish_model(session, name=run.model_name, version=record.version,
                                      releases=self._releases)
         except PublishRefused as exc:
-            _finish(run, "failed", f"release refused: {exc}", now)
+            _finish(run, RetrainState.FAILED, f"release refused: {exc}", now)
             return
         _step(run, "released", f"{run.model_name} v{released.version} signed and published",
               now, release=(released.manifest or {}).get("release"))
         policy = self._policy(session, run)
         try:
             rollout = create_rollout(session, name=run.model_name, version=record.version,
-                                     target={"devices": run.devices},
+                                     target=RolloutTarget(devices=run.devices),
                                      policy=rollout_policy(policy))
         except (RolloutConflict, RolloutPlanError, PublishRefused) as exc:
-            _finish(run, "failed", f"canary rollout refused: {exc}", now)
+            _finish(run, RetrainState.FAILED, f"canary rollout refused: {exc}", now)
             return
         run.rollout_id = rollout.id
-        run.state = "canary"
+        run.state = RetrainState.CANARY
         stages = rollout.stages
-        _step(run, "canary", f"rollout {rollout.id}: canary {', '.join(stages[0])}, then "
-              f"{len(stages) - 1} wave(s); judged on install failures and on the canary's "
+        _step(run, RetrainState.CANARY, f"rollout {rollout.id}: canary "
+              f"{', '.join(stages[0])}, then {len(stages) - 1} wave(s); judged on install "
+              f"failures and on the canary's "
               f"anomaly rate against the previous model's", now, rollout_id=rollout.id)
         self._wake_rollouts()
 
     def _after_canary(self, session: Session, run: RetrainRun, now: float) -> None:
         rollout = session.get(Rollout, run.rollout_id) if run.rollout_id else None
         if rollout is None:
-            _finish(run, "failed", "its rollout is gone", now)
-        elif rollout.status == "succeeded":
-            _finish(run, "promoted", f"rollout {rollout.id} succeeded: {run.model_name} "
+            _finish(run, RetrainState.FAILED, "its rollout is gone", now)
+        elif rollout.status == RolloutStatus.SUCCEEDED:
+            _finish(run, RetrainState.PROMOTED, f"rollout {rollout.id} succeeded: {run.model_name} "
                     f"v{run.model_version} runs on {len(run.devices)} device(s)", now)
-        elif rollout.status == "rolled_back":
-            _finish(run, "rolled_back", f"rollout {rollout.id} rolled back: {rollout.reason}",
-                    now)
-        elif rollout.status == "aborted":
-            _finish(run, "failed", f"rollout {rollout.id} aborted: {rollout.reason}", now)
+        elif rollout.status == RolloutStatus.ROLLED_BACK:
+            _finish(run, RetrainState.ROLLED_BACK,
+                    f"rollout {rollout.id} rolled back: {rollout.reason}", now)
+        elif rollout.status == RolloutStatus.ABORTED:
+            _finish(run, RetrainState.FAILED,
+                    f"rollout {rollout.id} aborted: {rollout.reason}", now)
 
 
 def _state(drift: DeviceDrift, device: Device, busy: set[str],

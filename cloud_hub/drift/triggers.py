@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cloud_hub.core.states import RetrainTrigger
+from shared.messages import DriftState
+
 __all__ = ["BASELINE_FLOOR", "DeviceDriftState", "PolicyRules", "Trigger", "device_trigger"]
 
 BASELINE_FLOOR = 0.001  # a baseline of no anomalies at all still allows a few
@@ -30,7 +33,7 @@ class PolicyRules:
 @dataclass(frozen=True)
 class DeviceDriftState:
     device_id: str
-    state: str
+    state: DriftState
     since: float | None  # device time of the drift's detection
     drifting: list[str]
     period_end: float  # device time of the latest summary's end
@@ -57,7 +60,7 @@ class DeviceDriftState:
 @dataclass(frozen=True)
 class Trigger:
     device_id: str
-    kind: str  # drift | anomaly_rate
+    kind: RetrainTrigger  # drift or anomaly_rate
     reason: str
     since: float | None  # device time from which the new regime's data may be used
 
@@ -69,11 +72,11 @@ def device_trigger(d: DeviceDriftState, rules: PolicyRules, *, now: float) -> Tr
     if d.last_run_ended_at is not None and (
             now - d.last_run_ended_at < rules.cooldown_s or d.updated_at <= d.last_run_ended_at):
         return None
-    if d.state == "drift" and d.since is not None:
+    if d.state == DriftState.DRIFT and d.since is not None:
         held = d.period_end - d.since
         if held >= rules.drift_hold_s:
             channels = ", ".join(d.drifting) or "?"
-            return Trigger(d.device_id, "drift",
+            return Trigger(d.device_id, RetrainTrigger.DRIFT,
                            f"{d.device_id}: drift on {channels} held {held:.0f} s "
                            f"(policy: {rules.drift_hold_s:.0f} s)", d.since)
     ratio = rules.max_anomaly_rate_ratio
@@ -82,7 +85,7 @@ def device_trigger(d: DeviceDriftState, rules: PolicyRules, *, now: float) -> Tr
             and d.windows >= rules.min_anomaly_windows):
         limit = ratio * max(base, BASELINE_FLOOR)
         if rate > limit:
-            return Trigger(d.device_id, "anomaly_rate",
+            return Trigger(d.device_id, RetrainTrigger.ANOMALY_RATE,
                            f"{d.device_id}: anomaly rate {100 * rate:.2f} % of windows is above "
                            f"{ratio:g} × its baseline {100 * base:.2f} %", None)
     return None

@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 from cloud_hub.db.drift_tables import DeviceDrift, DriftSummaryRow, RetrainPolicy, RetrainRun
 from cloud_hub.db.paging import Key, Page, keyset_page
 from cloud_hub.db.tables import Device
+from shared.messages import DriftState
 
 __all__ = ["device_drift_view", "drift_page", "policy_view", "run_view", "summary_view"]
 
@@ -24,7 +25,7 @@ def device_drift_view(drift: DeviceDrift, device: Device | None) -> dict[str, An
         "device_id": drift.device_id, "group": device.group if device else None,
         "state": drift.state, "since": drift.since, "channels": list(drift.drifting),
         "held_s": drift.period_end - drift.since
-        if drift.state == "drift" and drift.since is not None else None,
+        if drift.state == DriftState.DRIFT and drift.since is not None else None,
         "anomaly_rate": rate, "baseline_anomaly_rate": base,
         "anomaly_rate_ratio": rate / base if rate is not None and base else None,
         "windows": drift.windows, "anomalies": drift.anomalies, "detections": drift.detections,

@@ -9,6 +9,7 @@ import time
 
 from sqlmodel import Session
 
+from cloud_hub.core.states import IncidentState
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.notify.rules import queue_notifications
 
@@ -43,11 +44,12 @@ def _note(note: str | None) -> str | None:
 def acknowledge(session: Session, incident_id: int, *, by: str, note: str | None) -> Incident:
     text = _note(note)
     incident = get_incident(session, incident_id)
-    if incident.state != "open":
+    if incident.state != IncidentState.OPEN:
         raise IncidentConflict(f"incident {incident_id} is {incident.state}; only an open "
                                "incident can be acknowledged")
     now = time.time()
-    incident.state, incident.acknowledged_by, incident.acknowledged_at = "acknowledged", by, now
+    incident.state, incident.acknowledged_by, incident.acknowledged_at = (
+        IncidentState.ACKNOWLEDGED, by, now)
     incident.ack_note = text
     incident.updated_at = now
     session.add(incident)
@@ -59,10 +61,10 @@ def acknowledge(session: Session, incident_id: int, *, by: str, note: str | None
 def resolve(session: Session, incident_id: int, *, by: str, note: str | None) -> Incident:
     text = _note(note)
     incident = get_incident(session, incident_id)
-    if incident.state == "resolved":
+    if incident.state == IncidentState.RESOLVED:
         raise IncidentConflict(f"incident {incident_id} is already resolved")
     now = time.time()
-    incident.state, incident.resolved_by, incident.resolved_at = "resolved", by, now
+    incident.state, incident.resolved_by, incident.resolved_at = IncidentState.RESOLVED, by, now
     incident.resolve_note = text
     incident.updated_at = now
     session.add(incident)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import IncidentState
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.db.tables import Anomaly
 
@@ -39,7 +40,7 @@ class GroupingResult:
 def _latest_unresolved(session: Session, device_ids: Sequence[str]) -> dict[str, Incident]:
     newest = (
         select(Incident.device_id, func.max(Incident.id).label("id"))
-        .where(col(Incident.device_id).in_(device_ids), Incident.state != "resolved")
+        .where(col(Incident.device_id).in_(device_ids), Incident.state != IncidentState.RESOLVED)
         .group_by(col(Incident.device_id))
         .subquery()
     )
@@ -49,7 +50,7 @@ def _latest_unresolved(session: Session, device_ids: Sequence[str]) -> dict[str,
 
 def _open(a: Anomaly, now: float) -> Incident:
     return Incident(
-        device_id=a.device_id, state="open", started_at=a.ts_start, ended_at=a.ts_end,
+        device_id=a.device_id, state=IncidentState.OPEN, started_at=a.ts_start, ended_at=a.ts_end,
         opened_at=a.stored_at, last_event_at=a.stored_at, updated_at=now, events=0,
         peak_score=a.score, peak_threshold=a.threshold, channel_counts={},
         model_name=a.model_name, model_version=a.model_version,
@@ -118,12 +119,12 @@ def group_pending(session: Session, policy: GroupingPolicy, now: float) -> Group
 def resolve_quiet(session: Session, policy: GroupingPolicy, now: float) -> list[Incident]:
     """Resolve incidents with no event stored for ``quiet_s``; does not commit."""
     quiet = list(session.exec(
-        select(Incident).where(Incident.state != "resolved",
+        select(Incident).where(Incident.state != IncidentState.RESOLVED,
                                Incident.last_event_at < now - policy.quiet_s)
         .order_by(col(Incident.id)).limit(policy.batch)
     ))
     for incident in quiet:
-        incident.state = "resolved"
+        incident.state = IncidentState.RESOLVED
         incident.resolved_by, incident.resolved_at = AUTO_RESOLVER, now
         incident.resolve_note = f"no anomaly for {policy.quiet_s:g} s"
         incident.updated_at = now

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import IncidentState
 from cloud_hub.db.ops_tables import Incident, WebhookDelivery
 from cloud_hub.db.paging import Key, Page, keyset_page
 from cloud_hub.db.tables import Anomaly
@@ -46,7 +47,7 @@ def list_incidents(
 
 def count_by_state(session: Session) -> dict[str, int]:
     rows = session.exec(select(Incident.state, func.count()).group_by(col(Incident.state)))
-    counts = {"open": 0, "acknowledged": 0, "resolved": 0}
+    counts: dict[str, int] = dict.fromkeys(IncidentState, 0)
     counts.update({state: int(n) for state, n in rows})
     return counts
 
@@ -89,7 +90,7 @@ def list_deliveries(
 
 def _incident_filter(stmt: Any, state: str | None, device_id: str | None) -> Any:
     if state == "active":  # open or acknowledged
-        stmt = stmt.where(Incident.state != "resolved")
+        stmt = stmt.where(Incident.state != IncidentState.RESOLVED)
     elif state is not None:
         stmt = stmt.where(Incident.state == state)
     if device_id is not None:

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,16 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import JobStatus
 from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
 from cloud_hub.db.leases import hold_lease
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Anomaly, Device
 from cloud_hub.jobs.leased import process_holder_id
+from cloud_hub.jobs.request import FederatedSet, TrainingRequest, UploadedSet, spec_from_dict
 from cloud_hub.jobs.upload import load_upload
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
-from shared.manifest import Quantization
 
 __all__ = ["JobRunner", "RunTraining", "TrainingDataError", "spec_from_dict"]
 
@@ -44,17 +45,6 @@ _PROGRESS_EVERY_S = 0.25
 
 class TrainingDataError(ValueError):
     """The stored telemetry cannot make a training set for this request."""
-
-
-def spec_from_dict(data: dict[str, Any]) -> TrainingSpec:
-    known = {f.name for f in fields(TrainingSpec)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"spec has unknown field(s) {unknown}; known: {sorted(known)}")
-    values = dict(data)
-    if "quantization" in values and values["quantization"] != "auto":
-        values["quantization"] = Quantization(values["quantization"])
-    return TrainingSpec(**values)
 
 
 def _default_run_training() -> RunTraining:
@@ -104,7 +94,7 @@ class JobRunner:
         if self._worker.is_alive():
             self._worker.join(timeout)
 
-    def submit(self, session: Session, *, name: str, request: dict[str, Any]) -> TrainingJob:
+    def submit(self, session: Session, *, name: str, request: TrainingRequest) -> TrainingJob:
         job = TrainingJob(name=name, request=request, created_at=time.time(),
                           progress={"stage": "queued", "fraction": 0.0})
         session.add(job)
@@ -127,8 +117,9 @@ class JobRunner:
         with Session(self._engine) as session:
             cancelled = session.exec(
                 update(TrainingJob)
-                .where(col(TrainingJob.id) == job_id, col(TrainingJob.status) == "queued")
-                .values(status="cancelled", finished_at=time.time(),
+                .where(col(TrainingJob.id) == job_id,
+                       col(TrainingJob.status) == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=time.time(),
                         error="cancelled before it started")).rowcount
             session.commit()
         return event is not None or bool(cancelled)
@@ -169,8 +160,8 @@ class JobRunner:
             with Session(self._engine) as session:
                 session.exec(
                     update(TrainingJob)
-                    .where(col(TrainingJob.status) == "running")
-                    .values(status="failed", finished_at=now,
+                    .where(col(TrainingJob.status) == JobStatus.RUNNING)
+                    .values(status=JobStatus.FAILED, finished_at=now,
                             error="the hub process running this job stopped"))
                 session.commit()
         self._leading = held
@@ -179,13 +170,15 @@ class JobRunner:
     def _claim_next(self) -> int | None:
         with Session(self._engine) as session:
             job_id = session.exec(select(TrainingJob.id).where(
-                col(TrainingJob.status) == "queued").order_by(col(TrainingJob.id))).first()
+                col(TrainingJob.status) == JobStatus.QUEUED
+            ).order_by(col(TrainingJob.id))).first()
             if job_id is None:
                 return None
             claimed = session.exec(
                 update(TrainingJob)
-                .where(col(TrainingJob.id) == job_id, col(TrainingJob.status) == "queued")
-                .values(status="running", started_at=time.time())).rowcount
+                .where(col(TrainingJob.id) == job_id,
+                       col(TrainingJob.status) == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, started_at=time.time())).rowcount
             session.commit()
         return job_id if claimed else self._claim_next()
 
@@ -206,12 +199,12 @@ class JobRunner:
             job = session.get(TrainingJob, job_id)
             if job is None:
                 return
-            request, name = dict(job.request), job.name
+            request, name = job.request, job.name
         if cancel.is_set():
-            self._update(job_id, status="cancelled", finished_at=time.time(),
+            self._update(job_id, status=JobStatus.CANCELLED, finished_at=time.time(),
                          error="cancelled before it started")
             return
-        self._update(job_id, status="running", started_at=time.time(),
+        self._update(job_id, status=JobStatus.RUNNING, started_at=time.time(),
                      progress={"stage": "preparing", "fraction": 0.0})
         last_write = [0.0]
         last_renew = [time.monotonic()]
@@ -233,19 +226,19 @@ class JobRunner:
                 self._lead()
 
         try:
-            spec = spec_from_dict(request.get("spec") or {})
+            spec = request.training_spec()
             if spec.min_agreement < self._min_agreement:
                 log.warning("training job %d: min_agreement %s raised to the hub's parity "
                             "floor %s", job_id, spec.min_agreement, self._min_agreement)
                 spec = replace(spec, min_agreement=self._min_agreement)
-            if request.get("federated"):
+            if request.federated is not None:
                 with Session(self._engine) as session:
-                    stats, training = load_federated_set(session, request["federated"])
+                    stats, training = load_federated_set(session, request.federated)
                 artifact = self._run_federated(stats, spec, progress=progress, cancel=cancel)
             else:
-                if request.get("upload"):
+                if request.upload is not None:
                     readings, channels, segments, training = self._uploaded_set(
-                        request["upload"])
+                        request.upload)
                 else:
                     with Session(self._engine) as session:
                         readings, channels, segments, training = load_training_set(
@@ -260,7 +253,7 @@ class JobRunner:
             cancelled = type(exc).__name__ == "TrainingCancelled" or (
                 cancel.is_set() and not isinstance(exc, TrainingDataError)
             )
-            status = "cancelled" if cancelled else "failed"
+            status = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
             if not cancelled:
                 log.warning("training job %d failed: %s", job_id, exc)
             self._update(job_id, status=status, finished_at=time.time(),
@@ -269,7 +262,7 @@ class JobRunner:
         if unpublishable:
             log.warning("training job %d failed: model %s:%d cannot be published: %s", job_id,
                         model[0], model[1], unpublishable)
-        self._update(job_id, status="failed" if unpublishable else "succeeded",
+        self._update(job_id, status=JobStatus.FAILED if unpublishable else JobStatus.SUCCEEDED,
                      finished_at=time.time(), model_name=model[0], model_version=model[1],
                      progress={**latest, "stage": "done", "fraction": 1.0,
                                "quantization": artifact.extra.get("quantization_choice")},
@@ -286,26 +279,26 @@ class JobRunner:
         return train_federated_in_child(stats, spec, **kwargs)
 
     def _uploaded_set(
-        self, upload: dict[str, Any]
+        self, upload: UploadedSet
     ) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
-        readings = load_upload(self.uploads_dir, upload["file"])
+        readings = load_upload(self.uploads_dir, upload.file)
         if self._max_readings is not None and len(readings) > self._max_readings:
             raise TrainingDataError(f"the upload has {len(readings)} rows; a training job may "
                                     f"load at most {self._max_readings}")
-        channels = list(upload["channels"])
+        channels = list(upload.channels)
         training = {"devices": [], "channels": channels, "source": "uploaded CSV",
                     "segments": [len(readings)]}
         return readings, channels, [len(readings)], training
 
 
 def load_training_set(
-    session: Session, request: dict[str, Any], *, max_readings: int | None = None,
+    session: Session, request: TrainingRequest, *, max_readings: int | None = None,
 ) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
     """Readings of the requested devices (one segment each), channels, and what was used.
 
     More than ``max_readings`` selected is refused before any is loaded.
     """
-    device_ids = request.get("devices")
+    device_ids = request.devices
     if not device_ids:
         candidates = [d.device_id for d in list_devices(session) if d.telemetry_readings > 0]
         enrolled = enrolled_among(session, candidates)  # a revoked device's data is not used
@@ -319,13 +312,13 @@ def load_training_set(
         missing = sorted(set(device_ids) - known)
         if missing:
             raise TrainingDataError(f"devices {missing} have never sent anything")
-    channels: list[str] | None = request.get("channels")
-    since, until = request.get("since"), request.get("until")
+    channels = request.channels
+    since, until = request.since, request.until
     if max_readings is not None:
         selected = count_readings(session, device_ids=device_ids, since=since, until=until)
         if selected > max_readings:
             raise TrainingDataError(
-                f"devices={request.get('devices') or 'all'} since={since} until={until} "
+                f"devices={request.devices or 'all'} since={since} until={until} "
                 f"select {selected} readings; a training job may load at most {max_readings}")
     parts, segments, used = [], [], []
     first_ts, last_ts = None, None
@@ -337,9 +330,8 @@ def load_training_set(
             continue
         channels = piece.channels
         runs = [(0, len(piece.ts))]
-        if request.get("exclude_anomalies"):
-            runs = normal_runs(session, device_id, piece.ts,
-                               min_rows=int(request.get("min_segment_rows") or 64))
+        if request.exclude_anomalies:
+            runs = normal_runs(session, device_id, piece.ts, min_rows=request.min_segment_rows)
             left_out += len(piece.ts) - sum(b - a for a, b in runs)
         for a, b in runs:
             parts.append(piece.values[a:b])
@@ -351,41 +343,41 @@ def load_training_set(
         last_ts = max(last_ts or piece.ts[-1], float(piece.ts[-1]))
     if not parts or channels is None:
         raise TrainingDataError(
-            f"no stored telemetry for devices={request.get('devices') or 'all'} "
-            f"channels={request.get('channels') or 'all'} since={since} until={until}"
+            f"no stored telemetry for devices={request.devices or 'all'} "
+            f"channels={request.channels or 'all'} since={since} until={until}"
         )
     readings = np.concatenate(parts).astype(np.float32)
     training = {"devices": used, "channels": channels, "since": first_ts, "until": last_ts,
                 "segments": segments}
-    if request.get("exclude_anomalies"):
+    if request.exclude_anomalies:
         training["readings_left_out"] = left_out  # inside or next to stored anomaly events
     return readings, list(channels), segments, training
 
 
-def load_federated_set(session: Session, request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def load_federated_set(session: Session, request: FederatedSet) -> tuple[Any, dict[str, Any]]:
     """The pooled training statistics the requested devices sent in drift summaries between
     ``since`` and ``until`` (device time of the periods' ends), and what was used."""
     from cloud_hub.db.drift_tables import DriftSummaryRow
     from cloud_hub.training.errors import TrainingError
     from cloud_hub.training.federated import merge_stats
 
-    device_ids = list(request.get("devices") or [])
+    device_ids = list(request.devices)
     try:
         require_enrolled(session, device_ids, "training")
     except NotEnrolled as exc:
         raise TrainingDataError(str(exc)) from None
     stmt = select(DriftSummaryRow).where(col(DriftSummaryRow.device_id).in_(device_ids),
                                          col(DriftSummaryRow.has_training).is_(True))
-    if request.get("since") is not None:
-        stmt = stmt.where(DriftSummaryRow.period_end >= float(request["since"]))
-    if request.get("until") is not None:
-        stmt = stmt.where(DriftSummaryRow.period_end <= float(request["until"]))
+    if request.since is not None:
+        stmt = stmt.where(DriftSummaryRow.period_end >= request.since)
+    if request.until is not None:
+        stmt = stmt.where(DriftSummaryRow.period_end <= request.until)
     rows = list(session.exec(stmt.order_by(col(DriftSummaryRow.device_id),
                                            col(DriftSummaryRow.period_end))))
     if not rows:
         raise TrainingDataError(
-            f"no federated statistics from devices {device_ids} between {request.get('since')} "
-            f"and {request.get('until')} (they need telemetry.upload = \"summaries\")")
+            f"no federated statistics from devices {device_ids} between {request.since} "
+            f"and {request.until} (they need telemetry.upload = \"summaries\")")
     try:
         stats = merge_stats([r.training for r in rows if r.training])
     except TrainingError as exc:

@@ -24,6 +24,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import KeyStatus
 from cloud_hub.db.key_tables import SigningKeyRecord, TrustListRecord
 from cloud_hub.mqtt.publisher import Publisher
 from shared.signing import SignatureError, SigningKey, generate_signing_key, sign_trust_list
@@ -33,7 +34,7 @@ __all__ = ["HubKeys", "KeyConflict", "KeyUnavailable"]
 
 log = logging.getLogger(__name__)
 
-ACTIVE, TRUSTED, RETIRED = "active", "trusted", "retired"
+ACTIVE, TRUSTED, RETIRED = KeyStatus.ACTIVE, KeyStatus.TRUSTED, KeyStatus.RETIRED
 
 
 class KeyConflict(RuntimeError):

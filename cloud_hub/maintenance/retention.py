@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Table, delete, func, literal, select, tuple_, update
 from sqlalchemy.engine import Connection
 
+from cloud_hub.core.states import JobStatus
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.rollup_tables import TelemetryRollup
 from cloud_hub.db.tables import DeadLetter, StreamMark, TelemetryBatchRow
@@ -92,7 +93,7 @@ def prune(conn: Connection, policy: RetentionPolicy, *, now: float) -> dict[str,
 
     jobs = _table(TrainingJob)
     ids = conn.execute(select(jobs.c.id).where(
-        jobs.c.status.in_(("succeeded", "failed", "cancelled")),
+        jobs.c.status.in_([s for s in JobStatus if s.finished]),
         func.coalesce(jobs.c.finished_at, jobs.c.created_at) < now - policy.jobs_days * _DAY)
         .limit(policy.batch)).scalars().all()
     done["training_jobs"] = int(conn.execute(

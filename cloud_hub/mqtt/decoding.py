@@ -77,7 +77,7 @@ def decode_batch(topics: Topics, messages: Iterable[Any], *, now: float | None =
 
 def _decode_one(topics: Topics, topic: str, payload: bytes) -> WireMessage | None:
     parsed = topics.parse(topic)
-    kind = DeviceTopic(parsed.kind) if parsed.kind in DeviceTopic.__members__.values() else None
+    kind = parsed.stream
     cls = INGESTED.get(kind) if kind is not None else None
     if cls is None or parsed.device_id is None:
         raise TopicError(f"topic {topic!r} is not a stream the hub ingests")

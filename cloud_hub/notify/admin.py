@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func
 from sqlmodel import Session, col, delete, select
 
+from cloud_hub.core.states import DeliveryStatus
 from cloud_hub.db.ops_tables import WebhookDelivery, WebhookRule
 from cloud_hub.notify.signing import new_secret
 
@@ -72,7 +73,7 @@ def delete_rule(session: Session, rule_id: int) -> None:
 
 def rule_view(session: Session, rule: WebhookRule, *, with_secret: bool = False
               ) -> dict[str, Any]:
-    counts = {"pending": 0, "delivered": 0, "failed": 0}
+    counts: dict[str, int] = dict.fromkeys(DeliveryStatus, 0)
     counts.update({status: int(n) for status, n in session.exec(
         select(WebhookDelivery.status, func.count()).where(WebhookDelivery.rule_id == rule.id)
         .group_by(col(WebhookDelivery.status)))})

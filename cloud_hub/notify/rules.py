@@ -16,14 +16,15 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import IncidentState, WebhookEvent
 from cloud_hub.db.ops_tables import Incident, WebhookDelivery, WebhookRule
 from cloud_hub.db.tables import Device
 from cloud_hub.incidents.views import incident_view
 
 __all__ = ["OPENED", "RESOLVED", "matches", "queue_notifications"]
 
-OPENED = "incident.opened"
-RESOLVED = "incident.resolved"
+OPENED = WebhookEvent.INCIDENT_OPENED
+RESOLVED = WebhookEvent.INCIDENT_RESOLVED
 
 
 def matches(rule: WebhookRule, incident: Incident, device: Device | None) -> bool:
@@ -38,7 +39,7 @@ def matches(rule: WebhookRule, incident: Incident, device: Device | None) -> boo
     return rule.fault_class is None or incident.fault_class == rule.fault_class
 
 
-def _body(event: str, incident: Incident, device: Device | None, rule: WebhookRule,
+def _body(event: WebhookEvent, incident: Incident, device: Device | None, rule: WebhookRule,
           now: float) -> str:
     payload: dict[str, Any] = {
         "event": event, "created_at": now, "rule": {"id": rule.id, "name": rule.name},
@@ -76,14 +77,14 @@ def queue_notifications(session: Session, incidents: Iterable[Incident],
         for rule in rules:
             assert rule.id is not None
             opened = (rule.id, incident.id, OPENED) in sent
-            if not opened and incident.state == "resolved":
+            if not opened and incident.state == IncidentState.RESOLVED:
                 continue  # over before it matched (or before the rule existed): no news
             if not opened and matches(rule, incident, device):
                 events = [OPENED]
                 opened = True
             else:
                 events = []
-            if (incident.state == "resolved" and opened
+            if (incident.state == IncidentState.RESOLVED and opened
                     and (rule.id, incident.id, RESOLVED) not in sent):
                 events.append(RESOLVED)
             for event in events:

@@ -16,6 +16,7 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import DeliveryStatus
 from cloud_hub.db.ops_tables import WebhookDelivery, WebhookRule
 from cloud_hub.notify.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign_body
 
@@ -51,7 +52,8 @@ class WebhookSender:
             due = list(session.exec(
                 select(WebhookDelivery, WebhookRule)
                 .join(WebhookRule, col(WebhookRule.id) == col(WebhookDelivery.rule_id))
-                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+                .where(WebhookDelivery.status == DeliveryStatus.PENDING,
+                       WebhookDelivery.next_attempt_at <= now)
                 .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
                 .limit(self.policy.batch)
             ))
@@ -61,7 +63,7 @@ class WebhookSender:
         with Session(self._engine) as session:
             for delivery_id, (code, error) in outcomes:
                 delivery = session.get(WebhookDelivery, delivery_id)
-                if delivery is None or delivery.status != "pending":
+                if delivery is None or delivery.status != DeliveryStatus.PENDING:
                     continue
                 self._record(delivery, code, error, sent_at)
                 session.add(delivery)
@@ -88,11 +90,11 @@ class WebhookSender:
         d.attempts += 1
         d.last_status_code = code
         if error is None:
-            d.status, d.delivered_at, d.last_error = "delivered", now, None
+            d.status, d.delivered_at, d.last_error = DeliveryStatus.DELIVERED, now, None
             return
         d.last_error = error
         if d.attempts >= self.policy.max_attempts:
-            d.status = "failed"
+            d.status = DeliveryStatus.FAILED
             log.warning("webhook delivery %s (%s) failed for good after %d attempts: %s",
                         d.id, d.event, d.attempts, error)
             return

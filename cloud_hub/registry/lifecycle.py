@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, select
 
+from cloud_hub.core.states import ModelStatus
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.registry.records import chunk_count
@@ -53,7 +54,7 @@ def retire_model(
     """Clear the retained manifest and chunks and mark the version retired."""
     record = get_model(session, name=name, version=version)
     publisher.clear_model(name, version, chunk_count(record))
-    record.status = "retired"
+    record.status = ModelStatus.RETIRED
     record.retired_at = time.time()
     session.add(record)
     session.commit()

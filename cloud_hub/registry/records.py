@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from cloud_hub.core.states import ModelStatus
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.training.artifact import ModelArtifact
 from shared.codec import sha256_hex, split
@@ -111,7 +112,7 @@ def register_artifact(
     record = ModelVersion(
         name=name,
         version=version,
-        status="draft",
+        status=ModelStatus.DRAFT,
         created_at=manifest["created_at"],
         family=artifact.spec.family,
         spec=_jsonable(artifact.spec),

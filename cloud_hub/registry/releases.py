@@ -17,6 +17,7 @@ import time
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import ModelStatus
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion
 from cloud_hub.keys.ring import HubKeys
 from cloud_hub.mqtt.publisher import Publisher
@@ -63,8 +64,8 @@ class Releases:
                                      key_id=key.key_id, created_at=now, reason=reason))
             record.manifest = manifest.to_dict()
             record.key_id = key.key_id
-            if record.status != "published":
-                record.status = "published"
+            if record.status != ModelStatus.PUBLISHED:
+                record.status = ModelStatus.PUBLISHED
                 record.published_at = now
                 record.retired_at = None
             session.add(record)
@@ -83,7 +84,7 @@ class Releases:
         """Release ``record`` again unless its release is the newest of its name, is published,
         and is signed by a key the devices still trust. Devices are sent only to such one."""
         current = self.current_release(record)
-        if (current is not None and record.status == "published"
+        if (current is not None and record.status == ModelStatus.PUBLISHED
                 and current == self.latest(session, record.name)
                 and record.key_id in self.keys.trusted_ids(session)):
             return record
@@ -91,12 +92,12 @@ class Releases:
 
     def publish(self, session: Session, record: ModelVersion) -> ModelVersion:
         """Make a version available: its first release, or its current release again."""
-        if record.status == "retired":
+        if record.status == ModelStatus.RETIRED:
             raise PublishRefused(
                 f"model {record.name} v{record.version} is retired; register a new version"
             )
         current = self.current_release(record)
-        if (current is None or record.status != "published"
+        if (current is None or record.status != ModelStatus.PUBLISHED
                 or record.key_id not in self.keys.trusted_ids(session)):
             return self.release(session, record, reason="publish")
         self.publisher.publish_model(manifest_from_dict(record.manifest), record.tflite)
@@ -107,7 +108,7 @@ class Releases:
         version whose manifest a retired key signed (devices no longer trust that key)."""
         done = []
         stale = session.exec(select(ModelVersion).where(
-            ModelVersion.status == "published", ModelVersion.key_id == retired_key_id)
+            ModelVersion.status == ModelStatus.PUBLISHED, ModelVersion.key_id == retired_key_id)
             .order_by(col(ModelVersion.name), col(ModelVersion.version))).all()
         for record in stale:
             number = self.current_release(record)

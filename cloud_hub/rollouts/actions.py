@@ -9,12 +9,14 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import ModelStatus, RolloutAction, RolloutStatus
 from cloud_hub.db.devices import ensure_devices
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Device
 from cloud_hub.registry.lifecycle import PublishRefused, get_model
 from cloud_hub.rollouts.controller import ACTIVE_STATES, RolloutController
 from cloud_hub.rollouts.planning import plan_stages, resolve_target
+from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 
 __all__ = ["ROLL_BACK_FROM", "RolloutConflict", "change_state", "create_rollout", "roll_back",
            "rollout_summaries",
@@ -26,14 +28,14 @@ class RolloutConflict(RuntimeError):
 
 
 def create_rollout(
-    session: Session, *, name: str, version: int, target: dict[str, Any],
-    policy: dict[str, Any],
+    session: Session, *, name: str, version: int, target: RolloutTarget,
+    policy: RolloutPolicy,
 ) -> Rollout:
     record = get_model(session, name=name, version=version)
-    if record.status != "published":
+    if record.status != ModelStatus.PUBLISHED:
         raise PublishRefused(f"model {name} v{version} is {record.status}; publish it first")
-    devices = resolve_target(session, devices=target.get("devices"), group=target.get("group"),
-                             tags=target.get("tags"), percent=target.get("percent", 100))
+    devices = resolve_target(session, devices=target.devices, group=target.group,
+                             tags=target.tags, percent=target.percent)
     busy = session.exec(
         select(RolloutDevice.device_id, Rollout.id)
         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
@@ -42,9 +44,8 @@ def create_rollout(
     if busy is not None:
         raise RolloutConflict(f"device {busy[0]} is in active rollout {busy[1]}; "
                               "pause/abort it or wait for it to finish")
-    stages = plan_stages(devices, canary_size=policy["canary_size"],
-                         canary_percent=policy.get("canary_percent"),
-                         wave_size=policy["wave_size"])
+    stages = plan_stages(devices, canary_size=policy.canary_size,
+                         canary_percent=policy.canary_percent, wave_size=policy.wave_size)
     rollout = Rollout(model_name=name, model_version=version, target=target, policy=policy,
                       stages=stages, created_at=time.time())
     session.add(rollout)
@@ -59,20 +60,20 @@ def create_rollout(
     return rollout
 
 
-_TRANSITIONS = {
-    "pause": ({"running"}, "paused"),
-    "resume": ({"paused"}, "running"),
-    "abort": ({"running", "paused"}, "aborted"),
+_TRANSITIONS: dict[RolloutAction, tuple[set[RolloutStatus], RolloutStatus]] = {
+    RolloutAction.PAUSE: ({RolloutStatus.RUNNING}, RolloutStatus.PAUSED),
+    RolloutAction.RESUME: ({RolloutStatus.PAUSED}, RolloutStatus.RUNNING),
+    RolloutAction.ABORT: ({RolloutStatus.RUNNING, RolloutStatus.PAUSED}, RolloutStatus.ABORTED),
 }
 
 
-def change_state(session: Session, rollout: Rollout, action: str) -> Rollout:
+def change_state(session: Session, rollout: Rollout, action: RolloutAction) -> Rollout:
     """pause / resume / abort. Abort stops promoting and leaves devices where they are."""
     allowed, new_state = _TRANSITIONS[action]
     if rollout.status not in allowed:
         raise RolloutConflict(f"rollout {rollout.id} is {rollout.status}; cannot {action}")
     rollout.status = new_state
-    if new_state == "aborted":
+    if new_state == RolloutStatus.ABORTED:
         rollout.finished_at = time.time()
         rollout.reason = "aborted by an admin"
     session.add(rollout)
@@ -81,7 +82,8 @@ def change_state(session: Session, rollout: Rollout, action: str) -> Rollout:
     return rollout
 
 
-ROLL_BACK_FROM = ("running", "paused", "succeeded", "aborted")
+ROLL_BACK_FROM = (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.SUCCEEDED,
+                  RolloutStatus.ABORTED)
 
 
 def roll_back(session: Session, rollout: Rollout, controller: RolloutController,
@@ -109,7 +111,8 @@ def _view(rollout: Rollout, counts: tuple[int, int, int, int]) -> dict[str, Any]
         "stages": len(rollout.stages), "stage_sizes": [len(s) for s in rollout.stages],
         "devices_total": total, "devices_updated": updated, "devices_failed": failed,
         "devices_reverted": reverted,
-        "target": rollout.target, "policy": rollout.policy, "created_at": rollout.created_at,
+        "target": rollout.target.model_dump(mode="json"),
+        "policy": rollout.policy.model_dump(mode="json"), "created_at": rollout.created_at,
         "finished_at": rollout.finished_at, "seconds_to_full": rollout.seconds_to_full,
     }
 

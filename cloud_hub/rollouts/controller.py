@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import ROLLOUT_ACTIVE, RolloutStatus, Verdict
 from cloud_hub.db.leases import hold_lease
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
@@ -24,14 +25,14 @@ from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.desired import set_desired
 from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
-from shared.messages import ModelRef
+from shared.messages import ModelRef, ModelState
 
 __all__ = ["ACTIVE_STATES", "RolloutController"]
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("running", "paused", "rolling_back")
-_FAILED_STATES = ("failed", "rolled_back")
+ACTIVE_STATES = ROLLOUT_ACTIVE
+_FAILED_STATES = (ModelState.FAILED, ModelState.ROLLED_BACK)
 BASELINE_WINDOW_S = 600.0
 # A rollout whose step fails this many times in a row (other than for a broker outage, which
 # is retried for ever) is aborted with the error as its reason.
@@ -89,7 +90,8 @@ class RolloutController:
         with self._lock:
             with Session(self._engine) as session:
                 ids = session.exec(select(Rollout.id).where(
-                    col(Rollout.status).in_(("running", "rolling_back")))).all()
+                    col(Rollout.status).in_((RolloutStatus.RUNNING,
+                                          RolloutStatus.ROLLING_BACK)))).all()
             for rollout_id in ids:
                 if rollout_id is not None:
                     self._tick_one(rollout_id, now or time.time())
@@ -100,9 +102,9 @@ class RolloutController:
                 rollout = session.get(Rollout, rollout_id, with_for_update=True)
                 if rollout is None:
                     return
-                if rollout.status == "running":
+                if rollout.status == RolloutStatus.RUNNING:
                     self._advance(session, rollout, now)
-                elif rollout.status == "rolling_back":
+                elif rollout.status == RolloutStatus.ROLLING_BACK:
                     self._confirm_rollback(session, rollout, now)
         except PublishError as exc:  # the broker is away: try again next tick, for ever
             self._tick_failed(rollout_id, exc, give_up=False)
@@ -126,7 +128,7 @@ class RolloutController:
             with Session(self._engine) as session:
                 rollout = session.get(Rollout, rollout_id)
                 if rollout is not None and rollout.status in ACTIVE_STATES:
-                    rollout.status, rollout.reason = "aborted", reason
+                    rollout.status, rollout.reason = RolloutStatus.ABORTED, reason
                     rollout.finished_at = time.time()
                     session.add(rollout)
                     session.commit()
@@ -170,17 +172,12 @@ class RolloutController:
         members = self._stage_devices(session, rollout)
         observations = self._observe_all(session, rollout, members, now)
         session.commit()
-        policy = rollout.policy
-        verdict = judge_stage(
-            observations, now=now, stage_started_at=rollout.stage_started_at,
-            is_canary=rollout.stage == 0, min_observation_s=policy["min_observation_s"],
-            max_failure_ratio=policy["max_failure_ratio"],
-            max_anomaly_rate_increase=policy["max_anomaly_rate_increase"],
-            stage_timeout_s=policy["stage_timeout_s"],
-        )
-        if verdict.state == "breach":
+        verdict = judge_stage(observations, rollout.policy, now=now,
+                              stage_started_at=rollout.stage_started_at,
+                              is_canary=rollout.stage == 0)
+        if verdict.state == Verdict.BREACH:
             self.roll_back(session, rollout, verdict.reason, now)
-        elif verdict.state == "pass":
+        elif verdict.state == Verdict.PASS:
             if rollout.stage + 1 < len(rollout.stages):
                 rollout.stage += 1
                 rollout.stage_started_at = None
@@ -190,7 +187,7 @@ class RolloutController:
             else:
                 confirmed = session.exec(select(func.max(RolloutDevice.confirmed_at)).where(
                     RolloutDevice.rollout_id == rollout.id)).one()
-                rollout.status, rollout.finished_at = "succeeded", now
+                rollout.status, rollout.finished_at = RolloutStatus.SUCCEEDED, now
                 rollout.seconds_to_full = (confirmed or now) - rollout.created_at
                 session.add(rollout)
                 session.commit()
@@ -240,7 +237,7 @@ class RolloutController:
 
     # -- backward ------------------------------------------------------------------------
     def roll_back_on_request(self, rollout_id: int, reason: str,
-                             allowed: tuple[str, ...]) -> str | None:
+                             allowed: tuple[RolloutStatus, ...]) -> str | None:
         """Roll back at an admin's request if the rollout's state is in ``allowed``.
 
         Runs under the tick lock, so it never races a tick. Returns the state that refused
@@ -276,7 +273,7 @@ class RolloutController:
         for m in touched:
             m.reverted_at = now
             session.add(m)
-        rollout.status, rollout.reason = "rolling_back", reason
+        rollout.status, rollout.reason = RolloutStatus.ROLLING_BACK, reason
         session.add(rollout)
         session.commit()
         self._confirm_rollback(session, rollout, now)
@@ -298,7 +295,7 @@ class RolloutController:
                 m.revert_confirmed_at = now
                 session.add(m)
         if all(m.revert_confirmed_at is not None for m in touched):
-            rollout.status, rollout.finished_at = "rolled_back", now
+            rollout.status, rollout.finished_at = RolloutStatus.ROLLED_BACK, now
             session.add(rollout)
             log.info("rollout %s rolled back, confirmed by %d device(s)", rollout.id,
                      len(touched))

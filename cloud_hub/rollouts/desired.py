@@ -11,6 +11,7 @@ import time
 
 from sqlmodel import Session
 
+from cloud_hub.core.states import ModelStatus
 from cloud_hub.db.devices import ensure_devices
 from cloud_hub.registry.lifecycle import PublishRefused, get_model
 from cloud_hub.registry.releases import Releases
@@ -32,7 +33,7 @@ def set_desired(
     """
     if model is not None:
         record = get_model(session, name=model.name, version=model.version)
-        if require_published and record.status != "published":
+        if require_published and record.status != ModelStatus.PUBLISHED:
             raise PublishRefused(
                 f"model {model.name} v{model.version} is {record.status}; publish it first"
             )

@@ -1,4 +1,5 @@
-"""The rollout policy as pure decisions over what a stage's devices reported.
+"""The rollout policy: its rules (:class:`RolloutPolicy`, what the API takes, the rollout row
+stores and the controller reads) and pure decisions over what a stage's devices reported.
 
 Kept free of the database and MQTT so each rule can be read (and tested) on its own.
 """
@@ -6,8 +7,48 @@ Kept free of the database and MQTT so each rule can be read (and tested) on its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-__all__ = ["DeviceObservation", "StageVerdict", "judge_stage"]
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from cloud_hub.core.states import Verdict
+from shared.topics import DEVICE_ID_PATTERN
+
+__all__ = ["DeviceObservation", "RolloutPolicy", "RolloutTarget", "StageVerdict", "judge_stage"]
+
+DeviceId = Annotated[str, StringConstraints(pattern=rf"^{DEVICE_ID_PATTERN}$")]
+
+
+class RolloutTarget(BaseModel):
+    """Which devices a rollout is for: ids, or a group and/or tags; then a percentage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=100_000)
+    group: str | None = None
+    tags: list[str] | None = None
+    percent: int = Field(default=100, ge=1, le=100)
+
+
+class RolloutPolicy(BaseModel):
+    """How a rollout is cut into stages and when a stage passes or breaches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    canary_size: int = Field(default=1, ge=1, le=100_000,
+                             description="devices in the canary stage")
+    canary_percent: int | None = Field(default=None, ge=1, le=100)
+    wave_size: int = Field(default=10, ge=1, le=100_000,
+                           description="devices per wave after the canary")
+    min_observation_s: float = Field(default=30.0, ge=0)
+    max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
+    max_anomaly_rate_increase: float = Field(
+        default=2.0, ge=0,
+        description="canary anomaly events per device-minute may exceed their own rate under "
+        "the previous model by at most this many events per minute",
+    )
+    stage_timeout_s: float = Field(default=600.0, gt=0,
+                                   description="a stage whose devices never report fails")
 
 
 @dataclass(frozen=True)
@@ -21,18 +62,18 @@ class DeviceObservation:
 
 @dataclass(frozen=True)
 class StageVerdict:
-    state: str  # "wait" | "pass" | "breach"
+    state: Verdict
     reason: str = ""
 
 
 def judge_stage(
-    observations: list[DeviceObservation], *, now: float, stage_started_at: float,
-    is_canary: bool, min_observation_s: float, max_failure_ratio: float,
-    max_anomaly_rate_increase: float, stage_timeout_s: float,
+    observations: list[DeviceObservation], policy: RolloutPolicy, *, now: float,
+    stage_started_at: float, is_canary: bool,
 ) -> StageVerdict:
+    min_observation_s, max_failure_ratio = policy.min_observation_s, policy.max_failure_ratio
     total = len(observations)
     failed = [o for o in observations if o.failed is not None]
-    timed_out = now - stage_started_at > stage_timeout_s
+    timed_out = now - stage_started_at > policy.stage_timeout_s
     pending = [o for o in observations if o.failed is None and o.confirmed_at is None]
     if timed_out and pending:
         failed = failed + pending
@@ -45,21 +86,22 @@ def judge_stage(
             for o in failed[:3]
         )
         return StageVerdict(
-            "breach",
+            Verdict.BREACH,
             f"install failure ratio {ratio:.2f} ({len(failed)}/{total}) exceeds "
             f"{max_failure_ratio:.2f}: {reasons}",
         )
     confirmed = [o for o in observations if o.confirmed_at is not None]
     if is_canary and confirmed:
-        verdict = _anomaly_rate(confirmed, now, min_observation_s, max_anomaly_rate_increase)
+        verdict = _anomaly_rate(confirmed, now, min_observation_s,
+                                 policy.max_anomaly_rate_increase)
         if verdict is not None:
             return verdict
     if pending:
-        return StageVerdict("wait", f"{len(pending)} of {total} devices not confirmed yet")
+        return StageVerdict(Verdict.WAIT, f"{len(pending)} of {total} devices not confirmed yet")
     last = max((o.confirmed_at for o in confirmed if o.confirmed_at), default=stage_started_at)
     if now - last < min_observation_s:
-        return StageVerdict("wait", f"observing for {min_observation_s:.0f}s")
-    return StageVerdict("pass")
+        return StageVerdict(Verdict.WAIT, f"observing for {min_observation_s:.0f}s")
+    return StageVerdict(Verdict.PASS)
 
 
 def _anomaly_rate(
@@ -83,7 +125,7 @@ def _anomaly_rate(
     if lower_bound > limit or (oldest >= min_observation_s and mean_increase > limit):
         shown = lower_bound if lower_bound > limit else mean_increase
         return StageVerdict(
-            "breach",
+            Verdict.BREACH,
             f"canary anomaly rate rose by {shown:.2f} events/min per device over the previous "
             f"model (limit {limit:.2f})",
         )

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import case, func
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import ROLLOUT_ACTIVE
 from cloud_hub.db.ops_tables import Incident, WebhookDelivery
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
@@ -63,7 +64,7 @@ def _global_tokens(session: Session) -> dict[str, str]:
     ).all()
     rollouts = session.exec(
         select(Rollout.id, Rollout.status, Rollout.stage)
-        .where(col(Rollout.status).in_(("running", "paused", "rolling_back"))
+        .where(col(Rollout.status).in_(ROLLOUT_ACTIVE)
                | (col(Rollout.finished_at) >= now - 120))).all()
     progress = session.exec(
         select(func.count(col(RolloutDevice.confirmed_at)),

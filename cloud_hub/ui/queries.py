@@ -9,14 +9,17 @@ from typing import Any
 from sqlalchemy import func, literal, or_
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import IncidentState, ModelStatus
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
 from cloud_hub.ui.live import display_state
+from shared.messages import ModelState
 
 __all__ = ["FleetFilter", "FleetPage", "fleet_page", "open_incident_counts"]
 
-MODEL_STATES = ("active", "downloading", "verifying", "shadow", "failed", "rolled_back")
+MODEL_STATES = (ModelState.ACTIVE, ModelState.DOWNLOADING, ModelState.VERIFYING,
+                ModelState.SHADOW, ModelState.FAILED, ModelState.ROLLED_BACK)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _has_tag(session: Session, tag: str) -> Any:
 
 def _open_incident_exists() -> Any:
     return select(literal(1)).where(Incident.device_id == Device.device_id,
-                                    Incident.state != "resolved").exists()
+                                    Incident.state != IncidentState.RESOLVED).exists()
 
 
 def _where(session: Session, stmt: Any, f: FleetFilter, now: float) -> Any:
@@ -109,7 +112,7 @@ def fleet_counts(session: Session, now: float) -> dict[str, int]:
                FleetFilter(state="out-of-sync"), now)).one())
     counts["incident"] = int(session.exec(
         select(func.count(func.distinct(Incident.device_id))).where(
-            Incident.state != "resolved")).one())
+            Incident.state != IncidentState.RESOLVED)).one())
     return counts
 
 
@@ -117,7 +120,7 @@ def open_incident_counts(session: Session, device_ids: list[str]) -> dict[str, i
     if not device_ids:
         return {}
     rows = session.exec(select(Incident.device_id, func.count()).where(
-        col(Incident.device_id).in_(device_ids), Incident.state != "resolved")
+        col(Incident.device_id).in_(device_ids), Incident.state != IncidentState.RESOLVED)
         .group_by(col(Incident.device_id)))
     return {d: int(n) for d, n in rows}
 
@@ -133,7 +136,8 @@ def _choices(session: Session) -> tuple[list[str], list[str], list[str]]:
                                          .join(elements, literal(True)).distinct()
                                          .order_by(elements.c.value).limit(200))]
     models = [f"{n}:{v}" for n, v in session.exec(
-        select(ModelVersion.name, ModelVersion.version).where(ModelVersion.status != "draft")
+        select(ModelVersion.name, ModelVersion.version)
+        .where(ModelVersion.status != ModelStatus.DRAFT)
         .order_by(col(ModelVersion.name), col(ModelVersion.version).desc()).limit(100))]
     return [str(g) for g in groups], tags, models
 

@@ -20,6 +20,7 @@ from cloud_hub.core.config import Settings
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
 from cloud_hub.db.queries import read_telemetry
 from cloud_hub.db.tables import TelemetryBatchRow
+from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.service import Hub
 from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
 from tests.cloud_hub.api_support import api_client
@@ -238,7 +239,7 @@ def test_jobs_rollouts_and_keys_page_newest_first(hub: Hub, api: httpx.Client) -
     assert [k["id"] for k in keys] == [1, 2, 3, 4, 5, 6] and pages == 3
     with Session(hub.engine) as session:  # queued: the job runner is not started
         for i in range(3):
-            hub.jobs.submit(session, name=f"job-{i}", request={"name": f"job-{i}"})
+            hub.jobs.submit(session, name=f"job-{i}", request=TrainingRequest(name=f"job-{i}"))
     jobs, _ = _walk(api, "/api/v1/training-jobs", limit=2)
     assert [j["name"] for j in jobs] == ["job-2", "job-1", "job-0"]
     assert _walk(api, "/api/v1/rollouts", limit=1) == ([], 1)

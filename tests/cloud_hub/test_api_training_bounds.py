@@ -19,6 +19,7 @@ from cloud_hub.api.schemas import TrainingSpecBody
 from cloud_hub.core.config import Settings
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.registry_tables import ModelVersion
+from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.service import Hub
 from cloud_hub.training.artifact import ModelArtifact, TrainingSpec
 from shared.messages import TelemetryBatch
@@ -189,8 +190,8 @@ def test_a_stored_request_below_the_floor_is_trained_at_the_floor(tmp_path: Path
     hub.jobs.start()
     try:
         with Session(hub.engine) as session:  # behind the API's back, e.g. an old request
-            hub.jobs.submit(session, name="m", request={"name": "m",
-                                                        "spec": {"min_agreement": 0.2}})
+            hub.jobs.submit(session, name="m", request=TrainingRequest(
+                name="m", spec={"min_agreement": 0.2}))
         wait_for(lambda: seen, timeout=10, what="the job to start training")
     finally:
         hub.jobs.stop()

@@ -21,6 +21,7 @@ from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device, StreamMark, TelemetryBatchRow
+from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.jobs.training import JobRunner
 from cloud_hub.mqtt.ingest import DatabaseUnavailable, classify
 from cloud_hub.rollouts.controller import RolloutController
@@ -199,8 +200,8 @@ def test_training_jobs_submitted_to_two_hubs_each_run_once_one_at_a_time(
         ids = []
         for i in range(6):
             with Session(engines[i % 2]) as session:
-                job = runners[i % 2].submit(session, name=f"m{i}", request={
-                    "devices": ["pump-1"], "spec": {"window": 8, "epochs": 1}})
+                job = runners[i % 2].submit(session, name=f"m{i}", request=TrainingRequest(
+                    devices=["pump-1"], spec={"window": 8, "epochs": 1}))
                 ids.append(job.id)
 
         def finished() -> bool:

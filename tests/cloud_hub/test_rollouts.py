@@ -12,6 +12,7 @@ from sqlmodel import Session
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.rollouts.planning import unknown_devices
+from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 from cloud_hub.service import Hub
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
@@ -257,8 +258,8 @@ def test_a_rollout_with_a_bad_stored_target_never_stops_the_others(
     try:
         name, version = _published(hub, api)
         with Session(hub.engine) as session:  # behind the API's back: an id no topic can hold
-            bad = Rollout(model_name=name, model_version=version, target={},
-                          policy={"min_observation_s": 0.5}, stages=[["bad/id#"]],
+            bad = Rollout(model_name=name, model_version=version, target=RolloutTarget(),
+                          policy=RolloutPolicy(min_observation_s=0.5), stages=[["bad/id#"]],
                           created_at=0.0)
             session.add(bad)
             session.flush()

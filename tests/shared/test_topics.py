@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.topics import DeviceTopic, TopicError, Topics
+from shared.topics import DeviceTopic, TopicError, TopicKind, Topics
 
 
 def test_device_topics_follow_the_brief() -> None:
@@ -24,6 +24,21 @@ def test_parse_inverts_build() -> None:
     assert (chunk.kind, chunk.model_name, chunk.model_version, chunk.chunk_index) == (
         "chunk", "pump-ae", 2, 5,
     )
+
+
+def test_every_parsed_topic_has_one_kind_and_only_device_streams_a_stream() -> None:
+    t = Topics()
+    parsed = {
+        t.parse(t.device("pump-1", DeviceTopic.DRIFT)): (TopicKind.DRIFT, DeviceTopic.DRIFT),
+        t.parse(t.ack("pump-1")): (TopicKind.ACK, DeviceTopic.ACK),
+        t.parse(t.manifest("pump-ae", 3)): (TopicKind.MANIFEST, None),
+        t.parse(t.chunk("pump-ae", 3, 1)): (TopicKind.CHUNK, None),
+        t.parse(t.trust(4)): (TopicKind.TRUST, None),
+        t.parse(t.hub_status("hub-1")): (TopicKind.HUB_STATUS, None),
+    }
+    for p, (kind, stream) in parsed.items():
+        assert type(p.kind) is TopicKind and p.kind is kind and p.stream is stream
+    assert {k.value for k in DeviceTopic} <= {k.value for k in TopicKind}
 
 
 @pytest.mark.parametrize("device_id", ["", "a/b", "a+b", "#", "x" * 65, "sp ace"])

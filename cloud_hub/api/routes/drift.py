@@ -12,6 +12,7 @@ from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.drift_schemas import RetrainPolicyBody, RetrainRunCreate
 from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
+from cloud_hub.core.states import RetrainState, RetrainTrigger
 from cloud_hub.db.drift_tables import DeviceDrift, DriftSummaryRow, RetrainPolicy, RetrainRun
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import Device
@@ -103,7 +104,7 @@ def delete_retrain_policy(group: GroupPath, session: SessionDep, _key: AdminKey)
 @router.get("/retrain-runs", responses=PAGE_HEADERS)
 def retrain_runs(
     request: Request, response: Response, session: SessionDep, _key: ReadKey,
-    state: Annotated[str | None, Query(max_length=16)] = None,
+    state: RetrainState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: CursorQuery = None,
 ) -> list[dict[str, Any]]:
@@ -151,7 +152,7 @@ def start_retrain_run(body: RetrainRunCreate, session: SessionDep, hub: HubDep,
     policy = policy_for(policies, groups.pop() if len(groups) == 1 else None)
     now = time.time()
     try:
-        run = open_run(session, devices=devices, trigger="operator",
+        run = open_run(session, devices=devices, trigger=RetrainTrigger.OPERATOR,
                        reason=f"{caller.name}: {body.reason}", now=now, policy=policy,
                        since=now - body.recent_s if body.recent_s else None,
                        requested_by=caller.name, source=body.source)

@@ -14,6 +14,7 @@ from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.errors import ErrorBody, errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import ModelComparison, ModelDetail, ModelSummary
+from cloud_hub.core.states import ModelStatus
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
@@ -163,7 +164,7 @@ def rollback(name: NamePath, version: VersionPath, body: ModelRollback, session:
     number than what they run, which they refuse otherwise) and their ``desired`` points to it.
     """
     record = _get(session, name, version)
-    if record.status == "draft":
+    if record.status == ModelStatus.DRAFT:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"model {name} v{version} was never published; nothing to go back to")
     devices = body.devices

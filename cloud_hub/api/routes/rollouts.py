@@ -11,6 +11,7 @@ from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import RolloutCreate, RolloutPublic
+from cloud_hub.core.states import RolloutAction
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import Rollout
 from cloud_hub.keys.ring import KeyUnavailable
@@ -38,7 +39,7 @@ def create(body: RolloutCreate, session: SessionDep, hub: HubDep,
     try:
         rollout = create_rollout(
             session, name=body.model.name, version=body.model.version,
-            target=body.target.model_dump(mode="json"), policy=body.policy.model_dump(mode="json"),
+            target=body.target, policy=body.policy,
         )
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
@@ -89,7 +90,8 @@ def rollout(rollout_id: RolloutPath, session: SessionDep, _key: ReadKey) -> dict
     return rollout_view(session, _get(session, rollout_id))
 
 
-def _act(rollout_id: int, action: str, session: SessionDep, hub: HubDep) -> dict[str, Any]:
+def _act(rollout_id: int, action: RolloutAction, session: SessionDep,
+         hub: HubDep) -> dict[str, Any]:
     try:
         updated = change_state(session, _get(session, rollout_id), action)
     except RolloutConflict as exc:
@@ -101,23 +103,23 @@ def _act(rollout_id: int, action: str, session: SessionDep, hub: HubDep) -> dict
 @router.post("/{rollout_id}/pause", response_model=RolloutPublic, responses=errors(404, 409))
 def pause(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
-    return _act(rollout_id, "pause", session, hub)
+    return _act(rollout_id, RolloutAction.PAUSE, session, hub)
 
 
 @router.post("/{rollout_id}/resume", response_model=RolloutPublic, responses=errors(404, 409))
 def resume(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> dict[str, Any]:
-    return _act(rollout_id, "resume", session, hub)
+    return _act(rollout_id, RolloutAction.RESUME, session, hub)
 
 
 @router.post("/{rollout_id}/abort", response_model=RolloutPublic, responses=errors(404, 409))
 def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
           _key: AdminKey) -> dict[str, Any]:
-    return _act(rollout_id, "abort", session, hub)
+    return _act(rollout_id, RolloutAction.ABORT, session, hub)
 
 
 @router.post("/{rollout_id}/rollback", response_model=RolloutPublic,
-             responses=errors(404, 409, 503))
+             responses=errors(404, 409))
 def rollback(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
              caller: AdminKey) -> dict[str, Any]:
     """Set `desired` back to the previous model on every device the rollout touched (also

@@ -20,7 +20,7 @@ from cloud_hub.api.schemas import (
     MetricsPublic,
     SigningKeyPublic,
 )
-from cloud_hub.core.security import generate_api_key, hash_api_key
+from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import ApiKey
 
@@ -79,7 +79,7 @@ def list_api_keys(
 def create_api_key(body: ApiKeyCreate, session: SessionDep, _key: AdminKey) -> ApiKeyCreated:
     secret = generate_api_key()
     record = ApiKey(name=body.name, key_hash=hash_api_key(secret), prefix=secret[:8],
-                    scope=body.scope, created_at=time.time())
+                    scope=Scope(body.scope), created_at=time.time())
     session.add(record)
     session.commit()
     session.refresh(record)

@@ -17,6 +17,7 @@ from cloud_hub.api.schemas import TrainingJobCreate, TrainingJobPublic, Training
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.queries import count_readings
 from cloud_hub.db.registry_tables import TrainingJob
+from cloud_hub.jobs.request import TrainingRequest, UploadedSet
 from cloud_hub.jobs.upload import CsvError, parse_training_csv, save_upload
 from shared.topics import MODEL_NAME_PATTERN
 
@@ -59,7 +60,8 @@ def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
             f"{selected} readings; a training job may load at most "
             f"{settings.training_max_readings} (EDGELOOP_TRAINING_MAX_READINGS): narrow the "
             "devices or the time range"))
-    request = {**body.model_dump(mode="json"), "spec": spec}
+    request = TrainingRequest(name=body.name, devices=body.devices, channels=body.channels,
+                              since=body.since, until=body.until, spec=spec)
     job = hub.jobs.submit(session, name=body.name, request=request)
     return job_public(job)
 
@@ -105,8 +107,8 @@ async def create_job_from_csv(
             f"the CSV has {len(values)} data rows; a training job may load at most "
             f"{settings.training_max_readings} (EDGELOOP_TRAINING_MAX_READINGS)"))
     stored = save_upload(hub.jobs.uploads_dir, values)
-    request_data = {"name": name, "spec": spec_request,
-                    "upload": {"file": stored, "rows": len(values), "channels": names}}
+    request_data = TrainingRequest(name=name, spec=spec_request, upload=UploadedSet(
+        file=stored, rows=len(values), channels=names))
     with Session(hub.engine) as session:
         job = hub.jobs.submit(session, name=name, request=request_data)
         return job_public(job)
@@ -148,7 +150,7 @@ def cancel(job_id: JobPath, session: SessionDep, hub: HubDep,
     record = session.get(TrainingJob, job_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"training job {job_id} does not exist")
-    if record.status not in ("queued", "running"):
+    if record.status.finished:
         raise HTTPException(status.HTTP_409_CONFLICT, f"training job {job_id} is {record.status}")
     hub.jobs.cancel(job_id)
     session.refresh(record)

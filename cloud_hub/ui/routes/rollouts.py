@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from cloud_hub.api.deps import HubDep, SessionDep
 from cloud_hub.api.schemas import RolloutCreate, RolloutPolicy
+from cloud_hub.core.states import ModelStatus, RolloutAction, RolloutStatus, StageState
 from cloud_hub.db.registry_tables import ModelVersion, Rollout
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused
 from cloud_hub.rollouts.actions import (
@@ -38,7 +39,8 @@ POLICY_FIELDS = ("canary_size", "wave_size", "min_observation_s", "max_failure_r
 
 def _published(session: Session) -> list[str]:
     return [f"{n}:{v}" for n, v in session.exec(
-        select(ModelVersion.name, ModelVersion.version).where(ModelVersion.status == "published")
+        select(ModelVersion.name, ModelVersion.version)
+        .where(ModelVersion.status == ModelStatus.PUBLISHED)
         .order_by(col(ModelVersion.name), col(ModelVersion.version).desc()))]
 
 
@@ -83,8 +85,7 @@ def create(request: Request, viewer: AdminUser, form: FormDep, session: SessionD
     try:
         body = RolloutCreate.model_validate(_body(form))
         rollout = create_rollout(session, name=body.model.name, version=body.model.version,
-                                 target=body.target.model_dump(mode="json"),
-                                 policy=body.policy.model_dump(mode="json"))
+                                 target=body.target, policy=body.policy)
     except ValidationError as exc:
         errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return _list_page(request, viewer, session, form=form, errors=errors,
@@ -112,14 +113,15 @@ def _stages(view: dict[str, Any]) -> list[dict[str, Any]]:
         failed = sum(1 for d in members if d["failure"])
         reverted = sum(1 for d in members if d["reverted_at"] is not None)
         if reverted:
-            state = "reverted"
+            state = StageState.REVERTED
         elif index < view["stage"] or (index == view["stage"]
-                                       and view["status"] == "succeeded"):
-            state = "done"
-        elif index == view["stage"] and view["status"] in ("running", "paused"):
-            state = "current"
+                                       and view["status"] == RolloutStatus.SUCCEEDED):
+            state = StageState.DONE
+        elif index == view["stage"] and view["status"] in (RolloutStatus.RUNNING,
+                                                           RolloutStatus.PAUSED):
+            state = StageState.CURRENT
         else:
-            state = "waiting"
+            state = StageState.WAITING
         stages.append({"index": index, "name": "canary" if index == 0 else f"wave {index}",
                        "size": size, "confirmed": confirmed, "running": running, "failed": failed,
                        "reverted": reverted, "state": state})
@@ -154,7 +156,7 @@ def act(request: Request, rollout_id: RolloutPath,
         if action == "rollback":
             rollout = roll_back(session, rollout, hub.rollouts, by=viewer.name)
         else:
-            rollout = change_state(session, rollout, action)
+            rollout = change_state(session, rollout, RolloutAction(action))
     except RolloutConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     hub.rollouts.wake()
