@@ -30,7 +30,7 @@ class Probe:
         self.client: Client = broker.client(credential, client_id=client_id)
         self.client.reconnect_delay_set(600, 600)  # a refused attacker does not retry here
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.dropped.set()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_ack
         self.client.on_message = self._on_message
         self.client.connect_async(broker.host, broker.port)
@@ -46,6 +46,11 @@ class Probe:
         self.connack = str(rc)
         self._answered.set()
 
+    def _on_disconnect(self, _c: Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        with self._acked:  # a publish waiting for its PUBACK learns at once that none comes
+            self.dropped.set()
+            self._acked.notify_all()
+
     def _on_message(self, _c: Client, _u: Any, m: MQTTMessage) -> None:
         self.messages.put((m.topic, bytes(m.payload)))
 
@@ -56,10 +61,12 @@ class Probe:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
                 timeout: float = 10.0) -> str:
-        """The broker's answer to a QoS 1 publish: its PUBACK reason, or what happened."""
+        """The broker's answer to a QoS 1 publish: its PUBACK reason, or what happened. A
+        dropped connection ends the wait (this client does not reconnect, so no PUBACK comes)."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         with self._acked:
-            if self._acked.wait_for(lambda: info.mid in self._acks, timeout):
+            self._acked.wait_for(lambda: info.mid in self._acks or self.dropped.is_set(), timeout)
+            if info.mid in self._acks:
                 return self._acks[info.mid]
         return "disconnected by the broker" if self.dropped.is_set() else "no PUBACK"
 
