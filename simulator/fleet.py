@@ -34,15 +34,22 @@ class DeviceSpec:
     seed: int = 0
     rate_hz: float = 10.0
     history_s: float = 0.0
+    day_period_s: float | None = None  # None: the profile's own (see simulator.profiles)
+    load_dwell_s: float | None = None
 
     def source_options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "profile": self.profile,
             "seed": self.seed,
             "rate_hz": self.rate_hz,
             "device_id": self.device_id,
             "history_s": self.history_s,
         }
+        if self.day_period_s is not None:
+            options["day_period_s"] = self.day_period_s
+        if self.load_dwell_s is not None:
+            options["load_dwell_s"] = self.load_dwell_s
+        return options
 
 
 def agent_config(

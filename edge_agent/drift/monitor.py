@@ -13,7 +13,9 @@ time (a block mean is far less noisy than a reading, and a short fault moves few
 first ``reference_blocks`` blocks after a model change are the reference; afterwards each block
 mean, in spreads of the reference's block means and clipped to ``clip`` (so one wild block, a
 fault, counts little), feeds a Page-Hinkley test (:mod:`.page_hinkley`; both directions for a
-channel, upward for the score). A detection puts that signal in ``drift`` from then; it leaves
+channel, upward for the score) primed with the reference (its running mean starts at the
+reference's center, weighted as the reference's blocks, so a change right after the reference
+is not taken for the normal level). A detection puts that signal in ``drift`` from then; it leaves
 when its smoothed shift stays within ``clear_level`` spreads for ``clear_blocks`` blocks. The
 reference's anomaly rate is the baseline the hub compares the current rate with.
 """
@@ -85,6 +87,7 @@ class _Signal:
             self.reference.append(value)
             if len(self.reference) == s.reference_blocks:
                 self.center, self.spread = _reference(self.reference)
+                self.test.prime(s.reference_blocks, 0.0)  # the reference is 0 in its spreads
             return False
         u = min(max((value - self.center) / self.spread, -s.clip), s.clip)
         self.shift = u if self.shift is None else self.shift + _EWMA * (u - self.shift)

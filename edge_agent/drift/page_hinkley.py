@@ -55,6 +55,16 @@ class PageHinkley:
         self._max_down = -1.0  # river's starting value, kept so decisions match exactly
         self.direction: Literal["up", "down"] | None = None
 
+    def prime(self, n: int, mean: float) -> None:
+        """Start as if ``n`` values of mean ``mean`` had been seen, with no change among them
+        (an extension of ours, not in river). A monitor that has just measured its reference
+        primes the test with it: otherwise the test's own mean starts from the first values
+        after the reference, and a change that comes right after it is partly learned as the
+        mean before its sums can grow."""
+        self._reset()
+        self.n = max(int(n), 0)
+        self.mean = float(mean) if self.n else 0.0
+
     def update(self, x: float) -> bool:
         """Add one value; True when it completes a change (also in :attr:`drift_detected`)."""
         if self.drift_detected:
