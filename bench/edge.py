@@ -2,14 +2,16 @@
 and what a running agent costs in memory.
 
 1. Trains the default model (dense AE, 32 readings × 8 pump channels) on simulated readings and
-   converts it to int8 and float32 TFLite with the hub's converter and parity gate.
+   converts it in every quantization mode with the hub's converter and parity gate.
 2. Times one window at a time: Keras eager ``model(x)`` and ``model.predict(x)`` here; the two
    TFLite models in a *subprocess that never imports TensorFlow*, through
    ``edge_agent.inference.runtime.TfliteModel.reconstruct`` (the agent's per-window call), in
    40 short interleaved rounds so that load from other processes hits both models alike (the
    median of the rounds is the figure; the minimum is what the model costs when the machine
-   leaves it alone); also 64 windows per invoke, and the legacy runtime (tflite-runtime in
-   ``.venv-edge``) when that venv exists.
+   leaves it alone), with ``invoke()`` alone timed in the same rounds; also 64 windows per
+   invoke (median of interleaved passes), and the legacy runtime (tflite-runtime in
+   ``.venv-edge``) when that venv exists. The hub's own interleaved timing of every mode gives
+   the mode ``quantization = "auto"`` would publish.
 3. Starts a private mosquitto, publishes the signed int8 model with the hub's publisher, and runs
    a real ``edge-agent run --config …`` process with a CSV source ``--agent-runs`` times: waits
    until it reports the model ``active`` and has released its start-up pages, samples its RSS
@@ -65,6 +67,7 @@ out = {path: [] for path in models}
 for model in models.values():
     for w in windows[:50]:
         model.reconstruct(w)
+invoke = {path: [] for path in models}
 for r in range(rounds):  # short rounds: some fall between other processes' time slices
     part = windows[(r * size) % len(windows):][:size]
     for path, model in models.items():
@@ -72,11 +75,24 @@ for r in range(rounds):  # short rounds: some fall between other processes' time
         for w in part:
             model.reconstruct(w)
         out[path].append((time.perf_counter() - started) * 1e6 / len(part))
-for path, model in models.items():
+        run = model._interp.invoke  # the interpreter alone: what the model costs without Python
+        started = time.perf_counter()
+        for _ in range(len(part)):
+            run()
+        invoke[path].append((time.perf_counter() - started) * 1e6 / len(part))
+        del run
+for path in models:
+    out[path + ":invoke"] = invoke[path]
+batch = {path: [] for path in models}
+for model in models.values():
     model.reconstruct_batch(windows[:128], batch_size=64)
-    started = time.perf_counter()
-    model.reconstruct_batch(windows, batch_size=64)
-    out[path + ":batch64"] = (time.perf_counter() - started) * 1e6 / len(windows)
+for r in range(max(5, rounds // 4)):  # the batches take turns too
+    for path, model in models.items():
+        started = time.perf_counter()
+        model.reconstruct_batch(windows, batch_size=64)
+        batch[path].append((time.perf_counter() - started) * 1e6 / len(windows))
+for path, model in models.items():
+    out[path + ":batch64"] = sorted(batch[path])[len(batch[path]) // 2]
     out["runtime"] = model.runtime
 out["tensorflow_loaded"] = "tensorflow" in sys.modules
 status = open("/proc/self/status").read().split("VmRSS:")[1].split()[0]
@@ -87,10 +103,9 @@ print(json.dumps(out))
 
 def train_default_model() -> tuple[Any, Any]:
     """Fit the default spec on a simulated fleet; convert int8 and float32 with parity."""
-    from cloud_hub.quantize.compare import compare_modes
+    from cloud_hub.quantize.compare import ALL_MODES, compare_modes
     from cloud_hub.training.artifact import TrainingSpec
     from cloud_hub.training.pipeline import fit_model
-    from shared.manifest import Quantization
     from simulator.signals import SignalGenerator
 
     devices, rows = 6, 2000
@@ -107,7 +122,7 @@ def train_default_model() -> tuple[Any, Any]:
         score=fitted.score,
         threshold=fitted.threshold.threshold,
         lengths=fitted.data.validation_lengths,
-        modes=[Quantization.INT8, Quantization.FLOAT32],
+        modes=list(ALL_MODES),  # all of them, for the choice "auto" would make
     )
     return fitted, results
 
@@ -154,8 +169,9 @@ def time_tflite_in_subprocess(
         raise RuntimeError(f"TFLite timing subprocess failed:\n{done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     for name in models:
-        result[name] = result.pop(str(workdir / f"{name}.tflite"))
-        result[f"{name}:batch64"] = result.pop(str(workdir / f"{name}.tflite") + ":batch64")
+        key = str(workdir / f"{name}.tflite")
+        for suffix in ("", ":batch64", ":invoke"):
+            result[name + suffix] = result.pop(key + suffix)
     return result
 
 
@@ -333,6 +349,10 @@ def run_agent_once(
         return {
             "rss_bytes": max(samples),
             "rss_samples": len(samples),
+            # creep check: the first and last sample (after the start-up pages were released)
+            "rss_first_bytes": samples[0],
+            "rss_last_bytes": samples[-1],
+            "seconds_sampled": round(seconds, 1),
             "memory": memory,
             "tensorflow_loaded": tensorflow_mapped(proc.pid),
             "inference_us_p50": status.get("inference_us_p50"),
@@ -386,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     int8_us, float32_us = spread(tfl["int8"]), spread(tfl["float32"])
+    int8_invoke, float32_invoke = spread(tfl["int8:invoke"]), spread(tfl["float32:invoke"])
+    from cloud_hub.quantize.compare import choose_mode
+
+    auto = choose_mode([r.report for r in results.values()], "auto")
     worst = max(runs, key=lambda r: r["rss_bytes"])
     memories = [r["memory"] for r in runs]
     result: dict[str, Any] = {
@@ -393,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         "float32_us_per_window": float32_us["median"],
         "int8_us_per_window_rounds": int8_us,
         "float32_us_per_window_rounds": float32_us,
+        # the interpreter's invoke() alone, in the same rounds: the model without the Python
+        # around it (the difference is the same for both modes: copies in and out, checks)
+        "int8_invoke_us_rounds": int8_invoke,
+        "float32_invoke_us_rounds": float32_invoke,
         "int8_batch64_us_per_window": round(tfl["int8:batch64"], 3),
         "float32_batch64_us_per_window": round(tfl["float32:batch64"], 3),
         "keras_us_per_window": round(keras_us, 1),
@@ -402,10 +430,23 @@ def main(argv: list[str] | None = None) -> int:
         "float32_size_bytes": len(float32.tflite),
         "int8_size_ratio": round(len(int8.tflite) / len(float32.tflite), 3),
         "int8_parity": int8.report.decision_agreement,
+        # what quantization = "auto" would publish: the fastest mode passing the parity gate,
+        # from the hub's own interleaved timing of every mode (cloud_hub.quantize.compare)
+        "auto_mode": auto.mode.value,
+        "auto_reason": auto.reason,
+        "modes": {m.value: {"us_per_window": round(r.report.us_per_window, 2),
+                            "size_bytes": r.report.size_bytes,
+                            "parity": round(r.report.decision_agreement, 4),
+                            "passed": r.report.passed} for m, r in results.items()},
         "int8_input_dtype": int8.report.input_dtype,
         "agent_rss_bytes": worst["rss_bytes"],
         "agent_rss_mb": round(worst["rss_bytes"] / 2**20, 1),
         "agent_rss_mb_runs": [round(r["rss_bytes"] / 2**20, 1) for r in runs],
+        "agent_rss_mb_first_last_runs": [
+            [round(r["rss_first_bytes"] / 2**20, 1), round(r["rss_last_bytes"] / 2**20, 1)]
+            for r in runs
+        ],
+        "agent_seconds_sampled": args.agent_seconds,
         "agent_pss_mb": max(m["pss_mb"] for m in memories),
         "agent_private_mb": max(m["private_mb"] for m in memories),
         "agent_anonymous_mb": max(m["anonymous_mb"] for m in memories),
@@ -452,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in result.items():
         if k not in ("agent_import_costs",):
             print(f"{k:<{width}}  {v}")
+    slower = int8_us["median"] / float32_us["median"] - 1.0
+    print(f"\nint8 vs float32 per window: {int8_us['median']} vs {float32_us['median']} µs "
+          f"(median of {args.rounds} interleaved rounds; minima {int8_us['min']} vs "
+          f"{float32_us['min']}): int8 is {abs(slower):.0%} {'slower' if slower > 0 else 'faster'}"
+          f". invoke() alone: {int8_invoke['median']} vs {float32_invoke['median']} µs.")
+    print(f"quantization = \"auto\" would publish {auto.mode.value}: {auto.reason}")
     print("\n" + format_import_costs(ladder))
     print("(TensorFlow trains the model in this process: load average before/after "
           f"{result['load_average_before_after']}; on a busy machine timings and RSS are noisy)")

@@ -12,11 +12,13 @@ import numpy.typing as npt
 from shared.manifest import Normalization, ScoreSpec
 
 __all__ = [
+    "Normalizer",
     "fit_normalization",
     "normalize",
     "responsible_channels",
     "sliding_windows",
     "smooth",
+    "window_score",
     "window_scores",
 ]
 
@@ -45,10 +47,22 @@ def fit_normalization(values: npt.NDArray[np.floating], method: str = "zscore") 
     )
 
 
+class Normalizer:
+    """:func:`normalize` with the statistics converted to arrays once (the agent normalizes a
+    window for every reading: two ufunc calls instead of seven, the same float32 numbers)."""
+
+    def __init__(self, norm: Normalization) -> None:
+        self.center = np.asarray(norm.center, dtype=np.float32)
+        self.scale = np.asarray(norm.scale, dtype=np.float32)
+
+    def __call__(self, values: npt.NDArray[np.floating]) -> FloatArray:
+        x: FloatArray = np.subtract(values, self.center, dtype=np.float32)
+        np.divide(x, self.scale, out=x)
+        return x
+
+
 def normalize(values: npt.NDArray[np.floating], norm: Normalization) -> FloatArray:
-    center = np.asarray(norm.center, dtype=np.float32)
-    scale = np.asarray(norm.scale, dtype=np.float32)
-    return ((np.asarray(values, dtype=np.float32) - center) / scale).astype(np.float32)
+    return Normalizer(norm)(np.asarray(values))
 
 
 def sliding_windows(values: npt.NDArray[np.floating], window: int, stride: int = 1) -> FloatArray:
@@ -71,6 +85,19 @@ def window_scores(
     err = np.abs(x - y) if spec.method == "mae" else (x - y) ** 2
     result: npt.NDArray[np.float64] = err.mean(axis=1)
     return result
+
+
+def window_score(
+    window: npt.NDArray[np.floating], reconstructed: npt.NDArray[np.floating], spec: ScoreSpec
+) -> float:
+    """:func:`window_scores` of one window (the same float64 sum, bit for bit), in three numpy
+    calls instead of about fifteen: the agent scores a window for every reading."""
+    d = np.subtract(window.reshape(-1), reconstructed.reshape(-1), dtype=np.float64)
+    if spec.method == "mae":
+        np.abs(d, out=d)
+    else:
+        np.square(d, out=d)
+    return float(np.add.reduce(d) / d.size)
 
 
 def smooth(scores: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float64]:

@@ -72,6 +72,7 @@ class HubConnection:
         # restarting, not another client taking the session (whose reconnect works at once).
         self._clean_reconnect = True
         self._attempt_failed = False
+        self._refused = False  # this attempt's CONNACK was a refusal (already noted)
         self._connected = threading.Event()
         self._ready = threading.Event()  # connected and every subscription granted
         self._stopping = threading.Event()
@@ -191,13 +192,14 @@ class HubConnection:
     def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
         # paho sends the will stored at each (re)connect: set this session's before each one.
         self.presence.new_session()
+        self._refused = False
         client.will_set(self.presence.topic, self.presence.record(DeviceStatus.OFFLINE), qos=1,
                         retain=True)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            self._attempt_failed = True
-            self._note(f"broker refused the connection: {rc}")
+            self._attempt_failed = self._refused = True
+            self._note(f"broker refused the connection: {rc}", error=True)
             return
         self._client.generation += 1
         self._connected.set()
@@ -235,6 +237,14 @@ class HubConnection:
         held = None if self._connected_at is None else time.monotonic() - self._connected_at
         self._connected_at = None
         if self._stopping.is_set():
+            return
+        if held is None:  # closed before a CONNACK accepted it: this attempt failed
+            self._attempt_failed = True
+            if not self._refused:
+                self._note(f"the broker at {self.host}:{self.port} closed the connection before "
+                           f"accepting it ({rc}); does it want TLS (EDGELOOP_MQTT_TLS, "
+                           "EDGELOOP_MQTT_CA_FILE) or a password (EDGELOOP_MQTT_PASSWORD)? "
+                           "retrying with back-off", error=True)
             return
         if self._taken_over(rc, held, bool(getattr(flags, "is_disconnect_packet_from_server",
                                                    False))):

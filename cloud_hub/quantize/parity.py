@@ -19,7 +19,13 @@ from edge_agent.inference.runtime import TfliteModel
 from shared.manifest import Quantization, ScoreSpec
 from shared.scoring import smooth, window_scores
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "measure_parity", "smoothed_scores", "time_per_window"]
+__all__ = [
+    "DEFAULT_MIN_AGREEMENT",
+    "measure_parity",
+    "smoothed_scores",
+    "time_interleaved",
+    "time_per_window",
+]
 
 DEFAULT_MIN_AGREEMENT = 0.99
 
@@ -105,6 +111,30 @@ def time_per_window(
             model.reconstruct(w)
         best = min(best, time.perf_counter() - started)
     return best * 1e6 / len(sample)
+
+
+def time_interleaved(
+    models: dict[str, TfliteModel],
+    windows: npt.NDArray[np.float32],
+    *,
+    rounds: int = 15,
+    size: int = 200,
+) -> dict[str, float]:
+    """µs per window of each model through the agent's per-window call, the models taking turns
+    round by round, so that a busy spell of the machine slows them alike; per model, the
+    fastest round (what the model costs; choices of mode compare these)."""
+    sample = windows[:size]
+    for model in models.values():
+        for w in sample[:20]:
+            model.reconstruct(w)
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            for w in sample:
+                model.reconstruct(w)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: seconds * 1e6 / len(sample) for name, seconds in best.items()}
 
 
 def _correlation(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float | None:

@@ -25,7 +25,7 @@ from edge_agent.detect.adaptation import Adaptation, AdaptationSettings
 from edge_agent.sources.base import Reading
 from shared.manifest import Manifest
 from shared.messages import ModelRef
-from shared.scoring import normalize, responsible_channels, window_scores
+from shared.scoring import Normalizer, responsible_channels, window_score
 
 __all__ = [
     "Calibration",
@@ -118,6 +118,8 @@ class Calibration:
 @dataclass
 class _Slot:
     model: LoadedModel
+    normalizer: Normalizer
+    columns: npt.NDArray[np.intp] | None  # the model's channels among the source's; None: all
     since_scored: int = 0
     recent: deque[float] = field(default_factory=deque)
     in_episode: bool = False
@@ -145,9 +147,11 @@ class Detector:
         self.last_score = math.nan  # the active model's newest smoothed score ...
         self.last_threshold = math.nan  # ... and the threshold it met
         self._clock = clock
+        # A ring of the last ``capacity`` readings, each written twice (at i and i + capacity),
+        # so that the newest n readings are always one contiguous slice: no copy per window.
         self._capacity = 1
-        self._values = np.zeros((1, len(channels)), dtype=np.float32)
-        self._ts = np.zeros(1, dtype=np.float64)
+        self._values = np.zeros((2, len(channels)), dtype=np.float32)
+        self._ts = [0.0]
         self._count = 0  # readings seen; the ring index is count % capacity
         self._active: _Slot | None = None
         self._shadow: _Slot | None = None
@@ -170,8 +174,14 @@ class Detector:
         """The active model's adaptation state (None when off or no model is active)."""
         return self._active.adaptation if self._active else None
 
+    def _slot(self, model: LoadedModel) -> _Slot:
+        index = list(model.channel_index)
+        identity = index == list(range(len(self.channels)))
+        return _Slot(model, Normalizer(model.manifest.normalization),
+                     None if identity else np.asarray(index, dtype=np.intp))
+
     def activate(self, model: LoadedModel | None) -> None:
-        self._active = _Slot(model) if model is not None else None
+        self._active = self._slot(model) if model is not None else None
         settings = self.adaptation_settings
         if self._active is not None and model is not None and settings and settings.enabled:
             self._active.adaptation = Adaptation(
@@ -186,7 +196,7 @@ class Detector:
                                         model.threshold if model else math.nan)
 
     def start_shadow(self, model: LoadedModel) -> None:
-        self._shadow = _Slot(model)
+        self._shadow = self._slot(model)
         self.shadow_report = ShadowReport()
         self._ensure_capacity(model.manifest.input.window)
 
@@ -213,25 +223,34 @@ class Detector:
         if window <= self._capacity:
             return
         keep = min(self._count, self._capacity)
-        values, ts = self._last(keep) if keep else (self._values[:0], self._ts[:0])
-        self._capacity = window
-        self._values = np.zeros((window, len(self.channels)), dtype=np.float32)
-        self._ts = np.zeros(window, dtype=np.float64)
-        self._count = keep
-        self._values[:keep] = values
-        self._ts[:keep] = ts
-
-    def _last(self, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+        values = self._last(keep).copy()
         end = self._count % self._capacity
-        idx = (np.arange(end - n, end) % self._capacity) if n else np.arange(0)
-        return self._values[idx], self._ts[idx]
+        ts = [self._ts[(end - keep + i) % self._capacity] for i in range(keep)]
+        self._capacity = window
+        self._values = np.zeros((2 * window, len(self.channels)), dtype=np.float32)
+        self._values[:keep] = values
+        self._values[window : window + keep] = values
+        self._ts = ts + [0.0] * (window - keep)
+        self._count = keep
+
+    def _last(self, n: int) -> npt.NDArray[np.float32]:
+        """The newest ``n`` readings (n ≤ capacity), oldest first: a view into the ring."""
+        end = self._count % self._capacity + self._capacity
+        return self._values[end - n : end]
+
+    def _span(self, n: int) -> tuple[float, float]:
+        """Timestamps of the oldest and the newest of the last ``n`` readings."""
+        end = self._count % self._capacity
+        return self._ts[(end - n) % self._capacity], self._ts[end - 1]
 
     # -- readings ------------------------------------------------------------------------
     def push(self, reading: Reading) -> Detection | None:
         """Add one reading; a detection when the active model flags the newest window."""
         pos = self._count % self._capacity
-        self._values[pos] = reading.values
-        self._ts[pos] = reading.ts
+        values = self._values
+        values[pos] = reading.values
+        values[pos + self._capacity] = values[pos]
+        self._ts[pos] = float(reading.ts)
         self._count += 1
         detection = None
         if self._active is not None:
@@ -253,11 +272,13 @@ class Detector:
     ) -> tuple[float, npt.NDArray[np.float32], npt.NDArray[np.float32], tuple[float, float]]:
         m = slot.model
         window = m.manifest.input.window
-        raw, ts = self._last(window)
+        raw = self._last(window)
+        if slot.columns is not None:
+            raw = raw[:, slot.columns]
         if slot.adaptation is not None:
-            x = slot.adaptation.normalize(raw[:, m.channel_index])
+            x = slot.adaptation.normalize(raw)
         else:
-            x = normalize(raw[:, m.channel_index], m.manifest.normalization)
+            x = slot.normalizer(raw)
         started = time.perf_counter_ns()
         try:
             y = m.runtime.reconstruct(x)
@@ -265,15 +286,15 @@ class Detector:
             raise ModelRuntimeError(f"{m.label} raised {type(exc).__name__}: {exc}") from None
         if timed:
             self._latency_us.append((time.perf_counter_ns() - started) / 1000.0)
-        if not np.all(np.isfinite(y)):
+        if not np.isfinite(y).all():
             raise ModelRuntimeError(f"{m.label} produced non-finite output (NaN or inf)")
-        score = float(window_scores(x[None], y[None], m.manifest.score)[0])
+        score = window_score(x, y, m.manifest.score)
         if not math.isfinite(score):
             raise ModelRuntimeError(f"{m.label} produced a non-finite score")
         slot.recent.append(score)
         while len(slot.recent) > m.manifest.score.smoothing:
             slot.recent.popleft()
-        return sum(slot.recent) / len(slot.recent), x, y, (float(ts[0]), float(ts[-1]))
+        return sum(slot.recent) / len(slot.recent), x, y, self._span(window)
 
     def _score_active(self, slot: _Slot) -> Detection | None:
         if not self._due(slot):
@@ -292,7 +313,7 @@ class Detector:
         if slot.adaptation is not None:
             threshold = slot.adaptation.threshold(model.threshold)
             stride = model.manifest.input.stride
-            newest, _ = self._last(min(stride, self._count))
+            newest = self._last(min(stride, self._count))
             slot.adaptation.observe(score, score > threshold, newest[:, model.channel_index])
         self.last_score, self.last_threshold = score, threshold
         if self.observer is not None:

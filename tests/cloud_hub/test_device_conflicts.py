@@ -1,5 +1,6 @@
 """A device id used by two sources is flagged on the device (issue 11 defect 5), and a device that
-only lost its state is not. Real SQLite, the ingest store and the REST API; no broker."""
+only lost its state is not. Real SQLite, the ingest store and the REST API; the last test runs
+two real agents on a real broker."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from cloud_hub.cli import main as cli_main
 from cloud_hub.cli.commands import _with_conflict_line
@@ -16,12 +17,13 @@ from cloud_hub.core.config import Settings
 from cloud_hub.db.conflicts import conflicts_of
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
+from cloud_hub.db.tables import DeadLetter, StreamMark
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch
 from simulator.broker import Broker
 from tests.cloud_hub.api_support import api_client
 from tests.cloud_hub.conftest import ADMIN_KEY
-from tests.cloud_hub.helpers import wait_for
+from tests.cloud_hub.helpers import enroll_devices, wait_for
 
 pytestmark = pytest.mark.hub
 A, B = "00000000000000aa", "00000000000000bb"
@@ -119,18 +121,28 @@ def test_two_agents_with_one_device_id_are_flagged_on_the_device(
     from edge_agent.agent import Agent
     from tests.edge_agent.support import ScriptedSource, agent_config
 
-    twins = [Agent(agent_config(broker, tmp_path / f"state-{i}", "twin", None),
-                   source=ScriptedSource(10**9, rate_hz=20.0)) for i in range(2)]
-    for agent in twins:
-        agent.start()
+    # An enrolled id: the hub refuses an unenrolled device's messages (dead letters) before
+    # they reach the conflict check, which then never fires.
+    enroll_devices(hub, ("twin",))
+    first, second = [Agent(agent_config(broker, tmp_path / f"state-{i}", "twin", None),
+                           source=ScriptedSource(10**9, rate_hz=20.0)) for i in range(2)]
     try:
-        wait_for(lambda: _conflict(hub.engine, "twin"), 90, "the hub flagging device twin")
+        # In this order, whatever the load: the first agent's epoch is stored, then the second
+        # agent takes the session (one client id) and its epoch begins; the first reconnects
+        # (taking the session back) and sends new telemetry from the older epoch.
+        first.start()
+        wait_for(lambda: _epochs_of(hub.engine, "twin") == {first.outbox.epoch}, 60,
+                 "the hub storing the first agent's telemetry")
+        second.start()
+        wait_for(lambda: _conflict(hub.engine, "twin") or _refused(hub.engine, "twin"), 60,
+                 "the hub flagging device twin")
     finally:
-        for agent in twins:
+        for agent in (first, second):
             agent.stop(timeout=1)
+    assert _refused(hub.engine, "twin") == []
     kind, detail, _count = _conflict(hub.engine, "twin") or ("", "", 0)
     assert kind == "epochs" and "two agents use device id 'twin'" in detail
-    epochs = {agent.outbox.epoch for agent in twins}
+    epochs = {first.outbox.epoch, second.outbox.epoch}
     assert len(epochs) == 2 and all(e in detail for e in epochs), detail
     server = serve_in_thread(hub)
     try:
@@ -140,3 +152,16 @@ def test_two_agents_with_one_device_id_are_flagged_on_the_device(
         server.stop()
     out = capsys.readouterr().out
     assert "WARNING: epoch" in out and "two agents use device id 'twin'" in out, out
+
+
+def _epochs_of(engine: Engine, device: str) -> set[str]:
+    with Session(engine) as session:
+        return set(session.exec(
+            select(StreamMark.epoch).where(col(StreamMark.device_id) == device)))
+
+
+def _refused(engine: Engine, device: str) -> list[str]:
+    """Why the hub refused the device's messages (dead letters), if it did."""
+    with Session(engine) as session:
+        return sorted({r.reason for r in session.exec(select(DeadLetter)) if f"/{device}/" in
+                       r.topic})

@@ -210,6 +210,17 @@ def test_enrolling_an_enrolled_device_is_a_conflict(api: httpx.Client) -> None:
     assert again.status_code == 409 and "revoke first" in again.text
 
 
+def test_a_bulk_enrollment_naming_a_device_twice_is_refused_whole(api: httpx.Client) -> None:
+    """Found by Schemathesis: the same id hundreds of times was a 500."""
+    refused = api.post("/enrollments", json={"device_ids": ["pump-90", "pump-91"] + ["0"] * 300})
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()["detail"][0]
+    assert problem["loc"] == ["body", "device_ids"]
+    assert "'0' listed more than once" in problem["msg"]
+    listed = {e["device_id"] for e in api.get("/enrollments").json()}
+    assert listed.isdisjoint({"0", "pump-90", "pump-91"}), listed
+
+
 def test_a_device_credential_cannot_be_used_as_another_client_id(
     broker: Broker, api: httpx.Client
 ) -> None:

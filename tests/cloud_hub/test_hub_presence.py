@@ -197,3 +197,20 @@ def test_a_hub_started_with_the_broker_down_serves_its_api_and_connects_later(
         wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="batch stored")
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+def test_a_hub_without_the_brokers_tls_says_why_it_cannot_connect(broker: Broker) -> None:
+    """A secure broker closes a plain connection before any CONNACK; the hub keeps retrying
+    and its error says what to check, instead of a bare "Unspecified error"."""
+    topics = Topics()
+    ingest = HubConnection(host=broker.host, port=broker.port, topics=topics,
+                           client_id="hub-plain", subscriptions=[])
+    ingest.start()
+    try:
+        wait_for(lambda: "closed the connection before accepting it" in (
+            ingest.snapshot()["mqtt_error"] or ""), 30, "the hub naming the refused connection")
+        assert not ingest.connected
+        assert "EDGELOOP_MQTT_TLS" in ingest.snapshot()["mqtt_error"]
+    finally:
+        ingest.stop()

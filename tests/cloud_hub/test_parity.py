@@ -127,3 +127,18 @@ def test_smoothing_is_per_segment() -> None:
     assert smoothed_scores(scores, None, 2).tolist() == [1.0, 1.0, 5.0, 9.0]
     with pytest.raises(ValueError, match="add up to 3"):
         smoothed_scores(scores, [1, 2], 2)
+
+
+def test_modes_are_timed_in_turns_and_each_gets_its_own_figure(setup) -> None:
+    from cloud_hub.quantize.parity import time_interleaved
+    from edge_agent.inference.runtime import TfliteModel
+
+    model, train, held_out, _, _, _ = setup
+    int8 = TfliteModel(convert(model, Quantization.INT8, representative=train))
+    float32 = TfliteModel(convert(model, Quantization.FLOAT32))
+    windows = np.asarray(held_out, dtype=np.float32)
+    before = int8.reconstruct(windows[0]).copy()
+    us = time_interleaved({"int8": int8, "float32": float32}, windows, rounds=3, size=50)
+    assert set(us) == {"int8", "float32"}
+    assert all(np.isfinite(v) and v > 0 for v in us.values())
+    np.testing.assert_array_equal(int8.reconstruct(windows[0]), before)  # the models still work

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from edge_agent.detect.detector import Detector, LoadedModel
 from edge_agent.models.loader import load_model
@@ -104,3 +105,72 @@ def test_shadow_model_scores_without_raising_events() -> None:
     assert events == []
     assert detector.shadow_report.windows == 43
     assert detector.shadow_report.anomalies == 43
+
+
+class _Scores:
+    def __init__(self) -> None:
+        self.seen: list[tuple[tuple[float, float], float]] = []
+
+    def model_changed(self, model: object, threshold: float) -> None:
+        pass
+
+    def window_scored(self, *, ts: tuple[float, float], score: float, threshold: float,
+                      anomalous: bool) -> None:
+        self.seen.append((ts, score))
+
+
+def test_streamed_scores_equal_the_offline_scores_of_every_window() -> None:
+    """Readings arrive before any model (the ring holds one and wraps), the model then grows
+    the ring keeping that reading, and the ring wraps many times: every window's span and score
+    is the one the hub's batch path gives."""
+    from edge_agent.inference.runtime import TfliteModel
+    from shared.scoring import normalize, sliding_windows, window_scores
+
+    scores = _Scores()
+    detector = Detector(["noise", "b", "a"], observer=scores)
+    manifest = make_manifest(KEY, DATA, threshold=1e9)
+    rng = np.random.default_rng(5)
+    rows = [(float(rng.normal()), *signal_value(i)[::-1]) for i in range(120)]
+    for i, row in enumerate(rows):
+        if i == 30:
+            detector.activate(load_model(manifest, DATA, channels=["noise", "b", "a"]))
+        if i == 60:
+            shadow = make_manifest(KEY, DATA, version=2)
+            detector.start_shadow(load_model(shadow, DATA, channels=["noise", "b", "a"]))
+        detector.push(Reading(1000.0 + i, row))
+    readings = np.asarray(rows, dtype=np.float32)[29:, [2, 1]]  # the model's channels a, b
+    windows = normalize(sliding_windows(readings, 8), manifest.normalization)
+    expected = window_scores(windows, TfliteModel(DATA).reconstruct_many(windows), manifest.score)
+    assert [span for span, _ in scores.seen] == [(1029.0 + i, 1036.0 + i) for i in range(84)]
+    np.testing.assert_array_equal(np.asarray([score for _, score in scores.seen]), expected)
+    assert detector.shadow_report.windows == 60
+
+
+class _ZeroReconstruction:
+    """A model whose reconstruction is all zeros: a window's mse is the mean of its squares."""
+
+    def reconstruct(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        return np.zeros(np.size(window), dtype=np.float32)
+
+
+def test_short_window_reads_the_right_readings_while_a_longer_shadow_grows_the_ring() -> None:
+    scores = _Scores()
+    detector = Detector(CHANNELS, observer=scores)
+    rows = [signal_value(i) for i in range(40)]
+
+    def model(window: int, version: int) -> LoadedModel:
+        manifest = make_manifest(KEY, DATA, window=window, version=version)
+        return LoadedModel(manifest=manifest, runtime=_ZeroReconstruction(), threshold=1e9,
+                           channel_index=[0, 1])
+
+    for i, row in enumerate(rows):
+        if i == 3:
+            detector.activate(model(4, 1))  # the ring of 1 grows to 4, keeping reading 2
+        if i == 5:
+            detector.start_shadow(model(12, 2))  # grows to 12, keeping readings 2..4
+        detector.push(Reading(100.0 + i, row))
+    x = np.asarray(rows, dtype=np.float32) / np.float32(0.7)  # make_manifest: center 0, scale 0.7
+    expected = [float(np.mean(x[i - 3 : i + 1].astype(np.float64) ** 2)) for i in range(5, 40)]
+    assert [span for span, _ in scores.seen] == [(97.0 + i, 100.0 + i) for i in range(5, 40)]
+    assert [score for _, score in scores.seen] == pytest.approx(expected, rel=1e-6)
+    assert detector.shadow_report.windows == 40 - 13  # from reading 13: 12 readings since 2

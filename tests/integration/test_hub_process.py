@@ -20,7 +20,10 @@ def test_a_hub_whose_broker_is_down_serves_its_api_and_connects_later(
     broker: Broker, tmp_path: Path
 ) -> None:
     broker.stop()
-    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port).start(timeout=120, mqtt=False)
+    # The hub's identity (TLS, password, its bound client id): without it a secure broker
+    # closes the hub's connection before accepting it, and the hub can never connect.
+    process = HubProcess(tmp_path / "hub", mqtt_port=broker.port,
+                         extra_env=broker.hub_env("edgeloop-hub")).start(timeout=120, mqtt=False)
     client = HubClient(process.url, process.admin_api_key)
     try:
         health = client.get("/health")

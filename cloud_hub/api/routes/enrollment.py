@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import col, select
 
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
+from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.db.enrollments import Enrollment, NotEnrolled
 from cloud_hub.db.paging import keyset_page
@@ -36,7 +38,16 @@ class EnrollRequest(BaseModel):
 
 class BulkEnrollRequest(EnrollRequest):
     device_ids: list[Annotated[str, Field(pattern=rf"^{DEVICE_ID_PATTERN}$")]] = Field(
-        min_length=1, max_length=_MAX_BULK)
+        min_length=1, max_length=_MAX_BULK, description="distinct device ids")
+
+    @field_validator("device_ids")
+    @classmethod
+    def _distinct(cls, ids: list[str]) -> list[str]:
+        twice = sorted(d for d, n in Counter(ids).items() if n > 1)
+        if twice:
+            shown = ", ".join(repr(d) for d in twice[:10]) + (" …" if len(twice) > 10 else "")
+            raise ValueError(f"each device id once: {shown} listed more than once")
+        return ids
 
 
 class BundlePublic(BaseModel):
@@ -75,13 +86,13 @@ def _enroll(hub: Any, ids: list[str], body: EnrollRequest) -> list[Bundle]:
     except FileExistsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (TopicError, ValueError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except EnrollmentError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
 
 
 @router.post("/devices/{device_id}/enroll", response_model=BundlePublic,
-             status_code=status.HTTP_201_CREATED)
+             status_code=status.HTTP_201_CREATED, responses=errors(409, 503))
 def enroll(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey,
            body: EnrollRequest | None = None) -> BundlePublic:
     """Enroll a device: its broker credential (own role, bound client id) and its bundle.
@@ -91,14 +102,14 @@ def enroll(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey,
 
 
 @router.post("/enrollments", response_model=list[BundlePublic],
-             status_code=status.HTTP_201_CREATED)
+             status_code=status.HTTP_201_CREATED, responses=errors(409, 503))
 def enroll_many(body: BulkEnrollRequest, hub: HubDep, _key: AdminKey) -> list[BundlePublic]:
     """Enroll up to 1,000 devices at once (one bundle each)."""
     bundles = _enroll(hub, list(body.device_ids), body)
     return [BundlePublic(**b.to_dict()) for b in bundles]
 
 
-@router.post("/devices/{device_id}/revoke", response_model=Revoked)
+@router.post("/devices/{device_id}/revoke", response_model=Revoked, responses=errors(404, 503))
 def revoke(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey) -> Revoked:
     """The broker disconnects the device at once and refuses it from then on; the hub
     refuses its messages, trainings and rollouts."""

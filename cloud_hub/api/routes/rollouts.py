@@ -119,7 +119,7 @@ def abort(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
 
 
 @router.post("/{rollout_id}/rollback", response_model=RolloutPublic,
-             responses=errors(404, 409))
+             responses=errors(404, 409, 503))
 def rollback(rollout_id: RolloutPath, session: SessionDep, hub: HubDep,
              caller: AdminKey) -> dict[str, Any]:
     """Set `desired` back to the previous model on every device the rollout touched (also
