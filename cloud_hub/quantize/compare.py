@@ -26,6 +26,7 @@ from shared.manifest import Quantization, ScoreSpec
 __all__ = [
     "ALL_MODES",
     "AUTO",
+    "AUTO_MODES",
     "SPEED_TOLERANCE",
     "ModeChoice",
     "ModeResult",
@@ -46,6 +47,15 @@ ALL_MODES: tuple[Quantization, ...] = (
     Quantization.INT8,
     Quantization.FLOAT16,
     Quantization.DYNAMIC,
+    Quantization.FLOAT32,
+)
+# Modes "auto" may publish: those every edge runtime loads. tflite-runtime 2.14 (the legacy
+# runtime of devices on numpy<2) refuses a dynamic-range model converted by TF 2.21 ("Didn't
+# find op for builtin opcode 'FULLY_CONNECTED' version '12'"); int8, float16 and float32 load.
+# Dynamic is still measured and may be asked for by name.
+AUTO_MODES: tuple[Quantization, ...] = (
+    Quantization.INT8,
+    Quantization.FLOAT16,
     Quantization.FLOAT32,
 )
 
@@ -151,15 +161,16 @@ def choose_mode(
     *,
     tolerance: float = SPEED_TOLERANCE,
 ) -> ModeChoice:
-    """The requested mode, or for ``"auto"`` the fastest mode that passed the parity gate
-    (modes within ``tolerance`` of the fastest are a tie, won by the first in ``ALL_MODES``).
+    """The requested mode, or for ``"auto"`` the fastest mode of ``AUTO_MODES`` that passed the
+    parity gate (modes within ``tolerance`` of the fastest are a tie, won by the first in
+    ``ALL_MODES``).
     Speed is the agent's per-window call on this machine's edge runtime (``reports[i].runtime``);
     the reason says which modes were faster or failed, so an explicit choice is explained too."""
     if not reports:
         raise ValueError("choose_mode needs the parity report of at least one mode")
     by_mode = {r.quantization: r for r in reports}
     timings = {r.quantization.value: round(r.us_per_window, 2) for r in reports}
-    passing = [r for r in reports if r.passed]
+    passing = [r for r in reports if r.passed and r.quantization in AUTO_MODES]
     fastest: ParityReport | None = None
     if passing:
         quickest = min(r.us_per_window for r in passing)
@@ -168,14 +179,21 @@ def choose_mode(
     runtime = reports[0].runtime
     failed = [r.quantization.value for r in reports if not r.passed]
     tail = f"; failed the parity gate: {', '.join(failed)}" if failed else ""
+    left_out = [r.quantization.value for r in reports if r.quantization not in AUTO_MODES]
+    if left_out:
+        tail += f"; {', '.join(left_out)} not considered (tflite-runtime 2.14 cannot load it)"
     speeds = ", ".join(f"{m} {us:.1f} µs" for m, us in timings.items())
     if requested == AUTO:
         if fastest is None:
-            best = max(reports, key=lambda r: r.decision_agreement)
+            passed_any = any(r.passed for r in reports)
+            # the record keeps a mode auto may publish, which then fails the gate and is not
+            candidates = [r for r in reports if r.quantization in AUTO_MODES] or list(reports)
+            best = max(candidates, key=lambda r: r.decision_agreement)
             return ModeChoice(
                 mode=best.quantization, requested=AUTO, fastest_passing=None,
                 us_per_window=timings,
-                reason=f"no mode passed the parity gate ({speeds}); {best.quantization.value} "
+                reason=f"no mode {'that every edge runtime loads ' if passed_any else ''}"
+                f"passed the parity gate ({speeds}){tail}; {best.quantization.value} "
                 f"agrees best ({best.decision_agreement:.4f}) and will not be published",
             )
         return ModeChoice(

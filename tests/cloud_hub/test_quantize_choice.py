@@ -39,9 +39,24 @@ def test_a_faster_mode_that_failed_the_gate_is_never_picked() -> None:
 
 
 def test_modes_about_as_fast_as_the_fastest_tie_and_int8_wins_the_tie() -> None:
-    reports = [report("int8", 2.3), report("dynamic", 2.2), report("float32", 2.7)]
+    reports = [report("int8", 2.3), report("float16", 2.2), report("float32", 2.7)]
     assert choose_mode(reports, "auto").mode is Quantization.INT8
-    assert choose_mode(reports, "auto", tolerance=0.0).mode is Quantization.DYNAMIC
+    assert choose_mode(reports, "auto", tolerance=0.0).mode is Quantization.FLOAT16
+
+
+def test_auto_never_publishes_dynamic_which_the_legacy_runtime_cannot_load() -> None:
+    reports = [report("int8", 3.0), report("dynamic", 1.0), report("float32", 2.8)]
+    choice = choose_mode(reports, "auto")
+    assert choice.mode is Quantization.FLOAT32
+    assert "dynamic not considered (tflite-runtime 2.14 cannot load it)" in choice.reason
+    asked = choose_mode(reports, "dynamic")  # by name it is still published, with the warning
+    assert asked.mode is Quantization.DYNAMIC
+    assert "tflite-runtime 2.14 cannot load it" in asked.reason
+    only_dynamic = [report("int8", 3.0, agreement=0.9), report("dynamic", 1.0)]
+    none = choose_mode(only_dynamic, "auto")
+    assert none.fastest_passing is None
+    assert none.mode is Quantization.INT8  # kept for the record: it failed, nothing is published
+    assert "no mode that every edge runtime loads passed the parity gate" in none.reason
 
 
 def test_an_explicit_request_is_kept_and_a_faster_passing_mode_is_named() -> None:
