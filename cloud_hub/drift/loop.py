@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -88,9 +89,12 @@ def _finish(run: RetrainRun, state: RetrainState, reason: str, now: float) -> No
 def open_run(session: Session, *, devices: list[str], trigger: RetrainTrigger, reason: str,
              now: float,
              policy: RetrainPolicy | None, since: float | None = None,
-             requested_by: str | None = None, source: TrainingSource | None = None
-             ) -> RetrainRun:
-    """Record a new run for ``devices`` (they must run one model name); commits."""
+             requested_by: str | None = None, source: TrainingSource | None = None,
+             device_since: dict[str, float] | None = None) -> RetrainRun:
+    """Record a new run for ``devices`` (they must run one model name); commits.
+
+    ``device_since``: per device, when its new regime began (its drift's detection): its
+    readings are used from then on (and within the policy's ``recent_s``)."""
     rows = list(session.exec(select(Device).where(col(Device.device_id).in_(devices))))
     names = sorted({d.active_name for d in rows if d.active_name})
     if not rows or not names:
@@ -115,7 +119,12 @@ def open_run(session: Session, *, devices: list[str], trigger: RetrainTrigger, r
     )
     session.add(run)
     session.flush()
-    _step(run, RetrainState.TRIGGERED, reason, now, trigger=trigger, devices=run.devices)
+    extra: dict[str, Any] = {}
+    if device_since:
+        extra["device_since"] = {d: max(t, run.since or t) for d, t in
+                                 sorted(device_since.items()) if d in run.devices}
+    _step(run, RetrainState.TRIGGERED, reason, now, trigger=trigger, devices=run.devices,
+          **extra)
     session.add(run)
     session.commit()
     session.refresh(run)
@@ -170,6 +179,7 @@ class RetrainLoop:
                     ended[d] = max(ended.get(d, 0.0), r.finished_at)
         fired: dict[tuple[str, str], list[Trigger]] = {}
         devices_of: dict[tuple[str, str], list[str]] = {}
+        drifting: dict[tuple[str, str], list[Trigger]] = {}  # in drift now, held or not
         for drift, device in session.exec(
                 select(DeviceDrift, Device).join(Device, col(Device.device_id)
                                                  == col(DeviceDrift.device_id))):
@@ -178,25 +188,44 @@ class RetrainLoop:
                 continue
             key = (policy.group, device.active_name)
             devices_of.setdefault(key, []).append(device.device_id)
-            trigger = device_trigger(_state(drift, device, busy, ended), PolicyRules(
+            state = _state(drift, device, busy, ended)
+            rules = PolicyRules(
                 drift_hold_s=policy.drift_hold_s,
                 max_anomaly_rate_ratio=policy.max_anomaly_rate_ratio,
                 min_anomaly_windows=policy.min_anomaly_windows, cooldown_s=policy.cooldown_s,
-            ), now=now)
+            )
+            trigger = device_trigger(state, rules, now=now)
             if trigger is not None:
                 fired.setdefault(key, []).append(trigger)
+            in_drift = device_trigger(state, replace(rules, drift_hold_s=0.0,
+                                                     max_anomaly_rate_ratio=None), now=now)
+            if in_drift is not None:
+                drifting.setdefault(key, []).append(in_drift)
         for key, triggers in fired.items():
             policy = policies[key[0]]
-            devices = ([t.device_id for t in triggers] if policy.scope == RetrainScope.DRIFTED
-                       else [d for d in devices_of[key] if d not in busy])
+            # The devices of the group (policy) and model that are in drift now join the run
+            # of those whose drift is held: one model learns the new regime from all their
+            # readings since each one's drift began, and one rollout carries it to them
+            # (runs of one device each would train on one device and contend for one rollout)
+            fired_ids = {t.device_id for t in triggers}
+            joining = [t for t in drifting.get(key, []) if t.device_id not in fired_ids]
+            if policy.scope == RetrainScope.DRIFTED:
+                devices = sorted(fired_ids | {t.device_id for t in joining})
+            else:
+                devices = [d for d in devices_of[key] if d not in busy]
+            device_since = {t.device_id: t.since for t in [*triggers, *drifting.get(key, [])]
+                            if t.since is not None and t.device_id in devices}
             kinds = [t.kind for t in triggers]
-            starts = [t.since for t in triggers if t.since is not None]
+            starts = list(device_since.values())
             reason = "; ".join(t.reason for t in triggers[:5]) + (
-                f"; and {len(triggers) - 5} more" if len(triggers) > 5 else "")
+                f"; and {len(triggers) - 5} more" if len(triggers) > 5 else "") + (
+                f"; in drift too: {', '.join(t.device_id for t in joining)}" if joining
+                and policy.scope == RetrainScope.DRIFTED else "")
             try:
                 open_run(session, devices=devices, trigger=max(set(kinds), key=kinds.count),
                          reason=reason, now=now, policy=policy,
-                         since=max(starts) if starts else None)
+                         since=min(starts) if starts else None,
+                         device_since=device_since or None)
             except RetrainError as exc:
                 session.rollback()
                 log.warning("retrain policy %r: %s", key[0], exc)
@@ -226,9 +255,12 @@ class RetrainLoop:
                 devices=run.devices, since=run.since, until=now))
             what = "their federated statistics (no readings)"
         else:
+            starts = run.steps[0].get("device_since") if run.steps else None
             request = TrainingRequest(name=run.model_name, devices=run.devices, since=run.since,
-                                      until=now, spec=spec, exclude_anomalies=True)
-            what = "their readings judged normal (windows of anomaly events left out)"
+                                      until=now, spec=spec, exclude_anomalies=True,
+                                      device_since=starts or None)
+            what = ("their readings judged normal (windows of anomaly events left out)"
+                    + (", each from its drift on" if starts else ""))
         job = self._jobs.submit(session, name=run.model_name, request=request)
         run.training_job_id = job.id
         run.state = RetrainState.TRAINING

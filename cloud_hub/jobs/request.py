@@ -60,6 +60,9 @@ class TrainingRequest(_Frozen):
     channels: list[str] | None = None
     since: float | None = None
     until: float | None = None
+    device_since: dict[str, float] | None = Field(
+        default=None, description="per device, a later start than since (a drifted device's "
+                                  "readings from its drift on)")
     spec: dict[str, Any] = Field(default_factory=dict,
                                  description="TrainingSpec fields as asked, over the defaults")
     exclude_anomalies: bool = Field(

@@ -323,8 +323,10 @@ def load_training_set(
     parts, segments, used = [], [], []
     first_ts, last_ts = None, None
     left_out = 0
+    starts = request.device_since or {}
     for device_id in sorted(device_ids):
-        piece = read_telemetry(session, device_id=device_id, since=since, until=until,
+        start = max((t for t in (since, starts.get(device_id)) if t is not None), default=None)
+        piece = read_telemetry(session, device_id=device_id, since=start, until=until,
                                channels=channels)
         if len(piece.ts) == 0:
             continue
@@ -349,6 +351,8 @@ def load_training_set(
     readings = np.concatenate(parts).astype(np.float32)
     training = {"devices": used, "channels": channels, "since": first_ts, "until": last_ts,
                 "segments": segments}
+    if starts:
+        training["device_since"] = {d: t for d, t in sorted(starts.items()) if d in used}
     if request.exclude_anomalies:
         training["readings_left_out"] = left_out  # inside or next to stored anomaly events
     return readings, list(channels), segments, training

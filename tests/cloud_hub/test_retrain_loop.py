@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from cloud_hub.cli import main as cli_main
 from cloud_hub.db.drift_tables import RetrainRun
@@ -88,7 +88,7 @@ def test_nothing_triggers_for_a_device_busy_stale_or_cooling_down(
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
     h = Hub(hub_settings(broker, tmp_path / "hub", retrain_tick_s=0.1),
             run_training=stand_in_training())
-    enroll_devices(h, ("pump-1", "pump-2"))
+    enroll_devices(h, ("pump-1", "pump-2", "pump-3"))
     h.start()
     try:
         yield h
@@ -120,7 +120,9 @@ def _devices_follow_desired(hub: Hub, devices: list[str]) -> None:
 
 
 def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> None:
-    devices = ["pump-1", "pump-2"]
+    """pump-1's drift is held long enough; pump-3 drifted later and joins its run (one model
+    from both devices' readings since each one's drift); pump-2 is stable and left alone."""
+    devices = ["pump-1", "pump-2", "pump-3"]
     now = time.time()
     _store(hub, telemetry=[TelemetryBatch(
         device_id=d, epoch=EPOCH, seq=i, channels=["a", "b"],
@@ -144,6 +146,10 @@ def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> Non
                          model=model, state=DriftState.DRIFT, since=now - 45,
                          drifting=["a"], windows=600, anomalies=60, baseline_windows=300,
                          baseline_anomalies=1),
+            DriftSummary(device_id="pump-3", epoch=EPOCH, seq=0, start=now - 60, end=now,
+                         model=model, state=DriftState.DRIFT, since=now - 10,
+                         drifting=["b"], windows=600, anomalies=1, baseline_windows=300,
+                         baseline_anomalies=1),
             DriftSummary(device_id="pump-2", epoch=EPOCH, seq=0, start=now - 60, end=now,
                          model=model, state=DriftState.STABLE, windows=600, anomalies=1,
                          baseline_windows=300, baseline_anomalies=1)])
@@ -156,12 +162,15 @@ def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> Non
 
         run = wait_for(finished, 60.0, "the retraining run to finish")
         assert run.state == "promoted", run.steps
-        assert run.trigger == "drift" and run.devices == ["pump-1"], "only the drifted device"
+        assert run.trigger == "drift" and run.devices == ["pump-1", "pump-3"], "the drifted"
+        assert run.steps[0]["device_since"] == {"pump-1": now - 45, "pump-3": now - 10}
+        assert "in drift too: pump-3" in run.steps[0]["reason"]
         steps = [s["step"] for s in run.steps]
         assert steps == ["triggered", "training", "parity_gate", "released", "canary",
                          "promoted"]
         assert "drift on a held 45 s" in run.steps[0]["reason"]
-        assert "windows of anomaly events left out" in run.steps[1]["reason"]
+        assert "(windows of anomaly events left out), each from its drift on" in run.steps[1][
+            "reason"]
         assert run.model_version == version + 1
         from cloud_hub.db.tables import Device
 
@@ -169,6 +178,18 @@ def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> Non
             device1, device2 = session.get(Device, "pump-1"), session.get(Device, "pump-2")
             assert device1 is not None and device1.active_version == version + 1
             assert device2 is not None and device2.active_version == version
+            device3 = session.get(Device, "pump-3")
+            assert device3 is not None and device3.active_version == version + 1
+            from cloud_hub.db.registry_tables import ModelVersion, TrainingJob
+
+            job = session.get(TrainingJob, run.training_job_id)
+            assert job is not None
+            assert job.request.device_since == {"pump-1": now - 45, "pump-3": now - 10}
+            trained = session.exec(select(ModelVersion).where(
+                ModelVersion.name == name, ModelVersion.version == version + 1)).one()
+            assert trained.training["devices"] == ["pump-1", "pump-3"]
+            assert trained.training["device_since"] == {"pump-1": now - 45, "pump-3": now - 10}
+            assert trained.training["since"] >= now - 45, "pump-1 from its drift on"
 
         assert cli_main([*args, "retrain", "show", "1"]) == 0
         assert cli_main([*args, "drift"]) == 0
