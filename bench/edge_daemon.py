@@ -271,7 +271,7 @@ def measure_replay(total_readings: int, batch: int = 100) -> dict[str, Any]:
         control: queue.Queue[LinkEvent] = queue.Queue()
         link = MqttLink(LinkSettings(client_id="bench-r", **_login(broker, "bench-r")),
                         control=control)
-        sender = Sender(outbox, link, control, max_inflight=100)
+        sender = Sender.for_outbox(outbox, link, control, max_inflight=100)
         started = time.monotonic()
         link.start()
         sender.start()

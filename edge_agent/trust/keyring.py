@@ -52,11 +52,11 @@ class TrustOutcome:
 
 
 def open_keyring(pinned: Mapping[str, str], state_dir: Path, *,
-                 read_only: bool = False) -> KeyRing:
+                 read_only: bool = False, verify: Verifier = verify_isolated) -> KeyRing:
     """The ring of a device: ``pinned`` as in ``[trust.keys]``, the chain in ``state_dir``
     (``read_only``: never write it, e.g. for ``edge-agent check``)."""
     ring = KeyRing({key_id: public_key_bytes(text) for key_id, text in pinned.items()},
-                   Path(state_dir) / TRUST_FILE, read_only=read_only)
+                   Path(state_dir) / TRUST_FILE, read_only=read_only, verify=verify)
     ring.load()
     return ring
 

@@ -268,7 +268,7 @@ def test_outbox_keeps_batch_until_puback(broker: Broker, tmp_path: Path) -> None
     mqtt.pop("topic_prefix")
     link = MqttLink(LinkSettings(client_id="dev", **mqtt,
                                  reconnect_initial_s=0.1, reconnect_max_s=0.3), control=control)
-    sender = Sender(outbox, link, control, max_inflight=5)
+    sender = Sender.for_outbox(outbox, link, control, max_inflight=5)
     try:
         link.start()
         sender.start()

@@ -1,0 +1,483 @@
+"""One device's behaviour, with no thread, no MQTT client and no clock of its own.
+
+:class:`DeviceCore` is what a device does: readings in (window → score → anomaly, batches into
+the outbox), messages in (desired → manifest → chunks → verify → shadow → swap; hub
+acknowledgements; trust lists; hub presence), the link going up and down, a periodic
+:meth:`~DeviceCore.tick` (batch age, update timeouts and shadow end, a failed model's rollback,
+heartbeat, drift summary) and :meth:`~DeviceCore.send_now` (what the in-flight window lets go
+out now). Everything else comes in as collaborators: a :class:`Clock`, the
+:class:`~edge_agent.telemetry.outbox.Outbox`, the :class:`~edge_agent.models.store.ModelStore`
+(which holds the signature verifier), the trust ring, the model loader (the TFLite runtime), and
+a :class:`Wire` (the connection: ``MqttLink`` in the daemon, one socket of a many-device loop in
+the simulator, a list in the unit tests).
+
+Who calls what: the daemon (:mod:`edge_agent.agent`) calls the reading, message and tick
+methods from one worker thread and the PUBACK/link/send methods from its sender thread (the
+outbox, the only state they share, is locked); a many-device loop calls all of them from one
+thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.detect.detector import Detection, Detector
+from edge_agent.drift.federated import WindowScatter
+from edge_agent.drift.monitor import DriftMonitor
+from edge_agent.models.store import ModelStore
+from edge_agent.models.updater import ModelLoader, ModelReport, ModelUpdater
+from edge_agent.sources.base import Reading
+from edge_agent.telemetry.batcher import TelemetryBatcher
+from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
+from edge_agent.telemetry.presence import HubWatch
+from edge_agent.telemetry.sender import SendWindow
+from edge_agent.trust.keyring import TrustOutcome
+from shared.messages import (
+    Ack,
+    AnomalyEvent,
+    Desired,
+    DeviceStatus,
+    DriftSummary,
+    Heartbeat,
+    MessageError,
+    Reported,
+    Status,
+    decode,
+    encode,
+)
+from shared.timefmt import iso_time
+from shared.topics import HUB_STATUS, TRUST, DeviceTopic, TopicError
+
+__all__ = ["Clock", "CoreStatus", "DeviceCore", "SYSTEM_CLOCK", "SystemClock", "TrustRing", "Wire"]
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+class Wire(Protocol):
+    """What the core needs from a connection. Subscriptions and births (retained messages
+    published on every connect) are remembered by the wire and made again after a reconnect."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> int | None: ...
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
+
+    def unsubscribe(self, topic_filter: str) -> None: ...
+
+    def set_birth(self, topic: str, payload: bytes | Callable[[], bytes]) -> None: ...
+
+
+class TrustRing(Protocol):
+    """The device's signing keys (:class:`~edge_agent.trust.keyring.KeyRing`)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def refused(self) -> int: ...
+
+    def trusted(self) -> Any: ...
+
+    def known(self) -> Any: ...
+
+    def offer(self, version: int, payload: bytes) -> TrustOutcome: ...
+
+
+@dataclass(frozen=True)
+class CoreStatus:
+    """What a device knows about itself (``edge-agent status``, the heartbeat, the simulator)."""
+
+    device_id: str
+    connected: bool
+    active_model: dict[str, Any] | None
+    model_state: str | None
+    threshold: float | None
+    runtime: str | None
+    readings: int
+    batches_sent: int  # PUBACKed by the broker
+    readings_sent: int
+    anomalies_raised: int
+    anomalies_sent: int
+    outbox_depth: int
+    outbox_bytes: int
+    oldest_unsent_age_s: float
+    drops: int
+    dropped_readings: int
+    dropped_anomalies: int
+    bad_readings: int
+    bad_messages: int
+    outbox_refusals: int
+    outbox_delivered: int
+    batches_stored: int  # acknowledged by a hub
+    readings_stored: int
+    anomalies_stored: int
+    drift: dict[str, Any] | None
+    drift_summaries_stored: int
+    resent: int
+    hub: dict[str, Any]
+    reconnects: int
+    inference_us_p50: float | None
+    inference_us_p99: float | None
+    uptime_s: float
+    last_error: str | None
+    last_error_at: float | None
+    trust_version: int
+    trusted_keys: list[str]
+    trust_refused: int
+    acks_received: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeviceCore:
+    """All of one device's behaviour; see the module docstring for who calls what."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        channels: list[str],
+        outbox: Outbox,
+        store: ModelStore,
+        trust: TrustRing,
+        loader: ModelLoader,
+        wire: Wire,
+        clock: Clock = SYSTEM_CLOCK,
+        rss: Callable[[], int] = lambda: 0,
+        on_report: Callable[[ModelReport], None] | None = None,
+        on_queued: Callable[[], None] | None = None,
+        agent_version: str = __version__,
+    ) -> None:
+        """``on_report``: after each ``reported``; ``on_queued``: when the window may have
+        something to send (a message entered the outbox, or an acknowledgement made room)."""
+        self.config = config
+        self.device_id = config.device_id
+        self.topics = config.topics()
+        self.channels = list(channels)
+        self.outbox = outbox
+        self.store = store
+        self.trust = trust
+        self.wire = wire
+        self.clock = clock
+        self._rss = rss
+        self._on_report = on_report
+        self._on_queued = on_queued or (lambda: None)
+        self.agent_version = agent_version
+        summaries = config.telemetry.upload == "summaries"
+        self.drift: DriftMonitor | None = DriftMonitor(
+            config.drift, self.channels,
+            training=WindowScatter(config.federated, len(self.channels)) if summaries else None,
+        ) if config.drift.enabled or summaries else None
+        self.detector = Detector(self.channels, realert_windows=config.model.realert_windows,
+                                 adaptation=config.adaptation, observer=self.drift,
+                                 clock=clock.time)
+        self.updater = ModelUpdater(
+            store=store, topics=self.topics, link=wire, detector=self.detector, loader=loader,
+            settings=config.model, on_report=self._publish_reported, clock=clock.monotonic,
+        )
+        self.batcher = TelemetryBatcher(
+            outbox, device_id=self.device_id, channels=self.channels,
+            topic=self.topics.telemetry(self.device_id),
+            max_readings=config.telemetry.batch_max_readings,
+            max_age_s=config.telemetry.batch_max_age_s, clock=clock.monotonic,
+            on_stored=self._on_queued,
+        )
+        self.window = SendWindow(outbox, max_inflight=config.outbox.max_inflight,
+                                 name=f"sender-{self.device_id}")
+        self.hubs = HubWatch(prefix=self.topics.prefix,
+                             silence_warn_s=config.outbox.hub_silence_warn_s,
+                             name=f"agent {self.device_id}", clock=clock.monotonic)
+        self.readings = 0
+        self.bad_readings = 0
+        self.source_bad_readings: Callable[[], int] = lambda: 0
+        self.bad_messages = 0
+        self.anomalies_raised = 0
+        self.outbox_refusals = 0
+        self.acks_received = 0
+        self.stored = {s: 0 for s in Stream}  # acknowledged by a hub
+        self.stored_readings = 0
+        self.connected = False
+        self.connections = 0
+        self._bad_topics: set[str] = set()
+        self._started_at = clock.monotonic()
+        now = clock.monotonic()
+        self._next_heartbeat = now + min(5.0, config.heartbeat.interval_s)
+        self._next_drift = now + config.drift.summary_interval_s
+
+    # -- start -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe (the wire makes them again on every connect), announce online on every
+        connect, and run the model the store says is current."""
+        self.wire.set_birth(self.topics.status(self.device_id),
+                            lambda: self.status_payload(DeviceStatus.ONLINE))
+        self.wire.subscribe(self.topics.all_trust(), 1)  # before desired: keys, then models
+        self.wire.subscribe(self.topics.desired(self.device_id), 1)
+        self.wire.subscribe(self.topics.all_hub_status(), 1)
+        self.wire.subscribe(self.topics.ack(self.device_id), 1)
+        self._started_at = self.clock.monotonic()
+        self.updater.load_current()
+
+    # -- readings --------------------------------------------------------------------------
+    def on_readings(self, readings: Iterable[Reading]) -> None:
+        for reading in readings:
+            try:
+                self._on_reading(reading)
+            except OutboxError as exc:
+                self._refused(exc)
+
+    def _on_reading(self, reading: Reading) -> None:
+        values = reading.values
+        if (
+            len(values) != len(self.channels)
+            or not all(isinstance(v, float | int) and math.isfinite(v) for v in values)
+            or not math.isfinite(reading.ts)
+            or reading.ts < 0
+        ):
+            self.bad_readings += 1
+            if self.bad_readings <= 10 or self.bad_readings % 1000 == 0:
+                log.warning("agent %s: bad reading skipped (%d so far): ts=%r values=%r",
+                            self.device_id, self.bad_readings, reading.ts, values[:8])
+            return
+        self.readings += 1
+        if self.config.telemetry.upload == "raw":
+            self.batcher.add(reading)
+        detection = self.detector.push(reading)
+        if self.drift is not None:
+            self.drift.observe(reading.ts, reading.values)
+        if detection is not None:
+            self._raise_anomaly(detection)
+
+    def _raise_anomaly(self, d: Detection) -> None:
+        def build(seq: int) -> bytes:
+            return encode(AnomalyEvent(
+                device_id=self.device_id, epoch=self.outbox.epoch, seq=seq, ts=d.ts,
+                score=d.score, threshold=d.threshold, model=d.model, channels=d.channels,
+                detected_at=d.detected_at,
+            ))
+
+        self.outbox.add(device_id=self.device_id, stream=Stream.ANOMALIES,
+                        topic=self.topics.anomalies(self.device_id), build=build)
+        self.anomalies_raised += 1
+        self._on_queued()
+        log.info("agent %s: anomaly at %s, score %.4g over threshold %.4g (model %s v%d, "
+                 "channels %s)", self.device_id, iso_time(d.ts[0]), d.score, d.threshold,
+                 d.model.name, d.model.version, ", ".join(d.channels))
+
+    def _refused(self, exc: OutboxError) -> None:
+        self.outbox_refusals += 1
+        log.error("agent %s: outbox refused a message: %s", self.device_id, exc)
+
+    # -- messages --------------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """One inbound message; a bad one is counted and logged once per topic, never raised."""
+        try:
+            parsed = self.topics.parse(topic)
+            if parsed.kind == DeviceTopic.DESIRED.value and parsed.device_id == self.device_id:
+                if not payload:
+                    return  # desired cleared
+                desired = decode(Desired, payload)
+                if desired.device_id != self.device_id:
+                    raise MessageError(f"Desired: device_id {desired.device_id!r} is not "
+                                       f"{self.device_id!r}")
+                self.updater.want(desired.model, desired.issued_at)
+            elif parsed.kind in ("manifest", "chunk"):
+                self.updater.on_message(parsed, payload)
+            elif parsed.kind == TRUST and parsed.model_version is not None:
+                self.trust.offer(parsed.model_version, payload)
+            elif parsed.kind == DeviceTopic.ACK.value and parsed.device_id == self.device_id:
+                if payload:
+                    self._on_ack(decode(Ack, payload), live=not retain)
+            elif parsed.kind == HUB_STATUS and parsed.device_id is not None:
+                self.hubs.on_payload(parsed.device_id, payload)
+        except (MessageError, TopicError) as exc:
+            self.bad_messages += 1
+            if topic not in self._bad_topics:
+                self._bad_topics.add(topic)
+                log.error("agent %s: bad message on %s: %s", self.device_id, topic, exc)
+
+    def _on_ack(self, ack: Ack, *, live: bool) -> None:
+        if ack.device_id != self.device_id:
+            raise MessageError(f"Ack: device_id {ack.device_id!r} is not {self.device_id!r}")
+        result = self.outbox.apply_ack(ack, live=live)
+        self.acks_received += 1
+        for stream, count in result.stored.items():
+            self.stored[stream] += count
+        self.stored_readings += result.stored_readings
+        if any(result.stored.values()) or result.resend:
+            self._on_queued()  # room in the window, or messages to send again
+
+    # -- the link and the window ---------------------------------------------------------------
+    def on_link_up(self, session_present: bool = False) -> None:
+        self.connected = True
+        self.connections += 1
+        self.hubs.link(True)
+        self.window.link_changed()
+
+    def on_link_down(self, reason: str = "") -> None:
+        self.connected = False
+        self.hubs.link(False)
+        self.window.link_changed()
+
+    def on_puback(self, mid: int, ok: bool = True, reason: str = "") -> None:
+        self.window.puback(mid, ok, reason)
+
+    def send_now(self) -> int:
+        """Hand the wire what the in-flight window lets go out now; how many messages."""
+        return self.window.fill(self.wire)
+
+    # -- time ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Everything that is due: the batch's age, hub presence, update timeouts and the end of
+        a shadow run, a failed model's rollback, the heartbeat, the drift summary."""
+        try:
+            self.batcher.flush_if_due()
+        except OutboxError as exc:
+            self._refused(exc)
+        self.hubs.link(self.connected)
+        self.hubs.check()
+        self.updater.tick()
+        failure = self.detector.take_failure()
+        if failure is not None:
+            self.updater.on_runtime_failure(*failure)
+        now = self.clock.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat.interval_s
+            self.wire.publish(self.topics.heartbeat(self.device_id),
+                              encode(self.heartbeat()), qos=0)
+        if now >= self._next_drift:
+            self._next_drift = now + self.config.drift.summary_interval_s
+            try:
+                self._send_drift()
+            except OutboxError as exc:
+                self._refused(exc)
+
+    def flush(self) -> None:
+        """Write the open telemetry batch to the outbox now (at stop)."""
+        try:
+            self.batcher.flush()
+        except OutboxError as exc:
+            log.error("agent %s: last batch refused by the outbox: %s", self.device_id, exc)
+
+    def _send_drift(self) -> None:
+        fields = self.drift.take_summary() if self.drift is not None else None
+        if fields is None:
+            return
+
+        def build(seq: int) -> bytes:
+            return encode(DriftSummary(device_id=self.device_id, epoch=self.outbox.epoch,
+                                       seq=seq, **fields))
+
+        self.outbox.add(device_id=self.device_id, stream=Stream.DRIFT,
+                        topic=self.topics.drift(self.device_id), build=build)
+        self._on_queued()
+
+    # -- what goes out about the device ----------------------------------------------------------
+    def _publish_reported(self, report: ModelReport) -> None:
+        message = Reported(
+            device_id=self.device_id, model=report.model, state=report.state,
+            error=report.error, since=report.since, active=report.active,
+            threshold=report.threshold,
+        )
+        self.wire.set_birth(self.topics.reported(self.device_id), encode(message))
+        if self._on_report is not None:
+            self._on_report(report)
+
+    def status_payload(self, state: DeviceStatus) -> bytes:
+        """The retained ``status`` record (online on every connect, offline as the will)."""
+        return encode(Status(device_id=self.device_id, state=state, at=self.clock.time(),
+                             agent_version=self.agent_version))
+
+    def heartbeat(self) -> Heartbeat:
+        p50, p99 = self.detector.inference_us()
+        return Heartbeat(
+            device_id=self.device_id, at=self.clock.time(),
+            uptime_s=self.clock.monotonic() - self._started_at, rss_bytes=self._rss(),
+            inference_us_p50=p50, inference_us_p99=p99, outbox_depth=self.outbox.depth(),
+            oldest_unsent_age_s=self.outbox.oldest_age(), drops=self.outbox.drops().messages,
+            reconnects=max(0, self.connections - 1),
+            bad_readings=self.bad_readings + self.source_bad_readings(),
+            drift=self.drift.brief() if self.drift is not None else None,
+        )
+
+    def pending(self) -> int:
+        """Messages not yet acknowledged by a hub, and readings not yet in a batch."""
+        return self.outbox.depth() + self.batcher.pending()
+
+    def status(self) -> CoreStatus:
+        active = self.detector.active
+        drops = self.outbox.drops()
+        p50, p99 = self.detector.inference_us()
+        acked = self.window.acked
+        updater = self.updater
+        return CoreStatus(
+            device_id=self.device_id,
+            connected=self.connected,
+            active_model=None if active is None else {
+                "name": active.manifest.name, "version": active.manifest.version,
+                "sha256": active.manifest.sha256,
+            },
+            model_state=updater.state.value if updater.state else None,
+            threshold=None if active is None else active.threshold,
+            runtime=None if active is None else getattr(active.runtime, "runtime", None),
+            readings=self.readings,
+            batches_sent=acked[Stream.TELEMETRY],
+            readings_sent=self.window.acked_readings,
+            anomalies_raised=self.anomalies_raised,
+            anomalies_sent=acked[Stream.ANOMALIES],
+            outbox_depth=self.outbox.depth(),
+            outbox_bytes=self.outbox.pending_bytes(),
+            oldest_unsent_age_s=self.outbox.oldest_age(),
+            drops=drops.messages,
+            dropped_readings=drops.telemetry_readings,
+            dropped_anomalies=drops.anomalies,
+            bad_readings=self.bad_readings + self.source_bad_readings(),
+            bad_messages=self.bad_messages + updater.refused,
+            outbox_refusals=self.outbox_refusals,
+            outbox_delivered=self.outbox.delivered(),
+            batches_stored=self.stored[Stream.TELEMETRY],
+            readings_stored=self.stored_readings,
+            anomalies_stored=self.stored[Stream.ANOMALIES],
+            drift=self.drift.status() if self.drift is not None else None,
+            drift_summaries_stored=self.stored[Stream.DRIFT],
+            resent=self.outbox.resent,
+            hub=self.hubs.status(),
+            reconnects=max(0, self.connections - 1),
+            inference_us_p50=p50,
+            inference_us_p99=p99,
+            uptime_s=self.clock.monotonic() - self._started_at,
+            last_error=updater.last_error,
+            last_error_at=updater.last_error_at,
+            trust_version=self.trust.version,
+            trusted_keys=sorted(self.trust.trusted()),
+            trust_refused=self.trust.refused,
+            acks_received=self.acks_received,
+        )
