@@ -1,14 +1,15 @@
 """Fleet benchmark (issue 6): 1,000 devices at 1 Hz × 8 channels against a real hub for 60 s.
 
-Each device has its own MQTT connection, durable SQLite outbox, the agent's batcher and detector
-(``simulator.lite``); a few shard threads drive them all. The hub (``cloud-hub serve``, a child
-process) trains a model on part of the fleet's recorded history and publishes it; every device
-loads it; faults are injected on a tenth of the devices. Prints a table and writes
+Each device is the agent's own core (``simulator.scale_fleet``: its own TLS connection and
+credential, durable SQLite outbox, model store and trust ring); a few shard threads drive them
+all through epoll. The hub (``cloud-hub serve``, a child process) trains a model on part of the
+fleet's recorded history, publishes it and rolls it out through the real update path (desired,
+retained manifest and chunks, signature, shadow, swap, reported); faults are injected on a
+tenth of the devices. Prints a table and writes
 ``reports/bench/fleet.json`` with devices, readings_generated, readings_stored, lost,
 anomalies_raised, anomalies_stored, detection_latency_ms_p99 (window completion to hub commit)
 and the CPU time each process used, and what the hub's delivery acknowledgements cost (acks
-published per second and their bytes, from the hub's /metrics; the CPU the devices spent
-handling them).
+published per second and their bytes, from the hub's /metrics; how many the devices received).
 
     .venv/bin/python bench/fleet.py [--devices 1000] [--duration 60]
 """
@@ -52,7 +53,7 @@ def main() -> int:
     for key in ("readings_generated", "readings_stored", "lost", "anomalies_raised",
                 "anomalies_stored", "detection_latency_ms_p99", "faults_injected",
                 "faults_detected", "false_alarms", "cpu_time_s", "cpu_cores_used",
-                "max_tick_lag_s", "drops", "reconnects"):
+                "max_tick_lag_s", "drops", "reconnects", "rollout", "load_average"):
         table.add_row(key, str(result[key]))
     console.print(table)
     acks = Table(title="delivery acknowledgements (hub -> devices) over the measured period")

@@ -59,6 +59,10 @@ __all__ = ["Clock", "CoreStatus", "DeviceCore", "SYSTEM_CLOCK", "SystemClock", "
 
 log = logging.getLogger(__name__)
 
+# Recent readings held before any model runs: a model that arrives (or starts its shadow run)
+# scores from the next reading instead of waiting a whole window. Small: 128 rows of floats.
+_KEEP_READINGS = 128
+
 
 class Clock(Protocol):
     def monotonic(self) -> float: ...
@@ -199,7 +203,7 @@ class DeviceCore:
         ) if config.drift.enabled or summaries else None
         self.detector = Detector(self.channels, realert_windows=config.model.realert_windows,
                                  adaptation=config.adaptation, observer=self.drift,
-                                 clock=clock.time)
+                                 clock=clock.time, keep_readings=_KEEP_READINGS)
         self.updater = ModelUpdater(
             store=store, topics=self.topics, link=wire, detector=self.detector, loader=loader,
             settings=config.model, on_report=self._publish_reported, clock=clock.monotonic,

@@ -1,7 +1,7 @@
 """Devices of a simulated fleet enrolled through the hub's REST API, as an operator would.
 
 ``hub_enrollment(client, folder)`` is a ``mqtt_auth`` for :class:`simulator.fleet.Fleet` and
-:class:`simulator.lite.LiteFleet`: each device is enrolled when it is added, and its agent
+:class:`simulator.scale_fleet.ScaleFleet`: each device is enrolled when it is added, and its agent
 logs in with the credential and CA from its bundle.
 """
 

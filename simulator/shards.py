@@ -2,7 +2,7 @@
 
 Each shard watches its devices' MQTT sockets with one ``epoll`` selector (paho is driven from
 outside: ``loop_read`` / ``loop_write`` / ``loop_misc``) and calls every device's ``tick`` at a
-fixed interval. Used by :mod:`simulator.lite`.
+fixed interval. Used by :mod:`simulator.scale_fleet`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Shard:
                     try:
                         device.tick(now)
                     except Exception:  # one device's failure must not stop the others
-                        log.exception("lite %s: tick failed", device.device_id)
+                        log.exception("device %s: tick failed", device.device_id)
                 self.ticks += 1
                 next_tick = max(next_tick + self.tick_s, now)
             if now >= next_misc:

@@ -137,7 +137,10 @@ class Detector:
         latency_samples: int = 2048,
         adaptation: AdaptationSettings | None = None,
         observer: WindowObserver | None = None,
+        keep_readings: int = 1,
     ) -> None:
+        """``keep_readings``: how many recent readings to hold before any model asks for a
+        window, so that a model activated (or shadowed) later scores from its first reading."""
         self.channels = list(channels)
         self.observer = observer
         self.realert_windows = realert_windows
@@ -149,9 +152,9 @@ class Detector:
         self._clock = clock
         # A ring of the last ``capacity`` readings, each written twice (at i and i + capacity),
         # so that the newest n readings are always one contiguous slice: no copy per window.
-        self._capacity = 1
-        self._values = np.zeros((2, len(channels)), dtype=np.float32)
-        self._ts = [0.0]
+        self._capacity = max(1, keep_readings)
+        self._values = np.zeros((2 * self._capacity, len(channels)), dtype=np.float32)
+        self._ts = [0.0] * self._capacity
         self._count = 0  # readings seen; the ring index is count % capacity
         self._active: _Slot | None = None
         self._shadow: _Slot | None = None
