@@ -69,15 +69,19 @@ class Agent:
         self._events: queue.Queue[list[Reading] | InboundMessage] = queue.Queue(maxsize=10_000)
         self._stop_reading = threading.Event()
         self._stop_working = threading.Event()
-        self._run: _Running | None = None
+        self._run: _Running | None = None  # while started
+        self._last: _Running | None = None  # the last run's parts, readable after stop()
         self._worker_beat = time.monotonic()
 
     # -- the running parts (for the simulator, the daemon and tests) -------------------------
     @property
     def running(self) -> _Running:
-        if self._run is None:
-            raise RuntimeError(f"agent {self.device_id} is not running")
-        return self._run
+        """The parts of the current run, or of the last one once stopped (its outbox is
+        closed then, but e.g. its epoch and its detector's counters are still there)."""
+        run = self._run or self._last
+        if run is None:
+            raise RuntimeError(f"agent {self.device_id} was never started")
+        return run
 
     @property
     def core(self) -> DeviceCore:
@@ -148,7 +152,7 @@ class Agent:
         holder.append(core)
         core.source_bad_readings = lambda: source.bad_readings
         sender = Sender(control, core, name=f"sender-{self.device_id}")
-        self._run = _Running(
+        self._run = self._last = _Running(
             source=source, outbox=outbox, link=link, core=core, sender=sender,
             reader=threading.Thread(target=self._read, name=f"reader-{self.device_id}",
                                     daemon=True),
