@@ -13,17 +13,21 @@ truth from the simulator) through the agent's scoring path, and the report compa
 - the subspaces: principal angles between the two PCA bases, explained variance of each;
 - the decisions: agreement of the two models' window decisions, and detection quality of each
   (faults caught, false-alarm windows, window-level precision/recall/F1);
-- optionally (``--dp``) the same with Gaussian noise added to each device's statistics
-  (clipped windows, the Gaussian mechanism: epsilon and delta stated), and its cost in F1.
+- each model's quantization (``auto``: the hub picks the mode, see
+  :mod:`cloud_hub.quantize.compare`), its size and its parity.
 
 Writes ``reports/federated/report.json``.
+
+Differential privacy is not offered (``--dp`` is refused, naming why): see
+:data:`DP_REFUSAL`. A noised variant that released each device's exact per-channel means and
+reading moments beside the noised scatter, and counted a window rather than a reading as the
+unit of privacy, is not differential privacy and is not reported as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,17 @@ from shared.scatter import pack_upper
 from simulator.faults import DEFAULT_DURATION_S, Fault, FaultKind
 from simulator.signals import SignalGenerator
 
-__all__ = ["evaluate_federated", "main"]
+__all__ = ["DP_REFUSAL", "evaluate_federated", "main"]
+
+DP_REFUSAL = (
+    "differential privacy on the federated statistics is not implemented: a correct Gaussian "
+    "mechanism needs (1) clipping in a normalization fixed before the data (e.g. the active "
+    "model's), not the device's own means, which would be released exactly; (2) noise on "
+    "every released field (window count, sum, scatter and the per-channel reading moments, "
+    "which the hub uses for normalization); (3) a reading, not a window, as the unit of "
+    "privacy (with stride 1 one reading is in `window` windows: sensitivity x window); (4) "
+    "the privacy budget composed over the summaries a device sends, with the spent epsilon "
+    "kept on the device. None of this is on the agent yet, so no epsilon is claimed")
 
 SPEC: dict[str, Any] = {
     "family": "pca", "window": 10, "latent": 16, "smoothing": 10, "threshold_quantile": 0.999,
@@ -63,45 +77,16 @@ def _device_data(seed: int, train_s: float, test_s: float
     return gen.channels, train, block.ts, block.values, faults
 
 
-def _stats(train: npt.NDArray[np.float64], window: int, channels: list[str],
-           dp: tuple[float, float, float] | None, rng: np.random.Generator) -> dict[str, Any]:
-    """What one device would send: its WindowScatter over ``train`` (optionally noised)."""
+def _stats(train: npt.NDArray[np.float64], window: int, channels: list[str]) -> dict[str, Any]:
+    """What one device would send: its WindowScatter over ``train``."""
     scatter = WindowScatter(FederatedSettings(window=window, min_windows=10), len(channels))
     for i, row in enumerate(train):
         scatter.add(float(i) / RATE, row.tolist())
     n, mean, s, readings = scatter.take()
-    if dp is not None:
-        mean, s = _noised(train, window, n, mean, s, dp, rng)
     return {"window": window, "stride": 1, "channels": channels, "windows": n,
             "mean": mean.tolist(), "scatter": pack_upper(s), "reading_count": readings.n,
             "reading_mean": readings.mean.tolist(),
             "reading_m2": np.maximum(readings.m2, 0.0).tolist()}
-
-
-def _noised(train: npt.NDArray[np.float64], window: int, n: int, mean: Any, s: Any,
-            dp: tuple[float, float, float], rng: np.random.Generator) -> tuple[Any, Any]:
-    """The Gaussian mechanism on the window sum and the sum of outer products, each window
-    clipped to L2 norm ``bound`` around the device's own per-channel mean (in spreads): one
-    window changes the sum by at most ``bound`` and the outer products by at most ``bound²``.
-    sigma = sensitivity × sqrt(2 ln(1.25/delta)) / epsilon, for each of the two releases
-    (epsilon split in half between them)."""
-    epsilon, delta, bound = dp
-    center = train.mean(axis=0)
-    scale = np.maximum(train.std(axis=0), 1e-9)
-    z = (np.lib.stride_tricks.sliding_window_view((train - center) / scale, window, axis=0)
-         .transpose(0, 2, 1).reshape(-1, window * train.shape[1]))
-    norms = np.linalg.norm(z, axis=1, keepdims=True)
-    z = z * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
-    factor = math.sqrt(2 * math.log(1.25 / delta)) / (epsilon / 2)
-    total = z.sum(axis=0) + rng.normal(0, bound * factor, z.shape[1])
-    outer = z.T @ z
-    noise = rng.normal(0, bound**2 * factor, outer.shape)
-    outer = outer + np.triu(noise) + np.triu(noise, 1).T
-    m = total / len(z)
-    scat = outer - len(z) * np.outer(m, m)
-    tiled_scale = np.tile(scale, window)
-    tiled_center = np.tile(center, window)
-    return m * tiled_scale + tiled_center, scat * np.outer(tiled_scale, tiled_scale)
 
 
 def _angles(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> list[float]:
@@ -119,6 +104,16 @@ def _scores(artifact: Any, channels: list[str], ts: Any, values: Any) -> tuple[A
     manifest = manifest_from_dict({**body, "release": 1, "key_id": "0" * 16})
     trace = replay_scores(artifact.tflite, manifest, channels, ts, values)
     return trace.ts, trace.scores, trace.threshold
+
+
+def _model_facts(artifact: Any) -> dict[str, Any]:
+    """The quantization the hub chose (or was told), with its reason, size and parity."""
+    choice = artifact.extra.get("quantization_choice") or {}
+    return {"quantization": choice.get("mode") or artifact.spec.quantization,
+            "quantization_asked": artifact.spec.quantization,
+            "quantization_reason": choice.get("reason"),
+            "size_bytes": len(artifact.tflite), "float_size_bytes": artifact.float_size,
+            "parity": artifact.parity.decision_agreement}
 
 
 def _quality(decisions: Any, window_ts: Any, faults: list[Fault], window_s: float,
@@ -143,10 +138,9 @@ def _quality(decisions: Any, window_ts: Any, faults: list[Fault], window_s: floa
 
 
 def evaluate_federated(*, devices: int = 4, train_s: float = 1200.0, test_s: float = 600.0,
-                       dp: list[float] | None = None, seed: int = 3) -> dict[str, Any]:
+                       seed: int = 3) -> dict[str, Any]:
     from cloud_hub.jobs.training import spec_from_dict
     from cloud_hub.training.dataset import prepare_dataset
-    from cloud_hub.training.errors import TrainingError
     from cloud_hub.training.federated import (
         merge_stats,
         pca_from_stats,
@@ -170,10 +164,8 @@ def evaluate_federated(*, devices: int = 4, train_s: float = 1200.0, test_s: flo
     central_basis = vt[:k].T
     central_explained = float((singular[:k] ** 2).sum() / (singular**2).sum())
 
-    def federated(noise: tuple[float, float, float] | None) -> tuple[Any, dict[str, Any]]:
-        rng = np.random.default_rng(seed)
-        parts = [_stats(d[1][:c], spec.window, channels, noise, rng)
-                 for d, c in zip(data, cut, strict=True)]
+    def federated() -> tuple[Any, dict[str, Any]]:
+        parts = [_stats(d[1][:c], spec.window, channels) for d, c in zip(data, cut, strict=True)]
         stats = merge_stats(parts)
         t0 = time.perf_counter()
         artifact = run_federated_training(stats, spec)
@@ -183,14 +175,14 @@ def evaluate_federated(*, devices: int = 4, train_s: float = 1200.0, test_s: flo
             "bytes_sent_per_device": int(np.mean([len(json.dumps(p)) for p in parts])),
             "principal_angles_deg": [round(a, 3) for a in _angles(central_basis, basis)],
             "explained_variance": round(float(values[:k].sum() / values.sum()), 5),
-            "threshold": artifact.threshold, "parity": artifact.parity.decision_agreement,
+            "threshold": artifact.threshold, **_model_facts(artifact),
             "normalization_max_rel_diff": float(np.max(np.abs(
                 (np.asarray(artifact.normalization.scale) - np.asarray(central.normalization.scale))
                 / np.asarray(central.normalization.scale)))),
         }
         return artifact, info
 
-    fed, fed_info = federated(None)
+    fed, fed_info = federated()
     results: dict[str, Any] = {"central": {}, "federated": {}}
     agreement_num = agreement_den = 0
     per_model: dict[str, list[tuple[Any, Any, list[Fault]]]] = {"central": [], "federated": []}
@@ -214,7 +206,7 @@ def evaluate_federated(*, devices: int = 4, train_s: float = 1200.0, test_s: flo
                 f"on, {test_s:g} s each with {len(FAULT_KINDS)} faults to test on",
         "spec": SPEC,
         "central": {**results["central"], "threshold": central.threshold,
-                    "parity": central.parity.decision_agreement,
+                    **_model_facts(central),
                     "explained_variance": round(central_explained, 5),
                     "train_seconds": round(central_s, 2)},
         "federated": {**results["federated"], **fed_info},
@@ -222,28 +214,7 @@ def evaluate_federated(*, devices: int = 4, train_s: float = 1200.0, test_s: flo
         "max_principal_angle_deg": max(fed_info["principal_angles_deg"]),
         "f1_difference": round(results["federated"]["f1"] - results["central"]["f1"], 4),
     }
-    if dp:
-        report["differential_privacy"] = []
-        for epsilon in dp:
-            try:
-                noisy, info = federated((epsilon, 1e-5, 3.0))
-            except TrainingError as exc:
-                report["differential_privacy"].append({"epsilon": epsilon, "delta": 1e-5,
-                                                       "failed": str(exc)})
-                continue
-            q = []
-            for d in data:
-                ch, _, ts, values, faults = d
-                wts, s, thr = _scores(noisy, ch, ts, values)
-                q.append(_quality(s > thr, wts, faults, window_s, tail_s))
-            pooled = _pool(q)
-            report["differential_privacy"].append({
-                "epsilon": epsilon, "delta": 1e-5, "clip_l2_spreads": 3.0,
-                "mechanism": "Gaussian on each device's clipped window sum and sum of outer "
-                             "products (epsilon split evenly), per device's whole release",
-                **pooled, "f1_cost": round(results["federated"]["f1"] - pooled["f1"], 4),
-                "max_principal_angle_deg": max(info["principal_angles_deg"]),
-            })
+    report["differential_privacy"] = {"offered": False, "why": DP_REFUSAL}
     return report
 
 
@@ -263,12 +234,14 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--train-s", type=float, default=1200.0)
     parser.add_argument("--test-s", type=float, default=600.0)
-    parser.add_argument("--dp", type=float, nargs="*", default=[1.0, 10.0],
-                        help="epsilons to try with differential-privacy noise (none: skip)")
+    parser.add_argument("--dp", type=float, nargs="*", default=None,
+                        help="refused: differential privacy is not implemented (says why)")
     parser.add_argument("--out", type=Path, default=Path("reports/federated"))
     args = parser.parse_args()
+    if args.dp is not None:
+        parser.error(f"--dp: {DP_REFUSAL}")
     report = evaluate_federated(devices=args.devices, train_s=args.train_s,
-                                test_s=args.test_s, dp=args.dp or None)
+                                test_s=args.test_s)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for key in ("decision_agreement", "max_principal_angle_deg", "f1_difference"):
@@ -276,13 +249,8 @@ def main() -> None:
     for side in ("central", "federated"):
         r = report[side]
         print(f"{side:<10} F1 {r['f1']}  faults {r['faults_caught']}/{r['faults']}  "
-              f"false-alarm windows {r['false_alarm_rate']}")
-    for row in report.get("differential_privacy", []):
-        if "failed" in row:
-            print(f"DP epsilon {row['epsilon']}: {row['failed']}")
-            continue
-        print(f"DP epsilon {row['epsilon']}: F1 {row['f1']} (cost {row['f1_cost']}), max "
-              f"angle {row['max_principal_angle_deg']} deg")
+              f"false-alarm windows {r['false_alarm_rate']}  {r['quantization']} "
+              f"{r['size_bytes']} B (float {r['float_size_bytes']} B), parity {r['parity']}")
     print(f"wrote {args.out / 'report.json'}")
 
 
