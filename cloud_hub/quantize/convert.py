@@ -8,6 +8,18 @@ interpreter (about 0.1 µs with XNNPACK) what numpy did around each call on the 
 ufunc overheads before, 10 µs with ``np.clip``/``np.round``), so the device feeds float32
 (``InputSpec.dtype``). ``float16`` stores weights as float16, ``dynamic`` stores weights as int8
 with float activations, ``float32`` is the plain conversion.
+
+Speed of the default model (dense AE, 256 values, 17k multiply-adds) one window per invoke, on
+the 2-core Xeon (AVX-512 VNNI) of the benches: ai-edge-litert's XNNPACK delegate runs the whole
+int8 graph (QUANTIZE, 4 FULLY_CONNECTED, DEQUANTIZE), but an invoke costs ~1 µs of fixed work
+whatever the mode, and the arithmetic ~0.1 µs, so int8 cannot win there: its two extra operators
+cost ~0.1 µs and its per-window call is 10-27% slower than float32 (2.5-3.1 vs 2.1-2.4 µs).
+With int8 input and output instead, quantizing in numpy costs 8.9 µs per window. At 64 windows
+per invoke, where the arithmetic counts, int8 is 1.6x faster than float32 (0.13 vs 0.22 µs per
+window in invoke). tflite-runtime 2.14's XNNPACK takes no int8 op: int8 runs on the builtin
+kernels there, 5 µs per invoke against 1.3 µs for float32, and it cannot load ``dynamic`` at all.
+That is why ``quantization = "auto"`` (:mod:`cloud_hub.quantize.compare`) picks float16 or float32
+for this model, and why ``int8`` (the default) is about size: 30% of the float file.
 """
 
 from __future__ import annotations
