@@ -67,7 +67,14 @@ import numpy as np
 from edge_agent.inference.runtime import TfliteModel
 windows = np.load(sys.argv[1])
 rounds, size = int(sys.argv[2]), int(sys.argv[3])
-models = {path: TfliteModel(open(path, "rb").read()) for path in sys.argv[4:]}
+models = {path: TfliteModel(open(path, "rb").read()) for path in sys.argv[5:]}
+manifest = None
+if sys.argv[4] != "-":  # the agent's whole per-reading path too: Detector.push
+    import msgspec
+    from edge_agent.detect.detector import Detector, LoadedModel
+    from edge_agent.sources.base import Reading
+    from shared.manifest import Manifest
+    manifest = msgspec.json.decode(open(sys.argv[4], "rb").read(), type=Manifest)
 out = {path: [] for path in models}
 for model in models.values():
     for w in windows[:50]:
@@ -88,6 +95,28 @@ for r in range(rounds):  # short rounds: some fall between other processes' time
         del run
 for path in models:
     out[path + ":invoke"] = invoke[path]
+if manifest is not None:
+    n = len(manifest.input.channels)
+    readings = [Reading(float(i), tuple(float(v) for v in w.reshape(-1, n)[-1]))
+                for i, w in enumerate(windows)]
+    detectors = {}
+    for path, model in models.items():
+        detector = Detector(list(manifest.input.channels))
+        detector.activate(LoadedModel(manifest=manifest, runtime=model,
+                                      threshold=manifest.threshold, channel_index=list(range(n))))
+        for reading in readings[:100]:
+            detector.push(reading)
+        detectors[path] = detector
+    push = {path: [] for path in models}
+    for r in range(rounds):
+        part = readings[(r * size) % len(readings):][:size]
+        for path, detector in detectors.items():
+            started = time.perf_counter()
+            for reading in part:
+                detector.push(reading)
+            push[path].append((time.perf_counter() - started) * 1e6 / len(part))
+    for path in models:
+        out[path + ":push"] = push[path]
 batch = {path: [] for path in models}
 for model in models.values():
     model.reconstruct_batch(windows[:128], batch_size=64)
@@ -151,10 +180,17 @@ def time_keras(model: Any, windows: np.ndarray) -> tuple[float, float]:
 
 def time_tflite_in_subprocess(
     workdir: Path, windows: np.ndarray, models: dict[str, bytes], *, rounds: int = 40,
-    python: str = sys.executable,
+    python: str = sys.executable, manifest: Any = None,
 ) -> dict[str, Any]:
-    """µs per window of each model: every round's figure, then ``name:batch64``."""
+    """µs per window of each model: every round's figure, then ``name:batch64``, ``name:invoke``
+    and, given a ``manifest``, ``name:push`` (a reading through ``Detector.push``)."""
+    import msgspec
+
     np.save(workdir / "windows.npy", windows)
+    manifest_path = "-"
+    if manifest is not None:
+        manifest_path = str(workdir / "manifest.json")
+        Path(manifest_path).write_bytes(msgspec.json.encode(manifest))
     paths = []
     for name, data in models.items():
         path = workdir / f"{name}.tflite"
@@ -163,7 +199,7 @@ def time_tflite_in_subprocess(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [python, "-c", _TFLITE_TIMER, str(workdir / "windows.npy"), str(rounds),
-         str(min(ROUND_WINDOWS, len(windows))), *paths],
+         str(min(ROUND_WINDOWS, len(windows))), manifest_path, *paths],
         capture_output=True,
         text=True,
         timeout=600,
@@ -175,8 +211,9 @@ def time_tflite_in_subprocess(
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     for name in models:
         key = str(workdir / f"{name}.tflite")
-        for suffix in ("", ":batch64", ":invoke"):
-            result[name + suffix] = result.pop(key + suffix)
+        for suffix in ("", ":batch64", ":invoke", ":push"):
+            if key + suffix in result:
+                result[name + suffix] = result.pop(key + suffix)
     return result
 
 
@@ -199,6 +236,42 @@ def tensorflow_mapped(pid: int) -> bool:
     return "/tensorflow/" in maps or "libtensorflow" in maps
 
 
+def signed_manifest(fitted: Any, result: Any, key: Any) -> Any:
+    """The manifest the hub would sign for ``result`` (a ModeResult) of ``fitted``."""
+    from shared.codec import sha256_hex, split
+    from shared.manifest import ChunkTable, InputSpec, Manifest
+    from simulator.signals import SignalGenerator
+
+    tflite = result.tflite
+    chunk_size = 16 * 1024
+    chunks = split(tflite, chunk_size)
+    return key.sign(
+        Manifest(
+            name="bench-edge",
+            version=1,
+            release=1,
+            created_at=time.time(),
+            quantization=result.report.quantization,
+            size=len(tflite),
+            sha256=sha256_hex(tflite),
+            chunk_size=chunk_size,
+            chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+            input=InputSpec(
+                window=fitted.data.train.shape[1],
+                channels=SignalGenerator("pump").channels,
+                dtype=result.report.input_dtype,
+                layout=fitted.family.layout,
+            ),
+            normalization=fitted.data.normalization,
+            score=fitted.score,
+            threshold=fitted.threshold.threshold,
+            parity=result.report.summary(),
+            float_size=result.report.float_size_bytes,
+            key_id=key.key_id,
+        )
+    )
+
+
 def measure_agent(
     workdir: Path, fitted: Any, int8: Any, seconds: float, runs: int
 ) -> list[dict[str, Any]]:
@@ -209,8 +282,6 @@ def measure_agent(
     from cloud_hub.mqtt.client import MqttAuth
     from cloud_hub.mqtt.connection import HubConnection
     from cloud_hub.mqtt.publisher import Publisher
-    from shared.codec import sha256_hex, split
-    from shared.manifest import ChunkTable, InputSpec, Manifest
     from shared.messages import Desired, ModelRef, Reported, decode
     from shared.signing import generate_signing_key
     from shared.topics import TopicAccess, Topics
@@ -220,34 +291,8 @@ def measure_agent(
     key = generate_signing_key()
     topics = Topics()
     tflite = int8.tflite
-    chunk_size = 16 * 1024
-    chunks = split(tflite, chunk_size)
     channels = SignalGenerator("pump").channels
-    manifest = key.sign(
-        Manifest(
-            name="bench-edge",
-            version=1,
-            release=1,
-            created_at=time.time(),
-            quantization=int8.report.quantization,
-            size=len(tflite),
-            sha256=sha256_hex(tflite),
-            chunk_size=chunk_size,
-            chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
-            input=InputSpec(
-                window=fitted.data.train.shape[1],
-                channels=channels,
-                dtype=int8.report.input_dtype,
-                layout=fitted.family.layout,
-            ),
-            normalization=fitted.data.normalization,
-            score=fitted.score,
-            threshold=fitted.threshold.threshold,
-            parity=int8.report.summary(),
-            float_size=int8.report.float_size_bytes,
-            key_id=key.key_id,
-        )
-    )
+    manifest = signed_manifest(fitted, int8, key)
     block = SignalGenerator("pump", seed=99, rate_hz=1.0).generate(3000)
     csv_path = workdir / "pump.csv"
     with csv_path.open("w") as fh:
@@ -399,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
         workdir = Path(tmp)
         print(f"timing TFLite in a subprocess without TensorFlow ({args.rounds} rounds) ...")
-        tfl = time_tflite_in_subprocess(workdir, windows, models, rounds=args.rounds)
+        from shared.signing import generate_signing_key
+
+        manifest = signed_manifest(fitted, int8, generate_signing_key())
+        tfl = time_tflite_in_subprocess(workdir, windows, models, rounds=args.rounds,
+                                        manifest=manifest)
         legacy = None
         if LEGACY_PYTHON.exists():
             print(f"... and with {LEGACY_PYTHON} (tflite-runtime) ...")
@@ -414,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
 
     int8_us, float32_us = spread(tfl["int8"]), spread(tfl["float32"])
     int8_invoke, float32_invoke = spread(tfl["int8:invoke"]), spread(tfl["float32:invoke"])
+    int8_push, float32_push = spread(tfl["int8:push"]), spread(tfl["float32:push"])
     from cloud_hub.quantize.compare import choose_mode
 
     auto = choose_mode([r.report for r in results.values()], "auto")
@@ -428,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         # around it (the difference is the same for both modes: copies in and out, checks)
         "int8_invoke_us_rounds": int8_invoke,
         "float32_invoke_us_rounds": float32_invoke,
+        # a reading through Detector.push (ring, normalize, the model, score, threshold): the
+        # agent's per-reading path in process, without the source, outbox or link
+        "int8_detector_us_per_reading_rounds": int8_push,
+        "float32_detector_us_per_reading_rounds": float32_push,
         "int8_batch64_us_per_window": round(tfl["int8:batch64"], 3),
         "float32_batch64_us_per_window": round(tfl["float32:batch64"], 3),
         "keras_us_per_window": round(keras_us, 1),
