@@ -3,15 +3,17 @@
 Also measures train_convert_seconds: training + conversion + parity of the default model on
 10,000 windows. Every device is the agent's own core (:mod:`simulator.scale_fleet`): its own TLS
 connection and credential, durable outbox, model store and trust ring, reading a simulated
-server at ``--rate`` Hz; a few shard threads drive them all through epoll. Each one follows its
-retained ``desired``, fetches the retained manifest and chunks, checks the signature, size and
-hashes, loads the model into its own interpreter, runs it in shadow for ``--shadow-windows``
-windows, swaps it in and publishes ``reported`` active. The hub runs in-process with its real
-ingest, publisher and rollout controller. The devices' state lives under ``--state-dir``
-(default: a temporary directory in /dev/shm when there is one): a thousand devices' fsyncs on
-one shared disk would measure that disk, where each real device has its own storage.
+server at ``--rate`` Hz; a few shard threads drive them all through epoll, in a process of
+their own (``python -m simulator.scale_fleet``) so that they share no interpreter lock with the
+hub, which runs in this one with its real ingest, publisher and rollout controller. Each device
+follows its retained ``desired``, fetches the retained manifest and chunks, checks the
+signature, size and hashes, loads the model into its own interpreter, runs it in shadow for
+``--shadow-windows`` windows, swaps it in and publishes ``reported`` active. The devices' state
+lives under ``--state-dir`` (default: a temporary directory in /dev/shm when there is one): a
+thousand devices' fsyncs on one shared disk would measure that disk, where each real device has
+its own storage.
 
-    .venv/bin/python bench/rollout.py [--devices 1000] [--skip-training]
+    .venv/bin/python bench/rollout.py [--devices 1000] [--rate 2] [--shadow-windows 3]
 
 Prints a table and writes reports/bench/rollout.json.
 """
@@ -21,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,10 +43,7 @@ from cloud_hub.rollouts.actions import create_rollout, rollout_view  # noqa: E40
 from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget  # noqa: E402
 from cloud_hub.service import Hub  # noqa: E402
 from edge_agent.sources.base import Reading  # noqa: E402
-from shared.messages import ModelState  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
-from simulator.fleet import DeviceSpec  # noqa: E402
-from simulator.scale_fleet import ScaleFleet  # noqa: E402
 from simulator.source import SimulatedSource  # noqa: E402
 
 PROFILE = "server"
@@ -83,13 +85,72 @@ def train_model(hub: Hub, windows: int,
                           "quantization": artifact.parity.quantization.value}
 
 
+def update_phases(timeline: dict[str, list[tuple[str, float]]],
+                  started: float) -> dict[str, dict[str, float]]:
+    """p50 / p99 / max seconds from the rollout's start to the first time each device reported
+    each state (downloading: desired received; verifying: every chunk in; shadow: verified and
+    loaded; active: swapped in)."""
+    out: dict[str, dict[str, float]] = {}
+    for state in ("downloading", "verifying", "shadow", "active"):
+        times = [min(t for s, t in line if s == state) - started
+                 for line in timeline.values() if any(s == state for s, _ in line)]
+        if times:
+            p50, p99, top = np.percentile(times, [50, 99, 100])
+            out[state] = {"p50": round(float(p50), 2), "p99": round(float(p99), 2),
+                          "max": round(float(top), 2), "devices": len(times)}
+    return out
+
+
+class FleetProcess:
+    """``python -m simulator.scale_fleet CONFIG`` as a child: JSON lines out, commands in."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "simulator.scale_fleet", str(config)], cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(json.loads(line))
+
+    def read(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fields = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"the fleet did not say {event!r} in {timeout:g}s") from None
+            if fields.get("event") == event:
+                return fields
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        try:
+            self.send("stop")
+            self.process.wait(60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--windows", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=5.0, help="readings per second per device")
-    parser.add_argument("--shadow-windows", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=2.0, help="readings per second per device")
+    parser.add_argument("--shadow-windows", type=int, default=3)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--upload", choices=("raw", "anomalies"), default="anomalies",
+                        help="telemetry.upload of the devices: raw streams every reading to the "
+                             "in-process hub while the rollout runs; anomalies (default) measures "
+                             "the rollout without that load")
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=REPO / "reports/bench/rollout.json")
     args = parser.parse_args()
@@ -110,7 +171,7 @@ def main() -> int:
                        rollout_tick_s=0.05, mqtt_dynsec=False, **mqtt_settings))
     hub.enrollment.enroll(device_ids)
     hub.start()
-    fleet: ScaleFleet | None = None
+    fleet: FleetProcess | None = None
     try:
         print(f"training the default model on {args.windows:,} windows …", flush=True)
         (name, version), train_seconds, model_info = train_model(hub, args.windows, args.rate)
@@ -123,23 +184,25 @@ def main() -> int:
                                    releases=hub.releases)
             model_bytes = record.size_bytes
             window = int(record.manifest["input"]["window"])
-        fleet = ScaleFleet(
-            mqtt_host=broker.host, mqtt_port=broker.port, mqtt_auth=broker.device_auth,
-            state_root=state_root, shards=args.shards,
-            trust_keys={hub.signing_key.key_id: hub.signing_key.public_b64()},
-            overrides={"model": {"shadow_windows": args.shadow_windows},
-                       "telemetry": {"batch_max_age_s": 1.0}})
         history_s = (window + 8) / args.rate  # a window's worth recorded before the rollout
-        for i, device_id in enumerate(device_ids):
-            fleet.add(DeviceSpec(device_id=device_id, profile=PROFILE, seed=i,
-                                 rate_hz=args.rate, history_s=history_s))
-        connect_started = time.monotonic()
-        fleet.start()
-        if fleet.wait_connected(120) < len(device_ids):
-            raise TimeoutError(f"only {fleet.connected()} of {len(device_ids)} devices connected")
-        connect_seconds = time.monotonic() - connect_started
-        print(f"{len(device_ids)} devices connected over TLS in {connect_seconds:.1f} s; rolling "
-              f"out {name} v{version} ({model_bytes:,} bytes)", flush=True)
+        config = workdir / "fleet.json"
+        config.write_text(json.dumps({
+            "host": broker.host, "port": broker.port, "state_root": str(state_root),
+            "trust_keys": {hub.signing_key.key_id: hub.signing_key.public_b64()},
+            "shards": args.shards, "profile": PROFILE, "rate_hz": args.rate,
+            "history_s": history_s, "devices": device_ids,
+            "auth": {d: broker.device_auth(d) for d in device_ids},
+            "overrides": {"model": {"shadow_windows": args.shadow_windows},
+                          "telemetry": {"upload": args.upload}},
+        }))
+        # The devices run in a process of their own: they share no interpreter lock with the
+        # hub (real devices do not share a CPU with it either).
+        fleet = FleetProcess(config)
+        connected = fleet.read("connected", 180)
+        if connected["devices"] < len(device_ids):
+            raise TimeoutError(f"only {connected['devices']} of {len(device_ids)} connected")
+        print(f"{len(device_ids)} devices connected over TLS in {connected['seconds']:.1f} s; "
+              f"rolling out {name} v{version} ({model_bytes:,} bytes)", flush=True)
         with Session(hub.engine) as session:
             rollout = create_rollout(
                 session, name=name, version=version,
@@ -151,19 +214,10 @@ def main() -> int:
             rollout_id = rollout.id
         hub.rollouts.wake()
         started = time.monotonic()
-        devices = list(fleet.devices.values())
-
-        def active() -> int:
-            return sum(1 for d in devices if d.core.detector.active is not None
-                       and d.core.detector.active.manifest.version == version)
-
-        def settled() -> bool:
-            return all((d.core.detector.active is not None
-                        and d.core.detector.active.manifest.version == version)
-                       or d.core.updater.state is ModelState.FAILED for d in devices)
-
-        fleet.wait_until(settled, 120)
-        devices_active = time.monotonic() - started
+        fleet.send(f"watch {name} {version} 120")
+        settled = fleet.read("settled", 180)
+        devices_active = max((t for line in settled["timeline"].values() for s, t in line
+                              if s == "active"), default=started) - started
 
         def finished() -> bool:
             with Session(hub.engine) as s:
@@ -172,17 +226,18 @@ def main() -> int:
                 r = s.get(Rollout, rollout_id)
                 return r is not None and r.status in ("succeeded", "rolled_back")
 
-        fleet.wait_until(finished, 60, 0.1)
+        deadline = time.monotonic() + 60
+        while not finished() and time.monotonic() < deadline:
+            time.sleep(0.1)
         with Session(hub.engine) as session:
             from cloud_hub.db.registry_tables import Rollout
 
             r = session.get(Rollout, rollout_id)
             assert r is not None
             view = rollout_view(session, r, with_devices=False)
-        errors = [d.core.updater.last_error for d in devices if d.core.updater.last_error]
-        shadowed = sum(1 for d in devices if d.core.store.current() is not None)
+        errors = settled["errors"]
         result = {
-            "devices": len(devices),
+            "devices": len(device_ids),
             "transport": broker.transport,
             "auth": broker.auth,
             "model_bytes": model_bytes,
@@ -190,17 +245,19 @@ def main() -> int:
             "devices_updated": view["devices_updated"],
             "rollout_status": view["status"],
             "devices_active_seconds": round(devices_active, 3),
-            "devices_active": active(),
-            "devices_with_model_on_disk": shadowed,
+            "devices_active": settled["active"],
+            "fleet_cpu_seconds_until_settled": settled["cpu_seconds"],
             "update_path": "desired -> retained manifest -> retained chunks -> signature, size, "
                            "sha256 -> interpreter -> shadow -> swap -> reported",
             "shadow_windows": args.shadow_windows,
             "rate_hz": args.rate,
+            "telemetry_upload": args.upload,
+            "update_phases_s": update_phases(settled["timeline"], started),
             "device_errors": len(errors),
             "first_error": errors[0] if errors else None,
-            "connect_seconds": round(connect_seconds, 1),
-            "max_tick_lag_s": round(fleet.max_tick_lag_s(), 3),
-            "load_average": list(os.getloadavg()),
+            "connect_seconds": connected["seconds"],
+            "max_tick_lag_s": settled["max_tick_lag_s"],
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "train_convert_seconds": train_seconds,
             "train_windows": args.windows,
             "model_quantization": model_info["quantization"],
@@ -208,7 +265,7 @@ def main() -> int:
         }
     finally:
         if fleet is not None:
-            fleet.stop(flush_timeout=10.0)
+            fleet.close()
         hub.stop()
         broker.close()
         shutil.rmtree(state_root, ignore_errors=True)

@@ -166,6 +166,8 @@ class Outbox:
     def probe(self) -> int:
         """Send again the newest long-uncovered message of each stream when its probe is due."""
         with self._lock:
+            if self._accounting.depth == 0:  # nothing held, nothing to probe for: no query
+                return 0
             return self._delivery.probe_due(self._clock())
 
     # -- looking -----------------------------------------------------------------------
