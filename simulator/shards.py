@@ -2,7 +2,8 @@
 
 Each shard watches its devices' MQTT sockets with one ``epoll`` selector (paho is driven from
 outside: ``loop_read`` / ``loop_write`` / ``loop_misc``) and calls every device's ``tick`` at a
-fixed interval, and a device's ``tick`` at once when its socket delivered something. Used by :mod:`simulator.scale_fleet`.
+fixed interval, and a device's ``tick`` at once when its socket delivered something. Used by
+:mod:`simulator.scale_fleet`.
 """
 
 from __future__ import annotations
