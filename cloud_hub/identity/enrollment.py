@@ -12,10 +12,10 @@ from then on) and marks the registry entry revoked.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,12 @@ from sqlmodel import Session
 
 from cloud_hub.core.config import Settings
 from cloud_hub.db.enrollments import NotEnrolled, record_enrollment, record_revocation
-from cloud_hub.identity.dynsec import DynsecClient, client_commands, remove_commands
+from cloud_hub.identity.dynsec import (
+    DynsecClient,
+    Identity,
+    client_commands,
+    remove_commands,
+)
 from cloud_hub.identity.roles import (
     HUB_ADMIN_SUFFIX,
     device_identity,
@@ -78,19 +83,36 @@ class Bundle:
         return path
 
 
+def _toml_string(value: str) -> str:
+    """A TOML basic string. Not ``json.dumps``: it writes a character beyond the BMP as a
+    surrogate pair (``\\ud83d\\ude00``), which TOML refuses, and leaves DEL unescaped."""
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif (code < 0x20 and ch != "\t") or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"a lone surrogate (U+{code:04X}) cannot be written to TOML")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+        return "{ " + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}"
                                 for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+    raise ValueError(f"cannot write {type(value).__name__} to TOML")
 
 
 def agent_toml(device_id: str, *, state_dir: str, mqtt: dict[str, Any],
@@ -172,6 +194,10 @@ class DeviceEnrollment:
         if already:
             raise FileExistsError(f"device(s) {already} are enrolled already; revoke first")
         identities = [device_identity(s.topics, d) for d in device_ids]
+        # The bundles first: what cannot be written (a value TOML cannot hold) is refused
+        # before the broker or the registry is touched.
+        bundles = self._bundles(identities, state_dir=state_dir, mqtt_host=mqtt_host,
+                                mqtt_port=mqtt_port, source=source)
         if self.manages_broker:
             with self._lock:
                 try:
@@ -185,6 +211,13 @@ class DeviceEnrollment:
                         from exc
         with Session(self.engine) as session:
             record_enrollment(session, device_ids, broker_credential=self.manages_broker)
+        log.info("enrolled %d device(s)%s", len(device_ids),
+                 " with broker credentials" if self.manages_broker else " (registry only)")
+        return bundles
+
+    def _bundles(self, identities: list[Identity], *, state_dir: str, mqtt_host: str | None,
+                 mqtt_port: int | None, source: dict[str, Any] | None) -> list[Bundle]:
+        s = self.settings
         keys = dict(self.trust_keys())
         fingerprints = {k: fingerprint_of_raw(public_key_bytes(v)) for k, v in keys.items()}
         ca_pem = s.mqtt_ca_file.read_text() if s.mqtt_tls and s.mqtt_ca_file else None
@@ -203,14 +236,16 @@ class DeviceEnrollment:
                                                    credential.username, "rate_hz": 1.0}}
             text = agent_toml(ident.credential.username, state_dir=state_dir, mqtt=mqtt,
                               trust_keys=keys, fingerprints=fingerprints, source=device_source)
+            try:
+                tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"the bundle's agent.toml would not parse: {exc}") from None
             bundles.append(Bundle(
                 device_id=ident.credential.username, agent_toml=text, ca_pem=ca_pem,
                 username=credential.username if credential else None,
                 password=credential.password if credential else None, mqtt=mqtt,
                 trust_keys=keys, fingerprints=fingerprints,
                 broker_credential=self.manages_broker))
-        log.info("enrolled %d device(s)%s", len(device_ids),
-                 " with broker credentials" if self.manages_broker else " (registry only)")
         return bundles
 
     def revoke(self, device_id: str) -> dict[str, Any]:

@@ -221,6 +221,30 @@ def test_a_bulk_enrollment_naming_a_device_twice_is_refused_whole(api: httpx.Cli
     assert listed.isdisjoint({"0", "pump-90", "pump-91"}), listed
 
 
+def test_a_source_toml_cannot_hold_is_refused_before_anything_is_enrolled(
+    api: httpx.Client,
+) -> None:
+    """Found reading the code: a null in ``source`` was a 500 after the device was enrolled
+    (so a retry got 409, and its bundle was lost)."""
+    refused = api.post("/devices/pump-93/enroll",
+                       json={"source": {"type": "csv", "options": {"path": None}}})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["body", "source", "options"]
+    assert "options.path is null" in refused.json()["detail"][0]["msg"]
+    assert api.post("/devices/pump-93/enroll").status_code == 201, "nothing was left enrolled"
+
+
+def test_a_bundle_is_valid_toml_whatever_the_strings_hold(api: httpx.Client) -> None:
+    state_dir = 'state "\\ \t\x7f\x01 \U0001F600 é'
+    options = {"path": "a\nb", "nested": {"k\"ey": ["\U0001F600", 1.5, True]}}
+    made = api.post("/devices/pump-94/enroll",
+                    json={"state_dir": state_dir, "source": {"type": "csv", "options": options}})
+    assert made.status_code == 201, made.text
+    written = tomllib.loads(made.json()["agent_toml"])
+    assert written["state_dir"] == state_dir
+    assert written["source"] == {"type": "csv", "options": options}
+
+
 def test_a_device_credential_cannot_be_used_as_another_client_id(
     broker: Broker, api: httpx.Client
 ) -> None:

@@ -22,6 +22,35 @@ DeviceIdPath = Annotated[str, Path(pattern=rf"^{DEVICE_ID_PATTERN}$")]
 _MAX_BULK = 1000
 
 
+class SourceSpec(BaseModel):
+    """The agent's ``[source]`` section as agent.toml will hold it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(default="simulated", min_length=1, max_length=200,
+                      description="csv | stdin | mqtt | simulated | an entry point name")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the source's options: strings, numbers, booleans, "
+                                          "lists and tables (TOML has no null)")
+
+    @field_validator("options")
+    @classmethod
+    def _toml_values(cls, options: dict[str, Any]) -> dict[str, Any]:
+        _check_toml(options, "options")
+        return options
+
+
+def _check_toml(value: Any, where: str) -> None:
+    if value is None:
+        raise ValueError(f"{where} is null, which TOML cannot hold: leave it out")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_toml(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_toml(item, f"{where}[{i}]")
+
+
 class EnrollRequest(BaseModel):
     """Where the device will keep its state and reach the broker, and its sensor source."""
 
@@ -31,7 +60,7 @@ class EnrollRequest(BaseModel):
     mqtt_host: str | None = Field(default=None, min_length=1, max_length=253,
                                   description="the broker as devices reach it (default: hub's)")
     mqtt_port: int | None = Field(default=None, ge=1, le=65535)
-    source: dict[str, Any] | None = Field(
+    source: SourceSpec | None = Field(
         default=None, description='the agent\'s [source], e.g. {"type": "csv", "options": '
                                   '{"path": "..."}}; default: a simulated pump')
 
@@ -82,7 +111,7 @@ def _enroll(hub: Any, ids: list[str], body: EnrollRequest) -> list[Bundle]:
     try:
         return hub.enrollment.enroll(  # type: ignore[no-any-return]
             ids, state_dir=body.state_dir, mqtt_host=body.mqtt_host, mqtt_port=body.mqtt_port,
-            source=body.source)
+            source=body.source.model_dump() if body.source is not None else None)
     except FileExistsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (TopicError, ValueError) as exc:
