@@ -242,9 +242,10 @@ class HubConnection:
             self._attempt_failed = True
             if not self._refused:
                 self._note(f"the broker at {self.host}:{self.port} closed the connection before "
-                           f"accepting it ({rc}); does it want TLS (EDGELOOP_MQTT_TLS, "
-                           "EDGELOOP_MQTT_CA_FILE) or a password (EDGELOOP_MQTT_PASSWORD)? "
-                           "retrying with back-off", error=True)
+                           f"accepting it ({rc}): a broker that wants TLS (EDGELOOP_MQTT_TLS, "
+                           "EDGELOOP_MQTT_CA_FILE) or a password (EDGELOOP_MQTT_PASSWORD) does "
+                           "this, as does one still starting or a proxy without a way through; "
+                           "retrying with back-off")
             return
         if self._taken_over(rc, held, bool(getattr(flags, "is_disconnect_packet_from_server",
                                                    False))):
