@@ -49,6 +49,20 @@ def setup():
     return model, train, held_out, reference, threshold, float_size
 
 
+@pytest.fixture(scope="module")
+def faithful_int8(setup) -> bytes:
+    """int8 calibrated on the training windows (converted once: several tests compare with it)."""
+    model, train, *_ = setup
+    return convert(model, "int8", representative=train)
+
+
+@pytest.fixture(scope="module")
+def broken_int8(setup) -> bytes:
+    """int8 calibrated on wrongly scaled data: activations clip on real data."""
+    model, train, *_ = setup
+    return convert(model, "int8", representative=train * 0.01)
+
+
 def report_for(setup, tflite: bytes, mode: Quantization, min_agreement: float = 0.99):
     _, _, held_out, reference, threshold, float_size = setup
     return measure_parity(
@@ -63,9 +77,8 @@ def report_for(setup, tflite: bytes, mode: Quantization, min_agreement: float = 
     )
 
 
-def test_faithful_int8_conversion_passes_the_gate(setup) -> None:
-    model, train, *_ = setup
-    report = report_for(setup, convert(model, "int8", representative=train), Quantization.INT8)
+def test_faithful_int8_conversion_passes_the_gate(setup, faithful_int8) -> None:
+    report = report_for(setup, faithful_int8, Quantization.INT8)
     assert report.passed, report.failure_reason()
     assert report.float_anomalies > 0  # the faults are flagged, so agreement is not trivial
     assert report.quantized_anomalies > 0
@@ -82,33 +95,29 @@ def test_float32_conversion_agrees_exactly(setup) -> None:
     assert report.max_score_error < 1e-4
 
 
-def test_int8_calibrated_on_wrongly_scaled_data_fails_the_gate(setup) -> None:
-    model, train, *_ = setup
-    broken = convert(model, "int8", representative=train * 0.01)  # activations clip on real data
-    report = report_for(setup, broken, Quantization.INT8)
+def test_int8_calibrated_on_wrongly_scaled_data_fails_the_gate(
+    setup, faithful_int8, broken_int8
+) -> None:
+    report = report_for(setup, broken_int8, Quantization.INT8)
     assert not report.passed
     reason = report.failure_reason()
     assert reason is not None
     assert "decision_agreement" in reason and "below the minimum 0.9900" in reason
     assert (
         report.mean_score_error
-        > 10
-        * report_for(
-            setup, convert(model, "int8", representative=train), Quantization.INT8
-        ).mean_score_error
+        > 10 * report_for(setup, faithful_int8, Quantization.INT8).mean_score_error
     )
 
 
-def test_gate_minimum_is_configurable(setup) -> None:
-    model, train, held_out, reference, _, float_size = setup
-    broken = convert(model, "int8", representative=train * 0.01)
-    assert report_for(setup, broken, Quantization.INT8, min_agreement=0.0).passed
+def test_gate_minimum_is_configurable(setup, faithful_int8, broken_int8) -> None:
+    _, _, held_out, reference, _, float_size = setup
+    assert report_for(setup, broken_int8, Quantization.INT8, min_agreement=0.0).passed
     # A threshold at the median puts half the windows next to the decision boundary, where
     # int8 rounding flips some of them (about 10%: mean score error 0.013 with per-tensor or
     # per-channel weight scales alike): a gate demanding perfect agreement then fails.
     float_scores = smoothed_scores(window_scores(held_out, reference, SCORE), None, 3)
     strict = measure_parity(
-        convert(model, "int8", representative=train),
+        faithful_int8,
         held_out,
         reference,
         quantization=Quantization.INT8,
