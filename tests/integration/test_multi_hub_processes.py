@@ -38,8 +38,10 @@ def hubs(broker: Broker, pg_database: str, tmp_path: Path) -> Iterator[list[HubP
                                    "EDGELOOP_MQTT_SHARE_GROUP": "hubs"})
              for i in range(2)]
     try:
+        for p in procs:  # both at once, as a fleet's hubs come up (migrations take turns)
+            p.launch()
         for p in procs:
-            p.start(timeout=120)
+            p.wait_healthy(120)
         yield procs
     finally:
         for p in procs:
