@@ -16,6 +16,13 @@ What goes out again:
   the probe interval doubles up to ``probe_max_s`` (a hub down for an hour costs a few probes,
   not a copy of everything per round), and resets when the stream's watermark moves.
 The hub deduplicates on (device, epoch, seq), so a message sent twice is stored once.
+
+A message the hub refuses (it dead-letters what it cannot decode or store) would hold the
+watermark back forever, and with it every later message in the outbox, each sent again after
+every ``ack_timeout_s``. When the seq right above the watermark has been sent again
+``refused_after`` times, each time shown missing by a live acknowledgement while the hub stored
+later ones, the outbox drops it (counted, logged with the reason): its floor then passes it, and
+the hub's watermark with it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ class Delivery:
     probes: int = 0
     maybe_queued: bool = True  # False once a take found nothing left: skips the query
     next_probe_check: float = float("-inf")
+    refused_after: int = 5
+    # (device, stream) -> (the seq holding the watermark back, times sent again for it)
+    stuck: dict[tuple[str, Stream], tuple[int, int]] = field(default_factory=dict)
     _probe: dict[Stream, _Probe] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,9 +115,25 @@ class Delivery:
             probe.interval = self.ack_timeout_s
         if not live or mark.top <= mark.watermark:
             return 0
-        return self._requeue(store.undeliver(
-            self.db, "device_id=? AND stream=? AND seq<? AND delivered_at<=?",
-            (device_id, stream.value, mark.top, now - self.ack_timeout_s)))
+        again = store.undeliver_below(self.db, device_id, stream, mark.top,
+                                      now - self.ack_timeout_s)
+        # The seq right above the watermark holds every later one back. Sent again each time
+        # a live acknowledgement shows it missing while the hub stores later ones: counted.
+        blocker = mark.watermark + 1
+        if blocker in again.values():
+            seq, count = self.stuck.get((device_id, stream), (blocker, 0))
+            self.stuck[(device_id, stream)] = (blocker, count + 1 if seq == blocker else 1)
+        return self._requeue(list(again))
+
+    def refused(self, device_id: str, stream: Stream) -> int | None:
+        """The seq a hub keeps refusing (dead letters) while it stores later ones: sent again
+        ``refused_after`` times, a live acknowledgement ``ack_timeout_s`` or more after each
+        delivery, never stored. None when there is none."""
+        seq, count = self.stuck.get((device_id, stream), (-1, 0))
+        if count < self.refused_after:
+            return None
+        del self.stuck[(device_id, stream)]
+        return seq
 
     def probe_due(self, now: float) -> int:
         """Queue again the newest long-uncovered message of each stream whose probe is due."""

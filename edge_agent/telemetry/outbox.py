@@ -161,6 +161,13 @@ class Outbox:
                 stored[stream] = len(gone)
                 readings += sum(r.readings for r in gone)
                 resend += self._delivery.on_ack(ack.device_id, stream, mark, live=live, now=now)
+                refused = self._delivery.refused(ack.device_id, stream)
+                if refused is not None:
+                    self._accounting.drop(
+                        store.delete_covered(self._db, ack.device_id, stream, refused),
+                        reason=f"{stream.value} seq {refused} was sent "
+                               f"{self._delivery.refused_after + 1} times and the hub stored "
+                               f"later ones but never it (refused: see the hub's dead letters)")
         return AckResult(stored, readings, resend)
 
     def probe(self) -> int:

@@ -214,6 +214,16 @@ def undeliver(db: sqlite3.Connection, where: str, params: Sequence[Any]) -> list
         "RETURNING id", params).fetchall()]
 
 
+def undeliver_below(db: sqlite3.Connection, device_id: str, stream: Stream, top: int,
+                    before: float) -> dict[int, int]:
+    """Mark delivered rows of the stream below seq ``top``, delivered at or before ``before``,
+    to go out again; their seqs by id."""
+    return {int(r[0]): int(r[1]) for r in db.execute(
+        "UPDATE outbox SET delivered_at=NULL WHERE delivered_at IS NOT NULL AND device_id=? "
+        "AND stream=? AND seq<? AND delivered_at<=? RETURNING id, seq",
+        (device_id, stream.value, top, before)).fetchall()}
+
+
 def newest_delivered(db: sqlite3.Connection, stream: Stream, before: float) -> int | None:
     row = db.execute("SELECT MAX(id) FROM outbox WHERE stream=? AND delivered_at IS NOT NULL "
                      "AND delivered_at <= ?", (stream.value, before)).fetchone()

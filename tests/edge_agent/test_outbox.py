@@ -331,3 +331,48 @@ def test_drift_summaries_are_dropped_after_telemetry_and_before_anomalies(
     drops = outbox.drops()
     assert (drops.telemetry_messages, drops.drift, drops.anomalies) == (1, 1, 0)
     assert drops.messages == 2
+
+
+def test_a_message_the_hub_keeps_refusing_is_dropped_counted_and_the_watermark_moves_on(
+    tmp_path: Path,
+) -> None:
+    """A hub that dead-letters seq 0 and stores 1-3 keeps its watermark below 0: without a bound
+    the device would hold 1-3 and send 0-2 again after every acknowledgement, forever."""
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", ack_timeout_s=10.0, clock=lambda: now[0])
+    for _ in range(4):
+        _add(outbox, payload=_batch_payload)
+    _deliver(outbox, 4)
+    mid = 100
+    for _round in range(outbox._delivery.refused_after - 1):
+        now[0] += 11.0
+        assert _ack(outbox, telemetry=-1, top=3).resend == 3, "0-2 shown missing, sent again"
+        mid += 10
+        assert [e.seq for e in _deliver(outbox, 10, first_mid=mid)] == [0, 1, 2]
+        assert outbox.drops().telemetry_messages == 0, "not refused yet"
+    now[0] += 11.0
+    _ack(outbox, telemetry=-1, top=3)
+    drops = outbox.drops()
+    assert (drops.telemetry_messages, drops.telemetry_readings) == (1, 10), "seq 0, counted"
+    again = outbox.take(10)
+    assert [e.seq for e in again] == [1, 2], "what the hub stored goes out once more ..."
+    assert all(json.loads(e.payload)["floor"] == 1 for e in again), "... with the floor past 0"
+    # The hub lets its watermark pass below the floor: 1-3 are covered and leave the outbox.
+    assert _ack(outbox, telemetry=3).stored[Stream.TELEMETRY] == 3
+    assert outbox.depth() == 0
+
+
+def test_a_hub_that_is_only_behind_never_makes_the_outbox_drop(tmp_path: Path) -> None:
+    """Seq 0 stored late (the watermark moves): the count starts again, nothing is dropped."""
+    now = [1000.0]
+    outbox = Outbox(tmp_path / "o.db", ack_timeout_s=10.0, clock=lambda: now[0])
+    for _ in range(8):
+        _add(outbox, payload=_batch_payload)
+    _deliver(outbox, 8)
+    mid = 100
+    for watermark in range(-1, 5):  # each round the hub has stored one more in order
+        now[0] += 11.0
+        _ack(outbox, telemetry=watermark, top=7)
+        mid += 10
+        _deliver(outbox, 10, first_mid=mid)
+    assert outbox.drops().telemetry_messages == 0
