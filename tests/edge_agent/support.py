@@ -159,8 +159,12 @@ class Collector:
     a listener that stores nothing for the devices (they keep their messages)."""
 
     def __init__(self, broker: Broker, client_id: str = "test-collector",
-                 acks: bool = True) -> None:
+                 acks: bool = True, refuse: set[tuple[str, int]] | None = None) -> None:
+        """``refuse``: (stream, seq) pairs turned away as the hub does with a dead letter:
+        neither stored nor acknowledged, however often they come."""
         self.acks = acks
+        self.refuse = set(refuse or ())
+        self.refused = 0
         self._marks: dict[tuple[str, str, str], tuple[set[int], int]] = {}
         self.devices: dict[str, DeviceLog] = {}
         self.lock = threading.Lock()
@@ -191,6 +195,9 @@ class Collector:
         with self.lock:
             log = self.devices.setdefault(str(parsed.device_id), DeviceLog())
             if parsed.kind in ("telemetry", "anomalies", "drift"):
+                if (parsed.kind, body["seq"]) in self.refuse:
+                    self.refused += 1
+                    return
                 store = {"telemetry": log.telemetry, "anomalies": log.anomalies,
                          "drift": log.drift}[parsed.kind]
                 if body["seq"] in store:

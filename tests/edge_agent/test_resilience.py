@@ -65,6 +65,34 @@ def test_broker_killed_for_10s_while_3_agents_stream_loses_and_duplicates_nothin
         assert log.all_ts() == [1000.0 + i for i in range(total)], "each reading exactly once"
 
 
+def test_a_batch_the_hub_refuses_is_dropped_counted_and_the_rest_is_stored(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The hub dead-letters telemetry seq 0 every time it comes; it stores the rest. The agent
+    gives seq 0 up after sending it again a few times (counted as a drop of its readings), and
+    everything after it is acknowledged and leaves the outbox instead of being resent forever."""
+    collector = Collector(broker, refuse={("telemetry", 0)})
+    total = 400
+    agent = Agent(agent_config(broker, tmp_path / "d", "dev-r", None,
+                               outbox={"ack_timeout_s": 0.3}),
+                  source=ScriptedSource(total, rate_hz=100.0))
+    agent.start()
+    try:
+        wait_until(lambda: agent.status()["drops"] == 1, 30, "the refused batch given up")
+        wait_until(lambda: agent.status()["outbox_depth"] == 0
+                   and agent.status()["readings"] == total, 30, "everything else acknowledged")
+        status = agent.status()
+        dropped = status["dropped_readings"]
+        assert 0 < dropped <= 20, "one batch (agent_config: at most 20 readings)"
+        assert status["readings_stored"] == total - dropped, "every other reading stored"
+        assert collector.refused >= 5, "sent again a few times before it was given up"
+        log = collector.device("dev-r")
+        assert sorted(log.telemetry)[0] == 1 and log.readings() == total - dropped
+    finally:
+        agent.stop(timeout=5)
+        collector.close()
+
+
 def test_outbox_overflow_while_offline_counts_every_lost_reading_and_keeps_anomalies(
     broker: Broker, hub: HubStandIn, collector: Collector, signing_key: SigningKey,
     tmp_path: Path,
