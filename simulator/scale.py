@@ -79,6 +79,12 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
     console = console or Console()
     say: Callable[[str], None] = console.print
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-fleet-"))
+    # The devices' state (outboxes, model stores) on tmpfs when there is one: a thousand
+    # devices' fsyncs and WAL checkpoints on one shared disk would measure that disk (each real
+    # device has its own storage), and stall the shard threads behind it.
+    shm = Path("/dev/shm")
+    device_root = Path(tempfile.mkdtemp(prefix="edgeloop-fleet-devices-",
+                                        dir=shm if shm.is_dir() else None))
     broker = Broker(workdir=workdir / "mosquitto")
     hub: HubProcess | None = None
     client: HubClient | None = None
@@ -99,7 +105,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         enroll_many(client, device_ids, workdir / "bundles")  # only enrolled devices may send
 
         fleet = ScaleFleet(mqtt_host=broker.host, mqtt_port=broker.port,
-                           mqtt_auth=broker.device_auth, state_root=workdir / "devices",
+                           mqtt_auth=broker.device_auth, state_root=device_root,
                            trust_keys={key["key_id"]: key["public_key"]}, shards=opts.shards)
         for i, device_id in enumerate(device_ids):
             fleet.add(DeviceSpec(device_id=device_id, profile=opts.profile,
@@ -226,6 +232,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             hub.stop()
         broker.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(device_root, ignore_errors=True)
 
 
 def roll_out_to_fleet(client: HubClient, fleet: ScaleFleet, ref: tuple[str, int],

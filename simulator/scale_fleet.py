@@ -58,7 +58,9 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     "telemetry": {"batch_max_readings": 100, "batch_max_age_s": 2.0},
     "model": {"shadow_windows": 5},
 }
-_CORE_TICK_S = 0.2  # the core's own timers (batch age, update timeouts, heartbeat) need no more
+# The core's own timers (batch age, update timeouts, heartbeat, probes) need no more; it also
+# ticks after each reading (a shadow run ends on a reading).
+_CORE_TICK_S = 0.5
 
 
 def _verify_manifest(manifest: Manifest, keys: Mapping[str, bytes]) -> None:
@@ -269,6 +271,7 @@ class ScaleDevice:
             cfg, channels=channels, outbox=self.outbox,
             store=ModelStore(state_dir / "models", trust, verify=_verify_manifest),
             trust=trust, wire=self.wire, agent_version="simulator-scale",
+            on_queued=self._queued,
             on_report=lambda report: self.timeline.append((report.state.value,
                                                            time.monotonic())),
             loader=lambda manifest, data: load_model(manifest, data, channels=channels),
@@ -278,11 +281,15 @@ class ScaleDevice:
         self.core.start()
         self._next_reading_at = 0.0
         self._next_core_tick = 0.0
+        self._send = True  # something may be waiting for the window
         self._final: CoreStatus | None = None
+
+    def _queued(self) -> None:
+        self._send = True
 
     def tick(self, now: float) -> None:
         """One round: what the wire received, readings that are due, the core's timers, then
-        what the window lets go out."""
+        what the window lets go out (only when something may have changed it)."""
         core, events = self.core, self.wire.events
         moved = bool(events)
         while events:
@@ -296,17 +303,20 @@ class ScaleDevice:
                 core.on_link_up(event[1])
             else:
                 core.on_link_down(event[1])
+        read = False
         if time.time() >= self._next_reading_at:  # skip the source's lock until one is due
             readings = self.source.read(0.0)
             if readings:
                 core.on_readings(readings)
-                moved = True
+                read = True
             self._next_reading_at = self.source.next_ts
-        if now >= self._next_core_tick:
-            self._next_core_tick = now + _CORE_TICK_S
+        if read or now >= self._next_core_tick:
+            if now >= self._next_core_tick:
+                self._next_core_tick = now + _CORE_TICK_S
+                moved = True  # probes are due on the clock
             core.tick()
-            moved = True
-        if moved:
+        if moved or self._send:
+            self._send = False
             core.send_now()
         self.wire.reconnect_if_due(now)
 
@@ -332,7 +342,7 @@ class ScaleFleet:
     trust_keys: dict[str, str]
     topic_prefix: str = "edgeloop/v1"
     shards: int = 4
-    tick_s: float = 0.05
+    tick_s: float = 0.1
     mqtt_auth: Callable[[str], dict[str, Any]] | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: dict[str, ScaleDevice] = field(default_factory=dict)

@@ -139,7 +139,9 @@ class Delivery:
         """Queue again the newest long-uncovered message of each stream whose probe is due."""
         if now < self.next_probe_check:
             return 0
-        self.next_probe_check = now + 1.0
+        # A probe is a fallback for acknowledgements that do not come: looking a quarter of
+        # ack_timeout_s late is soon enough, and spares a query per stream every second.
+        self.next_probe_check = now + max(1.0, self.ack_timeout_s / 4)
         count = 0
         for stream, probe in self._probe.items():
             if now - probe.last_at < probe.interval:
