@@ -12,6 +12,7 @@ from cloud_hub.api.schemas import (
     ModelSummary,
     TrainingJobPublic,
 )
+from cloud_hub.core.states import TrainingStage
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, TrainingJob
 from cloud_hub.db.tables import Device, DeviceConflict
 
@@ -42,7 +43,7 @@ def device_public(d: Device, conflict: DeviceConflict | None = None) -> DevicePu
     )
 
 
-_PROGRESS_DEFAULTS = {"stage": "queued", "epoch": 0, "epochs": 0, "loss": None,
+_PROGRESS_DEFAULTS = {"stage": TrainingStage.QUEUED, "epoch": 0, "epochs": 0, "loss": None,
                       "val_loss": None, "fraction": 0.0}
 
 

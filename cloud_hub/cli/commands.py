@@ -16,7 +16,7 @@ from cloud_hub.cli.drift_commands import DRIFT_COMMANDS
 from cloud_hub.cli.model_view import model_line, model_lines
 from cloud_hub.cli.ops_commands import OPS_COMMANDS
 from cloud_hub.cli.render import console, emit, fmt
-from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus
+from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus, TrainingStage
 
 __all__ = ["COMMANDS"]
 
@@ -42,9 +42,9 @@ def _job_row(job: dict[str, Any]) -> dict[str, Any]:
 
 def _progress_text(p: dict[str, Any]) -> str:
     stage, epoch, epochs = p.get("stage", ""), p.get("epoch") or 0, p.get("epochs") or 0
-    if stage == "fitting" and epochs:
+    if stage == TrainingStage.FITTING and epochs:
         shown = f"fitting {epoch}/{epochs}"
-    elif stage == "done" and epoch:
+    elif stage == TrainingStage.DONE and epoch:
         shown = f"done after {epoch} of {epochs} epochs" if epoch < epochs else \
             f"done after {epoch} epochs"
     else:

@@ -13,7 +13,7 @@ from enum import StrEnum
 __all__ = [
     "ConflictKind", "DeliveryStatus", "IncidentState", "JobStatus", "KeyStatus", "ModelStatus",
     "ROLLOUT_ACTIVE", "RetrainScope", "RetrainState", "RetrainTrigger", "RolloutAction",
-    "RolloutStatus", "StageState", "TrainingSource", "Verdict", "WebhookEvent",
+    "RolloutStatus", "StageState", "TrainingSource", "TrainingStage", "Verdict", "WebhookEvent",
 ]
 
 
@@ -40,6 +40,18 @@ class JobStatus(StrEnum):
 
 
 _JOB_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class TrainingStage(StrEnum):
+    """Where a training job is (its ``progress.stage``)."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    FITTING = "fitting"
+    THRESHOLDING = "thresholding"
+    CONVERTING = "converting"
+    PARITY = "parity"
+    DONE = "done"
 
 
 class RolloutStatus(StrEnum):

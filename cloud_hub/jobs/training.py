@@ -23,7 +23,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from cloud_hub.core.states import JobStatus
+from cloud_hub.core.states import JobStatus, TrainingStage
 from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
 from cloud_hub.db.leases import hold_lease
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
@@ -96,7 +96,7 @@ class JobRunner:
 
     def submit(self, session: Session, *, name: str, request: TrainingRequest) -> TrainingJob:
         job = TrainingJob(name=name, request=request, created_at=time.time(),
-                          progress={"stage": "queued", "fraction": 0.0})
+                          progress={"stage": TrainingStage.QUEUED, "fraction": 0.0})
         session.add(job)
         session.commit()
         session.refresh(job)
@@ -205,19 +205,20 @@ class JobRunner:
                          error="cancelled before it started")
             return
         self._update(job_id, status=JobStatus.RUNNING, started_at=time.time(),
-                     progress={"stage": "preparing", "fraction": 0.0})
+                     progress={"stage": TrainingStage.PREPARING, "fraction": 0.0})
         last_write = [0.0]
         last_renew = [time.monotonic()]
         latest: dict[str, Any] = {}
 
         def progress(p: TrainingProgress) -> None:
             latest.update(stage=p.stage, epochs=p.epochs, fraction=p.fraction)
-            if p.stage == "fitting" or "epoch" not in latest:  # later stages keep the last epoch
+            # later stages keep the last epoch
+            if p.stage == TrainingStage.FITTING or "epoch" not in latest:
                 latest["epoch"] = p.epoch
             if p.loss is not None:
                 latest.update(loss=p.loss, val_loss=p.val_loss)
             now = time.monotonic()
-            if now - last_write[0] < _PROGRESS_EVERY_S and p.stage == "fitting":
+            if now - last_write[0] < _PROGRESS_EVERY_S and p.stage == TrainingStage.FITTING:
                 return
             last_write[0] = now
             self._update(job_id, progress=dict(latest))
@@ -264,7 +265,7 @@ class JobRunner:
                         model[0], model[1], unpublishable)
         self._update(job_id, status=JobStatus.FAILED if unpublishable else JobStatus.SUCCEEDED,
                      finished_at=time.time(), model_name=model[0], model_version=model[1],
-                     progress={**latest, "stage": "done", "fraction": 1.0,
+                     progress={**latest, "stage": TrainingStage.DONE, "fraction": 1.0,
                                "quantization": artifact.extra.get("quantization_choice")},
                      error=f"model {model[0]}:{model[1]} cannot be published (it stays a draft "
                            f"to inspect): {unpublishable}" if unpublishable else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cloud_hub.core.states import TrainingStage
 from shared.manifest import InputSpec, Normalization, ParitySummary, Quantization, ScoreSpec
 
 __all__ = ["ModelArtifact", "ParityReport", "TrainingProgress", "TrainingSpec"]
@@ -50,7 +51,7 @@ class TrainingSpec:
 class TrainingProgress:
     """One progress update: the stage and, while fitting, epoch and loss."""
 
-    stage: str  # preparing | fitting | thresholding | converting | parity | done
+    stage: TrainingStage
     epoch: int = 0
     epochs: int = 0
     loss: float | None = None

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.core.states import TrainingStage
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from cloud_hub.training.dataset import Dataset
 from cloud_hub.training.errors import TrainingError
@@ -227,16 +228,16 @@ def run_federated_training(
 
     started = time.perf_counter()
     report = progress or (lambda update: None)
-    report(TrainingProgress(stage="preparing", epochs=1))
+    report(TrainingProgress(stage=TrainingStage.PREPARING, epochs=1))
     check_spec(spec, len(stats.channels))
     data, mean, basis = federated_dataset(stats, spec)
     seed_everything(spec.seed)
     family = get_family("pca")
     train_x = to_layout(data.train, family.layout)
     val_x = to_layout(data.validation, family.layout)
-    report(TrainingProgress(stage="fitting", epochs=1, fraction=0.05))
+    report(TrainingProgress(stage=TrainingStage.FITTING, epochs=1, fraction=0.05))
     model = pca_model(mean, basis)
-    report(TrainingProgress(stage="thresholding", epochs=1, epoch=1, fraction=0.8))
+    report(TrainingProgress(stage=TrainingStage.THRESHOLDING, epochs=1, epoch=1, fraction=0.8))
     score = ScoreSpec(method=_score_method(spec), smoothing=spec.smoothing)
     float_rec = keras_reconstruct(model, val_x)
     val_scores = smoothed_scores(window_scores(val_x, float_rec, score),

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.core.states import TrainingStage
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from cloud_hub.training.dataset import Dataset, prepare_dataset
 from cloud_hub.training.errors import TrainingCancelled, TrainingError
@@ -90,7 +91,7 @@ def fit_model(
     started = time.perf_counter()
     report = progress or (lambda update: None)
 
-    report(TrainingProgress(stage="preparing", epochs=spec.epochs))
+    report(TrainingProgress(stage=TrainingStage.PREPARING, epochs=spec.epochs))
     check_spec(spec, len(channels))
     if spec.threshold_method == "f1" and labels is None:
         raise TrainingError("threshold_method 'f1' needs per-reading labels")
@@ -110,7 +111,7 @@ def fit_model(
     def on_epoch(epoch: int, epochs: int, loss: float | None, val_loss: float | None) -> None:
         report(
             TrainingProgress(
-                stage="fitting",
+                stage=TrainingStage.FITTING,
                 epoch=epoch,
                 epochs=epochs,
                 loss=loss,
@@ -119,12 +120,13 @@ def fit_model(
             )
         )
 
-    report(TrainingProgress(stage="fitting", epochs=spec.epochs, fraction=_FIT_START))
+    report(TrainingProgress(stage=TrainingStage.FITTING, epochs=spec.epochs, fraction=_FIT_START))
     model = family.train(train_x, _fit_subset(val_x), spec, on_epoch=on_epoch, cancel=cancel)
     _check_cancel(cancel)
     fit_seconds = time.perf_counter() - started
 
-    report(TrainingProgress(stage="thresholding", epochs=spec.epochs, fraction=_FIT_END))
+    report(TrainingProgress(stage=TrainingStage.THRESHOLDING, epochs=spec.epochs,
+                            fraction=_FIT_END))
     score_spec = ScoreSpec(method=_score_method(spec), smoothing=spec.smoothing)
     float_rec = keras_reconstruct(model, val_x)
     val_scores = smoothed_scores(
@@ -183,7 +185,7 @@ def convert_and_gate(fitted: FittedModel, channels: list[str], spec: TrainingSpe
         comparison_rows,
     )
 
-    report(TrainingProgress(stage="converting", epochs=spec.epochs, fraction=_FIT_END))
+    report(TrainingProgress(stage=TrainingStage.CONVERTING, epochs=spec.epochs, fraction=_FIT_END))
     if spec.compare_modes or spec.quantization == AUTO:
         modes: tuple[Quantization, ...] = ALL_MODES
     else:
@@ -200,7 +202,7 @@ def convert_and_gate(fitted: FittedModel, channels: list[str], spec: TrainingSpe
         modes=modes,
     )
     _check_cancel(cancel)
-    report(TrainingProgress(stage="parity", epochs=spec.epochs, fraction=_CONVERT_END))
+    report(TrainingProgress(stage=TrainingStage.PARITY, epochs=spec.epochs, fraction=_CONVERT_END))
     choice = choose_mode([r.report for r in results.values()], spec.quantization)
     log.info("quantization: %s", choice.reason)
     chosen = results[choice.mode]
@@ -219,7 +221,7 @@ def convert_and_gate(fitted: FittedModel, channels: list[str], spec: TrainingSpe
     if spec.compare_modes:
         extra["modes"] = comparison_rows([r.report for r in results.values()])
     elapsed = time.perf_counter() - started
-    report(TrainingProgress(stage="done", epochs=spec.epochs, fraction=1.0))
+    report(TrainingProgress(stage=TrainingStage.DONE, epochs=spec.epochs, fraction=1.0))
     return ModelArtifact(
         spec=spec,
         channels=list(channels),
