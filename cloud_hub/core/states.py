@@ -11,9 +11,10 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
-    "ConflictKind", "DeliveryStatus", "IncidentState", "JobStatus", "KeyStatus", "ModelStatus",
-    "ROLLOUT_ACTIVE", "RetrainScope", "RetrainState", "RetrainTrigger", "RolloutAction",
-    "RolloutStatus", "StageState", "TrainingSource", "TrainingStage", "Verdict", "WebhookEvent",
+    "ConflictKind", "DeliveryStatus", "DevicePresence", "IncidentState", "JobStatus", "KeyStatus",
+    "ModelStatus", "ROLLOUT_ACTIVE", "RetrainScope", "RetrainState", "RetrainTrigger",
+    "RolloutAction", "RolloutStatus", "StageState", "TrainingSource", "TrainingStage", "Verdict",
+    "WebhookEvent",
 ]
 
 
@@ -96,6 +97,15 @@ class Verdict(StrEnum):
     WAIT = "wait"
     PASS = "pass"
     BREACH = "breach"
+
+
+class DevicePresence(StrEnum):
+    """How the console shows a device: ``silent`` is online by its status record but has sent
+    nothing for a while."""
+
+    ONLINE = "online"
+    SILENT = "silent"
+    OFFLINE = "offline"
 
 
 class IncidentState(StrEnum):

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import case, func
 from sqlmodel import Session, col, select
 
-from cloud_hub.core.states import ROLLOUT_ACTIVE
+from cloud_hub.core.states import ROLLOUT_ACTIVE, DevicePresence
 from cloud_hub.db.ops_tables import Incident, WebhookDelivery
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
@@ -48,8 +48,9 @@ def _digest(value: Any) -> str:
 def display_state(now: float) -> Any:
     """SQL: online / silent / offline, for the fleet's counts and filters."""
     fresh = col(Device.last_seen) >= now - SILENT_AFTER_S
-    return case((col(Device.online) & fresh, "online"), (col(Device.online), "silent"),
-                else_="offline")
+    return case((col(Device.online) & fresh, DevicePresence.ONLINE.value),
+                (col(Device.online), DevicePresence.SILENT.value),
+                else_=DevicePresence.OFFLINE.value)
 
 
 def _global_tokens(session: Session) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, literal, or_
 from sqlmodel import Session, col, select
 
-from cloud_hub.core.states import IncidentState, ModelStatus
+from cloud_hub.core.states import DevicePresence, IncidentState, ModelStatus
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
@@ -74,7 +74,7 @@ def _where(session: Session, stmt: Any, f: FleetFilter, now: float) -> Any:
     if f.q:
         pattern = "%" + f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         stmt = stmt.where(col(Device.device_id).like(pattern, escape="\\"))
-    if f.state in ("online", "silent", "offline"):
+    if f.state in tuple(DevicePresence):
         stmt = stmt.where(display_state(now) == f.state)
     elif f.state in MODEL_STATES:
         stmt = stmt.where(Device.reported_state == f.state)
@@ -98,7 +98,7 @@ def _where(session: Session, stmt: Any, f: FleetFilter, now: float) -> Any:
 
 
 def fleet_counts(session: Session, now: float) -> dict[str, int]:
-    counts: dict[str, int] = {"total": 0, "online": 0, "silent": 0, "offline": 0}
+    counts: dict[str, int] = {"total": 0, **dict.fromkeys(DevicePresence, 0)}
     for state, n in session.exec(select(display_state(now), func.count())
                                  .group_by(display_state(now))):
         counts[state] = int(n)

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session, col, select
 
 from cloud_hub.api.deps import SessionDep
+from cloud_hub.core.states import DevicePresence
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Device, TelemetryBatchRow
 from cloud_hub.incidents.queries import list_incidents
@@ -64,8 +65,9 @@ def _model_history(session: Session, device_id: str) -> list[dict[str, Any]]:
 
 def _device_context(session: Session, device: Device) -> dict[str, Any]:
     now = time.time()
-    state = ("online" if device.online and (device.last_seen or 0) >= now - SILENT_AFTER_S
-             else "silent" if device.online else "offline")
+    state = (DevicePresence.ONLINE if device.online
+             and (device.last_seen or 0) >= now - SILENT_AFTER_S
+             else DevicePresence.SILENT if device.online else DevicePresence.OFFLINE)
     return {"device": device, "state": state, "heartbeat": device.heartbeat or {},
             "history": _model_history(session, device.device_id),
             "incidents": list_incidents(session, device_id=device.device_id, limit=10).items}
