@@ -11,12 +11,13 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import StatementError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from cloud_hub.core.states import IncidentState, JobStatus, RolloutStatus
-from cloud_hub.db.engine import make_engine
+from cloud_hub.db.engine import make_engine  # every table on SQLModel.metadata
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.db.registry_tables import Rollout, TrainingJob
+from cloud_hub.db.types import StrEnumType
 from cloud_hub.jobs.request import FederatedSet, TrainingRequest, UploadedSet
 from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 
@@ -123,3 +124,18 @@ def test_a_training_request_names_an_unknown_spec_field_or_two_sources() -> None
     with pytest.raises(ValidationError, match="not both"):
         TrainingRequest(upload=UploadedSet(file="f", rows=1, channels=["a"]),
                         federated=FederatedSet(devices=["pump-1"]))
+
+
+# stream_marks.stream holds cloud_hub.db.marks.Stream values but stays a plain string: ingest
+# writes it through PostgreSQL arrays on its hot path, where a per-value conversion is not free.
+_PLAIN_ON_PURPOSE = {("stream_marks", "stream")}
+_STATE_NAMES = {"status", "state", "kind", "trigger", "scope", "source", "event", "stream"}
+
+
+def test_every_state_column_of_every_table_holds_an_enum() -> None:
+    """A new status/state/kind column declared as a bare string fails here."""
+    plain = [(t.name, c.name) for t in SQLModel.metadata.sorted_tables for c in t.columns
+             if (c.name in _STATE_NAMES or c.name.endswith(("_state", "_status")))
+             and not isinstance(c.type, StrEnumType)
+             and (t.name, c.name) not in _PLAIN_ON_PURPOSE]
+    assert plain == []
