@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -234,7 +235,11 @@ class DeviceCore:
         self._bad_topics: set[str] = set()
         self._started_at = clock.monotonic()
         now = clock.monotonic()
-        self._next_heartbeat = now + min(5.0, config.heartbeat.interval_s)
+        # Devices started together (a fleet after a power cut, a simulator) would all send
+        # their heartbeats in the same instant, every interval, and the hub would take a
+        # thousand at once: each device's phase is its own (stable per device id).
+        phase = random.Random(self.device_id).uniform(0.5, 1.0)
+        self._next_heartbeat = now + min(5.0, config.heartbeat.interval_s) * phase
         self._next_drift = now + config.drift.summary_interval_s
 
     # -- start -----------------------------------------------------------------------------
