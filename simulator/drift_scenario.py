@@ -220,7 +220,9 @@ def _report(scenario: DriftScenario, start: float, drift_start: float, end: floa
     faults_of = {d: [t for t in truths if t.device_id == d] for d in scenario.device_ids()}
 
     def false_alarms(devices: set[str], a: float, b: float) -> dict[str, Any]:
-        found = [e for e in events if e.device_id in devices and a <= e.ts_start < b
+        # an event is placed by its window's last reading, when it was raised: a window that
+        # spans the recalibration is the drift's alarm, not the baseline's
+        found = [e for e in events if e.device_id in devices and a <= e.ts_end < b
                  and not any(t.overlaps(e.ts_start, e.ts_end) for t in faults_of[e.device_id])]
         minutes = max(b - a, 1e-9) / 60.0 * len(devices)
         return {"false_alarms": len(found), "device_minutes": round(minutes, 2),
