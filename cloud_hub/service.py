@@ -113,7 +113,8 @@ class Hub:
             jobs_days=settings.retention_jobs_days))
         self.maintenance = LeasedWorker(self.engine, name="maintenance",
                                         tick=self.maintenance_tick,
-                                        interval_s=settings.maintenance_tick_s, holder=holder)
+                                        interval_s=settings.maintenance_tick_s, holder=holder,
+                                        busy_share=0.5)
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 

@@ -32,14 +32,19 @@ def process_holder_id() -> str:
 class LeasedWorker:
     """Runs ``tick(now)`` in a thread while this process holds the lease ``name``.
 
-    ``tick`` returns True when it left work for the next tick (a full batch), which then runs at
-    once instead of after ``interval_s``.
+    ``tick`` returns True when it left work for the next tick (a full batch), which then runs
+    soon instead of after ``interval_s``: after a pause so that the job works at most
+    ``busy_share`` of the time while it catches up (the rest is left to ingest, which shares the
+    process's GIL and, on SQLite, the database's write lock).
     """
 
     def __init__(
         self, engine: Engine, *, name: str, tick: Callable[[float], bool], interval_s: float,
-        lease_ttl_s: float = 15.0, holder: str | None = None,
+        lease_ttl_s: float = 15.0, holder: str | None = None, busy_share: float = 1.0,
     ) -> None:
+        if not 0 < busy_share <= 1:
+            raise ValueError(f"busy_share must be in (0, 1], not {busy_share}")
+        self._busy_share = busy_share
         self._engine = engine
         self.name = name
         self._tick = tick
@@ -67,9 +72,12 @@ class LeasedWorker:
 
     def _run(self) -> None:
         more = False
+        pause = 0.0
         while not self._stop.is_set():
             if not more:
                 self._wake.wait(self._interval)
+            elif pause > 0 and self._stop.wait(pause):
+                return
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -80,8 +88,11 @@ class LeasedWorker:
                     self.holding = hold_lease(session, name=self.name, holder=self.holder,
                                               now=now, ttl_s=self._ttl)
                 if self.holding:
+                    started = time.monotonic()
                     more = self._tick(now)
                     self.ticks += 1
+                    busy = time.monotonic() - started
+                    pause = min(busy * (1 / self._busy_share - 1), self._interval)
             except Exception:  # a failing tick is logged and retried; the thread goes on
                 self.errors += 1
                 log.exception("%s: tick failed", self.name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ from cloud_hub.db import pg_bulk
 from cloud_hub.db.rollup_tables import MaintenanceMark, TelemetryRollup
 from cloud_hub.db.tables import TelemetryBatchRow
 
-__all__ = ["RESOLUTIONS", "fold_rollups", "folded_mark", "read_rollups"]
+__all__ = ["RESOLUTIONS", "PendingFold", "apply_pending", "fold_rollups", "folded_mark",
+           "read_pending", "read_rollups"]
 
 RESOLUTIONS = {"1m": 60.0, "1h": 3600.0}
 MARK = "rollups"
@@ -130,13 +132,23 @@ def _write(conn: Connection, buckets: dict[BucketKey, Stats]) -> None:
     conn.execute(stmt, pg_bulk.as_arrays(rows, [n for n, _ in _COLUMNS]) if pg else rows)
 
 
-def fold_rollups(conn: Connection, *, now: float | None = None, settle_s: float = 30.0,
-                 limit: int = 2000) -> int:
-    """Fold up to ``limit`` rows stored since the mark (in the caller's transaction; the
-    caller commits). Returns how many rows were folded."""
-    now = time.time() if now is None else now
-    _ensure_mark(conn, now)
-    at, key = folded_mark(conn, lock=True)
+@dataclass
+class PendingFold:
+    """Rows read past the mark, already folded into buckets in memory, not yet written."""
+
+    mark: tuple[float, tuple[str, str, int]]  # the mark they were read after
+    buckets: dict[BucketKey, Stats]
+    last: tuple[float, list[Any]]  # the new mark: the last row's (stored_at, key)
+    rows: int
+
+
+def read_pending(conn: Connection, *, now: float, settle_s: float = 30.0,
+                 limit: int = 2000) -> PendingFold | None:
+    """Read up to ``limit`` rows stored since the mark and fold them in memory. Only reads:
+    the job runs this outside any write transaction, so on SQLite ingest keeps the write lock
+    while the folding (numpy, under the GIL) runs; :func:`apply_pending` then writes."""
+    mark = folded_mark(conn)
+    at, key = mark
     r = _rows.c
     position = tuple_(r.stored_at, r.device_id, r.epoch, r.seq)
     rows = conn.execute(
@@ -147,17 +159,46 @@ def fold_rollups(conn: Connection, *, now: float | None = None, settle_s: float 
         .order_by(r.stored_at, r.device_id, r.epoch, r.seq)
         .limit(limit)).all()
     if not rows:
-        return 0
-    buckets: dict[BucketKey, Stats] = {}
+        return None
+    # One numpy pass per (device, channel list), not per row: a batch of 2,000 rows from 100
+    # devices is 100 passes instead of 2,000.
+    groups: dict[tuple[str, tuple[str, ...]], tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for device_id, _epoch, _seq, _stored, channels, ts_blob, values_blob in rows:
-        names = channels if isinstance(channels, list) else json.loads(channels)
+        names = tuple(channels if isinstance(channels, list) else json.loads(channels))
         ts = np.frombuffer(ts_blob, dtype="<f8")
         values = np.frombuffer(values_blob, dtype="<f8").reshape(len(ts), len(names))
-        _accumulate(buckets, device_id, names, ts, values)
-    _write(conn, buckets)
+        t, v = groups.setdefault((device_id, names), ([], []))
+        t.append(ts)
+        v.append(values)
+    buckets: dict[BucketKey, Stats] = {}
+    for (device_id, names), (t, v) in groups.items():
+        _accumulate(buckets, device_id, list(names), np.concatenate(t), np.concatenate(v))
     last = rows[-1]
-    _set_mark(conn, float(last[3]), [last[0], last[1], int(last[2])], now)
-    return len(rows)
+    return PendingFold(mark=mark, buckets=buckets,
+                       last=(float(last[3]), [last[0], last[1], int(last[2])]), rows=len(rows))
+
+
+def apply_pending(conn: Connection, pending: PendingFold, *, now: float) -> int:
+    """Write ``pending`` into the rollups and move the mark (in the caller's transaction; the
+    caller commits), unless another folder moved the mark since it was read: then nothing is
+    written and 0 is returned (the next round reads again). Takes the write lock first (the
+    mark's row), so the transaction holds it only for the merge and the write."""
+    _ensure_mark(conn, now)
+    if folded_mark(conn, lock=True) != pending.mark:
+        return 0
+    _write(conn, pending.buckets)
+    _set_mark(conn, pending.last[0], pending.last[1], now)
+    return pending.rows
+
+
+def fold_rollups(conn: Connection, *, now: float | None = None, settle_s: float = 30.0,
+                 limit: int = 2000) -> int:
+    """Fold up to ``limit`` rows stored since the mark in the caller's transaction (read and
+    write in one; the maintenance job splits them). Returns how many rows were folded."""
+    now = time.time() if now is None else now
+    _ensure_mark(conn, now)
+    pending = read_pending(conn, now=now, settle_s=settle_s, limit=limit)
+    return 0 if pending is None else apply_pending(conn, pending, now=now)
 
 
 def _ensure_mark(conn: Connection, now: float) -> None:

@@ -118,3 +118,32 @@ def _check_resolutions(api: httpx.Client) -> None:
     assert np.allclose([r[0] for r in minutes["mean"]], [2.5 + 6 * m for m in range(5)] * 2)
     bad = api.get("/api/v1/devices/pump-1/telemetry", params={"resolution": "5m"})
     assert bad.status_code == 422
+
+
+def test_a_fold_read_before_another_folder_moved_the_mark_writes_nothing(db_url: str) -> None:
+    """The job reads and folds outside the write transaction; if another hub process folded
+    the same rows meanwhile, the late write is refused by the mark, so no row counts twice."""
+    from cloud_hub.maintenance.rollups import apply_pending, read_pending
+
+    engine = make_engine(db_url)
+    stored_at = T0 + 10 * DAY
+    with Session(engine) as session:
+        store_batch(session, IngestBatch(telemetry=[_batch(s, T0 + 300.0 * s, device=d)
+                                                    for s in range(6) for d in ("p-1", "p-2")]),
+                    now=stored_at)
+    now = stored_at + 60
+    with engine.connect() as conn:
+        first = read_pending(conn, now=now)
+        second = read_pending(conn, now=now)
+    assert first is not None and second is not None and first.rows == second.rows == 12
+    with engine.begin() as conn:
+        assert apply_pending(conn, first, now=now) == 12
+    with engine.begin() as conn:
+        assert apply_pending(conn, second, now=now) == 0
+    with engine.connect() as conn:
+        assert read_pending(conn, now=now) is None
+        got = read_rollups(conn, device_ids=["p-1", "p-2"], resolution="1h", since=None,
+                           until=None)
+    for device in ("p-1", "p-2"):  # 6 batches x 30 readings each, folded once
+        assert int(got[device]["count"][:, 0].sum()) == 180
+    engine.dispose()
