@@ -307,7 +307,9 @@ class Agent:
     def _write_status_file(self) -> None:
         record = dict(self.status(), updated_at=time.time())
         try:
+            # A report, not data: renamed into place without the two fsyncs a model file gets
+            # (they stalled this thread, which scores readings, every few seconds).
             write_atomic(Path(self.config.state_dir) / STATUS_FILE,
-                         json.dumps(record, sort_keys=True).encode())
+                         json.dumps(record, sort_keys=True).encode(), durable=False)
         except OSError as exc:
             log.warning("agent %s: cannot write %s: %s", self.device_id, STATUS_FILE, exc)
