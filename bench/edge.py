@@ -27,7 +27,8 @@ and what a running agent costs in memory.
 Prints a table and writes ``reports/bench/edge.json``. Timings and RSS are only comparable on a
 quiet machine: say how busy it was when you quote them.
 
-    .venv/bin/python bench/edge.py [--windows 2000] [--agent-seconds 30] [--agent-runs 3]
+    .venv/bin/python bench/edge.py [--windows 2000] [--soak 30] [--agent-runs 3]
+    .venv/bin/python bench/edge.py --agent-only --soak 600 --agent-runs 1   # the steady state
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from agent_memory import (  # noqa: E402
 )
 
 LEGACY_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
+SNAPSHOT_EVERY_S = 30.0  # memory snapshots of the agent while it is sampled (--soak)
 ROUND_WINDOWS = 250  # windows per timing round (about 1 ms: shorter than a time slice)
 
 # The child's code: edge runtime + numpy only; proves TensorFlow stays out of it. Rounds
@@ -276,7 +278,8 @@ def measure_agent(
     workdir: Path, fitted: Any, int8: Any, seconds: float, runs: int
 ) -> list[dict[str, Any]]:
     """Run a real ``edge-agent`` process ``runs`` times with the int8 model active; each run's
-    RSS samples (after the start-up pages were released) and memory at the end."""
+    RSS samples over ``seconds`` (after the start-up pages were released), its memory every
+    :data:`SNAPSHOT_EVERY_S` and at the end."""
     import paho.mqtt.client as mqtt
 
     from cloud_hub.mqtt.client import MqttAuth
@@ -346,6 +349,18 @@ def measure_agent(
         broker.close()
 
 
+def _snapshot(pid: int, workdir: Path, start: float) -> dict[str, Any]:
+    """The agent's memory now, with its outbox depth and the machine's load."""
+    memory = process_memory(pid)
+    try:
+        depth = json.loads((workdir / "agent-state" / "status.json").read_text())["outbox_depth"]
+    except (OSError, ValueError, KeyError):
+        depth = None
+    return {"s": round(time.monotonic() - start), "rss_mb": memory["rss_mb"],
+            "pss_mb": memory["pss_mb"], "anonymous_mb": memory["anonymous_mb"],
+            "outbox_depth": depth, "load1": round(os.getloadavg()[0], 2)}
+
+
 def run_agent_once(
     workdir: Path, broker: Any, key: Any, csv_path: Path, reports: queue.Queue[Any],
     seconds: float,
@@ -388,21 +403,31 @@ def run_agent_once(
             raise RuntimeError(f"agent did not activate the model (last state {state}):\n{tail}")
         wait_for_release(log_path, proc, timeout=60.0)
         samples = []
-        end = time.monotonic() + seconds
+        series = []  # (seconds, RSS, PSS, anonymous MB, outbox depth, load) now and then
+        start = time.monotonic()
+        end = start + seconds
+        next_snapshot = start
         while time.monotonic() < end and proc.poll() is None:
             samples.append(rss_of(proc.pid))
+            if time.monotonic() >= next_snapshot:
+                next_snapshot += SNAPSHOT_EVERY_S
+                series.append(_snapshot(proc.pid, workdir, start))
             time.sleep(0.5)
         if proc.poll() is not None:
             raise RuntimeError(f"edge-agent exited with {proc.returncode} while measured")
         memory = process_memory(proc.pid)
+        series.append(_snapshot(proc.pid, workdir, start))
         status = json.loads((workdir / "agent-state" / "status.json").read_text())
         return {
+            # the steady state is the maximum: the library pages released at start-up come
+            # back as they are used, and the outbox grows (no hub acknowledges here)
             "rss_bytes": max(samples),
             "rss_samples": len(samples),
             # creep check: the first and last sample (after the start-up pages were released)
             "rss_first_bytes": samples[0],
             "rss_last_bytes": samples[-1],
-            "seconds_sampled": round(seconds, 1),
+            "seconds_sampled": round(time.monotonic() - start, 1),
+            "series": series,
             "memory": memory,
             "tensorflow_loaded": tensorflow_mapped(proc.pid),
             "inference_us_p50": status.get("inference_us_p50"),
@@ -418,18 +443,69 @@ def run_agent_once(
                 proc.wait(timeout=10)
 
 
+def agent_figures(runs: list[dict[str, Any]], soak: float) -> dict[str, Any]:
+    """The agent's figures over its runs: RSS is the largest sample of any run."""
+    worst = max(runs, key=lambda r: r["rss_bytes"])
+    memories = [r["memory"] for r in runs]
+    mb = 2**20
+    return {
+        "agent_rss_bytes": worst["rss_bytes"],
+        "agent_rss_mb": round(worst["rss_bytes"] / mb, 1),
+        "agent_rss_mb_runs": [round(r["rss_bytes"] / mb, 1) for r in runs],
+        "agent_rss_mb_first_last_runs": [
+            [round(r["rss_first_bytes"] / mb, 1), round(r["rss_last_bytes"] / mb, 1)]
+            for r in runs
+        ],
+        "agent_seconds_sampled": soak,
+        # the worst run's memory every SNAPSHOT_EVERY_S: where the steady state begins
+        "agent_memory_series": worst["series"],
+        "agent_pss_mb": max(m["pss_mb"] for m in memories),
+        "agent_private_mb": max(m["private_mb"] for m in memories),
+        "agent_anonymous_mb": max(m["anonymous_mb"] for m in memories),
+        "agent_file_mb": max(m["file_mb"] for m in memories),
+        "agent_threads": worst["memory"]["threads"],
+        "agent_thread_stacks_kb": worst["memory"]["thread_stacks_kb"],
+        "agent_rss_by_mapping_mb": worst["memory"]["by_mapping_mb"],
+        "agent_inference_us_p50": worst["inference_us_p50"],
+        "agent_inference_us_p99": worst["inference_us_p99"],
+        "agent_tensorflow_loaded": any(r["tensorflow_loaded"] for r in runs),
+    }
+
+
+def print_agent(agent: dict[str, Any]) -> None:
+    ok = agent["agent_rss_bytes"] <= 50_000_000
+    print(f"\nagent RSS (max of every sample of {len(agent['agent_rss_mb_runs'])} run(s) over "
+          f"{agent['agent_seconds_sampled']:.0f} s): {agent['agent_rss_bytes']:,} B, bar "
+          f"<= 50,000,000: {'yes' if ok else 'NO'}")
+    print(f"{'s':>6} {'RSS MiB':>8} {'PSS MiB':>8} {'anon MiB':>8} {'outbox':>8} {'load1':>6}")
+    for row in agent["agent_memory_series"]:
+        print(f"{row['s']:>6} {row['rss_mb']:>8} {row['pss_mb']:>8} {row['anonymous_mb']:>8} "
+              f"{row['outbox_depth']!s:>8} {row['load1']:>6}")
+    for k, v in agent.items():
+        if k != "agent_memory_series":
+            print(f"{k:<34}  {v}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=2000, help="windows timed per TFLite model")
     parser.add_argument("--keras-windows", type=int, default=300)
     # the library pages released at start-up come back within ~30 s of scoring (the kernel maps
-    # them 64 KB at a time); 8 s showed 30-46 MB for what is 46 MB after 30 s
-    parser.add_argument("--agent-seconds", type=float, default=30.0)
+    # them 64 KB at a time); 8 s showed 30-46 MB for what is 46 MB after 30 s. The steady
+    # state with a growing outbox takes minutes: --soak 600 --agent-runs 1 --agent-only
+    parser.add_argument("--soak", "--agent-seconds", dest="soak", type=float, default=30.0,
+                        metavar="SECONDS", help="how long each agent run is sampled")
     parser.add_argument("--agent-runs", type=int, default=3, help="agent processes measured")
+    parser.add_argument("--agent-only", action="store_true",
+                        help="only the agent's memory (a soak): writes edge_agent.json")
     parser.add_argument("--rounds", type=int, default=40,
                         help=f"interleaved timing rounds of {ROUND_WINDOWS} windows each")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "edge.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default reports/bench/edge.json (edge_agent.json with --agent-only)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        name = "edge_agent.json" if args.agent_only else "edge.json"
+        args.out = ROOT / "reports" / "bench" / name
 
     load_before = os.getloadavg()
     print("training the default model (dense AE, 32 × 8, int8) ...")
@@ -437,6 +513,19 @@ def main(argv: list[str] | None = None) -> int:
     from shared.manifest import Quantization
 
     int8, float32 = results[Quantization.INT8], results[Quantization.FLOAT32]
+    if args.agent_only:
+        with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
+            print(f"running edge-agent against a private mosquitto ({args.agent_runs} runs of "
+                  f"{args.soak:.0f} s) ...")
+            runs = measure_agent(Path(tmp), fitted, int8, args.soak, args.agent_runs)
+        agent = agent_figures(runs, args.soak)
+        agent["load_average_before_after"] = [round(load_before[0], 2),
+                                              round(os.getloadavg()[0], 2)]
+        print_agent(agent)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(agent, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     windows = fitted.validation_x[: args.windows]
     print("timing Keras (eager call and predict) ...")
     keras_us, predict_us = time_keras(fitted.model, fitted.validation_x[: args.keras_windows])
@@ -458,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "ladder.tflite").write_bytes(int8.tflite)
         ladder = import_costs(sys.executable, workdir / "ladder.tflite")
         print(f"running edge-agent against a private mosquitto ({args.agent_runs} runs) ...")
-        runs = measure_agent(workdir, fitted, int8, args.agent_seconds, args.agent_runs)
+        runs = measure_agent(workdir, fitted, int8, args.soak, args.agent_runs)
     load_after = os.getloadavg()
 
     int8_us, float32_us = spread(tfl["int8"]), spread(tfl["float32"])
@@ -467,8 +556,6 @@ def main(argv: list[str] | None = None) -> int:
     from cloud_hub.quantize.compare import choose_mode
 
     auto = choose_mode([r.report for r in results.values()], "auto")
-    worst = max(runs, key=lambda r: r["rss_bytes"])
-    memories = [r["memory"] for r in runs]
     result: dict[str, Any] = {
         "int8_us_per_window": int8_us["median"],
         "float32_us_per_window": float32_us["median"],
@@ -500,25 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                             "parity": round(r.report.decision_agreement, 4),
                             "passed": r.report.passed} for m, r in results.items()},
         "int8_input_dtype": int8.report.input_dtype,
-        "agent_rss_bytes": worst["rss_bytes"],
-        "agent_rss_mb": round(worst["rss_bytes"] / 2**20, 1),
-        "agent_rss_mb_runs": [round(r["rss_bytes"] / 2**20, 1) for r in runs],
-        "agent_rss_mb_first_last_runs": [
-            [round(r["rss_first_bytes"] / 2**20, 1), round(r["rss_last_bytes"] / 2**20, 1)]
-            for r in runs
-        ],
-        "agent_seconds_sampled": args.agent_seconds,
-        "agent_pss_mb": max(m["pss_mb"] for m in memories),
-        "agent_private_mb": max(m["private_mb"] for m in memories),
-        "agent_anonymous_mb": max(m["anonymous_mb"] for m in memories),
-        "agent_file_mb": max(m["file_mb"] for m in memories),
-        "agent_threads": worst["memory"]["threads"],
-        "agent_thread_stacks_kb": worst["memory"]["thread_stacks_kb"],
-        "agent_rss_by_mapping_mb": worst["memory"]["by_mapping_mb"],
+        **agent_figures(runs, args.soak),
         "agent_import_costs": ladder,
-        "agent_inference_us_p50": worst["inference_us_p50"],
-        "agent_inference_us_p99": worst["inference_us_p99"],
-        "agent_tensorflow_loaded": any(r["tensorflow_loaded"] for r in runs),
         "timer_process_rss_bytes": tfl["rss_bytes"],
         "timer_process_tensorflow_loaded": tfl["tensorflow_loaded"],
         "runtime": tfl["runtime"],
@@ -552,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     width = max(len(k) for k in result)
     for k, v in result.items():
-        if k not in ("agent_import_costs",):
+        if k not in ("agent_import_costs", "agent_memory_series"):
             print(f"{k:<{width}}  {v}")
     slower = int8_us["median"] / float32_us["median"] - 1.0
     print(f"\nint8 vs float32 per window: {int8_us['median']} vs {float32_us['median']} µs "
