@@ -179,7 +179,7 @@ class RetrainLoop:
                     ended[d] = max(ended.get(d, 0.0), r.finished_at)
         fired: dict[tuple[str, str], list[Trigger]] = {}
         devices_of: dict[tuple[str, str], list[str]] = {}
-        drifting: dict[tuple[str, str], list[Trigger]] = {}  # in drift now, held or not
+        drifting: dict[tuple[str, str], list[Trigger]] = {}  # in drift for half the hold
         for drift, device in session.exec(
                 select(DeviceDrift, Device).join(Device, col(Device.device_id)
                                                  == col(DeviceDrift.device_id))):
@@ -197,13 +197,15 @@ class RetrainLoop:
             trigger = device_trigger(state, rules, now=now)
             if trigger is not None:
                 fired.setdefault(key, []).append(trigger)
-            in_drift = device_trigger(state, replace(rules, drift_hold_s=0.0,
+            # half the hold: a drift that has lasted a while, not a transient that may clear
+            in_drift = device_trigger(state, replace(rules, drift_hold_s=rules.drift_hold_s / 2,
                                                      max_anomaly_rate_ratio=None), now=now)
             if in_drift is not None:
                 drifting.setdefault(key, []).append(in_drift)
         for key, triggers in fired.items():
             policy = policies[key[0]]
-            # The devices of the group (policy) and model that are in drift now join the run
+            # The devices of the group (policy) and model that have been in drift for at least
+            # half the hold join the run
             # of those whose drift is held: one model learns the new regime from all their
             # readings since each one's drift began, and one rollout carries it to them
             # (runs of one device each would train on one device and contend for one rollout)

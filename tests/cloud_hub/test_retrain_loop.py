@@ -120,8 +120,9 @@ def _devices_follow_desired(hub: Hub, devices: list[str]) -> None:
 
 
 def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> None:
-    """pump-1's drift is held long enough; pump-3 drifted later and joins its run (one model
-    from both devices' readings since each one's drift); pump-2 is stable and left alone."""
+    """pump-1's drift is held long enough; pump-3 drifted later (held for more than half the
+    hold) and joins its run (one model from both devices' readings since each one's drift);
+    pump-2 is stable and left alone."""
     devices = ["pump-1", "pump-2", "pump-3"]
     now = time.time()
     _store(hub, telemetry=[TelemetryBatch(
@@ -147,7 +148,7 @@ def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> Non
                          drifting=["a"], windows=600, anomalies=60, baseline_windows=300,
                          baseline_anomalies=1),
             DriftSummary(device_id="pump-3", epoch=EPOCH, seq=0, start=now - 60, end=now,
-                         model=model, state=DriftState.DRIFT, since=now - 10,
+                         model=model, state=DriftState.DRIFT, since=now - 20,
                          drifting=["b"], windows=600, anomalies=1, baseline_windows=300,
                          baseline_anomalies=1),
             DriftSummary(device_id="pump-2", epoch=EPOCH, seq=0, start=now - 60, end=now,
@@ -163,7 +164,7 @@ def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> Non
         run = wait_for(finished, 60.0, "the retraining run to finish")
         assert run.state == "promoted", run.steps
         assert run.trigger == "drift" and run.devices == ["pump-1", "pump-3"], "the drifted"
-        assert run.steps[0]["device_since"] == {"pump-1": now - 45, "pump-3": now - 10}
+        assert run.steps[0]["device_since"] == {"pump-1": now - 45, "pump-3": now - 20}
         assert "in drift too: pump-3" in run.steps[0]["reason"]
         steps = [s["step"] for s in run.steps]
         assert steps == ["triggered", "training", "parity_gate", "released", "canary",
@@ -184,11 +185,11 @@ def test_drift_on_a_device_retrains_gates_canaries_and_promotes(hub: Hub) -> Non
 
             job = session.get(TrainingJob, run.training_job_id)
             assert job is not None
-            assert job.request.device_since == {"pump-1": now - 45, "pump-3": now - 10}
+            assert job.request.device_since == {"pump-1": now - 45, "pump-3": now - 20}
             trained = session.exec(select(ModelVersion).where(
                 ModelVersion.name == name, ModelVersion.version == version + 1)).one()
             assert trained.training["devices"] == ["pump-1", "pump-3"]
-            assert trained.training["device_since"] == {"pump-1": now - 45, "pump-3": now - 10}
+            assert trained.training["device_since"] == {"pump-1": now - 45, "pump-3": now - 20}
             assert trained.training["since"] >= now - 45, "pump-1 from its drift on"
 
         assert cli_main([*args, "retrain", "show", "1"]) == 0
