@@ -191,7 +191,7 @@ class Outbox:
     def delivered(self) -> int:
         """Messages the broker took that no hub acknowledgement covers yet."""
         with self._lock:
-            return store.totals(self._db)[2]
+            return store.delivered_count(self._db)
 
     @property
     def resent(self) -> int:
@@ -199,8 +199,8 @@ class Outbox:
 
     def oldest_age(self) -> float:
         with self._lock:
-            row = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()
-        return 0.0 if row[0] is None else max(0.0, self._clock() - float(row[0]))
+            oldest = store.oldest_created(self._db)
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     def drops(self) -> DropStats:
         with self._lock:

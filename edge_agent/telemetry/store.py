@@ -111,6 +111,10 @@ def _upgrade(db: sqlite3.Connection) -> None:
             db.execute("DROP TABLE sent")
     db.execute("CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (id) "
                "WHERE delivered_at IS NULL")
+    # The status file and the heartbeat ask for the oldest row every few seconds, and expiry
+    # for the rows past their age every second: without it each is a scan of the whole file
+    # (~50 ms each at 58 MB).
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at)")
 
 
 @contextmanager
@@ -188,7 +192,9 @@ def oldest(db: sqlite3.Connection, stream: Stream, limit: int) -> list[Any]:
 
 
 def older_than(db: sqlite3.Connection, stream: Stream, before: float) -> list[Any]:
-    return db.execute("SELECT id, size, readings FROM outbox WHERE stream=? AND created_at < ?",
+    # "+stream": the range on outbox_created finds the few old rows; the planner would rather
+    # walk every row of the stream through outbox_stream_id.
+    return db.execute("SELECT id, size, readings FROM outbox WHERE +stream=? AND created_at < ?",
                       (stream.value, before)).fetchall()
 
 
@@ -242,6 +248,18 @@ def bump(db: sqlite3.Connection, name: str, by: int) -> None:
 
 def counters(db: sqlite3.Connection) -> dict[str, int]:
     return {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+
+
+def delivered_count(db: sqlite3.Connection) -> int:
+    """Rows PUBACKed and not yet covered, counted from the indexes (never the rows)."""
+    row = db.execute("SELECT (SELECT COUNT(*) FROM outbox) - "
+                     "(SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL)").fetchone()
+    return int(row[0])
+
+
+def oldest_created(db: sqlite3.Connection) -> float | None:
+    row = db.execute("SELECT MIN(created_at) FROM outbox").fetchone()
+    return None if row[0] is None else float(row[0])
 
 
 def totals(db: sqlite3.Connection) -> tuple[int, int, int]:
