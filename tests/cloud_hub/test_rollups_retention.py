@@ -147,3 +147,28 @@ def test_a_fold_read_before_another_folder_moved_the_mark_writes_nothing(db_url:
     for device in ("p-1", "p-2"):  # 6 batches x 30 readings each, folded once
         assert int(got[device]["count"][:, 0].sum()) == 180
     engine.dispose()
+
+
+def test_a_device_whose_channels_changed_reads_back_on_one_time_axis(db_url: str) -> None:
+    """Buckets folded under two channel lists (a channel added later) come back as one table:
+    the new channel is NaN (count 0) where it had no reading."""
+    engine = make_engine(db_url)
+    stored_at = T0 + 10 * DAY
+    later = TelemetryBatch(device_id="pump-1", epoch=EPOCH, seq=1, channels=["a", "b", "c"],
+                           ts=[T0 + 3600.0 + 10.0 * i for i in range(30)],
+                           values=[[1.0, 2.0, 3.0]] * 30)
+    with Session(engine) as session:
+        store_batch(session, IngestBatch(telemetry=[_batch(0, T0), later]), now=stored_at)
+    tick = MaintenanceTick(engine, RetentionPolicy(), settle_s=30)
+    tick(stored_at + 60)
+    with engine.connect() as conn:
+        got = read_rollups(conn, device_ids=["pump-1", "pump-2"], resolution="1h", since=None,
+                           until=None)
+    assert set(got) == {"pump-1"}
+    hourly = got["pump-1"]
+    assert hourly["channels"] == ["a", "b", "c"]
+    assert hourly["ts"].tolist() == [T0, T0 + 3600]
+    assert hourly["count"].tolist() == [[30, 30, 0], [30, 30, 30]]
+    assert np.isnan(hourly["mean"][0, 2]) and hourly["mean"][1].tolist() == [1.0, 2.0, 3.0]
+    assert hourly["max"][0, :2].tolist() == [29.0, 0.0]
+    engine.dispose()
