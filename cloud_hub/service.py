@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.config import Settings
@@ -172,7 +173,18 @@ class Hub:
         and restarting is how the bootstrap key is rotated. A configured key that an admin
         revoked stays revoked. Returns a newly generated key (to be shown once, on the
         terminal, never logged) or None.
+
+        Hubs sharing a database may start together: when another hub stored the same
+        configured key between this one's check and its insert, the unique key hash refuses
+        the second row, and the check runs again (it then finds the other hub's row).
         """
+        try:
+            return self._ensure_admin_key_once()
+        except IntegrityError:
+            log.info("another hub stored the bootstrap admin key first; checking again")
+            return self._ensure_admin_key_once()
+
+    def _ensure_admin_key_once(self) -> str | None:
         with Session(self.engine) as session:
             configured = self.settings.admin_api_key
             if configured:

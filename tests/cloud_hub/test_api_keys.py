@@ -93,3 +93,40 @@ def test_generated_and_created_keys_never_reach_the_logs(
     assert "revoked" in logged  # the rotation was logged ...
     for secret in [*secrets, KEY_A]:
         assert secret.removeprefix("el_")[:12] not in logged  # ... without any part of a key
+
+
+def test_hubs_starting_together_store_the_configured_key_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hubs on one database: the other hub stores the configured key between this hub's
+    check and its insert. The unique key hash refuses the second row (a real IntegrityError
+    from the database); this hub checks again and starts, with one row for the key."""
+    from sqlmodel import Session, select
+
+    from cloud_hub.core.security import Scope, hash_api_key
+    from cloud_hub.db.tables import ApiKey
+
+    first = Hub(Settings(data_dir=tmp_path, admin_api_key=KEY_A))
+    second = Hub(Settings(data_dir=tmp_path, admin_api_key=KEY_A))
+    original = second._ensure_admin_key_once
+    calls: list[str] = []
+
+    def raced() -> str | None:
+        calls.append("once")
+        if len(calls) == 1:
+            first.ensure_admin_key()   # the other hub wins the race ...
+            with Session(second.engine) as session:   # ... and this hub's insert follows
+                session.add(ApiKey(name="bootstrap", key_hash=hash_api_key(KEY_A),
+                                   prefix=KEY_A[:8], scope=Scope.ADMIN, created_at=0.0))
+                session.commit()
+        return original()
+
+    monkeypatch.setattr(second, "_ensure_admin_key_once", raced)
+    try:
+        assert second.ensure_admin_key() is None
+        assert calls == ["once", "once"]
+        with Session(second.engine) as session:
+            rows = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_api_key(KEY_A))).all()
+        assert len(rows) == 1 and rows[0].revoked_at is None
+    finally:
+        first.engine.dispose()
+        second.engine.dispose()
