@@ -155,6 +155,16 @@ class Hubs:
     def stored(self) -> int:
         return sum(m["telemetry_batches"] + m["duplicates"] for m in self.metrics())
 
+    def missing_batches(self) -> int:
+        """What the hub itself shows missing: seqs below a stream's highest stored one that
+        never arrived (``missing_batches`` in ``GET /api/v1/telemetry/summary``). Messages the
+        broker dropped show up here, except those after a stream's last stored one."""
+        r = httpx.get(f"{self.procs[0].url}/api/v1/telemetry/summary",
+                      params={"limit": 1000}, headers={"X-API-Key": self.admin_key},
+                      timeout=120)
+        r.raise_for_status()
+        return sum(int(row["missing_batches"]) for row in r.json())
+
     def cpu_s(self) -> float:
         return sum(_cpu_s(p.pid) for p in self.procs)
 
@@ -335,6 +345,7 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                 case.update(counts)
                 if saturation:
                     case["overload"]["lost"] = counts["lost"]
+                    case["overload"]["hub_missing_batches"] = hubs.missing_batches()
             finally:
                 hubs.stop()
     return case
@@ -526,7 +537,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                           f"2x for {result['overload_s']:g} s stored {o['messages_per_s']:,.0f}"
                           f" msg/s (ratio {o['stored_ratio']}; per CPU-s, against the flood:"
                           f" {o['per_cpu_s_ratio']}; hub CPU {o['hub_cpu_share'] * 100:.0f}%),"
-                          f" broker drop lines {o['broker_drop_log_lines']}, hub peak RSS "
+                          f" broker drop lines {o['broker_drop_log_lines']}, missing batches"
+                          f" the hub shows {o['hub_missing_batches']}, hub peak RSS "
                           f"{o['hub_rss_bytes_max'] / 2**20:.0f} MB, lost after the load "
                           f"{o['lost']}")
     summary = {k: result[k] for k in (
