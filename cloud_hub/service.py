@@ -132,7 +132,11 @@ class Hub:
 
     def _on_ingest_commit(self, result: StoreResult) -> None:
         self.acks.touched(result.touched)
-        self.rollouts.wake()
+        # A rollout moves on what devices report (and the canary on its anomalies): wake it
+        # for those. Telemetry alone waits for its regular tick (rollout_tick_s), so a flood of
+        # telemetry commits does not bring a rollout tick (a lease write) with each one.
+        if result.device_states or result.anomalies:
+            self.rollouts.wake()
         if result.anomalies:
             self.incidents.wake()
         if result.drift_summaries:

@@ -97,6 +97,7 @@ class StoreResult:
     touched: tuple[tuple[str, str], ...] = ()
     conflicts: tuple[str, ...] = ()  # devices this batch showed used by two sources
     drift_summaries: int = 0
+    device_states: int = 0  # status, reported and heartbeat messages stored
 
 
 def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
@@ -248,6 +249,7 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         touched=tuple(sorted({(k.device_id, k.epoch) for k in marks})),
         conflicts=tuple(sorted({c.device_id for c in conflicts})),
         drift_summaries=len(stored_d),
+        device_states=len(batch.statuses) + len(batch.reported) + len(batch.heartbeats),
     )
 
 
