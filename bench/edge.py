@@ -17,11 +17,13 @@ and what a running agent costs in memory.
    until it reports the model ``active`` and has released its start-up pages, samples its RSS
    while it scores, and reads PSS, private and anonymous memory, its largest mappings and its
    threads. RSS is reported as the maximum over the runs (it varies with the page cache), with
-   each run's first and last sample. Measured over 600 s (no hub acknowledges the telemetry
-   here, so the outbox only grows): 40.8 MiB at the release, 46.3 after 30 s (file pages of
-   numpy, litert, libpython, libcrypto mapped again as they are used), then anonymous memory
-   +2.3 MB up to a plateau of 48.3 MiB from about 480 s (SQLite's page cache of the growing
-   outbox: +1.76 MB in a process that only adds to an Outbox, ~0 with cache_size=-256).
+   each run's first and last sample, and its memory every 30 s (``--soak`` sets how long each
+   run is sampled). No hub acknowledges the telemetry here, so the outbox only grows. Over
+   660 s (``--agent-only --soak 660 --agent-runs 1``): 41.9 MiB at the release, 46.5 after
+   30 s (file pages of numpy, litert, libpython, libcrypto mapped again as they are used),
+   46.8 from 300 s to the end, anonymous 25.5 -> 25.9 MiB. Before SQLite's page cache was
+   capped (``edge_agent/telemetry/store.py``) the same soak grew its heap by ~2 MB to a plateau
+   of 48.6 MiB (50.97 MB) from about 510 s.
 4. What each import of the agent adds (RSS, PSS, private, anonymous), step by step.
 
 Prints a table and writes ``reports/bench/edge.json``. Timings and RSS are only comparable on a
