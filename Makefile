@@ -8,6 +8,12 @@ EDGE_STAMP := $(EDGE_VENV)/.installed
 # The legacy edge runtime (tflite-runtime 2.14) needs numpy<2; this is the numpy it is tested with.
 EDGE_LEGACY_NUMPY := 1.26.4
 DEMO_ARGS ?=
+# The suite on two workers (pytest-xdist): most tests wait on brokers, hubs and agents, so two
+# share the machine's two cores well. Each test file stays on one worker (its module fixtures are
+# made once); every test has its own ports, folders, broker and database. PYTEST_WORKERS=0 runs
+# it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: demo test lint typecheck pytest test-edge-minimal setup mosquitto chromium bench clean
 
@@ -50,7 +56,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP) mosquitto chromium
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_XDIST)
 
 # The edge tests again where the device would be: tflite-runtime, numpy<2, no TensorFlow.
 $(EDGE_STAMP): pyproject.toml constraints.txt
@@ -58,13 +64,13 @@ $(EDGE_STAMP): pyproject.toml constraints.txt
 	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	grep -v '^numpy==' constraints.txt > $(EDGE_VENV)/constraints.txt
 	echo 'numpy==$(EDGE_LEGACY_NUMPY)' >> $(EDGE_VENV)/constraints.txt
-	$(EDGE_VENV)/bin/python -m pip install --quiet -c $(EDGE_VENV)/constraints.txt -e '.[edge-legacy]' pytest pytest-timeout hypothesis tomli-w
+	$(EDGE_VENV)/bin/python -m pip install --quiet -c $(EDGE_VENV)/constraints.txt -e '.[edge-legacy]' pytest pytest-timeout pytest-xdist hypothesis tomli-w
 	@touch $(EDGE_STAMP)
 
 test-edge-minimal: $(EDGE_STAMP) mosquitto
 	$(EDGE_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(1 if u.find_spec('tensorflow') else 0)" \
 		|| (echo "minimal edge venv must not contain tensorflow" && exit 1)
-	$(EDGE_VENV)/bin/pytest -p no:cacheprovider tests/shared tests/edge_agent
+	$(EDGE_VENV)/bin/pytest -p no:cacheprovider $(PYTEST_XDIST) tests/shared tests/edge_agent
 
 bench: setup
 	$(PY) bench/edge.py
