@@ -10,10 +10,11 @@ EDGE_LEGACY_NUMPY := 1.26.4
 DEMO_ARGS ?=
 # The suite on two workers (pytest-xdist): most tests wait on brokers, hubs and agents, so two
 # share the machine's two cores well. Each test file stays on one worker (its module fixtures are
-# made once); every test has its own ports, folders, broker and database. PYTEST_WORKERS=0 runs
-# it in one process.
+# made once); every test has its own ports, folders, broker and database. Files are handed out in
+# collection order, which tests/conftest.py starts with the long end-to-end files (xdist's own
+# order, by number of tests, would leave them for last). PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
-PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: demo test lint typecheck pytest test-edge-minimal setup mosquitto chromium bench clean
 

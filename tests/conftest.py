@@ -34,3 +34,11 @@ def broker() -> Iterator[Broker]:
         yield b
     finally:
         b.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests (tests/integration) run first, each file's order kept: on `make
+    test`'s two workers (pytest-xdist, one file per worker, handed out in this order) the long
+    files start first and the many short ones fill in at the end, so neither worker finishes
+    long before the other."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/integration/") else 1)
