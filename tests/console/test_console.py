@@ -65,6 +65,12 @@ def test_operator_sees_the_fleet_and_a_live_anomaly_and_acknowledges_it(
     page.wait_for_url(re.compile(r".*/ui/incidents/\d+$"))
     expect(page.locator("#incident-chart canvas").first).to_be_visible(timeout=LIVE)
     page.fill("#ack-form textarea[name=note]", "checking the pump on site")
+    # The panel is re-rendered on every live update (pump-003 keeps flagging): what the
+    # operator typed stays through one.
+    with page.expect_response(re.compile(r".*/ui/incidents/\d+/panel$")):
+        page.evaluate("document.body.dispatchEvent(new Event('live-incidents'))")
+    expect(page.locator("#ack-form textarea[name=note]")).to_have_value(
+        "checking the pump on site")
     page.click("#ack-form button[type=submit]")
     panel = page.locator("#incident-panel")
     expect(panel).to_contain_text("acknowledged by bootstrap-admin")
