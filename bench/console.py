@@ -167,8 +167,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         broker = Broker()
         broker.start()
-        hub = Hub(Settings(data_dir=Path(folder), mqtt_host=broker.host, mqtt_port=broker.port,
-                           admin_api_key=ADMIN_KEY, mqtt_client_id="bench-console-hub",
+        hub = Hub(Settings(data_dir=Path(folder), **broker.hub_settings("bench-console-hub"),
+                           admin_api_key=ADMIN_KEY,
                            incident_tick_s=0.2, incident_quiet_s=10 * 24 * 3600.0))
         server = serve_in_thread(hub)
         try:

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "hub_memory.json")
     args = parser.parse_args(argv)
     with Broker() as broker, tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
-        hub = HubProcess(Path(tmp) / "hub", mqtt_port=broker.port).start()
+        hub = HubProcess(Path(tmp) / "hub", mqtt_port=broker.port,
+                         extra_env=broker.hub_env("edgeloop-hub")).start()
         try:
             assert hub.pid is not None
             client = HubClient(hub.url, hub.admin_api_key)
