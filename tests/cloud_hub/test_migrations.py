@@ -8,7 +8,6 @@ text; PostgreSQL takes the same with BYTEA for BLOB), never by checking old code
 from __future__ import annotations
 
 import struct
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from cloud_hub.db.migrate import SchemaTooNew, head, state, upgrade
 from cloud_hub.db.tables import ApiKey, Device, TelemetryBatchRow
 from cloud_hub.db.telemetry_read import read_telemetry
 from shared.messages import EPOCH_PATTERN, TelemetryBatch
+from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 SCHEMA_98792CC = """
 CREATE TABLE models (
@@ -229,19 +228,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hub.db'}"
         return
-    name = f"edgeloop_mig_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with made_pg_database("edgeloop_mig_") as url:
+        yield url
 
 
 def test_a_database_at_98792cc_is_upgraded_with_its_data_kept_and_usable(empty_url: str) -> None:
