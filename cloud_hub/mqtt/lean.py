@@ -4,27 +4,43 @@ Profiling the hub under a telemetry flood (bench/ingest.py) showed paho's receiv
 more than decoding and storing: for every PUBLISH paho 2.x builds an ``MQTTMessage`` (with a
 ``threading.Condition`` inside) and, with MQTT 5, a ``Properties`` object whose constructor
 fills several dictionaries (about 10 us each time), then sends each PUBACK as a packet of its
-own, waking its loop through a socket pair every time. :class:`LeanClient` overrides the one
-method that turns a PUBLISH into a message (QoS 0 and 1; QoS 2 goes the stock way) to build a
-:class:`Received` with the fields ingest uses, skipping the properties block, and
-:meth:`LeanClient.ack_many` queues the PUBACKs of a whole commit as one write.
+own, waking its loop through a socket pair every time. And it reads one packet per ``select``,
+in three or more ``recv`` calls (the command byte, the length one byte at a time, the rest),
+each through the TLS layer. :class:`LeanClient` reads what the socket has in large chunks into
+a buffer and handles every complete packet in it (:meth:`LeanClient._packet_read`); turns a
+PUBLISH (QoS 0 and 1; QoS 2 goes the stock way) into a :class:`Received` with the fields ingest
+uses, skipping the properties block; and :meth:`LeanClient.ack_many` queues the PUBACKs of a
+whole commit as one write.
 
-Everything here depends on paho 2.x internals (``_in_packet``, ``_packet_queue``); the project
-pins paho below 3, and the ingest tests exercise this path against a real broker.
+Everything here depends on paho 2.x internals (``_in_packet``, ``_packet_handle``,
+``_packet_queue``, ``_sock_recv``); the project pins paho below 3, and the ingest tests
+exercise this path against a real broker.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 
 __all__ = ["LeanClient", "Received"]
 
 _PUBACK = 0x40
 _PUBACK_PACKET = struct.Struct("!BBH")
+_PUBLISH = 0x30
+_READ_CHUNK = 1 << 16  # bytes asked of the socket per recv
+_READ_MAX = 1 << 20  # bytes read per call before the packets in them are handled
+
+
+def _in_packet(command: int = 0, packet: bytearray | None = None, length: int = 0) -> Any:
+    """paho's record of the packet being handled (a TypedDict inside paho)."""
+    return {"command": command, "have_remaining": int(packet is not None),
+            "remaining_count": [], "remaining_mult": 1, "remaining_length": length,
+            "packet": bytearray() if packet is None else packet, "to_process": 0, "pos": 0}
 
 
 class Received:
@@ -60,26 +76,116 @@ class LeanClient(mqtt.Client):
 
     on_received: Callable[[Received], None] | None = None
     generation = 0  # bumped by the owner on every (re)connect
+    _read_sock: object = None  # the socket ``_read_buf`` holds bytes of
+    _read_buf: bytearray
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """Read what the socket has (up to ``_READ_MAX``) and handle every complete packet;
+        a partial one stays in the buffer for the next call. Replaces paho's one packet per
+        call, read in pieces."""
+        sock = self._sock
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if sock is not self._read_sock:  # a new connection: bytes of the old one are void
+            self._read_sock, self._read_buf = sock, bytearray()
+        buf = self._read_buf
+        got = 0
+        closed = False
+        while got < _READ_MAX:
+            try:
+                data = self._sock_recv(_READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if not data:
+                closed = True
+                break
+            buf += data
+            got += len(data)
+        if got:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+        rc = self._handle_buffered(sock, buf)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+        if closed:
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        return MQTTErrorCode.MQTT_ERR_SUCCESS if got else MQTTErrorCode.MQTT_ERR_AGAIN
+
+    def _handle_buffered(self, sock: object, buf: bytearray) -> MQTTErrorCode:
+        """Handle the complete packets at the start of ``buf`` and remove them from it."""
+        pos, end_of_data = 0, len(buf)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while pos + 2 <= end_of_data:
+            header = buf[pos]
+            length, mult, i = 0, 1, pos + 1
+            while True:
+                if i >= end_of_data:
+                    length = -1  # the length itself is not all here yet
+                    break
+                byte = buf[i]
+                i += 1
+                length += (byte & 0x7F) * mult
+                if not byte & 0x80:
+                    break
+                mult *= 128
+                if i - pos > 4:
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            if length < 0 or i + length > end_of_data:
+                break
+            end = i + length
+            pos = end
+            if header & 0xF0 == _PUBLISH and (header & 0x06) >> 1 <= 1 \
+                    and self.on_received is not None:
+                rc = self._publish(header, buf, i, end)
+            else:
+                rc = self._handle_one(header, bytearray(buf[i:end]), length)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
+                break
+        del buf[:pos]
+        return rc
+
+    def _handle_one(self, header: int, packet: bytearray, length: int) -> MQTTErrorCode:
+        """Any other packet, the stock way (paho's handlers read ``_in_packet``)."""
+        self._in_packet = _in_packet(header, packet, length)
+        try:
+            rc: MQTTErrorCode = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = _in_packet()
+        return rc
 
     def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        handler = self.on_received
-        if handler is None or qos > 1:
+        if (header & 0x06) >> 1 > 1 or self.on_received is None:
             return super()._handle_publish()
         packet = self._in_packet["packet"]
+        return self._publish(header, packet, 0, len(packet))
+
+    def _publish(self, header: int, data: bytearray, start: int, end: int) -> MQTTErrorCode:
+        """A QoS 0 or 1 PUBLISH whose variable header and payload are ``data[start:end]``."""
+        handler = self.on_received
+        assert handler is not None
+        qos = (header & 0x06) >> 1
         try:
-            length = (packet[0] << 8) | packet[1]
-            pos = 2 + length
-            topic = bytes(packet[2:pos]).decode("utf-8", errors="replace")
+            length = (data[start] << 8) | data[start + 1]
+            pos = start + 2 + length
+            if pos > end:
+                raise IndexError("topic beyond the packet")
+            topic = bytes(data[start + 2:pos]).decode("utf-8", errors="replace")
             mid = 0
             if qos:
-                mid = (packet[pos] << 8) | packet[pos + 1]
+                mid = (data[pos] << 8) | data[pos + 1]
                 pos += 2
             if self._protocol == mqtt.MQTTv5:
-                size, took = _varint(packet, pos)
+                size, took = _varint(data, pos)
                 pos += took + size
-            payload = bytes(packet[pos:])
+            if pos > end:
+                raise IndexError("properties beyond the packet")
+            payload = bytes(data[pos:end])
         except (IndexError, ValueError):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         handler(Received(topic, payload, mid, qos, bool(header & 0x01), self.generation))
