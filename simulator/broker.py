@@ -58,7 +58,7 @@ from cloud_hub.identity.roles import (
 )
 from shared.tls import client_context
 from shared.topics import TopicAccess, Topics
-from simulator.process import log_tail, terminate
+from simulator.process import log_tail, start_child, terminate
 
 __all__ = [
     "Broker",
@@ -169,7 +169,9 @@ class Broker:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeloop-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = _persistence_dir()
-        self.conf_path = self.workdir / "mosquitto.conf"
+        # In the broker's own folder: started as root, it runs as ``mosquitto`` from the start
+        # (see start()), and a caller's workdir may be closed to that user.
+        self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self.dynsec_path = self.data_dir / "dynamic-security.json"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -377,11 +379,11 @@ class Broker:
             if self.secure:
                 self._write_identities()
             log_fh = self.log_path.open("ab")
-            self._proc = subprocess.Popen(
+            # Tied to this process (it stops when a killed test run dies), and so started as
+            # the user it would switch to by itself: switching would undo the tie.
+            self._proc = start_child(
                 [find_mosquitto(), "-c", str(self.conf_path)],
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                user="mosquitto", stdout=log_fh, stderr=subprocess.STDOUT,
             )
             log_fh.close()
         deadline = time.monotonic() + timeout

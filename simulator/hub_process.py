@@ -18,7 +18,7 @@ from types import TracebackType
 import httpx
 
 from simulator.broker import free_port
-from simulator.process import log_tail, terminate
+from simulator.process import log_tail, start_child, terminate
 
 __all__ = ["HubProcess", "HubProcessError"]
 
@@ -92,9 +92,9 @@ class HubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self._env}
         with self.log_path.open("ab") as log_fh:
-            self._proc = subprocess.Popen(
+            self._proc = start_child(  # stops when this process dies, however it dies
                 _hub_command(), env=env, stdout=log_fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL,
             )
         return self
 

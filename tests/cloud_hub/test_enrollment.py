@@ -26,6 +26,7 @@ from cloud_hub.db.tables import DeadLetter, Device
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker, Credential
+from simulator.process import start_child
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import wait_for
 
@@ -99,9 +100,9 @@ def test_an_enrolled_bundle_runs_as_it_is(
     assert config["trust"]["keys"] == {hub.signing_key.key_id: hub.signing_key.public_b64()}
     assert (bundle / "ca.crt").read_text() == Path(str(broker.ca_file)).read_text()
     log = (tmp_path / "agent.log").open("w")
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
-                              str(bundle / "agent.toml")], cwd=tmp_path, stdout=log,
-                             stderr=subprocess.STDOUT, env=dict(os.environ))
+    agent = start_child([sys.executable, "-m", "edge_agent.cli", "run", "--config",
+                         str(bundle / "agent.toml")], cwd=tmp_path, stdout=log,
+                        stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         def stored() -> bool:
             rows = api.get("/telemetry/summary").json()

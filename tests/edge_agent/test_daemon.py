@@ -17,6 +17,7 @@ import pytest
 from edge_agent.telemetry.outbox import Outbox
 from shared.topics import TopicAccess
 from simulator.broker import Broker
+from simulator.process import start_child
 from tests.edge_agent.support import TOPICS, Collector, wait_until
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def _spawn(config: Path, processes: list[subprocess.Popen[str]],
     """Start the agent; its output goes to agent-<n>.log beside the config."""
     log_path = config.parent / f"agent-{len(processes)}.log"
     with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
+        proc = start_child(
             [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
             cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})},

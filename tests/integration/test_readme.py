@@ -36,6 +36,7 @@ import httpx
 import pytest
 
 from simulator.broker import free_port
+from simulator.process import start_child
 from tests.integration.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -190,8 +191,7 @@ def test_the_readme_by_hand_path_runs_as_written(run: Run) -> None:
             continue
         log = run.cwd / f"daemon-{len(run.daemons)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, env=env, cwd=run.cwd, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = start_child(argv, env=env, cwd=run.cwd, stdout=out, stderr=subprocess.STDOUT)
         run.daemons.append((command, proc, log))
 
         def up(proc: subprocess.Popen[bytes] = proc, log: Path = log,
