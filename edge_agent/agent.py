@@ -213,9 +213,13 @@ class Agent:
 
     def _flush(self, run: _Running, deadline: float) -> bool:
         """Wait for the hub to acknowledge everything, handling its acknowledgements here (the
-        worker has stopped). With nothing pending it returns at once, hub or no hub."""
+        worker has stopped). With nothing pending it returns at once, hub or no hub; and so it
+        does with the link down: nothing can be sent then, and waiting out the grace period
+        only delayed the stop (what is pending stays in the outbox for the next start)."""
         run.sender.wake()
         while run.outbox.depth() > 0:
+            if not run.link.connected:
+                return False
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

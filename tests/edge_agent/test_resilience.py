@@ -3,6 +3,7 @@ run time, desired changes made while the device was away. Real mosquitto, real T
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,44 @@ def test_desired_change_made_while_the_agent_was_away_arrives_through_its_sessio
         wait_until(lambda: first.status()["readings"] > readings + 20, 10, "reading again")
     finally:
         first.stop(timeout=5)
+
+
+def test_stop_with_the_link_down_returns_at_once_and_keeps_the_pending_readings(
+    broker: Broker, collector: Collector, tmp_path: Path
+) -> None:
+    """Nothing can be sent while the broker is down: stop() does not wait out its grace period
+    for acknowledgements that cannot come; what is pending is sent after the next start."""
+    _persist_collector_session(broker, collector)
+    total = 400
+    source = ScriptedSource(total, batch=20)
+    source.pause()
+    config = agent_config(broker, tmp_path / "state", "dev-s", None)
+    agent = Agent(config, source=source)
+    agent.start()
+    result: list[bool] = []
+    try:
+        wait_until(lambda: agent.status()["connected"], 10, "agent online")
+        broker.stop()
+        wait_until(lambda: not agent.status()["connected"], 10, "agent offline")
+        source.resume()
+        wait_until(lambda: source.exhausted and agent.status()["readings"] == total, 30,
+                   "all readings taken in while offline")
+        wait_until(lambda: agent.batcher.pending() == 0, 10, "last batch in the outbox")
+        assert agent.status()["outbox_depth"] > 0
+        stopping = threading.Thread(target=lambda: result.append(agent.stop(timeout=600)))
+        stopping.start()
+        stopping.join(60)  # a stop that waited out its grace period would still be running
+        assert result == [False], "stop() returned, saying not everything was acknowledged"
+    finally:
+        if not result:
+            agent.stop(timeout=5)
+    broker.start()
+    again = Agent(config, source=ScriptedSource(0))
+    again.start()
+    try:
+        wait_until(lambda: again.status()["outbox_depth"] == 0, 30, "sent after the restart")
+    finally:
+        again.stop(timeout=5)
+    log = collector.device("dev-s")
+    wait_until(lambda: log.readings() == total, 15, "every reading kept and delivered")
+    assert log.all_ts() == [1000.0 + i for i in range(total)], "each reading exactly once"
