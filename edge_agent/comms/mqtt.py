@@ -13,21 +13,52 @@ Publishing: :meth:`MqttLink.publish` returns the message id; the PUBACK arrives 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import queue
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from edge_agent.comms.backoff import Backoff
-from shared.tls import client_context
+class _Deferred(types.ModuleType):
+    """Stands in ``sys.modules`` for a module until one of its attributes is read, then imports
+    the real module (which takes its place) and answers from it."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        parent, _, child = self.__name__.rpartition(".")
+        setattr(sys.modules[parent], child, real)
+        return getattr(real, attribute)
+
+
+def _defer_import(name: str) -> None:
+    if name in sys.modules:
+        return
+    parent, _, child = name.rpartition(".")
+    stand_in = _Deferred(name)
+    sys.modules[name] = stand_in
+    setattr(importlib.import_module(parent), child, stand_in)
+
+
+# paho imports urllib.request at load time, but reads it only to find an MQTT proxy when PySocks
+# is installed (it is not a dependency of the agent). Loading it pulls in http.client, email and
+# 36 more modules: 1.4 MB of the daemon's resident memory, for nothing.
+_defer_import("urllib.request")
+
+import paho.mqtt.client as paho  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+
+from edge_agent.comms.backoff import Backoff  # noqa: E402
+from shared.tls import client_context  # noqa: E402
 
 __all__ = [
     "Acked",

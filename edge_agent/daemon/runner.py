@@ -92,7 +92,9 @@ class _StartupPages:
         if self._due is not None and now >= self._due:
             self._due = None
             released = release_startup_pages()
-            log.info("released %.1f MB of start-up pages", released / 2**20)
+            active = agent.detector.active
+            log.info("released %.1f MB of start-up pages (model %s)", released / 2**20,
+                     active.label if active is not None else "none")
 
 
 def run(path: Path) -> int:

@@ -63,3 +63,47 @@ def test_memory_figures_add_up() -> None:
     assert 0 < figures.anonymous <= figures.rss
     assert figures.file == figures.rss - figures.anonymous
     assert 0 < figures.pss <= figures.rss
+
+
+_DEFERRED_CHILD = r"""
+import json, sys
+import edge_agent.comms.mqtt  # imports paho, which imports urllib.request
+loaded_with_paho = sorted(m for m in ("http.client", "email", "email.parser") if m in sys.modules)
+import urllib.request
+from urllib.request import Request  # the stand-in loads the real module on first use
+proxies = urllib.request.getproxies()
+print(json.dumps({"loaded_with_paho": loaded_with_paho, "proxies": isinstance(proxies, dict),
+                  "request": Request.__module__,
+                  "real": type(sys.modules["urllib.request"]).__name__,
+                  "http_client_after_use": "http.client" in sys.modules}))
+"""
+
+
+def test_paho_loads_without_urllib_request_which_still_works_when_used() -> None:
+    done = subprocess.run([sys.executable, "-c", _DEFERRED_CHILD], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["loaded_with_paho"] == []  # http.client and email stay out of the daemon
+    assert out["proxies"] and out["request"] == "urllib.request"
+    assert out["real"] == "module" and out["http_client_after_use"]
+
+
+_QUANTILE_CHILD = r"""
+import json, sys
+import numpy as np
+from edge_agent.detect.detector import quantiles
+values = np.random.default_rng(1).lognormal(size=999)
+ours = quantiles(values, (0.0, 0.5, 0.99, 1.0))
+print(json.dumps({"ours": ours, "numpy_ma": "numpy.ma" in sys.modules,
+                  "reference": np.quantile(values, [0.0, 0.5, 0.99, 1.0]).tolist()}))
+"""
+
+
+def test_latency_quantiles_equal_numpys_without_loading_numpy_ma() -> None:
+    done = subprocess.run([sys.executable, "-c", _QUANTILE_CHILD], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["numpy_ma"] is False  # checked before np.quantile ran for the reference
+    assert out["ours"] == out["reference"]
