@@ -2,7 +2,8 @@
 
 - :func:`limit_native_threads`: one BLAS thread, set before numpy loads (the agent multiplies
   256-value windows; a BLAS pool would be one more thread with its own stack and buffers).
-- :func:`limit_malloc_arenas`: fewer malloc arenas for the agent's few threads.
+- :func:`limit_malloc_arenas`: one malloc arena for the agent's few threads;
+  :func:`malloc_arenas` reads back how many there are.
 - :func:`release_startup_pages`: once the agent runs, give back what only start-up needed: free
   heap pages (``malloc_trim``) and the clean pages of shared libraries that were mapped while
   they were loaded and initialised (most of an 18 MB TFLite library, numpy's, libpython's). The
@@ -24,6 +25,7 @@ __all__ = [
     "MemoryFigures",
     "limit_malloc_arenas",
     "limit_native_threads",
+    "malloc_arenas",
     "memory_figures",
     "release_startup_pages",
 ]
@@ -42,13 +44,14 @@ def limit_native_threads(threads: int = 1) -> None:
         os.environ.setdefault(name, str(threads))
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
+def limit_malloc_arenas(arenas: int = 1) -> bool:
     """Cap glibc's malloc arenas before the agent starts its threads.
 
     glibc gives each thread that allocates its own arena, up to 8 per core, and every arena keeps
-    freed pages of its own; the agent's five threads allocate little, so two arenas are plenty
-    (about 1 MB less resident in ``bench/edge_daemon.py``). ``MALLOC_ARENA_MAX`` set by the
-    operator wins. Returns whether the cap is in place; elsewhere than glibc this does nothing."""
+    freed pages of its own. The agent's threads allocate little, and mostly under the GIL, so one
+    arena is enough: two left ~0.9 MiB in the second arena and 0.2 MiB more resident in a soak
+    (``bench/edge.py``); no cap at all, about 1 MB more. ``MALLOC_ARENA_MAX`` set by the operator
+    wins. Returns whether the cap is in place; elsewhere than glibc this does nothing."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return True
     libc = _libc()
@@ -133,6 +136,29 @@ def _clean_readonly_file_mappings() -> list[tuple[int, int]]:
     return ranges
 
 
+def malloc_arenas() -> int | None:
+    """How many malloc arenas this process has now (glibc's ``malloc_info``); None elsewhere."""
+    libc = _libc()
+    if libc is None:
+        return None
+    buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+    try:
+        stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    except AttributeError:
+        return None
+    if not stream:
+        return None
+    try:
+        libc.malloc_info(0, stream)
+    finally:
+        libc.fclose(stream)
+    try:
+        report = ctypes.string_at(buffer, size.value) if buffer.value else b""
+    finally:
+        libc.free(buffer)
+    return report.count(b"<heap nr=")
+
+
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them
@@ -141,4 +167,9 @@ def _libc() -> ctypes.CDLL | None:
         log.debug("glibc memory calls are not available: %s", exc)
         return None
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
     return libc

@@ -18,7 +18,7 @@ from types import FrameType
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.daemon.logs import setup_logging
-from edge_agent.daemon.memory import limit_malloc_arenas, release_startup_pages
+from edge_agent.daemon.memory import limit_malloc_arenas, malloc_arenas, release_startup_pages
 from edge_agent.daemon.sdnotify import notify, watchdog_interval
 
 __all__ = ["run"]
@@ -93,8 +93,9 @@ class _StartupPages:
             self._due = None
             released = release_startup_pages()
             active = agent.detector.active
-            log.info("released %.1f MB of start-up pages (model %s)", released / 2**20,
-                     active.label if active is not None else "none")
+            log.info("released %.1f MB of start-up pages (model %s; malloc arenas %s)",
+                     released / 2**20, active.label if active is not None else "none",
+                     malloc_arenas())
 
 
 def run(path: Path) -> int:

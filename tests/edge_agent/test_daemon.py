@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -186,6 +187,24 @@ def test_systemd_gets_ready_watchdog_and_stopping(
         assert proc.wait(timeout=15) == 0
     finally:
         sock.close()
+
+
+def test_the_running_daemon_keeps_one_malloc_arena_and_says_so(
+    broker: Broker, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    csv = _csv(tmp_path / "data.csv", 100_000)
+    config = _config(tmp_path, broker, "dev-m", csv, replay_speed=50.0,
+                     extra='[log]\nlevel = "INFO"')
+    proc = _spawn(config, processes)
+    line = re.compile(r"released [0-9.]+ MB of start-up pages \(model none; malloc arenas (\d+)\)")
+    wait_until(lambda: line.search(_output(config)), 30, "the release of start-up pages")
+    match = line.search(_output(config))
+    assert match is not None
+    # the reader, worker, sender and link threads have allocated by then; the operator's
+    # MALLOC_ARENA_MAX would win over the daemon's cap of one
+    assert int(match.group(1)) <= int(os.environ.get("MALLOC_ARENA_MAX", "1"))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
 
 
 def test_agent_sigkilled_mid_stream_loses_nothing_it_accepted(

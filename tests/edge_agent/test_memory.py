@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,35 @@ REPO = Path(__file__).resolve().parents[2]
 def test_arena_cap_is_applied_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     assert limit_malloc_arenas(2) is True  # Debian's glibc: mallopt() accepted the cap
+
+
+_ARENAS_CHILD = r"""
+import json, sys, threading, time
+from edge_agent.daemon.memory import limit_malloc_arenas, malloc_arenas
+capped = sys.argv[1] == "cap" and limit_malloc_arenas()
+def allocate():
+    blocks = [bytearray(1000) for _ in range(2000)]
+    time.sleep(0.2)  # the threads hold their blocks at the same time
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"capped": capped, "arenas": malloc_arenas()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["cap", "none"])
+def test_malloc_arenas_reads_back_the_cap_when_threads_allocate(mode: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    done = subprocess.run([sys.executable, "-c", _ARENAS_CHILD, mode], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if mode == "cap":
+        assert out == {"capped": True, "arenas": 1}
+    else:
+        assert out["arenas"] > 1  # glibc's default: threads that allocate get arenas of their own
 
 
 def test_operator_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
