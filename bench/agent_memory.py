@@ -3,7 +3,7 @@
 - :func:`process_memory`: RSS, PSS, private and anonymous bytes of a running process
   (``/proc/PID/smaps_rollup``), its resident MB per mapping and its threads with their stacks.
 - :func:`import_costs`: what each import of the agent adds, measured step by step in a fresh
-  interpreter with the daemon's settings (one BLAS thread, two malloc arenas).
+  interpreter with the daemon's settings (one BLAS thread, one malloc arena).
 - :func:`wait_for_release`: the agent logs when it has released its start-up pages
   (``edge_agent/daemon/memory.py``); the benches sample its memory after that line.
 
@@ -33,6 +33,7 @@ from edge_agent.daemon.memory import memory_figures  # noqa: E402
 __all__ = [
     "RELEASE_LINE",
     "agent_env",
+    "compile_agent_bytecode",
     "format_import_costs",
     "import_costs",
     "process_memory",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 MB = 2**20
-RELEASE_LINE = re.compile(r"released [0-9.]+ MB of start-up pages")
+RELEASE_LINE = re.compile(r"released [0-9.]+ MB of start-up pages \(model (?P<model>[^;)]*)")
 _VMA = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
 
 
@@ -54,24 +55,39 @@ def agent_env() -> dict[str, str]:
     return env
 
 
-def wait_for_release(log_file: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until the agent's log says it released its start-up pages (the agent logs at INFO)."""
+def compile_agent_bytecode(python: str = sys.executable) -> None:
+    """Compile the agent's own modules (``edge_agent``, ``shared``) to bytecode, as ``pip install``
+    does on a device (where systemd's ``ProtectSystem=strict`` forbids writing it at run time).
+    A fresh clone has none, and with ``PYTHONDONTWRITEBYTECODE`` set the agent would compile its
+    ~75 modules at every start: 0.6 MiB more anonymous memory, left by the compiler."""
+    subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "edge_agent"),
+                    str(ROOT / "shared")], check=True, timeout=300, capture_output=True)
+
+
+def wait_for_release(log_file: Path, proc: subprocess.Popen[bytes], timeout: float,
+                     model: str | None = None) -> None:
+    """Until the agent's log says it released its start-up pages (the agent logs at INFO), with
+    ``model`` (e.g. ``"bench-edge v1"``) active when given: a release before the model was
+    loaded does not count (under load the model can take longer than the agent's settling)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"edge-agent exited with {proc.returncode} before settling")
-        if RELEASE_LINE.search(log_file.read_text(errors="replace")):
-            return
+        for match in RELEASE_LINE.finditer(log_file.read_text(errors="replace")):
+            if model is None or match.group("model") == model:
+                return
         time.sleep(0.2)
     raise TimeoutError(f"the agent did not release its start-up pages within {timeout} s")
 
 
 def process_memory(pid: int, top: int = 10) -> dict[str, Any]:
-    """Memory figures of ``pid`` in MB, its largest mappings, and its threads."""
+    """Memory figures of ``pid`` in MB, its largest mappings, what kind of memory it is, and its
+    threads."""
     figures = memory_figures(pid)
     if figures is None:
         raise RuntimeError(f"no /proc/{pid}/smaps_rollup")
-    mappings, stacks = _mappings(pid)
+    sps = _stack_pointers(pid)
+    mappings, kinds, stacks = _mappings(pid, sps)
     threads = _threads(pid, stacks)
     return {
         "rss_mb": round(figures.rss / MB, 1),
@@ -80,16 +96,46 @@ def process_memory(pid: int, top: int = 10) -> dict[str, Any]:
         "anonymous_mb": round(figures.anonymous / MB, 1),
         "file_mb": round(figures.file / MB, 1),
         "by_mapping_mb": dict(sorted(mappings.items(), key=lambda kv: -kv[1])[:top]),
+        "by_kind_mb": kinds,
         "threads": len(threads),
         "thread_stacks_kb": threads,
     }
 
 
-def _mappings(pid: int) -> tuple[dict[str, float], list[tuple[int, int, int]]]:
-    """Resident MB per mapped file (or [anon], [heap]), and every anonymous VMA (start, end, kB)."""
+# What the resident pages of a process are, by the kind of mapping that holds them.
+KINDS = {
+    "heap": "the main malloc arena ([heap], brk)",
+    "malloc_arenas": "glibc's other malloc arenas (64 MB-aligned anonymous heaps of threads)",
+    "anonymous_mmaps": "other anonymous mappings: Python's object arenas, large malloc blocks, "
+                       "numpy buffers, the runtime's tensors",
+    "thread_stacks": "thread stacks (the main one included)",
+    "library_data": "written (copied) pages of file mappings: libraries' relocated data",
+    "file_pages": "clean pages of mapped files: libraries' code and read-only data",
+}
+_ARENA_ALIGN = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: each non-main arena is aligned to it
+
+
+def _stack_pointers(pid: int) -> list[int]:
+    sps = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+            if len(fields) >= 3:
+                sps.append(int(fields[-2], 16))
+        except (OSError, ValueError):
+            continue
+    return sps
+
+
+def _mappings(
+    pid: int, sps: list[int]
+) -> tuple[dict[str, float], dict[str, float], list[tuple[int, int, int]]]:
+    """Resident MB per mapped file (or [anon], [heap]); resident MB per kind (:data:`KINDS`);
+    and every anonymous VMA (start, end, kB)."""
     totals: dict[str, int] = {}
+    kinds = dict.fromkeys(KINDS, 0)
     anon: list[tuple[int, int, int]] = []
-    name, span = "[anon]", (0, 0)
+    name, kind, span, rss = "[anon]", "anonymous_mmaps", (0, 0), 0
     with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as fh:
         for line in fh:
             match = _VMA.match(line)
@@ -97,12 +143,32 @@ def _mappings(pid: int) -> tuple[dict[str, float], list[tuple[int, int, int]]]:
                 start, end, path = match.groups()
                 span = (int(start, 16), int(end, 16))
                 name = Path(path).name if path.startswith("/") else (path or "[anon]")
+                kind = _kind(path, span, sps)
             elif line.startswith("Rss:"):
-                kb = int(line.split()[1])
-                totals[name] = totals.get(name, 0) + kb
+                rss = int(line.split()[1])
+                totals[name] = totals.get(name, 0) + rss
+                if kind != "file":
+                    kinds[kind] += rss
                 if name == "[anon]":
-                    anon.append((*span, kb))
-    return {k: round(v / 1024, 1) for k, v in totals.items() if v >= 64}, anon
+                    anon.append((*span, rss))
+            elif kind == "file" and line.startswith("Anonymous:"):
+                copied = int(line.split()[1])  # pages of the file copied when written
+                kinds["library_data"] += copied
+                kinds["file_pages"] += rss - copied
+    return ({k: round(v / 1024, 1) for k, v in totals.items() if v >= 64},
+            {k: round(v / 1024, 1) for k, v in kinds.items()}, anon)
+
+
+def _kind(path: str, span: tuple[int, int], sps: list[int]) -> str:
+    if path.startswith("/"):
+        return "file"  # split into file_pages and library_data by its Anonymous: line
+    if path == "[heap]":
+        return "heap"
+    if path == "[stack]" or any(span[0] <= sp < span[1] for sp in sps):
+        return "thread_stacks"
+    if not path and span[0] % _ARENA_ALIGN == 0 and span[1] - span[0] <= _ARENA_ALIGN:
+        return "malloc_arenas"
+    return "anonymous_mmaps"  # [vdso], [vvar] and the like are a few pages at most
 
 
 def _threads(pid: int, anon: list[tuple[int, int, int]]) -> dict[str, int]:
@@ -162,7 +228,7 @@ steps = [
     ("TFLite runtime", "from edge_agent.inference.runtime import load_interpreter_class\n"
                        "load_interpreter_class()"),
     ("ssl", "import ssl"),
-    ("paho-mqtt (urllib.request, email, uuid...)", "import paho.mqtt.client"),
+    ("paho-mqtt, as the agent's link loads it", "import edge_agent.comms.mqtt"),
     ("sqlite3", "import sqlite3"),
     ("agent modules (messages, link, outbox...)",
      "import edge_agent.agent, edge_agent.daemon.runner"),
@@ -182,6 +248,7 @@ print(json.dumps(rows))
 
 def import_costs(python: str, model_path: Path) -> list[dict[str, Any]]:
     """RSS/PSS/private/anonymous MB after each import step, and the step's RSS delta."""
+    compile_agent_bytecode(python)
     done = subprocess.run([python, "-c", _LADDER, str(model_path)], capture_output=True,
                           text=True, timeout=300, check=False, cwd=ROOT, env=agent_env())
     if done.returncode != 0:

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent_memory import (  # noqa: E402
     agent_env,
+    compile_agent_bytecode,
     format_import_costs,
     import_costs,
     process_memory,
@@ -293,6 +294,7 @@ def measure_agent(
     from simulator.broker import Broker
     from simulator.signals import SignalGenerator
 
+    compile_agent_bytecode()
     key = generate_signing_key()
     topics = Topics()
     tflite = int8.tflite
@@ -360,7 +362,23 @@ def _snapshot(pid: int, workdir: Path, start: float) -> dict[str, Any]:
         depth = None
     return {"s": round(time.monotonic() - start), "rss_mb": memory["rss_mb"],
             "pss_mb": memory["pss_mb"], "anonymous_mb": memory["anonymous_mb"],
-            "outbox_depth": depth, "load1": round(os.getloadavg()[0], 2)}
+            "by_kind_mb": memory["by_kind_mb"], "outbox_depth": depth,
+            "load1": round(os.getloadavg()[0], 2)}
+
+
+def rss_slope_mb_per_h(times: list[float], samples: list[int]) -> float | None:
+    """Least-squares slope of the RSS over the second half of the samples, in MiB per hour (the
+    unit of the other ``_mb`` figures): the creep once the released library pages are back
+    (they come back in the first ~30 s). None with fewer than 10 samples."""
+    half = len(samples) // 2
+    if len(samples) - half < 10:
+        return None
+    t = np.asarray(times[half:], dtype=np.float64)
+    y = np.asarray(samples[half:], dtype=np.float64) / 2**20
+    if float(t[-1] - t[0]) <= 0:
+        return None
+    slope = float(np.polyfit(t - t[0], y, 1)[0])
+    return round(slope * 3600.0, 2)
 
 
 def run_agent_once(
@@ -403,14 +421,16 @@ def run_agent_once(
         if state != ModelState.ACTIVE:
             tail = log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"agent did not activate the model (last state {state}):\n{tail}")
-        wait_for_release(log_path, proc, timeout=60.0)
+        wait_for_release(log_path, proc, timeout=60.0, model="bench-edge v1")
         samples = []
-        series = []  # (seconds, RSS, PSS, anonymous MB, outbox depth, load) now and then
+        times = []  # seconds since the release, of each sample
+        series = []  # (seconds, RSS, PSS, anonymous MB, kinds, outbox depth, load) now and then
         start = time.monotonic()
         end = start + seconds
         next_snapshot = start
         while time.monotonic() < end and proc.poll() is None:
             samples.append(rss_of(proc.pid))
+            times.append(time.monotonic() - start)
             if time.monotonic() >= next_snapshot:
                 next_snapshot += SNAPSHOT_EVERY_S
                 series.append(_snapshot(proc.pid, workdir, start))
@@ -428,6 +448,7 @@ def run_agent_once(
             # creep check: the first and last sample (after the start-up pages were released)
             "rss_first_bytes": samples[0],
             "rss_last_bytes": samples[-1],
+            "rss_slope_mb_per_h": rss_slope_mb_per_h(times, samples),
             "seconds_sampled": round(time.monotonic() - start, 1),
             "series": series,
             "memory": memory,
@@ -459,6 +480,8 @@ def agent_figures(runs: list[dict[str, Any]], soak: float) -> dict[str, Any]:
             for r in runs
         ],
         "agent_seconds_sampled": soak,
+        # creep of each run's RSS over the second half of its samples (None: too few samples)
+        "agent_rss_slope_mb_per_h_runs": [r["rss_slope_mb_per_h"] for r in runs],
         # the worst run's memory every SNAPSHOT_EVERY_S: where the steady state begins
         "agent_memory_series": worst["series"],
         "agent_pss_mb": max(m["pss_mb"] for m in memories),
@@ -468,6 +491,8 @@ def agent_figures(runs: list[dict[str, Any]], soak: float) -> dict[str, Any]:
         "agent_threads": worst["memory"]["threads"],
         "agent_thread_stacks_kb": worst["memory"]["thread_stacks_kb"],
         "agent_rss_by_mapping_mb": worst["memory"]["by_mapping_mb"],
+        # the worst run's RSS at its end by kind of memory (bench/agent_memory.py KINDS)
+        "agent_rss_by_kind_mb": worst["memory"]["by_kind_mb"],
         "agent_inference_us_p50": worst["inference_us_p50"],
         "agent_inference_us_p99": worst["inference_us_p99"],
         "agent_tensorflow_loaded": any(r["tensorflow_loaded"] for r in runs),
@@ -479,13 +504,26 @@ def print_agent(agent: dict[str, Any]) -> None:
     print(f"\nagent RSS (max of every sample of {len(agent['agent_rss_mb_runs'])} run(s) over "
           f"{agent['agent_seconds_sampled']:.0f} s): {agent['agent_rss_bytes']:,} B, bar "
           f"<= 50,000,000: {'yes' if ok else 'NO'}")
-    print(f"{'s':>6} {'RSS MiB':>8} {'PSS MiB':>8} {'anon MiB':>8} {'outbox':>8} {'load1':>6}")
+    slopes = [v for v in agent["agent_rss_slope_mb_per_h_runs"] if v is not None]
+    print(f"max {agent['agent_rss_mb']} MiB; slope over each run's second half "
+          f"{agent['agent_rss_slope_mb_per_h_runs']} MiB/h"
+          + (f" (worst {max(slopes, key=abs)})" if slopes else ""))
+    kinds = list(agent["agent_rss_by_kind_mb"])
+    short = {"heap": "heap", "malloc_arenas": "arenas", "anonymous_mmaps": "mmaps",
+             "thread_stacks": "stacks", "library_data": "libdata", "file_pages": "files"}
+    print(f"{'s':>6} {'RSS':>6} {'PSS':>6} {'anon':>6} "
+          + " ".join(f"{short.get(k, k)[:7]:>7}" for k in kinds)
+          + f" {'outbox':>7} {'load1':>6}   (MiB)")
     for row in agent["agent_memory_series"]:
-        print(f"{row['s']:>6} {row['rss_mb']:>8} {row['pss_mb']:>8} {row['anonymous_mb']:>8} "
-              f"{row['outbox_depth']!s:>8} {row['load1']:>6}")
+        by_kind = row.get("by_kind_mb", {})
+        print(f"{row['s']:>6} {row['rss_mb']:>6} {row['pss_mb']:>6} {row['anonymous_mb']:>6} "
+              + " ".join(f"{by_kind.get(k, 0):>7}" for k in kinds)
+              + f" {row['outbox_depth']!s:>7} {row['load1']:>6}")
     for k, v in agent.items():
-        if k != "agent_memory_series":
+        if k not in ("agent_memory_series", "agent_import_costs"):
             print(f"{k:<34}  {v}")
+    if "agent_import_costs" in agent:
+        print("\n" + format_import_costs(agent["agent_import_costs"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -520,7 +558,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running edge-agent against a private mosquitto ({args.agent_runs} runs of "
                   f"{args.soak:.0f} s) ...")
             runs = measure_agent(Path(tmp), fitted, int8, args.soak, args.agent_runs)
+            print("what each import of the agent costs ...")
+            (Path(tmp) / "ladder.tflite").write_bytes(int8.tflite)
+            ladder = import_costs(sys.executable, Path(tmp) / "ladder.tflite")
         agent = agent_figures(runs, args.soak)
+        agent["agent_import_costs"] = ladder
         agent["load_average_before_after"] = [round(load_before[0], 2),
                                               round(os.getloadavg()[0], 2)]
         print_agent(agent)

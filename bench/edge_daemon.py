@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent_memory import (  # noqa: E402
     agent_env,
+    compile_agent_bytecode,
     format_import_costs,
     import_costs,
     process_memory,
@@ -162,6 +163,7 @@ def measure_daemon(
         hub.publish(topics.desired("bench-1"), encode(Desired(
             device_id="bench-1", model=ModelRef(name="bench-ae", version=1),
             issued_at=time.time())), qos=1, retain=True).wait_for_publish(10)
+        compile_agent_bytecode(str(agent_bin.parent / "python"))
         results = []
         for _ in range(runs):
             reported.clear()
@@ -222,7 +224,7 @@ def _run_agent_once(
                                 stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                                 env=agent_env())
         _wait(lambda: any(r.get("state") == "active" for r in reported), 60, "model active")
-        wait_for_release(log_path, proc, timeout=60)
+        wait_for_release(log_path, proc, timeout=60, model="bench-ae v1")
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         rss_samples = []
         while time.monotonic() - t0 < seconds:
