@@ -7,9 +7,12 @@ fleet's recorded history, publishes it and rolls it out through the real update 
 retained manifest and chunks, signature, shadow, swap, reported); faults are injected on a
 tenth of the devices. Prints a table and writes
 ``reports/bench/fleet.json`` with devices, readings_generated, readings_stored, lost,
-anomalies_raised, anomalies_stored, detection_latency_ms_p99 (window completion to hub commit)
-and the CPU time each process used, and what the hub's delivery acknowledgements cost (acks
-published per second and their bytes, from the hub's /metrics; how many the devices received).
+anomalies_raised, anomalies_stored, detection_latency_ms_p99 (window completion to hub commit),
+where that time went per stage (``detection_latency_stages_ms``: the window's last reading due
+-> detected -> handed to paho -> written to the socket -> delivered by the broker to a bystander
+subscriber, ``simulator.anomaly_watch`` -> the hub's stored_at), the CPU time each process
+used, and what the hub's delivery acknowledgements cost (acks published per second and their
+bytes, from the hub's /metrics; how many the devices received).
 
     .venv/bin/python bench/fleet.py [--devices 1000] [--duration 60]
 """
@@ -56,6 +59,15 @@ def main() -> int:
                 "max_tick_lag_s", "drops", "reconnects", "rollout", "load_average"):
         table.add_row(key, str(result[key]))
     console.print(table)
+    stages = Table(title="window-to-hub (window's last reading due on the device -> the hub's "
+                         "commit of the anomaly), ms, true detections")
+    for col in ("stage", "n", "p50", "p95", "p99", "max"):
+        stages.add_column(col, justify="left" if col == "stage" else "right")
+    total = result["detection_latency_ms"]["window_end_to_commit"]
+    for name, row in [*result["detection_latency_stages_ms"].items(),
+                      ("window_end_to_hub_stored (total)", total)]:
+        stages.add_row(name, *(str(row.get(k)) for k in ("n", "p50", "p95", "p99", "max")))
+    console.print(stages)
     acks = Table(title="delivery acknowledgements (hub -> devices) over the measured period")
     acks.add_column("measure")
     acks.add_column("value", justify="right")

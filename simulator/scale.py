@@ -11,11 +11,15 @@ the sources produced and what the hub's REST API says it stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ import numpy as np
 from rich.console import Console
 
 from cloud_hub.cli.client import HubClient
+from shared.topics import DeviceTopic, TopicAccess
 from simulator.broker import Broker
 from simulator.enroll import enroll_many
 from simulator.fleet import DeviceSpec
@@ -148,6 +153,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
                 kind, at=measured_from + window_s + float(rng.uniform(0.0, latest)),
                 duration=opts.fault_duration_s if kind != "spike" else 3.0 / opts.rate_hz))
 
+        watch = AnomalyWatch(broker)
         cpu_self0, cpu_hub0, cpu_broker0 = (_own_cpu_seconds(), _cpu_seconds_of(hub.pid),
                                             _cpu_seconds_of(broker.pid))
         hub0, devices0 = client.get("/metrics"), _ack_totals(fleet)
@@ -174,6 +180,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+        watched = watch.close()
         rows = client.get_all("/anomalies", limit=10_000)
         events = [Event.from_api(r) for r in rows]
         score = score_detections(truths, events)
@@ -189,6 +196,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
                      and r.get("detected_at") is not None and r.get("stored_at") is not None]
         window_to_detected = [(r["detected_at"] - r["ts_end"]) * 1000.0 for r in true_rows]
         detected_to_commit = [(r["stored_at"] - r["detected_at"]) * 1000.0 for r in true_rows]
+        stages = stage_breakdown(true_rows, fleet, watched)
         statuses = fleet.statuses()
         raised = sum(s.anomalies_raised for s in statuses.values())
         total_generated = sum(generated.values())
@@ -209,7 +217,9 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "anomalies_stored": len(events),
             "detection_latency_ms_p99": _p(window_to_commit, 99),
             "detection_latency_ms": {
-                "window_end_to_commit": {"p50": _p(window_to_commit, 50),
+                "window_end_to_commit": {"n": len(window_to_commit),
+                                         "p50": _p(window_to_commit, 50),
+                                         "p95": _p(window_to_commit, 95),
                                          "p99": _p(window_to_commit, 99),
                                          "max": _p(window_to_commit, 100)},
                 "window_end_to_detected": {"p50": _p(window_to_detected, 50),
@@ -220,6 +230,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
                                        "max": _p(detected_to_commit, 100)},
                 "fault_start_to_commit": latency_summary(score.latencies_ms),
             },
+            "detection_latency_stages_ms": stages,
             "faults_injected": score.faults_injected,
             "faults_detected": score.faults_detected,
             "false_alarms": score.false_alarms,
@@ -314,6 +325,80 @@ def _ack_cost(hub0: dict[str, Any], hub1: dict[str, Any], dev0: dict[str, float]
         "received_per_s": round(received / seconds, 1),
         "received_per_device_per_s": round(received / seconds / devices, 3),
     }
+
+
+class AnomalyWatch:
+    """``simulator.anomaly_watch`` in a process of its own, with a read-only identity: when the
+    broker delivered each anomaly to a subscriber (the hub gets it at the same moment)."""
+
+    def __init__(self, broker: Broker, timeout: float = 10.0) -> None:
+        credential = broker.add_client("fleet-bench-anomaly-watch", TopicAccess(
+            publish=(), subscribe=(broker.topics.all_devices(DeviceTopic.ANOMALIES),)))
+        env = {**os.environ, "EDGELOOP_WATCH_PASSWORD": credential.password or ""}
+        self.seen: dict[tuple[str, str, int], float] = {}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator.anomaly_watch", broker.host, str(broker.port),
+             broker.topics.prefix, credential.username, str(broker.ca_file or "")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            cwd=Path(__file__).resolve().parent.parent, text=True)
+        self._subscribed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="anomaly-watch", daemon=True)
+        self._reader.start()
+        if not self._subscribed.wait(timeout):
+            log.warning("anomaly watch: not subscribed after %.0f s; the broker stage of the "
+                        "breakdown will be missing", timeout)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            record = json.loads(line)
+            if record.get("subscribed"):
+                self._subscribed.set()
+            else:
+                key = (record["device_id"], record["epoch"], int(record["seq"]))
+                self.seen.setdefault(key, float(record["at"]))
+
+    def close(self, timeout: float = 10.0) -> dict[tuple[str, str, int], float]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(timeout)
+        return dict(self.seen)
+
+
+# The stages of window-to-hub, in order: each is the time between two stamps of the same anomaly.
+_STAGES = (
+    ("window_end_to_detected", "ts_end", "detected"),  # shard tick picks the reading up, model
+    ("detected_to_published", "detected", "published"),  # outbox commit, window, paho queue
+    ("published_to_written", "published", "written"),  # until the shard's loop wrote the socket
+    ("written_to_broker_delivered", "written", "delivered"),  # broker, TLS both ways
+    ("broker_delivered_to_hub_stored", "delivered", "stored"),  # hub queue, batch, commit
+)
+
+
+def stage_breakdown(rows: list[dict[str, Any]], fleet: ScaleFleet,
+                    watched: dict[tuple[str, str, int], float]) -> dict[str, Any]:
+    """Where the window-to-hub time of these anomalies (the hub's rows) went, per stage: p50,
+    p95, p99, max in ms, and how many anomalies had both stamps. Device stamps come from the
+    fleet's wires, the broker's from :class:`AnomalyWatch`, the hub's from its rows."""
+    values: dict[str, list[float]] = {name: [] for name, _, _ in _STAGES}
+    for r in rows:
+        key = (r["device_id"], r["epoch"], int(r["seq"]))
+        device = fleet.devices.get(r["device_id"])
+        sent = device.wire.anomaly_times.get((r["epoch"], int(r["seq"])), {}) if device else {}
+        stamps = {"ts_end": r.get("ts_end"), "detected": r.get("detected_at"),
+                  "published": sent.get("published"), "written": sent.get("written"),
+                  "delivered": watched.get(key), "stored": r.get("stored_at")}
+        for name, start, end in _STAGES:
+            a, b = stamps[start], stamps[end]
+            if a is not None and b is not None:
+                values[name].append((b - a) * 1000.0)
+    return {name: {"n": len(v), "p50": _p(v, 50), "p95": _p(v, 95), "p99": _p(v, 99),
+                   "max": _p(v, 100)} for name, v in values.items()}
 
 
 def _p(values: list[float], q: float) -> float | None:

@@ -38,7 +38,7 @@ from edge_agent.telemetry.outbox import Outbox
 from edge_agent.trust.keyring import open_keyring
 from shared.keys import SignedParts
 from shared.manifest import Manifest
-from shared.messages import DeviceStatus
+from shared.messages import AnomalyEvent, DeviceStatus, MessageError, decode
 from shared.signing import verify_manifest, verify_parts
 from shared.tls import client_context
 from simulator.fleet import DeviceSpec, agent_config
@@ -58,10 +58,21 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     "outbox": {"synchronous": "normal", "max_inflight": 20},
     "telemetry": {"batch_max_readings": 100, "batch_max_age_s": 2.0},
     "model": {"shadow_windows": 5},
+    # The agent's default keepalive (the simulator's agents use 10 s): a thousand devices in one
+    # process on a loaded machine can be held off the CPU for longer than 15 s (1.5 keepalives,
+    # when the broker drops a silent client), and the reconnect storm that follows costs more.
+    "mqtt": {"keepalive": 30},
 }
+_ANOMALIES = "/anomalies"
+_ANOMALY_TIMES_MAX = 1000  # per device: a bench's worth; a device that raises more is noted no more
+
 # The core's own timers (batch age, update timeouts, heartbeat, probes) need no more; it also
 # ticks after each reading (a shadow run ends on a reading).
 _CORE_TICK_S = 0.5
+# How often the fleet's start, connecting devices one after another, drives the open sockets.
+_CONNECT_PUMP_S = 1.0
+# How soon a device whose reading was due and did not come looks again.
+_IDLE_POLL_S = 0.1
 
 
 def _verify_manifest(manifest: Manifest, keys: Mapping[str, bytes]) -> None:
@@ -95,6 +106,12 @@ class ShardWire:
         self._births: dict[str, bytes | Callable[[], bytes]] = {}
         self._retry_at = 0.0
         self._backoff = 0.5
+        # Where each anomaly's time went on this side (the fleet bench's stage breakdown):
+        # (epoch, seq) -> {"published": handed to paho, "written": paho's queue written to the
+        # socket, "puback": the broker's PUBACK}, epoch seconds; the first send of each.
+        self.anomaly_times: dict[tuple[str, int], dict[str, float]] = {}
+        self._anomaly_mids: dict[int, tuple[str, int]] = {}
+        self._unwritten: list[tuple[str, int]] = []
         c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=device_id,
                         protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
         c.username_pw_set(auth.get("username", device_id), auth.get("password"))
@@ -124,7 +141,24 @@ class ShardWire:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
+        if topic.endswith(_ANOMALIES):
+            self._note_anomaly(payload, int(info.mid))
         return int(info.mid)
+
+    def _note_anomaly(self, payload: bytes, mid: int) -> None:
+        try:
+            event = decode(AnomalyEvent, payload)
+        except MessageError:
+            return
+        key = (event.epoch, event.seq)
+        if key in self.anomaly_times or len(self.anomaly_times) >= _ANOMALY_TIMES_MAX:
+            return
+        self.anomaly_times[key] = {"published": time.time()}
+        self._anomaly_mids[mid] = key
+        if self.client.want_write():
+            self._unwritten.append(key)
+        else:  # paho wrote it at once
+            self.anomaly_times[key]["written"] = self.anomaly_times[key]["published"]
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         self._subscriptions[topic_filter] = qos
@@ -154,6 +188,11 @@ class ShardWire:
         except OSError as exc:
             self._note(f"connect to {self.host}:{self.port} failed: {exc}")
             self._retry(time.monotonic())
+
+    @property
+    def retry_at(self) -> float:
+        """When (``time.monotonic()``) the next reconnect is due; 0 when none is."""
+        return self._retry_at
 
     def reconnect_if_due(self, now: float) -> None:
         if self._connected or self.stopping or not (now >= self._retry_at > 0):
@@ -216,6 +255,9 @@ class ShardWire:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
         failed = bool(getattr(reason, "is_failure", False))
+        key = self._anomaly_mids.pop(mid, None)
+        if key is not None:
+            self.anomaly_times[key].setdefault("puback", time.time())
         self.events.append(("puback", mid, not failed, str(reason) if failed else ""))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
@@ -235,6 +277,11 @@ class ShardWire:
             self.shard.want_write(self.owner, sock, True)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._unwritten:  # paho's queue is empty: every anomaly in it reached the socket
+            now = time.time()
+            for key in self._unwritten:
+                self.anomaly_times[key].setdefault("written", now)
+            self._unwritten.clear()
         if self.shard is not None:
             self.shard.want_write(self.owner, sock, False)
 
@@ -321,6 +368,19 @@ class ScaleDevice:
             core.send_now()
         self.wire.reconnect_if_due(now)
 
+    def next_due(self, now: float) -> float:
+        """When (``time.monotonic()``) this device next has something to do: its next reading,
+        its core's timers, a reconnect."""
+        at = self._next_core_tick
+        wait = self._next_reading_at - time.time()
+        # A reading that was due but did not come (a paused or closed source) is looked for
+        # again on the core's pace, not in a busy loop.
+        at = min(at, now + wait if wait > 0 else now + _IDLE_POLL_S)
+        retry = self.wire.retry_at
+        if retry > 0:
+            at = min(at, retry)
+        return at
+
     def status(self) -> CoreStatus:
         if self._final is not None:
             return self._final
@@ -343,7 +403,7 @@ class ScaleFleet:
     trust_keys: dict[str, str]
     topic_prefix: str = "edgeloop/v1"
     shards: int = 4
-    tick_s: float = 0.1
+    tick_s: float = 0.1  # the longest a shard's loop sleeps (devices are ticked when due)
     mqtt_auth: Callable[[str], dict[str, Any]] | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: dict[str, ScaleDevice] = field(default_factory=dict)
@@ -375,9 +435,18 @@ class ScaleFleet:
         return device
 
     def start(self) -> None:
-        """Connect every device (blocking TCP and TLS connects), then start the shards."""
+        """Connect every device (blocking TCP and TLS connects), then start the shards.
+
+        Between connects this thread drives the sockets already open (CONNACKs, PINGREQs):
+        on a busy machine a thousand TLS handshakes take longer than the keepalive, and the
+        broker would drop the first devices before the shards ever read their CONNACK."""
+        pumped = time.monotonic()
         for device in self.devices.values():
             device.wire.connect()
+            if time.monotonic() - pumped >= _CONNECT_PUMP_S:
+                self._drive_sockets(misc=True)
+                pumped = time.monotonic()
+        self._drive_sockets(misc=True)
         # A thousand devices are a few hundred thousand long-lived objects: each full collection
         # would walk them all while every shard waits (150 ms and more, measured). They live as
         # long as the fleet: out of the collector's sight.
@@ -385,6 +454,25 @@ class ScaleFleet:
         gc.freeze()
         for shard in self._shards:
             shard.thread.start()
+
+    def _drive_sockets(self, *, misc: bool = False) -> None:
+        """Read and write what the sockets have ready, from this thread (the shards are not
+        running); ``misc``: keepalive too."""
+        for shard in self._shards:
+            shard.flush_writes()
+            for key, mask in shard.selector.select(0) if shard.selector.get_map() else []:
+                device = key.data
+                if mask & selectors.EVENT_READ:
+                    device.client.loop_read()
+                    sock: Any = key.fileobj  # TLS may hold decrypted bytes epoll cannot see
+                    while getattr(sock, "pending", None) is not None and sock.pending() > 0:
+                        device.client.loop_read()
+                if mask & selectors.EVENT_WRITE:
+                    device.client.loop_write()
+            if misc:
+                for device in shard.devices:
+                    device.client.loop_misc()
+            shard.flush_writes()
 
     def connected(self) -> int:
         return sum(d.wire.connected for d in self.devices.values())
@@ -421,13 +509,7 @@ class ScaleFleet:
         deadline = time.monotonic() + flush_timeout
         drained = False
         while time.monotonic() < deadline:
-            for shard in self._shards:
-                for key, mask in shard.selector.select(0) if shard.selector.get_map() else []:
-                    device = key.data
-                    if mask & selectors.EVENT_READ:
-                        device.client.loop_read()
-                    if mask & selectors.EVENT_WRITE:
-                        device.client.loop_write()
+            self._drive_sockets()
             now = time.monotonic()
             for device in self.devices.values():
                 device.tick(now)

@@ -1,13 +1,19 @@
 """Shard threads for fleet-scale mode: one thread drives many devices' sockets and work.
 
 Each shard watches its devices' MQTT sockets with one ``epoll`` selector (paho is driven from
-outside: ``loop_read`` / ``loop_write`` / ``loop_misc``) and calls every device's ``tick`` at a
-fixed interval, and a device's ``tick`` at once when its socket delivered something. Used by
+outside: ``loop_read`` / ``loop_write`` / ``loop_misc``) and ticks each device when it is due
+(the device says when: its next reading, its core's timers) or at once when its socket delivered
+something, instead of every device on a fixed period: a reading is handled when it is due, not up
+to a period later, and a device with nothing due costs nothing. What paho queued for the socket
+during a round is written at the end of that round, without waiting for the next ``epoll`` wake
+and without registering for writability unless the socket could not take it all. Used by
 :mod:`simulator.scale_fleet`.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import selectors
 import socket
@@ -28,44 +34,113 @@ class Driven(Protocol):
 
     def tick(self, now: float) -> None: ...
 
+    def next_due(self, now: float) -> float:
+        """When (``time.monotonic()``) the device next has something to do."""
+        ...
+
 
 class Shard:
-    """One thread driving many devices: epoll for their sockets, a tick for their work."""
+    """One thread driving many devices: epoll for their sockets, a due-time heap for their
+    work. ``max_wait_s``: the longest the loop sleeps (``loop_misc`` and ``stop``)."""
 
-    def __init__(self, name: str, tick_s: float) -> None:
+    def __init__(self, name: str, max_wait_s: float = 0.1) -> None:
         self.name = name
-        self.tick_s = tick_s
+        self.max_wait_s = max_wait_s
         self.devices: list[Driven] = []
         self.selector = selectors.DefaultSelector()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.ticks = 0
-        self.max_lag_s = 0.0
+        self.ticks = 0  # device ticks
+        self.max_lag_s = 0.0  # the latest a device was ticked after it was due
+        self._due: list[tuple[float, int, Driven]] = []
+        self._scheduled: dict[int, float] = {}  # id(device) -> its live entry's due time
+        self._order = itertools.count()
+        self._writes: list[Driven] = []  # paho queued something for their sockets
+        self._writing: set[int] = set()  # sockets registered for writability
+        self._next_misc = 0.0
 
     def watch(self, device: Driven, sock: socket.socket) -> None:
         try:
             self.selector.register(sock, selectors.EVENT_READ, device)
         except KeyError:
             self.selector.modify(sock, selectors.EVENT_READ, device)
+        self._writing.discard(sock.fileno())
 
     def unwatch(self, sock: socket.socket) -> None:
         try:
+            self._writing.discard(sock.fileno())
             self.selector.unregister(sock)
         except (KeyError, ValueError):
             pass
 
     def want_write(self, device: Driven, sock: socket.socket, on: bool) -> None:
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        """paho has bytes for ``sock`` (``on``) or has written them all. Writing waits for
+        :meth:`flush_writes`, which registers for writability only what the socket refused."""
+        if on:
+            self._writes.append(device)
+            return
         try:
-            self.selector.modify(sock, events, device)
-        except (KeyError, ValueError):
+            fd = sock.fileno()
+            if fd in self._writing:
+                self._writing.discard(fd)
+                self.selector.modify(sock, selectors.EVENT_READ, device)
+        except (KeyError, ValueError, OSError):
             pass
 
+    def flush_writes(self) -> None:
+        """Write what paho queued this round; what the socket does not take waits for epoll."""
+        while self._writes:
+            writes, self._writes = self._writes, []
+            for device in writes:
+                client = device.client
+                if not client.want_write():
+                    continue
+                client.loop_write()
+                sock = client.socket()
+                if client.want_write() and sock is not None:
+                    try:
+                        fd = sock.fileno()
+                        if fd not in self._writing:
+                            self.selector.modify(
+                                sock, selectors.EVENT_READ | selectors.EVENT_WRITE, device)
+                            self._writing.add(fd)
+                    except (KeyError, ValueError, OSError):
+                        pass
+
+    def schedule(self, device: Driven, at: float) -> None:
+        """Tick ``device`` at ``at`` (``time.monotonic()``), or earlier if it is due sooner."""
+        key = id(device)
+        current = self._scheduled.get(key)
+        if current is not None and current <= at:
+            return
+        self._scheduled[key] = at
+        heapq.heappush(self._due, (at, next(self._order), device))
+
+    def _tick(self, device: Driven, now: float) -> None:
+        self._scheduled.pop(id(device), None)
+        try:
+            device.tick(now)
+        except Exception:  # one device's failure must not stop the others
+            log.exception("device %s: tick failed", device.device_id)
+        self.ticks += 1
+        self.flush_writes()  # what it sent goes out now, not after the rest of the round
+        try:
+            at = device.next_due(now)
+        except Exception:
+            log.exception("device %s: next_due failed", device.device_id)
+            at = now + self.max_wait_s
+        self.schedule(device, at)
+
     def _run(self) -> None:
-        next_tick = time.monotonic()
-        next_misc = next_tick + 1.0
+        now = time.monotonic()
+        for each in self.devices:
+            self.schedule(each, now)
+        self._next_misc = now + 1.0
+        due = self._due
         while not self.stop_event.is_set():
-            timeout = max(0.0, next_tick - time.monotonic())
+            now = time.monotonic()
+            timeout = self.max_wait_s if not due else min(self.max_wait_s,
+                                                          max(0.0, due[0][0] - now))
             try:
                 ready = self.selector.select(timeout) if self.selector.get_map() else []
             except OSError as exc:
@@ -85,20 +160,23 @@ class Shard:
                         device.client.loop_read()
                 if mask & selectors.EVENT_WRITE:
                     device.client.loop_write()
-            now = time.monotonic()
-            due = now >= next_tick
-            if due:
-                self.max_lag_s = max(self.max_lag_s, now - next_tick)
-                self.ticks += 1
-                next_tick = max(next_tick + self.tick_s, now)
-            # Every device on the tick; between ticks, those that received something at once
-            # (a message handled now is not a hop that waits for the next tick).
-            for device in self.devices if due else heard:
-                try:
-                    device.tick(now)
-                except Exception:  # one device's failure must not stop the others
-                    log.exception("device %s: tick failed", device.device_id)
-            if now >= next_misc:
-                for device in self.devices:
-                    device.client.loop_misc()
-                next_misc = now + 1.0
+            self.run_due(time.monotonic(), heard)
+
+    def run_due(self, now: float, heard: list[Driven] | tuple[()] = ()) -> None:
+        """One round after the sockets were read: tick the devices that received something and
+        those due by ``now``, keepalives once a second, write what is queued."""
+        # A message handled now is not a hop that waits for the device's next due time.
+        for device in heard:
+            self._tick(device, now)
+        due = self._due
+        while due and due[0][0] <= now:
+            at, _, device = heapq.heappop(due)
+            if self._scheduled.get(id(device)) != at:
+                continue  # superseded by an earlier entry, or ticked since
+            self.max_lag_s = max(self.max_lag_s, now - at)
+            self._tick(device, now)
+        if now >= self._next_misc:
+            for device in self.devices:
+                device.client.loop_misc()
+            self._next_misc = now + 1.0
+        self.flush_writes()
