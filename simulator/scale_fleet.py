@@ -41,6 +41,7 @@ from shared.manifest import Manifest
 from shared.messages import AnomalyEvent, DeviceStatus, MessageError, decode
 from shared.signing import verify_manifest, verify_parts
 from shared.tls import client_context
+from shared.topics import DeviceTopic
 from simulator.fleet import DeviceSpec, agent_config
 from simulator.shards import Shard
 from simulator.source import SimulatedSource
@@ -63,7 +64,7 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     # when the broker drops a silent client), and the reconnect storm that follows costs more.
     "mqtt": {"keepalive": 30},
 }
-_ANOMALIES = "/anomalies"
+_ANOMALIES = f"/{DeviceTopic.ANOMALIES.value}"
 _ANOMALY_TIMES_MAX = 1000  # per device: a bench's worth; a device that raises more is noted no more
 
 # The core's own timers (batch age, update timeouts, heartbeat, probes) need no more; it also

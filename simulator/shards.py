@@ -169,11 +169,13 @@ class Shard:
         for device in heard:
             self._tick(device, now)
         due = self._due
+        started = time.monotonic()
         while due and due[0][0] <= now:
             at, _, device = heapq.heappop(due)
             if self._scheduled.get(id(device)) != at:
                 continue  # superseded by an earlier entry, or ticked since
-            self.max_lag_s = max(self.max_lag_s, now - at)
+            # late by the round's start, and by the ticks of this round before it
+            self.max_lag_s = max(self.max_lag_s, now - at + time.monotonic() - started)
             self._tick(device, now)
         if now >= self._next_misc:
             for device in self.devices:
