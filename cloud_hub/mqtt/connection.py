@@ -28,7 +28,7 @@ from cloud_hub.mqtt.inbox import Inbox
 from cloud_hub.mqtt.lean import Received
 from cloud_hub.mqtt.presence import HubPresence
 from shared.messages import DeviceStatus
-from shared.topics import Topics
+from shared.topics import DeviceTopic, Topics
 
 __all__ = ["HubConnection", "PublishError"]
 
@@ -39,6 +39,7 @@ _SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with o
 # one client id taking the session from each other (the agent's link uses the same rule).
 _SHORT_LIVED_S = 10.0
 _SHORT_IN_A_ROW = 2
+_ANOMALIES_SUFFIX = f"/{DeviceTopic.ANOMALIES.value}"
 
 
 class PublishError(RuntimeError):
@@ -280,7 +281,10 @@ class HubConnection:
                                    message.qos, bool(message.retain), self._client.generation))
 
     def _on_received(self, message: Received) -> None:
-        self.inbound.put(message, stop=self._stopping)
+        # An anomaly is the latency-critical stream: its batch is stored at once rather than
+        # after the batch wait (anomalies are rare; the commits they cut short are few).
+        self.inbound.put(message, stop=self._stopping,
+                         urgent=message.topic.endswith(_ANOMALIES_SUFFIX))
 
     def _note(self, text: str, *, error: bool = False) -> None:
         if text != self.last_error:

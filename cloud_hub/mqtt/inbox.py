@@ -30,13 +30,16 @@ class Inbox:
         self.waits = 0  # times the network thread waited for room
         self.high_water = 0  # most messages held at once
         self._wanted = 1  # how many the worker waits for (it is woken only then)
+        self._urgent = False  # something held must not wait for the batch to fill
 
     def _full(self) -> bool:
         return len(self._items) >= self.max_messages or self._bytes >= self.max_bytes
 
-    def put(self, message: Any, *, stop: threading.Event | None = None) -> bool:
+    def put(self, message: Any, *, stop: threading.Event | None = None,
+            urgent: bool = False) -> bool:
         """Hold ``message`` (anything with ``payload`` and ``qos``); False if a QoS 0 message
-        was dropped for want of room."""
+        was dropped for want of room. ``urgent``: the batch it joins is handed over at once
+        instead of waiting to fill (an anomaly does not wait behind the telemetry batching)."""
         size = len(message.payload)
         with self._cond:
             if self._full():
@@ -51,7 +54,9 @@ class Inbox:
             held = len(self._items)
             if held > self.high_water:
                 self.high_water = held
-            if held >= self._wanted:
+            if urgent:
+                self._urgent = True
+            if held >= self._wanted or urgent:
                 self._cond.notify_all()
         return True
 
@@ -66,12 +71,13 @@ class Inbox:
                     return []
             deadline = time.monotonic() + wait_s
             self._wanted = max_messages
-            while len(self._items) < max_messages:
+            while len(self._items) < max_messages and not self._urgent:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             self._wanted = 1
+            self._urgent = False
             n = min(max_messages, len(self._items))
             taken = [self._items.popleft() for _ in range(n)]
             self._bytes -= sum(len(m.payload) for m in taken)
