@@ -90,17 +90,19 @@ def _fingerprint(t: TelemetryBatch) -> tuple[int, float, float]:
 def seq_conflicts(session: Session, telemetry: Sequence[TelemetryBatch],
                   stored: set[tuple[str, str, int]]) -> list[Conflict]:
     """Telemetry keys that arrived again (in this batch or before) with different readings."""
-    first: dict[tuple[str, str, int], tuple[int, float, float]] = {}
+    firsts: dict[tuple[str, str, int], TelemetryBatch] = {}
     again: list[TelemetryBatch] = []
     for t in telemetry:
         key = (t.device_id, t.epoch, t.seq)
-        if key in stored and key not in first:
-            first[key] = _fingerprint(t)
+        if key in stored and key not in firsts:
+            firsts[key] = t
         else:
             again.append(t)
     if not again:
-        return []
-    unknown = sorted({(t.device_id, t.epoch, t.seq) for t in again} - set(first))
+        return []  # the usual case: no fingerprint is needed
+    keys = {(t.device_id, t.epoch, t.seq) for t in again}
+    first = {k: _fingerprint(firsts[k]) for k in keys if k in firsts}
+    unknown = sorted(keys - set(first))
     table: Table = TelemetryBatchRow.__table__  # type: ignore[attr-defined]
     for i in range(0, len(unknown), _CHUNK):
         part = unknown[i:i + _CHUNK]

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from cloud_hub.db import pg_bulk
 from cloud_hub.db.devices import ensure_devices
 
 __all__ = ["Enrollment", "NotEnrolled", "enrolled_among", "record_enrollment",
@@ -35,11 +36,16 @@ def enrolled_among(session: Session, device_ids: Iterable[str]) -> set[str]:
     """Which of these devices are enrolled now (one query per 500 ids)."""
     wanted = sorted(set(device_ids))
     found: set[str] = set()
-    for i in range(0, len(wanted), 500):
-        part = wanted[i:i + 500]
+    dialect = session.get_bind().dialect.name
+    # PostgreSQL: ``= ANY(:array)``, one statement text for any count (an expanded IN list of
+    # 500 ids was rendered parameter by parameter on every ingest batch: 13% of its CPU).
+    step = 5000 if dialect == "postgresql" else 500
+    for i in range(0, len(wanted), step):
+        part = wanted[i:i + step]
         found.update(session.exec(
-            select(Enrollment.device_id).where(col(Enrollment.device_id).in_(part),
-                                               col(Enrollment.revoked_at).is_(None))))
+            select(Enrollment.device_id).where(
+                pg_bulk.in_list(col(Enrollment.device_id), part, dialect),
+                col(Enrollment.revoked_at).is_(None))))
     return found
 
 

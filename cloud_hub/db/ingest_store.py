@@ -10,6 +10,7 @@ flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from collections.abc import Sequence
@@ -105,8 +106,14 @@ def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
     first = values[0] if len(values) else None
     if isinstance(first, list | tuple):
         rows: Any = values
-        return struct.pack(f"<{len(rows) * len(first)}d", *chain.from_iterable(rows))
-    return struct.pack(f"<{len(values)}d", *values)
+        return _doubles(len(rows) * len(first)).pack(*chain.from_iterable(rows))
+    return _doubles(len(values)).pack(*values)
+
+
+@functools.lru_cache(maxsize=256)
+def _doubles(n: int) -> struct.Struct:
+    """The packer of ``n`` little-endian float64 (parsed once per count, not per call)."""
+    return struct.Struct(f"<{n}d")
 
 
 def _table(model: Any) -> Table:
@@ -134,10 +141,18 @@ def _marks_of(batch: IngestBatch) -> dict[MarkKey, tuple[int, int]]:
         (Stream.TELEMETRY, batch.telemetry), (Stream.ANOMALIES, batch.anomalies),
         (Stream.DRIFT, batch.drift))
     for stream, items in streams:
+        per: dict[tuple[str, str], list[int]] = {}  # plain tuples: no MarkKey per message
         for m in items:
-            key = MarkKey(m.device_id, m.epoch, stream)
-            floor, top = touched.get(key, (0, -1))
-            touched[key] = (max(floor, m.floor), max(top, m.seq))
+            acc = per.get((m.device_id, m.epoch))
+            if acc is None:
+                per[(m.device_id, m.epoch)] = [m.floor, m.seq]
+                continue
+            if m.floor > acc[0]:
+                acc[0] = m.floor
+            if m.seq > acc[1]:
+                acc[1] = m.seq
+        for (device_id, epoch), (floor, top) in per.items():
+            touched[MarkKey(device_id, epoch, stream)] = (max(floor, 0), max(top, -1))
     return touched
 
 
@@ -180,11 +195,11 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
         return c
 
     telemetry = _unique(batch.telemetry)
-    stored_t = _insert_new(conn, ingest_tables.telemetry, [
-        {"device_id": t.device_id, "epoch": t.epoch, "seq": t.seq,
-         "channels": ingest_tables.channels_json(t.channels), "readings": len(t.ts),
-         "ts_first": min(t.ts), "ts_last": max(t.ts), "ts_blob": pack_floats(t.ts),
-         "values_blob": pack_floats(t.values), "stored_at": received}
+    channels_json = ingest_tables.channels_json
+    # Tuples in ingest_tables.column_names order (no dict per row).
+    stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry, [
+        (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(t.ts), min(t.ts),
+         max(t.ts), pack_floats(t.ts), pack_floats(t.values), received)
         for t in telemetry
     ])
     readings = 0
@@ -195,10 +210,8 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
             c = count(t.device_id)
             c.readings += n
             c.batches += 1
-    for group in (batch.telemetry, batch.heartbeats, batch.statuses, batch.anomalies,
-                  batch.reported, batch.drift):
-        for m in group:  # duplicates still prove the device is alive
-            count(m.device_id).seen = received
+    for device_id in _touched_devices(batch):  # duplicates still prove the device is alive
+        count(device_id).seen = received
 
     dead = [
         {

@@ -9,10 +9,13 @@ stops the batch it came in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any
+
+import msgspec
 
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch
 from shared.messages import (
@@ -29,7 +32,7 @@ from shared.messages import (
 )
 from shared.topics import DeviceTopic, TopicError, Topics
 
-__all__ = ["INGESTED", "decode_batch"]
+__all__ = ["INGESTED", "decode_batch", "route"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,23 @@ INGESTED: dict[DeviceTopic, type[WireMessage]] = {
 }
 _RETAINED = (DeviceTopic.STATUS, DeviceTopic.REPORTED)
 _LOG_FIRST = 100
+# One decoder per message type, built once (msgspec.json.decode(..., type=cls) looks the type
+# up on every call); a payload it refuses is decoded again by shared.messages.decode for the
+# error message the dead letter carries.
+_DECODERS = {cls: msgspec.json.Decoder(cls) for cls in INGESTED.values()}
+_REFUSED = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def route(topics: Topics, topic: str) -> tuple[DeviceTopic, str]:
+    """The ingested stream and the device a topic names, or :class:`TopicError` (not cached).
+    Cached: a hub hears the same few topics per device over and over, and parsing one (split,
+    the device id's pattern, two enum look-ups) cost as much as decoding a small payload."""
+    parsed = topics.parse(topic)
+    kind = parsed.stream
+    if kind is None or kind not in INGESTED or parsed.device_id is None:
+        raise TopicError(f"topic {topic!r} is not a stream the hub ingests")
+    return kind, parsed.device_id
 
 
 class _Counter:
@@ -76,21 +96,21 @@ def decode_batch(topics: Topics, messages: Iterable[Any], *, now: float | None =
 
 
 def _decode_one(topics: Topics, topic: str, payload: bytes) -> WireMessage | None:
-    parsed = topics.parse(topic)
-    kind = parsed.stream
-    cls = INGESTED.get(kind) if kind is not None else None
-    if cls is None or parsed.device_id is None:
-        raise TopicError(f"topic {topic!r} is not a stream the hub ingests")
+    kind, device_id = route(topics, topic)
+    cls = INGESTED[kind]
     # An empty payload clears a retained record; live delivery drops the retain flag.
     if not payload and kind in _RETAINED:
         return None
     limit = min(MAX_PAYLOAD_BYTES, getattr(cls, "max_bytes", MAX_PAYLOAD_BYTES))
     if len(payload) > limit:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the limit of {limit}")
-    message = decode(cls, payload)
-    if message.device_id != parsed.device_id:
+    try:
+        message: WireMessage = _DECODERS[cls].decode(payload)
+    except _REFUSED:
+        message = decode(cls, payload)  # raises MessageError saying why
+    if message.device_id != device_id:
         raise MessageError(
-            f"device_id {message.device_id!r} does not match the topic's {parsed.device_id!r}"
+            f"device_id {message.device_id!r} does not match the topic's {device_id!r}"
         )
     return message
 

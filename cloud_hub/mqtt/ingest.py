@@ -30,7 +30,7 @@ from sqlmodel import Session
 from cloud_hub.db.enrollments import enrolled_among
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, StoreResult, store_batch
 from cloud_hub.mqtt.connection import HubConnection
-from cloud_hub.mqtt.decoding import decode_batch
+from cloud_hub.mqtt.decoding import decode_batch, route
 from cloud_hub.mqtt.lean import Received
 from shared.topics import DeviceTopic, TopicError, Topics
 
@@ -220,7 +220,7 @@ class MqttIngest:
         claimed: list[str | None] = []
         for m in part:
             try:
-                claimed.append(topics.parse(m.topic).device_id)
+                claimed.append(route(topics, m.topic)[1])
             except TopicError:
                 claimed.append(None)  # decoding dead-letters it with the reason
         try:

@@ -163,3 +163,19 @@ def test_an_ack_names_drift_only_for_a_device_that_sent_drift_summaries(
     with Session(engine) as session:
         [ack] = acks_for(session, [("pump-1", OLD)], at=time.time())
     assert ack.drift is None and b"drift" not in encode(ack)
+
+
+def test_a_batch_larger_than_one_insert_statement_stores_each_key_once(engine: Engine) -> None:
+    """SQLite inserts telemetry 250 rows per statement: a batch of several statements, with
+    duplicates inside it and of rows stored before, stores each key once and counts the
+    rest as duplicates."""
+    first = _store(engine, *[_t(s) for s in range(0, 300)])
+    assert (first.telemetry_batches, first.duplicates) == (300, 0)
+    again = [_t(s) for s in range(200, 800)] + [_t(s) for s in range(700, 760)]
+    second = _store(engine, *again)
+    assert (second.telemetry_batches, second.duplicates) == (500, 160)
+    telemetry, _ = _ack(engine)
+    assert telemetry.watermark == 799
+    with Session(engine) as session:
+        [row] = telemetry_summary(session).rows
+    assert row["batches"] == 800 and row["missing_batches"] == 0
