@@ -17,12 +17,15 @@ and what a running agent costs in memory.
    until it reports the model ``active`` and has released its start-up pages, samples its RSS
    while it scores, and reads PSS, private and anonymous memory, its largest mappings and its
    threads. RSS is reported as the maximum over the runs (it varies with the page cache), with
-   each run's first and last sample, and its memory every 30 s (``--soak`` sets how long each
-   run is sampled). No hub acknowledges the telemetry here, so the outbox only grows. Over
-   660 s (``--agent-only --soak 660 --agent-runs 1``): 41.9 MiB at the release, 46.5 after
-   30 s (file pages of numpy, litert, libpython, libcrypto mapped again as they are used),
-   46.8 from 300 s to the end, anonymous 25.5 -> 25.9 MiB. Before SQLite's page cache was
-   capped (``edge_agent/telemetry/store.py``) the same soak grew its heap by ~2 MB to a plateau
+   each run's first and last sample, its memory by kind every 30 s and the slope of its RSS after
+   the warm-up (``--soak`` sets how long each run is sampled). No hub acknowledges the telemetry
+   here, so the outbox only grows. Over 660 s (``--agent-only --soak 660 --agent-runs 1``, load
+   10-23): 36.8 MiB at the release, 38.4 after 30 s (file pages of numpy, litert, libpython,
+   libcrypto mapped again as they are used), 38.8 from 300 s to the end, slope 0.25 MiB/h,
+   anonymous 22.9 -> 23.4 MiB. The same set-up (model, CSV, broker) soaked 660 s before paho's
+   urllib.request was deferred, numpy.ma avoided and the arenas cut to one: 42.4 MiB, anonymous
+   25.9 (and 44.5-46.8 MiB in other sessions: the file pages vary). Before SQLite's page
+   cache was capped (``edge_agent/telemetry/store.py``) it grew its heap by ~2 MB to a plateau
    of 48.6 MiB (50.97 MB) from about 510 s.
 4. What each import of the agent adds (RSS, PSS, private, anonymous), step by step.
 
@@ -62,6 +65,7 @@ from agent_memory import (  # noqa: E402
 
 LEGACY_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
 SNAPSHOT_EVERY_S = 30.0  # memory snapshots of the agent while it is sampled (--soak)
+SLOPE_AFTER_S = 60.0  # the RSS slope leaves out the warm-up (see rss_slope_mb_per_h)
 ROUND_WINDOWS = 250  # windows per timing round (about 1 ms: shorter than a time slice)
 
 # The child's code: edge runtime + numpy only; proves TensorFlow stays out of it. Rounds
@@ -367,16 +371,18 @@ def _snapshot(pid: int, workdir: Path, start: float) -> dict[str, Any]:
 
 
 def rss_slope_mb_per_h(times: list[float], samples: list[int]) -> float | None:
-    """Least-squares slope of the RSS over the second half of the samples, in MiB per hour (the
-    unit of the other ``_mb`` figures): the creep once the released library pages are back
-    (they come back in the first ~30 s). None with fewer than 10 samples."""
-    half = len(samples) // 2
-    if len(samples) - half < 10:
+    """Least-squares slope of the RSS in MiB per hour (the unit of the other ``_mb`` figures),
+    over the second half of the run and never its first :data:`SLOPE_AFTER_S` (the released
+    library pages come back then). None when that leaves less than a minute: a 30 s run's slope
+    is its warm-up, 37-41 MiB/h, and says nothing of a creep."""
+    if not times:
         return None
-    t = np.asarray(times[half:], dtype=np.float64)
-    y = np.asarray(samples[half:], dtype=np.float64) / 2**20
-    if float(t[-1] - t[0]) <= 0:
+    since = max(SLOPE_AFTER_S, times[-1] / 2)
+    kept = [(t, y) for t, y in zip(times, samples, strict=True) if t >= since]
+    if len(kept) < 10 or kept[-1][0] - kept[0][0] < 60.0:
         return None
+    t = np.asarray([k[0] for k in kept], dtype=np.float64)
+    y = np.asarray([k[1] for k in kept], dtype=np.float64) / 2**20
     slope = float(np.polyfit(t - t[0], y, 1)[0])
     return round(slope * 3600.0, 2)
 
@@ -480,7 +486,7 @@ def agent_figures(runs: list[dict[str, Any]], soak: float) -> dict[str, Any]:
             for r in runs
         ],
         "agent_seconds_sampled": soak,
-        # creep of each run's RSS over the second half of its samples (None: too few samples)
+        # creep of each run's RSS after its warm-up (None: run too short to tell)
         "agent_rss_slope_mb_per_h_runs": [r["rss_slope_mb_per_h"] for r in runs],
         # the worst run's memory every SNAPSHOT_EVERY_S: where the steady state begins
         "agent_memory_series": worst["series"],
@@ -505,7 +511,7 @@ def print_agent(agent: dict[str, Any]) -> None:
           f"{agent['agent_seconds_sampled']:.0f} s): {agent['agent_rss_bytes']:,} B, bar "
           f"<= 50,000,000: {'yes' if ok else 'NO'}")
     slopes = [v for v in agent["agent_rss_slope_mb_per_h_runs"] if v is not None]
-    print(f"max {agent['agent_rss_mb']} MiB; slope over each run's second half "
+    print(f"max {agent['agent_rss_mb']} MiB; slope after each run's warm-up "
           f"{agent['agent_rss_slope_mb_per_h_runs']} MiB/h"
           + (f" (worst {max(slopes, key=abs)})" if slopes else ""))
     kinds = list(agent["agent_rss_by_kind_mb"])
