@@ -1,26 +1,32 @@
 """Ingest benchmark (issue 15): how many telemetry messages one hub process stores per second.
 
-The real path, end to end: a private mosquitto (the harness's, simulator/broker.py), publisher
-processes flooding valid QoS 1 telemetry (simulator/flood.py), ``cloud-hub serve`` as a child
-process, and the database (SQLite in the hub's data dir, or PostgreSQL at 127.0.0.1:5432 in a
-database created for the run and dropped after). For each database and batch size (readings per
-message) it measures, over a window after a warm-up:
+The real path, end to end: a private mosquitto (the harness's, simulator/broker.py, secure),
+light publisher processes offering valid QoS 1 telemetry (simulator/flood.py, a few % of a core
+per 1,000 msg/s, so the hub gets the machine), ``cloud-hub serve`` as a child process, and the
+database (SQLite in the hub's data dir, or PostgreSQL at 127.0.0.1:5432 in a database created
+for the run and dropped after). For each database and batch size (readings per message):
 
-- ``messages_per_s`` / ``readings_per_s`` stored (from the hub's own counters), the hub's CPU
-  (share of one core) and the messages it stores per CPU-second, its peak RSS;
-- then stops the load, waits for the hub to drain the broker's queue, and counts in the
-  database: ``lost`` (acknowledged by the broker, never stored) and ``duplicates`` (device
-  counters or rows above the unique messages sent).
+- the hub's capacity: the publishers' rate is steered to hold the hub's backlog (acknowledged
+  by the broker, not yet stored) near a target (~64 MiB of messages), so the hub never waits
+  for work and the broker's queue never overflows. Over the window: ``messages_per_s`` /
+  ``readings_per_s`` stored (the hub's own counters), the hub's CPU and messages per
+  CPU-second, the publishers' CPU per message, the broker's CPU, peak RSS of hub and broker;
+- then it stops the load, waits for the hub to store everything the broker acknowledged, and
+  counts in the database: ``lost`` (acknowledged, never stored) and ``duplicates`` (device
+  counters or rows above the unique messages sent). A broker that drops messages for the hub
+  (its log says so) and any publisher error fail the case (``ok`` NO, exit status 1).
 
-At batch 10 it also finds the saturation rate (the highest offered rate whose backlog does not
-grow, from a flood then paced runs), offers twice that for ``--overload`` seconds
-(``overload_stored_ratio`` = stored rate / saturation, the hub's peak RSS, and what is lost once
-the load ends), and on PostgreSQL runs two hubs in a ``$share`` group (``two_hub_scaling``).
-The machine is shared: the load average is recorded, and the per-CPU-second figures are the
-ones to compare between runs. Writes reports/bench/ingest.json and prints a table.
+At batch 10 it also finds the saturation rate: a ramp of paced runs around the held rate, each
+``--saturation-window`` long, keeping up when the backlog's least-squares slope is under 2% of
+the offered rate. It then offers twice that for ``--overload`` seconds:
+``overload_stored_ratio`` = the stored rate during the overload / the saturation rate, the
+hub's peak RSS, and what is lost once the load ends. On PostgreSQL it runs two hubs in a
+``$share`` group (``two_hub_scaling``). The machine is shared: the load average is recorded
+with every phase, and the per-CPU-second figures are the ones to compare between runs. Writes
+reports/bench/ingest.json and prints a table.
 
     .venv/bin/python bench/ingest.py                     # the full run (about 15 minutes)
-    .venv/bin/python bench/ingest.py --duration 8 --overload 15 --quick   # a quick look
+    .venv/bin/python bench/ingest.py --duration 8 --quick   # a quick look (no saturation)
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,64 +226,114 @@ def enroll(hubs: Hubs, device_ids: list[str]) -> None:
         r.raise_for_status()
 
 
+@dataclass
+class Held:
+    """Hold the hub's backlog (acknowledged by the broker, not yet stored) near ``target``
+    messages by setting the publishers' rate: the hub never waits for work and the broker's
+    queue for it never overflows, so the stored rate is the hub's capacity, with nothing lost.
+    An unpaced flood instead fills the broker's queue in seconds (16.5 KB messages at batch 100)
+    and loses what the broker drops beyond it."""
+
+    target: int
+    tau_s: float = 2.0  # the backlog error is worked off over about this long
+
+    def rate(self, stored_rate: float, backlog: int) -> float:
+        return max(50.0, stored_rate + (self.target - backlog) / self.tau_s)
+
+
+def _slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, y) points, per second."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (y - my) for t, y in points) / var if var else 0.0
+
+
 def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, window_s: float,
-            drain_timeout_s: float = 900.0, stall_s: float = 10.0) -> dict[str, Any]:
-    """Offer ``plan`` to running hubs; the stored rate over the window, then drain and count."""
+            held: Held | None = None, drain_timeout_s: float = 900.0,
+            stall_s: float = 10.0) -> dict[str, Any]:
+    """Offer ``plan`` (at its rate, or holding a backlog) to running hubs: the stored rate and
+    the backlog's slope over the window, then drain and count what the broker dropped."""
     publishers = Publishers(plan, _connect(broker, plan.processes))
     stored0 = hubs.stored()
+    drops0 = broker_drop_lines(broker)
+    if held is not None:
+        publishers.set_rate(held.rate(0.0, 0))
     publishers.start()
-    time.sleep(warmup_s)
-    t0, s0, c0, w0 = time.monotonic(), hubs.stored(), hubs.cpu_s(), hubs.waited_s()
-    pub0 = sum(_cpu_s(p) for p in publishers.pids)
-    broker0 = _cpu_s(broker.pid)
-    rss_max, backlog = hubs.rss(), []
-    while time.monotonic() - t0 < window_s:
-        time.sleep(min(1.0, window_s / 10))
-        rss_max = max(rss_max, hubs.rss())
-        backlog.append((time.monotonic() - t0, hubs.stored()))
-    t1, s1, c1, w1 = time.monotonic(), hubs.stored(), hubs.cpu_s(), hubs.waited_s()
-    pub1 = sum(_cpu_s(p) for p in publishers.pids)
-    broker1 = _cpu_s(broker.pid)
+    began = time.monotonic()
+    samples: list[tuple[float, int, int]] = []  # (t since start, acknowledged, stored)
+    rss_max, broker_rss_max = hubs.rss(), _rss(broker.pid)
+    marks: dict[str, tuple[float, int, float, float, float, float]] = {}
+    while True:
+        now = time.monotonic() - began
+        if "t0" not in marks and now >= warmup_s:
+            marks["t0"] = (now, hubs.stored() - stored0, hubs.cpu_s(), hubs.waited_s(),
+                           sum(_cpu_s(p) for p in publishers.pids), _cpu_s(broker.pid))
+        if now >= warmup_s + window_s:
+            marks["t1"] = (now, hubs.stored() - stored0, hubs.cpu_s(), hubs.waited_s(),
+                           sum(_cpu_s(p) for p in publishers.pids), _cpu_s(broker.pid))
+            acked_t1 = publishers.acknowledged()
+            break
+        time.sleep(0.5)
+        acked, stored = publishers.acknowledged(), hubs.stored() - stored0
+        samples.append((time.monotonic() - began, acked, stored))
+        rss_max, broker_rss_max = max(rss_max, hubs.rss()), max(broker_rss_max, _rss(broker.pid))
+        if held is not None:
+            recent = [(t, st) for t, _, st in samples if t >= samples[-1][0] - 2.0]
+            publishers.set_rate(held.rate(_slope(recent), acked - stored))
+    (t0, s0, c0, w0, p0, b0), (t1, s1, c1, w1, p1, b1) = marks["t0"], marks["t1"]
+    in_window = [(t, a, st) for t, a, st in samples if t0 <= t <= t1]
+    acked0 = min((a for t, a, _ in samples if t >= t0), default=0)
     report: FloodReport = publishers.stop()
     offered = report.messages
-    # Drain: wait until the hub stored all that the broker acknowledged. If the broker dropped
-    # messages for the hub (its queue for the hub's session was full; it logs it), they never
-    # come: the bench's publishers do not resend as agents do. Then stop as soon as the hub
-    # has stored what the broker still held (no progress for ``stall_s``), and the count in the
-    # database says how many were lost, instead of waiting for the drain timeout.
+    # Drain: wait until the hub stored all that the broker acknowledged. Messages the broker
+    # dropped for the hub (its queue for the hub's session was full; it logs it) never come:
+    # the bench's publishers do not resend as agents do. Then stop as soon as the hub has
+    # stored what the broker still held (no progress for ``stall_s``); the database's count
+    # says how many were lost.
     deadline = time.monotonic() + drain_timeout_s
     last, progressed = hubs.stored(), time.monotonic()
-    drops = broker_drop_lines(broker)
     while last - stored0 < offered and time.monotonic() < deadline:
-        rss_max = max(rss_max, hubs.rss())
+        rss_max, broker_rss_max = max(rss_max, hubs.rss()), max(broker_rss_max, _rss(broker.pid))
         time.sleep(0.5)
         now_stored = hubs.stored()
         if now_stored != last:
             last, progressed = now_stored, time.monotonic()
-        drops = broker_drop_lines(broker)
-        if drops and time.monotonic() - progressed > stall_s:
-            log.warning("the broker dropped messages for the hub (%d log line(s)); %d of %d "
-                        "stored, no progress for %.0f s: not waiting for the rest", drops,
-                        last - stored0, offered, stall_s)
+        if broker_drop_lines(broker) > drops0 and time.monotonic() - progressed > stall_s:
+            log.warning("the broker dropped messages for the hub; %d of %d stored, no "
+                        "progress for %.0f s: not waiting for the rest", last - stored0,
+                        offered, stall_s)
             break
     drained = hubs.stored() - stored0 >= offered
     dt = t1 - t0
-    stored = s1 - s0
-    cpu = c1 - c0
+    stored, cpu, pub_cpu = s1 - s0, c1 - c0, p1 - p0
+    acked_in_window = acked_t1 - acked0
     return {
-        "offered_rate": plan.rate, "messages_per_s": round(stored / dt, 1),
+        "offered_rate": round(acked_in_window / dt, 1) if held else plan.rate,
+        "held_backlog": held.target if held else None,
+        "messages_per_s": round(stored / dt, 1),
         "readings_per_s": round(stored * plan.readings / dt, 1),
+        # Positive: the backlog grew over the window (the hub did not keep up).
+        "backlog_slope_per_s": round(_slope([(t, a - st) for t, a, st in in_window]), 1),
+        "backlog_end": in_window[-1][1] - in_window[-1][2] if in_window else None,
         "hub_cpu_share": round(cpu / dt, 3),
         # The hub's threads were runnable but had no CPU for this long per second: on a shared
         # machine, the stored rate is bounded by the CPU the hub is given, not by the hub.
         "hub_waited_for_cpu_s_per_s": round((w1 - w0) / dt, 2),
         "messages_per_cpu_s": round(stored / cpu, 1) if cpu > 0 else None,
-        "publisher_cpu_share": round((pub1 - pub0) / dt, 3),
-        "broker_cpu_share": round((broker1 - broker0) / dt, 3),
-        "hub_rss_bytes_max": rss_max, "published": offered, "drained": drained,
-        "broker_drop_log_lines": drops,
-        "publisher_errors": report.errors[:5],
-        "stored_over_time": [(round(t, 1), s - s0) for t, s in backlog],
+        "publisher_cpu_share": round(pub_cpu / dt, 3),
+        "publisher_cpu_us_per_message": (round(pub_cpu / acked_in_window * 1e6, 1)
+                                         if acked_in_window > 0 else None),
+        "broker_cpu_share": round((b1 - b0) / dt, 3),
+        "hub_rss_bytes_max": rss_max, "broker_rss_bytes_max": broker_rss_max,
+        "published": offered, "drained": drained,
+        "broker_drop_log_lines": broker_drop_lines(broker) - drops0,
+        "publisher_errors": report.errors[:5], "publisher_in_doubt": report.in_doubt,
+        "load_average": _load(),
+        "stored_over_time": [(round(t, 1), st) for t, _, st in samples],
     }
 
 
@@ -306,9 +362,16 @@ def check_counts(hubs: Hubs, db: Database, published: int, readings: int) -> dic
     }
 
 
+def held_backlog(readings: int) -> Held:
+    """About 64 MiB of telemetry (16.5 KB at batch 100, 1.8 KB at batch 10), at least 4,000
+    messages (four times the hub's Receive Maximum, so it never waits for the broker)."""
+    return Held(target=max(4000, 400_000 // readings))
+
+
 def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace,
              console: Console, *, saturation: bool) -> dict[str, Any]:
-    """One database x batch size: flood; at batch 10 also saturation and overload."""
+    """One database x batch size: the hub's capacity with a held backlog; at batch 10 also
+    saturation and overload. Everything the broker acknowledged is counted in the database."""
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
         work = Path(tmp)
         with Broker(workdir=work / "broker") as broker, database(db_kind, work) as db:
@@ -317,9 +380,13 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers)
                 enroll(hubs, plan.device_ids())
-                console.print(f"[{db_kind} batch {readings}] flood for {opts.duration:g} s")
-                flood = measure(broker, hubs, plan, warmup_s=opts.warmup, window_s=opts.duration)
+                held = held_backlog(readings)
+                console.print(f"{db_kind}, batch {readings}: backlog held at {held.target:,} "
+                              f"messages for {opts.duration:g} s")
+                flood = measure(broker, hubs, plan, warmup_s=opts.warmup, window_s=opts.duration,
+                                held=held)
                 published = flood["published"]
+                phases = [flood]
                 case: dict[str, Any] = {"database": db_kind, "readings_per_message": readings,
                                         "devices": devices, "flood": flood}
                 if saturation:
@@ -327,28 +394,40 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                     case["saturation_rate"] = sat
                     case["saturation_steps"] = steps
                     published += sum(s["published"] for s in steps)
+                    phases += steps
                     rate = 2 * sat
-                    console.print(f"[{db_kind}] overload: {rate:.0f} msg/s offered for "
+                    console.print(f"{db_kind}: overload: {rate:,.0f} msg/s offered for "
                                   f"{opts.overload:g} s")
                     over = measure(broker, hubs, _rated(plan, rate), warmup_s=opts.warmup,
                                    window_s=opts.overload)
                     published += over["published"]
+                    phases.append(over)
+                    # The stored rate while offered twice the saturation rate, against it.
                     over["stored_ratio"] = round(over["messages_per_s"] / sat, 3) if sat else None
                     # On a shared machine the hub may get less CPU in the overload phase than
-                    # when saturation was found: the work per CPU-second, against the flood's,
-                    # says whether the hub itself does worse when overloaded.
+                    # when saturation was found: the work per CPU-second, against the held
+                    # flood's, says whether the hub itself does worse when overloaded.
                     per_cpu, flood_per_cpu = over["messages_per_cpu_s"], flood["messages_per_cpu_s"]
                     over["per_cpu_s_ratio"] = (round(per_cpu / flood_per_cpu, 3)
                                                if per_cpu and flood_per_cpu else None)
                     case["overload"] = over
                 counts = check_counts(hubs, db, published, published * readings)
                 case.update(counts)
+                case["broker_drop_log_lines"] = sum(p["broker_drop_log_lines"] for p in phases)
+                case["publisher_errors"] = [e for p in phases for e in p["publisher_errors"]]
                 if saturation:
                     case["overload"]["lost"] = counts["lost"]
                     case["overload"]["hub_missing_batches"] = hubs.missing_batches()
             finally:
                 hubs.stop()
+    case["ok"] = _case_ok(case)
     return case
+
+
+def _case_ok(case: dict[str, Any]) -> bool:
+    """Nothing lost, nothing stored twice, no drop logged by the broker, no publisher error."""
+    return (case["lost"] == 0 and case["duplicates"] == 0
+            and case.get("broker_drop_log_lines", 0) == 0 and not case.get("publisher_errors"))
 
 
 def _rated(plan: FloodPlan, rate: float) -> FloodPlan:
@@ -358,20 +437,36 @@ def _rated(plan: FloodPlan, rate: float) -> FloodPlan:
 def find_saturation(broker: Broker, hubs: Hubs, plan: FloodPlan, flood: dict[str, Any],
                     opts: argparse.Namespace, console: Console
                     ) -> tuple[float, list[dict[str, Any]]]:
-    """The highest offered rate at which the backlog does not grow: start from the flood's
-    stored rate and step down by 10% until a paced run keeps up (stored >= 97% of offered)."""
-    rate = flood["messages_per_s"]
+    """The highest offered rate at which the backlog does not grow, from a ramp of paced runs
+    around the held flood's stored rate T (0.85 T, 0.95 T, 1.05 T, ...; below 0.85 T in steps
+    of 10% when that one does not keep up). A run keeps up when its backlog grew by less than
+    2% of the offered rate per second, least squares over ``--saturation-window`` seconds
+    (a short run cannot tell a slow growth from noise)."""
+    capacity = flood["messages_per_s"]
     steps: list[dict[str, Any]] = []
+    best = 0.0
+    factor, going = 0.85, +1
     for _ in range(opts.saturation_steps):
-        console.print(f"  paced run at {rate:.0f} msg/s")
+        rate = capacity * factor
+        console.print(f"  paced run at {rate:,.0f} msg/s ({factor:.2f} of the held rate) for "
+                      f"{opts.saturation_window:g} s")
         run = measure(broker, hubs, _rated(plan, rate), warmup_s=opts.warmup,
-                      window_s=opts.duration)
-        run["keeps_up"] = run["messages_per_s"] >= 0.97 * rate
+                      window_s=opts.saturation_window)
+        run["keeps_up"] = run["backlog_slope_per_s"] <= 0.02 * rate
         steps.append(run)
         if run["keeps_up"]:
-            return rate, steps
-        rate *= 0.9
-    return rate, steps
+            best = max(best, rate)
+            if going < 0:
+                break
+            factor += 0.1
+        else:
+            if best or factor <= 0.35:
+                break
+            going = -1
+            factor -= 0.1
+    if not best:  # nothing kept up: what the hub stored when offered the least of them
+        best = min(s["messages_per_s"] for s in steps)
+    return round(best, 1), steps
 
 
 def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
@@ -384,15 +479,21 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers)
                 enroll(hubs, plan.device_ids())
-                console.print(f"[postgresql, two hubs, batch {readings}] flood for "
-                              f"{opts.duration:g} s")
-                flood = measure(broker, hubs, plan, warmup_s=opts.warmup, window_s=opts.duration)
+                held = held_backlog(readings)
+                console.print(f"postgresql, two hubs, batch {readings}: backlog held at "
+                              f"{held.target:,} messages for {opts.duration:g} s")
+                flood = measure(broker, hubs, plan, warmup_s=opts.warmup, window_s=opts.duration,
+                                held=held)
                 counts = check_counts(hubs, db, flood["published"],
                                       flood["published"] * readings)
             finally:
                 hubs.stop()
-    return {"database": "postgresql", "hubs": 2, "readings_per_message": readings,
-            "devices": devices, "flood": flood, **counts}
+    case = {"database": "postgresql", "hubs": 2, "readings_per_message": readings,
+            "devices": devices, "flood": flood, **counts,
+            "broker_drop_log_lines": flood["broker_drop_log_lines"],
+            "publisher_errors": flood["publisher_errors"]}
+    case["ok"] = _case_ok(case)
+    return case
 
 
 def main() -> int:
@@ -402,11 +503,15 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--overload", type=float, default=60.0, help="seconds at 2x saturation")
     p.add_argument("--saturation-steps", type=int, default=4)
+    p.add_argument("--saturation-window", type=float, default=30.0,
+                   help="measured window of each paced run of the saturation ramp (s)")
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--batches", default="10,100")
     p.add_argument("--quick", action="store_true",
                    help="no saturation/overload and no two-hub run")
+    p.add_argument("--skip-rollups", action="store_true",
+                   help="do not measure rollup_query_ms (its data takes minutes to generate)")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "ingest.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -423,7 +528,7 @@ def main() -> int:
     if not args.quick and "postgresql" in args.databases:
         two_hubs = run_two_hubs(10, 1000, args, console)
     rollup_ms = None
-    if "postgresql" in args.databases:
+    if "postgresql" in args.databases and not args.skip_rollups:
         rollup_ms = measure_rollup_query(console, devices=100, days=30)
     result = summarize(cases, two_hubs, rollup_ms)
     result.update(load_average_before=load_before, load_average_after=_load(),
@@ -434,7 +539,11 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(console, result)
     console.print(f"written {args.out}")
-    return 0 if result["lost"] == 0 and result["duplicates"] == 0 else 1
+    if not result["ok"]:
+        console.print("[bold red]NOT OK: something acknowledged by the broker was lost or "
+                      "stored twice, the broker dropped messages for the hub, or a publisher "
+                      "failed (see the ok column and the lines above)[/]")
+    return 0 if result["ok"] else 1
 
 
 def measure_rollup_query(console: Console, *, devices: int, days: int,
@@ -451,7 +560,7 @@ def measure_rollup_query(console: Console, *, devices: int, days: int,
         try:
             end = time.time() // 3600 * 3600
             ids = [f"roll-{i:04d}" for i in range(devices)]
-            console.print(f"[rollups] generating {devices} devices x {days} days x 24 h x "
+            console.print(f"rollups: generating {devices} devices x {days} days x 24 h x "
                           f"{channels} channels")
             for device in ids:
                 buckets = {(device, "1h", end - h * 3600.0): {
@@ -505,47 +614,75 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
                                     + [o["hub_rss_bytes_max"] for o in overloads], max),
         "overload_stored_ratio": _worst([o.get("stored_ratio") for o in overloads]),
         "overload_lost": sum(o.get("lost", 0) for o in overloads) if overloads else None,
+        "overload_broker_drop_log_lines": (sum(o["broker_drop_log_lines"] for o in overloads)
+                                           if overloads else None),
+        "broker_drop_log_lines": sum(c.get("broker_drop_log_lines", 0) for c in every),
+        "broker_rss_bytes_max": _worst([c["flood"]["broker_rss_bytes_max"] for c in every]
+                                       + [o["broker_rss_bytes_max"] for o in overloads], max),
+        "publisher_cpu_us_per_message_batch10": _worst(
+            flood_of(10, "publisher_cpu_us_per_message"), max),
         "rollup_query_ms": rollup_ms,
+        "ok": all(c["ok"] for c in every),
     }
 
 
 def print_table(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title=f"ingest, one hub process (load average {result['load_average_before']}"
-                        f" -> {result['load_average_after']} on {result['cpu_count']} cores)")
-    for col in ("database", "batch", "devices", "msg/s", "readings/s", "hub CPU",
-                "hub waited for CPU", "msg per CPU-s", "publishers CPU", "broker CPU",
-                "peak RSS MB", "lost", "dup"):
+    table = Table(title=f"ingest, one hub process, backlog held (load average "
+                        f"{result['load_average_before']} -> {result['load_average_after']} on "
+                        f"{result['cpu_count']} cores)")
+    for col in ("database", "batch", "devices", "backlog held", "msg/s", "readings/s", "hub CPU",
+                "hub waited for CPU", "msg per CPU-s", "publishers CPU", "µs per msg published",
+                "broker CPU", "hub RSS MB", "broker RSS MB", "broker drops", "lost", "dup",
+                "load", "ok"):
         table.add_column(col, justify="right")
     rows = list(result["cases"]) + ([result["two_hubs"]] if result["two_hubs"] else [])
     for c in rows:
         f = c["flood"]
         name = c["database"] + (" x2 hubs" if c.get("hubs") == 2 else "")
         table.add_row(name, str(c["readings_per_message"]), str(c["devices"]),
+                      f"{f['held_backlog'] or 0:,}",
                       f"{f['messages_per_s']:,.0f}", f"{f['readings_per_s']:,.0f}",
                       f"{f['hub_cpu_share'] * 100:.0f}%",
                       f"{f['hub_waited_for_cpu_s_per_s']:.2f} s/s",
                       f"{f['messages_per_cpu_s'] or 0:,.0f}",
                       f"{f['publisher_cpu_share'] * 100:.0f}%",
+                      str(f["publisher_cpu_us_per_message"]),
                       f"{f['broker_cpu_share'] * 100:.0f}%",
-                      f"{f['hub_rss_bytes_max'] / 2**20:.0f}", str(c["lost"]),
-                      str(c["duplicates"]))
+                      f"{f['hub_rss_bytes_max'] / 2**20:.0f}",
+                      f"{f['broker_rss_bytes_max'] / 2**20:.0f}",
+                      str(c.get("broker_drop_log_lines", 0)), str(c["lost"]),
+                      str(c["duplicates"]), str(f["load_average"]),
+                      "yes" if c["ok"] else "[bold red]NO[/]")
     console.print(table)
     for c in result["cases"]:
+        for step in c.get("saturation_steps", []):
+            console.print(f"{c['database']}: paced {step['offered_rate']:,.0f} msg/s -> stored "
+                          f"{step['messages_per_s']:,.0f}/s, backlog slope "
+                          f"{step['backlog_slope_per_s']:+,.0f}/s: "
+                          f"{'keeps up' if step['keeps_up'] else 'falls behind'} (load "
+                          f"{step['load_average']})")
         if "overload" in c:
             o = c["overload"]
             console.print(f"{c['database']}: saturation {c['saturation_rate']:,.0f} msg/s; at "
                           f"2x for {result['overload_s']:g} s stored {o['messages_per_s']:,.0f}"
-                          f" msg/s (ratio {o['stored_ratio']}; per CPU-s, against the flood:"
-                          f" {o['per_cpu_s_ratio']}; hub CPU {o['hub_cpu_share'] * 100:.0f}%),"
-                          f" broker drop lines {o['broker_drop_log_lines']}, missing batches"
-                          f" the hub shows {o['hub_missing_batches']}, hub peak RSS "
-                          f"{o['hub_rss_bytes_max'] / 2**20:.0f} MB, lost after the load "
-                          f"{o['lost']}")
+                          f" msg/s (ratio {o['stored_ratio']}; per CPU-s, against the held "
+                          f"flood: {o['per_cpu_s_ratio']}; hub CPU "
+                          f"{o['hub_cpu_share'] * 100:.0f}%), backlog at the end "
+                          f"{o['backlog_end']:,}, broker drop lines "
+                          f"{o['broker_drop_log_lines']}, missing batches the hub shows "
+                          f"{o['hub_missing_batches']}, hub peak RSS "
+                          f"{o['hub_rss_bytes_max'] / 2**20:.0f} MB, broker peak RSS "
+                          f"{o['broker_rss_bytes_max'] / 2**20:.0f} MB, lost after the load "
+                          f"{o['lost']} (load {o['load_average']})")
+    for c in rows:
+        for e in c.get("publisher_errors", []):
+            console.print(f"[red]{c['database']} batch {c['readings_per_message']}: {e}[/]")
     summary = {k: result[k] for k in (
         "one_hub_messages_per_s_batch10", "one_hub_readings_per_s_batch100",
         "one_hub_messages_per_cpu_s_batch10", "one_hub_readings_per_cpu_s_batch100",
-        "two_hub_scaling", "lost", "duplicates", "hub_rss_bytes_max", "overload_stored_ratio",
-        "overload_lost", "rollup_query_ms")}
+        "two_hub_scaling", "lost", "duplicates", "broker_drop_log_lines", "hub_rss_bytes_max",
+        "broker_rss_bytes_max", "publisher_cpu_us_per_message_batch10",
+        "overload_stored_ratio", "overload_lost", "rollup_query_ms", "ok")}
     console.print(summary)
 
 
