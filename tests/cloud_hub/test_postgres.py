@@ -177,3 +177,30 @@ def test_postgres_stores_drift_summaries_and_acknowledges_their_stream(
         assert ack.drift == StreamAck(watermark=2, top=2)
         state = session.get(DeviceDrift, "pump-1")
         assert state is not None and state.period_end == 29.0
+
+
+@pytest.mark.parametrize("values", [
+    ["pump-1", "", "x" * 300, "a"], ["", ""], ["pump-1", "bé", "", "x" * 300],
+    [1.5, -3e300, 0.0, 2.0], [0, 1, 70_000, 2**40],
+    [1, 2], [b"\x00\x01", b"", bytes(range(256))], [True, False], [1.0, None], ["a", None],
+    [[1, 2], [3, 4]], [],
+])
+def test_lists_reach_postgres_as_the_same_array(pg_engine: Engine, values: list[object]) -> None:
+    """The hub's list dumper (cloud_hub.db.pg_arrays: flat lists built in C, the rest the
+    stock way) gives PostgreSQL the array psycopg would: each value read back as sent."""
+    with pg_engine.connect() as conn:
+        cast = {str: "text[]", float: "float8[]", int: "int8[]", bytes: "bytea[]",
+                bool: "bool[]", list: "int8[][]"}
+        kind = type(next((v for v in values if v is not None), 0))
+        got = conn.exec_driver_sql(f"SELECT %(a)s::{cast[kind]}", {"a": values}).scalar_one()
+    assert got == values
+
+
+def test_a_list_of_mixed_types_is_refused_as_psycopg_refuses_it(pg_engine: Engine) -> None:
+    """An int among floats is not silently truncated or widened: psycopg's error."""
+    import psycopg
+
+    with pg_engine.connect() as conn, pytest.raises(Exception) as caught:
+        conn.exec_driver_sql("SELECT %(a)s", {"a": [1, 2.5]})
+    assert isinstance(caught.value.__cause__ or caught.value, psycopg.DataError) or \
+        "mixed types" in str(caught.value)
