@@ -74,6 +74,7 @@ _CORE_TICK_S = 0.5
 _CONNECT_PUMP_S = 1.0
 # How soon a device whose reading was due and did not come looks again.
 _IDLE_POLL_S = 0.1
+_READING_MARGIN_S = 0.001
 
 
 def _verify_manifest(manifest: Manifest, keys: Mapping[str, bytes]) -> None:
@@ -375,8 +376,10 @@ class ScaleDevice:
         at = self._next_core_tick
         wait = self._next_reading_at - time.time()
         # A reading that was due but did not come (a paused or closed source) is looked for
-        # again on the core's pace, not in a busy loop.
-        at = min(at, now + wait if wait > 0 else now + _IDLE_POLL_S)
+        # again on the core's pace, not in a busy loop. A reading's time is an epoch float whose
+        # rounding is ~0.2 us: ticked exactly at it, the source may count it as not yet due and
+        # the device would wait for the idle poll, so the tick comes a little after it.
+        at = min(at, now + wait + _READING_MARGIN_S if wait > 0 else now + _IDLE_POLL_S)
         retry = self.wire.retry_at
         if retry > 0:
             at = min(at, retry)
