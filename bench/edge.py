@@ -96,14 +96,16 @@ for r in range(rounds):  # short rounds: some fall between other processes' time
         for w in part:
             model.reconstruct(w)
         out[path].append((time.perf_counter() - started) * 1e6 / len(part))
-        run = model._interp.invoke  # the interpreter alone: what the model costs without Python
+        run = model.invoke  # the interpreter alone: what the model costs without Python
         started = time.perf_counter()
         for _ in range(len(part)):
             run()
         invoke[path].append((time.perf_counter() - started) * 1e6 / len(part))
         del run
-for path in models:
+for path, model in models.items():
     out[path + ":invoke"] = invoke[path]
+    out[path + ":options"] = {"io": model.io, "delegate": model.delegate,
+                              "resolver": model.resolver}
 if manifest is not None:
     n = len(manifest.input.channels)
     readings = [Reading(float(i), tuple(float(v) for v in w.reshape(-1, n)[-1]))
@@ -220,7 +222,7 @@ def time_tflite_in_subprocess(
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     for name in models:
         key = str(workdir / f"{name}.tflite")
-        for suffix in ("", ":batch64", ":invoke", ":push"):
+        for suffix in ("", ":batch64", ":invoke", ":push", ":options"):
             if key + suffix in result:
                 result[name + suffix] = result.pop(key + suffix)
     return result
@@ -619,6 +621,10 @@ def main(argv: list[str] | None = None) -> int:
         # agent's per-reading path in process, without the source, outbox or link
         "int8_detector_us_per_reading_rounds": int8_push,
         "float32_detector_us_per_reading_rounds": float32_push,
+        # how each model runs in the agent's runtime: tensors bound as views or set/get copies,
+        # the op resolver, and what runs the graph (the XNNPACK delegate or builtin kernels)
+        "int8_options": tfl["int8:options"],
+        "float32_options": tfl["float32:options"],
         "int8_batch64_us_per_window": round(tfl["int8:batch64"], 3),
         "float32_batch64_us_per_window": round(tfl["float32:batch64"], 3),
         "keras_us_per_window": round(keras_us, 1),
@@ -653,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
             "legacy_runtime": legacy["runtime"],
             "legacy_int8_us_per_window": spread(legacy["int8"])["median"],
             "legacy_float32_us_per_window": spread(legacy["float32"])["median"],
+            "legacy_int8_invoke_us": spread(legacy["int8:invoke"])["median"],
+            "legacy_float32_invoke_us": spread(legacy["float32:invoke"])["median"],
+            "legacy_int8_batch64_us_per_window": round(legacy["int8:batch64"], 3),
+            "legacy_float32_batch64_us_per_window": round(legacy["float32:batch64"], 3),
+            "legacy_int8_options": legacy["int8:options"],
+            "legacy_float32_options": legacy["float32:options"],
         })
     bars = {
         "int8_us_per_window": (int8_us["median"], "<= 5 and <= float32",

@@ -9,17 +9,30 @@ ufunc overheads before, 10 µs with ``np.clip``/``np.round``), so the device fee
 (``InputSpec.dtype``). ``float16`` stores weights as float16, ``dynamic`` stores weights as int8
 with float activations, ``float32`` is the plain conversion.
 
-Speed of the default model (dense AE, 256 values, 17k multiply-adds) one window per invoke, on
-the 2-core Xeon (AVX-512 VNNI) of the benches: ai-edge-litert's XNNPACK delegate runs the whole
-int8 graph (QUANTIZE, 4 FULLY_CONNECTED, DEQUANTIZE), but an invoke costs ~1 µs of fixed work
-whatever the mode, and the arithmetic ~0.1 µs, so int8 cannot win there: its two extra operators
-cost ~0.1 µs and its per-window call is 10-27% slower than float32 (2.5-3.1 vs 2.1-2.4 µs).
-With int8 input and output instead, quantizing in numpy costs 8.9 µs per window. At 64 windows
-per invoke, where the arithmetic counts, int8 is 1.6x faster than float32 (0.13 vs 0.22 µs per
-window in invoke). tflite-runtime 2.14's XNNPACK takes no int8 op: int8 runs on the builtin
-kernels there, 5 µs per invoke against 1.3 µs for float32, and it cannot load ``dynamic`` at all.
-That is why ``quantization = "auto"`` (:mod:`cloud_hub.quantize.compare`) picks float16 or float32
-for this model, and why ``int8`` (the default) is about size: 30% of the float file.
+Speed of the default model (dense AE, 256 values, 17k multiply-adds), one window per invoke
+through the agent's call (``TfliteModel.reconstruct``). An invoke is mostly fixed work; the
+arithmetic is ~0.1 µs. Counted with callgrind (instructions per call; immune to load) on the
+2-core AMD EPYC (AVX2, no AVX-512) of the benches, ai-edge-litert 2.3:
+
+- the XNNPACK delegate runs the whole int8 graph (QUANTIZE, 4 FULLY_CONNECTED, DEQUANTIZE):
+  11.8k instructions per native invoke against 15.4k for float32 (int8 weights, 16 KB, stay in
+  L1; the float ones, 66 KB, do not). Without the delegate (resolver
+  ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``) int8 takes ~5 µs per invoke instead of ~1.6.
+- around it, ``set_tensor``/``invoke``/``get_tensor`` cost ~18k instructions; the runtime now
+  writes into views of the tensors and calls the native invoke (``edge_agent.inference.runtime``):
+  per-window call int8 29.5k -> 21.6k, float32 34.2k -> 25.0k instructions.
+- int8 input/output with the quantizing done in numpy instead costs 5 ufunc calls per window:
+  ~11 µs against ~4 (load 15): QUANTIZE/DEQUANTIZE stay in the graph.
+- per-channel weight scales: the same ops, a file ~35% larger (int64 zero points and a scale per
+  output unit), so per-tensor unless the gate needs per-channel.
+
+An earlier machine of the same kind (Xeon, AVX-512 VNNI) timed the int8 invoke 0.27 µs slower
+than float32 (1.34 vs 1.07 µs); the machine decides, which is why ``quantization = "auto"``
+(:mod:`cloud_hub.quantize.compare`) times the modes through the agent's own call. At 64 windows
+per invoke int8 is faster than float32 on both.
+tflite-runtime 2.14 (the legacy runtime, numpy<2) delegates float32 to XNNPACK but not int8: int8
+runs on its builtin kernels there, far slower than float32 (see ``bench/edge.py``'s legacy
+figures), and it cannot load ``dynamic`` at all.
 """
 
 from __future__ import annotations

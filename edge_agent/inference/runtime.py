@@ -13,7 +13,7 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -115,6 +115,13 @@ class TfliteModel:
     The hub's int8 models take and return float32: their first and last ops quantize and
     dequantize inside the interpreter (XNNPACK does it in about 0.1 µs). Models with int8 input or
     output tensors (published before that) are quantized here with preallocated buffers.
+
+    The per-window call writes the window straight into the input tensor and copies the output
+    tensor out, through numpy views of the two tensors bound once at load, and runs the
+    interpreter without the Python wrapper's check for such views (see :meth:`_bind`):
+    ``set_tensor``/``invoke``/``get_tensor`` cost ~18k instructions around a 12-15k instruction
+    native invoke (callgrind, the hub's default model), the views ~10k. ``io`` says which way is
+    in use, ``delegate`` what runs the graph, ``resolver`` which kernels the interpreter has.
     """
 
     def __init__(self, model_bytes: bytes, *, num_threads: int = 1) -> None:
@@ -122,14 +129,7 @@ class TfliteModel:
         self._interpreter_cls = interpreter_cls
         self._model_bytes = model_bytes
         self._num_threads = num_threads
-        try:
-            with quiet_runtime_stderr():
-                self._interp: _Interpreter = interpreter_cls(
-                    model_content=model_bytes, num_threads=num_threads
-                )
-                self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"the interpreter refused the model: {exc}") from None
+        self._interp: _Interpreter = self._new_interpreter()
         inputs = self._interp.get_input_details()
         outputs = self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -157,8 +157,49 @@ class TfliteModel:
             _Dequantizer(self._out, self.output_shape)
             if self.output_dtype != np.float32 else None
         )
+        # Which kernels run the graph: "xnnpack" when the runtime's default delegate took it
+        # (litert takes int8 and float32; tflite-runtime 2.14 takes float32 only, and runs int8
+        # on its builtin kernels), else "builtin".
+        self.delegate = _delegate_of(self._interp)
+        self.resolver = _RESOLVER
+        self._input_size = int(np.prod(self.input_shape))
+        self.io: str  # "views" or "copies"
+        self.invoke: Callable[[], None]  # the interpreter alone
+        self.io, self._x, self._y, self.invoke = self._bind()
         self._batch: Any = None  # a second interpreter sized for reconstruct_batch
         self._batch_size = 0
+
+    def _new_interpreter(self) -> Any:
+        options: dict[str, Any] = {"num_threads": self._num_threads}
+        resolvers = getattr(sys.modules[self._interpreter_cls.__module__], "OpResolverType", None)
+        if resolvers is not None:  # BUILTIN: the optimized kernels plus the default XNNPACK
+            options["experimental_op_resolver_type"] = getattr(resolvers, _RESOLVER)
+        try:
+            with quiet_runtime_stderr():
+                interp = self._interpreter_cls(model_content=self._model_bytes, **options)
+                interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"the interpreter refused the model: {exc}") from None
+        return interp
+
+    def _bind(self) -> tuple[str, Any, Any, Any]:
+        """Flat numpy views of the input and output tensors, and the interpreter's native invoke.
+
+        The wrapper's ``invoke()`` refuses to run while any such view exists, because
+        ``allocate_tensors``/``resize_tensor_input`` may move the tensors. This interpreter is
+        never resized or re-allocated after load (batches get their own), so the tensors stay
+        where they are, and graph inputs and outputs are never reused for other tensors by the
+        arena planner. A runtime without the native object falls back to copies (``io``)."""
+        native = getattr(self._interp, "_interpreter", None)
+        invoke = getattr(native, "Invoke", None)
+        tensor = getattr(self._interp, "tensor", None)
+        if invoke is None or tensor is None:
+            return "copies", None, None, self._interp.invoke
+        x = tensor(self._in_index)().reshape(-1)
+        y = tensor(self._out_index)().reshape(-1)
+        if x.base is None or y.base is None:  # not views into the interpreter: copies after all
+            return "copies", None, None, self._interp.invoke
+        return "views", x, y, invoke
 
     @property
     def window_size(self) -> int:
@@ -178,16 +219,31 @@ class TfliteModel:
             )
 
     def reconstruct(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-        """Run one normalised window (any shape holding window_size values).
+        """Run one normalised window (any shape holding window_size values); the result is a
+        fresh array the caller may keep.
 
-        The per-window path of the agent: every numpy call here costs about 0.5 µs, as much as
-        the model itself, so there are as few as possible (see ``bench/edge.py``)."""
+        The per-window path of the agent: every numpy call here costs about 0.3 µs, about as
+        much as the model itself, so there are as few as possible (see ``bench/edge.py``)."""
+        x = self._x
+        if x is None:
+            return self._reconstruct_by_copies(window)
+        flat = window.reshape(self._input_size)  # ValueError unless it holds window_size values
+        if self._quantizer is None:
+            np.copyto(x, flat)
+        else:
+            self._quantizer.into(flat, x)
+        self.invoke()
+        if self._dequantizer is not None:
+            return self._dequantizer(self._y)
+        y: npt.NDArray[np.float32] = self._y.copy()
+        return y
+
+    def _reconstruct_by_copies(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         x = np.asarray(window, dtype=np.float32).reshape(self.input_shape)
         interp = self._interp
-        if self._quantizer is None:
-            interp.set_tensor(self._in_index, x)
-        else:
-            interp.set_tensor(self._in_index, self._quantizer(x))
+        if self._quantizer is not None:
+            x = self._quantizer.many(x)
+        interp.set_tensor(self._in_index, x)
         interp.invoke()
         y: npt.NDArray[Any] = interp.get_tensor(self._out_index)  # a copy the caller may keep
         if self._dequantizer is not None:
@@ -237,10 +293,8 @@ class TfliteModel:
         if self._batch is not None and self._batch_size == size:
             return self._batch
         try:
+            interp = self._new_interpreter()
             with quiet_runtime_stderr():
-                interp = self._interpreter_cls(
-                    model_content=self._model_bytes, num_threads=self._num_threads
-                )
                 interp.resize_tensor_input(self._in_index, [size, *self.input_shape[1:]])
                 interp.allocate_tensors()
             if tuple(interp.get_output_details()[0]["shape"])[0] != size:
@@ -253,6 +307,21 @@ class TfliteModel:
         return interp
 
 
+# The optimized builtin kernels with the runtime's default delegate (XNNPACK), as AUTO picks. On
+# litert the alternatives measured slower for the default model: without the delegate int8
+# takes ~5 µs per invoke instead of ~1.5 (float32 ~3.7 instead of ~2.3).
+_RESOLVER = "BUILTIN"
+
+
+def _delegate_of(interp: Any) -> str:
+    """"xnnpack" when a delegate node runs (part of) the graph, else "builtin"."""
+    try:
+        ops = interp._get_ops_details()
+    except AttributeError:  # no introspection: say nothing that is not known
+        return "unknown"
+    return "xnnpack" if any(op.get("op_name") == "DELEGATE" for op in ops) else "builtin"
+
+
 class _Quantizer:
     """float32 → int8/uint8 input, into preallocated buffers (np.clip alone costs 3 µs)."""
 
@@ -263,11 +332,11 @@ class _Quantizer:
         self.inv_scale = np.float32(1.0 / scale)
         self.zero = np.float32(zero)
         self.low, self.high = np.float32(info.min), np.float32(info.max)
-        self.buffer = np.empty(shape, dtype=np.float32)
-        self.quantized = np.empty(shape, dtype=dtype)
+        self.buffer = np.empty(int(np.prod(shape)), dtype=np.float32)
 
-    def __call__(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
-        return self._into(x, self.buffer, self.quantized)
+    def into(self, x: npt.NDArray[np.float32], q: npt.NDArray[Any]) -> None:
+        """Quantize the flat window ``x`` into ``q`` (the model's flat input tensor)."""
+        self._into(x, self.buffer, q)
 
     def many(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
         return self._into(x, np.empty_like(x), np.empty(x.shape, dtype=self.dtype))
