@@ -24,6 +24,7 @@ from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
 from cloud_hub.drift.loop import RetrainLoop
 from cloud_hub.identity.enrollment import DeviceEnrollment
+from cloud_hub.identity.enrollment_jobs import EnrollmentJobs
 from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
@@ -104,6 +105,7 @@ class Hub:
                                      interval_s=min(settings.webhook_backoff_s, 1.0),
                                      holder=holder)
         self.enrollment = DeviceEnrollment(settings, self.engine, trust_keys=self._pinned_keys)
+        self.enrollment_jobs = EnrollmentJobs(self.enrollment)
         self.retrain = LeasedWorker(
             self.engine, name="retrain", holder=holder, interval_s=settings.retrain_tick_s,
             tick=RetrainLoop(self.engine, jobs=self.jobs, releases=self.releases,

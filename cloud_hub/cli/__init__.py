@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--state-dir", help="enroll: the agent's state_dir (default /var/lib/edgeloop)")
     d.add_argument("--mqtt-host", help="enroll: the broker's name as the device reaches it")
     d.add_argument("--mqtt-port", type=int)
+    d.add_argument("--from", dest="ids_file", metavar="FILE",
+                   help="enroll: many devices, one id per line ('-': stdin), as a job with a "
+                        "progress bar; each bundle goes into OUT/DEVICE_ID (--out, default .)")
     add_local_parsers(sub)  # broker init|run
 
     add_ops_parsers(sub)  # anomalies, incidents, webhooks
@@ -162,7 +165,8 @@ def _check(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if a.command == "models" and action in ("show", "publish", "retire", "download",
                                             "rollback") and not a.refs:
         parser.error(f"models {action} needs NAME:VERSION")
-    if a.command == "devices" and action != "list" and not a.device_id:
+    if a.command == "devices" and action != "list" and not a.device_id and not (
+            action == "enroll" and a.ids_file):
         parser.error(f"devices {action} needs a device id")
     if a.command == "devices" and action == "desired" and not a.model:
         parser.error("devices desired needs --model NAME:VERSION")

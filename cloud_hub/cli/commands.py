@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ _DEVICE_COLS = ("device_id", "online", "last_seen", "group", "tags", "desired_mo
 _MODEL_COLS = ("name", "version", "status", "family", "quantization", "channels", "size_bytes",
                "float_size_bytes", "decision_agreement", "parity_passed", "devices_running")
 _JOB_COLS = ("id", "name", "status", "progress", "model", "error")
+_MAX_BULK = 1000  # devices per enrollment job (the API's limit)
 _ROLLOUT_COLS = ("id", "model", "status", "stage", "devices_total", "devices_updated",
                  "seconds_to_full", "reason")
 
@@ -277,6 +279,8 @@ def _enroll(a: argparse.Namespace, c: HubClient) -> int:
     for key in ("state_dir", "mqtt_host", "mqtt_port"):
         if getattr(a, key) is not None:
             body[key] = getattr(a, key)
+    if a.ids_file:
+        return _enroll_many(a, c, body)
     data = c.post(f"/devices/{a.device_id}/enroll", body)
     path = Bundle(**data).write(Path(a.out or a.device_id))
     if a.json:
@@ -289,6 +293,51 @@ def _enroll(a: argparse.Namespace, c: HubClient) -> int:
         out.print(f"  pinned signing key {key_id}: {fingerprint}", highlight=False)
     out.print("  check it against `cloud-hub keys fingerprint` on the hub, then on the device: "
               f"edge-agent run --config {path.name}", highlight=False)
+    return 0
+
+
+def _read_ids(source: str) -> list[str]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [i for i in ids if i]
+
+
+def _enroll_many(a: argparse.Namespace, c: HubClient, body: dict[str, Any]) -> int:
+    """Enroll the devices listed in a file as hub jobs of up to 1,000 devices each (the
+    broker's work grows with the fleet, past any sensible HTTP timeout), with a progress bar;
+    each bundle is written into OUT/DEVICE_ID."""
+    from cloud_hub.identity.enrollment import Bundle
+
+    ids = [a.device_id] if a.device_id else []
+    ids += _read_ids(a.ids_file)
+    if not ids:
+        raise SystemExit(f"devices enroll --from {a.ids_file}: no device ids in it")
+    out, written = Path(a.out or "."), list[dict[str, str]]()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} devices"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("enrolling", total=len(ids), info="")
+        for start in range(0, len(ids), _MAX_BULK):
+            part = ids[start:start + _MAX_BULK]
+            job = c.post("/enrollment-jobs", {**body, "device_ids": part})
+            while job["status"] == "running":
+                bar.update(task, completed=start + job["devices_done"], info=job["stage"])
+                time.sleep(0.5)  # polling an HTTP API: the interval is the point
+                job = c.get(f"/enrollment-jobs/{job['id']}")
+            if job["status"] != "succeeded":
+                bar.update(task, info=f"{job['status']}: {job['error']}")
+                raise SystemExit(f"enrollment job {job['id']} {job['status']}: {job['error']} "
+                                 f"({len(written)} of {len(ids)} devices enrolled before it)")
+            for bundle in c.post(f"/enrollment-jobs/{job['id']}/bundles"):
+                written.append({"device_id": bundle["device_id"], "job": job["id"],
+                                "config": str(Bundle(**bundle).write(out / bundle["device_id"]))})
+            bar.update(task, completed=start + len(part), info="done")
+    if a.json:
+        emit(written, True)
+    else:
+        console().print(f"enrolled {len(written)} devices: {out}/DEVICE_ID/agent.toml "
+                        "(+ ca.crt beside each)", highlight=False)
     return 0
 
 

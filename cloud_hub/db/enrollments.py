@@ -64,8 +64,15 @@ def record_enrollment(session: Session, device_ids: list[str], *, broker_credent
     """Enroll (or enroll again after a revocation) and commit; ``device_rows``: make the
     devices' rows too, so they are listed (and can take a rollout) before they connect."""
     at = now if now is not None else time.time()
+    # The rows there already in one query per 500 ids, not a get() per device: each get()
+    # flushed the rows added before it (10 s of 1,000 devices' 11 s in the database).
+    known: dict[str, Enrollment] = {}
+    for i in range(0, len(device_ids), 500):
+        part = device_ids[i:i + 500]
+        known.update((e.device_id, e) for e in session.exec(
+            select(Enrollment).where(col(Enrollment.device_id).in_(part))))
     for device_id in device_ids:
-        row = session.get(Enrollment, device_id)
+        row = known.get(device_id)
         if row is None:
             session.add(Enrollment(device_id=device_id, enrolled_at=at,
                                    broker_credential=broker_credential))

@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,15 +254,18 @@ class DynsecClient:
         self.stop()
 
     # -- commands ----------------------------------------------------------------------
-    def execute(self, commands: Sequence[dict[str, Any]], *,
-                ignore: Iterable[str] = ()) -> list[dict[str, Any]]:
+    def execute(self, commands: Sequence[dict[str, Any]], *, ignore: Iterable[str] = (),
+                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Run ``commands`` in order; raise :class:`DynsecError` naming the first that failed
-        (unless its error text contains one of ``ignore``, e.g. "not found" for deletes)."""
+        (unless its error text contains one of ``ignore``, e.g. "not found" for deletes).
+        ``progress`` hears how many commands the broker has answered so far."""
         self.wait_connected(self.timeout)
         ignored = tuple(ignore)
         answers: list[dict[str, Any]] = []
         for start in range(0, len(commands), _COMMANDS_PER_MESSAGE):
             answers += self._execute_part(commands[start:start + _COMMANDS_PER_MESSAGE])
+            if progress is not None:
+                progress(len(answers))
         for command, answer in zip(commands, answers, strict=True):
             error = answer.get("error")
             if error and not any(s in str(error) for s in ignored):

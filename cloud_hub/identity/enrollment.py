@@ -16,7 +16,9 @@ import logging
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,8 @@ from cloud_hub.identity.roles import (
 from shared.keys import fingerprint_of_raw, public_key_bytes
 from shared.topics import validate_device_id
 
-__all__ = ["DEFAULT_STATE_DIR", "Bundle", "DeviceEnrollment", "EnrollmentError", "agent_toml"]
+__all__ = ["DEFAULT_STATE_DIR", "Bundle", "DeviceEnrollment", "EnrollmentError", "EnrollmentPlan",
+           "EnrollmentProgress", "agent_toml"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,25 @@ CA_FILE_NAME = "ca.crt"
 
 class EnrollmentError(RuntimeError):
     """The broker could not be told about the device (it is then not enrolled either)."""
+
+
+@dataclass(frozen=True)
+class EnrollmentProgress:
+    """Where an enrollment is: ``stage`` (clearing, credentials, recording) and how many of
+    ``total`` devices have their broker credential."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class EnrollmentPlan:
+    """A checked enrollment, nothing done yet: its devices, identities and bundles."""
+
+    device_ids: list[str]
+    identities: list[Identity]
+    bundles: list[Bundle]
 
 
 @dataclass(frozen=True)
@@ -180,8 +202,19 @@ class DeviceEnrollment:
 
     def enroll(self, device_ids: list[str], *, state_dir: str = DEFAULT_STATE_DIR,
                mqtt_host: str | None = None, mqtt_port: int | None = None,
-               source: dict[str, Any] | None = None) -> list[Bundle]:
+               source: dict[str, Any] | None = None,
+               progress: Callable[[EnrollmentProgress], None] | None = None) -> list[Bundle]:
         """Enroll these devices (each must not be enrolled now); one bundle each."""
+        plan = self.prepare(device_ids, state_dir=state_dir, mqtt_host=mqtt_host,
+                            mqtt_port=mqtt_port, source=source)
+        return self.carry_out(plan, progress)
+
+    def prepare(self, device_ids: list[str], *, state_dir: str = DEFAULT_STATE_DIR,
+                mqtt_host: str | None = None, mqtt_port: int | None = None,
+                source: dict[str, Any] | None = None) -> EnrollmentPlan:
+        """Check an enrollment and make its bundles, touching neither the broker nor the
+        registry: what would be refused (an enrolled device, a value TOML cannot hold) is
+        refused here, before anything is done."""
         for device_id in device_ids:
             validate_device_id(device_id)
         if len(set(device_ids)) != len(device_ids):
@@ -194,26 +227,43 @@ class DeviceEnrollment:
         if already:
             raise FileExistsError(f"device(s) {already} are enrolled already; revoke first")
         identities = [device_identity(s.topics, d) for d in device_ids]
-        # The bundles first: what cannot be written (a value TOML cannot hold) is refused
-        # before the broker or the registry is touched.
         bundles = self._bundles(identities, state_dir=state_dir, mqtt_host=mqtt_host,
                                 mqtt_port=mqtt_port, source=source)
+        return EnrollmentPlan(list(device_ids), identities, bundles)
+
+    def carry_out(self, plan: EnrollmentPlan,
+                  progress: Callable[[EnrollmentProgress], None] | None = None) -> list[Bundle]:
+        """Create the plan's broker credentials, then record the devices; ``progress`` hears
+        how many devices have their credential so far."""
+        device_ids, total = plan.device_ids, len(plan.device_ids)
+
+        def tell(stage: str, done: int) -> None:
+            if progress is not None:
+                progress(EnrollmentProgress(stage, done, total))
+
         if self.manages_broker:
             with self._lock:
                 try:
                     # A credential left over from an earlier enrollment goes first.
+                    tell("clearing", 0)
                     self._admin().execute(
                         [c for d in device_ids for c in remove_commands(d, device_rolename(d))],
                         ignore=("not found",))
-                    self._admin().execute(client_commands(identities))
+                    commands = client_commands(plan.identities)
+                    clients_within = list(accumulate(
+                        c["command"] == "createClient" for c in commands))
+                    tell("credentials", 0)
+                    self._admin().execute(commands, progress=lambda n: tell(
+                        "credentials", clients_within[n - 1] if n else 0))
                 except Exception as exc:
                     raise EnrollmentError(f"the broker refused the new credential(s): {exc}") \
                         from exc
+        tell("recording", total)
         with Session(self.engine) as session:
             record_enrollment(session, device_ids, broker_credential=self.manages_broker)
-        log.info("enrolled %d device(s)%s", len(device_ids),
+        log.info("enrolled %d device(s)%s", total,
                  " with broker credentials" if self.manages_broker else " (registry only)")
-        return bundles
+        return plan.bundles
 
     def _bundles(self, identities: list[Identity], *, state_dir: str, mqtt_host: str | None,
                  mqtt_port: int | None, source: dict[str, Any] | None) -> list[Bundle]:

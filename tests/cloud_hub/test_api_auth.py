@@ -132,6 +132,18 @@ def _enrolled(w: World) -> dict[str, Any]:
     return {"device_id": device}
 
 
+def _enrollment_job(w: World) -> dict[str, Any]:
+    job = w.admin("POST", "/enrollment-jobs", json={"device_ids": [w.fresh("auth-job")]})
+    return {"job_id": job["id"]}
+
+
+def _finished_enrollment_job(w: World) -> dict[str, Any]:
+    job_id = _enrollment_job(w)["job_id"]
+    wait_for(lambda: w.admin("GET", f"/enrollment-jobs/{job_id}")["status"] == "succeeded",
+             30, "the enrollment job")
+    return {"job_id": job_id}
+
+
 def _rule(w: World) -> dict[str, Any]:
     rule = w.admin("POST", "/webhooks", json={"name": w.fresh("hook"),
                                               "url": "http://127.0.0.1:9/hook",
@@ -209,6 +221,10 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("POST", "/api/v1/enrollments"): (ADMIN, Call(json_for=lambda w: {
         "device_ids": [w.fresh("auth-bulk")]})),
     ("GET", "/api/v1/enrollments"): (READ, Call()),
+    ("POST", "/api/v1/enrollment-jobs"): (ADMIN, Call(json_for=lambda w: {
+        "device_ids": [w.fresh("auth-bulk-job")]})),
+    ("GET", "/api/v1/enrollment-jobs/{job_id}"): (ADMIN, Call(_enrollment_job)),
+    ("POST", "/api/v1/enrollment-jobs/{job_id}/bundles"): (ADMIN, Call(_finished_enrollment_job)),
     ("GET", "/api/v1/telemetry"): (READ, Call(query={"device_id": "auth-dev-1"})),
     ("GET", "/api/v1/telemetry/summary"): (READ, Call()),
     ("GET", "/api/v1/devices/{device_id}/telemetry"): (READ, Call(_device,

@@ -4,6 +4,7 @@ enrolled devices only, and a revoked device is disconnected and refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -23,6 +24,7 @@ from cloud_hub.cli import main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.tables import DeadLetter, Device
+from cloud_hub.identity.enrollment import EnrollmentProgress
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker, Credential
@@ -261,3 +263,66 @@ def test_a_device_credential_cannot_be_used_as_another_client_id(
         assert answers.get(timeout=10) == "Not authorized"
     finally:
         thief.loop_stop()
+
+
+def test_a_bulk_enrollment_job_from_the_cli_writes_every_bundle_and_hands_them_out_once(
+    broker: Broker, server: ServerHandle, api: httpx.Client, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ids = [f"line-{i:03d}" for i in range(60)]
+    listing = tmp_path / "ids.txt"
+    listing.write_text("# the press line\n" + "\n".join(ids) + "\n\n")
+    out = _cli(server, capsys, "devices", "enroll", "--from", str(listing),
+               "--out", str(tmp_path / "bundles"), "--json")
+    written = json.loads(out)
+    assert [w["device_id"] for w in written] == ids
+    for device_id in ids:
+        config = tomllib.loads((tmp_path / "bundles" / device_id / "agent.toml").read_text())
+        assert config["device_id"] == device_id == config["mqtt"]["username"]
+    enrolled = {e["device_id"]: e for e in api.get("/enrollments", params={"limit": 1000}).json()}
+    assert all(enrolled[d]["broker_credential"] for d in ids)
+    job = api.get(f"/enrollment-jobs/{written[0]['job']}").json()
+    assert job["status"] == "succeeded" and job["stage"] == "done"
+    assert job["devices_done"] == job["devices_total"] == 60
+    assert job["bundles_collected"] and not job["bundles_ready"]
+    again = api.post(f"/enrollment-jobs/{job['id']}/bundles")
+    assert again.status_code == 409 and "collected already" in again.text
+    # A written bundle's credential is the broker's: the device logs in with it.
+    last = tomllib.loads((tmp_path / "bundles" / ids[-1] / "agent.toml").read_text())["mqtt"]
+    device = _Device(broker, Credential(last["username"], last["password"], ids[-1]))
+    try:
+        assert device.connack.get(timeout=10) == "Success"
+    finally:
+        device.close()
+
+
+def test_an_enrollment_job_answers_at_once_and_refuses_up_front_what_would_fail(
+    api: httpx.Client,
+) -> None:
+    started = api.post("/enrollment-jobs", json={"device_ids": ["job-1", "job-2"]})
+    assert started.status_code == 202, started.text
+    assert started.json()["devices_total"] == 2
+    job_id = started.json()["id"]
+    done = wait_for(lambda: (j := api.get(f"/enrollment-jobs/{job_id}").json())["status"]
+                    != "running" and j, 30, "the job to finish")
+    assert done["status"] == "succeeded", done
+    bundles = api.post(f"/enrollment-jobs/{job_id}/bundles").json()
+    assert sorted(b["device_id"] for b in bundles) == ["job-1", "job-2"]
+    assert all(b["password"] for b in bundles)
+    conflict = api.post("/enrollment-jobs", json={"device_ids": ["job-3", "job-2"]})
+    assert conflict.status_code == 409 and "revoke first" in conflict.text
+    assert api.get("/enrollment-jobs/nope").status_code == 404
+    assert "job-3" not in {e["device_id"] for e in api.get("/enrollments").json()}
+
+
+def test_enrollment_progress_counts_devices_with_a_credential_up_to_all_of_them(
+    hub: Hub,
+) -> None:
+    heard: list[EnrollmentProgress] = []
+    ids = [f"prog-{i:03d}" for i in range(60)]
+    hub.enrollment.enroll(ids, progress=heard.append)
+    credentials = [p.done for p in heard if p.stage == "credentials"]
+    assert [p.stage for p in heard][0] == "clearing" and heard[-1].stage == "recording"
+    assert credentials == sorted(credentials) and credentials[-1] == 60
+    assert len(set(credentials)) > 2, "progress is told as the broker answers, not at the end"
+    assert all(p.total == 60 for p in heard)

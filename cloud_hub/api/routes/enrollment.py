@@ -15,6 +15,7 @@ from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.db.enrollments import Enrollment, NotEnrolled
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.identity.enrollment import DEFAULT_STATE_DIR, Bundle, EnrollmentError
+from cloud_hub.identity.enrollment_jobs import BundlesGone
 from shared.topics import DEVICE_ID_PATTERN, TopicError
 
 router = APIRouter(tags=["enrollment"])
@@ -107,11 +108,32 @@ class Revoked(BaseModel):
     broker_credential_deleted: bool
 
 
+class EnrollmentJobPublic(BaseModel):
+    """A bulk enrollment running in the background (``POST /enrollment-jobs``)."""
+
+    id: str
+    status: str = Field(description="running | succeeded | failed")
+    stage: str = Field(description="queued | clearing (old credentials) | credentials | "
+                                   "recording | done")
+    devices_total: int
+    devices_done: int = Field(description="devices whose broker credential exists so far")
+    error: str | None
+    created_at: float
+    finished_at: float | None
+    bundles_ready: bool = Field(description="POST …/bundles hands them out (once)")
+    bundles_collected: bool
+
+
+def _options(body: EnrollRequest) -> dict[str, Any]:
+    return {"state_dir": body.state_dir, "mqtt_host": body.mqtt_host,
+            "mqtt_port": body.mqtt_port,
+            "source": body.source.model_dump() if body.source is not None else None}
+
+
 def _enroll(hub: Any, ids: list[str], body: EnrollRequest) -> list[Bundle]:
     try:
-        return hub.enrollment.enroll(  # type: ignore[no-any-return]
-            ids, state_dir=body.state_dir, mqtt_host=body.mqtt_host, mqtt_port=body.mqtt_port,
-            source=body.source.model_dump() if body.source is not None else None)
+        hub.enrollment_jobs.refuse_busy(ids)
+        return hub.enrollment.enroll(ids, **_options(body))  # type: ignore[no-any-return]
     except FileExistsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (TopicError, ValueError) as exc:
@@ -133,8 +155,52 @@ def enroll(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey,
 @router.post("/enrollments", response_model=list[BundlePublic],
              status_code=status.HTTP_201_CREATED, responses=errors(409, 503))
 def enroll_many(body: BulkEnrollRequest, hub: HubDep, _key: AdminKey) -> list[BundlePublic]:
-    """Enroll up to 1,000 devices at once (one bundle each)."""
+    """Enroll up to 1,000 devices at once (one bundle each), answering when done. A large
+    fleet can take minutes on mosquitto 2.0: use ``POST /enrollment-jobs`` for it."""
     bundles = _enroll(hub, list(body.device_ids), body)
+    return [BundlePublic(**b.to_dict()) for b in bundles]
+
+
+@router.post("/enrollment-jobs", response_model=EnrollmentJobPublic,
+             status_code=status.HTTP_202_ACCEPTED, responses=errors(409))
+def start_enrollment_job(body: BulkEnrollRequest, hub: HubDep,
+                         _key: AdminKey) -> EnrollmentJobPublic:
+    """Enroll up to 1,000 devices in the background: answers at once (what would be refused
+    is refused now); follow ``GET /enrollment-jobs/{id}`` (stage, devices done of total), then
+    collect the bundles once with ``POST /enrollment-jobs/{id}/bundles``. For fleets whose
+    enrollment outlasts an HTTP request: the broker's work grows with the devices it holds."""
+    try:
+        job = hub.enrollment_jobs.submit(list(body.device_ids), **_options(body))
+    except FileExistsError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except (TopicError, ValueError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return EnrollmentJobPublic(**job.to_dict())
+
+
+@router.get("/enrollment-jobs/{job_id}", response_model=EnrollmentJobPublic,
+            responses=errors(404))
+def enrollment_job(job_id: Annotated[str, Path(max_length=64)], hub: HubDep,
+                   _key: AdminKey) -> EnrollmentJobPublic:
+    try:
+        return EnrollmentJobPublic(**hub.enrollment_jobs.get(job_id).to_dict())
+    except KeyError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, exc.args[0]) from None
+
+
+@router.post("/enrollment-jobs/{job_id}/bundles", response_model=list[BundlePublic],
+             responses=errors(404, 409))
+def enrollment_job_bundles(job_id: Annotated[str, Path(max_length=64)], hub: HubDep,
+                           _key: AdminKey) -> list[BundlePublic]:
+    """Collect the bundles of a job that succeeded, once (a POST: it removes them): the hub
+    keeps no device password after that (nor after 15 minutes uncollected, nor across a
+    restart)."""
+    try:
+        bundles = hub.enrollment_jobs.collect(job_id)
+    except BundlesGone as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except KeyError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, exc.args[0]) from None
     return [BundlePublic(**b.to_dict()) for b in bundles]
 
 
