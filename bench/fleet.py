@@ -9,10 +9,10 @@ tenth of the devices. Prints a table and writes
 ``reports/bench/fleet.json`` with devices, readings_generated, readings_stored, lost,
 anomalies_raised, anomalies_stored, detection_latency_ms_p99 (window completion to hub commit),
 where that time went per stage (``detection_latency_stages_ms``: the window's last reading due
--> detected -> handed to paho -> written to the socket -> delivered by the broker to a bystander
-subscriber, ``simulator.anomaly_watch`` -> the hub's stored_at), the CPU time each process
-used, and what the hub's delivery acknowledgements cost (acks published per second and their
-bytes, from the hub's /metrics; how many the devices received).
+-> read by its device -> detected -> handed to paho -> written to the socket -> delivered by
+the broker to a bystander subscriber, ``simulator.anomaly_watch`` -> the hub's stored_at), the
+CPU time each process used, and what the hub's delivery acknowledgements cost (acks published
+per second and their bytes, from the hub's /metrics; how many the devices received).
 
     .venv/bin/python bench/fleet.py [--devices 1000] [--duration 60]
 """

@@ -372,7 +372,8 @@ class AnomalyWatch:
 
 # The stages of window-to-hub, in order: each is the time between two stamps of the same anomaly.
 _STAGES = (
-    ("window_end_to_detected", "ts_end", "detected"),  # shard tick picks the reading up, model
+    ("window_end_to_read", "ts_end", "picked"),  # the shard ticks the device, it reads
+    ("read_to_detected", "picked", "detected"),  # the readings read with it, the model
     ("detected_to_published", "detected", "published"),  # outbox commit, window, paho queue
     ("published_to_written", "published", "written"),  # until the shard's loop wrote the socket
     ("written_to_broker_delivered", "written", "delivered"),  # broker, TLS both ways
@@ -390,7 +391,8 @@ def stage_breakdown(rows: list[dict[str, Any]], fleet: ScaleFleet,
         key = (r["device_id"], r["epoch"], int(r["seq"]))
         device = fleet.devices.get(r["device_id"])
         sent = device.wire.anomaly_times.get((r["epoch"], int(r["seq"])), {}) if device else {}
-        stamps = {"ts_end": r.get("ts_end"), "detected": r.get("detected_at"),
+        stamps = {"ts_end": r.get("ts_end"), "picked": sent.get("picked"),
+                  "detected": r.get("detected_at"),
                   "published": sent.get("published"), "written": sent.get("written"),
                   "delivered": watched.get(key), "stored": r.get("stored_at")}
         for name, start, end in _STAGES:

@@ -156,6 +156,9 @@ class ShardWire:
         if key in self.anomaly_times or len(self.anomaly_times) >= _ANOMALY_TIMES_MAX:
             return
         self.anomaly_times[key] = {"published": time.time()}
+        picked = getattr(self.owner, "picked_at", None)  # when its window's reading was read
+        if picked is not None:
+            self.anomaly_times[key]["picked"] = picked
         self._anomaly_mids[mid] = key
         if self.client.want_write():
             self._unwritten.append(key)
@@ -333,6 +336,7 @@ class ScaleDevice:
         self._next_core_tick = 0.0
         self._send = True  # something may be waiting for the window
         self._final: CoreStatus | None = None
+        self.picked_at: float | None = None  # when the last readings were read (epoch s)
 
     def _queued(self) -> None:
         self._send = True
@@ -355,6 +359,7 @@ class ScaleDevice:
                 core.on_link_down(event[1])
         read = False
         if time.time() >= self._next_reading_at:  # skip the source's lock until one is due
+            self.picked_at = time.time()
             readings = self.source.read(0.0)
             if readings:
                 core.on_readings(readings)
