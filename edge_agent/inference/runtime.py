@@ -189,14 +189,20 @@ class TfliteModel:
         ``allocate_tensors``/``resize_tensor_input`` may move the tensors. This interpreter is
         never resized or re-allocated after load (batches get their own), so the tensors stay
         where they are, and graph inputs and outputs are never reused for other tensors by the
-        arena planner. A runtime without the native object falls back to copies (``io``)."""
+        arena planner. A runtime without the native object, or a model whose input or output
+        has no memory until invoke (a dynamic tensor), falls back to copies (``io``)."""
         native = getattr(self._interp, "_interpreter", None)
         invoke = getattr(native, "Invoke", None)
         tensor = getattr(self._interp, "tensor", None)
         if invoke is None or tensor is None:
             return "copies", None, None, self._interp.invoke
-        x = tensor(self._in_index)().reshape(-1)
-        y = tensor(self._out_index)().reshape(-1)
+        try:
+            x = tensor(self._in_index)().reshape(-1)
+            y = tensor(self._out_index)().reshape(-1)
+        except ValueError:
+            # "Tensor data is null": a tensor the runtime allocates at each invoke (a dynamic
+            # tensor; the hub's conv1d_ae has one). Its memory may move, so no view of it.
+            return "copies", None, None, self._interp.invoke
         if x.base is None or y.base is None:  # not views into the interpreter: copies after all
             return "copies", None, None, self._interp.invoke
         return "views", x, y, invoke
