@@ -32,6 +32,17 @@ def _persist_collector_session(broker: Broker, collector: Collector) -> None:
     wait_until(collector.client.is_connected, 10, "collector back after the restart")
 
 
+
+def _take_all_offline(agent: Agent, broker: Broker, source: ScriptedSource, total: int) -> None:
+    """Stop the broker, let the paused source run out, and wait until every reading is in the
+    agent and its last batch in the outbox."""
+    broker.stop()
+    wait_until(lambda: not agent.status()["connected"], 10, "agent offline")
+    source.resume()
+    wait_until(lambda: source.exhausted and agent.status()["readings"] == total, 30,
+               "all readings taken in while offline")
+    wait_until(lambda: agent.batcher.pending() == 0, 10, "last batch in the outbox")
+
 def test_broker_killed_for_10s_while_3_agents_stream_loses_and_duplicates_nothing(
     broker: Broker, collector: Collector, tmp_path: Path
 ) -> None:
@@ -110,12 +121,7 @@ def test_outbox_overflow_while_offline_counts_every_lost_reading_and_keeps_anoma
     try:
         hub.set_desired("dev-o", "pump-ae", 1)
         wait_until(lambda: agent.status()["active_model"], 20, "model active")
-        broker.stop()
-        wait_until(lambda: not agent.status()["connected"], 10, "agent offline")
-        source.resume()
-        wait_until(lambda: source.exhausted and agent.status()["readings"] == total, 30,
-                   "all readings taken in while offline")
-        wait_until(lambda: agent.batcher.pending() == 0, 10, "last batch in the outbox")
+        _take_all_offline(agent, broker, source, total)
         offline = agent.status()
         assert offline["dropped_readings"] > 0, "the outbox really overflowed"
         assert offline["dropped_anomalies"] == 0
@@ -205,12 +211,7 @@ def test_stop_with_the_link_down_returns_at_once_and_keeps_the_pending_readings(
     result: list[bool] = []
     try:
         wait_until(lambda: agent.status()["connected"], 10, "agent online")
-        broker.stop()
-        wait_until(lambda: not agent.status()["connected"], 10, "agent offline")
-        source.resume()
-        wait_until(lambda: source.exhausted and agent.status()["readings"] == total, 30,
-                   "all readings taken in while offline")
-        wait_until(lambda: agent.batcher.pending() == 0, 10, "last batch in the outbox")
+        _take_all_offline(agent, broker, source, total)
         assert agent.status()["outbox_depth"] > 0
         stopping = threading.Thread(target=lambda: result.append(agent.stop(timeout=600)))
         stopping.start()
