@@ -3,19 +3,21 @@
 Also measures train_convert_seconds: training + conversion + parity of the default model on
 10,000 windows. Every device is the agent's own core (:mod:`simulator.scale_fleet`): its own TLS
 connection and credential, durable outbox, model store and trust ring, reading a simulated
-server at ``--rate`` Hz; a few shard threads drive them all through epoll, in a process of
-their own (``python -m simulator.scale_fleet``) so that they share no interpreter lock with the
-hub, which runs in this one with its real ingest, publisher and rollout controller. Each device
-follows its retained ``desired``, fetches the retained manifest and chunks, checks the
-signature, size and hashes, loads the model into its own interpreter, runs it in shadow for
-``--shadow-windows`` windows, swaps it in and publishes ``reported`` active. The devices' state
-lives under ``--state-dir`` (default: a temporary directory in /dev/shm when there is one): a
-thousand devices' fsyncs on one shared disk would measure that disk, where each real device has
-its own storage.
+server at ``--rate`` Hz. The fleet is split over ``--processes`` processes of its own (default:
+one per core, :class:`simulator.fleet_pool.FleetPool`), each driving its share through epoll,
+so the devices share no interpreter lock with the hub or with each other; the hub runs in this
+process with its real ingest, publisher and rollout controller. Each device follows its
+retained ``desired``, fetches the retained manifest and chunks, checks the signature, size and
+hashes, loads the model into its own interpreter, runs it in shadow for ``--shadow-windows``
+windows, swaps it in and publishes ``reported`` active. The devices' state lives under
+``--state-dir`` (default: a temporary directory in /dev/shm when there is one): a thousand
+devices' fsyncs on one shared disk would measure that disk, where each real device has its own
+storage.
 
     .venv/bin/python bench/rollout.py [--devices 1000] [--rate 2] [--shadow-windows 3]
 
-Prints a table and writes reports/bench/rollout.json.
+Prints a table and writes reports/bench/rollout.json. Exits 1 when the rollout did not succeed
+on every device, or (``--upload raw``) when a reading was lost.
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget  # noqa: E402
 from cloud_hub.service import Hub  # noqa: E402
 from edge_agent.sources.base import Reading  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
+from simulator.fleet import DeviceSpec  # noqa: E402
+from simulator.fleet_pool import FleetPool, default_processes  # noqa: E402
 from simulator.source import SimulatedSource  # noqa: E402
 
 PROFILE = "server"
@@ -101,43 +102,38 @@ def update_phases(timeline: dict[str, list[tuple[str, float]]],
     return out
 
 
-class FleetProcess:
-    """``python -m simulator.scale_fleet CONFIG`` as a child: JSON lines out, commands in."""
+def _lag_summary(lags_ms: list[float]) -> dict[str, float | int | None]:
+    if not lags_ms:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    p50, p99, top = np.percentile(lags_ms, [50, 99, 100])
+    return {"n": len(lags_ms), "p50": round(float(p50), 1), "p99": round(float(p99), 1),
+            "max": round(float(top), 1)}
 
-    def __init__(self, config: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "simulator.scale_fleet", str(config)], cwd=REPO,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
 
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(json.loads(line))
+def _cpu_seconds_of(pid: int) -> float:
+    """utime + stime of another process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def read(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fields = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise TimeoutError(f"the fleet did not say {event!r} in {timeout:g}s") from None
-            if fields.get("event") == event:
-                return fields
 
-    def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
+def readings_lost(hub: Hub, generated: dict[str, int], timeout: float = 60.0) -> int:
+    """Readings the devices produced that the hub has not stored (waiting up to ``timeout``
+    for the last ones to be committed)."""
+    from sqlmodel import Session, select
 
-    def close(self) -> None:
-        try:
-            self.send("stop")
-            self.process.wait(60)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait(10)
+    from cloud_hub.db.tables import Device
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with Session(hub.engine) as session:
+            stored = {d.device_id: d.telemetry_readings for d in session.exec(select(Device))}
+        lost = sum(max(0, n - stored.get(d, 0)) for d, n in generated.items())
+        if lost == 0 or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.5)
 
 
 def main() -> int:
@@ -146,7 +142,9 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=2.0, help="readings per second per device")
     parser.add_argument("--shadow-windows", type=int, default=3)
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=default_processes(),
+                        help="fleet processes (default: one per core)")
+    parser.add_argument("--shards", type=int, default=1, help="shard threads per fleet process")
     parser.add_argument("--upload", choices=("raw", "anomalies"), default="anomalies",
                         help="telemetry.upload of the devices: raw streams every reading to the "
                              "in-process hub while the rollout runs; anomalies (default) measures "
@@ -171,7 +169,8 @@ def main() -> int:
                        rollout_tick_s=0.05, mqtt_dynsec=False, **mqtt_settings))
     hub.enrollment.enroll(device_ids)
     hub.start()
-    fleet: FleetProcess | None = None
+    fleet: FleetPool | None = None
+    final: dict[str, Any] | None = None
     try:
         print(f"training the default model on {args.windows:,} windows …", flush=True)
         (name, version), train_seconds, model_info = train_model(hub, args.windows, args.rate)
@@ -185,20 +184,18 @@ def main() -> int:
             model_bytes = record.size_bytes
             window = int(record.manifest["input"]["window"])
         history_s = (window + 8) / args.rate  # a window's worth recorded before the rollout
-        config = workdir / "fleet.json"
-        config.write_text(json.dumps({
-            "host": broker.host, "port": broker.port, "state_root": str(state_root),
-            "trust_keys": {hub.signing_key.key_id: hub.signing_key.public_b64()},
-            "shards": args.shards, "profile": PROFILE, "rate_hz": args.rate,
-            "history_s": history_s, "devices": device_ids,
-            "auth": {d: broker.device_auth(d) for d in device_ids},
-            "overrides": {"model": {"shadow_windows": args.shadow_windows},
-                          "telemetry": {"upload": args.upload}},
-        }))
-        # The devices run in a process of their own: they share no interpreter lock with the
+        # The devices run in processes of their own: they share no interpreter lock with the
         # hub (real devices do not share a CPU with it either).
-        fleet = FleetProcess(config)
-        connected = fleet.read("connected", 180)
+        fleet = FleetPool(
+            host=broker.host, port=broker.port, state_root=state_root,
+            workdir=workdir / "fleet", auth=broker.device_auth,
+            trust_keys={hub.signing_key.key_id: hub.signing_key.public_b64()},
+            processes=args.processes, shards=args.shards,
+            devices=[DeviceSpec(device_id=d, profile=PROFILE, seed=i, rate_hz=args.rate,
+                                history_s=history_s) for i, d in enumerate(device_ids)],
+            overrides={"model": {"shadow_windows": args.shadow_windows},
+                       "telemetry": {"upload": args.upload}})
+        connected = fleet.start(240)
         if connected["devices"] < len(device_ids):
             raise TimeoutError(f"only {connected['devices']} of {len(device_ids)} connected")
         print(f"{len(device_ids)} devices connected over TLS in {connected['seconds']:.1f} s; "
@@ -212,10 +209,12 @@ def main() -> int:
                                      max_anomaly_rate_increase=1.0, stage_timeout_s=120.0),
             )
             rollout_id = rollout.id
+        fleet.reset_tick_lag()
+        cpu0 = [_cpu_seconds_of(pid) for pid in fleet.pids]
         hub.rollouts.wake()
         started = time.monotonic()
-        fleet.send(f"watch {name} {version} 120")
-        settled = fleet.read("settled", 180)
+        settled = fleet.watch(name, version, 120)
+        fleet_cpu = sum(_cpu_seconds_of(pid) - c for pid, c in zip(fleet.pids, cpu0, strict=True))
         devices_active = max((t for line in settled["timeline"].values() for s, t in line
                               if s == "active"), default=started) - started
 
@@ -236,6 +235,9 @@ def main() -> int:
             assert r is not None
             view = rollout_view(session, r, with_devices=False)
         errors = settled["errors"]
+        final = fleet.stop(flush_timeout=30.0)
+        lost = readings_lost(hub, final["samples_generated"]) if args.upload == "raw" else None
+        lags = final["tick_lags_ms"]  # from the rollout's start to the fleet's stop
         result = {
             "devices": len(device_ids),
             "transport": broker.transport,
@@ -246,7 +248,8 @@ def main() -> int:
             "rollout_status": view["status"],
             "devices_active_seconds": round(devices_active, 3),
             "devices_active": settled["active"],
-            "fleet_cpu_seconds_until_settled": settled["cpu_seconds"],
+            "fleet_processes": fleet.processes,
+            "fleet_cpu_seconds_until_settled": round(fleet_cpu, 2),
             "update_path": "desired -> retained manifest -> retained chunks -> signature, size, "
                            "sha256 -> interpreter -> shadow -> swap -> reported",
             "shadow_windows": args.shadow_windows,
@@ -256,7 +259,10 @@ def main() -> int:
             "device_errors": len(errors),
             "first_error": errors[0] if errors else None,
             "connect_seconds": connected["seconds"],
-            "max_tick_lag_s": settled["max_tick_lag_s"],
+            "tick_lag_ms": _lag_summary(lags),
+            "readings_generated": sum(final["samples_generated"].values()),
+            "readings_lost": lost,
+            "outboxes_drained_at_stop": final["drained"],
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "train_convert_seconds": train_seconds,
             "train_windows": args.windows,
@@ -264,11 +270,12 @@ def main() -> int:
             "model_parity": model_info["parity"],
         }
     finally:
-        if fleet is not None:
-            fleet.close()
+        if fleet is not None and not fleet.stopped:
+            fleet.stop(flush_timeout=5.0)
         hub.stop()
         broker.close()
         shutil.rmtree(state_root, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in result)
@@ -277,7 +284,12 @@ def main() -> int:
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     print(f"\nwrote {args.output}")
-    return 0 if result["rollout_status"] == "succeeded" and not errors else 1
+    ok = (result["rollout_status"] == "succeeded" and not errors and not lost
+          and final["drained"])
+    if not ok:
+        print(f"FAILED: rollout {result['rollout_status']}, {len(errors)} device errors, "
+              f"readings lost {lost}, outboxes drained {final['drained']}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

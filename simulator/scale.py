@@ -1,7 +1,8 @@
 """Fleet scale run: a thousand devices running the agent's core against a real hub, measured.
 
 Used by ``bench/fleet.py``. The devices (:mod:`simulator.scale_fleet`, each an
-:class:`~edge_agent.core.DeviceCore` over TLS with its own credential) stream their recorded
+:class:`~edge_agent.core.DeviceCore` over TLS with its own credential, split over one process
+per core by :class:`~simulator.fleet_pool.FleetPool`) stream their recorded
 history, the hub trains a model on some of them, publishes it and rolls it out: every device
 follows its ``desired``, fetches the retained manifest and chunks, checks the signature, size
 and hashes, runs it in shadow, swaps it in and reports it. Then the fleet runs for the measured
@@ -34,9 +35,10 @@ from shared.topics import DeviceTopic, TopicAccess
 from simulator.broker import Broker
 from simulator.enroll import enroll_many
 from simulator.fleet import DeviceSpec
+from simulator.fleet_pool import FleetPool
 from simulator.hub_process import HubProcess
 from simulator.loop import LoopError, publish_model, train_model
-from simulator.scale_fleet import ScaleFleet
+from simulator.profiles import PROFILES
 from simulator.scoring import Event, GroundTruth, latency_summary, score_detections
 
 __all__ = ["ScaleOptions", "run_scale"]
@@ -55,7 +57,8 @@ class ScaleOptions:
     fault_share: float = 0.1  # devices that get one fault in the measured period
     fault_kinds: tuple[str, ...] = ("step", "spike", "multi", "noise")
     fault_duration_s: float = 20.0
-    shards: int = 4
+    processes: int | None = None  # fleet processes; None: one per core
+    shards: int = 1  # shard threads per fleet process
     seed: int = 0
     spec: dict[str, Any] = field(default_factory=lambda: {
         "family": "dense_ae", "window": 16, "hidden": 64, "latent": 16, "epochs": 20,
@@ -93,7 +96,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
     broker = Broker(workdir=workdir / "mosquitto")
     hub: HubProcess | None = None
     client: HubClient | None = None
-    fleet: ScaleFleet | None = None
+    fleet: FleetPool | None = None
     device_ids = [f"{opts.profile}-{i:04d}" for i in range(opts.devices)]
     try:
         # Every device's identity goes into the broker's file before it starts: adding a
@@ -109,20 +112,22 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         say(f"broker :{broker.port} ({broker.transport}, {broker.auth}), hub {hub.url}")
         enroll_many(client, device_ids, workdir / "bundles")  # only enrolled devices may send
 
-        fleet = ScaleFleet(mqtt_host=broker.host, mqtt_port=broker.port,
-                           mqtt_auth=broker.device_auth, state_root=device_root,
-                           trust_keys={key["key_id"]: key["public_key"]}, shards=opts.shards)
-        for i, device_id in enumerate(device_ids):
-            fleet.add(DeviceSpec(device_id=device_id, profile=opts.profile,
-                                 seed=opts.seed * 100_000 + i, rate_hz=opts.rate_hz,
-                                 history_s=opts.history_s))
-        fleet.start()
-        up = fleet.wait_connected(60.0)
-        say(f"{up}/{opts.devices} devices connected, each with its own MQTT session")
+        fleet = FleetPool(
+            host=broker.host, port=broker.port, auth=broker.device_auth,
+            state_root=device_root, workdir=workdir / "fleet",
+            trust_keys={key["key_id"]: key["public_key"]}, processes=opts.processes,
+            shards=opts.shards,
+            devices=[DeviceSpec(device_id=device_id, profile=opts.profile,
+                                seed=opts.seed * 100_000 + i, rate_hz=opts.rate_hz,
+                                history_s=opts.history_s)
+                     for i, device_id in enumerate(device_ids)])
+        up = fleet.start()["devices"]
+        say(f"{up}/{opts.devices} devices connected, each with its own MQTT session, in "
+            f"{fleet.processes} fleet processes")
         if up < opts.devices:
             raise LoopError(f"only {up} of {opts.devices} devices connected")
 
-        train_ids = list(fleet.devices)[: opts.train_devices]
+        train_ids = device_ids[: opts.train_devices]
         need = int(opts.history_s * opts.rate_hz)
         deadline = time.monotonic() + 300.0
         while True:
@@ -144,34 +149,41 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
                             replace=False)
         window_s = window / opts.rate_hz
         latest = max(opts.duration_s - opts.fault_duration_s - window_s, 2.0)
-        truths: list[GroundTruth] = []
-        ids = list(fleet.devices)
+        faults: list[dict[str, Any]] = []
         for n, i in enumerate(sorted(int(x) for x in faulty)):
-            device = fleet.devices[ids[i]]
             kind = opts.fault_kinds[n % len(opts.fault_kinds)]
-            truths.append(device.source.inject(
-                kind, at=measured_from + window_s + float(rng.uniform(0.0, latest)),
-                duration=opts.fault_duration_s if kind != "spike" else 3.0 / opts.rate_hz))
+            faults.append({"device_id": device_ids[i], "kind": kind,
+                           "at": measured_from + window_s + float(rng.uniform(0.0, latest)),
+                           "duration": (opts.fault_duration_s if kind != "spike"
+                                        else 3.0 / opts.rate_hz)})
+        truths: list[GroundTruth] = fleet.inject(faults)
 
         watch = AnomalyWatch(broker)
         cpu_self0, cpu_hub0, cpu_broker0 = (_own_cpu_seconds(), _cpu_seconds_of(hub.pid),
                                             _cpu_seconds_of(broker.pid))
-        hub0, devices0 = client.get("/metrics"), _ack_totals(fleet)
-        generated0 = sum(fleet.samples_generated().values())
+        cpu_fleet0 = [_cpu_seconds_of(pid) for pid in fleet.pids]
+        counters0 = fleet.counters()
+        hub0, devices0 = client.get("/metrics"), _ack_totals(counters0)
+        generated0 = counters0["samples_generated"]
         fleet.reset_tick_lag()  # the backlog and the model loading are behind us
         say(f"measuring {opts.duration_s:g} s with {len(truths)} faults injected …")
         time.sleep(max(0.0, measured_from + opts.duration_s - time.time()))
+        fleet_cpu = [round(_cpu_seconds_of(pid) - c0, 2)
+                     for pid, c0 in zip(fleet.pids, cpu_fleet0, strict=True)]
         cpu = {
-            "simulator_s": round(_own_cpu_seconds() - cpu_self0, 2),
+            "fleet_s": round(sum(fleet_cpu), 2),
+            "bench_s": round(_own_cpu_seconds() - cpu_self0, 2),
             "hub_s": round(_cpu_seconds_of(hub.pid) - cpu_hub0, 2),
             "broker_s": round(_cpu_seconds_of(broker.pid) - cpu_broker0, 2),
         }
-        generated_in_period = sum(fleet.samples_generated().values()) - generated0
-        acks = _ack_cost(hub0, client.get("/metrics"), devices0, _ack_totals(fleet),
+        counters1 = fleet.counters()
+        generated_in_period = counters1["samples_generated"] - generated0
+        acks = _ack_cost(hub0, client.get("/metrics"), devices0, _ack_totals(counters1),
                          devices=opts.devices, seconds=opts.duration_s)
-        lag = fleet.max_tick_lag_s()
-        drained = fleet.stop()
-        generated = fleet.samples_generated()
+        final = fleet.stop()
+        drained = final["drained"]
+        lags_ms = final["tick_lags_ms"]  # the measured period's (the stop stops them)
+        generated = final["samples_generated"]
         deadline = time.monotonic() + 120.0
         while True:
             stored = {r["device_id"]: r["readings"] for r in client.get_all("/telemetry/summary")}
@@ -196,9 +208,9 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
                      and r.get("detected_at") is not None and r.get("stored_at") is not None]
         window_to_detected = [(r["detected_at"] - r["ts_end"]) * 1000.0 for r in true_rows]
         detected_to_commit = [(r["stored_at"] - r["detected_at"]) * 1000.0 for r in true_rows]
-        stages = stage_breakdown(true_rows, fleet, watched)
-        statuses = fleet.statuses()
-        raised = sum(s.anomalies_raised for s in statuses.values())
+        stages = stage_breakdown(true_rows, final["anomaly_times"], watched)
+        statuses = final["statuses"]
+        raised = sum(s["anomalies_raised"] for s in statuses.values())
         total_generated = sum(generated.values())
         total_stored = sum(stored.get(d, 0) for d in generated)
         return {
@@ -207,7 +219,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "auth": broker.auth,
             "duration_s": opts.duration_s,
             "rate_hz": opts.rate_hz,
-            "channels": len(next(iter(fleet.devices.values())).channels),
+            "channels": _channels(opts.profile),
             "profile": opts.profile,
             "readings_generated": total_generated,
             "readings_generated_in_period": generated_in_period,
@@ -237,14 +249,20 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "precision": round(score.precision, 4),
             "recall": round(score.recall, 4),
             "cpu_time_s": cpu,
+            "fleet_processes": fleet.processes,
+            "fleet_process_cpu_s": fleet_cpu,
             "acks": acks,
             "cpu_cores_used": round(sum(cpu.values()) / opts.duration_s, 3),
-            "max_tick_lag_s": round(lag, 3),
+            "tick_lag_ms": {"n": len(lags_ms), "p50": _p(lags_ms, 50), "p99": _p(lags_ms, 99),
+                            "max": _p(lags_ms, 100)},
+            "max_tick_lag_s": round(max(lags_ms, default=0.0) / 1000.0, 3),
             "outboxes_drained_at_stop": drained,
-            "drops": sum(s.drops for s in statuses.values()),
-            "reconnects": sum(s.reconnects for s in statuses.values()),
+            "drops": sum(s["drops"] for s in statuses.values()),
+            "reconnects": sum(s["reconnects"] for s in statuses.values()),
             "model": model,
             "rollout": rollout,
+            "hub_stored_at": "stamped right before the ingest transaction's commit (its last "
+                             "statement); the commit itself is after it",
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
     finally:
@@ -259,34 +277,28 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         shutil.rmtree(device_root, ignore_errors=True)
 
 
-def roll_out_to_fleet(client: HubClient, fleet: ScaleFleet, ref: tuple[str, int],
+def roll_out_to_fleet(client: HubClient, fleet: FleetPool, ref: tuple[str, int],
                       say: Callable[[str], None], timeout: float = 180.0) -> dict[str, Any]:
     """A rollout to every device in one wave, through the real update path; how long until
-    every device ran the model (seen by the devices) and what the hub recorded."""
+    every device ran the model (the last device's ``active``, seen by the devices) and what the
+    hub recorded."""
     name, version = ref
+    devices = fleet.device_ids
     started = time.monotonic()
     rollout = client.post("/rollouts", {
         "model": {"name": name, "version": version},
-        "target": {"devices": list(fleet.devices), "percent": 100},
-        "policy": {"canary_size": len(fleet.devices), "wave_size": len(fleet.devices),
+        "target": {"devices": devices, "percent": 100},
+        "policy": {"canary_size": len(devices), "wave_size": len(devices),
                    "min_observation_s": 0.0, "max_failure_ratio": 0.0,
                    "stage_timeout_s": timeout},
     })
-
-    def active() -> int:
-        return sum(1 for d in fleet.devices.values()
-                   if (d.core.detector.active is not None
-                       and d.core.detector.active.manifest.version == version
-                       and d.core.detector.active.manifest.name == name))
-
-    fleet.wait_until(lambda: active() == len(fleet.devices), timeout, 0.05)
-    seconds = time.monotonic() - started
-    running = active()
-    if running < len(fleet.devices):
-        failed = {d.device_id: d.core.updater.last_error for d in fleet.devices.values()
-                  if d.core.updater.last_error}
-        raise LoopError(f"rollout: {running}/{len(fleet.devices)} devices run {name} "
-                        f"v{version} after {timeout:g}s; errors {dict(list(failed.items())[:5])}")
+    settled = fleet.watch(name, version, timeout)
+    running = settled["active"]
+    if running < len(devices):
+        raise LoopError(f"rollout: {running}/{len(devices)} devices run {name} "
+                        f"v{version} after {timeout:g}s; errors {settled['errors'][:5]}")
+    seconds = max((t for line in settled["timeline"].values() for s, t in line
+                   if s == "active"), default=started) - started
     deadline = time.monotonic() + 60.0
     final = client.get(f"/rollouts/{rollout['id']}")
     while final.get("status") not in ("succeeded", "rolled_back", "aborted") and (
@@ -300,9 +312,13 @@ def roll_out_to_fleet(client: HubClient, fleet: ScaleFleet, ref: tuple[str, int]
             "hub_status": final.get("status"), "hub_seconds_to_full": final.get("seconds_to_full")}
 
 
-def _ack_totals(fleet: ScaleFleet) -> dict[str, float]:
+def _ack_totals(counters: dict[str, int]) -> dict[str, float]:
     # A counter read, not 1,000 full statuses (a few queries each) while the fleet is measured.
-    return {"acks_received": float(sum(d.core.acks_received for d in fleet.devices.values()))}
+    return {"acks_received": float(counters["acks_received"])}
+
+
+def _channels(profile: str) -> int:
+    return len(PROFILES[profile].channel_names)
 
 
 def _ack_cost(hub0: dict[str, Any], hub1: dict[str, Any], dev0: dict[str, float],
@@ -381,16 +397,17 @@ _STAGES = (
 )
 
 
-def stage_breakdown(rows: list[dict[str, Any]], fleet: ScaleFleet,
+def stage_breakdown(rows: list[dict[str, Any]],
+                    anomaly_times: dict[str, dict[tuple[str, int], dict[str, float]]],
                     watched: dict[tuple[str, str, int], float]) -> dict[str, Any]:
     """Where the window-to-hub time of these anomalies (the hub's rows) went, per stage: p50,
     p95, p99, max in ms, and how many anomalies had both stamps. Device stamps come from the
-    fleet's wires, the broker's from :class:`AnomalyWatch`, the hub's from its rows."""
+    fleet's wires (``anomaly_times``: device -> (epoch, seq) -> stamps), the broker's from
+    :class:`AnomalyWatch`, the hub's from its rows."""
     values: dict[str, list[float]] = {name: [] for name, _, _ in _STAGES}
     for r in rows:
         key = (r["device_id"], r["epoch"], int(r["seq"]))
-        device = fleet.devices.get(r["device_id"])
-        sent = device.wire.anomaly_times.get((r["epoch"], int(r["seq"])), {}) if device else {}
+        sent = anomaly_times.get(r["device_id"], {}).get((r["epoch"], int(r["seq"])), {})
         stamps = {"ts_end": r.get("ts_end"), "picked": sent.get("picked"),
                   "detected": r.get("detected_at"),
                   "published": sent.get("published"), "written": sent.get("written"),

@@ -540,76 +540,11 @@ class ScaleFleet:
 
     def reset_tick_lag(self) -> None:
         for shard in self._shards:
-            shard.max_lag_s = 0.0
+            shard.reset_lag()
+
+    def tick_lags(self) -> list[float]:
+        """How late each due tick was since the last reset, seconds, every shard."""
+        return [lag for shard in self._shards for lag in shard.lags]
 
     def max_tick_lag_s(self) -> float:
         return max((s.max_lag_s for s in self._shards), default=0.0)
-
-
-def _settle(fleet: ScaleFleet, name: str, version: int, timeout: float) -> dict[str, Any]:
-    """Wait until every device runs ``name`` v``version`` or failed to; what each reported."""
-    cpu = time.process_time()
-    fleet.reset_tick_lag()
-    devices = list(fleet.devices.values())
-
-    def runs(device: ScaleDevice) -> bool:
-        active = device.core.detector.active
-        return active is not None and (active.manifest.name,
-                                       active.manifest.version) == (name, version)
-
-    def failed(device: ScaleDevice) -> bool:
-        state = device.core.updater.state
-        return state is not None and state.value == "failed"
-
-    fleet.wait_until(lambda: all(runs(d) or failed(d) for d in devices), timeout, 0.02)
-    return {"active": sum(runs(d) for d in devices),
-            "cpu_seconds": round(time.process_time() - cpu, 2),
-            "max_tick_lag_s": round(fleet.max_tick_lag_s(), 3),
-            "errors": [d.core.updater.last_error for d in devices if d.core.updater.last_error],
-            "timeline": {d.device_id: d.timeline for d in devices}}
-
-
-def serve(config_path: Path) -> int:
-    """Run a fleet in this process for a driver in another one (``bench/rollout.py``), so that
-    the devices do not share an interpreter lock with the hub: read the fleet's description
-    from ``config_path``, print JSON lines on stdout (``connected``, then ``settled`` with each
-    device's reported states and their ``time.monotonic()``, which is one clock for every
-    process of the machine) and follow the driver's lines on stdin (``watch NAME VERSION``,
-    ``stop``)."""
-    import json
-    import sys
-
-    spec = json.loads(config_path.read_text())
-    fleet = ScaleFleet(mqtt_host=spec["host"], mqtt_port=spec["port"],
-                       state_root=Path(spec["state_root"]), trust_keys=spec["trust_keys"],
-                       shards=spec.get("shards", 4), overrides=spec.get("overrides", {}),
-                       mqtt_auth=lambda device_id: spec["auth"][device_id])
-    for i, device_id in enumerate(spec["devices"]):
-        fleet.add(DeviceSpec(device_id=device_id, profile=spec["profile"], seed=i,
-                             rate_hz=spec["rate_hz"], history_s=spec["history_s"]))
-
-    def say(**fields: Any) -> None:
-        sys.stdout.write(json.dumps(fields) + "\n")
-        sys.stdout.flush()
-
-    started = time.monotonic()
-    fleet.start()
-    say(event="connected", devices=fleet.wait_connected(120.0),
-        seconds=round(time.monotonic() - started, 2))
-    try:
-        for line in sys.stdin:
-            words = line.split()
-            if words[:1] == ["watch"]:
-                say(event="settled", **_settle(fleet, words[1], int(words[2]), float(words[3])))
-            elif words[:1] == ["stop"]:
-                break
-    finally:
-        say(event="stopped", drained=fleet.stop(flush_timeout=10.0))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    logging.basicConfig(level=logging.WARNING)
-    raise SystemExit(serve(Path(sys.argv[1])))

@@ -4,24 +4,16 @@ one anomaly add up to its total."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 import pytest
 
 from simulator.scale import stage_breakdown
 
 
-def _fleet(times: dict[str, dict[tuple[str, int], dict[str, float]]]) -> Any:
-    return SimpleNamespace(devices={
-        d: SimpleNamespace(wire=SimpleNamespace(anomaly_times=t)) for d, t in times.items()})
-
-
 def test_stages_of_one_anomaly_add_up_to_window_end_to_stored() -> None:
     row = {"device_id": "d1", "epoch": "e", "seq": 3, "ts_end": 100.0, "detected_at": 100.010,
            "stored_at": 100.200}
-    fleet = _fleet({"d1": {("e", 3): {"picked": 100.004, "published": 100.012,
-                                      "written": 100.015, "puback": 100.020}}})
+    fleet = {"d1": {("e", 3): {"picked": 100.004, "published": 100.012,
+                               "written": 100.015, "puback": 100.020}}}
     stages = stage_breakdown([row], fleet, {("d1", "e", 3): 100.025})
     got = {name: s["p50"] for name, s in stages.items()}
     assert got == pytest.approx({
@@ -37,7 +29,7 @@ def test_a_stage_without_both_stamps_is_left_out_not_guessed() -> None:
              "stored_at": 10.5},
             {"device_id": "gone", "epoch": "e", "seq": 1, "ts_end": 10.0, "detected_at": 10.2,
              "stored_at": 10.6}]
-    stages = stage_breakdown(rows, _fleet({"d1": {}}), {})
+    stages = stage_breakdown(rows, {"d1": {}}, {})
     assert stages["window_end_to_read"]["n"] == 0
     assert stages["window_end_to_read"]["p50"] is None
     assert stages["broker_delivered_to_hub_stored"]["n"] == 0
