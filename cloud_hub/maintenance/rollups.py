@@ -12,13 +12,15 @@ lock), its channels' statistics packed as arrays (:class:`TelemetryRollup`).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, LargeBinary, String, Table, literal, select, tuple_
+from sqlalchemy import Float, LargeBinary, String, Table, cast, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -41,6 +43,10 @@ _COLUMNS: pg_bulk.Columns = (("device_id", String), ("resolution", String), ("bu
 
 BucketKey = tuple[str, str, float]  # device, resolution, bucket start
 Stats = dict[str, list[float]]  # channel -> [count, sum, min, max]
+# A bucket being folded: its channel names (sorted) and a (4, channels) float64 array of
+# count, sum, min and max. Arrays, not a list per channel: a fold of 2,000 rows merges a few
+# hundred buckets of 8 channels, and per-channel Python lists cost more than reading the rows.
+Bucket = tuple[tuple[str, ...], np.ndarray]
 
 
 def folded_mark(conn: Connection, *, lock: bool = False) -> tuple[float, tuple[str, str, int]]:
@@ -55,70 +61,117 @@ def folded_mark(conn: Connection, *, lock: bool = False) -> tuple[float, tuple[s
     return float(row[0]), (str(key[0]), str(key[1]), int(key[2]))
 
 
-def _accumulate(into: dict[BucketKey, Stats], device_id: str, channels: list[str],
-                ts: np.ndarray, values: np.ndarray) -> None:
+def _accumulate(into: dict[BucketKey, Bucket], device_ids: Sequence[str], channels: Sequence[str],
+                device: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
+    """Fold readings of one channel list into ``into``: ``ts``, rows x channels ``values``
+    and, per reading, its device as an index into ``device_ids``. Every device at once: numpy
+    calls cost microseconds each whatever their size, so one pass over a fold's readings, not
+    one per device, and Python only touches the buckets."""
+    names = tuple(sorted(channels))
+    if list(names) != list(channels):
+        values = values[:, [list(channels).index(c) for c in names]]
     for resolution, width in RESOLUTIONS.items():
         starts = np.floor(ts / width) * width
-        order = np.argsort(starts, kind="stable")
-        starts, rows = starts[order], values[order]
-        begin = np.concatenate(([0], np.flatnonzero(np.diff(starts)) + 1))
-        counts = np.diff(np.concatenate((begin, [len(starts)])))
+        order = np.lexsort((starts, device))
+        starts, devices, rows = starts[order], device[order], values[order]
+        edge = np.empty(len(starts), dtype=bool)
+        edge[0] = True
+        np.not_equal(starts[1:], starts[:-1], out=edge[1:])
+        edge[1:] |= devices[1:] != devices[:-1]
+        begin = np.flatnonzero(edge)
+        counts = np.diff(np.append(begin, len(starts))).astype("<f8")
         sums = np.add.reduceat(rows, begin, axis=0)
-        mins = np.minimum.reduceat(rows, begin, axis=0)
-        maxs = np.maximum.reduceat(rows, begin, axis=0)
-        for i, b in enumerate(starts[begin]):
-            stats = into.setdefault((device_id, resolution, float(b)), {})
-            for c, channel in enumerate(channels):
-                _merge(stats, channel, [float(counts[i]), float(sums[i, c]), float(mins[i, c]),
-                                        float(maxs[i, c])])
+        stacked = np.stack((np.broadcast_to(counts[:, None], sums.shape), sums,
+                            np.minimum.reduceat(rows, begin, axis=0),
+                            np.maximum.reduceat(rows, begin, axis=0)), axis=1)
+        for d, b, stats in zip(devices[begin].tolist(), starts[begin].tolist(), stacked,
+                               strict=True):
+            key = (device_ids[d], resolution, b)
+            old = into.get(key)
+            into[key] = (names, stats) if old is None else _merged(old, (names, stats))
 
 
-def _merge(stats: Stats, channel: str, add: list[float]) -> None:
-    acc = stats.get(channel)
-    if acc is None:
-        stats[channel] = list(add)
-        return
-    acc[0] += add[0]
-    acc[1] += add[1]
-    acc[2] = min(acc[2], add[2])
-    acc[3] = max(acc[3], add[3])
+def _merged(a: Bucket, b: Bucket) -> Bucket:
+    """Two partial folds of one bucket as one (channel lists may differ)."""
+    if a[0] == b[0]:
+        x, y = a[1], b[1]
+        return a[0], np.stack((x[0] + y[0], x[1] + y[1], np.minimum(x[2], y[2]),
+                               np.maximum(x[3], y[3])))
+    names = tuple(sorted(set(a[0]) | set(b[0])))
+    out = np.empty((4, len(names)))
+    out[:2], out[2], out[3] = 0.0, np.inf, -np.inf
+    for part_names, part in (a, b):
+        at = [names.index(c) for c in part_names]
+        out[0, at] += part[0]
+        out[1, at] += part[1]
+        out[2, at] = np.minimum(out[2, at], part[2])
+        out[3, at] = np.maximum(out[3, at], part[3])
+    return names, out
 
 
-def _unpack(channels: str, counts: bytes, sums: bytes, mins: bytes, maxs: bytes) -> Stats:
-    names = json.loads(channels)
-    n, s = np.frombuffer(counts, "<i8"), np.frombuffer(sums, "<f8")
-    lo, hi = np.frombuffer(mins, "<f8"), np.frombuffer(maxs, "<f8")
-    return {c: [float(n[i]), float(s[i]), float(lo[i]), float(hi[i])]
-            for i, c in enumerate(names)}
+def _bucket(stats: Stats) -> Bucket:
+    """The array form of per-channel [count, sum, min, max] lists."""
+    names = tuple(sorted(stats))
+    return names, np.array([stats[c] for c in names], dtype="<f8").T.copy()
 
 
-def _pack(key: BucketKey, stats: Stats) -> dict[str, Any]:
-    names = sorted(stats)
-    cols = np.array([stats[c] for c in names], dtype="<f8")
+@functools.lru_cache(maxsize=4096)
+def _names(channels: str) -> tuple[str, ...]:
+    return tuple(json.loads(channels))
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_json(names: tuple[str, ...]) -> str:
+    return json.dumps(list(names))
+
+
+def _pack(key: BucketKey, bucket: Bucket) -> dict[str, Any]:
+    names, stats = bucket
     return {"device_id": key[0], "resolution": key[1], "bucket": key[2],
-            "channels": json.dumps(names), "counts": cols[:, 0].astype("<i8").tobytes(),
-            "sums": cols[:, 1].tobytes(), "mins": cols[:, 2].tobytes(),
-            "maxs": cols[:, 3].tobytes()}
+            "channels": _names_json(names), "counts": stats[0].astype("<i8").tobytes(),
+            "sums": stats[1].astype("<f8").tobytes(), "mins": stats[2].astype("<f8").tobytes(),
+            "maxs": stats[3].astype("<f8").tobytes()}
 
 
-def _write(conn: Connection, buckets: dict[BucketKey, Stats]) -> None:
+_KEY_COLUMNS: pg_bulk.Columns = (("device_id", String), ("resolution", String),
+                                 ("bucket", Float))
+_KEYS_PER_STATEMENT = 3000  # SQLite: 3 parameters each, under its 32,766
+
+
+def _stored(conn: Connection, keys: list[BucketKey]) -> Iterator[Any]:
+    """The stored bucket rows of ``keys``: one statement (a join with the keys as arrays on
+    PostgreSQL, row values IN a list on SQLite), not one per device."""
+    u = _rollups.c
+    columns = (u.device_id, u.resolution, u.bucket, u.channels, u.counts, u.sums, u.mins,
+               u.maxs)
+    if conn.dialect.name == "postgresql":
+        wanted = pg_bulk.unnest_rows(_KEY_COLUMNS, name="k")
+        stmt = select(*columns).join(wanted, (u.device_id == wanted.c.device_id)
+                                     & (u.resolution == wanted.c.resolution)
+                                     & (u.bucket == wanted.c.bucket))
+        yield from conn.execute(stmt, {"device_id": [k[0] for k in keys],
+                                       "resolution": [k[1] for k in keys],
+                                       "bucket": [k[2] for k in keys]})
+        return
+    for start in range(0, len(keys), _KEYS_PER_STATEMENT):
+        part = keys[start:start + _KEYS_PER_STATEMENT]
+        yield from conn.execute(select(*columns).where(
+            tuple_(u.device_id, u.resolution, u.bucket).in_(part)))
+
+
+def _write(conn: Connection, buckets: Mapping[BucketKey, Bucket | Stats]) -> None:
     """Merge ``buckets`` into the stored ones (read, add, write back)."""
     if not buckets:
         return
-    keys = sorted(buckets)
-    u = _rollups.c
-    for device_id in sorted({k[0] for k in keys}):
-        mine = [k for k in keys if k[0] == device_id]
-        stored = conn.execute(
-            select(u.resolution, u.bucket, u.channels, u.counts, u.sums, u.mins, u.maxs)
-            .where(u.device_id == device_id, u.bucket >= min(k[2] for k in mine),
-                   u.bucket <= max(k[2] for k in mine)))
-        for resolution, bucket, channels, counts, sums, mins, maxs in stored:
-            key = (device_id, resolution, float(bucket))
-            if key in buckets:
-                for channel, acc in _unpack(channels, counts, sums, mins, maxs).items():
-                    _merge(buckets[key], channel, acc)
-    rows = [_pack(k, buckets[k]) for k in keys]
+    merged = {k: _bucket(b) if isinstance(b, dict) else b for k, b in buckets.items()}
+    keys = sorted(merged)
+    for device_id, resolution, bucket, channels, counts, sums, mins, maxs in _stored(conn, keys):
+        key = (device_id, resolution, float(bucket))
+        stored = np.stack((np.frombuffer(counts, "<i8").astype("<f8"),
+                           np.frombuffer(sums, "<f8"), np.frombuffer(mins, "<f8"),
+                           np.frombuffer(maxs, "<f8")))
+        merged[key] = _merged(merged[key], (_names(channels), stored))
+    rows = [_pack(k, merged[k]) for k in keys]
     pg = conn.dialect.name == "postgresql"
     if pg:
         source = pg_bulk.unnest_select(_COLUMNS)
@@ -137,7 +190,7 @@ class PendingFold:
     """Rows read past the mark, already folded into buckets in memory, not yet written."""
 
     mark: tuple[float, tuple[str, str, int]]  # the mark they were read after
-    buckets: dict[BucketKey, Stats]
+    buckets: dict[BucketKey, Bucket]
     last: tuple[float, list[Any]]  # the new mark: the last row's (stored_at, key)
     rows: int
 
@@ -152,7 +205,8 @@ def read_pending(conn: Connection, *, now: float, settle_s: float = 30.0,
     r = _rows.c
     position = tuple_(r.stored_at, r.device_id, r.epoch, r.seq)
     rows = conn.execute(
-        select(r.device_id, r.epoch, r.seq, r.stored_at, r.channels, r.ts_blob, r.values_blob)
+        select(r.device_id, r.epoch, r.seq, r.stored_at, cast(r.channels, String), r.ts_blob,
+               r.values_blob)
         .where(position > tuple_(literal(at), literal(key[0]), literal(key[1]),
                                  literal(key[2])),
                r.stored_at <= now - settle_s)
@@ -160,19 +214,26 @@ def read_pending(conn: Connection, *, now: float, settle_s: float = 30.0,
         .limit(limit)).all()
     if not rows:
         return None
-    # One numpy pass per (device, channel list), not per row: a batch of 2,000 rows from 100
-    # devices is 100 passes instead of 2,000.
-    groups: dict[tuple[str, tuple[str, ...]], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    # One numpy pass per channel list (all devices at once), not per row: the blobs of a
+    # channel list are joined and decoded at once, its JSON text parsed once.
+    device_index: dict[str, int] = {}
+    groups: dict[str, tuple[list[bytes], list[bytes], list[int], list[int]]] = {}
     for device_id, _epoch, _seq, _stored, channels, ts_blob, values_blob in rows:
-        names = tuple(channels if isinstance(channels, list) else json.loads(channels))
-        ts = np.frombuffer(ts_blob, dtype="<f8")
-        values = np.frombuffer(values_blob, dtype="<f8").reshape(len(ts), len(names))
-        t, v = groups.setdefault((device_id, names), ([], []))
-        t.append(ts)
-        v.append(values)
-    buckets: dict[BucketKey, Stats] = {}
-    for (device_id, names), (t, v) in groups.items():
-        _accumulate(buckets, device_id, list(names), np.concatenate(t), np.concatenate(v))
+        group = groups.get(channels)
+        if group is None:
+            group = groups[channels] = ([], [], [], [])
+        group[0].append(ts_blob)
+        group[1].append(values_blob)
+        group[2].append(device_index.setdefault(device_id, len(device_index)))
+        group[3].append(len(ts_blob) // 8)
+    device_ids = list(device_index)
+    buckets: dict[BucketKey, Bucket] = {}
+    for channels, (t, v, devices, lengths) in groups.items():
+        names = _names(channels)
+        ts = np.frombuffer(b"".join(t), dtype="<f8")
+        values = np.frombuffer(b"".join(v), dtype="<f8").reshape(len(ts), len(names))
+        _accumulate(buckets, device_ids, names, np.repeat(np.array(devices), lengths), ts,
+                    values)
     last = rows[-1]
     return PendingFold(mark=mark, buckets=buckets,
                        last=(float(last[3]), [last[0], last[1], int(last[2])]), rows=len(rows))
