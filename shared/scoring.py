@@ -13,6 +13,7 @@ from shared.manifest import Normalization, ScoreSpec
 
 __all__ = [
     "Normalizer",
+    "WindowScorer",
     "fit_normalization",
     "normalize",
     "responsible_channels",
@@ -60,6 +61,16 @@ class Normalizer:
         np.divide(x, self.scale, out=x)
         return x
 
+    def into(self, values: npt.NDArray[np.floating], out: FloatArray) -> None:
+        """The same numbers written into ``out`` (e.g. the model's input tensor): no new array.
+        float32 values (the agent's readings) skip ``dtype=``, which alone costs ~3 µs on a
+        32 × 8 window (numpy then broadcasts through its buffered iterator)."""
+        if values.dtype == np.float32:
+            np.subtract(values, self.center, out=out)
+        else:
+            np.subtract(values, self.center, out=out, dtype=np.float32)
+        np.divide(out, self.scale, out=out)
+
 
 def normalize(values: npt.NDArray[np.floating], norm: Normalization) -> FloatArray:
     return Normalizer(norm)(np.asarray(values))
@@ -98,6 +109,23 @@ def window_score(
     else:
         np.square(d, out=d)
     return float(np.add.reduce(d) / d.size)
+
+
+class WindowScorer:
+    """:func:`window_score` for flat windows of one size, into a buffer made once: the same
+    float64 numbers, bit for bit, without the two reshapes and the new array per window."""
+
+    def __init__(self, size: int, spec: ScoreSpec) -> None:
+        self._d = np.empty(size, dtype=np.float64)
+        self._size = size
+        self._error = np.abs if spec.method == "mae" else np.square
+
+    def __call__(self, window: FloatArray, reconstructed: FloatArray) -> float:
+        """``window`` and ``reconstructed``: flat, ``size`` values each."""
+        d = self._d
+        np.subtract(window, reconstructed, out=d, dtype=np.float64)
+        self._error(d, out=d)
+        return float(np.add.reduce(d)) / self._size
 
 
 def smooth(scores: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float64]:

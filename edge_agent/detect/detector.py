@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +25,13 @@ from edge_agent.detect.adaptation import Adaptation, AdaptationSettings
 from edge_agent.sources.base import Reading
 from shared.manifest import Manifest
 from shared.messages import ModelRef
-from shared.scoring import Normalizer, responsible_channels, window_score
+from shared.scoring import Normalizer, WindowScorer, responsible_channels
 
 __all__ = [
     "Calibration",
     "Detection",
     "Detector",
+    "InPlaceReconstructor",
     "LoadedModel",
     "ModelRuntimeError",
     "Reconstructor",
@@ -60,6 +61,16 @@ class Reconstructor(Protocol):
     """What the detector needs from a model (``TfliteModel`` is one)."""
 
     def reconstruct(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]: ...
+
+
+@runtime_checkable
+class InPlaceReconstructor(Protocol):
+    """A model the detector hands each window without copies (``TfliteModel`` is one): the
+    window is normalized straight into ``window_input`` (flat), and ``reconstruct_input()``
+    returns its reconstruction (flat), the detector's to read until the next call."""
+
+    window_input: npt.NDArray[np.float32]
+    reconstruct_input: Callable[[], npt.NDArray[np.float32]]
 
 
 @dataclass
@@ -140,8 +151,14 @@ class _Slot:
     model: LoadedModel
     normalizer: Normalizer
     columns: npt.NDArray[np.intp] | None  # the model's channels among the source's; None: all
+    # The per-window path, bound once: the window is normalized into ``window`` (window ×
+    # channels), a view of ``flat``, and ``reconstruct()`` gives the flat reconstruction.
+    window: npt.NDArray[np.float32]
+    flat: npt.NDArray[np.float32]
+    reconstruct: Callable[[], npt.NDArray[np.float32]]
+    score: WindowScorer
+    recent: deque[float]  # the last ``smoothing`` scores
     since_scored: int = 0
-    recent: deque[float] = field(default_factory=deque)
     in_episode: bool = False
     since_alert: int = 0
     adaptation: Adaptation | None = None
@@ -200,8 +217,24 @@ class Detector:
     def _slot(self, model: LoadedModel) -> _Slot:
         index = list(model.channel_index)
         identity = index == list(range(len(self.channels)))
+        shape = (model.manifest.input.window, len(index))
+        size = shape[0] * shape[1]
+        runtime = model.runtime
+        if (isinstance(runtime, InPlaceReconstructor) and runtime.window_input.size == size
+                and runtime.window_input.dtype == np.float32):
+            flat, reconstruct = runtime.window_input, runtime.reconstruct_input
+        else:  # any other Reconstructor: the window is handed over, as it is to a TfliteModel
+            flat = np.zeros(size, dtype=np.float32)
+            window = flat.reshape(shape)
+
+            def reconstruct() -> npt.NDArray[np.float32]:
+                return runtime.reconstruct(window).reshape(-1)
+
         return _Slot(model, Normalizer(model.manifest.normalization),
-                     None if identity else np.asarray(index, dtype=np.intp))
+                     None if identity else np.asarray(index, dtype=np.intp),
+                     window=flat.reshape(shape), flat=flat, reconstruct=reconstruct,
+                     score=WindowScorer(size, model.manifest.score),
+                     recent=deque(maxlen=model.manifest.score.smoothing))
 
     def activate(self, model: LoadedModel | None) -> None:
         self._active = self._slot(model) if model is not None else None
@@ -298,25 +331,27 @@ class Detector:
         if slot.columns is not None:
             raw = raw[:, slot.columns]
         if slot.adaptation is not None:
-            x = slot.adaptation.normalize(raw)
+            np.copyto(slot.window, slot.adaptation.normalize(raw))
         else:
-            x = slot.normalizer(raw)
+            slot.normalizer.into(raw, slot.window)  # straight into the model's input
         started = time.perf_counter_ns()
         try:
-            y = m.runtime.reconstruct(x)
+            y = slot.reconstruct()
         except Exception as exc:
             raise ModelRuntimeError(f"{m.label} raised {type(exc).__name__}: {exc}") from None
         if timed:
             self._latency_us.append((time.perf_counter_ns() - started) / 1000.0)
-        if not np.isfinite(y).all():
-            raise ModelRuntimeError(f"{m.label} produced non-finite output (NaN or inf)")
-        score = window_score(x, y, m.manifest.score)
+        x = slot.flat
+        score = slot.score(x, y)
+        # A NaN or inf anywhere in the output makes the score non-finite: one check per window
+        # instead of np.isfinite over the output, which is looked at only then for the reason.
         if not math.isfinite(score):
+            if not np.isfinite(y).all():
+                raise ModelRuntimeError(f"{m.label} produced non-finite output (NaN or inf)")
             raise ModelRuntimeError(f"{m.label} produced a non-finite score")
-        slot.recent.append(score)
-        while len(slot.recent) > m.manifest.score.smoothing:
-            slot.recent.popleft()
-        return sum(slot.recent) / len(slot.recent), x, y, self._span(window)
+        recent = slot.recent
+        recent.append(score)  # the oldest leaves at maxlen (the smoothing)
+        return sum(recent) / len(recent), x, y, self._span(window)
 
     def _score_active(self, slot: _Slot) -> Detection | None:
         if not self._due(slot):

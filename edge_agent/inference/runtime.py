@@ -166,6 +166,16 @@ class TfliteModel:
         self.io: str  # "views" or "copies"
         self.invoke: Callable[[], None]  # the interpreter alone
         self.io, self._x, self._y, self.invoke = self._bind()
+        # The agent's per-window path (Detector, bench/edge.py): the caller writes the window
+        # into ``window_input`` (flat, window_size values) and ``reconstruct_input()`` returns
+        # its reconstruction without a copy in or out. For the hub's models (float32 in and out,
+        # bound as views) ``window_input`` is the input tensor itself and the result is the
+        # output tensor: one native invoke and a closure call, where ``reconstruct`` adds a
+        # reshape, a copy in and a copy out. The result is the model's until the next call:
+        # read it before, never write to it. Otherwise both wrap ``reconstruct``.
+        self.window_input: npt.NDArray[np.float32]
+        self.reconstruct_input: Callable[[], npt.NDArray[np.float32]]
+        self.window_input, self.reconstruct_input = self._bind_in_place()
         self._batch: Any = None  # a second interpreter sized for reconstruct_batch
         self._batch_size = 0
 
@@ -206,6 +216,19 @@ class TfliteModel:
         if x.base is None or y.base is None:  # not views into the interpreter: copies after all
             return "copies", None, None, self._interp.invoke
         return "views", x, y, invoke
+
+    def _bind_in_place(
+        self,
+    ) -> tuple[npt.NDArray[np.float32], Callable[[], npt.NDArray[np.float32]]]:
+        x, y, invoke = self._x, self._y, self.invoke
+        if x is not None and self._quantizer is None and self._dequantizer is None:
+            def run() -> npt.NDArray[np.float32]:
+                invoke()
+                return y  # type: ignore[no-any-return]
+
+            return x, run
+        window = np.zeros(self._input_size, dtype=np.float32)
+        return window, lambda: self.reconstruct(window)
 
     @property
     def window_size(self) -> int:

@@ -174,3 +174,54 @@ def test_short_window_reads_the_right_readings_while_a_longer_shadow_grows_the_r
     assert [span for span, _ in scores.seen] == [(97.0 + i, 100.0 + i) for i in range(5, 40)]
     assert [score for _, score in scores.seen] == pytest.approx(expected, rel=1e-6)
     assert detector.shadow_report.windows == 40 - 13  # from reading 13: 12 readings since 2
+
+
+class _Plain:
+    """A model through ``reconstruct`` only: the detector's path for any other Reconstructor
+    (a copy in, a copy out), which the in-place path must match."""
+
+    def __init__(self, data: bytes) -> None:
+        from edge_agent.inference.runtime import TfliteModel
+
+        self.model = TfliteModel(data)
+
+    def reconstruct(self, window: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        return self.model.reconstruct(window)
+
+
+@pytest.mark.parametrize("name", ["ae_int8float_w8c2", "ae_float32_w8c2", "ae_int8_w8c2"])
+@pytest.mark.parametrize("smoothing", [1, 3])
+def test_the_in_place_path_scores_and_alerts_like_the_plain_path(name: str, smoothing: int) -> None:
+    """Real converted models (int8 as the hub publishes it, float32, int8 tensors): the window
+    normalized into the input tensor and scored from the output tensor gives the scores,
+    spans and anomalies (with their channels) of the copy-in, copy-out path, bit for bit, and
+    the hub's offline scores of every window (its smoothing rounds otherwise)."""
+    from edge_agent.detect.detector import InPlaceReconstructor
+    from edge_agent.inference.runtime import TfliteModel
+    from shared.scoring import normalize, sliding_windows, smooth, window_scores
+
+    data = fixture_bytes(f"{name}.tflite")
+    manifest = make_manifest(KEY, data, threshold=0.05, smoothing=smoothing)
+    fast = load_model(manifest, data, channels=CHANNELS)
+    assert isinstance(fast.runtime, InPlaceReconstructor)
+    plain = LoadedModel(manifest=manifest, runtime=_Plain(data), threshold=0.05,
+                        channel_index=[0, 1])
+    assert not isinstance(plain.runtime, InPlaceReconstructor)
+    seen: dict[str, tuple[_Scores, list]] = {}
+    for label, model in (("fast", fast), ("plain", plain)):
+        scores = _Scores()
+        detector = Detector(CHANNELS, observer=scores, realert_windows=5, clock=lambda: 0.0)
+        detector.activate(model)
+        seen[label] = (scores, _run(detector, 150, spike_at=range(40, 43)))
+    (fast_scores, fast_events), (plain_scores, plain_events) = seen["fast"], seen["plain"]
+    assert fast_scores.seen == plain_scores.seen and len(fast_scores.seen) == 143
+    assert fast_events and fast_events == plain_events
+    rows = [signal_value(i) for i in range(150)]
+    for i in range(40, 43):
+        rows[i] = (rows[i][0] + 8.0, rows[i][1])
+    windows = normalize(sliding_windows(np.asarray(rows, dtype=np.float32), 8),
+                        manifest.normalization)
+    offline = window_scores(windows, TfliteModel(data).reconstruct_many(windows), manifest.score)
+    # the hub smooths by cumulative sums, the device by the mean of its last scores
+    np.testing.assert_allclose([s for _, s in fast_scores.seen], smooth(offline, smoothing),
+                               rtol=1e-9 if smoothing > 1 else 0)

@@ -135,3 +135,16 @@ def test_window_shape_is_free_but_size_is_checked() -> None:
 def test_bytes_that_are_not_a_model_are_refused() -> None:
     with pytest.raises(ModelLoadError, match="refused the model"):
         TfliteModel(b"not a tflite model")
+
+
+@ALL
+def test_the_in_place_path_gives_what_reconstruct_gives(data: bytes) -> None:
+    """The agent's per-window path: the window written into window_input, reconstruct_input()
+    read in place; for the hub's models (float32 in and out) both are the tensors themselves."""
+    model, reference = TfliteModel(data), TfliteModel(data)
+    for x in windows(30, seed=3):
+        model.window_input[:] = x
+        np.testing.assert_array_equal(model.reconstruct_input(), reference.reconstruct(x))
+    direct = model.input_dtype == model.output_dtype == np.float32
+    assert np.shares_memory(model.window_input, model._x) is direct
+    assert np.shares_memory(model.reconstruct_input(), model._y) is direct
