@@ -117,6 +117,12 @@ class Shard:
         self.max_lag_s = 0.0
         self.lags = array("f")
 
+    def _note_lag(self, lag: float) -> None:
+        if lag > self.max_lag_s:
+            self.max_lag_s = lag
+        if len(self.lags) < _LAG_SAMPLES_MAX:
+            self.lags.append(lag)
+
     def schedule(self, device: Driven, at: float) -> None:
         """Tick ``device`` at ``at`` (``time.monotonic()``), or earlier if it is due sooner."""
         key = id(device)
@@ -175,21 +181,22 @@ class Shard:
     def run_due(self, now: float, heard: list[Driven] | tuple[()] = ()) -> None:
         """One round after the sockets were read: tick the devices that received something and
         those due by ``now``, keepalives once a second, write what is queued."""
-        # A message handled now is not a hop that waits for the device's next due time.
+        started = time.monotonic()
+        # A message handled now is not a hop that waits for the device's next due time. A
+        # device that was due already is late all the same: its lag counts (on a busy loop
+        # most devices have heard something by the time they are due, a PUBACK, an ack).
         for device in heard:
+            at = self._scheduled.get(id(device))
+            if at is not None and at <= now:
+                self._note_lag(now - at + time.monotonic() - started)
             self._tick(device, now)
         due = self._due
-        started = time.monotonic()
         while due and due[0][0] <= now:
             at, _, device = heapq.heappop(due)
             if self._scheduled.get(id(device)) != at:
                 continue  # superseded by an earlier entry, or ticked since
             # late by the round's start, and by the ticks of this round before it
-            lag = now - at + time.monotonic() - started
-            if lag > self.max_lag_s:
-                self.max_lag_s = lag
-            if len(self.lags) < _LAG_SAMPLES_MAX:
-                self.lags.append(lag)
+            self._note_lag(now - at + time.monotonic() - started)
             self._tick(device, now)
         if now >= self._next_misc:
             for device in self.devices:

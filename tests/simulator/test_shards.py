@@ -129,6 +129,22 @@ def test_a_device_that_heard_something_is_ticked_at_once_and_not_again_at_its_ol
     assert device.ticked_at == [0.0, 0.4, 1.0]
 
 
+def test_a_device_ticked_late_counts_its_lag_whether_it_was_due_or_heard_something() -> None:
+    shard = Shard("s")
+    device = FakeDevice("d", shard, first=1.0, period=1.0)
+    other = FakeDevice("o", shard, first=1.0, period=1.0)
+    shard.schedule(device, 1.0)
+    shard.schedule(other, 1.0)
+    shard.run_due(1.5, [device])  # both half a second late; one ticked because it heard
+    assert device.ticked_at == [1.5] and other.ticked_at == [1.5]
+    assert len(shard.lags) == 2 and all(lag == pytest.approx(0.5, abs=0.05)
+                                        for lag in shard.lags)
+    shard.run_due(2.2, [device])  # due at 2.5: heard early, not late
+    assert len(shard.lags) == 2
+    shard.reset_lag()
+    assert len(shard.lags) == 0 and shard.max_lag_s == 0.0
+
+
 def test_what_a_tick_sends_is_written_before_the_next_device_ticks_without_epoll(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
