@@ -9,6 +9,7 @@ frequency depends on load, and slow wear. Numpy only.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +81,14 @@ class SignalGenerator:
         self._next_switch = float(self._load_rng.exponential(self.load_dwell_s))
         self._n = 0  # samples generated so far
         self._applier: FaultApplier | None = None
+
+    def snapshot(self) -> SignalGenerator:
+        """A copy that goes on from this point as this one would: its own random generators,
+        the profile and the fault applier shared (neither changes)."""
+        twin = copy.copy(self)
+        twin._load_rng = copy.deepcopy(self._load_rng)
+        twin._noise_rng = copy.deepcopy(self._noise_rng)
+        return twin
 
     @property
     def applier(self) -> FaultApplier:

@@ -22,7 +22,7 @@ from edge_agent.sources.base import Reading, SensorSource, SourceError
 from simulator.faults import DEFAULT_DURATION_S, Fault, FaultError, FaultKind, fault_from_dict
 from simulator.profiles import PROFILES
 from simulator.scoring import GroundTruth
-from simulator.signals import SignalGenerator
+from simulator.signals import SignalBlock, SignalGenerator
 
 __all__ = ["SimulatedSource", "SourceOptionsError", "create_source"]
 
@@ -62,6 +62,7 @@ class SimulatedSource(SensorSource):
         load_dwell_s: float | None = None,
         max_block: int = 1000,
         clock: Callable[[], float] = time.time,
+        lookahead: int = 0,
     ) -> None:
         if profile not in PROFILES:
             raise SourceOptionsError(
@@ -95,6 +96,15 @@ class SimulatedSource(SensorSource):
         self._closed = threading.Event()
         self._delivered = 0
         self._paused_until = 0.0
+        # Realtime readings made ``lookahead`` at a time and handed out when due: a reading
+        # made alone costs as much numpy work as a block of dozens (a quarter of a fleet
+        # device's tick, py-spy). A fault or recalibration scheduled later rewinds to the
+        # generator as it was before the block (``_ahead_from``) and makes the rest again.
+        self._lookahead = max(0, int(lookahead))
+        self._ahead: tuple[Any, Any, Any] | None = None  # ts, values, kept of the block
+        self._ahead_pos = 0  # readings of the block handed out
+        self._ahead_from: SignalGenerator | None = None
+        self._ahead_faults: list[Fault] = []
 
     # -- SensorSource ----------------------------------------------------------------------
     def read(self, timeout: float) -> list[Reading]:
@@ -127,7 +137,7 @@ class SimulatedSource(SensorSource):
     @property
     def next_ts(self) -> float:
         with self._lock:
-            return self._gen.next_ts
+            return self._next_ts()
 
     def inject(
         self,
@@ -147,11 +157,12 @@ class SimulatedSource(SensorSource):
                 f"fault kind {kind!r} is unknown; known: {[k.value for k in FaultKind]}"
             ) from None
         with self._lock:
-            start = at if at is not None else max(self._clock(), self._gen.next_ts) + delay_s
-            if start < self._gen.next_ts:
+            next_ts = self._next_ts()
+            start = at if at is not None else max(self._clock(), next_ts) + delay_s
+            if start < next_ts:
                 raise FaultError(
                     f"fault start {start:.3f} on {self.device_id} is before the next reading "
-                    f"({self._gen.next_ts:.3f}): readings already produced cannot be changed"
+                    f"({next_ts:.3f}): readings already produced cannot be changed"
                 )
             fault = Fault(
                 kind=fault_kind,
@@ -162,6 +173,7 @@ class SimulatedSource(SensorSource):
                 seed=self._gen.seed * 1000 + len(self._faults),
             )
             self._gen.applier.check(fault)
+            self._rewind()
             self._faults.append(fault)
         return self._truth(fault)
 
@@ -176,9 +188,9 @@ class SimulatedSource(SensorSource):
                                          f"one of {self.channels}")
             index[self.channels.index(name)] = float(spreads)
         with self._lock:
-            if at < self._gen.next_ts:
+            if at < self._next_ts():
                 raise FaultError(f"recalibration at {at:.3f} on {self.device_id} is before the "
-                                 f"next reading ({self._gen.next_ts:.3f})")
+                                 f"next reading ({self._next_ts():.3f})")
             self._recalibrations.append((at, index))
 
     def add_fault(self, fault: Fault) -> GroundTruth:
@@ -198,6 +210,7 @@ class SimulatedSource(SensorSource):
         """Power the device back on after :meth:`close`: readings of the time it was off are
         never produced (nor counted); returns how many were skipped."""
         with self._lock:
+            self._rewind()
             skipped = max(0, self._due(self._clock()) - self._gen.samples) if self.realtime else 0
             if skipped:
                 self._gen.generate(skipped)
@@ -220,6 +233,44 @@ class SimulatedSource(SensorSource):
             channels=tuple(self.channels[i] for i in self._gen.applier.channels_of(fault)),
         )
 
+    def _samples(self) -> int:
+        """Readings made and handed out (those made ahead and not handed out are not)."""
+        if self._ahead is None:
+            return self._gen.samples
+        return self._gen.samples - (len(self._ahead[0]) - self._ahead_pos)
+
+    def _next_ts(self) -> float:
+        return self._gen.ts_of(self._samples())
+
+    def _generate(self, n: int) -> SignalBlock:
+        first, last = self._gen.next_ts, self._gen.ts_of(self._gen.samples + n - 1)
+        active = [f for f in self._faults if f.start <= last and f.end > first]
+        self._ahead_faults = active
+        return self._gen.generate(n, active)
+
+    def _from_ahead(self, n: int) -> tuple[Any, Any]:
+        """The next ``n`` readings (``n`` <= lookahead) from the block made ahead, making a
+        new block when this one has fewer left."""
+        if self._ahead is None or len(self._ahead[0]) - self._ahead_pos < n:
+            self._rewind()
+            self._ahead_from = self._gen.snapshot()
+            block = self._generate(self._lookahead)
+            self._ahead, self._ahead_pos = (block.ts, block.values, block.kept), 0
+        ts, values, kept = self._ahead
+        at = slice(self._ahead_pos, self._ahead_pos + n)
+        self._ahead_pos += n
+        return ts[at][kept[at]], values[at][kept[at]]
+
+    def _rewind(self) -> None:
+        """Forget the readings made ahead and not handed out: the generator goes back to
+        where the handed-out ones end, as if it had made only those."""
+        if self._ahead is None or self._ahead_from is None:
+            return
+        gen, used = self._ahead_from, self._ahead_pos
+        if used:
+            gen.generate(used, self._ahead_faults)
+        self._gen, self._ahead, self._ahead_from, self._ahead_pos = gen, None, None, 0
+
     def _due(self, now: float) -> int:
         """How many samples (in total since start) have a timestamp at or before ``now``."""
         return int(math.floor((now - self._gen.start_ts) * self.rate_hz + 1e-9)) + 1
@@ -227,7 +278,7 @@ class SimulatedSource(SensorSource):
     def _wait_for_next(self) -> float:
         with self._lock:
             now = self._clock()
-            return max(self._gen.next_ts, self._paused_until) - now
+            return max(self._next_ts(), self._paused_until) - now
 
     def _take(self) -> list[Reading]:
         with self._lock:
@@ -235,15 +286,17 @@ class SimulatedSource(SensorSource):
             if now < self._paused_until:
                 return []
             if self.realtime:
-                n = min(self._due(now) - self._gen.samples, self.max_block)
+                n = min(self._due(now) - self._samples(), self.max_block)
             else:
                 n = self.max_block
             if n <= 0:
                 return []
-            first, last = self._gen.next_ts, self._gen.ts_of(self._gen.samples + n - 1)
-            active = [f for f in self._faults if f.start <= last and f.end > first]
-            block = self._gen.generate(n, active)
-            ts, values = block.delivered()
+            if self.realtime and 0 < n <= self._lookahead:
+                ts, values = self._from_ahead(n)
+            else:
+                self._rewind()
+                block = self._generate(n)
+                ts, values = block.delivered()
             for at, offsets in self._recalibrations:
                 after = ts >= at
                 if after.any():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +139,32 @@ def test_entry_point_builds_a_source_with_scheduled_faults() -> None:
 def test_bad_options_are_refused_by_name(options: dict[str, object], message: str) -> None:
     with pytest.raises(SourceOptionsError, match=message):
         create_source(options)
+
+
+def _read_until(src: SimulatedSource, clock: FakeClock, end: float, step: float) -> list[Any]:
+    got = []
+    while clock.now < end:
+        clock.now += step
+        got.extend(src.read(timeout=0))
+    return got
+
+
+def test_readings_made_ahead_are_the_readings_made_one_by_one_faults_included() -> None:
+    # A fleet device makes its readings a block at a time; a fault injected after a block was
+    # made still lands on the readings from its start, and nothing is handed out early.
+    clocks = FakeClock(2000.0), FakeClock(2000.0)
+    plain = SimulatedSource(seed=5, rate_hz=10.0, device_id="d", clock=clocks[0])
+    ahead = SimulatedSource(seed=5, rate_hz=10.0, device_id="d", clock=clocks[1], lookahead=16)
+    runs: list[list[Any]] = []
+    for src, clock in zip((plain, ahead), clocks, strict=True):
+        got = _read_until(src, clock, 2001.03, 0.1)
+        assert src.next_ts == pytest.approx(2001.2)
+        src.inject("spike", at=2001.35, duration=0.3)
+        src.inject("dropout", at=2001.75, duration=0.2)
+        got += _read_until(src, clock, 2004.0, 0.07)
+        runs.append(got)
+        assert src.samples_generated == len(got)
+    assert [r.ts for r in runs[1]] == [r.ts for r in runs[0]]
+    assert np.allclose([r.values for r in runs[1]], [r.values for r in runs[0]], rtol=1e-9)
+    assert all(r.ts <= 2004.0 + 1e-9 for r in runs[1]), "nothing handed out before its time"
+    assert not any(2001.75 <= r.ts < 2001.95 for r in runs[1]), "the dropout made after the block"
