@@ -13,6 +13,7 @@ from shared.manifest import Normalization, ScoreSpec
 
 __all__ = [
     "Normalizer",
+    "WindowNormalizer",
     "WindowScorer",
     "fit_normalization",
     "normalize",
@@ -61,10 +62,21 @@ class Normalizer:
         np.divide(x, self.scale, out=x)
         return x
 
-    def into(self, values: npt.NDArray[np.floating], out: FloatArray) -> None:
-        """The same numbers written into ``out`` (e.g. the model's input tensor): no new array.
-        float32 values (the agent's readings) skip ``dtype=``, which alone costs ~3 µs on a
-        32 × 8 window (numpy then broadcasts through its buffered iterator)."""
+
+class WindowNormalizer:
+    """:class:`Normalizer` for windows of ``rows`` readings, written into a given array (e.g. the
+    model's input tensor). Its statistics are tiled to the window's shape once, so that both
+    ufuncs run their plain contiguous loops: on 32 × 8, 0.5 µs each instead of 1.4 when they
+    broadcast, and float32 readings skip ``dtype=`` (~3 µs more). The same float32 numbers."""
+
+    def __init__(self, norm: Normalization, rows: int) -> None:
+        plain = Normalizer(norm)
+        shape = (rows, plain.center.size)
+        self.center = np.ascontiguousarray(np.broadcast_to(plain.center, shape))
+        self.scale = np.ascontiguousarray(np.broadcast_to(plain.scale, shape))
+
+    def __call__(self, values: npt.NDArray[np.floating], out: FloatArray) -> None:
+        """``values`` and ``out``: ``rows`` × channels."""
         if values.dtype == np.float32:
             np.subtract(values, self.center, out=out)
         else:

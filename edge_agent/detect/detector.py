@@ -25,7 +25,7 @@ from edge_agent.detect.adaptation import Adaptation, AdaptationSettings
 from edge_agent.sources.base import Reading
 from shared.manifest import Manifest
 from shared.messages import ModelRef
-from shared.scoring import Normalizer, WindowScorer, responsible_channels
+from shared.scoring import WindowNormalizer, WindowScorer, responsible_channels
 
 __all__ = [
     "Calibration",
@@ -149,7 +149,7 @@ class Calibration:
 @dataclass
 class _Slot:
     model: LoadedModel
-    normalizer: Normalizer
+    normalizer: WindowNormalizer
     columns: npt.NDArray[np.intp] | None  # the model's channels among the source's; None: all
     # The per-window path, bound once: the window is normalized into ``window`` (window ×
     # channels), a view of ``flat``, and ``reconstruct()`` gives the flat reconstruction.
@@ -230,7 +230,7 @@ class Detector:
             def reconstruct() -> npt.NDArray[np.float32]:
                 return runtime.reconstruct(window).reshape(-1)
 
-        return _Slot(model, Normalizer(model.manifest.normalization),
+        return _Slot(model, WindowNormalizer(model.manifest.normalization, shape[0]),
                      None if identity else np.asarray(index, dtype=np.intp),
                      window=flat.reshape(shape), flat=flat, reconstruct=reconstruct,
                      score=WindowScorer(size, model.manifest.score),
@@ -333,7 +333,7 @@ class Detector:
         if slot.adaptation is not None:
             np.copyto(slot.window, slot.adaptation.normalize(raw))
         else:
-            slot.normalizer.into(raw, slot.window)  # straight into the model's input
+            slot.normalizer(raw, slot.window)  # straight into the model's input
         started = time.perf_counter_ns()
         try:
             y = slot.reconstruct()

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from shared.manifest import Normalization, ScoreSpec
-from shared.scoring import Normalizer, WindowScorer, normalize, window_score, window_scores
+from shared.scoring import (
+    Normalizer,
+    WindowNormalizer,
+    WindowScorer,
+    normalize,
+    window_score,
+    window_scores,
+)
 
 
 @pytest.mark.parametrize("method", ["mse", "mae"])
@@ -37,7 +44,7 @@ def test_normalizing_into_a_buffer_gives_the_normalizers_numbers() -> None:
     norm = Normalization(method="zscore", center=[0.5, -2.0, 1e3], scale=[0.1, 3.0, 250.0])
     out = np.empty((32, 3), dtype=np.float32)
     for values in (rng.normal(size=(32, 3)), rng.normal(size=(32, 3)).astype(np.float32)):
-        Normalizer(norm).into(values, out)
+        WindowNormalizer(norm, 32)(values, out)
         np.testing.assert_array_equal(out, Normalizer(norm)(values))
 
 
