@@ -38,6 +38,7 @@ from simulator.fleet import DeviceSpec
 from simulator.fleet_pool import FleetPool
 from simulator.hub_process import HubProcess
 from simulator.loop import LoopError, publish_model, train_model
+from simulator.process import start_child
 from simulator.profiles import PROFILES
 from simulator.scoring import Event, GroundTruth, latency_summary, score_detections
 
@@ -352,7 +353,7 @@ class AnomalyWatch:
             publish=(), subscribe=(broker.topics.all_devices(DeviceTopic.ANOMALIES),)))
         env = {**os.environ, "EDGELOOP_WATCH_PASSWORD": credential.password or ""}
         self.seen: dict[tuple[str, str, int], float] = {}
-        self._proc = subprocess.Popen(
+        self._proc: subprocess.Popen[str] = start_child(  # tied to this process
             [sys.executable, "-m", "simulator.anomaly_watch", broker.host, str(broker.port),
              broker.topics.prefix, credential.username, str(broker.ca_file or "")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
