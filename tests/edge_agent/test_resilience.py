@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,12 +92,20 @@ def test_a_batch_the_hub_refuses_is_dropped_counted_and_the_rest_is_stored(
     agent.start()
     try:
         wait_until(lambda: agent.status()["drops"] == 1, 30, "the refused batch given up")
-        wait_until(lambda: agent.status()["outbox_depth"] == 0
-                   and agent.status()["readings"] == total, 30, "everything else acknowledged")
-        status = agent.status()
+
+        def accounted() -> dict[str, Any] | None:
+            # Not "outbox empty and every reading taken in": the last readings wait in the open
+            # batch (up to batch_max_age_s) outside the outbox, and the outbox counts a message
+            # gone before the agent counts its readings stored (that once read 378 of 380).
+            status = agent.status()
+            settled = (status["outbox_depth"] == 0
+                       and status["readings_stored"] + status["dropped_readings"] == total)
+            return status if settled else None
+
+        status = wait_until(accounted, 30, "every other reading acknowledged (stored or dropped)")
         dropped = status["dropped_readings"]
         assert 0 < dropped <= 20, "one batch (agent_config: at most 20 readings)"
-        assert status["readings_stored"] == total - dropped, "every other reading stored"
+        assert status["readings"] == total and agent.batcher.pending() == 0
         assert collector.refused >= 5, "sent again a few times before it was given up"
         log = collector.device("dev-r")
         assert sorted(log.telemetry)[0] == 1 and log.readings() == total - dropped
