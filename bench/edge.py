@@ -64,6 +64,8 @@ from agent_memory import (  # noqa: E402
     wait_for_release,
 )
 
+from simulator.process import start_child  # noqa: E402
+
 LEGACY_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
 SNAPSHOT_EVERY_S = 30.0  # memory snapshots of the agent while it is sampled (--soak)
 SLOPE_AFTER_S = 60.0  # the RSS slope leaves out the warm-up (see rss_slope_mb_per_h)
@@ -423,8 +425,8 @@ def run_agent_once(
     agent_bin = Path(sys.executable).parent / "edge-agent"
     command = [str(agent_bin), "run", "--config", str(config)]
     log_path = workdir / "agent.log"
-    proc = subprocess.Popen(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            env=agent_env())
+    proc = start_child(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                       env=agent_env())
     try:
         while not reports.empty():  # the previous run's
             reports.get_nowait()

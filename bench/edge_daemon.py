@@ -54,6 +54,7 @@ from edge_agent.telemetry.outbox import Outbox, Stream  # noqa: E402
 from edge_agent.telemetry.sender import Sender  # noqa: E402
 from shared.messages import TelemetryBatch, encode  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
+from simulator.process import start_child  # noqa: E402
 
 SKAB_FREE = ROOT.parent / "shared" / "data" / "skab" / "anomaly-free" / "anomaly-free.csv"
 WINDOW = 32
@@ -220,9 +221,9 @@ def _run_agent_once(
             f'[log]\nlevel = "INFO"\n'  # the bench waits for the released start-up pages
         )
         log_path = workdir / "agent.log"
-        proc = subprocess.Popen([str(agent_bin), "run", "--config", str(config)], cwd=workdir,
-                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                                env=agent_env())
+        proc = start_child([str(agent_bin), "run", "--config", str(config)], cwd=workdir,
+                           stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                           env=agent_env())
         _wait(lambda: any(r.get("state") == "active" for r in reported), 60, "model active")
         wait_for_release(log_path, proc, timeout=60, model="bench-ae v1")
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()

@@ -137,13 +137,48 @@ def _let_broker_write(path: Path) -> None:
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+_OWNER_FILE = "owner.pid"  # the process whose Broker made the folder (and removes it at close)
+
+
 def _persistence_dir() -> Path:
     # Its own folder directly under the system temp dir: a caller's ``workdir`` often sits in
     # a root-only (0700) temp folder that the ``mosquitto`` user cannot even enter, and then
     # every save fails with "Permission denied" and a restart comes back empty.
-    folder = Path(tempfile.mkdtemp(prefix="edgeloop-mosquitto-db-"))
+    folder = _owned_temp_dir("edgeloop-mosquitto-db-")
     _let_broker_write(folder)
     return folder
+
+
+def _owned_temp_dir(prefix: str) -> Path:
+    """A new temporary folder that names the process that made it; first, the folders of
+    ``prefix`` left behind by processes that no longer exist are removed."""
+    _remove_orphaned_dirs(Path(tempfile.gettempdir()), prefix)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    (folder / _OWNER_FILE).write_text(str(os.getpid()))
+    return folder
+
+
+def _remove_orphaned_dirs(parent: Path, prefix: str) -> None:
+    """Folders whose owner died without closing its broker (a test run killed with SIGKILL):
+    its mosquitto died with it (see start()), so nothing uses them any more. A folder without
+    an owner file is left alone: it may be one being made right now."""
+    for folder in parent.glob(f"{prefix}*"):
+        try:
+            owner = int((folder / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _process_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,7 +201,7 @@ class Broker:
         self.secure = secure
         self.topics = topics or Topics()
         self._own_dir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeloop-mosquitto-"))
+        self.workdir = workdir or _owned_temp_dir("edgeloop-mosquitto-")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = _persistence_dir()
         # In the broker's own folder: started as root, it runs as ``mosquitto`` from the start
