@@ -365,6 +365,11 @@ def _assemble(parts: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, n
                                 np.ndarray]]) -> dict[str, Any]:
     """One device's pieces (one per channel list) on one time axis and one channel list."""
     channels = sorted({c for p in parts for c in p[0]})
+    if len(parts) == 1 and parts[0][0] == channels:
+        # the usual case (one channel list, buckets in order): the arrays as they came
+        _, ts, n, s, mn, mx = parts[0]
+        return _finished(channels, ts.astype(np.float64), n.astype(np.int64), s.copy(),
+                         mn.copy(), mx.copy())
     col = {c: i for i, c in enumerate(channels)}
     ts = np.unique(np.concatenate([p[1] for p in parts]))
     row = {t: i for i, t in enumerate(ts.tolist())}
@@ -374,9 +379,6 @@ def _assemble(parts: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, n
     lo = np.full(shape, np.nan)
     hi = np.full(shape, np.nan)
     for names, t, n, s, mn, mx in parts:
-        if len(parts) == 1 and names == channels:
-            count, total, lo, hi = n.copy(), s.copy(), mn.copy(), mx.copy()
-            break
         rows = np.array([row[x] for x in t.tolist()])
         cols = np.array([col[c] for c in names])
         idx = np.ix_(rows, cols)
@@ -384,6 +386,12 @@ def _assemble(parts: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, n
         total[idx] += s
         lo[idx] = np.fmin(lo[idx], mn)
         hi[idx] = np.fmax(hi[idx], mx)
+    return _finished(channels, ts, count, total, lo, hi)
+
+
+def _finished(channels: list[str], ts: np.ndarray, count: np.ndarray, total: np.ndarray,
+              lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
+    """The device's view: mean from the sums, NaN where a channel had no reading."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     lo[count == 0] = np.nan
