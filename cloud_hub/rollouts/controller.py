@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 
-from sqlalchemy import func
+from sqlalchemy import Table, func
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -26,6 +27,8 @@ from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.desired import set_desired
 from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
 from shared.messages import ModelRef, ModelState
+
+_DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
 
 __all__ = ["ACTIVE_STATES", "RolloutController"]
 
@@ -197,12 +200,19 @@ class RolloutController:
     def _observe_all(self, session: Session, rollout: Rollout, members: list[RolloutDevice],
                      now: float) -> list[DeviceObservation]:
         ids = [m.device_id for m in members]
-        devices = {d.device_id: d for d in session.exec(
-            select(Device).where(col(Device.device_id).in_(ids)))}
+        # Only the devices still pending, and only the columns judged: a 1,000-device stage
+        # read as Device objects every tick took 40% of the hub's time during a rollout.
+        pending = [m.device_id for m in members
+                   if m.confirmed_at is None and m.failed_at is None]
+        c = _DEVICES.c
+        devices = {row.device_id: row for row in session.connection().execute(
+            core_select(c.device_id, c.active_name, c.active_version, c.reported_name,
+                        c.reported_version, c.reported_state, c.reported_since,
+                        c.reported_error).where(c.device_id.in_(pending)))} if pending else {}
         name, version = rollout.model_name, rollout.model_version
         for m in members:
             device = devices.get(m.device_id)
-            if device is None or m.confirmed_at is not None or m.failed_at is not None:
+            if device is None:
                 continue
             if (device.active_name, device.active_version) == (name, version):
                 m.confirmed_at = now
