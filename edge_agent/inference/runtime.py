@@ -6,6 +6,7 @@ numpy<2), ``tensorflow.lite`` (heavy last resort). ``EDGELOOP_TFLITE_RUNTIME`` f
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -157,10 +158,6 @@ class TfliteModel:
             _Dequantizer(self._out, self.output_shape)
             if self.output_dtype != np.float32 else None
         )
-        # Which kernels run the graph: "xnnpack" when the runtime's default delegate took it
-        # (litert takes int8 and float32; tflite-runtime 2.14 takes float32 only, and runs int8
-        # on its builtin kernels), else "builtin".
-        self.delegate = _delegate_of(self._interp)
         self.resolver = _RESOLVER
         self._input_size = int(np.prod(self.input_shape))
         self.io: str  # "views" or "copies"
@@ -178,6 +175,14 @@ class TfliteModel:
         self.window_input, self.reconstruct_input = self._bind_in_place()
         self._batch: Any = None  # a second interpreter sized for reconstruct_batch
         self._batch_size = 0
+
+    @functools.cached_property
+    def delegate(self) -> str:
+        """Which kernels run the graph: "xnnpack" when the runtime's default delegate took it
+        (litert takes int8 and float32; tflite-runtime 2.14 takes float32 only, and runs int8
+        on its builtin kernels), else "builtin". Read on first use: listing the graph's ops
+        cost as much as a fifth of a model's load (py-spy, 1,000 devices loading a model)."""
+        return _delegate_of(self._interp)
 
     def _new_interpreter(self) -> Any:
         options: dict[str, Any] = {"num_threads": self._num_threads}
