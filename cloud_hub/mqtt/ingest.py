@@ -1,11 +1,14 @@
 """MQTT ingest: device streams into the store, acknowledged only after their commit.
 
 The connection (:mod:`cloud_hub.mqtt.connection`) puts every message on a queue; one worker
-takes up to ``batch_max`` of them, decodes them (:mod:`cloud_hub.mqtt.decoding`), stores them in
-one transaction (:mod:`cloud_hub.db.ingest_store`) and only then sends their PUBACKs, so a crash
-between receipt and commit makes the broker deliver them again, and the (device_id, epoch, seq)
-keys make that redelivery harmless. After each commit the streams it touched are handed to the
-acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
+takes up to ``batch_max`` of them and decodes them (:mod:`cloud_hub.mqtt.decoding`); one writer
+stores each batch in one transaction (:mod:`cloud_hub.db.ingest_store`) and only then sends its
+PUBACKs, so a crash between receipt and commit makes the broker deliver them again, and the
+(device_id, epoch, seq) keys make that redelivery harmless. The worker decodes batch N+1 while
+the writer commits batch N (the database's round trips overlap Python's decoding); at most
+``in_flight`` decoded batches wait for the writer, so memory stays bounded, and the single
+writer commits and acknowledges them in the order they were received. After each commit the
+streams it touched are handed to the acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
 
 Failures are typed: :class:`DatabaseUnavailable` (down, locked, a deadlock) keeps the batch and
 retries it with back-off; :class:`RowsRefused` (something in these rows the database will not
@@ -16,11 +19,12 @@ bad message costs a few extra commits, not one commit per message.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -82,6 +86,16 @@ def classify(exc: Exception) -> StoreError:
 
 
 @dataclass
+class _Decoded:
+    """One batch as the worker hands it to the writer (``batch`` None: decoding failed)."""
+
+    messages: list[Received]
+    batch: IngestBatch | None = None
+    refused: list[DeadLetterRecord] = field(default_factory=list)
+    cleared: int = 0
+
+
+@dataclass
 class IngestStats:
     messages_received: int = 0
     telemetry_batches: int = 0
@@ -113,6 +127,7 @@ class MqttIngest:
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
         store: Callable[[Session, IngestBatch], StoreResult] = store_batch,
+        in_flight: int = 1,
     ) -> None:
         self._engine = engine
         self._store_batch = store
@@ -124,6 +139,10 @@ class MqttIngest:
         self.stats = IngestStats()
         self._conflicts_named: set[str] = set()  # devices whose conflict was logged already
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
+        # Decoded batches waiting for the writer (None: the worker has stopped).
+        self._handoff: queue.Queue[_Decoded | None] = queue.Queue(maxsize=max(in_flight, 1))
+        self._writer = threading.Thread(target=self._write, name="hub-ingest-writer",
+                                        daemon=True)
 
     @property
     def connected(self) -> bool:
@@ -134,13 +153,17 @@ class MqttIngest:
         return self.connection.session
 
     def start(self) -> None:
+        self._writer.start()
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Store and acknowledge what was already received, then return."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         if self._worker.is_alive():
             self._worker.join(timeout)
+        if self._writer.is_alive():
+            self._writer.join(max(deadline - time.monotonic(), 0.0))
 
     def snapshot_stats(self) -> IngestStats:
         with self._lock:
@@ -160,29 +183,60 @@ class MqttIngest:
 
     # -- worker --------------------------------------------------------------------------
     def _run(self) -> None:
+        """Take and decode batches; the writer stores them (see :meth:`_write`)."""
         inbound = self.connection.inbound
-        while True:
-            self.connection.tick()
-            messages = inbound.take(self._batch_max, wait_s=self._batch_wait, first_timeout=0.2)
-            if not messages:
-                if self._stop.is_set():
-                    return
-                continue
-            try:
-                self._store(messages)
-            except Exception:  # never let the worker die; the messages stay unacknowledged
-                log.exception("ingest: unexpected failure storing %d messages", len(messages))
+        try:
+            while True:
+                self.connection.tick()
+                messages = inbound.take(self._batch_max, wait_s=self._batch_wait,
+                                        first_timeout=0.2)
+                if not messages:
+                    if self._stop.is_set():
+                        return
+                    continue
+                self._handoff.put(self._decode(messages))  # waits while the writer is behind
+        finally:
+            self._handoff.put(None)
 
-    def _store(self, messages: list[Received]) -> None:
-        """Store ``messages``, retrying and splitting as their failures call for."""
+    def _decode(self, messages: list[Received]) -> _Decoded:
+        """Screen and decode ``messages``; a failure here is left for the writer to retry."""
+        try:
+            kept, refused = self._screen(messages)
+            batch, cleared = decode_batch(self.connection.topics, kept)
+        except Exception as exc:  # the writer's loop decodes again and handles the failure
+            log.debug("ingest: decoding ahead of the writer failed (%s)", exc)
+            return _Decoded(messages)
+        batch.dead_letters.extend(refused)
+        return _Decoded(messages, batch, refused, cleared)
+
+    def _write(self) -> None:
+        """Commit and acknowledge the decoded batches, one at a time, in order."""
+        while True:
+            item = self._handoff.get()
+            if item is None:
+                return
+            try:
+                self._store(item.messages, item)
+            except Exception:  # never let the writer die; the messages stay unacknowledged
+                log.exception("ingest: unexpected failure storing %d messages",
+                              len(item.messages))
+
+    def _store(self, messages: list[Received], decoded: _Decoded | None = None) -> None:
+        """Store ``messages``, retrying and splitting as their failures call for
+        (``decoded``: the worker's decoding of all of them, used on the first attempt)."""
         pending: deque[list[Received]] = deque([messages])
         delay = 0.1
         while pending:
             part = pending.popleft()
             try:
-                kept, refused = self._screen(part)
-                batch, cleared = decode_batch(self.connection.topics, kept)
-                batch.dead_letters.extend(refused)
+                if decoded is not None and decoded.batch is not None and part is messages:
+                    batch, refused, cleared = decoded.batch, decoded.refused, decoded.cleared
+                    decoded = None  # a retry decodes again (the commit may have changed it)
+                else:
+                    decoded = None
+                    kept, refused = self._screen(part)
+                    batch, cleared = decode_batch(self.connection.topics, kept)
+                    batch.dead_letters.extend(refused)
                 result = self._commit(batch)
             except DatabaseUnavailable as exc:
                 self._count_error()
