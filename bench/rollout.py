@@ -211,10 +211,13 @@ def main() -> int:
             rollout_id = rollout.id
         fleet.reset_tick_lag()
         cpu0 = [_cpu_seconds_of(pid) for pid in fleet.pids]
+        hub_cpu0 = time.process_time()  # the hub runs in this process
+        ticks0 = hub.rollouts.ticks
         hub.rollouts.wake()
         started = time.monotonic()
         settled = fleet.watch(name, version, 120)
         fleet_cpu = sum(_cpu_seconds_of(pid) - c for pid, c in zip(fleet.pids, cpu0, strict=True))
+        hub_cpu = time.process_time() - hub_cpu0
         devices_active = max((t for line in settled["timeline"].values() for s, t in line
                               if s == "active"), default=started) - started
 
@@ -250,6 +253,8 @@ def main() -> int:
             "devices_active": settled["active"],
             "fleet_processes": fleet.processes,
             "fleet_cpu_seconds_until_settled": round(fleet_cpu, 2),
+            "hub_cpu_seconds_until_settled": round(hub_cpu, 2),
+            "hub_rollout_ticks": hub.rollouts.ticks - ticks0,  # until it succeeded
             "update_path": "desired -> retained manifest -> retained chunks -> signature, size, "
                            "sha256 -> interpreter -> shadow -> swap -> reported",
             "shadow_windows": args.shadow_windows,

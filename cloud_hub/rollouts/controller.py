@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
-from sqlalchemy import Table, func
+from sqlalchemy import Table, bindparam, func
 from sqlalchemy import select as core_select
+from sqlalchemy import update as core_update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -29,14 +31,42 @@ from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
 from shared.messages import ModelRef, ModelState
 
 _DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
+_MEMBERS: Table = RolloutDevice.__table__  # type: ignore[attr-defined]
 
-__all__ = ["ACTIVE_STATES", "RolloutController"]
+__all__ = ["ACTIVE_STATES", "RolloutController", "rest_after"]
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ROLLOUT_ACTIVE
 _FAILED_STATES = (ModelState.FAILED, ModelState.ROLLED_BACK)
 BASELINE_WINDOW_S = 600.0
+
+
+# Ingest wakes the controller after each commit. A tick over a 1,000-device stage costs tens of
+# milliseconds of CPU, and back-to-back ticks while the devices' reports poured in were half of
+# the hub's CPU during bench/rollout.py (py-spy), taken from ingest and, on a shared machine,
+# from the devices themselves. After a tick the controller rests REST_FACTOR times the CPU that
+# tick took (at most MAX_REST_S): at most a quarter of a core, and a cheap tick (a small stage,
+# nothing running) is followed at once.
+REST_FACTOR = 3.0
+MAX_REST_S = 0.5
+
+
+def rest_after(tick_cpu_s: float) -> float:
+    """Seconds the controller waits before its next tick, even when woken sooner."""
+    return min(MAX_REST_S, max(0.0, tick_cpu_s) * REST_FACTOR)
+
+
+@dataclass(slots=True)
+class _Member:
+    """The columns of a stage's device that a tick judges (a ``rollout_devices`` row)."""
+
+    device_id: str
+    desired_at: float | None
+    confirmed_at: float | None
+    failed_at: float | None
+    failure: str | None
+    baseline_rate: float | None
 # A rollout whose step fails this many times in a row (other than for a broker outage, which
 # is retried for ever) is aborted with the error as its reason.
 MAX_STEP_FAILURES = 3
@@ -74,9 +104,13 @@ class RolloutController:
         self._wake.set()
 
     def _run(self) -> None:
+        rest = 0.0
         while not self._stop.is_set():
             self._wake.wait(self._tick)
-            self._wake.clear()
+            if rest > 0 and self._stop.wait(rest):
+                break
+            self._wake.clear()  # the wakes that came while it rested are this one tick
+            cpu = time.thread_time()
             try:
                 with Session(self._engine) as session:
                     self.holding = hold_lease(session, name="rollouts", holder=self.holder,
@@ -86,6 +120,7 @@ class RolloutController:
                     self.ticks += 1
             except Exception:  # a broken rollout must not stop the others
                 log.exception("rollout controller tick failed")
+            rest = rest_after(time.thread_time() - cpu)
 
     def tick(self, now: float | None = None) -> None:
         """Move every active rollout one step, each in its own session: an error in one (a
@@ -172,8 +207,7 @@ class RolloutController:
         if rollout.stage_started_at is None:
             self._start_stage(session, rollout, now)
             return
-        members = self._stage_devices(session, rollout)
-        observations = self._observe_all(session, rollout, members, now)
+        observations = self._observe_all(session, rollout, now)
         session.commit()
         verdict = judge_stage(observations, rollout.policy, now=now,
                               stage_started_at=rollout.stage_started_at,
@@ -197,11 +231,19 @@ class RolloutController:
                 log.info("rollout %s succeeded: %.1fs to full", rollout.id,
                          rollout.seconds_to_full)
 
-    def _observe_all(self, session: Session, rollout: Rollout, members: list[RolloutDevice],
+    def _observe_all(self, session: Session, rollout: Rollout,
                      now: float) -> list[DeviceObservation]:
+        """Mark the stage's devices that now run the model (or failed to), and say what each
+        did. Members and devices are read as column rows and the marks written in one UPDATE:
+        a 1,000-device stage loaded as ORM objects (and expired at every commit) on each tick
+        was most of the hub's CPU during a rollout (py-spy), and ingest wakes the controller
+        after each commit."""
+        r = _MEMBERS.c
+        members = [_Member(*row) for row in session.connection().execute(
+            core_select(r.device_id, r.desired_at, r.confirmed_at, r.failed_at, r.failure,
+                        r.baseline_rate).where(r.rollout_id == rollout.id,
+                                               r.stage == rollout.stage))]
         ids = [m.device_id for m in members]
-        # Only the devices still pending, and only the columns judged: a 1,000-device stage
-        # read as Device objects every tick took 40% of the hub's time during a rollout.
         pending = [m.device_id for m in members
                    if m.confirmed_at is None and m.failed_at is None]
         c = _DEVICES.c
@@ -210,6 +252,7 @@ class RolloutController:
                         c.reported_version, c.reported_state, c.reported_since,
                         c.reported_error).where(c.device_id.in_(pending)))} if pending else {}
         name, version = rollout.model_name, rollout.model_version
+        marks: list[dict[str, object]] = []
         for m in members:
             device = devices.get(m.device_id)
             if device is None:
@@ -223,7 +266,14 @@ class RolloutController:
                 m.failure = f"{device.reported_state}: {device.reported_error or 'no reason'}"
             else:
                 continue
-            session.add(m)
+            marks.append({"member": m.device_id, "confirmed": m.confirmed_at,
+                          "failed": m.failed_at, "failure": m.failure})
+        if marks:
+            session.connection().execute(
+                core_update(_MEMBERS).where(r.rollout_id == rollout.id,
+                                            r.device_id == bindparam("member"))
+                .values(confirmed_at=bindparam("confirmed"), failed_at=bindparam("failed"),
+                        failure=bindparam("failure")), marks)
         counts: dict[str, int] = {}
         if rollout.stage == 0:  # only the canary is judged on its anomaly rate
             since = min((m.confirmed_at for m in members if m.confirmed_at), default=now)

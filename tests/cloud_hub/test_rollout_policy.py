@@ -1,7 +1,9 @@
-"""The rollout policy's decisions on their own (no broker, no database)."""
+"""The rollout policy's decisions and the controller's pace, on their own (no broker, no
+database)."""
 
 from __future__ import annotations
 
+from cloud_hub.rollouts.controller import MAX_REST_S, REST_FACTOR, rest_after
 from cloud_hub.rollouts.planning import plan_stages
 from cloud_hub.rollouts.policy import DeviceObservation, RolloutPolicy, judge_stage
 
@@ -70,3 +72,12 @@ def test_stages_are_a_canary_then_waves_covering_every_device_once() -> None:
     assert sorted(d for s in stages for d in s) == sorted(devices)
     assert plan_stages(devices, canary_size=1, canary_percent=50, wave_size=100)[0] == \
         stages[0] + plan_stages(devices, canary_size=6, canary_percent=None, wave_size=9)[0][2:]
+
+
+def test_controller_rests_in_proportion_to_its_last_tick_and_no_longer_than_the_cap() -> None:
+    assert rest_after(0.0) == 0.0  # nothing running: the next wake is acted on at once
+    assert rest_after(-0.001) == 0.0  # a clock step never makes a negative wait
+    assert rest_after(0.02) == 0.02 * REST_FACTOR
+    busy = 0.02 / (0.02 + rest_after(0.02))
+    assert busy <= 1 / (1 + REST_FACTOR)  # the controller's share of a core stays bounded
+    assert rest_after(10.0) == MAX_REST_S  # a slow tick never leaves a rollout unwatched long

@@ -80,6 +80,7 @@ def test_good_model_is_promoted_through_every_wave(
     assert view["status"] == "succeeded", view["reason"]
     assert view["devices_updated"] == len(DEVICES)
     assert view["seconds_to_full"] > 0
+    assert all(d["confirmed_at"] is not None and d["failure"] is None for d in view["devices"])
     assert all(d["reported"] == {"name": "pump-ae", "version": version}
                for d in view["devices"])
     running = api.get(f"/models/pump-ae/{version}", headers=ADMIN).json()["devices"]
@@ -130,6 +131,11 @@ def test_install_failures_breach_the_failure_ratio(
             device.close()
     assert view["status"] == "rolled_back"
     assert "install failure ratio" in view["reason"] and "cannot load" in view["reason"]
+    # the controller's marks are stored on the stage's rows, not only judged
+    assert view["devices_failed"] >= 1
+    failed = [d for d in view["devices"] if d["failure"] is not None]
+    assert failed and all("cannot load" in d["failure"] and d["confirmed_at"] is None
+                          for d in failed)
 
 
 def test_pause_holds_the_next_stage_and_resume_continues(
