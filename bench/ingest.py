@@ -52,6 +52,7 @@ import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
+from sqlmodel import Session  # noqa: E402
 
 from shared.topics import DeviceTopic, TopicAccess  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
@@ -182,8 +183,7 @@ class Hubs:
 
 
 def _count_in_database(hubs: Hubs, db: Database) -> dict[str, int]:
-    url = db.url or f"sqlite:///{hubs.procs[0].data_dir / 'hub.db'}"
-    engine = create_engine(url)
+    engine = create_engine(_database_url(hubs, db))
     try:
         with engine.connect() as conn:
             rows, readings = conn.execute(text(
@@ -216,14 +216,25 @@ def _connect(broker: Broker, processes: int) -> list[dict[str, Any]]:
     return out
 
 
-def enroll(hubs: Hubs, device_ids: list[str]) -> None:
-    """The hub stores only enrolled devices' messages: enroll the flood's, 1,000 a call."""
-    url = hubs.procs[0].url
-    for start in range(0, len(device_ids), 1000):
-        r = httpx.post(f"{url}/api/v1/enrollments",
-                       json={"device_ids": device_ids[start:start + 1000]},
-                       headers={"X-API-Key": hubs.admin_key}, timeout=300)
-        r.raise_for_status()
+def enroll(database_url: str, device_ids: list[str]) -> None:
+    """The hub stores only enrolled devices' messages: record the flood's devices in its
+    registry, without broker credentials. Bench-only: the flood is published by the
+    ``bench-flood-*`` identities (:func:`_connect`), never with a device's credential, so the
+    1,000 per-device dynsec clients and roles that ``POST /api/v1/enrollments`` creates (about
+    a minute of setup per PostgreSQL case) would never be used. The product still gives every
+    device its own credential; the hub checks the registry per batch, as for any device."""
+    from cloud_hub.db.enrollments import record_enrollment
+
+    engine = create_engine(database_url)
+    try:
+        with Session(engine) as session:
+            record_enrollment(session, device_ids, broker_credential=False)
+    finally:
+        engine.dispose()
+
+
+def _database_url(hubs: Hubs, db: Database) -> str:
+    return db.url or f"sqlite:///{hubs.procs[0].data_dir / 'hub.db'}"
 
 
 @dataclass
@@ -379,7 +390,7 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers)
-                enroll(hubs, plan.device_ids())
+                enroll(_database_url(hubs, db), plan.device_ids())
                 held = held_backlog(readings)
                 console.print(f"{db_kind}, batch {readings}: backlog held at {held.target:,} "
                               f"messages for {opts.duration:g} s")
@@ -478,7 +489,7 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers)
-                enroll(hubs, plan.device_ids())
+                enroll(_database_url(hubs, db), plan.device_ids())
                 held = held_backlog(readings)
                 console.print(f"postgresql, two hubs, batch {readings}: backlog held at "
                               f"{held.target:,} messages for {opts.duration:g} s")
