@@ -421,6 +421,12 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                     per_cpu, flood_per_cpu = over["messages_per_cpu_s"], flood["messages_per_cpu_s"]
                     over["per_cpu_s_ratio"] = (round(per_cpu / flood_per_cpu, 3)
                                                if per_cpu and flood_per_cpu else None)
+                    # The fairness of the ratio: the CPU the hub, the publishers and the broker
+                    # had in the overload against the paced run that set the saturation rate
+                    # (same publisher processes; the other load of a shared machine differs).
+                    at_sat = next((s for s in steps if s.get("keeps_up")
+                                   and abs(s["offered_rate"] - sat) < 0.1), None)
+                    over["against_saturation_run"] = _cpu_compared(over, at_sat)
                     case["overload"] = over
                 counts = check_counts(hubs, db, published, published * readings)
                 case.update(counts)
@@ -433,6 +439,25 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                 hubs.stop()
     case["ok"] = _case_ok(case)
     return case
+
+
+def _cpu_compared(over: dict[str, Any], sat: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Overload against the saturation run: hub CPU share and work per CPU-second (ratios),
+    and the publishers' and the broker's CPU share in each (cores)."""
+    if sat is None:
+        return None
+
+    def ratio(key: str) -> float | None:
+        a, b = over.get(key), sat.get(key)
+        return round(a / b, 3) if a and b else None
+
+    return {"hub_cpu_share_ratio": ratio("hub_cpu_share"),
+            "messages_per_cpu_s_ratio": ratio("messages_per_cpu_s"),
+            "publisher_cpu_share": [sat["publisher_cpu_share"], over["publisher_cpu_share"]],
+            "broker_cpu_share": [sat["broker_cpu_share"], over["broker_cpu_share"]],
+            "hub_waited_for_cpu_s_per_s": [sat["hub_waited_for_cpu_s_per_s"],
+                                           over["hub_waited_for_cpu_s_per_s"]],
+            "load_average": [sat["load_average"], over["load_average"]]}
 
 
 def _case_ok(case: dict[str, Any]) -> bool:
@@ -681,7 +706,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
             console.print(f"{c['database']}: saturation {c['saturation_rate']:,.0f} msg/s; at "
                           f"2x for {result['overload_s']:g} s stored {o['messages_per_s']:,.0f}"
                           f" msg/s (ratio {o['stored_ratio']}; per CPU-s, against the held "
-                          f"flood: {o['per_cpu_s_ratio']}; hub CPU "
+                          f"flood: {o['per_cpu_s_ratio']}; against the saturation run: "
+                          f"{o.get('against_saturation_run')}; hub CPU "
                           f"{o['hub_cpu_share'] * 100:.0f}%), backlog at the end "
                           f"{o['backlog_end']:,}, broker drop lines "
                           f"{o['broker_drop_log_lines']}, missing batches the hub shows "
