@@ -114,14 +114,16 @@ def test_a_failed_commit_is_not_acknowledged_nor_lost_and_acks_keep_their_order(
     assert ingest.snapshot_stats().commit_errors == 1
 
 
-def test_stop_stores_and_acknowledges_what_was_already_taken(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_flight", [0, 2])
+def test_stop_stores_and_acknowledges_what_was_already_taken(tmp_path: Path,
+                                                             in_flight: int) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     with Session(engine) as session:
         record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
     total = 5 * BATCH
     connection = _Connection(_inbox_with(total))
     ingest = MqttIngest(engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]
-                        in_flight=2)
+                        in_flight=in_flight)
     ingest.start()
     ingest.stop()
     assert connection.inbound.qsize() == 0
