@@ -114,6 +114,34 @@ def build_model(channels: list[str], data: Path) -> tuple[bytes, Any, float]:
     return tflite, norm, float(np.quantile(scores, 0.999)) * 1.5
 
 
+def invoke_latency_us(tflite: bytes, gap_s: float, n: int) -> tuple[float, float]:
+    """p50 and p99 of the span the agent's detector times (``reconstruct_input()``: the native
+    invoke and nothing else) for ``tflite``, in this process, one invoke every ``gap_s``
+    seconds (0: back to back).
+
+    Why the daemon's figure is far above ``bench/edge.py``'s: issue 12 measured this span at
+    0.8 us back to back, 10.7 us at one invoke per ms and 53 us at one per 100 ms (the daemon's
+    10 Hz) in a process with no MQTT thread, no lock and no other Python work, and 69 us when
+    the 100 ms were spent busy-waiting instead of sleeping. A timer read costs 0.13 us. So the
+    gap itself costs: between two windows the machine's other work evicts the model's weights
+    and XNNPACK's code from the caches, and the invoke at 10 Hz runs cold. That is the
+    daemon's real per-window cost at its rate, not overhead inside the timed span."""
+    from edge_agent.inference.runtime import TfliteModel
+
+    runtime = TfliteModel(tflite)
+    invoke = runtime.reconstruct_input
+    runtime.window_input[:] = np.random.default_rng(0).random(runtime.window_input.size)
+    spans = []
+    for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
+        started = time.perf_counter_ns()
+        invoke()
+        spans.append((time.perf_counter_ns() - started) / 1000.0)
+    p50, p99 = np.quantile(spans, (0.5, 0.99))
+    return round(float(p50), 1), round(float(p99), 1)
+
+
 def measure_daemon(
     seconds: float, agent_bin: Path, runs: int = 3, data: Path = SKAB_FREE
 ) -> dict[str, Any]:
@@ -175,6 +203,8 @@ def measure_daemon(
         broker.close()
         shutil.rmtree(broker.workdir, ignore_errors=True)
     worst = max(results, key=lambda r: r["rss_bytes"])
+    tight = invoke_latency_us(tflite, 0.0, 20_000)
+    paced = invoke_latency_us(tflite, 0.1, 100)  # the daemon's 10 Hz, one window per reading
     memories = [r["memory"] for r in results]
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ladder-") as tmp:
         (Path(tmp) / "model.tflite").write_bytes(tflite)
@@ -194,6 +224,15 @@ def measure_daemon(
         "runtime": worst["runtime"],
         "inference_us_p50": worst["inference_us_p50"],
         "inference_us_p99": worst["inference_us_p99"],
+        # The same span for the same model in this process: back to back (bench/edge.py's
+        # figure) and at the daemon's 10 Hz. The daemon's p50 tracks the paced one: a cold
+        # invoke per window at a low rate, see invoke_latency_us.
+        "inference_us_tight_p50_p99": list(tight),
+        "inference_us_10hz_p50_p99": list(paced),
+        "inference_us_note": "inference_us_p50/p99: the native invoke inside the running agent"
+                             " (one window per reading at 10 Hz, cold caches); _tight: the same"
+                             " invoke back to back; _10hz: the same invoke paced at 10 Hz in the"
+                             " bench process",
         "agent_tensorflow_loaded": any(r["agent_tensorflow_loaded"] for r in results),
         "threads": worst["memory"]["threads"],
         "thread_stacks_kb": worst["memory"]["thread_stacks_kb"],
