@@ -80,8 +80,6 @@ class Hub:
         self.ingest = MqttIngest(
             self.engine, self.mqtt, batch_max=settings.ingest_batch_max,
             batch_wait_s=settings.ingest_batch_wait_s, on_commit=self._on_ingest_commit,
-            # PostgreSQL: decode the next batch during this one's round trips.
-            in_flight=1 if self.engine.dialect.name == "postgresql" else 0,
         )
         self.publisher = Publisher(self.mqtt, timeout=settings.publish_timeout_s)
         self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,

@@ -7,10 +7,11 @@ PUBACKs, so a crash between receipt and commit makes the broker deliver them aga
 (device_id, epoch, seq) keys make that redelivery harmless. The worker decodes batch N+1 while
 the writer commits batch N (the database's round trips overlap Python's decoding); at most
 ``in_flight`` decoded batches wait for the writer, so memory stays bounded, and the single
-writer commits and acknowledges them in the order they were received. With ``in_flight=0`` the
-worker commits each batch itself (SQLite: its commits wait on no network, and the hand-over
-between threads cost ~4% more CPU per message, measured). After each commit the
-streams it touched are handed to the acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
+writer commits and acknowledges them in the order they were received. With ``in_flight=0`` (the
+default) the worker commits each batch itself: measured on PostgreSQL and SQLite, the writer
+thread cost 4-15% more CPU per message and raised no stored rate (docs/scaling.md). After each
+commit the streams it touched are handed to the acknowledgement publisher
+(:mod:`cloud_hub.mqtt.acks`).
 
 Failures are typed: :class:`DatabaseUnavailable` (down, locked, a deadlock) keeps the batch and
 retries it with back-off; :class:`RowsRefused` (something in these rows the database will not
@@ -129,7 +130,7 @@ class MqttIngest:
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
         store: Callable[[Session, IngestBatch], StoreResult] = store_batch,
-        in_flight: int = 1,
+        in_flight: int = 0,
     ) -> None:
         self._engine = engine
         self._store_batch = store
