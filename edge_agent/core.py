@@ -32,6 +32,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.detect.detector import Detection, Detector
 from edge_agent.drift.federated import WindowScatter
 from edge_agent.drift.monitor import DriftMonitor
+from edge_agent.inference.runtime import loaded_runtime
 from edge_agent.models.store import ModelStore
 from edge_agent.models.updater import ModelLoader, ModelReport, ModelUpdater
 from edge_agent.sources.base import Reading
@@ -42,6 +43,7 @@ from edge_agent.telemetry.sender import SendWindow
 from edge_agent.trust.keyring import TrustOutcome
 from shared.messages import (
     Ack,
+    AgentRuntime,
     AnomalyEvent,
     Desired,
     DeviceStatus,
@@ -241,6 +243,7 @@ class DeviceCore:
         phase = random.Random(self.device_id).uniform(0.5, 1.0)
         self._next_heartbeat = now + min(5.0, config.heartbeat.interval_s) * phase
         self._next_drift = now + config.drift.summary_interval_s
+        self._runtime_told: AgentRuntime | None = None  # the runtime the last status named
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -417,13 +420,19 @@ class DeviceCore:
             threshold=report.threshold,
         )
         self.wire.set_birth(self.topics.reported(self.device_id), encode(message))
+        if self._runtime_told is None and loaded_runtime() is not None:
+            # the first model load named the runtime: the status says so at once, not only at
+            # the next connect (the hub picks a model's variant by it)
+            self.wire.set_birth(self.topics.status(self.device_id),
+                                lambda: self.status_payload(DeviceStatus.ONLINE))
         if self._on_report is not None:
             self._on_report(report)
 
     def status_payload(self, state: DeviceStatus) -> bytes:
         """The retained ``status`` record (online on every connect, offline as the will)."""
+        self._runtime_told = loaded_runtime()
         return encode(Status(device_id=self.device_id, state=state, at=self.clock.time(),
-                             agent_version=self.agent_version))
+                             agent_version=self.agent_version, runtime=self._runtime_told))
 
     def heartbeat(self) -> Heartbeat:
         p50, p99 = self.detector.inference_us()

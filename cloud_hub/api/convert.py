@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -10,17 +13,32 @@ from cloud_hub.api.schemas import (
     DevicePublic,
     ModelDetail,
     ModelSummary,
+    RuntimePreference,
     TrainingJobPublic,
 )
 from cloud_hub.core.states import TrainingStage
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, TrainingJob
 from cloud_hub.db.tables import Device, DeviceConflict
+from cloud_hub.rollouts.variant import choose_variant
+from shared.messages import AgentRuntime
 
 __all__ = ["SUMMARY_COLUMNS", "device_public", "job_public", "model_detail", "model_summaries"]
 
 
 def _ref(name: str | None, version: int | None) -> dict[str, object] | None:
     return None if name is None or version is None else {"name": name, "version": version}
+
+
+def _prefers(runtime: dict[str, Any] | None) -> RuntimePreference | None:
+    """Which variant of a model runs fastest on the runtime the device reported, and why."""
+    if runtime is None:
+        return None
+    try:
+        reported = msgspec.convert(runtime, AgentRuntime)
+    except msgspec.ValidationError:
+        return None
+    choice = choose_variant(reported, ("int8", "float32"))
+    return None if choice is None else RuntimePreference(quantization=choice[0], reason=choice[1])
 
 
 def device_public(d: Device, conflict: DeviceConflict | None = None) -> DevicePublic:
@@ -35,6 +53,7 @@ def device_public(d: Device, conflict: DeviceConflict | None = None) -> DevicePu
         reported_state=d.reported_state, reported_error=d.reported_error, tags=list(d.tags or []),
         group=d.group, telemetry_readings=d.telemetry_readings,
         telemetry_batches=d.telemetry_batches, anomalies=d.anomalies, heartbeat=d.heartbeat,
+        runtime=d.runtime, runtime_prefers=_prefers(d.runtime),
         in_sync=desired is None or (d.active_name, d.active_version) == (
             d.desired_name, d.desired_version),
         conflict=None if conflict is None else DeviceConflictPublic(

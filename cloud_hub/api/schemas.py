@@ -65,6 +65,11 @@ class DeviceConflictPublic(BaseModel):
     count: int = Field(description="ingest batches that showed it")
 
 
+class RuntimePreference(BaseModel):
+    quantization: str = Field(description="int8 or float32")
+    reason: str
+
+
 class DevicePublic(BaseModel):
     device_id: str
     online: bool
@@ -82,6 +87,12 @@ class DevicePublic(BaseModel):
     telemetry_batches: int
     anomalies: int
     heartbeat: dict[str, Any] | None
+    runtime: dict[str, Any] | None = Field(
+        default=None, description="the TFLite runtime the device's status reported (package, "
+        "version, xnnpack_int8); null for agents that do not report it or have loaded no model")
+    runtime_prefers: RuntimePreference | None = Field(
+        default=None, description="which variant of a model runs fastest on that runtime. "
+        "Rollouts still ship the published variant to every device")
     in_sync: bool = Field(description="desired model equals the active model")
     conflict: DeviceConflictPublic | None = Field(
         default=None, description="set when two sources use this device id")

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import Float, Integer, String, Table, any_, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
@@ -132,6 +133,10 @@ _HEARTBEAT = update(_devices).where(_c.device_id == bindparam("d")).values(
 _STATUS = update(_devices).where(_c.device_id == bindparam("d")).values(
     online=bindparam("online"), status_at=bindparam("at"),
     agent_version=case((_AV == "", _c.agent_version), else_=_AV))
+# A status that names the agent's runtime also records it; one without (an older agent, or
+# one that has not loaded a model yet) leaves the last one known.
+_STATUS_RUNTIME = update(_devices).where(_c.device_id == bindparam("d")).values(
+    runtime=bindparam("rt", type_=_c.runtime.type))
 _REPORTED_COLUMNS = ("reported_name", "reported_version", "reported_state", "reported_error",
                      "reported_since")
 _REPORTED = update(_devices).where(_c.device_id == bindparam("d")).values(
@@ -156,6 +161,9 @@ def apply_device_records(conn: Connection, *, heartbeats: Sequence[Heartbeat],
     for s in statuses:
         conn.execute(_STATUS, {"d": s.device_id, "online": s.state == DeviceStatus.ONLINE,
                                "at": s.at, "av": s.agent_version})
+        if s.runtime is not None:
+            conn.execute(_STATUS_RUNTIME, {"d": s.device_id, "rt": msgspec.structs.asdict(
+                s.runtime)})
     for r in reported:
         values: dict[str, Any] = {
             "d": r.device_id, "reported_name": r.model.name if r.model else None,

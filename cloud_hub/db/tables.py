@@ -47,6 +47,9 @@ class Device(SQLModel, table=True):
     active_version: int | None = None
     active_sha256: str | None = None
     heartbeat: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # The TFLite runtime its status last reported (shared.messages.AgentRuntime as a dict);
+    # None for agents that do not report it, or before their first model load.
+    runtime: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     telemetry_readings: int = 0
     telemetry_batches: int = 0
     anomalies: int = 0

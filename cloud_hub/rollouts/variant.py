@@ -1,7 +1,8 @@
 """Which quantization a device should run, for a model published with mode "auto" (issue 12).
 
-Only the selection rule so far: the hub does not yet store the runtime an agent reports in its
-status nor ship per-device variants (see the issue's notes)."""
+The hub stores the runtime each agent's status reports (``devices.runtime``) and the device
+view says which variant this rule prefers there (``runtime_prefers``); rollouts do not yet ship
+per-device variants."""
 
 from __future__ import annotations
 

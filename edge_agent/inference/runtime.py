@@ -21,12 +21,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from shared.messages import AgentRuntime
+
 __all__ = [
     "RUNTIME_ORDER",
     "ModelLoadError",
     "TfliteModel",
     "available_runtime",
     "load_interpreter_class",
+    "loaded_runtime",
     "quiet_runtime_stderr",
 ]
 
@@ -77,6 +80,25 @@ def load_interpreter_class() -> tuple[str, Any]:
         log.info("TFLite runtime: %s", package)
         return _cached
     raise ModelLoadError("no TFLite runtime could be imported: " + "; ".join(errors))
+
+
+# Whether the package's default XNNPACK delegate takes int8 graphs, as measured (bench/edge.py:
+# litert runs int8 and float32 on it; tflite-runtime 2.14 runs int8 on its builtin kernels, 73.6
+# against 5.1 us float32). A package not measured says no: that points the hub at float32,
+# which every XNNPACK takes.
+_XNNPACK_INT8 = {"ai_edge_litert": True, "tflite_runtime": False}
+
+
+def loaded_runtime() -> AgentRuntime | None:
+    """The runtime this process loads models with (package, version, whether XNNPACK runs
+    int8), or None before the first load: the status does not import a runtime to say so."""
+    if _cached is None:
+        return None
+    package, interpreter_cls = _cached
+    top = sys.modules.get(interpreter_cls.__module__.split(".")[0])
+    version = str(getattr(top, "__version__", ""))[:64]
+    return AgentRuntime(package=package, version=version,
+                        xnnpack_int8=_XNNPACK_INT8.get(package, False))
 
 
 def available_runtime() -> str:

@@ -150,6 +150,54 @@ def test_status_heartbeat_and_reported_update_the_device(broker: Broker, hub: Hu
     assert found.agent_version == "0.1.0"
 
 
+def test_the_runtime_a_status_names_is_kept_and_shown_with_the_variant_it_prefers(
+    broker: Broker, hub: Hub
+) -> None:
+    from cloud_hub.api.convert import device_public
+    from shared.messages import AgentRuntime
+
+    topics = hub.topics
+    legacy = AgentRuntime(package="tflite_runtime", version="2.14.0", xnnpack_int8=False)
+    client = publisher_client(broker)
+    try:
+        publish_wait(client, topics.status("pump-1"),
+                     encode(Status(device_id="pump-1", state=DeviceStatus.ONLINE, at=5.0,
+                                   runtime=legacy)), retain=True)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def stored() -> Device | None:
+        with Session(hub.engine) as session:
+            d = session.get(Device, "pump-1")
+            return d if d is not None and d.runtime is not None else None
+
+    found = wait_for(stored, what="the device's runtime")
+    assert found.runtime == {"package": "tflite_runtime", "version": "2.14.0",
+                             "xnnpack_int8": False}
+    view = device_public(found)
+    assert view.runtime == found.runtime
+    assert view.runtime_prefers is not None and view.runtime_prefers.quantization == "float32"
+    assert "does not run int8" in view.runtime_prefers.reason
+
+    # a status without it (an older agent, a will made before the first model load) keeps it
+    client = publisher_client(broker)
+    try:
+        publish_wait(client, topics.status("pump-1"),
+                     encode(Status(device_id="pump-1", state=DeviceStatus.OFFLINE, at=6.0)),
+                     retain=True)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def offline() -> Device | None:
+        with Session(hub.engine) as session:
+            d = session.get(Device, "pump-1")
+            return d if d is not None and d.status_at == 6.0 else None
+
+    assert wait_for(offline, what="the offline record").runtime == found.runtime
+
+
 def test_a_last_will_older_than_the_online_record_marks_the_device_offline(
     broker: Broker, hub: Hub
 ) -> None:

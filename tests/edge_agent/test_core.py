@@ -33,6 +33,7 @@ from shared.messages import (
     Heartbeat,
     ModelRef,
     Reported,
+    Status,
     StreamAck,
     TelemetryBatch,
     decode,
@@ -343,3 +344,27 @@ def test_stale_time_does_not_flush_a_batch_until_its_age(tmp_path: Path, key: Si
     dev.clock.advance(1.0)
     dev.core.tick()
     assert dev.core.status().outbox_depth == 1, "the batch is written at batch_max_age_s"
+
+
+def test_status_names_the_runtime_once_a_model_has_loaded(
+    tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No runtime is imported to fill the status; the first model load names it, and the status
+    is announced again at once (the hub picks a model's variant by it)."""
+    import edge_agent.inference.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_cached", None)  # as in a process that has loaded no model
+    dev = Device(tmp_path, key, model={"shadow_windows": 0})
+    first = dev.wire.births[TOPICS.status(DEVICE)]
+    assert callable(first) and decode(Status, first()).runtime is None
+    assert b"runtime" not in first(), "left out, so hubs of earlier builds accept it"
+    dev.desire(make_manifest(key, INT8, version=1, threshold=0.2), INT8)
+    assert dev.wire.reported().state.value == "active"
+    again = dev.wire.births[TOPICS.status(DEVICE)]
+    assert again is not first, "the status is announced again once the runtime is known"
+    assert callable(again)
+    told = decode(Status, again()).runtime
+    package = runtime.load_interpreter_class()[0]
+    assert told is not None and told.package == package
+    assert told.xnnpack_int8 == (package == "ai_edge_litert")
+    assert told.version, "the package's own version"
