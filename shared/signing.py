@@ -7,6 +7,7 @@ The hub (and tools) use this module; it needs ``cryptography``. Agents verify th
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "generate_signing_key",
     "key_id_of",
     "load_public_key",
+    "public_key_of",
     "sign_trust_list",
     "verify_manifest",
     "verify_parts",
@@ -112,10 +114,21 @@ def generate_signing_key() -> SigningKey:
     return SigningKey(Ed25519PrivateKey.generate())
 
 
+@functools.lru_cache(maxsize=64)
+def public_key_of(raw: bytes) -> Ed25519PublicKey:
+    """The loaded public key of 32 raw bytes, loaded once per process.
+
+    A key object is immutable and holds no verification result: an agent keeps its pinned
+    keys loaded, as a process of simulated agents shares them. Loading one was an eighth of
+    a signature check (py-spy, bench/rollout.py). Bad bytes raise ``ValueError`` (not cached).
+    """
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify_parts(parts: SignedParts) -> bool:
-    """The Ed25519 check itself: True when the signature is good."""
+    """The Ed25519 check itself: True when the signature is good (checked on every call)."""
     try:
-        Ed25519PublicKey.from_public_bytes(parts.key).verify(parts.signature, parts.message)
+        public_key_of(parts.key).verify(parts.signature, parts.message)
     except InvalidSignature:
         return False
     return True

@@ -150,3 +150,21 @@ def test_missing_chunk_is_caught() -> None:
     with pytest.raises(ChunkError, match="got 2 chunks"):
         reassemble(split(MODEL, CHUNK)[:2], chunk_hashes=m.chunks.sha256, size=m.size,
                    sha256=m.sha256)
+
+
+def test_a_loaded_key_is_reused_and_every_signature_is_still_checked() -> None:
+    from shared.keys import SignedParts
+    from shared.signing import public_key_of, verify_parts
+
+    key = generate_signing_key()
+    message = b"model manifest bytes"
+    signature = base64.b64decode(key.sign_bytes(message))
+    assert public_key_of(key.public_raw) is public_key_of(key.public_raw)
+    assert verify_parts(SignedParts(key.public_raw, signature, message))
+    # the same loaded key, a good check just before: a changed message or signature still fails
+    assert not verify_parts(SignedParts(key.public_raw, signature, message + b"!"))
+    assert not verify_parts(SignedParts(key.public_raw, bytes(64), message))
+    other = generate_signing_key()
+    assert not verify_parts(SignedParts(other.public_raw, signature, message))
+    with pytest.raises(ValueError):
+        public_key_of(b"short")
