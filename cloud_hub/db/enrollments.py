@@ -7,16 +7,27 @@ credential). Its own table, so that a database made before enrollment existed ga
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from cloud_hub.db import pg_bulk
 from cloud_hub.db.devices import ensure_devices
+from cloud_hub.db.rollup_tables import MaintenanceMark
 
-__all__ = ["Enrollment", "NotEnrolled", "enrolled_among", "record_enrollment",
-           "record_revocation", "require_enrolled"]
+__all__ = ["EnrolledCache", "Enrollment", "NotEnrolled", "enrolled_among", "record_enrollment",
+           "record_revocation", "require_enrolled", "revocations"]
+
+# A counter of revocations, moved in each revocation's transaction: a process that remembers
+# which devices are enrolled (:class:`EnrolledCache`) reads it, one row by key, to learn that
+# any hub process revoked one. A row of ``maintenance_marks`` (no table of its own, so no
+# migration).
+_REVOCATIONS = "enrollment_revocations"
+_marks: Any = MaintenanceMark.__table__  # type: ignore[attr-defined]
 
 
 class NotEnrolled(ValueError):
@@ -91,5 +102,60 @@ def record_revocation(session: Session, device_id: str, *, now: float | None = N
         raise NotEnrolled(f"device {device_id!r} is not enrolled")
     row.revoked_at = now if now is not None else time.time()
     session.add(row)
+    _count_revocation(session, row.revoked_at)
     session.commit()
     return row.revoked_at
+
+
+def _count_revocation(session: Session, at: float) -> None:
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert(_marks) if dialect == "postgresql" else sqlite.insert(_marks)
+    session.execute(insert.values(name=_REVOCATIONS, value=1.0, key="", updated_at=at)
+                    .on_conflict_do_update(index_elements=["name"],
+                                           set_={"value": _marks.c.value + 1,
+                                                 "updated_at": at}))
+
+
+def revocations(session: Session) -> int:
+    """How many revocations were ever recorded (any process's): it changes with each one."""
+    value = session.execute(_READ_REVOCATIONS).scalar_one_or_none()
+    return int(value or 0)
+
+
+_READ_REVOCATIONS = select(_marks.c.value).where(_marks.c.name == _REVOCATIONS)
+
+
+class EnrolledCache:
+    """Which devices are enrolled, remembered between ingest batches: ingest screens every
+    batch (profiled: the screen's query was 9% of a PostgreSQL hub's time at batch 10).
+
+    A device found enrolled is remembered until any revocation: each screen first reads the
+    revocation counter (one row by key, in the caller's transaction), and a change forgets
+    everything remembered. So a revocation committed by any hub process applies to every
+    batch screened after it, as when each batch asked the registry. Devices not remembered
+    (new, re-enrolled, or never enrolled) are asked for; a refusal is not remembered, so an
+    enrollment needs no signal. Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        self._revocations = -1
+
+    def among(self, session: Session, device_ids: Iterable[str]) -> set[str]:
+        """Which of ``device_ids`` are enrolled now."""
+        wanted = set(device_ids)
+        seen = revocations(session)
+        with self._lock:
+            if seen != self._revocations:
+                self._known = set()
+                self._revocations = seen
+            enrolled = wanted & self._known
+        missing = wanted - enrolled
+        if missing:
+            found = enrolled_among(session, missing)
+            with self._lock:
+                if seen == self._revocations:  # no other thread saw a newer revocation since
+                    self._known |= found
+            enrolled |= found
+        return enrolled

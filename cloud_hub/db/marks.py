@@ -159,6 +159,19 @@ def _greatest(a: Any, b: Any) -> Any:
     return case((b > a, b), else_=a)
 
 
+def _acks_statement() -> Any:
+    """The marks of (device, epoch) keys given as arrays (PostgreSQL): an expanded ``IN`` of
+    up to 400 row values was rendered parameter by parameter on every round of the
+    acknowledgement publisher (profiled: ~6% of a PostgreSQL hub's time at batch 10)."""
+    m = StreamMark.__table__.c  # type: ignore[attr-defined]
+    k = pg_bulk.unnest_rows((("a_device", String), ("a_epoch", String)), name="k")
+    return (select(m.device_id, m.epoch, m.stream, m.watermark, m.top)
+            .join(k, (m.device_id == k.c.a_device) & (m.epoch == k.c.a_epoch)))
+
+
+_ACKS_PG = _acks_statement()
+
+
 def acks_for(session: Session, device_epochs: Iterable[tuple[str, str]], *,
              at: float) -> list[Ack]:
     """The acknowledgement of each (device, epoch), read from the committed marks."""
@@ -166,11 +179,17 @@ def acks_for(session: Session, device_epochs: Iterable[tuple[str, str]], *,
     found: dict[tuple[str, str], dict[str, StreamAck]] = {}
     marks: Table = StreamMark.__table__  # type: ignore[attr-defined]
     m = marks.c
-    for i in range(0, len(wanted), 400):
-        part = wanted[i:i + 400]
-        stmt = (select(m.device_id, m.epoch, m.stream, m.watermark, m.top)
-                .where(tuple_(m.device_id, m.epoch).in_(part)))
-        for device_id, epoch, stream, watermark, top in session.execute(stmt):
+    pg = session.get_bind().dialect.name == "postgresql"
+    step = 5000 if pg else 400
+    for i in range(0, len(wanted), step):
+        part = wanted[i:i + step]
+        if pg:  # one statement text for any count, the keys as two arrays (_ACKS_PG)
+            rows: Any = session.execute(_ACKS_PG, {"a_device": [d for d, _ in part],
+                                                   "a_epoch": [e for _, e in part]})
+        else:
+            rows = session.execute(select(m.device_id, m.epoch, m.stream, m.watermark, m.top)
+                                   .where(tuple_(m.device_id, m.epoch).in_(part)))
+        for device_id, epoch, stream, watermark, top in rows:
             found.setdefault((device_id, epoch), {})[stream] = StreamAck(
                 watermark=watermark, top=max(top, watermark))
     # ``drift`` only for a device that sent drift summaries: agents that never do (and those

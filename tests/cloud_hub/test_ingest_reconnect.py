@@ -1,0 +1,153 @@
+"""Ingest on PostgreSQL keeps one connection and never pings it: when the server terminates it
+(pg_terminate_backend, as a restart or an idle timeout would), the batch fails typed, ingest
+opens a new connection and stores the batch again: every message stored once, acknowledged
+only after its commit."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, func, select
+
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.enrollments import record_enrollment
+from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
+from cloud_hub.db.tables import Device, TelemetryBatchRow
+from cloud_hub.mqtt.inbox import Inbox
+from cloud_hub.mqtt.ingest import MqttIngest
+from shared.messages import TelemetryBatch, encode
+from shared.topics import Topics
+from tests.cloud_hub.helpers import wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.hub]
+SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TOPICS = Topics()
+DEVICES = ("pump-1", "pump-2")
+PER_DEVICE = 60
+BATCH = 8
+
+
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int = 1
+
+
+@dataclass
+class _Connection:
+    """What ingest needs of the MQTT connection: its topics, its inbox and PUBACKs."""
+
+    inbound: Inbox = field(default_factory=lambda: Inbox(max_messages=10_000,
+                                                         max_bytes=10_000_000))
+    topics: Topics = TOPICS
+    acked: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tick(self) -> None:
+        pass
+
+    def ack_received(self, messages: list[_Message]) -> int:
+        with self.lock:
+            self.acked.extend(m.mid for m in messages if m.qos == 1)
+        return len(messages)
+
+    def acked_now(self) -> list[int]:
+        with self.lock:
+            return list(self.acked)
+
+
+@pytest.fixture
+def app_name() -> str:
+    return f"edgeloop-ingest-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def pg_engine(app_name: str) -> Iterator[Engine]:
+    """The hub's engine on a schema of its own; its connections carry ``app_name``, so the
+    test terminates them and no other client's."""
+    schema = f"edgeloop_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = make_engine(SERVER, create=False)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
+    engine = make_engine(f"{SERVER}?application_name={app_name}", create=False
+                         ).execution_options(schema_translate_map={None: schema})
+    SQLModel.metadata.create_all(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _terminate(app_name: str) -> int:
+    """pg_terminate_backend every connection of the hub's engine; how many there were."""
+    admin = make_engine(SERVER, create=False)
+    try:
+        with admin.connect() as conn:
+            return len(conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"),
+                {"name": app_name}).all())
+    finally:
+        admin.dispose()
+
+
+def test_ingest_reconnects_when_its_connection_is_terminated_and_stores_exactly_once(
+    pg_engine: Engine, app_name: str,
+) -> None:
+    with Session(pg_engine) as session:
+        record_enrollment(session, list(DEVICES), broker_credential=False)
+    connection = _Connection()
+    messages = [(d, s) for s in range(PER_DEVICE) for d in DEVICES]
+    for mid, (device_id, seq) in enumerate(messages, start=1):
+        connection.inbound.put(_Message(TOPICS.telemetry(device_id), encode(TelemetryBatch(
+            device_id=device_id, epoch="0123456789abcdef", seq=seq, channels=["a"],
+            ts=[float(seq)], values=[[1.0]])), mid=mid))
+    calls = [0]
+    terminated: list[str] = []  # where each termination happened
+    acked_at_kill: list[int] = []
+
+    def store(session: Session, batch: IngestBatch) -> StoreResult:
+        calls[0] += 1
+        if calls[0] in (2, 7):  # inside the batch's transaction, after its screen
+            acked_at_kill.append(len(connection.acked_now()))
+            terminated.append(f"in a transaction: {_terminate(app_name)}")
+        result = store_batch(session, batch)
+        if calls[0] in (4, 9):  # after the commit: the connection dies while idle
+            terminated.append(f"idle: {_terminate(app_name)}")
+        return result
+
+    ingest = MqttIngest(pg_engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]
+                        store=store)
+    ingest.start()
+    try:
+        wait_for(lambda: len(connection.acked_now()) == len(messages), 60,
+                 "every message stored and acknowledged")
+    finally:
+        ingest.stop()
+
+    assert len(terminated) == 4 and all(not t.endswith(": 0") for t in terminated), terminated
+    # A batch whose connection died in its transaction was not acknowledged then.
+    assert acked_at_kill == [BATCH, 5 * BATCH], acked_at_kill
+    assert sorted(connection.acked_now()) == list(range(1, len(messages) + 1)), \
+        "each message acknowledged once"
+    stats = ingest.snapshot_stats()
+    assert stats.commit_errors >= 4, "each termination failed one attempt, typed"
+    with Session(pg_engine) as session:
+        rows = session.exec(select(TelemetryBatchRow.device_id, TelemetryBatchRow.seq)).all()
+        counted = session.exec(select(func.sum(Device.telemetry_batches))).one()
+    assert sorted(rows) == sorted(messages), "every message stored exactly once"
+    assert counted == len(messages), "the devices' counters count each once"
