@@ -27,6 +27,9 @@ reports/bench/ingest.json and prints a table.
 
     .venv/bin/python bench/ingest.py                     # the full run (about 15 minutes)
     .venv/bin/python bench/ingest.py --duration 8 --quick   # a quick look (no saturation)
+    # the overload phase alone, at 2 x 4,000 msg/s for 60 s, after a 10-s held flood:
+    .venv/bin/python bench/ingest.py --databases sqlite --batches 10 --duration 10 \
+        --saturation-rate 4000 --overload 60 --skip-two-hubs --skip-rollups
 """
 
 from __future__ import annotations
@@ -401,7 +404,11 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                 case: dict[str, Any] = {"database": db_kind, "readings_per_message": readings,
                                         "devices": devices, "flood": flood}
                 if saturation:
-                    sat, steps = find_saturation(broker, hubs, plan, flood, opts, console)
+                    steps: list[dict[str, Any]] = []
+                    if opts.saturation_rate:  # given: the overload alone, at twice it
+                        sat = opts.saturation_rate
+                    else:
+                        sat, steps = find_saturation(broker, hubs, plan, flood, opts, console)
                     case["saturation_rate"] = sat
                     case["saturation_steps"] = steps
                     published += sum(s["published"] for s in steps)
@@ -541,6 +548,12 @@ def main() -> int:
     p.add_argument("--saturation-steps", type=int, default=4)
     p.add_argument("--saturation-window", type=float, default=30.0,
                    help="measured window of each paced run of the saturation ramp (s)")
+    p.add_argument("--saturation-rate", type=float, default=None,
+                   help="skip the ramp and take this as the saturation rate (msg/s): the "
+                        "overload phase alone, at twice it (e.g. old and new code compared "
+                        "at one offered rate)")
+    p.add_argument("--skip-two-hubs", action="store_true",
+                   help="no two-hub run on PostgreSQL")
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--batches", default="10,100")
@@ -561,7 +574,7 @@ def main() -> int:
             cases.append(run_case(db_kind, readings, devices, args, console,
                                   saturation=not args.quick and readings == 10))
     two_hubs = None
-    if not args.quick and "postgresql" in args.databases:
+    if not args.quick and not args.skip_two_hubs and "postgresql" in args.databases:
         two_hubs = run_two_hubs(10, 1000, args, console)
     rollup_ms = None
     if "postgresql" in args.databases and not args.skip_rollups:

@@ -109,7 +109,8 @@ class Hub:
         self.retrain = LeasedWorker(
             self.engine, name="retrain", holder=holder, interval_s=settings.retrain_tick_s,
             tick=RetrainLoop(self.engine, jobs=self.jobs, releases=self.releases,
-                             wake_rollouts=self.rollouts.wake))
+                             wake_rollouts=self.rollouts.wake),
+            defer_while=self.ingest.behind)
         self.maintenance_tick = MaintenanceTick(self.engine, RetentionPolicy(
             raw_days=settings.retention_raw_days, rollup_days=settings.retention_rollup_days,
             dead_letter_days=settings.retention_dead_letter_days,
@@ -117,7 +118,7 @@ class Hub:
         self.maintenance = LeasedWorker(self.engine, name="maintenance",
                                         tick=self.maintenance_tick,
                                         interval_s=settings.maintenance_tick_s, holder=holder,
-                                        busy_share=0.5)
+                                        busy_share=0.5, defer_while=self.ingest.behind)
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 

@@ -36,11 +36,22 @@ class LeasedWorker:
     soon instead of after ``interval_s``: after a pause so that the job works at most
     ``busy_share`` of the time while it catches up (the rest is left to ingest, which shares the
     process's GIL and, on SQLite, the database's write lock).
+
+    ``defer_while``: while it answers True (ingest has a backlog), a tick waits, up to
+    ``max_defer_s`` at a time, so that the work it would do (a rollup fold, a retention
+    delete) is done once the backlog is gone and ingest gets the CPU while it is behind
+    (profiled on SQLite under overload: the maintenance job ~17%, its lease ~8%). The work
+    waits, it is not skipped: the job catches up when the condition ends, and under a
+    backlog that never ends it still ticks once per ``max_defer_s``.
+
+    The lease is renewed when a third of its ``lease_ttl_s`` has passed since the last
+    renewal, not at every tick (each renewal is a write transaction).
     """
 
     def __init__(
         self, engine: Engine, *, name: str, tick: Callable[[float], bool], interval_s: float,
         lease_ttl_s: float = 15.0, holder: str | None = None, busy_share: float = 1.0,
+        defer_while: Callable[[], bool] | None = None, max_defer_s: float = 60.0,
     ) -> None:
         if not 0 < busy_share <= 1:
             raise ValueError(f"busy_share must be in (0, 1], not {busy_share}")
@@ -54,8 +65,12 @@ class LeasedWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"hub-{name}", daemon=True)
+        self._defer_while = defer_while
+        self._max_defer_s = max_defer_s
+        self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
         self.ticks = 0
         self.errors = 0
+        self.deferred_s = 0.0  # time ticks waited for ingest's backlog
         self.holding = False
 
     def start(self) -> None:
@@ -82,11 +97,17 @@ class LeasedWorker:
             if self._stop.is_set():
                 return
             more = False
+            if not self._deferred():
+                return
             try:
                 now = time.time()
-                with Session(self._engine) as session:
-                    self.holding = hold_lease(session, name=self.name, holder=self.holder,
-                                              now=now, ttl_s=self._ttl)
+                if not self.holding or time.monotonic() - self._renewed_at >= self._ttl / 3:
+                    renewing = time.monotonic()
+                    with Session(self._engine) as session:
+                        self.holding = hold_lease(session, name=self.name,
+                                                  holder=self.holder, now=now, ttl_s=self._ttl)
+                    if self.holding:
+                        self._renewed_at = renewing
                 if self.holding:
                     started = time.monotonic()
                     more = self._tick(now)
@@ -94,6 +115,22 @@ class LeasedWorker:
                     busy = time.monotonic() - started
                     pause = min(busy * (1 / self._busy_share - 1), self._interval)
             except Exception:  # a failing tick is logged and retried; the thread goes on
+                self.holding = False  # renew first next time: the failure may have been it
                 self.errors += 1
                 log.exception("%s: tick failed", self.name)
                 self._stop.wait(min(self._interval, 1.0))
+
+    def _deferred(self) -> bool:
+        """Wait while ``defer_while`` holds, at most ``max_defer_s``; False when stopped."""
+        if self._defer_while is None or not self._defer_while():
+            return True
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < self._max_defer_s:
+                if self._stop.wait(0.25):
+                    return False
+                if not self._defer_while():
+                    break
+        finally:
+            self.deferred_s += time.monotonic() - began
+        return True
