@@ -45,6 +45,7 @@ from edge_agent.sources.base import Reading  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
 from simulator.fleet import DeviceSpec  # noqa: E402
 from simulator.fleet_pool import FleetPool, default_processes  # noqa: E402
+from simulator.rollout_phases import summarise_steps  # noqa: E402
 from simulator.source import SimulatedSource  # noqa: E402
 
 PROFILE = "server"
@@ -261,10 +262,14 @@ def main() -> int:
             "rate_hz": args.rate,
             "telemetry_upload": args.upload,
             "update_phases_s": update_phases(settled["timeline"], started),
+            # per device: download (desired handled -> every chunk in), verify (-> loaded in
+            # shadow), shadow_swap (-> active), and their parts (simulator.rollout_phases)
+            "update_steps_s": summarise_steps(settled["timeline"], started),
+            "tick_lag_during_rollout_ms": _lag_summary(settled["tick_lags_ms"]),
             "device_errors": len(errors),
             "first_error": errors[0] if errors else None,
             "connect_seconds": connected["seconds"],
-            "tick_lag_ms": _lag_summary(lags),
+            "tick_lag_ms": _lag_summary(lags),  # the rollout's start to the fleet's stop
             "readings_generated": sum(final["samples_generated"].values()),
             "readings_lost": lost,
             "outboxes_drained_at_stop": final["drained"],

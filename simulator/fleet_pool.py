@@ -165,14 +165,16 @@ class FleetPool:
 
     def watch(self, name: str, version: int, timeout: float) -> dict[str, Any]:
         """Wait until every device runs ``name`` v``version`` or failed to: how many run it,
-        the errors, every device's reported states with their ``time.monotonic()``."""
+        the errors, every device's timeline (reported states, manifest and chunk stamps, with
+        their ``time.monotonic()``), and the tick lags (ms) of every worker meanwhile."""
         answers = self._ask("watch", "settled", timeout + 60.0,
                             lambda i: {"name": name, "version": version, "timeout": timeout})
         timeline: dict[str, list[tuple[str, float]]] = {}
         for a in answers:
             timeline.update({d: [(s, t) for s, t in line] for d, line in a["timeline"].items()})
         return {"active": sum(a["active"] for a in answers),
-                "errors": [e for a in answers for e in a["errors"]], "timeline": timeline}
+                "errors": [e for a in answers for e in a["errors"]], "timeline": timeline,
+                "tick_lags_ms": [lag for a in answers for lag in a.get("tick_lags_ms", [])]}
 
     def counters(self) -> dict[str, int]:
         answers = self._ask("counters", "counters", 60.0)

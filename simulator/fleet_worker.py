@@ -16,8 +16,9 @@ Commands (``{"cmd": ...}``) and their answers (``{"event": ...}``):
 - ``inject`` (``faults``: device_id, kind, at, duration): ``injected`` (``truths``, each a
   :class:`~simulator.scoring.GroundTruth` as a dict);
 - ``watch`` (``name``, ``version``, ``timeout``): ``settled`` once every device runs that
-  model or failed to (``active``, ``errors``, ``timeline``: each device's reported states and
-  their ``time.monotonic()``, one clock for every process of the machine);
+  model or failed to (``active``, ``errors``, ``timeline``: each device's reported states, and
+  when it read and handled each manifest and chunk, with their ``time.monotonic()``, one clock
+  for every process of the machine; ``tick_lags_ms``: the lags while it waited);
 - ``counters``: ``counters`` (``samples_generated``, ``acks_received``: totals);
 - ``reset_lag``: ``lag_reset`` (the tick lag counts again from now);
 - ``stop`` (``flush_timeout``): ``stopped`` (``drained``, ``tick_lags_ms``, and per device
@@ -75,6 +76,7 @@ def settle(fleet: ScaleFleet, name: str, version: int, timeout: float,
         return state is not None and state.value == "failed"
 
     pending = list(fleet.devices.values())
+    lag_mark = fleet.tick_lag_mark()
 
     def settled() -> bool:
         pending[:] = [d for d in pending if not (runs(d) or failed(d))]
@@ -84,7 +86,8 @@ def settle(fleet: ScaleFleet, name: str, version: int, timeout: float,
     devices = list(fleet.devices.values())
     return {"active": sum(runs(d) for d in devices),
             "errors": [d.core.updater.last_error for d in devices if d.core.updater.last_error],
-            "timeline": {d.device_id: d.timeline for d in devices}}
+            "timeline": {d.device_id: d.timeline for d in devices},
+            "tick_lags_ms": [round(lag * 1000.0, 3) for lag in fleet.tick_lags_since(lag_mark)]}
 
 
 def final_report(fleet: ScaleFleet, drained: bool, lags: list[float]) -> dict[str, Any]:

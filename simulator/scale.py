@@ -40,6 +40,7 @@ from simulator.hub_process import HubProcess
 from simulator.loop import LoopError, publish_model, train_model
 from simulator.process import start_child
 from simulator.profiles import PROFILES
+from simulator.rollout_phases import summarise_steps
 from simulator.scoring import Event, GroundTruth, latency_summary, score_detections
 
 __all__ = ["ScaleOptions", "run_scale"]
@@ -309,8 +310,12 @@ def roll_out_to_fleet(client: HubClient, fleet: FleetPool, ref: tuple[str, int],
     say(f"[bold]rollout[/] {name} v{version} active on {running} devices in {seconds:.1f} s "
         f"(desired → manifest → chunks → signature → shadow → swap → reported); hub: "
         f"{final.get('status')}, seconds_to_full {final.get('seconds_to_full')}")
+    lags = settled["tick_lags_ms"]
     return {"devices_updated": running, "seconds_to_all_active": round(seconds, 3),
-            "hub_status": final.get("status"), "hub_seconds_to_full": final.get("seconds_to_full")}
+            "hub_status": final.get("status"), "hub_seconds_to_full": final.get("seconds_to_full"),
+            "update_steps_s": summarise_steps(settled["timeline"], started),
+            "tick_lag_ms": {"n": len(lags), "p50": _p(lags, 50), "p99": _p(lags, 99),
+                            "max": max(lags, default=None)}}
 
 
 def _ack_totals(counters: dict[str, int]) -> dict[str, float]:

@@ -65,6 +65,9 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     "mqtt": {"keepalive": 30},
 }
 _ANOMALIES = f"/{DeviceTopic.ANOMALIES.value}"
+_MODELS = "/models/"
+_MANIFEST = "/manifest"
+_DESIRED = f"/{DeviceTopic.DESIRED.value}"
 _ANOMALY_TIMES_MAX = 1000  # per device: a bench's worth; a device that raises more is noted no more
 
 # The core's own timers (batch age, update timeouts, heartbeat, probes) need no more; it also
@@ -269,8 +272,10 @@ class ShardWire:
         self.events.append(("puback", mid, not failed, str(reason) if failed else ""))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # read from the socket at: a rollout's phases tell the wait for the broker from the wait
+        # for the device's tick
         self.events.append(("message", message.topic, bytes(message.payload),
-                            bool(message.retain)))
+                            bool(message.retain), time.monotonic()))
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self.shard is not None:
@@ -321,7 +326,9 @@ class ScaleDevice:
                                                    DeviceStatus.OFFLINE)))
         self.wire.owner = self
         self.client = self.wire.client  # what a shard drives
-        self.timeline: list[tuple[str, float]] = []  # each reported state, time.monotonic()
+        # each reported state, and when each manifest and chunk was read from the socket and
+        # handled by the core ("manifest_read", "chunk_handled", ...), time.monotonic()
+        self.timeline: list[tuple[str, float]] = []
         channels = self.channels
         self.core = DeviceCore(
             cfg, channels=channels, outbox=self.outbox,
@@ -355,7 +362,14 @@ class ScaleDevice:
             if kind == "puback":
                 core.on_puback(event[1], event[2], event[3])
             elif kind == "message":
-                core.on_message(event[1], event[2], retain=event[3])
+                topic = event[1]
+                core.on_message(topic, event[2], retain=event[3])
+                # a rollout's steps (simulator.rollout_phases)
+                step = ("desired" if topic.endswith(_DESIRED) else None) if _MODELS not in topic \
+                    else "manifest" if topic.endswith(_MANIFEST) else "chunk"
+                if step is not None:
+                    self.timeline.append((f"{step}_read", event[4]))
+                    self.timeline.append((f"{step}_handled", time.monotonic()))
             elif kind == "up":
                 core.on_link_up(event[1])
             else:
@@ -548,6 +562,15 @@ class ScaleFleet:
     def tick_lags(self) -> list[float]:
         """How late each due tick was since the last reset, seconds, every shard."""
         return [lag for shard in self._shards for lag in shard.lags]
+
+    def tick_lag_mark(self) -> list[int]:
+        """Where each shard's lag samples are now (for :meth:`tick_lags_since`)."""
+        return [len(shard.lags) for shard in self._shards]
+
+    def tick_lags_since(self, mark: list[int]) -> list[float]:
+        """The lags noted since ``mark`` (a reset in between: since the reset)."""
+        return [lag for shard, start in zip(self._shards, mark, strict=True)
+                for lag in shard.lags[start if start <= len(shard.lags) else 0:]]
 
     def max_tick_lag_s(self) -> float:
         return max((s.max_lag_s for s in self._shards), default=0.0)
