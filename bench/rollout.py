@@ -46,6 +46,7 @@ from simulator.broker import Broker  # noqa: E402
 from simulator.fleet import DeviceSpec  # noqa: E402
 from simulator.fleet_pool import FleetPool, default_processes  # noqa: E402
 from simulator.rollout_phases import summarise_steps  # noqa: E402
+from simulator.scale_fleet import UPDATE_STEPS_PER_ROUND  # noqa: E402
 from simulator.source import SimulatedSource  # noqa: E402
 
 PROFILE = "server"
@@ -146,6 +147,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=default_processes(),
                         help="fleet processes (default: one per core)")
     parser.add_argument("--shards", type=int, default=1, help="shard threads per fleet process")
+    parser.add_argument("--update-steps-per-round", type=int, default=None,
+                        help="model-update steps (signature checks, stagings) a shard runs per "
+                             "round (0: no bound; default: simulator.scale_fleet's)")
     parser.add_argument("--upload", choices=("raw", "anomalies"), default="anomalies",
                         help="telemetry.upload of the devices: raw streams every reading to the "
                              "in-process hub while the rollout runs; anomalies (default) measures "
@@ -192,6 +196,7 @@ def main() -> int:
             workdir=workdir / "fleet", auth=broker.device_auth,
             trust_keys={hub.signing_key.key_id: hub.signing_key.public_b64()},
             processes=args.processes, shards=args.shards,
+            update_steps_per_round=args.update_steps_per_round,
             devices=[DeviceSpec(device_id=d, profile=PROFILE, seed=i, rate_hz=args.rate,
                                 history_s=history_s) for i, d in enumerate(device_ids)],
             overrides={"model": {"shadow_windows": args.shadow_windows},
@@ -253,6 +258,8 @@ def main() -> int:
             "devices_active_seconds": round(devices_active, 3),
             "devices_active": settled["active"],
             "fleet_processes": fleet.processes,
+            "update_steps_per_round": (UPDATE_STEPS_PER_ROUND if args.update_steps_per_round
+                                       is None else args.update_steps_per_round),
             "fleet_cpu_seconds_until_settled": round(fleet_cpu, 2),
             "hub_cpu_seconds_until_settled": round(hub_cpu, 2),
             "hub_rollout_ticks": hub.rollouts.ticks - ticks0,  # until it succeeded

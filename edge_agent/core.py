@@ -34,7 +34,7 @@ from edge_agent.drift.federated import WindowScatter
 from edge_agent.drift.monitor import DriftMonitor
 from edge_agent.inference.runtime import loaded_runtime
 from edge_agent.models.store import ModelStore
-from edge_agent.models.updater import ModelLoader, ModelReport, ModelUpdater
+from edge_agent.models.updater import UNLIMITED, ModelLoader, ModelReport, ModelUpdater, StepBudget
 from edge_agent.sources.base import Reading
 from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
@@ -183,9 +183,12 @@ class DeviceCore:
         on_report: Callable[[ModelReport], None] | None = None,
         on_queued: Callable[[], None] | None = None,
         agent_version: str = __version__,
+        update_budget: StepBudget = UNLIMITED,
     ) -> None:
         """``on_report``: after each ``reported``; ``on_queued``: when the window may have
-        something to send (a message entered the outbox, or an acknowledgement made room)."""
+        something to send (a message entered the outbox, or an acknowledgement made room);
+        ``update_budget``: when a model update's costly steps may run (a loop driving many
+        devices shares one per round; the daemon runs them at once)."""
         self.config = config
         self.device_id = config.device_id
         self.topics = config.topics()
@@ -210,6 +213,7 @@ class DeviceCore:
         self.updater = ModelUpdater(
             store=store, topics=self.topics, link=wire, detector=self.detector, loader=loader,
             settings=config.model, on_report=self._publish_reported, clock=clock.monotonic,
+            budget=update_budget,
         )
         self.batcher = TelemetryBatcher(
             outbox, device_id=self.device_id, channels=self.channels,

@@ -111,7 +111,10 @@ class FleetPool:
                  trust_keys: dict[str, str], devices: Sequence[DeviceSpec],
                  auth: Callable[[str], dict[str, Any]], processes: int | None = None,
                  shards: int = 1, topic_prefix: str = "edgeloop/v1",
-                 overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                 overrides: dict[str, dict[str, Any]] | None = None,
+                 update_steps_per_round: int | None = None) -> None:
+        """``update_steps_per_round``: model-update steps each shard runs per round
+        (:class:`simulator.shards.RoundBudget`; 0: no bound; None: the fleet's default)."""
         n = max(1, min(processes or default_processes(), len(devices)))
         self.processes = n
         self.device_ids = [d.device_id for d in devices]
@@ -125,6 +128,8 @@ class FleetPool:
                 "host": host, "port": port, "state_root": str(state_root),
                 "trust_keys": trust_keys, "shards": shards, "topic_prefix": topic_prefix,
                 "overrides": overrides or {},
+                **({} if update_steps_per_round is None
+                   else {"update_steps_per_round": update_steps_per_round}),
                 "devices": [{"device_id": d.device_id, "profile": d.profile, "seed": d.seed,
                              "rate_hz": d.rate_hz, "history_s": d.history_s} for d in share],
                 "auth": {d.device_id: auth(d.device_id) for d in share},

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from simulator.fleet import DeviceSpec
-from simulator.scale_fleet import ScaleDevice, ScaleFleet
+from simulator.scale_fleet import UPDATE_STEPS_PER_ROUND, ScaleDevice, ScaleFleet
 
 __all__ = ["main", "settle"]
 
@@ -52,6 +52,8 @@ def build(spec: dict[str, Any]) -> ScaleFleet:
                        state_root=Path(spec["state_root"]), trust_keys=spec["trust_keys"],
                        topic_prefix=spec.get("topic_prefix", "edgeloop/v1"),
                        shards=spec.get("shards", 1), overrides=spec.get("overrides", {}),
+                       update_steps_per_round=spec.get("update_steps_per_round",
+                                                       UPDATE_STEPS_PER_ROUND),
                        mqtt_auth=lambda device_id: auth.get(device_id, {}))
     for device in spec["devices"]:
         fleet.add(DeviceSpec(**device))

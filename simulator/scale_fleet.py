@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.core import CoreStatus, DeviceCore
 from edge_agent.models.loader import load_model
 from edge_agent.models.store import ModelStore
+from edge_agent.models.updater import UNLIMITED
 from edge_agent.telemetry.outbox import Outbox
 from edge_agent.trust.keyring import open_keyring
 from shared.keys import SignedParts
@@ -43,7 +44,7 @@ from shared.signing import verify_manifest, verify_parts
 from shared.tls import client_context
 from shared.topics import DeviceTopic
 from simulator.fleet import DeviceSpec, agent_config
-from simulator.shards import Shard
+from simulator.shards import RoundBudget, Shard
 from simulator.source import SimulatedSource
 
 __all__ = ["ScaleDevice", "ScaleFleet", "ShardWire"]
@@ -78,6 +79,9 @@ _CONNECT_PUMP_S = 1.0
 # How soon a device whose reading was due and did not come looks again.
 _IDLE_POLL_S = 0.1
 _READING_MARGIN_S = 0.001
+# Model-update steps per shard round (simulator.shards.RoundBudget): a staging (interpreter
+# build) is ~2-4 ms of a fleet worker's CPU, so a round's steps stay within a few tens of ms.
+UPDATE_STEPS_PER_ROUND = 8
 # The simulated sensor makes its readings this many at a time, handed out when due: one
 # reading made alone cost as much numpy work as a block, a quarter of a device's tick.
 _SOURCE_LOOKAHEAD = 32
@@ -299,12 +303,25 @@ class ShardWire:
             self.shard.want_write(self.owner, sock, False)
 
 
+class _Turn:
+    """A device's share of its shard's :class:`~simulator.shards.RoundBudget` (the core's
+    :class:`~edge_agent.models.updater.StepBudget`)."""
+
+    def __init__(self, budget: RoundBudget, device: ScaleDevice) -> None:
+        self._budget, self._device = budget, device
+
+    def take(self) -> bool:
+        return self._budget.take_for(self._device)
+
+
 class ScaleDevice:
     """A device core, its source and its :class:`ShardWire`; one shard thread ticks it."""
 
     def __init__(self, spec: DeviceSpec, *, host: str, port: int, state_dir: Path,
                  trust_keys: dict[str, str], topic_prefix: str, auth: Mapping[str, Any],
-                 overrides: dict[str, dict[str, Any]]) -> None:
+                 overrides: dict[str, dict[str, Any]],
+                 budget: RoundBudget | None = None) -> None:
+        """``budget``: its shard's model-update steps per round (none: every step at once)."""
         self.spec = spec
         self.device_id = spec.device_id
         self.config = agent_config(spec, mqtt_host=host, mqtt_port=port, state_dir=state_dir,
@@ -338,6 +355,7 @@ class ScaleDevice:
             on_report=lambda report: self.timeline.append((report.state.value,
                                                            time.monotonic())),
             loader=lambda manifest, data: load_model(manifest, data, channels=channels),
+            update_budget=_Turn(budget, self) if budget is not None else UNLIMITED,
         )
         holder.append(self.core)
         self.core.source_bad_readings = lambda: self.source.bad_readings
@@ -382,7 +400,7 @@ class ScaleDevice:
                 core.on_readings(readings)
                 read = True
             self._next_reading_at = self.source.next_ts
-        if read or now >= self._next_core_tick:
+        if read or now >= self._next_core_tick or core.updater.step_waiting:
             if now >= self._next_core_tick:
                 self._next_core_tick = now + _CORE_TICK_S
                 moved = True  # probes are due on the clock
@@ -430,6 +448,8 @@ class ScaleFleet:
     topic_prefix: str = "edgeloop/v1"
     shards: int = 4
     tick_s: float = 0.1  # the longest a shard's loop sleeps (devices are ticked when due)
+    # model-update steps (signature checks, stagings) a shard runs per round; 0: no bound
+    update_steps_per_round: int = UPDATE_STEPS_PER_ROUND
     mqtt_auth: Callable[[str], dict[str, Any]] | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: dict[str, ScaleDevice] = field(default_factory=dict)
@@ -438,7 +458,9 @@ class ScaleFleet:
 
     def __post_init__(self) -> None:
         self.state_root.mkdir(parents=True, exist_ok=True)
-        self._shards = [Shard(f"scale-shard-{i}", self.tick_s) for i in range(self.shards)]
+        self._shards = [Shard(f"scale-shard-{i}", self.tick_s,
+                              update_steps_per_round=self.update_steps_per_round)
+                        for i in range(self.shards)]
 
     def add(self, spec: DeviceSpec,
             overrides: dict[str, dict[str, Any]] | None = None) -> ScaleDevice:
@@ -449,12 +471,12 @@ class ScaleFleet:
         overrides = {k: {**SCALE_OVERRIDES.get(k, {}), **self.overrides.get(k, {}),
                          **mine.get(k, {})}
                      for k in {*SCALE_OVERRIDES, *self.overrides, *mine}}
+        shard = self._shards[len(self.devices) % len(self._shards)]
         device = ScaleDevice(spec, host=self.mqtt_host, port=self.mqtt_port,
                              state_dir=self.state_root / spec.device_id,
                              trust_keys=self.trust_keys, topic_prefix=self.topic_prefix,
                              auth=self.mqtt_auth(spec.device_id) if self.mqtt_auth else {},
-                             overrides=overrides)
-        shard = self._shards[len(self.devices) % len(self._shards)]
+                             overrides=overrides, budget=shard.budget)
         device.wire.shard = shard
         shard.devices.append(device)
         self.devices[spec.device_id] = device

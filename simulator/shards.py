@@ -20,9 +20,10 @@ import socket
 import threading
 import time
 from array import array
+from collections import deque
 from typing import Any, Protocol
 
-__all__ = ["Driven", "Shard"]
+__all__ = ["Driven", "RoundBudget", "Shard"]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,69 @@ class Driven(Protocol):
         ...
 
 
+class RoundBudget:
+    """How many model-update steps (a manifest's signature check, a model's staging: its bytes
+    checked, its interpreter built) the devices of one shard may run in one round of its loop.
+
+    A rollout reaches every device of a shard within a few milliseconds, and each one's steps
+    would otherwise run in the same round: hundreds of signature checks and interpreter builds
+    while no reading, message or send of any device is handled (a fleet worker's ticks were
+    seconds late). A step refused waits in line; each round the shard gives the steps left in
+    its budget to the devices waiting first (:meth:`Shard.run_due`), and a device whose step
+    comes while others wait queues behind them. Each device still runs its own steps (its own
+    signature check of its own manifest); the budget only says when. ``per_round`` 0: no
+    bound."""
+
+    def __init__(self, per_round: int) -> None:
+        self.per_round = per_round
+        self.remaining = per_round
+        self.waiting: deque[Driven] = deque()
+        self._queued: set[int] = set()
+        self._granted: Driven | None = None
+        self.steps = 0  # steps run
+        self.refusals = 0  # steps put off to a later round
+
+    def refill(self) -> None:
+        self.remaining = self.per_round
+
+    def take_for(self, device: Driven) -> bool:
+        """Whether ``device`` may run an update step now; if not, it is in line for a turn."""
+        if self.per_round <= 0:
+            self.steps += 1
+            return True
+        if self._granted is device or (self.remaining > 0 and not self.waiting):
+            self._granted = None
+            self.remaining -= 1
+            self.steps += 1
+            return True
+        self.refusals += 1
+        if id(device) not in self._queued:
+            self._queued.add(id(device))
+            self.waiting.append(device)
+        return False
+
+    def next_turn(self) -> Driven | None:
+        """The first device in line, if the round has a step left for it (taken out of line:
+        its next :meth:`take_for` is granted)."""
+        if self.remaining <= 0 or not self.waiting:
+            return None
+        device = self.waiting.popleft()
+        self._queued.discard(id(device))
+        self._granted = device
+        return device
+
+    def end_turn(self) -> None:
+        self._granted = None
+
+
 class Shard:
     """One thread driving many devices: epoll for their sockets, a due-time heap for their
     work. ``max_wait_s``: the longest the loop sleeps (``loop_misc`` and ``stop``)."""
 
-    def __init__(self, name: str, max_wait_s: float = 0.1) -> None:
+    def __init__(self, name: str, max_wait_s: float = 0.1, update_steps_per_round: int = 0) -> None:
         self.name = name
         self.max_wait_s = max_wait_s
+        self.budget = RoundBudget(update_steps_per_round)
         self.devices: list[Driven] = []
         self.selector = selectors.DefaultSelector()
         self.stop_event = threading.Event()
@@ -157,6 +214,8 @@ class Shard:
             now = time.monotonic()
             timeout = self.max_wait_s if not due else min(self.max_wait_s,
                                                           max(0.0, due[0][0] - now))
+            if self.budget.waiting:
+                timeout = 0.0  # update steps wait for the next round's budget
             try:
                 ready = self.selector.select(timeout) if self.selector.get_map() else []
             except OSError as exc:
@@ -180,8 +239,11 @@ class Shard:
 
     def run_due(self, now: float, heard: list[Driven] | tuple[()] = ()) -> None:
         """One round after the sockets were read: tick the devices that received something and
-        those due by ``now``, keepalives once a second, write what is queued."""
+        those due by ``now``, the update steps waiting for the round's budget, keepalives once a
+        second, write what is queued."""
         started = time.monotonic()
+        budget = self.budget
+        budget.refill()
         # A message handled now is not a hop that waits for the device's next due time. A
         # device that was due already is late all the same: its lag counts (on a busy loop
         # most devices have heard something by the time they are due, a PUBACK, an ack).
@@ -198,6 +260,9 @@ class Shard:
             # late by the round's start, and by the ticks of this round before it
             self._note_lag(now - at + time.monotonic() - started)
             self._tick(device, now)
+        while (turn := budget.next_turn()) is not None:
+            self._tick(turn, now)
+            budget.end_turn()
         if now >= self._next_misc:
             for device in self.devices:
                 device.client.loop_misc()

@@ -155,11 +155,15 @@ class ModelStore:
         count = manifest.chunks.count
         return [i for i in range(count) if not self._chunk_path(manifest, i).exists()]
 
-    def put_chunk(self, manifest: Manifest, index: int, data: bytes) -> None:
-        """Keep chunk ``index`` if its sha256 matches the manifest; raise ChunkError if not."""
+    def check_chunk(self, manifest: Manifest, index: int, data: bytes) -> None:
+        """Raise ChunkError unless ``data`` is chunk ``index`` of ``manifest`` (its sha256)."""
         if not 0 <= index < manifest.chunks.count:
             raise ChunkError(f"chunk {index} is outside 0..{manifest.chunks.count - 1}")
         check_chunk(index, data, manifest.chunks.sha256[index])
+
+    def put_chunk(self, manifest: Manifest, index: int, data: bytes) -> None:
+        """Keep chunk ``index`` if its sha256 matches the manifest; raise ChunkError if not."""
+        self.check_chunk(manifest, index, data)
         write_atomic(self._chunk_path(manifest, index), data)
 
     def has_model(self, manifest: Manifest) -> bool:
@@ -168,13 +172,25 @@ class ModelStore:
 
     def assemble(self, manifest: Manifest) -> Path:
         """Join the chunks, check size and sha256, write ``model.tflite``, drop the chunks."""
+        self.install(manifest)
+        return self.model_path(manifest.name, manifest.version)
+
+    def install(self, manifest: Manifest, received: Mapping[int, bytes] | None = None) -> bytes:
+        """Join the chunks (those in ``received``, already checked against their hashes, from
+        memory; the others from disk), check size and sha256, write ``model.tflite``, drop the
+        chunk files; the model's bytes. A download that ends in this process need not write
+        its last chunks to disk only to read them back."""
+        have = received or {}
         chunks = []
         for i in range(manifest.chunks.count):
-            try:
-                chunks.append(self._chunk_path(manifest, i).read_bytes())
-            except FileNotFoundError:
-                raise StoreError(f"chunk {i} of {manifest.name} v{manifest.version} is missing") \
-                    from None
+            chunk = have.get(i)
+            if chunk is None:
+                try:
+                    chunk = self._chunk_path(manifest, i).read_bytes()
+                except FileNotFoundError:
+                    raise StoreError(f"chunk {i} of {manifest.name} v{manifest.version} is "
+                                     "missing") from None
+            chunks.append(chunk)
         try:
             data = reassemble(chunks, chunk_hashes=manifest.chunks.sha256, size=manifest.size,
                               sha256=manifest.sha256)
@@ -184,8 +200,10 @@ class ModelStore:
             raise StoreError(f"model file rejected: {exc}") from None
         path = self.model_path(manifest.name, manifest.version)
         write_atomic(path, data)
-        shutil.rmtree(path.parent / "chunks", ignore_errors=True)
-        return path
+        chunk_dir = path.parent / "chunks"
+        if chunk_dir.exists():
+            shutil.rmtree(chunk_dir, ignore_errors=True)
+        return data
 
     def read_verified(self, name: str, version: int) -> tuple[Manifest, bytes]:
         """Manifest and model bytes, checked again (signature, size, sha256) before any load."""

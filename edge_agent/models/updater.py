@@ -3,7 +3,11 @@
 Runs in the agent's worker thread (the same thread that scores windows), so activation lands
 between two windows. On any failure the active model keeps running and ``reported`` says why.
 Chunks are fetched one retained topic each, so a restart resumes with the missing ones only and
-a chunk with a wrong hash is discarded and fetched again (``chunk_retries`` times).
+a chunk with a wrong hash is discarded and fetched again (``chunk_retries`` times). The last
+chunk stays in memory and the model is staged from it with the others from disk; a manifest
+whose signature was checked as it arrived is not checked again before its bytes are loaded
+(a model read back from disk is). The two costly steps, checking a manifest and staging a
+model, run when a :class:`StepBudget` lets them (the daemon's always does).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from shared.manifest import Manifest
 from shared.messages import ModelRef, ModelState, ReportedModel
 from shared.topics import ParsedTopic, Topics
 
-__all__ = ["ModelLoader", "ModelReport", "ModelUpdater", "Subscriber"]
+__all__ = ["UNLIMITED", "ModelLoader", "ModelReport", "ModelUpdater", "StepBudget", "Subscriber",
+           "Unlimited"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,27 @@ class Subscriber(Protocol):
 
 # Builds a LoadedModel from verified bytes, or raises (ModelLoadError/StoreError) with a reason.
 ModelLoader = Callable[[Manifest, bytes], LoadedModel]
+
+
+class StepBudget(Protocol):
+    """Whether an update step may run now: checking a manifest's signature, or staging a model
+    (joining and checking its bytes, the signature, building its interpreter). A step refused
+    waits in the updater and runs from a later :meth:`ModelUpdater.tick`. A process that drives
+    hundreds of devices in one loop (the simulator's fleet) hands them one budget per round, so
+    one round never runs hundreds of signature checks and interpreter builds at once; each
+    device still checks its own model. The daemon's budget is :data:`UNLIMITED`."""
+
+    def take(self) -> bool: ...
+
+
+class Unlimited:
+    """Every step runs at once (the daemon: one device per process)."""
+
+    def take(self) -> bool:
+        return True
+
+
+UNLIMITED = Unlimited()
 
 
 @dataclass(frozen=True)
@@ -69,8 +95,10 @@ class ModelUpdater:
         settings: ModelSettings,
         on_report: Callable[[ModelReport], None],
         clock: Callable[[], float] = time.monotonic,
+        budget: StepBudget = UNLIMITED,
     ) -> None:
         self.store = store
+        self.budget = budget
         self.topics = topics
         self.link = link
         self.detector = detector
@@ -90,6 +118,14 @@ class ModelUpdater:
         self._deadline = 0.0
         self._download_started = 0.0
         self._settled: dict[tuple[str, int], float] = {}  # target -> issued_at it was decided at
+        # The manifest accepted from the network in this process (signature checked then):
+        # staging it loads the bytes just checked instead of reading both back from disk.
+        self._checked: Manifest | None = None
+        # The download's last chunk, checked, kept in memory only: staged at once, it need not
+        # be written, read back and deleted. The others are on disk (a restart resumes).
+        self._received: dict[int, bytes] = {}
+        self._missing: set[int] = set()
+        self._step: Callable[[], None] | None = None  # a step the budget has not let run yet
 
     # -- start-up ------------------------------------------------------------------------
     def load_current(self) -> None:
@@ -128,7 +164,7 @@ class ModelUpdater:
         self._target = ref
         self._settled[key] = issued_at
         self._attempts = {}
-        self._manifest = None
+        self._forget_download()
         self._deadline = self._clock() + self.settings.download_timeout_s
         saved = self.store.saved_manifest(ref.name, ref.version)
         if saved is not None and saved.release >= self.store.releases.get(ref.name):
@@ -148,33 +184,41 @@ class ModelUpdater:
             return
         if parsed.kind == "manifest":
             self._unsub(self.topics.manifest(target.name, target.version))
-            if self._manifest is not None:
+            if self._manifest is not None or self._step is not None:
                 return
             if not payload:
                 self._fail(f"model {target.name} v{target.version} was retired (manifest cleared)")
                 return
-            try:
-                manifest = self.store.accept_manifest(payload, name=target.name,
-                                                      version=target.version)
-            except StoreError as exc:
-                self.refused += 1
-                self._fail(str(exc))
-                return
-            self._with_manifest(manifest)
+            self._run_step(lambda: self._check_manifest(target, payload))
         elif parsed.kind == "chunk" and self._manifest is not None:
             assert parsed.chunk_index is not None
             self._on_chunk(self._manifest, parsed.chunk_index, payload)
 
+    def _check_manifest(self, target: ModelRef, payload: bytes) -> None:
+        """The manifest step: its signature (and release, names) checked, then kept on disk."""
+        if self._target != target or self._manifest is not None:
+            return  # desired moved on while the step waited for its turn
+        try:
+            manifest = self.store.accept_manifest(payload, name=target.name,
+                                                  version=target.version)
+        except StoreError as exc:
+            self.refused += 1
+            self._fail(str(exc))
+            return
+        self._checked = manifest
+        self._with_manifest(manifest)
+
     def _with_manifest(self, manifest: Manifest) -> None:
         self._manifest = manifest
         if self.store.has_model(manifest):
-            self._verify_and_stage(manifest)
+            self._stage(manifest)
             return
         self._report(manifest, ModelState.DOWNLOADING, None)
         missing = self.store.missing_chunks(manifest)
         if not missing:
-            self._verify_and_stage(manifest)
+            self._stage(manifest)
             return
+        self._missing = set(missing)
         self._download_started = self._clock()
         log.info("model %s v%d: downloading %d of %d chunk(s), %d bytes", manifest.name,
                  manifest.version, len(missing), manifest.chunks.count, manifest.size)
@@ -185,8 +229,12 @@ class ModelUpdater:
         topic = self.topics.chunk(manifest.name, manifest.version, index)
         if topic not in self._subscribed:
             return
+        last = self._missing == {index}
         try:
-            self.store.put_chunk(manifest, index, payload)
+            if last:  # staged from memory at once: no file to write, read back and delete
+                self.store.check_chunk(manifest, index, payload)
+            else:  # kept on disk too, so that a restart resumes with the missing ones only
+                self.store.put_chunk(manifest, index, payload)
         except ChunkError as exc:
             self.refused += 1
             tries = self._attempts.get(index, 0) + 1
@@ -200,15 +248,22 @@ class ModelUpdater:
             self._sub(topic)  # re-subscribing makes the broker send the retained chunk again
             return
         self._unsub(topic)
+        if last:
+            self._received[index] = payload
+        self._missing.discard(index)
         self._deadline = self._clock() + self.settings.download_timeout_s
-        if not self.store.missing_chunks(manifest):
+        if not self._missing:
             log.info("model %s v%d: download complete in %.1fs", manifest.name,
                      manifest.version, self._clock() - self._download_started)
-            self._verify_and_stage(manifest)
+            self._stage(manifest)
 
     # -- verification, shadow, activation -------------------------------------------------
     def _load(self, name: str, version: int) -> LoadedModel:
-        manifest, data = self.store.read_verified(name, version)
+        """A model read back from disk, checked again (signature, size, sha256)."""
+        return self._build(*self.store.read_verified(name, version))
+
+    def _build(self, manifest: Manifest, data: bytes) -> LoadedModel:
+        """Checked bytes into a fresh interpreter, with this device's calibrated threshold."""
         loaded = self.loader(manifest, data)
         calibration = self.store.load_calibration(manifest)
         if calibration is not None and "threshold" in calibration:
@@ -216,15 +271,29 @@ class ModelUpdater:
             loaded.threshold_source = "calibrated"
         return loaded
 
-    def _verify_and_stage(self, manifest: Manifest) -> None:
+    def _stage(self, manifest: Manifest) -> None:
         self._report(manifest, ModelState.VERIFYING, None)
+        self._run_step(lambda: self._verify_and_stage(manifest))
+
+    def _verify_and_stage(self, manifest: Manifest) -> None:
+        """The staging step: the model's bytes joined and checked, loaded, put in shadow (or
+        promoted when there is no shadow run)."""
+        if self._manifest is not manifest:
+            return  # desired moved on while the step waited for its turn
         try:
-            if not self.store.has_model(manifest):
-                self.store.assemble(manifest)
-            loaded = self._load(manifest.name, manifest.version)
+            if self.store.has_model(manifest):
+                loaded = self._load(manifest.name, manifest.version)  # all checked again
+            elif self._checked is manifest:
+                # its signature was checked as it arrived, in this process; its bytes are
+                # checked against it now (size, sha256): nothing to read back from disk
+                loaded = self._build(manifest, self.store.install(manifest, self._received))
+            else:  # a manifest saved by an earlier run: its signature is checked on reading
+                self.store.install(manifest, self._received)
+                loaded = self._load(manifest.name, manifest.version)
         except Exception as exc:  # every refusal becomes `failed` with its reason
             self._fail(str(exc))
             return
+        self._received = {}
         self._drop_subscriptions()
         if self.settings.shadow_windows > 0:
             self.detector.start_shadow(loaded)
@@ -233,10 +302,31 @@ class ModelUpdater:
             return
         self._promote(loaded)
 
+    @property
+    def step_waiting(self) -> bool:
+        """An update step waits for the budget (a later :meth:`tick` runs it)."""
+        return self._step is not None
+
+    def _run_step(self, step: Callable[[], None]) -> None:
+        """Run ``step`` now if the budget allows, else keep it for a later tick."""
+        if self.budget.take():
+            step()
+        else:
+            self._step = step
+
     def tick(self) -> None:
-        """Timeouts, the end of a shadow run, the end of calibration."""
+        """A waiting update step, timeouts, the end of a shadow run, the end of calibration."""
+        step = self._step
+        if step is not None and self.budget.take():
+            self._step = None
+            # the time it waited for its turn is not the broker's: the download's timeout
+            # counts again from here
+            self._deadline = self._clock() + self.settings.download_timeout_s
+            step()
         shadow = self.detector.shadow
-        if shadow is not None:
+        if self._step is not None:
+            pass  # a step waiting for its turn is not a download that stalled: no timeout
+        elif shadow is not None:
             report = self.detector.shadow_report
             if report.errors:
                 self.detector.stop_shadow()
@@ -267,7 +357,7 @@ class ModelUpdater:
     def _promote(self, loaded: LoadedModel) -> None:
         self.store.activate(loaded.manifest)
         self._target = None
-        self._manifest = None
+        self._forget_download()
         self._activate(loaded, announce=True)
         self.store.prune()
 
@@ -312,7 +402,7 @@ class ModelUpdater:
         self._drop_subscriptions()
         self.detector.stop_shadow()
         self._target = None
-        self._manifest = None
+        self._forget_download()
         self._fail_state(reason, target, manifest=manifest)
 
     def _fail_state(self, reason: str, ref: ModelRef | None, *,
@@ -326,7 +416,14 @@ class ModelUpdater:
         self._drop_subscriptions()
         self.detector.stop_shadow()
         self._target = None
+        self._forget_download()
+
+    def _forget_download(self) -> None:
         self._manifest = None
+        self._checked = None
+        self._received = {}
+        self._missing = set()
+        self._step = None
 
     def _report(self, manifest: Manifest | None, state: ModelState, error: str | None, *,
                 ref: ModelRef | None = None) -> None:

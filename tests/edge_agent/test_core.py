@@ -19,7 +19,8 @@ import pytest
 from edge_agent.config import AgentConfig, config_from_dict
 from edge_agent.core import DeviceCore
 from edge_agent.models.loader import load_model
-from edge_agent.models.store import ModelStore
+from edge_agent.models.store import ManifestVerifier, ModelStore
+from edge_agent.models.updater import UNLIMITED, StepBudget
 from edge_agent.sources.base import Reading
 from edge_agent.telemetry.outbox import Outbox
 from edge_agent.trust.keyring import KeyRing
@@ -120,9 +121,11 @@ def _config(state: Path, key: SigningKey, **sections: dict[str, Any]) -> AgentCo
 
 
 class Device:
-    """One core with its collaborators, as the daemon wires them but without threads."""
+    """One core with its collaborators, as the daemon wires them but without threads;
+    ``update_budget`` and ``verify`` as a many-device loop or a test hands them in."""
 
-    def __init__(self, state: Path, key: SigningKey, **sections: dict[str, Any]) -> None:
+    def __init__(self, state: Path, key: SigningKey, *, update_budget: StepBudget = UNLIMITED,
+                 verify: ManifestVerifier = _in_process, **sections: dict[str, Any]) -> None:
         self.clock = FakeClock()
         self.wire = FakeWire()
         config = _config(state, key, **sections)
@@ -132,9 +135,9 @@ class Device:
                         verify=lambda checks: [False for _ in checks])
         self.core = DeviceCore(
             config, channels=CHANNELS, outbox=self.outbox,
-            store=ModelStore(state / "models", trust, verify=_in_process), trust=trust,
+            store=ModelStore(state / "models", trust, verify=verify), trust=trust,
             loader=lambda m, d: load_model(m, d, channels=CHANNELS), wire=self.wire,
-            clock=self.clock,
+            clock=self.clock, update_budget=update_budget,
         )
         self.core.start()
         self.i = 0

@@ -203,3 +203,58 @@ def test_keepalives_run_once_a_second() -> None:
     for step in range(31):
         shard.run_due(step / 10)
     assert device.client.misc == 4  # at 0, 1, 2 and 3 s
+
+
+class StepDevice(FakeDevice):
+    """A device with ``steps`` model-update steps to run, each when its shard's budget lets it
+    (as a core asks its :class:`~edge_agent.models.updater.StepBudget`); the round of each."""
+
+    def __init__(self, name: str, shard: Shard, steps: int) -> None:
+        super().__init__(name, shard, first=100.0, period=100.0)
+        self.steps = steps
+        self.ran: list[float] = []
+
+    def tick(self, now: float) -> None:
+        super().tick(now)
+        if self.steps and self.shard.budget.take_for(self):
+            self.steps -= 1
+            self.ran.append(now)
+
+
+def test_round_budget_hands_turns_in_the_order_devices_were_refused() -> None:
+    shard = Shard("s", update_steps_per_round=2)
+    budget = shard.budget
+    a, b, c, d, e = (FakeDevice(n, shard, first=0.0, period=1.0) for n in "abcde")
+    assert budget.take_for(a) and budget.take_for(b)
+    assert not budget.take_for(c) and not budget.take_for(d)
+    assert not budget.take_for(c), "asking again keeps its place"
+    budget.refill()
+    assert not budget.take_for(e), "others were refused before it: it queues behind them"
+    assert budget.next_turn() is c and budget.take_for(c)
+    budget.end_turn()
+    assert budget.next_turn() is d and budget.take_for(d)
+    budget.end_turn()
+    assert budget.next_turn() is None, "two steps a round"
+    budget.refill()
+    assert budget.next_turn() is e
+    assert (budget.steps, list(budget.waiting)) == (4, [])
+
+
+def test_a_round_runs_at_most_its_budget_of_update_steps_the_rest_in_later_rounds() -> None:
+    shard = Shard("s", update_steps_per_round=2)
+    devices = [StepDevice(f"d{i}", shard, steps=1) for i in range(5)]
+    shard.run_due(0.5, devices)  # a rollout reaches every device in the same round
+    assert sorted(t for d in devices for t in d.ran) == [0.5, 0.5], "the round's budget"
+    assert len(shard.budget.waiting) == 3
+    shard.run_due(0.51)  # no device is due and none heard anything: the waiting get turns
+    shard.run_due(0.52)
+    assert sorted(t for d in devices for t in d.ran) == [0.5, 0.5, 0.51, 0.51, 0.52]
+    assert [d.ran for d in devices[2:]] == [[0.51], [0.51], [0.52]], "in the order they waited"
+    assert not shard.budget.waiting
+
+
+def test_no_budget_runs_every_step_at_once() -> None:
+    shard = Shard("s")
+    devices = [StepDevice(f"d{i}", shard, steps=1) for i in range(50)]
+    shard.run_due(0.5, devices)
+    assert [d.ran for d in devices] == [[0.5]] * 50
