@@ -218,12 +218,14 @@ def main() -> int:
         fleet.reset_tick_lag()
         cpu0 = [_cpu_seconds_of(pid) for pid in fleet.pids]
         hub_cpu0 = time.process_time()  # the hub runs in this process
+        broker_cpu0 = _cpu_seconds_of(broker.pid) if broker.pid else 0.0
         ticks0 = hub.rollouts.ticks
         hub.rollouts.wake()
         started = time.monotonic()
         settled = fleet.watch(name, version, 120)
         fleet_cpu = sum(_cpu_seconds_of(pid) - c for pid, c in zip(fleet.pids, cpu0, strict=True))
         hub_cpu = time.process_time() - hub_cpu0
+        broker_cpu = (_cpu_seconds_of(broker.pid) if broker.pid else 0.0) - broker_cpu0
         devices_active = max((t for line in settled["timeline"].values() for s, t in line
                               if s == "active"), default=started) - started
 
@@ -262,6 +264,7 @@ def main() -> int:
                                        is None else args.update_steps_per_round),
             "fleet_cpu_seconds_until_settled": round(fleet_cpu, 2),
             "hub_cpu_seconds_until_settled": round(hub_cpu, 2),
+            "broker_cpu_seconds_until_settled": round(broker_cpu, 2),
             "hub_rollout_ticks": hub.rollouts.ticks - ticks0,  # until it succeeded
             "update_path": "desired -> retained manifest -> retained chunks -> signature, size, "
                            "sha256 -> interpreter -> shadow -> swap -> reported",

@@ -17,8 +17,9 @@ Commands (``{"cmd": ...}``) and their answers (``{"event": ...}``):
   :class:`~simulator.scoring.GroundTruth` as a dict);
 - ``watch`` (``name``, ``version``, ``timeout``): ``settled`` once every device runs that
   model or failed to (``active``, ``errors``, ``timeline``: each device's reported states, and
-  when it read and handled each manifest and chunk, with their ``time.monotonic()``, one clock
-  for every process of the machine; ``tick_lags_ms``: the lags while it waited);
+  when it read each desired, manifest and chunk from its socket, with their
+  ``time.monotonic()``, one clock for every process of the machine; ``tick_lags_ms``: the lags
+  while it waited);
 - ``counters``: ``counters`` (``samples_generated``, ``acks_received``: totals);
 - ``reset_lag``: ``lag_reset`` (the tick lag counts again from now);
 - ``stop`` (``flush_timeout``): ``stopped`` (``drained``, ``tick_lags_ms``, and per device

@@ -1,7 +1,7 @@
 """Where a rollout's time went on the devices: each device's steps, summarised over the fleet.
 
 A fleet-scale device (:mod:`simulator.scale_fleet`) keeps a timeline of its reported states and
-of when each manifest and chunk was read from its socket and handled by its core, on one clock
+of when each desired, manifest and chunk was read from its socket, on one clock
 (``time.monotonic()``, the same in every process of the machine). Per device:
 
 - ``desired``: the rollout's start → ``downloading`` reported (the hub's desired reached the
@@ -9,8 +9,9 @@ of when each manifest and chunk was read from its socket and handled by its core
   hub's publish and the broker) and ``desired_handled`` (read → handled);
 - ``manifest_wait``: ``downloading`` → the manifest read from the socket (the subscribe's way
   to the broker, the retained manifest's way back, the worker's wait to read the socket);
-- ``manifest_check``: read → handled (the wait for the device's tick, the signature check);
-- ``chunks_wait``: manifest handled → the last chunk read (subscribes, broker, socket reads);
+- ``manifest_check``: read → checked (the wait for the device's tick and for a turn of the
+  update step budget, the signature check; the manifest's ``downloading`` report stamps it);
+- ``chunks_wait``: manifest checked → the last chunk read (subscribes, broker, socket reads);
 - ``chunks_handled``: the last chunk read → ``verifying`` reported (the wait for the tick);
 - ``download``: ``downloading`` → ``verifying`` (all of the four above but ``desired``);
 - ``verify``: ``verifying`` → ``shadow`` (size, sha256, signature, the interpreter's build; with
@@ -35,8 +36,8 @@ STEPS: tuple[tuple[str, str, str], ...] = (
     ("desired_delivery", "start", "desired_read"),
     ("desired_handled", "desired_read", "downloading"),
     ("manifest_wait", "downloading", "manifest_read"),
-    ("manifest_check", "manifest_read", "manifest_handled"),
-    ("chunks_wait", "manifest_handled", "chunk_read@last"),
+    ("manifest_check", "manifest_read", "downloading@last"),
+    ("chunks_wait", "downloading@last", "chunk_read@last"),
     ("chunks_handled", "chunk_read@last", "verifying"),
     ("download", "downloading", "verifying"),
     ("verify", "verifying", "shadow"),

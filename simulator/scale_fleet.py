@@ -81,7 +81,10 @@ _IDLE_POLL_S = 0.1
 _READING_MARGIN_S = 0.001
 # Model-update steps per shard round (simulator.shards.RoundBudget): a staging (interpreter
 # build) is ~2-4 ms of a fleet worker's CPU, so a round's steps stay within a few tens of ms.
-UPDATE_STEPS_PER_ROUND = 8
+# bench/rollout.py at load 5-6, two runs each (seconds_to_full; tick lag p99 during the rollout):
+# 4 steps 7.8/7.5 s (0.76/0.74 s), 8: 4.7/7.8 s (0.57/1.03 s), 16: 4.6/7.2 s (0.26/0.58 s),
+# 32: 5.0/5.5 s (0.42/0.43 s), no bound: 4.7/7.0 s (1.0/2.3 s).
+UPDATE_STEPS_PER_ROUND = 16
 # The simulated sensor makes its readings this many at a time, handed out when due: one
 # reading made alone cost as much numpy work as a block, a quarter of a device's tick.
 _SOURCE_LOOKAHEAD = 32
@@ -343,8 +346,8 @@ class ScaleDevice:
                                                    DeviceStatus.OFFLINE)))
         self.wire.owner = self
         self.client = self.wire.client  # what a shard drives
-        # each reported state, and when each manifest and chunk was read from the socket and
-        # handled by the core ("manifest_read", "chunk_handled", ...), time.monotonic()
+        # each reported state, and when each desired, manifest and chunk was read from the
+        # socket ("desired_read", "manifest_read", "chunk_read"), time.monotonic()
         self.timeline: list[tuple[str, float]] = []
         channels = self.channels
         self.core = DeviceCore(
@@ -387,7 +390,6 @@ class ScaleDevice:
                     else "manifest" if topic.endswith(_MANIFEST) else "chunk"
                 if step is not None:
                     self.timeline.append((f"{step}_read", event[4]))
-                    self.timeline.append((f"{step}_handled", time.monotonic()))
             elif kind == "up":
                 core.on_link_up(event[1])
             else:

@@ -8,7 +8,10 @@ commit), subscriptions made again on every connect, and the hub's presence recor
 (:mod:`cloud_hub.mqtt.presence`). paho's callbacks do no work: a message goes on the bounded
 inbound queue (:mod:`cloud_hub.mqtt.inbox`); the birth record is one publish. The broker has at
 most ``receive_maximum`` QoS 1 messages unacknowledged at the hub (MQTT 5 Receive Maximum): the
-rest wait in the hub's session on the broker, which is the hub's back-pressure valve.
+rest wait in the hub's session on the broker, which is the hub's back-pressure valve. The
+other way, the hub keeps up to ``publish_window`` QoS 1 publishes unacknowledged (the broker's
+Receive Maximum, mosquitto's ``max_inflight_messages``: 100 in the repo's mosquitto.conf), not
+paho's default of 20.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ from shared.topics import DeviceTopic, Topics
 __all__ = ["HubConnection", "PublishError"]
 
 log = logging.getLogger(__name__)
+# The QoS 1 publishes the hub keeps unacknowledged by default: the Receive Maximum of the repo's
+# mosquitto.conf (max_inflight_messages 100), which the broker enforces. The hub's QoS 1
+# publishes come in bursts (a rollout's desired for every device, a model's chunks): with paho's
+# default window of 20, a rollout's 1,000 desired took ~1 s to leave a busy hub (bench/rollout.py:
+# the devices read theirs 0.12 to 1.18 s after the start), a PUBACK round trip and a wait for
+# the interpreter lock per 20 messages. paho cannot change it on an open connection.
+PUBLISH_WINDOW = 100
 _SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
 # mosquitto 2.0 closes a taken-over connection without that reason code. Two connections in a
 # row that the broker closes this soon after accepting them are the pattern of two clients with
@@ -54,6 +64,7 @@ class HubConnection:
         subscriptions: Sequence[tuple[str, int]], keepalive: int = 30,
         presence_refresh_s: float = 30.0, receive_maximum: int = 1000,
         inbox_bytes: int = 64 * 1024 * 1024, auth: MqttAuth | None = None,
+        publish_window: int = PUBLISH_WINDOW,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topics = topics
@@ -82,6 +93,8 @@ class HubConnection:
         self._started = False
         self._client = new_client(client_id, manual_ack=True, auth=auth)
         self._client.max_queued_messages_set(0)
+        self.publish_window = publish_window
+        self._client.max_inflight_messages_set(publish_window)
         self._client.on_received = self._on_received
         self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
@@ -197,11 +210,18 @@ class HubConnection:
         client.will_set(self.presence.topic, self.presence.record(DeviceStatus.OFFLINE), qos=1,
                         retain=True)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any,
+                    properties: Any) -> None:
         if rc.is_failure:
             self._attempt_failed = self._refused = True
             self._note(f"broker refused the connection: {rc}", error=True)
             return
+        # MQTT 5: no Receive Maximum in the CONNACK means 65,535
+        receive_maximum = int(getattr(properties, "ReceiveMaximum", 65535))
+        if receive_maximum < self.publish_window:
+            log.warning("mqtt: the broker takes at most %d unacknowledged QoS 1 publishes, the "
+                        "hub's window is %d: raise the broker's max_inflight_messages "
+                        "(mosquitto.conf)", receive_maximum, self.publish_window)
         self._client.generation += 1
         self._connected.set()
         self._connected_at = time.monotonic()
