@@ -22,6 +22,7 @@ from edge_agent.detect.adaptation import AdaptationSettings
 from edge_agent.drift.federated import FederatedSettings
 from edge_agent.drift.monitor import DriftSettings
 from shared.keys import SignatureError, key_id_of_raw, public_key_bytes
+from shared.messages import AgentRuntime
 from shared.topics import DEFAULT_PREFIX, TopicError, Topics, validate_device_id
 
 __all__ = [
@@ -137,6 +138,10 @@ class ModelSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     calibration_quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.999
     calibration_factor: Annotated[float, msgspec.Meta(gt=0, le=_MAX)] = 1.0
     num_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # FOR TESTS AND SIMULATIONS ONLY: the runtime the status reports instead of the one that
+    # loads models, from the first status on (the hub picks each device's model variant by it,
+    # so one process can stand in for a device on another runtime). Never set on a device.
+    simulated_runtime: AgentRuntime | None = None
 
 
 class HeartbeatSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

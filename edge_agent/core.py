@@ -424,7 +424,7 @@ class DeviceCore:
             threshold=report.threshold,
         )
         self.wire.set_birth(self.topics.reported(self.device_id), encode(message))
-        if self._runtime_told is None and loaded_runtime() is not None:
+        if self._runtime_told is None and self._runtime() is not None:
             # the first model load named the runtime: the status says so at once, not only at
             # the next connect (the hub picks a model's variant by it)
             self.wire.set_birth(self.topics.status(self.device_id),
@@ -432,9 +432,13 @@ class DeviceCore:
         if self._on_report is not None:
             self._on_report(report)
 
+    def _runtime(self) -> AgentRuntime | None:
+        simulated = self.config.model.simulated_runtime  # tests and simulations only
+        return simulated if simulated is not None else loaded_runtime()
+
     def status_payload(self, state: DeviceStatus) -> bytes:
         """The retained ``status`` record (online on every connect, offline as the will)."""
-        self._runtime_told = loaded_runtime()
+        self._runtime_told = self._runtime()
         return encode(Status(device_id=self.device_id, state=state, at=self.clock.time(),
                              agent_version=self.agent_version, runtime=self._runtime_told))
 
@@ -466,6 +470,7 @@ class DeviceCore:
             active_model=None if active is None else {
                 "name": active.manifest.name, "version": active.manifest.version,
                 "sha256": active.manifest.sha256,
+                "variant": active.manifest.quantization.value,
             },
             model_state=updater.state.value if updater.state else None,
             threshold=None if active is None else active.threshold,

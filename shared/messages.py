@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 
-from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN
+from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN, VARIANT_PATTERN
 
 __all__ = [
     "EPOCH_PATTERN",
@@ -142,11 +142,20 @@ def check_version(v: Any, known: int, what: str) -> None:
         raise ValueError(f"unsupported {what} v={v}; this build understands v={known}")
 
 
-class ModelRef(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A model version by name."""
+class ModelRef(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True,
+               omit_defaults=True):
+    """A model version by name, and which of its variants (issue 12).
+
+    ``variant`` is a quantization (``int8``, ``float32``, ...). In ``desired`` it names the
+    variant the device is to fetch (``models/{name}/{version}/variants/{variant}/…``); None, the
+    version's published variant (``models/{name}/{version}/…``), which is all agents of earlier
+    builds know. In ``reported`` it says which variant the device runs. Fields left at their
+    default are not encoded (``omit_defaults``), so a ref without a variant is the very JSON
+    earlier builds send and accept (they refuse unknown fields)."""
 
     name: ModelName
     version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
+    variant: Annotated[str, msgspec.Meta(pattern=rf"^{VARIANT_PATTERN}\Z")] | None = None
 
 
 class TelemetryBatch(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):

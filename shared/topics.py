@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEVICE_ID_PATTERN",
     "MODEL_NAME_PATTERN",
+    "VARIANT_PATTERN",
     "DEVICE_WRITES",
     "DYNSEC_CONTROL",
     "DYNSEC_RESPONSE",
@@ -29,13 +30,19 @@ __all__ = [
     "broker_admin_access",
     "validate_device_id",
     "validate_model_name",
+    "validate_variant",
 ]
 
 DEFAULT_PREFIX = "edgeloop/v1"
 DEVICE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 MODEL_NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)  # fullmatch: $ would accept a final newline
+# A variant of a model version: its quantization (shared.manifest.Quantization values), kept a
+# plain pattern here so that an agent can parse a desired naming a variant it does not know and
+# refuse it in its reported state, rather than drop the message.
+VARIANT_PATTERN = r"[a-z0-9]{1,16}"
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+_VARIANT_RE = re.compile(VARIANT_PATTERN)
 HUB_SHARE_GROUP = "hub"
 # mosquitto's dynamic-security plugin takes commands here and answers on the response topic.
 DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
@@ -109,6 +116,12 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+def validate_variant(variant: str) -> str:
+    if not isinstance(variant, str) or not _VARIANT_RE.fullmatch(variant):
+        raise TopicError(f"model variant {variant!r} is invalid: it must match {VARIANT_PATTERN}")
+    return variant
+
+
 def _validate_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise TopicError(f"model version {version!r} is invalid: it must be an integer >= 1")
@@ -117,13 +130,15 @@ def _validate_version(version: int) -> int:
 
 @dataclass(frozen=True)
 class ParsedTopic:
-    """What a received topic names: a device stream, or a model's manifest or chunk."""
+    """What a received topic names: a device stream, or a model's manifest or chunk (of its
+    published variant, or of the variant ``variant``)."""
 
     kind: TopicKind
     device_id: str | None = None
     model_name: str | None = None
     model_version: int | None = None
     chunk_index: int | None = None
+    variant: str | None = None
 
     @property
     def stream(self) -> DeviceTopic | None:
@@ -188,21 +203,26 @@ class Topics:
         return self.device(device_id, DeviceTopic.ACK)
 
     # -- model topics ------------------------------------------------------------------
-    def model_prefix(self, name: str, version: int) -> str:
+    # A version's published variant lives at ``models/{name}/{version}/manifest`` and
+    # ``…/chunks/{i}`` (what agents of every build fetch); each other variant that passed the
+    # parity gate under ``models/{name}/{version}/variants/{quantization}/…``.
+    def model_prefix(self, name: str, version: int, variant: str | None = None) -> str:
         validate_model_name(name)
         _validate_version(version)
-        return f"{self.prefix}/models/{name}/{version}"
+        if variant is None:
+            return f"{self.prefix}/models/{name}/{version}"
+        return f"{self.prefix}/models/{name}/{version}/variants/{validate_variant(variant)}"
 
-    def manifest(self, name: str, version: int) -> str:
-        return f"{self.model_prefix(name, version)}/manifest"
+    def manifest(self, name: str, version: int, variant: str | None = None) -> str:
+        return f"{self.model_prefix(name, version, variant)}/manifest"
 
-    def chunk(self, name: str, version: int, index: int) -> str:
+    def chunk(self, name: str, version: int, index: int, variant: str | None = None) -> str:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise TopicError(f"chunk index {index!r} is invalid: it must be an integer >= 0")
-        return f"{self.model_prefix(name, version)}/chunks/{index}"
+        return f"{self.model_prefix(name, version, variant)}/chunks/{index}"
 
-    def chunks_filter(self, name: str, version: int) -> str:
-        return f"{self.model_prefix(name, version)}/chunks/+"
+    def chunks_filter(self, name: str, version: int, variant: str | None = None) -> str:
+        return f"{self.model_prefix(name, version, variant)}/chunks/+"
 
     # -- the trust list (signed key sets, one retained record per version) -----------------
     def trust(self, version: int) -> str:
@@ -271,14 +291,16 @@ class Topics:
         if len(parts) >= 4 and parts[0] == "models":
             name = validate_model_name(parts[1])
             version = _parse_int(parts[2], "model version", topic)
-            if len(parts) == 4 and parts[3] == "manifest":
+            rest, variant = parts[3:], None
+            if len(rest) >= 3 and rest[0] == "variants":
+                variant, rest = validate_variant(rest[1]), rest[2:]
+            if len(rest) == 1 and rest[0] == "manifest":
                 return ParsedTopic(kind=TopicKind.MANIFEST, model_name=name,
-                                   model_version=version)
-            if len(parts) == 5 and parts[3] == "chunks":
-                index = _parse_int(parts[4], "chunk index", topic, minimum=0)
-                return ParsedTopic(
-                    kind=TopicKind.CHUNK, model_name=name, model_version=version, chunk_index=index
-                )
+                                   model_version=version, variant=variant)
+            if len(rest) == 2 and rest[0] == "chunks":
+                index = _parse_int(rest[1], "chunk index", topic, minimum=0)
+                return ParsedTopic(kind=TopicKind.CHUNK, model_name=name, model_version=version,
+                                   chunk_index=index, variant=variant)
         if len(parts) == 2 and parts[0] == "trust":
             return ParsedTopic(kind=TopicKind.TRUST,
                                model_version=_parse_int(parts[1], "trust version", topic))

@@ -19,6 +19,7 @@ from cloud_hub.api.schemas import (
 from cloud_hub.core.states import TrainingStage
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, TrainingJob
 from cloud_hub.db.tables import Device, DeviceConflict
+from cloud_hub.registry.records import variants_of
 from cloud_hub.rollouts.variant import choose_variant
 from shared.messages import AgentRuntime
 
@@ -41,11 +42,21 @@ def _prefers(runtime: dict[str, Any] | None) -> RuntimePreference | None:
     return None if choice is None else RuntimePreference(quantization=choice[0], reason=choice[1])
 
 
+def _same_variant(d: Device) -> bool:
+    # agents of earlier builds do not report a variant: the version decides there
+    return not d.desired_variant or not d.active_variant or d.desired_variant == d.active_variant
+
+
 def device_public(d: Device, conflict: DeviceConflict | None = None) -> DevicePublic:
     active = _ref(d.active_name, d.active_version)
     if active is not None and d.active_sha256:
         active["sha256"] = d.active_sha256
+    if active is not None and d.active_variant:
+        active["variant"] = d.active_variant
     desired = _ref(d.desired_name, d.desired_version)
+    if desired is not None and d.desired_variant:  # which variant it was sent, and why
+        desired["variant"] = d.desired_variant
+        desired["variant_reason"] = d.desired_variant_reason
     return DevicePublic(
         device_id=d.device_id, online=d.online, last_seen=d.last_seen, status_at=d.status_at,
         agent_version=d.agent_version, active_model=active, desired_model=desired,
@@ -54,8 +65,8 @@ def device_public(d: Device, conflict: DeviceConflict | None = None) -> DevicePu
         group=d.group, telemetry_readings=d.telemetry_readings,
         telemetry_batches=d.telemetry_batches, anomalies=d.anomalies, heartbeat=d.heartbeat,
         runtime=d.runtime, runtime_prefers=_prefers(d.runtime),
-        in_sync=desired is None or (d.active_name, d.active_version) == (
-            d.desired_name, d.desired_version),
+        in_sync=desired is None or ((d.active_name, d.active_version) == (
+            d.desired_name, d.desired_version) and _same_variant(d)),
         conflict=None if conflict is None else DeviceConflictPublic(
             kind=conflict.kind, detail=conflict.detail, epochs=list(conflict.epochs),
             first_at=conflict.first_at, last_at=conflict.last_at, count=conflict.count),
@@ -142,4 +153,8 @@ def model_detail(session: Session, m: ModelVersion) -> ModelDetail:
         "parity_failure": m.parity_failure, "validation": m.validation, "extra": m.extra,
         "key_id": m.key_id, "retired_at": m.retired_at, "manifest": m.manifest,
         "devices": running_devices(session, m),
+        "variants": [{"quantization": v.quantization, "size_bytes": v.size_bytes,
+                      "sha256": v.sha256,
+                      "decision_agreement": v.parity.get("decision_agreement"),
+                      "manifest": v.manifest} for v in variants_of(session, m)],
     })

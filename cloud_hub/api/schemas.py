@@ -35,12 +35,19 @@ class ModelRefBody(_Body):
     version: int = Field(ge=1, le=2**31 - 1, examples=[3])
 
 
+class DesiredModelBody(ModelRefBody):
+    variant: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]{1,16}$", examples=["float32"],
+        description="a variant (quantization) the version keeps; by default the hub picks the "
+        "fastest that passed the parity gate for the runtime the device reported")
+
+
 class DesiredUpdate(_Body):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"model": {"name": "pump-ae", "version": 3}}]},
     )
-    model: ModelRefBody | None
+    model: DesiredModelBody | None
     config: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
@@ -76,8 +83,11 @@ class DevicePublic(BaseModel):
     last_seen: float | None
     status_at: float | None
     agent_version: str
-    active_model: dict[str, Any] | None
-    desired_model: dict[str, Any] | None
+    active_model: dict[str, Any] | None = Field(
+        description="name, version, sha256 and variant (the quantization it reports running)")
+    desired_model: dict[str, Any] | None = Field(
+        description="name, version, and for a version with several variants the variant the "
+        "device was sent (variant) and why (variant_reason)")
     reported_model: dict[str, Any] | None
     reported_state: str | None
     reported_error: str | None
@@ -91,8 +101,8 @@ class DevicePublic(BaseModel):
         default=None, description="the TFLite runtime the device's status reported (package, "
         "version, xnnpack_int8); null for agents that do not report it or have loaded no model")
     runtime_prefers: RuntimePreference | None = Field(
-        default=None, description="which variant of a model runs fastest on that runtime. "
-        "Rollouts still ship the published variant to every device")
+        default=None, description="which variant of a model runs fastest on that runtime; "
+        "rollouts send each device that variant when the version keeps it")
     in_sync: bool = Field(description="desired model equals the active model")
     conflict: DeviceConflictPublic | None = Field(
         default=None, description="set when two sources use this device id")
@@ -245,6 +255,9 @@ class ModelDetail(ModelSummary):
     retired_at: float | None
     manifest: dict[str, Any]
     devices: list[str] = Field(description="devices whose `reported` says they run it")
+    variants: list[dict[str, Any]] = Field(
+        default_factory=list, description="the other variants this version keeps (quantization "
+        "auto): quantization, size_bytes, sha256, decision_agreement, and its signed manifest")
 
 
 class HealthPublic(BaseModel):
@@ -312,8 +325,11 @@ class RolloutDevicePublic(BaseModel):
     device_id: str
     stage: int
     previous: dict[str, Any] | None
+    variant: str | None = Field(default=None, description="the variant (quantization) of the "
+                                "rollout's model this device was sent")
     desired: dict[str, Any] | None
-    reported: dict[str, Any] | None = Field(description="the model the device runs")
+    reported: dict[str, Any] | None = Field(description="the model the device runs (name, "
+                                            "version, variant)")
     reported_state: str | None
     reported_error: str | None
     confirmed_at: float | None
@@ -341,6 +357,8 @@ class RolloutPublic(BaseModel):
     devices_updated: int
     devices_failed: int
     devices_reverted: int
+    variants: dict[str, int] = Field(
+        default_factory=dict, description="devices sent each variant (quantization) so far")
     target: RolloutTarget
     policy: RolloutPolicy
     created_at: float

@@ -143,7 +143,7 @@ _REPORTED = update(_devices).where(_c.device_id == bindparam("d")).values(
     {name: bindparam(name) for name in _REPORTED_COLUMNS})
 _REPORTED_ACTIVE = update(_devices).where(_c.device_id == bindparam("d")).values(
     {name: bindparam(name) for name in (*_REPORTED_COLUMNS, "active_name", "active_version",
-                                        "active_sha256")})
+                                        "active_sha256", "active_variant")})
 
 
 def apply_device_records(conn: Connection, *, heartbeats: Sequence[Heartbeat],
@@ -176,10 +176,11 @@ def apply_device_records(conn: Connection, *, heartbeats: Sequence[Heartbeat],
             active = r.model
         if active is not None:
             values.update(active_name=active.name, active_version=active.version,
-                          active_sha256=active.sha256)
+                          active_sha256=active.sha256, active_variant=active.variant)
             conn.execute(_REPORTED_ACTIVE, values)
         elif r.state == ModelState.ACTIVE:
-            values.update(active_name=None, active_version=None, active_sha256=None)
+            values.update(active_name=None, active_version=None, active_sha256=None,
+                          active_variant=None)
             conn.execute(_REPORTED_ACTIVE, values)
         else:
             conn.execute(_REPORTED, values)

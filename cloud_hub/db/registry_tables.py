@@ -12,7 +12,8 @@ from cloud_hub.db.types import enum_field, model_field
 from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 
-__all__ = ["ModelRelease", "ModelVersion", "Rollout", "RolloutDevice", "TrainingJob"]
+__all__ = ["ModelRelease", "ModelVariant", "ModelVersion", "Rollout", "RolloutDevice",
+           "TrainingJob"]
 
 
 class ModelVersion(SQLModel, table=True):
@@ -52,6 +53,26 @@ class ModelVersion(SQLModel, table=True):
     manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     tflite: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     training_job_id: int | None = None
+
+
+class ModelVariant(SQLModel, table=True):
+    """Another quantization of a version that passed the parity gate (issue 12), kept beside
+    the version's own (published) one so that each device can be sent the faster one there.
+    Released with the version: the same release number and key, its own signed manifest."""
+
+    __tablename__ = "model_variants"
+    __table_args__ = (UniqueConstraint("model_id", "quantization",
+                                       name="uq_model_variants_model_quantization"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    quantization: str = Field(max_length=16)
+    size_bytes: int
+    sha256: str
+    parity: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    # as ModelVersion.manifest: a draft's fields, then the signed manifest of the latest release
+    manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    tflite: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class ModelRelease(SQLModel, table=True):
@@ -122,5 +143,6 @@ class RolloutDevice(SQLModel, table=True):
     failure: str | None = None
     reverted_at: float | None = None  # desired set back to the previous model
     revert_confirmed_at: float | None = None
+    variant: str | None = Field(default=None, max_length=16)  # the quantization it was sent
     # Anomaly rate (events per device-minute) before and during the stage, for the policy.
     baseline_rate: float | None = None

@@ -37,6 +37,9 @@ class Device(SQLModel, table=True):
     desired_name: str | None = None
     desired_version: int | None = None
     desired_at: float | None = None
+    # The variant (quantization) of the desired version it was sent, and why (issue 12).
+    desired_variant: str | None = Field(default=None, max_length=16)
+    desired_variant_reason: str | None = None
     # What `reported` says: the model the state is about, the state, and the active model.
     reported_name: str | None = None
     reported_version: int | None = None
@@ -46,6 +49,7 @@ class Device(SQLModel, table=True):
     active_name: str | None = None
     active_version: int | None = None
     active_sha256: str | None = None
+    active_variant: str | None = Field(default=None, max_length=16)  # as reported
     heartbeat: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # The TFLite runtime its status last reported (shared.messages.AgentRuntime as a dict);
     # None for agents that do not report it, or before their first model load.

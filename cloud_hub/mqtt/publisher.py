@@ -34,8 +34,11 @@ class Publisher:
     def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
         self._connection.publish_all(messages, timeout=self.timeout)
 
-    def publish_model(self, manifest: Manifest, tflite: bytes) -> None:
-        """Retain the chunks first, then the manifest, so a manifest never points at nothing."""
+    def publish_model(self, manifest: Manifest, tflite: bytes, *, as_variant: bool = False
+                      ) -> None:
+        """Retain the chunks first, then the manifest, so a manifest never points at nothing.
+        ``as_variant``: at the topics of the version's variant ``manifest.quantization``
+        (another quantization kept beside the published one), not at the version's own."""
         chunks = split(tflite, manifest.chunk_size)
         if len(chunks) != manifest.chunks.count:
             raise PublishError(
@@ -43,19 +46,23 @@ class Publisher:
                 f"lists {manifest.chunks.count}"
             )
         name, version = manifest.name, manifest.version
+        variant = manifest.quantization.value if as_variant else None
         self._publish_all(
-            [(self.topics.chunk(name, version, i), c) for i, c in enumerate(chunks)]
+            [(self.topics.chunk(name, version, i, variant), c) for i, c in enumerate(chunks)]
         )
-        self._publish_all([(self.topics.manifest(name, version), manifest.to_bytes())])
-        log.info("published %s v%d: %d bytes in %d chunks", name, version, len(tflite),
-                 len(chunks))
+        self._publish_all([(self.topics.manifest(name, version, variant), manifest.to_bytes())])
+        log.info("published %s v%d%s: %d bytes in %d chunks", name, version,
+                 f" variant {variant}" if variant else "", len(tflite), len(chunks))
 
-    def clear_model(self, name: str, version: int, chunk_count: int) -> None:
+    def clear_model(self, name: str, version: int, chunk_count: int,
+                    variant: str | None = None) -> None:
         """Empty retained payloads delete the manifest and every chunk from the broker."""
-        messages = [(self.topics.manifest(name, version), b"")]
-        messages += [(self.topics.chunk(name, version, i), b"") for i in range(chunk_count)]
+        messages = [(self.topics.manifest(name, version, variant), b"")]
+        messages += [(self.topics.chunk(name, version, i, variant), b"")
+                     for i in range(chunk_count)]
         self._publish_all(messages)
-        log.info("cleared retained %s v%d (%d chunks)", name, version, chunk_count)
+        log.info("cleared retained %s v%d%s (%d chunks)", name, version,
+                 f" variant {variant}" if variant else "", chunk_count)
 
     def publish_trust_lists(self, lists: list[tuple[int, bytes]]) -> None:
         """Retain signed trust lists, one topic per version (agents walk them in order)."""

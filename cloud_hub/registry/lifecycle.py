@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from cloud_hub.core.states import ModelStatus
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.mqtt.publisher import Publisher
-from cloud_hub.registry.records import chunk_count
+from cloud_hub.registry.records import chunk_count, variants_of
 
 if TYPE_CHECKING:
     from cloud_hub.registry.releases import Releases
@@ -51,8 +51,12 @@ def publish_model(
 def retire_model(
     session: Session, *, name: str, version: int, publisher: Publisher
 ) -> ModelVersion:
-    """Clear the retained manifest and chunks and mark the version retired."""
+    """Clear the retained manifests and chunks (of every variant) and mark the version
+    retired."""
     record = get_model(session, name=name, version=version)
+    for variant in variants_of(session, record):
+        publisher.clear_model(name, version, int(variant.manifest["chunks"]["count"]),
+                              variant.quantization)
     publisher.clear_model(name, version, chunk_count(record))
     record.status = ModelStatus.RETIRED
     record.retired_at = time.time()

@@ -15,8 +15,8 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from cloud_hub.core.states import ModelStatus
-from cloud_hub.db.registry_tables import ModelVersion
-from cloud_hub.training.artifact import ModelArtifact
+from cloud_hub.db.registry_tables import ModelVariant, ModelVersion
+from cloud_hub.training.artifact import ArtifactVariant, ModelArtifact
 from shared.codec import sha256_hex, split
 from shared.manifest import ChunkTable, Manifest, manifest_from_dict
 from shared.signing import SigningKey
@@ -30,6 +30,8 @@ __all__ = [
     "next_version",
     "register_artifact",
     "sign_release",
+    "sign_variant",
+    "variants_of",
 ]
 
 # What only a release adds to a draft's manifest.
@@ -45,24 +47,27 @@ def next_version(session: Session, name: str) -> int:
 
 def build_manifest(
     artifact: ModelArtifact, *, name: str, version: int, chunk_size: int,
-    created_at: float | None = None,
+    created_at: float | None = None, variant: ArtifactVariant | None = None,
 ) -> dict[str, Any]:
-    """The manifest's fields without ``release``, ``key_id`` and ``signature`` (a draft's)."""
-    chunks = split(artifact.tflite, chunk_size)
+    """The manifest's fields without ``release``, ``key_id`` and ``signature`` (a draft's), of
+    the artifact's published model or of one of its ``variant``s."""
+    tflite = artifact.tflite if variant is None else variant.tflite
+    parity = artifact.parity if variant is None else variant.parity
+    chunks = split(tflite, chunk_size)
     body: dict[str, Any] = {
         "name": name,
         "version": version,
         "created_at": created_at if created_at is not None else time.time(),
-        "quantization": artifact.parity.quantization.value,
-        "size": len(artifact.tflite),
-        "sha256": sha256_hex(artifact.tflite),
+        "quantization": parity.quantization.value,
+        "size": len(tflite),
+        "sha256": sha256_hex(tflite),
         "chunk_size": chunk_size,
         "chunks": ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]).to_dict(),
         "input": artifact.input.to_dict(),
         "normalization": artifact.normalization.to_dict(),
         "score": artifact.score.to_dict(),
         "threshold": artifact.threshold,
-        "parity": artifact.parity.summary().to_dict(),
+        "parity": parity.summary().to_dict(),
         "float_size": artifact.float_size,
     }
     # Validated now, as a release would be, so a draft that cannot become a manifest fails here.
@@ -83,6 +88,21 @@ def sign_release(record: ModelVersion, *, release: int, key: SigningKey) -> Mani
     """The signed manifest of ``record`` as release ``release`` of its name."""
     return key.sign(manifest_from_dict({**manifest_body(record), "release": release,
                                         "key_id": key.key_id}))
+
+
+def sign_variant(variant: ModelVariant, *, release: int, key: SigningKey) -> Manifest:
+    """The signed manifest of a version's ``variant``, as the version's release ``release``:
+    its own quantization, size, hashes and parity, under the same signature rules."""
+    body = {k: v for k, v in variant.manifest.items() if k not in UNSIGNED_FIELDS}
+    return key.sign(manifest_from_dict({**body, "release": release, "key_id": key.key_id}))
+
+
+def variants_of(session: Session, record: ModelVersion) -> list[ModelVariant]:
+    """The other variants ``record`` keeps (issue 12), in quantization order."""
+    if record.id is None:
+        return []
+    return list(session.exec(select(ModelVariant).where(ModelVariant.model_id == record.id)
+                             .order_by(ModelVariant.quantization)))
 
 
 def _jsonable(value: Any) -> Any:
@@ -143,6 +163,18 @@ def register_artifact(
         training_job_id=training_job_id,
     )
     session.add(record)
+    session.flush()
+    assert record.id is not None
+    for quantization, variant in sorted(artifact.variants.items()):
+        if not variant.parity.passed:  # only what passed the gate is ever signed
+            continue
+        body = build_manifest(artifact, name=name, version=version, chunk_size=chunk_size,
+                              created_at=manifest["created_at"], variant=variant)
+        variant_parity = _jsonable(variant.parity)
+        variant_parity["passed"] = variant.parity.passed
+        session.add(ModelVariant(model_id=record.id, quantization=quantization,
+                                 size_bytes=len(variant.tflite), sha256=body["sha256"],
+                                 parity=variant_parity, manifest=body, tflite=variant.tflite))
     session.commit()
     session.refresh(record)
     return record

@@ -22,8 +22,9 @@ from cloud_hub.db.registry_tables import ModelRelease, ModelVersion
 from cloud_hub.keys.ring import HubKeys
 from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.registry.lifecycle import PublishRefused
-from cloud_hub.registry.records import sign_release
-from shared.manifest import manifest_from_dict
+from cloud_hub.registry.records import sign_release, sign_variant, variants_of
+from shared.manifest import Manifest, manifest_from_dict
+from shared.signing import SigningKey
 
 __all__ = ["Releases"]
 
@@ -56,9 +57,9 @@ class Releases:
         with self._lock:
             number = self.latest(session, record.name) + 1
             key = self.keys.active
-            manifest = sign_release(record, release=number, key=key)
-            self.publisher.publish_model(manifest, record.tflite)  # before the commit: a
-            # failed publish leaves nothing recorded, and the number is taken again next time
+            manifest = self._sign_and_publish(session, record, release=number, key=key)
+            # (published before the commit: a failed publish leaves nothing recorded, and the
+            # number is taken again next time)
             now = time.time()
             session.add(ModelRelease(name=record.name, release=number, version=record.version,
                                      key_id=key.key_id, created_at=now, reason=reason))
@@ -74,6 +75,21 @@ class Releases:
         log.info("released %s v%d as release %d (%s), signed by %s", record.name,
                  record.version, number, reason, key.key_id)
         return record
+
+    def _sign_and_publish(self, session: Session, record: ModelVersion, *, release: int,
+                          key: SigningKey) -> Manifest:
+        """Sign the version and each of its variants as ``release``, publish them (retained),
+        and keep the variants' signed manifests in their rows; the version's own manifest is
+        returned for the caller to record. Variants go first: a device sent a variant finds it
+        once the version is announced."""
+        for variant in variants_of(session, record):
+            signed = sign_variant(variant, release=release, key=key)
+            self.publisher.publish_model(signed, variant.tflite, as_variant=True)
+            variant.manifest = signed.to_dict()
+            session.add(variant)
+        manifest = sign_release(record, release=release, key=key)
+        self.publisher.publish_model(manifest, record.tflite)
+        return manifest
 
     def current_release(self, record: ModelVersion) -> int | None:
         release = record.manifest.get("release")
@@ -100,6 +116,9 @@ class Releases:
         if (current is None or record.status != ModelStatus.PUBLISHED
                 or record.key_id not in self.keys.trusted_ids(session)):
             return self.release(session, record, reason="publish")
+        for variant in variants_of(session, record):
+            self.publisher.publish_model(manifest_from_dict(variant.manifest), variant.tflite,
+                                         as_variant=True)
         self.publisher.publish_model(manifest_from_dict(record.manifest), record.tflite)
         return record
 
@@ -116,8 +135,7 @@ class Releases:
                 continue
             with self._lock:
                 key = self.keys.active
-                manifest = sign_release(record, release=number, key=key)
-                self.publisher.publish_model(manifest, record.tflite)
+                manifest = self._sign_and_publish(session, record, release=number, key=key)
                 record.manifest, record.key_id = manifest.to_dict(), key.key_id
                 session.add(record)
                 row = session.exec(select(ModelRelease).where(

@@ -4,6 +4,7 @@ view. The REST API and the console both call these, so both apply the same check
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import func
@@ -102,7 +103,8 @@ def roll_back(session: Session, rollout: Rollout, controller: RolloutController,
     return rollout
 
 
-def _view(rollout: Rollout, counts: tuple[int, int, int, int]) -> dict[str, Any]:
+def _view(rollout: Rollout, counts: tuple[int, int, int, int],
+          variants: dict[str, int]) -> dict[str, Any]:
     total, updated, failed, reverted = counts
     return {
         "id": rollout.id, "model": {"name": rollout.model_name,
@@ -110,7 +112,7 @@ def _view(rollout: Rollout, counts: tuple[int, int, int, int]) -> dict[str, Any]
         "status": rollout.status, "reason": rollout.reason, "stage": rollout.stage,
         "stages": len(rollout.stages), "stage_sizes": [len(s) for s in rollout.stages],
         "devices_total": total, "devices_updated": updated, "devices_failed": failed,
-        "devices_reverted": reverted,
+        "devices_reverted": reverted, "variants": variants,
         "target": rollout.target.model_dump(mode="json"),
         "policy": rollout.policy.model_dump(mode="json"), "created_at": rollout.created_at,
         "finished_at": rollout.finished_at, "seconds_to_full": rollout.seconds_to_full,
@@ -128,7 +130,14 @@ def rollout_summaries(session: Session, rollouts: list[Rollout]) -> list[dict[st
             .where(col(RolloutDevice.rollout_id).in_(ids))
             .group_by(col(RolloutDevice.rollout_id)))
     counts = {rid: (int(t), int(u), int(f), int(r)) for rid, t, u, f, r in session.exec(stmt)}
-    return [_view(r, counts.get(r.id, (0, 0, 0, 0))) for r in rollouts]
+    variants: dict[int, dict[str, int]] = {}
+    for rid, variant, n in session.exec(
+            select(RolloutDevice.rollout_id, RolloutDevice.variant, func.count())
+            .where(col(RolloutDevice.rollout_id).in_(ids), col(RolloutDevice.variant).is_not(None))
+            .group_by(col(RolloutDevice.rollout_id), col(RolloutDevice.variant))):
+        variants.setdefault(rid, {})[str(variant)] = int(n)
+    return [_view(r, counts.get(r.id, (0, 0, 0, 0)), variants.get(r.id or 0, {}))
+            for r in rollouts]
 
 
 def rollout_view(session: Session, rollout: Rollout, *, with_devices: bool = True
@@ -139,7 +148,8 @@ def rollout_view(session: Session, rollout: Rollout, *, with_devices: bool = Tru
     view = _view(rollout, (
         len(members), sum(1 for m in members if m.confirmed_at is not None),
         sum(1 for m in members if m.failed_at is not None),
-        sum(1 for m in members if m.revert_confirmed_at is not None)))
+        sum(1 for m in members if m.revert_confirmed_at is not None)),
+        dict(Counter(m.variant for m in members if m.variant is not None)))
     if with_devices:
         devices = {d.device_id: d for d in session.exec(select(Device).where(
             col(Device.device_id).in_([m.device_id for m in members])))}
@@ -151,11 +161,22 @@ def _device_row(m: RolloutDevice, d: Device | None) -> dict[str, Any]:
     def ref(name: str | None, version: int | None) -> dict[str, Any] | None:
         return {"name": name, "version": version} if name and version else None
 
+    def with_variant(r: dict[str, Any] | None, variant: str | None, reason: str | None = None
+                     ) -> dict[str, Any] | None:
+        if r is not None and variant:
+            r["variant"] = variant
+            if reason:
+                r["variant_reason"] = reason
+        return r
+
     return {
         "device_id": m.device_id, "stage": m.stage,
         "previous": ref(m.previous_name, m.previous_version),
-        "desired": ref(d.desired_name, d.desired_version) if d else None,
-        "reported": ref(d.active_name, d.active_version) if d else None,
+        "variant": m.variant,
+        "desired": with_variant(ref(d.desired_name, d.desired_version), d.desired_variant,
+                                d.desired_variant_reason) if d else None,
+        "reported": with_variant(ref(d.active_name, d.active_version), d.active_variant)
+        if d else None,
         "reported_state": d.reported_state if d else None,
         "reported_error": d.reported_error if d else None,
         "confirmed_at": m.confirmed_at, "failure": m.failure,

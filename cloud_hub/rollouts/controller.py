@@ -25,6 +25,7 @@ from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
 from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.mqtt.publisher import PublishError
+from cloud_hub.registry.lifecycle import get_model
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.desired import set_desired
 from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
@@ -200,6 +201,14 @@ class RolloutController:
         set_desired(session, releases=self._releases, device_ids=ids,
                     model=ModelRef(name=rollout.model_name, version=rollout.model_version),
                     rollout_id=rollout.id, reason=f"rollout {rollout.id}")  # commits
+        sent = dict(session.exec(select(Device.device_id, Device.desired_variant).where(
+            col(Device.device_id).in_(ids))).all())
+        published = get_model(session, name=rollout.model_name,
+                              version=rollout.model_version).quantization
+        for m in members:  # which variant each was sent (set_desired picked it per device)
+            m.variant = sent.get(m.device_id) or published
+            session.add(m)
+        session.commit()
         log.info("rollout %s: stage %d started on %d device(s)", rollout.id, rollout.stage,
                  len(ids))
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from cloud_hub.core.states import TrainingStage
 from shared.manifest import InputSpec, Normalization, ParitySummary, Quantization, ScoreSpec
 
-__all__ = ["ModelArtifact", "ParityReport", "TrainingProgress", "TrainingSpec"]
+__all__ = ["ArtifactVariant", "ModelArtifact", "ParityReport", "TrainingProgress", "TrainingSpec"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,15 @@ class ParityReport:
 
 
 @dataclass(frozen=True)
+class ArtifactVariant:
+    """Another quantization of the same model that passed the parity gate (issue 12): kept, and
+    signed with the version, so that each device can be sent the one that runs fastest there."""
+
+    tflite: bytes
+    parity: ParityReport
+
+
+@dataclass(frozen=True)
 class ModelArtifact:
     """A trained, converted and parity-checked model, ready to be registered and signed."""
 
@@ -120,3 +129,6 @@ class ModelArtifact:
     validation: dict[str, float] = field(default_factory=dict)  # e.g. loss, score quantiles
     train_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # quantization -> variant, beside the published one (``tflite``/``parity``); only with
+    # quantization "auto", only variants that passed the gate
+    variants: dict[str, ArtifactVariant] = field(default_factory=dict)

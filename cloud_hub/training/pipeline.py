@@ -17,7 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.core.states import TrainingStage
-from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
+from cloud_hub.rollouts.variant import VARIANT_MODES
+from cloud_hub.training.artifact import (
+    ArtifactVariant,
+    ModelArtifact,
+    TrainingProgress,
+    TrainingSpec,
+)
 from cloud_hub.training.dataset import Dataset, prepare_dataset
 from cloud_hub.training.errors import TrainingCancelled, TrainingError
 from cloud_hub.training.families import FAMILIES, ModelFamily, get_family, to_layout
@@ -220,6 +226,13 @@ def convert_and_gate(fitted: FittedModel, channels: list[str], spec: TrainingSpe
     }
     if spec.compare_modes:
         extra["modes"] = comparison_rows([r.report for r in results.values()])
+    variants: dict[str, ArtifactVariant] = {}
+    if spec.quantization == AUTO and parity.passed:
+        # every variant a device may be sent instead (issue 12): those that passed the gate
+        variants = {m.value: ArtifactVariant(tflite=r.tflite, parity=r.report)
+                    for m, r in results.items()
+                    if m.value in VARIANT_MODES and m is not choice.mode and r.report.passed}
+        extra["variants"] = sorted([choice.mode.value, *variants])
     elapsed = time.perf_counter() - started
     report(TrainingProgress(stage=TrainingStage.DONE, epochs=spec.epochs, fraction=1.0))
     return ModelArtifact(
@@ -244,6 +257,7 @@ def convert_and_gate(fitted: FittedModel, channels: list[str], spec: TrainingSpe
         validation=_validation_metrics(fitted.validation_scores, fitted.threshold, data),
         train_seconds=elapsed,
         extra=extra,
+        variants=variants,
     )
 
 

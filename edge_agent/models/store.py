@@ -111,8 +111,10 @@ class ModelStore:
         return self.version_dir(name, version) / "model.tflite"
 
     # -- manifest ----------------------------------------------------------------------
-    def accept_manifest(self, payload: bytes, *, name: str, version: int) -> Manifest:
-        """Parse and verify a manifest received for ``name`` v``version``, then keep it."""
+    def accept_manifest(self, payload: bytes, *, name: str, version: int,
+                        variant: str | None = None) -> Manifest:
+        """Parse and verify a manifest received for ``name`` v``version`` (its variant
+        ``variant``, when one was asked for), then keep it."""
         try:
             manifest = parse_manifest(payload)
         except ManifestError as exc:
@@ -121,6 +123,12 @@ class ModelStore:
             raise StoreError(
                 f"manifest published for {name} v{version} describes "
                 f"{manifest.name} v{manifest.version}"
+            )
+        if variant is not None and manifest.quantization.value != variant:
+            # another variant's manifest, validly signed, republished at this variant's topic
+            raise StoreError(
+                f"manifest published for {name} v{version} variant {variant} describes variant "
+                f"{manifest.quantization.value}"
             )
         floor = self.releases.get(name)
         if manifest.release < floor:
@@ -149,6 +157,15 @@ class ModelStore:
             log.warning("saved manifest %s is unreadable (%s); fetching it again", path, exc)
             return None
         return manifest
+
+    def discard(self, name: str, version: int) -> bool:
+        """Delete what is stored of ``name`` v``version`` (before fetching another variant of
+        it), unless it is the current model; whether it was deleted."""
+        current = self.current()
+        if current is not None and (current.name, current.version) == (name, version):
+            return False
+        shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
+        return True
 
     # -- chunks ------------------------------------------------------------------------
     def missing_chunks(self, manifest: Manifest) -> list[int]:

@@ -23,7 +23,7 @@ from edge_agent.config import ModelSettings
 from edge_agent.detect.detector import Detector, LoadedModel
 from edge_agent.models.store import ModelPointer, ModelStore, StoreError
 from shared.codec import ChunkError
-from shared.manifest import Manifest
+from shared.manifest import Manifest, Quantization
 from shared.messages import ModelRef, ModelState, ReportedModel
 from shared.topics import ParsedTopic, Topics
 
@@ -77,10 +77,19 @@ class ModelReport:
 
 def _reported(manifest: Manifest | None, ref: ModelRef | None = None) -> ReportedModel | None:
     if manifest is not None:
-        return ReportedModel(name=manifest.name, version=manifest.version, sha256=manifest.sha256)
+        return ReportedModel(name=manifest.name, version=manifest.version, sha256=manifest.sha256,
+                             variant=manifest.quantization.value)
     if ref is not None:
-        return ReportedModel(name=ref.name, version=ref.version)
+        return ReportedModel(name=ref.name, version=ref.version, variant=ref.variant)
     return None
+
+
+_VARIANTS = frozenset(q.value for q in Quantization)
+
+
+def _label(ref: ModelRef) -> str:
+    variant = f" variant {ref.variant}" if ref.variant is not None else ""
+    return f"{ref.name} v{ref.version}{variant}"
 
 
 class ModelUpdater:
@@ -153,6 +162,12 @@ class ModelUpdater:
         if active is not None and (active.manifest.name, active.manifest.version) == key:
             if self._target is not None:
                 self._abort("desired changed back to the active model")
+            if ref.variant not in (None, active.manifest.quantization.value):
+                # the store holds one variant per version, and this one runs: the other
+                # comes with the next version (reported says which variant runs)
+                log.warning("desired names variant %s of the active %s v%d, which runs as %s: "
+                            "kept until the next version", ref.variant, ref.name, ref.version,
+                            active.manifest.quantization.value)
             self._report(active.manifest, ModelState.ACTIVE, None)
             return
         if self._target == ref:
@@ -160,34 +175,44 @@ class ModelUpdater:
         if self._settled.get(key) == issued_at:
             return  # this very request was already decided; a new desired (issued_at) retries
         if self._target is not None:
-            self._abort(f"desired changed to {ref.name} v{ref.version}")
-        self._target = ref
+            self._abort(f"desired changed to {_label(ref)}")
         self._settled[key] = issued_at
+        if ref.variant is not None and ref.variant not in _VARIANTS:
+            self._fail_state(f"desired names variant {ref.variant!r} of {ref.name} "
+                             f"v{ref.version}, which does not exist: a variant is one of "
+                             f"{', '.join(q.value for q in Quantization)}", ref)
+            return
+        self._target = ref
         self._attempts = {}
         self._forget_download()
         self._deadline = self._clock() + self.settings.download_timeout_s
         saved = self.store.saved_manifest(ref.name, ref.version)
+        if saved is not None and ref.variant not in (None, saved.quantization.value):
+            if self.store.discard(ref.name, ref.version):  # another variant of it: fetch anew
+                log.info("dropping the stored %s variant of %s v%d for variant %s",
+                         saved.quantization.value, ref.name, ref.version, ref.variant)
+            saved = None
         if saved is not None and saved.release >= self.store.releases.get(ref.name):
             # (an older release of it on disk is not enough: going back needs the hub's
             # new release of this version, which is on the broker)
             self._with_manifest(saved)
             return
         self._report(None, ModelState.DOWNLOADING, None, ref=ref)
-        self._sub(self.topics.manifest(ref.name, ref.version))
+        self._sub(self.topics.manifest(ref.name, ref.version, ref.variant))
 
     # -- messages ------------------------------------------------------------------------
     def on_message(self, parsed: ParsedTopic, payload: bytes) -> None:
         target = self._target
-        if target is None or (parsed.model_name, parsed.model_version) != (
-            target.name, target.version
+        if target is None or (parsed.model_name, parsed.model_version, parsed.variant) != (
+            target.name, target.version, target.variant
         ):
             return
         if parsed.kind == "manifest":
-            self._unsub(self.topics.manifest(target.name, target.version))
+            self._unsub(self.topics.manifest(target.name, target.version, target.variant))
             if self._manifest is not None or self._step is not None:
                 return
             if not payload:
-                self._fail(f"model {target.name} v{target.version} was retired (manifest cleared)")
+                self._fail(f"model {_label(target)} was retired (manifest cleared)")
                 return
             self._run_step(lambda: self._check_manifest(target, payload))
         elif parsed.kind == "chunk" and self._manifest is not None:
@@ -200,7 +225,8 @@ class ModelUpdater:
             return  # desired moved on while the step waited for its turn
         try:
             manifest = self.store.accept_manifest(payload, name=target.name,
-                                                  version=target.version)
+                                                  version=target.version,
+                                                  variant=target.variant)
         except StoreError as exc:
             self.refused += 1
             self._fail(str(exc))
@@ -223,10 +249,10 @@ class ModelUpdater:
         log.info("model %s v%d: downloading %d of %d chunk(s), %d bytes", manifest.name,
                  manifest.version, len(missing), manifest.chunks.count, manifest.size)
         for index in missing:
-            self._sub(self.topics.chunk(manifest.name, manifest.version, index))
+            self._sub(self._chunk_topic(manifest, index))
 
     def _on_chunk(self, manifest: Manifest, index: int, payload: bytes) -> None:
-        topic = self.topics.chunk(manifest.name, manifest.version, index)
+        topic = self._chunk_topic(manifest, index)
         if topic not in self._subscribed:
             return
         last = self._missing == {index}
@@ -256,6 +282,12 @@ class ModelUpdater:
             log.info("model %s v%d: download complete in %.1fs", manifest.name,
                      manifest.version, self._clock() - self._download_started)
             self._stage(manifest)
+
+    def _chunk_topic(self, manifest: Manifest, index: int) -> str:
+        # a variant asked for by name comes from its own topics, the published one from the
+        # version's (whatever its quantization)
+        variant = self._target.variant if self._target is not None else None
+        return self.topics.chunk(manifest.name, manifest.version, index, variant)
 
     # -- verification, shadow, activation -------------------------------------------------
     def _load(self, name: str, version: int) -> LoadedModel:
@@ -341,7 +373,7 @@ class ModelUpdater:
                     self._promote(shadow)
         elif self._target is not None and self._clock() > self._deadline:
             what = "chunks" if self._manifest is not None else "manifest"
-            self._fail(f"no {what} received for {self._target.name} v{self._target.version} "
+            self._fail(f"no {what} received for {_label(self._target)} "
                        f"within {self.settings.download_timeout_s:.0f}s")
         cal = self.detector.calibration
         active = self.detector.active

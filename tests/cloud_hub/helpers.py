@@ -16,7 +16,12 @@ from sqlmodel import Session
 
 from cloud_hub.db.enrollments import enrolled_among, record_enrollment
 from cloud_hub.service import Hub
-from cloud_hub.training.artifact import ModelArtifact, ParityReport, TrainingSpec
+from cloud_hub.training.artifact import (
+    ArtifactVariant,
+    ModelArtifact,
+    ParityReport,
+    TrainingSpec,
+)
 from shared.manifest import InputSpec, Normalization, Quantization, ScoreSpec
 from shared.topics import DEVICE_WRITES, TopicAccess
 from simulator.broker import Broker
@@ -80,6 +85,41 @@ def tiny_artifact(
         training_rows=400,
         training_windows=393,
         validation={"loss": 0.1},
+    )
+
+
+def variant_artifact(*, threshold: float = 1.0, float32_passed: bool = True) -> ModelArtifact:
+    """What quantization "auto" registers (issue 12): the agents' fixture autoencoder published
+    as int8, with its float32 conversion kept as a variant (window 8, channels a and b, the
+    normalization of ``tests.edge_agent.support.make_manifest``)."""
+    from tests.edge_agent.support import CHANNELS, fixture_bytes
+
+    int8, float32 = fixture_bytes("ae_int8_w8c2.tflite"), fixture_bytes("ae_float32_w8c2.tflite")
+
+    def parity(mode: Quantization, data: bytes, agreement: float) -> ParityReport:
+        return ParityReport(
+            quantization=mode, decision_agreement=agreement, windows=200,
+            score_correlation=0.999, max_score_error=0.01, mean_score_error=0.001,
+            size_bytes=len(data), float_size_bytes=len(float32), us_per_window=3.0,
+            runtime="ai_edge_litert", min_agreement=0.99)
+
+    return ModelArtifact(
+        spec=TrainingSpec(window=8, epochs=1, quantization="auto"),
+        channels=list(CHANNELS),
+        input=InputSpec(window=8, channels=list(CHANNELS)),
+        normalization=Normalization(method="zscore", center=[0.0, 0.0], scale=[0.7, 0.7]),
+        score=ScoreSpec(),
+        threshold=threshold,
+        threshold_method="fixed for the test",
+        tflite=int8,
+        float_size=len(float32),
+        parity=parity(Quantization.INT8, int8, 1.0),
+        training_rows=400,
+        training_windows=393,
+        validation={"loss": 0.1},
+        variants={"float32": ArtifactVariant(
+            tflite=float32,
+            parity=parity(Quantization.FLOAT32, float32, 1.0 if float32_passed else 0.5))},
     )
 
 

@@ -222,3 +222,11 @@ def test_auto_publishes_a_mode_that_passed_the_gate_and_says_why() -> None:
     assert artifact.parity.quantization.value == choice["mode"] == choice["fastest_passing"]
     assert "the fastest mode that passed the parity gate" in choice["reason"]
     assert TfliteModel(artifact.tflite).input_dtype.name == artifact.input.dtype
+    # every int8/float32 variant that passed the gate is kept beside it (issue 12)
+    rows = {row["quantization"]: row for row in artifact.extra["modes"]}
+    kept = {m for m in ("int8", "float32") if rows[m]["passed"]} - {choice["mode"]}
+    assert set(artifact.variants) == kept
+    assert artifact.extra["variants"] == sorted(kept | {choice["mode"]})
+    for mode, variant in artifact.variants.items():
+        assert variant.parity.passed and variant.parity.quantization.value == mode
+        assert TfliteModel(variant.tflite).reconstruct  # loads in the edge runtime

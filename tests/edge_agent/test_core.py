@@ -273,7 +273,7 @@ def test_model_update_through_the_core_with_a_shadow_run(tmp_path: Path, key: Si
     dev.feed(20)
     assert dev.wire.reported().active.version == 2  # type: ignore[union-attr]
     assert dev.core.status().active_model == {"name": "pump-ae", "version": 2,
-                                              "sha256": v2.sha256}
+                                              "sha256": v2.sha256, "variant": "int8"}
     assert dev.core.store.previous() is not None and dev.core.store.previous().version == 1
 
 

@@ -127,7 +127,7 @@ def test_update_steps_wait_for_the_round_budget_and_every_device_checks_its_own(
         fleet.broker_round(manifest, INT8)
     assert fleet.states() == ["active"] * 3
     assert [dev.core.status().active_model for dev in fleet.devices] == [
-        {"name": "pump-ae", "version": 1, "sha256": manifest.sha256}] * 3
+        {"name": "pump-ae", "version": 1, "sha256": manifest.sha256, "variant": "int8"}] * 3
     # each device checked its own manifest's signature once, and built its own interpreter
     assert [len(c) for c in fleet.checks] == [1, 1, 1]
     assert [len(b) for b in fleet.builds] == [1, 1, 1]
@@ -181,5 +181,5 @@ def test_a_waiting_step_is_dropped_when_desired_moves_on(tmp_path: Path, key: Si
         fleet.tick_all()
         fleet.broker_round(v2, INT8)
     assert dev.core.status().active_model == {"name": "pump-ae", "version": 2,
-                                              "sha256": v2.sha256}
+                                              "sha256": v2.sha256, "variant": "int8"}
     assert fleet.checks[0] == [fleet.checks[0][0]], "v2's signature alone was checked"

@@ -79,8 +79,10 @@ def test_good_model_is_promoted_and_a_noisy_canary_is_rolled_back(
     promoted = wait_for(lambda: _finished(client, first["id"]), 90.0, "the good rollout")
     assert promoted["status"] == "succeeded", promoted["reason"]
     assert promoted["devices_updated"] == len(DEVICES)
-    assert all(d["reported"] == {"name": "it-pump", "version": good[1]}
+    # agents report the variant they run; a version with one variant is sent without naming it
+    assert all(d["reported"] == {"name": "it-pump", "version": good[1], "variant": "int8"}
                for d in promoted["devices"])
+    assert promoted["variants"] == {"int8": len(DEVICES)}
 
     second = _rollout(client, bad[1], min_observation_s=20.0, max_anomaly_rate_increase=5.0)
     rolled_back = wait_for(lambda: _finished(client, second["id"]), 90.0, "the rollback")
@@ -89,7 +91,7 @@ def test_good_model_is_promoted_and_a_noisy_canary_is_rolled_back(
     canary = [d for d in rolled_back["devices"] if d["stage"] == 0]
     assert len(canary) == 1 and canary[0]["revert_confirmed_at"] is not None
     for d in rolled_back["devices"]:
-        assert d["reported"] == {"name": "it-pump", "version": good[1]}, d
+        assert d["reported"] == {"name": "it-pump", "version": good[1], "variant": "int8"}, d
         assert d["desired"] == {"name": "it-pump", "version": good[1]}, d
     statuses = fleet.statuses()
     assert {s["active_model"]["version"] for s in statuses.values()} == {good[1]}

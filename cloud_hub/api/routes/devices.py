@@ -82,7 +82,8 @@ def put_desired(
     _key: AdminKey,
 ) -> DevicePublic:
     """Publish a retained ``desired`` for this device (it need not have connected yet)."""
-    model = ModelRef(name=body.model.name, version=body.model.version) if body.model else None
+    model = ModelRef(name=body.model.name, version=body.model.version,
+                     variant=body.model.variant) if body.model else None
     try:
         set_desired(session, releases=hub.releases, device_ids=[device_id], model=model,
                     config=body.config)

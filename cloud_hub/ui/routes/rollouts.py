@@ -109,7 +109,9 @@ def _stages(view: dict[str, Any]) -> list[dict[str, Any]]:
     for index, size in enumerate(view["stage_sizes"]):
         members = [d for d in view["devices"] if d["stage"] == index]
         confirmed = sum(1 for d in members if d["confirmed_at"] is not None)
-        running = sum(1 for d in members if d["reported"] == view["model"])
+        running = sum(1 for d in members if d["reported"] and (
+            d["reported"]["name"], d["reported"]["version"]) == (
+            view["model"]["name"], view["model"]["version"]))  # whichever variant
         failed = sum(1 for d in members if d["failure"])
         reverted = sum(1 for d in members if d["reverted_at"] is not None)
         if reverted:

@@ -1,0 +1,118 @@
+"""The updater and model variants (issue 12): a desired naming a variant fetches that variant's
+manifest and chunks, refuses another variant's manifest at its topic, refuses a variant that
+does not exist in its reported state, and reports which variant runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.codec import split
+from shared.manifest import Manifest, Quantization
+from shared.messages import ModelRef
+from shared.signing import generate_signing_key
+from tests.edge_agent.support import TOPICS, fixture_bytes, make_manifest
+from tests.edge_agent.test_updater import Rig
+
+INT8 = fixture_bytes("ae_int8_w8c2.tflite")
+FLOAT32 = fixture_bytes("ae_float32_w8c2.tflite")
+
+
+def publish_variant(rig: Rig, manifest: Manifest, data: bytes, variant: str) -> None:
+    rig.deliver(TOPICS.manifest(manifest.name, manifest.version, variant), manifest.to_bytes())
+    for i, chunk in enumerate(split(data, manifest.chunk_size)):
+        rig.deliver(TOPICS.chunk(manifest.name, manifest.version, i, variant), chunk)
+
+
+def test_a_named_variant_is_fetched_from_its_own_topics_and_reported(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    f32 = make_manifest(key, FLOAT32, quantization=Quantization.FLOAT32)
+    rig = Rig(tmp_path, key)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 1.0)
+    assert TOPICS.manifest("pump-ae", 1, "float32") in rig.link.subscribed
+    assert TOPICS.manifest("pump-ae", 1) not in rig.link.subscribed
+    rig.publish(make_manifest(key, INT8), INT8)  # the published variant: not what was asked
+    assert rig.detector.active is None
+    publish_variant(rig, f32, FLOAT32, "float32")
+    assert rig.detector.active is not None
+    assert rig.detector.active.manifest.quantization is Quantization.FLOAT32
+    last = rig.reports[-1]
+    assert last.state.value == "active"
+    assert last.model is not None and last.model.variant == "float32"
+    assert last.active is not None and last.active.variant == "float32"
+    assert not rig.link.active, "download subscriptions dropped"
+
+
+def test_no_variant_named_fetches_the_published_one_as_before(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key)
+    rig.updater.want(ModelRef(name="pump-ae", version=1), 1.0)
+    rig.publish(make_manifest(key, INT8), INT8)
+    assert rig.reports[-1].active is not None
+    assert rig.reports[-1].active.variant == "int8"
+
+
+def test_another_variants_manifest_at_a_variant_topic_is_refused(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 1.0)
+    int8 = make_manifest(key, INT8)  # validly signed, but the int8 variant
+    publish_variant(rig, int8, INT8, "float32")
+    assert rig.detector.active is None
+    assert rig.updater.refused == 1
+    last = rig.reports[-1]
+    assert last.state.value == "failed"
+    assert last.error is not None and "variant float32 describes variant int8" in last.error
+
+
+def test_a_variant_that_does_not_exist_is_refused_and_reported(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key)
+    rig.updater.want(ModelRef(name="pump-ae", version=1), 1.0)
+    rig.publish(make_manifest(key, INT8), INT8)
+    rig.updater.want(ModelRef(name="pump-ae", version=2, variant="int4"), 2.0)
+    last = rig.reports[-1]
+    assert last.state.value == "failed"
+    assert last.error is not None and "variant 'int4'" in last.error
+    assert "does not exist" in last.error
+    assert last.model is not None and (last.model.version, last.model.variant) == (2, "int4")
+    assert last.active is not None and last.active.version == 1, "the old model keeps running"
+    assert not rig.link.active, "nothing subscribed for it"
+    rig.updater.want(ModelRef(name="pump-ae", version=2, variant="int4"), 2.0)
+    assert len([r for r in rig.reports if r.state.value == "failed"]) == 1, "decided once"
+    v2 = make_manifest(key, FLOAT32, version=2, quantization=Quantization.FLOAT32)
+    rig.updater.want(ModelRef(name="pump-ae", version=2, variant="float32"), 3.0)
+    publish_variant(rig, v2, FLOAT32, "float32")
+    assert rig.reports[-1].active is not None
+    assert (rig.reports[-1].active.version, rig.reports[-1].active.variant) == (2, "float32")
+
+
+def test_a_stored_copy_of_another_variant_is_replaced(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key)
+    rig.updater.want(ModelRef(name="pump-ae", version=1), 1.0)
+    rig.publish(make_manifest(key, INT8), INT8)
+    int8_v2 = make_manifest(key, INT8, version=2)
+    rig.updater.want(ModelRef(name="pump-ae", version=2), 2.0)
+    rig.deliver(TOPICS.manifest("pump-ae", 2), int8_v2.to_bytes())  # manifest only: stored
+    assert rig.store.saved_manifest("pump-ae", 2) is not None
+    f32_v2 = make_manifest(key, FLOAT32, version=2, quantization=Quantization.FLOAT32)
+    rig.updater.want(ModelRef(name="pump-ae", version=2, variant="float32"), 3.0)
+    assert TOPICS.manifest("pump-ae", 2, "float32") in rig.link.subscribed
+    publish_variant(rig, f32_v2, FLOAT32, "float32")
+    assert rig.reports[-1].active is not None
+    assert rig.reports[-1].active.variant == "float32"
+    assert rig.store.read_verified("pump-ae", 2)[1] == FLOAT32
+
+
+def test_an_old_release_of_a_variant_is_refused_like_any_replay(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key)
+    rig.updater.want(ModelRef(name="pump-ae", version=2), 1.0)
+    rig.publish(make_manifest(key, INT8, version=2, release=2), INT8)
+    old = make_manifest(key, FLOAT32, version=1, release=1, quantization=Quantization.FLOAT32)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 2.0)
+    publish_variant(rig, old, FLOAT32, "float32")
+    last = rig.reports[-1]
+    assert last.state.value == "failed"
+    assert last.error is not None and "release 1, older than release 2" in last.error
+    assert rig.detector.active is not None and rig.detector.active.manifest.version == 2
