@@ -65,6 +65,11 @@ def _call(hub: Hub, method: str, path: str, body: dict[str, Any] | None = None) 
     return response.json()
 
 
+def _runtime_known(hub: Hub, device: str) -> bool:
+    response = hub.test_api.get(f"/devices/{device}")  # type: ignore[attr-defined]
+    return response.status_code == 200 and bool(response.json()["runtime"])  # 404: not yet
+
+
 def _start(broker: Broker, tmp_path: Path, device: str, hub: Hub) -> Agent:
     config = agent_config(broker, tmp_path / device, device, hub.signing_key,
                           model={"shadow_windows": 0, "download_timeout_s": 60.0,
@@ -85,8 +90,8 @@ def test_two_runtimes_get_their_own_variant_of_one_rollout(
     assert kept["manifest"]["release"] == published["manifest"]["release"]
     agents = {d: _start(broker, tmp_path, d, hub) for d in RUNTIMES}
     try:
-        wait_until(lambda: all(_call(hub, "GET", f"/devices/{d}")["runtime"] for d in agents),
-                   30, "both runtimes reported to the hub")
+        wait_until(lambda: all(_runtime_known(hub, d) for d in agents), 30,
+                   "both runtimes reported to the hub")
         rollout = _call(hub, "POST", "/rollouts", {
             "model": {"name": name, "version": version}, "target": {"devices": list(agents)},
             "policy": {"canary_size": 1, "wave_size": 1, "min_observation_s": 0.5}})
