@@ -68,6 +68,11 @@ def model_lines(m: dict[str, Any]) -> list[str]:
         lines.append(f"mode       {mode['quantization']:<8} {ok} agreement "
                      f"{mode['decision_agreement']:.4f}  {_size(mode.get('size_bytes'))}  "
                      f"{fmt(mode.get('us_per_window'))} us/window")
+    for variant in m.get("variants") or []:  # kept for devices on which it runs faster
+        lines.append(f"variant    {variant['quantization']:<8} agreement "
+                     f"{fmt(variant.get('decision_agreement'))}  "
+                     f"{_size(variant.get('size_bytes'))}  sha256 {variant['sha256'][:12]}…, "
+                     f"sent to devices whose runtime runs it faster")
     running = m.get("devices") or []
     lines.append(f"devices    {len(running)} running" + (
         f": {', '.join(running[:8])}" + (" ..." if len(running) > 8 else "") if running else ""))

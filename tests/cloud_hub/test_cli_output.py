@@ -16,7 +16,7 @@ from cloud_hub.service import Hub
 from simulator.broker import Broker, free_port
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.fleet import FakeDevice
-from tests.cloud_hub.helpers import tiny_artifact
+from tests.cloud_hub.helpers import tiny_artifact, variant_artifact
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 SCREEN = 24
@@ -54,6 +54,18 @@ def test_models_show_and_publish_fit_a_screen(
         f"published pump-ae:1  dense_ae float32 {size} KiB  agreement 1.0000  channels a,b"]
     code, out, _ = _run(server, capsys, "--json", "models", "show", f"{name}:{version}")
     assert json.loads(out)["manifest"]["name"] == "pump-ae"  # --json keeps everything
+
+
+def test_models_show_lists_the_variants_a_version_keeps(
+    hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, version = hub.register(variant_artifact(), name="pump-ae")
+    code, out, _ = _run(server, capsys, "models", "show", f"{name}:{version}")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) <= SCREEN, out
+    assert lines[0].startswith("pump-ae:1  draft  dense_ae  int8")
+    [variant] = [ln for ln in lines if ln.startswith("variant ")]
+    assert variant.startswith("variant    float32  agreement 1"), variant
 
 
 def test_json_and_api_key_work_after_the_subcommand(
