@@ -50,13 +50,18 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=default_processes(),
                    help="fleet processes (default: one per core)")
     p.add_argument("--shards", type=int, default=1, help="shard threads per fleet process")
+    p.add_argument("--update-steps-per-round", type=int, default=None,
+                   help="model-update steps (signature checks, stagings) a shard runs per round "
+                        "during the rollout (0: no bound; default: simulator.scale_fleet's)")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "fleet.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console()
     result = run_scale(ScaleOptions(devices=args.devices, duration_s=args.duration,
                                     rate_hz=args.rate, processes=args.processes,
-                                    shards=args.shards), console)
+                                    shards=args.shards,
+                                    update_steps_per_round=args.update_steps_per_round),
+                       console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     table = Table(title=f"fleet: {result['devices']} devices × {result['rate_hz']:g} Hz × "

@@ -61,6 +61,9 @@ class ScaleOptions:
     fault_duration_s: float = 20.0
     processes: int | None = None  # fleet processes; None: one per core
     shards: int = 1  # shard threads per fleet process
+    # model-update steps a shard runs per round (simulator.shards.RoundBudget; 0: no bound;
+    # None: simulator.scale_fleet's default)
+    update_steps_per_round: int | None = None
     seed: int = 0
     spec: dict[str, Any] = field(default_factory=lambda: {
         "family": "dense_ae", "window": 16, "hidden": 64, "latent": 16, "epochs": 20,
@@ -118,7 +121,7 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             host=broker.host, port=broker.port, auth=broker.device_auth,
             state_root=device_root, workdir=workdir / "fleet",
             trust_keys={key["key_id"]: key["public_key"]}, processes=opts.processes,
-            shards=opts.shards,
+            shards=opts.shards, update_steps_per_round=opts.update_steps_per_round,
             devices=[DeviceSpec(device_id=device_id, profile=opts.profile,
                                 seed=opts.seed * 100_000 + i, rate_hz=opts.rate_hz,
                                 history_s=opts.history_s)
