@@ -32,7 +32,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.detect.detector import Detection, Detector
 from edge_agent.drift.federated import WindowScatter
 from edge_agent.drift.monitor import DriftMonitor
-from edge_agent.inference.runtime import loaded_runtime
+from edge_agent.inference.runtime import installed_runtime, loaded_runtime
 from edge_agent.models.store import ModelStore
 from edge_agent.models.updater import UNLIMITED, ModelLoader, ModelReport, ModelUpdater, StepBudget
 from edge_agent.sources.base import Reading
@@ -424,9 +424,10 @@ class DeviceCore:
             threshold=report.threshold,
         )
         self.wire.set_birth(self.topics.reported(self.device_id), encode(message))
-        if self._runtime_told is None and self._runtime() is not None:
-            # the first model load named the runtime: the status says so at once, not only at
-            # the next connect (the hub picks a model's variant by it)
+        if self._runtime() != self._runtime_told:
+            # the first model load named the runtime (or found another than the installed one
+            # the status named): the status says so at once, not only at the next connect (the
+            # hub picks a model's variant by it)
             self.wire.set_birth(self.topics.status(self.device_id),
                                 lambda: self.status_payload(DeviceStatus.ONLINE))
         if self._on_report is not None:
@@ -434,7 +435,9 @@ class DeviceCore:
 
     def _runtime(self) -> AgentRuntime | None:
         simulated = self.config.model.simulated_runtime  # tests and simulations only
-        return simulated if simulated is not None else loaded_runtime()
+        if simulated is not None:
+            return simulated
+        return loaded_runtime() or installed_runtime()
 
     def status_payload(self, state: DeviceStatus) -> bytes:
         """The retained ``status`` record (online on every connect, offline as the will)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ __all__ = [
     "ModelLoadError",
     "TfliteModel",
     "available_runtime",
+    "installed_runtime",
     "load_interpreter_class",
     "loaded_runtime",
     "quiet_runtime_stderr",
@@ -64,7 +67,7 @@ def load_interpreter_class() -> tuple[str, Any]:
     if _cached is not None:
         return _cached
     forced = os.environ.get("EDGELOOP_TFLITE_RUNTIME", "").strip()
-    order = [r for r in RUNTIME_ORDER if not forced or r[0] == forced]
+    order = _forced_order()
     if forced and not order:
         raise ModelLoadError(
             f"EDGELOOP_TFLITE_RUNTIME={forced!r} is not one of {[r[0] for r in RUNTIME_ORDER]}"
@@ -99,6 +102,48 @@ def loaded_runtime() -> AgentRuntime | None:
     version = str(getattr(top, "__version__", ""))[:64]
     return AgentRuntime(package=package, version=version,
                         xnnpack_int8=_XNNPACK_INT8.get(package, False))
+
+
+def _forced_order() -> list[tuple[str, str]]:
+    forced = os.environ.get("EDGELOOP_TFLITE_RUNTIME", "").strip()
+    return [r for r in RUNTIME_ORDER if not forced or r[0] == forced]
+
+
+@functools.lru_cache(maxsize=1)
+def installed_runtime() -> AgentRuntime | None:
+    """The runtime the first model load will most likely use, found without importing it: the
+    first package of the preference order that is installed, with the version its
+    ``.dist-info`` folder names. It lets the first status, before any model has loaded, tell the
+    hub which variant to send (a tflite-runtime device gets float32 from its first model on).
+    :func:`loaded_runtime` replaces it once a model has loaded (a package that is installed but
+    fails to import is not the one that runs)."""
+    for package, module_name in _forced_order():
+        top = module_name.split(".")[0]
+        try:
+            spec = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+        except (ImportError, ValueError):
+            continue
+        if spec is None:
+            continue
+        return AgentRuntime(package=package, version=_dist_version(spec, top),
+                            xnnpack_int8=_XNNPACK_INT8.get(package, False))
+    return None
+
+
+def _dist_version(spec: importlib.machinery.ModuleSpec, top: str) -> str:
+    """The version in ``<top>-<version>.dist-info`` beside the package, or "" (importlib.metadata
+    would load email and zipfile into the daemon for one string)."""
+    locations = list(spec.submodule_search_locations or [])
+    folder = os.path.dirname(locations[0] if locations else spec.origin or "")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return ""
+    prefix = top + "-"
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".dist-info"):
+            return name[len(prefix):-len(".dist-info")][:64]
+    return ""
 
 
 def available_runtime() -> str:

@@ -349,14 +349,40 @@ def test_stale_time_does_not_flush_a_batch_until_its_age(tmp_path: Path, key: Si
     assert dev.core.status().outbox_depth == 1, "the batch is written at batch_max_age_s"
 
 
-def test_status_names_the_runtime_once_a_model_has_loaded(
+def test_the_first_status_names_the_installed_runtime_before_any_model_loads(
     tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No runtime is imported to fill the status; the first model load names it, and the status
-    is announced again at once (the hub picks a model's variant by it)."""
+    """A device that has loaded no model yet tells the hub its runtime from its first status
+    (so the hub sends a tflite-runtime device float32 from its first model on); the load that
+    follows names the same runtime, and the status is not announced again for it."""
     import edge_agent.inference.runtime as runtime
 
     monkeypatch.setattr(runtime, "_cached", None)  # as in a process that has loaded no model
+    dev = Device(tmp_path, key, model={"shadow_windows": 0})
+    first = dev.wire.births[TOPICS.status(DEVICE)]
+    assert callable(first)
+    told = decode(Status, first()).runtime
+    package = runtime.load_interpreter_class()[0]
+    assert told is not None and told.package == package
+    assert told.xnnpack_int8 == (package == "ai_edge_litert")
+    assert told.version, "the version its .dist-info names"
+    dev.desire(make_manifest(key, INT8, version=1, threshold=0.2), INT8)
+    assert dev.wire.reported().state.value == "active"
+    assert runtime.loaded_runtime() == told, "what loads is what was installed"
+    assert dev.wire.births[TOPICS.status(DEVICE)] is first, "nothing new to announce"
+
+
+def test_the_status_is_announced_again_when_the_loaded_runtime_is_another(
+    tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed package that is not the one that loads (or no runtime found before the
+    load): the first model load names the real one and the status is announced again at once."""
+    import edge_agent.inference.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_cached", None)
+    import edge_agent.core
+
+    monkeypatch.setattr(edge_agent.core, "installed_runtime", lambda: None)
     dev = Device(tmp_path, key, model={"shadow_windows": 0})
     first = dev.wire.births[TOPICS.status(DEVICE)]
     assert callable(first) and decode(Status, first()).runtime is None
@@ -367,7 +393,5 @@ def test_status_names_the_runtime_once_a_model_has_loaded(
     assert again is not first, "the status is announced again once the runtime is known"
     assert callable(again)
     told = decode(Status, again()).runtime
-    package = runtime.load_interpreter_class()[0]
-    assert told is not None and told.package == package
-    assert told.xnnpack_int8 == (package == "ai_edge_litert")
+    assert told is not None and told.package == runtime.load_interpreter_class()[0]
     assert told.version, "the package's own version"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edge_agent.inference.runtime import ModelLoadError, TfliteModel, load_interpreter_class
 from tests.edge_agent.support import fixture_bytes
+
+REPO = Path(__file__).resolve().parents[2]
 
 INT8_IO = fixture_bytes("ae_int8_w8c2.tflite")  # int8 input and output tensors
 INT8 = fixture_bytes("ae_int8float_w8c2.tflite")  # as the hub publishes int8: float32 I/O
@@ -148,3 +156,38 @@ def test_the_in_place_path_gives_what_reconstruct_gives(data: bytes) -> None:
     direct = model.input_dtype == model.output_dtype == np.float32
     assert np.shares_memory(model.window_input, model._x) is direct
     assert np.shares_memory(model.reconstruct_input(), model._y) is direct
+
+
+def test_the_installed_runtime_is_found_without_importing_it() -> None:
+    """What the first status names before any model loads: found by its spec and .dist-info,
+    with nothing of the runtime (nor importlib.metadata) loaded into the daemon for it."""
+    script = textwrap.dedent("""
+        import json, sys
+        from edge_agent.inference.runtime import installed_runtime
+        found = installed_runtime()
+        loaded = sorted(m for m in sys.modules
+                        if m.split(".")[0] in ("ai_edge_litert", "tflite_runtime", "tensorflow")
+                        or m == "importlib.metadata")
+        print(json.dumps({"found": found and [found.package, found.version], "loaded": loaded}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    package = load_interpreter_class()[0]
+    top = sys.modules[load_interpreter_class()[1].__module__.split(".")[0]]
+    assert report["found"] == [package, str(top.__version__)], "the one that loads, its version"
+
+
+def test_a_forced_runtime_that_is_not_installed_is_not_named(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent.inference import runtime
+
+    runtime.installed_runtime.cache_clear()
+    monkeypatch.setattr(runtime, "RUNTIME_ORDER", (("no_such_runtime", "no_such_runtime.x"),))
+    try:
+        assert runtime.installed_runtime() is None
+    finally:
+        runtime.installed_runtime.cache_clear()
