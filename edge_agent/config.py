@@ -130,6 +130,8 @@ class OutboxSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class ModelSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     shadow_windows: Annotated[int, msgspec.Meta(ge=0)] = 20  # 0: activate without a shadow run
+    # refused when it flags more than this share of the shadow windows that the running model
+    # does not flag too (a real fault during the update counts against neither)
     max_shadow_anomaly_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
     download_timeout_s: PositiveSeconds = 120.0
     chunk_retries: Annotated[int, msgspec.Meta(ge=0)] = 3

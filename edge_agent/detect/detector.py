@@ -106,14 +106,25 @@ class Detection:
 
 @dataclass
 class ShadowReport:
+    """What a shadow run saw. ``shared`` counts the shadow's anomalies that the running model
+    flagged too (its newest decision): a device in a real fault while it updates flags those
+    windows with either model, and that says nothing against the new one."""
+
     windows: int = 0
     anomalies: int = 0
+    shared: int = 0
     errors: int = 0
     last_error: str | None = None
 
     @property
     def anomaly_rate(self) -> float:
         return self.anomalies / self.windows if self.windows else 0.0
+
+    @property
+    def excess_rate(self) -> float:
+        """The share of windows the shadow flagged and the running model did not: what the
+        shadow gate bounds (all of its anomalies when no model runs)."""
+        return (self.anomalies - self.shared) / self.windows if self.windows else 0.0
 
 
 def quantiles(values: npt.NDArray[np.float64], qs: tuple[float, ...]) -> list[float]:
@@ -417,3 +428,5 @@ class Detector:
         report.windows += 1
         if score > slot.model.threshold:
             report.anomalies += 1
+            if self._active is not None and self.last_score > self.last_threshold:
+                report.shared += 1

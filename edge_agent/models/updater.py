@@ -366,9 +366,11 @@ class ModelUpdater:
             elif report.windows >= self.settings.shadow_windows:
                 self.detector.stop_shadow()
                 bound = self.settings.max_shadow_anomaly_rate
-                if report.anomaly_rate > bound:
-                    self._fail(f"shadow run: anomaly rate {report.anomaly_rate:.3f} over "
-                               f"{report.windows} windows exceeds the bound {bound:.3f}")
+                if report.excess_rate > bound:
+                    self._fail(f"shadow run: {report.anomalies - report.shared} of "
+                               f"{report.windows} windows flagged that the running model did "
+                               f"not flag (rate {report.excess_rate:.3f}) exceeds the bound "
+                               f"{bound:.3f}")
                 else:
                     self._promote(shadow)
         elif self._target is not None and self._clock() > self._deadline:

@@ -127,10 +127,32 @@ def test_shadow_run_refuses_a_model_that_flags_too_much(tmp_path: Path) -> None:
     assert rig.detector.active is not None and rig.detector.active.manifest.version == 1
     rig.feed(12)
     assert rig.states[-1] == "failed"
-    assert "anomaly rate 1.000 over 10 windows exceeds the bound 0.200" in str(
-        rig.reports[-1].error)
+    assert ("10 of 10 windows flagged that the running model did not flag (rate 1.000) "
+            "exceeds the bound 0.200") in str(rig.reports[-1].error)
     assert rig.detector.active.manifest.version == 1
     assert rig.store.current() is not None and rig.store.current().version == 1
+
+
+def test_a_fault_during_the_shadow_run_that_both_models_flag_does_not_refuse_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """The device is in a real fault while it updates: the running model flags every window,
+    and so does the new one. Those windows say nothing against the new model (the fleet bench
+    once refused a rollout on one device for this)."""
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key, shadow_windows=10, max_shadow_anomaly_rate=0.2)
+    rig.updater.want(ModelRef(name="pump-ae", version=1))
+    rig.publish(make_manifest(key, DATA, version=1, threshold=0.2), DATA)
+    rig.feed(30)
+    assert rig.states[-1] == "active"
+    rig.updater.want(ModelRef(name="pump-ae", version=2))
+    rig.publish(make_manifest(key, DATA, version=2, threshold=0.2), DATA)
+    assert rig.states[-1] == "shadow"
+    rig.feed(12, spike=20.0)
+    report = rig.detector.shadow_report
+    assert rig.states[-1] == "active", rig.reports[-1].error
+    assert rig.detector.active is not None and rig.detector.active.manifest.version == 2
+    assert report.windows == 10 and report.anomalies == 10 and report.shared == 10
 
 
 def test_model_failing_at_run_time_is_rolled_back_automatically(tmp_path: Path) -> None:
