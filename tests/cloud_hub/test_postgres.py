@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -136,6 +137,51 @@ def test_two_writers_interleaving_leave_the_watermark_complete(pg_engine: Engine
     with Session(pg_engine) as session:
         [ack] = acks_for(session, [("pump-1", epoch)], at=0.0)
     assert (ack.telemetry.watermark, ack.telemetry.top) == (119, 119)
+
+
+def test_the_watermark_advance_looks_up_each_successor_by_its_whole_key(
+        pg_engine: Engine) -> None:
+    """Advancing over a run of n stored seqs reads at most one row per seq to find each one's
+    successor. PostgreSQL once planned that NOT EXISTS as an anti join that read the device's
+    whole stream per seq of the run (n x stream rows), so ingest slowed as the table grew."""
+    import json
+
+    from cloud_hub.db.marks import _ADVANCE_ARRAYS, Stream, acks_for
+
+    epoch, run = "0123456789abcdef", 300
+
+    def batch(seq: int) -> TelemetryBatch:
+        return TelemetryBatch(device_id="pump-1", epoch=epoch, seq=seq, channels=["a"],
+                              ts=[float(seq)], values=[[1.0]])
+
+    with Session(pg_engine) as session:  # seq 0 missing: the watermark stays below the run
+        store_batch(session, IngestBatch(telemetry=[batch(s) for s in range(1, run)]))
+    with Session(pg_engine) as session:
+        store_batch(session, IngestBatch(telemetry=[batch(0)]))
+        [ack] = acks_for(session, [("pump-1", epoch)], at=0.0)
+    assert ack.telemetry.watermark == run - 1
+
+    schema = pg_engine.get_execution_options()["schema_translate_map"][None]
+    with pg_engine.connect() as conn:  # the same advance again, from the watermark reset
+        conn.exec_driver_sql(f'SET search_path TO "{schema}"')
+        conn.exec_driver_sql("UPDATE stream_marks SET watermark = -1")
+        statement = _ADVANCE_ARRAYS[Stream.TELEMETRY].compile(dialect=conn.dialect)
+        params = dict(statement.params, b_device=["pump-1"], b_epoch=[epoch],
+                      b_stream=[Stream.TELEMETRY.value])
+        [[plan]] = conn.exec_driver_sql(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + str(statement), params).all()
+        watermark = conn.exec_driver_sql("SELECT watermark FROM stream_marks").scalar()
+        conn.rollback()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+
+    def successor_rows(node: dict[str, Any]) -> int:
+        own = (node["Actual Rows"] * node["Actual Loops"]
+               if node.get("Alias") == "n" else 0)
+        return own + sum(successor_rows(child) for child in node.get("Plans", []))
+
+    assert watermark == run - 1
+    read = successor_rows(plan[0]["Plan"])
+    assert 0 < read <= run, f"successor lookups read {read} rows for a run of {run}"
 
 
 def test_postgres_flags_a_device_id_used_by_two_sources(pg_engine: Engine) -> None:
