@@ -75,6 +75,7 @@ class Hub:
             client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
             subscriptions=subscriptions(self.topics, settings.mqtt_share_group or None),
             presence_refresh_s=settings.hub_status_refresh_s, auth=self.mqtt_auth,
+            receive_maximum=settings.mqtt_receive_maximum,
         )
         self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
         self.ingest = MqttIngest(

@@ -62,7 +62,7 @@ class HubConnection:
     def __init__(
         self, *, host: str, port: int, topics: Topics, client_id: str,
         subscriptions: Sequence[tuple[str, int]], keepalive: int = 30,
-        presence_refresh_s: float = 30.0, receive_maximum: int = 1000,
+        presence_refresh_s: float = 30.0, receive_maximum: int = 4000,
         inbox_bytes: int = 64 * 1024 * 1024, auth: MqttAuth | None = None,
         publish_window: int = PUBLISH_WINDOW,
     ) -> None:

@@ -133,7 +133,7 @@ class MqttIngest:
         engine: Engine,
         connection: HubConnection,
         *,
-        batch_max: int = 500,
+        batch_max: int = 2000,
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
         store: Callable[[Session, IngestBatch], StoreResult] = store_batch,

@@ -72,3 +72,16 @@ def test_each_bad_setting_gets_its_own_line(
     assert lines[0].startswith("error: EDGELOOP_MQTT_PORT: ") and lines[0].endswith(
         "(got 'eighty')")
     assert lines[1].startswith("error: EDGELOOP_TOPIC_PREFIX: ") and "bad/#/prefix" in lines[1]
+
+
+def test_a_receive_window_smaller_than_a_batch_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EDGELOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("EDGELOOP_INGEST_BATCH_MAX", "5000")
+    assert main(["serve"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "EDGELOOP_MQTT_RECEIVE_MAXIMUM (4000) is below EDGELOOP_INGEST_BATCH_MAX (5000)" in line
+    monkeypatch.setenv("EDGELOOP_MQTT_RECEIVE_MAXIMUM", "10000")
+    settings = Settings()
+    assert (settings.ingest_batch_max, settings.mqtt_receive_maximum) == (5000, 10000)
