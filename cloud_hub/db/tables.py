@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary
+from sqlalchemy import DDL, JSON, BigInteger, Column, Index, LargeBinary, event
 from sqlmodel import Field, SQLModel
 
 from cloud_hub.core.security import Scope
@@ -75,6 +75,22 @@ class TelemetryBatchRow(SQLModel, table=True):
     ts_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     values_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     stored_at: float
+
+
+# PostgreSQL compresses a row's blobs once the row passes ~2 KB (a batch of 100 readings of 8
+# channels is ~7 KB). Its default, pglz, cost about half of each such insert: 146 us per row
+# against 82 with lz4 (2,000-row inserts of 100 x 8 readings; uncompressed 74 us, but 1.8x the
+# disk of pglz, lz4 1.3x). lz4 where the server has it (PostgreSQL 14+ built with it); rows
+# written before keep theirs, and both are read alike. Migration 0009 does the same.
+TELEMETRY_LZ4 = """DO $$ BEGIN
+  IF EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'
+             AND 'lz4' = ANY(enumvals)) THEN
+    ALTER TABLE %(fullname)s ALTER COLUMN ts_blob SET COMPRESSION lz4,
+                             ALTER COLUMN values_blob SET COMPRESSION lz4;
+  END IF;
+END $$"""
+_LZ4_DDL = DDL(TELEMETRY_LZ4).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
+event.listen(TelemetryBatchRow.__table__, "after_create", _LZ4_DDL)  # type: ignore[attr-defined]
 
 
 class Anomaly(SQLModel, table=True):

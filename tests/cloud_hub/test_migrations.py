@@ -292,3 +292,39 @@ def test_a_database_from_a_newer_hub_is_refused_with_the_reason(tmp_path: Path) 
     engine.dispose()
     with pytest.raises(SchemaTooNew, match="9999.*newer hub"):
         make_engine(url)
+
+
+@pytest.mark.parametrize("fresh", ["create", "migrate"])
+def test_postgres_telemetry_blobs_are_compressed_with_lz4_however_the_schema_was_made(
+        fresh: str) -> None:
+    """A new database (from the tables) and an upgraded one (from the migrations) alike; a
+    100-reading batch then reads back as it was stored."""
+    with made_pg_database("edgeloop_lz4_") as url:
+        engine = create_engine(url)
+        try:
+            upgrade(engine, fresh=fresh)
+            with engine.connect() as conn:
+                if not conn.execute(text(
+                        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                        "WHERE name = 'default_toast_compression'")).scalar():
+                    pytest.skip("this PostgreSQL server was built without lz4")
+                methods = dict(conn.execute(text(
+                    "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
+                    "'telemetry'::regclass AND attname IN ('ts_blob', 'values_blob')")).all())
+            assert methods == {"ts_blob": "l", "values_blob": "l"}
+            batch = TelemetryBatch(device_id="pump-1", epoch="0123456789abcdef", seq=0,
+                                   channels=[f"c{i}" for i in range(8)],
+                                   ts=[float(t) for t in range(100)],
+                                   values=[[t * 0.001 + c for c in range(8)] for t in range(100)])
+            with Session(engine) as session:
+                store_batch(session, IngestBatch(telemetry=[batch]))
+            with Session(engine) as session:
+                piece = read_telemetry(session, device_id="pump-1")
+                stored = session.exec(select(TelemetryBatchRow)).one()
+                with session.connection() as conn:
+                    method = conn.execute(text(
+                        "SELECT pg_column_compression(values_blob) FROM telemetry")).scalar()
+            assert piece.values.tolist() == batch.values and len(stored.values_blob) == 6400
+            assert method == "lz4"
+        finally:
+            engine.dispose()
