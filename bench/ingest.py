@@ -100,6 +100,31 @@ def _sched(pid: int | None) -> tuple[float, float]:
     return on / 1e9, wait / 1e9
 
 
+def _machine_busy_s() -> float:
+    """CPU-seconds the whole machine spent busy (every core, every process), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def _database_cpu_s(url: str | None) -> float:
+    """CPU-seconds of the PostgreSQL backends serving the bench's database (their command line
+    names it); 0 for SQLite, which runs inside the hub and counts as the hub's."""
+    if url is None:
+        return 0.0
+    name = f" {url.rsplit('/', 1)[1]} ".encode()
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if name in (proc / "cmdline").read_bytes():
+                total += _cpu_s(int(proc.name))
+        except OSError:
+            continue
+    return total
+
+
 def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -133,6 +158,7 @@ class Hubs:
 
     def __init__(self, broker: Broker, db: Database, work: Path, count: int = 1) -> None:
         self.procs: list[HubProcess] = []
+        self.db = db
         self.admin_key = secrets.token_urlsafe(24)
         for i in range(count):
             env = {"EDGELOOP_MQTT_CLIENT_ID": f"bench-hub-{i}"}
@@ -164,6 +190,9 @@ class Hubs:
 
     def stored(self) -> int:
         return sum(m["telemetry_batches"] + m["duplicates"] for m in self.metrics())
+
+    def database_cpu_s(self) -> float:
+        return _database_cpu_s(self.db.url)
 
     def missing_batches(self) -> int:
         """What the hub itself shows missing: seqs below a stream's highest stored one that
@@ -280,15 +309,19 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     began = time.monotonic()
     samples: list[tuple[float, int, int]] = []  # (t since start, acknowledged, stored)
     rss_max, broker_rss_max = hubs.rss(), _rss(broker.pid)
-    marks: dict[str, tuple[float, int, float, float, float, float]] = {}
+    marks: dict[str, tuple[float, ...]] = {}
+
+    def mark() -> tuple[float, ...]:
+        return (time.monotonic() - began, hubs.stored() - stored0, hubs.cpu_s(),
+                hubs.waited_s(), sum(_cpu_s(p) for p in publishers.pids), _cpu_s(broker.pid),
+                hubs.database_cpu_s(), _machine_busy_s())
+
     while True:
         now = time.monotonic() - began
         if "t0" not in marks and now >= warmup_s:
-            marks["t0"] = (now, hubs.stored() - stored0, hubs.cpu_s(), hubs.waited_s(),
-                           sum(_cpu_s(p) for p in publishers.pids), _cpu_s(broker.pid))
+            marks["t0"] = mark()
         if now >= warmup_s + window_s:
-            marks["t1"] = (now, hubs.stored() - stored0, hubs.cpu_s(), hubs.waited_s(),
-                           sum(_cpu_s(p) for p in publishers.pids), _cpu_s(broker.pid))
+            marks["t1"] = mark()
             acked_t1 = publishers.acknowledged()
             break
         time.sleep(0.5)
@@ -298,7 +331,8 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
         if held is not None:
             recent = [(t, st) for t, _, st in samples if t >= samples[-1][0] - 2.0]
             publishers.set_rate(held.rate(_slope(recent), acked - stored))
-    (t0, s0, c0, w0, p0, b0), (t1, s1, c1, w1, p1, b1) = marks["t0"], marks["t1"]
+    (t0, s0, c0, w0, p0, b0, d0, m0), (t1, s1, c1, w1, p1, b1, d1, m1) = (marks["t0"],
+                                                                          marks["t1"])
     in_window = [(t, a, st) for t, a, st in samples if t0 <= t <= t1]
     acked0 = min((a for t, a, _ in samples if t >= t0), default=0)
     report: FloodReport = publishers.stop()
@@ -323,7 +357,7 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
             break
     drained = hubs.stored() - stored0 >= offered
     dt = t1 - t0
-    stored, cpu, pub_cpu = s1 - s0, c1 - c0, p1 - p0
+    stored, cpu, pub_cpu = int(s1 - s0), c1 - c0, p1 - p0
     acked_in_window = acked_t1 - acked0
     return {
         "offered_rate": round(acked_in_window / dt, 1) if held else plan.rate,
@@ -342,6 +376,10 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
         "publisher_cpu_us_per_message": (round(pub_cpu / acked_in_window * 1e6, 1)
                                          if acked_in_window > 0 else None),
         "broker_cpu_share": round((b1 - b0) / dt, 3),
+        # PostgreSQL's backends for the bench's database (None on SQLite: inside the hub).
+        "database_cpu_share": round((d1 - d0) / dt, 3) if hubs.db.url else None,
+        # Every core of the machine, everything on it: how close to its 2 cores the run was.
+        "machine_busy_cores": round((m1 - m0) / dt, 2),
         "hub_rss_bytes_max": rss_max, "broker_rss_bytes_max": broker_rss_max,
         "published": offered, "drained": drained,
         "broker_drop_log_lines": broker_drop_lines(broker) - drops0,
@@ -652,6 +690,10 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
     scaling = None
     if two_hubs and one_pg10 and one_pg10[0]:
         scaling = round(two_hubs["flood"]["messages_per_s"] / one_pg10[0], 2)
+    # How busy the machine was with one hub and with two (PostgreSQL, batch 10): two hubs can
+    # add only what one left idle of the machine's cores.
+    busy = [c["flood"].get("machine_busy_cores") for c in cases
+            if c["database"] == "postgresql" and c["readings_per_message"] == 10][:1]
     overloads = [c["overload"] for c in cases if "overload" in c]
     every = cases + ([two_hubs] if two_hubs else [])
     return {
@@ -661,6 +703,8 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
         "one_hub_readings_per_cpu_s_batch100": _worst(
             [m * 100 for m in flood_of(100, "messages_per_cpu_s") if m is not None]),
         "two_hub_scaling": scaling,
+        "two_hub_machine_busy_cores": (busy + [two_hubs["flood"].get("machine_busy_cores")]
+                                       if two_hubs and busy else None),
         "lost": sum(c["lost"] for c in every),
         "duplicates": sum(c["duplicates"] for c in every),
         "hub_rss_bytes_max": _worst([c["flood"]["hub_rss_bytes_max"] for c in every]
@@ -685,8 +729,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                         f"{result['cpu_count']} cores)")
     for col in ("database", "batch", "devices", "backlog held", "msg/s", "readings/s", "hub CPU",
                 "hub waited for CPU", "msg per CPU-s", "publishers CPU", "µs per msg published",
-                "broker CPU", "hub RSS MB", "broker RSS MB", "broker drops", "lost", "dup",
-                "load", "ok"):
+                "broker CPU", "database CPU", "machine busy cores", "hub RSS MB", "broker RSS MB",
+                "broker drops", "lost", "dup", "load", "ok"):
         table.add_column(col, justify="right")
     rows = list(result["cases"]) + ([result["two_hubs"]] if result["two_hubs"] else [])
     for c in rows:
@@ -701,6 +745,9 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                       f"{f['publisher_cpu_share'] * 100:.0f}%",
                       str(f["publisher_cpu_us_per_message"]),
                       f"{f['broker_cpu_share'] * 100:.0f}%",
+                      ("-" if f.get("database_cpu_share") is None
+                       else f"{f['database_cpu_share'] * 100:.0f}%"),
+                      f"{f.get('machine_busy_cores', 0):.2f}",
                       f"{f['hub_rss_bytes_max'] / 2**20:.0f}",
                       f"{f['broker_rss_bytes_max'] / 2**20:.0f}",
                       str(c.get("broker_drop_log_lines", 0)), str(c["lost"]),
@@ -734,7 +781,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
     summary = {k: result[k] for k in (
         "one_hub_messages_per_s_batch10", "one_hub_readings_per_s_batch100",
         "one_hub_messages_per_cpu_s_batch10", "one_hub_readings_per_cpu_s_batch100",
-        "two_hub_scaling", "lost", "duplicates", "broker_drop_log_lines", "hub_rss_bytes_max",
+        "two_hub_scaling", "two_hub_machine_busy_cores", "lost", "duplicates",
+        "broker_drop_log_lines", "hub_rss_bytes_max",
         "broker_rss_bytes_max", "publisher_cpu_us_per_message_batch10",
         "overload_stored_ratio", "overload_lost", "rollup_query_ms", "ok")}
     console.print(summary)
