@@ -147,7 +147,7 @@ def test_maintenance_waits_while_ingest_is_behind_then_catches_up(tmp_path: Path
         maintenance.stop()
         ingest.stop()
 
-    assert not ingest.behind()
+    wait_for(lambda: not ingest.behind(), 10, "ingest no longer behind once the backlog is gone")
     assert maintenance.deferred_s > 0
     with Session(engine) as session:
         stored = session.exec(select(func.count()).select_from(TelemetryBatchRow)).one()
@@ -156,3 +156,28 @@ def test_maintenance_waits_while_ingest_is_behind_then_catches_up(tmp_path: Path
                                until=None)["pump-1"]
     assert stored == total
     assert int(minutes["count"].sum()) == total, "every reading in the 1-minute rollups"
+
+
+def test_ingest_stays_behind_for_a_moment_after_a_full_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short take right after a full one (the broker refilling the hub's window) does not
+    end the backlog: background jobs would run in the middle of an overload."""
+    import cloud_hub.mqtt.ingest as ingest_module
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    with Session(engine) as session:
+        record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
+    connection = _Connection()
+    ingest = MqttIngest(engine, connection, batch_max=8, batch_wait_s=0.01)  # type: ignore[arg-type]
+    monkeypatch.setattr(ingest_module, "BEHIND_HOLD_S", 3600.0)
+    assert not ingest.behind(), "behind before anything was taken"
+    connection.send("pump-1", range(8))  # one full batch, then nothing
+    ingest.start()
+    try:
+        wait_for(lambda: connection.acked_count() == 8, 20, "the full batch stored")
+        time.sleep(0.1)  # takes since then came back empty
+        assert ingest.behind(), "a full batch was taken within the hold"
+        monkeypatch.setattr(ingest_module, "BEHIND_HOLD_S", 0.0)
+        assert not ingest.behind(), "the hold is over and nothing waits"
+    finally:
+        ingest.stop()
