@@ -89,14 +89,26 @@ class Normalization(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
     method: Literal["zscore", "minmax"]
     center: list[Finite]
-    scale: list[Annotated[float, msgspec.Meta(gt=0, le=1.7976931348623157e308)]]
+    scale: list[PositiveFinite]
+
+
+PositiveFinite = Annotated[float, msgspec.Meta(gt=0, le=1.7976931348623157e308)]
+ChannelScale = Annotated[list[PositiveFinite], msgspec.Meta(min_length=1, max_length=64)]
 
 
 class ScoreSpec(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """How a window's reconstruction becomes one number."""
+    """How a window's reconstruction becomes one number.
+
+    Without ``channel_scale`` the score is the mean error over every value of the window. With
+    it, each channel's mean error over the window is divided by its scale (the channel's typical
+    error on the training windows) and the score is the largest of these: a fault on one channel
+    of eight is not averaged away by the seven that are fine. ``channel_scale`` is left out of
+    the manifest when it is not set, so manifests that do not use it keep their bytes (and their
+    signatures) and agents that predate it still take them."""
 
     method: Literal["mse", "mae"] = "mse"
     smoothing: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1  # mean of the last n scores
+    channel_scale: ChannelScale | None = None
 
 
 Error = Annotated[float, msgspec.Meta(ge=0, le=1.7976931348623157e308)]
@@ -141,12 +153,22 @@ class Manifest(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
                 f"normalization has {len(self.normalization.center)} centers and "
                 f"{len(self.normalization.scale)} scales for {n} channels"
             )
+        if self.score.channel_scale is not None and len(self.score.channel_scale) != n:
+            raise ValueError(
+                f"score.channel_scale has {len(self.score.channel_scale)} scales for {n} channels"
+            )
         expected = -(-self.size // self.chunk_size)
         if self.chunks.count != expected:
             raise ValueError(
                 f"chunks.count is {self.chunks.count} but size {self.size} in chunks of "
                 f"{self.chunk_size} needs {expected}"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["score"]["channel_scale"] is None:
+            del data["score"]["channel_scale"]  # see ScoreSpec
+        return data
 
     def unsigned(self) -> dict[str, Any]:
         data = self.to_dict()

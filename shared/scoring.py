@@ -15,6 +15,7 @@ __all__ = [
     "Normalizer",
     "WindowNormalizer",
     "WindowScorer",
+    "channel_errors",
     "fit_normalization",
     "normalize",
     "responsible_channels",
@@ -106,38 +107,60 @@ def window_scores(
     x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
     y = np.asarray(reconstructed, dtype=np.float64).reshape(len(windows), -1)
     err = np.abs(x - y) if spec.method == "mae" else (x - y) ** 2
-    result: npt.NDArray[np.float64] = err.mean(axis=1)
+    if spec.channel_scale is None:
+        result: npt.NDArray[np.float64] = err.mean(axis=1)
+        return result
+    per_channel = channel_errors(err, len(spec.channel_scale))
+    worst: npt.NDArray[np.float64] = (per_channel / np.asarray(spec.channel_scale)).max(axis=1)
+    return worst
+
+
+def channel_errors(err: npt.NDArray[np.float64], channels: int) -> npt.NDArray[np.float64]:
+    """Each channel's mean error over its window: (windows, window × channels) errors, laid out
+    reading by reading, to (windows, channels)."""
+    if err.shape[1] % channels:
+        raise ValueError(f"windows of {err.shape[1]} values do not hold {channels} channels")
+    result: npt.NDArray[np.float64] = err.reshape(len(err), -1, channels).mean(axis=1)
     return result
 
 
 def window_score(
     window: npt.NDArray[np.floating], reconstructed: npt.NDArray[np.floating], spec: ScoreSpec
 ) -> float:
-    """:func:`window_scores` of one window (the same float64 sum, bit for bit), in three numpy
-    calls instead of about fifteen: the agent scores a window for every reading."""
-    d = np.subtract(window.reshape(-1), reconstructed.reshape(-1), dtype=np.float64)
-    if spec.method == "mae":
-        np.abs(d, out=d)
-    else:
-        np.square(d, out=d)
-    return float(np.add.reduce(d) / d.size)
+    """:func:`window_scores` of one window (the same float64 numbers, bit for bit)."""
+    return WindowScorer(window.size, spec)(window.reshape(-1), reconstructed.reshape(-1))
 
 
 class WindowScorer:
-    """:func:`window_score` for flat windows of one size, into a buffer made once: the same
-    float64 numbers, bit for bit, without the two reshapes and the new array per window."""
+    """:func:`window_scores` for flat windows of one size, into buffers made once: the same
+    float64 numbers, bit for bit, without the reshapes and the new arrays per window (the agent
+    scores a window for every reading)."""
 
     def __init__(self, size: int, spec: ScoreSpec) -> None:
         self._d = np.empty(size, dtype=np.float64)
         self._size = size
         self._error = np.abs if spec.method == "mae" else np.square
+        self._scale: npt.NDArray[np.float64] | None = None
+        if spec.channel_scale is not None:
+            channels = len(spec.channel_scale)
+            if size % channels:
+                raise ValueError(f"windows of {size} values do not hold {channels} channels")
+            self._rows = self._d.reshape(-1, channels)
+            self._sums = np.empty(channels, dtype=np.float64)
+            self._scale = np.asarray(spec.channel_scale, dtype=np.float64)
 
     def __call__(self, window: FloatArray, reconstructed: FloatArray) -> float:
         """``window`` and ``reconstructed``: flat, ``size`` values each."""
         d = self._d
         np.subtract(window, reconstructed, out=d, dtype=np.float64)
         self._error(d, out=d)
-        return float(np.add.reduce(d)) / self._size
+        if self._scale is None:
+            return float(np.add.reduce(d)) / self._size
+        sums = self._sums
+        np.add.reduce(self._rows, axis=0, out=sums)
+        np.divide(sums, len(self._rows), out=sums)  # the mean, as numpy's mean computes it
+        np.divide(sums, self._scale, out=sums)
+        return float(sums.max())
 
 
 def smooth(scores: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float64]:
@@ -157,10 +180,14 @@ def responsible_channels(
     reconstructed: npt.NDArray[np.floating],
     channels: list[str],
     top: int = 3,
+    channel_scale: list[float] | None = None,
 ) -> list[str]:
-    """The channels with the largest reconstruction error in one (window, channels) window."""
+    """The channels with the largest reconstruction error in one (window, channels) window,
+    each in units of its ``channel_scale`` when the score uses one."""
     x = np.asarray(window, dtype=np.float64).reshape(-1, len(channels))
     y = np.asarray(reconstructed, dtype=np.float64).reshape(-1, len(channels))
     per_channel = ((x - y) ** 2).mean(axis=0)
+    if channel_scale is not None:
+        per_channel = per_channel / np.asarray(channel_scale, dtype=np.float64)
     order = np.argsort(per_channel)[::-1][:top]
     return [channels[i] for i in order]

@@ -26,6 +26,7 @@ from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
 from simulator.loop import (
+    LOOP_SPEC,
     collect_results,
     publish_model,
     roll_out,
@@ -54,12 +55,7 @@ class DemoOptions:
     fault_kinds: tuple[str, ...] = ("spike", "drift", "stuck", "noise")
     fault_slot_s: float = 25.0  # one fault per device per slot
     settle_s: float = 6.0  # detection time after the last fault ends
-    # Chosen on simulated pumps with the hub's own pipeline (see simulator/README.md): latent 16
-    # follows load, cycle phase and frequency; 8 was too narrow and missed stuck sensors.
-    spec: dict[str, Any] = field(default_factory=lambda: {
-        "family": "dense_ae", "window": 32, "hidden": 128, "latent": 16, "epochs": 30,
-        "threshold_quantile": 0.999, "threshold_factor": 2.0, "quantization": "int8",
-    })
+    spec: dict[str, Any] = field(default_factory=lambda: dict(LOOP_SPEC))
     keep_workdir: bool = False
 
     def __post_init__(self) -> None:

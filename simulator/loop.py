@@ -25,6 +25,7 @@ from simulator.report import DeviceAccount, account_devices
 from simulator.scoring import DetectionScore, Event, GroundTruth, score_detections
 
 __all__ = [
+    "LOOP_SPEC",
     "LoopError",
     "ModelRef",
     "Results",
@@ -40,6 +41,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 ModelRef = tuple[str, int]
+
+# The model the demo and the scenarios train, chosen on simulated pumps with the hub's own
+# pipeline (simulator/README.md, "The demo's model"): latent 16 follows load, cycle phase and
+# frequency (8 was too narrow and missed stuck sensors); channel_max keeps a fault on one channel
+# of eight from being averaged away (the mean score missed a stuck sensor in about one demo of
+# three).
+LOOP_SPEC: dict[str, Any] = {
+    "family": "dense_ae", "window": 32, "hidden": 128, "latent": 16, "epochs": 30,
+    "threshold_quantile": 0.999, "threshold_factor": 2.0, "score_reduce": "channel_max",
+    "quantization": "int8",
+}
 
 
 class LoopError(RuntimeError):

@@ -30,6 +30,7 @@ from simulator.faults import DEFAULT_DURATION_S, FaultKind
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
 from simulator.loop import (
+    LOOP_SPEC,
     ModelRef,
     collect_results,
     publish_model,
@@ -43,10 +44,6 @@ from simulator.report import Timeline, build_report, write_report
 
 __all__ = ["Scenario", "ScenarioError", "load_scenario", "run_scenario"]
 
-DEFAULT_SPEC: dict[str, Any] = {
-    "family": "dense_ae", "window": 32, "hidden": 128, "latent": 16, "epochs": 30,
-    "threshold_quantile": 0.999, "threshold_factor": 2.0, "quantization": "int8",
-}
 
 
 class ScenarioError(ValueError):
@@ -203,7 +200,7 @@ def run_scenario(scenario: Scenario, console: Console | None = None,
     console = console or Console()
     say: Callable[[str], None] = console.print
     out = out_dir or Path("reports") / scenario.name
-    spec = {**DEFAULT_SPEC, **scenario.training}
+    spec = {**LOOP_SPEC, **scenario.training}
     timeline = Timeline()
     workdir = Path(tempfile.mkdtemp(prefix=f"edgeloop-{scenario.name}-"))
     t_all = time.monotonic()

@@ -166,6 +166,10 @@ class TrainingSpecBody(_Body):
     validation_fraction: float = Field(default=0.2, ge=0.05, le=0.5)
     normalization: Literal["zscore", "minmax"] = "zscore"
     score_method: Literal["mse", "mae"] = "mse"
+    score_reduce: Literal["mean", "channel_max"] = Field(
+        default="mean",
+        description="mean: the mean error over the window; channel_max: the worst channel's "
+                    "error in units of its typical training error (faults on one channel)")
     smoothing: int = Field(default=1, ge=1, le=limits.MAX_SMOOTHING)
     threshold_method: Literal["quantile", "f1"] = "quantile"
     threshold_quantile: float = Field(default=0.999, ge=0.5, lt=1)

@@ -31,6 +31,9 @@ class TrainingSpec:
     validation_fraction: float = 0.2
     normalization: str = "zscore"  # zscore | minmax
     score_method: str = "mse"  # mse | mae
+    # mean: the mean error over the window's values; channel_max: the largest channel's mean
+    # error in units of its typical training error (a fault on one channel is not averaged away)
+    score_reduce: str = "mean"
     smoothing: int = 1
     threshold_method: str = "quantile"  # quantile | f1 (needs labelled validation data)
     threshold_quantile: float = 0.999

@@ -38,7 +38,7 @@ from cloud_hub.core.states import TrainingStage
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 from cloud_hub.training.dataset import Dataset
 from cloud_hub.training.errors import TrainingError
-from shared.manifest import Normalization, ScoreSpec
+from shared.manifest import Normalization
 from shared.scatter import unpack_upper
 from shared.scoring import sliding_windows, window_scores
 
@@ -220,9 +220,9 @@ def run_federated_training(
     from cloud_hub.training.pipeline import (
         FittedModel,
         _choose_threshold,
-        _score_method,
         check_spec,
         convert_and_gate,
+        score_spec_for,
     )
     from cloud_hub.training.tf_env import seed_everything
 
@@ -238,7 +238,7 @@ def run_federated_training(
     report(TrainingProgress(stage=TrainingStage.FITTING, epochs=1, fraction=0.05))
     model = pca_model(mean, basis)
     report(TrainingProgress(stage=TrainingStage.THRESHOLDING, epochs=1, epoch=1, fraction=0.8))
-    score = ScoreSpec(method=_score_method(spec), smoothing=spec.smoothing)
+    score = score_spec_for(spec, model, train_x, len(stats.channels))
     float_rec = keras_reconstruct(model, val_x)
     val_scores = smoothed_scores(window_scores(val_x, float_rec, score),
                                  data.validation_lengths, spec.smoothing)

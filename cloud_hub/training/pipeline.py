@@ -47,7 +47,7 @@ from cloud_hub.training.threshold import (
     quantile_threshold,
 )
 from shared.manifest import InputSpec, Quantization, ScoreSpec
-from shared.scoring import window_scores
+from shared.scoring import channel_errors, window_scores
 
 __all__ = [
     "FittedModel",
@@ -133,7 +133,7 @@ def fit_model(
 
     report(TrainingProgress(stage=TrainingStage.THRESHOLDING, epochs=spec.epochs,
                             fraction=_FIT_END))
-    score_spec = ScoreSpec(method=_score_method(spec), smoothing=spec.smoothing)
+    score_spec = score_spec_for(spec, model, train_x, len(channels))
     float_rec = keras_reconstruct(model, val_x)
     val_scores = smoothed_scores(
         window_scores(val_x, float_rec, score_spec), data.validation_lengths, spec.smoothing
@@ -297,6 +297,7 @@ def check_spec(spec: TrainingSpec, channels: int) -> None:
         ("validation_fraction", 0.05 <= spec.validation_fraction <= 0.5, "in [0.05, 0.5]"),
         ("normalization", spec.normalization in ("zscore", "minmax"), "zscore or minmax"),
         ("score_method", spec.score_method in ("mse", "mae"), "mse or mae"),
+        ("score_reduce", spec.score_reduce in ("mean", "channel_max"), "mean or channel_max"),
         ("smoothing", 1 <= spec.smoothing <= MAX_SMOOTHING, f"between 1 and {MAX_SMOOTHING}"),
         ("threshold_method", spec.threshold_method in ("quantile", "f1"), "quantile or f1"),
         ("threshold_quantile", 0.5 <= spec.threshold_quantile < 1, "in [0.5, 1)"),
@@ -322,6 +323,31 @@ def check_spec(spec: TrainingSpec, channels: int) -> None:
 
 def _score_method(spec: TrainingSpec) -> Literal["mse", "mae"]:
     return "mae" if spec.score_method == "mae" else "mse"
+
+
+# A channel the model reconstructs (almost) perfectly, e.g. one that never moved in training,
+# is scaled as if its typical error were this share of the median channel's: otherwise the
+# quantized model's rounding alone would send its score to the sky.
+_MIN_CHANNEL_SCALE_SHARE = 0.01
+
+
+def score_spec_for(spec: TrainingSpec, model: Any, train_x: npt.NDArray[np.float32],
+                   channels: int) -> ScoreSpec:
+    """How the model's windows are scored; for ``channel_max``, each channel's typical error is
+    its mean error on (a spread-out subset of) the training windows, by the float model."""
+    method = _score_method(spec)
+    if spec.score_reduce != "channel_max":
+        return ScoreSpec(method=method, smoothing=spec.smoothing)
+    from cloud_hub.quantize.convert import keras_reconstruct
+
+    x = _fit_subset(train_x)
+    flat_x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    flat_y = np.asarray(keras_reconstruct(model, x), dtype=np.float64).reshape(len(x), -1)
+    err = np.abs(flat_x - flat_y) if method == "mae" else (flat_x - flat_y) ** 2
+    typical = channel_errors(err, channels).mean(axis=0)
+    floor = max(float(np.median(typical)) * _MIN_CHANNEL_SCALE_SHARE, 1e-12)
+    return ScoreSpec(method=method, smoothing=spec.smoothing,
+                     channel_scale=[max(float(t), floor) for t in typical])
 
 
 def _fit_subset(val_x: npt.NDArray[np.float32], limit: int = 4000) -> npt.NDArray[np.float32]:

@@ -398,10 +398,10 @@ class Detector:
         slot.since_alert = 0
         self.anomalies += 1
         names = [self.channels[i] for i in model.channel_index]
-        return Detection(
-            ts=span, score=score, threshold=threshold, model=model.ref,
-            channels=responsible_channels(x, y, names), detected_at=self._clock(),
-        )
+        blamed = responsible_channels(x, y, names,
+                                      channel_scale=model.manifest.score.channel_scale)
+        return Detection(ts=span, score=score, threshold=threshold, model=model.ref,
+                         channels=blamed, detected_at=self._clock())
 
     def _calibrate(self, slot: _Slot, score: float) -> None:
         cal = self.calibration

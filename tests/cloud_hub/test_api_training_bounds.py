@@ -103,6 +103,7 @@ def test_lists_and_ids_in_a_training_request_are_bounded(api: httpx.Client) -> N
         ({"name": "m", "devices": [f"d{i}" for i in range(10_001)]}, ["body", "devices"]),
         ({"name": "m", "channels": [f"c{i}" for i in range(65)]}, ["body", "channels"]),
         ({"name": "m", "spec": {"family": "transformer"}}, ["body", "spec", "family"]),
+        ({"name": "m", "spec": {"score_reduce": "median"}}, ["body", "spec", "score_reduce"]),
         ({"name": "m", "spec": {"windw": 3}}, ["body", "spec", "windw"]),
     ]:
         response = api.post("/api/v1/training-jobs", json=body, headers=ADMIN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -98,6 +99,20 @@ def test_device_path_flags_a_spike_and_not_normal_operation(trained) -> None:
     assert faulty_flags[190:215].any()
 
 
+def test_channel_max_scores_in_each_channels_training_error_and_flags_a_frozen_sensor() -> None:
+    spec = replace(TINY, score_reduce="channel_max", compare_modes=False)
+    readings = np.concatenate([pump_readings(500, 1), pump_readings(500, 2)])
+    artifact = run_training(readings, CHANNELS, spec, segments=[500, 500])
+    scale = artifact.score.channel_scale
+    assert scale is not None and len(scale) == len(CHANNELS) and min(scale) > 0
+    assert artifact.parity.passed, artifact.parity.failure_reason()
+    normal = pump_readings(400, 7)
+    assert (device_scores(artifact, normal) > artifact.threshold).mean() < 0.05
+    stuck = normal.copy()
+    stuck[200:260, 1] = stuck[200, 1]  # the pressure sensor freezes for 60 readings
+    assert device_scores(artifact, stuck)[200:245].max() > artifact.threshold
+
+
 def test_threshold_method_is_recorded(trained) -> None:
     artifact, _ = trained
     assert artifact.threshold_method.startswith("quantile 0.999")
@@ -178,6 +193,7 @@ def test_nan_reading_is_refused_naming_row_and_channel() -> None:
         (TrainingSpec(quantization="int4"), "spec.quantization"),  # type: ignore[arg-type]
         (TrainingSpec(threshold_method="f1"), "needs per-reading labels"),
         (TrainingSpec(representative_scale=0.5), "spec.representative_scale"),
+        (TrainingSpec(score_reduce="median"), "spec.score_reduce must be mean or channel_max"),
     ],
 )
 def test_bad_spec_raises_training_error_naming_the_field(spec: TrainingSpec, message: str):

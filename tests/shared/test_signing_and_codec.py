@@ -122,6 +122,44 @@ def test_a_v1_manifest_without_a_release_counter_is_refused_naming_the_version()
         parse_manifest(json.dumps(data))
 
 
+def test_a_manifest_without_channel_scale_keeps_the_bytes_it_had_before_the_field() -> None:
+    # Agents that predate score.channel_scale refuse unknown fields: a manifest that does not use
+    # it must not carry it, and its signed bytes must not change.
+    manifest = _manifest()
+    assert set(manifest.to_dict()["score"]) == {"method", "smoothing"}
+    assert b"channel_scale" not in manifest.to_bytes()
+    key = generate_signing_key()
+    verify_manifest(parse_manifest(key.sign(manifest).to_bytes()), {key.key_id: key.public})
+
+
+def test_a_manifest_with_channel_scale_round_trips_and_its_signature_covers_it() -> None:
+    key = generate_signing_key()
+    signed = key.sign(_manifest().replace(score=ScoreSpec(channel_scale=[0.5, 2.0])))
+    again = parse_manifest(signed.to_bytes())
+    assert again.score.channel_scale == [0.5, 2.0]
+    verify_manifest(again, {key.key_id: key.public})
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_manifest(again.replace(score=ScoreSpec(channel_scale=[0.5, 20.0])),
+                        {key.key_id: key.public})
+
+
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        ([1.0], "score.channel_scale has 1 scales for 2 channels"),
+        ([1.0, 0.0], "score.channel_scale"),
+        ([1.0, -2.0], "score.channel_scale"),
+        ([1.0, "2"], "score.channel_scale"),
+        ([], "score.channel_scale"),
+    ],
+)
+def test_a_bad_channel_scale_is_refused_naming_the_field(scale: object, message: str) -> None:
+    data = _manifest().to_dict()
+    data["score"]["channel_scale"] = scale
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(json.dumps(data))
+
+
 def test_chunks_reassemble_to_the_original() -> None:
     m = _manifest()
     chunks = split(MODEL, CHUNK)
