@@ -101,10 +101,10 @@ class ScoreSpec(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
     Without ``channel_scale`` the score is the mean error over every value of the window. With
     it, each channel's mean error over the window is divided by its scale (the channel's typical
-    error on the training windows) and the score is the largest of these: a fault on one channel
-    of eight is not averaged away by the seven that are fine. ``channel_scale`` is left out of
-    the manifest when it is not set, so manifests that do not use it keep their bytes (and their
-    signatures) and agents that predate it still take them."""
+    error on held-out windows of normal operation) and the score is the largest of these: a
+    fault on one channel of eight is not averaged away by the seven that are fine.
+    ``channel_scale`` is left out of the manifest when it is not set, so manifests that do not
+    use it keep their bytes (and their signatures) and agents that predate it still take them."""
 
     method: Literal["mse", "mae"] = "mse"
     smoothing: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1  # mean of the last n scores

@@ -169,7 +169,8 @@ class TrainingSpecBody(_Body):
     score_reduce: Literal["mean", "channel_max"] = Field(
         default="mean",
         description="mean: the mean error over the window; channel_max: the worst channel's "
-                    "error in units of its typical training error (faults on one channel)")
+                    "error in units of its typical error on held-out windows (for faults on "
+                    "one channel)")
     smoothing: int = Field(default=1, ge=1, le=limits.MAX_SMOOTHING)
     threshold_method: Literal["quantile", "f1"] = "quantile"
     threshold_quantile: float = Field(default=0.999, ge=0.5, lt=1)

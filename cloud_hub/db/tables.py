@@ -37,6 +37,8 @@ class Device(SQLModel, table=True):
     desired_name: str | None = None
     desired_version: int | None = None
     desired_at: float | None = None
+    # the config the desired carried (sent again with it when the variant is picked again)
+    desired_config: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # The variant (quantization) of the desired version it was sent, and why (issue 12).
     desired_variant: str | None = Field(default=None, max_length=16)
     desired_variant_reason: str | None = None

@@ -1,4 +1,6 @@
-"""The rollout controller: one thread that moves every active rollout forward.
+"""The rollout controller: one thread that moves every active rollout forward (and, every
+:data:`REPICK_EVERY_S`, sends devices whose runtime has become known their variant of the version
+they were told to run: :func:`repick_variants`).
 
 Each tick it looks at the devices of the current stage (their ``reported`` state as ingest stored
 it), asks :func:`judge_stage` for a verdict, and then starts the next stage, finishes the rollout,
@@ -27,7 +29,7 @@ from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.lifecycle import get_model
 from cloud_hub.registry.releases import Releases
-from cloud_hub.rollouts.desired import set_desired
+from cloud_hub.rollouts.desired import repick_variants, set_desired
 from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
 from shared.messages import ModelRef, ModelState
 
@@ -51,6 +53,9 @@ BASELINE_WINDOW_S = 600.0
 # nothing running) is followed at once.
 REST_FACTOR = 3.0
 MAX_REST_S = 0.5
+# A device's first status names its runtime a moment after it connects; the variant it was sent
+# before that is picked again within this long (one query over the devices each time).
+REPICK_EVERY_S = 2.0
 
 
 def rest_after(tick_cpu_s: float) -> float:
@@ -90,6 +95,7 @@ class RolloutController:
         self._lock = threading.Lock()  # one tick at a time (thread and REST actions)
         self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
         self._failures: dict[int, int] = {}  # rollout id -> consecutive failed steps
+        self._repicked_at = -REPICK_EVERY_S
 
     def start(self) -> None:
         self._thread.start()
@@ -134,6 +140,22 @@ class RolloutController:
             for rollout_id in ids:
                 if rollout_id is not None:
                     self._tick_one(rollout_id, now or time.time())
+            if time.monotonic() - self._repicked_at >= REPICK_EVERY_S:
+                self._repicked_at = time.monotonic()
+                self.repick()
+
+    def repick(self) -> list[str]:
+        """:func:`repick_variants`; an error is logged, never raised into the tick."""
+        try:
+            with Session(self._engine) as session:
+                sent = repick_variants(session, releases=self._releases)
+        except Exception:
+            log.exception("picking variants again failed")
+            return []
+        if sent:
+            log.info("variant picked again for %d device(s) whose runtime is now known: %s",
+                     len(sent), ", ".join(sent[:10]))
+        return sent
 
     def _tick_one(self, rollout_id: int, now: float) -> None:
         try:

@@ -6,25 +6,38 @@ number, which is what lets the agents, who refuse older releases, go back to it.
 
 A version that keeps other variants (issue 12: quantization "auto" keeps every one that passed
 the parity gate) is sent to each device in the variant :func:`pick_for_device` picks for the
-runtime its status reported; the device row keeps which variant and why.
+runtime its status reported; the device row keeps which variant and why. A device whose desired
+was set before its status named a runtime (before it first connected, say) got the published
+variant; :func:`repick_variants` picks again once the runtime is known.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import defaultdict
+from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from cloud_hub.core.states import ModelStatus
+from cloud_hub.core.states import ModelStatus, RolloutStatus
 from cloud_hub.db.devices import ensure_devices
+from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Device
-from cloud_hub.registry.lifecycle import PublishRefused, get_model
+from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused, get_model
 from cloud_hub.registry.records import variants_of
 from cloud_hub.registry.releases import Releases
-from cloud_hub.rollouts.variant import DevicePick, pick_for_device, runtime_of
+from cloud_hub.rollouts.variant import (
+    NO_RUNTIME_REASON,
+    DevicePick,
+    pick_for_device,
+    runtime_of,
+)
 from shared.messages import Desired, ModelRef
 
-__all__ = ["set_desired"]
+__all__ = ["repick_variants", "set_desired"]
+
+log = logging.getLogger(__name__)
 
 
 def set_desired(
@@ -74,9 +87,79 @@ def set_desired(
         device.desired_variant = pick.quantization if pick else None
         device.desired_variant_reason = pick.reason if pick else None
         device.desired_at = now
+        device.desired_config = dict(config or {})
         session.add(device)
     session.commit()
     return now
+
+
+def repick_variants(session: Session, *, releases: Releases) -> list[str]:
+    """Pick the variant again for every device that was sent the published variant because
+    its runtime was unknown, now that its status has named one; commits.
+
+    Where the pick changes, the device's ``desired`` is sent again, naming the variant, with
+    the config it had and the rollout it belongs to (an agent still downloading the published
+    variant drops it for the other; one that already runs it keeps it until the next version).
+    Where it does not, only the device row's reason changes. Returns the devices sent again."""
+    waiting = session.exec(select(Device).where(
+        Device.desired_variant_reason == NO_RUNTIME_REASON)).all()
+    groups: dict[tuple[str, int, int | None, str], list[str]] = defaultdict(list)
+    configs: dict[tuple[str, int, int | None, str], dict[str, Any]] = {}
+    versions: dict[tuple[str, int], tuple[str, list[str]] | None] = {}
+    for device in waiting:
+        runtime = runtime_of(device.runtime)
+        if runtime is None or device.desired_name is None or device.desired_version is None:
+            continue
+        ref = (device.desired_name, device.desired_version)
+        if ref not in versions:
+            versions[ref] = _variants(session, *ref)
+        if (found := versions[ref]) is None:
+            continue
+        published, kept = found
+        pick = pick_for_device(runtime, published=published, variants=kept)
+        if pick.variant is None:  # the published variant, which it was sent already
+            device.desired_variant, device.desired_variant_reason = pick.quantization, pick.reason
+            session.add(device)
+            continue
+        config = dict(device.desired_config or {})
+        key = (device.desired_name, device.desired_version, _rollout_of(session, device),
+               repr(sorted(config.items())))
+        groups[key].append(device.device_id)
+        configs[key] = config
+    session.commit()
+    sent: list[str] = []
+    for key, device_ids in groups.items():
+        name, version, rollout_id, _ = key
+        try:
+            set_desired(session, releases=releases, device_ids=device_ids,
+                        model=ModelRef(name=name, version=version), config=configs[key],
+                        rollout_id=rollout_id, require_published=False)  # commits
+        except PublishRefused as exc:  # e.g. the version was deleted since
+            log.warning("variant not picked again for %s: %s", device_ids, exc)
+            session.rollback()
+            continue
+        sent.extend(device_ids)
+    return sent
+
+
+def _variants(session: Session, name: str, version: int) -> tuple[str, list[str]] | None:
+    """A version's published quantization and the other variants it keeps (None: deleted)."""
+    try:
+        record = get_model(session, name=name, version=version)
+    except ModelNotFound:
+        return None
+    return record.quantization, [v.quantization for v in variants_of(session, record)]
+
+
+def _rollout_of(session: Session, device: Device) -> int | None:
+    """The running rollout that sent ``device`` its desired version, if any."""
+    return session.exec(
+        select(Rollout.id).join(RolloutDevice, col(RolloutDevice.rollout_id) == Rollout.id)
+        .where(RolloutDevice.device_id == device.device_id,
+               Rollout.model_name == device.desired_name,
+               Rollout.model_version == device.desired_version,
+               col(Rollout.status).in_((RolloutStatus.RUNNING, RolloutStatus.ROLLING_BACK)))
+        .order_by(col(Rollout.id).desc())).first()
 
 
 def _pick(device: Device, model: ModelRef, published: str, kept: list[str]) -> DevicePick:

@@ -15,7 +15,14 @@ import msgspec
 
 from shared.messages import AgentRuntime
 
-__all__ = ["VARIANT_MODES", "DevicePick", "choose_variant", "pick_for_device", "runtime_of"]
+__all__ = [
+    "NO_RUNTIME_REASON",
+    "VARIANT_MODES",
+    "DevicePick",
+    "choose_variant",
+    "pick_for_device",
+    "runtime_of",
+]
 
 # The variants a version keeps beside its published one: those choose_variant can pick.
 VARIANT_MODES = ("int8", "float32")
@@ -24,6 +31,9 @@ VARIANT_MODES = ("int8", "float32")
 # float32 per window, bench/edge.py) and on one whose delegate does not (tflite-runtime 2.14:
 # int8 73.6 us on builtin kernels against float32 5.1 us).
 _WITH_INT8 = ("int8", "float32")
+# The reason a pick made without a runtime records: such picks are made again once the device's
+# status names its runtime (cloud_hub.rollouts.desired.repick_variants).
+NO_RUNTIME_REASON = "runtime not reported: the published variant, as before"
 _WITHOUT_INT8 = ("float32", "int8")
 
 
@@ -80,8 +90,7 @@ def pick_for_device(runtime: AgentRuntime | None, *, published: str,
     "auto" found int8 fastest on the hub, as before)."""
     others = set(variants) - {published}
     if runtime is None or not others:
-        why = ("runtime not reported: the published variant, as before" if runtime is None
-               else "the only variant of this version")
+        why = NO_RUNTIME_REASON if runtime is None else "the only variant of this version"
         return DevicePick(quantization=published, variant=None, reason=why)
     choice = choose_variant(runtime, others | {published})
     assert choice is not None  # the published variant passed the gate

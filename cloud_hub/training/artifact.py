@@ -32,7 +32,8 @@ class TrainingSpec:
     normalization: str = "zscore"  # zscore | minmax
     score_method: str = "mse"  # mse | mae
     # mean: the mean error over the window's values; channel_max: the largest channel's mean
-    # error in units of its typical training error (a fault on one channel is not averaged away)
+    # error in units of its typical error on the validation windows (a fault on one channel is
+    # not averaged away)
     score_reduce: str = "mean"
     smoothing: int = 1
     threshold_method: str = "quantile"  # quantile | f1 (needs labelled validation data)

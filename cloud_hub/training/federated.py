@@ -238,8 +238,8 @@ def run_federated_training(
     report(TrainingProgress(stage=TrainingStage.FITTING, epochs=1, fraction=0.05))
     model = pca_model(mean, basis)
     report(TrainingProgress(stage=TrainingStage.THRESHOLDING, epochs=1, epoch=1, fraction=0.8))
-    score = score_spec_for(spec, model, train_x, len(stats.channels))
     float_rec = keras_reconstruct(model, val_x)
+    score = score_spec_for(spec, val_x, float_rec, len(stats.channels))
     val_scores = smoothed_scores(window_scores(val_x, float_rec, score),
                                  data.validation_lengths, spec.smoothing)
     fitted = FittedModel(

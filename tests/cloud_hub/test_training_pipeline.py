@@ -99,7 +99,7 @@ def test_device_path_flags_a_spike_and_not_normal_operation(trained) -> None:
     assert faulty_flags[190:215].any()
 
 
-def test_channel_max_scores_in_each_channels_training_error_and_flags_a_frozen_sensor() -> None:
+def test_channel_max_scores_in_each_channels_held_out_error_and_flags_a_frozen_sensor() -> None:
     spec = replace(TINY, score_reduce="channel_max", compare_modes=False)
     readings = np.concatenate([pump_readings(500, 1), pump_readings(500, 2)])
     artifact = run_training(readings, CHANNELS, spec, segments=[500, 500])

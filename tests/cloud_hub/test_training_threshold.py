@@ -7,7 +7,7 @@ import pytest
 
 from cloud_hub.training.artifact import TrainingSpec
 from cloud_hub.training.errors import TrainingError
-from cloud_hub.training.pipeline import run_training
+from cloud_hub.training.pipeline import run_training, score_spec_for
 from cloud_hub.training.threshold import f1_optimal_threshold, is_anomaly, quantile_threshold
 
 
@@ -64,3 +64,22 @@ def test_pipeline_uses_labels_for_an_f1_optimal_threshold() -> None:
     assert artifact.threshold_method.startswith("F1-optimal")
     assert artifact.validation["f1"] > 0.5
     assert artifact.validation["anomalous_windows"] > 0
+
+
+def test_channel_max_scales_each_channel_by_its_mean_held_out_error() -> None:
+    rng = np.random.default_rng(5)
+    windows = rng.normal(size=(400, 16, 3)).astype(np.float32)
+    errors = np.array([0.1, 1.0, 0.02], dtype=np.float32)  # per channel, on every value
+    recon = windows + errors
+    spec = TrainingSpec(window=16, score_reduce="channel_max")
+    scale = score_spec_for(spec, windows, recon, 3).channel_scale
+    assert scale == pytest.approx((errors.astype(np.float64) ** 2).tolist(), rel=1e-5)
+    assert score_spec_for(TrainingSpec(window=16), windows, recon, 3).channel_scale is None
+
+
+def test_a_channel_the_model_reconstructs_exactly_gets_a_floor_not_a_zero_scale() -> None:
+    windows = np.ones((50, 8, 3), dtype=np.float32)
+    recon = windows + np.array([0.5, 0.0, 0.2], dtype=np.float32)
+    scale = score_spec_for(TrainingSpec(window=8, score_reduce="channel_max"), windows, recon,
+                           3).channel_scale
+    assert scale is not None and scale[1] == pytest.approx(0.01 * 0.04)  # 1% of the median

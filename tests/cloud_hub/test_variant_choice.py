@@ -9,13 +9,18 @@ from cloud_hub.db.devices import ensure_devices
 from cloud_hub.registry.lifecycle import PublishRefused, get_model
 from cloud_hub.registry.records import variants_of
 from cloud_hub.rollouts.desired import set_desired
-from cloud_hub.rollouts.variant import choose_variant, pick_for_device, runtime_of
+from cloud_hub.rollouts.variant import (
+    NO_RUNTIME_REASON,
+    choose_variant,
+    pick_for_device,
+    runtime_of,
+)
 from cloud_hub.service import Hub
 from shared.manifest import manifest_from_dict, parse_manifest
 from shared.messages import AgentRuntime, MessageError, ModelRef, Status, decode, encode
 from shared.signing import verify_manifest
 from simulator.broker import Broker
-from tests.cloud_hub.helpers import Subscriber, variant_artifact
+from tests.cloud_hub.helpers import Subscriber, variant_artifact, wait_for
 
 LITERT = AgentRuntime(package="litert", version="1.2.0", xnnpack_int8=True)
 LEGACY = AgentRuntime(package="tflite-runtime", version="2.14.0", xnnpack_int8=False)
@@ -132,3 +137,53 @@ def test_release_signs_every_variant_and_desired_names_it_per_runtime(
         with pytest.raises(PublishRefused, match="no variant 'float16'"):
             set_desired(session, releases=hub.releases, device_ids=["dev-lite"],
                         model=ModelRef(name=name, version=version, variant="float16"))
+
+
+@pytest.mark.integration
+@pytest.mark.hub
+def test_a_device_told_before_its_runtime_was_known_gets_its_variant_once_it_is(
+    broker: Broker, hub: Hub
+) -> None:
+    """Desired set before the devices ever connected: the published variant, unnamed. Once
+    their statuses name runtimes (as ingest stores them), the controller picks again: the
+    legacy device is sent float32 with the config it had, the litert one keeps int8 and only
+    its reason changes."""
+    name, version = hub.register(variant_artifact(), name="pump-ae")
+    ref = ModelRef(name=name, version=version)
+    devices = ["dev-new-legacy", "dev-new-lite"]
+    with Session(hub.engine) as session:
+        hub.releases.publish(session, get_model(session, name=name, version=version))
+        set_desired(session, releases=hub.releases, model=ref, device_ids=devices,
+                    config={"sample_hz": 10})
+        rows = ensure_devices(session, devices)
+        assert {r.desired_variant_reason for r in rows.values()} == {NO_RUNTIME_REASON}
+    sub = Subscriber(broker, "edgeloop/v1/+/+/desired", client_id="repick-sub")
+    try:
+        sub.collect(2)  # the retained desired of both, as first sent
+        with Session(hub.engine) as session:
+            rows = ensure_devices(session, devices)
+            rows["dev-new-legacy"].runtime = LEGACY.to_dict()
+            rows["dev-new-lite"].runtime = LITERT.to_dict()
+            session.add_all(rows.values())
+            session.commit()
+        desired = json.loads(sub.collect(1, timeout=30.0)[hub.topics.desired("dev-new-legacy")])
+        assert desired["model"] == {"name": name, "version": version, "variant": "float32"}
+        assert desired["config"] == {"sample_hz": 10}
+
+        def picked() -> dict[str, tuple[str | None, str | None]]:
+            with Session(hub.engine) as session:
+                return {d: (r.desired_variant, r.desired_variant_reason)
+                        for d, r in ensure_devices(session, devices).items()}
+
+        # desired is published before the rows are committed: wait for both rows
+        wait_for(lambda: NO_RUNTIME_REASON not in {r for _, r in picked().values()},
+                 timeout=30.0)
+        now = picked()
+        assert now["dev-new-legacy"][0] == "float32"
+        assert "tflite-runtime" in str(now["dev-new-legacy"][1])
+        assert now["dev-new-lite"][0] == "int8" and "litert" in str(now["dev-new-lite"][1])
+        assert hub.rollouts.repick() == []  # nothing is left to pick again
+        with pytest.raises(AssertionError, match="received 0 of 1"):
+            sub.collect(1, timeout=1.0)  # and the litert device was not sent anything new
+    finally:
+        sub.close()
