@@ -9,6 +9,13 @@ Layout under ``root``::
     current.json / previous.json       pointers, switched with os.replace
 
     releases.json                      per model name, the highest release installed
+    .switch/<name>/<version>/          another variant of the running version, downloaded and
+                                       checked there before it takes the version's place
+
+A version's directory holds one variant. Another variant of the version that runs is fetched
+into :meth:`ModelStore.switch_store` (the same layout, keys, checks and release floor), so the
+running one stays on disk until the new one has passed its shadow run; :meth:`take_switch` then
+puts it in the version's place.
 
 Nothing is loaded unless the manifest's Ed25519 signature verifies against a trusted key and the
 file's size and sha256 match it; both are checked again every time a model is read back. A
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +55,8 @@ __all__ = [
 ManifestVerifier = Callable[[Manifest, Mapping[str, bytes]], None]
 
 log = logging.getLogger(__name__)
+
+SWITCH_DIR = ".switch"
 
 
 class StoreError(RuntimeError):
@@ -92,13 +102,45 @@ class FixedKeys:
 
 class ModelStore:
     def __init__(self, root: Path, trusted: Mapping[str, bytes] | TrustedKeys, *,
-                 verify: ManifestVerifier = verify_manifest_isolated) -> None:
+                 verify: ManifestVerifier = verify_manifest_isolated,
+                 releases: ReleaseFloor | None = None) -> None:
         """``trusted``: the device's key ring, or fixed key id → raw public key bytes."""
         self.root = Path(root)
         self._verify = verify
         self.keys: TrustedKeys = FixedKeys(trusted) if isinstance(trusted, Mapping) else trusted
         self.root.mkdir(parents=True, exist_ok=True)
-        self.releases = ReleaseFloor(self.root / "releases.json", rebuild=self._installed)
+        self.releases = releases or ReleaseFloor(self.root / "releases.json",
+                                                 rebuild=self._installed)
+        self._switch: ModelStore | None = None
+
+    # -- another variant of the running version ----------------------------------------------
+    def switch_store(self) -> ModelStore:
+        """Where another variant of the running version is downloaded and checked: this
+        store's keys, signature check and release floor, under ``.switch/``."""
+        if self._switch is None:
+            self._switch = ModelStore(self.root / SWITCH_DIR, self.keys, verify=self._verify,
+                                      releases=self.releases)
+        return self._switch
+
+    def take_switch(self, manifest: Manifest) -> None:
+        """Put the variant of ``manifest`` downloaded into :meth:`switch_store` in its version's
+        place, replacing the variant stored there (two renames: a crash between them leaves no
+        such version, and the agent starts on its previous model)."""
+        staged = self.switch_store().version_dir(manifest.name, manifest.version)
+        if not (staged / "model.tflite").exists():
+            raise StoreError(f"{manifest.name} v{manifest.version}: no switched variant staged")
+        target = self.version_dir(manifest.name, manifest.version)
+        replaced = target.with_name(f"{target.name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        if target.exists():
+            os.replace(target, replaced)
+        os.replace(staged, target)
+        shutil.rmtree(replaced, ignore_errors=True)
+
+    def drop_switch(self) -> None:
+        """Delete whatever another variant's download left under ``.switch/``."""
+        shutil.rmtree(self.root / SWITCH_DIR, ignore_errors=True)
+        self._switch = None
 
     # -- paths -------------------------------------------------------------------------
     def version_dir(self, name: str, version: int) -> Path:
@@ -296,7 +338,7 @@ class ModelStore:
         """Delete every version that is neither current, previous nor mid-download."""
         keep = {(p.name, str(p.version)) for p in (self.current(), self.previous()) if p}
         for name_dir in self.root.iterdir():
-            if not name_dir.is_dir():
+            if not name_dir.is_dir() or name_dir.name == SWITCH_DIR:
                 continue
             for version_dir in name_dir.iterdir():
                 complete = (version_dir / "model.tflite").exists()

@@ -8,6 +8,11 @@ chunk stays in memory and the model is staged from it with the others from disk;
 whose signature was checked as it arrived is not checked again before its bytes are loaded
 (a model read back from disk is). The two costly steps, checking a manifest and staging a
 model, run when a :class:`StepBudget` lets them (the daemon's always does).
+
+A desired naming another variant of the version that runs (the hub picked again once it knew
+the device's runtime) is fetched into the store's switch area beside the running one, checked,
+shadowed against it like any update, and only then takes its place (:meth:`ModelStore.
+take_switch`). A desired naming no variant is met by whichever variant of the version runs.
 """
 
 from __future__ import annotations
@@ -135,6 +140,9 @@ class ModelUpdater:
         self._received: dict[int, bytes] = {}
         self._missing: set[int] = set()
         self._step: Callable[[], None] | None = None  # a step the budget has not let run yet
+        # Where the download in progress goes: the store, or its switch area for another
+        # variant of the running version.
+        self._dl: ModelStore = store
 
     # -- start-up ------------------------------------------------------------------------
     def load_current(self) -> None:
@@ -159,17 +167,14 @@ class ModelUpdater:
             return
         key = (ref.name, ref.version)
         active = self.detector.active
+        switching = False
         if active is not None and (active.manifest.name, active.manifest.version) == key:
-            if self._target is not None:
-                self._abort("desired changed back to the active model")
-            if ref.variant not in (None, active.manifest.quantization.value):
-                # the store holds one variant per version, and this one runs: the other
-                # comes with the next version (reported says which variant runs)
-                log.warning("desired names variant %s of the active %s v%d, which runs as %s: "
-                            "kept until the next version", ref.variant, ref.name, ref.version,
-                            active.manifest.quantization.value)
-            self._report(active.manifest, ModelState.ACTIVE, None)
-            return
+            if ref.variant in (None, active.manifest.quantization.value):
+                if self._target is not None:
+                    self._abort("desired changed back to the active model")
+                self._report(active.manifest, ModelState.ACTIVE, None)
+                return
+            switching = True  # another variant of the running version
         if self._target == ref:
             return
         if self._settled.get(key) == issued_at:
@@ -185,10 +190,14 @@ class ModelUpdater:
         self._target = ref
         self._attempts = {}
         self._forget_download()
+        if switching:
+            log.info("switching %s v%d from variant %s to %s", ref.name, ref.version,
+                     active.manifest.quantization.value if active else "?", ref.variant)
+        self._dl = self.store.switch_store() if switching else self.store
         self._deadline = self._clock() + self.settings.download_timeout_s
-        saved = self.store.saved_manifest(ref.name, ref.version)
+        saved = self._dl.saved_manifest(ref.name, ref.version)
         if saved is not None and ref.variant not in (None, saved.quantization.value):
-            if self.store.discard(ref.name, ref.version):  # another variant of it: fetch anew
+            if self._dl.discard(ref.name, ref.version):  # another variant of it: fetch anew
                 log.info("dropping the stored %s variant of %s v%d for variant %s",
                          saved.quantization.value, ref.name, ref.version, ref.variant)
             saved = None
@@ -224,7 +233,7 @@ class ModelUpdater:
         if self._target != target or self._manifest is not None:
             return  # desired moved on while the step waited for its turn
         try:
-            manifest = self.store.accept_manifest(payload, name=target.name,
+            manifest = self._dl.accept_manifest(payload, name=target.name,
                                                   version=target.version,
                                                   variant=target.variant)
         except StoreError as exc:
@@ -236,11 +245,11 @@ class ModelUpdater:
 
     def _with_manifest(self, manifest: Manifest) -> None:
         self._manifest = manifest
-        if self.store.has_model(manifest):
+        if self._dl.has_model(manifest):
             self._stage(manifest)
             return
         self._report(manifest, ModelState.DOWNLOADING, None)
-        missing = self.store.missing_chunks(manifest)
+        missing = self._dl.missing_chunks(manifest)
         if not missing:
             self._stage(manifest)
             return
@@ -258,9 +267,9 @@ class ModelUpdater:
         last = self._missing == {index}
         try:
             if last:  # staged from memory at once: no file to write, read back and delete
-                self.store.check_chunk(manifest, index, payload)
+                self._dl.check_chunk(manifest, index, payload)
             else:  # kept on disk too, so that a restart resumes with the missing ones only
-                self.store.put_chunk(manifest, index, payload)
+                self._dl.put_chunk(manifest, index, payload)
         except ChunkError as exc:
             self.refused += 1
             tries = self._attempts.get(index, 0) + 1
@@ -290,9 +299,9 @@ class ModelUpdater:
         return self.topics.chunk(manifest.name, manifest.version, index, variant)
 
     # -- verification, shadow, activation -------------------------------------------------
-    def _load(self, name: str, version: int) -> LoadedModel:
+    def _load(self, name: str, version: int, store: ModelStore | None = None) -> LoadedModel:
         """A model read back from disk, checked again (signature, size, sha256)."""
-        return self._build(*self.store.read_verified(name, version))
+        return self._build(*(store or self.store).read_verified(name, version))
 
     def _build(self, manifest: Manifest, data: bytes) -> LoadedModel:
         """Checked bytes into a fresh interpreter, with this device's calibrated threshold."""
@@ -312,16 +321,17 @@ class ModelUpdater:
         promoted when there is no shadow run)."""
         if self._manifest is not manifest:
             return  # desired moved on while the step waited for its turn
+        store = self._dl
         try:
-            if self.store.has_model(manifest):
-                loaded = self._load(manifest.name, manifest.version)  # all checked again
+            if store.has_model(manifest):
+                loaded = self._load(manifest.name, manifest.version, store)  # checked again
             elif self._checked is manifest:
                 # its signature was checked as it arrived, in this process; its bytes are
                 # checked against it now (size, sha256): nothing to read back from disk
-                loaded = self._build(manifest, self.store.install(manifest, self._received))
+                loaded = self._build(manifest, store.install(manifest, self._received))
             else:  # a manifest saved by an earlier run: its signature is checked on reading
-                self.store.install(manifest, self._received)
-                loaded = self._load(manifest.name, manifest.version)
+                store.install(manifest, self._received)
+                loaded = self._load(manifest.name, manifest.version, store)
         except Exception as exc:  # every refusal becomes `failed` with its reason
             self._fail(str(exc))
             return
@@ -389,6 +399,14 @@ class ModelUpdater:
             self._report(active.manifest, ModelState.ACTIVE, None)
 
     def _promote(self, loaded: LoadedModel) -> None:
+        if self._dl is not self.store:  # another variant of the running version
+            try:
+                self.store.take_switch(loaded.manifest)
+            except (OSError, StoreError) as exc:
+                self._fail(f"switching to variant {loaded.manifest.quantization.value} of "
+                           f"{loaded.label}: {exc}")
+                return
+            self._end_switch()
         self.store.activate(loaded.manifest)
         self._target = None
         self._forget_download()
@@ -437,6 +455,7 @@ class ModelUpdater:
         self.detector.stop_shadow()
         self._target = None
         self._forget_download()
+        self._end_switch()
         self._fail_state(reason, target, manifest=manifest)
 
     def _fail_state(self, reason: str, ref: ModelRef | None, *,
@@ -451,6 +470,13 @@ class ModelUpdater:
         self.detector.stop_shadow()
         self._target = None
         self._forget_download()
+        self._end_switch()
+
+    def _end_switch(self) -> None:
+        """Downloads go to the store again; a variant switch's leftovers are deleted."""
+        if self._dl is not self.store:
+            self._dl = self.store
+            self.store.drop_switch()
 
     def _forget_download(self) -> None:
         self._manifest = None

@@ -116,3 +116,89 @@ def test_an_old_release_of_a_variant_is_refused_like_any_replay(tmp_path: Path) 
     assert last.state.value == "failed"
     assert last.error is not None and "release 1, older than release 2" in last.error
     assert rig.detector.active is not None and rig.detector.active.manifest.version == 2
+
+
+# -- another variant of the version that runs --------------------------------------------------
+
+def _running_int8(tmp_path: Path, **settings: object) -> tuple[Rig, Manifest]:
+    key = generate_signing_key()
+    rig = Rig(tmp_path, key, **settings)
+    rig.updater.want(ModelRef(name="pump-ae", version=1), 1.0)
+    rig.publish(make_manifest(key, INT8), INT8)
+    rig.feed(40)  # through its shadow run, when there is one
+    assert rig.detector.active is not None
+    f32 = make_manifest(key, FLOAT32, quantization=Quantization.FLOAT32)
+    return rig, f32
+
+
+def test_another_variant_of_the_running_version_is_fetched_beside_it_and_swapped_in(
+    tmp_path: Path,
+) -> None:
+    rig, f32 = _running_int8(tmp_path)
+    int8_sha = rig.store.current().sha256  # type: ignore[union-attr]
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 2.0)
+    assert TOPICS.manifest("pump-ae", 1, "float32") in rig.link.subscribed
+    assert rig.reports[-1].state.value == "downloading"
+    assert rig.reports[-1].active is not None and rig.reports[-1].active.variant == "int8"
+    assert rig.store.read_verified("pump-ae", 1)[1] == INT8, "the running one stays on disk"
+    publish_variant(rig, f32, FLOAT32, "float32")
+    active = rig.detector.active
+    assert active is not None and active.manifest.quantization is Quantization.FLOAT32
+    last = rig.reports[-1]
+    assert last.state.value == "active" and last.active is not None
+    assert (last.active.version, last.active.variant) == (1, "float32")
+    assert rig.store.read_verified("pump-ae", 1)[1] == FLOAT32
+    pointer = rig.store.current()
+    assert pointer is not None and pointer.sha256 == f32.sha256 != int8_sha
+    assert not (tmp_path / ".switch").exists(), "nothing left in the switch area"
+    assert not rig.link.active, "download subscriptions dropped"
+    again = Rig(tmp_path, generate_signing_key(), keys=rig.store.keys)  # a restart
+    again.updater.load_current()
+    assert again.detector.active is not None
+    assert again.detector.active.manifest.quantization is Quantization.FLOAT32
+
+
+def test_a_switch_goes_through_the_shadow_run_and_the_running_variant_scores_meanwhile(
+    tmp_path: Path,
+) -> None:
+    rig, f32 = _running_int8(tmp_path, shadow_windows=20)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 2.0)
+    publish_variant(rig, f32, FLOAT32, "float32")
+    assert rig.reports[-1].state.value == "shadow"
+    active = rig.detector.active
+    assert active is not None and active.manifest.quantization is Quantization.INT8
+    rig.feed(40)
+    active = rig.detector.active
+    assert active is not None and active.manifest.quantization is Quantization.FLOAT32
+    assert rig.reports[-1].state.value == "active"
+
+
+def test_a_switch_that_fails_leaves_the_running_variant_in_place(tmp_path: Path) -> None:
+    rig, f32 = _running_int8(tmp_path, chunk_retries=0)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 2.0)
+    bad = bytearray(FLOAT32)
+    bad[100] ^= 0xFF
+    publish_variant(rig, f32, bytes(bad), "float32")  # the first chunk's hash does not match
+    last = rig.reports[-1]
+    assert last.state.value == "failed" and last.error is not None and "chunk 0" in last.error
+    assert last.active is not None and last.active.variant == "int8"
+    assert not (tmp_path / ".switch").exists(), "the failed download is deleted"
+    rig.updater.want(ModelRef(name="pump-ae", version=1), 3.0)  # desired back to the published
+    active = rig.detector.active
+    assert active is not None and active.manifest.quantization is Quantization.INT8
+    assert rig.reports[-1].state.value == "active"
+    assert rig.store.read_verified("pump-ae", 1)[1] == INT8
+    assert not (tmp_path / ".switch").exists()
+    assert not rig.link.active
+
+
+def test_a_desired_naming_no_variant_is_met_by_the_variant_that_runs(tmp_path: Path) -> None:
+    rig, f32 = _running_int8(tmp_path)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 2.0)
+    publish_variant(rig, f32, FLOAT32, "float32")
+    reports = len(rig.reports)
+    rig.updater.want(ModelRef(name="pump-ae", version=1), 3.0)
+    assert not rig.link.active, "nothing to fetch"
+    active = rig.detector.active
+    assert active is not None and active.manifest.quantization is Quantization.FLOAT32
+    assert len(rig.reports) == reports, "nothing changed, nothing reported"

@@ -177,3 +177,35 @@ def _forge_desired(broker: Broker, hub: Hub, device: str, model: ModelRef) -> No
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_a_running_agent_switches_to_another_variant_of_its_version_in_place(
+    broker: Broker, hub: Hub, tmp_path: Path
+) -> None:
+    """The hub names another variant of the version a device runs (an admin here; the hub's
+    re-pick once a runtime is known does the same): the agent fetches it beside the running
+    one, checks it, swaps it in, and the hub shows the device in sync on the new variant."""
+    name, version = hub.register(variant_artifact(threshold=50.0), name="pump-ae")
+    _call(hub, "POST", f"/models/{name}/{version}/publish")
+    agent = _start(broker, tmp_path, "dev-lite", hub)
+    try:
+        _call(hub, "PUT", "/devices/dev-lite/desired",
+              {"model": {"name": name, "version": version}})
+        wait_until(lambda: _call(hub, "GET", "/devices/dev-lite")["in_sync"], 60,
+                   "the published int8 variant active")
+        assert agent.detector.active is not None
+        assert agent.detector.active.manifest.quantization.value == "int8"
+        _call(hub, "PUT", "/devices/dev-lite/desired",
+              {"model": {"name": name, "version": version, "variant": "float32"}})
+        wait_until(lambda: (_call(hub, "GET", "/devices/dev-lite")["active_model"] or {})
+                   .get("variant") == "float32", 60, "the float32 variant active")
+        shown = _call(hub, "GET", "/devices/dev-lite")
+        assert shown["in_sync"] and shown["desired_model"]["variant"] == "float32"
+        active = agent.detector.active
+        assert active is not None and active.manifest.quantization.value == "float32"
+        manifest, data = agent.core.store.read_verified(name, version)  # signature again
+        assert manifest.sha256 == active.manifest.sha256 and len(data) == manifest.size
+        readings = agent.status()["readings"]
+        wait_until(lambda: agent.status()["readings"] > readings, 30, "the agent goes on")
+    finally:
+        agent.stop()
