@@ -9,10 +9,15 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
 
-__all__ = ["PG_SERVER", "made_pg_database", "pg_database"]
+from cloud_hub.db.engine import make_engine
+
+__all__ = ["PG_SERVER", "PG_TEST", "made_pg_database", "pg_database", "pg_schema_engine"]
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+PG_TEST = f"{PG_SERVER}/test"  # the database every session's server has
 
 
 @contextlib.contextmanager
@@ -39,3 +44,28 @@ def pg_database() -> Iterator[str]:
     """The URL of an empty database of its own."""
     with made_pg_database() as url:
         yield url
+
+
+@contextlib.contextmanager
+def pg_schema_engine(application_name: str | None = None) -> Iterator[Engine]:
+    """The hub's engine on a schema of its own in the database ``test``, with the hub's tables,
+    dropped on exit (skips the test when the server is not there). ``application_name`` marks
+    the engine's connections, so that a test can terminate those and no other client's."""
+    schema = f"edgeloop_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = make_engine(PG_TEST, create=False)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
+    url = PG_TEST if application_name is None else f"{PG_TEST}?application_name={application_name}"
+    engine = make_engine(url, create=False).execution_options(
+        schema_translate_map={None: schema})
+    SQLModel.metadata.create_all(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.core.config import Settings
 from cloud_hub.service import Hub
 from simulator.broker import Broker
@@ -24,6 +27,23 @@ def hub_settings(broker: Broker, data_dir: Path, *, hub_id: str | None = None,
         publish_timeout_s=10.0, chunk_size=1024, rollout_tick_s=0.1,
         **{**mqtt, **extra},  # type: ignore[arg-type]
     )
+
+
+@contextlib.contextmanager
+def served_hub(broker: Broker, data_dir: Path, devices: tuple[str, ...]) -> Iterator[Hub]:
+    """A hub with ``devices`` enrolled, its REST API served on a free port and reachable as
+    ``hub.test_api`` (an admin client on /api/v1); stopped on exit."""
+    h = Hub(hub_settings(broker, data_dir), run_training=stand_in_training())
+    enroll_devices(h, devices)
+    server = serve_in_thread(h)
+    h.test_api = httpx.Client(  # type: ignore[attr-defined]
+        base_url=server.base_url + "/api/v1", headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    try:
+        yield h
+    finally:
+        h.test_api.close()  # type: ignore[attr-defined]
+        server.stop()
+        h.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,10 @@ from cloud_hub.jobs.leased import LeasedWorker
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
 from cloud_hub.maintenance.rollups import read_rollups
-from cloud_hub.mqtt.inbox import Inbox
 from cloud_hub.mqtt.ingest import MqttIngest
-from shared.messages import TelemetryBatch, encode
 from shared.topics import Topics
 from tests.cloud_hub.helpers import wait_for
+from tests.cloud_hub.ingest_fakes import FakeConnection, telemetry_message
 
 pytestmark = pytest.mark.hub
 TOPICS = Topics()
@@ -32,41 +30,10 @@ EPOCH = "0123456789abcdef"
 NOW = time.time() // 60 * 60  # readings of this hour: no retention removes them
 
 
-@dataclass
-class _Message:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int = 1
-
-
-@dataclass
-class _Connection:
-    """What ingest needs of the MQTT connection: its topics, its inbox and PUBACKs."""
-
-    inbound: Inbox = field(default_factory=lambda: Inbox(max_messages=10_000,
-                                                         max_bytes=10_000_000))
-    topics: Topics = TOPICS
-    acked: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def tick(self) -> None:
-        pass
-
-    def ack_received(self, messages: list[_Message]) -> int:
-        with self.lock:
-            self.acked.extend(m.mid for m in messages if m.qos == 1)
-        return len(messages)
-
-    def acked_count(self) -> int:
-        with self.lock:
-            return len(self.acked)
-
+class _Connection(FakeConnection):
     def send(self, device_id: str, seqs: range) -> None:
         for seq in seqs:
-            self.inbound.put(_Message(TOPICS.telemetry(device_id), encode(TelemetryBatch(
-                device_id=device_id, epoch=EPOCH, seq=seq, channels=["a"],
-                ts=[NOW + seq], values=[[1.0]])), mid=seq + 1))
+            self.inbound.put(telemetry_message(device_id, seq, ts=NOW + seq, epoch=EPOCH))
 
 
 def _stored_seqs(engine: object, device_id: str) -> list[int]:

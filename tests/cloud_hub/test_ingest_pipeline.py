@@ -5,7 +5,6 @@ decoded batches wait for the writer."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,51 +17,20 @@ from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
 from cloud_hub.db.tables import TelemetryBatchRow
 from cloud_hub.mqtt.inbox import Inbox
 from cloud_hub.mqtt.ingest import MqttIngest
-from shared.messages import TelemetryBatch, encode
 from shared.topics import Topics
 from tests.cloud_hub.helpers import wait_for
+from tests.cloud_hub.ingest_fakes import FakeConnection as _Connection
+from tests.cloud_hub.ingest_fakes import new_inbox, telemetry_message
 
 pytestmark = pytest.mark.hub
 TOPICS = Topics()
 BATCH = 8
 
 
-@dataclass
-class _Message:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int = 1
-
-
-@dataclass
-class _Connection:
-    """What ingest needs of the MQTT connection: its topics, its inbox and PUBACKs."""
-
-    inbound: Inbox
-    topics: Topics = TOPICS
-    acked: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def tick(self) -> None:
-        pass
-
-    def ack_received(self, messages: list[_Message]) -> int:
-        with self.lock:
-            self.acked.extend(m.mid for m in messages if m.qos == 1)
-        return len(messages)
-
-    def acked_now(self) -> list[int]:
-        with self.lock:
-            return list(self.acked)
-
-
 def _inbox_with(n: int) -> Inbox:
-    inbox = Inbox(max_messages=10_000, max_bytes=10_000_000)
+    inbox = new_inbox()
     for i in range(n):
-        inbox.put(_Message(TOPICS.telemetry("pump-1"), encode(TelemetryBatch(
-            device_id="pump-1", epoch="0123456789abcdef", seq=i, channels=["a"],
-            ts=[float(i)], values=[[1.0]])), mid=i + 1))
+        inbox.put(telemetry_message("pump-1", i))
     return inbox
 
 

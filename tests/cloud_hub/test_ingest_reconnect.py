@@ -5,25 +5,25 @@ only after its commit."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, func, select
+from sqlmodel import Session, func, select
 
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
 from cloud_hub.db.tables import Device, TelemetryBatchRow
-from cloud_hub.mqtt.inbox import Inbox
 from cloud_hub.mqtt.ingest import MqttIngest
 from shared.messages import TelemetryBatch, encode
 from shared.topics import Topics
 from tests.cloud_hub.helpers import wait_for
+from tests.cloud_hub.ingest_fakes import FakeConnection as _Connection
+from tests.cloud_hub.ingest_fakes import FakeMessage as _Message
+from tests.pg import pg_schema_engine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.hub]
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -31,37 +31,6 @@ TOPICS = Topics()
 DEVICES = ("pump-1", "pump-2")
 PER_DEVICE = 60
 BATCH = 8
-
-
-@dataclass
-class _Message:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int = 1
-
-
-@dataclass
-class _Connection:
-    """What ingest needs of the MQTT connection: its topics, its inbox and PUBACKs."""
-
-    inbound: Inbox = field(default_factory=lambda: Inbox(max_messages=10_000,
-                                                         max_bytes=10_000_000))
-    topics: Topics = TOPICS
-    acked: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def tick(self) -> None:
-        pass
-
-    def ack_received(self, messages: list[_Message]) -> int:
-        with self.lock:
-            self.acked.extend(m.mid for m in messages if m.qos == 1)
-        return len(messages)
-
-    def acked_now(self) -> list[int]:
-        with self.lock:
-            return list(self.acked)
 
 
 @pytest.fixture
@@ -73,23 +42,8 @@ def app_name() -> str:
 def pg_engine(app_name: str) -> Iterator[Engine]:
     """The hub's engine on a schema of its own; its connections carry ``app_name``, so the
     test terminates them and no other client's."""
-    schema = f"edgeloop_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = make_engine(SERVER, create=False)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
-    engine = make_engine(f"{SERVER}?application_name={app_name}", create=False
-                         ).execution_options(schema_translate_map={None: schema})
-    SQLModel.metadata.create_all(engine)
-    try:
+    with pg_schema_engine(app_name) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _terminate(app_name: str) -> int:

@@ -3,7 +3,6 @@ database refuses are found by halving the batch, not by one commit per message."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,38 +19,17 @@ from cloud_hub.mqtt.ingest import (
     RowsRefused,
     classify,
 )
-from shared.messages import TelemetryBatch, encode
 from shared.topics import Topics
+from tests.cloud_hub.ingest_fakes import FakeConnection as _Connection
+from tests.cloud_hub.ingest_fakes import FakeMessage, telemetry_message
 
 pytestmark = pytest.mark.hub
 TOPICS = Topics()
 POISON = 13  # the seq the stand-in database refuses
 
 
-@dataclass
-class _Message:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int = 1
-
-
-@dataclass
-class _Connection:
-    """What ingest needs of the MQTT connection: its topics and PUBACKs."""
-
-    topics: Topics = TOPICS
-    acked: list[int] = field(default_factory=list)
-
-    def ack_received(self, messages: list[_Message]) -> int:
-        self.acked.extend(m.mid for m in messages if m.qos == 1)
-        return len(messages)
-
-
-def _messages(n: int) -> list[_Message]:
-    return [_Message(TOPICS.telemetry("pump-1"), encode(TelemetryBatch(
-        device_id="pump-1", epoch="0123456789abcdef", seq=i, channels=["a"], ts=[float(i)],
-        values=[[1.0]])), mid=i + 1) for i in range(n)]
+def _messages(n: int) -> list[FakeMessage]:
+    return [telemetry_message("pump-1", i) for i in range(n)]
 
 
 def test_failures_are_typed_by_what_to_do_about_them() -> None:

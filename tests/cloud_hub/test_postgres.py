@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, func, select
+from sqlmodel import Session, func, select
 
 from cloud_hub.db.conflicts import conflicts_of
 from cloud_hub.db.engine import make_engine
@@ -17,6 +15,7 @@ from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.queries import read_telemetry
 from cloud_hub.db.tables import Anomaly, TelemetryBatchRow
 from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
+from tests.pg import pg_schema_engine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.hub]
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -24,23 +23,8 @@ URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 @pytest.fixture
 def pg_engine() -> Iterator[Engine]:
-    schema = f"edgeloop_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = make_engine(URL, create=False)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
-    engine = make_engine(URL, create=False).execution_options(
-        schema_translate_map={None: schema})
-    SQLModel.metadata.create_all(engine)
-    try:
+    with pg_schema_engine() as engine:
         yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def test_postgres_store_deduplicates_and_reads_back(pg_engine: Engine) -> None:

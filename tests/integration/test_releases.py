@@ -18,34 +18,23 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub
 from edge_agent.agent import Agent
 from shared.codec import split
 from shared.manifest import Manifest
 from shared.messages import Desired, ModelRef, encode
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import enroll_devices, publish_wait, stand_in_training, tiny_artifact
+from tests.cloud_hub.conftest import served_hub
+from tests.cloud_hub.helpers import publish_wait, tiny_artifact
 from tests.edge_agent.support import ScriptedSource, agent_config, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
-ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
-    h = Hub(hub_settings(broker, tmp_path / "hub"), run_training=stand_in_training())
-    enroll_devices(h, ("dev-a", "dev-b"))
-    server = serve_in_thread(h)
-    h.test_api = httpx.Client(base_url=server.base_url + "/api/v1", headers=ADMIN,  # type: ignore[attr-defined]
-                              timeout=30)
-    try:
+    with served_hub(broker, tmp_path / "hub", ("dev-a", "dev-b")) as h:
         yield h
-    finally:
-        h.test_api.close()  # type: ignore[attr-defined]
-        server.stop()
-        h.stop()
 
 
 def _api(hub: Hub) -> httpx.Client:

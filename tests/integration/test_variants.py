@@ -16,28 +16,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub
 from edge_agent.agent import Agent
 from shared.manifest import parse_manifest
 from shared.messages import Desired, ModelRef, encode
 from shared.signing import load_public_key, verify_manifest
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
+from tests.cloud_hub.conftest import served_hub
 from tests.cloud_hub.helpers import (
-    enroll_devices,
     publish_wait,
-    stand_in_training,
     variant_artifact,
 )
 from tests.edge_agent.support import ScriptedSource, agent_config, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
-ADMIN = {"X-API-Key": ADMIN_KEY}
 RUNTIMES = {
     "dev-lite": {"package": "litert", "version": "2.3.0", "xnnpack_int8": True},
     "dev-legacy": {"package": "tflite-runtime", "version": "2.14.0", "xnnpack_int8": False},
@@ -46,17 +41,8 @@ RUNTIMES = {
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
-    h = Hub(hub_settings(broker, tmp_path / "hub"), run_training=stand_in_training())
-    enroll_devices(h, tuple(RUNTIMES))
-    server = serve_in_thread(h)
-    h.test_api = httpx.Client(base_url=server.base_url + "/api/v1", headers=ADMIN,  # type: ignore[attr-defined]
-                              timeout=30)
-    try:
+    with served_hub(broker, tmp_path / "hub", tuple(RUNTIMES)) as h:
         yield h
-    finally:
-        h.test_api.close()  # type: ignore[attr-defined]
-        server.stop()
-        h.stop()
 
 
 def _call(hub: Hub, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
