@@ -27,6 +27,7 @@ reports/bench/ingest.json and prints a table.
 
     .venv/bin/python bench/ingest.py                     # the full run (about 15 minutes)
     .venv/bin/python bench/ingest.py --duration 8 --quick   # a quick look (no saturation)
+    .venv/bin/python bench/ingest.py --quick --encoding msgpack   # telemetry in MessagePack
     # the overload phase alone, at 2 x 4,000 msg/s for 60 s, after a 10-s held flood:
     .venv/bin/python bench/ingest.py --databases sqlite --batches 10 --duration 10 \
         --saturation-rate 4000 --overload 60 --skip-two-hubs --skip-rollups
@@ -430,7 +431,7 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
             hubs = Hubs(broker, db, work).start()
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
-                                 processes=opts.publishers)
+                                 processes=opts.publishers, encoding=opts.encoding)
                 enroll(_database_url(hubs, db), plan.device_ids())
                 held = held_backlog(readings)
                 console.print(f"{db_kind}, batch {readings}: backlog held at {held.target:,} "
@@ -558,7 +559,7 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
             hubs = Hubs(broker, db, work, count=2).start()
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
-                                 processes=opts.publishers)
+                                 processes=opts.publishers, encoding=opts.encoding)
                 enroll(_database_url(hubs, db), plan.device_ids())
                 held = held_backlog(readings)
                 console.print(f"postgresql, two hubs, batch {readings}: backlog held at "
@@ -595,6 +596,8 @@ def main() -> int:
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--batches", default="10,100")
+    p.add_argument("--encoding", choices=("json", "msgpack"), default="json",
+                   help="how the publishers encode telemetry (shared/packed.py)")
     p.add_argument("--quick", action="store_true",
                    help="no saturation/overload and no two-hub run")
     p.add_argument("--skip-rollups", action="store_true",
@@ -621,7 +624,8 @@ def main() -> int:
     result.update(load_average_before=load_before, load_average_after=_load(),
                   cpu_count=os.cpu_count(), seconds=round(time.time() - started),
                   duration_s=args.duration, overload_s=args.overload,
-                  publishers=args.publishers, cases=cases, two_hubs=two_hubs)
+                  publishers=args.publishers, encoding=args.encoding, cases=cases,
+                  two_hubs=two_hubs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(console, result)

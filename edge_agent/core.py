@@ -220,7 +220,7 @@ class DeviceCore:
             topic=self.topics.telemetry(self.device_id),
             max_readings=config.telemetry.batch_max_readings,
             max_age_s=config.telemetry.batch_max_age_s, clock=clock.monotonic,
-            on_stored=self._on_queued,
+            on_stored=self._on_queued, encoding=config.telemetry.encoding,
         )
         self.window = SendWindow(outbox, max_inflight=config.outbox.max_inflight,
                                  name=f"sender-{self.device_id}")

@@ -488,7 +488,11 @@ def encode(message: Frozen) -> bytes:
 def with_floor(payload: bytes, floor: int) -> bytes:
     """A telemetry or anomaly payload with its ``floor`` set as the sender sends it (the
     outbox stores a message once, and the lowest seq held changes while it waits). Values
-    are copied as raw JSON, not parsed again."""
+    are copied as raw JSON (or MessagePack, :mod:`shared.packed`), not parsed again."""
+    from shared.packed import is_msgpack, with_floor_packed  # it imports this module
+
+    if is_msgpack(payload):
+        return with_floor_packed(payload, floor)
     fields = msgspec.json.decode(payload, type=dict[str, msgspec.Raw])
     fields["floor"] = msgspec.Raw(str(int(floor)).encode())
     return msgspec.json.encode(fields)

@@ -10,12 +10,9 @@ flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
 
 from __future__ import annotations
 
-import functools
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import Table, bindparam, update
@@ -43,8 +40,12 @@ from shared.messages import (
     Status,
     TelemetryBatch,
 )
+from shared.packed import PackedTelemetry, pack_doubles
 
-__all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "pack_floats", "store_batch"]
+Telemetry = TelemetryBatch | PackedTelemetry
+
+__all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "Telemetry", "pack_floats",
+           "store_batch"]
 
 _PREVIEW_BYTES = 256
 
@@ -61,7 +62,7 @@ class DeadLetterRecord:
 class IngestBatch:
     """Decoded messages of one ingest transaction."""
 
-    telemetry: list[TelemetryBatch] = field(default_factory=list)
+    telemetry: list[Telemetry] = field(default_factory=list)
     anomalies: list[AnomalyEvent] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
@@ -72,7 +73,8 @@ class IngestBatch:
     def add(self, message: Any) -> None:
         """Put a decoded message in its list (by its type)."""
         lists: dict[type, list[Any]] = {
-            TelemetryBatch: self.telemetry, AnomalyEvent: self.anomalies,
+            TelemetryBatch: self.telemetry, PackedTelemetry: self.telemetry,
+            AnomalyEvent: self.anomalies,
             Status: self.statuses, Heartbeat: self.heartbeats, Reported: self.reported,
             DriftSummary: self.drift,
         }
@@ -104,17 +106,18 @@ class StoreResult:
 
 def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
     """Little-endian float64, row after row (how telemetry rows hold ts and values)."""
-    first = values[0] if len(values) else None
-    if isinstance(first, list | tuple):
-        rows: Any = values
-        return _doubles(len(rows) * len(first)).pack(*chain.from_iterable(rows))
-    return _doubles(len(values)).pack(*values)
+    return pack_doubles(values)
 
 
-@functools.lru_cache(maxsize=256)
-def _doubles(n: int) -> struct.Struct:
-    """The packer of ``n`` little-endian float64 (parsed once per count, not per call)."""
-    return struct.Struct(f"<{n}d")
+def _telemetry_row(t: Telemetry, channels_json: Any, received: float) -> tuple[Any, ...]:
+    """One telemetry row, in ingest_tables.column_names order. A MessagePack batch brings
+    its ts and values as the float64 bytes the row holds: stored as they came."""
+    if isinstance(t, PackedTelemetry):
+        ts = t.ts_list()
+        return (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(ts), min(ts),
+                max(ts), t.ts, t.values, received)
+    return (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(t.ts), min(t.ts),
+            max(t.ts), pack_doubles(t.ts), pack_doubles(t.values), received)
 
 
 def _table(model: Any) -> Table:
@@ -199,14 +202,11 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     channels_json = ingest_tables.channels_json
     # Tuples in ingest_tables.column_names order (no dict per row).
     stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry, [
-        (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(t.ts), min(t.ts),
-         max(t.ts), pack_floats(t.ts), pack_floats(t.values), received)
-        for t in telemetry
-    ])
+        _telemetry_row(t, channels_json, received) for t in telemetry])
     readings = 0
     for t in telemetry:
         if (t.device_id, t.epoch, t.seq) in stored_t:
-            n = len(t.ts)
+            n = t.readings
             readings += n
             c = count(t.device_id)
             c.readings += n

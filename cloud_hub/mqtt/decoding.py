@@ -30,6 +30,7 @@ from shared.messages import (
     WireMessage,
     decode,
 )
+from shared.packed import decode_packed, is_msgpack
 from shared.topics import DeviceTopic, TopicError, Topics
 
 __all__ = ["INGESTED", "decode_batch", "route"]
@@ -96,6 +97,8 @@ def decode_batch(topics: Topics, messages: Iterable[Any], *, now: float | None =
 
 
 def _decode_one(topics: Topics, topic: str, payload: bytes) -> WireMessage | None:
+    """The message ``payload`` is on ``topic`` (telemetry in JSON or MessagePack,
+    :mod:`shared.packed`; everything else JSON), or None for a retained record cleared."""
     kind, device_id = route(topics, topic)
     cls = INGESTED[kind]
     # An empty payload clears a retained record; live delivery drops the retain flag.
@@ -104,6 +107,12 @@ def _decode_one(topics: Topics, topic: str, payload: bytes) -> WireMessage | Non
     limit = min(MAX_PAYLOAD_BYTES, getattr(cls, "max_bytes", MAX_PAYLOAD_BYTES))
     if len(payload) > limit:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the limit of {limit}")
+    if kind is DeviceTopic.TELEMETRY and is_msgpack(payload):
+        packed = decode_packed(payload)  # raises MessageError saying why
+        if packed.device_id != device_id:
+            raise MessageError(
+                f"device_id {packed.device_id!r} does not match the topic's {device_id!r}")
+        return packed
     try:
         message: WireMessage = _DECODERS[cls].decode(payload)
     except _REFUSED:

@@ -1,4 +1,5 @@
-"""Collects readings into telemetry batches and writes each batch to the outbox."""
+"""Collects readings into telemetry batches and writes each batch to the outbox, in JSON or
+MessagePack (``[telemetry] encoding``, :mod:`shared.packed`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Callable
 
 from edge_agent.sources.base import Reading
 from edge_agent.telemetry.outbox import Outbox, Stream
-from shared.messages import TelemetryBatch, encode
+from shared.messages import TelemetryBatch
+from shared.packed import ENCODINGS, encode_telemetry
 
 __all__ = ["TelemetryBatcher"]
 
@@ -27,13 +29,18 @@ class TelemetryBatcher:
         max_age_s: float = 1.0,
         on_stored: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        encoding: str = "json",
     ) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown telemetry encoding {encoding!r}; one of "
+                             f"{', '.join(ENCODINGS)}")
         self.outbox = outbox
         self.device_id = device_id
         self.channels = list(channels)
         self.topic = topic
         self.max_readings = max_readings
         self.max_age_s = max_age_s
+        self.encoding = encoding
         self.batches = 0
         self.readings = 0
         self._on_stored = on_stored
@@ -65,10 +72,10 @@ class TelemetryBatcher:
         self._ts, self._values = [], []
 
         def build(seq: int) -> bytes:
-            return encode(TelemetryBatch(
+            return encode_telemetry(TelemetryBatch(
                 device_id=self.device_id, epoch=self.outbox.epoch, seq=seq,
                 channels=self.channels, ts=ts, values=values,
-            ))
+            ), self.encoding)
 
         self.outbox.add(device_id=self.device_id, stream=Stream.TELEMETRY, topic=self.topic,
                         build=build, readings=len(ts))

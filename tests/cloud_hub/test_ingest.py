@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import struct
 from pathlib import Path
 
+import msgspec
 import pytest
 from sqlmodel import Session, func, select
 
@@ -26,6 +29,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.packed import encode_telemetry
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import hub_settings
 from tests.cloud_hub.helpers import (
@@ -320,3 +324,47 @@ def test_the_hub_acknowledges_what_it_committed_on_the_devices_ack_topic(
     counted = hub.acks.snapshot()  # what GET /metrics reports as acks_published, ack_bytes
     assert counted["acks_published"] >= 2
     assert counted["ack_bytes"] >= counted["acks_published"] * len(encode(retained)) // 2
+
+
+def test_msgpack_and_json_telemetry_are_stored_alike_and_bad_msgpack_is_dead_lettered(
+    broker: Broker, hub: Hub
+) -> None:
+    """One device's stream in both encodings (shared/packed.py): the rows read back the same,
+    a seq sent again in the other encoding is a duplicate (not a conflict), and each spoiled
+    MessagePack payload becomes a dead letter naming what is wrong."""
+    topics = hub.topics
+    good = msgspec.msgpack.decode(encode_telemetry(_batch("pump-1", 1), "msgpack"))
+    nan = struct.pack("<d", math.nan) + good["values"][8:]
+    bad = [
+        (encode_telemetry(_batch("pump-1", 5), "msgpack")[:60], "invalid MessagePack"),
+        (msgspec.msgpack.encode({**good, "v": 99}), "schema version"),
+        (msgspec.msgpack.encode({**good, "seq": "one"}), "seq"),
+        (msgspec.msgpack.encode({**good, "values": nan}), "must be finite"),
+        (msgspec.msgpack.encode({**good, "values": good["values"][:-8]}), "values has"),
+        (encode_telemetry(_batch("pump-2", 1), "msgpack"), "does not match the topic"),
+    ]
+    client = publisher_client(broker)
+    try:
+        publish_wait(client, topics.telemetry("pump-1"), encode_telemetry(_batch("pump-1", 0)))
+        for seq in (1, 2):
+            publish_wait(client, topics.telemetry("pump-1"),
+                         encode_telemetry(_batch("pump-1", seq), "msgpack"))
+        publish_wait(client, topics.telemetry("pump-1"), encode_telemetry(_batch("pump-1", 1)))
+        for payload, _ in bad:
+            publish_wait(client, topics.telemetry("pump-1"), payload)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    wait_for(lambda: hub.ingest.snapshot()["messages_received"] >= 4 + len(bad),
+             what="every message")
+    stats = hub.ingest.snapshot()
+    assert (stats["telemetry_batches"], stats["duplicates"]) == (3, 1)
+    assert stats["dead_letters"] == len(bad) and stats["device_conflicts"] == 0
+    with Session(hub.engine) as session:
+        piece = read_telemetry(session, device_id="pump-1")
+        assert piece.channels == ["a", "b"]
+        assert piece.ts.tolist() == [1_700_000_000.0 + i for i in range(15)]
+        assert piece.values.tolist() == [v for s in range(3) for v in _batch("pump-1", s).values]
+        letters = session.exec(select(DeadLetter).order_by(DeadLetter.id)).all()
+    assert [r for _, r in bad if not any(r in x.reason for x in letters)] == []

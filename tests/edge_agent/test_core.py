@@ -40,6 +40,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.packed import decode_telemetry, is_msgpack
 from shared.signing import SigningKey, generate_signing_key, verify_manifest
 from tests.edge_agent.support import CHANNELS, TOPICS, fixture_bytes, make_manifest, signal_value
 
@@ -395,3 +396,24 @@ def test_the_status_is_announced_again_when_the_loaded_runtime_is_another(
     told = decode(Status, again()).runtime
     assert told is not None and told.package == runtime.load_interpreter_class()[0]
     assert told.version, "the package's own version"
+
+
+def test_msgpack_telemetry_carries_the_same_readings_and_its_floor_when_sent_again(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    """``[telemetry] encoding = "msgpack"``: the batches go out as MessagePack
+    (shared/packed.py) with every reading as JSON would carry it, and a batch sent again after
+    the link came back has its floor set in that encoding."""
+    dev = Device(tmp_path, key, telemetry={"batch_max_readings": 10, "encoding": "msgpack"})
+    dev.link_up()
+    dev.feed(20)
+    assert dev.core.send_now() == 2
+    first = [p for _t, p, _m in dev.wire.take("telemetry")]
+    assert all(is_msgpack(p) for p in first)
+    dev.link_down()
+    dev.link_up()
+    dev.core.send_now()
+    again = [decode_telemetry(p) for _t, p, _m in dev.wire.take("telemetry")]
+    assert [b.seq for b in again] == [0, 1] and [b.floor for b in again] == [0, 0]
+    rows = [r for b in map(decode_telemetry, first) for r in b.to_batch().values]
+    assert rows == [list(signal_value(i)) for i in range(20)]

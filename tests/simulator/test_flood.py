@@ -13,7 +13,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from shared.messages import TelemetryBatch, decode
+from shared.messages import TelemetryBatch
+from shared.packed import PackedTelemetry, decode_telemetry
 from shared.topics import DeviceTopic, TopicAccess
 from simulator.broker import Broker
 from simulator.flood import FloodPlan, FloodReport, Publishers
@@ -63,7 +64,8 @@ class _Subscriber:
         assert subscribed.wait(10), "the subscriber got its subscription"
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        batch = decode(TelemetryBatch, message.payload)
+        got = decode_telemetry(message.payload)  # JSON or MessagePack, checked strictly
+        batch = got.to_batch() if isinstance(got, PackedTelemetry) else got
         assert message.topic.endswith(f"/devices/{batch.device_id}/telemetry")
         with self.lock:
             self.got.append(batch)
@@ -84,9 +86,13 @@ def _check_accounting(report: FloodReport, plan: FloodPlan) -> None:
                 + len(report.unconfirmed.get(device, []))) == report.sent[device]
 
 
-def test_every_acknowledged_seq_reaches_a_subscriber_as_valid_telemetry(broker: Broker) -> None:
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+def test_every_acknowledged_seq_reaches_a_subscriber_as_valid_telemetry(
+    broker: Broker, encoding: str
+) -> None:
     subscriber = _Subscriber(broker)
-    plan = FloodPlan(devices=7, readings=5, channels=3, processes=2, window=50)
+    plan = FloodPlan(devices=7, readings=5, channels=3, processes=2, window=50,
+                     encoding=encoding)
     publishers = Publishers(plan, _publisher_connects(broker, 2))
     publishers.start()
     _wait(lambda: publishers.acknowledged() >= 3000, 30, "3,000 acknowledged publishes")
