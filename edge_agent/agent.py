@@ -228,7 +228,8 @@ class Agent:
             except queue.Empty:
                 continue
             if isinstance(item, InboundMessage):
-                run.core.on_message(item.topic, item.payload, retain=item.retain)
+                run.core.on_message(item.topic, item.payload, retain=item.retain,
+                                    properties=item.properties)
         return True
 
     # -- what the operator and the simulator see -------------------------------------------
@@ -292,7 +293,8 @@ class Agent:
                     break
             try:
                 if isinstance(item, InboundMessage):
-                    core.on_message(item.topic, item.payload, retain=item.retain)
+                    core.on_message(item.topic, item.payload, retain=item.retain,
+                                    properties=item.properties)
                 elif isinstance(item, list):
                     core.on_readings(item)
                 core.tick()

@@ -111,9 +111,10 @@ class TelemetrySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_on
     # raw: readings go to the hub; summaries: no readings, drift summaries carry the statistics
     # the hub trains from ([federated]); anomalies: no readings, no training statistics
     upload: Literal["raw", "summaries", "anomalies"] = "raw"
-    # json: what every hub reads; msgpack: the same batch in about half the bytes, its numbers
-    # as raw float64 (shared/packed.py), read by hubs of this build and later
-    encoding: Literal["json", "msgpack"] = "json"
+    # msgpack: the same batch in about half the bytes, its numbers as raw float64
+    # (shared/packed.py), read by hubs of this build and later; json: what every hub reads;
+    # auto: msgpack while every hub heard online announces it, json otherwise
+    encoding: Literal["auto", "json", "msgpack"] = "auto"
 
 
 class OutboxSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

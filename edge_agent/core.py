@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -220,13 +220,14 @@ class DeviceCore:
             topic=self.topics.telemetry(self.device_id),
             max_readings=config.telemetry.batch_max_readings,
             max_age_s=config.telemetry.batch_max_age_s, clock=clock.monotonic,
-            on_stored=self._on_queued, encoding=config.telemetry.encoding,
+            on_stored=self._on_queued, encoding=self._telemetry_encoding,
         )
         self.window = SendWindow(outbox, max_inflight=config.outbox.max_inflight,
                                  name=f"sender-{self.device_id}")
         self.hubs = HubWatch(prefix=self.topics.prefix,
                              silence_warn_s=config.outbox.hub_silence_warn_s,
                              name=f"agent {self.device_id}", clock=clock.monotonic)
+        self._encoding_used = ""  # of the last telemetry batch (logged when it changes)
         self.readings = 0
         self.bad_readings = 0
         self.source_bad_readings: Callable[[], int] = lambda: 0
@@ -313,8 +314,23 @@ class DeviceCore:
         log.error("agent %s: outbox refused a message: %s", self.device_id, exc)
 
     # -- messages --------------------------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """One inbound message; a bad one is counted and logged once per topic, never raised."""
+    def _telemetry_encoding(self) -> str:
+        """The encoding of the next telemetry batch: the configured one, or with ``auto``
+        MessagePack while every hub heard online says it reads it (:mod:`shared.packed`)."""
+        chosen = self.config.telemetry.encoding
+        if chosen == "auto":
+            chosen = "msgpack" if self.hubs.reads("msgpack") else "json"
+        if chosen != self._encoding_used:
+            log.info("agent %s: telemetry goes out in %s%s", self.device_id, chosen,
+                     " (every hub online reads it)" if chosen == "msgpack" and
+                     self.config.telemetry.encoding == "auto" else "")
+            self._encoding_used = chosen
+        return chosen
+
+    def on_message(self, topic: str, payload: bytes, *, retain: bool = False,
+                   properties: Sequence[tuple[str, str]] = ()) -> None:
+        """One inbound message (``properties``: its MQTT 5 user properties); a bad one is
+        counted and logged once per topic, never raised."""
         try:
             parsed = self.topics.parse(topic)
             if parsed.kind == DeviceTopic.DESIRED.value and parsed.device_id == self.device_id:
@@ -333,7 +349,7 @@ class DeviceCore:
                 if payload:
                     self._on_ack(decode(Ack, payload), live=not retain)
             elif parsed.kind == HUB_STATUS and parsed.device_id is not None:
-                self.hubs.on_payload(parsed.device_id, payload)
+                self.hubs.on_payload(parsed.device_id, payload, properties)
         except (MessageError, TopicError) as exc:
             self.bad_messages += 1
             if topic not in self._bad_topics:

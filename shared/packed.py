@@ -8,13 +8,14 @@ message (the same fields, names and checks) encoded as a MessagePack map whose `
 ``values`` are binary: little-endian float64, ``values`` row after row. The same batch is about
 900 bytes, and the hub stores those bytes as they came, after one vectorised finiteness check.
 
-Which encoding a payload is needs no header and no negotiation on the wire: a JSON message
-is an object, so its first byte is ``{`` (or whitespace), and a MessagePack map starts with
-0x80-0x8f, 0xde or 0xdf. Hubs of this build accept both on the telemetry topic, message by
-message (:func:`decode_telemetry`); an agent sends MessagePack only when its operator sets
-``[telemetry] encoding = "msgpack"`` (JSON stays the default, which every hub reads). Only
-telemetry has the compact form: it is the bulk of the traffic; the other messages are small
-and stay JSON.
+Which encoding a payload is needs no header: a JSON message is an object, so its first byte
+is ``{`` (or whitespace), and a MessagePack map starts with 0x80-0x8f, 0xde or 0xdf. Hubs of this
+build accept both on the telemetry topic, message by message (:func:`decode_telemetry`), and say
+so on their retained presence record, in the MQTT 5 user property :data:`ENCODINGS_PROPERTY`.
+An agent with ``[telemetry] encoding = "auto"`` (the default) sends MessagePack while every hub
+it hears online announces it, and JSON otherwise (no hub heard yet, or one of an earlier
+build); ``"json"`` and ``"msgpack"`` fix the choice. Only telemetry has the compact form: it is
+the bulk of the traffic; the other messages are small and stay JSON.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ from shared.messages import (
     describe_error,
 )
 
-__all__ = ["ENCODINGS", "PackedTelemetry", "decode_telemetry", "encode_telemetry",
-           "is_msgpack", "pack_doubles", "with_floor_packed"]
+__all__ = ["ENCODINGS", "ENCODINGS_PROPERTY", "PackedTelemetry", "decode_packed",
+           "decode_telemetry", "encode_telemetry", "is_msgpack", "pack_doubles",
+           "with_floor_packed"]
 
 ENCODINGS = ("json", "msgpack")
+# MQTT 5 user property on a hub's retained presence record naming the telemetry encodings it
+# reads (space-separated). A user property, not a field: agents of earlier builds decode the
+# record strictly and would refuse a new field, but ignore properties.
+ENCODINGS_PROPERTY = "encodings"
 _DOUBLE = 8
 _MAP_HEADS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 

@@ -194,7 +194,7 @@ class HubConnection:
         if self.connected and self.presence.refresh_due():
             self.presence.announced()
             self._client.publish(self.presence.topic, self.presence.record(DeviceStatus.ONLINE),
-                                 qos=1, retain=True)
+                                 qos=1, retain=True, properties=self.presence.properties())
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -245,7 +245,7 @@ class HubConnection:
                       ", ".join(refused), self.session)
             return
         client.publish(self.presence.topic, self.presence.record(DeviceStatus.ONLINE), qos=1,
-                       retain=True)
+                       retain=True, properties=self.presence.properties())
         self.presence.announced()
         with self._lock:
             self.births += 1

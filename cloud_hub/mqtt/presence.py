@@ -19,8 +19,11 @@ import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from shared.messages import DeviceStatus, HubStatus, MessageError, decode, encode
+from shared.packed import ENCODINGS, ENCODINGS_PROPERTY
 from shared.topics import Topics
 
 __all__ = ["HubPresence", "running_hub", "session_started_at"]
@@ -47,6 +50,13 @@ class HubPresence:
     def record(self, state: DeviceStatus) -> bytes:
         return encode(HubStatus(device_id=self.client_id, state=state, session=self.session,
                                 at=time.time()))
+
+    def properties(self) -> Properties:
+        """What the online record says beside its payload: the telemetry encodings this hub
+        reads (:data:`shared.packed.ENCODINGS_PROPERTY`)."""
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.UserProperty = [(ENCODINGS_PROPERTY, " ".join(ENCODINGS))]
+        return props
 
     def announced(self) -> None:
         self._announced_at = time.monotonic()

@@ -105,6 +105,7 @@ class InboundMessage:
     topic: str
     payload: bytes
     retain: bool
+    properties: tuple[tuple[str, str], ...] = ()  # MQTT 5 user properties
 
 
 @dataclass(frozen=True)
@@ -407,8 +408,10 @@ class MqttLink:
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self.inbound is not None:
+            props = getattr(message, "properties", None)
+            user = tuple(getattr(props, "UserProperty", None) or ())
             self.inbound.put(InboundMessage(message.topic, bytes(message.payload),
-                                            bool(message.retain)))
+                                            bool(message.retain), user))
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any

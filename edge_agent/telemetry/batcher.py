@@ -29,9 +29,9 @@ class TelemetryBatcher:
         max_age_s: float = 1.0,
         on_stored: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        encoding: str = "json",
+        encoding: str | Callable[[], str] = "json",
     ) -> None:
-        if encoding not in ENCODINGS:
+        if isinstance(encoding, str) and encoding not in ENCODINGS:
             raise ValueError(f"unknown telemetry encoding {encoding!r}; one of "
                              f"{', '.join(ENCODINGS)}")
         self.outbox = outbox
@@ -70,12 +70,13 @@ class TelemetryBatcher:
             return 0
         ts, values = self._ts, self._values
         self._ts, self._values = [], []
+        encoding = self.encoding if isinstance(self.encoding, str) else self.encoding()
 
         def build(seq: int) -> bytes:
             return encode_telemetry(TelemetryBatch(
                 device_id=self.device_id, epoch=self.outbox.epoch, seq=seq,
                 channels=self.channels, ts=ts, values=values,
-            ), self.encoding)
+            ), encoding)
 
         self.outbox.add(device_id=self.device_id, stream=Stream.TELEMETRY, topic=self.topic,
                         build=build, readings=len(ts))

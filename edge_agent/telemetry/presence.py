@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.messages import DeviceStatus, HubStatus, MessageError, decode
+from shared.packed import ENCODINGS_PROPERTY
 
 __all__ = ["HubWatch"]
 
@@ -32,11 +33,14 @@ class HubWatch:
         self.name = name
         self._clock = clock
         self.online: dict[str, float] = {}  # hub id -> when its online record was last seen
+        self.encodings: dict[str, frozenset[str]] = {}  # hub id -> telemetry encodings it reads
         self._connected_since: float | None = None
         self._warned = False
 
-    def on_payload(self, hub_id: str, payload: bytes) -> None:
-        """What arrived on hub ``hub_id``'s presence topic; raises MessageError when bad."""
+    def on_payload(self, hub_id: str, payload: bytes,
+                   properties: Sequence[tuple[str, str]] = ()) -> None:
+        """What arrived on hub ``hub_id``'s presence topic (``properties``: the record's MQTT 5
+        user properties); raises MessageError when bad."""
         if not payload:
             self.online.pop(hub_id, None)
             return
@@ -46,11 +50,19 @@ class HubWatch:
                                f"topic's {hub_id!r}")
         if status.state == DeviceStatus.ONLINE:
             self.online[hub_id] = self._clock()
+            self.encodings[hub_id] = frozenset(
+                " ".join(v for k, v in properties if k == ENCODINGS_PROPERTY).split())
             if self._warned:
                 log.info("%s: hub %s is online under %r", self.name, hub_id, self.prefix)
                 self._warned = False
         else:
             self.online.pop(hub_id, None)
+
+    def reads(self, encoding: str) -> bool:
+        """Every hub heard online announced that it reads telemetry in ``encoding`` (False
+        while none is heard: JSON is what a hub of any build reads)."""
+        return bool(self.online) and all(encoding in self.encodings.get(h, ())
+                                         for h in self.online)
 
     def link(self, connected: bool) -> None:
         if connected and self._connected_since is None:

@@ -167,13 +167,13 @@ class Subscriber:
     secure broker an observer identity that may only subscribe to ``topic``."""
 
     def __init__(self, broker: Broker, topic: str, client_id: str = "test-sub", *,
-                 publish: tuple[str, ...] = ()) -> None:
+                 publish: tuple[str, ...] = (), protocol: int = mqtt.MQTTv311) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
         # A fresh identity per subscriber: a test may open several with the same client id.
         name = f"{client_id}-{next(_SUBSCRIBERS)}"
         credential = broker.add_client(name, TopicAccess(publish=publish, subscribe=(topic,)))
-        self.client = broker.client(credential, protocol=mqtt.MQTTv311)
+        self.client = broker.client(credential, protocol=protocol)
         self.client.on_connect = lambda c, *_: (c.subscribe(topic, qos=1), self._connected.set())
         self.client.on_message = lambda _c, _u, m: self.messages.put(m)
         self.client.connect(broker.host, broker.port)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import MQTTv5
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -115,6 +116,15 @@ def test_telemetry_sent_once_the_hub_is_announced_is_stored(broker: Broker, tmp_
         _next_status(sub, DeviceStatus.ONLINE)
         publish_wait(device, settings.topics.telemetry("pump-1"), encode(_batch("pump-1", 0)))
         wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 1, what="batch stored")
+        # What a device subscribing now is told, beside the record: the encodings it reads.
+        late = Subscriber(broker, settings.topics.hub_status(settings.mqtt_client_id),
+                          client_id="test-late-sub", protocol=MQTTv5)
+        try:
+            record = late.messages.get(timeout=10)
+        finally:
+            late.close()
+        assert decode(HubStatus, bytes(record.payload)).state == DeviceStatus.ONLINE
+        assert ("encodings", "json msgpack") in record.properties.UserProperty
     finally:
         device.disconnect()
         device.loop_stop()
@@ -132,7 +142,8 @@ class _RecordingClient:
     def will_set(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.will = (topic, payload, qos, retain)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: object = None) -> None:
         self.published.append((topic, payload, qos, retain))
 
 

@@ -31,7 +31,9 @@ from shared.messages import (
     Ack,
     AnomalyEvent,
     Desired,
+    DeviceStatus,
     Heartbeat,
+    HubStatus,
     ModelRef,
     Reported,
     Status,
@@ -417,3 +419,29 @@ def test_msgpack_telemetry_carries_the_same_readings_and_its_floor_when_sent_aga
     assert [b.seq for b in again] == [0, 1] and [b.floor for b in again] == [0, 0]
     rows = [r for b in map(decode_telemetry, first) for r in b.to_batch().values]
     assert rows == [list(signal_value(i)) for i in range(20)]
+
+
+def test_auto_sends_msgpack_while_every_hub_online_reads_it_and_json_otherwise(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    dev = Device(tmp_path, key)  # [telemetry] encoding left at its default, auto
+    assert dev.core.config.telemetry.encoding == "auto"
+    dev.link_up()
+
+    def sent_in(readings: int) -> list[bool]:
+        dev.feed(readings)
+        while dev.core.send_now():
+            dev.puback_all()
+        return [is_msgpack(p) for _t, p, _m in dev.wire.take("telemetry")]
+
+    def hub(hub_id: str, properties: list[tuple[str, str]]) -> None:
+        record = encode(HubStatus(device_id=hub_id, state=DeviceStatus.ONLINE,
+                                  session="aaaa0001", at=1.0))
+        dev.core.on_message(TOPICS.hub_status(hub_id), record, retain=True,
+                            properties=properties)
+
+    assert sent_in(10) == [False], "no hub heard yet: JSON"
+    hub("hub-1", [("encodings", "json msgpack")])
+    assert sent_in(10) == [True]
+    hub("hub-2", [])  # a hub of an earlier build comes online
+    assert sent_in(10) == [False]

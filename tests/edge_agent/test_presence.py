@@ -127,3 +127,19 @@ def test_an_agent_under_a_prefix_no_hub_uses_says_so_in_its_status(
     hub_line = next(ln for ln in out.splitlines() if ln.startswith("hub"))
     assert "WARNING: no hub heard under prefix 'edgeloop/v9'" in hub_line, out
     assert "waiting for the hub's acknowledgement" in out
+
+
+def test_msgpack_is_read_only_while_every_hub_online_announces_it() -> None:
+    """The telemetry encodings a hub reads come as a user property of its online record
+    (shared/packed.py); a hub of an earlier build sends none, and then JSON it is."""
+    watch = HubWatch(prefix="p", silence_warn_s=10, clock=_Clock())
+    says = [("encodings", "json msgpack")]
+    assert not watch.reads("msgpack"), "no hub heard: JSON, which every hub reads"
+    watch.on_payload("hub-1", _record(DeviceStatus.ONLINE), says)
+    assert watch.reads("msgpack") and watch.reads("json")
+    watch.on_payload("hub-2", _record(DeviceStatus.ONLINE, "hub-2"))  # an earlier build
+    assert not watch.reads("msgpack")
+    watch.on_payload("hub-2", _record(DeviceStatus.OFFLINE, "hub-2"))
+    assert watch.reads("msgpack")
+    watch.on_payload("hub-1", _record(DeviceStatus.ONLINE), [("other", "msgpack")])
+    assert not watch.reads("msgpack"), "only the encodings property counts"
