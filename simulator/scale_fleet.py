@@ -281,8 +281,10 @@ class ShardWire:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         # read from the socket at: a rollout's phases tell the wait for the broker from the wait
         # for the device's tick
+        # with its MQTT 5 user properties (a hub's presence record names the encodings it reads)
+        user = tuple(getattr(message.properties, "UserProperty", None) or ())
         self.events.append(("message", message.topic, bytes(message.payload),
-                            bool(message.retain), time.monotonic()))
+                            bool(message.retain), time.monotonic(), user))
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self.shard is not None:
@@ -384,7 +386,7 @@ class ScaleDevice:
                 core.on_puback(event[1], event[2], event[3])
             elif kind == "message":
                 topic = event[1]
-                core.on_message(topic, event[2], retain=event[3])
+                core.on_message(topic, event[2], retain=event[3], properties=event[5])
                 # a rollout's steps (simulator.rollout_phases)
                 step = ("desired" if topic.endswith(_DESIRED) else None) if _MODELS not in topic \
                     else "manifest" if topic.endswith(_MANIFEST) else "chunk"
