@@ -321,9 +321,8 @@ class DeviceCore:
         if chosen == "auto":
             chosen = "msgpack" if self.hubs.reads("msgpack") else "json"
         if chosen != self._encoding_used:
-            log.info("agent %s: telemetry goes out in %s%s", self.device_id, chosen,
-                     " (every hub online reads it)" if chosen == "msgpack" and
-                     self.config.telemetry.encoding == "auto" else "")
+            log.info("agent %s: telemetry goes out in %s (telemetry.encoding = %s)",
+                     self.device_id, chosen, self.config.telemetry.encoding)
             self._encoding_used = chosen
         return chosen
 

@@ -41,12 +41,13 @@ from shared.messages import (
     TelemetryBatch,
     VersionProbe,
     WireMessage,
+    _check_floor,
     check_version,
     describe_error,
 )
 
-__all__ = ["ENCODINGS", "ENCODINGS_PROPERTY", "PackedTelemetry", "decode_packed",
-           "decode_telemetry", "encode_telemetry", "is_msgpack", "pack_doubles",
+__all__ = ["ENCODINGS", "ENCODINGS_PROPERTY", "PackedTelemetry", "Telemetry", "decode_packed",
+           "decode_telemetry", "encode_telemetry", "is_msgpack", "pack_doubles", "timestamps",
            "with_floor_packed"]
 
 ENCODINGS = ("json", "msgpack")
@@ -89,8 +90,7 @@ class PackedTelemetry(WireMessage, frozen=True, forbid_unknown_fields=True, kw_o
         if type(self.v) is not int or self.v != SCHEMA_VERSION:
             check_version(self.v, SCHEMA_VERSION, "schema version")
         if self.floor > self.seq:
-            raise ValueError(f"floor {self.floor} is above seq {self.seq}: a sender holds what "
-                             "it sends")
+            _check_floor(self.floor, self.seq)
         width = len(self.channels)
         if len(set(self.channels)) != width:
             raise ValueError(f"channels {self.channels} contain duplicates")
@@ -113,12 +113,6 @@ class PackedTelemetry(WireMessage, frozen=True, forbid_unknown_fields=True, kw_o
     def ts_list(self) -> list[float]:
         return list(_doubles(self.readings).unpack(self.ts))
 
-    def ts_bytes(self) -> bytes:
-        return self.ts
-
-    def values_bytes(self) -> bytes:
-        return self.values
-
     def to_batch(self) -> TelemetryBatch:
         """The same message with lists of floats (what code reading values wants)."""
         width = len(self.channels)
@@ -133,6 +127,14 @@ class PackedTelemetry(WireMessage, frozen=True, forbid_unknown_fields=True, kw_o
         return cls(v=batch.v, device_id=batch.device_id, epoch=batch.epoch, seq=batch.seq,
                    floor=batch.floor, channels=list(batch.channels),
                    ts=pack_doubles(batch.ts), values=pack_doubles(batch.values))
+
+
+Telemetry = TelemetryBatch | PackedTelemetry  # a decoded telemetry message, either encoding
+
+
+def timestamps(t: Telemetry) -> Sequence[float]:
+    """A telemetry message's ``ts`` as numbers, whichever its encoding."""
+    return t.ts_list() if isinstance(t, PackedTelemetry) else t.ts
 
 
 _ENCODER = msgspec.msgpack.Encoder()

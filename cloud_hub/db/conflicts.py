@@ -31,8 +31,7 @@ from cloud_hub.core.states import ConflictKind
 from cloud_hub.db import pg_bulk
 from cloud_hub.db.marks import MarkKey
 from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryBatchRow
-from shared.messages import TelemetryBatch
-from shared.packed import PackedTelemetry
+from shared.packed import Telemetry, timestamps
 
 __all__ = ["Conflict", "conflicts_of", "epoch_conflicts", "record_conflicts", "seq_conflicts"]
 
@@ -84,16 +83,16 @@ def epoch_conflicts(session: Session, touched: dict[MarkKey, tuple[int, int]]) -
     return list(found.values())
 
 
-def _fingerprint(t: TelemetryBatch | PackedTelemetry) -> tuple[int, float, float]:
-    ts = t.ts_list() if isinstance(t, PackedTelemetry) else t.ts
+def _fingerprint(t: Telemetry) -> tuple[int, float, float]:
+    ts = timestamps(t)
     return (t.readings, min(ts), max(ts))
 
 
-def seq_conflicts(session: Session, telemetry: Sequence[TelemetryBatch | PackedTelemetry],
+def seq_conflicts(session: Session, telemetry: Sequence[Telemetry],
                   stored: set[tuple[str, str, int]]) -> list[Conflict]:
     """Telemetry keys that arrived again (in this batch or before) with different readings."""
-    firsts: dict[tuple[str, str, int], TelemetryBatch | PackedTelemetry] = {}
-    again: list[TelemetryBatch | PackedTelemetry] = []
+    firsts: dict[tuple[str, str, int], Telemetry] = {}
+    again: list[Telemetry] = []
     for t in telemetry:
         key = (t.device_id, t.epoch, t.seq)
         if key in stored and key not in firsts:

@@ -40,12 +40,9 @@ from shared.messages import (
     Status,
     TelemetryBatch,
 )
-from shared.packed import PackedTelemetry, pack_doubles
+from shared.packed import PackedTelemetry, Telemetry, pack_doubles, timestamps
 
-Telemetry = TelemetryBatch | PackedTelemetry
-
-__all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "Telemetry", "pack_floats",
-           "store_batch"]
+__all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "store_batch"]
 
 _PREVIEW_BYTES = 256
 
@@ -104,20 +101,14 @@ class StoreResult:
     commit_s: float = 0.0  # from the anomalies' stored_at stamp to the commit's return
 
 
-def pack_floats(values: Sequence[float] | Sequence[Sequence[float]]) -> bytes:
-    """Little-endian float64, row after row (how telemetry rows hold ts and values)."""
-    return pack_doubles(values)
-
-
 def _telemetry_row(t: Telemetry, channels_json: Any, received: float) -> tuple[Any, ...]:
     """One telemetry row, in ingest_tables.column_names order. A MessagePack batch brings
     its ts and values as the float64 bytes the row holds: stored as they came."""
-    if isinstance(t, PackedTelemetry):
-        ts = t.ts_list()
-        return (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(ts), min(ts),
-                max(ts), t.ts, t.values, received)
-    return (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(t.ts), min(t.ts),
-            max(t.ts), pack_doubles(t.ts), pack_doubles(t.values), received)
+    ts = timestamps(t)
+    blobs = ((t.ts, t.values) if isinstance(t, PackedTelemetry)
+             else (pack_doubles(t.ts), pack_doubles(t.values)))
+    return (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(ts), min(ts), max(ts),
+            *blobs, received)
 
 
 def _table(model: Any) -> Table:

@@ -107,16 +107,14 @@ def _decode_one(topics: Topics, topic: str, payload: bytes) -> WireMessage | Non
     limit = min(MAX_PAYLOAD_BYTES, getattr(cls, "max_bytes", MAX_PAYLOAD_BYTES))
     if len(payload) > limit:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the limit of {limit}")
+    message: WireMessage
     if kind is DeviceTopic.TELEMETRY and is_msgpack(payload):
-        packed = decode_packed(payload)  # raises MessageError saying why
-        if packed.device_id != device_id:
-            raise MessageError(
-                f"device_id {packed.device_id!r} does not match the topic's {device_id!r}")
-        return packed
-    try:
-        message: WireMessage = _DECODERS[cls].decode(payload)
-    except _REFUSED:
-        message = decode(cls, payload)  # raises MessageError saying why
+        message = decode_packed(payload)  # raises MessageError saying why
+    else:
+        try:
+            message = _DECODERS[cls].decode(payload)
+        except _REFUSED:
+            message = decode(cls, payload)  # raises MessageError saying why
     if message.device_id != device_id:
         raise MessageError(
             f"device_id {message.device_id!r} does not match the topic's {device_id!r}"

@@ -42,7 +42,7 @@ class HubWatch:
         """What arrived on hub ``hub_id``'s presence topic (``properties``: the record's MQTT 5
         user properties); raises MessageError when bad."""
         if not payload:
-            self.online.pop(hub_id, None)
+            self._forget(hub_id)
             return
         status = decode(HubStatus, payload)
         if status.device_id != hub_id:
@@ -56,7 +56,11 @@ class HubWatch:
                 log.info("%s: hub %s is online under %r", self.name, hub_id, self.prefix)
                 self._warned = False
         else:
-            self.online.pop(hub_id, None)
+            self._forget(hub_id)
+
+    def _forget(self, hub_id: str) -> None:
+        self.online.pop(hub_id, None)
+        self.encodings.pop(hub_id, None)
 
     def reads(self, encoding: str) -> bool:
         """Every hub heard online announced that it reads telemetry in ``encoding`` (False
