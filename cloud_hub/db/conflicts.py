@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 from cloud_hub.core.states import ConflictKind
 from cloud_hub.db import pg_bulk
 from cloud_hub.db.marks import MarkKey
-from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryBatchRow
+from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryKey
 from shared.packed import Telemetry, timestamps
 
 __all__ = ["Conflict", "conflicts_of", "epoch_conflicts", "record_conflicts", "seq_conflicts"]
@@ -104,7 +104,7 @@ def seq_conflicts(session: Session, telemetry: Sequence[Telemetry],
     keys = {(t.device_id, t.epoch, t.seq) for t in again}
     first = {k: _fingerprint(firsts[k]) for k in keys if k in firsts}
     unknown = sorted(keys - set(first))
-    table: Table = TelemetryBatchRow.__table__  # type: ignore[attr-defined]
+    table: Table = TelemetryKey.__table__  # type: ignore[attr-defined]
     for i in range(0, len(unknown), _CHUNK):
         part = unknown[i:i + _CHUNK]
         rows = session.execute(

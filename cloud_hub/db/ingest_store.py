@@ -3,6 +3,9 @@
 Deduplication is by primary key (device_id, epoch, seq) per stream, inside the insert itself
 (``INSERT … ON CONFLICT DO NOTHING RETURNING`` the keys stored, on SQLite and PostgreSQL alike):
 no SELECT before it, and two hub processes sharing a database can never store a message twice.
+A telemetry batch's key goes to ``telemetry_keys`` first, and its row is written only when the
+key was new (the row's table is in day partitions on PostgreSQL, which cannot hold that key
+unique by itself: :mod:`cloud_hub.db.tables`).
 The same transaction advances the delivery watermarks of every stream it touched
 (:mod:`cloud_hub.db.marks`), so an acknowledgement never covers a row that is not committed, and
 flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
@@ -101,13 +104,21 @@ class StoreResult:
     commit_s: float = 0.0  # from the anomalies' stored_at stamp to the commit's return
 
 
-def _telemetry_row(t: Telemetry, channels_json: Any, received: float) -> tuple[Any, ...]:
-    """One telemetry row, in ingest_tables.column_names order. A MessagePack batch brings
-    its ts and values as the float64 bytes the row holds: stored as they came."""
+def _telemetry_key(t: Telemetry) -> tuple[Any, ...]:
+    """A batch's key row, in ingest_tables.column_names(telemetry_keys) order."""
     ts = timestamps(t)
+    return (t.device_id, t.epoch, t.seq, len(ts), min(ts), max(ts))
+
+
+def _telemetry_row(t: Telemetry, key: tuple[Any, ...], channels_json: Any,
+                   received: float) -> tuple[Any, ...]:
+    """One telemetry row, in ingest_tables.column_names order, from the batch and its key
+    row. A MessagePack batch brings its ts and values as the float64 bytes the row holds:
+    stored as they came."""
     blobs = ((t.ts, t.values) if isinstance(t, PackedTelemetry)
              else (pack_doubles(t.ts), pack_doubles(t.values)))
-    return (t.device_id, t.epoch, t.seq, channels_json(t.channels), len(ts), min(ts), max(ts),
+    device_id, epoch, seq, readings, ts_first, ts_last = key
+    return (device_id, epoch, seq, channels_json(t.channels), readings, ts_first, ts_last,
             *blobs, received)
 
 
@@ -191,9 +202,13 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
 
     telemetry = _unique(batch.telemetry)
     channels_json = ingest_tables.channels_json
-    # Tuples in ingest_tables.column_names order (no dict per row).
-    stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry, [
-        _telemetry_row(t, channels_json, received) for t in telemetry])
+    # Tuples in ingest_tables.column_names order (no dict per row). The keys first: a row is
+    # written only for a key this statement stored.
+    keys = [_telemetry_key(t) for t in telemetry]
+    stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry_keys, keys)
+    ingest_tables.insert_rows(conn, ingest_tables.telemetry, [
+        _telemetry_row(t, key, channels_json, received)
+        for t, key in zip(telemetry, keys, strict=True) if key[:3] in stored_t])
     readings = 0
     for t in telemetry:
         if (t.device_id, t.epoch, t.seq) in stored_t:

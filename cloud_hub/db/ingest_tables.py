@@ -31,10 +31,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType, TypeDecorator
 
 from cloud_hub.db import pg_bulk
-from cloud_hub.db.tables import Anomaly, TelemetryBatchRow
+from cloud_hub.db.tables import Anomaly, TelemetryBatchRow, TelemetryKey
 
 __all__ = ["anomalies", "channels_json", "column_names", "insert_new", "insert_rows",
-           "telemetry"]
+           "telemetry", "telemetry_keys"]
 
 _metadata = MetaData()
 
@@ -47,6 +47,8 @@ class _JsonText(TypeDecorator[str]):
     cache_ok = True
 
 _KEY = (("device_id", String), ("epoch", String), ("seq", BigInteger))
+_TELEMETRY_KEYS: pg_bulk.Columns = (
+    *_KEY, ("readings", Integer), ("ts_first", Float), ("ts_last", Float))
 _TELEMETRY: pg_bulk.Columns = (
     *_KEY, ("channels", String), ("readings", Integer), ("ts_first", Float), ("ts_last", Float),
     ("ts_blob", LargeBinary), ("values_blob", LargeBinary), ("stored_at", Float))
@@ -56,15 +58,18 @@ _ANOMALIES: pg_bulk.Columns = (
     ("detected_at", Float), ("stored_at", Float))
 
 
-def _mirror(name: str, columns: pg_bulk.Columns) -> Table:
-    return Table(name, _metadata, *[
-        Column(n, _JsonText() if n == "channels" else t, primary_key=(n, t) in _KEY)
+def _mirror(model: Any, columns: pg_bulk.Columns) -> Table:
+    key = {c.name for c in model.__table__.primary_key.columns}
+    return Table(model.__tablename__, _metadata, *[
+        Column(n, _JsonText() if n == "channels" else t, primary_key=n in key)
         for n, t in columns])
 
 
-telemetry = _mirror(TelemetryBatchRow.__tablename__, _TELEMETRY)
-anomalies = _mirror(Anomaly.__tablename__, _ANOMALIES)
-_COLUMNS = {telemetry.name: _TELEMETRY, anomalies.name: _ANOMALIES}
+telemetry_keys = _mirror(TelemetryKey, _TELEMETRY_KEYS)
+telemetry = _mirror(TelemetryBatchRow, _TELEMETRY)
+anomalies = _mirror(Anomaly, _ANOMALIES)
+_COLUMNS = {telemetry_keys.name: _TELEMETRY_KEYS, telemetry.name: _TELEMETRY,
+            anomalies.name: _ANOMALIES}
 
 
 def _check_mirror(mirror: Table, model: Any) -> None:
@@ -74,6 +79,7 @@ def _check_mirror(mirror: Table, model: Any) -> None:
         raise RuntimeError(f"ingest's {mirror.name} names columns the table lacks: {missing}")
 
 
+_check_mirror(telemetry_keys, TelemetryKey)
 _check_mirror(telemetry, TelemetryBatchRow)
 _check_mirror(anomalies, Anomaly)
 

@@ -40,7 +40,7 @@ from sqlmodel import Session
 
 from cloud_hub.db import pg_bulk
 from cloud_hub.db.drift_tables import DriftSummaryRow
-from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow
+from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryKey
 from shared.messages import Ack, StreamAck
 
 __all__ = ["MarkKey", "Stream", "acks_for", "advance_marks"]
@@ -50,10 +50,6 @@ class Stream(StrEnum):
     TELEMETRY = "telemetry"
     ANOMALIES = "anomalies"
     DRIFT = "drift"
-
-
-_ROWS: dict[Stream, Any] = {Stream.TELEMETRY: TelemetryBatchRow, Stream.ANOMALIES: Anomaly,
-                            Stream.DRIFT: DriftSummaryRow}
 
 
 @dataclass(frozen=True, order=True)
@@ -96,7 +92,7 @@ def _advance_statement(rows: Table, *, arrays: bool = False) -> Any:
 
 _KEY_COLUMNS: pg_bulk.Columns = (("b_device", String), ("b_epoch", String), ("b_stream", String))
 _ROW_TABLES: dict[Stream, Table] = {
-    Stream.TELEMETRY: TelemetryBatchRow.__table__,  # type: ignore[attr-defined]
+    Stream.TELEMETRY: TelemetryKey.__table__,  # type: ignore[attr-defined]
     Stream.ANOMALIES: Anomaly.__table__,  # type: ignore[attr-defined]
     Stream.DRIFT: DriftSummaryRow.__table__,  # type: ignore[attr-defined]
 }

@@ -5,6 +5,8 @@
 - A database with an ``alembic_version`` is upgraded to the head, unless its revision is one
   this code does not know: then it is newer than the code, and the hub refuses to start
   (:class:`SchemaTooNew`) rather than write into a schema it does not understand.
+- On PostgreSQL, the telemetry partitions of the coming days are made
+  (:mod:`cloud_hub.db.partitions`), so that ingest never starts into the default partition.
 - A database made by ``create_all`` before migrations existed (tables, no version) is taken as
   the first revision's schema (98792cc) and upgraded; the second revision checks before each
   step, so any schema between the two ends the same.
@@ -21,6 +23,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
+
+from cloud_hub.db import partitions
 
 __all__ = ["SchemaState", "SchemaTooNew", "alembic_config", "head", "prepare", "state", "upgrade"]
 
@@ -145,6 +150,7 @@ def upgrade(engine: Engine, *, fresh: str = "create") -> SchemaState:
                 log.warning("database: upgrading the schema from %s to %s",
                             before.current or _FIRST, before.head)
                 _run(engine, command.upgrade, "head")
+        partitions.ensure_days(engine, now=time.time())
         after = state(engine)
     return after
 

@@ -1,16 +1,29 @@
 """Tables fed by MQTT ingest (devices, telemetry, anomalies, dead letters) and API keys.
 
-Telemetry is stored one row per batch, keyed (device_id, epoch, seq), with the readings packed
-as little-endian float64 arrays: a batch of 100 readings is one insert instead of 100, and the key
-is exactly the deduplication key of the wire protocol. :class:`StreamMark` holds, per device,
-epoch and stream, what the hub acknowledges to the device (see :mod:`cloud_hub.db.marks`).
+Telemetry is stored one row per batch, with the readings packed as little-endian float64
+arrays: a batch of 100 readings is one insert instead of 100. The deduplication key of the wire
+protocol, (device_id, epoch, seq), is the primary key of :class:`TelemetryKey`, one narrow row
+per batch stored; the batch's own row (:class:`TelemetryBatchRow`) is keyed (device_id,
+ts_first, epoch, seq), so that on PostgreSQL it can live in day partitions of ``ts_first``
+(:mod:`cloud_hub.db.partitions`), whose unique keys must hold the partition key.
+:class:`StreamMark` holds, per device, epoch and stream, what the hub acknowledges to the device
+(see :mod:`cloud_hub.db.marks`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import DDL, JSON, BigInteger, Column, Index, LargeBinary, event
+from sqlalchemy import (
+    DDL,
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    event,
+)
 from sqlmodel import Field, SQLModel
 
 from cloud_hub.core.security import Scope
@@ -19,7 +32,7 @@ from cloud_hub.db.types import enum_field
 from shared.messages import ModelState
 
 __all__ = ["Anomaly", "ApiKey", "DeadLetter", "Device", "DeviceConflict", "StreamMark",
-           "TelemetryBatchRow"]
+           "TelemetryBatchRow", "TelemetryKey"]
 
 EPOCH_LENGTH = 16
 
@@ -61,18 +74,46 @@ class Device(SQLModel, table=True):
     anomalies: int = 0
 
 
+class TelemetryKey(SQLModel, table=True):
+    """The deduplication key of each telemetry batch stored, with the fingerprint that tells a
+    resend from a different batch under the same key (:mod:`cloud_hub.db.conflicts`).
+
+    Ingest inserts here first (``ON CONFLICT DO NOTHING``) and stores a batch's row only when
+    its key was new; the stream watermarks walk these keys (:mod:`cloud_hub.db.marks`). A table
+    of its own because PostgreSQL cannot hold a unique key across the day partitions of
+    :class:`TelemetryBatchRow` that lacks the partition key: (device_id, epoch, seq) alone would
+    be unique per day, not for ever. Narrow, and on SQLite without a rowid (the key is the
+    table). Retention deletes a batch's key with its row."""
+
+    __tablename__ = "telemetry_keys"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    epoch: str = Field(primary_key=True, max_length=EPOCH_LENGTH)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    readings: int
+    ts_first: float
+    ts_last: float
+
+
 class TelemetryBatchRow(SQLModel, table=True):
+    """One telemetry batch as stored. Keyed (device_id, ts_first, epoch, seq): the key serves
+    a device's readings in time order, and holds ``ts_first``, the partition key on PostgreSQL
+    (range partitions by day, :mod:`cloud_hub.db.partitions`; SQLite has one table). A batch
+    is stored once: ingest checks its (device_id, epoch, seq) in :class:`TelemetryKey`."""
+
     __tablename__ = "telemetry"
-    __table_args__ = (Index("ix_telemetry_device_ts", "device_id", "ts_first"),
+    __table_args__ = (PrimaryKeyConstraint("device_id", "ts_first", "epoch", "seq"),
                       # rollups fold rows in the order stored; retention deletes the oldest
-                      Index("ix_telemetry_stored_at", "stored_at"))
+                      Index("ix_telemetry_stored_at", "stored_at"),
+                      {"postgresql_partition_by": "RANGE (ts_first)"})
 
     device_id: str = Field(primary_key=True, max_length=64)
     epoch: str = Field(primary_key=True, max_length=EPOCH_LENGTH)
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     channels: list[str] = Field(sa_column=Column(JSON, nullable=False))
     readings: int
-    ts_first: float
+    ts_first: float = Field(primary_key=True)
     ts_last: float
     ts_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     values_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -93,6 +134,13 @@ TELEMETRY_LZ4 = """DO $$ BEGIN
 END $$"""
 _LZ4_DDL = DDL(TELEMETRY_LZ4).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
 event.listen(TelemetryBatchRow.__table__, "after_create", _LZ4_DDL)  # type: ignore[attr-defined]
+# Rows whose ts_first no day partition covers (a device clock far off, data older than the
+# partitions kept) go to the default partition; the day partitions are made ahead of time.
+_DEFAULT_PARTITION = DDL(  # type: ignore[no-untyped-call]
+    "CREATE TABLE %(fullname)s_default PARTITION OF %(fullname)s DEFAULT"
+).execute_if(dialect="postgresql")
+event.listen(TelemetryBatchRow.__table__, "after_create",  # type: ignore[attr-defined]
+             _DEFAULT_PARTITION)
 
 
 class Anomaly(SQLModel, table=True):

@@ -1,4 +1,5 @@
-"""The maintenance job: fold new telemetry into rollups, then prune what retention allows.
+"""The maintenance job: fold new telemetry into rollups, then prune what retention allows, and
+on PostgreSQL make the coming days' telemetry partitions and drop the expired ones.
 
 Runs as a :class:`~cloud_hub.jobs.leased.LeasedWorker` (lease ``maintenance``), so in one hub
 process at a time; all its progress is in the database.
@@ -10,8 +11,9 @@ import logging
 
 from sqlalchemy.engine import Engine
 
+from cloud_hub.db import partitions
 from cloud_hub.maintenance.retention import RetentionPolicy, prune
-from cloud_hub.maintenance.rollups import apply_pending, read_pending
+from cloud_hub.maintenance.rollups import apply_pending, folded_mark, read_pending
 
 __all__ = ["MaintenanceTick"]
 
@@ -42,6 +44,13 @@ class MaintenanceTick:
                 folded = apply_pending(conn, pending, now=now)
         with self._engine.begin() as conn:
             pruned = prune(conn, self.policy, now=now)
+            folded_at, _ = folded_mark(conn)
+        partitions.ensure_days(self._engine, now=now)
+        dropped = partitions.drop_expired(self._engine, now=now,
+                                          keep_s=self.policy.raw_days * partitions.DAY,
+                                          folded_at=folded_at)
+        if dropped:
+            pruned["telemetry_partitions"] = len(dropped)
         self.folded += folded
         for kind, n in pruned.items():
             self.pruned[kind] = self.pruned.get(kind, 0) + n

@@ -8,7 +8,13 @@ for long and every table stays bounded.
 
 Each call deletes at most ``batch`` rows per kind; the job calls again at once while a kind
 had a full batch. Deleted telemetry seqs are recorded on their stream's mark
-(``pruned_through``), so the telemetry summary does not count them as missing.
+(``pruned_through``), so the telemetry summary does not count them as missing, and their keys
+(``telemetry_keys``) go with them.
+
+On PostgreSQL, raw telemetry lives in day partitions (:mod:`cloud_hub.db.partitions`), dropped
+whole by :func:`cloud_hub.db.partitions.drop_expired`: the bounded deletes here touch only the
+rows no day partition holds (the default and legacy partitions), never a day partition's rows
+one by one.
 """
 
 from __future__ import annotations
@@ -17,13 +23,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, delete, func, literal, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from cloud_hub.core.states import JobStatus
+from cloud_hub.db import partitions
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.rollup_tables import TelemetryRollup
-from cloud_hub.db.tables import DeadLetter, StreamMark, TelemetryBatchRow
+from cloud_hub.db.tables import DeadLetter, StreamMark, TelemetryBatchRow, TelemetryKey
 from cloud_hub.maintenance.rollups import folded_mark
 
 __all__ = ["RetentionPolicy", "prune"]
@@ -53,28 +73,55 @@ def _delete_keys(conn: Connection, table: Table, keys: list[Any],
     return int(conn.execute(delete(table).where(tuple_(*cols).in_(keys))).rowcount or 0)
 
 
-def prune(conn: Connection, policy: RetentionPolicy, *, now: float) -> dict[str, int]:
-    """One bounded round of deletes (in the caller's transaction); rows deleted per kind."""
-    done: dict[str, int] = {}
+def _row_sources(conn: Connection) -> list[Table]:
+    """Where retention deletes telemetry rows one by one: the table itself, or on a
+    partitioned PostgreSQL table only its partitions that are not days."""
     rows = _table(TelemetryBatchRow)
-    r = rows.c
+    if not partitions.partitioned(conn):
+        return [rows]
+    columns = ("device_id", String), ("epoch", String), ("seq", BigInteger), (
+        "ts_first", Float), ("stored_at", Float)
+    return [Table(p.name, MetaData(), *[Column(n, t) for n, t in columns])
+            for p in partitions.list_partitions(conn) if p.day is None]
+
+
+def _prune_telemetry(conn: Connection, policy: RetentionPolicy, *, now: float) -> int:
+    """Delete at most ``policy.batch`` telemetry rows old enough and folded, with their
+    keys; record the seqs deleted on their streams' marks."""
+    rows, keys_table = _table(TelemetryBatchRow), _table(TelemetryKey)
+    r, k = rows.c, keys_table.c
     at, key = folded_mark(conn)
-    folded = tuple_(r.stored_at, r.device_id, r.epoch, r.seq) <= tuple_(
-        literal(at), literal(key[0]), literal(key[1]), literal(key[2]))
-    old = conn.execute(
-        select(r.device_id, r.epoch, r.seq)
-        .where(r.stored_at < now - policy.raw_days * _DAY, folded)
-        .limit(policy.batch)).all()
-    keys = [tuple(k) for k in old]
-    done["telemetry"] = _delete_keys(conn, rows, keys, (r.device_id, r.epoch, r.seq))
+    old: list[tuple[str, str, int, float]] = []
+    for source in _row_sources(conn):
+        s = source.c
+        folded = tuple_(s.stored_at, s.device_id, s.epoch, s.seq) <= tuple_(
+            literal(at), literal(key[0]), literal(key[1]), literal(key[2]))
+        old += [(d, e, int(q), float(f)) for d, e, q, f in conn.execute(
+            select(s.device_id, s.epoch, s.seq, s.ts_first)
+            .where(s.stored_at < now - policy.raw_days * _DAY, folded)
+            .limit(policy.batch - len(old)))]
+        if len(old) >= policy.batch:
+            break
+    if not old:
+        return 0
+    deleted = _delete_keys(conn, rows, [(d, f, e, q) for d, e, q, f in old],
+                           (r.device_id, r.ts_first, r.epoch, r.seq))
+    _delete_keys(conn, keys_table, [(d, e, q) for d, e, q, _ in old],
+                 (k.device_id, k.epoch, k.seq))
     pruned: dict[tuple[str, str], int] = {}
-    for d, e, s in keys:
-        pruned[(d, e)] = max(pruned.get((d, e), -1), int(s))
+    for d, e, q, _ in old:
+        pruned[(d, e)] = max(pruned.get((d, e), -1), q)
     marks = _table(StreamMark)
     m = marks.c
     for (d, e), seq in sorted(pruned.items()):
         conn.execute(update(marks).where(m.device_id == d, m.epoch == e, m.stream == "telemetry",
                                          m.pruned_through < seq).values(pruned_through=seq))
+    return deleted
+
+
+def prune(conn: Connection, policy: RetentionPolicy, *, now: float) -> dict[str, int]:
+    """One bounded round of deletes (in the caller's transaction); rows deleted per kind."""
+    done: dict[str, int] = {"telemetry": _prune_telemetry(conn, policy, now=now)}
 
     rollups = _table(TelemetryRollup)
     u = rollups.c

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from cloud_hub.core.states import ROLLOUT_ACTIVE, DevicePresence
 from cloud_hub.db.ops_tables import Incident, WebhookDelivery
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
-from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
+from cloud_hub.db.tables import Anomaly, Device, TelemetryKey
 
 __all__ = ["GLOBAL_TOPICS", "SILENT_AFTER_S", "decode_token", "event_stream", "live_token",
            "snapshot"]
@@ -84,8 +84,8 @@ def _global_tokens(session: Session) -> dict[str, str]:
 
 
 def _device_tokens(session: Session, device_id: str) -> dict[str, str]:
-    latest = session.exec(select(func.max(TelemetryBatchRow.seq)).where(
-        TelemetryBatchRow.device_id == device_id)).one()
+    latest = session.exec(select(func.max(TelemetryKey.seq)).where(
+        TelemetryKey.device_id == device_id)).one()
     device = session.get(Device, device_id)
     record = None if device is None else (
         device.online, device.reported_state, device.active_version, device.desired_version,

@@ -22,6 +22,7 @@ from cloud_hub.core.security import hash_api_key
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.migrate import SchemaTooNew, head, state, upgrade
+from cloud_hub.db.partitions import include_name
 from cloud_hub.db.tables import ApiKey, Device, TelemetryBatchRow
 from cloud_hub.db.telemetry_read import read_telemetry
 from shared.messages import EPOCH_PATTERN, TelemetryBatch
@@ -276,8 +277,9 @@ def test_the_migrations_build_the_schema_the_tables_declare(empty_url: str) -> N
     try:
         upgrade(engine, fresh="migrate")
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                    SQLModel.metadata)
+            diff = compare_metadata(MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_name": include_name}),
+                SQLModel.metadata)
         assert diff == [], f"schema differences not covered by a migration: {diff}"
     finally:
         engine.dispose()
@@ -308,10 +310,15 @@ def test_postgres_telemetry_blobs_are_compressed_with_lz4_however_the_schema_was
                         "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
                         "WHERE name = 'default_toast_compression'")).scalar():
                     pytest.skip("this PostgreSQL server was built without lz4")
-                methods = dict(conn.execute(text(
-                    "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
-                    "'telemetry'::regclass AND attname IN ('ts_blob', 'values_blob')")).all())
-            assert methods == {"ts_blob": "l", "values_blob": "l"}
+                methods = set(conn.execute(text(
+                    "SELECT c.relname, a.attname, a.attcompression FROM pg_attribute a "
+                    "JOIN pg_class c ON c.oid = a.attrelid WHERE c.relname LIKE 'telemetry%' "
+                    "AND c.relkind IN ('r', 'p') AND a.attname IN ('ts_blob', 'values_blob')"
+                )).all())
+            tables = {t for t, _, _ in methods}
+            assert {"telemetry", "telemetry_default"} < tables and len(tables) >= 6, \
+                "the parent, the default partition and the coming days"
+            assert {(a, m) for _, a, m in methods} == {("ts_blob", "l"), ("values_blob", "l")}
             batch = TelemetryBatch(device_id="pump-1", epoch="0123456789abcdef", seq=0,
                                    channels=[f"c{i}" for i in range(8)],
                                    ts=[float(t) for t in range(100)],

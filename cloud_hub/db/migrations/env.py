@@ -10,6 +10,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import cloud_hub.db.engine  # noqa: F401  (every table on SQLModel.metadata, for autogenerate)
+from cloud_hub.db.partitions import include_name
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -17,6 +18,7 @@ context.configure(
     target_metadata=SQLModel.metadata,
     render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters by copying tables
     compare_type=True,
+    include_name=include_name,  # the telemetry partitions are made at run time
 )
 with context.begin_transaction():
     context.run_migrations()
