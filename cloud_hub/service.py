@@ -36,11 +36,12 @@ from cloud_hub.mqtt.acks import AckPublisher
 from cloud_hub.mqtt.client import MqttAuth
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.ingest import MqttIngest, subscriptions
-from cloud_hub.mqtt.publisher import Publisher, PublishError
+from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.notify.sender import DeliveryPolicy, WebhookSender
 from cloud_hub.registry.records import register_artifact
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.controller import RolloutController
+from cloud_hub.rollouts.retained import RetainedState
 from cloud_hub.training.artifact import ModelArtifact
 from shared.signing import SigningKey
 
@@ -88,6 +89,7 @@ class Hub:
                               min_agreement=settings.min_parity_agreement,
                               max_readings=settings.training_max_readings)
         self.releases = Releases(self.keys, self.publisher)
+        self.retained = RetainedState(self.engine, self.keys, self.publisher, self.mqtt)
         self.rollouts = RolloutController(
             self.engine, self.releases, tick_s=settings.rollout_tick_s
         )
@@ -239,20 +241,21 @@ class Hub:
         self.maintenance.start()
         self.started_at = time.time()
         ready = self.mqtt.wait_ready(timeout)
-        if ready:
-            self._publish_trust_lists()
+        if ready:  # written before start returns; later sessions by the thread
+            self._assert_retained()
+        self.retained.start()
         log.info("hub started: mqtt %s:%d (%s), database %s, signing key %s",
                  self.settings.mqtt_host, self.settings.mqtt_port,
                  "subscribed" if ready else "not reachable yet, retrying in the background",
                  self.engine.url.render_as_string(hide_password=True), self._active_key_id())
 
-    def _publish_trust_lists(self) -> None:
-        """Retained trust lists again, in case the broker lost them (agents walk them)."""
+    def _assert_retained(self) -> None:
+        """The retained records again, in case the broker lost them (a database error is
+        logged, and the thread tries again)."""
         try:
-            with Session(self.engine) as session:
-                self.keys.publish_trust_lists(session, self.publisher)
-        except PublishError as exc:
-            log.error("trust lists not published (%s); the next key change publishes them", exc)
+            self.retained.catch_up()
+        except Exception:
+            log.exception("retained records not written again at start-up")
 
     def _active_key_id(self) -> str:
         try:
@@ -272,6 +275,7 @@ class Hub:
         self.incidents.stop(timeout)
         self.webhooks.close()
         self.rollouts.stop(timeout)
+        self.retained.stop(timeout)
         self.jobs.stop(timeout)
         self.ingest.stop(timeout)
         self.acks.stop(timeout)

@@ -34,7 +34,7 @@ __all__ = ["BrokerFiles", "init_broker", "run_broker"]
 
 # Used when the repository's mosquitto.conf is not beside the package (a wheel install).
 _BASE_SETTINGS = """persistence true
-autosave_interval 10
+autosave_interval 60
 persistent_client_expiration 7d
 max_queued_messages 1000000
 max_queued_bytes 1073741824

@@ -13,11 +13,15 @@ variant; :func:`repick_variants` picks again once the runtime is known.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ModelStatus, RolloutStatus
@@ -35,9 +39,25 @@ from cloud_hub.rollouts.variant import (
 )
 from shared.messages import Desired, ModelRef
 
-__all__ = ["repick_variants", "set_desired"]
+__all__ = ["desired_writes", "repick_variants", "rollout_of", "set_desired"]
 
 log = logging.getLogger(__name__)
+
+_DESIRED_LOCK = threading.Lock()
+_PG_DESIRED_KEY = 0x6465_7369_7265_6400 & 0x7FFF_FFFF_FFFF_FFFF  # "desired"
+
+
+@contextlib.contextmanager
+def desired_writes(session: Session) -> Iterator[None]:
+    """One writer of retained ``desired`` records at a time, in this process and (on
+    PostgreSQL, a transaction-level advisory lock, released by the session's commit or
+    rollback) across hub processes: what a writer publishes then commits, or reads then
+    publishes, is never interleaved with another's (:mod:`cloud_hub.rollouts.retained`). The
+    caller ends the session's transaction inside the block."""
+    with _DESIRED_LOCK:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_DESIRED_KEY})
+        yield
 
 
 def set_desired(
@@ -71,25 +91,26 @@ def set_desired(
         if kept or model.variant is not None:  # a version with one variant has no choice
             for device_id in device_ids:
                 picks[device_id] = _pick(rows[device_id], model, record.quantization, kept)
-    now = time.time()
-    messages = [
-        Desired(device_id=d, config=dict(config or {}), issued_at=now, rollout_id=rollout_id,
-                model=None if model is None else ModelRef(
-                    name=model.name, version=model.version,
-                    variant=None if (pick := picks[d]) is None else pick.variant))
-        for d in device_ids
-    ]
-    releases.publisher.publish_desired_many(messages)
-    for device_id in device_ids:
-        device, pick = rows[device_id], picks[device_id]
-        device.desired_name = model.name if model else None
-        device.desired_version = model.version if model else None
-        device.desired_variant = pick.quantization if pick else None
-        device.desired_variant_reason = pick.reason if pick else None
-        device.desired_at = now
-        device.desired_config = dict(config or {})
-        session.add(device)
-    session.commit()
+    with desired_writes(session):
+        now = time.time()
+        messages = [
+            Desired(device_id=d, config=dict(config or {}), issued_at=now,
+                    rollout_id=rollout_id, model=None if model is None else ModelRef(
+                        name=model.name, version=model.version,
+                        variant=None if (pick := picks[d]) is None else pick.variant))
+            for d in device_ids
+        ]
+        releases.publisher.publish_desired_many(messages)
+        for device_id in device_ids:
+            device, pick = rows[device_id], picks[device_id]
+            device.desired_name = model.name if model else None
+            device.desired_version = model.version if model else None
+            device.desired_variant = pick.quantization if pick else None
+            device.desired_variant_reason = pick.reason if pick else None
+            device.desired_at = now
+            device.desired_config = dict(config or {})
+            session.add(device)
+        session.commit()
     return now
 
 
@@ -122,7 +143,7 @@ def repick_variants(session: Session, *, releases: Releases) -> list[str]:
             session.add(device)
             continue
         config = dict(device.desired_config or {})
-        key = (device.desired_name, device.desired_version, _rollout_of(session, device),
+        key = (device.desired_name, device.desired_version, rollout_of(session, device),
                repr(sorted(config.items())))
         groups[key].append(device.device_id)
         configs[key] = config
@@ -151,7 +172,7 @@ def _variants(session: Session, name: str, version: int) -> tuple[str, list[str]
     return record.quantization, [v.quantization for v in variants_of(session, record)]
 
 
-def _rollout_of(session: Session, device: Device) -> int | None:
+def rollout_of(session: Session, device: Device) -> int | None:
     """The running rollout that sent ``device`` its desired version, if any."""
     return session.exec(
         select(Rollout.id).join(RolloutDevice, col(RolloutDevice.rollout_id) == Rollout.id)

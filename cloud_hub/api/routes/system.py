@@ -49,6 +49,7 @@ def signing_key(hub: HubDep) -> dict[str, str]:
 def metrics(hub: HubDep, _key: ReadKey) -> dict[str, object]:
     data = hub.ingest.snapshot()
     data.update(hub.acks.snapshot())
+    data.update(hub.retained.snapshot())
     data["publisher_connected"] = hub.publisher.connected
     data["uptime_s"] = time.time() - hub.started_at if hub.started_at else 0.0
     return data
