@@ -200,6 +200,22 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def retained_under(broker: Broker, topic_filter: str, marker: str) -> dict[str, bytes]:
+    """Every retained record under ``topic_filter`` as a brand-new subscriber sees it: a
+    ``marker`` (a topic the filter matches) published after subscribing, not retained,
+    arrives after all of them."""
+    sub = Subscriber(broker, topic_filter, client_id="fresh-sub", publish=(marker,))
+    try:
+        publish_wait(sub.client, marker, b"end")
+        got: dict[str, bytes] = {}
+        while marker not in got:
+            got.update(sub.collect(1))
+        del got[marker]
+        return got
+    finally:
+        sub.close()
+
+
 def publisher_client(broker: Broker, client_id: str = "test-device") -> mqtt.Client:
     """A client that publishes device streams for any device id, as a gateway would: hub tests
     about parsing and storage send many devices' messages through one connection. (What a

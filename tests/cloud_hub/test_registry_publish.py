@@ -14,7 +14,7 @@ from shared.manifest import parse_manifest
 from shared.signing import load_public_key, verify_manifest
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
-from tests.cloud_hub.helpers import Subscriber, publish_wait, tiny_artifact
+from tests.cloud_hub.helpers import Subscriber, retained_under, tiny_artifact
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -33,17 +33,7 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
 def _retained(broker: Broker, hub: Hub, name: str, version: int) -> dict[str, bytes]:
     """Everything retained under the model's topics, seen by a brand-new subscriber."""
     prefix = hub.topics.model_prefix(name, version)
-    marker = f"{prefix}/marker"  # not retained: arrives after every retained message
-    sub = Subscriber(broker, f"{prefix}/#", client_id="fresh-sub", publish=(marker,))
-    try:
-        publish_wait(sub.client, marker, b"end")
-        got: dict[str, bytes] = {}
-        while marker not in got:
-            got.update(sub.collect(1))
-        del got[marker]
-        return got
-    finally:
-        sub.close()
+    return retained_under(broker, f"{prefix}/#", f"{prefix}/marker")
 
 
 def test_publish_retains_a_manifest_and_chunks_a_fresh_subscriber_can_verify(

@@ -20,9 +20,8 @@ from shared.messages import Desired, ModelRef
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import hub_settings
 from tests.cloud_hub.helpers import (
-    Subscriber,
     enroll_devices,
-    publish_wait,
+    retained_under,
     stand_in_training,
     tiny_artifact,
     wait_for,
@@ -33,17 +32,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
 def _retained(broker: Broker) -> dict[str, bytes]:
     """Every retained record under the hub's desired, model and trust topics, as a brand-new
-    subscriber sees them (a marker published after subscribing arrives after all of them)."""
+    subscriber sees them."""
     prefix = broker.topics.prefix
-    marker = f"{prefix}/test/marker"
-    sub = Subscriber(broker, f"{prefix}/#", client_id="fresh-sub", publish=(marker,))
-    try:
-        publish_wait(sub.client, marker, b"end")
-        got: dict[str, bytes] = {}
-        while marker not in got:
-            got.update(sub.collect(1))
-    finally:
-        sub.close()
+    got = retained_under(broker, f"{prefix}/#", f"{prefix}/test/marker")
     kinds = ("/desired", "/manifest", "/chunks/", "/trust/")
     return {t: p for t, p in got.items() if p and any(k in t for k in kinds)}
 
