@@ -36,8 +36,8 @@ __all__ = ["BrokerFiles", "init_broker", "run_broker"]
 _BASE_SETTINGS = """persistence true
 autosave_interval 60
 persistent_client_expiration 7d
-max_queued_messages 1000000
-max_queued_bytes 1073741824
+max_queued_messages 2000000
+max_queued_bytes 4294967296
 max_inflight_messages 100
 max_packet_size 8388608
 retain_available true
