@@ -76,13 +76,13 @@ def _delete_keys(conn: Connection, table: Table, keys: list[Any],
 def _row_sources(conn: Connection) -> list[Table]:
     """Where retention deletes telemetry rows one by one: the table itself, or on a
     partitioned PostgreSQL table only its partitions that are not days."""
-    rows = _table(TelemetryBatchRow)
-    if not partitions.partitioned(conn):
-        return [rows]
+    found = partitions.list_partitions(conn)  # none: not partitioned
+    if not found:
+        return [_table(TelemetryBatchRow)]
     columns = ("device_id", String), ("epoch", String), ("seq", BigInteger), (
         "ts_first", Float), ("stored_at", Float)
     return [Table(p.name, MetaData(), *[Column(n, t) for n, t in columns])
-            for p in partitions.list_partitions(conn) if p.day is None]
+            for p in found if p.day is None]
 
 
 def _prune_telemetry(conn: Connection, policy: RetentionPolicy, *, now: float) -> int:

@@ -149,8 +149,8 @@ class RetainedState:
         with desired_writes(session):
             devices = session.exec(select(Device).where(col(Device.desired_at).is_not(None))
                                    .order_by(col(Device.device_id))).all()
-            published = {(m.name, m.version): m.quantization for m in session.exec(
-                select(ModelVersion))}
+            published = {(n, v): q for n, v, q in session.exec(  # not the blobs
+                select(ModelVersion.name, ModelVersion.version, ModelVersion.quantization))}
             messages = [_desired_of(session, d, published) for d in devices]
             for i in range(0, len(messages), _DESIRED_PER_PUBLISH):
                 part = messages[i:i + _DESIRED_PER_PUBLISH]

@@ -21,7 +21,7 @@ from shared.signing import load_public_key, verify_manifest, verify_trust_list
 from shared.trust import parse_trust_list
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY
-from tests.cloud_hub.helpers import Subscriber, publish_wait, tiny_artifact
+from tests.cloud_hub.helpers import retained_under, tiny_artifact
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -40,16 +40,7 @@ def api(hub: Hub) -> Iterator[httpx.Client]:
 def _retained(broker: Broker, hub: Hub, topic_filter: str) -> dict[str, bytes]:
     """Everything retained under ``topic_filter``, as a brand-new subscriber sees it."""
     marker = topic_filter.rstrip("#+/") + "/marker"  # not retained: comes after them all
-    sub = Subscriber(broker, topic_filter, client_id="fresh-sub", publish=(marker,))
-    try:
-        publish_wait(sub.client, marker, b"end")
-        got: dict[str, bytes] = {}
-        while marker not in got:
-            got.update(sub.collect(1))
-        del got[marker]
-        return {t: p for t, p in got.items() if p}
-    finally:
-        sub.close()
+    return {t: p for t, p in retained_under(broker, topic_filter, marker).items() if p}
 
 
 def _manifest(broker: Broker, hub: Hub, name: str, version: int) -> dict[str, object]:
