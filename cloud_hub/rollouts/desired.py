@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -39,7 +39,7 @@ from cloud_hub.rollouts.variant import (
 )
 from shared.messages import Desired, ModelRef
 
-__all__ = ["desired_writes", "repick_variants", "rollout_of", "set_desired"]
+__all__ = ["desired_writes", "repick_variants", "running_rollouts", "set_desired"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def repick_variants(session: Session, *, releases: Releases) -> list[str]:
     groups: dict[tuple[str, int, int | None, str], list[str]] = defaultdict(list)
     configs: dict[tuple[str, int, int | None, str], dict[str, Any]] = {}
     versions: dict[tuple[str, int], tuple[str, list[str]] | None] = {}
+    rollouts = running_rollouts(session, waiting)
     for device in waiting:
         runtime = runtime_of(device.runtime)
         if runtime is None or device.desired_name is None or device.desired_version is None:
@@ -143,7 +144,7 @@ def repick_variants(session: Session, *, releases: Releases) -> list[str]:
             session.add(device)
             continue
         config = dict(device.desired_config or {})
-        key = (device.desired_name, device.desired_version, rollout_of(session, device),
+        key = (device.desired_name, device.desired_version, rollouts.get(device.device_id),
                repr(sorted(config.items())))
         groups[key].append(device.device_id)
         configs[key] = config
@@ -172,15 +173,24 @@ def _variants(session: Session, name: str, version: int) -> tuple[str, list[str]
     return record.quantization, [v.quantization for v in variants_of(session, record)]
 
 
-def rollout_of(session: Session, device: Device) -> int | None:
-    """The running rollout that sent ``device`` its desired version, if any."""
-    return session.exec(
-        select(Rollout.id).join(RolloutDevice, col(RolloutDevice.rollout_id) == Rollout.id)
-        .where(RolloutDevice.device_id == device.device_id,
-               Rollout.model_name == device.desired_name,
-               Rollout.model_version == device.desired_version,
-               col(Rollout.status).in_((RolloutStatus.RUNNING, RolloutStatus.ROLLING_BACK)))
-        .order_by(col(Rollout.id).desc())).first()
+def running_rollouts(session: Session, devices: Sequence[Device]) -> dict[str, int]:
+    """device id -> the running rollout that sent it its desired version, for those that
+    have one, in one query (newest rollout first where several name the same version)."""
+    wanted = {d.device_id: (d.desired_name, d.desired_version) for d in devices
+              if d.desired_name is not None}
+    if not wanted:
+        return {}
+    rows = session.exec(
+        select(RolloutDevice.device_id, Rollout.id, Rollout.model_name, Rollout.model_version)
+        .join(Rollout, col(RolloutDevice.rollout_id) == Rollout.id)
+        .where(col(Rollout.status).in_((RolloutStatus.RUNNING, RolloutStatus.ROLLING_BACK)))
+        .order_by(col(Rollout.id).desc())).all()
+    found: dict[str, int] = {}
+    for device_id, rollout_id, name, version in rows:
+        if (rollout_id is not None and device_id not in found
+                and wanted.get(device_id) == (name, version)):
+            found[device_id] = rollout_id
+    return found
 
 
 def _pick(device: Device, model: ModelRef, published: str, kept: list[str]) -> DevicePick:

@@ -19,6 +19,14 @@ every record again from the database, exactly as it was:
 A ``desired`` is written under :func:`~cloud_hub.rollouts.desired.desired_writes`, which
 ``set_desired`` holds from its publish to its commit: this can never put back an older record
 over one that a rollout or an admin just sent.
+
+The trust lists and the models are few, and every hub process writes them at each of its
+births. The ``desired`` records are one per device: with several hub processes on one broker,
+only the one holding the ``retained-desired`` lease writes them, at each of its births and
+whenever it takes the lease over (the broker may have lost them while no process held it).
+A broker that lost its state ends every hub's session, the holder's too, so one process
+writing the fleet's records is enough, and a fleet of N devices costs N publishes per broker
+loss, not N per hub process. A process that stops cleanly gives the lease up.
 """
 
 from __future__ import annotations
@@ -32,13 +40,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ModelStatus
+from cloud_hub.db.leases import hold_lease, release_lease
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
+from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.keys.ring import HubKeys
 from cloud_hub.mqtt.connection import HubConnection, PublishError
 from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.registry.records import variants_of
-from cloud_hub.rollouts.desired import desired_writes, rollout_of
+from cloud_hub.rollouts.desired import desired_writes, running_rollouts
 from shared.manifest import manifest_from_dict
 from shared.messages import Desired, ModelRef
 
@@ -47,6 +57,7 @@ __all__ = ["Asserted", "RetainedState"]
 log = logging.getLogger(__name__)
 
 _DESIRED_PER_PUBLISH = 500  # desired records per publish_all (each waits for its PUBACKs)
+LEASE = "retained-desired"
 
 
 @dataclass(frozen=True)
@@ -64,12 +75,18 @@ class RetainedState:
     """Writes the hub's retained records again after each birth of its MQTT session."""
 
     def __init__(self, engine: Engine, keys: HubKeys, publisher: Publisher,
-                 connection: HubConnection, *, poll_s: float = 0.2) -> None:
+                 connection: HubConnection, *, poll_s: float = 0.2, lease_ttl_s: float = 30.0,
+                 holder: str | None = None) -> None:
         self._engine = engine
         self._keys = keys
         self._publisher = publisher
         self._connection = connection
         self._poll_s = poll_s
+        self._lease_ttl_s = lease_ttl_s
+        self._holder = holder or process_holder_id()
+        self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
+        self.leading = False  # holds the lease: writes the desired records
+        self._owed_desired = False  # took the lease over and has not written them since
         self._births_done = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,6 +102,13 @@ class RetainedState:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.leading:
+            try:
+                with Session(self._engine) as session:
+                    release_lease(session, name=LEASE, holder=self._holder)
+            except Exception:  # the lease then expires on its own
+                log.warning("the %s lease was not given up", LEASE, exc_info=True)
+            self.leading = False
 
     def snapshot(self) -> dict[str, object]:
         """For the metrics: when the records were last written again, how many, failures."""
@@ -92,22 +116,44 @@ class RetainedState:
         return {"retained_asserted_at": last.at if last else None,
                 "retained_asserted_desired": last.desired if last else 0,
                 "retained_asserted_models": last.models if last else 0,
-                "retained_assert_failures": self.failures}
+                "retained_assert_failures": self.failures,
+                "retained_desired_lease": self.leading}
+
+    def _lead(self) -> None:
+        """Take or renew the lease (a write, so at most every third of its ttl); taking it
+        over owes the desired records."""
+        if self.leading and time.monotonic() - self._renewed_at < self._lease_ttl_s / 3:
+            return
+        renewing = time.monotonic()
+        with Session(self._engine) as session:
+            held = hold_lease(session, name=LEASE, holder=self._holder, now=time.time(),
+                              ttl_s=self._lease_ttl_s)
+        if held:
+            self._renewed_at = renewing
+            if not self.leading:
+                self._owed_desired = True
+        self.leading = held
 
     def catch_up(self) -> Asserted | None:
-        """Assert everything again if the session was born since the last round (called by
-        the thread, and by the hub's start so that it returns with the records written)."""
+        """Assert the records again if the session was born since the last round, or the
+        desired records if this process just took the lease over (called by the thread, and
+        by the hub's start so that it returns with the records written)."""
+        self._lead()
         births = self._connection.births
-        if births <= self._births_done:
+        if births <= self._births_done and not self._owed_desired:
             return None
+        if not self._connection.connected:
+            return None  # written once the session is born again
         try:
-            done = self.assert_all()
+            done = self.assert_all(desired=self.leading)
         except PublishError as exc:  # the connection went again: the next birth retries
             self.failures += 1
             log.warning("retained records not all written again (%s); retried once the hub "
                         "is connected again", exc)
             return None
         self._births_done = births
+        if self.leading:
+            self._owed_desired = False
         return done
 
     def _run(self) -> None:
@@ -116,21 +162,25 @@ class RetainedState:
                 self.catch_up()
             except Exception:  # a database error must not end the thread
                 self.failures += 1
+                self.leading = False  # renew first next time
                 log.exception("retained records not written again; retrying")
                 self._stop.wait(5.0)
 
-    def assert_all(self) -> Asserted:
-        """Write every retained record the hub owns again, from the database."""
+    def assert_all(self, *, desired: bool = True) -> Asserted:
+        """Write the retained records the hub owns again, from the database: the trust lists
+        and the published versions, and the devices' desired records if ``desired``."""
         started = time.monotonic()
         with Session(self._engine) as session:
             trust = self._keys.publish_trust_lists(session, self._publisher)
             models = self._models(session)
-            desired = self._desired(session)
-        done = Asserted(trust_lists=trust, models=models, desired=desired,
+            written = self._desired(session) if desired else 0
+        done = Asserted(trust_lists=trust, models=models, desired=written,
                         seconds=time.monotonic() - started, at=time.time())
         self.last = done
         log.info("retained records written again: %d trust lists, %d published versions, "
-                 "%d desired, in %.2f s", trust, models, desired, done.seconds)
+                 "%d desired%s, in %.2f s", trust, models, written,
+                 "" if desired else f" (another process holds the {LEASE} lease)",
+                 done.seconds)
         return done
 
     def _models(self, session: Session) -> int:
@@ -151,7 +201,8 @@ class RetainedState:
                                    .order_by(col(Device.device_id))).all()
             published = {(n, v): q for n, v, q in session.exec(  # not the blobs
                 select(ModelVersion.name, ModelVersion.version, ModelVersion.quantization))}
-            messages = [_desired_of(session, d, published) for d in devices]
+            rollouts = running_rollouts(session, devices)
+            messages = [_desired_of(d, published, rollouts.get(d.device_id)) for d in devices]
             for i in range(0, len(messages), _DESIRED_PER_PUBLISH):
                 part = messages[i:i + _DESIRED_PER_PUBLISH]
                 self._publisher.publish_desired_many(part)
@@ -160,8 +211,8 @@ class RetainedState:
         return sent
 
 
-def _desired_of(session: Session, device: Device,
-                published: dict[tuple[str, int], str]) -> Desired:
+def _desired_of(device: Device, published: dict[tuple[str, int], str],
+                rollout_id: int | None) -> Desired:
     """The ``desired`` ``set_desired`` sent this device, rebuilt from its row."""
     assert device.desired_at is not None
     model = None
@@ -172,5 +223,5 @@ def _desired_of(session: Session, device: Device,
         model = ModelRef(name=device.desired_name, version=device.desired_version,
                          variant=variant)
     return Desired(device_id=device.device_id, config=dict(device.desired_config or {}),
-                   issued_at=device.desired_at, rollout_id=rollout_of(session, device),
+                   issued_at=device.desired_at, rollout_id=rollout_id,
                    model=model)

@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from cloud_hub.registry.lifecycle import publish_model
 from cloud_hub.rollouts.desired import set_desired
+from cloud_hub.rollouts.retained import RetainedState
 from cloud_hub.service import Hub
 from shared.messages import Desired, ModelRef
 from simulator.broker import Broker
@@ -96,4 +97,52 @@ def test_the_hub_writes_its_retained_records_again_after_the_broker_lost_them(
     try:
         assert _retained(broker) == before, "written again before start returned"
     finally:
+        hub.stop()
+
+
+def test_one_hub_process_writes_the_fleets_desired_records_and_another_takes_over(
+        broker: Broker, tmp_path: Path) -> None:
+    """With two hub processes on one database, the desired records (one per device) are
+    written again by the one holding the lease only; the other writes the trust lists and the
+    models. When the holder stops, the other takes the lease and writes the desired records,
+    the broker having lost them meanwhile."""
+    hub = Hub(hub_settings(broker, tmp_path / "hub"), run_training=stand_in_training())
+    enroll_devices(hub)
+    hub.start()
+    # What a second hub process brings: its own lease holder id (same engine and session).
+    other = RetainedState(hub.engine, hub.keys, hub.publisher, hub.mqtt, holder="other-hub")
+    try:
+        name, version = hub.register(tiny_artifact(), name="pump-ae")
+        with Session(hub.engine) as session:
+            publish_model(session, name=name, version=version, releases=hub.releases)
+        with Session(hub.engine) as session:
+            set_desired(session, releases=hub.releases, device_ids=["pump-1", "pump-2"],
+                        model=ModelRef(name=name, version=version), config={})
+        before = _retained(broker)
+        assert hub.topics.desired("pump-1") in before
+        assert hub.retained.leading
+
+        lost_at = time.time()
+        _lose_everything(broker)
+        wait_for(lambda: (hub.retained.last is not None and hub.retained.last.at > lost_at),
+                 timeout=60, what="the lease holder writing its retained records again")
+        wait_for(lambda: other.catch_up() is not None or (
+            other.last is not None and other.last.at > lost_at),
+            timeout=60, what="the other process writing its records again")
+        assert other.last is not None and not other.leading
+        assert other.last.desired == 0 and other.last.models == 1
+        assert hub.retained.last.desired == 2
+        assert _retained(broker) == before
+
+        hub.retained.stop()  # the holder stops cleanly: it gives the lease up
+        lost_at = time.time()
+        _lose_everything(broker)
+        wait_for(lambda: hub.mqtt.births > 2 and hub.mqtt.connected, timeout=60,
+                 what="the session born again")
+        wait_for(lambda: other.catch_up() is not None and other.leading, timeout=60,
+                 what="the other process taking the lease over and writing the records")
+        assert other.last is not None and other.last.desired == 2
+        assert _retained(broker) == before, "every record back from the other process"
+    finally:
+        other.stop()
         hub.stop()
