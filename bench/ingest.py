@@ -19,11 +19,12 @@ for the run and dropped after). For each database and batch size (readings per m
 At batch 10 it also finds the saturation rate: a ramp of paced runs around the held rate, each
 ``--saturation-window`` long, keeping up when the backlog's least-squares slope is under 2% of
 the offered rate. It then offers twice that for ``--overload`` seconds:
-``overload_stored_ratio`` = the stored rate during the overload / the saturation rate, the
-hub's peak RSS, and what is lost once the load ends. On PostgreSQL it runs two hubs in a
-``$share`` group (``two_hub_scaling``). The machine is shared: the load average is recorded
-with every phase, and the per-CPU-second figures are the ones to compare between runs. Writes
-reports/bench/ingest.json and prints a table.
+``overload_stored_ratio`` = the stored rate during the overload / the saturation rate
+(``overload_offered_ratio``: what the broker acknowledged from the publishers meanwhile, the
+same way; about 2), the hub's peak RSS, and what is lost once the load ends. On
+PostgreSQL it runs two hubs in a ``$share`` group (``two_hub_scaling``). The machine is
+shared: the load average is recorded with every phase, and the per-CPU-second figures are the
+ones to compare between runs. Writes reports/bench/ingest.json and prints a table.
 
     .venv/bin/python bench/ingest.py                     # the full run (about 15 minutes)
     .venv/bin/python bench/ingest.py --duration 8 --quick   # a quick look (no saturation)
@@ -362,6 +363,9 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     acked_in_window = acked_t1 - acked0
     return {
         "offered_rate": round(acked_in_window / dt, 1) if held else plan.rate,
+        # What the broker acknowledged per second over the window: the load really offered
+        # (publishers on a busy machine could fall short of a paced rate).
+        "acknowledged_rate": round(acked_in_window / dt, 1),
         "held_backlog": held.target if held else None,
         "messages_per_s": round(stored / dt, 1),
         "readings_per_s": round(stored * plan.readings / dt, 1),
@@ -461,6 +465,9 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                     phases.append(over)
                     # The stored rate while offered twice the saturation rate, against it.
                     over["stored_ratio"] = round(over["messages_per_s"] / sat, 3) if sat else None
+                    # ~2.0 when the publishers really offered twice the saturation rate.
+                    over["offered_ratio"] = (round(over["acknowledged_rate"] / sat, 3)
+                                             if sat else None)
                     # On a shared machine the hub may get less CPU in the overload phase than
                     # when saturation was found: the work per CPU-second, against the held
                     # flood's, says whether the hub itself does worse when overloaded.
@@ -714,6 +721,7 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
         "hub_rss_bytes_max": _worst([c["flood"]["hub_rss_bytes_max"] for c in every]
                                     + [o["hub_rss_bytes_max"] for o in overloads], max),
         "overload_stored_ratio": _worst([o.get("stored_ratio") for o in overloads]),
+        "overload_offered_ratio": _worst([o.get("offered_ratio") for o in overloads]),
         "overload_lost": sum(o.get("lost", 0) for o in overloads) if overloads else None,
         "overload_broker_drop_log_lines": (sum(o["broker_drop_log_lines"] for o in overloads)
                                            if overloads else None),
@@ -768,7 +776,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
         if "overload" in c:
             o = c["overload"]
             console.print(f"{c['database']}: saturation {c['saturation_rate']:,.0f} msg/s; at "
-                          f"2x for {result['overload_s']:g} s stored {o['messages_per_s']:,.0f}"
+                          f"2x for {result['overload_s']:g} s (acknowledged "
+                          f"{o.get('offered_ratio')} x) stored {o['messages_per_s']:,.0f}"
                           f" msg/s (ratio {o['stored_ratio']}; per CPU-s, against the held "
                           f"flood: {o['per_cpu_s_ratio']}; against the saturation run: "
                           f"{o.get('against_saturation_run')}; hub CPU "
@@ -788,7 +797,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
         "two_hub_scaling", "two_hub_machine_busy_cores", "lost", "duplicates",
         "broker_drop_log_lines", "hub_rss_bytes_max",
         "broker_rss_bytes_max", "publisher_cpu_us_per_message_batch10",
-        "overload_stored_ratio", "overload_lost", "rollup_query_ms", "ok")}
+        "overload_stored_ratio", "overload_offered_ratio", "overload_lost", "rollup_query_ms",
+        "ok")}
     console.print(summary)
 
 
