@@ -25,13 +25,14 @@ from sqlalchemy import (
     String,
     Table,
     cast,
+    exists,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType, TypeDecorator
 
 from cloud_hub.db import pg_bulk
-from cloud_hub.db.tables import Anomaly, TelemetryBatchRow, TelemetryKey
+from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow, TelemetryKey
 
 __all__ = ["anomalies", "channels_json", "column_names", "insert_new", "insert_rows",
            "telemetry", "telemetry_keys"]
@@ -94,6 +95,15 @@ def channels_json(channels: Sequence[str]) -> str:
     return _channels_json(tuple(channels))
 
 
+# A telemetry key at or below its stream's watermark was stored once already: retention may
+# have deleted the key with its day (a resend that comes after that must not be stored again
+# and counted twice), so the key insert skips those seqs in the same statement.
+_MARKS: Table = StreamMark.__table__  # type: ignore[attr-defined]
+_DELIVERED_SQLITE = (" WHERE NOT EXISTS (SELECT 1 FROM stream_marks AS m WHERE m.device_id ="
+                     " u.column1 AND m.epoch = u.column2 AND m.stream = 'telemetry'"
+                     " AND m.watermark >= u.column3)")
+
+
 @functools.cache
 def _insert_new(dialect: str, table: Table) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the key of each row stored: on PostgreSQL
@@ -101,6 +111,11 @@ def _insert_new(dialect: str, table: Table) -> Any:
     if dialect == "postgresql":
         columns = _COLUMNS[table.name]
         rows = pg_bulk.unnest_select(columns, casts={"channels": lambda c: cast(c, JSON)})
+        if table.name == telemetry_keys.name:
+            derived = rows.selected_columns
+            rows = rows.where(~exists().where(
+                _MARKS.c.device_id == derived.device_id, _MARKS.c.epoch == derived.epoch,
+                _MARKS.c.stream == "telemetry", _MARKS.c.watermark >= derived.seq))
         insert: Any = postgresql.insert(table).from_select([n for n, _ in columns], rows)
     else:
         insert = sqlite.insert(table)
@@ -121,9 +136,14 @@ _SQLITE_ROWS = 250
 @functools.cache
 def _sqlite_insert(table_name: str, columns: tuple[str, ...], rows: int) -> str:
     one = "(" + ", ".join("?" * len(columns)) + ")"
-    return (f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES "
-            + ", ".join([one] * rows)
-            + " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq")
+    values = ", ".join([one] * rows)
+    if table_name == telemetry_keys.name:  # see _MARKS; columns 1-3 are the key
+        assert columns[:3] == ("device_id", "epoch", "seq")
+        return (f"INSERT INTO {table_name} ({', '.join(columns)}) SELECT * FROM (VALUES "
+                f"{values}) AS u{_DELIVERED_SQLITE}"
+                " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq")
+    return (f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES {values}"
+            " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq")
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]

@@ -16,7 +16,7 @@ from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
 from cloud_hub.db.queries import telemetry_summary
 from cloud_hub.db.rollup_tables import TelemetryRollup
-from cloud_hub.db.tables import DeadLetter, TelemetryBatchRow
+from cloud_hub.db.tables import DeadLetter, Device, TelemetryBatchRow
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
 from cloud_hub.maintenance.rollups import read_rollups
@@ -91,6 +91,16 @@ def test_rollups_fold_each_row_once_and_retention_keeps_what_is_not_folded(
         assert session.exec(select(func.count()).select_from(DeadLetter)).one() == 0
         [summary] = telemetry_summary(session).rows
         assert summary["missing_batches"] == 0 and summary["batches"] == 1
+        readings = session.exec(select(Device.telemetry_readings)).one()
+    # A batch sent again after retention deleted it, with its key: under its stream's
+    # watermark, so a duplicate, not stored and counted a second time.
+    with Session(engine) as session:
+        again = store_batch(session, IngestBatch(telemetry=[_batch(3, T0 + 900.0)]),
+                            now=later + 60)
+    assert (again.telemetry_batches, again.duplicates) == (0, 1)
+    with Session(engine) as session:
+        assert session.exec(select(TelemetryBatchRow.seq)).all() == [40]
+        assert session.exec(select(Device.telemetry_readings)).one() == readings
     engine.dispose()
 
 
