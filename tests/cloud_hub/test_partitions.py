@@ -166,10 +166,11 @@ def test_retention_drops_a_day_whole_once_every_row_is_old_and_folded(engine: En
 
     # An agent that never got the acknowledgement of seq 7 sends it again after its day was
     # dropped (its key with it): under the watermark, it is a duplicate, not a new row.
-    readings = _scalar(engine, "SELECT telemetry_readings FROM devices WHERE device_id = 'pump-1'")
+    counted = "SELECT telemetry_readings FROM devices WHERE device_id = 'pump-1'"
+    readings = _scalar(engine, counted)
     assert _store(engine, _batch(7, D0 + 600.0 * 7), now=late + 32 * DAY) == (0, 1)
     assert _where(engine) == {42: f"telemetry_d{last_day:%Y%m%d}"}
-    assert _scalar(engine, "SELECT telemetry_readings FROM devices WHERE device_id = 'pump-1'") == readings
+    assert _scalar(engine, counted) == readings
 
 
 def test_the_migration_turns_an_existing_table_into_partitions_keeping_its_rows() -> None:
