@@ -161,7 +161,7 @@ class Hubs:
     def __init__(self, broker: Broker, db: Database, work: Path, count: int = 1) -> None:
         self.procs: list[HubProcess] = []
         self.db = db
-        self.admin_key = secrets.token_urlsafe(24)
+        self.admin_key = "el_" + secrets.token_urlsafe(24)  # never "-..." (an option)
         for i in range(count):
             env = {"EDGELOOP_MQTT_CLIENT_ID": f"bench-hub-{i}"}
             env.update(broker.hub_env(f"bench-hub-{i}"))  # its credential and TLS

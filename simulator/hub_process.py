@@ -53,7 +53,9 @@ class HubProcess:
     ) -> None:
         self.data_dir = data_dir
         self.http_port = http_port or free_port()
-        self.admin_api_key = admin_api_key or secrets.token_urlsafe(24)
+        # Shaped like the hub's own keys ("el_..."): a bare token_urlsafe starts with "-" one
+        # time in 64, which a command line then reads as an option (edge-agent init --api-key).
+        self.admin_api_key = admin_api_key or "el_" + secrets.token_urlsafe(24)
         self.log_path = data_dir / "hub.log"
         self._env = {
             "EDGELOOP_DATA_DIR": str(data_dir),
