@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import text
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from cloud_hub.core.states import ModelStatus, RolloutStatus
 from cloud_hub.db.devices import ensure_devices
@@ -174,23 +174,20 @@ def _variants(session: Session, name: str, version: int) -> tuple[str, list[str]
 
 
 def running_rollouts(session: Session, devices: Sequence[Device]) -> dict[str, int]:
-    """device id -> the running rollout that sent it its desired version, for those that
-    have one, in one query (newest rollout first where several name the same version)."""
-    wanted = {d.device_id: (d.desired_name, d.desired_version) for d in devices
-              if d.desired_name is not None}
-    if not wanted:
+    """device id -> the running rollout that sent it its desired version (the newest, where
+    several name it), for those of ``devices`` that have one: one query, matched in SQL."""
+    ids = {d.device_id for d in devices if d.desired_name is not None}
+    if not ids:
         return {}
     rows = session.exec(
-        select(RolloutDevice.device_id, Rollout.id, Rollout.model_name, Rollout.model_version)
+        select(RolloutDevice.device_id, func.max(Rollout.id))
         .join(Rollout, col(RolloutDevice.rollout_id) == Rollout.id)
-        .where(col(Rollout.status).in_((RolloutStatus.RUNNING, RolloutStatus.ROLLING_BACK)))
-        .order_by(col(Rollout.id).desc())).all()
-    found: dict[str, int] = {}
-    for device_id, rollout_id, name, version in rows:
-        if (rollout_id is not None and device_id not in found
-                and wanted.get(device_id) == (name, version)):
-            found[device_id] = rollout_id
-    return found
+        .join(Device, col(Device.device_id) == RolloutDevice.device_id)
+        .where(col(Rollout.model_name) == Device.desired_name,
+               col(Rollout.model_version) == Device.desired_version,
+               col(Rollout.status).in_((RolloutStatus.RUNNING, RolloutStatus.ROLLING_BACK)))
+        .group_by(col(RolloutDevice.device_id))).all()
+    return {d: r for d, r in rows if d in ids and r is not None}
 
 
 def _pick(device: Device, model: ModelRef, published: str, kept: list[str]) -> DevicePick:
