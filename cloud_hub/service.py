@@ -82,6 +82,8 @@ class Hub:
         self.ingest = MqttIngest(
             self.engine, self.mqtt, batch_max=settings.ingest_batch_max,
             batch_wait_s=settings.ingest_batch_wait_s, on_commit=self._on_ingest_commit,
+            writers=settings.ingest_writers or (
+                2 if self.engine.dialect.name == "postgresql" else 1),
         )
         self.publisher = Publisher(self.mqtt, timeout=settings.publish_timeout_s)
         self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,

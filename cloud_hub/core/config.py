@@ -78,6 +78,13 @@ class Settings(BaseSettings):
                     "Receive Maximum); at least INGEST_BATCH_MAX, or batches never fill")
     ingest_batch_wait_s: float = Field(default=0.05, gt=0,
                                        description="longest wait to fill an ingest batch")
+    # Transactions in flight, each on its own connection (cloud_hub/mqtt/ingest.py): on
+    # PostgreSQL one writer left the machine idle between its transactions; SQLite takes one
+    # writer at a time, so a second would only wait for its lock.
+    ingest_writers: int | None = Field(
+        default=None, ge=1, le=8,
+        description="ingest transactions in flight, each on its own database connection; "
+                    "unset: 2 on PostgreSQL, 1 on SQLite")
     publish_timeout_s: float = Field(default=30.0, gt=0,
                                      description="wait for the broker to take a model's chunks")
     ack_interval_s: float = Field(default=1.0, gt=0, le=60,

@@ -1,19 +1,24 @@
 """MQTT ingest: device streams into the store, acknowledged only after their commit.
 
 The connection (:mod:`cloud_hub.mqtt.connection`) puts every message on a queue; one worker
-takes up to ``batch_max`` of them and decodes them (:mod:`cloud_hub.mqtt.decoding`); one writer
-stores each batch in one transaction (:mod:`cloud_hub.db.ingest_store`) and only then sends its
+takes up to ``batch_max`` of them, and a writer decodes them (:mod:`cloud_hub.mqtt.decoding`),
+stores them in one transaction (:mod:`cloud_hub.db.ingest_store`) and only then sends their
 PUBACKs, so a crash between receipt and commit makes the broker deliver them again, and the
-(device_id, epoch, seq) keys make that redelivery harmless. The worker decodes batch N+1 while
-the writer commits batch N (the database's round trips overlap Python's decoding); at most
-``in_flight`` decoded batches wait for the writer, so memory stays bounded, and the single
-writer commits and acknowledges them in the order they were received. With ``in_flight=0`` (the
-default) the worker commits each batch itself: measured on PostgreSQL and SQLite, the writer
-thread cost 4-15% more CPU per message and raised no stored rate (docs/scaling.md). After each
-commit the streams it touched are handed to the acknowledgement publisher
-(:mod:`cloud_hub.mqtt.acks`).
+(device_id, epoch, seq) keys make that redelivery harmless. After each commit the streams it
+touched are handed to the acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
 
-The store holds one database connection of its own (no pool checkout per batch, and so no
+With ``writers=1`` the worker stores each batch itself. With ``writers=N`` it hands batches to
+N writer threads, each with a connection of its own, so that N transactions are in flight: one
+writer's Python (decoding, building the statements) runs while another waits for the database.
+On PostgreSQL one writer left the machine idle between its transactions (docs/scaling.md); the
+store's statements are safe for concurrent writers already (rows locked in key order, device
+counters added in SQL, watermarks recomputed after the lock), as several hub processes need.
+SQLite has one writer at a time, so more writers only wait for its lock. Whichever writer
+commits first, the PUBACKs go out in the order the batches were taken (:class:`_InOrder`), as
+MQTT asks of QoS 1. At most N batches are stored at once and one more waits, so memory stays
+bounded (and the broker's Receive Maximum bounds what is taken).
+
+Each writer holds one database connection of its own (no pool checkout per batch, and so no
 ``pool_pre_ping`` round trip: profiled, 8% of a PostgreSQL hub's time); the enrollment screen
 (:class:`~cloud_hub.db.enrollments.EnrolledCache`) and the store run in one transaction on it.
 A connection that dies (the server restarted, the backend was terminated) fails the batch with
@@ -34,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -98,16 +103,6 @@ def classify(exc: Exception) -> StoreError:
 
 
 @dataclass
-class _Decoded:
-    """One batch as the worker hands it to the writer (``batch`` None: decoding failed)."""
-
-    messages: list[Received]
-    batch: IngestBatch | None = None
-    refused: list[DeadLetterRecord] = field(default_factory=list)
-    cleared: int = 0
-
-
-@dataclass
 class IngestStats:
     messages_received: int = 0
     telemetry_batches: int = 0
@@ -127,6 +122,60 @@ class IngestStats:
         return dict(self.__dict__)
 
 
+class _StoreConnection:
+    """A writer's own database connection, opened when there is none (see the module's doc)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session on the connection; any failure comes out typed (:func:`classify`), and
+        drops the connection: a failed one may be dead, and a new one costs one pool checkout
+        (which pings it), not one per batch."""
+        try:
+            if self._connection is None:
+                self._connection = self._engine.connect()
+            with Session(bind=self._connection) as session:
+                yield session
+        except Exception as exc:
+            self.drop()
+            if isinstance(exc, StoreError):
+                raise
+            raise classify(exc) from exc
+
+    def drop(self) -> None:
+        conn, self._connection = self._connection, None
+        if conn is None:
+            return
+        try:
+            conn.close()  # back to the pool, which discards it if it was invalidated
+        except Exception as exc:  # a dead connection may fail even to close: it is gone
+            log.debug("ingest: closing the store's connection failed (%s)", exc)
+
+
+class _InOrder:
+    """Releases each batch's PUBACKs once every batch taken before it has released its own,
+    whichever writer commits first (MQTT 3.1.1 4.6 and 5.0 4.6: PUBACKs in the order the QoS 1
+    PUBLISHes were received)."""
+
+    def __init__(self, release: Callable[[list[Received]], object]) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+        self._next = 0
+        self._ready: dict[int, list[Received]] = {}
+
+    def done(self, ticket: int, stored: list[Received]) -> None:
+        """Batch ``ticket`` is finished: ``stored`` are its messages that were committed (the
+        rest stay unacknowledged, and the broker delivers them again)."""
+        with self._lock:
+            self._ready[ticket] = stored
+            while self._next in self._ready:
+                self._release(self._ready.pop(self._next))
+                self._next += 1
+
+
 class MqttIngest:
     """Stores what the connection receives; ``start()`` / ``stop()``."""
 
@@ -139,12 +188,13 @@ class MqttIngest:
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
         store: Callable[[Session, IngestBatch], StoreResult] = store_batch,
-        in_flight: int = 0,
+        writers: int = 1,
     ) -> None:
+        if writers < 1:
+            raise ValueError(f"ingest needs at least one writer (got {writers})")
         self._engine = engine
         self._store_batch = store
         self._enrolled = EnrolledCache()
-        self._connection: Connection | None = None  # the store's own (see the module's doc)
         self.connection = connection
         self._batch_max, self._batch_wait = batch_max, batch_wait_s
         self._on_commit = on_commit
@@ -153,12 +203,13 @@ class MqttIngest:
         self.stats = IngestStats()
         self._conflicts_named: set[str] = set()  # devices whose conflict was logged already
         self._full_taken_at = float("-inf")  # monotonic time of the last full batch taken
+        self._in_order = _InOrder(connection.ack_received)
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
-        # Decoded batches waiting for the writer (None: the worker has stopped).
-        self._pipelined = in_flight > 0
-        self._handoff: queue.Queue[_Decoded | None] = queue.Queue(maxsize=max(in_flight, 1))
-        self._writer = threading.Thread(target=self._write, name="hub-ingest-writer",
-                                        daemon=True)
+        # Batches waiting for a writer, with their ticket (None: the worker has stopped).
+        self._work: queue.Queue[tuple[int, list[Received]] | None] = queue.Queue(maxsize=1)
+        self._writers = [threading.Thread(target=self._write, name=f"hub-ingest-writer-{i}",
+                                          daemon=True)
+                         for i in range(writers if writers > 1 else 0)]
 
     @property
     def connected(self) -> bool:
@@ -169,8 +220,8 @@ class MqttIngest:
         return self.connection.session
 
     def start(self) -> None:
-        if self._pipelined:
-            self._writer.start()
+        for writer in self._writers:
+            writer.start()
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -179,8 +230,9 @@ class MqttIngest:
         deadline = time.monotonic() + timeout
         if self._worker.is_alive():
             self._worker.join(timeout)
-        if self._writer.is_alive():
-            self._writer.join(max(deadline - time.monotonic(), 0.0))
+        for writer in self._writers:
+            if writer.is_alive():
+                writer.join(max(deadline - time.monotonic(), 0.0))
 
     def behind(self) -> bool:
         """Ingest has a backlog: it took a full batch within the last ``BEHIND_HOLD_S``, or a
@@ -210,10 +262,12 @@ class MqttIngest:
         data.update(self.connection.snapshot())
         return data
 
-    # -- worker --------------------------------------------------------------------------
+    # -- worker and writers ----------------------------------------------------------------
     def _run(self) -> None:
-        """Take and decode batches; the writer stores them (see :meth:`_write`)."""
+        """Take batches; store each one (one writer) or hand it to the writers."""
         inbound = self.connection.inbound
+        own = None if self._writers else _StoreConnection(self._engine)
+        ticket = 0
         try:
             while True:
                 self.connection.tick()
@@ -225,62 +279,52 @@ class MqttIngest:
                     if self._stop.is_set():
                         return
                     continue
-                if not self._pipelined:
-                    self._write_one(_Decoded(messages))
-                    continue
-                self._handoff.put(self._decode(messages))  # waits while the writer is behind
+                if own is not None:
+                    self._store_safely(own, ticket, messages)
+                else:
+                    self._work.put((ticket, messages))  # waits while every writer is busy
+                ticket += 1
         finally:
-            if self._pipelined:
-                self._handoff.put(None)
-            else:
-                self._drop_connection()
-
-    def _decode(self, messages: list[Received]) -> _Decoded:
-        """Screen and decode ``messages``; a failure here is left for the writer to retry."""
-        try:
-            with Session(self._engine) as session:  # the worker's own: the writer holds its
-                kept, refused = self._screen(session, messages)
-            batch, cleared = decode_batch(self.connection.topics, kept)
-        except Exception as exc:  # the writer's loop decodes again and handles the failure
-            log.debug("ingest: decoding ahead of the writer failed (%s)", exc)
-            return _Decoded(messages)
-        batch.dead_letters.extend(refused)
-        return _Decoded(messages, batch, refused, cleared)
+            for _ in self._writers:
+                self._work.put(None)
+            if own is not None:
+                own.drop()
 
     def _write(self) -> None:
-        """Commit and acknowledge the decoded batches, one at a time, in order."""
+        """A writer thread: store the batches handed to it until the worker stops."""
+        store = _StoreConnection(self._engine)
         try:
             while True:
-                item = self._handoff.get()
+                item = self._work.get()
                 if item is None:
                     return
-                self._write_one(item)
+                self._store_safely(store, *item)
         finally:
-            self._drop_connection()
+            store.drop()
 
-    def _write_one(self, item: _Decoded) -> None:
+    def _store_safely(self, store: _StoreConnection, ticket: int,
+                      messages: list[Received]) -> None:
+        stored: list[Received] = []
         try:
-            self._store(item.messages, item)
+            self._store(store, messages, stored)
         except Exception:  # never let the thread die; the messages stay unacknowledged
-            log.exception("ingest: unexpected failure storing %d messages", len(item.messages))
+            log.exception("ingest: unexpected failure storing %d messages", len(messages))
+        finally:
+            self._in_order.done(ticket, stored)
 
-    def _store(self, messages: list[Received], decoded: _Decoded | None = None) -> None:
-        """Store ``messages``, retrying and splitting as their failures call for
-        (``decoded``: the worker's decoding of all of them, used on the first attempt)."""
+    def _store(self, store: _StoreConnection, messages: list[Received],
+               stored: list[Received]) -> None:
+        """Store ``messages``, retrying and splitting as their failures call for; the
+        messages committed are added to ``stored``."""
         pending: deque[list[Received]] = deque([messages])
         delay = 0.1
         while pending:
             part = pending.popleft()
             try:
-                with self._transaction() as session:
-                    if decoded is not None and decoded.batch is not None and part is messages:
-                        batch, refused, cleared = decoded.batch, decoded.refused, decoded.cleared
-                        decoded = None  # a retry decodes again (the commit may have changed it)
-                    else:
-                        decoded = None
-                        kept, refused = self._screen(session, part)
-                        batch, cleared = decode_batch(self.connection.topics, kept)
-                        batch.dead_letters.extend(refused)
+                with store.transaction() as session:
+                    kept, refused = self._screen(session, part)
+                    batch, cleared = decode_batch(self.connection.topics, kept)
+                    batch.dead_letters.extend(refused)
                     result = self._store_batch(session, batch)
             except DatabaseUnavailable as exc:
                 self._count_error()
@@ -300,15 +344,13 @@ class MqttIngest:
                     pending.appendleft(part[half:])
                     pending.appendleft(part[:half])
                     continue
-                letter = self._dead_letter_refused(part[0], exc)
+                letter = self._dead_letter_refused(store, part[0], exc)
                 if letter is None:
                     continue
-                result = letter
+                result, refused, cleared = letter, [], 0
             delay = 0.1
-            self._done(part, result, cleared)
-            if refused:
-                with self._lock:
-                    self.stats.unenrolled_refused += len(refused)
+            stored.extend(part)
+            self._done(part, result, cleared, refused=len(refused))
 
     def _screen(self, session: Session, part: list[Received]
                 ) -> tuple[list[Received], list[DeadLetterRecord]]:
@@ -337,42 +379,15 @@ class MqttIngest:
                 kept.append(m)
         return kept, refused
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """A session on the store's own connection (opened when there is none); any failure
-        comes out typed (:func:`classify`), and drops the connection: a failed one may be
-        dead, and a new one costs one pool checkout (which pings it), not one per batch."""
-        try:
-            if self._connection is None:
-                self._connection = self._engine.connect()
-            with Session(bind=self._connection) as session:
-                yield session
-        except Exception as exc:
-            self._drop_connection()
-            if isinstance(exc, StoreError):
-                raise
-            raise classify(exc) from exc
-
-    def _drop_connection(self) -> None:
-        conn, self._connection = self._connection, None
-        if conn is None:
-            return
-        try:
-            conn.close()  # back to the pool, which discards it if it was invalidated
-        except Exception as exc:  # a dead connection may fail even to close: it is gone
-            log.debug("ingest: closing the store's connection failed (%s)", exc)
-
-    def _commit(self, batch: IngestBatch) -> StoreResult:
-        with self._transaction() as session:
-            return self._store_batch(session, batch)
-
-    def _dead_letter_refused(self, m: Received, exc: StoreError) -> StoreResult | None:
+    def _dead_letter_refused(self, store: _StoreConnection, m: Received,
+                             exc: StoreError) -> StoreResult | None:
         log.error("ingest: the database refused the message on %s: %s", m.topic, exc)
         letter = IngestBatch(dead_letters=[DeadLetterRecord(
             topic=m.topic, reason=f"store failed: {exc}", payload=bytes(m.payload),
             received_at=time.time())])
         try:
-            return self._commit(letter)
+            with store.transaction() as session:
+                return self._store_batch(session, letter)
         except StoreError as again:
             log.error("ingest: cannot even dead-letter the message on %s (%s); left "
                       "unacknowledged for redelivery", m.topic, again)
@@ -382,8 +397,9 @@ class MqttIngest:
         with self._lock:
             self.stats.commit_errors += 1
 
-    def _done(self, messages: list[Received], result: StoreResult, cleared: int) -> None:
-        self.connection.ack_received(messages)
+    def _done(self, messages: list[Received], result: StoreResult, cleared: int, *,
+              refused: int) -> None:
+        """Count a committed part (its PUBACKs go out through :class:`_InOrder`)."""
         with self._lock:
             s = self.stats
             s.messages_received += len(messages)
@@ -395,14 +411,15 @@ class MqttIngest:
             s.dead_letters += result.dead_letters
             s.retained_cleared += cleared
             s.commits += 1
-            s.last_commit_at = result.committed_at
+            s.last_commit_at = max(s.last_commit_at or 0.0, result.committed_at)
             s.device_conflicts += len(result.conflicts)
-        for device_id in result.conflicts:
-            if device_id not in self._conflicts_named:
-                self._conflicts_named.add(device_id)
-                log.warning("ingest: device id %s is used by two sources (two agents with one "
-                            "device_id, or copies of one state); see its conflict in "
-                            "GET /api/v1/devices/%s", device_id, device_id)
+            s.unenrolled_refused += refused
+            named = [d for d in result.conflicts if d not in self._conflicts_named]
+            self._conflicts_named.update(named)
+        for device_id in named:
+            log.warning("ingest: device id %s is used by two sources (two agents with one "
+                        "device_id, or copies of one state); see its conflict in "
+                        "GET /api/v1/devices/%s", device_id, device_id)
         if self._on_commit is not None:
             try:
                 self._on_commit(result)

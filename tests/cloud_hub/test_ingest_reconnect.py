@@ -16,7 +16,7 @@ from sqlmodel import Session, func, select
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
-from cloud_hub.db.tables import Device, TelemetryBatchRow
+from cloud_hub.db.tables import Device, StreamMark, TelemetryBatchRow
 from cloud_hub.mqtt.ingest import MqttIngest
 from shared.messages import TelemetryBatch, encode
 from shared.topics import Topics
@@ -105,3 +105,53 @@ def test_ingest_reconnects_when_its_connection_is_terminated_and_stores_exactly_
         counted = session.exec(select(func.sum(Device.telemetry_batches))).one()
     assert sorted(rows) == sorted(messages), "every message stored exactly once"
     assert counted == len(messages), "the devices' counters count each once"
+
+
+def test_two_writers_store_exactly_once_with_gapless_watermarks_and_ordered_acks(
+    pg_engine: Engine, app_name: str,
+) -> None:
+    """Two transactions in flight on PostgreSQL, every batch touching every device, one
+    connection terminated inside a transaction: each message is stored and counted once,
+    every stream's watermark reaches its last seq (a batch committed before an earlier one
+    leaves no gap behind), and the PUBACKs go out in the order received."""
+    devices = [f"pump-{i}" for i in range(12)]
+    per_device = 80
+    with Session(pg_engine) as session:
+        record_enrollment(session, devices, broker_credential=False)
+    connection = _Connection()
+    messages = [(d, s) for s in range(per_device) for d in devices]
+    for mid, (device_id, seq) in enumerate(messages, start=1):
+        connection.inbound.put(_Message(TOPICS.telemetry(device_id), encode(TelemetryBatch(
+            device_id=device_id, epoch="0123456789abcdef", seq=seq, channels=["a"],
+            ts=[float(seq)], values=[[1.0]])), mid=mid))
+    calls = [0]
+    terminated: list[int] = []
+
+    def store(session: Session, batch: IngestBatch) -> StoreResult:
+        calls[0] += 1
+        if calls[0] == 5:
+            terminated.append(_terminate(app_name))
+        return store_batch(session, batch)
+
+    ingest = MqttIngest(pg_engine, connection, batch_max=3 * len(devices), batch_wait_s=0.01,  # type: ignore[arg-type]
+                        store=store, writers=2)
+    ingest.start()
+    try:
+        wait_for(lambda: len(connection.acked_now()) == len(messages), 60,
+                 "every message stored and acknowledged")
+    finally:
+        ingest.stop()
+
+    assert terminated and terminated[0] >= 1, terminated
+    assert connection.acked_now() == list(range(1, len(messages) + 1)), \
+        "each message acknowledged once, in the order received"
+    assert ingest.snapshot_stats().commit_errors >= 1
+    with Session(pg_engine) as session:
+        rows = session.exec(select(TelemetryBatchRow.device_id, TelemetryBatchRow.seq)).all()
+        counted = session.exec(select(Device.device_id, Device.telemetry_batches)).all()
+        marks = session.exec(select(StreamMark.device_id, StreamMark.watermark)
+                             .where(StreamMark.stream == "telemetry")).all()
+    assert sorted(rows) == sorted(messages), "every message stored exactly once"
+    assert sorted(counted) == [(d, per_device) for d in sorted(devices)]
+    assert sorted(marks) == [(d, per_device - 1) for d in sorted(devices)], \
+        "every watermark at its last seq"

@@ -20,6 +20,7 @@ from cloud_hub.mqtt.ingest import (
     classify,
 )
 from shared.topics import Topics
+from tests.cloud_hub.helpers import wait_for
 from tests.cloud_hub.ingest_fakes import FakeConnection as _Connection
 from tests.cloud_hub.ingest_fakes import FakeMessage, telemetry_message
 
@@ -59,8 +60,14 @@ def test_a_refused_message_is_dead_lettered_in_a_few_commits_and_the_rest_stored
         return store_batch(session, batch)
 
     connection = _Connection()
+    for m in _messages(64):
+        connection.inbound.put(m)
     ingest = MqttIngest(engine, connection, store=store)  # type: ignore[arg-type]
-    ingest._store(_messages(64))  # type: ignore[arg-type]
+    ingest.start()
+    try:
+        wait_for(lambda: connection.acked_count() == 64, 30, "every message acknowledged")
+    finally:
+        ingest.stop()
 
     assert sorted(connection.acked) == list(range(1, 65)), "every message acknowledged"
     with Session(engine) as session:
