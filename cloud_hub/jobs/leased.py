@@ -1,7 +1,7 @@
 """A background job that ticks in one hub process at a time: woken, or every ``interval_s``.
 
 The job's state lives in the database (never in this process), so whichever hub process holds
-the lease (:func:`cloud_hub.db.leases.hold_lease`) can run the next tick.
+the lease (:class:`cloud_hub.db.leases.Lease`) can run the next tick.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import uuid
 from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
-from cloud_hub.db.leases import hold_lease
+from cloud_hub.db.leases import Lease
 
 __all__ = ["LeasedWorker", "process_holder_id"]
 
@@ -45,7 +44,7 @@ class LeasedWorker:
     backlog that never ends it still ticks once per ``max_defer_s``.
 
     The lease is renewed when a third of its ``lease_ttl_s`` has passed since the last
-    renewal, not at every tick (each renewal is a write transaction).
+    renewal, not at every tick (:class:`~cloud_hub.db.leases.Lease`).
     """
 
     def __init__(
@@ -56,22 +55,24 @@ class LeasedWorker:
         if not 0 < busy_share <= 1:
             raise ValueError(f"busy_share must be in (0, 1], not {busy_share}")
         self._busy_share = busy_share
-        self._engine = engine
         self.name = name
         self._tick = tick
         self._interval = interval_s
-        self._ttl = max(lease_ttl_s, 3 * interval_s)
         self.holder = holder or process_holder_id()
+        self._lease = Lease(engine, name=name, holder=self.holder,
+                            ttl_s=max(lease_ttl_s, 3 * interval_s))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"hub-{name}", daemon=True)
         self._defer_while = defer_while
         self._max_defer_s = max_defer_s
-        self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
         self.ticks = 0
         self.errors = 0
         self.deferred_s = 0.0  # time ticks waited for ingest's backlog
-        self.holding = False
+
+    @property
+    def holding(self) -> bool:
+        return self._lease.held
 
     def start(self) -> None:
         self._thread.start()
@@ -101,21 +102,14 @@ class LeasedWorker:
                 return
             try:
                 now = time.time()
-                if not self.holding or time.monotonic() - self._renewed_at >= self._ttl / 3:
-                    renewing = time.monotonic()
-                    with Session(self._engine) as session:
-                        self.holding = hold_lease(session, name=self.name,
-                                                  holder=self.holder, now=now, ttl_s=self._ttl)
-                    if self.holding:
-                        self._renewed_at = renewing
-                if self.holding:
+                if self._lease.keep():
                     started = time.monotonic()
                     more = self._tick(now)
                     self.ticks += 1
                     busy = time.monotonic() - started
                     pause = min(busy * (1 / self._busy_share - 1), self._interval)
             except Exception:  # a failing tick is logged and retried; the thread goes on
-                self.holding = False  # renew first next time: the failure may have been it
+                self._lease.lost()  # renew first next time: the failure may have been it
                 self.errors += 1
                 log.exception("%s: tick failed", self.name)
                 self._stop.wait(min(self._interval, 1.0))

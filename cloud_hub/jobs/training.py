@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import JobStatus, TrainingStage
 from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
-from cloud_hub.db.leases import hold_lease
+from cloud_hub.db.leases import Lease
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Anomaly, Device
@@ -74,10 +74,9 @@ class JobRunner:
         self._run_federated_training = run_federated_training
         self._queue: queue.Queue[int | None] = queue.Queue()  # wakes the worker
         self._stopping = threading.Event()
-        self._holder = holder or process_holder_id()
-        self._lease_ttl_s = lease_ttl_s
+        self._lease = Lease(engine, name="training", holder=holder or process_holder_id(),
+                            ttl_s=lease_ttl_s)
         self._poll_s = poll_s
-        self._leading = False
         self._cancel: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="hub-training", daemon=True)
@@ -152,11 +151,10 @@ class JobRunner:
     def _lead(self) -> bool:
         """Take or renew the training lease; on taking it over, jobs its previous holder
         left running are failed (that process is gone, and so is their child)."""
-        now = time.time()
-        with Session(self._engine) as session:
-            held = hold_lease(session, name="training", holder=self._holder, now=now,
-                              ttl_s=self._lease_ttl_s)
-        if held and not self._leading:
+        was = self._lease.held
+        held = self._lease.keep()
+        if held and not was:
+            now = time.time()
             with Session(self._engine) as session:
                 session.exec(
                     update(TrainingJob)
@@ -164,7 +162,6 @@ class JobRunner:
                     .values(status=JobStatus.FAILED, finished_at=now,
                             error="the hub process running this job stopped"))
                 session.commit()
-        self._leading = held
         return held
 
     def _claim_next(self) -> int | None:
@@ -207,7 +204,6 @@ class JobRunner:
         self._update(job_id, status=JobStatus.RUNNING, started_at=time.time(),
                      progress={"stage": TrainingStage.PREPARING, "fraction": 0.0})
         last_write = [0.0]
-        last_renew = [time.monotonic()]
         latest: dict[str, Any] = {}
 
         def progress(p: TrainingProgress) -> None:
@@ -222,9 +218,7 @@ class JobRunner:
                 return
             last_write[0] = now
             self._update(job_id, progress=dict(latest))
-            if now - last_renew[0] > self._lease_ttl_s / 3:  # a long job keeps its lease
-                last_renew[0] = now
-                self._lead()
+            self._lead()  # a long job keeps its lease (renewed when a third of its ttl passed)
 
         try:
             spec = request.training_spec()

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ROLLOUT_ACTIVE, RolloutStatus, Verdict
-from cloud_hub.db.leases import hold_lease
+from cloud_hub.db.leases import Lease
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
 from cloud_hub.jobs.leased import process_holder_id
@@ -87,8 +87,8 @@ class RolloutController:
                  holder: str | None = None, lease_ttl_s: float = 15.0) -> None:
         self._engine, self._releases, self._tick = engine, releases, tick_s
         self.holder = holder or process_holder_id()
-        self._lease_ttl_s = max(lease_ttl_s, 3 * tick_s)
-        self.holding = False
+        self._lease = Lease(engine, name="rollouts", holder=self.holder,
+                            ttl_s=max(lease_ttl_s, 3 * tick_s))
         self.ticks = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -96,6 +96,10 @@ class RolloutController:
         self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
         self._failures: dict[int, int] = {}  # rollout id -> consecutive failed steps
         self._repicked_at = -REPICK_EVERY_S
+
+    @property
+    def holding(self) -> bool:
+        return self._lease.held
 
     def start(self) -> None:
         self._thread.start()
@@ -119,13 +123,11 @@ class RolloutController:
             self._wake.clear()  # the wakes that came while it rested are this one tick
             cpu = time.thread_time()
             try:
-                with Session(self._engine) as session:
-                    self.holding = hold_lease(session, name="rollouts", holder=self.holder,
-                                              now=time.time(), ttl_s=self._lease_ttl_s)
-                if self.holding:
+                if self._lease.keep():
                     self.tick()
                     self.ticks += 1
             except Exception:  # a broken rollout must not stop the others
+                self._lease.lost()  # renew first next time: the failure may have been it
                 log.exception("rollout controller tick failed")
             rest = rest_after(time.thread_time() - cpu)
 

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ModelStatus
-from cloud_hub.db.leases import hold_lease, release_lease
+from cloud_hub.db.leases import Lease
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
 from cloud_hub.jobs.leased import process_holder_id
@@ -82,10 +82,9 @@ class RetainedState:
         self._publisher = publisher
         self._connection = connection
         self._poll_s = poll_s
-        self._lease_ttl_s = lease_ttl_s
-        self._holder = holder or process_holder_id()
-        self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
-        self.leading = False  # holds the lease: writes the desired records
+        # Its holder writes the desired records.
+        self._lease = Lease(engine, name=LEASE, holder=holder or process_holder_id(),
+                            ttl_s=lease_ttl_s)
         self._owed_desired = False  # took the lease over and has not written them since
         self._births_done = 0
         self._stop = threading.Event()
@@ -102,13 +101,12 @@ class RetainedState:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        if self.leading:
-            try:
-                with Session(self._engine) as session:
-                    release_lease(session, name=LEASE, holder=self._holder)
-            except Exception:  # the lease then expires on its own
-                log.warning("the %s lease was not given up", LEASE, exc_info=True)
-            self.leading = False
+        self._lease.release()
+
+    @property
+    def leading(self) -> bool:
+        """Holds the lease: writes the desired records."""
+        return self._lease.held
 
     def snapshot(self) -> dict[str, object]:
         """For the metrics: when the records were last written again, how many, failures."""
@@ -120,19 +118,10 @@ class RetainedState:
                 "retained_desired_lease": self.leading}
 
     def _lead(self) -> None:
-        """Take or renew the lease (a write, so at most every third of its ttl); taking it
-        over owes the desired records."""
-        if self.leading and time.monotonic() - self._renewed_at < self._lease_ttl_s / 3:
-            return
-        renewing = time.monotonic()
-        with Session(self._engine) as session:
-            held = hold_lease(session, name=LEASE, holder=self._holder, now=time.time(),
-                              ttl_s=self._lease_ttl_s)
-        if held:
-            self._renewed_at = renewing
-            if not self.leading:
-                self._owed_desired = True
-        self.leading = held
+        """Take or renew the lease; taking it over owes the desired records."""
+        was = self._lease.held
+        if self._lease.keep() and not was:
+            self._owed_desired = True
 
     def catch_up(self) -> Asserted | None:
         """Assert the records again if the session was born since the last round, or the
@@ -162,7 +151,7 @@ class RetainedState:
                 self.catch_up()
             except Exception:  # a database error must not end the thread
                 self.failures += 1
-                self.leading = False  # renew first next time
+                self._lease.lost()  # renew first next time
                 log.exception("retained records not written again; retrying")
                 self._stop.wait(5.0)
 
