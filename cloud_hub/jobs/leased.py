@@ -82,6 +82,8 @@ class LeasedWorker:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive():  # given up only once no tick can still run under it
+            self._lease.release()
 
     def wake(self) -> None:
         self._wake.set()

@@ -92,6 +92,8 @@ class JobRunner:
         self._queue.put(None)
         if self._worker.is_alive():
             self._worker.join(timeout)
+        if not self._worker.is_alive():  # given up only once no tick can still run under it
+            self._lease.release()
 
     def submit(self, session: Session, *, name: str, request: TrainingRequest) -> TrainingJob:
         job = TrainingJob(name=name, request=request, created_at=time.time(),

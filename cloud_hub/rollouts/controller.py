@@ -109,6 +109,8 @@ class RolloutController:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive():  # given up only once no tick can still run under it
+            self._lease.release()
 
     def wake(self) -> None:
         """Called after ingest commits, so a `reported` change is acted on at once."""

@@ -1,0 +1,67 @@
+"""Leases kept by hub processes sharing a database: renewed only when a third of the ttl has
+passed, never taken from a live holder, given up on a clean stop so another process takes the
+job at once rather than after the ttl."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.leases import Lease
+from cloud_hub.db.ops_tables import JobLease
+from cloud_hub.jobs.leased import LeasedWorker
+from tests.cloud_hub.helpers import wait_for
+
+pytestmark = pytest.mark.hub
+
+
+def _expires_at(engine: Engine, name: str) -> float:
+    with Session(engine) as session:
+        lease = session.get(JobLease, name)
+        assert lease is not None
+        return lease.expires_at
+
+
+def test_a_lease_is_renewed_when_due_and_taken_at_once_after_its_release(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    first = Lease(engine, name="job", holder="hub-a", ttl_s=30.0)
+    second = Lease(engine, name="job", holder="hub-b", ttl_s=30.0)
+    assert first.keep() and first.held
+    taken_until = _expires_at(engine, "job")
+    assert first.keep(), "renewing within a third of the ttl keeps it"
+    assert _expires_at(engine, "job") == taken_until, "no write before a third of the ttl"
+    assert not second.keep() and not second.held, "a live holder keeps its lease"
+
+    first.lost()
+    assert first.keep() and _expires_at(engine, "job") > taken_until, \
+        "after a failure the next keep renews in the database"
+
+    first.release()
+    assert not first.held
+    assert second.keep(), "a released lease is taken at once, not after its ttl"
+    assert not first.keep()
+
+
+def test_a_leased_worker_gives_its_lease_up_when_it_stops(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    ticked = threading.Event()
+
+    def tick(_now: float) -> bool:
+        ticked.set()
+        return False
+
+    worker = LeasedWorker(engine, name="job", tick=tick, interval_s=0.05, holder="hub-a")
+    worker.start()
+    try:
+        assert ticked.wait(20), "the worker ticked"
+        assert worker.holding
+    finally:
+        worker.stop()
+    assert not worker.holding
+    other = Lease(engine, name="job", holder="hub-b", ttl_s=15.0)
+    wait_for(other.keep, 5, "another process takes the lease at once")
