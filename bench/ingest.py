@@ -59,6 +59,7 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
+from cloud_hub.core.config import Settings  # noqa: E402
 from shared.topics import DeviceTopic, TopicAccess  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
 from simulator.flood import FloodPlan, FloodReport, Publishers  # noqa: E402
@@ -420,9 +421,10 @@ def check_counts(hubs: Hubs, db: Database, published: int, readings: int) -> dic
 
 
 def held_backlog(readings: int) -> Held:
-    """About 64 MiB of telemetry (16.5 KB at batch 100, 1.8 KB at batch 10), at least 4,000
-    messages (four times the hub's Receive Maximum, so it never waits for the broker)."""
-    return Held(target=max(4000, 400_000 // readings))
+    """About 64 MiB of telemetry (16.5 KB at batch 100, 1.8 KB at batch 10), at least twice the
+    hub's Receive Maximum (what it may hold unacknowledged), so it never waits for the broker."""
+    window = Settings.model_fields["mqtt_receive_maximum"].default
+    return Held(target=max(2 * window, 400_000 // readings))
 
 
 def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace,

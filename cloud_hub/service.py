@@ -81,10 +81,13 @@ class Hub:
         self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
         self.ingest = MqttIngest(
             self.engine, self.mqtt, batch_max=settings.ingest_batch_max,
+            batch_max_bytes=settings.ingest_batch_max_bytes,
             batch_wait_s=settings.ingest_batch_wait_s, on_commit=self._on_ingest_commit,
-            writers=settings.ingest_writers or (
-                2 if self.engine.dialect.name == "postgresql" else 1),
+            writers=settings.ingest_writers,
         )
+        if settings.ingest_writers > 1 and self.engine.dialect.name == "sqlite":
+            log.warning("EDGELOOP_INGEST_WRITERS=%d on SQLite, which takes one writer at a time: "
+                        "the writers only wait for each other", settings.ingest_writers)
         self.publisher = Publisher(self.mqtt, timeout=settings.publish_timeout_s)
         self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,
                               uploads_dir=settings.data_dir / "uploads",

@@ -68,23 +68,30 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535,
                            description="port of the REST API (0: any free port)")
     # One transaction's statements cost per device and per stream, not per message: with 1,000
-    # devices a batch of 2,000 touches each about twice. bench/ingest.py on PostgreSQL, batch
-    # 10, quiet machine: 7,494 msg/s at 500 (receive maximum 4,000), 10,621 at 2,000.
-    ingest_batch_max: int = Field(default=2000, ge=1,
+    # devices a batch of 2,000 touches each about twice, one of 4,000 four times. bench/ingest.py
+    # on PostgreSQL, batch 10: 7,494 msg/s at 500 (receive maximum 4,000), 10,621 at 2,000;
+    # later, on a slower machine, 9,633-9,913 at 2,000 and 12,221-12,691 at 4,000 (8,000).
+    ingest_batch_max: int = Field(default=4000, ge=1,
                                   description="messages one ingest transaction may hold")
+    # Large messages need no large batches (their per-device share is small already): at 100
+    # readings a message, 4,000 of them stored no faster than 2,000 and held 150 MB more.
+    ingest_batch_max_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=64 * 1024,
+        description="payload bytes one ingest transaction may hold (a bigger message alone)")
     mqtt_receive_maximum: int = Field(
-        default=4000, ge=1, le=65535,
+        default=8000, ge=1, le=65535,
         description="QoS 1 messages the broker may have unacknowledged at the hub (MQTT 5 "
                     "Receive Maximum); at least INGEST_BATCH_MAX, or batches never fill")
     ingest_batch_wait_s: float = Field(default=0.05, gt=0,
                                        description="longest wait to fill an ingest batch")
-    # Transactions in flight, each on its own connection (cloud_hub/mqtt/ingest.py): on
-    # PostgreSQL one writer left the machine idle between its transactions; SQLite takes one
-    # writer at a time, so a second would only wait for its lock.
-    ingest_writers: int | None = Field(
-        default=None, ge=1, le=8,
-        description="ingest transactions in flight, each on its own database connection; "
-                    "unset: 2 on PostgreSQL, 1 on SQLite")
+    # Transactions in flight, each on its own connection (cloud_hub/mqtt/ingest.py). Measured
+    # on PostgreSQL (docs/scaling.md): one hub with 2 stored 3-15% more per second for more CPU
+    # per message, and two hubs with 2 each stored 27% less than with 1 each (PostgreSQL's own
+    # CPU per message grew by half). SQLite takes one writer at a time.
+    ingest_writers: int = Field(
+        default=1, ge=1, le=8,
+        description="ingest transactions in flight, each on its own database connection "
+                    "(PostgreSQL; 1 when several hubs share the database)")
     publish_timeout_s: float = Field(default=30.0, gt=0,
                                      description="wait for the broker to take a model's chunks")
     ack_interval_s: float = Field(default=1.0, gt=0, le=60,

@@ -30,7 +30,9 @@ class Inbox:
         self.waits = 0  # times the network thread waited for room
         self.high_water = 0  # most messages held at once
         self._wanted = 1  # how many the worker waits for (it is woken only then)
+        self._wanted_bytes = max_bytes  # or how many payload bytes
         self._urgent = False  # something held must not wait for the batch to fill
+        self.last_take_full = False  # the last take reached a bound (more was waiting)
 
     def _full(self) -> bool:
         return len(self._items) >= self.max_messages or self._bytes >= self.max_bytes
@@ -56,31 +58,44 @@ class Inbox:
                 self.high_water = held
             if urgent:
                 self._urgent = True
-            if held >= self._wanted or urgent:
+            if held >= self._wanted or self._bytes >= self._wanted_bytes or urgent:
                 self._cond.notify_all()
         return True
 
-    def take(self, max_messages: int, *, wait_s: float, first_timeout: float) -> list[Any]:
-        """Up to ``max_messages``: waits ``first_timeout`` for the first, then at most
-        ``wait_s`` more for the batch to fill."""
+    def take(self, max_messages: int, *, wait_s: float, first_timeout: float,
+             max_bytes: int | None = None) -> list[Any]:
+        """Up to ``max_messages``, and no more payload bytes than ``max_bytes`` once it holds
+        one message (a message bigger than that comes alone): waits ``first_timeout`` for the
+        first, then at most ``wait_s`` more for the batch to fill. ``last_take_full`` then says
+        whether either bound was reached."""
+        cap = max_bytes if max_bytes is not None else self.max_bytes
         with self._cond:
             if not self._items:
                 self._wanted = 1
                 self._cond.wait(first_timeout)
                 if not self._items:
+                    self.last_take_full = False
                     return []
             deadline = time.monotonic() + wait_s
-            self._wanted = max_messages
-            while len(self._items) < max_messages and not self._urgent:
+            self._wanted, self._wanted_bytes = max_messages, cap
+            while (len(self._items) < max_messages and self._bytes < cap
+                   and not self._urgent):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            self._wanted = 1
+            self._wanted, self._wanted_bytes = 1, self.max_bytes
             self._urgent = False
-            n = min(max_messages, len(self._items))
-            taken = [self._items.popleft() for _ in range(n)]
-            self._bytes -= sum(len(m.payload) for m in taken)
+            items, size = self._items, 0
+            taken: list[Any] = []
+            while items and len(taken) < max_messages:
+                n = len(items[0].payload)
+                if taken and size + n > cap:
+                    break
+                taken.append(items.popleft())
+                size += n
+            self._bytes -= size
+            self.last_take_full = len(taken) >= max_messages or bool(items) or size >= cap
             self._cond.notify_all()
             return taken
 

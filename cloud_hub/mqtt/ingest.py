@@ -1,11 +1,12 @@
 """MQTT ingest: device streams into the store, acknowledged only after their commit.
 
 The connection (:mod:`cloud_hub.mqtt.connection`) puts every message on a queue; one worker
-takes up to ``batch_max`` of them, and a writer decodes them (:mod:`cloud_hub.mqtt.decoding`),
-stores them in one transaction (:mod:`cloud_hub.db.ingest_store`) and only then sends their
-PUBACKs, so a crash between receipt and commit makes the broker deliver them again, and the
-(device_id, epoch, seq) keys make that redelivery harmless. After each commit the streams it
-touched are handed to the acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
+takes up to ``batch_max`` of them (and up to ``batch_max_bytes`` of payload), and a writer
+decodes them (:mod:`cloud_hub.mqtt.decoding`), stores them in one transaction
+(:mod:`cloud_hub.db.ingest_store`) and only then sends their PUBACKs, so a crash between
+receipt and commit makes the broker deliver them again, and the (device_id, epoch, seq) keys
+make that redelivery harmless. After each commit the streams it touched are handed to the
+acknowledgement publisher (:mod:`cloud_hub.mqtt.acks`).
 
 With ``writers=1`` the worker stores each batch itself. With ``writers=N`` it hands batches to
 N writer threads, each with a connection of its own, so that N transactions are in flight: one
@@ -184,7 +185,8 @@ class MqttIngest:
         engine: Engine,
         connection: HubConnection,
         *,
-        batch_max: int = 2000,
+        batch_max: int = 4000,
+        batch_max_bytes: int = 32 * 1024 * 1024,
         batch_wait_s: float = 0.05,
         on_commit: Callable[[StoreResult], None] | None = None,
         store: Callable[[Session, IngestBatch], StoreResult] = store_batch,
@@ -196,7 +198,8 @@ class MqttIngest:
         self._store_batch = store
         self._enrolled = EnrolledCache()
         self.connection = connection
-        self._batch_max, self._batch_wait = batch_max, batch_wait_s
+        self._batch_max, self._batch_bytes = batch_max, batch_max_bytes
+        self._batch_wait = batch_wait_s
         self._on_commit = on_commit
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -271,9 +274,9 @@ class MqttIngest:
         try:
             while True:
                 self.connection.tick()
-                messages = inbound.take(self._batch_max, wait_s=self._batch_wait,
-                                        first_timeout=0.2)
-                if len(messages) >= self._batch_max:
+                messages = inbound.take(self._batch_max, max_bytes=self._batch_bytes,
+                                        wait_s=self._batch_wait, first_timeout=0.2)
+                if inbound.last_take_full:
                     self._full_taken_at = time.monotonic()
                 if not messages:
                     if self._stop.is_set():

@@ -1,6 +1,6 @@
-"""The hub's inbound queue hands the worker a batch once it is full or the batch wait is over,
-and at once when an urgent message (an anomaly) joins it. One thread puts, the test's thread
-takes; no broker."""
+"""The hub's inbound queue hands the worker a batch once it is full (in messages or in bytes) or
+the batch wait is over, and at once when an urgent message (an anomaly) joins it. One thread
+puts, the test's thread takes; no broker."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from cloud_hub.mqtt.inbox import Inbox
 
 
 class Message:
-    def __init__(self, n: int, qos: int = 1) -> None:
+    def __init__(self, n: int, qos: int = 1, size: int = 10) -> None:
         self.n = n
-        self.payload = b"x" * 10
+        self.payload = b"x" * size
         self.qos = qos
 
 
@@ -66,3 +66,34 @@ def test_urgency_does_not_outlive_its_batch() -> None:
         inbox.put(Message(n))
     worker.join(30.0)
     assert [m.n for m in result[0]] == list(range(2, 12))
+
+
+def test_a_batch_is_full_at_its_byte_bound_and_a_bigger_message_comes_alone() -> None:
+    inbox = Inbox(max_messages=100, max_bytes=1 << 20)
+    result: list[list[Message]] = []
+    taking = threading.Event()
+
+    def take() -> None:
+        taking.set()
+        # A wait far longer than the test: only reaching the byte bound can end it early.
+        result.append(inbox.take(50, max_bytes=250, wait_s=600.0, first_timeout=5.0))
+
+    worker = threading.Thread(target=take, daemon=True)
+    worker.start()
+    assert taking.wait(5.0)
+    for n in range(1, 4):  # 300 bytes held: more than one batch's 250
+        inbox.put(Message(n, size=100))
+    worker.join(30.0)
+    assert not worker.is_alive(), "reaching the byte bound did not hand the batch over"
+    assert [m.n for m in result[0]] == [1, 2], "no more than 250 bytes in the batch"
+    assert inbox.last_take_full
+    assert inbox.qsize() == 1 and inbox.bytes == 100
+
+    inbox.put(Message(4, size=1000))
+    assert [m.n for m in inbox.take(50, max_bytes=250, wait_s=0.0, first_timeout=1.0)] == [3]
+    assert [m.n for m in inbox.take(50, max_bytes=250, wait_s=0.0, first_timeout=1.0)] == [4], \
+        "a message bigger than the bound is taken, alone"
+    assert inbox.bytes == 0
+    inbox.put(Message(5))
+    assert [m.n for m in inbox.take(50, max_bytes=250, wait_s=0.0, first_timeout=1.0)] == [5]
+    assert not inbox.last_take_full, "a batch cut short by its wait is not full"

@@ -78,10 +78,10 @@ def test_a_receive_window_smaller_than_a_batch_is_refused_naming_both(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("EDGELOOP_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("EDGELOOP_INGEST_BATCH_MAX", "5000")
+    monkeypatch.setenv("EDGELOOP_INGEST_BATCH_MAX", "9000")
     assert main(["serve"]) == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert "EDGELOOP_MQTT_RECEIVE_MAXIMUM (4000) is below EDGELOOP_INGEST_BATCH_MAX (5000)" in line
+    assert "EDGELOOP_MQTT_RECEIVE_MAXIMUM (8000) is below EDGELOOP_INGEST_BATCH_MAX (9000)" in line
     monkeypatch.setenv("EDGELOOP_MQTT_RECEIVE_MAXIMUM", "10000")
     settings = Settings()
-    assert (settings.ingest_batch_max, settings.mqtt_receive_maximum) == (5000, 10000)
+    assert (settings.ingest_batch_max, settings.mqtt_receive_maximum) == (9000, 10000)
