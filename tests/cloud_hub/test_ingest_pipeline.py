@@ -5,6 +5,7 @@ writer."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,24 @@ def _inbox_with(n: int) -> Inbox:
     return inbox
 
 
+def _enrolled_engine(tmp_path: Path) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    with Session(engine) as session:
+        record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
+    return engine
+
+
+def _two_writers_started(engine: Engine, total: int,
+                         store: Callable[[Session, IngestBatch], StoreResult]
+                         ) -> tuple[_Connection, MqttIngest]:
+    """Ingest with two writers, started on an inbox of ``total`` messages."""
+    connection = _Connection(_inbox_with(total))
+    ingest = MqttIngest(engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]
+                        store=store, writers=2)
+    ingest.start()
+    return connection, ingest
+
+
 def _stored(engine: Engine) -> int:
     with Session(engine) as session:
         return session.exec(select(func.count()).select_from(TelemetryBatchRow)).one()
@@ -44,9 +63,7 @@ def test_batches_commit_past_a_slow_one_but_are_acknowledged_in_order(tmp_path: 
     """Two writers: while batch 1 is held in its commit the other writer stores every later
     batch (one of them after a failed commit), yet nothing is acknowledged before batch 1,
     and then all of it is, in the order received."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    with Session(engine) as session:
-        record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
+    engine = _enrolled_engine(tmp_path)
     first_commit_may_finish = threading.Event()
     attempts: list[int] = []  # first seq of each batch, per attempt
 
@@ -60,10 +77,7 @@ def test_batches_commit_past_a_slow_one_but_are_acknowledged_in_order(tmp_path: 
         return store_batch(session, batch)
 
     total = 10 * BATCH
-    connection = _Connection(_inbox_with(total))
-    ingest = MqttIngest(engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]
-                        store=store, writers=2)
-    ingest.start()
+    connection, ingest = _two_writers_started(engine, total, store)
     try:
         wait_for(lambda: _stored(engine) == total - BATCH, 30,
                  "every batch but the held one committed")
@@ -83,9 +97,7 @@ def test_batches_commit_past_a_slow_one_but_are_acknowledged_in_order(tmp_path: 
 def test_at_most_one_batch_waits_beyond_those_in_flight(tmp_path: Path) -> None:
     """With two writers both held in their commits, the worker takes one batch for the queue
     and one it holds until there is room: no more leaves the inbox."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    with Session(engine) as session:
-        record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
+    engine = _enrolled_engine(tmp_path)
     may_commit = threading.Event()
     holding = threading.Semaphore(0)
 
@@ -95,10 +107,7 @@ def test_at_most_one_batch_waits_beyond_those_in_flight(tmp_path: Path) -> None:
         return store_batch(session, batch)
 
     total = 10 * BATCH
-    connection = _Connection(_inbox_with(total))
-    ingest = MqttIngest(engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]
-                        store=store, writers=2)
-    ingest.start()
+    connection, ingest = _two_writers_started(engine, total, store)
     try:
         for _ in range(2):
             assert holding.acquire(timeout=30), "both writers in a commit"
@@ -123,9 +132,7 @@ def test_no_writers_is_refused() -> None:
 @pytest.mark.parametrize("writers", [1, 2])
 def test_stop_stores_and_acknowledges_what_was_already_taken(tmp_path: Path,
                                                              writers: int) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    with Session(engine) as session:
-        record_enrollment(session, ["pump-1"], broker_credential=False, device_rows=False)
+    engine = _enrolled_engine(tmp_path)
     total = 5 * BATCH
     connection = _Connection(_inbox_with(total))
     ingest = MqttIngest(engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]

@@ -59,17 +59,32 @@ def _terminate(app_name: str) -> int:
         admin.dispose()
 
 
+def _connection_holding(messages: list[tuple[str, int]]) -> _Connection:
+    """A connection whose inbox holds telemetry batch (device, seq) of each, mids from 1."""
+    connection = _Connection()
+    for mid, (device_id, seq) in enumerate(messages, start=1):
+        connection.inbound.put(_Message(TOPICS.telemetry(device_id), encode(TelemetryBatch(
+            device_id=device_id, epoch="0123456789abcdef", seq=seq, channels=["a"],
+            ts=[float(seq)], values=[[1.0]])), mid=mid))
+    return connection
+
+
+def _until_all_acknowledged(ingest: MqttIngest, connection: _Connection, n: int) -> None:
+    ingest.start()
+    try:
+        wait_for(lambda: len(connection.acked_now()) == n, 60,
+                 "every message stored and acknowledged")
+    finally:
+        ingest.stop()
+
+
 def test_ingest_reconnects_when_its_connection_is_terminated_and_stores_exactly_once(
     pg_engine: Engine, app_name: str,
 ) -> None:
     with Session(pg_engine) as session:
         record_enrollment(session, list(DEVICES), broker_credential=False)
-    connection = _Connection()
     messages = [(d, s) for s in range(PER_DEVICE) for d in DEVICES]
-    for mid, (device_id, seq) in enumerate(messages, start=1):
-        connection.inbound.put(_Message(TOPICS.telemetry(device_id), encode(TelemetryBatch(
-            device_id=device_id, epoch="0123456789abcdef", seq=seq, channels=["a"],
-            ts=[float(seq)], values=[[1.0]])), mid=mid))
+    connection = _connection_holding(messages)
     calls = [0]
     terminated: list[str] = []  # where each termination happened
     acked_at_kill: list[int] = []
@@ -86,12 +101,7 @@ def test_ingest_reconnects_when_its_connection_is_terminated_and_stores_exactly_
 
     ingest = MqttIngest(pg_engine, connection, batch_max=BATCH, batch_wait_s=0.01,  # type: ignore[arg-type]
                         store=store)
-    ingest.start()
-    try:
-        wait_for(lambda: len(connection.acked_now()) == len(messages), 60,
-                 "every message stored and acknowledged")
-    finally:
-        ingest.stop()
+    _until_all_acknowledged(ingest, connection, len(messages))
 
     assert len(terminated) == 4 and all(not t.endswith(": 0") for t in terminated), terminated
     # A batch whose connection died in its transaction was not acknowledged then.
@@ -118,12 +128,8 @@ def test_two_writers_store_exactly_once_with_gapless_watermarks_and_ordered_acks
     per_device = 80
     with Session(pg_engine) as session:
         record_enrollment(session, devices, broker_credential=False)
-    connection = _Connection()
     messages = [(d, s) for s in range(per_device) for d in devices]
-    for mid, (device_id, seq) in enumerate(messages, start=1):
-        connection.inbound.put(_Message(TOPICS.telemetry(device_id), encode(TelemetryBatch(
-            device_id=device_id, epoch="0123456789abcdef", seq=seq, channels=["a"],
-            ts=[float(seq)], values=[[1.0]])), mid=mid))
+    connection = _connection_holding(messages)
     calls = [0]
     terminated: list[int] = []
 
@@ -135,12 +141,7 @@ def test_two_writers_store_exactly_once_with_gapless_watermarks_and_ordered_acks
 
     ingest = MqttIngest(pg_engine, connection, batch_max=3 * len(devices), batch_wait_s=0.01,  # type: ignore[arg-type]
                         store=store, writers=2)
-    ingest.start()
-    try:
-        wait_for(lambda: len(connection.acked_now()) == len(messages), 60,
-                 "every message stored and acknowledged")
-    finally:
-        ingest.stop()
+    _until_all_acknowledged(ingest, connection, len(messages))
 
     assert terminated and terminated[0] >= 1, terminated
     assert connection.acked_now() == list(range(1, len(messages) + 1)), \
