@@ -62,25 +62,29 @@ class Lease:
 
     :meth:`keep` takes it, or renews it when a third of ``ttl_s`` has passed since the last
     renewal that held (each renewal is a write transaction, so not one per tick).
-    ``held`` says whether this process had it at the last renewal; :meth:`lost` forgets it
-    (after a failure, which may have been the lease's own), so that the next :meth:`keep`
-    renews first."""
+    ``held`` says whether this process had it at the last renewal, and ``taken_over`` whether
+    the last :meth:`keep` took it (it was not held before: a job that leads owes the work its
+    previous holder may have left). :meth:`lost` forgets it (after a failure, which may have
+    been the lease's own), so that the next :meth:`keep` renews first, and counts as taking
+    it over."""
 
     def __init__(self, engine: Engine, *, name: str, holder: str, ttl_s: float) -> None:
         self._engine = engine
         self.name, self.holder, self.ttl_s = name, holder, ttl_s
-        self.held = False
+        self.held = self.taken_over = False
         self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
 
     def keep(self) -> bool:
         """Take or renew the lease when due; True while this process holds it. Raises what
         the database raises."""
+        self.taken_over = False
         if self.held and time.monotonic() - self._renewed_at < self.ttl_s / 3:
             return True
-        renewing = time.monotonic()
+        renewing, was = time.monotonic(), self.held
         with Session(self._engine) as session:
             self.held = hold_lease(session, name=self.name, holder=self.holder,
                                    now=time.time(), ttl_s=self.ttl_s)
+        self.taken_over = self.held and not was
         if self.held:
             self._renewed_at = renewing
         return self.held

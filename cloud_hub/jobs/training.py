@@ -153,9 +153,8 @@ class JobRunner:
     def _lead(self) -> bool:
         """Take or renew the training lease; on taking it over, jobs its previous holder
         left running are failed (that process is gone, and so is their child)."""
-        was = self._lease.held
         held = self._lease.keep()
-        if held and not was:
+        if self._lease.taken_over:
             now = time.time()
             with Session(self._engine) as session:
                 session.exec(

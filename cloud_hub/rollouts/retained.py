@@ -119,8 +119,7 @@ class RetainedState:
 
     def _lead(self) -> None:
         """Take or renew the lease; taking it over owes the desired records."""
-        was = self._lease.held
-        if self._lease.keep() and not was:
+        if self._lease.keep() and self._lease.taken_over:
             self._owed_desired = True
 
     def catch_up(self) -> Asserted | None:

@@ -31,20 +31,24 @@ def test_a_lease_is_renewed_when_due_and_taken_at_once_after_its_release(tmp_pat
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     first = Lease(engine, name="job", holder="hub-a", ttl_s=30.0)
     second = Lease(engine, name="job", holder="hub-b", ttl_s=30.0)
-    assert first.keep() and first.held
+    assert first.keep() and first.held and first.taken_over
     taken_until = _expires_at(engine, "job")
     assert first.keep(), "renewing within a third of the ttl keeps it"
+    assert not first.taken_over, "keeping a lease held is not taking it over"
     assert _expires_at(engine, "job") == taken_until, "no write before a third of the ttl"
     assert not second.keep() and not second.held, "a live holder keeps its lease"
+    assert not second.taken_over
 
     first.lost()
     assert first.keep() and _expires_at(engine, "job") > taken_until, \
         "after a failure the next keep renews in the database"
+    assert first.taken_over, "after a failure, what the lease guards is owed again"
 
     first.release()
     assert not first.held
-    assert second.keep(), "a released lease is taken at once, not after its ttl"
-    assert not first.keep()
+    assert second.keep() and second.taken_over, \
+        "a released lease is taken at once, not after its ttl"
+    assert not first.keep() and not first.taken_over
 
 
 def test_a_leased_worker_gives_its_lease_up_when_it_stops(tmp_path: Path) -> None:
