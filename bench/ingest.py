@@ -22,9 +22,12 @@ the offered rate. It then offers twice that for ``--overload`` seconds:
 ``overload_stored_ratio`` = the stored rate during the overload / the saturation rate
 (``overload_offered_ratio``: what the broker acknowledged from the publishers meanwhile, the
 same way; about 2), the hub's peak RSS, and what is lost once the load ends. On
-PostgreSQL it runs two hubs in a ``$share`` group (``two_hub_scaling``). The machine is
-shared: the load average is recorded with every phase, and the per-CPU-second figures are the
-ones to compare between runs. Writes reports/bench/ingest.json and prints a table.
+PostgreSQL it runs two hubs in a ``$share`` group: ``two_hub_scaling`` (their stored rate
+against one hub's), ``two_hub_per_cpu_s_ratio`` (their work per hub CPU-second against one
+hub's: about 1 when they take nothing from each other) and ``two_hub_machine_busy_cores``
+(one hub, two hubs: the cores a second hub could use). The machine is shared: the load
+average is recorded with every phase, and the per-CPU-second figures are the ones to compare
+between runs. Writes reports/bench/ingest.json and prints a table.
 
     .venv/bin/python bench/ingest.py                     # the full run (about 15 minutes)
     .venv/bin/python bench/ingest.py --duration 8 --quick   # a quick look (no saturation)
@@ -41,6 +44,7 @@ import json
 import logging
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -130,6 +134,18 @@ def _database_cpu_s(url: str | None) -> float:
 
 def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def speed_probe_ms() -> float:
+    """CPU milliseconds of one fixed piece of pure-Python work (dict and float operations,
+    as the hub's own): how fast a core of the machine is right now. On a shared virtual
+    machine the same work has taken from 1 to 1.9 times as long from one second to the next,
+    idle, so a phase's per-CPU-second figures are read against the probe's median during it."""
+    table: dict[int, float] = {}
+    began = time.process_time()
+    for i in range(50_000):
+        table[i % 1000] = table.get(i % 1000, 0.0) + i * 1.5
+    return round((time.process_time() - began) * 1000, 2)
 
 
 @dataclass
@@ -311,6 +327,7 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     publishers.start()
     began = time.monotonic()
     samples: list[tuple[float, int, int]] = []  # (t since start, acknowledged, stored)
+    probes: list[tuple[float, float]] = []  # (t since start, speed_probe_ms), every 2 s
     rss_max, broker_rss_max = hubs.rss(), _rss(broker.pid)
     marks: dict[str, tuple[float, ...]] = {}
 
@@ -330,6 +347,8 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
         time.sleep(0.5)
         acked, stored = publishers.acknowledged(), hubs.stored() - stored0
         samples.append((time.monotonic() - began, acked, stored))
+        if len(samples) % 4 == 0:
+            probes.append((time.monotonic() - began, speed_probe_ms()))
         rss_max, broker_rss_max = max(rss_max, hubs.rss()), max(broker_rss_max, _rss(broker.pid))
         if held is not None:
             recent = [(t, st) for t, _, st in samples if t >= samples[-1][0] - 2.0]
@@ -391,6 +410,8 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
         "broker_drop_log_lines": broker_drop_lines(broker) - drops0,
         "publisher_errors": report.errors[:5], "publisher_in_doubt": report.in_doubt,
         "load_average": _load(),
+        # Lower is faster: the median CPU time of the fixed probe over the window.
+        "speed_probe_ms": _median([ms for t, ms in probes if t0 <= t <= t1]),
         "stored_over_time": [(round(t, 1), st) for t, _, st in samples],
     }
 
@@ -512,7 +533,12 @@ def _cpu_compared(over: dict[str, Any], sat: dict[str, Any] | None) -> dict[str,
             "broker_cpu_share": [sat["broker_cpu_share"], over["broker_cpu_share"]],
             "hub_waited_for_cpu_s_per_s": [sat["hub_waited_for_cpu_s_per_s"],
                                            over["hub_waited_for_cpu_s_per_s"]],
-            "load_average": [sat["load_average"], over["load_average"]]}
+            "load_average": [sat["load_average"], over["load_average"]],
+            "speed_probe_ms": [sat.get("speed_probe_ms"), over.get("speed_probe_ms")]}
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
 
 
 def _case_ok(case: dict[str, Any]) -> bool:
@@ -688,6 +714,10 @@ def measure_rollup_query(console: Console, *, devices: int, days: int,
     return round(times[len(times) // 2], 1)
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
 def _worst(values: list[Any], pick: Callable[[list[Any]], Any] = min) -> Any:
     present = [v for v in values if v is not None]
     return pick(present) if present else None
@@ -698,15 +728,18 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
     def flood_of(batch: int, key: str) -> list[Any]:
         return [c["flood"][key] for c in cases if c["readings_per_message"] == batch]
 
-    one_pg10 = [c["flood"]["messages_per_s"] for c in cases
-                if c["database"] == "postgresql" and c["readings_per_message"] == 10]
-    scaling = None
-    if two_hubs and one_pg10 and one_pg10[0]:
-        scaling = round(two_hubs["flood"]["messages_per_s"] / one_pg10[0], 2)
+    pg10 = [c["flood"] for c in cases
+            if c["database"] == "postgresql" and c["readings_per_message"] == 10][:1]
+    scaling = per_cpu_ratio = None
+    if two_hubs and pg10:
+        scaling = _ratio(two_hubs["flood"]["messages_per_s"], pg10[0]["messages_per_s"])
+        # Each hub's work per CPU-second with two, against one alone: about 1 when the hubs
+        # take nothing from each other, so that the factor is bounded only by the cores.
+        per_cpu_ratio = _ratio(two_hubs["flood"]["messages_per_cpu_s"],
+                               pg10[0]["messages_per_cpu_s"])
     # How busy the machine was with one hub and with two (PostgreSQL, batch 10): two hubs can
     # add only what one left idle of the machine's cores.
-    busy = [c["flood"].get("machine_busy_cores") for c in cases
-            if c["database"] == "postgresql" and c["readings_per_message"] == 10][:1]
+    busy = [f.get("machine_busy_cores") for f in pg10]
     overloads = [c["overload"] for c in cases if "overload" in c]
     every = cases + ([two_hubs] if two_hubs else [])
     return {
@@ -716,6 +749,7 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
         "one_hub_readings_per_cpu_s_batch100": _worst(
             [m * 100 for m in flood_of(100, "messages_per_cpu_s") if m is not None]),
         "two_hub_scaling": scaling,
+        "two_hub_per_cpu_s_ratio": per_cpu_ratio,
         "two_hub_machine_busy_cores": (busy + [two_hubs["flood"].get("machine_busy_cores")]
                                        if two_hubs and busy else None),
         "lost": sum(c["lost"] for c in every),
@@ -774,7 +808,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                           f"{step['messages_per_s']:,.0f}/s, backlog slope "
                           f"{step['backlog_slope_per_s']:+,.0f}/s: "
                           f"{'keeps up' if step['keeps_up'] else 'falls behind'} (load "
-                          f"{step['load_average']})")
+                          f"{step['load_average']}, speed probe {step.get('speed_probe_ms')} "
+                          f"ms)")
         if "overload" in c:
             o = c["overload"]
             console.print(f"{c['database']}: saturation {c['saturation_rate']:,.0f} msg/s; at "
@@ -789,16 +824,18 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                           f"{o['hub_missing_batches']}, hub peak RSS "
                           f"{o['hub_rss_bytes_max'] / 2**20:.0f} MB, broker peak RSS "
                           f"{o['broker_rss_bytes_max'] / 2**20:.0f} MB, lost after the load "
-                          f"{o['lost']} (load {o['load_average']})")
+                          f"{o['lost']} (load {o['load_average']}, speed probe "
+                          f"{o.get('speed_probe_ms')} ms, held flood's "
+                          f"{c['flood'].get('speed_probe_ms')} ms)")
     for c in rows:
         for e in c.get("publisher_errors", []):
             console.print(f"[red]{c['database']} batch {c['readings_per_message']}: {e}[/]")
     summary = {k: result[k] for k in (
         "one_hub_messages_per_s_batch10", "one_hub_readings_per_s_batch100",
         "one_hub_messages_per_cpu_s_batch10", "one_hub_readings_per_cpu_s_batch100",
-        "two_hub_scaling", "two_hub_machine_busy_cores", "lost", "duplicates",
-        "broker_drop_log_lines", "hub_rss_bytes_max",
-        "broker_rss_bytes_max", "publisher_cpu_us_per_message_batch10",
+        "two_hub_scaling", "two_hub_per_cpu_s_ratio", "two_hub_machine_busy_cores", "lost",
+        "duplicates", "broker_drop_log_lines", "hub_rss_bytes_max", "broker_rss_bytes_max",
+        "publisher_cpu_us_per_message_batch10",
         "overload_stored_ratio", "overload_offered_ratio", "overload_lost", "rollup_query_ms",
         "ok")}
     console.print(summary)
