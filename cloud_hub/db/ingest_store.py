@@ -13,6 +13,7 @@ flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from shared.messages import (
 from shared.packed import PackedTelemetry, Telemetry, pack_doubles, timestamps
 
 __all__ = ["DeadLetterRecord", "IngestBatch", "StoreResult", "store_batch"]
+
+log = logging.getLogger(__name__)
 
 _PREVIEW_BYTES = 256
 
@@ -206,9 +209,13 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     # written only for a key this statement stored.
     keys = [_telemetry_key(t) for t in telemetry]
     stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry_keys, keys)
-    ingest_tables.insert_rows(conn, ingest_tables.telemetry, [
+    rows = ingest_tables.insert_counted(conn, ingest_tables.telemetry, [
         _telemetry_row(t, key, channels_json, received)
         for t, key in zip(telemetry, keys, strict=True) if key[:3] in stored_t])
+    if rows != len(stored_t):  # only if key rows were deleted without their telemetry rows
+        log.error("ingest: %d of %d telemetry batches new to telemetry_keys were in the "
+                  "telemetry table already (key rows deleted by hand?); the rows stored "
+                  "before were kept", len(stored_t) - rows, len(stored_t))
     readings = 0
     for t in telemetry:
         if (t.device_id, t.epoch, t.seq) in stored_t:

@@ -34,7 +34,8 @@ from sqlalchemy.types import NullType, TypeDecorator
 from cloud_hub.db import pg_bulk
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow, TelemetryKey
 
-__all__ = ["anomalies", "channels_json", "column_names", "insert_new", "insert_rows",
+__all__ = ["anomalies", "channels_json", "column_names", "insert_counted", "insert_new",
+           "insert_rows",
            "telemetry", "telemetry_keys"]
 
 _metadata = MetaData()
@@ -47,12 +48,21 @@ class _JsonText(TypeDecorator[str]):
     impl = NullType
     cache_ok = True
 
+class _Bytes(LargeBinary):
+    """Bytes passed to the driver as they are: LargeBinary wraps every value in the driver's
+    Binary, one Python call per blob (2 x 4,000 per batch of 4,000 telemetry rows on
+    PostgreSQL, where the array dumper takes bytes itself)."""
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
 _KEY = (("device_id", String), ("epoch", String), ("seq", BigInteger))
 _TELEMETRY_KEYS: pg_bulk.Columns = (
     *_KEY, ("readings", Integer), ("ts_first", Float), ("ts_last", Float))
 _TELEMETRY: pg_bulk.Columns = (
     *_KEY, ("channels", String), ("readings", Integer), ("ts_first", Float), ("ts_last", Float),
-    ("ts_blob", LargeBinary), ("values_blob", LargeBinary), ("stored_at", Float))
+    ("ts_blob", _Bytes), ("values_blob", _Bytes), ("stored_at", Float))
 _ANOMALIES: pg_bulk.Columns = (
     *_KEY, ("ts_start", Float), ("ts_end", Float), ("score", Float), ("threshold", Float),
     ("model_name", String), ("model_version", Integer), ("channels", String),
@@ -105,9 +115,10 @@ _DELIVERED_SQLITE = (" WHERE NOT EXISTS (SELECT 1 FROM stream_marks AS m WHERE m
 
 
 @functools.cache
-def _insert_new(dialect: str, table: Table) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the key of each row stored: on PostgreSQL
-    from arrays (:mod:`cloud_hub.db.pg_bulk`), elsewhere as many rows of VALUES."""
+def _insert_new(dialect: str, table: Table, *, returning: bool = True) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the key of each row stored (without
+    ``RETURNING`` if not ``returning``): on PostgreSQL from arrays (:mod:`cloud_hub.db.pg_bulk`),
+    elsewhere as many rows of VALUES."""
     if dialect == "postgresql":
         columns = _COLUMNS[table.name]
         rows = pg_bulk.unnest_select(columns, casts={"channels": lambda c: cast(c, JSON)})
@@ -119,8 +130,14 @@ def _insert_new(dialect: str, table: Table) -> Any:
         insert: Any = postgresql.insert(table).from_select([n for n, _ in columns], rows)
     else:
         insert = sqlite.insert(table)
-    return insert.on_conflict_do_nothing().returning(table.c.device_id, table.c.epoch,
-                                                     table.c.seq)
+    insert = insert.on_conflict_do_nothing()
+    return insert.returning(table.c.device_id, table.c.epoch, table.c.seq) if returning else insert
+
+
+@functools.cache
+def _insert_plain(dialect: str, table: Table) -> Any:
+    # SQLAlchemy keeps the driver's rowcount for UPDATE and DELETE only, unless asked to.
+    return _insert_new(dialect, table, returning=False).execution_options(preserve_rowcount=True)
 
 
 def column_names(table: Table) -> tuple[str, ...]:
@@ -134,16 +151,17 @@ _SQLITE_ROWS = 250
 
 
 @functools.cache
-def _sqlite_insert(table_name: str, columns: tuple[str, ...], rows: int) -> str:
+def _sqlite_insert(table_name: str, columns: tuple[str, ...], rows: int,
+                   returning: bool = True) -> str:
     one = "(" + ", ".join("?" * len(columns)) + ")"
     values = ", ".join([one] * rows)
+    back = " RETURNING device_id, epoch, seq" if returning else ""
     if table_name == telemetry_keys.name:  # see _MARKS; columns 1-3 are the key
         assert columns[:3] == ("device_id", "epoch", "seq")
         return (f"INSERT INTO {table_name} ({', '.join(columns)}) SELECT * FROM (VALUES "
-                f"{values}) AS u{_DELIVERED_SQLITE}"
-                " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq")
+                f"{values}) AS u{_DELIVERED_SQLITE} ON CONFLICT DO NOTHING{back}")
     return (f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES {values}"
-            " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq")
+            f" ON CONFLICT DO NOTHING{back}")
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]
@@ -169,6 +187,29 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]
         result = conn.exec_driver_sql(_sqlite_insert(table.name, names, len(part)), flat)
         stored.update((d, e, int(s)) for d, e, s in result)
     return stored
+
+
+def insert_counted(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert ``rows`` as :func:`insert_rows` does, for rows whose keys are known to be new
+    (their key rows were just stored): how many were inserted, with no key sent back per row
+    (profiled: ``RETURNING`` and the set of keys cost 4.6 ms of the hub's CPU per 4,000
+    telemetry rows on PostgreSQL)."""
+    if not rows:
+        return 0
+    dialect = conn.dialect.name
+    names = column_names(table)
+    if dialect == "postgresql":
+        arrays = dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
+        return int(conn.execute(_insert_plain(dialect, table), arrays).rowcount)
+    if dialect != "sqlite":
+        return len(insert_new(conn, table, [dict(zip(names, r, strict=True)) for r in rows]))
+    inserted = 0
+    for i in range(0, len(rows), _SQLITE_ROWS):
+        part = rows[i:i + _SQLITE_ROWS]
+        flat = tuple(v for row in part for v in row)
+        sql = _sqlite_insert(table.name, names, len(part), returning=False)
+        inserted += int(conn.exec_driver_sql(sql, flat).rowcount)
+    return inserted
 
 
 def insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]
