@@ -12,6 +12,7 @@ psycopg's: a header (one dimension, no NULLs, the element type), the length, the
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -58,7 +59,9 @@ class FastListBinaryDumper(ListBinaryDumper):
             return head + b"".join([_LEN.pack(len(b)) + b
                                     for b in (s.encode() for s in obj)])
         if kind is bytes and oid == _BYTEA_OID:
-            return head + b"".join([_LEN.pack(len(b)) + b for b in obj])
+            # One copy of the blobs, into the result: a batch's blobs are up to 32 MiB.
+            lengths = map(_LEN.pack, map(len, obj))
+            return b"".join([head, *itertools.chain.from_iterable(zip(lengths, obj, strict=True))])
         return super().dump(obj)
 
 
