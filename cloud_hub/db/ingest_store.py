@@ -209,13 +209,13 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     # written only for a key this statement stored.
     keys = [_telemetry_key(t) for t in telemetry]
     stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry_keys, keys)
-    rows = ingest_tables.insert_counted(conn, ingest_tables.telemetry, [
+    inserted = ingest_tables.insert_counted(conn, ingest_tables.telemetry, [
         _telemetry_row(t, key, channels_json, received)
         for t, key in zip(telemetry, keys, strict=True) if key[:3] in stored_t])
-    if rows != len(stored_t):  # only if key rows were deleted without their telemetry rows
+    if inserted != len(stored_t):  # only if key rows were deleted without their telemetry rows
         log.error("ingest: %d of %d telemetry batches new to telemetry_keys were in the "
                   "telemetry table already (key rows deleted by hand?); the rows stored "
-                  "before were kept", len(stored_t) - rows, len(stored_t))
+                  "before were kept", len(stored_t) - inserted, len(stored_t))
     readings = 0
     for t in telemetry:
         if (t.device_id, t.epoch, t.seq) in stored_t:
