@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType, TypeDecorator
 
-from cloud_hub.db import pg_bulk
+from cloud_hub.db import pg_bulk, pg_copy
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow, TelemetryKey
 
 __all__ = ["anomalies", "channels_json", "column_names", "insert_counted", "insert_new",
@@ -177,8 +177,14 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]
 def insert_counted(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert ``rows`` as :func:`insert_rows` does, for rows whose keys are known to be new
     (their key rows were just stored): how many were inserted, with no key sent back per row.
-    Measured on PostgreSQL, 4,000 telemetry rows: 11.4-12.2 ms of the client's CPU, against
-    16.5-17.7 with ``RETURNING`` and the set of keys built from it."""
+    On PostgreSQL by COPY (:mod:`cloud_hub.db.pg_copy`), and by ``INSERT … ON CONFLICT DO
+    NOTHING`` if a row's key was there after all. Elsewhere, measured on PostgreSQL with 4,000
+    telemetry rows: 11.4-12.2 ms of the client's CPU, against 16.5-17.7 with ``RETURNING`` and
+    the set of keys built from it."""
+    if rows and conn.dialect.name == "postgresql":
+        copied = pg_copy.copy_new_rows(conn, table, column_names(table), rows)
+        if copied is not None:
+            return copied
     return sum(int(result.rowcount) for result in _execute(conn, table, rows, returning=False))
 
 
