@@ -19,7 +19,7 @@ stored rows of the duplicates only), recorded on :class:`~cloud_hub.db.tables.De
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, tuple_
@@ -33,7 +33,8 @@ from cloud_hub.db.marks import MarkKey
 from cloud_hub.db.tables import DeviceConflict, StreamMark, TelemetryKey
 from shared.packed import Telemetry, timestamps
 
-__all__ = ["Conflict", "conflicts_of", "epoch_conflicts", "record_conflicts", "seq_conflicts"]
+__all__ = ["Conflict", "MarksBefore", "conflicts_of", "epoch_conflicts", "read_marks",
+           "record_conflicts", "seq_conflicts"]
 
 _CHUNK = 400
 
@@ -46,24 +47,43 @@ class Conflict:
     epochs: tuple[str, ...]
 
 
-def epoch_conflicts(session: Session, touched: dict[MarkKey, tuple[int, int]]) -> list[Conflict]:
-    """Streams of this batch whose epoch sent something new although a newer epoch of the same
-    device exists; read before the marks advance (in the ingest transaction)."""
-    devices = sorted({k.device_id for k in touched})
-    first_seen: dict[str, dict[str, float]] = {}  # device -> epoch -> first heard
-    tops: dict[tuple[str, str, str], int] = {}
+@dataclass
+class MarksBefore:
+    """The stream marks of a batch's devices as the ingest transaction found them, before it
+    stored anything: per device and epoch when it was first heard, and per (device, epoch,
+    stream) its top and watermark."""
+
+    first_seen: dict[str, dict[str, float]] = field(default_factory=dict)
+    tops: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    watermarks: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+
+def read_marks(session: Session, device_ids: Iterable[str]) -> MarksBefore:
+    """Every stream mark of ``device_ids`` (in the ingest transaction, before the marks
+    advance)."""
+    devices = sorted(set(device_ids))
+    before = MarksBefore()
     marks: Table = StreamMark.__table__  # type: ignore[attr-defined]
     m = marks.c
     dialect = session.get_bind().dialect.name
     chunk = len(devices) or 1 if dialect == "postgresql" else _CHUNK
     for i in range(0, len(devices), chunk):
         part = devices[i:i + chunk]
-        for device_id, epoch, stream, seen, top in session.execute(
-                core_select(m.device_id, m.epoch, m.stream, m.first_seen, m.top)
+        for device_id, epoch, stream, seen, top, watermark in session.execute(
+                core_select(m.device_id, m.epoch, m.stream, m.first_seen, m.top, m.watermark)
                 .where(pg_bulk.in_list(m.device_id, part, dialect))):
-            epochs = first_seen.setdefault(device_id, {})
+            epochs = before.first_seen.setdefault(device_id, {})
             epochs[epoch] = min(epochs.get(epoch, seen), seen)
-            tops[(device_id, epoch, stream)] = top
+            before.tops[(device_id, epoch, stream)] = top
+            before.watermarks[(device_id, epoch, stream)] = watermark
+    return before
+
+
+def epoch_conflicts(before: MarksBefore, touched: dict[MarkKey, tuple[int, int]]
+                    ) -> list[Conflict]:
+    """Streams of this batch whose epoch sent something new although a newer epoch of the same
+    device exists, from the marks as they were before the batch."""
+    first_seen, tops = before.first_seen, before.tops
     found: dict[str, Conflict] = {}
     for key, (_floor, top) in sorted(touched.items()):
         device, epoch = key.device_id, key.epoch

@@ -1,11 +1,13 @@
 """Write what MQTT ingest decoded: one transaction per batch of messages, duplicates ignored.
 
 Deduplication is by primary key (device_id, epoch, seq) per stream, inside the insert itself
-(``INSERT … ON CONFLICT DO NOTHING RETURNING`` the keys stored, on SQLite and PostgreSQL alike):
-no SELECT before it, and two hub processes sharing a database can never store a message twice.
-A telemetry batch's key goes to ``telemetry_keys`` first, and its row is written only when the
-key was new (the row's table is in day partitions on PostgreSQL, which cannot hold that key
-unique by itself: :mod:`cloud_hub.db.tables`).
+(``INSERT … ON CONFLICT DO NOTHING RETURNING`` the keys stored): no SELECT of keys before it,
+and two hub processes sharing a database can never store a message twice. A telemetry batch's
+key goes to ``telemetry_keys`` first, and its row is written only when the key was new (the
+row's table is in day partitions on PostgreSQL, which cannot hold that key unique by itself:
+:mod:`cloud_hub.db.tables`). On PostgreSQL both go by COPY, which the unique key refuses whole
+if one key was stored already; then the keys go the ``ON CONFLICT`` way
+(:func:`cloud_hub.db.ingest_tables.insert_keys`).
 The same transaction advances the delivery watermarks of every stream it touched
 (:mod:`cloud_hub.db.marks`), so an acknowledgement never covers a row that is not committed, and
 flags a device id that two sources use (:mod:`cloud_hub.db.conflicts`).
@@ -25,7 +27,12 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from cloud_hub.db import ingest_tables
-from cloud_hub.db.conflicts import epoch_conflicts, record_conflicts, seq_conflicts
+from cloud_hub.db.conflicts import (
+    epoch_conflicts,
+    read_marks,
+    record_conflicts,
+    seq_conflicts,
+)
 from cloud_hub.db.device_updates import (
     add_device_counts,
     apply_device_records,
@@ -203,12 +210,14 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
             c = counts[device_id] = _Counts()
         return c
 
+    marks = _marks_of(batch)
+    before = read_marks(session, {k.device_id for k in marks})  # as they were: nothing stored yet
     telemetry = _unique(batch.telemetry)
     channels_json = ingest_tables.channels_json
     # Tuples in ingest_tables.column_names order (no dict per row). The keys first: a row is
     # written only for a key this statement stored.
     keys = [_telemetry_key(t) for t in telemetry]
-    stored_t = ingest_tables.insert_rows(conn, ingest_tables.telemetry_keys, keys)
+    stored_t = ingest_tables.insert_keys(conn, keys, before.watermarks)
     inserted = ingest_tables.insert_counted(conn, ingest_tables.telemetry, [
         _telemetry_row(t, key, channels_json, received)
         for t, key in zip(telemetry, keys, strict=True) if key[:3] in stored_t])
@@ -261,9 +270,8 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     ])
     apply_device_records(conn, heartbeats=batch.heartbeats, statuses=batch.statuses,
                          reported=batch.reported, received=received)
-    marks = _marks_of(batch)
-    conflicts = epoch_conflicts(session, marks) + seq_conflicts(session, batch.telemetry,
-                                                                 stored_t)
+    conflicts = epoch_conflicts(before, marks) + seq_conflicts(session, batch.telemetry,
+                                                               stored_t)
     record_conflicts(session, conflicts, now=received)
     advance_marks(session, marks, now=received)
     stored_at = _stamp_stored(conn, stored_a)

@@ -10,7 +10,7 @@ and the table names are checked against the SQLModel tables at import.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -34,8 +34,8 @@ from sqlalchemy.types import NullType, TypeDecorator
 from cloud_hub.db import pg_bulk, pg_copy
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryBatchRow, TelemetryKey
 
-__all__ = ["anomalies", "channels_json", "column_names", "insert_counted", "insert_new",
-           "insert_rows", "telemetry", "telemetry_keys"]
+__all__ = ["anomalies", "channels_json", "column_names", "insert_counted", "insert_keys",
+           "insert_new", "insert_rows", "telemetry", "telemetry_keys"]
 
 _metadata = MetaData()
 
@@ -79,6 +79,7 @@ def _mirror(model: Any, columns: pg_bulk.Columns) -> Table:
 telemetry_keys = _mirror(TelemetryKey, _TELEMETRY_KEYS)
 telemetry = _mirror(TelemetryBatchRow, _TELEMETRY)
 anomalies = _mirror(Anomaly, _ANOMALIES)
+_KEY_COLUMNS = tuple(n for n, _ in _TELEMETRY_KEYS)
 _COLUMNS = {telemetry_keys.name: _TELEMETRY_KEYS, telemetry.name: _TELEMETRY,
             anomalies.name: _ANOMALIES}
 
@@ -172,6 +173,25 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]
     Python (profiled: about a quarter of storing a batch)."""
     return {(d, e, int(s)) for result in _execute(conn, table, rows, returning=True)
             for d, e, s in result}
+
+
+def insert_keys(conn: Connection, keys: Sequence[tuple[Any, ...]],
+                watermarks: Mapping[tuple[str, str, str], int]) -> set[tuple[str, str, int]]:
+    """Store the telemetry ``keys`` (rows of :data:`telemetry_keys`, unique, in key order)
+    that are new; the keys stored. ``watermarks``: the telemetry watermark of each stream as
+    this transaction read it; a key at or below it was stored once already (see ``_MARKS``).
+
+    On PostgreSQL the keys above the watermarks are copied (:mod:`cloud_hub.db.pg_copy`): in
+    a stream sent once, every one is new. If one was stored already (a resend, or a stream
+    another hub advanced since the read), nothing is copied and they go through
+    :func:`insert_rows`, which skips the keys stored and checks the watermarks again."""
+    if keys and conn.dialect.name == "postgresql":
+        fresh = [k for k in keys
+                 if k[2] > watermarks.get((k[0], k[1], "telemetry"), -1)]
+        if not fresh or pg_copy.copy_new_rows(conn, telemetry_keys, _KEY_COLUMNS,
+                                              fresh) is not None:
+            return {(d, e, s) for d, e, s, *_ in fresh}
+    return insert_rows(conn, telemetry_keys, keys)
 
 
 def insert_counted(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]]) -> int:

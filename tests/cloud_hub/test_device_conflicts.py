@@ -1,9 +1,10 @@
 """A device id used by two sources is flagged on the device (issue 11 defect 5), and a device that
-only lost its state is not. Real SQLite, the ingest store and the REST API; the last test runs
-two real agents on a real broker."""
+only lost its state is not. Real SQLite and PostgreSQL, the ingest store and the REST API; the
+last test runs two real agents on a real broker."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from simulator.broker import Broker
 from tests.cloud_hub.api_support import api_client
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import enroll_devices, wait_for
+from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub
 A, B = "00000000000000aa", "00000000000000bb"
@@ -46,9 +48,19 @@ def _conflict(engine: Engine, device: str = "pump-1") -> tuple[str, str, int] | 
         return None if found is None else (found.kind, found.detail, found.count)
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The hub's database; on PostgreSQL, ingest copies the keys of a stream sent once and
+    inserts them ``ON CONFLICT`` when one arrives again."""
+    if request.param == "sqlite":
+        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+        yield made
+        made.dispose()
+        return
+    with made_pg_database() as url:
+        made = make_engine(url)
+        yield made
+        made.dispose()
 
 
 def test_a_device_that_lost_its_state_starts_a_new_epoch_without_a_conflict(
