@@ -41,7 +41,7 @@ from cloud_hub.db.device_updates import (
 )
 from cloud_hub.db.drift_store import drift_row, store_drift
 from cloud_hub.db.drift_tables import DriftSummaryRow
-from cloud_hub.db.marks import MarkKey, Stream, advance_marks
+from cloud_hub.db.marks import MarkKey, Stream, advance_marks, stored_runs
 from cloud_hub.db.tables import DeadLetter
 from shared.messages import (
     AnomalyEvent,
@@ -226,8 +226,11 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
                   "telemetry table already (key rows deleted by hand?); the rows stored "
                   "before were kept", len(stored_t) - inserted, len(stored_t))
     readings = 0
+    stored_keys: list[Key] = []  # in key order, for the runs that move the watermarks
     for t in telemetry:
-        if (t.device_id, t.epoch, t.seq) in stored_t:
+        key = (t.device_id, t.epoch, t.seq)
+        if key in stored_t:
+            stored_keys.append(key)
             n = t.readings
             readings += n
             c = count(t.device_id)
@@ -273,7 +276,10 @@ def store_batch(session: Session, batch: IngestBatch, *, now: float | None = Non
     conflicts = epoch_conflicts(before, marks) + seq_conflicts(session, batch.telemetry,
                                                                stored_t)
     record_conflicts(session, conflicts, now=received)
-    advance_marks(session, marks, now=received)
+    runs = {**stored_runs(Stream.TELEMETRY, stored_keys),
+            **stored_runs(Stream.ANOMALIES, sorted(stored_a)),
+            **stored_runs(Stream.DRIFT, sorted(stored_d))}
+    advance_marks(session, marks, now=received, runs=runs)
     stored_at = _stamp_stored(conn, stored_a)
     session.commit()
     remember_devices(conn, new_devices)

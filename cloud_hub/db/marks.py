@@ -16,7 +16,7 @@ dropped on purpose.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -43,7 +43,7 @@ from cloud_hub.db.drift_tables import DriftSummaryRow
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryKey
 from shared.messages import Ack, StreamAck
 
-__all__ = ["MarkKey", "Stream", "acks_for", "advance_marks"]
+__all__ = ["MarkKey", "Stream", "acks_for", "advance_marks", "stored_runs"]
 
 
 class Stream(StrEnum):
@@ -80,9 +80,18 @@ def _advance_statement(rows: Table, *, arrays: bool = False) -> Any:
     has_successor = (successor.offset(0) if arrays else successor).exists()
     run_end = (select(r.c.seq).where(same, r.c.seq > base, ~has_successor)
                .order_by(r.c.seq).limit(1).scalar_subquery())
-    stmt = update(marks).values(watermark=case((starts, run_end), else_=base))
     if arrays:
         k = pg_bulk.unnest_rows(_KEY_COLUMNS, name="k")
+        run_start, run_last = k.c.b_run_start, k.c.b_run_end
+    else:
+        run_start, run_last = bindparam("b_run_start"), bindparam("b_run_end")
+    # The run this transaction stored, when it starts right after base and nothing above its
+    # end was ever seen (top, raised by the upsert that locked the row): its end is the
+    # watermark, found without a look-up (CASE runs the subqueries only when it gets to them).
+    stored_run = and_(run_start == base + 1, marks.c.top <= run_last)
+    stmt = update(marks).values(watermark=case((stored_run, run_last), (starts, run_end),
+                                               else_=base))
+    if arrays:
         return stmt.where(marks.c.device_id == k.c.b_device, marks.c.epoch == k.c.b_epoch,
                           marks.c.stream == k.c.b_stream)
     return stmt.where(marks.c.device_id == bindparam("b_device"),
@@ -90,7 +99,8 @@ def _advance_statement(rows: Table, *, arrays: bool = False) -> Any:
                       marks.c.stream == bindparam("b_stream"))
 
 
-_KEY_COLUMNS: pg_bulk.Columns = (("b_device", String), ("b_epoch", String), ("b_stream", String))
+_KEY_COLUMNS: pg_bulk.Columns = (("b_device", String), ("b_epoch", String), ("b_stream", String),
+                                  ("b_run_start", BigInteger), ("b_run_end", BigInteger))
 _ROW_TABLES: dict[Stream, Table] = {
     Stream.TELEMETRY: TelemetryKey.__table__,  # type: ignore[attr-defined]
     Stream.ANOMALIES: Anomaly.__table__,  # type: ignore[attr-defined]
@@ -125,10 +135,14 @@ def _upsert_statement(dialect: str) -> Any:
 
 
 def advance_marks(
-    session: Session, touched: dict[MarkKey, tuple[int, int]], *, now: float
+    session: Session, touched: dict[MarkKey, tuple[int, int]], *, now: float,
+    runs: Mapping[MarkKey, tuple[int, int]] | None = None,
 ) -> None:
     """Upsert the mark of every touched stream (``(floor, top)`` seen in this batch) and
-    recompute its watermark, in the session's transaction."""
+    recompute its watermark, in the session's transaction. ``runs``: per stream, the first
+    and last seq of a run of seqs that this transaction stored, every one (see
+    :func:`stored_runs`); a watermark just below such a run moves to its end without a
+    look-up, unless a seq above it was ever seen."""
     if not touched:
         return
     keys = sorted(touched)
@@ -146,9 +160,11 @@ def advance_marks(
     upsert = _upsert_statement(dialect)
     session.execute(upsert, pg_bulk.as_arrays(rows, [n for n, _ in _MARK_COLUMNS]) if pg
                     else rows)
+    runs = runs or {}
     for stream in Stream:
-        params = [{"b_device": k.device_id, "b_epoch": k.epoch, "b_stream": k.stream.value}
-                  for k in keys if k.stream is stream]
+        params = [{"b_device": k.device_id, "b_epoch": k.epoch, "b_stream": k.stream.value,
+                   "b_run_start": run[0] if run else None, "b_run_end": run[1] if run else None}
+                  for k in keys if k.stream is stream for run in (runs.get(k),)]
         if not params:
             continue
         if pg:
@@ -156,6 +172,28 @@ def advance_marks(
                             pg_bulk.as_arrays(params, [n for n, _ in _KEY_COLUMNS]))
         else:
             session.execute(_ADVANCE[stream], params)
+
+
+def stored_runs(stream: Stream, keys: Iterable[tuple[str, str, int]]
+                ) -> dict[MarkKey, tuple[int, int]]:
+    """Per (device, epoch) of ``keys`` (keys of one stream that a transaction stored, sorted),
+    the run of consecutive seqs from the lowest: its first and last seq."""
+    runs: dict[MarkKey, tuple[int, int]] = {}
+    current: tuple[str, str] | None = None
+    first = last = 0
+    open_run = False
+    for device_id, epoch, seq in keys:
+        if (device_id, epoch) != current:
+            if current is not None:
+                runs[MarkKey(*current, stream)] = (first, last)
+            current, first, last, open_run = (device_id, epoch), seq, seq, True
+        elif open_run and seq == last + 1:
+            last = seq
+        else:
+            open_run = False
+    if current is not None:
+        runs[MarkKey(*current, stream)] = (first, last)
+    return runs
 
 
 def _greatest(a: Any, b: Any) -> Any:

@@ -1,8 +1,11 @@
-"""Delivery watermarks and the missing-batch count, on a real SQLite file (no broker)."""
+"""Delivery watermarks and the missing-batch count, on a real SQLite file and on PostgreSQL (no
+broker)."""
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from sqlmodel import Session
 from cloud_hub.db.drift_tables import DeviceDrift, DriftSummaryRow
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
-from cloud_hub.db.marks import acks_for
+from cloud_hub.db.marks import MarkKey, Stream, acks_for, stored_runs
 from cloud_hub.db.queries import telemetry_summary
 from shared.messages import (
     AnomalyEvent,
@@ -22,6 +25,7 @@ from shared.messages import (
     TelemetryBatch,
     encode,
 )
+from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub
 OLD, NEW = "00000000000000aa", "00000000000000bb"
@@ -51,9 +55,18 @@ def _ack(engine: Engine, epoch: str = OLD) -> tuple[StreamAck, StreamAck]:
     return ack.telemetry, ack.anomalies
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """SQLite, or PostgreSQL, where the watermarks move by one statement with arrays."""
+    if request.param == "sqlite":
+        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+        yield made
+        made.dispose()
+        return
+    with made_pg_database() as url:
+        made = make_engine(url)
+        yield made
+        made.dispose()
 
 
 def test_the_watermark_covers_only_seqs_stored_without_a_gap_from_zero(engine: Engine) -> None:
@@ -179,3 +192,51 @@ def test_a_batch_larger_than_one_insert_statement_stores_each_key_once(engine: E
     with Session(engine) as session:
         [row] = telemetry_summary(session).rows
     assert row["batches"] == 800 and row["missing_batches"] == 0
+
+
+def test_stored_runs_are_the_consecutive_seqs_from_each_streams_lowest() -> None:
+    keys = [("a", OLD, 3), ("a", OLD, 4), ("a", OLD, 5), ("a", OLD, 7), ("a", OLD, 8),
+            ("a", NEW, 0), ("b", OLD, 9), ("b", OLD, 11)]
+    assert stored_runs(Stream.ANOMALIES, keys) == {
+        MarkKey("a", OLD, Stream.ANOMALIES): (3, 5), MarkKey("a", NEW, Stream.ANOMALIES): (0, 0),
+        MarkKey("b", OLD, Stream.ANOMALIES): (9, 9)}
+    assert stored_runs(Stream.TELEMETRY, []) == {}
+
+
+def test_watermarks_match_a_reference_over_random_batches(engine: Engine) -> None:
+    """Batches of random seqs, out of order, sent again, with floors raised now and then, for
+    two devices and two epochs: after every batch each stream's watermark is the end of the
+    run of stored seqs from max(watermark, floor - 1) + 1, as computed here."""
+    rng = random.Random(15)
+    streams = [(d, e) for d in ("pump-1", "pump-2") for e in (OLD, NEW)]
+    stored: dict[tuple[str, str], set[int]] = {s: set() for s in streams}
+    dropped = dict.fromkeys(streams, 0)  # the sender's floor: what it no longer holds
+    floor = dict.fromkeys(streams, 0)  # the highest floor the hub was sent
+    expected = dict.fromkeys(streams, -1)
+    seen = dict.fromkeys(streams, False)
+    for _ in range(40):
+        batch = []
+        for key in rng.sample(streams, rng.randint(1, 4)):
+            if rng.random() < 0.15:
+                dropped[key] += rng.randint(0, 4)
+            top = max(stored[key], default=-1)
+            seqs = rng.sample(range(max(dropped[key] - 3, 0), top + 6), rng.randint(1, 5))
+            batch += [_t(q, floor=min(dropped[key], q), epoch=key[1], device=key[0])
+                      for q in seqs]
+        _store(engine, *batch)
+        for m in batch:
+            key = (m.device_id, m.epoch)
+            seen[key] = True
+            floor[key] = max(floor[key], m.floor)
+            stored[key].add(m.seq)
+        for key in streams:
+            if not seen[key]:
+                continue
+            mark = max(expected[key], floor[key] - 1)
+            while mark + 1 in stored[key]:
+                mark += 1
+            expected[key] = mark
+        with Session(engine) as session:
+            acks = {(a.device_id, a.epoch): a.telemetry.watermark
+                    for a in acks_for(session, [k for k in streams if seen[k]], at=0.0)}
+        assert acks == {k: expected[k] for k in streams if seen[k]}
