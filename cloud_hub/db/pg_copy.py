@@ -1,19 +1,20 @@
 """Rows into PostgreSQL with ``COPY … FROM STDIN (FORMAT BINARY)``, inside a savepoint.
 
-Ingest writes a telemetry row only for a key it has just stored (:mod:`cloud_hub.db.ingest_store`),
-so the rows are new and need no ``ON CONFLICT``. COPY then does less work on the server than
-``INSERT … SELECT FROM unnest(…)``: no function evaluation per row, and rows reach a partition
-in buffered multi-row inserts. Measured at 4,000 telemetry rows of 10 readings, into the day
-partitions: 37 ms against 65 ms per insert, 7.7 against 9.8 ms of the client's CPU.
+Rows that are almost always new need no ``ON CONFLICT``: the keys of telemetry above its
+stream's watermark, and the telemetry rows of the keys just stored
+(:mod:`cloud_hub.db.ingest_store`). COPY does less work on the server than ``INSERT … SELECT
+FROM unnest(…)``: no function evaluation per row, and rows reach a partition in buffered
+multi-row inserts. Measured at 4,000 telemetry rows of 10 readings, into the day partitions:
+37 ms against 65 ms per insert, 7.7 against 9.8 ms of the client's CPU.
 
 Binary COPY takes each value in exactly its column's binary form (an ``int4`` sent for a
 ``bigint`` column is refused), so the types come from the database's catalog, once per engine
 and table, not from the code's idea of the schema. A ``json`` column takes its text as the
 bytes of ``text`` (psycopg's ``json`` dumper would encode the string as a JSON string).
 
-A row whose key is there already (only if key rows were deleted by hand) breaks the COPY with
-a unique violation: the savepoint is rolled back, nothing was copied, and the caller inserts
-the rows its other way, skipping the rows there.
+A row whose key is there already (a telemetry key sent again; a telemetry row only if key rows
+were deleted by hand) breaks the COPY with a unique violation: the savepoint is rolled back,
+nothing was copied, and the caller inserts the rows its other way, skipping the rows there.
 """
 
 from __future__ import annotations
