@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -14,7 +15,8 @@ from sqlmodel import SQLModel
 
 from cloud_hub.db.engine import make_engine
 
-__all__ = ["PG_SERVER", "PG_TEST", "made_pg_database", "pg_database", "pg_schema_engine"]
+__all__ = ["PG_SERVER", "PG_TEST", "hub_engine", "made_pg_database", "pg_database",
+           "pg_schema_engine"]
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_TEST = f"{PG_SERVER}/test"  # the database every session's server has
@@ -37,6 +39,25 @@ def made_pg_database(prefix: str = "edgeloop_t_") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def hub_engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
+    """The hub's engine on SQLite (a file in ``tmp_path``) or on a PostgreSQL database of its
+    own (``kind`` "sqlite" or "postgresql"), disposed of on exit."""
+    if kind == "sqlite":
+        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+        try:
+            yield made
+        finally:
+            made.dispose()
+        return
+    with made_pg_database() as url:
+        made = make_engine(url)
+        try:
+            yield made
+        finally:
+            made.dispose()
 
 
 @pytest.fixture

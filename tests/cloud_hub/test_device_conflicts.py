@@ -16,7 +16,6 @@ from cloud_hub.cli.commands import _with_conflict_line
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.core.config import Settings
 from cloud_hub.db.conflicts import conflicts_of
-from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
 from cloud_hub.db.tables import DeadLetter, StreamMark
 from cloud_hub.service import Hub
@@ -25,7 +24,7 @@ from simulator.broker import Broker
 from tests.cloud_hub.api_support import api_client
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import enroll_devices, wait_for
-from tests.pg import made_pg_database
+from tests.pg import hub_engine
 
 pytestmark = pytest.mark.hub
 A, B = "00000000000000aa", "00000000000000bb"
@@ -52,15 +51,8 @@ def _conflict(engine: Engine, device: str = "pump-1") -> tuple[str, str, int] | 
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """The hub's database; on PostgreSQL, ingest copies the keys of a stream sent once and
     inserts them ``ON CONFLICT`` when one arrives again."""
-    if request.param == "sqlite":
-        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    with hub_engine(request.param, tmp_path) as made:
         yield made
-        made.dispose()
-        return
-    with made_pg_database() as url:
-        made = make_engine(url)
-        yield made
-        made.dispose()
 
 
 def test_a_device_that_lost_its_state_starts_a_new_epoch_without_a_conflict(

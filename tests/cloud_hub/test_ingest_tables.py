@@ -13,13 +13,12 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import store_batch
 from cloud_hub.db.tables import TelemetryBatchRow, TelemetryKey
 from cloud_hub.mqtt.decoding import decode_batch
 from shared.topics import Topics
 from tests.cloud_hub.ingest_fakes import telemetry_message
-from tests.pg import made_pg_database
+from tests.pg import hub_engine
 
 pytestmark = pytest.mark.hub
 TOPICS = Topics()
@@ -27,15 +26,8 @@ TOPICS = Topics()
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    with hub_engine(request.param, tmp_path) as made:
         yield made
-        made.dispose()
-        return
-    with made_pg_database() as url:
-        made = make_engine(url)
-        yield made
-        made.dispose()
 
 
 def _store(engine: Engine, *seqs: range) -> int:

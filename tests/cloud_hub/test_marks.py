@@ -25,7 +25,7 @@ from shared.messages import (
     TelemetryBatch,
     encode,
 )
-from tests.pg import made_pg_database
+from tests.pg import hub_engine
 
 pytestmark = pytest.mark.hub
 OLD, NEW = "00000000000000aa", "00000000000000bb"
@@ -58,15 +58,8 @@ def _ack(engine: Engine, epoch: str = OLD) -> tuple[StreamAck, StreamAck]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """SQLite, or PostgreSQL, where the watermarks move by one statement with arrays."""
-    if request.param == "sqlite":
-        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    with hub_engine(request.param, tmp_path) as made:
         yield made
-        made.dispose()
-        return
-    with made_pg_database() as url:
-        made = make_engine(url)
-        yield made
-        made.dispose()
 
 
 def test_the_watermark_covers_only_seqs_stored_without_a_gap_from_zero(engine: Engine) -> None:
