@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 __all__ = ["copy_new_rows"]
 
@@ -73,8 +74,25 @@ def copy_new_rows(conn: Connection, table: Table, columns: tuple[str, ...],
                   rows: Sequence[tuple[Any, ...]]) -> int | None:
     """COPY ``rows`` (tuples in ``columns`` order) into ``table`` in the connection's
     transaction; how many were copied, or None when a row's key was there already (then
-    nothing was copied and the transaction goes on as before)."""
+    nothing was copied and the transaction goes on as before).
+
+    The driver's errors come out as SQLAlchemy's, as from any statement SQLAlchemy runs (a
+    lost connection as ``OperationalError``, marked invalidated): ingest retries those and
+    dead-letters only what the database refused (:func:`cloud_hub.mqtt.ingest.classify`)."""
     raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+    try:
+        return _copy(conn, raw, table, columns, rows)
+    except psycopg.Error as exc:
+        error: Any = exc
+        lost = conn.dialect.is_disconnect(error, conn.connection, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(f"COPY {table.name}", None, exc, psycopg.Error,
+                                  connection_invalidated=lost) from exc
+
+
+def _copy(conn: Connection, raw: psycopg.Connection[Any], table: Table,
+          columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> int | None:
     qualified = _qualified(conn, table)
     types = _column_types(conn, raw, qualified.as_string(raw), columns)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(

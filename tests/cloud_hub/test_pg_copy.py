@@ -1,6 +1,7 @@
 """COPY into PostgreSQL (cloud_hub.db.pg_copy): values arrive as sent, in the column types the
 database has, into the schema the engine maps to; a key already there copies nothing and leaves
-the transaction usable."""
+the transaction usable; the driver's errors come out as SQLAlchemy's, which ingest tells apart
+(retry a lost database, dead-letter what it refused)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, OperationalError
 from sqlmodel import Session, select
 
 from cloud_hub.db import pg_copy
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.tables import TelemetryBatchRow
+from cloud_hub.mqtt.ingest import DatabaseUnavailable, RowsRefused, classify
 from shared.messages import TelemetryBatch
 from tests.pg import pg_schema_engine
 
@@ -94,3 +97,26 @@ def test_ingest_stores_copied_telemetry_that_reads_back(pg_engine: Engine) -> No
         (s, ["temp", "vib"], 2, 1.7e9 + s, 1.7e9 + s + 0.5) for s in range(3)]
     assert [struct.unpack("<4d", r.values_blob) for r in rows] == [
         (20.0 + s, 0.25, 21.5, -1.0) for s in range(3)]
+
+
+def test_a_lost_connection_is_a_database_to_retry(pg_engine: Engine) -> None:
+    table = _sample(pg_engine)
+    with pg_engine.begin() as conn:  # the column types read: the next call goes straight to COPY
+        pg_copy.copy_new_rows(conn, table, _COLUMNS, [(0, 1, "{}", b"", 1.0, "a")])
+    with pg_engine.connect() as conn:
+        conn.execute(text("SELECT 1"))  # the transaction has begun on this backend
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with pg_engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        with pytest.raises(OperationalError) as caught:
+            pg_copy.copy_new_rows(conn, table, _COLUMNS, [(1, 1, "{}", b"", 1.0, "a")])
+        assert caught.value.connection_invalidated
+        assert isinstance(classify(caught.value), DatabaseUnavailable)
+
+
+def test_a_value_the_column_refuses_is_rows_refused(pg_engine: Engine) -> None:
+    table = _sample(pg_engine)
+    with pg_engine.connect() as conn, pytest.raises(DataError) as caught:
+        pg_copy.copy_new_rows(conn, table, _COLUMNS, [(1, 1, "{}", b"", 1.0, "x" * 65)])
+    assert "value too long" in str(caught.value)
+    assert isinstance(classify(caught.value), RowsRefused)
