@@ -216,16 +216,13 @@ def _execute(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]], *,
         return
     dialect = conn.dialect.name
     names = column_names(table)
-    if dialect == "postgresql":
-        arrays = dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
-        stmt = _insert_new(dialect, table) if returning else _insert_plain(dialect, table)
-        yield conn.execute(stmt, arrays)
-        return
     if dialect != "sqlite":
-        stmt = _insert_new(dialect, table, returning=returning)
-        if not returning:
-            stmt = stmt.execution_options(preserve_rowcount=True)
-        yield conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
+        stmt = _insert_new(dialect, table) if returning else _insert_plain(dialect, table)
+        if dialect == "postgresql":
+            yield conn.execute(stmt, dict(zip(names, (list(c) for c in zip(*rows, strict=True)),
+                                              strict=True)))
+        else:
+            yield conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
         return
     for i in range(0, len(rows), _SQLITE_ROWS):
         part = rows[i:i + _SQLITE_ROWS]

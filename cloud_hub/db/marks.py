@@ -162,9 +162,13 @@ def advance_marks(
                     else rows)
     runs = runs or {}
     for stream in Stream:
-        params = [{"b_device": k.device_id, "b_epoch": k.epoch, "b_stream": k.stream.value,
-                   "b_run_start": run[0] if run else None, "b_run_end": run[1] if run else None}
-                  for k in keys if k.stream is stream for run in (runs.get(k),)]
+        params = []
+        for k in keys:
+            if k.stream is stream:
+                start, end = runs.get(k, (None, None))
+                params.append({"b_device": k.device_id, "b_epoch": k.epoch,
+                               "b_stream": k.stream.value, "b_run_start": start,
+                               "b_run_end": end})
         if not params:
             continue
         if pg:
