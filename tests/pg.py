@@ -45,14 +45,9 @@ def made_pg_database(prefix: str = "edgeloop_t_") -> Iterator[str]:
 def hub_engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
     """The hub's engine on SQLite (a file in ``tmp_path``) or on a PostgreSQL database of its
     own (``kind`` "sqlite" or "postgresql"), disposed of on exit."""
-    if kind == "sqlite":
-        made = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-        try:
-            yield made
-        finally:
-            made.dispose()
-        return
-    with made_pg_database() as url:
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
+               else stack.enter_context(made_pg_database()))
         made = make_engine(url)
         try:
             yield made
