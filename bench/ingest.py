@@ -18,7 +18,8 @@ for the run and dropped after). For each database and batch size (readings per m
 
 At batch 10 it also finds the saturation rate: a ramp of paced runs around the held rate, each
 ``--saturation-window`` long, keeping up when the backlog's least-squares slope is under 2% of
-the offered rate. It then offers twice that for ``--overload`` seconds:
+the offered rate, then bisection until the rate that fell behind is within 3% above it. It
+then offers twice that for ``--overload`` seconds:
 ``overload_stored_ratio`` = the stored rate during the overload / the saturation rate
 (``overload_offered_ratio``: what the broker acknowledged from the publishers meanwhile, the
 same way; about 2), the hub's peak RSS, and what is lost once the load ends. On
@@ -556,33 +557,49 @@ def find_saturation(broker: Broker, hubs: Hubs, plan: FloodPlan, flood: dict[str
                     ) -> tuple[float, list[dict[str, Any]]]:
     """The highest offered rate at which the backlog does not grow, from a ramp of paced runs
     around the held flood's stored rate T (0.85 T, 0.95 T, 1.05 T, ...; below 0.85 T in steps
-    of 10% when that one does not keep up). A run keeps up when its backlog grew by less than
-    2% of the offered rate per second, least squares over ``--saturation-window`` seconds
-    (a short run cannot tell a slow growth from noise)."""
+    of 10% when that one does not keep up), then halving the gap between the highest rate that
+    kept up and the lowest that did not until it is under ``--saturation-resolution`` (a 10%
+    step alone would leave the rate up to 10% under the hub's, and the overload's ratio that
+    much too kind). A run keeps up when its backlog grew by less than 2% of the offered rate per
+    second, least squares over ``--saturation-window`` seconds (a short run cannot tell a slow
+    growth from noise)."""
     capacity = flood["messages_per_s"]
     steps: list[dict[str, Any]] = []
-    best = 0.0
-    factor, going = 0.85, +1
-    for _ in range(opts.saturation_steps):
-        rate = capacity * factor
-        console.print(f"  paced run at {rate:,.0f} msg/s ({factor:.2f} of the held rate) for "
+
+    def paced(rate: float, label: str) -> bool:
+        console.print(f"  paced run at {rate:,.0f} msg/s ({label}) for "
                       f"{opts.saturation_window:g} s")
         run = measure(broker, hubs, _rated(plan, rate), warmup_s=opts.warmup,
                       window_s=opts.saturation_window)
         run["keeps_up"] = run["backlog_slope_per_s"] <= 0.02 * rate
         steps.append(run)
-        if run["keeps_up"]:
+        return bool(run["keeps_up"])
+
+    best, above = 0.0, float("inf")  # the highest rate kept up, the lowest not kept up
+    factor, going = 0.85, +1
+    for _ in range(opts.saturation_steps):
+        rate = capacity * factor
+        if paced(rate, f"{factor:.2f} of the held rate"):
             best = max(best, rate)
             if going < 0:
                 break
             factor += 0.1
         else:
+            above = min(above, rate)
             if best or factor <= 0.35:
                 break
             going = -1
             factor -= 0.1
     if not best:  # nothing kept up: what the hub stored when offered the least of them
-        best = min(s["messages_per_s"] for s in steps)
+        return round(min(s["messages_per_s"] for s in steps), 1), steps
+    for _ in range(opts.saturation_bisections):
+        if above == float("inf") or above <= best * (1 + opts.saturation_resolution):
+            break
+        rate = (best + above) / 2
+        if paced(rate, f"between {best:,.0f} and {above:,.0f}"):
+            best = rate
+        else:
+            above = rate
     return round(best, 1), steps
 
 
@@ -620,6 +637,11 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--overload", type=float, default=60.0, help="seconds at 2x saturation")
     p.add_argument("--saturation-steps", type=int, default=4)
+    p.add_argument("--saturation-resolution", type=float, default=0.03,
+                   help="refine the saturation rate until the lowest rate that fell behind is "
+                        "within this fraction above it")
+    p.add_argument("--saturation-bisections", type=int, default=3,
+                   help="at most this many paced runs to refine it (0: the 10%% ramp alone)")
     p.add_argument("--saturation-window", type=float, default=30.0,
                    help="measured window of each paced run of the saturation ramp (s)")
     p.add_argument("--saturation-rate", type=float, default=None,

@@ -4,13 +4,18 @@ the overload is set against the CPU of the run that found the saturation rate.""
 
 from __future__ import annotations
 
+import argparse
+import io
 from pathlib import Path
+from typing import Any
 
+from rich.console import Console
 from sqlmodel import Session, select
 
 from bench.ingest import enroll
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import Enrollment, enrolled_among
+from simulator.flood import FloodPlan
 
 
 def test_bench_enroll_records_registry_only_devices(tmp_path: Path) -> None:
@@ -71,3 +76,45 @@ def test_bench_sets_two_hubs_against_one_on_postgresql_at_batch_10() -> None:
     assert got["one_hub_messages_per_s_batch10"] == 10000.0, "the worse database"
     one = summarize(cases, None, rollup_ms=None)
     assert one["two_hub_scaling"] is None and one["two_hub_per_cpu_s_ratio"] is None
+
+
+
+def test_bench_saturation_is_refined_past_the_ramps_step(monkeypatch: Any) -> None:
+    """The ramp's 10% steps would leave the saturation rate up to 10% under the hub's capacity;
+    bisection brings the lowest rate that fell behind within 3% above the rate reported. The
+    paced runs here are a stand-in: a hub that keeps up with anything up to ``capacity``."""
+    import bench.ingest as bench
+
+    offered: list[float] = []
+
+    def search(capacity: float, bisections: int = 3) -> float:
+        offered.clear()
+
+        def paced(_broker: Any, _hubs: Any, plan: FloodPlan, **_: Any) -> dict[str, Any]:
+            offered.append(plan.rate)
+            return {"backlog_slope_per_s": 0.0 if plan.rate <= capacity else plan.rate,
+                    "messages_per_s": min(plan.rate, capacity)}
+
+        monkeypatch.setattr(bench, "measure", paced)
+        opts = argparse.Namespace(saturation_steps=4, saturation_window=30.0, warmup=5.0,
+                                  saturation_resolution=0.03, saturation_bisections=bisections)
+        rate, steps = bench.find_saturation(
+            None, None, FloodPlan(rate=0.0), {"messages_per_s": 10_000.0},  # type: ignore[arg-type]
+            opts, Console(file=io.StringIO()))
+        assert [s["keeps_up"] for s in steps] == [r <= capacity for r in offered]
+        return rate
+
+    # Up: 8,500 keeps up, 9,500 does not; 9,000 keeps up, 9,250 does not: 9,000 (1.4% under).
+    assert search(9_100.0) == 9_000.0
+    assert offered == [8_500.0, 9_500.0, 9_000.0, 9_250.0]
+    # Down: 8,500 does not keep up, 7,500 does; then 8,000, 8,250 (3.03% under 8,500), 8,375.
+    assert search(8_300.0) == 8_250.0
+    assert offered == [8_500.0, 7_500.0, 8_000.0, 8_250.0, 8_375.0]
+    for capacity in (4_321.0, 9_999.0, 11_111.0):
+        rate = search(capacity)
+        assert capacity / 1.03 < rate <= capacity
+    # Without bisection, the ramp's step alone: 7,500 for a hub that keeps up with 8,300.
+    assert search(8_300.0, bisections=0) == 7_500.0
+    # A hub that keeps up with every rate of the ramp: its highest, nothing to refine.
+    assert search(50_000.0) == 11_500.0
+    assert len(offered) == 4
