@@ -78,7 +78,6 @@ def test_bench_sets_two_hubs_against_one_on_postgresql_at_batch_10() -> None:
     assert one["two_hub_scaling"] is None and one["two_hub_per_cpu_s_ratio"] is None
 
 
-
 def test_bench_saturation_is_refined_past_the_ramps_step(monkeypatch: Any) -> None:
     """The ramp's 10% steps would leave the saturation rate up to 10% under the hub's capacity;
     bisection brings the lowest rate that fell behind within 3% above the rate reported. The
