@@ -22,6 +22,7 @@ from cloud_hub.core.states import KeyStatus
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
+from cloud_hub.db.wal import WalCheckpointer
 from cloud_hub.drift.loop import RetrainLoop
 from cloud_hub.identity.enrollment import DeviceEnrollment
 from cloud_hub.identity.enrollment_jobs import EnrollmentJobs
@@ -63,6 +64,7 @@ class Hub:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = engine or make_engine(settings.resolved_database_url)
+        self.checkpointer = WalCheckpointer(self.engine)
         self.keys = HubKeys(self.engine, keys_dir=settings.data_dir / "keys",
                             first_key_path=settings.resolved_signing_key_path)
         self.topics = settings.topics
@@ -235,6 +237,7 @@ class Hub:
         subscriptions. A broker that is down does not stop the hub: it serves its API and
         connects in the background (``/health`` says whether MQTT is up)."""
         self.ensure_admin_key()
+        self.checkpointer.start()
         self.ingest.start()
         self.acks.start()
         self.mqtt.start()
@@ -285,6 +288,7 @@ class Hub:
         self.ingest.stop(timeout)
         self.acks.stop(timeout)
         self.mqtt.stop(timeout, announce=announce)
+        self.checkpointer.stop(timeout)
         self.enrollment.close()
         self.engine.dispose()
 

@@ -16,6 +16,7 @@ import cloud_hub.db.ops_tables  # noqa: F401
 import cloud_hub.db.registry_tables  # noqa: F401
 import cloud_hub.db.rollup_tables  # noqa: F401
 import cloud_hub.db.tables  # noqa: F401
+from cloud_hub.db.wal import AUTOCHECKPOINT_PAGES
 
 __all__ = ["make_engine"]
 
@@ -57,6 +58,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # on SQLite, the overload after the held flood and the saturation ramp: 13,119 and 15,072
     # messages per hub CPU-second against 12,440 and 12,495 without; hub RSS +70-90 MB.
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    # The hub checkpoints in a thread of its own (cloud_hub/db/wal.py); this is the safety net.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cursor.close()
 
 

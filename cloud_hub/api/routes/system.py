@@ -50,6 +50,7 @@ def metrics(hub: HubDep, _key: ReadKey) -> dict[str, object]:
     data = hub.ingest.snapshot()
     data.update(hub.acks.snapshot())
     data.update(hub.retained.snapshot())
+    data.update(hub.checkpointer.snapshot())
     data["publisher_connected"] = hub.publisher.connected
     data["uptime_s"] = time.time() - hub.started_at if hub.started_at else 0.0
     return data
