@@ -64,6 +64,7 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         connection: Any = None
+        failing = False
         try:
             while not self._stop.wait(self._interval):
                 try:
@@ -72,10 +73,17 @@ class WalCheckpointer:
                     self.checkpoint(connection)
                 except Exception as exc:  # a locked or vanished file must not end the thread
                     self.failures += 1
-                    log.warning("WAL checkpoint failed (%s); trying again", exc)
+                    if not failing:  # once per run of failures, not four times a second
+                        log.warning("WAL checkpoint failed (%s); trying again every %.2f s",
+                                    exc, self._interval)
+                    failing = True
                     if connection is not None:
                         connection.invalidate()
                         connection = None
+                    continue
+                if failing:
+                    log.info("WAL checkpoints work again (%d failures so far)", self.failures)
+                    failing = False
         finally:
             if connection is not None:
                 connection.close()

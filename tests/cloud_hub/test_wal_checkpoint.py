@@ -4,6 +4,7 @@ copied into the database file beside ingest, and a commit checkpoints by itself 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_the_net_checkpoints_when_no_checkpointer_runs(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_a_failing_checkpoint_does_not_end_the_thread(tmp_path: Path) -> None:
+def test_a_failing_checkpoint_does_not_end_the_thread(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "hub.db"
     engine = make_engine(f"sqlite:///{path}")
     checkpointer = WalCheckpointer(engine, interval_s=0.05)
@@ -104,6 +106,7 @@ def test_a_failing_checkpoint_does_not_end_the_thread(tmp_path: Path) -> None:
         return real(connection)
 
     checkpointer.checkpoint = flaky  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="cloud_hub.db.wal")
     try:
         _fill(engine, 2000)
         assert not _copied(engine, path)
@@ -114,6 +117,9 @@ def test_a_failing_checkpoint_does_not_end_the_thread(tmp_path: Path) -> None:
     finally:
         checkpointer.stop()
         engine.dispose()
+    failed = [r for r in caplog.records if "WAL checkpoint failed" in r.getMessage()]
+    assert len(failed) == 1 and "disk I/O error" in failed[0].getMessage()  # once per run
+    assert any("work again" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:",
