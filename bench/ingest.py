@@ -36,6 +36,8 @@ between runs. Writes reports/bench/ingest.json and prints a table.
     .venv/bin/python bench/ingest.py                     # the full run (about 20 minutes)
     .venv/bin/python bench/ingest.py --duration 8 --settle 0 --quick   # a quick look
     .venv/bin/python bench/ingest.py --quick --encoding msgpack   # telemetry in MessagePack
+    # a fleet's shape: 10,000 devices, each in about one message of a batch (not four)
+    .venv/bin/python bench/ingest.py --quick --databases postgresql --batches 10 --devices 10000
     # the overload phase alone, at 2 x 4,000 msg/s for 60 s, after a 10-s held flood:
     .venv/bin/python bench/ingest.py --databases sqlite --batches 10 --duration 10 --settle 0 \
         --saturation-rate 4000 --overload 60 --skip-two-hubs --skip-rollups
@@ -660,6 +662,10 @@ def main() -> int:
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--batches", default="10,100")
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices the load is spread over (default: 100 on SQLite, 1,000 on "
+                        "PostgreSQL and for two hubs); each device costs the hub a watermark "
+                        "and a counter per batch it is in, and an acknowledgement a second")
     p.add_argument("--encoding", choices=("json", "msgpack"), default="json",
                    help="how the publishers encode telemetry (shared/packed.py)")
     p.add_argument("--quick", action="store_true",
@@ -675,12 +681,12 @@ def main() -> int:
     cases = []
     for db_kind in args.databases.split(","):
         for readings in (int(b) for b in args.batches.split(",")):
-            devices = 100 if db_kind == "sqlite" else 1000
+            devices = args.devices or (100 if db_kind == "sqlite" else 1000)
             cases.append(run_case(db_kind, readings, devices, args, console,
                                   saturation=not args.quick and readings == 10))
     two_hubs = None
     if not args.quick and not args.skip_two_hubs and "postgresql" in args.databases:
-        two_hubs = run_two_hubs(10, 1000, args, console)
+        two_hubs = run_two_hubs(10, args.devices or 1000, args, console)
     rollup_ms = None
     if "postgresql" in args.databases and not args.skip_rollups:
         rollup_ms = measure_rollup_query(console, devices=100, days=30)

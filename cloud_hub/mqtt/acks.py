@@ -93,13 +93,14 @@ class AckPublisher:
         with Session(self._engine) as session:
             acks = acks_for(session, due.items(), at=time.time())
         topics = self._connection.topics
-        sent = 0
-        size = 0
-        for ack in acks:
-            payload = encode(ack)
-            self._connection.publish(topics.ack(ack.device_id), payload, qos=0, retain=True)
-            sent += 1
-            size += len(payload)
+        messages = [(topics.ack(ack.device_id), encode(ack)) for ack in acks]
+        if not self._connection.publish_many(messages, retain=True):
+            with self._lock:  # the connection went meanwhile: answer them after it is back
+                for device_id, epoch in due.items():
+                    self._touched.setdefault(device_id, epoch)
+            return
+        sent = len(messages)
+        size = sum(len(payload) for _, payload in messages)
         with self._lock:
             for device_id in due:
                 self._last[device_id] = now

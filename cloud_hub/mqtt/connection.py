@@ -171,6 +171,10 @@ class HubConnection:
                 retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
+    def publish_many(self, messages: list[tuple[str, bytes]], *, retain: bool = False) -> bool:
+        """QoS 0, in one write (:meth:`LeanClient.publish_many`); False when not connected."""
+        return self._client.publish_many(messages, retain=retain)
+
     def publish_all(self, messages: list[tuple[str, bytes]], *, timeout: float,
                     retain: bool = True) -> None:
         """Publish at QoS 1 and wait for every PUBACK; raises :class:`PublishError`."""
