@@ -216,6 +216,14 @@ class Hubs:
     def stored(self) -> int:
         return sum(m["telemetry_batches"] + m["duplicates"] for m in self.metrics())
 
+    def counters(self) -> dict[str, int]:
+        """What the hubs counted, summed: ``telemetry_batches`` (each stored once),
+        ``duplicates`` (messages found stored already: in the bench, whose publishers never
+        resend, the broker's redeliveries after a hub reconnected) and ``commit_errors``."""
+        got = self.metrics()
+        return {k: sum(int(m[k]) for m in got)
+                for k in ("telemetry_batches", "duplicates", "commit_errors")}
+
     def database_cpu_s(self) -> float:
         return _database_cpu_s(self.db.url)
 
@@ -243,12 +251,15 @@ def _count_in_database(hubs: Hubs, db: Database) -> dict[str, int]:
     engine = create_engine(_database_url(hubs, db))
     try:
         with engine.connect() as conn:
-            rows, readings = conn.execute(text(
-                "SELECT count(*), coalesce(sum(readings), 0) FROM telemetry")).one()
-            batches_counted, readings_counted = conn.execute(text(
-                "SELECT coalesce(sum(telemetry_batches), 0), "
-                "coalesce(sum(telemetry_readings), 0) FROM devices")).one()
-            dead = conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one()
+            # One statement, so one snapshot: the rows and the devices' counters as of one
+            # moment, even if a hub still commits (two statements could fall either side of
+            # a commit and show rows missing that its counters already count).
+            rows, readings, batches_counted, readings_counted, dead = conn.execute(text(
+                "SELECT (SELECT count(*) FROM telemetry), "
+                "(SELECT coalesce(sum(readings), 0) FROM telemetry), "
+                "(SELECT coalesce(sum(telemetry_batches), 0) FROM devices), "
+                "(SELECT coalesce(sum(telemetry_readings), 0) FROM devices), "
+                "(SELECT count(*) FROM dead_letters)")).one()
     finally:
         engine.dispose()
     return {"rows": int(rows), "readings": int(readings), "device_batches": int(batches_counted),
@@ -326,7 +337,7 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     """Offer ``plan`` (at its rate, or holding a backlog) to running hubs: the stored rate and
     the backlog's slope over the window, then drain and count what the broker dropped."""
     publishers = Publishers(plan, _connect(broker, plan.processes))
-    stored0 = hubs.stored()
+    stored0, counters0 = hubs.stored(), hubs.counters()
     drops0 = broker_drop_lines(broker)
     if held is not None:
         publishers.set_rate(held.rate(0.0, 0))
@@ -370,20 +381,27 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     # the bench's publishers do not resend as agents do. Then stop as soon as the hub has
     # stored what the broker still held (no progress for ``stall_s``); the database's count
     # says how many were lost.
+    # Stored once, not stored or found stored already: a message the broker delivered again
+    # (after the hub reconnected) counts once, so the hub is not taken for done while it still
+    # stores what the broker held (the database's count would then race its last commits).
+    def unique() -> int:
+        return hubs.counters()["telemetry_batches"] - counters0["telemetry_batches"]
+
     deadline = time.monotonic() + drain_timeout_s
-    last, progressed = hubs.stored(), time.monotonic()
-    while last - stored0 < offered and time.monotonic() < deadline:
+    last, progressed = unique(), time.monotonic()
+    while last < offered and time.monotonic() < deadline:
         rss_max, broker_rss_max = max(rss_max, hubs.rss()), max(broker_rss_max, _rss(broker.pid))
         time.sleep(0.5)
-        now_stored = hubs.stored()
+        now_stored = unique()
         if now_stored != last:
             last, progressed = now_stored, time.monotonic()
         if broker_drop_lines(broker) > drops0 and time.monotonic() - progressed > stall_s:
             log.warning("the broker dropped messages for the hub; %d of %d stored, no "
-                        "progress for %.0f s: not waiting for the rest", last - stored0,
-                        offered, stall_s)
+                        "progress for %.0f s: not waiting for the rest", last, offered,
+                        stall_s)
             break
-    drained = hubs.stored() - stored0 >= offered
+    counters1 = hubs.counters()
+    drained = counters1["telemetry_batches"] - counters0["telemetry_batches"] >= offered
     dt = t1 - t0
     stored, cpu, pub_cpu = int(s1 - s0), c1 - c0, p1 - p0
     acked_in_window = acked_t1 - acked0
@@ -413,6 +431,9 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
         "machine_busy_cores": round((m1 - m0) / dt, 2),
         "hub_rss_bytes_max": rss_max, "broker_rss_bytes_max": broker_rss_max,
         "published": offered, "drained": drained,
+        # Redeliveries the hub found stored already, and commits that failed and were retried.
+        "hub_duplicates": counters1["duplicates"] - counters0["duplicates"],
+        "hub_commit_errors": counters1["commit_errors"] - counters0["commit_errors"],
         "broker_drop_log_lines": broker_drop_lines(broker) - drops0,
         "publisher_errors": report.errors[:5], "publisher_in_doubt": report.in_doubt,
         "load_average": _load(),
@@ -789,6 +810,10 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
                                        if two_hubs and busy else None),
         "lost": sum(c["lost"] for c in every),
         "duplicates": sum(c["duplicates"] for c in every),
+        # Not a defect by themselves (each was stored once): how often the broker delivered
+        # again what a hub had stored, and how often a hub's commit failed and was retried.
+        "hub_duplicates": sum(p.get("hub_duplicates", 0) for p in _phases(every)),
+        "hub_commit_errors": sum(p.get("hub_commit_errors", 0) for p in _phases(every)),
         "hub_rss_bytes_max": _worst([c["flood"]["hub_rss_bytes_max"] for c in every]
                                     + [o["hub_rss_bytes_max"] for o in overloads], max),
         "overload_stored_ratio": _worst([o.get("stored_ratio") for o in overloads]),
@@ -804,6 +829,12 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
         "rollup_query_ms": rollup_ms,
         "ok": all(c["ok"] for c in every),
     }
+
+
+def _phases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured phases of the cases: each one's flood, paced runs and overload."""
+    return [p for c in cases
+            for p in [c["flood"], *c.get("saturation_steps", []), c.get("overload")] if p]
 
 
 def print_table(console: Console, result: dict[str, Any]) -> None:
@@ -859,7 +890,9 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                           f"{o['hub_missing_batches']}, hub peak RSS "
                           f"{o['hub_rss_bytes_max'] / 2**20:.0f} MB, broker peak RSS "
                           f"{o['broker_rss_bytes_max'] / 2**20:.0f} MB, lost after the load "
-                          f"{o['lost']} (load {o['load_average']}, speed probe "
+                          f"{o['lost']}, redeliveries the hub found stored "
+                          f"{o.get('hub_duplicates')}, commits retried "
+                          f"{o.get('hub_commit_errors')} (load {o['load_average']}, speed probe "
                           f"{o.get('speed_probe_ms')} ms, held flood's "
                           f"{c['flood'].get('speed_probe_ms')} ms)")
     for c in rows:
@@ -869,8 +902,8 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
         "one_hub_messages_per_s_batch10", "one_hub_readings_per_s_batch100",
         "one_hub_messages_per_cpu_s_batch10", "one_hub_readings_per_cpu_s_batch100",
         "two_hub_scaling", "two_hub_per_cpu_s_ratio", "two_hub_machine_busy_cores", "lost",
-        "duplicates", "broker_drop_log_lines", "hub_rss_bytes_max", "broker_rss_bytes_max",
-        "publisher_cpu_us_per_message_batch10",
+        "duplicates", "hub_duplicates", "hub_commit_errors", "broker_drop_log_lines",
+        "hub_rss_bytes_max", "broker_rss_bytes_max", "publisher_cpu_us_per_message_batch10",
         "overload_stored_ratio", "overload_offered_ratio", "overload_lost", "rollup_query_ms",
         "ok")}
     console.print(summary)

@@ -9,13 +9,19 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 from sqlmodel import Session, select
 
 from bench.ingest import enroll
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import Enrollment, enrolled_among
+from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
+from shared.messages import TelemetryBatch
 from simulator.flood import FloodPlan
+from tests.pg import pg_database
+
+__all__ = ["pg_database"]
 
 
 def test_bench_enroll_records_registry_only_devices(tmp_path: Path) -> None:
@@ -117,3 +123,45 @@ def test_bench_saturation_is_refined_past_the_ramps_step(monkeypatch: Any) -> No
     # A hub that keeps up with every rate of the ramp: its highest, nothing to refine.
     assert search(50_000.0) == 11_500.0
     assert len(offered) == 4
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql",
+                                                      marks=pytest.mark.postgres)])
+def test_bench_counts_rows_and_counters_of_the_database(kind: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """What lost and duplicates are computed from: the rows, the readings, the devices'
+    counters and the dead letters, read in one statement (one snapshot)."""
+    from bench.ingest import Database, _count_in_database
+
+    url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
+           else request.getfixturevalue("pg_database"))
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            store_batch(session, IngestBatch(
+                telemetry=[TelemetryBatch(device_id=f"pump-{d}", epoch="0123456789abcdef",
+                                          seq=s, channels=["a"], ts=[float(s), s + 0.5],
+                                          values=[[1.0], [2.0]])
+                           for d in range(3) for s in range(4)],
+                dead_letters=[DeadLetterRecord("t", "bad", b"x", received_at=1.0)]))
+        got = _count_in_database(None, Database(kind, url, lambda: None))  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+    assert got == {"rows": 12, "readings": 24, "device_batches": 12, "device_readings": 24,
+                   "dead_letters": 1}
+
+
+def test_bench_sums_the_hubs_redeliveries_and_retried_commits_over_every_phase() -> None:
+    from bench.ingest import summarize
+
+    flood = {"messages_per_s": 1000.0, "readings_per_s": 10000.0, "messages_per_cpu_s": 2000.0,
+             "machine_busy_cores": 1.0, "hub_rss_bytes_max": 1, "broker_rss_bytes_max": 1,
+             "publisher_cpu_us_per_message": 10.0, "hub_duplicates": 0, "hub_commit_errors": 1}
+    case = {"database": "postgresql", "readings_per_message": 10, "flood": flood, "lost": 0,
+            "duplicates": 0, "ok": True,
+            "saturation_steps": [{"hub_duplicates": 5, "hub_commit_errors": 0}],
+            "overload": {"hub_duplicates": 7, "hub_commit_errors": 2, "hub_rss_bytes_max": 1,
+                         "broker_rss_bytes_max": 1, "stored_ratio": 0.9,
+                         "offered_ratio": 2.0, "lost": 0, "broker_drop_log_lines": 0}}
+    got = summarize([case], None, rollup_ms=None)
+    assert (got["hub_duplicates"], got["hub_commit_errors"]) == (12, 3)
