@@ -214,7 +214,8 @@ class Hubs:
         return out
 
     def stored(self) -> int:
-        return sum(m["telemetry_batches"] + m["duplicates"] for m in self.metrics())
+        counted = self.counters()
+        return counted["telemetry_batches"] + counted["duplicates"]
 
     def counters(self) -> dict[str, int]:
         """What the hubs counted, summed: ``telemetry_batches`` (each stored once),
@@ -337,7 +338,8 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     """Offer ``plan`` (at its rate, or holding a backlog) to running hubs: the stored rate and
     the backlog's slope over the window, then drain and count what the broker dropped."""
     publishers = Publishers(plan, _connect(broker, plan.processes))
-    stored0, counters0 = hubs.stored(), hubs.counters()
+    counters0 = hubs.counters()
+    stored0 = counters0["telemetry_batches"] + counters0["duplicates"]
     drops0 = broker_drop_lines(broker)
     if held is not None:
         publishers.set_rate(held.rate(0.0, 0))

@@ -193,13 +193,13 @@ class StreamMark(SQLModel, table=True):
 # stored in 181 ms instead of 232; of 1,000 devices, 94 instead of 100 (docs/scaling.md).
 # Migration 0012 sets the same on a database made before; pages written before keep theirs
 # until rewritten.
-HOT_UPDATE_TABLES = ("devices", "stream_marks")
 HOT_FILLFACTOR = 30
 _HOT_DDL = DDL(  # type: ignore[no-untyped-call]
     f"ALTER TABLE %(fullname)s SET (fillfactor = {HOT_FILLFACTOR})"
 ).execute_if(dialect="postgresql")
 for _table in (Device.__table__, StreamMark.__table__):  # type: ignore[attr-defined]
     event.listen(_table, "after_create", _HOT_DDL)
+
 
 class DeviceConflict(SQLModel, table=True):
     """A device id that two sources use (see :mod:`cloud_hub.db.conflicts`): what was seen

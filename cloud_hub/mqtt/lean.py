@@ -37,7 +37,6 @@ __all__ = ["LeanClient", "Received"]
 _PUBACK = 0x40
 _PUBACK_PACKET = struct.Struct("!BBH")
 _PUBLISH = 0x30
-_TOPIC_LENGTH = struct.Struct("!H")
 _READ_CHUNK = 1 << 16  # bytes asked of the socket per recv
 _READ_MAX = 1 << 20  # bytes read per call before the packets in them are handled
 
@@ -75,18 +74,6 @@ def _varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
             return value, i + 1
         mult *= 128
     raise ValueError("malformed variable byte integer")
-
-
-def _length(n: int) -> bytes:
-    """An MQTT remaining length (variable byte integer)."""
-    if n > 268_435_455:
-        raise ValueError(f"a packet of {n} bytes is over MQTT's limit")
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 class LeanClient(mqtt.Client):
@@ -218,19 +205,21 @@ class LeanClient(mqtt.Client):
         then); raises ValueError for a topic paho would refuse."""
         if self._sock is None:
             return False
-        first = bytes([_PUBLISH | int(retain)])
+        first = _PUBLISH | int(retain)
         no_properties = b"\x00" if self._protocol == mqtt.MQTTv5 else b""
-        parts: list[bytes] = []
+        packet = bytearray()  # built with paho's own packers, as its _send_publish does
         for topic, payload in messages:
             name = topic.encode("utf-8")
             if not name or b"+" in name or b"#" in name or len(name) > 65535:
                 raise ValueError(f"cannot publish to topic {topic!r}")
-            parts += (first, _length(2 + len(name) + len(no_properties) + len(payload)),
-                      _TOPIC_LENGTH.pack(len(name)), name, no_properties, payload)
-        if not parts:
-            return True
-        info = mqtt.MQTTMessageInfo(0)
-        self._packet_queue(_PUBLISH, b"".join(parts), 0, 0, info)
+            packet.append(first)
+            self._pack_remaining_length(
+                packet, 2 + len(name) + len(no_properties) + len(payload))
+            self._pack_str16(packet, name)
+            packet += no_properties
+            packet += payload
+        if packet:
+            self._packet_queue(_PUBLISH, packet, 0, 0, mqtt.MQTTMessageInfo(0))
         return True
 
     def ack_many(self, mids: Iterable[int]) -> int:
