@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import Float, Integer, String, Table, any_, bindparam, case, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from cloud_hub.db import pg_bulk
@@ -98,7 +99,7 @@ def _add_counts_arrays() -> tuple[Any, Any]:
     """PostgreSQL: lock the rows in device order, then one UPDATE from arrays."""
     k = pg_bulk.unnest_rows(_COUNT_COLUMNS, name="k")
     lock = (select(_c.device_id)
-            .where(_c.device_id == any_(bindparam("ids", type_=pg_bulk.array_param(String))))
+            .where(_c.device_id == any_(bindparam("ids", type_=ARRAY(String))))
             .order_by(_c.device_id).with_for_update())
     seen = k.c.seen
     add = (update(_devices).where(_c.device_id == k.c.d).values(
