@@ -18,7 +18,7 @@ from sqlalchemy import Float, Integer, String, Table, any_, bindparam, case, sel
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
-from cloud_hub.db import pg_bulk
+from cloud_hub.db import pg_bulk, sqlite_many
 from cloud_hub.db.devices import insert_ignoring_conflicts_on
 from cloud_hub.db.tables import Device
 from shared.messages import DeviceStatus, Heartbeat, ModelState, Reported, ReportedModel, Status
@@ -124,7 +124,7 @@ def add_device_counts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         conn.execute(_ADD_COUNTS_ARRAYS,
                      pg_bulk.as_arrays(rows, [n for n, _ in _COUNT_COLUMNS]))
     else:
-        conn.execute(_ADD_COUNTS, list(rows))
+        sqlite_many.executemany(conn, _ADD_COUNTS, rows)
 
 
 _AV = bindparam("av", type_=String)

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from cloud_hub.db import pg_bulk
+from cloud_hub.db import pg_bulk, sqlite_many
 from cloud_hub.db.drift_tables import DriftSummaryRow
 from cloud_hub.db.tables import Anomaly, StreamMark, TelemetryKey
 from shared.messages import Ack, StreamAck
@@ -158,8 +158,10 @@ def advance_marks(
     # the watermarks are computed by statements that start after them (and so see what
     # another writer committed while this one waited).
     upsert = _upsert_statement(dialect)
-    session.execute(upsert, pg_bulk.as_arrays(rows, [n for n, _ in _MARK_COLUMNS]) if pg
-                    else rows)
+    if pg:
+        session.execute(upsert, pg_bulk.as_arrays(rows, [n for n, _ in _MARK_COLUMNS]))
+    else:
+        sqlite_many.executemany(session.connection(), upsert, rows)
     runs = runs or {}
     for stream in Stream:
         params = []
@@ -175,7 +177,7 @@ def advance_marks(
             session.execute(_ADVANCE_ARRAYS[stream],
                             pg_bulk.as_arrays(params, [n for n, _ in _KEY_COLUMNS]))
         else:
-            session.execute(_ADVANCE[stream], params)
+            sqlite_many.executemany(session.connection(), _ADVANCE[stream], params)
 
 
 def stored_runs(stream: Stream, keys: Iterable[tuple[str, str, int]]

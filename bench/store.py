@@ -1,0 +1,237 @@
+"""The ingest transaction alone: where ``store_batch`` spends its time, statement by statement.
+
+No broker and no hub process: batches of telemetry payloads, made the way the flood makes them,
+are decoded with the hub's decoder and stored with ``store_batch`` on the hub's own engine
+(``make_engine``: SQLite in WAL mode, or PostgreSQL with the hub's binary array dumper), in a
+database made for the run by the hub's migrations (a PostgreSQL database is dropped after),
+with the garbage collector tuned as ``cloud-hub serve`` tunes it (``settle_heap``).
+Every statement is timed on the client (its round trip and the server's work); COPY, the
+commit and the Python around them are the rest. Each batch comes from ``--devices`` devices in
+turn, the next seqs of each, so every batch stores new rows and moves the watermarks.
+
+At the end the rows and the device counters are counted: the run fails (exit status 1) unless
+every message was stored once.
+
+    .venv/bin/python bench/store.py      # SQLite and PostgreSQL, 1,000 and 10,000 devices
+    .venv/bin/python bench/store.py --databases postgresql --devices 10000 --batches 40
+
+Compare code by running it from each checkout (``PYTHONPATH`` first); a harness on a bare
+``create_engine`` measures psycopg's own list dumper, which the hub never uses
+(docs/scaling.md). Writes reports/bench/store.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from sqlalchemy import event, func, select  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+from sqlmodel import Session  # noqa: E402
+
+from bench.ingest import database  # noqa: E402
+from cloud_hub.cli.serve import settle_heap  # noqa: E402
+from cloud_hub.db.engine import make_engine  # noqa: E402
+from cloud_hub.db.ingest_store import store_batch  # noqa: E402
+from cloud_hub.db.tables import Device, TelemetryBatchRow  # noqa: E402
+from cloud_hub.mqtt.decoding import decode_batch  # noqa: E402
+from shared.messages import new_epoch  # noqa: E402
+from shared.topics import DeviceTopic, Topics  # noqa: E402
+from simulator.flood import telemetry_payload  # noqa: E402
+
+_PREFIX = "edgeloop/v1"
+
+
+def _statement(text: str) -> str:
+    """A statement's kind: its verb and table (``UPDATE stream_marks``)."""
+    words = text.split()
+    verb = words[0].upper() if words else "?"
+    table = {"INSERT": 2, "UPDATE": 1, "DELETE": 2}.get(verb)
+    if table is None:  # SELECT …: the first table after FROM
+        upper = [w.upper() for w in words]
+        table = upper.index("FROM") + 1 if "FROM" in upper else None
+    name = words[table].strip('"(').split(".")[-1].strip('"') if table is not None else ""
+    return f"{verb} {name}".strip()
+
+
+@contextmanager
+def _timed_statements(engine: Engine) -> Iterator[dict[str, list[float]]]:
+    """Seconds per statement kind, while the block runs (one entry per execution); the time
+    from the start of the last commit is in ``times["commit"][-1]`` once the caller has
+    :func:`_commit_ended`."""
+    times: dict[str, list[float]] = defaultdict(list)
+
+    def before(conn: Any, _cursor: Any, _text: str, *_: Any) -> None:
+        conn.info["bench_t0"] = time.perf_counter()
+
+    def after(conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        times[_statement(text)].append(time.perf_counter() - conn.info.pop("bench_t0"))
+
+    def commit(_conn: Any) -> None:
+        times["commit"].append(time.perf_counter())  # made a duration by _commit_ended
+
+    listeners = (("before_cursor_execute", before), ("after_cursor_execute", after),
+                 ("commit", commit))
+    for name, fn in listeners:
+        event.listen(engine, name, fn)
+    try:
+        yield times
+    finally:
+        for name, fn in listeners:
+            event.remove(engine, name, fn)
+
+
+def _commit_ended(times: dict[str, list[float]]) -> None:
+    """``store_batch`` returned: its commit (started at the last ``commit`` event) is over."""
+    if times.get("commit"):
+        times["commit"][-1] = time.perf_counter() - times["commit"][-1]
+
+
+class _Fleet:
+    """Devices that each send their next seq in turn, ``readings`` x ``channels`` a message."""
+
+    def __init__(self, devices: int, readings: int, channels: int) -> None:
+        self.ids = [f"store-{i:05d}" for i in range(devices)]
+        self.epochs = {d: new_epoch() for d in self.ids}
+        self.seqs = dict.fromkeys(self.ids, 0)
+        self.channels = [f"ch{c}" for c in range(channels)]
+        self.readings = readings
+        self.topics = Topics(_PREFIX)
+        self._next = 0
+        self.t0 = float(int(time.time()) - 86_400)
+
+    def messages(self, count: int) -> list[SimpleNamespace]:
+        out = []
+        for _ in range(count):
+            device = self.ids[self._next % len(self.ids)]
+            self._next += 1
+            seq = self.seqs[device]
+            self.seqs[device] = seq + 1
+            start = self.t0 + seq * self.readings
+            out.append(SimpleNamespace(
+                topic=self.topics.device(device, DeviceTopic.TELEMETRY),
+                payload=telemetry_payload(
+                    device, self.epochs[device], seq, self.channels,
+                    [start + k for k in range(self.readings)],
+                    [[20.0 + 0.001 * ((seq + k + c) % 97) for c in range(len(self.channels))]
+                     for k in range(self.readings)])))
+        return out
+
+
+def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages: int,
+            readings: int, channels: int) -> dict[str, Any]:
+    """Store ``warmup`` + ``batches`` batches; the measured ones timed."""
+    fleet = _Fleet(devices, readings, channels)
+    totals: list[float] = []
+    decode_s: list[float] = []
+    with _timed_statements(engine) as times:
+        for n in range(warmup + batches):
+            if n == warmup:
+                times.clear()
+            wire = fleet.messages(messages)
+            t0 = time.perf_counter()
+            batch, _ = decode_batch(fleet.topics, wire)
+            t1 = time.perf_counter()
+            if batch.dead_letters:
+                raise RuntimeError(f"the decoder refused: {batch.dead_letters[0].reason}")
+            with Session(engine) as session:
+                store_batch(session, batch)
+            _commit_ended(times)
+            if n >= warmup:
+                decode_s.append(t1 - t0)
+                totals.append(time.perf_counter() - t1)
+    statements = {kind: {"ms_per_batch": round(1000 * sum(s) / batches, 2),
+                         "per_batch": round(len(s) / batches, 2)}
+                  for kind, s in sorted(times.items(), key=lambda kv: -sum(kv[1]))}
+    in_statements = sum(v["ms_per_batch"] for v in statements.values())
+    mean_ms = 1000 * statistics.fmean(totals)
+    sent = (warmup + batches) * messages
+    with Session(engine) as session:
+        rows = session.execute(select(func.count()).select_from(TelemetryBatchRow)).scalar_one()
+        counted = session.execute(select(func.coalesce(func.sum(
+            Device.telemetry_batches), 0))).scalar_one()
+    return {
+        "devices": devices, "messages_per_batch": messages, "readings_per_message": readings,
+        "batches": batches,
+        "store_ms_mean": round(mean_ms, 1),
+        "store_ms_median": round(1000 * statistics.median(totals), 1),
+        "decode_ms_mean": round(1000 * statistics.fmean(decode_s), 1),
+        "messages_per_s_stored": round(messages / statistics.fmean(totals)),
+        "statements": statements,
+        "other_ms_per_batch": round(mean_ms - in_statements, 1),
+        "sent": sent, "rows": rows, "counted": counted,
+        "ok": rows == sent and counted == sent,
+    }
+
+
+def print_table(console: Console, result: dict[str, Any]) -> None:
+    kinds: list[str] = []
+    for case in result["cases"]:
+        kinds += [k for k in case["statements"] if k not in kinds]
+    table = Table(title="store_batch alone, ms per batch (statements timed on the client)")
+    for col in ("database", "devices", "msgs", "store", "msg/s", "decode", *kinds,
+                "COPY and Python", "stored once"):
+        table.add_column(col, justify="right")
+    for c in result["cases"]:
+        table.add_row(c["database"], f"{c['devices']:,}", f"{c['messages_per_batch']:,}",
+                      f"{c['store_ms_mean']:.1f}", f"{c['messages_per_s_stored']:,}",
+                      f"{c['decode_ms_mean']:.1f}",
+                      *[f"{c['statements'][k]['ms_per_batch']:.1f}" if k in c["statements"]
+                        else "-" for k in kinds],
+                      f"{c['other_ms_per_batch']:.1f}", "yes" if c["ok"] else "NO")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--devices", default="1000,10000")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=4000, help="messages per batch")
+    parser.add_argument("--readings", type=int, default=10, help="readings per message")
+    parser.add_argument("--channels", type=int, default=9)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "store.json")
+    opts = parser.parse_args(argv)
+    console = Console(width=220)
+    settle_heap()  # the collector tuned as `cloud-hub serve` tunes it
+    cases = []
+    for kind in opts.databases.split(","):
+        for devices in (int(d) for d in opts.devices.split(",")):
+            with tempfile.TemporaryDirectory(prefix="edgeloop-store-") as tmp, \
+                    database(kind, Path(tmp)) as db:
+                engine = make_engine(db.url or f"sqlite:///{tmp}/hub.db")  # migrated
+                try:
+                    case = measure(engine, devices=devices, batches=opts.batches,
+                                   warmup=opts.warmup, messages=opts.messages,
+                                   readings=opts.readings, channels=opts.channels)
+                finally:
+                    engine.dispose()
+            cases.append({"database": kind, **case})
+            console.print(f"{kind}, {devices:,} devices: {case['store_ms_mean']} ms per batch "
+                          f"of {opts.messages:,}")
+    result = {"cases": cases, "ok": all(c["ok"] for c in cases)}
+    print_table(console, result)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"written {opts.out}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
