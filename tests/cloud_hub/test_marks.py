@@ -233,3 +233,36 @@ def test_watermarks_match_a_reference_over_random_batches(engine: Engine) -> Non
             acks = {(a.device_id, a.epoch): a.telemetry.watermark
                     for a in acks_for(session, [k for k in streams if seen[k]], at=0.0)}
         assert acks == {k: expected[k] for k in streams if seen[k]}
+
+
+def test_acknowledgements_of_thousands_of_streams_in_one_call(engine: Engine) -> None:
+    """Keys over more than one statement (SQLite: 2,048 a statement, the last padded to a power
+    of two with a key repeated), a device with two epochs of which one is asked, and a key
+    with no mark: one acknowledgement per key asked that has marks, each from its own."""
+    devices = [f"pump-{i:04d}" for i in range(2500)]
+    _store(engine, *[_t(i % 5, device=d) for i, d in enumerate(devices)],
+           *[_t(s, device=d) for d in devices[:3] for s in range(5) if s != devices.index(d)])
+    _store(engine, _t(0, epoch=NEW, device=devices[7]))
+    wanted = [(d, OLD) for d in devices] + [("pump-none", OLD)]
+    with Session(engine) as session:
+        acks = acks_for(session, wanted, at=1.0)
+    assert [(a.device_id, a.epoch) for a in acks] == [(d, OLD) for d in devices]
+    by_device = {a.device_id: a.telemetry for a in acks}
+    # devices 0-2 hold seqs 0..4; the others one seq i % 5 each, so a watermark only at seq 0
+    assert [by_device[d] for d in devices[:3]] == [StreamAck(watermark=4, top=4)] * 3
+    assert by_device[devices[5]] == StreamAck(watermark=0, top=0)
+    assert by_device[devices[8]] == StreamAck(watermark=-1, top=3)
+
+
+def test_sqlite_looks_each_acknowledged_stream_up_in_its_key(tmp_path: Path) -> None:
+    """Not a scan of every mark per statement (the plan a row-value IN list got)."""
+    from cloud_hub.db.marks import _acks_sqlite
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        with engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + _acks_sqlite(16), ("d", "e") * 16))
+    finally:
+        engine.dispose()
+    assert "SEARCH m USING INDEX" in plan and "SCAN m" not in plan, plan
