@@ -1,12 +1,12 @@
 """One statement for many rows on SQLite, the parameters handed to the driver as they are.
 
 ``conn.execute(stmt, [row, row, …])`` makes SQLAlchemy build every row's parameters in Python
-(``construct_params``, a dict per row, then a list in the statement's order): profiled at
-10,000 devices, about 20 µs a row and some 12,000 rows per batch of 4,000 messages (the marks'
-upsert, their watermarks, the device counters), 40% of ``store_batch`` on SQLite
-(docs/scaling.md). :func:`executemany` compiles the statement once, then gives sqlite3 one
-tuple per row in the compiled order: the row's values, and the constants SQLAlchemy bound in
-the statement itself.
+(``construct_params``, a dict per row, then a list in the statement's order). At 10,000
+devices a batch of 4,000 messages has some 12,000 such rows (the marks' upsert, their
+watermarks, the device counters): ``bench/store.py`` measured 170 ms per batch on SQLite with
+them and 141 ms without (docs/scaling.md). :func:`executemany` compiles the statement once,
+then gives sqlite3 one tuple per row in the compiled order: the row's values, and the
+constants SQLAlchemy bound in the statement itself.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-__all__ = ["executemany"]
+__all__ = ["direct", "executemany"]
 
 _Compiled = tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]
 _cache: dict[tuple[int, tuple[str, ...]], tuple[Any, _Compiled]] = {}
@@ -31,16 +31,18 @@ def executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) 
     compiled text would miss), SQLAlchemy's own way."""
     if not rows:
         return
-    if conn.dialect.name != "sqlite" or conn.get_execution_options().get(
-            "schema_translate_map"):
+    if not direct(conn):
         conn.execute(stmt, list(rows))
         return
     text, make = _compiled(conn, stmt, tuple(rows[0]))
     conn.exec_driver_sql(text, [make(r) for r in rows])
 
 
-def _converted(processor: Callable[[Any], Any] | None, value: Any) -> Any:
-    return value if processor is None else processor(value)
+def direct(conn: Connection) -> bool:
+    """Whether SQL text written for SQLite's tables can go to ``conn``'s driver as it is: a
+    SQLite connection without a schema translation (which only compiled statements get)."""
+    return conn.dialect.name == "sqlite" and not conn.get_execution_options().get(
+        "schema_translate_map")
 
 
 def _compiled(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Compiled:
@@ -60,8 +62,8 @@ def _compiled(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Compiled:
         made = itemgetter(*names)
     else:
         # values bound in the statement itself (literals in a CASE, say), converted once
-        fixed = {n: _converted(processors.get(n), compiled.binds[n].effective_value)
-                 for n in names if n not in keys}
+        fixed = {n: compiled.binds[n].effective_value for n in names if n not in keys}
+        fixed = {n: processors[n](v) if n in processors else v for n, v in fixed.items()}
         plan = [(n, processors.get(n), n in keys) for n in names]
         made = lambda r: tuple([(p(r[n]) if p is not None else r[n]) if mine  # noqa: E731
                                 else fixed[n] for n, p, mine in plan])
