@@ -16,9 +16,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud_hub.db import sqlite_many
 from cloud_hub.db.device_updates import _ADD_COUNTS
-from cloud_hub.db.engine import make_engine
 from cloud_hub.db.marks import _ADVANCE, Stream, _upsert_statement
 from cloud_hub.db.tables import Device, StreamMark, TelemetryKey
+from tests.pg import hub_engine
 
 pytestmark = pytest.mark.hub
 
@@ -27,21 +27,14 @@ _devices = Device.__table__  # type: ignore[attr-defined]
 _EPOCH = "0123456789abcdef"
 
 
-def _engine(path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{path}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
     """Two hub databases, one written the fast way and one SQLAlchemy's way."""
-    fast, slow = _engine(tmp_path / "fast.db"), _engine(tmp_path / "slow.db")
-    yield next(fast), next(slow)
-    for e in (fast, slow):
-        next(e, None)
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "slow").mkdir()
+    with hub_engine("sqlite", tmp_path / "fast") as fast, \
+            hub_engine("sqlite", tmp_path / "slow") as slow:
+        yield fast, slow
 
 
 def _driver_statements(engine: Engine) -> list[bool]:
@@ -104,7 +97,7 @@ def test_rows_end_as_sqlalchemy_leaves_them(pair: tuple[Engine, Engine]) -> None
 
 def test_a_statement_not_for_sqlite_goes_sqlalchemy_s_way(tmp_path: Path) -> None:
     """With a schema translation the compiled text would name the wrong tables."""
-    for engine in _engine(tmp_path / "hub.db"):
+    with hub_engine("sqlite", tmp_path) as engine:
         translated = engine.execution_options(schema_translate_map={None: "main"})
         through_driver = _driver_statements(engine)
         with translated.begin() as conn:
