@@ -54,8 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +70,11 @@ from sqlmodel import Session  # noqa: E402
 
 from cloud_hub.core.config import Settings  # noqa: E402
 from shared.topics import DeviceTopic, TopicAccess  # noqa: E402
+from simulator.bench_database import Database, database  # noqa: E402
 from simulator.broker import Broker  # noqa: E402
 from simulator.flood import FloodPlan, FloodReport, Publishers  # noqa: E402
 from simulator.hub_process import HubProcess  # noqa: E402
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 TICK = os.sysconf("SC_CLK_TCK")
 log = logging.getLogger("bench.ingest")
 
@@ -152,30 +151,6 @@ def speed_probe_ms() -> float:
     for i in range(50_000):
         table[i % 1000] = table.get(i % 1000, 0.0) + i * 1.5
     return round((time.process_time() - began) * 1000, 2)
-
-
-@dataclass
-class Database:
-    kind: str  # sqlite | postgresql
-    url: str | None  # None: the hub's default SQLite file
-    cleanup: Callable[[], None]
-
-
-@contextmanager
-def database(kind: str, work: Path) -> Iterator[Database]:
-    if kind == "sqlite":
-        yield Database(kind, None, lambda: None)
-        return
-    name = f"edgeloop_bench_{secrets.token_hex(4)}"
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield Database(kind, f"{PG_SERVER}/{name}", lambda: None)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Hubs:

@@ -44,7 +44,6 @@ from sqlalchemy import event, func, select  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
-from bench.ingest import database  # noqa: E402
 from cloud_hub.cli.serve import settle_heap  # noqa: E402
 from cloud_hub.db.engine import make_engine  # noqa: E402
 from cloud_hub.db.ingest_store import store_batch  # noqa: E402
@@ -52,6 +51,7 @@ from cloud_hub.db.tables import Device, TelemetryBatchRow  # noqa: E402
 from cloud_hub.mqtt.decoding import decode_batch  # noqa: E402
 from shared.messages import new_epoch  # noqa: E402
 from shared.topics import DeviceTopic, Topics  # noqa: E402
+from simulator.bench_database import database  # noqa: E402
 from simulator.flood import telemetry_payload  # noqa: E402
 
 _PREFIX = "edgeloop/v1"

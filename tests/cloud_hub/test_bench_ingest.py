@@ -131,7 +131,8 @@ def test_bench_counts_rows_and_counters_of_the_database(kind: str, tmp_path: Pat
                                                          request: pytest.FixtureRequest) -> None:
     """What lost and duplicates are computed from: the rows, the readings, the devices'
     counters and the dead letters, read in one statement (one snapshot)."""
-    from bench.ingest import Database, _count_in_database
+    from bench.ingest import _count_in_database
+    from simulator.bench_database import Database
 
     url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
            else request.getfixturevalue("pg_database"))
@@ -144,7 +145,7 @@ def test_bench_counts_rows_and_counters_of_the_database(kind: str, tmp_path: Pat
                                           values=[[1.0], [2.0]])
                            for d in range(3) for s in range(4)],
                 dead_letters=[DeadLetterRecord("t", "bad", b"x", received_at=1.0)]))
-        got = _count_in_database(None, Database(kind, url, lambda: None))  # type: ignore[arg-type]
+        got = _count_in_database(None, Database(kind, url))  # type: ignore[arg-type]
     finally:
         engine.dispose()
     assert got == {"rows": 12, "readings": 24, "device_batches": 12, "device_readings": 24,
