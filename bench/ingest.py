@@ -153,6 +153,11 @@ def speed_probe_ms() -> float:
     return round((time.process_time() - began) * 1000, 2)
 
 
+def _stored(counted: dict[str, int]) -> int:
+    """Messages the hubs took off the broker for good: stored, or found stored already."""
+    return counted["telemetry_batches"] + counted["duplicates"]
+
+
 class Hubs:
     """One or more ``cloud-hub serve`` processes on one broker and one database."""
 
@@ -189,8 +194,7 @@ class Hubs:
         return out
 
     def stored(self) -> int:
-        counted = self.counters()
-        return counted["telemetry_batches"] + counted["duplicates"]
+        return _stored(self.counters())
 
     def counters(self) -> dict[str, int]:
         """What the hubs counted, summed: ``telemetry_batches`` (each stored once),
@@ -314,7 +318,7 @@ def measure(broker: Broker, hubs: Hubs, plan: FloodPlan, *, warmup_s: float, win
     the backlog's slope over the window, then drain and count what the broker dropped."""
     publishers = Publishers(plan, _connect(broker, plan.processes))
     counters0 = hubs.counters()
-    stored0 = counters0["telemetry_batches"] + counters0["duplicates"]
+    stored0 = _stored(counters0)
     drops0 = broker_drop_lines(broker)
     if held is not None:
         publishers.set_rate(held.rate(0.0, 0))

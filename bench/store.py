@@ -29,8 +29,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -69,37 +67,40 @@ def _statement(text: str) -> str:
     return f"{verb} {name}".strip()
 
 
-@contextmanager
-def _timed_statements(engine: Engine) -> Iterator[dict[str, list[float]]]:
-    """Seconds per statement kind, while the block runs (one entry per execution); the time
-    from the start of the last commit is in ``times["commit"][-1]`` once the caller has
-    :func:`_commit_ended`."""
-    times: dict[str, list[float]] = defaultdict(list)
+class _Timer:
+    """Seconds per statement kind (one entry per execution) while listening to ``engine``,
+    and per commit: from the ``commit`` event to :meth:`commit_over`."""
 
-    def before(conn: Any, _cursor: Any, _text: str, *_: Any) -> None:
+    def __init__(self, engine: Engine) -> None:
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self._commit_began: float | None = None
+        self._listeners = ((engine, "before_cursor_execute", self._before),
+                           (engine, "after_cursor_execute", self._after),
+                           (engine, "commit", self._commit))
+
+    def __enter__(self) -> _Timer:
+        for target, name, fn in self._listeners:
+            event.listen(target, name, fn)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for target, name, fn in self._listeners:
+            event.remove(target, name, fn)
+
+    def _before(self, conn: Any, *_: Any) -> None:
         conn.info["bench_t0"] = time.perf_counter()
 
-    def after(conn: Any, _cursor: Any, text: str, *_: Any) -> None:
-        times[_statement(text)].append(time.perf_counter() - conn.info.pop("bench_t0"))
+    def _after(self, conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        self.times[_statement(text)].append(time.perf_counter() - conn.info.pop("bench_t0"))
 
-    def commit(_conn: Any) -> None:
-        times["commit"].append(time.perf_counter())  # made a duration by _commit_ended
+    def _commit(self, _conn: Any) -> None:
+        self._commit_began = time.perf_counter()
 
-    listeners = (("before_cursor_execute", before), ("after_cursor_execute", after),
-                 ("commit", commit))
-    for name, fn in listeners:
-        event.listen(engine, name, fn)
-    try:
-        yield times
-    finally:
-        for name, fn in listeners:
-            event.remove(engine, name, fn)
-
-
-def _commit_ended(times: dict[str, list[float]]) -> None:
-    """``store_batch`` returned: its commit (started at the last ``commit`` event) is over."""
-    if times.get("commit"):
-        times["commit"][-1] = time.perf_counter() - times["commit"][-1]
+    def commit_over(self) -> None:
+        """``store_batch`` returned, so its commit is over."""
+        if self._commit_began is not None:
+            self.times["commit"].append(time.perf_counter() - self._commit_began)
+            self._commit_began = None
 
 
 class _Fleet:
@@ -139,7 +140,8 @@ def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages
     fleet = _Fleet(devices, readings, channels)
     totals: list[float] = []
     decode_s: list[float] = []
-    with _timed_statements(engine) as times:
+    with _Timer(engine) as timer:
+        times = timer.times
         for n in range(warmup + batches):
             if n == warmup:
                 times.clear()
@@ -151,7 +153,7 @@ def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages
                 raise RuntimeError(f"the decoder refused: {batch.dead_letters[0].reason}")
             with Session(engine) as session:
                 store_batch(session, batch)
-            _commit_ended(times)
+            timer.commit_over()
             if n >= warmup:
                 decode_s.append(t1 - t0)
                 totals.append(time.perf_counter() - t1)

@@ -240,9 +240,9 @@ def acks_for(session: Session, device_epochs: Iterable[tuple[str, str]], *,
     found: dict[tuple[str, str], dict[str, StreamAck]] = {}
     marks: Table = StreamMark.__table__  # type: ignore[attr-defined]
     m = marks.c
-    dialect = session.get_bind().dialect.name
-    pg = dialect == "postgresql"
-    driver = dialect == "sqlite" and sqlite_many.direct(session.connection())
+    conn = session.connection()
+    pg = conn.dialect.name == "postgresql"
+    driver = sqlite_many.direct(conn)
     step = 5000 if pg else _SQLITE_ACK_KEYS if driver else 400
     for i in range(0, len(wanted), step):
         part = wanted[i:i + step]
@@ -252,7 +252,7 @@ def acks_for(session: Session, device_epochs: Iterable[tuple[str, str]], *,
         elif driver:
             size = max(16, 1 << (len(part) - 1).bit_length())  # a few texts, kept prepared
             padded = [*part, *[part[-1]] * (size - len(part))]  # a key twice: the same rows
-            rows = session.connection().exec_driver_sql(
+            rows = conn.exec_driver_sql(
                 _acks_sqlite(size), tuple(v for key in padded for v in key)).all()
         else:
             rows = session.execute(select(m.device_id, m.epoch, m.stream, m.watermark, m.top)

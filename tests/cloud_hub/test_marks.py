@@ -258,11 +258,7 @@ def test_sqlite_looks_each_acknowledged_stream_up_in_its_key(tmp_path: Path) -> 
     """Not a scan of every mark per statement (the plan a row-value IN list got)."""
     from cloud_hub.db.marks import _acks_sqlite
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    try:
-        with engine.connect() as conn:
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN " + _acks_sqlite(16), ("d", "e") * 16))
-    finally:
-        engine.dispose()
+    with hub_engine("sqlite", tmp_path) as engine, engine.connect() as conn:
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN " + _acks_sqlite(16), ("d", "e") * 16))
     assert "SEARCH m USING INDEX" in plan and "SCAN m" not in plan, plan
