@@ -82,13 +82,7 @@ class IngestBatch:
 
     def add(self, message: Any) -> None:
         """Put a decoded message in its list (by its type)."""
-        lists: dict[type, list[Any]] = {
-            TelemetryBatch: self.telemetry, PackedTelemetry: self.telemetry,
-            AnomalyEvent: self.anomalies,
-            Status: self.statuses, Heartbeat: self.heartbeats, Reported: self.reported,
-            DriftSummary: self.drift,
-        }
-        lists[type(message)].append(message)
+        getattr(self, _LIST_OF[type(message)]).append(message)
 
     def __len__(self) -> int:
         return sum(
@@ -96,6 +90,12 @@ class IngestBatch:
             for x in (self.telemetry, self.anomalies, self.statuses, self.heartbeats,
                       self.reported, self.drift, self.dead_letters)
         )
+
+
+# The IngestBatch list each decoded message type goes to.
+_LIST_OF: dict[type, str] = {
+    TelemetryBatch: "telemetry", PackedTelemetry: "telemetry", AnomalyEvent: "anomalies",
+    Status: "statuses", Heartbeat: "heartbeats", Reported: "reported", DriftSummary: "drift"}
 
 
 @dataclass(frozen=True)
