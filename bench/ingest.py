@@ -462,7 +462,7 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
     saturation and overload. Everything the broker acknowledged is counted in the database."""
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
         work = Path(tmp)
-        with Broker(workdir=work / "broker") as broker, database(db_kind, work) as db:
+        with Broker(workdir=work / "broker") as broker, database(db_kind) as db:
             hubs = Hubs(broker, db, work).start()
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
@@ -614,7 +614,7 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
                  console: Console) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
         work = Path(tmp)
-        with Broker(workdir=work / "broker") as broker, database("postgresql", work) as db:
+        with Broker(workdir=work / "broker") as broker, database("postgresql") as db:
             hubs = Hubs(broker, db, work, count=2).start()
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
@@ -718,7 +718,7 @@ def measure_rollup_query(console: Console, *, devices: int, days: int,
     from cloud_hub.db.engine import make_engine
     from cloud_hub.maintenance.rollups import _write, read_rollups
 
-    with tempfile.TemporaryDirectory() as tmp, database("postgresql", Path(tmp)) as db:
+    with database("postgresql") as db:
         assert db.url is not None
         engine = make_engine(db.url)
         try:

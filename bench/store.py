@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in opts.databases.split(","):
         for devices in (int(d) for d in opts.devices.split(",")):
             with tempfile.TemporaryDirectory(prefix="edgeloop-store-") as tmp, \
-                    database(kind, Path(tmp)) as db:
+                    database(kind) as db:
                 engine = make_engine(db.url or f"sqlite:///{tmp}/hub.db")  # migrated
                 try:
                     case = measure(engine, devices=devices, batches=opts.batches,

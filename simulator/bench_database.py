@@ -8,7 +8,6 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -24,9 +23,8 @@ class Database:
 
 
 @contextmanager
-def database(kind: str, work: Path) -> Iterator[Database]:
-    """A database of ``kind`` for one run (``work``: the run's directory)."""
-    del work  # SQLite: the hub's file, in its data directory
+def database(kind: str) -> Iterator[Database]:
+    """A database of ``kind`` for one run (SQLite: the hub's file, in its data directory)."""
     if kind == "sqlite":
         yield Database(kind, None)
         return
