@@ -17,7 +17,7 @@ every message was stored once.
 
 Compare code by running it from each checkout (``PYTHONPATH`` first); a harness on a bare
 ``create_engine`` measures psycopg's own list dumper, which the hub never uses
-(docs/scaling.md). Writes reports/bench/store.json and prints a table.
+(docs/ingest-measurements.md). Writes reports/bench/store.json and prints a table.
 """
 
 from __future__ import annotations

@@ -84,9 +84,9 @@ class Settings(BaseSettings):
                     "Receive Maximum); at least INGEST_BATCH_MAX, or batches never fill")
     ingest_batch_wait_s: float = Field(default=0.05, gt=0,
                                        description="longest wait to fill an ingest batch")
-    # Transactions in flight, each on its own connection (cloud_hub/mqtt/ingest.py). Measured
-    # on PostgreSQL (docs/scaling.md): one hub with 2 stored 3-18% more per second for more CPU
-    # per message, and two hubs with 2 each stored 27% less than with 1 each (PostgreSQL's own
+    # Transactions in flight, each on its own connection (cloud_hub/mqtt/ingest.py). Measured on
+    # PostgreSQL (docs/ingest-measurements.md): one hub with 2 stored 3-18% more per second for more
+    # CPU per message, and two hubs with 2 each stored 27% less than with 1 each (PostgreSQL's own
     # CPU per message grew by half). SQLite takes one writer at a time.
     ingest_writers: int = Field(
         default=1, ge=1, le=8,

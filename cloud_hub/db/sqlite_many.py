@@ -4,9 +4,9 @@
 (``construct_params``, a dict per row, then a list in the statement's order). At 10,000
 devices a batch of 4,000 messages has some 12,000 such rows (the marks' upsert, their
 watermarks, the device counters): ``bench/store.py`` measured 170 ms per batch on SQLite with
-them and 141 ms without (docs/scaling.md). :func:`executemany` compiles the statement once,
-then gives sqlite3 one tuple per row in the compiled order: the row's values, and the
-constants SQLAlchemy bound in the statement itself.
+them and 141 ms without (docs/ingest-measurements.md). :func:`executemany` compiles the
+statement once, then gives sqlite3 one tuple per row in the compiled order: the row's values,
+and the constants SQLAlchemy bound in the statement itself.
 """
 
 from __future__ import annotations

@@ -190,7 +190,8 @@ class StreamMark(SQLModel, table=True):
 # fillfactor, 100) an update found no room on its page: a new index entry per update (not HOT),
 # and tables swollen with dead rows (10,000 marks on 2,550 pages instead of 170). With pages
 # kept 70% free, every update stays on its page (HOT): a 4,000-message batch of 10,000 devices
-# stored in 181 ms instead of 232; of 1,000 devices, 94 instead of 100 (docs/scaling.md).
+# stored in 181 ms instead of 232; of 1,000 devices, 94 instead of 100
+# (docs/ingest-measurements.md).
 # Migration 0012 sets the same on a database made before; pages written before keep theirs
 # until rewritten.
 HOT_FILLFACTOR = 30

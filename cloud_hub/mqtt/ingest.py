@@ -13,13 +13,13 @@ hands batches to N writer threads, each with a connection of its own, so that N 
 are in flight: one writer's Python (decoding, building the statements) runs while another waits
 for PostgreSQL. The store's statements are safe for concurrent writers already (rows locked in
 key order, device counters added in SQL, watermarks recomputed after the lock), as several hub
-processes need. Measured (docs/scaling.md): one hub stored 3-18% more per second with two
-writers, for more CPU per message; two hubs with two writers each stored 27% less than with
-one each, PostgreSQL spending half as much again per message. SQLite has one writer at a time,
-so more writers only wait for its lock. Whichever writer
-commits first, the PUBACKs go out in the order the batches were taken (:class:`_InOrder`), as
-MQTT asks of QoS 1. At most N batches are stored at once and one more waits, so memory stays
-bounded (and the broker's Receive Maximum bounds what is taken).
+processes need. Measured (docs/ingest-measurements.md): one hub stored 3-18% more per second
+with two writers, for more CPU per message; two hubs with two writers each stored 27% less than
+with one each, PostgreSQL spending half as much again per message. SQLite has one writer at a
+time, so more writers only wait for its lock. Whichever writer commits first, the PUBACKs go
+out in the order the batches were taken (:class:`_InOrder`), as MQTT asks of QoS 1. At most N
+batches are stored at once and one more waits, so memory stays bounded (and the broker's
+Receive Maximum bounds what is taken).
 
 Each writer holds one database connection of its own (no pool checkout per batch, and so no
 ``pool_pre_ping`` round trip: profiled, 8% of a PostgreSQL hub's time); the enrollment screen

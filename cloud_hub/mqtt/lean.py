@@ -14,8 +14,8 @@ whole commit as one write. Sending is as dear: a QoS 0 ``publish`` builds an
 ``MQTTMessageInfo`` (another ``Condition``), wakes the loop through the socket pair and is
 written alone, one TLS record each. With 10,000 devices sending about once a second, the hub
 publishes an acknowledgement per message, and that path took two thirds as much of the hub
-as ingest's own thread (docs/scaling.md); :meth:`LeanClient.publish_many` queues a round's
-worth as one write.
+as ingest's own thread (docs/ingest-measurements.md); :meth:`LeanClient.publish_many` queues
+a round's worth as one write.
 
 Everything here depends on paho 2.x internals (``_in_packet``, ``_packet_handle``,
 ``_packet_queue``, ``_sock_recv``); the project pins paho below 3, and the ingest tests

@@ -342,7 +342,7 @@ def test_postgres_telemetry_blobs_are_compressed_with_lz4_however_the_schema_was
 def test_postgres_updates_of_marks_and_device_counters_stay_on_their_page(fresh: str) -> None:
     """The tables every ingest transaction updates keep room on their pages however the schema
     was made (cloud_hub.db.tables.HOT_FILLFACTOR), so that their updates are HOT: at the
-    default fillfactor, about one in ten of these updates was (docs/scaling.md)."""
+    default fillfactor, about one in ten of these updates was (docs/ingest-measurements.md)."""
     devices = [f"pump-{i:04d}" for i in range(1000)]
     with made_pg_database("edgeloop_hot_") as url:
         engine = create_engine(url)
