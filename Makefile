@@ -18,7 +18,7 @@ PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist 
 # The files of the tests marked serial: a new one must be listed here, or it runs nowhere. The
 # workers' run leaves them out: collecting them is not free (schemathesis builds its cases at
 # collection: 7 s of CPU on each worker), and they would only be deselected.
-SERIAL_TESTS := tests/cloud_hub/test_api_schemathesis.py
+SERIAL_TESTS := tests/cloud_hub/test_api_schemathesis.py tests/cloud_hub/test_hot_updates.py
 # The suite starts hundreds of Python processes (pytest and its workers, hubs, agents, CLIs).
 # Without bytecode files each one compiles the project again, and each pytest process rewrites
 # the asserts of every test module and plugin again (edge + shared collection: 10 s -> 6 s CPU).

@@ -23,10 +23,9 @@ from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.migrate import SchemaTooNew, head, state, upgrade
 from cloud_hub.db.partitions import include_name
-from cloud_hub.db.tables import HOT_FILLFACTOR, ApiKey, Device, TelemetryBatchRow
+from cloud_hub.db.tables import ApiKey, Device, TelemetryBatchRow
 from cloud_hub.db.telemetry_read import read_telemetry
 from shared.messages import EPOCH_PATTERN, TelemetryBatch
-from tests.cloud_hub.helpers import wait_for
 from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub
@@ -334,46 +333,5 @@ def test_postgres_telemetry_blobs_are_compressed_with_lz4_however_the_schema_was
                         "SELECT pg_column_compression(values_blob) FROM telemetry")).scalar()
             assert piece.values.tolist() == batch.values and len(stored.values_blob) == 6400
             assert method == "lz4"
-        finally:
-            engine.dispose()
-
-
-@pytest.mark.parametrize("fresh", ["create", "migrate"])
-def test_postgres_updates_of_marks_and_device_counters_stay_on_their_page(fresh: str) -> None:
-    """The tables every ingest transaction updates keep room on their pages however the schema
-    was made (cloud_hub.db.tables.HOT_FILLFACTOR), so that their updates are HOT: at the
-    default fillfactor, about one in ten of these updates was (docs/ingest-measurements.md)."""
-    devices = [f"pump-{i:04d}" for i in range(1000)]
-    with made_pg_database("edgeloop_hot_") as url:
-        engine = create_engine(url)
-        try:
-            upgrade(engine, fresh=fresh)
-            with engine.connect() as conn:
-                options = dict(conn.execute(text(
-                    "SELECT relname, reloptions FROM pg_class WHERE relname IN "
-                    "('devices', 'stream_marks') AND relkind = 'r'")).all())
-            assert options == {"devices": [f"fillfactor={HOT_FILLFACTOR}"],
-                               "stream_marks": [f"fillfactor={HOT_FILLFACTOR}"]}
-            for seq in range(6):
-                with Session(engine) as session:
-                    store_batch(session, IngestBatch(telemetry=[
-                        TelemetryBatch(device_id=d, epoch="0123456789abcdef", seq=seq,
-                                       channels=["a"], ts=[float(seq)], values=[[1.0]])
-                        for d in devices]))
-            # Each batch: per device, one counter update; per mark, the upsert (an update from
-            # the second batch on) and the watermark's.
-            expected = {"devices": 6 * 1000, "stream_marks": (5 + 6) * 1000}
-
-            def updates() -> dict[str, tuple[int, int]]:
-                with engine.connect() as conn:  # the statistics arrive within seconds
-                    rows = {name: (upd, hot) for name, upd, hot in conn.execute(text(
-                        "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
-                        "WHERE relname IN ('devices', 'stream_marks')"))}
-                done = all(rows.get(t, (0, 0))[0] >= n for t, n in expected.items())
-                return rows if done else {}
-
-            counted = wait_for(updates, timeout=60.0, what="the update statistics")
-            for table, (upd, hot) in counted.items():
-                assert hot >= 0.9 * upd, f"{table}: {hot} of {upd} updates were HOT"
         finally:
             engine.dispose()
