@@ -27,6 +27,19 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _wait_delivered(subscriber: _Subscriber, report: FloodReport, stall_s: float = 30.0) -> None:
+    """Wait until ``subscriber`` has every message ``report`` says the broker acknowledged;
+    fail, saying what is missing, once no new message has arrived for ``stall_s``. A stall, not a
+    deadline: a loaded machine delivers a large flood slowly, but a lost message never comes."""
+    last, last_change = -1, time.monotonic()
+    while (n := subscriber.count()) < report.messages:
+        if n != last:
+            last, last_change = n, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            raise AssertionError(f"no delivery for {stall_s:g} s: {subscriber.shortfall(report)}")
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def broker() -> Iterator[Broker]:
     with Broker() as b:
@@ -53,10 +66,12 @@ class _Subscriber:
         topic = broker.topics.all_devices(DeviceTopic.TELEMETRY)
         cred = broker.add_client("test-flood-sub", TopicAccess(publish=(), subscribe=(topic,)))
         self.got: list[TelemetryBatch] = []
+        self.disconnects: list[str] = []  # reason codes: a drop loses what a clean session held
         self.lock = threading.Lock()
         subscribed = threading.Event()
         self.client = broker.client(cred)
         self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.append(str(rc))
         self.client.on_subscribe = lambda *_a: subscribed.set()
         self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
         self.client.connect(broker.host, broker.port)
@@ -73,6 +88,19 @@ class _Subscriber:
     def count(self) -> int:
         with self.lock:
             return len(self.got)
+
+    def shortfall(self, report: FloodReport) -> str:
+        """What the broker acknowledged and this subscriber has not got, for a failure."""
+        with self.lock:
+            seen: dict[str, set[int]] = {}
+            for batch in self.got:
+                seen.setdefault(batch.device_id, set()).add(batch.seq)
+        missing = {d: sorted(set(report.acked_seqs(d)) - seen.get(d, set()))
+                   for d in report.acked}
+        gaps = {d: (len(s), s[:5]) for d, s in missing.items() if s}
+        return (f"got {sum(map(len, seen.values()))} of {report.messages}; missing per device "
+                f"(count, first seqs): {gaps}; disconnects: {self.disconnects}; connected: "
+                f"{self.client.is_connected()}")
 
     def close(self) -> None:
         self.client.disconnect()
@@ -101,7 +129,7 @@ def test_every_acknowledged_seq_reaches_a_subscriber_as_valid_telemetry(
         assert report.errors == []
         assert report.messages >= 3000 and report.in_doubt == 0
         _check_accounting(report, plan)
-        _wait(lambda: subscriber.count() >= report.messages, 30, "every message delivered")
+        _wait_delivered(subscriber, report)
         got: dict[str, list[int]] = {}
         for batch in subscriber.got:
             assert batch.epoch == report.epochs[batch.device_id]
