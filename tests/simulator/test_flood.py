@@ -98,8 +98,8 @@ class _Subscriber:
         missing = {d: sorted(set(report.acked_seqs(d)) - seen.get(d, set()))
                    for d in report.acked}
         gaps = {d: (len(s), s[:5]) for d, s in missing.items() if s}
-        return (f"got {sum(map(len, seen.values()))} of {report.messages}; missing per device "
-                f"(count, first seqs): {gaps}; disconnects: {self.disconnects}; connected: "
+        return (f"got {sum(map(len, seen.values()))} distinct of {report.messages}; missing per "
+                f"device (count, first seqs): {gaps}; disconnects: {self.disconnects}; connected: "
                 f"{self.client.is_connected()}")
 
     def close(self) -> None:
