@@ -4,6 +4,7 @@ a link that points nowhere is found here rather than by a reader."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(page: Path) -> set[str]:
-    """Every heading anchor of ``page``, repeated headings numbered as GitHub does."""
+@functools.cache
+def anchors(page: Path) -> frozenset[str]:
+    """Every heading anchor of ``page``, repeated headings numbered as GitHub does (read once
+    per page, however many links point into it)."""
     seen: dict[str, int] = {}
     out: set[str] = set()
     fenced = False
@@ -38,7 +41,7 @@ def anchors(page: Path) -> set[str]:
         n = seen.get(base, 0)
         seen[base] = n + 1
         out.add(base if n == 0 else f"{base}-{n}")
-    return out
+    return frozenset(out)
 
 
 def local_links(page: Path) -> list[str]:
@@ -56,14 +59,18 @@ def test_anchor_follows_githubs_rules() -> None:
 def test_a_broken_link_is_found(tmp_path: Path) -> None:
     page = tmp_path / "a.md"
     page.write_text("# Title\n\n## Part\n\n[ok](#part) [bad](#nowhere) [gone](b.md)\n")
-    broken = [t for t in local_links(page) if _broken(page, t)]
-    assert broken == ["#nowhere", "b.md"]
+    assert broken_links(page) == ["#nowhere", "b.md"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_local_link_resolves(page: Path) -> None:
-    broken = [t for t in local_links(page) if _broken(page, t)]
+    broken = broken_links(page)
     assert not broken, f"{page.relative_to(REPO)} links to what does not exist: {broken}"
+
+
+def broken_links(page: Path) -> list[str]:
+    """The local links of ``page`` whose file or heading does not exist."""
+    return [t for t in local_links(page) if _broken(page, t)]
 
 
 def _broken(page: Path, target: str) -> bool:
