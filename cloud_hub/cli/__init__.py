@@ -52,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO")
 
     db = sub.add_parser("db", help="the hub's database schema (settings: EDGELOOP_*, like serve)")
-    db.add_argument("action", choices=["upgrade", "current", "revision"],
+    db.add_argument("action", choices=["upgrade", "current", "copy", "revision"],
                     help="upgrade: to this hub's schema (serve does it at start-up); current: "
-                         "the revision it is at; revision: a new migration (developers)")
+                         "the revision it is at; copy: every row of the database --from into "
+                         "this hub's, which must be empty (e.g. SQLite to PostgreSQL; stop the "
+                         "hubs first); revision: a new migration (developers)")
+    db.add_argument("--from", dest="source", metavar="URL",
+                    help="copy: the database to copy from, a SQLAlchemy URL or a SQLite file")
     db.add_argument("-m", "--message", help="revision: what the new migration changes")
 
     t = sub.add_parser("train", help="start a training job and follow its progress")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from cloud_hub.db.tables import TelemetryBatchRow
 
 __all__ = ["DAY", "Partition", "drop_expired", "ensure_days", "include_name", "list_partitions",
-           "partitioned", "qualified"]
+           "make_days", "partitioned", "qualified"]
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,20 @@ def _covered(partitions: Sequence[Partition], lower: float, upper: float) -> boo
 def ensure_days(engine: Engine, *, now: float, ahead: int = 2) -> list[str]:
     """Make the day partitions from yesterday to ``ahead`` days after today (UTC) that no
     partition covers yet, each in a transaction of its own; the names made."""
+    today = dt.datetime.fromtimestamp(now, tz=dt.UTC).date()
+    return make_days(engine, [today + dt.timedelta(days=offset)
+                              for offset in range(-1, ahead + 1)])
+
+
+def make_days(engine: Engine, days: Iterable[dt.date]) -> list[str]:
+    """Make a partition for each of ``days`` that no partition covers yet (moving its rows out
+    of the default partition), each in a transaction of its own; the names made."""
     made: list[str] = []
     with engine.connect() as conn:
         if not partitioned(conn):
             return made
         partitions = list_partitions(conn)
-    today = dt.datetime.fromtimestamp(now, tz=dt.UTC).date()
-    for offset in range(-1, ahead + 1):
-        day = today + dt.timedelta(days=offset)
+    for day in sorted(set(days)):
         lower, upper = _day_start(day), _day_start(day + dt.timedelta(days=1))
         if _covered(partitions, lower, upper):
             continue
