@@ -46,6 +46,7 @@ between runs. Writes reports/bench/ingest.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -54,7 +55,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,20 @@ def speed_probe_ms() -> float:
     return round((time.process_time() - began) * 1000, 2)
 
 
+@contextlib.contextmanager
+def _affinity(cpus: set[int] | None) -> Iterator[None]:
+    """This process on ``cpus`` meanwhile (what it starts inherits them); None: unchanged."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _stored(counted: dict[str, int]) -> int:
     """Messages the hubs took off the broker for good: stored, or found stored already."""
     return counted["telemetry_batches"] + counted["duplicates"]
@@ -161,9 +176,11 @@ def _stored(counted: dict[str, int]) -> int:
 class Hubs:
     """One or more ``cloud-hub serve`` processes on one broker and one database."""
 
-    def __init__(self, broker: Broker, db: Database, work: Path, count: int = 1) -> None:
+    def __init__(self, broker: Broker, db: Database, work: Path, count: int = 1,
+                 cpus: set[int] | None = None) -> None:
         self.procs: list[HubProcess] = []
         self.db = db
+        self.cpus = cpus  # the hubs' CPUs (--pin-hub); None: any
         self.admin_key = "el_" + secrets.token_urlsafe(24)  # never "-..." (an option)
         for i in range(count):
             env = {"EDGELOOP_MQTT_CLIENT_ID": f"bench-hub-{i}"}
@@ -177,7 +194,9 @@ class Hubs:
 
     def start(self) -> Hubs:
         for p in self.procs:  # one at a time: the first creates the schema
-            p.start(timeout=180)
+            with _affinity(self.cpus):  # inherited by the process and all its threads
+                p.launch()
+            p.wait_healthy(180)
         return self
 
     def stop(self) -> None:
@@ -463,7 +482,7 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
         work = Path(tmp)
         with Broker(workdir=work / "broker") as broker, database(db_kind) as db:
-            hubs = Hubs(broker, db, work).start()
+            hubs = Hubs(broker, db, work, cpus=opts.hub_cpus).start()
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers, encoding=opts.encoding)
@@ -615,7 +634,7 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
         work = Path(tmp)
         with Broker(workdir=work / "broker") as broker, database("postgresql") as db:
-            hubs = Hubs(broker, db, work, count=2).start()
+            hubs = Hubs(broker, db, work, count=2, cpus=opts.hub_cpus).start()
             try:
                 plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
                                  processes=opts.publishers, encoding=opts.encoding)
@@ -674,8 +693,20 @@ def main() -> int:
                    help="no saturation/overload and no two-hub run")
     p.add_argument("--skip-rollups", action="store_true",
                    help="do not measure rollup_query_ms (its data takes minutes to generate)")
+    p.add_argument("--pin-hub", action="store_true",
+                   help="a diagnostic, not the issue's method: the hub alone on the first CPU, "
+                        "and the broker, the publishers and the bench on the others, as when "
+                        "the broker and the devices are other machines. PostgreSQL's server "
+                        "is not the bench's and is not moved: use with --databases sqlite")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "ingest.json")
     args = p.parse_args()
+    args.hub_cpus = None
+    if args.pin_hub:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            p.error("--pin-hub needs at least 2 CPUs")
+        args.hub_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))  # the broker and the publishers inherit it
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=170)
     load_before = _load()
@@ -696,7 +727,8 @@ def main() -> int:
     result.update(load_average_before=load_before, load_average_after=_load(),
                   cpu_count=os.cpu_count(), seconds=round(time.time() - started),
                   duration_s=args.duration, settle_s=args.settle, overload_s=args.overload,
-                  publishers=args.publishers, encoding=args.encoding, cases=cases,
+                  publishers=args.publishers, encoding=args.encoding,
+                  hub_cpus=sorted(args.hub_cpus) if args.hub_cpus else None, cases=cases,
                   two_hubs=two_hubs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -77,9 +77,10 @@ def copy_database(source: Engine, target: Engine, *, keep_raw_days: float,
                   batch_rows: int = BATCH_ROWS) -> CopyResult:
     """Copy every row of ``source`` into ``target`` (see the module's text).
 
-    Raises :class:`CopyRefused` before writing anything when the source is not at this code's
-    schema or a hub holds a lease on it, or when the target holds any row;
-    :class:`CopyError` when a row cannot be written (nothing is committed then)."""
+    Raises :class:`CopyRefused` before any row is copied when the source is not at this
+    code's schema or a hub holds a lease on it, or when the target holds any row (the target
+    may have been given this code's schema by then); :class:`CopyError` when a row cannot be
+    written (no row is committed then)."""
     started = time.monotonic()
     now = time.time() if now is None else now
     _check_source(source, now)

@@ -96,7 +96,7 @@ def pg_target() -> Iterator[Engine]:
 
 @pytest.mark.postgres
 def test_a_sqlite_hub_database_lands_in_postgresql_row_for_row_and_the_hub_goes_on_from_it(
-        source: Engine, pg_target: Engine) -> None:
+        source: Engine, pg_target: Engine, tmp_path: Path) -> None:
     seen: dict[str, int] = {}
     result = copy_database(source, pg_target, keep_raw_days=30.0, now=NOW,
                            on_progress=lambda table, done, total: seen.__setitem__(table, done),
@@ -148,6 +148,13 @@ def test_a_sqlite_hub_database_lands_in_postgresql_row_for_row_and_the_hub_goes_
         session.add_all([key, letter])
         session.commit()
         assert (key.id, letter.id) == (2, 4)
+
+    # And back again, from PostgreSQL into SQLite: the same rows.
+    back = make_engine(f"sqlite:///{tmp_path / 'back.db'}", create=False)
+    copy_database(pg_target, back, keep_raw_days=30.0, now=NOW)
+    for table in copied_tables():
+        assert _rows(back, table) == _rows(pg_target, table), table.name
+    back.dispose()
 
 
 @pytest.mark.postgres
