@@ -19,6 +19,7 @@ from cloud_hub.db.enrollments import Enrollment, enrolled_among
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
 from shared.messages import TelemetryBatch
 from simulator.flood import FloodPlan
+from tests.cloud_hub.helpers import wait_for
 from tests.pg import pg_database
 
 __all__ = ["pg_database"]
@@ -166,3 +167,31 @@ def test_bench_sums_the_hubs_redeliveries_and_retried_commits_over_every_phase()
                          "offered_ratio": 2.0, "lost": 0, "broker_drop_log_lines": 0}}
     got = summarize([case], None, rollup_ms=None)
     assert (got["hub_duplicates"], got["hub_commit_errors"]) == (12, 3)
+
+
+def test_bench_pins_what_it_starts_meanwhile_and_keeps_its_own_cpus() -> None:
+    """--pin-hub: a hub started under ``_affinity`` runs on those CPUs alone, threads and all;
+    the bench itself is back on its own CPUs afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.ingest import _affinity
+
+    mine = os.sched_getaffinity(0)
+    one = {max(mine)}
+    threads = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start()"
+    with _affinity(one):
+        child = subprocess.Popen([sys.executable, "-c", threads])
+    try:
+        assert os.sched_getaffinity(0) == mine
+        tasks = Path(f"/proc/{child.pid}/task")
+        started = wait_for(lambda: [int(t.name) for t in tasks.iterdir()][1:], timeout=30,
+                           what="the child's second thread")
+        for task in [child.pid, *started]:
+            assert os.sched_getaffinity(task) == one
+    finally:
+        child.kill()
+        child.wait()
+    with _affinity(None):
+        assert os.sched_getaffinity(0) == mine
