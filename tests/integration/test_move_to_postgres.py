@@ -10,24 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
 from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
-from tests.integration.support import wait_for
+from tests.integration.support import assert_stored_once, stored_readings, wait_for
 from tests.pg import pg_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub, pytest.mark.postgres]
 __all__ = ["pg_database"]
-
-
-def _stored(client: HubClient) -> dict[str, int]:
-    return {r["device_id"]: r["readings"] for r in client.get_all("/telemetry/summary")}
 
 
 def _db_copy(data_dir: Path, target: str) -> subprocess.CompletedProcess[str]:
@@ -56,7 +50,7 @@ def test_a_hub_moved_from_sqlite_to_postgresql_goes_on_with_every_reading_stored
                                         "EDGELOOP_DATABASE_URL": pg_database})
     agents.start()
     try:
-        wait_for(lambda: all(_stored(client).get(d, 0) > 40 for d in agents.devices), 60,
+        wait_for(lambda: all(stored_readings(client).get(d, 0) > 40 for d in agents.devices), 60,
                  "telemetry stored on SQLite")
         on_sqlite.stop()  # as an operator stops it: SIGTERM, leases given up
         wait_for(lambda: all(s["outbox_depth"] >= 2 for s in agents.statuses().values()), 30,
@@ -68,34 +62,14 @@ def test_a_hub_moved_from_sqlite_to_postgresql_goes_on_with_every_reading_stored
         assert rows["devices"] == 3 and rows["telemetry"] > 0 and rows["enrollments"] == 3
 
         on_postgres.start(timeout=120)
-        mark = _stored(client)
-        wait_for(lambda: all(_stored(client)[d] > mark[d] + 40 for d in agents.devices), 90,
+        mark = stored_readings(client)
+        wait_for(lambda: all(stored_readings(client)[d] > mark[d] + 40 for d in agents.devices), 90,
                  "telemetry flowing into PostgreSQL")
     finally:
         agents.stop()
         on_sqlite.stop()
-    generated = agents.samples_generated()
     try:
-        def complete() -> dict[str, int] | None:
-            s = _stored(client)
-            return s if all(s.get(d, 0) >= n for d, n in generated.items()) else None
-
-        stored = wait_for(complete, 120, "every generated reading stored")
-        assert stored == generated, {d: (stored.get(d), n) for d, n in generated.items()}
-        for device_id, n in generated.items():  # exactly once: no timestamp twice
-            ts = np.asarray(client.get_telemetry(device_id)["ts"])
-            assert len(ts) == n and np.all(np.diff(ts) > 0), device_id
+        assert_stored_once(client, agents.samples_generated(), pg_database)
     finally:
         on_postgres.stop()
         client.close()
-    engine = create_engine(pg_database)
-    try:
-        with engine.connect() as conn:
-            in_rows = dict(conn.execute(text(
-                "SELECT device_id, sum(readings) FROM telemetry GROUP BY device_id")).all())
-            counted = dict(conn.execute(text(
-                "SELECT device_id, telemetry_readings FROM devices")).all())
-    finally:
-        engine.dispose()
-    assert {d: int(n) for d, n in in_rows.items()} == generated
-    assert {d: counted[d] for d in generated} == generated, "device counters off"

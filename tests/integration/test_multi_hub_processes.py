@@ -13,16 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
 from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
-from tests.integration.support import wait_for
+from tests.integration.support import assert_stored_once, stored_readings, wait_for
 from tests.pg import pg_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub, pytest.mark.postgres]
@@ -48,10 +46,6 @@ def hubs(broker: Broker, pg_database: str, tmp_path: Path) -> Iterator[list[HubP
             p.stop()
 
 
-def _stored(client: HubClient) -> dict[str, int]:
-    return {r["device_id"]: r["readings"] for r in client.get_all("/telemetry/summary")}
-
-
 def test_two_hubs_store_each_reading_once_across_a_broker_restart_and_a_hub_killed(
     broker: Broker, hubs: list[HubProcess], pg_database: str, tmp_path: Path,
 ) -> None:
@@ -63,46 +57,25 @@ def test_two_hubs_store_each_reading_once_across_a_broker_restart_and_a_hub_kill
         agents.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=20.0))
     agents.start()
     try:
-        wait_for(lambda: all(_stored(client).get(d, 0) > 40 for d in agents.devices), 60,
+        wait_for(lambda: all(stored_readings(client).get(d, 0) > 40 for d in agents.devices), 60,
                  "first telemetry through both hubs")
         broker.stop()
         wait_for(lambda: all(s["outbox_depth"] >= 2 for s in agents.statuses().values()), 30,
                  "agents buffering while the broker is down")
         broker.start()
-        mark = _stored(client)
-        wait_for(lambda: all(_stored(client)[d] > mark[d] + 40 for d in agents.devices), 90,
+        mark = stored_readings(client)
+        wait_for(lambda: all(stored_readings(client)[d] > mark[d] + 40 for d in agents.devices), 90,
                  "telemetry flowing again after the broker restart")
         pid = hubs[1].pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)  # mid-stream, with messages in flight to it
-        mark = _stored(client)
-        wait_for(lambda: all(_stored(client)[d] > mark[d] + 40 for d in agents.devices), 90,
+        mark = stored_readings(client)
+        wait_for(lambda: all(stored_readings(client)[d] > mark[d] + 40 for d in agents.devices), 90,
                  "the other hub storing everything alone")
         hubs[1].stop()  # reap it
         hubs[1].start(timeout=120)
         time.sleep(1.0)
     finally:
         agents.stop()
-    generated = agents.samples_generated()
-
-    def complete() -> dict[str, int] | None:
-        s = _stored(client)
-        return s if all(s.get(d, 0) >= n for d, n in generated.items()) else None
-
-    stored = wait_for(complete, 120, "every generated reading stored")
-    assert stored == generated, {d: (stored.get(d), n) for d, n in generated.items()}
-    for device_id, n in generated.items():  # exactly once: no timestamp twice
-        ts = np.asarray(client.get_telemetry(device_id)["ts"])
-        assert len(ts) == n and np.all(np.diff(ts) > 0), device_id
-    engine = create_engine(pg_database)
-    try:
-        with engine.connect() as conn:
-            rows = dict(conn.execute(text(
-                "SELECT device_id, sum(readings) FROM telemetry GROUP BY device_id")).all())
-            counted = dict(conn.execute(text(
-                "SELECT device_id, telemetry_readings FROM devices")).all())
-    finally:
-        engine.dispose()
-    assert {d: int(n) for d, n in rows.items()} == generated
-    assert {d: counted[d] for d in generated} == generated, "device counters off"
+    assert_stored_once(client, agents.samples_generated(), pg_database)
     client.close()
