@@ -203,6 +203,19 @@ class Hubs:
         for p in self.procs:
             p.stop()
 
+    def log_warnings(self, keep: int = 20) -> dict[str, Any]:
+        """The hubs' WARNING and ERROR log lines (a reconnect, a retried commit): how many, and
+        the last ``keep``. Read before the bench's directory, and the logs in it, are gone."""
+        lines: list[str] = []
+        for p in self.procs:
+            try:
+                text_ = p.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            lines += [f"{p.data_dir.name}: {line}" for line in text_.splitlines()
+                      if " WARNING " in line or " ERROR " in line]
+        return {"count": len(lines), "last": lines[-keep:]}
+
     def metrics(self) -> list[dict[str, Any]]:
         out = []
         for p in self.procs:
@@ -540,6 +553,8 @@ def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace
                     case["overload"]["hub_missing_batches"] = hubs.missing_batches()
             finally:
                 hubs.stop()
+                warnings = hubs.log_warnings()
+    case["hub_log_warnings"] = warnings
     case["ok"] = _case_ok(case)
     return case
 
@@ -648,8 +663,9 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
                                       flood["published"] * readings)
             finally:
                 hubs.stop()
+                warnings = hubs.log_warnings()
     case = {"database": "postgresql", "hubs": 2, "readings_per_message": readings,
-            "devices": devices, "flood": flood, **counts,
+            "devices": devices, "flood": flood, **counts, "hub_log_warnings": warnings,
             "broker_drop_log_lines": flood["broker_drop_log_lines"],
             "publisher_errors": flood["publisher_errors"]}
     case["ok"] = _case_ok(case)
@@ -911,6 +927,12 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
     for c in rows:
         for e in c.get("publisher_errors", []):
             console.print(f"[red]{c['database']} batch {c['readings_per_message']}: {e}[/]")
+        logged = c.get("hub_log_warnings") or {}
+        if logged.get("count"):
+            console.print(f"{c['database']} batch {c['readings_per_message']}: "
+                          f"{logged['count']} WARNING/ERROR lines in the hub's log; the last:")
+            for line in logged["last"][-5:]:
+                console.print(f"  {line}", markup=False)
     summary = {k: result[k] for k in (
         "one_hub_messages_per_s_batch10", "one_hub_readings_per_s_batch100",
         "one_hub_messages_per_cpu_s_batch10", "one_hub_readings_per_cpu_s_batch100",

@@ -195,3 +195,27 @@ def test_bench_pins_what_it_starts_meanwhile_and_keeps_its_own_cpus() -> None:
         child.wait()
     with _affinity(None):
         assert os.sched_getaffinity(0) == mine
+
+
+def test_bench_keeps_the_hubs_warnings_before_their_logs_are_gone(tmp_path: Path) -> None:
+    """A redelivery in the overload means the hub reconnected: the bench records the hubs'
+    WARNING and ERROR lines, which say why, before its directory is deleted."""
+    from bench.ingest import Hubs
+    from simulator.hub_process import HubProcess
+
+    hubs = Hubs.__new__(Hubs)
+    hubs.procs = [HubProcess(tmp_path / f"hub-{i}", mqtt_port=1) for i in range(2)]
+    (tmp_path / "hub-0").mkdir()
+    (tmp_path / "hub-0" / "hub.log").write_text(
+        "2026-12-06 05:26:20,645 INFO cloud_hub.service: started\n"
+        "2026-12-06 05:27:01,002 WARNING cloud_hub.mqtt.connection: disconnected from the "
+        "broker (Keep alive timeout); reconnecting\n"
+        + "".join(f"2026-12-06 05:28:{i:02d},000 ERROR cloud_hub.mqtt.ingest: commit {i}\n"
+                  for i in range(25)))
+    found = hubs.log_warnings()   # hub-1 never wrote a log: nothing from it, no error
+    assert found["count"] == 26
+    assert len(found["last"]) == 20
+    assert found["last"][-1] == ("hub-0: 2026-12-06 05:28:24,000 ERROR cloud_hub.mqtt.ingest: "
+                                 "commit 24")
+    assert hubs.log_warnings(keep=30)["last"][0].startswith("hub-0: 2026-12-06 05:27:01,002 "
+                                                             "WARNING")
