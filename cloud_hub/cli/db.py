@@ -88,6 +88,7 @@ def _copy(args: argparse.Namespace, target: Engine, *, keep_raw_days: float) -> 
         print(f"error: db copy --from {args.source}: {exc}", file=sys.stderr)
         return 2
     if _same_database(source, target):
+        source.dispose()
         print("error: db copy --from names the hub's own database; point EDGELOOP_DATABASE_URL "
               "at the empty database to copy into", file=sys.stderr)
         return 2
