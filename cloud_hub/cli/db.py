@@ -71,7 +71,7 @@ def _copy(args: argparse.Namespace, target: Engine, *, keep_raw_days: float) -> 
 
     from cloud_hub.cli.render import emit
     from cloud_hub.db.copy import CopyError, CopyRefused, copied_tables, copy_database
-    from cloud_hub.db.engine import make_engine
+    from cloud_hub.db.engine import driver_message, make_engine
     from cloud_hub.db.migrate import SchemaTooNew
 
     if not args.source:
@@ -114,7 +114,7 @@ def _copy(args: argparse.Namespace, target: Engine, *, keep_raw_days: float) -> 
         print(f"error: db copy: {exc}", file=sys.stderr)
         return 1
     except DBAPIError as exc:  # a database that cannot be reached or read
-        print(f"error: db copy: {str(exc.orig).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: db copy: {driver_message(exc)}", file=sys.stderr)
         return 1
     finally:
         bar.stop()

@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
 from cloud_hub.db import migrate, partitions, pg_copy
+from cloud_hub.db.engine import driver_message
 from cloud_hub.db.ops_tables import JobLease
 from cloud_hub.db.tables import TelemetryBatchRow
 
@@ -87,12 +88,10 @@ def copy_database(source: Engine, target: Engine, *, keep_raw_days: float,
     migrate.upgrade(target)
     tables = copied_tables()
     with source.connect() as src:
-        totals = {t.name: src.execute(select(func.count()).select_from(t)).scalar_one()
-                  for t in tables}
+        totals = _counts(src, tables)
         days = _telemetry_days(src, now=now, keep_raw_days=keep_raw_days)
     with target.connect() as dst:
-        held = {t.name: n for t in tables
-                if (n := dst.execute(select(func.count()).select_from(t)).scalar_one())}
+        held = {name: n for name, n in _counts(dst, tables).items() if n}
     if held:
         listed = ", ".join(f"{name} ({n} rows)" for name, n in held.items())
         raise CopyRefused(f"the target database is not empty: {listed}. Copy into an empty "
@@ -105,7 +104,7 @@ def copy_database(source: Engine, target: Engine, *, keep_raw_days: float,
             _advance_sequences(dst, tables)
             _compare_counts(dst, tables, totals)
     except DBAPIError as exc:
-        raise CopyError(f"nothing was copied: {_first_line(exc)}") from exc
+        raise CopyError(f"nothing was copied: {driver_message(exc)}") from exc
     return CopyResult(rows=totals, partitions_made=made, seconds=time.monotonic() - started)
 
 
@@ -161,7 +160,7 @@ def _copy_table(src: Connection, dst: Connection, table: Table, total: int,
         except DBAPIError as exc:
             first, last = (_key(row, key_at) for row in (rows[0], rows[-1]))
             raise CopyError(f"nothing was copied: table {table.name}, rows {first} .. {last}: "
-                            f"{_first_line(exc)}") from exc
+                            f"{driver_message(exc)}") from exc
         done += len(rows)
         if on_progress is not None:
             on_progress(table.name, done, total)
@@ -215,14 +214,14 @@ def _advance_sequences(dst: Connection, tables: Sequence[Table]) -> None:
                          f"WHERE EXISTS (SELECT 1 FROM {name})"), {"s": sequence})
 
 
+def _counts(conn: Connection, tables: Sequence[Table]) -> dict[str, int]:
+    return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in tables}
+
+
 def _compare_counts(dst: Connection, tables: Sequence[Table], totals: dict[str, int]) -> None:
-    for table in tables:
-        landed = dst.execute(select(func.count()).select_from(table)).scalar_one()
-        if landed != totals[table.name]:
-            raise CopyError(f"nothing was copied: table {table.name} holds {landed} rows in the "
-                            f"target and {totals[table.name]} in the source (was a hub writing "
-                            "to the source?)")
-
-
-def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0]
+    for name, landed in _counts(dst, tables).items():
+        if landed != totals[name]:
+            raise CopyError(f"nothing was copied: table {name} holds {landed} rows in the "
+                            f"target and {totals[name]} in the source (was a hub writing to the "
+                            "source?)")

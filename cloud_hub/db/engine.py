@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import create_engine
 
 import cloud_hub.db.drift_tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -18,7 +19,7 @@ import cloud_hub.db.rollup_tables  # noqa: F401
 import cloud_hub.db.tables  # noqa: F401
 from cloud_hub.db.wal import AUTOCHECKPOINT_PAGES
 
-__all__ = ["make_engine"]
+__all__ = ["driver_message", "make_engine"]
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
@@ -43,6 +44,12 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
 
         prepare(engine)
     return engine
+
+
+def driver_message(exc: DBAPIError) -> str:
+    """The first line of what the database driver said (without SQLAlchemy's SQL and
+    parameters), for a log line or an operator's error message."""
+    return str(exc.orig).strip().splitlines()[0]
 
 
 SQLITE_CACHE_KIB = 64 * 1024

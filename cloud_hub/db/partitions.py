@@ -35,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from cloud_hub.db.engine import driver_message
 from cloud_hub.db.tables import TelemetryBatchRow
 
 __all__ = ["DAY", "Partition", "drop_expired", "ensure_days", "include_name", "list_partitions",
@@ -154,7 +155,7 @@ def make_days(engine: Engine, days: Iterable[dt.date]) -> list[str]:
                              default=next((p.name for p in partitions if p.default), None))
         except DBAPIError as exc:  # a lock not granted in time, or another hub made it
             log.warning("telemetry partitions: could not make %s now, retried next round: %s",
-                        name, str(exc.orig).strip().splitlines()[0])
+                        name, driver_message(exc))
             continue
         made.append(name)
         log.info("telemetry partitions: made %s", name)
@@ -195,7 +196,7 @@ def drop_expired(engine: Engine, *, now: float, keep_s: float, folded_at: float)
                     dropped.append(p.name)
         except DBAPIError as exc:
             log.warning("telemetry partitions: could not drop %s now, retried next round: %s",
-                        p.name, str(exc.orig).strip().splitlines()[0])
+                        p.name, driver_message(exc))
     if dropped:
         log.info("telemetry partitions: dropped %s", ", ".join(dropped))
     return dropped
