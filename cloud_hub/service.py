@@ -33,6 +33,8 @@ from cloud_hub.jobs.training import JobRunner, RunTraining
 from cloud_hub.keys.ring import HubKeys, KeyUnavailable
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
+from cloud_hub.metrics.exposition import render
+from cloud_hub.metrics.histogram import HistogramSnapshot
 from cloud_hub.mqtt.acks import AckPublisher
 from cloud_hub.mqtt.client import MqttAuth
 from cloud_hub.mqtt.connection import HubConnection
@@ -42,6 +44,7 @@ from cloud_hub.notify.sender import DeliveryPolicy, WebhookSender
 from cloud_hub.registry.records import register_artifact
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.controller import RolloutController
+from cloud_hub.rollouts.retained import LEASE as RETAINED_LEASE
 from cloud_hub.rollouts.retained import RetainedState
 from cloud_hub.training.artifact import ModelArtifact
 from shared.signing import SigningKey
@@ -91,16 +94,19 @@ class Hub:
             log.warning("EDGELOOP_INGEST_WRITERS=%d on SQLite, which takes one writer at a time: "
                         "the writers only wait for each other", settings.ingest_writers)
         self.publisher = Publisher(self.mqtt, timeout=settings.publish_timeout_s)
+        # One name for this process in every job lease it takes (the job_leases table, and
+        # edgeloop_hub_info in the metrics).
+        self.holder = holder = process_holder_id()
         self.jobs = JobRunner(self.engine, register=self._register, run_training=run_training,
                               uploads_dir=settings.data_dir / "uploads",
                               min_agreement=settings.min_parity_agreement,
-                              max_readings=settings.training_max_readings)
+                              max_readings=settings.training_max_readings, holder=holder)
         self.releases = Releases(self.keys, self.publisher)
-        self.retained = RetainedState(self.engine, self.keys, self.publisher, self.mqtt)
+        self.retained = RetainedState(self.engine, self.keys, self.publisher, self.mqtt,
+                                      holder=holder)
         self.rollouts = RolloutController(
-            self.engine, self.releases, tick_s=settings.rollout_tick_s
+            self.engine, self.releases, tick_s=settings.rollout_tick_s, holder=holder
         )
-        holder = process_holder_id()
         self.incident_tick = IncidentTick(
             self.engine, GroupingPolicy(gap_s=settings.incident_gap_s,
                                         quiet_s=settings.incident_quiet_s),
@@ -142,6 +148,33 @@ class Hub:
     def signing_key(self) -> SigningKey:
         """The key that signs new releases (it changes when the keys are rotated)."""
         return self.keys.active
+
+    def metrics(self) -> dict[str, Any]:
+        """This process's figures (``GET /api/v1/metrics``): each hub process keeps its own,
+        so with several hubs each one is asked at its own address."""
+        return self._figures()[0]
+
+    def metrics_text(self) -> str:
+        """The same figures in the Prometheus text format, with the commit-time histogram."""
+        data, commit_seconds = self._figures()
+        return render(data, commit_seconds=commit_seconds)
+
+    def _figures(self) -> tuple[dict[str, Any], HistogramSnapshot]:
+        data, commit_seconds = self.ingest.figures()
+        data.update(self.acks.snapshot())
+        data.update(self.retained.snapshot())
+        data.update(self.checkpointer.snapshot())
+        data["publisher_connected"] = self.publisher.connected
+        data["uptime_s"] = time.time() - self.started_at if self.started_at else 0.0
+        data["client_id"] = self.settings.mqtt_client_id
+        data["lease_holder"] = self.holder
+        data["leases"] = {
+            "rollouts": self.rollouts.holding, "training": self.jobs.holding,
+            RETAINED_LEASE: self.retained.leading,
+            **{w.name: w.holding for w in (self.incidents, self.notifier, self.retrain,
+                                            self.maintenance)},
+        }
+        return data, commit_seconds
 
     def _on_ingest_commit(self, result: StoreResult) -> None:
         self.acks.touched(result.touched)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, Security, status
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
 from cloud_hub.core.security import Scope, hash_api_key, scope_allows
@@ -23,6 +23,9 @@ IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="an API key with scope `read` or `admin`")
+# The same key as a bearer token: what a Prometheus scrape job (`authorization`) and most HTTP
+# tools send without a custom header.
+_bearer = HTTPBearer(auto_error=False, description="an API key, as `Authorization: Bearer KEY`")
 
 
 def get_hub(request: Request) -> Hub:
@@ -41,9 +44,13 @@ def get_db(hub: HubDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def _caller(session: Session, key: str | None, needed: Scope) -> ApiKey:
+def _caller(session: Session, key: str | None, bearer: HTTPAuthorizationCredentials | None,
+            needed: Scope) -> ApiKey:
+    if not key and bearer is not None:
+        key = bearer.credentials
     if not key:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key (header X-API-Key)")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key (header X-API-Key, "
+                            "or Authorization: Bearer KEY)")
     record = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key))).first()
     if record is None or record.revoked_at is not None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key")
@@ -55,12 +62,16 @@ def _caller(session: Session, key: str | None, needed: Scope) -> ApiKey:
     return record
 
 
-def require_read(session: SessionDep, key: str | None = Security(_api_key_header)) -> ApiKey:
-    return _caller(session, key, Scope.READ)
+_KeyHeader = Annotated[str | None, Security(_api_key_header)]
+_BearerHeader = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 
 
-def require_admin(session: SessionDep, key: str | None = Security(_api_key_header)) -> ApiKey:
-    return _caller(session, key, Scope.ADMIN)
+def require_read(session: SessionDep, key: _KeyHeader, bearer: _BearerHeader) -> ApiKey:
+    return _caller(session, key, bearer, Scope.READ)
+
+
+def require_admin(session: SessionDep, key: _KeyHeader, bearer: _BearerHeader) -> ApiKey:
+    return _caller(session, key, bearer, Scope.ADMIN)
 
 
 ReadKey = Annotated[ApiKey, Depends(require_read)]

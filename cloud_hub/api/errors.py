@@ -22,7 +22,8 @@ __all__ = ["ErrorBody", "document_errors", "errors"]
 
 _DESCRIPTIONS = {
     400: "the request is malformed (e.g. its Content-Length)",
-    401: "no API key, or an unknown or revoked one (header X-API-Key)",
+    401: "no API key, or an unknown or revoked one (header X-API-Key, or Authorization: "
+         "Bearer KEY)",
     403: "the API key's scope does not allow this call",
     404: "what the path names does not exist",
     409: "the call does not fit the current state; `detail` says why",

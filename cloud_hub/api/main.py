@@ -38,9 +38,9 @@ def create_app(hub: Hub) -> FastAPI:
         description=(
             "Telemetry and anomalies from the fleet, the model registry, training jobs and "
             "staged rollouts. Every call except `/health` and `/signing-key` needs an API key "
-            "in `X-API-Key`; writes need scope `admin`. Request bodies above "
-            "`EDGELOOP_MAX_REQUEST_BYTES` (1 MiB; the CSV upload: `EDGELOOP_MAX_UPLOAD_BYTES`, "
-            "64 MiB) are refused with 413 before anything else."
+            "in `X-API-Key` (or as `Authorization: Bearer KEY`); writes need scope `admin`. "
+            "Request bodies above `EDGELOOP_MAX_REQUEST_BYTES` (1 MiB; the CSV upload: "
+            "`EDGELOOP_MAX_UPLOAD_BYTES`, 64 MiB) are refused with 413 before anything else."
         ),
         docs_url=None, redoc_url=None,  # /docs from the hub's own files: add_docs
     )

@@ -277,11 +277,16 @@ class SigningKeyPublic(BaseModel):
 
 
 class MetricsPublic(BaseModel):
-    """Ingest and delivery counters (more may be added; each is a number or a flag)."""
+    """This hub process's ingest and delivery figures (more may be added; each is a number or
+    a flag, except the process's names and its leases). ``?format=prometheus`` gives them in
+    Prometheus' text format."""
 
     model_config = ConfigDict(extra="allow")
     publisher_connected: bool
     uptime_s: float
+    client_id: str = Field(description="this process's MQTT client id")
+    lease_holder: str = Field(description="this process's name in the job_leases table")
+    leases: dict[str, bool] = Field(description="job lease -> whether this process holds it")
 
 
 class ModelComparison(BaseModel):

@@ -81,6 +81,11 @@ class JobRunner:
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="hub-training", daemon=True)
 
+    @property
+    def holding(self) -> bool:
+        """This process holds the training lease (it runs the queued jobs)."""
+        return self._lease.held
+
     def start(self) -> None:
         self._worker.start()
 

@@ -51,6 +51,7 @@ from sqlmodel import Session
 
 from cloud_hub.db.enrollments import EnrolledCache
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, StoreResult, store_batch
+from cloud_hub.metrics.histogram import Histogram, HistogramSnapshot
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.decoding import decode_batch, route
 from cloud_hub.mqtt.lean import Received
@@ -206,6 +207,7 @@ class MqttIngest:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.stats = IngestStats()
+        self._commit_seconds = Histogram()  # each stored part's transaction, under _lock
         self._conflicts_named: set[str] = set()  # devices whose conflict was logged already
         self._full_taken_at = float("-inf")  # monotonic time of the last full batch taken
         self._in_order = _InOrder(connection.ack_received)
@@ -256,16 +258,24 @@ class MqttIngest:
             return IngestStats(**self.stats.as_dict())
 
     def snapshot(self) -> dict[str, Any]:
+        return self.figures()[0]
+
+    def figures(self) -> tuple[dict[str, Any], HistogramSnapshot]:
+        """The counters and the histogram of commit times, read together (``commits`` and the
+        histogram's count agree), with the inbox's and the connection's figures."""
         with self._lock:
             data = self.stats.as_dict()
+            commit_seconds = self._commit_seconds.snapshot()
         inbound = self.connection.inbound
         data["queue_depth"] = inbound.qsize()
         data["queue_bytes"] = inbound.bytes
         data["queue_high_water"] = inbound.high_water
         data["queue_waits"] = inbound.waits
         data["dropped_qos0"] = inbound.dropped_qos0
+        data["ingest_behind"] = self.behind()
+        data["commit_seconds_sum"] = commit_seconds.total
         data.update(self.connection.snapshot())
-        return data
+        return data, commit_seconds
 
     # -- worker and writers ----------------------------------------------------------------
     def _run(self) -> None:
@@ -325,6 +335,7 @@ class MqttIngest:
         delay = 0.1
         while pending:
             part = pending.popleft()
+            started = time.monotonic()
             try:
                 with store.transaction() as session:
                     kept, refused = self._screen(session, part)
@@ -355,7 +366,8 @@ class MqttIngest:
                 result, refused, cleared = letter, [], 0
             delay = 0.1
             stored.extend(part)
-            self._done(part, result, cleared, refused=len(refused))
+            self._done(part, result, cleared, refused=len(refused),
+                       seconds=time.monotonic() - started)
 
     def _screen(self, session: Session, part: list[Received]
                 ) -> tuple[list[Received], list[DeadLetterRecord]]:
@@ -403,9 +415,10 @@ class MqttIngest:
             self.stats.commit_errors += 1
 
     def _done(self, messages: list[Received], result: StoreResult, cleared: int, *,
-              refused: int) -> None:
+              refused: int, seconds: float) -> None:
         """Count a committed part (its PUBACKs go out through :class:`_InOrder`)."""
         with self._lock:
+            self._commit_seconds.observe(seconds)
             s = self.stats
             s.messages_received += len(messages)
             s.telemetry_batches += result.telemetry_batches

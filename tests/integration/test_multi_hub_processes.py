@@ -2,7 +2,8 @@
 with ``$share``, store every reading exactly once, also across a broker restart (mosquitto does
 not restore shared subscriptions, so the agents' resend covers the gap) and a hub killed with
 SIGKILL mid-stream (what it had not committed is delivered again, to it once it is back or to
-the agents' resend).
+the agents' resend). Scraped one by one, as Prometheus would, their metrics add up to what the
+database holds, and each job lease has one holder.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from cloud_hub.cli.client import HubClient
 from simulator.broker import Broker
@@ -78,4 +82,58 @@ def test_two_hubs_store_each_reading_once_across_a_broker_restart_and_a_hub_kill
     finally:
         agents.stop()
     assert_stored_once(client, agents.samples_generated(), pg_database)
+    client.close()
+
+
+def _scrape(hub: HubProcess) -> dict[str, list[Sample]]:
+    """One hub's metrics as Prometheus reads them (its own address: each process counts
+    for itself), with the admin key as a bearer token."""
+    response = httpx.get(f"{hub.url}/api/v1/metrics", params={"format": "prometheus"},
+                         headers={"Authorization": f"Bearer {hub.admin_api_key}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return {f.name: list(f.samples) for f in text_string_to_metric_families(response.text)}
+
+
+def _total(families: dict[str, list[Sample]], counter: str) -> float:
+    (sample,) = [s for s in families[f"edgeloop_hub_{counter}"]
+                 if s.name == f"edgeloop_hub_{counter}_total"]
+    return sample.value
+
+
+def _leases(families: dict[str, list[Sample]]) -> dict[str, float]:
+    return {s.labels["lease"]: s.value for s in families["edgeloop_hub_lease_held"]}
+
+
+def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
+    broker: Broker, hubs: list[HubProcess], pg_database: str, tmp_path: Path,
+) -> None:
+    client = HubClient(hubs[0].url, hubs[0].admin_api_key)
+    agents = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+                   mqtt_auth=hub_enrollment(client, tmp_path / "bundles"),
+                   state_root=tmp_path / "agents", trust_keys={})
+    for i in range(3):
+        agents.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=20.0))
+    agents.start()
+    try:
+        wait_for(lambda: all(_total(_scrape(h), "telemetry_readings_stored") > 0 for h in hubs),
+                 60, "both hubs storing their share of the streams")
+    finally:
+        agents.stop()
+    assert_stored_once(client, agents.samples_generated(), pg_database)
+    scraped = [_scrape(h) for h in hubs]
+    # Nothing restarted: the hubs' own counts add up to what the database holds.
+    assert sum(_total(f, "telemetry_readings_stored") for f in scraped) == \
+        sum(agents.samples_generated().values())
+    identities = [f["edgeloop_hub_info"][0].labels for f in scraped]
+    assert len({i["client_id"] for i in identities}) == 2
+    assert len({i["lease_holder"] for i in identities}) == 2
+
+    def one_holder_each() -> dict[str, float] | None:
+        held = [_leases(_scrape(h)) for h in hubs]
+        assert set(held[0]) == set(held[1])
+        sums = {lease: held[0][lease] + held[1][lease] for lease in held[0]}
+        return sums if all(n == 1 for n in sums.values()) else None
+
+    sums = wait_for(one_holder_each, 60, "every job lease held by exactly one of the two hubs")
+    assert {"rollouts", "maintenance", "training", "retained-desired"} <= set(sums)
     client.close()

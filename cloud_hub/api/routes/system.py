@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import text
@@ -23,6 +23,7 @@ from cloud_hub.api.schemas import (
 from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import ApiKey
+from cloud_hub.metrics.exposition import CONTENT_TYPE
 
 router = APIRouter(tags=["system"])
 
@@ -45,15 +46,20 @@ def signing_key(hub: HubDep) -> dict[str, str]:
     return {"key_id": hub.signing_key.key_id, "public_key": hub.signing_key.public_b64()}
 
 
-@router.get("/metrics", response_model=MetricsPublic)
-def metrics(hub: HubDep, _key: ReadKey) -> dict[str, object]:
-    data = hub.ingest.snapshot()
-    data.update(hub.acks.snapshot())
-    data.update(hub.retained.snapshot())
-    data.update(hub.checkpointer.snapshot())
-    data["publisher_connected"] = hub.publisher.connected
-    data["uptime_s"] = time.time() - hub.started_at if hub.started_at else 0.0
-    return data
+@router.get("/metrics", response_model=MetricsPublic, responses={200: {"content": {
+    "text/plain": {"schema": {"type": "string"},
+                   "example": "# TYPE edgeloop_hub_telemetry_readings_stored_total counter\n"
+                              "edgeloop_hub_telemetry_readings_stored_total 1200\n"}}}})
+def metrics(hub: HubDep, _key: ReadKey,
+            output: Annotated[Literal["json", "prometheus"], Query(
+                alias="format",
+                description="`prometheus`: the text format Prometheus scrapes (version 0.0.4)",
+            )] = "json") -> Any:
+    """This hub process's counters: each process keeps its own, so behind a load balancer ask
+    each one at its own address (docs/scaling.md, "Watching the hubs")."""
+    if output == "prometheus":
+        return Response(hub.metrics_text(), media_type=CONTENT_TYPE)
+    return hub.metrics()
 
 
 def _public(k: ApiKey) -> ApiKeyPublic:
