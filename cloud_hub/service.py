@@ -35,6 +35,7 @@ from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
 from cloud_hub.metrics.exposition import render
 from cloud_hub.metrics.histogram import HistogramSnapshot
+from cloud_hub.metrics.processes import ProcessReporter
 from cloud_hub.mqtt.acks import AckPublisher
 from cloud_hub.mqtt.client import MqttAuth
 from cloud_hub.mqtt.connection import HubConnection
@@ -135,6 +136,9 @@ class Hub:
                                         tick=self.maintenance_tick,
                                         interval_s=settings.maintenance_tick_s, holder=holder,
                                         busy_share=0.5, defer_while=self.ingest.behind)
+        self.processes = ProcessReporter(self.engine, holder=holder,
+                                         client_id=settings.mqtt_client_id,
+                                         figures=self.metrics, report_s=settings.hub_report_s)
         self.generated_admin_key: str | None = None
         self.started_at: float | None = None
 
@@ -281,6 +285,7 @@ class Hub:
         self.retrain.start()
         self.maintenance.start()
         self.started_at = time.time()
+        self.processes.start()
         ready = self.mqtt.wait_ready(timeout)
         if ready:  # written before start returns; later sessions by the thread
             self._assert_retained()
@@ -321,6 +326,7 @@ class Hub:
         self.ingest.stop(timeout)
         self.acks.stop(timeout)
         self.mqtt.stop(timeout, announce=announce)
+        self.processes.stop(timeout)  # after ingest: its last figures
         self.checkpointer.stop(timeout)
         self.enrollment.close()
         self.engine.dispose()

@@ -289,6 +289,27 @@ class MetricsPublic(BaseModel):
     leases: dict[str, bool] = Field(description="job lease -> whether this process holds it")
 
 
+class HubProcessPublic(BaseModel):
+    """A hub process on this database, as it last reported itself."""
+
+    holder: str = Field(description="its name in the job leases")
+    client_id: str = Field(description="its MQTT client id")
+    host: str
+    pid: int
+    version: str
+    state: Literal["running", "silent", "stopped"] = Field(
+        description="silent: no report for three report intervals (killed, hung, or cut off "
+                    "from the database)")
+    started_at: float
+    seen_at: float = Field(description="its last report")
+    stopped_at: float | None
+    report_s: float = Field(description="how often it reports")
+    leases: list[str] = Field(description="the job leases it holds now")
+    figures: dict[str, float] = Field(
+        description="its ingest counters at its last report, and messages_per_s and "
+                    "readings_per_s since the report before")
+
+
 class ModelComparison(BaseModel):
     a: dict[str, Any] = Field(description="figures of the first version")
     b: dict[str, Any] = Field(description="figures of the second version")

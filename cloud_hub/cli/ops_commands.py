@@ -1,4 +1,4 @@
-"""Operations commands: anomalies tail (events or incidents), incidents, webhooks.
+"""Operations commands: anomalies tail (events or incidents), incidents, webhooks, hubs.
 
 ``anomalies tail`` prints one line per item, oldest first so the newest is at the bottom, and
 with ``--follow`` one more line per new item; with ``--json`` each line is one JSON object.
@@ -45,6 +45,8 @@ def add_ops_parsers(sub: Any) -> None:
     i.add_argument("--device")
     i.add_argument("--limit", type=int, default=50)
     i.add_argument("--note", help="ack/resolve: a note kept with the incident")
+
+    sub.add_parser("hubs", help="the hub processes on the database: state, leases, rates")
 
     w = sub.add_parser("webhooks", help="incident notification rules and their deliveries")
     w.add_argument("action", choices=["list", "create", "delete", "enable", "disable",
@@ -196,4 +198,20 @@ def webhooks(a: argparse.Namespace, c: HubClient) -> int:
     return 0
 
 
-OPS_COMMANDS = {"anomalies": anomalies, "incidents": incidents, "webhooks": webhooks}
+def _hub_row(h: dict[str, Any]) -> dict[str, Any]:
+    f = h["figures"]
+    return {"client_id": h["client_id"], "host": h["host"], "pid": h["pid"],
+            "state": h["state"], "seen_at": h["seen_at"],
+            "msg/s": f.get("messages_per_s"), "readings/s": f.get("readings_per_s"),
+            "inbox": f.get("queue_depth"), "behind": bool(f.get("ingest_behind")),
+            "leases": ", ".join(h["leases"]) or "-"}
+
+
+def hubs(a: argparse.Namespace, c: HubClient) -> int:
+    found = c.get("/hubs")
+    emit(found if a.json else [_hub_row(h) for h in found], a.json, title="hub processes")
+    return 0
+
+
+OPS_COMMANDS = {"anomalies": anomalies, "incidents": incidents, "webhooks": webhooks,
+                "hubs": hubs}

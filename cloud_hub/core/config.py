@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         default=90.0, gt=0, description="finished training jobs are kept this many days")
     maintenance_tick_s: float = Field(
         default=10.0, gt=0, description="how often rollups and retention run (in one hub process)")
+    hub_report_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="how often this process writes its row of GET /api/v1/hubs (it is shown "
+                    "silent after three missed reports)")
 
     @field_validator("topic_prefix")
     @classmethod

@@ -12,8 +12,9 @@ invariant ingest and maintenance rest on, because nothing is recomputed:
 - models with their TFLite bytes, releases, signing keys' public halves, enrollments, API keys
   and console sessions.
 
-``job_leases`` is not copied: it says which process of the *source* runs a singleton job, and
-the target's hubs take their leases afresh. A lease still held on the source means a hub is
+``job_leases`` and ``hub_processes`` are not copied: they say which processes of the *source*
+run singleton jobs and ran at all, and the target's hubs take their leases and write their
+rows afresh. A lease still held on the source means a hub is
 running on it, and the copy is refused (:class:`CopyRefused`): rows stored during the copy
 would be missed.
 
@@ -39,7 +40,7 @@ from sqlmodel import SQLModel
 
 from cloud_hub.db import migrate, partitions, pg_copy
 from cloud_hub.db.engine import driver_message
-from cloud_hub.db.ops_tables import JobLease
+from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 from cloud_hub.db.tables import TelemetryBatchRow
 
 __all__ = ["BATCH_ROWS", "CopyError", "CopyRefused", "CopyResult", "copy_database",
@@ -68,9 +69,12 @@ class CopyResult:
         return sum(self.rows.values())
 
 
+_NOT_COPIED = {JobLease.__tablename__, HubProcessRecord.__tablename__}
+
+
 def copied_tables() -> list[Table]:
     """The tables copied, parents before children."""
-    return [t for t in SQLModel.metadata.sorted_tables if t.name != JobLease.__tablename__]
+    return [t for t in SQLModel.metadata.sorted_tables if t.name not in _NOT_COPIED]
 
 
 def copy_database(source: Engine, target: Engine, *, keep_raw_days: float,

@@ -1,4 +1,5 @@
-"""Tables of operations: incidents, webhook rules and deliveries, console sessions, job leases.
+"""Tables of operations: incidents, webhook rules and deliveries, console sessions, job leases,
+the hub processes sharing the database.
 
 An incident groups the anomaly events of one device while they keep coming; the events point at
 it through ``anomalies.incident_id``. Webhook deliveries are written in the same transaction as
@@ -13,7 +14,8 @@ from sqlmodel import Field, SQLModel
 from cloud_hub.core.states import DeliveryStatus, IncidentState, WebhookEvent
 from cloud_hub.db.types import enum_field
 
-__all__ = ["Incident", "JobLease", "UiSession", "WebhookDelivery", "WebhookRule"]
+__all__ = ["HubProcessRecord", "Incident", "JobLease", "UiSession", "WebhookDelivery",
+           "WebhookRule"]
 
 INCIDENT_STATES = tuple(IncidentState)
 
@@ -121,3 +123,22 @@ class JobLease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
     expires_at: float
+
+
+class HubProcessRecord(SQLModel, table=True):
+    """A hub process on this database, as it last reported itself (every ``report_s``): so any
+    process, behind a load balancer, can list them all (``GET /api/v1/hubs``)."""
+
+    __tablename__ = "hub_processes"
+
+    holder: str = Field(primary_key=True, max_length=128)  # its name in job_leases
+    client_id: str = Field(max_length=64)
+    host: str = Field(max_length=255)
+    pid: int
+    version: str = Field(max_length=32)
+    started_at: float
+    seen_at: float = Field(index=True)
+    stopped_at: float | None = None
+    report_s: float
+    figures: dict[str, float] = Field(default_factory=dict,
+                                      sa_column=Column(JSON, nullable=False))

@@ -139,5 +139,6 @@ def test_openapi_lists_every_resource(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]
     for path in ("/api/v1/devices", "/api/v1/telemetry", "/api/v1/anomalies", "/api/v1/models",
                  "/api/v1/training-jobs", "/api/v1/rollouts", "/api/v1/health",
-                 "/api/v1/metrics", "/api/v1/dead-letters", "/api/v1/api-keys"):
+                 "/api/v1/metrics", "/api/v1/hubs", "/api/v1/dead-letters",
+                 "/api/v1/api-keys"):
         assert path in paths, path

@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.hub]
 PUBLIC = "public"
 READ = "read"
 ADMIN = "admin"
-KEY_KINDS = ("none", "read", "admin", "revoked")
+# "-bearer": the same key as ``Authorization: Bearer KEY`` instead of ``X-API-Key``.
+KEY_KINDS = ("none", "read", "admin", "revoked", "read-bearer", "revoked-bearer")
 
 
 @dataclass
@@ -207,6 +208,7 @@ PUBLIC_MOUNTS = {"/docs/assets", "/ui/static"}  # the console's assets: its logi
 # Every other route: the scope it needs, and a call that succeeds with that scope.
 SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("GET", "/api/v1/metrics"): (READ, Call()),
+    ("GET", "/api/v1/hubs"): (READ, Call()),
     ("GET", "/api/v1/api-keys"): (ADMIN, Call()),
     ("POST", "/api/v1/api-keys"): (ADMIN, Call(json={"name": "made-by-auth-test"})),
     ("DELETE", "/api/v1/api-keys/{key_id}"): (ADMIN, Call(_api_key)),
@@ -371,10 +373,13 @@ def test_route_answers_each_kind_of_key_as_its_scope_says(
     else:
         pytest.fail(f"{method} {path} is not in the auth table of {__file__}: add it to "
                     "PUBLIC_ROUTES or SCOPED_ROUTES with its scope and a call that succeeds")
-    expected = _expected(scope, kind)
+    key_kind, bearer = kind.removesuffix("-bearer"), kind.endswith("-bearer")
+    expected = _expected(scope, key_kind)
     # The setup (a fresh rollout, key, model …) runs only where the call must succeed.
     params = call.params(world) if expected is None else _placeholders(path)
-    headers = {} if kind == "none" else {"X-API-Key": getattr(world.keys, kind)}
+    key = None if kind == "none" else getattr(world.keys, key_kind)
+    headers = ({} if key is None else {"Authorization": f"Bearer {key}"} if bearer
+               else {"X-API-Key": key})
     body = call.json_for(world) if call.json_for is not None and expected is None else call.json
     response = world.http.request(method, path.format(**params), params=call.query,
                                   json=body, content=call.content, headers=headers)

@@ -20,7 +20,7 @@ from cloud_hub.db import partitions
 from cloud_hub.db.copy import CopyError, CopyRefused, copied_tables, copy_database
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
-from cloud_hub.db.ops_tables import JobLease
+from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 from cloud_hub.db.queries import read_telemetry
 from cloud_hub.db.tables import ApiKey, DeadLetter, Device
 from cloud_hub.maintenance.rollups import fold_rollups, read_rollups
@@ -69,6 +69,10 @@ def _fill(engine: Engine) -> None:
         register_artifact(session, variant_artifact(), name="pump-ae", chunk_size=4096)
         session.add(ApiKey(name="ops", key_hash=hash_api_key(generate_api_key()), prefix="el_ops",
                            scope=Scope.ADMIN, created_at=NOW))
+        session.add(HubProcessRecord(holder="old-host:12:abcd", client_id="hub-a",
+                                     host="old-host", pid=12, version="0.1.0",
+                                     started_at=NOW - 3600, seen_at=NOW - 5, stopped_at=NOW - 5,
+                                     report_s=10.0, figures={"telemetry_readings": 2160.0}))
         session.commit()
 
 
@@ -107,6 +111,9 @@ def test_a_sqlite_hub_database_lands_in_postgresql_row_for_row_and_the_hub_goes_
         assert _rows(pg_target, table) == _rows(source, table), table.name
         assert seen[table.name] == result.rows[table.name]
     assert result.rows["telemetry"] == 3 * 72
+    # The source's processes are not the target's.
+    processes: Table = HubProcessRecord.__table__  # type: ignore[attr-defined]
+    assert len(_rows(source, processes)) == 1 and _rows(pg_target, processes) == []
 
     # Each UTC day of the raw telemetry got its partition: none of it sits in the default one.
     with pg_target.connect() as conn:

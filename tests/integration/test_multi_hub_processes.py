@@ -37,7 +37,8 @@ def hubs(broker: Broker, pg_database: str, tmp_path: Path) -> Iterator[list[HubP
     procs = [HubProcess(tmp_path / f"hub-{i}", mqtt_port=broker.port, admin_api_key=key,
                         extra_env={**broker.hub_env(f"hub-{i}"),
                                    "EDGELOOP_DATABASE_URL": pg_database,
-                                   "EDGELOOP_MQTT_SHARE_GROUP": "hubs"})
+                                   "EDGELOOP_MQTT_SHARE_GROUP": "hubs",
+                                   "EDGELOOP_HUB_REPORT_S": "1"})
              for i in range(2)]
     try:
         for p in procs:  # both at once, as a fleet's hubs come up (migrations take turns)
@@ -76,13 +77,26 @@ def test_two_hubs_store_each_reading_once_across_a_broker_restart_and_a_hub_kill
         mark = stored_readings(client)
         wait_for(lambda: all(stored_readings(client)[d] > mark[d] + 40 for d in agents.devices), 90,
                  "the other hub storing everything alone")
+        # Any process lists the killed one as silent once it misses three reports.
+        wait_for(lambda: _state_of(client, pid) == "silent", 30,
+                 "the killed hub listed as silent")
         hubs[1].stop()  # reap it
         hubs[1].start(timeout=120)
+        restarted = hubs[1].pid
+        assert restarted is not None
+        wait_for(lambda: _state_of(client, restarted) == "running", 30,
+                 "the restarted hub listed as running")
         time.sleep(1.0)
     finally:
         agents.stop()
     assert_stored_once(client, agents.samples_generated(), pg_database)
     client.close()
+
+
+def _state_of(client: HubClient, pid: int) -> str | None:
+    """The state ``GET /hubs`` gives the process ``pid`` (on this machine), if listed."""
+    states = [h["state"] for h in client.get("/hubs") if h["pid"] == pid]
+    return states[0] if states else None
 
 
 def _scrape(hub: HubProcess) -> dict[str, list[Sample]]:
@@ -136,4 +150,10 @@ def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
 
     sums = wait_for(one_holder_each, 60, "every job lease held by exactly one of the two hubs")
     assert {"rollouts", "maintenance", "training", "retained-desired"} <= set(sums)
+    # Whichever process answers lists both, with the same split of the leases.
+    listed = client.get("/hubs")
+    assert {h["client_id"] for h in listed} == {i["client_id"] for i in identities}
+    assert all(h["state"] == "running" for h in listed)
+    leases = [lease for h in listed for lease in h["leases"]]
+    assert sorted(leases) == sorted(sums)
     client.close()

@@ -1,4 +1,4 @@
-"""Health, signing key, ingest metrics and API keys."""
+"""Health, signing key, ingest metrics, the hub processes and API keys."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cloud_hub.api.schemas import (
     ApiKeyCreated,
     ApiKeyPublic,
     HealthPublic,
+    HubProcessPublic,
     MetricsPublic,
     SigningKeyPublic,
 )
@@ -24,6 +25,7 @@ from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import ApiKey
 from cloud_hub.metrics.exposition import CONTENT_TYPE
+from cloud_hub.metrics.processes import list_processes
 
 router = APIRouter(tags=["system"])
 
@@ -60,6 +62,14 @@ def metrics(hub: HubDep, _key: ReadKey,
     if output == "prometheus":
         return Response(hub.metrics_text(), media_type=CONTENT_TYPE)
     return hub.metrics()
+
+
+@router.get("/hubs", response_model=list[HubProcessPublic])
+def hubs(session: SessionDep, _key: ReadKey) -> list[HubProcessPublic]:
+    """Every hub process on this database that reported within the last day (running ones
+    first), with the job leases each holds: the whole deployment, whichever process answers."""
+    return [HubProcessPublic(**v.record.model_dump(), state=v.state, leases=v.leases)
+            for v in list_processes(session, now=time.time())]
 
 
 def _public(k: ApiKey) -> ApiKeyPublic:

@@ -1,0 +1,140 @@
+"""The hub processes sharing a database: each writes its own row every ``report_s`` (a few of
+its figures and the rates since its last report), so that any of them can list them all, with
+the job leases each holds, behind a load balancer that would otherwise answer for only one.
+
+A process that stops cleanly marks its row stopped; one that was killed or hangs stops writing
+and is shown ``silent`` after three missed reports. Rows not written for a day are deleted by
+the reporters still running. A failed write is logged and tried again at the next report: the
+row is a view for people, nothing in the hub depends on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from cloud_hub import __version__
+from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
+
+__all__ = ["FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter", "list_processes"]
+
+log = logging.getLogger(__name__)
+
+# What each process reports of its metrics (GET /api/v1/metrics has them all, for itself).
+FIGURES = ("messages_received", "telemetry_batches", "telemetry_readings", "duplicates",
+           "dead_letters", "commit_errors", "queue_depth", "ingest_behind", "mqtt_connected")
+# Counters whose rate per second between two reports is reported beside them.
+RATES = {"messages_received": "messages_per_s", "telemetry_readings": "readings_per_s"}
+SILENT_AFTER_REPORTS = 3
+ProcessState = Literal["running", "silent", "stopped"]
+PRUNE_AFTER_S = 86_400.0
+
+
+class ProcessReporter:
+    """Writes this process's row now and every ``report_s`` in a thread; ``stop`` marks it
+    stopped. ``figures`` gives this process's metrics (:meth:`cloud_hub.service.Hub.metrics`)."""
+
+    def __init__(self, engine: Engine, *, holder: str, client_id: str,
+                 figures: Callable[[], Mapping[str, Any]], report_s: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self.holder, self.client_id = holder, client_id
+        self._figures = figures
+        self.report_s = report_s
+        self._clock = clock
+        self.started_at = clock()
+        self._last: tuple[float, dict[str, float]] | None = None  # time, counters reported
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-process-report",
+                                        daemon=True)
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        try:
+            self.report(stopped=True)
+        except Exception as exc:  # the row then turns silent, which is still true enough
+            log.warning("hub processes: could not mark this process stopped (%s)", exc)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.report()
+                if self.failures:
+                    log.info("hub processes: reporting again after %d failure(s)", self.failures)
+                self.failures = 0
+            except Exception as exc:
+                self.failures += 1
+                if self.failures == 1:
+                    log.warning("hub processes: could not write this process's row (%s); "
+                                "retrying every %.0fs", exc, self.report_s)
+            if self._stop.wait(self.report_s):
+                return
+
+    def report(self, *, stopped: bool = False) -> None:
+        """Write this process's row (and delete rows nobody wrote for a day)."""
+        now = self._clock()
+        metrics = self._figures()
+        figures = {k: float(metrics[k]) for k in FIGURES if isinstance(metrics.get(k), int | float)}
+        if self._last is not None:
+            at, before = self._last
+            elapsed = now - at
+            for counter, rate in RATES.items():
+                if elapsed > 0 and counter in figures and counter in before:
+                    figures[rate] = round((figures[counter] - before[counter]) / elapsed, 1)
+        self._last = (now, figures)
+        with Session(self._engine) as session:
+            row = session.get(HubProcessRecord, self.holder) or HubProcessRecord(
+                holder=self.holder, client_id=self.client_id, host=socket.gethostname()[:255],
+                pid=os.getpid(), version=__version__, started_at=self.started_at,
+                seen_at=now, report_s=self.report_s)
+            row.seen_at, row.figures = now, figures
+            row.stopped_at = now if stopped else None
+            session.add(row)
+            session.exec(delete(HubProcessRecord)
+                         .where(col(HubProcessRecord.seen_at) < now - PRUNE_AFTER_S))
+            session.commit()
+
+
+@dataclass(frozen=True)
+class HubProcessView:
+    record: HubProcessRecord
+    state: ProcessState
+    leases: list[str]
+
+
+def list_processes(session: Session, *, now: float) -> list[HubProcessView]:
+    """Every hub process that reported within the last day, running ones first, each with the
+    job leases it holds now (from ``job_leases``, the table that decides)."""
+    held: dict[str, list[str]] = {}
+    for lease in session.exec(select(JobLease).where(col(JobLease.expires_at) > now)
+                              .order_by(col(JobLease.name))):
+        held.setdefault(lease.holder, []).append(lease.name)
+    views = []
+    for row in session.exec(select(HubProcessRecord)
+                            .order_by(col(HubProcessRecord.started_at))):
+        state: ProcessState
+        if row.stopped_at is not None:
+            state = "stopped"
+        elif now - row.seen_at > SILENT_AFTER_REPORTS * row.report_s:
+            state = "silent"
+        else:
+            state = "running"
+        views.append(HubProcessView(row, state, held.get(row.holder, [])))
+    order = {"running": 0, "silent": 1, "stopped": 2}
+    return sorted(views, key=lambda v: order[v.state])

@@ -1,0 +1,158 @@
+"""The hub processes on one database (``hub_processes``, ``GET /api/v1/hubs``, ``cloud-hub
+hubs``): each process's own report, the rates between reports, running / silent / stopped,
+the leases read from ``job_leases``, old rows pruned, and a database failure that the reporter
+outlives. Real SQLite; the API and the CLI against a real hub on the secure broker."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from cloud_hub.cli import main
+from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.db.engine import make_engine
+from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
+from cloud_hub.metrics.processes import PRUNE_AFTER_S, ProcessReporter, list_processes
+from cloud_hub.service import Hub
+from simulator.broker import Broker
+from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
+from tests.cloud_hub.helpers import enroll_devices, stand_in_training, wait_for
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    e = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    yield e
+    e.dispose()
+
+
+def _reporter(engine: Engine, clock: Clock, holder: str, figures: dict[str, Any]
+              ) -> ProcessReporter:
+    return ProcessReporter(engine, holder=holder, client_id=f"client-{holder}",
+                           figures=lambda: figures, report_s=10.0, clock=clock)
+
+
+def _listed(engine: Engine, now: float) -> dict[str, Any]:
+    with Session(engine) as session:
+        return {v.record.holder: v for v in list_processes(session, now=now)}
+
+
+def test_reports_give_rates_states_and_the_leases_each_process_holds(engine: Engine) -> None:
+    clock = Clock()
+    a_figures: dict[str, Any] = {"messages_received": 1000, "telemetry_readings": 10_000,
+                                 "queue_depth": 12, "ingest_behind": False,
+                                 "mqtt_error": "text is not reported", "session": "s"}
+    a = _reporter(engine, clock, "host:1:aa", a_figures)
+    b = _reporter(engine, clock, "host:2:bb", {"messages_received": 5})
+    a.report()
+    b.report()
+    clock.now += 10.0
+    a_figures.update(messages_received=3000, telemetry_readings=30_000)
+    a.report()
+    with Session(engine) as session:
+        session.add(JobLease(name="rollouts", holder="host:1:aa", expires_at=clock.now + 15))
+        session.add(JobLease(name="maintenance", holder="host:1:aa", expires_at=clock.now - 1))
+        session.add(JobLease(name="training", holder="host:2:bb", expires_at=clock.now + 15))
+        session.commit()
+
+    listed = _listed(engine, clock.now)
+    row = listed["host:1:aa"].record
+    assert row.figures == {"messages_received": 3000.0, "telemetry_readings": 30_000.0,
+                           "queue_depth": 12.0, "ingest_behind": 0.0,
+                           "messages_per_s": 200.0, "readings_per_s": 2000.0}
+    assert row.client_id == "client-host:1:aa" and row.started_at == T0
+    assert listed["host:1:aa"].leases == ["rollouts"]  # the expired lease is not held
+    assert listed["host:2:bb"].leases == ["training"]
+    assert {h: v.state for h, v in listed.items()} == {"host:1:aa": "running",
+                                                       "host:2:bb": "running"}
+
+    # b stops reporting (killed): silent after three missed reports; a stops cleanly.
+    clock.now += 15.0
+    a.report()
+    assert _listed(engine, clock.now)["host:2:bb"].state == "running"
+    clock.now += 10.0
+    a.stop()
+    listed = _listed(engine, clock.now)
+    assert [v.state for v in listed.values()] == ["silent", "stopped"]  # running first
+    assert listed["host:1:aa"].record.stopped_at == clock.now
+
+    # A day later, a new process's first report deletes both.
+    clock.now += PRUNE_AFTER_S + 1
+    _reporter(engine, clock, "host:3:cc", {}).report()
+    assert list(_listed(engine, clock.now)) == ["host:3:cc"]
+
+
+def test_the_reporter_outlives_a_database_failure_and_reports_again(engine: Engine) -> None:
+    table = HubProcessRecord.__table__  # type: ignore[attr-defined]
+    reporter = ProcessReporter(engine, holder="host:1:aa", client_id="hub-a",
+                               figures=lambda: {"messages_received": 1}, report_s=0.05)
+    table.drop(engine)  # every write now fails: no such table
+    reporter.start()
+    try:
+        wait_for(lambda: reporter.failures >= 3, what="failed reports")
+        table.create(engine)
+        wait_for(lambda: reporter.failures == 0, what="reporting again")
+        assert "host:1:aa" in _listed(engine, time.time())
+    finally:
+        reporter.stop()
+    assert _listed(engine, time.time())["host:1:aa"].state == "stopped"
+
+
+@pytest.fixture
+def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
+    h = Hub(hub_settings(broker, tmp_path / "hub", hub_report_s=0.2, maintenance_tick_s=0.5),
+            run_training=stand_in_training())
+    enroll_devices(h)
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.hub
+def test_a_running_hub_lists_itself_through_the_api_and_the_cli(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = serve_in_thread(hub)
+    try:
+        with httpx.Client(base_url=server.base_url + "/api/v1",
+                          headers={"X-API-Key": ADMIN_KEY}, timeout=30) as api:
+            def all_leases() -> list[dict[str, Any]] | None:
+                found: list[dict[str, Any]] = api.get("/hubs").json()
+                return found if found and len(found[0]["leases"]) == 7 else None
+
+            (me,) = wait_for(all_leases, 30, "the hub listed with its seven leases")
+            assert me["holder"] == hub.holder and me["client_id"] == hub.settings.mqtt_client_id
+            assert me["state"] == "running" and me["stopped_at"] is None
+            assert me["report_s"] == 0.2
+            assert set(me["figures"]) >= {"messages_received", "queue_depth", "mqtt_connected"}
+            assert me["figures"]["mqtt_connected"] == 1.0
+            assert api.get("/hubs", headers={"X-API-Key": ""}).status_code == 401
+        assert main(["--url", server.base_url, "--api-key", ADMIN_KEY, "hubs", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [h["holder"] for h in listed] == [hub.holder]
+        assert main(["--url", server.base_url, "--api-key", ADMIN_KEY, "hubs"]) == 0
+        out = capsys.readouterr().out
+        assert hub.settings.mqtt_client_id in out and "running" in out and "rollouts" in out
+    finally:
+        server.stop()
