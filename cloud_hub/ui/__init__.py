@@ -19,7 +19,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_hub.ui.render import templates
-from cloud_hub.ui.routes import auth, fleet, inbox, live, models, notifications, rollouts
+from cloud_hub.ui.routes import (
+    auth,
+    fleet,
+    hubs,
+    inbox,
+    live,
+    models,
+    notifications,
+    rollouts,
+)
 from cloud_hub.ui.security import LoginRequired, SecurityHeaders
 
 __all__ = ["PUBLIC_PATHS", "STATIC_PREFIX", "UI_PREFIX", "mount_console"]
@@ -73,7 +82,7 @@ def mount_console(app: FastAPI) -> None:
     """Add the console's routes, static files, headers and error pages to the hub's app."""
     app.add_middleware(SecurityHeaders)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="ui-static")
-    for module in (auth, fleet, inbox, models, rollouts, notifications, live):
+    for module in (auth, fleet, inbox, models, rollouts, notifications, hubs, live):
         app.include_router(module.router)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(HTTPException, _http_error)

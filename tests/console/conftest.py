@@ -96,7 +96,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     tmp = tmp_path_factory.mktemp("console")
     broker = Broker()
     broker.start()
-    hub = Hub(hub_settings(broker, tmp / "hub", incident_tick_s=0.2, incident_quiet_s=3600.0),
+    hub = Hub(hub_settings(broker, tmp / "hub", incident_tick_s=0.2, incident_quiet_s=3600.0,
+                           hub_report_s=0.5),
               run_training=stand_in_training())
     # Enrolled in the hub's registry; the agents log in with broker credentials of their own.
     enroll_devices(hub, (*DEVICES, *OTHER_DEVICES))

@@ -156,6 +156,33 @@ def test_a_read_key_sees_everything_and_cannot_act(page: Any, console: Console) 
     expect(page.locator("#incident-panel")).not_to_contain_text("forged")
 
 
+def test_the_hubs_page_shows_the_processes_live_with_their_leases(
+    page: Any, console: Console
+) -> None:
+    log_in(page, console, key=console.read_key, path="/ui/hubs")
+    me = page.locator(f'#hubs-table tr[data-holder="{console.hub.holder}"]')
+    expect(me).to_contain_text(console.hub.settings.mqtt_client_id)
+    expect(me.locator(".pill").first).to_have_text("running")
+    expect(me.locator(".leases")).to_contain_text("rollouts", timeout=LIVE)
+    # The agents stream all along: the rate comes in with the page's own refresh.
+    expect(me.locator(".reading-rate")).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=LIVE)
+
+    # Another process that stopped reporting two minutes ago shows up, without a reload.
+    from cloud_hub.db.ops_tables import HubProcessRecord
+
+    with Session(console.hub.engine) as session:
+        session.add(HubProcessRecord(
+            holder="other-host:4242:deadbeef", client_id="hub-gone", host="other-host",
+            pid=4242, version="0.1.0", started_at=time.time() - 600,
+            seen_at=time.time() - 120, report_s=10.0, figures={"queue_depth": 7.0}))
+        session.commit()
+    gone = page.locator('#hubs-table tr[data-holder="other-host:4242:deadbeef"]')
+    expect(gone.locator(".pill").first).to_have_text("silent", timeout=LIVE)
+    expect(gone.locator(".leases")).to_have_text("none")
+    rows = page.locator("#hubs-table tbody tr")
+    expect(rows.nth(0)).to_have_attribute("data-holder", console.hub.holder)  # running first
+
+
 def _incident_of(console: Console, device_id: str) -> int | None:
     from sqlmodel import select
 

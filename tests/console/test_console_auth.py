@@ -155,6 +155,8 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
         lambda w: {"rollout_id": w.rollout()})),
     ("POST", "/ui/rollouts/{rollout_id}/{action}"): (ADMIN, Call(_rollout_then(None))),
     ("GET", "/ui/notifications"): (READ, Call()),
+    ("GET", "/ui/hubs"): (READ, Call()),
+    ("GET", "/ui/hubs/rows"): (READ, Call()),
     ("POST", "/ui/webhooks"): (ADMIN, Call(form=lambda w: {
         "name": "ui-hook", "url": "http://127.0.0.1:9/hook"})),
     ("POST", "/ui/webhooks/{rule_id}/{action}"): (ADMIN, Call(
