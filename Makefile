@@ -25,7 +25,7 @@ SERIAL_TESTS := tests/cloud_hub/test_api_schemathesis.py tests/cloud_hub/test_ho
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test lint typecheck pytest pytest-workers pytest-serial test-edge-minimal setup \
-	mosquitto chromium bench clean
+	mosquitto chromium prometheus bench clean
 
 demo: setup
 	$(VENV)/bin/simulator demo $(DEMO_ARGS)
@@ -70,9 +70,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The Prometheus files in deploy/prometheus are tested with Debian's promtool and a real
+# Prometheus scraping a test hub (tests/cloud_hub/test_prometheus.py); the demo needs neither.
+prometheus:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		echo "prometheus: found"; \
+	else \
+		echo "prometheus: installing with apt"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	fi
+
 # Tests marked serial run in one process after the others: schemathesis' parametrized tests
 # are not distributed by xdist (on a worker the test ran no operation at all and passed).
-pytest: $(STAMP) mosquitto chromium
+pytest: $(STAMP) mosquitto chromium prometheus
 ifeq ($(PYTEST_XDIST),)
 	$(VENV)/bin/pytest
 else
@@ -80,7 +90,7 @@ else
 	@$(MAKE) --no-print-directory pytest-serial
 endif
 
-pytest-workers: $(STAMP) mosquitto chromium
+pytest-workers: $(STAMP) mosquitto chromium prometheus
 	$(VENV)/bin/pytest $(PYTEST_XDIST) -m "not serial" $(addprefix --ignore=,$(SERIAL_TESTS))
 
 pytest-serial: $(STAMP) mosquitto
