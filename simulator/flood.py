@@ -546,7 +546,12 @@ class Publishers:
     def acknowledged(self) -> int:
         """Publishes the broker has acknowledged so far, all publishers (a few tenths of a
         second behind)."""
-        return sum(int(p[0]) for p in self._progress)
+        return sum(self.acknowledged_each())
+
+    def acknowledged_each(self) -> list[int]:
+        """As :meth:`acknowledged`, per publisher process (each has its share of the
+        devices): on a loaded machine one may start publishing well after the others."""
+        return [int(p[0]) for p in self._progress]
 
     def sent(self) -> int:
         """Publishes sent so far, acknowledged or not (as :meth:`acknowledged`, behind)."""
