@@ -208,7 +208,7 @@ def _hub_row(h: dict[str, Any]) -> dict[str, Any]:
 
 
 def hubs(a: argparse.Namespace, c: HubClient) -> int:
-    found = c.get("/hubs")
+    found = c.get_all("/hubs")
     emit(found if a.json else [_hub_row(h) for h in found], a.json, title="hub processes")
     return 0
 

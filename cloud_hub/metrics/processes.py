@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +26,8 @@ from sqlmodel import Session, col, select
 from cloud_hub import __version__
 from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 
-__all__ = ["FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter", "list_processes"]
+__all__ = ["FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter", "list_processes",
+           "process_views"]
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +120,22 @@ class HubProcessView:
 
 
 def list_processes(session: Session, *, now: float) -> list[HubProcessView]:
-    """Every hub process that reported within the last day, running ones first, each with the
-    job leases it holds now (from ``job_leases``, the table that decides)."""
+    """Every hub process that reported within the last day, running ones first."""
+    rows = session.exec(select(HubProcessRecord).order_by(col(HubProcessRecord.started_at)))
+    order = {"running": 0, "silent": 1, "stopped": 2}
+    return sorted(process_views(session, list(rows), now=now), key=lambda v: order[v.state])
+
+
+def process_views(session: Session, rows: Sequence[HubProcessRecord], *, now: float
+                  ) -> list[HubProcessView]:
+    """``rows`` with their state and the job leases each holds now (from ``job_leases``,
+    the table that decides)."""
     held: dict[str, list[str]] = {}
     for lease in session.exec(select(JobLease).where(col(JobLease.expires_at) > now)
                               .order_by(col(JobLease.name))):
         held.setdefault(lease.holder, []).append(lease.name)
     views = []
-    for row in session.exec(select(HubProcessRecord)
-                            .order_by(col(HubProcessRecord.started_at))):
+    for row in rows:
         state: ProcessState
         if row.stopped_at is not None:
             state = "stopped"
@@ -136,5 +144,4 @@ def list_processes(session: Session, *, now: float) -> list[HubProcessView]:
         else:
             state = "running"
         views.append(HubProcessView(row, state, held.get(row.holder, [])))
-    order = {"running": 0, "silent": 1, "stopped": 2}
-    return sorted(views, key=lambda v: order[v.state])
+    return views

@@ -148,9 +148,24 @@ def test_a_running_hub_lists_itself_through_the_api_and_the_cli(
             assert set(me["figures"]) >= {"messages_received", "queue_depth", "mqtt_connected"}
             assert me["figures"]["mqtt_connected"] == 1.0
             assert api.get("/hubs", headers={"X-API-Key": ""}).status_code == 401
+            # Pages by start time: two older processes, then this one.
+            with Session(hub.engine) as session:
+                for i in (1, 2):
+                    session.add(HubProcessRecord(
+                        holder=f"old:{i}", client_id=f"hub-old-{i}", host="old", pid=i,
+                        version="0.1.0", started_at=1000.0 * i, seen_at=time.time(),
+                        stopped_at=time.time(), report_s=10.0, figures={}))
+                session.commit()
+            first = api.get("/hubs", params={"limit": 2})
+            assert [h["holder"] for h in first.json()] == ["old:1", "old:2"]
+            rest = api.get("/hubs", params={"limit": 2,
+                                            "cursor": first.headers["X-Next-Cursor"]})
+            assert [h["holder"] for h in rest.json()] == [hub.holder]
+            assert "X-Next-Cursor" not in rest.headers
         assert main(["--url", server.base_url, "--api-key", ADMIN_KEY, "hubs", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
-        assert [h["holder"] for h in listed] == [hub.holder]
+        assert [h["holder"] for h in listed] == ["old:1", "old:2", hub.holder]
+        assert [h["state"] for h in listed] == ["stopped", "stopped", "running"]
         assert main(["--url", server.base_url, "--api-key", ADMIN_KEY, "hubs"]) == 0
         out = capsys.readouterr().out
         assert hub.settings.mqtt_client_id in out and "running" in out and "rollouts" in out

@@ -22,10 +22,11 @@ from cloud_hub.api.schemas import (
     SigningKeyPublic,
 )
 from cloud_hub.core.security import Scope, generate_api_key, hash_api_key
+from cloud_hub.db.ops_tables import HubProcessRecord
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import ApiKey
 from cloud_hub.metrics.exposition import CONTENT_TYPE
-from cloud_hub.metrics.processes import list_processes
+from cloud_hub.metrics.processes import process_views
 
 router = APIRouter(tags=["system"])
 
@@ -64,12 +65,23 @@ def metrics(hub: HubDep, _key: ReadKey,
     return hub.metrics()
 
 
-@router.get("/hubs", response_model=list[HubProcessPublic])
-def hubs(session: SessionDep, _key: ReadKey) -> list[HubProcessPublic]:
-    """Every hub process on this database that reported within the last day (running ones
-    first), with the job leases each holds: the whole deployment, whichever process answers."""
+MAX_HUB_PROCESSES = 1000
+
+
+@router.get("/hubs", response_model=list[HubProcessPublic], responses=PAGE_HEADERS)
+def hubs(
+    request: Request, response: Response, session: SessionDep, _key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_HUB_PROCESSES)] = 100,
+    cursor: CursorQuery = None,
+) -> list[HubProcessPublic]:
+    """Every hub process on this database that reported within the last day, by start time,
+    with its state and the job leases it holds: the whole deployment, whichever process
+    answers."""
+    order = [col(HubProcessRecord.started_at), col(HubProcessRecord.holder)]
+    rows = paged(request, response, cursor, lambda after: keyset_page(
+        session, select(HubProcessRecord), order=order, limit=limit, after=after))
     return [HubProcessPublic(**v.record.model_dump(), state=v.state, leases=v.leases)
-            for v in list_processes(session, now=time.time())]
+            for v in process_views(session, rows, now=time.time())]
 
 
 def _public(k: ApiKey) -> ApiKeyPublic:
