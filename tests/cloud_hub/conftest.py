@@ -46,12 +46,34 @@ def served_hub(broker: Broker, data_dir: Path, devices: tuple[str, ...]) -> Iter
         h.stop()
 
 
-@pytest.fixture
-def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
-    h = Hub(hub_settings(broker, tmp_path / "hub"), run_training=stand_in_training())
+@contextlib.contextmanager
+def started_hub(broker: Broker, data_dir: Path, **settings: object) -> Iterator[Hub]:
+    """A started hub with the test devices enrolled, ``settings`` over :func:`hub_settings`'
+    own; stopped on exit."""
+    h = Hub(hub_settings(broker, data_dir, **settings), run_training=stand_in_training())
     enroll_devices(h)
     h.start()
     try:
         yield h
     finally:
         h.stop()
+
+
+@contextlib.contextmanager
+def api_client(hub: Hub, key: str | None = ADMIN_KEY) -> Iterator[httpx.Client]:
+    """The hub's REST API served on a free port: a client on /api/v1 sending ``key`` (None:
+    no key unless a request gives one)."""
+    server = serve_in_thread(hub)
+    headers = {"X-API-Key": key} if key is not None else {}
+    try:
+        with httpx.Client(base_url=server.base_url + "/api/v1", headers=headers,
+                          timeout=30) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
+    with started_hub(broker, tmp_path / "hub") as h:
+        yield h

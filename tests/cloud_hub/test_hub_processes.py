@@ -23,8 +23,8 @@ from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 from cloud_hub.metrics.processes import PRUNE_AFTER_S, ProcessReporter, list_processes
 from cloud_hub.service import Hub
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import enroll_devices, stand_in_training, wait_for
+from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
+from tests.cloud_hub.helpers import wait_for
 
 T0 = 1_800_000_000.0
 
@@ -118,14 +118,8 @@ def test_the_reporter_outlives_a_database_failure_and_reports_again(engine: Engi
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
-    h = Hub(hub_settings(broker, tmp_path / "hub", hub_report_s=0.2, maintenance_tick_s=0.5),
-            run_training=stand_in_training())
-    enroll_devices(h)
-    h.start()
-    try:
+    with started_hub(broker, tmp_path / "hub", hub_report_s=0.2, maintenance_tick_s=0.5) as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.mark.integration

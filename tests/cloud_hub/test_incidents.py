@@ -18,12 +18,10 @@ from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.service import Hub
 from shared.messages import AnomalyEvent, ModelRef, encode
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
+from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
 from tests.cloud_hub.helpers import (
-    enroll_devices,
     publish_wait,
     publisher_client,
-    stand_in_training,
     wait_for,
 )
 
@@ -39,15 +37,9 @@ def incident_quiet_s() -> float:
 @pytest.fixture
 def quick_hub(broker: Broker, tmp_path: Path, incident_quiet_s: float) -> Iterator[Hub]:
     """A hub whose incidents close after ``incident_quiet_s`` of quiet."""
-    settings = hub_settings(broker, tmp_path / "hub", incident_gap_s=5.0,
-                            incident_quiet_s=incident_quiet_s, incident_tick_s=0.1)
-    h = Hub(settings, run_training=stand_in_training())
-    enroll_devices(h)
-    h.start()
-    try:
+    with started_hub(broker, tmp_path / "hub", incident_gap_s=5.0,
+                     incident_quiet_s=incident_quiet_s, incident_tick_s=0.1) as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.fixture

@@ -14,20 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.metrics.exposition import METRICS, NOT_EXPORTED, PREFIX, render
 from cloud_hub.metrics.histogram import Histogram
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import (
-    enroll_devices,
-    publish_wait,
-    publisher_client,
-    stand_in_training,
-    wait_for,
-)
+from tests.cloud_hub.conftest import ADMIN_KEY, api_client, started_hub
+from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 LEASES = {"rollouts", "training", "retained-desired", "incidents", "notifier", "retrain",
@@ -114,24 +107,15 @@ def test_every_counter_is_named_total_and_every_name_is_once() -> None:
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
     """The suite's hub, with the maintenance job ticking (and so taking its lease) at once."""
-    h = Hub(hub_settings(broker, tmp_path / "hub", maintenance_tick_s=0.5),
-            run_training=stand_in_training())
-    enroll_devices(h)
-    h.start()
-    try:
+    with started_hub(broker, tmp_path / "hub", maintenance_tick_s=0.5) as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.fixture
 def api(hub: Hub) -> Iterator[httpx.Client]:
-    server = serve_in_thread(hub)
-    try:
-        with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30) as client:
-            yield client
-    finally:
-        server.stop()
+    """No key by default: each request says how it authenticates."""
+    with api_client(hub, key=None) as client:
+        yield client
 
 
 def _store_one_at_a_time(broker: Broker, hub: Hub) -> None:

@@ -23,14 +23,8 @@ from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker, free_port
 from simulator.process import log_tail, start_child, terminate
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import (
-    enroll_devices,
-    publish_wait,
-    publisher_client,
-    stand_in_training,
-    wait_for,
-)
+from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
+from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -59,14 +53,8 @@ def test_the_alert_rules_pass_promtools_check_and_their_unit_tests() -> None:
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
-    h = Hub(hub_settings(broker, tmp_path / "hub", maintenance_tick_s=0.5),
-            run_training=stand_in_training())
-    enroll_devices(h)
-    h.start()
-    try:
+    with started_hub(broker, tmp_path / "hub", maintenance_tick_s=0.5) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def test_the_rules_name_only_metrics_a_hub_exposes(hub: Hub) -> None:

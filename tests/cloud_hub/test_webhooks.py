@@ -27,8 +27,8 @@ from cloud_hub.notify.signing import (
 )
 from cloud_hub.service import Hub
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import enroll_devices, publisher_client, stand_in_training, wait_for
+from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
+from tests.cloud_hub.helpers import publisher_client, wait_for
 from tests.cloud_hub.test_incidents import send_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
@@ -93,16 +93,10 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
-    settings = hub_settings(broker, tmp_path / "hub", incident_gap_s=5.0, incident_quiet_s=2.0,
-                            incident_tick_s=0.1, webhook_backoff_s=0.2, webhook_max_attempts=3,
-                            webhook_timeout_s=2.0)
-    h = Hub(settings, run_training=stand_in_training())
-    enroll_devices(h)
-    h.start()
-    try:
+    with started_hub(broker, tmp_path / "hub", incident_gap_s=5.0, incident_quiet_s=2.0,
+                     incident_tick_s=0.1, webhook_backoff_s=0.2, webhook_max_attempts=3,
+                     webhook_timeout_s=2.0) as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.fixture

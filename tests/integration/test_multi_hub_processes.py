@@ -51,16 +51,22 @@ def hubs(broker: Broker, pg_database: str, tmp_path: Path) -> Iterator[list[HubP
             p.stop()
 
 
+def _started_agents(broker: Broker, client: HubClient, tmp_path: Path, n: int) -> Fleet:
+    """``n`` real agents, enrolled through the hub, streaming at 20 Hz each."""
+    agents = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
+                   mqtt_auth=hub_enrollment(client, tmp_path / "bundles"),
+                   state_root=tmp_path / "agents", trust_keys={})
+    for i in range(n):
+        agents.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=20.0))
+    agents.start()
+    return agents
+
+
 def test_two_hubs_store_each_reading_once_across_a_broker_restart_and_a_hub_killed(
     broker: Broker, hubs: list[HubProcess], pg_database: str, tmp_path: Path,
 ) -> None:
     client = HubClient(hubs[0].url, hubs[0].admin_api_key)
-    agents = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
-                   mqtt_auth=hub_enrollment(client, tmp_path / "bundles"),
-                   state_root=tmp_path / "agents", trust_keys={})
-    for i in range(4):
-        agents.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=20.0))
-    agents.start()
+    agents = _started_agents(broker, client, tmp_path, 4)
     try:
         wait_for(lambda: all(stored_readings(client).get(d, 0) > 40 for d in agents.devices), 60,
                  "first telemetry through both hubs")
@@ -122,12 +128,7 @@ def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
     broker: Broker, hubs: list[HubProcess], pg_database: str, tmp_path: Path,
 ) -> None:
     client = HubClient(hubs[0].url, hubs[0].admin_api_key)
-    agents = Fleet(mqtt_host=broker.host, mqtt_port=broker.port,
-                   mqtt_auth=hub_enrollment(client, tmp_path / "bundles"),
-                   state_root=tmp_path / "agents", trust_keys={})
-    for i in range(3):
-        agents.add(DeviceSpec(device_id=f"pump-{i + 1:03d}", seed=i, rate_hz=20.0))
-    agents.start()
+    agents = _started_agents(broker, client, tmp_path, 3)
     try:
         wait_for(lambda: all(_total(_scrape(h), "telemetry_readings_stored") > 0 for h in hubs),
                  60, "both hubs storing their share of the streams")
