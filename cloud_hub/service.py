@@ -33,9 +33,11 @@ from cloud_hub.jobs.training import JobRunner, RunTraining
 from cloud_hub.keys.ring import HubKeys, KeyUnavailable
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
+from cloud_hub.metrics.broker import BrokerStats
 from cloud_hub.metrics.exposition import render
 from cloud_hub.metrics.histogram import HistogramSnapshot
 from cloud_hub.metrics.processes import ProcessReporter
+from cloud_hub.metrics.resources import process_figures
 from cloud_hub.mqtt.acks import AckPublisher
 from cloud_hub.mqtt.client import MqttAuth
 from cloud_hub.mqtt.connection import HubConnection
@@ -82,7 +84,7 @@ class Hub:
             client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
             subscriptions=subscriptions(self.topics, settings.mqtt_share_group or None),
             presence_refresh_s=settings.hub_status_refresh_s, auth=self.mqtt_auth,
-            receive_maximum=settings.mqtt_receive_maximum,
+            receive_maximum=settings.mqtt_receive_maximum, broker_stats=BrokerStats(),
         )
         self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
         self.ingest = MqttIngest(
@@ -171,6 +173,9 @@ class Hub:
         data["publisher_connected"] = self.publisher.connected
         data["uptime_s"] = time.time() - self.started_at if self.started_at else 0.0
         data["client_id"] = self.settings.mqtt_client_id
+        data["process"] = process_figures()
+        if self.mqtt.broker_stats is not None:
+            data["broker"] = self.mqtt.broker_stats.snapshot()
         data["lease_holder"] = self.holder
         data["leases"] = {
             "rollouts": self.rollouts.holding, "training": self.jobs.holding,

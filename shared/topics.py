@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "BROKER_STATS",
     "DEFAULT_PREFIX",
     "DEVICE_ID_PATTERN",
     "MODEL_NAME_PATTERN",
@@ -47,6 +48,9 @@ HUB_SHARE_GROUP = "hub"
 # mosquitto's dynamic-security plugin takes commands here and answers on the response topic.
 DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
 DYNSEC_RESPONSE = f"{DYNSEC_CONTROL}/response"
+# mosquitto's own figures (clients, queued and dropped messages), which every hub relays in its
+# metrics (cloud_hub.metrics.broker)
+BROKER_STATS = "$SYS/broker/#"
 
 
 class TopicError(ValueError):
@@ -253,14 +257,14 @@ class Topics:
         )
 
     def hub_access(self, hub_id: str) -> TopicAccess:
-        """A hub reads every device stream and writes ``desired``, ``ack``, the models, the
-        trust lists and its own status record."""
+        """A hub reads every device stream and the broker's figures, and writes ``desired``,
+        ``ack``, the models, the trust lists and its own status record."""
         return TopicAccess(
             publish=tuple(self.all_devices(t) for t in HUB_WRITES)
             + (f"{self.prefix}/models/#", f"{self.prefix}/trust/#", self.hub_status(hub_id)),
             subscribe=(f"{self.prefix}/devices/#", f"$share/+/{self.prefix}/devices/#",
                        f"{self.prefix}/models/#", f"{self.prefix}/trust/#",
-                       self.all_hub_status()),
+                       self.all_hub_status(), BROKER_STATS),
         )
 
     # -- subscription filters ----------------------------------------------------------

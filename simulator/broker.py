@@ -195,8 +195,12 @@ class Broker:
     and identities."""
 
     def __init__(self, port: int | None = None, workdir: Path | None = None, *,
-                 secure: bool = True, topics: Topics | None = None) -> None:
+                 secure: bool = True, topics: Topics | None = None,
+                 settings: str = "") -> None:
+        """``settings``: mosquitto.conf lines after the repository's, which they override
+        (a test's small queue cap, a short ``sys_interval``)."""
         self.port = port or free_port()
+        self.settings = settings
         self.host = "127.0.0.1"
         self.secure = secure
         self.topics = topics or Topics()
@@ -375,6 +379,8 @@ class Broker:
             head = f"listener {self.port} {self.host}\n"
             tail = "\n# Broker(secure=False): anonymous clients, asked for by the caller\n" \
                    "allow_anonymous true\n"
+        if self.settings:
+            tail += "\n# asked for by the caller\n" + self.settings.strip() + "\n"
         self.conf_path.write_text(
             head + f"persistence_location {self.data_dir}/\n" + base + tail
         )

@@ -204,6 +204,8 @@ def _hub_row(h: dict[str, Any]) -> dict[str, Any]:
             "state": h["state"], "seen_at": h["seen_at"],
             "msg/s": f.get("messages_per_s"), "readings/s": f.get("readings_per_s"),
             "inbox": f.get("queue_depth"), "behind": bool(f.get("ingest_behind")),
+            "cpu": f.get("cpu_cores"),
+            "rss MB": None if f.get("rss_bytes") is None else round(f["rss_bytes"] / 2**20),
             "leases": ", ".join(h["leases"]) or "-"}
 
 

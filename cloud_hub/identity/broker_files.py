@@ -42,6 +42,7 @@ max_inflight_messages 100
 max_packet_size 8388608
 retain_available true
 set_tcp_nodelay true
+sys_interval 10
 log_dest stderr
 log_type error
 log_type warning

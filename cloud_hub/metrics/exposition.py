@@ -5,7 +5,10 @@ scraped at its own address (docs/scaling.md, "Watching the hubs"); ``edgeloop_hu
 the process (its MQTT client id and its lease holder id) and the job leases it holds come as
 ``edgeloop_hub_lease_held{lease=...}``. :data:`METRICS` lists every figure of
 ``GET /api/v1/metrics`` that is exported, with its type and meaning; the few left out are text
-(:data:`NOT_EXPORTED`), and a test checks that every figure is one or the other.
+(:data:`NOT_EXPORTED`), and a test checks that every figure is one or the other. The broker's
+own figures, which the hub relays (:mod:`cloud_hub.metrics.broker`), come as
+``edgeloop_broker_*``, and what the process uses of its machine
+(:mod:`cloud_hub.metrics.resources`) as Prometheus' standard ``process_*``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from cloud_hub.metrics.broker import FIGURES as BROKER_FIGURES
 from cloud_hub.metrics.histogram import HistogramSnapshot
 
-__all__ = ["CONTENT_TYPE", "METRICS", "NOT_EXPORTED", "PREFIX", "Metric", "render"]
+__all__ = ["BROKER_PREFIX", "CONTENT_TYPE", "METRICS", "NOT_EXPORTED", "PREFIX",
+           "PROCESS_METRICS", "Metric", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "edgeloop_hub_"
+BROKER_PREFIX = "edgeloop_broker_"
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,21 @@ METRICS: tuple[Metric, ...] = (
     _g("uptime_s", "uptime_seconds", "seconds since this process started serving"),
 )
 
+# GET /api/v1/metrics' "process", under the names every Prometheus client library gives them
+PROCESS_METRICS: tuple[Metric, ...] = (
+    _c("cpu_seconds", "process_cpu_seconds_total",
+       "user and system CPU time this process has used, in seconds"),
+    _g("rss_bytes", "process_resident_memory_bytes", "resident memory of this process, in bytes"),
+    _g("open_fds", "process_open_fds",
+       "file descriptors this process has open (sockets, database files)"),
+    _g("threads", "process_threads", "threads of this process"),
+)
+
 # Text, or exported another way: the identity in edgeloop_hub_info, the leases and the commit
-# histogram as their own families.
+# histogram as their own families, the broker's figures as edgeloop_broker_*, the process's
+# as process_*.
 NOT_EXPORTED = frozenset({"client_id", "lease_holder", "session", "mqtt_error", "leases",
-                          "retained_desired_lease", "commit_seconds_sum"})
+                          "retained_desired_lease", "commit_seconds_sum", "broker", "process"})
 
 
 def _value(v: float | int | bool) -> str:
@@ -129,9 +146,9 @@ def _label(v: object) -> str:
     return str(v).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _family(lines: list[str], name: str, kind: str, help_: str) -> None:
-    lines.append(f"# HELP {PREFIX}{name} {help_}")
-    lines.append(f"# TYPE {PREFIX}{name} {kind}")
+def _family(lines: list[str], name: str, kind: str, help_: str, prefix: str = PREFIX) -> None:
+    lines.append(f"# HELP {prefix}{name} {help_}")
+    lines.append(f"# TYPE {prefix}{name} {kind}")
 
 
 def render(metrics: Mapping[str, object], *, commit_seconds: HistogramSnapshot) -> str:
@@ -162,4 +179,40 @@ def render(metrics: Mapping[str, object], *, commit_seconds: HistogramSnapshot) 
         lines.append(f'{PREFIX}{name}_bucket{{le="{_value(bound)}"}} {n}')
     lines.append(f"{PREFIX}{name}_sum {_value(commit_seconds.total)}")
     lines.append(f"{PREFIX}{name}_count {commit_seconds.count}")
+    own = metrics.get("process")
+    if isinstance(own, Mapping):
+        for m in PROCESS_METRICS:
+            value = own.get(m.key)
+            if isinstance(value, int | float):
+                _family(lines, m.name, m.kind, m.help, prefix="")
+                lines.append(f"{m.name} {_value(value)}")
+    broker = metrics.get("broker")
+    if isinstance(broker, Mapping):
+        _broker(lines, broker)
     return "\n".join(lines) + "\n"
+
+
+def _broker(lines: list[str], broker: Mapping[str, object]) -> None:
+    """The broker's figures as this hub last heard them; nothing of a figure not heard yet."""
+    subscribed = broker.get("subscribed")
+    if isinstance(subscribed, bool):
+        _family(lines, "stats_subscribed", "gauge",
+                "1 when the broker granted this hub its figures ($SYS/broker/#), 0 when it "
+                "refused them", BROKER_PREFIX)
+        lines.append(f"{BROKER_PREFIX}stats_subscribed {_value(subscribed)}")
+    age = broker.get("age_s")
+    if isinstance(age, int | float):
+        _family(lines, "stats_age_seconds", "gauge",
+                "seconds since this hub last heard one of the broker's figures (it publishes "
+                "them every sys_interval)", BROKER_PREFIX)
+        lines.append(f"{BROKER_PREFIX}stats_age_seconds {_value(age)}")
+    version = broker.get("version")
+    if isinstance(version, str):
+        _family(lines, "info", "gauge", "the broker's version, as it reports it",
+                BROKER_PREFIX)
+        lines.append(f'{BROKER_PREFIX}info{{version="{_label(version)}"}} 1')
+    for f in BROKER_FIGURES:
+        value = broker.get(f.key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            _family(lines, f.name, f.kind, f.help, BROKER_PREFIX)
+            lines.append(f"{BROKER_PREFIX}{f.name} {_value(value)}")

@@ -26,16 +26,23 @@ from sqlmodel import Session, col, select
 from cloud_hub import __version__
 from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 
-__all__ = ["FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter", "list_processes",
-           "process_views"]
+__all__ = ["BROKER_REPORTED", "FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter",
+           "latest_broker_figures", "list_processes", "process_views"]
 
 log = logging.getLogger(__name__)
 
 # What each process reports of its metrics (GET /api/v1/metrics has them all, for itself).
 FIGURES = ("messages_received", "telemetry_batches", "telemetry_readings", "duplicates",
            "dead_letters", "commit_errors", "queue_depth", "ingest_behind", "mqtt_connected")
-# Counters whose rate per second between two reports is reported beside them.
-RATES = {"messages_received": "messages_per_s", "telemetry_readings": "readings_per_s"}
+# ... and of the broker's figures it relays (cloud_hub.metrics.broker), as broker_<key>: every
+# process on one broker reports the same ones, and the console shows the freshest.
+BROKER_REPORTED = ("clients_connected", "store_messages", "publish_dropped", "uptime_s")
+# ... and of what it uses of its machine (cloud_hub.metrics.resources)
+PROCESS_REPORTED = ("cpu_seconds", "rss_bytes")
+# Counters whose rate per second between two reports is reported beside them (CPU seconds per
+# second: the cores the process kept busy).
+RATES = {"messages_received": "messages_per_s", "telemetry_readings": "readings_per_s",
+         "cpu_seconds": "cpu_cores"}
 SILENT_AFTER_REPORTS = 3
 ProcessState = Literal["running", "silent", "stopped"]
 PRUNE_AFTER_S = 86_400.0
@@ -92,12 +99,18 @@ class ProcessReporter:
         now = self._clock()
         metrics = self._figures()
         figures = {k: float(metrics[k]) for k in FIGURES if isinstance(metrics.get(k), int | float)}
+        own = metrics.get("process") or {}
+        figures.update({k: float(own[k]) for k in PROCESS_REPORTED
+                        if isinstance(own.get(k), int | float)})
+        broker = metrics.get("broker") or {}
+        figures.update({f"broker_{k}": float(broker[k]) for k in BROKER_REPORTED
+                        if isinstance(broker.get(k), int | float)})
         if self._last is not None:
             at, before = self._last
             elapsed = now - at
             for counter, rate in RATES.items():
                 if elapsed > 0 and counter in figures and counter in before:
-                    figures[rate] = round((figures[counter] - before[counter]) / elapsed, 1)
+                    figures[rate] = round((figures[counter] - before[counter]) / elapsed, 2)
         self._last = (now, figures)
         with Session(self._engine) as session:
             row = session.get(HubProcessRecord, self.holder) or HubProcessRecord(
@@ -145,3 +158,16 @@ def process_views(session: Session, rows: Sequence[HubProcessRecord], *, now: fl
             state = "running"
         views.append(HubProcessView(row, state, held.get(row.holder, [])))
     return views
+
+
+def latest_broker_figures(views: Sequence[HubProcessView]) -> dict[str, float] | None:
+    """The broker's figures as the running process that reported last heard them, and when
+    the broker started (None: no running process has heard any)."""
+    for v in sorted(views, key=lambda v: v.record.seen_at, reverse=True):
+        figures = v.record.figures or {}
+        if v.state == "running" and "broker_uptime_s" in figures:
+            seen = {k: figures[f"broker_{k}"] for k in BROKER_REPORTED
+                    if f"broker_{k}" in figures}
+            seen["started_at"] = v.record.seen_at - seen["uptime_s"]
+            return seen
+    return None

@@ -26,12 +26,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_hub.metrics.broker import BrokerStats
 from cloud_hub.mqtt.client import SESSION_EXPIRY_S, MqttAuth, new_client
 from cloud_hub.mqtt.inbox import Inbox
 from cloud_hub.mqtt.lean import Received
 from cloud_hub.mqtt.presence import HubPresence
 from shared.messages import DeviceStatus
-from shared.topics import DeviceTopic, Topics
+from shared.topics import BROKER_STATS, DeviceTopic, Topics
 
 __all__ = ["HubConnection", "PublishError"]
 
@@ -64,7 +65,7 @@ class HubConnection:
         subscriptions: Sequence[tuple[str, int]], keepalive: int = 30,
         presence_refresh_s: float = 30.0, receive_maximum: int = 4000,
         inbox_bytes: int = 64 * 1024 * 1024, auth: MqttAuth | None = None,
-        publish_window: int = PUBLISH_WINDOW,
+        publish_window: int = PUBLISH_WINDOW, broker_stats: BrokerStats | None = None,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topics = topics
@@ -89,6 +90,10 @@ class HubConnection:
         self._ready = threading.Event()  # connected and every subscription granted
         self._stopping = threading.Event()
         self._subscribe_mid: int | None = None
+        # The broker's figures: subscribed apart, so that a broker whose ACL predates them
+        # refuses that one subscription and not the hub's session.
+        self.broker_stats = broker_stats
+        self._stats_mid: int | None = None
         self._lock = threading.Lock()
         self._started = False
         self._client = new_client(client_id, manual_ack=True, auth=auth)
@@ -232,6 +237,8 @@ class HubConnection:
         self._clean_reconnect, self._attempt_failed = not self._attempt_failed, False
         if self.subscriptions:
             _rc, self._subscribe_mid = client.subscribe(self.subscriptions)
+            if self.broker_stats is not None:
+                _rc, self._stats_mid = client.subscribe(BROKER_STATS, qos=0)
         else:  # a publishing-only connection (e.g. a bench): nothing to announce
             self._ready.set()
         self.last_error = None
@@ -239,6 +246,10 @@ class HubConnection:
 
     def _on_subscribe(self, client: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any],
                       _p: Any) -> None:
+        if mid == self._stats_mid and self.broker_stats is not None:
+            failed = [str(rc) for rc in reason_codes if rc.value >= 0x80]
+            self.broker_stats.subscribed(not failed, ", ".join(failed))
+            return
         if mid != self._subscribe_mid:
             return
         refused = [str(rc) for rc in reason_codes if rc.value >= 0x80]
@@ -305,6 +316,9 @@ class HubConnection:
                                    message.qos, bool(message.retain), self._client.generation))
 
     def _on_received(self, message: Received) -> None:
+        if self.broker_stats is not None and self.broker_stats.wants(message.topic):
+            self.broker_stats.observe(message.topic, message.payload)  # QoS 0: no ack
+            return
         # An anomaly is the latency-critical stream: its batch is stored at once rather than
         # after the batch wait (anomalies are rare; the commits they cut short are few).
         self.inbound.put(message, stop=self._stopping,

@@ -20,7 +20,12 @@ from cloud_hub.cli import main
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
-from cloud_hub.metrics.processes import PRUNE_AFTER_S, ProcessReporter, list_processes
+from cloud_hub.metrics.processes import (
+    PRUNE_AFTER_S,
+    ProcessReporter,
+    latest_broker_figures,
+    list_processes,
+)
 from cloud_hub.service import Hub
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
@@ -98,6 +103,47 @@ def test_reports_give_rates_states_and_the_leases_each_process_holds(engine: Eng
     clock.now += PRUNE_AFTER_S + 1
     _reporter(engine, clock, "host:3:cc", {}).report()
     assert list(_listed(engine, clock.now)) == ["host:3:cc"]
+
+
+def test_the_process_reports_its_cpu_share_and_memory(engine: Engine) -> None:
+    clock = Clock()
+    own = {"cpu_seconds": 10.0, "rss_bytes": 2e8, "open_fds": 20.0, "threads": 12.0}
+    reporter = _reporter(engine, clock, "host:1:aa", {"process": own})
+    reporter.report()
+    clock.now += 10.0
+    own.update(cpu_seconds=17.5, rss_bytes=2.5e8)
+    reporter.report()
+    assert _listed(engine, clock.now)["host:1:aa"].record.figures == {
+        "cpu_seconds": 17.5, "rss_bytes": 2.5e8, "cpu_cores": 0.75}
+
+
+def test_the_brokers_figures_are_reported_and_the_freshest_running_process_gives_them(
+    engine: Engine,
+) -> None:
+    clock = Clock()
+    broker = {"clients_connected": 12.0, "store_messages": 400.0, "publish_dropped": 0.0,
+              "uptime_s": 3600.0, "heap_bytes": 1e6, "version": "mosquitto version 2.0.11",
+              "subscribed": True, "age_s": 1.5}
+    a = _reporter(engine, clock, "host:1:aa", {"messages_received": 1, "broker": broker})
+    b = _reporter(engine, clock, "host:2:bb", {"messages_received": 1,
+                                                "broker": {"subscribed": False}})
+    gone = _reporter(engine, clock, "host:3:cc", {"broker": {"uptime_s": 10.0,
+                                                              "publish_dropped": 99.0}})
+    gone.report()
+    clock.now += 60.0  # host:3 falls silent: what it heard is not the broker's figures now
+    a.report()
+    b.report()  # reported last, but heard nothing of the broker
+    listed = _listed(engine, clock.now)
+    assert listed["host:1:aa"].record.figures == {
+        "messages_received": 1.0, "broker_clients_connected": 12.0,
+        "broker_store_messages": 400.0, "broker_publish_dropped": 0.0,
+        "broker_uptime_s": 3600.0}
+    assert listed["host:2:bb"].record.figures == {"messages_received": 1.0}
+    assert latest_broker_figures(list(listed.values())) == {
+        "clients_connected": 12.0, "store_messages": 400.0, "publish_dropped": 0.0,
+        "uptime_s": 3600.0, "started_at": clock.now - 3600.0}
+    clock.now += 60.0
+    assert latest_broker_figures(list(_listed(engine, clock.now).values())) is None
 
 
 def test_the_reporter_outlives_a_database_failure_and_reports_again(engine: Engine) -> None:

@@ -14,7 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from cloud_hub.metrics.exposition import METRICS, NOT_EXPORTED, PREFIX, render
+from cloud_hub.metrics.exposition import (
+    METRICS,
+    NOT_EXPORTED,
+    PREFIX,
+    PROCESS_METRICS,
+    render,
+)
 from cloud_hub.metrics.histogram import Histogram
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
@@ -97,8 +103,9 @@ def test_every_counter_is_named_total_and_every_name_is_once() -> None:
     names = [m.name for m in METRICS]
     assert len(names) == len(set(names))
     assert len({m.key for m in METRICS}) == len(METRICS)
-    for m in METRICS:
+    for m in (*METRICS, *PROCESS_METRICS):
         assert m.name.endswith("_total") == (m.kind == "counter"), m
+    for m in METRICS:
         assert m.key not in NOT_EXPORTED, m
 
 
@@ -188,6 +195,18 @@ def test_prometheus_text_agrees_with_the_json_and_takes_a_bearer_key(
     for m in METRICS:
         if m.kind == "counter" and m.key in as_json:
             assert value(families, m.name.removesuffix("_total"), m.name) == as_json[m.key], m
+    # What the process uses, under Prometheus' standard names (no edgeloop_ prefix).
+    kinds = types(scraped.text)
+    assert {m.key for m in PROCESS_METRICS} == set(as_json["process"])
+    for m in PROCESS_METRICS:
+        assert kinds[m.name.removesuffix("_total")] == m.kind, m
+    own = {f.name: f.samples[0].value for f in text_string_to_metric_families(scraped.text)
+           if f.name.startswith("process_")}
+    assert own["process_cpu_seconds"] > 0
+    assert own["process_cpu_seconds"] <= as_json["process"]["cpu_seconds"] + 5  # read first
+    assert 30 * 2**20 < own["process_resident_memory_bytes"] < 4 * 2**30
+    assert own["process_open_fds"] >= 3  # the broker's socket, the database, the API's
+    assert own["process_threads"] >= 5  # ingest, paho's loop, the jobs, the API server
 
 
 @pytest.mark.integration

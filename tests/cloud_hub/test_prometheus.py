@@ -6,11 +6,13 @@ back as the hub counts them, every rule loads, and a healthy hub raises no alert
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,12 @@ from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = DEPLOY / "edgeloop-hubs.rules.yml"
+DASHBOARD = DEPLOY.parent / "grafana" / "edgeloop-hubs.json"
+# Panels that must show data for one hub that stored a few batches (the others may be empty:
+# no drops, no errors, no rates over too short a history).
+MUST_SHOW = {"Inbox (received, not stored yet)", "Hub processes up", "Job leases",
+             "Resident memory", "MQTT connection", "Messages the broker holds",
+             "Broker clients and traffic"}
 
 
 def _tool(name: str) -> str:
@@ -47,7 +55,7 @@ def _promtool(*args: str) -> str:
 
 
 def test_the_alert_rules_pass_promtools_check_and_their_unit_tests() -> None:
-    assert "SUCCESS: 9 rules found" in _promtool("check", "rules", RULES.name)
+    assert "SUCCESS: 11 rules found" in _promtool("check", "rules", RULES.name)
     assert "SUCCESS" in _promtool("test", "rules", "edgeloop-hubs.rules.test.yml")
 
 
@@ -57,14 +65,58 @@ def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
         yield h
 
 
-def test_the_rules_name_only_metrics_a_hub_exposes(hub: Hub) -> None:
+def _dashboard() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Grafana dashboard and its panels (rows left out)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return dashboard, [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, query) for every query of the dashboard, as Grafana sends it with every
+    hub selected; and its alert annotation."""
+    dashboard, panels = _dashboard()
+    queries = [(p["title"], t["expr"]) for p in panels for t in p["targets"]]
+    queries += [(a["name"], a["expr"]) for a in dashboard["annotations"]["list"]]
+    return [(title, expr.replace("$instance", ".*")) for title, expr in queries]
+
+
+def test_the_dashboard_is_laid_out_and_every_panel_queries_the_chosen_prometheus() -> None:
+    dashboard, panels = _dashboard()
+    assert dashboard["uid"] == "edgeloop-hubs"
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "instance"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, f"{p['title']} overlaps another panel"
+        cells |= mine
+    for p in panels:
+        assert p["description"] and p["targets"], p["title"]
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
+            assert "$instance" in t["expr"] or "max(" in t["expr"] or "up{" in t["expr"], \
+                f"{p['title']}: a per-hub query that ignores the chosen hubs"
+    assert MUST_SHOW <= {p["title"] for p in panels}
+
+
+def test_the_rules_and_the_dashboard_name_only_metrics_a_hub_exposes(hub: Hub) -> None:
+    wait_for(lambda: "uptime_s" in hub.metrics()["broker"], 20, "the broker's figures")
     exposed = {line.split()[2] for line in hub.metrics_text().splitlines()
                if line.startswith("# TYPE ")}
     families = {re.sub(r"_total$", "", name) for name in exposed}
-    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
-    used = {name for rule in rules for name in re.findall(r"\bedgeloop_hub_\w+", rule["expr"])}
-    assert used, "the rules use no hub metric"
-    for name in used:
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    used = {name for rule in rules
+            for name in re.findall(r"\bedgeloop_(?:hub|broker)_\w+", rule["expr"])}
+    assert {n.split("_")[1] for n in used} == {"hub", "broker"}, used
+    on_dashboard = {name for _title, expr in _dashboard_queries()
+                    for name in re.findall(r"\b(?:edgeloop_(?:hub|broker)|process)_\w+", expr)}
+    assert {"process_cpu_seconds_total", "edgeloop_broker_store_messages"} <= on_dashboard
+    for name in used | on_dashboard:
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         assert name in exposed or base in families, f"{name} is not in the hub's exposition"
 
@@ -163,7 +215,24 @@ def test_the_shipped_scrape_configuration_reads_a_real_hub(
 
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]
         loaded = [r for g in rules["groups"] for r in g["rules"]]
-        assert len(loaded) == 9
+        assert len(loaded) == 11
+        # The broker's figures, relayed by the hub, for the broker rules.
+        granted = wait_for(lambda: scraped("edgeloop_broker_stats_subscribed"), 30,
+                           "the broker's figures scraped")
+        assert float(granted[0]["value"][1]) == 1.0
+        # the 3 batches, in the broker's count (it publishes its figures every 10 s)
+        wait_for(lambda: scraped("edgeloop_broker_publish_received_total >= 3"), 40,
+                 "the broker's count of messages received")
+        version = scraped("edgeloop_broker_info")[0]["metric"]["version"]
+        assert version.startswith("mosquitto version 2."), version
+        # Every query of the Grafana dashboard runs; those of the panels in MUST_SHOW give
+        # series for this hub.
+        for title, expr in _dashboard_queries():
+            answer = httpx.get(f"{prometheus.url}/api/v1/query", params={"query": expr},
+                               timeout=10).json()
+            assert answer["status"] == "success", (title, expr, answer)
+            if title in MUST_SHOW:
+                wait_for(partial(scraped, expr), 30, f"data for the panel {title!r}")
         time.sleep(3.0)  # a few evaluations of every rule
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]
         for rule in (r for g in rules["groups"] for r in g["rules"]):

@@ -166,6 +166,12 @@ def test_the_hubs_page_shows_the_processes_live_with_their_leases(
     expect(me.locator(".leases")).to_contain_text("rollouts", timeout=LIVE)
     # The agents stream all along: the rate comes in with the page's own refresh.
     expect(me.locator(".reading-rate")).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=LIVE)
+    expect(me.locator(".cpu")).to_have_text(re.compile(r"^\d\.\d\d$"), timeout=LIVE)
+    expect(me.locator(".rss")).to_have_text(re.compile(r"^[1-9][\d,]* MB$"))
+    # The broker's figures, as the hub relays them: the hub and the agents are connected.
+    broker = page.locator("#broker-line")
+    expect(broker.locator(".clients")).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=LIVE)
+    expect(broker.locator(".dropped")).to_have_text("none dropped")
 
     # Another process that stopped reporting two minutes ago shows up, without a reload.
     from cloud_hub.db.ops_tables import HubProcessRecord

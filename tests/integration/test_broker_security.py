@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from shared.topics import Topics
+from shared.topics import BROKER_STATS, Topics
 from simulator.broker import Broker, Credential
 
 pytestmark = pytest.mark.integration
@@ -103,6 +103,14 @@ def _hub_listens(probes: list[Probe], broker: Broker, topics: Topics) -> Probe:
     return hub
 
 
+def test_the_hub_reads_the_brokers_figures(broker: Broker, probes: list[Probe]) -> None:
+    hub = _probe(probes, broker, broker.add_hub("edgeloop-hub"))
+    assert hub.connected.is_set(), hub.connack
+    assert hub.subscribe(BROKER_STATS) == "Granted QoS 1"
+    topic, payload = hub.messages.get(timeout=10)
+    assert topic.startswith("$SYS/broker/") and payload, (topic, payload)
+
+
 def test_no_anonymous_client_and_no_plain_tcp(broker: Broker, probes: list[Probe]) -> None:
     anonymous = _probe(probes, broker, None, client_id="nobody")
     assert anonymous.connack == "Not authorized"
@@ -164,7 +172,8 @@ def test_a_device_reads_only_its_own_desired_the_models_and_hub_status(
     assert device.subscribe(topics.chunks_filter("pump-ae", 3)) == "Granted QoS 1"
     assert device.subscribe(topics.all_hub_status()) == "Granted QoS 1"
     for refused in (topics.desired("pump-002"), topics.telemetry("pump-002"),
-                    f"{topics.prefix}/devices/+/desired", "#", "$CONTROL/#"):
+                    f"{topics.prefix}/devices/+/desired", "#", "$CONTROL/#", "$SYS/#",
+                    BROKER_STATS):  # the broker's figures are the hubs' only
         assert device.subscribe(refused) == "Not authorized", refused
 
 
