@@ -1,5 +1,6 @@
 """Commands that work on this machine's files, not through the REST API: setting up the secure
-broker (``broker init`` / ``broker run``) and showing the signing keys' fingerprints
+broker (``broker init`` / ``broker run``), bringing the hub's roles on a running broker up to
+this version (``broker sync-roles``) and showing the signing keys' fingerprints
 (``keys fingerprint``)."""
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ def add_local_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b = sub.add_parser("broker", help="set up and run a secure mosquitto for this hub",
                        description="init: write the CA, the broker's TLS certificate, the "
                        "dynamic-security identities (broker admin + this hub) and a "
-                       "mosquitto.conf into DATA_DIR/broker; run: start mosquitto on them.")
-    b.add_argument("action", choices=["init", "run"])
+                       "mosquitto.conf into DATA_DIR/broker; run: start mosquitto on them; "
+                       "sync-roles: give the hub's roles on the running broker what this "
+                       "version needs and they lack (after an upgrade; removes nothing).")
+    b.add_argument("action", choices=["init", "run", "sync-roles"])
     b.add_argument("--dir", type=Path, help="where (default: EDGELOOP_DATA_DIR/broker)")
     b.add_argument("--port", type=int, default=8883)
     b.add_argument("--host", action="append", dest="hosts", metavar="NAME",
@@ -86,6 +89,8 @@ def _broker(args: argparse.Namespace, settings: object) -> int:
 
     assert isinstance(settings, Settings)
     folder = args.dir or settings.broker_dir
+    if args.action == "sync-roles":
+        return _sync_roles(settings)
     try:
         if args.action == "run":
             mosquitto = shutil.which("mosquitto") or shutil.which(
@@ -112,4 +117,30 @@ def _broker(args: argparse.Namespace, settings: object) -> int:
           f"(broker admin, hub {settings.mqtt_client_id}), mosquitto.conf, hub.json")
     print(f"next: cloud-hub broker run   (TLS on port {files.port}); then cloud-hub serve "
           "reads hub.json from the same data directory")
+    return 0
+
+
+def _sync_roles(settings: object) -> int:
+    from cloud_hub.core.config import Settings
+    from cloud_hub.identity.dynsec import DynsecError
+    from cloud_hub.identity.enrollment import EnrollmentError, hub_admin_client, sync_hub_roles
+
+    assert isinstance(settings, Settings)
+    try:
+        control = hub_admin_client(settings)
+    except EnrollmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        added = sync_hub_roles(control, settings)
+    except DynsecError as exc:
+        print(f"error: the broker at {settings.mqtt_host}:{settings.mqtt_port}: {exc}",
+              file=sys.stderr)
+        return 1
+    finally:
+        control.stop()
+    for line in added:
+        print(f"added {line}")
+    print(f"the roles of hub {settings.mqtt_client_id} are up to date"
+          + (f" ({len(added)} ACL entries added)" if added else ""))
     return 0

@@ -39,6 +39,7 @@ __all__ = [
     "Identity",
     "PBKDF2_ITERATIONS",
     "client_commands",
+    "role_update_commands",
     "hash_password",
     "initial_config",
     "new_password",
@@ -148,6 +149,24 @@ def write_config(path: Path, identities: Iterable[Identity]) -> None:
     tmp.write_text(json.dumps(initial_config(identities), indent=1))
     tmp.chmod(0o600)
     tmp.replace(path)
+
+
+def role_update_commands(identities: Iterable[Identity], roles: dict[str, list[dict[str, Any]]]
+                         ) -> list[dict[str, Any]]:
+    """``addRoleACL`` commands that give each identity's role (its ACL now in ``roles``, as
+    ``getRole`` answers) what this version's access needs and it lacks. Nothing is removed or
+    changed: an ACL an operator added stays, and so does one an operator set to deny."""
+    commands: list[dict[str, Any]] = []
+    done: set[str] = set()
+    for ident in identities:
+        if ident.rolename in done or ident.rolename not in roles:
+            continue
+        done.add(ident.rolename)
+        have = {(a.get("acltype"), a.get("topic")) for a in roles[ident.rolename]}
+        commands += [{"command": "addRoleACL", "rolename": ident.rolename, **acl}
+                     for acl in role_acls(ident.access)
+                     if (acl["acltype"], acl["topic"]) not in have]
+    return commands
 
 
 def client_commands(identities: Iterable[Identity], *,

@@ -32,12 +32,14 @@ from cloud_hub.identity.dynsec import (
     Identity,
     client_commands,
     remove_commands,
+    role_update_commands,
 )
 from cloud_hub.identity.roles import (
     HUB_ADMIN_SUFFIX,
     device_identity,
     device_rolename,
     hub_credential,
+    hub_identities,
 )
 from shared.keys import fingerprint_of_raw, public_key_bytes
 from shared.topics import validate_device_id
@@ -185,13 +187,7 @@ class DeviceEnrollment:
 
     def _admin(self) -> DynsecClient:
         if self._control is None:
-            s = self.settings
-            assert s.mqtt_password is not None
-            credential = hub_credential(s.mqtt_client_id, s.mqtt_password, HUB_ADMIN_SUFFIX)
-            self._control = DynsecClient(
-                host=s.mqtt_host, port=s.mqtt_port, credential=credential,
-                ca_file=s.mqtt_ca_file if s.mqtt_tls else None,
-                timeout=s.publish_timeout_s).start()
+            self._control = hub_admin_client(self.settings)
         return self._control
 
     def close(self) -> None:
@@ -321,4 +317,33 @@ class DeviceEnrollment:
                 "broker_seconds": broker_seconds, "broker_credential_deleted": self.manages_broker}
 
 
-__all__ += ["NotEnrolled"]
+
+def hub_admin_client(s: Settings) -> DynsecClient:
+    """The hub's broker-admin connection (``<hub id>-admin``), started."""
+    if not (s.mqtt_dynsec and s.mqtt_password is not None):
+        raise EnrollmentError("the hub does not manage the broker's identities: it needs "
+                              "EDGELOOP_MQTT_DYNSEC and EDGELOOP_MQTT_PASSWORD")
+    credential = hub_credential(s.mqtt_client_id, s.mqtt_password, HUB_ADMIN_SUFFIX)
+    return DynsecClient(host=s.mqtt_host, port=s.mqtt_port, credential=credential,
+                        ca_file=s.mqtt_ca_file if s.mqtt_tls else None,
+                        timeout=s.publish_timeout_s).start()
+
+
+def sync_hub_roles(control: DynsecClient, s: Settings) -> list[str]:
+    """Give the hub's own roles on the broker the ACL entries this version needs and they lack
+    (a broker set up by an earlier version); what was added, as ``role: acl topic``. Nothing
+    is removed."""
+    assert s.mqtt_password is not None
+    wanted = hub_identities(s.topics, s.mqtt_client_id, s.mqtt_password)
+    names = sorted({i.rolename for i in wanted})
+    answers = control.execute([{"command": "getRole", "rolename": n} for n in names],
+                              ignore=("not found",))
+    roles = {n: a["data"]["role"].get("acls", []) for n, a in zip(names, answers, strict=True)
+             if not a.get("error")}
+    commands = role_update_commands(wanted, roles)
+    if commands:
+        control.execute(commands)
+    return [f"{c['rolename']}: {c['acltype']} {c['topic']}" for c in commands]
+
+
+__all__ += ["NotEnrolled", "hub_admin_client", "sync_hub_roles"]

@@ -15,7 +15,8 @@ each exports the same values, so rules take ``max`` over them. mosquitto's count
 an age of several intervals means the broker stopped publishing them (``sys_interval 0``) or the
 hub stopped hearing it. ``subscribed`` is 0 when the broker refused the subscription: a broker
 set up before edgeloop relayed these figures, whose hub role lacks the ACL
-(:data:`GRANT_HINT` says how to add it).
+(:data:`GRANT_HINT` says how to add it). The hub asks again every ``retry_s`` (60 s), so the
+figures come once the role has it, without a restart.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ __all__ = ["FIGURES", "GRANT_HINT", "BrokerFigure", "BrokerStats"]
 
 log = logging.getLogger(__name__)
 _HEAD = BROKER_STATS.removesuffix("#")  # "$SYS/broker/"
-GRANT_HINT = ("mosquitto_ctrl dynsec addRoleACL hub:<hub id> subscribePattern "
-              "'$SYS/broker/#' allow, and the same with publishClientReceive")
+GRANT_HINT = ("run `cloud-hub broker sync-roles` with the hub's settings (or mosquitto_ctrl "
+              "dynsec addRoleACL hub:<hub id> subscribePattern '$SYS/broker/#' allow, and the "
+              "same with publishClientReceive)")
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ class BrokerStats:
     """The latest of the broker's figures; fed from the hub's MQTT connection (one float per
     message, under a lock) and read by the metrics."""
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
+    def __init__(self, clock: Any = time.monotonic, retry_s: float = 60.0) -> None:
         self._clock = clock
+        self.retry_s = retry_s
+        self._refused_at: float | None = None
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
         self._version: str | None = None
@@ -126,14 +130,27 @@ class BrokerStats:
             self._values[figure.key], self._at = value, now
 
     def subscribed(self, granted: bool, reason: str = "") -> None:
-        """The broker's answer to the subscription (on every connect)."""
+        """The broker's answer to the subscription (on every connect, and on every retry)."""
         with self._lock:
-            changed, self._subscribed = self._subscribed != granted, granted
-        if not granted and changed:
+            before, self._subscribed = self._subscribed, granted
+            self._refused_at = None if granted else self._clock()
+        if not granted and before is not False:
             log.warning("mqtt: the broker refused this hub $SYS/broker/# (%s): its figures "
-                        "(dropped messages, the hub's queue) are not in the hub's metrics. A "
-                        "broker set up before this version needs the ACL added to the hub's "
-                        "role: %s", reason, GRANT_HINT)
+                        "(dropped messages, the hub's queue) are not in the hub's metrics; "
+                        "asking again every %.0f s. A broker set up before this version needs "
+                        "the ACL added to the hub's role: %s", reason, self.retry_s, GRANT_HINT)
+        elif granted and before is False:
+            log.info("mqtt: the broker grants this hub $SYS/broker/# now")
+
+    def retry(self) -> bool:
+        """True, once per ``retry_s``, while the broker refuses the subscription: time to ask
+        again."""
+        with self._lock:
+            now = self._clock()
+            if self._refused_at is None or now - self._refused_at < self.retry_s:
+                return False
+            self._refused_at = now
+            return True
 
     def snapshot(self) -> dict[str, Any]:
         """``{"subscribed", "age_s", "version", and each figure's key}``; a figure not heard

@@ -199,11 +199,15 @@ class HubConnection:
                 raise PublishError(f"broker did not acknowledge {topic} within {timeout}s")
 
     def tick(self) -> None:
-        """Refresh the presence record when due (called from a worker, not from paho)."""
+        """Refresh the presence record when due, and ask again for the broker's figures if it
+        refused them a while ago (called from a worker, not from paho)."""
         if self.connected and self.presence.refresh_due():
             self.presence.announced()
             self._client.publish(self.presence.topic, self.presence.record(DeviceStatus.ONLINE),
                                  qos=1, retain=True, properties=self.presence.properties())
+        stats = self.broker_stats
+        if stats is not None and self.connected and stats.retry():
+            _rc, self._stats_mid = self._client.subscribe(BROKER_STATS, qos=0)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -1,24 +1,28 @@
 """The broker's own figures (mosquitto's ``$SYS/broker/``) relayed in every hub's metrics: the
 messages a full session queue made the broker drop show up as
 ``edgeloop_broker_publish_dropped_total``, on a real secure broker with a small queue cap; a
-broker whose hub role predates the figures refuses them without costing the hub its session;
-and what the hub makes of bad ``$SYS`` payloads."""
+broker whose hub role predates the figures refuses them without costing the hub its session,
+until ``cloud-hub broker sync-roles`` adds what the role lacks; and what the hub makes of bad
+``$SYS`` payloads."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_hub.identity.dynsec import DynsecClient
+from cloud_hub.cli import main
+from cloud_hub.identity.dynsec import DynsecClient, role_acls, role_update_commands
+from cloud_hub.identity.roles import hub_identities
 from cloud_hub.metrics.broker import FIGURES, GRANT_HINT, BrokerStats
 from cloud_hub.metrics.exposition import BROKER_PREFIX
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
-from shared.topics import BROKER_STATS
+from shared.topics import BROKER_STATS, Topics
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import started_hub
 from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
@@ -95,21 +99,24 @@ def test_messages_the_broker_drops_for_an_absent_hub_show_in_its_metrics(
     assert hub.metrics()["telemetry_batches"] == QUEUE_CAP  # the hub stored what was queued
 
 
-def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_and_says_how_to_grant_them(
+def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_until_sync_roles_grants_them(
     broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     hub_id = "hub-old-role"
-    settings = broker.hub_settings(hub_id)  # creates the hub's identities
+    env = broker.hub_env(hub_id)  # creates the hub's identities, as this version makes them
     control = DynsecClient(host=broker.host, port=broker.port, credential=broker.admin,
                            ca_file=broker.ca_file).start()
-    try:
-        control.wait_connected(10)
+    try:  # ... and takes away what an earlier version did not give
         control.execute([{"command": "removeRoleACL", "rolename": f"hub:{hub_id}",
-                          "acltype": "subscribePattern", "topic": BROKER_STATS}])
+                          "acltype": t, "topic": BROKER_STATS}
+                         for t in ("subscribePattern", "publishClientReceive")])
     finally:
         control.stop()
-    caplog.set_level(logging.WARNING, logger="cloud_hub.metrics.broker")
-    with started_hub(broker, tmp_path / "hub", hub_id=settings["mqtt_client_id"]) as hub:
+    caplog.set_level(logging.INFO, logger="cloud_hub.metrics.broker")
+    with started_hub(broker, tmp_path / "hub", hub_id=hub_id) as hub:
+        assert hub.mqtt.broker_stats is not None
+        hub.mqtt.broker_stats.retry_s = 0.5
         wait_for(lambda: hub.metrics()["broker"]["subscribed"] is False, 20,
                  "the broker's refusal")
         # The refusal costs nothing else: the hub announced itself and stores what comes.
@@ -122,9 +129,32 @@ def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_and_says_how_to_gr
         wait_for(lambda: hub.metrics()["telemetry_batches"] == 1, 20, "the batch stored")
         assert broker_figures(hub) == {"stats_subscribed": 0.0}
         assert hub.metrics()["broker"]["age_s"] is None
-    warned = [r.getMessage() for r in caplog.records if "$SYS/broker/#" in r.getMessage()]
-    assert len(warned) == 1, warned  # once, not at every reconnect
-    assert GRANT_HINT in warned[0]
+        time.sleep(1.5)  # refused again at each retry, and said once
+
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert main(["broker", "sync-roles"]) == 0
+        out = capsys.readouterr().out
+        assert f"added hub:{hub_id}: subscribePattern {BROKER_STATS}" in out
+        assert f"added hub:{hub_id}: publishClientReceive {BROKER_STATS}" in out
+        # The hub asks again and gets them, without a restart.
+        wait_for(lambda: hub.metrics()["broker"].get("uptime_s") is not None, 20,
+                 "the figures after sync-roles")
+        assert broker_figures(hub)["stats_subscribed"] == 1.0
+        assert main(["broker", "sync-roles"]) == 0  # nothing more to add
+        assert "(" not in capsys.readouterr().out.splitlines()[-1]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert GRANT_HINT in warned[0] and "$SYS/broker/#" in warned[0]
+    assert any("grants this hub $SYS/broker/# now" in r.getMessage() for r in caplog.records)
+
+
+def test_sync_roles_without_the_brokers_admin_rights_says_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("EDGELOOP_MQTT_DYNSEC", "false")
+    assert main(["broker", "sync-roles"]) == 2
+    assert "EDGELOOP_MQTT_DYNSEC and EDGELOOP_MQTT_PASSWORD" in capsys.readouterr().err
 
 
 class Clock:
@@ -168,3 +198,20 @@ def test_every_figure_has_a_distinct_name_and_a_counter_ends_in_total() -> None:
     assert len({f.key for f in FIGURES}) == len({f.name for f in FIGURES}) == len(FIGURES)
     for f in FIGURES:
         assert f.name.endswith("_total") == (f.kind == "counter"), f
+
+
+def test_a_role_update_adds_what_this_version_needs_and_leaves_the_rest_alone() -> None:
+    topics = Topics()
+    wanted = hub_identities(topics, "hub-1", "a-password")
+    [hub, _admin, check] = wanted
+    before = [a for a in role_acls(hub.access) if a["topic"] != BROKER_STATS]
+    before.append({"acltype": "publishClientSend", "topic": "site/extra/#", "priority": 0,
+                   "allow": True})  # an operator's own
+    denied = [{**a, "allow": False} for a in role_acls(check.access)]  # an operator's deny
+    roles = {hub.rolename: before, check.rolename: denied}  # broker-admin: not found
+    assert role_update_commands(wanted, roles) == [
+        {"command": "addRoleACL", "rolename": "hub:hub-1", "acltype": acltype,
+         "topic": BROKER_STATS, "priority": 0, "allow": True}
+        for acltype in ("subscribePattern", "publishClientReceive")]
+    roles[hub.rolename] = role_acls(hub.access)
+    assert role_update_commands(wanted, roles) == []

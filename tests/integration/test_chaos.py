@@ -342,3 +342,45 @@ def test_without_acknowledgements_acted_on_the_same_outage_loses_readings(
     assert set(lost) == set(agents.devices) and all(n > 20 for n in lost.values()), lost
     assert all(r["missing_batches"] > 0 for r in _summary(hub_client).values()), \
         "the loss shows in the summary"
+
+
+# -- the hub's queue at the broker overflows while the hub is away -----------------------------
+# Past max_queued_messages, mosquitto drops what comes for the hub after acknowledging it to the
+# agent, and counts it; the hub relays the count (edgeloop_broker_publish_dropped_total). Back,
+# the hub stores what was queued, its acknowledgements show the agents the rest missing, and
+# they send it again.
+
+QUEUE_CAP = 10
+
+
+def test_a_full_hub_queue_at_the_broker_loses_nothing_and_the_hub_reports_the_drops(
+    tmp_path: Path,
+) -> None:
+    with Broker(settings=f"sys_interval 1\nmax_queued_messages {QUEUE_CAP}\n") as broker:
+        process = HubProcess(tmp_path / "hub", mqtt_port=broker.port,
+                             extra_env=broker.hub_env("edgeloop-hub")).start(timeout=120)
+        client = HubClient(process.url, process.admin_api_key)
+        agents = _fleet(broker, tmp_path / "agents", hub=client)
+        agents.start()
+        try:
+            wait_for(lambda: all(_stored(client).get(d, 0) > 20 for d in agents.devices), 30,
+                     "first telemetry")
+            dropped_before = client.get("/metrics")["broker"].get("publish_dropped", 0)
+            process.stop()
+            sent = {d: s["batches_sent"] for d, s in agents.statuses().items()}
+            # 3 agents x 8 batches or more, for a queue of 10
+            wait_for(lambda: all(s["batches_sent"] > sent[d] + 8
+                                 for d, s in agents.statuses().items()), 60,
+                     "batches acknowledged by the broker while the hub was away")
+            process.start(timeout=120)
+            wait_for(lambda: client.get("/metrics")["broker"].get("publish_dropped", 0)
+                     - dropped_before >= 3 * 8 - QUEUE_CAP, 30,
+                     "the broker's count of dropped messages, through the hub")
+            _assert_everything_stored_once(client, agents)
+            assert sum(s["resent"] for s in agents.statuses().values()) > 0, \
+                "what the broker dropped was sent again"
+            assert all(r["missing_batches"] == 0 for r in _summary(client).values())
+        finally:
+            agents.stop()
+            client.close()
+            process.stop()
