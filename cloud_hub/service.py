@@ -8,6 +8,7 @@ API on it; tests and the simulator can do the same in-process.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -84,7 +85,8 @@ class Hub:
             client_id=settings.mqtt_client_id, keepalive=settings.mqtt_keepalive,
             subscriptions=subscriptions(self.topics, settings.mqtt_share_group or None),
             presence_refresh_s=settings.hub_status_refresh_s, auth=self.mqtt_auth,
-            receive_maximum=settings.mqtt_receive_maximum, broker_stats=BrokerStats(),
+            receive_maximum=settings.mqtt_receive_maximum,
+            broker_stats=BrokerStats(on_refused=self._grant_broker_figures),
         )
         self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
         self.ingest = MqttIngest(
@@ -184,6 +186,25 @@ class Hub:
                                             self.maintenance)},
         }
         return data, commit_seconds
+
+    def _grant_broker_figures(self) -> None:
+        """The broker refused the hub its figures: a role made by an earlier version. A hub
+        that manages the broker's identities gives its roles what they lack, in the background
+        (as ``cloud-hub broker sync-roles`` does), and asks again."""
+        if self.enrollment.manages_broker:
+            threading.Thread(target=self._sync_roles, name="sync-roles", daemon=True).start()
+
+    def _sync_roles(self) -> None:
+        try:
+            added = self.enrollment.sync_roles()
+        except Exception as exc:  # the broker's answer, or none: the operator can run it
+            log.warning("broker: the hub's roles were not brought up to date (%s); "
+                        "`cloud-hub broker sync-roles` does it", exc)
+            return
+        log.warning("broker: added to the hub's roles what this version needs: %s",
+                    "; ".join(added) or "nothing (the refusal has another cause)")
+        if added and self.mqtt.broker_stats is not None:
+            self.mqtt.broker_stats.ask_again()
 
     def _on_ingest_commit(self, result: StoreResult) -> None:
         self.acks.touched(result.touched)

@@ -190,6 +190,11 @@ class DeviceEnrollment:
             self._control = hub_admin_client(self.settings)
         return self._control
 
+    def sync_roles(self) -> list[str]:
+        """:func:`sync_hub_roles` on the hub's own broker-admin connection."""
+        with self._lock:
+            return sync_hub_roles(self._admin(), self.settings)
+
     def close(self) -> None:
         with self._lock:
             if self._control is not None:

@@ -15,8 +15,9 @@ each exports the same values, so rules take ``max`` over them. mosquitto's count
 an age of several intervals means the broker stopped publishing them (``sys_interval 0``) or the
 hub stopped hearing it. ``subscribed`` is 0 when the broker refused the subscription: a broker
 set up before edgeloop relayed these figures, whose hub role lacks the ACL
-(:data:`GRANT_HINT` says how to add it). The hub asks again every ``retry_s`` (60 s), so the
-figures come once the role has it, without a restart.
+(:data:`GRANT_HINT` says how to add it; a hub that manages the broker's identities adds it
+itself, through ``on_refused``). The hub asks again every ``retry_s`` (60 s), or at once after
+:meth:`BrokerStats.ask_again`, so the figures come once the role has it, without a restart.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -89,9 +91,13 @@ class BrokerStats:
     """The latest of the broker's figures; fed from the hub's MQTT connection (one float per
     message, under a lock) and read by the metrics."""
 
-    def __init__(self, clock: Any = time.monotonic, retry_s: float = 60.0) -> None:
+    def __init__(self, clock: Any = time.monotonic, retry_s: float = 60.0,
+                 on_refused: Callable[[], None] | None = None) -> None:
+        """``on_refused`` is called (in paho's thread: it must return at once) when the broker
+        refuses the subscription after granting it or on the first answer."""
         self._clock = clock
         self.retry_s = retry_s
+        self.on_refused = on_refused
         self._refused_at: float | None = None
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
@@ -139,8 +145,16 @@ class BrokerStats:
                         "(dropped messages, the hub's queue) are not in the hub's metrics; "
                         "asking again every %.0f s. A broker set up before this version needs "
                         "the ACL added to the hub's role: %s", reason, self.retry_s, GRANT_HINT)
+            if self.on_refused is not None:
+                self.on_refused()
         elif granted and before is False:
             log.info("mqtt: the broker grants this hub $SYS/broker/# now")
+
+    def ask_again(self) -> None:
+        """Make the next :meth:`retry` due at once (the role was just given the ACL)."""
+        with self._lock:
+            if self._refused_at is not None:
+                self._refused_at = -math.inf
 
     def retry(self) -> bool:
         """True, once per ``retry_s``, while the broker refuses the subscription: time to ask

@@ -94,6 +94,9 @@ class HubConnection:
         # refuses that one subscription and not the hub's session.
         self.broker_stats = broker_stats
         self._stats_mid: int | None = None
+        # A SUBACK that paho's thread handled before the thread that subscribed again (tick)
+        # had noted the message id: mid -> refused reason codes
+        self._early_subacks: dict[int, list[str]] = {}
         self._lock = threading.Lock()
         self._started = False
         self._client = new_client(client_id, manual_ack=True, auth=auth)
@@ -207,7 +210,13 @@ class HubConnection:
                                  qos=1, retain=True, properties=self.presence.properties())
         stats = self.broker_stats
         if stats is not None and self.connected and stats.retry():
-            _rc, self._stats_mid = self._client.subscribe(BROKER_STATS, qos=0)
+            _rc, mid = self._client.subscribe(BROKER_STATS, qos=0)
+            with self._lock:
+                self._stats_mid = mid
+                early = None if mid is None else self._early_subacks.pop(mid, None)
+                self._early_subacks.clear()
+            if early is not None:
+                stats.subscribed(not early, ", ".join(early))
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -250,13 +259,17 @@ class HubConnection:
 
     def _on_subscribe(self, client: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any],
                       _p: Any) -> None:
-        if mid == self._stats_mid and self.broker_stats is not None:
-            failed = [str(rc) for rc in reason_codes if rc.value >= 0x80]
-            self.broker_stats.subscribed(not failed, ", ".join(failed))
+        refused = [str(rc) for rc in reason_codes if rc.value >= 0x80]
+        if self.broker_stats is not None and mid != self._subscribe_mid:
+            with self._lock:
+                ours = mid == self._stats_mid
+                if not ours:  # perhaps tick's, before it noted the id
+                    self._early_subacks[mid] = refused
+            if ours:
+                self.broker_stats.subscribed(not refused, ", ".join(refused))
             return
         if mid != self._subscribe_mid:
             return
-        refused = [str(rc) for rc in reason_codes if rc.value >= 0x80]
         if refused:
             with self._lock:
                 self.subscribe_refusals += 1

@@ -99,22 +99,30 @@ def test_messages_the_broker_drops_for_an_absent_hub_show_in_its_metrics(
     assert hub.metrics()["telemetry_batches"] == QUEUE_CAP  # the hub stored what was queued
 
 
-def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_until_sync_roles_grants_them(
-    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:
-    hub_id = "hub-old-role"
-    env = broker.hub_env(hub_id)  # creates the hub's identities, as this version makes them
+def _role_of_an_earlier_version(broker: Broker, hub_id: str) -> dict[str, str]:
+    """The hub's identities as this version makes them, less the ACL entries for the broker's
+    figures (which an earlier version did not give); the hub's environment."""
+    env = broker.hub_env(hub_id)
     control = DynsecClient(host=broker.host, port=broker.port, credential=broker.admin,
                            ca_file=broker.ca_file).start()
-    try:  # ... and takes away what an earlier version did not give
+    try:
         control.execute([{"command": "removeRoleACL", "rolename": f"hub:{hub_id}",
                           "acltype": t, "topic": BROKER_STATS}
                          for t in ("subscribePattern", "publishClientReceive")])
     finally:
         control.stop()
+    return env
+
+
+def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_until_sync_roles_grants_them(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    hub_id = "hub-old-role"
+    env = _role_of_an_earlier_version(broker, hub_id)
     caplog.set_level(logging.INFO, logger="cloud_hub.metrics.broker")
-    with started_hub(broker, tmp_path / "hub", hub_id=hub_id) as hub:
+    # A hub that does not manage the broker's identities: the operator grants the figures.
+    with started_hub(broker, tmp_path / "hub", hub_id=hub_id, mqtt_dynsec=False) as hub:
         assert hub.mqtt.broker_stats is not None
         hub.mqtt.broker_stats.retry_s = 0.5
         wait_for(lambda: hub.metrics()["broker"]["subscribed"] is False, 20,
@@ -147,6 +155,24 @@ def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_until_sync_roles_g
     assert len(warned) == 1, warned
     assert GRANT_HINT in warned[0] and "$SYS/broker/#" in warned[0]
     assert any("grants this hub $SYS/broker/# now" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hub_that_manages_the_brokers_identities_gives_its_own_role_the_figures(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub_id = "hub-old-role"
+    _role_of_an_earlier_version(broker, hub_id)
+    caplog.set_level(logging.INFO)
+    with started_hub(broker, tmp_path / "hub", hub_id=hub_id) as hub:
+        # Refused at the first connect, then granted without a restart or an operator.
+        wait_for(lambda: hub.metrics()["broker"].get("uptime_s") is not None, 30,
+                 "the figures after the hub brought its role up to date")
+        assert hub.metrics()["broker"]["subscribed"] is True
+    said = [r.getMessage() for r in caplog.records]
+    assert any("refused this hub $SYS/broker/#" in m for m in said), said
+    assert any(f"added to the hub's roles what this version needs: hub:{hub_id}: "
+               f"subscribePattern {BROKER_STATS}" in m for m in said), said
+    assert any("grants this hub $SYS/broker/# now" in m for m in said), said
 
 
 def test_sync_roles_without_the_brokers_admin_rights_says_what_it_needs(
