@@ -8,7 +8,8 @@ the process (its MQTT client id and its lease holder id) and the job leases it h
 (:data:`NOT_EXPORTED`), and a test checks that every figure is one or the other. The broker's
 own figures, which the hub relays (:mod:`cloud_hub.metrics.broker`), come as
 ``edgeloop_broker_*``, and what the process uses of its machine
-(:mod:`cloud_hub.metrics.resources`) as Prometheus' standard ``process_*``.
+(:mod:`cloud_hub.metrics.resources`) as Prometheus' standard ``process_*``. The fleet as the
+database knows it (:mod:`cloud_hub.metrics.fleet`) comes as ``edgeloop_fleet_*``.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from cloud_hub.metrics.broker import FIGURES as BROKER_FIGURES
 from cloud_hub.metrics.histogram import HistogramSnapshot
 
-__all__ = ["BROKER_PREFIX", "CONTENT_TYPE", "METRICS", "NOT_EXPORTED", "PREFIX",
+__all__ = ["BROKER_PREFIX", "CONTENT_TYPE", "FLEET_PREFIX", "METRICS", "NOT_EXPORTED", "PREFIX",
            "PROCESS_METRICS", "Metric", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "edgeloop_hub_"
 BROKER_PREFIX = "edgeloop_broker_"
+FLEET_PREFIX = "edgeloop_fleet_"
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,11 @@ def _family(lines: list[str], name: str, kind: str, help_: str, prefix: str = PR
     lines.append(f"# TYPE {prefix}{name} {kind}")
 
 
-def render(metrics: Mapping[str, object], *, commit_seconds: HistogramSnapshot) -> str:
-    """The text exposition of ``metrics`` (as ``GET /api/v1/metrics`` gives them). A figure
-    that has no value yet (a time not reached) is left out, as Prometheus expects."""
+def render(metrics: Mapping[str, object], *, commit_seconds: HistogramSnapshot,
+           fleet: Mapping[str, Any] | None = None) -> str:
+    """The text exposition of ``metrics`` (as ``GET /api/v1/metrics`` gives them) and of
+    ``fleet`` (:func:`cloud_hub.metrics.fleet.fleet_figures`). A figure that has no value yet
+    (a time not reached) is left out, as Prometheus expects."""
     lines: list[str] = []
     _family(lines, "info", "gauge",
             "this hub process: its MQTT client id, lease holder id and MQTT session")
@@ -189,7 +193,32 @@ def render(metrics: Mapping[str, object], *, commit_seconds: HistogramSnapshot) 
     broker = metrics.get("broker")
     if isinstance(broker, Mapping):
         _broker(lines, broker)
+    if fleet is not None:
+        _fleet(lines, fleet)
     return "\n".join(lines) + "\n"
+
+
+def _fleet(lines: list[str], fleet: Mapping[str, Any]) -> None:
+    _family(lines, "devices", "gauge",
+            "enrolled devices by presence: online, silent (online by its status record, "
+            "nothing sent for a while) or offline", FLEET_PREFIX)
+    for state, n in fleet["devices"].items():
+        lines.append(f'{FLEET_PREFIX}devices{{state="{_label(state)}"}} {_value(n)}')
+    for key, name, help_ in (
+        ("out_of_sync", "devices_out_of_sync", "devices not running the model desired for them"),
+        ("with_open_incidents", "devices_with_open_incidents",
+         "devices with an incident not resolved"),
+        ("outbox_messages", "outbox_messages",
+         "messages the devices hold that the hub has not acknowledged, as each device's last "
+         "heartbeat said"),
+        ("oldest_unsent_s", "oldest_unsent_seconds",
+         "age of the oldest message an online device holds unacknowledged, by the last "
+         "heartbeats"),
+    ):
+        value = fleet.get(key)
+        if isinstance(value, int | float):
+            _family(lines, name, "gauge", help_, FLEET_PREFIX)
+            lines.append(f"{FLEET_PREFIX}{name} {_value(value)}")
 
 
 def _broker(lines: list[str], broker: Mapping[str, object]) -> None:

@@ -46,7 +46,9 @@ def _digest(value: Any) -> str:
 
 
 def display_state(now: float) -> Any:
-    """SQL: online / silent / offline, for the fleet's counts and filters."""
+    """SQL: online / silent / offline, for the fleet's counts and filters. Grouping by it, pass
+    the same expression to ``select`` and ``group_by``: two calls bind ``now`` twice, and
+    PostgreSQL refuses a GROUP BY that differs from the selected column by its parameters."""
     fresh = col(Device.last_seen) >= now - SILENT_AFTER_S
     return case((col(Device.online) & fresh, DevicePresence.ONLINE.value),
                 (col(Device.online), DevicePresence.SILENT.value),
@@ -59,9 +61,10 @@ def _global_tokens(session: Session) -> dict[str, str]:
                              .select_from(Incident)).one()
     anomalies = session.exec(select(func.max(Anomaly.stored_at))).one()
     # Rounded to the silent window, so that `silent` flips are noticed but last_seen is not.
+    state = display_state(now)  # one expression in both clauses: PostgreSQL wants them equal
     fleet = session.exec(
-        select(display_state(now), Device.reported_state, Device.active_version, func.count())
-        .group_by(display_state(now), col(Device.reported_state), col(Device.active_version))
+        select(state, Device.reported_state, Device.active_version, func.count())
+        .group_by(state, col(Device.reported_state), col(Device.active_version))
     ).all()
     rollouts = session.exec(
         select(Rollout.id, Rollout.status, Rollout.stage)

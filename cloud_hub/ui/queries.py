@@ -99,8 +99,8 @@ def _where(session: Session, stmt: Any, f: FleetFilter, now: float) -> Any:
 
 def fleet_counts(session: Session, now: float) -> dict[str, int]:
     counts: dict[str, int] = {"total": 0, **dict.fromkeys(DevicePresence, 0)}
-    for state, n in session.exec(select(display_state(now), func.count())
-                                 .group_by(display_state(now))):
+    presence = display_state(now)  # one expression in both clauses (display_state)
+    for state, n in session.exec(select(presence, func.count()).group_by(presence)):
         counts[state] = int(n)
         counts["total"] += int(n)
     for state, n in session.exec(select(Device.reported_state, func.count())

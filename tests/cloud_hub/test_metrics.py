@@ -5,6 +5,7 @@ broker; and the histogram behind ``edgeloop_hub_ingest_commit_seconds``."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from cloud_hub.metrics.exposition import (
+    FLEET_PREFIX,
     METRICS,
     NOT_EXPORTED,
     PREFIX,
@@ -23,7 +25,7 @@ from cloud_hub.metrics.exposition import (
 )
 from cloud_hub.metrics.histogram import Histogram
 from cloud_hub.service import Hub
-from shared.messages import TelemetryBatch, encode
+from shared.messages import DeviceStatus, Heartbeat, Status, TelemetryBatch, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, api_client, started_hub
 from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
@@ -220,3 +222,39 @@ def test_metrics_refuse_a_missing_unknown_or_foreign_credential(api: httpx.Clien
     wrong = api.get("/metrics", params={"format": "openmetrics"}, headers=ADMIN)
     assert wrong.status_code == 422
     assert wrong.json()["detail"][0]["loc"] == ["query", "format"]
+
+
+@pytest.mark.integration
+@pytest.mark.hub
+def test_the_fleet_figures_come_from_the_database_at_each_scrape(broker: Broker, hub: Hub) -> None:
+    """Devices by presence and what they hold unacknowledged, from their status records and
+    last heartbeats as the hub stored them."""
+    now = time.time()
+    client = publisher_client(broker)
+    try:
+        for device_id, state, depth, age in (("pump-1", DeviceStatus.ONLINE, 5, 30.0),
+                                             ("pump-2", DeviceStatus.ONLINE, 7, 90.0),
+                                             ("pump-3", DeviceStatus.OFFLINE, 100, 5000.0)):
+            publish_wait(client, hub.topics.status(device_id), encode(
+                Status(device_id=device_id, state=state, at=now)), retain=True)
+            publish_wait(client, hub.topics.heartbeat(device_id), encode(Heartbeat(
+                device_id=device_id, at=now, uptime_s=60.0, rss_bytes=10**7,
+                outbox_depth=depth, oldest_unsent_age_s=age, drops=0)))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def fleet() -> dict[str, float]:
+        return {(s.name + str(sorted(s.labels.items())) if s.labels else s.name): s.value
+                for f in text_string_to_metric_families(hub.metrics_text())
+                for s in f.samples if s.name.startswith(FLEET_PREFIX)}
+
+    seen = wait_for(lambda: (f := fleet()).get(FLEET_PREFIX + "outbox_messages") == 112 and f,
+                    20, "the three heartbeats stored")
+    assert seen[FLEET_PREFIX + "devices[('state', 'online')]"] == 2
+    assert seen[FLEET_PREFIX + "devices[('state', 'offline')]"] == 1
+    assert seen[FLEET_PREFIX + "devices[('state', 'silent')]"] == 0
+    # the oldest message held on an online device: pump-3's is on a device that is offline
+    assert seen[FLEET_PREFIX + "oldest_unsent_seconds"] == 90.0
+    assert seen[FLEET_PREFIX + "devices_with_open_incidents"] == 0
+    assert "fleet" not in hub.metrics()  # the JSON is this process's own figures

@@ -36,7 +36,7 @@ DASHBOARD = DEPLOY.parent / "grafana" / "edgeloop-hubs.json"
 # no drops, no errors, no rates over too short a history).
 MUST_SHOW = {"Inbox (received, not stored yet)", "Hub processes up", "Job leases",
              "Resident memory", "MQTT connection", "Messages the broker holds",
-             "Broker clients and traffic"}
+             "Broker clients and traffic", "Devices by presence", "Messages held on the devices"}
 
 
 def _tool(name: str) -> str:
@@ -55,7 +55,7 @@ def _promtool(*args: str) -> str:
 
 
 def test_the_alert_rules_pass_promtools_check_and_their_unit_tests() -> None:
-    assert "SUCCESS: 11 rules found" in _promtool("check", "rules", RULES.name)
+    assert "SUCCESS: 12 rules found" in _promtool("check", "rules", RULES.name)
     assert "SUCCESS" in _promtool("test", "rules", "edgeloop-hubs.rules.test.yml")
 
 
@@ -99,8 +99,9 @@ def test_the_dashboard_is_laid_out_and_every_panel_queries_the_chosen_prometheus
         assert p["datasource"]["uid"] == "${datasource}", p["title"]
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${datasource}", p["title"]
-            assert "$instance" in t["expr"] or "max(" in t["expr"] or "up{" in t["expr"], \
-                f"{p['title']}: a per-hub query that ignores the chosen hubs"
+            # per hub: the chosen hubs; the broker's and the fleet's: one value, max over hubs
+            assert ("$instance" in t["expr"] or re.match(r"max\b", t["expr"])
+                    or "up{" in t["expr"]), f"{p['title']}: a per-hub query ignores the hubs chosen"
     assert MUST_SHOW <= {p["title"] for p in panels}
 
 
@@ -111,10 +112,11 @@ def test_the_rules_and_the_dashboard_name_only_metrics_a_hub_exposes(hub: Hub) -
     families = {re.sub(r"_total$", "", name) for name in exposed}
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     used = {name for rule in rules
-            for name in re.findall(r"\bedgeloop_(?:hub|broker)_\w+", rule["expr"])}
-    assert {n.split("_")[1] for n in used} == {"hub", "broker"}, used
+            for name in re.findall(r"\bedgeloop_(?:hub|broker|fleet)_\w+", rule["expr"])}
+    assert {n.split("_")[1] for n in used} == {"hub", "broker", "fleet"}, used
     on_dashboard = {name for _title, expr in _dashboard_queries()
-                    for name in re.findall(r"\b(?:edgeloop_(?:hub|broker)|process)_\w+", expr)}
+                    for name in re.findall(r"\b(?:edgeloop_(?:hub|broker|fleet)|process)_\w+",
+                                           expr)}
     assert {"process_cpu_seconds_total", "edgeloop_broker_store_messages"} <= on_dashboard
     for name in used | on_dashboard:
         base = re.sub(r"_(bucket|sum|count)$", "", name)
@@ -215,7 +217,7 @@ def test_the_shipped_scrape_configuration_reads_a_real_hub(
 
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]
         loaded = [r for g in rules["groups"] for r in g["rules"]]
-        assert len(loaded) == 11
+        assert len(loaded) == 12
         # The broker's figures, relayed by the hub, for the broker rules.
         granted = wait_for(lambda: scraped("edgeloop_broker_stats_subscribed"), 30,
                            "the broker's figures scraped")
