@@ -7,6 +7,7 @@ below (its scope and a call that succeeds with the right key) or its tests fail 
 
 from __future__ import annotations
 
+import contextlib
 import string
 import tempfile
 from collections.abc import Callable, Iterator
@@ -331,9 +332,18 @@ def _run_training(readings: Any, channels: list[str], spec: Any, **kwargs: Any) 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with started_world(tmp_path_factory.mktemp("hub")) as w:
+        yield w
+
+
+@contextlib.contextmanager
+def started_world(data_dir: Path, **settings: object) -> Iterator[World]:
+    """A hub serving its API on a broker of its own, with keys of every kind, a device that
+    sent telemetry, a published model, a training job and a rollout (``settings`` over the
+    test hub's, e.g. a PostgreSQL ``database_url``)."""
     broker = Broker()
     broker.start()
-    hub = Hub(hub_settings(broker, tmp_path_factory.mktemp("hub"), incident_tick_s=0.1),
+    hub = Hub(hub_settings(broker, data_dir, incident_tick_s=0.1, **settings),
               run_training=_run_training)
     hub.start()
     try:
