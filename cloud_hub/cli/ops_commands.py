@@ -209,9 +209,25 @@ def _hub_row(h: dict[str, Any]) -> dict[str, Any]:
             "leases": ", ".join(h["leases"]) or "-"}
 
 
+def _broker_line(found: list[dict[str, Any]]) -> str | None:
+    """The broker's figures as the running process that reported last heard them."""
+    heard = [h for h in found if h["state"] == "running" and "broker_uptime_s" in h["figures"]]
+    if not heard:
+        return None
+    h = max(heard, key=lambda h: h["seen_at"])
+    f = h["figures"]
+    return (f"broker: {int(f.get('broker_clients_connected', 0)):,} clients connected, "
+            f"{int(f.get('broker_store_messages', 0)):,} messages held, "
+            f"{int(f.get('broker_publish_dropped', 0)):,} dropped since it started "
+            f"(as {h['client_id']} last heard it)")
+
+
 def hubs(a: argparse.Namespace, c: HubClient) -> int:
     found = c.get_all("/hubs")
     emit(found if a.json else [_hub_row(h) for h in found], a.json, title="hub processes")
+    line = None if a.json else _broker_line(found)
+    if line is not None:
+        print(line)
     return 0
 
 

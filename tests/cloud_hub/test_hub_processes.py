@@ -6,6 +6,7 @@ outlives. Real SQLite; the API and the CLI against a real hub on the secure brok
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,6 +169,12 @@ def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
         yield h
 
 
+def _reported_broker(base_url: str) -> bool:
+    found = httpx.get(base_url + "/api/v1/hubs", headers={"X-API-Key": ADMIN_KEY}).json()
+    return any(h["state"] == "running" and h["figures"].get("broker_clients_connected")
+               for h in found)
+
+
 @pytest.mark.integration
 @pytest.mark.hub
 def test_a_running_hub_lists_itself_through_the_api_and_the_cli(
@@ -206,8 +213,13 @@ def test_a_running_hub_lists_itself_through_the_api_and_the_cli(
         listed = json.loads(capsys.readouterr().out)
         assert [h["holder"] for h in listed] == ["old:1", "old:2", hub.holder]
         assert [h["state"] for h in listed] == ["stopped", "stopped", "running"]
+        # the broker's figures that count the hub come with its next publish (every 10 s)
+        wait_for(lambda: _reported_broker(server.base_url), 30,
+                 "a report with the broker's clients")
         assert main(["--url", server.base_url, "--api-key", ADMIN_KEY, "hubs"]) == 0
         out = capsys.readouterr().out
         assert hub.settings.mqtt_client_id in out and "running" in out and "rollouts" in out
+        assert re.search(r"broker: [1-9][\d,]* clients connected, [\d,]+ messages held, 0 "
+                         rf"dropped since it started \(as {hub.settings.mqtt_client_id} ", out)
     finally:
         server.stop()
