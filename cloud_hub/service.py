@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.config import Settings
@@ -36,7 +36,7 @@ from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
 from cloud_hub.metrics.broker import BrokerStats
 from cloud_hub.metrics.exposition import render
-from cloud_hub.metrics.fleet import fleet_figures
+from cloud_hub.metrics.fleet import FleetFigures
 from cloud_hub.metrics.histogram import HistogramSnapshot
 from cloud_hub.metrics.processes import ProcessReporter
 from cloud_hub.metrics.resources import process_figures
@@ -73,6 +73,7 @@ class Hub:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = engine or make_engine(settings.resolved_database_url)
         self.checkpointer = WalCheckpointer(self.engine)
+        self.fleet = FleetFigures(self.engine)  # edgeloop_fleet_* in the scrapes
         self.keys = HubKeys(self.engine, keys_dir=settings.data_dir / "keys",
                             first_key_path=settings.resolved_signing_key_path)
         self.topics = settings.topics
@@ -167,13 +168,7 @@ class Hub:
         """The same figures in the Prometheus text format, with the commit-time histogram and
         the fleet as the database knows it (left out while the database does not answer)."""
         data, commit_seconds = self._figures()
-        fleet = None
-        try:
-            with Session(self.engine) as session:
-                fleet = fleet_figures(session, time.time())
-        except SQLAlchemyError as exc:
-            log.warning("metrics: the fleet's figures are left out of this scrape: %s", exc)
-        return render(data, commit_seconds=commit_seconds, fleet=fleet)
+        return render(data, commit_seconds=commit_seconds, fleet=self.fleet.get())
 
     def _figures(self) -> tuple[dict[str, Any], HistogramSnapshot]:
         data, commit_seconds = self.ingest.figures()

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from cloud_hub.db.ops_tables import Incident
 from cloud_hub.db.tables import Device
-from cloud_hub.metrics.fleet import fleet_figures
+from cloud_hub.metrics.fleet import FleetFigures, fleet_figures
 from cloud_hub.ui.live import _global_tokens  # uncached (live_token caches for 0.5 s)
 from cloud_hub.ui.queries import FleetFilter, fleet_page
 from tests.pg import hub_engine
@@ -71,3 +71,25 @@ def test_the_consoles_fleet_page_and_live_updates_read_the_same_counts(engine: E
         session.add(device)
         session.commit()
         assert _global_tokens(session)["fleet"] != before
+
+
+def test_a_scrape_reads_the_fleet_at_most_every_few_seconds_and_survives_a_failing_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with hub_engine("sqlite", tmp_path) as engine:
+        now = time.time()
+        _fleet(engine, now)
+        cached = FleetFigures(engine, max_age_s=3600.0)
+        first = cached.get()
+        assert first is not None and first["devices"]["online"] == 3
+        with Session(engine) as session:
+            session.add(Device(device_id="late", online=True, last_seen=time.time()))
+            session.commit()
+        assert cached.get() == first  # within max_age_s: the same read
+        fresh = FleetFigures(engine, max_age_s=0.0)
+        got = fresh.get()
+        assert got is not None and got["devices"]["online"] == 4
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE incidents")
+        assert fresh.get() is None  # the scrape goes on without the fleet
+        assert "fleet's figures are left out" in caplog.text
