@@ -3,7 +3,8 @@ SQLite; PostgreSQL is stricter about SQL (the fleet's counts failed there with a
 an expression bound twice, unnoticed until the hubs' metrics read them), and it is the
 database of a hub that scales out. A real hub on the secure broker, with a device that sent
 its status, heartbeats and telemetry, a real TFLite model and an incident; each page must
-answer 200 with its content."""
+answer 200 with its content, and the actions (an incident acknowledged and resolved, a webhook
+rule made and disabled) must work."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from cloud_hub.cli.serve import serve_in_thread
-from cloud_hub.db.ops_tables import Incident
+from cloud_hub.db.ops_tables import Incident, WebhookRule
 from cloud_hub.service import Hub
 from cloud_hub.ui.security import SESSION_COOKIE, start_session
 from shared.messages import DeviceStatus, Heartbeat, Status, TelemetryBatch, encode
@@ -70,7 +71,14 @@ def _device_sends(broker: Broker, hub: Hub) -> None:
     wait_for(lambda: hub.ingest.snapshot()["telemetry_batches"] == 3, 20, "the batches stored")
 
 
-def test_every_console_page_answers_on_postgresql(broker: Broker, hub: Hub) -> None:
+def _rule_id(hub: Hub) -> int:
+    with Session(hub.engine) as session:
+        rule = session.exec(select(WebhookRule).where(WebhookRule.name == "pg-hook")).one()
+        assert rule.id is not None
+        return rule.id
+
+
+def test_every_console_page_and_action_answers_on_postgresql(broker: Broker, hub: Hub) -> None:
     _device_sends(broker, hub)
     name, version = hub.register(tiny_artifact(), name="pump-ae")
     now = time.time()
@@ -108,5 +116,19 @@ def test_every_console_page_answers_on_postgresql(broker: Broker, hub: Hub) -> N
                 answer = ui.get(path)
                 assert answer.status_code == 200, (path, answer.status_code, answer.text[:500])
                 assert content in answer.text, (path, answer.text[:500])
+            # The actions: an incident acknowledged and resolved, a webhook rule made and
+            # disabled (each answers with a redirect to the page that shows it).
+            csrf = {"X-CSRF-Token": started[1].csrf_token}
+            for path, form in ((f"/ui/incidents/{incident_id}/acknowledge", {"note": "seen"}),
+                               (f"/ui/incidents/{incident_id}/resolve", {"note": "fixed"}),
+                               ("/ui/webhooks", {"name": "pg-hook", "group": "nobody",
+                                                 "url": "http://127.0.0.1:9/hook"})):
+                answer = ui.post(path, data=form, headers=csrf)
+                assert answer.status_code in (200, 303), (path, answer.text[:500])
+            assert "p-resolved" in ui.get(f"/ui/incidents/{incident_id}/panel").text
+            listed = ui.get("/ui/notifications").text
+            assert "pg-hook" in listed
+            answer = ui.post(f"/ui/webhooks/{_rule_id(hub)}/disable", headers=csrf)
+            assert answer.status_code == 303, answer.text[:500]
     finally:
         server.stop()
