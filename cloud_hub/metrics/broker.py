@@ -99,6 +99,7 @@ class BrokerStats:
         self.retry_s = retry_s
         self.on_refused = on_refused
         self._refused_at: float | None = None
+        self.refusals = 0  # the broker's refusals of the subscription, retries included
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
         self._version: str | None = None
@@ -140,6 +141,8 @@ class BrokerStats:
         with self._lock:
             before, self._subscribed = self._subscribed, granted
             self._refused_at = None if granted else self._clock()
+            if not granted:
+                self.refusals += 1
         if not granted and before is not False:
             log.warning("mqtt: the broker refused this hub $SYS/broker/# (%s): its figures "
                         "(dropped messages, the hub's queue) are not in the hub's metrics; "

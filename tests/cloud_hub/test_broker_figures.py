@@ -8,7 +8,6 @@ until ``cloud-hub broker sync-roles`` adds what the role lacks; and what the hub
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,7 +136,8 @@ def test_a_hub_whose_role_lacks_the_figures_keeps_its_session_until_sync_roles_g
         wait_for(lambda: hub.metrics()["telemetry_batches"] == 1, 20, "the batch stored")
         assert broker_figures(hub) == {"stats_subscribed": 0.0}
         assert hub.metrics()["broker"]["age_s"] is None
-        time.sleep(1.5)  # refused again at each retry, and said once
+        wait_for(lambda: hub.mqtt.broker_stats is not None
+                 and hub.mqtt.broker_stats.refusals >= 3, 20, "two retries refused")
 
         for name, value in env.items():
             monkeypatch.setenv(name, value)
