@@ -22,15 +22,8 @@ from cloud_hub.service import Hub
 from cloud_hub.ui.security import SESSION_COOKIE, start_session
 from shared.messages import DeviceStatus, Heartbeat, Status, TelemetryBatch, encode
 from simulator.broker import Broker
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import (
-    enroll_devices,
-    publish_wait,
-    publisher_client,
-    stand_in_training,
-    tiny_artifact,
-    wait_for,
-)
+from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
+from tests.cloud_hub.helpers import publish_wait, publisher_client, tiny_artifact, wait_for
 from tests.pg import pg_database
 
 pytestmark = [pytest.mark.hub, pytest.mark.postgres]
@@ -41,15 +34,9 @@ DEVICE = "pump-1"
 
 @pytest.fixture
 def hub(broker: Broker, tmp_path: Path, pg_database: str) -> Iterator[Hub]:
-    h = Hub(hub_settings(broker, tmp_path / "hub", database_url=pg_database,
-                         hub_report_s=0.5),
-            run_training=stand_in_training())
-    enroll_devices(h)
-    h.start()
-    try:
+    with started_hub(broker, tmp_path / "hub", database_url=pg_database,
+                     hub_report_s=0.5) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def _device_sends(broker: Broker, hub: Hub) -> None:
