@@ -11,7 +11,9 @@ most ``receive_maximum`` QoS 1 messages unacknowledged at the hub (MQTT 5 Receiv
 rest wait in the hub's session on the broker, which is the hub's back-pressure valve. The
 other way, the hub keeps up to ``publish_window`` QoS 1 publishes unacknowledged (the broker's
 Receive Maximum, mosquitto's ``max_inflight_messages``: 100 in the repo's mosquitto.conf), not
-paho's default of 20.
+paho's default of 20. The broker's own figures (``$SYS/broker/#``, QoS 0, subscribed apart so
+that a refusal costs nothing else) go to :class:`cloud_hub.metrics.broker.BrokerStats`, not to
+ingest.
 """
 
 from __future__ import annotations
