@@ -74,6 +74,7 @@ class Hub:
         self.engine = engine or make_engine(settings.resolved_database_url)
         self.checkpointer = WalCheckpointer(self.engine)
         self.fleet = FleetFigures(self.engine)  # edgeloop_fleet_* in the scrapes
+        self.broker_stats = BrokerStats(on_refused=self._grant_broker_figures)
         self.keys = HubKeys(self.engine, keys_dir=settings.data_dir / "keys",
                             first_key_path=settings.resolved_signing_key_path)
         self.topics = settings.topics
@@ -88,7 +89,7 @@ class Hub:
             subscriptions=subscriptions(self.topics, settings.mqtt_share_group or None),
             presence_refresh_s=settings.hub_status_refresh_s, auth=self.mqtt_auth,
             receive_maximum=settings.mqtt_receive_maximum,
-            broker_stats=BrokerStats(on_refused=self._grant_broker_figures),
+            broker_stats=self.broker_stats,
         )
         self.acks = AckPublisher(self.engine, self.mqtt, interval_s=settings.ack_interval_s)
         self.ingest = MqttIngest(
@@ -179,8 +180,7 @@ class Hub:
         data["uptime_s"] = time.time() - self.started_at if self.started_at else 0.0
         data["client_id"] = self.settings.mqtt_client_id
         data["process"] = process_figures()
-        if self.mqtt.broker_stats is not None:
-            data["broker"] = self.mqtt.broker_stats.snapshot()
+        data["broker"] = self.broker_stats.snapshot()
         data["lease_holder"] = self.holder
         data["leases"] = {
             "rollouts": self.rollouts.holding, "training": self.jobs.holding,
@@ -206,8 +206,8 @@ class Hub:
             return
         log.warning("broker: added to the hub's roles what this version needs: %s",
                     "; ".join(added) or "nothing (the refusal has another cause)")
-        if added and self.mqtt.broker_stats is not None:
-            self.mqtt.broker_stats.ask_again()
+        if added:
+            self.broker_stats.ask_again()
 
     def _on_ingest_commit(self, result: StoreResult) -> None:
         self.acks.touched(result.touched)

@@ -211,15 +211,16 @@ def _hub_row(h: dict[str, Any]) -> dict[str, Any]:
 
 def _broker_line(found: list[dict[str, Any]]) -> str | None:
     """The broker's figures as the running process that reported last heard them."""
-    heard = [h for h in found if h["state"] == "running" and "broker_uptime_s" in h["figures"]]
-    if not heard:
-        return None
-    h = max(heard, key=lambda h: h["seen_at"])
-    f = h["figures"]
-    return (f"broker: {int(f.get('broker_clients_connected', 0)):,} clients connected, "
-            f"{int(f.get('broker_store_messages', 0)):,} messages held, "
-            f"{int(f.get('broker_publish_dropped', 0)):,} dropped since it started "
-            f"(as {h['client_id']} last heard it)")
+    from cloud_hub.metrics.processes import broker_figures_heard
+
+    for h in sorted(found, key=lambda h: h["seen_at"], reverse=True):
+        f = broker_figures_heard(h["state"], h["seen_at"], h["figures"])
+        if f is not None:
+            return (f"broker: {int(f.get('clients_connected', 0)):,} clients connected, "
+                    f"{int(f.get('store_messages', 0)):,} messages held, "
+                    f"{int(f.get('publish_dropped', 0)):,} dropped since it started "
+                    f"(as {h['client_id']} last heard it)")
+    return None
 
 
 def hubs(a: argparse.Namespace, c: HubClient) -> int:

@@ -27,7 +27,7 @@ from cloud_hub import __version__
 from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 
 __all__ = ["BROKER_REPORTED", "FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter",
-           "latest_broker_figures", "list_processes", "process_views"]
+           "broker_figures_heard", "latest_broker_figures", "list_processes", "process_views"]
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,22 @@ def process_views(session: Session, rows: Sequence[HubProcessRecord], *, now: fl
     return views
 
 
+def broker_figures_heard(state: str, seen_at: float, figures: Mapping[str, float]
+                        ) -> dict[str, float] | None:
+    """The broker's figures in one process's report, and when the broker started (None: the
+    process is not running, or had heard none)."""
+    if state != "running" or "broker_uptime_s" not in figures:
+        return None
+    seen = {k: figures[f"broker_{k}"] for k in BROKER_REPORTED if f"broker_{k}" in figures}
+    seen["started_at"] = seen_at - seen["uptime_s"]
+    return seen
+
+
 def latest_broker_figures(views: Sequence[HubProcessView]) -> dict[str, float] | None:
     """The broker's figures as the running process that reported last heard them, and when
     the broker started (None: no running process has heard any)."""
     for v in sorted(views, key=lambda v: v.record.seen_at, reverse=True):
-        figures = v.record.figures or {}
-        if v.state == "running" and "broker_uptime_s" in figures:
-            seen = {k: figures[f"broker_{k}"] for k in BROKER_REPORTED
-                    if f"broker_{k}" in figures}
-            seen["started_at"] = v.record.seen_at - seen["uptime_s"]
+        seen = broker_figures_heard(v.state, v.record.seen_at, v.record.figures or {})
+        if seen is not None:
             return seen
     return None
