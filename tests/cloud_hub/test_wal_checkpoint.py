@@ -64,8 +64,11 @@ def test_commits_leave_the_log_to_the_checkpointer(tmp_path: Path) -> None:
         assert checkpointer.applies
         checkpointer.start()
         try:
-            assert _wait(lambda: _copied(engine, path))
-            assert checkpointer.frames_checkpointed >= read - on_file
+            # The file shows the copy as soon as SQLite has made it, a moment before the
+            # thread adds the round to its counter: wait for both.
+            assert _wait(lambda: _copied(engine, path)
+                         and checkpointer.frames_checkpointed >= read - on_file), (
+                checkpointer.snapshot())
             _fill(engine, 500)  # written while it runs: copied too
             assert _wait(lambda: _copied(engine, path))
         finally:
