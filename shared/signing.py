@@ -7,8 +7,10 @@ The hub (and tools) use this module; it needs ``cryptography``. Agents verify th
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -66,28 +68,47 @@ class SigningKey:
 
     @classmethod
     def load_or_create(cls, path: Path) -> SigningKey:
-        """Load the key at ``path``, creating it (mode 0600) the first time."""
+        """Load the key at ``path``, creating it (mode 0600) the first time. Processes that
+        create it at once (hubs started together on one key volume) all end with the one key
+        that got there first: the file is put in place only if it is not there yet."""
         if path.exists():
             return cls.load(path)
         key = generate_signing_key()
-        key.save(path)
+        try:
+            key.save(path, replace=False)
+        except FileExistsError:
+            return cls.load(path)
         return key
 
-    def save(self, path: Path) -> None:
-        """Write the private key as PEM, readable by its owner only (0600), atomically."""
+    def save(self, path: Path, *, replace: bool = True) -> None:
+        """Write the private key as PEM, readable by its owner only (0600), atomically: a
+        reader sees the whole file or none. ``replace=False`` raises FileExistsError, and
+        leaves the file as it is, when ``path`` exists."""
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = self._private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        # A name of its own (mode 0600 from mkstemp): two writers never share a temporary file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic, and refused when path exists
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links: an exclusive create
+                    _write_new(path, pem)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def public_b64(self) -> str:
         return base64.b64encode(self.public_raw).decode()
@@ -108,6 +129,16 @@ class SigningKey:
 
     def __repr__(self) -> str:  # never the private key, in a log or a traceback
         return f"SigningKey(key_id={self.key_id!r})"
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600) with ``data``, or FileExistsError if it is there; a reader may
+    see it part-written, which the hard link in :meth:`SigningKey.save` avoids where it can."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def generate_signing_key() -> SigningKey:

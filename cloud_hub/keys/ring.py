@@ -55,29 +55,39 @@ class HubKeys:
         self._bootstrap()
 
     def _bootstrap(self) -> None:
-        with Session(self._engine) as session:
+        """The first hub on a database makes the first key. Hubs that start together take
+        turns here, as through the schema, so that one key is made and recorded, not one each
+        (on one key volume, each would have overwritten the file another had recorded)."""
+        from cloud_hub.db.migrate import one_at_a_time  # Alembic loads where a schema is made
+
+        with one_at_a_time(self._engine), Session(self._engine) as session:
             if session.exec(select(SigningKeyRecord)).first() is None:
                 key = SigningKey.load_or_create(self._first_key_path)
                 now = time.time()
                 session.add(SigningKeyRecord(key_id=key.key_id, public_key=key.public_b64(),
                                              status=ACTIVE, created_at=now, activated_at=now))
                 session.commit()
-            wanted = {r.key_id for r in session.exec(select(SigningKeyRecord).where(
-                SigningKeyRecord.status != RETIRED))}
+            wanted = self.trusted_ids(session)
+        with self._lock:
+            missing = self._load_files(wanted)
+        if missing:
+            log.warning("no private key on this hub for signing key(s) %s (in %s): releases "
+                        "they should sign are refused", sorted(missing), self.keys_dir)
+
+    def _load_files(self, wanted: set[str]) -> set[str]:
+        """Load the key files that hold keys of ``wanted`` (a key copied here from another hub
+        since this one started, say); returns those still missing. Under ``self._lock``."""
         for path in [self._first_key_path, *sorted(self.keys_dir.glob("*.pem"))]:
             if not path.is_file():
                 continue
             try:
                 key = SigningKey.load(path)
-            except (ValueError, SignatureError) as exc:
+            except (ValueError, SignatureError, OSError) as exc:
                 log.error("signing key file %s is unusable: %s", path, exc)
                 continue
             if key.key_id in wanted:
                 self._private[key.key_id] = key
-        missing = wanted - set(self._private)
-        if missing:
-            log.warning("no private key on this hub for signing key(s) %s (in %s): releases "
-                        "they should sign are refused", sorted(missing), self.keys_dir)
+        return wanted - set(self._private)
 
     # -- reading -------------------------------------------------------------------------
     def _active_record(self, session: Session) -> SigningKeyRecord:
@@ -93,6 +103,8 @@ class HubKeys:
         """The key that signs new releases."""
         with self._lock, Session(self._engine) as session:
             record = self._active_record(session)
+            if record.key_id not in self._private:  # copied here since, or made by another hub
+                self._load_files({record.key_id})
             key = self._private.get(record.key_id)
         if key is None:
             raise KeyUnavailable(
@@ -113,6 +125,10 @@ class HubKeys:
             col(SigningKeyRecord.created_at))).all()
         lists = session.exec(select(TrustListRecord).order_by(
             col(TrustListRecord.version))).all()
+        with self._lock:
+            wanted = {k.key_id for k in keys if k.status != RETIRED} - set(self._private)
+            if wanted:
+                self._load_files(wanted)
         return {
             "active": next((k.key_id for k in keys if k.status == ACTIVE), None),
             "trust_version": max((t.version for t in lists), default=0),

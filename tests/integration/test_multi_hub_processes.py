@@ -38,7 +38,9 @@ def hubs(broker: Broker, pg_database: str, tmp_path: Path) -> Iterator[list[HubP
                         extra_env={**broker.hub_env(f"hub-{i}"),
                                    "EDGELOOP_DATABASE_URL": pg_database,
                                    "EDGELOOP_MQTT_SHARE_GROUP": "hubs",
-                                   "EDGELOOP_HUB_REPORT_S": "1"})
+                                   "EDGELOOP_HUB_REPORT_S": "1",
+                                   # one key volume (docs/scaling.md, step 3)
+                                   "EDGELOOP_SIGNING_KEY_PATH": str(tmp_path / "signing-key.pem")})
              for i in range(2)]
     try:
         for p in procs:  # both at once, as a fleet's hubs come up (migrations take turns)
@@ -158,3 +160,12 @@ def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
     leases = [lease for h in listed for lease in h["leases"]]
     assert sorted(leases) == sorted(sums)
     client.close()
+    # Started together on one key volume, they made one signing key, and each can sign with it.
+    for hub in hubs:
+        each = HubClient(hub.url, hub.admin_api_key)
+        try:
+            keys = each.get("/keys")["keys"]
+        finally:
+            each.close()
+        assert [(k["status"], k["private_key_here"]) for k in keys] == [("active", True)]
+        assert "no private key on this hub" not in hub.log_path.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,41 @@ def test_signing_key_persists_with_private_permissions(tmp_path: Path) -> None:
     first = SigningKey.load_or_create(path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert SigningKey.load_or_create(path).key_id == first.key_id
+
+
+def test_signing_key_made_at_once_by_several_is_one_key(tmp_path: Path) -> None:
+    """Hub processes started together on one key volume each make the key the first time:
+    every one of them ends with the key the file holds, and no temporary file is left."""
+    path = tmp_path / "keys" / "signing-key.pem"
+    def make(barrier: threading.Barrier, made: list[str]) -> None:
+        barrier.wait()
+        made.append(SigningKey.load_or_create(path).key_id)
+
+    for _ in range(5):
+        path.unlink(missing_ok=True)
+        barrier = threading.Barrier(8)
+        made: list[str] = []
+        threads = [threading.Thread(target=make, args=(barrier, made)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(made) == 8
+        assert set(made) == {SigningKey.load(path).key_id}
+        assert [p.name for p in path.parent.iterdir()] == ["signing-key.pem"]
+
+
+def test_signing_key_save_without_replace_leaves_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "signing-key.pem"
+    first = SigningKey.load_or_create(path)
+    with pytest.raises(FileExistsError):
+        generate_signing_key().save(path, replace=False)
+    assert SigningKey.load(path).key_id == first.key_id
+    second = generate_signing_key()
+    second.save(path)  # a rotation's save replaces
+    assert SigningKey.load(path).key_id == second.key_id
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["signing-key.pem"]
 
 
 def test_manifest_with_inconsistent_chunk_count_is_refused() -> None:
