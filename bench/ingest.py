@@ -185,8 +185,9 @@ class Hubs:
         for i in range(count):
             env = {"EDGELOOP_MQTT_CLIENT_ID": f"bench-hub-{i}"}
             env.update(broker.hub_env(f"bench-hub-{i}"))  # its credential and TLS
-            if count > 1:
+            if count > 1:  # set up as docs/scaling.md says: one share group, one signing key
                 env["EDGELOOP_MQTT_SHARE_GROUP"] = "bench"
+                env["EDGELOOP_SIGNING_KEY_PATH"] = str(work / "signing-key.pem")
             if db.url:
                 env["EDGELOOP_DATABASE_URL"] = db.url
             self.procs.append(HubProcess(work / f"hub-{i}", mqtt_port=broker.port,
@@ -867,36 +868,41 @@ def _phases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_table(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title=f"ingest, one hub process, backlog held (load average "
-                        f"{result['load_average_before']} -> {result['load_average_after']} on "
-                        f"{result['cpu_count']} cores)")
-    for col in ("database", "batch", "devices", "backlog held", "msg/s", "readings/s", "hub CPU",
-                "hub waited for CPU", "msg per CPU-s", "publishers CPU", "µs per msg published",
-                "broker CPU", "database CPU", "machine busy cores", "hub RSS MB", "broker RSS MB",
-                "broker drops", "lost", "dup", "load", "ok"):
-        table.add_column(col, justify="right")
+    """Two tables, so that no cell is cut to the terminal's width: what was stored, and where
+    the machine's CPU and memory went meanwhile."""
     rows = list(result["cases"]) + ([result["two_hubs"]] if result["two_hubs"] else [])
+    stored = Table(title=f"ingest, backlog held (load average {result['load_average_before']}"
+                         f" -> {result['load_average_after']} on {result['cpu_count']} cores)")
+    used = Table(title="meanwhile, on the machine")
+    for table, columns in (
+            (stored, ("database", "batch", "devices", "backlog held", "msg/s", "readings/s",
+                      "msg per hub CPU-s", "broker drops", "lost", "dup", "ok")),
+            (used, ("database", "batch", "hub CPU", "hub waited for CPU s/s", "publishers CPU",
+                    "µs per msg published", "broker CPU", "database CPU",
+                    "machine busy cores", "hub RSS MB", "broker RSS MB", "load"))):
+        for col in columns:
+            table.add_column(col, justify="right")
     for c in rows:
         f = c["flood"]
         name = c["database"] + (" x2 hubs" if c.get("hubs") == 2 else "")
-        table.add_row(name, str(c["readings_per_message"]), str(c["devices"]),
-                      f"{f['held_backlog'] or 0:,}",
-                      f"{f['messages_per_s']:,.0f}", f"{f['readings_per_s']:,.0f}",
-                      f"{f['hub_cpu_share'] * 100:.0f}%",
-                      f"{f['hub_waited_for_cpu_s_per_s']:.2f} s/s",
-                      f"{f['messages_per_cpu_s'] or 0:,.0f}",
-                      f"{f['publisher_cpu_share'] * 100:.0f}%",
-                      str(f["publisher_cpu_us_per_message"]),
-                      f"{f['broker_cpu_share'] * 100:.0f}%",
-                      ("-" if f.get("database_cpu_share") is None
-                       else f"{f['database_cpu_share'] * 100:.0f}%"),
-                      f"{f.get('machine_busy_cores', 0):.2f}",
-                      f"{f['hub_rss_bytes_max'] / 2**20:.0f}",
-                      f"{f['broker_rss_bytes_max'] / 2**20:.0f}",
-                      str(c.get("broker_drop_log_lines", 0)), str(c["lost"]),
-                      str(c["duplicates"]), str(f["load_average"]),
-                      "yes" if c["ok"] else "[bold red]NO[/]")
-    console.print(table)
+        batch = str(c["readings_per_message"])
+        stored.add_row(name, batch, str(c["devices"]), f"{f['held_backlog'] or 0:,}",
+                       f"{f['messages_per_s']:,.0f}", f"{f['readings_per_s']:,.0f}",
+                       f"{f['messages_per_cpu_s'] or 0:,.0f}",
+                       str(c.get("broker_drop_log_lines", 0)), str(c["lost"]),
+                       str(c["duplicates"]), "yes" if c["ok"] else "[bold red]NO[/]")
+        used.add_row(name, batch, f"{f['hub_cpu_share'] * 100:.0f}%",
+                     f"{f['hub_waited_for_cpu_s_per_s']:.2f}",
+                     f"{f['publisher_cpu_share'] * 100:.0f}%",
+                     str(f["publisher_cpu_us_per_message"]),
+                     f"{f['broker_cpu_share'] * 100:.0f}%",
+                     ("-" if f.get("database_cpu_share") is None
+                      else f"{f['database_cpu_share'] * 100:.0f}%"),
+                     f"{f.get('machine_busy_cores', 0):.2f}",
+                     f"{f['hub_rss_bytes_max'] / 2**20:.0f}",
+                     f"{f['broker_rss_bytes_max'] / 2**20:.0f}", str(f["load_average"]))
+    console.print(stored)
+    console.print(used)
     for c in result["cases"]:
         for step in c.get("saturation_steps", []):
             console.print(f"{c['database']}: paced {step['offered_rate']:,.0f} msg/s -> stored "

@@ -219,3 +219,35 @@ def test_bench_keeps_the_hubs_warnings_before_their_logs_are_gone(tmp_path: Path
                                  "commit 24")
     assert hubs.log_warnings(keep=30)["last"][0].startswith("hub-0: 2026-12-06 05:27:01,002 "
                                                              "WARNING")
+
+
+def test_bench_table_shows_every_figure_whole_at_its_width() -> None:
+    """The bench prints at 170 columns; with one table of 21 columns its cells were cut
+    ("21,2…"). Every figure of a full run's largest case shows whole."""
+    from bench.ingest import print_table, summarize
+
+    def case(database: str, batch: int, msg_s: float, hubs: int = 1) -> dict[str, Any]:
+        flood = {"held_backlog": 40_000, "messages_per_s": msg_s,
+                 "readings_per_s": msg_s * batch, "messages_per_cpu_s": 24_567.8,
+                 "hub_cpu_share": 1.08, "hub_waited_for_cpu_s_per_s": 1.32,
+                 "publisher_cpu_share": 0.16, "publisher_cpu_us_per_message": 22.9,
+                 "broker_cpu_share": 0.26, "database_cpu_share": 0.42,
+                 "machine_busy_cores": 1.92, "hub_rss_bytes_max": 602_517_504,
+                 "broker_rss_bytes_max": 2_825_871_360, "load_average": 4.31,
+                 "hub_duplicates": 0, "hub_commit_errors": 0}
+        return {"database": database, "readings_per_message": batch, "devices": 1000,
+                "hubs": hubs, "flood": flood, "lost": 0, "duplicates": 0, "ok": True,
+                "broker_drop_log_lines": 0}
+
+    cases = [case("sqlite", 10, 21_227.4), case("postgresql", 100, 6_199.35)]
+    two = case("postgresql", 10, 21_463.9, hubs=2)
+    result = summarize(cases, two, rollup_ms=78.9)
+    result.update(load_average_before=0.12, load_average_after=4.02, cpu_count=2,
+                  cases=cases, two_hubs=two, overload_s=60)
+    out = io.StringIO()
+    print_table(Console(width=170, file=out), result)
+    printed = out.getvalue()
+    assert "…" not in printed
+    for whole in ("21,227", "212,274", "619,935", "21,464", "214,639", "24,568", "1.32", "22.9",
+                  "42%", "1.92", "575", "2695", "postgresql x2 hubs"):
+        assert whole in printed, whole
