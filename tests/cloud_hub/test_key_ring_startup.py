@@ -11,6 +11,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -20,6 +21,7 @@ from cloud_hub.core.states import KeyStatus
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.key_tables import SigningKeyRecord
 from cloud_hub.keys.ring import HubKeys, KeyUnavailable
+from cloud_hub.mqtt.publisher import Publisher
 from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub
@@ -123,3 +125,35 @@ def _can_sign(ring: HubKeys) -> bool:
     except KeyUnavailable:
         return False
     return True
+
+
+class _TrustLists:
+    """Stands in for the hub's MQTT publisher: keeps what would be published retained."""
+
+    def __init__(self) -> None:
+        self.published: list[list[tuple[int, bytes]]] = []
+
+    def publish_trust_lists(self, lists: list[tuple[int, bytes]]) -> None:
+        self.published.append(lists)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_key_rotated_by_one_hub_signs_on_the_others_sharing_its_volume(
+        kind: str, tmp_path: Path) -> None:
+    with _engines(kind, tmp_path) as engines:
+        volume = tmp_path / "volume"
+        rings = _started_together(engines, [volume / "signing-key.pem"] * HUBS,
+                                  [volume / "keys"] * HUBS)
+        first = rings[1].active.key_id
+        published = _TrustLists()
+        with Session(engines[0]) as session:
+            version = rings[0].rotate(session, overlap_s=3600,
+                                      publisher=cast(Publisher, published))
+        assert [v for v, _ in published.published[-1]] == [version]
+        new = _records(engines[0])
+        active = [r.key_id for r in new if r.status == KeyStatus.ACTIVE]
+        assert len(active) == 1 and active[0] != first
+        for ring in rings[1:]:  # started before the key existed, no restart since
+            assert ring.active.key_id == active[0]
+            with Session(engines[0]) as session:
+                assert [k["private_key_here"] for k in ring.view(session)["keys"]] == [True, True]
