@@ -146,6 +146,7 @@ class HubKeys:
             if len(keep) >= MAX_KEYS:
                 raise KeyConflict(f"{len(keep)} keys are trusted, a trust list holds at most "
                                   f"{MAX_KEYS}: retire an old key first")
+            signers = self._signers(keep)  # before anything is made: refused, nothing changes
             new = generate_signing_key()
             path = self.keys_dir / f"{new.key_id}.pem"
             new.save(path)
@@ -155,7 +156,7 @@ class HubKeys:
                                           status=ACTIVE, created_at=now, activated_at=now)
             version = self._record_list(
                 session, [*keep, new_record], reason=f"rotate {old.key_id} -> {new.key_id}",
-                extra_signers=[new],
+                signers=[*signers, new],
             )
             session.add(old)
             session.add(new_record)
@@ -186,7 +187,8 @@ class HubKeys:
                     "force it now (a compromised key)"
                 )
             keep = [r for r in self._kept(session) if r.key_id != key_id]
-            version = self._record_list(session, keep, reason=f"retire {key_id}")
+            version = self._record_list(session, keep, reason=f"retire {key_id}",
+                                        signers=self._signers(keep))
             record.status, record.retired_at = RETIRED, now
             session.add(record)
             session.commit()
@@ -199,13 +201,23 @@ class HubKeys:
         return list(session.exec(select(SigningKeyRecord).where(
             SigningKeyRecord.status != RETIRED).order_by(col(SigningKeyRecord.created_at))))
 
-    def _record_list(self, session: Session, keys: list[SigningKeyRecord], *, reason: str,
-                     extra_signers: list[SigningKey] | None = None) -> int:
+    def _signers(self, keys: list[SigningKeyRecord]) -> list[SigningKey]:
+        """The private keys of ``keys`` on this hub, its key files looked at again for any it
+        lacks; KeyUnavailable if none is here. An agent takes a trust list only if a key it
+        trusts signed it: one signed by a new key alone would be refused by every device."""
+        missing = {r.key_id for r in keys} - set(self._private)
+        if missing:
+            self._load_files(missing)
         signers = [self._private[r.key_id] for r in keys if r.key_id in self._private]
-        signers += [k for k in extra_signers or [] if k.key_id not in {s.key_id for s in signers}]
         if not signers:
-            raise KeyUnavailable("no private key of a trusted key is on this hub to sign the "
-                                 "trust list")
+            raise KeyUnavailable(
+                f"no private key of the trusted keys {sorted(r.key_id for r in keys)} is on "
+                f"this hub (in {self.keys_dir}): the devices would refuse a trust list none of "
+                "them signed. Copy the active key here, or do this on the hub that has it")
+        return signers
+
+    def _record_list(self, session: Session, keys: list[SigningKeyRecord], *, reason: str,
+                     signers: list[SigningKey]) -> int:
         version = self.trust_version(session) + 1
         unsigned = TrustList(version=version, created_at=time.time(), keys={
             r.key_id: TrustedKey(public_key=r.public_key, since=r.created_at) for r in keys

@@ -108,15 +108,26 @@ def test_hubs_started_together_with_a_key_file_each_record_one_key(kind: str,
             for ring in others:
                 with pytest.raises(KeyUnavailable, match=records[0].key_id):
                     _ = ring.active
+            # Nor can they rotate: devices take only a trust list that a key they trust signed,
+            # and one signed by the new key alone would be refused by all. Nothing changes.
+            key_id = records[0].key_id
+            published = _TrustLists()
+            with Session(engines[0]) as session, pytest.raises(KeyUnavailable,
+                                                               match="Copy the active key"):
+                others[0].rotate(session, overlap_s=3600, publisher=cast(Publisher, published))
+            assert [r.key_id for r in _records(engines[0])] == [key_id]
+            assert not published.published and not others[0].keys_dir.exists()
             # The operator copies the key to the others, as docs/scaling.md says: they sign
             # with it from then on, without a restart.
-            key_id = records[0].key_id
             for ring in others:
                 ring.keys_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(made[0], ring.keys_dir / f"{key_id}.pem")
                 with Session(engines[0]) as session:
                     assert [k["private_key_here"] for k in ring.view(session)["keys"]] == [True]
                 assert ring.active.key_id == key_id
+            with Session(engines[0]) as session:  # and rotate, signing with the copied key
+                others[0].rotate(session, overlap_s=3600, publisher=cast(Publisher, published))
+            assert len(published.published) == 1
 
 
 def _can_sign(ring: HubKeys) -> bool:
