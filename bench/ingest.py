@@ -187,7 +187,8 @@ class Hubs:
             env.update(broker.hub_env(f"bench-hub-{i}"))  # its credential and TLS
             if count > 1:  # set up as docs/scaling.md says: one share group, one signing key
                 env["EDGELOOP_MQTT_SHARE_GROUP"] = "bench"
-                env["EDGELOOP_SIGNING_KEY_PATH"] = str(work / "signing-key.pem")
+                env["EDGELOOP_SIGNING_KEY_PATH"] = str(work / "keys" / "signing-key.pem")
+                env["EDGELOOP_SIGNING_KEYS_DIR"] = str(work / "keys" / "rotated")
             if db.url:
                 env["EDGELOOP_DATABASE_URL"] = db.url
             self.procs.append(HubProcess(work / f"hub-{i}", mqtt_port=broker.port,

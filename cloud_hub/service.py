@@ -75,7 +75,7 @@ class Hub:
         self.checkpointer = WalCheckpointer(self.engine)
         self.fleet = FleetFigures(self.engine)  # edgeloop_fleet_* in the scrapes
         self.broker_stats = BrokerStats(on_refused=self._grant_broker_figures)
-        self.keys = HubKeys(self.engine, keys_dir=settings.data_dir / "keys",
+        self.keys = HubKeys(self.engine, keys_dir=settings.resolved_signing_keys_dir,
                             first_key_path=settings.resolved_signing_key_path)
         self.topics = settings.topics
         # One MQTT connection for ingest, acknowledgements and publishing.

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     signing_key_path: Path | None = Field(
         default=None, description="Ed25519 key signing models; default DATA_DIR/signing-key.pem"
     )
+    signing_keys_dir: Path | None = Field(
+        default=None, description="where rotated signing keys are kept; default DATA_DIR/keys. "
+                                  "Hubs sharing a database: this and SIGNING_KEY_PATH on one "
+                                  "volume they all mount")
     admin_api_key: str | None = Field(
         default=None, min_length=16, json_schema_extra={"secret": True},
         description="bootstrap admin API key, 16+ characters; unset: one is generated and shown",
@@ -207,6 +211,10 @@ class Settings(BaseSettings):
     @property
     def resolved_signing_key_path(self) -> Path:
         return self.signing_key_path or self.data_dir / "signing-key.pem"
+
+    @property
+    def resolved_signing_keys_dir(self) -> Path:
+        return self.signing_keys_dir or self.data_dir / "keys"
 
     @property
     def topics(self) -> Topics:

@@ -2,8 +2,9 @@
 
 Private keys are PEM files readable by the hub's user only (0600): the first where
 ``EDGELOOP_SIGNING_KEY_PATH`` says (``<data_dir>/signing-key.pem`` by default), later ones in
-``<data_dir>/keys/``. They are never logged. Every rotation and retirement writes a new signed
-trust list (:mod:`shared.trust`), published retained on ``Topics.trust(version)``:
+``EDGELOOP_SIGNING_KEYS_DIR`` (``<data_dir>/keys/``). They are never logged. Every rotation
+and retirement writes a new signed trust list (:mod:`shared.trust`), published retained on
+``Topics.trust(version)``:
 
 - ``rotate``: a new key; the list {every key still trusted, new} is signed by all of them, so a
   device that trusts only the old key (or, enrolled meanwhile, only the new one) accepts it. New

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,13 +35,15 @@ __all__ = ["pg_database"]
 @pytest.fixture
 def hubs(broker: Broker, pg_database: str, tmp_path: Path) -> Iterator[list[HubProcess]]:
     key = "multi-hub-admin-key-0123456789"
+    volume = tmp_path / "key-volume"
     procs = [HubProcess(tmp_path / f"hub-{i}", mqtt_port=broker.port, admin_api_key=key,
                         extra_env={**broker.hub_env(f"hub-{i}"),
                                    "EDGELOOP_DATABASE_URL": pg_database,
                                    "EDGELOOP_MQTT_SHARE_GROUP": "hubs",
                                    "EDGELOOP_HUB_REPORT_S": "1",
                                    # one key volume (docs/scaling.md, step 3)
-                                   "EDGELOOP_SIGNING_KEY_PATH": str(tmp_path / "signing-key.pem")})
+                                   "EDGELOOP_SIGNING_KEY_PATH": str(volume / "signing-key.pem"),
+                                   "EDGELOOP_SIGNING_KEYS_DIR": str(volume / "keys")})
              for i in range(2)]
     try:
         for p in procs:  # both at once, as a fleet's hubs come up (migrations take turns)
@@ -160,12 +163,26 @@ def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
     leases = [lease for h in listed for lease in h["leases"]]
     assert sorted(leases) == sorted(sums)
     client.close()
-    # Started together on one key volume, they made one signing key, and each can sign with it.
+    # Started together on one key volume, they made one signing key, and each can sign with it;
+    # a key one of them rotates to signs on the other, which has not restarted.
+    assert [_keys(hub) for hub in hubs] == [[("active", True)]] * 2
+    rotated = _ask(hubs[0], "POST", "/keys/rotate", json={"overlap_s": 3600})
+    assert [_keys(hub) for hub in hubs] == [[("trusted", True), ("active", True)]] * 2
+    assert _ask(hubs[1], "GET", "/keys")["active"] == rotated["active"]
     for hub in hubs:
-        each = HubClient(hub.url, hub.admin_api_key)
-        try:
-            keys = each.get("/keys")["keys"]
-        finally:
-            each.close()
-        assert [(k["status"], k["private_key_here"]) for k in keys] == [("active", True)]
         assert "no private key on this hub" not in hub.log_path.read_text()
+
+
+def _ask(hub: HubProcess, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to this process, not to whichever a balancer picks."""
+    client = HubClient(hub.url, hub.admin_api_key)
+    try:
+        return client.request(method, path, **kwargs)
+    finally:
+        client.close()
+
+
+def _keys(hub: HubProcess) -> list[tuple[str, bool]]:
+    """(status, private key on this process) of each signing key, oldest first."""
+    keys = _ask(hub, "GET", "/keys")["keys"]
+    return [(k["status"], k["private_key_here"]) for k in keys]
