@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore")
 
     data_dir: Path = Field(default=Path("./hub-data"),
-                           description="database, signing key and uploads (relative: to the cwd)")
+                           description="SQLite database and signing keys (relative: to the cwd)")
     database_url: str | None = Field(
         default=None, json_schema_extra={"secret": True},
         description="any SQLAlchemy URL; default sqlite:///DATA_DIR/hub.db",

@@ -109,6 +109,20 @@ class TrainingJob(SQLModel, table=True):
     finished_at: float | None = None
 
 
+class TrainingUpload(SQLModel, table=True):
+    """A CSV uploaded for training, parsed to rows x channels (float32, as .npy), kept in the
+    database so that whichever hub process runs the job reads it; deleted once its job is
+    (:mod:`cloud_hub.maintenance.retention`)."""
+
+    __tablename__ = "training_uploads"
+
+    name: str = Field(primary_key=True, max_length=64)
+    job_id: int | None = Field(default=None, index=True)
+    rows: int
+    created_at: float
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 class Rollout(SQLModel, table=True):
     __tablename__ = "rollouts"
 

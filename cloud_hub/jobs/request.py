@@ -37,7 +37,8 @@ class _Frozen(BaseModel):
 
 
 class UploadedSet(_Frozen):
-    """A CSV the hub saved in its uploads folder."""
+    """A CSV uploaded for training: ``file`` names its row in ``training_uploads`` (or, for a
+    job submitted before uploads moved into the database, its file in ``DATA_DIR/uploads``)."""
 
     file: str
     rows: int = Field(ge=1)

@@ -27,11 +27,11 @@ from cloud_hub.core.states import JobStatus, TrainingStage
 from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
 from cloud_hub.db.leases import Lease
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
-from cloud_hub.db.registry_tables import TrainingJob
+from cloud_hub.db.registry_tables import TrainingJob, TrainingUpload
 from cloud_hub.db.tables import Anomaly, Device
 from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.jobs.request import FederatedSet, TrainingRequest, UploadedSet, spec_from_dict
-from cloud_hub.jobs.upload import load_upload
+from cloud_hub.jobs.upload_store import UploadMissing, load_upload
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 
 __all__ = ["JobRunner", "RunTraining", "TrainingDataError", "spec_from_dict"]
@@ -100,10 +100,17 @@ class JobRunner:
         if not self._worker.is_alive():  # given up only once no tick can still run under it
             self._lease.release()
 
-    def submit(self, session: Session, *, name: str, request: TrainingRequest) -> TrainingJob:
+    def submit(self, session: Session, *, name: str, request: TrainingRequest,
+               upload: TrainingUpload | None = None) -> TrainingJob:
+        """Queue a job; ``upload``, the data it names (``request.upload``), is stored with it
+        in one transaction."""
         job = TrainingJob(name=name, request=request, created_at=time.time(),
                           progress={"stage": TrainingStage.QUEUED, "fraction": 0.0})
         session.add(job)
+        if upload is not None:
+            session.flush()  # the job's id, which the upload keeps
+            upload.job_id = job.id
+            session.add(upload)
         session.commit()
         session.refresh(job)
         assert job.id is not None
@@ -282,7 +289,11 @@ class JobRunner:
     def _uploaded_set(
         self, upload: UploadedSet
     ) -> tuple[np.ndarray, list[str], list[int], dict[str, Any]]:
-        readings = load_upload(self.uploads_dir, upload.file)
+        try:
+            with Session(self._engine) as session:
+                readings = load_upload(session, upload.file, self.uploads_dir)
+        except UploadMissing as exc:
+            raise TrainingDataError(str(exc)) from None
         if self._max_readings is not None and len(readings) > self._max_readings:
             raise TrainingDataError(f"the upload has {len(readings)} rows; a training job may "
                                     f"load at most {self._max_readings}")

@@ -1,16 +1,14 @@
-"""Training data uploaded as CSV: parsed and checked at the boundary, stored as .npy."""
+"""Training data uploaded as CSV: parsed and checked at the boundary (numpy only: the edge
+venv's tests read CSVs through it too). :mod:`cloud_hub.jobs.upload_store` keeps it."""
 
 from __future__ import annotations
-
-import uuid
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from shared.sensor_csv import CsvFormatError, read_table
 
-__all__ = ["CsvError", "load_upload", "parse_training_csv", "save_upload"]
+__all__ = ["CsvError", "parse_training_csv"]
 
 
 class CsvError(ValueError):
@@ -30,20 +28,3 @@ def parse_training_csv(
     if len(rows) < 2:
         raise CsvError(f"the CSV has {len(rows)} data line(s); training needs many more")
     return np.asarray(rows, dtype=np.float32), list(layout.channels)
-
-
-def save_upload(directory: Path, values: npt.NDArray[np.float32]) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"{uuid.uuid4().hex}.npy"
-    tmp = directory / f".{name}.tmp"
-    with tmp.open("wb") as fh:
-        np.save(fh, values)
-    tmp.replace(directory / name)
-    return name
-
-
-def load_upload(directory: Path, name: str) -> npt.NDArray[np.float32]:
-    if "/" in name or name.startswith("."):
-        raise CsvError(f"upload name {name!r} is not valid")
-    data: npt.NDArray[np.float32] = np.load(directory / name, allow_pickle=False)
-    return data

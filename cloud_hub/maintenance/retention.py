@@ -4,7 +4,8 @@ for long and every table stays bounded.
 - raw telemetry stored more than ``raw_days`` ago, and only once the rollups have folded it
   (``stored_at`` before their mark): the rollups then answer for that time;
 - rollups older than ``rollup_days`` (400 by default);
-- dead letters older than ``dead_letter_days``, and training jobs finished that long ago.
+- dead letters older than ``dead_letter_days``, and training jobs finished ``jobs_days`` ago,
+  with the training data uploaded for them (``training_uploads``).
 
 Each call deletes at most ``batch`` rows per kind; the job calls again at once while a kind
 had a full batch. Deleted telemetry seqs are recorded on their stream's mark
@@ -30,9 +31,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
     delete,
+    exists,
     func,
     literal,
+    or_,
     select,
     tuple_,
     update,
@@ -41,7 +45,7 @@ from sqlalchemy.engine import Connection
 
 from cloud_hub.core.states import JobStatus
 from cloud_hub.db import partitions
-from cloud_hub.db.registry_tables import TrainingJob
+from cloud_hub.db.registry_tables import TrainingJob, TrainingUpload
 from cloud_hub.db.rollup_tables import TelemetryRollup
 from cloud_hub.db.tables import DeadLetter, StreamMark, TelemetryBatchRow, TelemetryKey
 from cloud_hub.maintenance.rollups import folded_mark
@@ -145,4 +149,14 @@ def prune(conn: Connection, policy: RetentionPolicy, *, now: float) -> dict[str,
         .limit(policy.batch)).scalars().all()
     done["training_jobs"] = int(conn.execute(
         delete(jobs).where(jobs.c.id.in_(ids))).rowcount or 0) if ids else 0
+
+    # Uploaded training data goes with its job; an upload whose job was never stored (the
+    # request failed between the two) after a day.
+    uploads = _table(TrainingUpload)
+    names = conn.execute(select(uploads.c.name).where(or_(
+        and_(uploads.c.job_id.is_not(None), ~exists().where(jobs.c.id == uploads.c.job_id)),
+        and_(uploads.c.job_id.is_(None), uploads.c.created_at < now - _DAY)))
+        .limit(policy.batch)).scalars().all()
+    done["training_uploads"] = int(conn.execute(
+        delete(uploads).where(uploads.c.name.in_(names))).rowcount or 0) if names else 0
     return done

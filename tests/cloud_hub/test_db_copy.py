@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Engine
@@ -22,7 +23,10 @@ from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
 from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 from cloud_hub.db.queries import read_telemetry
+from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import ApiKey, DeadLetter, Device
+from cloud_hub.jobs.request import TrainingRequest, UploadedSet
+from cloud_hub.jobs.upload_store import new_upload
 from cloud_hub.maintenance.rollups import fold_rollups, read_rollups
 from cloud_hub.registry.records import register_artifact
 from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
@@ -37,7 +41,8 @@ EPOCH = "0123456789abcdef"
 DEVICES = ("pump-1", "pump-2", "fan-1")
 # What the fill below writes rows into; the copy of every other table is checked all the same.
 FILLED = {"devices", "telemetry", "telemetry_keys", "stream_marks", "anomalies", "dead_letters",
-          "telemetry_rollups", "maintenance_marks", "models", "model_variants", "api_keys"}
+          "telemetry_rollups", "maintenance_marks", "models", "model_variants", "api_keys",
+          "training_jobs", "training_uploads"}
 
 
 def _batch(device: str, seq: int, start: float) -> TelemetryBatch:
@@ -48,7 +53,7 @@ def _batch(device: str, seq: int, start: float) -> TelemetryBatch:
 
 def _fill(engine: Engine) -> None:
     """Three days of a small fleet through the hub's own store, folded into rollups, plus a
-    model with its variants and an API key."""
+    model with its variants, an API key, and a training job with its uploaded CSV."""
     seqs = range(0, 72)  # one batch an hour per device, from three days ago
     for device in DEVICES:
         batches = [_batch(device, s, NOW - 3 * DAY + s * 3600.0) for s in seqs]
@@ -69,6 +74,13 @@ def _fill(engine: Engine) -> None:
         register_artifact(session, variant_artifact(), name="pump-ae", chunk_size=4096)
         session.add(ApiKey(name="ops", key_hash=hash_api_key(generate_api_key()), prefix="el_ops",
                            scope=Scope.ADMIN, created_at=NOW))
+        upload = new_upload(np.linspace(0, 1, 64, dtype=np.float32).reshape(32, 2))
+        job = TrainingJob(name="csv-ae", created_at=NOW, request=TrainingRequest(
+            name="csv-ae", upload=UploadedSet(file=upload.name, rows=32, channels=["a", "b"])))
+        session.add(job)
+        session.flush()
+        upload.job_id = job.id
+        session.add(upload)
         session.add(HubProcessRecord(holder="old-host:12:abcd", client_id="hub-a",
                                      host="old-host", pid=12, version="0.1.0",
                                      started_at=NOW - 3600, seen_at=NOW - 5, stopped_at=NOW - 5,

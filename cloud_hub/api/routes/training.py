@@ -18,7 +18,8 @@ from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.queries import count_readings
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.jobs.request import TrainingRequest, UploadedSet
-from cloud_hub.jobs.upload import CsvError, parse_training_csv, save_upload
+from cloud_hub.jobs.upload import CsvError, parse_training_csv
+from cloud_hub.jobs.upload_store import new_upload
 from shared.topics import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/training-jobs", tags=["training"])
@@ -106,11 +107,11 @@ async def create_job_from_csv(
         raise _unprocessable(["body"], (
             f"the CSV has {len(values)} data rows; a training job may load at most "
             f"{settings.training_max_readings} (EDGELOOP_TRAINING_MAX_READINGS)"))
-    stored = save_upload(hub.jobs.uploads_dir, values)
+    upload = new_upload(values)
     request_data = TrainingRequest(name=name, spec=spec_request, upload=UploadedSet(
-        file=stored, rows=len(values), channels=names))
+        file=upload.name, rows=len(values), channels=names))
     with Session(hub.engine) as session:
-        job = hub.jobs.submit(session, name=name, request=request_data)
+        job = hub.jobs.submit(session, name=name, request=request_data, upload=upload)
         return job_public(job)
 
 
