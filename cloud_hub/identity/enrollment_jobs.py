@@ -8,7 +8,9 @@ once it has succeeded.
 
 The bundles hold the devices' passwords, so they live in this process's memory only, until
 collected once or until ``keep_s`` after the job ended, and are gone with a restart of the hub
-(the devices stay enrolled: revoke and enroll again to get a new credential).
+(the devices stay enrolled: revoke and enroll again to get a new credential). So does the job's
+status: with several hub processes, a job is followed and collected through the process that
+runs it (docs/scaling.md, step 5).
 """
 
 from __future__ import annotations
@@ -133,7 +135,11 @@ class EnrollmentJobs:
             try:
                 return self._jobs[job_id]
             except KeyError:
-                raise KeyError(f"no enrollment job {job_id!r}") from None
+                raise KeyError(
+                    f"no enrollment job {job_id!r} in this hub process. A bulk enrollment job "
+                    "lives in the process that runs it: with several hub processes behind a "
+                    "balancer, send every /api/v1/enrollment-jobs request to one of them "
+                    "(docs/scaling.md, step 5)") from None
 
     def collect(self, job_id: str) -> list[Bundle]:
         """The job's bundles, once: the hub keeps no device password after handing it out."""

@@ -311,7 +311,9 @@ def test_an_enrollment_job_answers_at_once_and_refuses_up_front_what_would_fail(
     assert all(b["password"] for b in bundles)
     conflict = api.post("/enrollment-jobs", json={"device_ids": ["job-3", "job-2"]})
     assert conflict.status_code == 409 and "revoke first" in conflict.text
-    assert api.get("/enrollment-jobs/nope").status_code == 404
+    missing = api.get("/enrollment-jobs/nope")
+    assert missing.status_code == 404
+    assert "lives in the process that runs it" in missing.text
     assert "job-3" not in {e["device_id"] for e in api.get("/enrollments").json()}
 
 
