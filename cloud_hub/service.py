@@ -129,7 +129,7 @@ class Hub:
                                      interval_s=min(settings.webhook_backoff_s, 1.0),
                                      holder=holder)
         self.enrollment = DeviceEnrollment(settings, self.engine, trust_keys=self._pinned_keys)
-        self.enrollment_jobs = EnrollmentJobs(self.enrollment)
+        self.enrollment_jobs = EnrollmentJobs(self.enrollment, self.engine, holder=holder)
         self.retrain = LeasedWorker(
             self.engine, name="retrain", holder=holder, interval_s=settings.retrain_tick_s,
             tick=RetrainLoop(self.engine, jobs=self.jobs, releases=self.releases,

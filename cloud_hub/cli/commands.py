@@ -321,6 +321,7 @@ def _enroll_many(a: argparse.Namespace, c: HubClient, body: dict[str, Any]) -> i
         for start in range(0, len(ids), _MAX_BULK):
             part = ids[start:start + _MAX_BULK]
             job = c.post("/enrollment-jobs", {**body, "device_ids": part})
+            collect_key = job["collect_key"]  # opens the bundles; no hub keeps it
             while job["status"] == "running":
                 bar.update(task, completed=start + job["devices_done"], info=job["stage"])
                 time.sleep(0.5)  # polling an HTTP API: the interval is the point
@@ -329,7 +330,8 @@ def _enroll_many(a: argparse.Namespace, c: HubClient, body: dict[str, Any]) -> i
                 bar.update(task, info=f"{job['status']}: {job['error']}")
                 raise SystemExit(f"enrollment job {job['id']} {job['status']}: {job['error']} "
                                  f"({len(written)} of {len(ids)} devices enrolled before it)")
-            for bundle in c.post(f"/enrollment-jobs/{job['id']}/bundles"):
+            for bundle in c.post(f"/enrollment-jobs/{job['id']}/bundles",
+                                 {"collect_key": collect_key}):
                 written.append({"device_id": bundle["device_id"], "job": job["id"],
                                 "config": str(Bundle(**bundle).write(out / bundle["device_id"]))})
             bar.update(task, completed=start + len(part), info="done")

@@ -12,8 +12,9 @@ invariant ingest and maintenance rest on, because nothing is recomputed:
 - models with their TFLite bytes, releases, signing keys' public halves, enrollments, API keys
   and console sessions.
 
-``job_leases`` and ``hub_processes`` are not copied: they say which processes of the *source*
-run singleton jobs and ran at all, and the target's hubs take their leases and write their
+``job_leases``, ``hub_processes`` and ``enrollment_jobs`` are not copied: they say which
+processes of the *source* run singleton jobs, ran at all, and ran bulk enrollments (whose
+sealed bundles are minutes-lived), and the target's hubs take their leases and write their
 rows afresh. A lease still held on the source means a hub is
 running on it, and the copy is refused (:class:`CopyRefused`): rows stored during the copy
 would be missed.
@@ -40,7 +41,7 @@ from sqlmodel import SQLModel
 
 from cloud_hub.db import migrate, partitions, pg_copy
 from cloud_hub.db.engine import driver_message
-from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
+from cloud_hub.db.ops_tables import EnrollmentJobRecord, HubProcessRecord, JobLease
 from cloud_hub.db.tables import TelemetryBatchRow
 
 __all__ = ["BATCH_ROWS", "CopyError", "CopyRefused", "CopyResult", "copy_database",
@@ -69,7 +70,8 @@ class CopyResult:
         return sum(self.rows.values())
 
 
-_NOT_COPIED = {JobLease.__tablename__, HubProcessRecord.__tablename__}
+_NOT_COPIED = {JobLease.__tablename__, HubProcessRecord.__tablename__,
+               EnrollmentJobRecord.__tablename__}
 
 
 def copied_tables() -> list[Table]:

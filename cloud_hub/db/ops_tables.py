@@ -8,7 +8,7 @@ the incident change they announce (an outbox), and sent by the notifier afterwar
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from cloud_hub.core.states import DeliveryStatus, IncidentState, WebhookEvent
@@ -142,3 +142,26 @@ class HubProcessRecord(SQLModel, table=True):
     report_s: float
     figures: dict[str, float] = Field(default_factory=dict,
                                       sa_column=Column(JSON, nullable=False))
+
+
+class EnrollmentJobRecord(SQLModel, table=True):
+    """A bulk enrollment job (``POST /api/v1/enrollment-jobs``), so that any hub process can
+    answer for it. Its bundles hold the devices' passwords: they are kept only sealed, with a
+    key that was handed to the caller and that the hub does not keep
+    (:mod:`cloud_hub.identity.enrollment_jobs`)."""
+
+    __tablename__ = "enrollment_jobs"
+
+    id: str = Field(primary_key=True, max_length=32)
+    holder: str = Field(max_length=128)  # the process running it (hub_processes.holder)
+    status: str = Field(max_length=16)
+    stage: str = Field(max_length=32)
+    devices_total: int
+    devices_done: int = 0
+    device_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    created_at: float = Field(index=True)
+    finished_at: float | None = None
+    bundles_collected: bool = False
+    sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    sealed_until: float | None = None

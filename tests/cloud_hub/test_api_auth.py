@@ -134,8 +134,13 @@ def _enrolled(w: World) -> dict[str, Any]:
     return {"device_id": device}
 
 
+# The collect key of the job _finished_enrollment_job made last (the call's body needs it).
+_COLLECT_KEY: dict[str, str] = {}
+
+
 def _enrollment_job(w: World) -> dict[str, Any]:
     job = w.admin("POST", "/enrollment-jobs", json={"device_ids": [w.fresh("auth-job")]})
+    _COLLECT_KEY["last"] = job["collect_key"]
     return {"job_id": job["id"]}
 
 
@@ -227,7 +232,9 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("POST", "/api/v1/enrollment-jobs"): (ADMIN, Call(json_for=lambda w: {
         "device_ids": [w.fresh("auth-bulk-job")]})),
     ("GET", "/api/v1/enrollment-jobs/{job_id}"): (ADMIN, Call(_enrollment_job)),
-    ("POST", "/api/v1/enrollment-jobs/{job_id}/bundles"): (ADMIN, Call(_finished_enrollment_job)),
+    ("POST", "/api/v1/enrollment-jobs/{job_id}/bundles"): (ADMIN, Call(
+        _finished_enrollment_job, json={"collect_key": "not-the-key"},
+        json_for=lambda w: {"collect_key": _COLLECT_KEY["last"]})),
     ("GET", "/api/v1/telemetry"): (READ, Call(query={"device_id": "auth-dev-1"})),
     ("GET", "/api/v1/telemetry/summary"): (READ, Call()),
     ("GET", "/api/v1/devices/{device_id}/telemetry"): (READ, Call(_device,

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.fernet import Fernet
 from sqlmodel import Session, select
 
 from cloud_hub.cli import main
@@ -285,7 +286,7 @@ def test_a_bulk_enrollment_job_from_the_cli_writes_every_bundle_and_hands_them_o
     assert job["status"] == "succeeded" and job["stage"] == "done"
     assert job["devices_done"] == job["devices_total"] == 60
     assert job["bundles_collected"] and not job["bundles_ready"]
-    again = api.post(f"/enrollment-jobs/{job['id']}/bundles")
+    again = api.post(f"/enrollment-jobs/{job['id']}/bundles", json={"collect_key": "x"})
     assert again.status_code == 409 and "collected already" in again.text
     # A written bundle's credential is the broker's: the device logs in with it.
     last = tomllib.loads((tmp_path / "bundles" / ids[-1] / "agent.toml").read_text())["mqtt"]
@@ -306,14 +307,17 @@ def test_an_enrollment_job_answers_at_once_and_refuses_up_front_what_would_fail(
     done = wait_for(lambda: (j := api.get(f"/enrollment-jobs/{job_id}").json())["status"]
                     != "running" and j, 30, "the job to finish")
     assert done["status"] == "succeeded", done
-    bundles = api.post(f"/enrollment-jobs/{job_id}/bundles").json()
+    key = started.json()["collect_key"]
+    assert api.post(f"/enrollment-jobs/{job_id}/bundles").status_code == 422  # no key
+    wrong = api.post(f"/enrollment-jobs/{job_id}/bundles",
+                     json={"collect_key": Fernet.generate_key().decode()})
+    assert wrong.status_code == 403 and "does not open" in wrong.text
+    bundles = api.post(f"/enrollment-jobs/{job_id}/bundles", json={"collect_key": key}).json()
     assert sorted(b["device_id"] for b in bundles) == ["job-1", "job-2"]
     assert all(b["password"] for b in bundles)
     conflict = api.post("/enrollment-jobs", json={"device_ids": ["job-3", "job-2"]})
     assert conflict.status_code == 409 and "revoke first" in conflict.text
-    missing = api.get("/enrollment-jobs/nope")
-    assert missing.status_code == 404
-    assert "lives in the process that runs it" in missing.text
+    assert api.get("/enrollment-jobs/nope").status_code == 404
     assert "job-3" not in {e["device_id"] for e in api.get("/enrollments").json()}
 
 

@@ -15,7 +15,7 @@ from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.db.enrollments import Enrollment, NotEnrolled
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.identity.enrollment import DEFAULT_STATE_DIR, Bundle, EnrollmentError
-from cloud_hub.identity.enrollment_jobs import BundlesGone
+from cloud_hub.identity.enrollment_jobs import BundlesGone, WrongCollectKey
 from shared.topics import DEVICE_ID_PATTERN, TopicError
 
 router = APIRouter(tags=["enrollment"])
@@ -124,6 +124,20 @@ class EnrollmentJobPublic(BaseModel):
     bundles_collected: bool
 
 
+class EnrollmentJobStarted(EnrollmentJobPublic):
+    """The job, and the key its bundles are sealed with: shown here once, kept by no hub."""
+
+    collect_key: str = Field(description="send it to POST /enrollment-jobs/{id}/bundles; "
+                                         "any hub process then opens the bundles, once")
+
+
+class CollectBundles(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collect_key: str = Field(min_length=1, max_length=100,
+                             description="the collect_key the job's start answered")
+
+
 def _options(body: EnrollRequest) -> dict[str, Any]:
     return {"state_dir": body.state_dir, "mqtt_host": body.mqtt_host,
             "mqtt_port": body.mqtt_port,
@@ -161,21 +175,23 @@ def enroll_many(body: BulkEnrollRequest, hub: HubDep, _key: AdminKey) -> list[Bu
     return [BundlePublic(**b.to_dict()) for b in bundles]
 
 
-@router.post("/enrollment-jobs", response_model=EnrollmentJobPublic,
+@router.post("/enrollment-jobs", response_model=EnrollmentJobStarted,
              status_code=status.HTTP_202_ACCEPTED, responses=errors(409))
 def start_enrollment_job(body: BulkEnrollRequest, hub: HubDep,
-                         _key: AdminKey) -> EnrollmentJobPublic:
+                         _key: AdminKey) -> EnrollmentJobStarted:
     """Enroll up to 1,000 devices in the background: answers at once (what would be refused
     is refused now); follow ``GET /enrollment-jobs/{id}`` (stage, devices done of total), then
-    collect the bundles once with ``POST /enrollment-jobs/{id}/bundles``. For fleets whose
-    enrollment outlasts an HTTP request: the broker's work grows with the devices it holds."""
+    collect the bundles once with ``POST /enrollment-jobs/{id}/bundles``, sending the
+    ``collect_key`` this answer holds. For fleets whose enrollment outlasts an HTTP request:
+    the broker's work grows with the devices it holds. Any hub process sharing the database
+    answers for the job."""
     try:
-        job = hub.enrollment_jobs.submit(list(body.device_ids), **_options(body))
+        started = hub.enrollment_jobs.submit(list(body.device_ids), **_options(body))
     except FileExistsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (TopicError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    return EnrollmentJobPublic(**job.to_dict())
+    return EnrollmentJobStarted(**started.job.to_dict(), collect_key=started.collect_key)
 
 
 @router.get("/enrollment-jobs/{job_id}", response_model=EnrollmentJobPublic,
@@ -189,14 +205,16 @@ def enrollment_job(job_id: Annotated[str, Path(max_length=64)], hub: HubDep,
 
 
 @router.post("/enrollment-jobs/{job_id}/bundles", response_model=list[BundlePublic],
-             responses=errors(404, 409))
-def enrollment_job_bundles(job_id: Annotated[str, Path(max_length=64)], hub: HubDep,
-                           _key: AdminKey) -> list[BundlePublic]:
-    """Collect the bundles of a job that succeeded, once (a POST: it removes them): the hub
-    keeps no device password after that (nor after 15 minutes uncollected, nor across a
-    restart)."""
+             responses=errors(403, 404, 409))
+def enrollment_job_bundles(job_id: Annotated[str, Path(max_length=64)], body: CollectBundles,
+                           hub: HubDep, _key: AdminKey) -> list[BundlePublic]:
+    """Collect the bundles of a job that succeeded, once (a POST: it removes them), opened
+    with the job's ``collect_key``: the hub keeps them only sealed with that key, which it
+    does not keep, and drops them once collected or 15 minutes after the job ended."""
     try:
-        bundles = hub.enrollment_jobs.collect(job_id)
+        bundles = hub.enrollment_jobs.collect(job_id, body.collect_key)
+    except WrongCollectKey as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     except BundlesGone as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except KeyError as exc:
