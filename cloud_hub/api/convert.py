@@ -84,6 +84,7 @@ def job_public(job: TrainingJob) -> TrainingJobPublic:
         progress={**_PROGRESS_DEFAULTS, **(job.progress or {})},
         error=job.error, model=_ref(job.model_name, job.model_version), request=job.request,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        cancel_requested_at=job.cancel_requested_at,
     )
 
 

@@ -223,6 +223,9 @@ class TrainingJobPublic(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    cancel_requested_at: float | None = Field(
+        default=None, description="asked to stop through another hub process; the one "
+                                  "running it stops it within a few seconds")
 
 
 class ModelSummary(BaseModel):

@@ -107,6 +107,8 @@ class TrainingJob(SQLModel, table=True):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    # asked to stop through a process other than the one running it (which polls this)
+    cancel_requested_at: float | None = None
 
 
 class TrainingUpload(SQLModel, table=True):

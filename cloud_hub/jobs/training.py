@@ -114,28 +114,33 @@ class JobRunner:
         session.commit()
         session.refresh(job)
         assert job.id is not None
-        with self._lock:
-            self._cancel[job.id] = threading.Event()
-        self._queue.put(job.id)
+        self._queue.put(job.id)  # its cancel event is made where it runs (_execute)
         return job
 
     def cancel(self, job_id: int) -> bool:
-        """Ask a queued or running job to stop; False when it is running in another hub
-        process (or is over). A queued job is cancelled in the database, whichever hub
-        process would have run it."""
+        """Ask a queued or running job to stop, whichever hub process took it or runs it;
+        False when it is over. A queued job is cancelled in the database; a running one here
+        at once, and in another process through ``cancel_requested_at``, which the process
+        running it reads every ``poll_s``."""
         with self._lock:
             event = self._cancel.get(job_id)
         if event is not None:
             event.set()
+        now = time.time()
         with Session(self._engine) as session:
             cancelled = session.exec(
                 update(TrainingJob)
                 .where(col(TrainingJob.id) == job_id,
                        col(TrainingJob.status) == JobStatus.QUEUED)
-                .values(status=JobStatus.CANCELLED, finished_at=time.time(),
+                .values(status=JobStatus.CANCELLED, finished_at=now,
                         error="cancelled before it started")).rowcount
+            asked = 0 if cancelled else session.exec(
+                update(TrainingJob)
+                .where(col(TrainingJob.id) == job_id,
+                       col(TrainingJob.status) == JobStatus.RUNNING)
+                .values(cancel_requested_at=now)).rowcount
             session.commit()
-        return event is not None or bool(cancelled)
+        return event is not None or bool(cancelled) or bool(asked)
 
     # -- worker --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -203,8 +208,33 @@ class JobRunner:
             session.commit()
 
     def _execute(self, job_id: int) -> None:
+        """Run one job, with a watch on its ``cancel_requested_at``: the job may have been
+        taken, and be cancelled, through another hub process."""
         with self._lock:
-            cancel = self._cancel.get(job_id) or threading.Event()
+            cancel = self._cancel.setdefault(job_id, threading.Event())
+        ended = threading.Event()
+        threading.Thread(target=self._watch_cancel, args=(job_id, cancel, ended),
+                         name=f"hub-training-cancel-{job_id}", daemon=True).start()
+        try:
+            self._execute_job(job_id, cancel)
+        finally:
+            ended.set()
+
+    def _watch_cancel(self, job_id: int, cancel: threading.Event,
+                      ended: threading.Event) -> None:
+        while not ended.wait(self._poll_s):
+            try:
+                with Session(self._engine) as session:
+                    asked = session.exec(select(TrainingJob.cancel_requested_at).where(
+                        col(TrainingJob.id) == job_id)).first()
+            except Exception as exc:  # the database away for a moment: ask again
+                log.debug("training job %d: cancel not read (%s)", job_id, exc)
+                continue
+            if asked is not None:
+                cancel.set()
+                return
+
+    def _execute_job(self, job_id: int, cancel: threading.Event) -> None:
         with Session(self._engine) as session:
             job = session.get(TrainingJob, job_id)
             if job is None:
