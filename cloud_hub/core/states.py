@@ -11,7 +11,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
-    "ConflictKind", "DeliveryStatus", "DevicePresence", "IncidentState", "JobStatus", "KeyStatus",
+    "ConflictKind", "DeliveryStatus", "DevicePresence", "EnrollmentJobStatus", "IncidentState",
+    "JobStatus", "KeyStatus",
     "ModelStatus", "ROLLOUT_ACTIVE", "RetrainScope", "RetrainState", "RetrainTrigger",
     "RolloutAction", "RolloutStatus", "StageState", "TrainingSource", "TrainingStage", "Verdict",
     "WebhookEvent",
@@ -125,6 +126,14 @@ class DeliveryStatus(StrEnum):
 class WebhookEvent(StrEnum):
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"
+
+
+class EnrollmentJobStatus(StrEnum):
+    """A bulk enrollment job (``enrollment_jobs``)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class KeyStatus(StrEnum):

@@ -11,7 +11,12 @@ from __future__ import annotations
 from sqlalchemy import JSON, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
-from cloud_hub.core.states import DeliveryStatus, IncidentState, WebhookEvent
+from cloud_hub.core.states import (
+    DeliveryStatus,
+    EnrollmentJobStatus,
+    IncidentState,
+    WebhookEvent,
+)
 from cloud_hub.db.types import enum_field
 
 __all__ = ["HubProcessRecord", "Incident", "JobLease", "UiSession", "WebhookDelivery",
@@ -154,7 +159,8 @@ class EnrollmentJobRecord(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     holder: str = Field(max_length=128)  # the process running it (hub_processes.holder)
-    status: str = Field(max_length=16)
+    status: EnrollmentJobStatus = enum_field(EnrollmentJobStatus, EnrollmentJobStatus.RUNNING,
+                                             length=16)
     stage: str = Field(max_length=32)
     devices_total: int
     devices_done: int = 0

@@ -34,6 +34,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_hub.core.states import EnrollmentJobStatus
 from cloud_hub.db.ops_tables import EnrollmentJobRecord, HubProcessRecord
 from cloud_hub.identity.enrollment import (
     Bundle,
@@ -53,12 +54,6 @@ _MAX_JOBS = 100  # finished jobs kept for their status (the oldest go first)
 _PROGRESS_EVERY_S = 0.5  # progress written at most this often (and at each new stage)
 
 
-class EnrollmentJobStatus:
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
 class BundlesGone(LookupError):
     """The job's bundles are not there: not ready yet, collected already, or expired."""
 
@@ -71,7 +66,7 @@ class WrongCollectKey(PermissionError):
 class EnrollmentJob:
     id: str
     devices_total: int
-    status: str
+    status: EnrollmentJobStatus
     stage: str
     devices_done: int
     error: str | None

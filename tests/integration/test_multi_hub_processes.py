@@ -172,6 +172,17 @@ def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
     for hub in hubs:
         assert "no private key on this hub" not in hub.log_path.read_text()
 
+    # A bulk enrollment started through one process is followed and collected through the
+    # other, as a balancer would send the requests.
+    started = _ask(hubs[0], "POST", "/enrollment-jobs", json={"device_ids": ["lb-1", "lb-2"]})
+    done = wait_for(lambda: (j := _ask(hubs[1], "GET", f"/enrollment-jobs/{started['id']}"))
+                    ["status"] != "running" and j, 60, "the enrollment job, seen from hub-1")
+    assert done["status"] == "succeeded", done
+    bundles = _ask(hubs[1], "POST", f"/enrollment-jobs/{started['id']}/bundles",
+                   json={"collect_key": started["collect_key"]})
+    assert sorted(b["device_id"] for b in bundles) == ["lb-1", "lb-2"]
+    assert all(b["password"] for b in bundles)
+
 
 def _ask(hub: HubProcess, method: str, path: str, **kwargs: Any) -> Any:
     """One request to this process, not to whichever a balancer picks."""
