@@ -15,8 +15,8 @@ from sqlmodel import SQLModel
 
 from cloud_hub.db.engine import make_engine
 
-__all__ = ["PG_SERVER", "PG_TEST", "hub_engine", "made_pg_database", "pg_database",
-           "pg_schema_engine"]
+__all__ = ["PG_SERVER", "PG_TEST", "hub_engine", "hub_engines", "made_pg_database",
+           "pg_database", "pg_schema_engine"]
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_TEST = f"{PG_SERVER}/test"  # the database every session's server has
@@ -45,14 +45,23 @@ def made_pg_database(prefix: str = "edgeloop_t_") -> Iterator[str]:
 def hub_engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
     """The hub's engine on SQLite (a file in ``tmp_path``) or on a PostgreSQL database of its
     own (``kind`` "sqlite" or "postgresql"), disposed of on exit."""
+    with hub_engines(kind, tmp_path, 1) as (made,):
+        yield made
+
+
+@contextlib.contextmanager
+def hub_engines(kind: str, tmp_path: Path, count: int) -> Iterator[list[Engine]]:
+    """``count`` engines on one such database, each with its own pool, as hub processes
+    sharing it have; disposed of on exit."""
     with contextlib.ExitStack() as stack:
         url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
                else stack.enter_context(made_pg_database()))
-        made = make_engine(url)
+        engines = [make_engine(url) for _ in range(count)]
         try:
-            yield made
+            yield engines
         finally:
-            made.dispose()
+            for made in engines:
+                made.dispose()
 
 
 @pytest.fixture

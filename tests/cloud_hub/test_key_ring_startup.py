@@ -6,7 +6,6 @@ and sign once it is copied to them."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import threading
 from collections.abc import Iterator
@@ -18,29 +17,23 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from cloud_hub.core.states import KeyStatus
-from cloud_hub.db.engine import make_engine
 from cloud_hub.db.key_tables import SigningKeyRecord
 from cloud_hub.keys.ring import HubKeys, KeyUnavailable
 from cloud_hub.mqtt.publisher import Publisher
-from tests.pg import made_pg_database
+from tests.pg import hub_engines
 
 pytestmark = pytest.mark.hub
 
 HUBS = 3
 
 
-@contextlib.contextmanager
-def _engines(kind: str, tmp_path: Path) -> Iterator[list[Engine]]:
-    """One engine per hub process on one new database (each its own pool, as each process)."""
-    with contextlib.ExitStack() as stack:
-        url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
-               else stack.enter_context(made_pg_database()))
-        engines = [make_engine(url) for _ in range(HUBS)]
-        try:
-            yield engines
-        finally:
-            for engine in engines:
-                engine.dispose()
+def _tries(kind: str, tmp_path: Path) -> Iterator[tuple[Path, list[Engine]]]:
+    """Three starts, each on a new database and in a new folder: the race is tried thrice."""
+    for attempt in range(3):
+        folder = tmp_path / f"try-{attempt}"
+        folder.mkdir()
+        with hub_engines(kind, folder, HUBS) as engines:
+            yield folder, engines
 
 
 def _started_together(engines: list[Engine], key_paths: list[Path],
@@ -73,61 +66,55 @@ def _records(engine: Engine) -> list[SigningKeyRecord]:
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_hubs_started_together_on_one_key_volume_share_one_key(kind: str,
                                                                tmp_path: Path) -> None:
-    for attempt in range(3):
-        folder = tmp_path / f"try-{attempt}"
-        folder.mkdir()
-        with _engines(kind, folder) as engines:
-            shared = folder / "volume" / "signing-key.pem"
-            rings = _started_together(engines, [shared] * HUBS,
-                                      [folder / f"hub-{i}" / "keys" for i in range(HUBS)])
-            records = _records(engines[0])
-            assert [(r.status, r.key_id) for r in records] == [
-                (KeyStatus.ACTIVE, records[0].key_id)]
-            assert {ring.active.key_id for ring in rings} == {records[0].key_id}
-            assert rings[0].active.public_b64() == records[0].public_key
+    for folder, engines in _tries(kind, tmp_path):
+        shared = folder / "volume" / "signing-key.pem"
+        rings = _started_together(engines, [shared] * HUBS,
+                                  [folder / f"hub-{i}" / "keys" for i in range(HUBS)])
+        records = _records(engines[0])
+        assert [(r.status, r.key_id) for r in records] == [
+            (KeyStatus.ACTIVE, records[0].key_id)]
+        assert {ring.active.key_id for ring in rings} == {records[0].key_id}
+        assert rings[0].active.public_b64() == records[0].public_key
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_hubs_started_together_with_a_key_file_each_record_one_key(kind: str,
                                                                    tmp_path: Path) -> None:
-    for attempt in range(3):
-        folder = tmp_path / f"try-{attempt}"
-        folder.mkdir()
-        with _engines(kind, folder) as engines:
-            paths = [folder / f"hub-{i}" / "signing-key.pem" for i in range(HUBS)]
-            rings = _started_together(engines, paths,
-                                      [folder / f"hub-{i}" / "keys" for i in range(HUBS)])
-            records = _records(engines[0])
-            assert len(records) == 1 and records[0].status == KeyStatus.ACTIVE
-            made = [p for p in paths if p.exists()]  # only the first process made a key
-            assert len(made) == 1
-            signers = [ring for ring in rings if _can_sign(ring)]
-            assert len(signers) == 1
-            assert signers[0].active.key_id == records[0].key_id
-            others = [ring for ring in rings if ring is not signers[0]]
-            for ring in others:
-                with pytest.raises(KeyUnavailable, match=records[0].key_id):
-                    _ = ring.active
-            # Nor can they rotate: devices take only a trust list that a key they trust signed,
-            # and one signed by the new key alone would be refused by all. Nothing changes.
-            key_id = records[0].key_id
-            published = _TrustLists()
-            with Session(engines[0]) as session, pytest.raises(KeyUnavailable,
-                                                               match="Copy the active key"):
-                others[0].rotate(session, overlap_s=3600, publisher=cast(Publisher, published))
-            assert [r.key_id for r in _records(engines[0])] == [key_id]
-            assert not published.published and not others[0].keys_dir.exists()
-            # The operator copies the key to the others, as docs/scaling.md says: they sign
-            # with it from then on, without a restart.
-            for ring in others:
-                ring.keys_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(made[0], ring.keys_dir / f"{key_id}.pem")
-                with Session(engines[0]) as session:
-                    assert [k["private_key_here"] for k in ring.view(session)["keys"]] == [True]
-                assert ring.active.key_id == key_id
-            with Session(engines[0]) as session:  # and rotate, signing with the copied key
-                others[0].rotate(session, overlap_s=3600, publisher=cast(Publisher, published))
-            assert len(published.published) == 1
+    for folder, engines in _tries(kind, tmp_path):
+        paths = [folder / f"hub-{i}" / "signing-key.pem" for i in range(HUBS)]
+        rings = _started_together(engines, paths,
+                                  [folder / f"hub-{i}" / "keys" for i in range(HUBS)])
+        records = _records(engines[0])
+        assert len(records) == 1 and records[0].status == KeyStatus.ACTIVE
+        made = [p for p in paths if p.exists()]  # only the first process made a key
+        assert len(made) == 1
+        signers = [ring for ring in rings if _can_sign(ring)]
+        assert len(signers) == 1
+        assert signers[0].active.key_id == records[0].key_id
+        others = [ring for ring in rings if ring is not signers[0]]
+        for ring in others:
+            with pytest.raises(KeyUnavailable, match=records[0].key_id):
+                _ = ring.active
+        # Nor can they rotate: devices take only a trust list that a key they trust signed,
+        # and one signed by the new key alone would be refused by all. Nothing changes.
+        key_id = records[0].key_id
+        published = _TrustLists()
+        with Session(engines[0]) as session, pytest.raises(KeyUnavailable,
+                                                           match="Copy the active key"):
+            others[0].rotate(session, overlap_s=3600, publisher=cast(Publisher, published))
+        assert [r.key_id for r in _records(engines[0])] == [key_id]
+        assert not published.published and not others[0].keys_dir.exists()
+        # The operator copies the key to the others, as docs/scaling.md says: they sign
+        # with it from then on, without a restart.
+        for ring in others:
+            ring.keys_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(made[0], ring.keys_dir / f"{key_id}.pem")
+            with Session(engines[0]) as session:
+                assert [k["private_key_here"] for k in ring.view(session)["keys"]] == [True]
+            assert ring.active.key_id == key_id
+        with Session(engines[0]) as session:  # and rotate, signing with the copied key
+            others[0].rotate(session, overlap_s=3600, publisher=cast(Publisher, published))
+        assert len(published.published) == 1
 
 
 def _can_sign(ring: HubKeys) -> bool:
@@ -151,7 +138,7 @@ class _TrustLists:
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_key_rotated_by_one_hub_signs_on_the_others_sharing_its_volume(
         kind: str, tmp_path: Path) -> None:
-    with _engines(kind, tmp_path) as engines:
+    with hub_engines(kind, tmp_path, HUBS) as engines:
         volume = tmp_path / "volume"
         rings = _started_together(engines, [volume / "signing-key.pem"] * HUBS,
                                   [volume / "keys"] * HUBS)

@@ -5,9 +5,7 @@ sent to a process other than the one running the job answered 200 and the job ra
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +15,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cloud_hub.core.states import JobStatus
-from cloud_hub.db.engine import make_engine
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.jobs.request import TrainingRequest, UploadedSet
 from cloud_hub.jobs.training import JobRunner
 from cloud_hub.jobs.upload_store import new_upload
 from cloud_hub.training.errors import TrainingCancelled
 from tests.cloud_hub.helpers import wait_for
-from tests.pg import made_pg_database
+from tests.pg import hub_engines
 
 pytestmark = pytest.mark.hub
-
-
-@contextlib.contextmanager
-def _two_engines(kind: str, tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
-    with contextlib.ExitStack() as stack:
-        url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
-               else stack.enter_context(made_pg_database()))
-        first, second = make_engine(url), make_engine(url)
-        try:
-            yield first, second
-        finally:
-            first.dispose()
-            second.dispose()
 
 
 class _UntilCancelled:
@@ -66,7 +50,7 @@ def _status(engine: Engine, job_id: int) -> JobStatus:
 @pytest.mark.parametrize("submitted_on", ["the canceller", "the runner"])
 def test_a_job_running_in_one_process_is_cancelled_through_another(
         kind: str, submitted_on: str, tmp_path: Path) -> None:
-    with _two_engines(kind, tmp_path) as (here, there):
+    with hub_engines(kind, tmp_path, 2) as (here, there):
         training = _UntilCancelled()
         canceller = JobRunner(here, register=lambda *a: ("m", 1), holder="hub-a",
                               poll_s=0.1)  # never started: it takes requests, runs nothing

@@ -5,9 +5,7 @@ that is nowhere fails its job saying so; retention deletes an upload with its jo
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +15,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from cloud_hub.core.states import JobStatus
-from cloud_hub.db.engine import make_engine
 from cloud_hub.db.registry_tables import TrainingJob, TrainingUpload
 from cloud_hub.jobs.request import TrainingRequest, UploadedSet
 from cloud_hub.jobs.training import JobRunner
 from cloud_hub.jobs.upload_store import new_upload
 from cloud_hub.maintenance.retention import RetentionPolicy, prune
 from tests.cloud_hub.helpers import wait_for
-from tests.pg import made_pg_database
+from tests.pg import hub_engines
 
 pytestmark = pytest.mark.hub
 
 DAY = 86_400.0
-
-
-@contextlib.contextmanager
-def _engines(kind: str, tmp_path: Path, n: int = 1) -> Iterator[list[Engine]]:
-    with contextlib.ExitStack() as stack:
-        url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
-               else stack.enter_context(made_pg_database()))
-        engines = [make_engine(url) for _ in range(n)]
-        try:
-            yield engines
-        finally:
-            for engine in engines:
-                engine.dispose()
 
 
 class _Trained:
@@ -69,6 +53,15 @@ def _finished(engine: Engine, job_id: int) -> TrainingJob | None:
         return job if job.status in (JobStatus.FAILED, JobStatus.SUCCEEDED) else None
 
 
+def _run_until_finished(runner: JobRunner, engine: Engine, job_id: int) -> TrainingJob:
+    runner.start()
+    try:
+        return wait_for(lambda: _finished(engine, job_id), timeout=60,
+                        what=f"training job {job_id} to finish")
+    finally:
+        runner.stop()
+
+
 def _submit(runner: JobRunner, engine: Engine, values: np.ndarray | None,
             file: str | None = None) -> int:
     upload = new_upload(values) if values is not None else None
@@ -85,18 +78,13 @@ def _submit(runner: JobRunner, engine: Engine, values: np.ndarray | None,
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_an_upload_taken_by_one_hub_is_trained_on_by_another(kind: str, tmp_path: Path) -> None:
     values = np.arange(128, dtype=np.float32).reshape(64, 2)
-    with _engines(kind, tmp_path, 2) as (here, there):
+    with hub_engines(kind, tmp_path, 2) as (here, there):
         taker = _runner(here, tmp_path, "hub-a", _Trained())  # takes the upload, never runs
         trained = _Trained()
         worker = _runner(there, tmp_path, "hub-b", trained)
         job_id = _submit(taker, here, values)
         assert not (tmp_path / "hub-a" / "uploads").exists()  # no file: a row
-        worker.start()
-        try:
-            job = wait_for(lambda: _finished(there, job_id), timeout=60,
-                           what="the other hub's runner to run the job")
-        finally:
-            worker.stop()
+        job = _run_until_finished(worker, there, job_id)
         assert "the stand-in stops here" in str(job.error)
         assert len(trained.given) == 1
         readings, channels = trained.given[0]
@@ -111,28 +99,20 @@ def test_a_job_queued_before_the_upgrade_reads_its_file(tmp_path: Path) -> None:
     values = np.ones((64, 2), dtype=np.float32)
     (tmp_path / "hub-a" / "uploads").mkdir(parents=True)
     np.save(tmp_path / "hub-a" / "uploads" / "legacy.npy", values)
-    with _engines("sqlite", tmp_path) as (engine,):
+    with hub_engines("sqlite", tmp_path, 1) as (engine,):
         trained = _Trained()
         runner = _runner(engine, tmp_path, "hub-a", trained)
         job_id = _submit(runner, engine, None, file="legacy.npy")
-        runner.start()
-        try:
-            wait_for(lambda: _finished(engine, job_id), timeout=60, what="the job to run")
-        finally:
-            runner.stop()
+        _run_until_finished(runner, engine, job_id)
         np.testing.assert_array_equal(trained.given[0][0], values)
 
 
 def test_an_upload_that_is_nowhere_fails_its_job_saying_so(tmp_path: Path) -> None:
-    with _engines("sqlite", tmp_path) as (engine,):
+    with hub_engines("sqlite", tmp_path, 1) as (engine,):
         trained = _Trained()
         runner = _runner(engine, tmp_path, "hub-a", trained)
         job_id = _submit(runner, engine, None, file="0123abcd.npy")
-        runner.start()
-        try:
-            job = wait_for(lambda: _finished(engine, job_id), timeout=60, what="the job to fail")
-        finally:
-            runner.stop()
+        job = _run_until_finished(runner, engine, job_id)
         assert job.status == JobStatus.FAILED
         assert "0123abcd.npy is not in the database" in str(job.error)
         assert not trained.given
@@ -142,7 +122,7 @@ def test_an_upload_that_is_nowhere_fails_its_job_saying_so(tmp_path: Path) -> No
 def test_retention_deletes_an_upload_with_its_job(kind: str, tmp_path: Path) -> None:
     values = np.zeros((64, 2), dtype=np.float32)
     now = time.time()
-    with _engines(kind, tmp_path) as (engine,):
+    with hub_engines(kind, tmp_path, 1) as (engine,):
         runner = _runner(engine, tmp_path, "hub-a", _Trained())  # never started
         old_job = _submit(runner, engine, values)
         live_job = _submit(runner, engine, values)
