@@ -50,6 +50,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -173,6 +174,9 @@ def _stored(counted: dict[str, int]) -> int:
     return counted["telemetry_batches"] + counted["duplicates"]
 
 
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # a record's first line
+
+
 class Hubs:
     """One or more ``cloud-hub serve`` processes on one broker and one database."""
 
@@ -207,15 +211,22 @@ class Hubs:
 
     def log_warnings(self, keep: int = 20) -> dict[str, Any]:
         """The hubs' WARNING and ERROR log lines (a reconnect, a retried commit): how many, and
-        the last ``keep``. Read before the bench's directory, and the logs in it, are gone."""
+        the last ``keep``, each with the traceback that followed it, if any. Read before the
+        bench's directory, and the logs in it, are gone."""
         lines: list[str] = []
         for p in self.procs:
             try:
                 text_ = p.log_path.read_text(errors="replace")
             except OSError:
                 continue
-            lines += [f"{p.data_dir.name}: {line}" for line in text_.splitlines()
-                      if " WARNING " in line or " ERROR " in line]
+            inside = False  # in a WARNING or ERROR record: its traceback lines go with it
+            for line in text_.splitlines():
+                if _LOG_RECORD.match(line):
+                    inside = " WARNING " in line or " ERROR " in line
+                    if inside:
+                        lines.append(f"{p.data_dir.name}: {line}")
+                elif inside and lines:
+                    lines[-1] += "\n" + line
         return {"count": len(lines), "last": lines[-keep:]}
 
     def metrics(self) -> list[dict[str, Any]]:

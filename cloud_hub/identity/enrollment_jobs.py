@@ -104,17 +104,22 @@ class EnrollmentJobs:
         self.keep_s = keep_s
         self._engine = engine
         self._holder = holder
-        self._lock = threading.Lock()  # one submit at a time here: the busy check, then the row
+        self._lock = threading.Lock()  # one submit at a time here (one_at_a_time: anywhere)
 
     def submit(self, device_ids: list[str], **options: Any) -> StartedJob:
         """Check the enrollment now (its errors are raised here, as by ``enroll``) and run it
         in the background; a device that a running job enrolls is a ``FileExistsError``."""
-        plan = self.enrollment.prepare(device_ids, **options)
+        from cloud_hub.db.migrate import one_at_a_time  # Alembic loads where a schema is made
+
         key = Fernet.generate_key()
         now = time.time()
-        with self._lock, Session(self._engine) as session:
+        # The checks and the row in one turn across the processes sharing the database: two
+        # jobs started at once through two of them never both take a device (the second finds
+        # it busy, or enrolled by then).
+        with self._lock, one_at_a_time(self._engine), Session(self._engine) as session:
             self._forget_old(session, now)
             self._refuse_busy(session, device_ids, now)
+            plan = self.enrollment.prepare(device_ids, **options)
             row = EnrollmentJobRecord(
                 id=secrets.token_hex(8), holder=self._holder,
                 status=EnrollmentJobStatus.RUNNING, stage="queued",

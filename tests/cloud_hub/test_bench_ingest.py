@@ -219,6 +219,17 @@ def test_bench_keeps_the_hubs_warnings_before_their_logs_are_gone(tmp_path: Path
                                  "commit 24")
     assert hubs.log_warnings(keep=30)["last"][0].startswith("hub-0: 2026-12-06 05:27:01,002 "
                                                              "WARNING")
+    # An ERROR's traceback stays with it (the bench's folder, and the log, go at its end).
+    (tmp_path / "hub-1").mkdir()
+    (tmp_path / "hub-1" / "hub.log").write_text(
+        "2026-12-06 17:27:16,973 ERROR cloud_hub.jobs.training: training worker: a job or its "
+        "bookkeeping failed\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+        "sqlite3.OperationalError: database is locked\n"
+        "2026-12-06 17:27:17,000 INFO cloud_hub.service: next\n")
+    found = hubs.log_warnings(keep=30)
+    assert found["count"] == 27
+    assert found["last"][-1].endswith("sqlite3.OperationalError: database is locked")
+    assert "INFO" not in found["last"][-1]
 
 
 def test_bench_table_shows_every_figure_whole_at_its_width() -> None:

@@ -5,6 +5,7 @@ stopped reads as failed and no longer holds its devices; uncollected bundles exp
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -104,3 +105,31 @@ def test_bundles_not_collected_in_time_are_dropped(hub: Hub, other_engine: Engin
     with Session(other_engine) as session:
         row = session.get(EnrollmentJobRecord, started.job.id)
         assert row is not None and row.sealed is None and not row.bundles_collected
+
+
+def test_two_processes_starting_jobs_for_one_device_at_once_start_one(
+        hub: Hub, other_engine: Engine) -> None:
+    processes = [hub.enrollment_jobs,
+                 EnrollmentJobs(hub.enrollment, other_engine, holder="other-host:77:beef")]
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def start(jobs: EnrollmentJobs) -> None:
+        barrier.wait()
+        try:
+            started = jobs.submit([f"both-{i}" for i in range(10)])
+        except FileExistsError as exc:
+            outcomes.append(f"refused: {exc}")
+        else:
+            outcomes.append(f"started {started.job.id}")
+
+    threads = [threading.Thread(target=start, args=(jobs,)) for jobs in processes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(o.split(" ")[0] for o in outcomes) == ["refused:", "started"], outcomes
+    assert "both-" in next(o for o in outcomes if o.startswith("refused"))
+    job_id = next(o.split(" ")[1] for o in outcomes if o.startswith("started"))
+    assert wait_for(lambda: _finished(hub.enrollment_jobs, job_id), 60,
+                    "the one job").status == "succeeded"
