@@ -252,10 +252,9 @@ class EnrollmentJobs:
     def _refuse_busy(self, session: Session, device_ids: Sequence[str], now: float) -> None:
         running = session.exec(select(EnrollmentJobRecord).where(
             col(EnrollmentJobRecord.status) == EnrollmentJobStatus.RUNNING)).all()
-        busy_ids: set[str] = set()
-        for row in running:
-            if not self._holder_gone(session, row.holder, now):
-                busy_ids.update(row.device_ids)
+        live = {holder for holder in {row.holder for row in running}  # each process once
+                if not self._holder_gone(session, holder, now)}
+        busy_ids = {d for row in running if row.holder in live for d in row.device_ids}
         busy = sorted(busy_ids.intersection(device_ids))
         if busy:
             raise FileExistsError(f"device(s) {busy[:10]} are being enrolled by another job")
