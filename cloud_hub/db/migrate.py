@@ -98,8 +98,9 @@ def state(engine: Engine) -> SchemaState:
 
 @contextlib.contextmanager
 def one_at_a_time(engine: Engine) -> Iterator[None]:
-    """One hub process at a time, across processes, on one database: for the start-up steps
-    that make what every process shares. Not re-entrant."""
+    """One hub process at a time, across processes, on one database: for the steps that make
+    what every process shares (the schema, the first signing key, a bulk enrollment job's
+    checks and row). Not re-entrant."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
