@@ -67,7 +67,11 @@ class HubClient:
         return response
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON, its bytes if it is not JSON, or None if it has no body (a
+        delete's 204, which FastAPI still labels JSON)."""
         response = self._send(method, path, **kwargs)
+        if not response.content:
+            return None
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.content

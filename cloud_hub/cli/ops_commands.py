@@ -53,7 +53,10 @@ def add_ops_parsers(sub: Any) -> None:
                                       "deliveries"])
     w.add_argument("id", nargs="?", type=int)
     w.add_argument("--name")
-    w.add_argument("--url")
+    # Not --url: that is the hub's address, before or after the command, and a second
+    # --url here took its place (every webhooks command went to no hub at all).
+    w.add_argument("--endpoint", metavar="URL",
+                   help="create: the https URL the rule's deliveries are POSTed to")
     w.add_argument("--group")
     w.add_argument("--tag")
     w.add_argument("--min-score", type=float)
@@ -178,9 +181,9 @@ def webhooks(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "list":
         emit(c.get_all("/webhooks"), a.json, _RULE_COLS, "webhook rules")
     elif a.action == "create":
-        if not a.name or not a.url:
-            raise SystemExit("webhooks create needs --name and --url")
-        body = {"name": a.name, "url": a.url, "group": a.group, "tag": a.tag,
+        if not a.name or not a.endpoint:
+            raise SystemExit("webhooks create needs --name and --endpoint")
+        body = {"name": a.name, "url": a.endpoint, "group": a.group, "tag": a.tag,
                 "min_score": a.min_score, "fault_class": a.fault_class}
         emit(c.post("/webhooks", body), a.json, title="webhook rule (the secret is shown once)")
     elif a.action == "deliveries":

@@ -145,3 +145,28 @@ def test_train_exits_non_zero_with_the_reason_when_the_model_cannot_be_published
     finally:
         server.stop()
         hub.stop()
+
+
+def test_deleting_a_webhook_rule_and_a_retrain_policy_from_the_cli(
+    server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hub answers these deletes 204 with no body: the CLI says what it deleted, and
+    exits 0 (it used to read the empty body as JSON and fail after the delete). The
+    webhooks command reaches the hub given by --url, before or after it (its own --url
+    used to take the hub's place)."""
+    code, out, _ = _run(server, capsys, "--json", "webhooks", "create", "--name", "on-call",
+                        "--endpoint", "https://alerts.example.com/edgeloop")
+    assert code == 0
+    rule = json.loads(out)
+    code, out, err = _run(server, capsys, "webhooks", "delete", str(rule["id"]))
+    assert (code, err) == (0, "") and f"deleted webhook rule {rule['id']}" in out
+    code, out, _ = _run(server, capsys, "--json", "webhooks", "list")
+    assert code == 0 and json.loads(out) == []
+    code = main(["webhooks", "list", "--url", server.base_url, "--api-key", ADMIN_KEY])
+    assert code == 0 and "webhook rules" in capsys.readouterr().out
+
+    assert _run(server, capsys, "retrain", "policy", "plant-a", "--hold", "60")[0] == 0
+    code, out, err = _run(server, capsys, "retrain", "delete-policy", "plant-a")
+    assert (code, err) == (0, "") and "retrain policy of plant-a deleted" in out
+    code, out, _ = _run(server, capsys, "--json", "retrain", "policies")
+    assert code == 0 and "plant-a" not in [p["group"] for p in json.loads(out)]
