@@ -3,12 +3,14 @@ with ``$share``, store every reading exactly once, also across a broker restart 
 not restore shared subscriptions, so the agents' resend covers the gap) and a hub killed with
 SIGKILL mid-stream (what it had not committed is delivered again, to it once it is back or to
 the agents' resend). Scraped one by one, as Prometheus would, their metrics add up to what the
-database holds, and each job lease has one holder.
+database holds, and each job lease has one holder. An admin whose every request a balancer
+sends to the other process from the one before sees one hub.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from cloud_hub.cli.client import HubClient
+from cloud_hub.cli.client import ApiError, HubClient
 from simulator.broker import Broker
 from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
@@ -197,3 +199,117 @@ def _keys(hub: HubProcess) -> list[tuple[str, bool]]:
     """(status, private key on this process) of each signing key, oldest first."""
     keys = _ask(hub, "GET", "/keys")["keys"]
     return [(k["status"], k["private_key_here"]) for k in keys]
+
+
+class _RoundRobin(httpx.BaseTransport):
+    """A balancer in front of the hub processes: each request goes to the next in turn, so
+    two requests in a row never reach the same process. ``served`` names each one's process."""
+
+    def __init__(self, hubs: list[HubProcess]) -> None:
+        self._targets = [httpx.URL(h.url) for h in hubs]
+        self._inner = httpx.HTTPTransport()
+        self.served: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        i = len(self.served) % len(self._targets)
+        self.served.append(i)
+        target = self._targets[i]
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _training_csv(rows: int = 600) -> bytes:
+    lines = ["ts,a,b"] + [f"{1000 + i},{i % 7 / 7:.4f},{i % 5 / 5:.4f}" for i in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_an_admin_behind_a_round_robin_balancer_sees_one_hub(hubs: list[HubProcess]) -> None:
+    """Every step an admin takes through a balancer, with each request on the other process
+    from the one before: what one process did, the next one knows. Keys, devices, webhooks,
+    retrain policies, a training job cancelled through the process not running it, and a
+    console session started on one process and ended on the other."""
+    balancer = _RoundRobin(hubs)
+    admin = HubClient(hubs[0].url, hubs[0].admin_api_key, transport=balancer)
+    try:
+        # An API key made through one process works, and is revoked, on the other.
+        made = admin.post("/api-keys", {"name": "rr-reader", "scope": "read"})
+        reader = HubClient(hubs[0].url, made["key"], transport=balancer)
+        try:
+            assert [reader.get("/devices") for _ in range(2)] == [[], []]
+            admin.request("DELETE", f"/api-keys/{made['id']}")
+            for _ in range(2):
+                with pytest.raises(ApiError) as refused:
+                    reader.get("/devices")
+                assert refused.value.status == 401
+        finally:
+            reader.close()
+
+        # A device: enrolled, changed, read and revoked, a process at a time.
+        bundle = admin.post("/devices/rr-1/enroll")
+        assert bundle["device_id"] == "rr-1" and bundle["password"]
+        assert admin.get("/devices/rr-1")["device_id"] == "rr-1"
+        admin.request("PATCH", "/devices/rr-1", json={"group": "plant-rr", "tags": ["rr"]})
+        seen = admin.get("/devices/rr-1")
+        assert (seen["group"], seen["tags"]) == ("plant-rr", ["rr"])
+        admin.post("/devices/rr-1/revoke")
+        enrollments = {e["device_id"]: e for e in admin.get_all("/enrollments")}
+        assert enrollments["rr-1"]["revoked_at"] is not None
+
+        # A webhook rule: made, switched off, listed and deleted.
+        rule = admin.post("/webhooks", {"name": "rr", "url": "https://alerts.example.com/rr"})
+        admin.request("PATCH", f"/webhooks/{rule['id']}", json={"enabled": False})
+        assert [(r["id"], r["enabled"]) for r in admin.get_all("/webhooks")] == \
+            [(rule["id"], False)]
+        admin.request("DELETE", f"/webhooks/{rule['id']}")
+        assert admin.get_all("/webhooks") == []
+
+        # A retrain policy: set, read, dropped.
+        admin.request("PUT", "/retrain-policies/plant-rr", json={"drift_hold_s": 60})
+        assert [p["group"] for p in admin.get_all("/retrain-policies")] == ["plant-rr"]
+        admin.request("DELETE", "/retrain-policies/plant-rr")
+        assert admin.get_all("/retrain-policies") == []
+
+        # A training job taken through one process runs where the training lease is, and a
+        # cancel sent to the other process stops it.
+        job = admin.request(
+            "POST", "/training-jobs/csv",
+            params={"name": "rr-ae", "spec": '{"window": 8, "epochs": 1000, "patience": 0, '
+                                              '"compare_modes": false}'},
+            content=_training_csv(), headers={"Content-Type": "text/csv"})
+        wait_for(lambda: admin.get(f"/training-jobs/{job['id']}")["status"] == "running",
+                 120, "the training job running")
+        runner = wait_for(lambda: next((h["pid"] for h in admin.get("/hubs")
+                                        if "training" in h["leases"]), None),
+                          60, "the process holding the training lease")
+        (other,) = [h for h in hubs if h.pid != runner]
+        _ask(other, "POST", f"/training-jobs/{job['id']}/cancel")
+        ended = wait_for(lambda: (j := admin.get(f"/training-jobs/{job['id']}"))["status"]
+                         not in ("queued", "running") and j, 120, "the training job cancelled")
+        assert ended["status"] == "cancelled", ended
+    finally:
+        admin.close()
+
+    # The console: a session started on one process is the other's too, and ends on both.
+    console = httpx.Client(base_url=hubs[0].url, transport=_RoundRobin(hubs), timeout=30,
+                           headers={"Accept": "text/html"})  # as a browser navigates
+    try:
+        page = console.get("/ui/login")
+        token = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
+        assert token is not None
+        answer = console.post("/ui/login", data={"login_csrf": token.group(1),
+                                                 "api_key": hubs[0].admin_api_key})
+        assert answer.status_code == 303, answer.text
+        fleets = [console.get("/ui/fleet") for _ in range(2)]
+        assert [f.status_code for f in fleets] == [200, 200]
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', fleets[1].text)
+        assert csrf is not None
+        assert console.post("/ui/logout", data={"csrf_token": csrf.group(1)}).status_code == 303
+        for _ in range(2):
+            gone = console.get("/ui/fleet")
+            assert gone.status_code == 303 and "/ui/login" in gone.headers["location"]
+    finally:
+        console.close()
+    assert set(balancer.served) == {0, 1}
