@@ -3,13 +3,14 @@ times as durations or ISO, a rollout followed to its end, and a hub that is not 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 from collections.abc import Iterator
 
 import pytest
 
-from cloud_hub.cli import main
+from cloud_hub.cli import build_parser, main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.cli.timearg import parse_when
 from cloud_hub.service import Hub
@@ -160,3 +161,19 @@ def test_the_access_log_puts_successful_reads_at_debug() -> None:
         assert quiet.filter(shown) and shown.levelname == "DEBUG"
     finally:
         access.setLevel(before)
+
+
+def test_no_command_has_an_option_that_takes_the_place_of_a_common_one() -> None:
+    """--url, --api-key and --json may come before or after the command; an option of a
+    command with the same destination would replace the common one (webhooks had its own
+    --url, and every webhooks command went to no hub)."""
+    parser = build_parser()
+    common = {a.dest for a in parser._actions if a.option_strings} - {"help"}
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    clashes = [(name, a.option_strings) for name, command in commands.choices.items()
+               for a in command._actions
+               if a.dest in common and a.default is not argparse.SUPPRESS and name != "serve"]
+    assert clashes == []
+    hub = parser.parse_args(["--url", "http://hub:8080", "webhooks", "create", "--name", "n",
+                             "--endpoint", "https://alerts.example.com/x"])
+    assert (hub.url, hub.endpoint) == ("http://hub:8080", "https://alerts.example.com/x")
