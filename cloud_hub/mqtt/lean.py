@@ -136,16 +136,17 @@ class LeanClient(mqtt.Client):
 
     def loop_misc(self) -> MQTTErrorCode:
         """paho's, but a PINGRESP still awaited a keep-alive after its PINGREQ does not close
-        a connection on which bytes came from the broker within that keep-alive: the answer
-        is queued behind the broker's messages. The wait is dropped, and paho sends the next
-        PINGREQ when its keep-alive comes round. A connection that has gone quiet still closes
-        a keep-alive after its PINGREQ, as in paho.
+        a connection on which bytes came from the broker within that keep-alive: the broker
+        is there, and answers late (mosquitto, with a million messages queued for the hub,
+        took up to 25 s; where it waits is not known). The wait is dropped, and paho sends
+        the next PINGREQ when its keep-alive comes round. A connection that has gone quiet
+        still closes a keep-alive after its PINGREQ, as in paho.
 
         paho 2.x checks the wait twice, and the two checks disagree: ``_check_keepalive``
         sends another PINGREQ while bytes arrive, but ``loop_misc`` closes the connection if
         it runs in the few microseconds between the keep-alive's end measured from the last
-        write and from the PINGREQ, so a hub busy enough to run its loop often enough hit it
-        (the bench's overload, once in five runs)."""
+        write and from the PINGREQ, which a hub whose loop turns thousands of times a second
+        hits now and then (the bench's overload: once in six runs on one host)."""
         waited_since = self._ping_t
         if waited_since > 0 and self._sock is not None:
             now = mqtt.time_func()
