@@ -90,6 +90,9 @@ METRICS: tuple[Metric, ...] = (
        "times the broker refused the hub's subscriptions"),
     _c("takeovers", "mqtt_takeovers_total",
        "times another client took this hub's client id (two hubs sharing one)"),
+    _c("late_pingresps", "mqtt_late_pingresps_total",
+       "PINGRESPs a keep-alive late while the broker was sending (the connection was kept; "
+       "the broker is lagging)"),
     _g("publisher_connected", "publisher_connected",
        "1 while the connection that publishes releases and desired states is up"),
     # acknowledgements to devices

@@ -224,7 +224,8 @@ class HubConnection:
         with self._lock:
             return {"mqtt_connected": self.connected, "session": self.session,
                     "births": self.births, "subscribe_refusals": self.subscribe_refusals,
-                    "takeovers": self.takeovers, "mqtt_error": self.last_error}
+                    "takeovers": self.takeovers, "mqtt_error": self.last_error,
+                    "late_pingresps": self._client.late_pingresps}
 
     # -- paho callbacks: hand-off only -----------------------------------------------------
     def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:

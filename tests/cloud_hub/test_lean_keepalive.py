@@ -1,6 +1,7 @@
 """The lean client's keep-alive (cloud_hub.mqtt.lean.LeanClient.loop_misc): a PINGRESP that is
-late while the broker keeps sending does not close the connection; a broker gone quiet still
-does, a keep-alive after the PINGREQ.
+late while the broker keeps sending does not close the connection (it is counted, and the hub's
+metrics show the count as ``mqtt_late_pingresps_total``); a broker gone quiet still closes it,
+a keep-alive after the PINGREQ.
 
 Under the bench's overload mosquitto answered the hub's PINGREQ 10-25 s late while its
 messages kept coming, and paho closed the working connection (the broker then sent 12,000

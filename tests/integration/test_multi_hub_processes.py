@@ -146,6 +146,8 @@ def test_each_hubs_metrics_count_its_own_share_and_each_lease_has_one_holder(
     # Nothing restarted: the hubs' own counts add up to what the database holds.
     assert sum(_total(f, "telemetry_readings_stored") for f in scraped) == \
         sum(agents.samples_generated().values())
+    # The broker answered every PINGREQ in time (a late answer is counted, and kept).
+    assert [_total(f, "mqtt_late_pingresps") for f in scraped] == [0, 0]
     identities = [f["edgeloop_hub_info"][0].labels for f in scraped]
     assert len({i["client_id"] for i in identities}) == 2
     assert len({i["lease_holder"] for i in identities}) == 2
