@@ -19,7 +19,7 @@ a round's worth as one write.
 
 A PINGRESP late while the broker keeps sending does not close the connection
 (:meth:`LeanClient.loop_misc`). Under an overload, with a million messages queued for the hub,
-mosquitto answered the hub's PINGREQ 10-25 s late (once more than the 30-s keep-alive) while
+mosquitto answered the hub's PINGREQ 10-25 s late (and now and then over the 30-s keep-alive) while
 its messages kept arriving without a pause; paho then closed a working connection, and the
 broker sent the hub's unacknowledged messages (12,000) again on the next one. A connection
 on which bytes arrive is alive: the keep-alive is for one that has gone quiet.
