@@ -55,7 +55,7 @@ def _promtool(*args: str) -> str:
 
 
 def test_the_alert_rules_pass_promtools_check_and_their_unit_tests() -> None:
-    assert "SUCCESS: 12 rules found" in _promtool("check", "rules", RULES.name)
+    assert "SUCCESS: 13 rules found" in _promtool("check", "rules", RULES.name)
     assert "SUCCESS" in _promtool("test", "rules", "edgeloop-hubs.rules.test.yml")
 
 
@@ -217,7 +217,7 @@ def test_the_shipped_scrape_configuration_reads_a_real_hub(
 
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]
         loaded = [r for g in rules["groups"] for r in g["rules"]]
-        assert len(loaded) == 12
+        assert len(loaded) == 13
         # The broker's figures, relayed by the hub, for the broker rules.
         granted = wait_for(lambda: scraped("edgeloop_broker_stats_subscribed"), 30,
                            "the broker's figures scraped")
