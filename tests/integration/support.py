@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -54,3 +55,21 @@ def assert_stored_once(client: HubClient, generated: dict[str, int], database_ur
         engine.dispose()
     assert {d: int(n) for d, n in rows.items()} == generated
     assert {d: counted[d] for d in generated} == generated, "device counters off"
+
+
+# a training spec that runs until it is cancelled (1,000 epochs, no early stop)
+LONG_TRAINING = '{"window": 8, "epochs": 1000, "patience": 0, "compare_modes": false}'
+
+
+def training_csv(rows: int = 600) -> bytes:
+    """A small two-channel CSV to train on (``POST /training-jobs/csv``)."""
+    lines = ["ts,a,b"] + [f"{1000 + i},{math.sin(i / 5):.4f},{math.cos(i / 7):.4f}"
+                          for i in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def start_training(client: HubClient, name: str, spec: str) -> int:
+    """A training job on ``training_csv``, through the API; its id."""
+    job = client.request("POST", "/training-jobs/csv", params={"name": name, "spec": spec},
+                         content=training_csv(), headers={"Content-Type": "text/csv"})
+    return int(job["id"])

@@ -27,7 +27,13 @@ from simulator.broker import Broker
 from simulator.enroll import hub_enrollment
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
-from tests.integration.support import assert_stored_once, stored_readings, wait_for
+from tests.integration.support import (
+    LONG_TRAINING,
+    assert_stored_once,
+    start_training,
+    stored_readings,
+    wait_for,
+)
 from tests.pg import pg_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub, pytest.mark.postgres]
@@ -223,11 +229,6 @@ class _RoundRobin(httpx.BaseTransport):
         self._inner.close()
 
 
-def _training_csv(rows: int = 600) -> bytes:
-    lines = ["ts,a,b"] + [f"{1000 + i},{i % 7 / 7:.4f},{i % 5 / 5:.4f}" for i in range(rows)]
-    return ("\n".join(lines) + "\n").encode()
-
-
 def test_an_admin_behind_a_round_robin_balancer_sees_one_hub(hubs: list[HubProcess]) -> None:
     """Every step an admin takes through a balancer, with each request on the other process
     from the one before: what one process did, the next one knows. Keys, devices, webhooks,
@@ -276,19 +277,15 @@ def test_an_admin_behind_a_round_robin_balancer_sees_one_hub(hubs: list[HubProce
 
         # A training job taken through one process runs where the training lease is, and a
         # cancel sent to the other process stops it.
-        job = admin.request(
-            "POST", "/training-jobs/csv",
-            params={"name": "rr-ae", "spec": '{"window": 8, "epochs": 1000, "patience": 0, '
-                                              '"compare_modes": false}'},
-            content=_training_csv(), headers={"Content-Type": "text/csv"})
-        wait_for(lambda: admin.get(f"/training-jobs/{job['id']}")["status"] == "running",
+        job_id = start_training(admin, "rr-ae", LONG_TRAINING)
+        wait_for(lambda: admin.get(f"/training-jobs/{job_id}")["status"] == "running",
                  120, "the training job running")
         runner = wait_for(lambda: next((h["pid"] for h in admin.get("/hubs")
                                         if "training" in h["leases"]), None),
                           60, "the process holding the training lease")
         (other,) = [h for h in hubs if h.pid != runner]
-        _ask(other, "POST", f"/training-jobs/{job['id']}/cancel")
-        ended = wait_for(lambda: (j := admin.get(f"/training-jobs/{job['id']}"))["status"]
+        _ask(other, "POST", f"/training-jobs/{job_id}/cancel")
+        ended = wait_for(lambda: (j := admin.get(f"/training-jobs/{job_id}"))["status"]
                          not in ("queued", "running") and j, 120, "the training job cancelled")
         assert ended["status"] == "cancelled", ended
     finally:

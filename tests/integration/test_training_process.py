@@ -4,7 +4,6 @@ reason while the hub goes on ingesting, and a cancel stops the child."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from pathlib import Path
@@ -16,24 +15,11 @@ from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
 from simulator.hub_process import HubProcess
 from tests.cloud_hub.helpers import publish_wait, publisher_client
-from tests.integration.support import wait_for
+from tests.integration.support import LONG_TRAINING, start_training, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
 QUICK = '{"window": 8, "epochs": 2, "compare_modes": false}'
-LONG = '{"window": 8, "epochs": 1000, "patience": 0, "compare_modes": false}'
-
-
-def _csv(rows: int = 600) -> bytes:
-    lines = ["ts,a,b"] + [f"{1000 + i},{math.sin(i / 5):.4f},{math.cos(i / 7):.4f}"
-                          for i in range(rows)]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _train(client: HubClient, name: str, spec: str) -> int:
-    job = client.request("POST", "/training-jobs/csv", params={"name": name, "spec": spec},
-                         content=_csv(), headers={"Content-Type": "text/csv"})
-    return int(job["id"])
 
 
 def _loaded_libraries(pid: int) -> str:
@@ -63,7 +49,7 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
     hub: HubProcess, client: HubClient, broker: Broker
 ) -> None:
     assert hub.pid is not None
-    job_id = _train(client, "child-ae", QUICK)
+    job_id = start_training(client, "child-ae", QUICK)
     job = wait_for(lambda: _finished(client, job_id), 300, "the training job to finish")
     assert job["status"] == "succeeded", job["error"]
     maps = _loaded_libraries(hub.pid)
@@ -72,7 +58,7 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
     rss_kb = int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
     print(f"hub RSS after one training job: {rss_kb / 1024:.0f} MB")  # noqa: T201
 
-    job_id = _train(client, "child-ae", LONG)
+    job_id = start_training(client, "child-ae", LONG_TRAINING)
     wait_for(lambda: client.get(f"/training-jobs/{job_id}")["progress"]["stage"] == "fitting",
              300, "the long job to start fitting")
     children = _training_children(hub.pid)
@@ -82,7 +68,8 @@ def test_training_runs_in_a_child_and_a_killed_child_fails_only_its_job(
     assert job["status"] == "failed"
     assert "killed by SIGKILL" in str(job["error"]), job["error"]
 
-    job_id = _train(client, "child-ae", LONG)  # a cancel reaches the child's training loop
+    # a cancel reaches the child's training loop
+    job_id = start_training(client, "child-ae", LONG_TRAINING)
     wait_for(lambda: client.get(f"/training-jobs/{job_id}")["progress"]["stage"] == "fitting",
              300, "the third job to start fitting")
     client.post(f"/training-jobs/{job_id}/cancel")
