@@ -31,7 +31,7 @@ from cloud_hub.db.registry_tables import TrainingJob, TrainingUpload
 from cloud_hub.db.tables import Anomaly, Device
 from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.jobs.request import FederatedSet, TrainingRequest, UploadedSet, spec_from_dict
-from cloud_hub.jobs.upload_store import UploadMissing, load_upload
+from cloud_hub.jobs.upload_store import UploadMissing, load_upload, prune_legacy_uploads
 from cloud_hub.training.artifact import ModelArtifact, TrainingProgress, TrainingSpec
 
 __all__ = ["JobRunner", "RunTraining", "TrainingDataError", "spec_from_dict"]
@@ -147,6 +147,7 @@ class JobRunner:
         """Jobs run one at a time in the hub process that holds the ``training`` lease
         (several hub processes may share a database); each job is claimed with a
         conditional UPDATE, so it runs once whichever process claims it."""
+        self._prune_legacy_uploads()
         while not self._stopping.is_set():
             try:
                 wake = self._queue.get(timeout=self._poll_s)
@@ -164,8 +165,16 @@ class JobRunner:
                     finally:
                         with self._lock:
                             self._cancel.pop(job_id, None)
+                        self._prune_legacy_uploads()
             except Exception:  # never let one job (or a database hiccup) kill the worker
                 log.exception("training worker: a job or its bookkeeping failed")
+
+    def _prune_legacy_uploads(self) -> None:
+        try:
+            with Session(self._engine) as session:
+                prune_legacy_uploads(session, self.uploads_dir)
+        except Exception as exc:  # a folder or a database hiccup: the next job's end retries
+            log.warning("training uploads in %s not pruned: %s", self.uploads_dir, exc)
 
     def _lead(self) -> bool:
         """Take or renew the training lease; on taking it over, jobs its previous holder

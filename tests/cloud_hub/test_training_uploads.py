@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from cloud_hub.core.states import JobStatus
+from cloud_hub.db.ops_tables import JobLease
 from cloud_hub.db.registry_tables import TrainingJob, TrainingUpload
 from cloud_hub.jobs.request import TrainingRequest, UploadedSet
 from cloud_hub.jobs.training import JobRunner
@@ -103,8 +104,48 @@ def test_a_job_queued_before_the_upgrade_reads_its_file(tmp_path: Path) -> None:
         trained = _Trained()
         runner = _runner(engine, tmp_path, "hub-a", trained)
         job_id = _submit(runner, engine, None, file="legacy.npy")
-        _run_until_finished(runner, engine, job_id)
+        runner.start()
+        try:
+            wait_for(lambda: _finished(engine, job_id), timeout=60, what="the job to finish")
+            # read, then deleted once its job is over; the folder goes with its last file
+            wait_for(lambda: not (tmp_path / "hub-a" / "uploads").exists(), timeout=30,
+                     what="the legacy folder to be deleted")
+        finally:
+            runner.stop()
         np.testing.assert_array_equal(trained.given[0][0], values)
+
+
+def test_legacy_files_no_unfinished_job_names_are_deleted_when_the_worker_starts(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "hub-a" / "uploads"
+    folder.mkdir(parents=True)
+    for name in ("queued.npy", "finished.npy", "nobodys.npy"):
+        np.save(folder / name, np.ones((64, 2), dtype=np.float32))
+    (folder / "notes.txt").write_text("not an upload: left alone")
+    with hub_engines("sqlite", tmp_path, 1) as (engine,):
+        runner = JobRunner(engine, register=lambda *a: ("m", 1), run_training=_Trained(),
+                           uploads_dir=folder, holder="hub-a", lease_ttl_s=2.0, poll_s=0.1)
+        done = _submit(runner, engine, None, file="finished.npy")
+        with Session(engine) as session:
+            job = session.get(TrainingJob, done)
+            assert job is not None
+            job.status, job.finished_at = JobStatus.SUCCEEDED, time.time()
+            session.add(job)
+            session.commit()
+        queued = _submit(runner, engine, None, file="queued.npy")
+        with Session(engine) as session:  # the lease held elsewhere: this worker runs nothing
+            session.add(JobLease(name="training", holder="hub-b", expires_at=time.time() + 3600))
+            session.commit()
+        runner.start()
+        try:
+            wait_for(lambda: sorted(p.name for p in folder.iterdir())
+                     == ["notes.txt", "queued.npy"], timeout=30,
+                     what="the files of no unfinished job to be deleted")
+        finally:
+            runner.stop()
+        with Session(engine) as session:
+            job = session.get(TrainingJob, queued)
+            assert job is not None and job.status == JobStatus.QUEUED
 
 
 def test_an_upload_that_is_nowhere_fails_its_job_saying_so(tmp_path: Path) -> None:
