@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.cli import main as cli_main
+from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.core.config import Settings
 from cloud_hub.service import Hub
 from simulator.broker import Broker
@@ -77,3 +79,30 @@ def api_client(hub: Hub, key: str | None = ADMIN_KEY) -> Iterator[httpx.Client]:
 def hub(broker: Broker, tmp_path: Path) -> Iterator[Hub]:
     with started_hub(broker, tmp_path / "hub") as h:
         yield h
+
+
+@pytest.fixture
+def server(hub: Hub) -> Iterator[ServerHandle]:
+    """The ``hub`` fixture's REST API served on a free port, for the CLI."""
+    handle = serve_in_thread(hub)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def run_cli(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str,
+            key: str = ADMIN_KEY) -> tuple[int, str, str]:
+    """``cloud-hub --url HUB --api-key KEY ARGS...`` against ``server``: its exit status,
+    stdout and stderr, as a shell sees them (an argparse error or a ``SystemExit("...")``
+    becomes its status, the message on stderr, as the interpreter would make it)."""
+    try:
+        code = cli_main(["--url", server.base_url, "--api-key", key, *args])
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:
+            sys.stderr.write(f"{done.code}\n")
+            code = 1
+    out = capsys.readouterr()
+    return code, out.out, out.err

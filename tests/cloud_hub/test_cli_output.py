@@ -6,16 +6,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from cloud_hub.cli import build_parser, main
-from cloud_hub.cli.serve import ServerHandle, serve_in_thread
+from cloud_hub.cli.serve import ServerHandle
 from cloud_hub.cli.timearg import parse_when
 from cloud_hub.service import Hub
 from simulator.broker import Broker, free_port
-from tests.cloud_hub.conftest import ADMIN_KEY
+from tests.cloud_hub.conftest import ADMIN_KEY, run_cli
 from tests.cloud_hub.fleet import FakeDevice
 from tests.cloud_hub.helpers import tiny_artifact, variant_artifact
 
@@ -23,37 +22,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.hub]
 SCREEN = 24
 
 
-@pytest.fixture
-def server(hub: Hub) -> Iterator[ServerHandle]:
-    handle = serve_in_thread(hub)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-def _run(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[
-        int, str, str]:
-    code = main(["--url", server.base_url, "--api-key", ADMIN_KEY, *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_models_show_and_publish_fit_a_screen(
     hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name, version = hub.register(tiny_artifact(), name="pump-ae")
-    code, out, _ = _run(server, capsys, "models", "show", f"{name}:{version}")
+    code, out, _ = run_cli(server, capsys, "models", "show", f"{name}:{version}")
     lines = out.splitlines()
     assert code == 0 and 8 <= len(lines) <= SCREEN, out
     assert lines[0].startswith("pump-ae:1  draft")
     assert any(ln.startswith("parity     passed: decision agreement 1.0000") for ln in lines)
     assert any(ln.startswith("input      window 8 x 2 channels: a, b") for ln in lines)
-    code, out, _ = _run(server, capsys, "models", "publish", f"{name}:{version}")
+    code, out, _ = run_cli(server, capsys, "models", "publish", f"{name}:{version}")
     size = out.split()[4]
     assert code == 0 and out.splitlines() == [
         f"published pump-ae:1  dense_ae float32 {size} KiB  agreement 1.0000  channels a,b"]
-    code, out, _ = _run(server, capsys, "--json", "models", "show", f"{name}:{version}")
+    code, out, _ = run_cli(server, capsys, "--json", "models", "show", f"{name}:{version}")
     assert json.loads(out)["manifest"]["name"] == "pump-ae"  # --json keeps everything
 
 
@@ -61,7 +44,7 @@ def test_models_show_lists_the_variants_a_version_keeps(
     hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name, version = hub.register(variant_artifact(), name="pump-ae")
-    code, out, _ = _run(server, capsys, "models", "show", f"{name}:{version}")
+    code, out, _ = run_cli(server, capsys, "models", "show", f"{name}:{version}")
     lines = out.splitlines()
     assert code == 0 and len(lines) <= SCREEN, out
     assert lines[0].startswith("pump-ae:1  draft  dense_ae  int8")
@@ -104,7 +87,7 @@ def test_a_bad_since_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> N
 def test_anomalies_since_a_duration_against_the_hub(
     server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run(server, capsys, "anomalies", "tail", "--since", "10m")
+    code, _, err = run_cli(server, capsys, "anomalies", "tail", "--since", "10m")
     assert code == 0 and "no anomaly events yet" in err
 
 
@@ -125,8 +108,8 @@ def test_rollout_create_wait_follows_it_to_the_end(
                         hub.signing_key.public_b64()) for d in devices]
     try:
         name, version = hub.register(tiny_artifact(), name="pump-ae")
-        assert _run(server, capsys, "models", "publish", f"{name}:{version}")[0] == 0
-        code, out, err = _run(
+        assert run_cli(server, capsys, "models", "publish", f"{name}:{version}")[0] == 0
+        code, out, err = run_cli(
             server, capsys, "--json", "rollout", "create", "--model", f"{name}:{version}",
             "--devices", ",".join(devices), "--wait",
             "--policy", '{"canary_size": 1, "wave_size": 2, "min_observation_s": 0.2}')
