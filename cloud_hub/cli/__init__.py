@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from cloud_hub.cli.argtypes import json_object, model_ref
 from cloud_hub.cli.client import ApiError, HubClient
 from cloud_hub.cli.drift_commands import add_drift_parsers
 from cloud_hub.cli.local_commands import LOCAL, add_local_parsers, run_local
@@ -16,13 +17,6 @@ from cloud_hub.cli.timearg import WHEN_HELP, parse_when
 from cloud_hub.core.states import ModelStatus
 
 __all__ = ["build_parser", "main"]
-
-
-def _ref(text: str) -> tuple[str, int]:
-    name, sep, version = text.rpartition(":")
-    if not sep or not version.isdigit() or int(version) < 1:
-        raise argparse.ArgumentTypeError(f"model {text!r} must be NAME:VERSION, e.g. pump-ae:3")
-    return name, int(version)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32", "auto"])
-    t.add_argument("--spec", help="more TrainingSpec fields as JSON")
+    t.add_argument("--spec", type=json_object, help="more TrainingSpec fields as JSON")
     t.add_argument("--csv", metavar="FILE", help="train on this CSV instead of stored telemetry")
     t.add_argument("--no-wait", action="store_true", help="return once the job is queued")
 
@@ -82,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="the model registry")
     m.add_argument("action", choices=["list", "show", "compare", "publish", "retire", "download",
                                       "rollback"])
-    m.add_argument("refs", nargs="*", type=_ref, metavar="NAME:VERSION")
+    m.add_argument("refs", nargs="*", type=model_ref, metavar="NAME:VERSION")
     m.add_argument("--name")
-    m.add_argument("--status", choices=list(ModelStatus))
+    m.add_argument("--status", choices=[s.value for s in ModelStatus])
     m.add_argument("--output", "-o")
     m.add_argument("--devices", help="rollback: comma-separated device ids (default: every "
                                      "device on another version of that model)")
@@ -93,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("action", choices=["create", "status", "pause", "resume", "abort",
                                       "rollback"])
     r.add_argument("id", nargs="?", type=int)
-    r.add_argument("--model", help="NAME:VERSION to roll out")
+    r.add_argument("--model", type=model_ref, help="NAME:VERSION to roll out")
     r.add_argument("--devices")
     r.add_argument("--group")
     r.add_argument("--tags")
     r.add_argument("--percent", type=int, default=100)
-    r.add_argument("--policy", help='JSON, e.g. {"canary_size": 2, "wave_size": 20}')
+    r.add_argument("--policy", type=json_object,
+                   help='JSON, e.g. {"canary_size": 2, "wave_size": 20}')
     r.add_argument("--wait", action="store_true",
                    help="create: follow it to the end with a progress bar (exit 1 unless it "
                         "succeeds)")
@@ -109,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--group")
     d.add_argument("--tag", help="filter the list by tag")
     d.add_argument("--tags", help="tag: the device's new comma-separated tags")
-    d.add_argument("--model", help="desired: NAME:VERSION")
+    d.add_argument("--model", type=model_ref, help="desired: NAME:VERSION")
     d.add_argument("--out", help="enroll: write agent.toml and ca.crt into this folder "
                                  "(default: ./DEVICE_ID)")
     d.add_argument("--state-dir", help="enroll: the agent's state_dir (default /var/lib/edgeloop)")
@@ -174,6 +169,9 @@ def _check(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"devices {action} needs a device id")
     if a.command == "devices" and action == "desired" and not a.model:
         parser.error("devices desired needs --model NAME:VERSION")
+    if a.command == "devices" and action == "tag" and a.tags is None and a.group is None:
+        parser.error("devices tag needs --tags or --group (--tags '' clears the tags, "
+                     "--group '' the group)")
     if a.command == "keys" and action == "retire" and not a.key_id:
         parser.error("keys retire needs the key id (see keys list)")
     if a.command == "api-keys" and action == "create" and not a.name:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,6 +20,9 @@ from cloud_hub.cli.ops_commands import OPS_COMMANDS
 from cloud_hub.cli.render import console, emit, fmt
 from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus, TrainingStage
 
+if TYPE_CHECKING:
+    from cloud_hub.identity.enrollment import Bundle
+
 __all__ = ["COMMANDS"]
 
 _DEVICE_COLS = ("device_id", "online", "last_seen", "group", "tags", "desired_model",
@@ -29,13 +33,6 @@ _JOB_COLS = ("id", "name", "status", "progress", "model", "error")
 _MAX_BULK = 1000  # devices per enrollment job (the API's limit)
 _ROLLOUT_COLS = ("id", "model", "status", "stage", "devices_total", "devices_updated",
                  "seconds_to_full", "reason")
-
-
-def _ref(text: str) -> tuple[str, int]:
-    name, sep, version = text.rpartition(":")
-    if not sep or not version.isdigit():
-        raise argparse.ArgumentTypeError(f"model {text!r} must be NAME:VERSION, e.g. pump-ae:3")
-    return name, int(version)
 
 
 def _job_row(job: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +81,7 @@ def _job_summary(job: dict[str, Any]) -> str:
 
 
 def train(a: argparse.Namespace, c: HubClient) -> int:
-    body: dict[str, Any] = {"name": a.name, "spec": json.loads(a.spec) if a.spec else {}}
+    body: dict[str, Any] = {"name": a.name, "spec": dict(a.spec or {})}
     for key in ("devices", "channels"):
         if getattr(a, key):
             body[key] = getattr(a, key).split(",")
@@ -99,7 +96,7 @@ def train(a: argparse.Namespace, c: HubClient) -> int:
         if a.channels:
             params["channels"] = a.channels
         job = c.request("POST", "/training-jobs/csv", params=params,
-                        content=Path(a.csv).read_bytes(), headers={"Content-Type": "text/csv"})
+                        content=_read_bytes(a.csv, "--csv"), headers={"Content-Type": "text/csv"})
     else:
         job = c.post("/training-jobs", body)
     if not a.no_wait:
@@ -111,11 +108,19 @@ def train(a: argparse.Namespace, c: HubClient) -> int:
     return 1 if job["status"] in (JobStatus.FAILED, JobStatus.CANCELLED) else 0
 
 
+def _read_bytes(path: str, option: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"error: {option} {path}: {exc.strerror or exc}") from None
+
+
 def jobs(a: argparse.Namespace, c: HubClient) -> int:
-    if a.cancel:
+    # `is not None`: id 0 is no job, and asking for it must say so, not list every job.
+    if a.cancel is not None:
         emit(c.post(f"/training-jobs/{a.cancel}/cancel"), a.json)
         return 0
-    data = c.get(f"/training-jobs/{a.id}") if a.id else c.get_all("/training-jobs")
+    data = c.get(f"/training-jobs/{a.id}") if a.id is not None else c.get_all("/training-jobs")
     if isinstance(data, list) and not a.json:
         data = [_job_row(j) for j in data]
     emit(data, a.json, _JOB_COLS, "training jobs")
@@ -160,13 +165,23 @@ def models(a: argparse.Namespace, c: HubClient) -> int:
     elif a.action == "rollback":
         name, version = a.refs[0]
         body: dict[str, Any] = {"devices": a.devices.split(",")} if a.devices else {}
-        emit(c.post(f"/models/{name}/{version}/rollback", body), a.json,
-             title=f"{name}:{version} rolled back to")
+        done = c.post(f"/models/{name}/{version}/rollback", body)
+        if a.json:
+            emit(done, True)
+        else:
+            console().print(f"rolled back to {name}:{version} (release {done['release']}): "
+                            f"{len(done['devices'])} device(s) "
+                            f"{', '.join(done['devices']) or '-'}",
+                            highlight=False, markup=False, soft_wrap=True)
     elif a.action == "download":
         name, version = a.refs[0]
         out = Path(a.output or f"{name}-v{version}.tflite")
-        out.write_bytes(c.get(f"/models/{name}/{version}/tflite"))
-        console().print(f"wrote {out}")
+        data = c.get(f"/models/{name}/{version}/tflite")
+        try:
+            out.write_bytes(data)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot write {out}: {exc.strerror or exc}") from None
+        console().print(f"wrote {out}", highlight=False)
     return 0
 
 
@@ -176,7 +191,7 @@ def _rollout_row(r: dict[str, Any]) -> dict[str, Any]:
 
 def rollout(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "create":
-        name, version = _ref(a.model)
+        name, version = a.model
         target: dict[str, Any] = {"percent": a.percent}
         if a.devices:
             target["devices"] = a.devices.split(",")
@@ -184,7 +199,7 @@ def rollout(a: argparse.Namespace, c: HubClient) -> int:
             target["group"] = a.group
         if a.tags:
             target["tags"] = a.tags.split(",")
-        policy = json.loads(a.policy) if a.policy else {}
+        policy = a.policy or {}
         data = c.post("/rollouts", {"model": {"name": name, "version": version},
                                     "target": target, "policy": policy})
         if a.wait:
@@ -254,7 +269,7 @@ def devices(a: argparse.Namespace, c: HubClient) -> int:
             body["group"] = a.group or None
         emit(c.patch(f"/devices/{a.device_id}", body), a.json, title=a.device_id)
     elif a.action == "desired":
-        name, version = _ref(a.model)
+        name, version = a.model
         emit(c.put(f"/devices/{a.device_id}/desired",
                    {"model": {"name": name, "version": version}}), a.json, title=a.device_id)
     elif a.action == "enroll":
@@ -281,8 +296,9 @@ def _enroll(a: argparse.Namespace, c: HubClient) -> int:
             body[key] = getattr(a, key)
     if a.ids_file:
         return _enroll_many(a, c, body)
+    folder = _writable_folder(Path(a.out or a.device_id))
     data = c.post(f"/devices/{a.device_id}/enroll", body)
-    path = Bundle(**data).write(Path(a.out or a.device_id))
+    path = _write_bundle(Bundle(**data), folder, a.device_id)
     if a.json:
         emit({"device_id": a.device_id, "config": str(path), "fingerprints": data["fingerprints"],
               "broker_credential": data["broker_credential"]}, True)
@@ -296,8 +312,37 @@ def _enroll(a: argparse.Namespace, c: HubClient) -> int:
     return 0
 
 
+def _writable_folder(folder: Path) -> Path:
+    """``folder`` if a bundle can be written there: checked before the hub enrolls anything,
+    since the device's password is in the answer and nowhere else."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SystemExit(f"error: cannot write the bundle into {folder}: {existing} is not a "
+                         "folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: cannot write the bundle into {folder}: {existing} is not "
+                         "writable")
+    return folder
+
+
+def _write_bundle(bundle: Bundle, folder: Path, device_id: str) -> Path:
+    try:
+        return bundle.write(folder)
+    except OSError as exc:
+        raise SystemExit(
+            f"error: the hub enrolled {device_id} but its bundle could not be written into "
+            f"{folder} ({exc.strerror or exc}): revoke it (cloud-hub devices revoke "
+            f"{device_id}) and enroll it again") from None
+
+
 def _read_ids(source: str) -> list[str]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"error: devices enroll --from {source}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
     ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return [i for i in ids if i]
 
@@ -312,7 +357,7 @@ def _enroll_many(a: argparse.Namespace, c: HubClient, body: dict[str, Any]) -> i
     ids += _read_ids(a.ids_file)
     if not ids:
         raise SystemExit(f"devices enroll --from {a.ids_file}: no device ids in it")
-    out, written = Path(a.out or "."), list[dict[str, str]]()
+    out, written = _writable_folder(Path(a.out or ".")), list[dict[str, str]]()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} devices"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -332,8 +377,10 @@ def _enroll_many(a: argparse.Namespace, c: HubClient, body: dict[str, Any]) -> i
                                  f"({len(written)} of {len(ids)} devices enrolled before it)")
             for bundle in c.post(f"/enrollment-jobs/{job['id']}/bundles",
                                  {"collect_key": collect_key}):
+                path = _write_bundle(Bundle(**bundle), out / bundle["device_id"],
+                                     bundle["device_id"])
                 written.append({"device_id": bundle["device_id"], "job": job["id"],
-                                "config": str(Bundle(**bundle).write(out / bundle["device_id"]))})
+                                "config": str(path)})
             bar.update(task, completed=start + len(part), info="done")
     if a.json:
         emit(written, True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from typing import Any
 
+from cloud_hub.cli.argtypes import json_object
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit, fmt
 from cloud_hub.core.states import RetrainScope, TrainingSource
@@ -33,17 +33,23 @@ def add_drift_parsers(sub: Any) -> None:
     r.add_argument("--devices", help="start: comma-separated device ids")
     r.add_argument("--group", help="start: every device of this group")
     r.add_argument("--reason", help="start: why (kept with the run)")
-    r.add_argument("--source", choices=list(TrainingSource))
+    r.add_argument("--source", choices=[s.value for s in TrainingSource])
     r.add_argument("--state", help="runs: only runs in this state")
     r.add_argument("--hold", type=float, metavar="SECONDS", help="policy: drift held this long")
     r.add_argument("--ratio", type=float, help="policy: anomaly rate above ratio x baseline")
-    r.add_argument("--scope", choices=list(RetrainScope))
+    r.add_argument("--scope", choices=[s.value for s in RetrainScope])
     r.add_argument("--recent", type=float, metavar="SECONDS",
                    help="policy: train on this much recent data")
     r.add_argument("--cooldown", type=float, metavar="SECONDS")
-    r.add_argument("--spec", help="policy: TrainingSpec fields as JSON")
-    r.add_argument("--rollout", help="policy: rollout policy as JSON")
-    r.add_argument("--disable", action="store_true", help="policy: keep it, trigger nothing")
+    r.add_argument("--spec", type=json_object, help="policy: TrainingSpec fields as JSON")
+    r.add_argument("--rollout", type=json_object, help="policy: rollout policy as JSON")
+    # Neither: a new policy is enabled, an existing one keeps its state (a change of another
+    # figure used to enable a disabled policy again).
+    on_off = r.add_mutually_exclusive_group()
+    on_off.add_argument("--disable", dest="enabled", action="store_false", default=None,
+                        help="policy: keep it, trigger nothing")
+    on_off.add_argument("--enable", dest="enabled", action="store_true", default=None,
+                        help="policy: trigger again (a new policy is enabled)")
 
 
 def _ago(ts: float | None) -> str:
@@ -106,13 +112,15 @@ def _policy_body(a: argparse.Namespace, current: dict[str, Any] | None) -> dict[
     changes = {"drift_hold_s": a.hold, "max_anomaly_rate_ratio": a.ratio, "scope": a.scope,
                "source": a.source, "recent_s": a.recent, "cooldown_s": a.cooldown}
     body.update({k: v for k, v in changes.items() if v is not None})
-    if a.spec:
-        body["spec"] = json.loads(a.spec)
-    if a.rollout:
-        body["rollout"] = {**(body.get("rollout") or {}), **json.loads(a.rollout)}
+    if a.spec is not None:
+        body["spec"] = a.spec
+    if a.rollout is not None:
+        body["rollout"] = {**(body.get("rollout") or {}), **a.rollout}
     if not body.get("spec"):
         body.pop("spec", None)
-    body["enabled"] = not a.disable
+    if a.enabled is not None:
+        body["enabled"] = a.enabled
+    body.setdefault("enabled", True)
     return body
 
 
@@ -146,7 +154,10 @@ def retrain(a: argparse.Namespace, c: HubClient) -> int:
     if a.action == "show":
         if not a.target:
             raise SystemExit("retrain show needs the run id")
-        data = c.get(f"/retrain-runs/{int(a.target)}")
+        if not a.target.isdigit():
+            raise SystemExit(f"error: retrain show needs the run id, a number, not "
+                             f"{a.target!r} (see retrain runs)")
+        data = c.get(f"/retrain-runs/{a.target}")
         if a.json:
             emit(data, True)
             return 0

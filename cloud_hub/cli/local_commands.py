@@ -55,6 +55,7 @@ def run_local(args: argparse.Namespace) -> int:
 
 def _fingerprint(settings: object) -> int:
     """Every signing key the hub trusts, read from its own database (no network)."""
+    from sqlalchemy.engine import make_url
     from sqlmodel import Session, col, select
 
     from cloud_hub.core.config import Settings
@@ -63,6 +64,13 @@ def _fingerprint(settings: object) -> int:
     from shared.keys import fingerprint_of_raw, public_key_bytes
 
     assert isinstance(settings, Settings)
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not Path(url.database).is_file():
+        # Opening it would make an empty database (and its folder) where there was none.
+        print(f"error: no hub database at {url.database} (EDGELOOP_DATA_DIR or "
+              "EDGELOOP_DATABASE_URL as cloud-hub serve has them)", file=sys.stderr)
+        return 2
     engine = make_engine(settings.resolved_database_url)
     try:
         with Session(engine) as session:

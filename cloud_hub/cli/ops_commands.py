@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cloud_hub.cli.argtypes import positive_float
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit
 from cloud_hub.cli.timearg import WHEN_HELP, parse_when
@@ -33,15 +34,16 @@ def add_ops_parsers(sub: Any) -> None:
                    help=f"events stored at or after this: {WHEN_HELP}")
     a.add_argument("--limit", type=int, default=50, help="how many recent items to print first")
     a.add_argument("--follow", "-f", action="store_true", help="then print each new item")
-    a.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
-    a.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
+    a.add_argument("--interval", type=positive_float, default=2.0,
+                   help="seconds between polls")
+    a.add_argument("--for", dest="duration", type=positive_float, metavar="SECONDS",
                    help="with --follow: stop after this long")
 
     i = sub.add_parser("incidents", help="incidents: list, show, acknowledge, resolve")
     i.add_argument("action", choices=["list", "show", "ack", "resolve"], nargs="?",
                    default="list")
     i.add_argument("id", nargs="?", type=int)
-    i.add_argument("--state", choices=[*IncidentState, "active"])
+    i.add_argument("--state", choices=[*(s.value for s in IncidentState), "active"])
     i.add_argument("--device")
     i.add_argument("--limit", type=int, default=50)
     i.add_argument("--note", help="ack/resolve: a note kept with the incident")
@@ -61,7 +63,7 @@ def add_ops_parsers(sub: Any) -> None:
     w.add_argument("--tag")
     w.add_argument("--min-score", type=float)
     w.add_argument("--fault-class")
-    w.add_argument("--status", choices=list(DeliveryStatus))
+    w.add_argument("--status", choices=[s.value for s in DeliveryStatus])
     w.add_argument("--limit", type=int, default=50)
 
 

@@ -68,7 +68,7 @@ def test_a_draft_is_unsigned_and_one_that_failed_the_gate_is_never_signed(
     assert refused.status_code == 409 and refused.json()["detail"]["figure"] == (
         "decision_agreement")
     for attempt in (api.post(f"/models/{name}/{version}/rollback", json={}, headers=ADMIN),
-                    api.put("/devices/dev-1/desired", headers=ADMIN,
+                    api.put("/devices/pump-1/desired", headers=ADMIN,
                             json={"model": {"name": name, "version": version}})):
         assert attempt.status_code == 409, attempt.text
     assert _releases(hub, name) == []
@@ -92,19 +92,19 @@ def test_each_release_takes_the_next_number_and_a_rollback_is_a_new_release(
     # publishing again is the same release, not a new one
     assert api.post("/models/pump-ae/2/publish", headers=ADMIN).json()["release"] == 2
 
-    api.put("/devices/dev-1/desired", headers=ADMIN,
+    api.put("/devices/pump-1/desired", headers=ADMIN,
             json={"model": {"name": "pump-ae", "version": 2}})
     done = api.post("/models/pump-ae/1/rollback", json={}, headers=ADMIN)
     assert done.status_code == 200, done.text
-    assert done.json() == {"name": "pump-ae", "version": 1, "release": 3, "devices": ["dev-1"]}
+    assert done.json() == {"name": "pump-ae", "version": 1, "release": 3, "devices": ["pump-1"]}
     rolled = parse_manifest(json.dumps(_manifest(broker, hub, "pump-ae", 1)))
     verify_manifest(rolled, pinned)
     assert rolled.release == 3 and rolled.sha256 == old_v1["sha256"]
-    assert api.get("/devices/dev-1", headers=ADMIN).json()["desired_model"] == {
+    assert api.get("/devices/pump-1", headers=ADMIN).json()["desired_model"] == {
         "name": "pump-ae", "version": 1}
 
     # Setting desired back to v2 (not the newest release any more) releases it again.
-    api.put("/devices/dev-1/desired", headers=ADMIN,
+    api.put("/devices/pump-1/desired", headers=ADMIN,
             json={"model": {"name": "pump-ae", "version": 2}})
     assert _manifest(broker, hub, "pump-ae", 2)["release"] == 4
     assert _releases(hub, "pump-ae") == [(1, 1, "publish"), (2, 2, "publish"),
@@ -120,7 +120,7 @@ def test_a_rollback_of_a_retired_version_publishes_it_again(
     api.post("/models/pump-ae/1/publish", headers=ADMIN)
     api.post("/models/pump-ae/1/retire", headers=ADMIN)
     assert _retained(broker, hub, f"{hub.topics.prefix}/models/#") == {}
-    done = api.post("/models/pump-ae/1/rollback", json={"devices": ["dev-9"]}, headers=ADMIN)
+    done = api.post("/models/pump-ae/1/rollback", json={"devices": ["pump-9"]}, headers=ADMIN)
     assert done.status_code == 200 and done.json()["release"] == 2
     assert api.get("/models/pump-ae/1", headers=ADMIN).json()["status"] == "published"
     assert _manifest(broker, hub, "pump-ae", 1)["release"] == 2

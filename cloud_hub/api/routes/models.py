@@ -15,6 +15,7 @@ from cloud_hub.api.errors import ErrorBody, errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import ModelComparison, ModelDetail, ModelSummary
 from cloud_hub.core.states import ModelStatus
+from cloud_hub.db.enrollments import enrolled_among
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.registry_tables import ModelVersion
 from cloud_hub.db.tables import Device
@@ -147,6 +148,18 @@ class ModelRollback(BaseModel):
         description="default: every device told to run, or running, another version of it")
 
 
+def _refuse_unenrolled(session: SessionDep, devices: list[str]) -> None:
+    """422 naming each listed device nobody enrolled (it would get a row and a retained
+    ``desired`` that no device reads)."""
+    enrolled = enrolled_among(session, devices)
+    missing = [(i, d) for i, d in enumerate(devices) if d not in enrolled]
+    if missing:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [
+            {"loc": ["body", "devices", i], "msg": f"device {d!r} is not enrolled "
+             "(cloud-hub devices enroll ID)", "type": "value_error", "input": d}
+            for i, d in missing])
+
+
 class RollbackDone(BaseModel):
     name: str
     version: int
@@ -168,7 +181,9 @@ def rollback(name: NamePath, version: VersionPath, body: ModelRollback, session:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"model {name} v{version} was never published; nothing to go back to")
     devices = body.devices
-    if devices is None:
+    if devices is not None:
+        _refuse_unenrolled(session, devices)
+    else:
         devices = sorted(set(session.exec(select(Device.device_id).where(or_(
             Device.desired_name == name, Device.active_name == name)))))
     try:
