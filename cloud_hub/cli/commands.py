@@ -121,8 +121,8 @@ def jobs(a: argparse.Namespace, c: HubClient) -> int:
         emit(c.post(f"/training-jobs/{a.cancel}/cancel"), a.json)
         return 0
     data = c.get(f"/training-jobs/{a.id}") if a.id is not None else c.get_all("/training-jobs")
-    if isinstance(data, list) and not a.json:
-        data = [_job_row(j) for j in data]
+    if not a.json:  # the progress in words (the JSON keeps the hub's object)
+        data = [_job_row(j) for j in data] if isinstance(data, list) else _job_row(data)
     emit(data, a.json, _JOB_COLS, "training jobs")
     return 0
 

@@ -296,6 +296,9 @@ def test_jobs_list_show_and_cancel_a_running_job(
         assert "slow-ae" in out and "running" in out
         shown = json.loads(_ok(run_cli(server, capsys, "--json", "jobs", str(job["id"]))))
         assert shown["status"] == "running" and shown["request"]["spec"]["window"] == 8
+        # one job in words, as in the list (it was the hub's progress object, printed raw)
+        out = _ok(run_cli(server, capsys, "jobs", str(job["id"])))
+        assert "slow-ae" in out and shown["progress"]["stage"] in out and "fraction" not in out
 
         _ok(run_cli(server, capsys, "jobs", "--cancel", str(job["id"])))
         wait_for(lambda: _row(hub, TrainingJob, job["id"]).status == "cancelled", 20,
