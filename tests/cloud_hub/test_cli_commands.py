@@ -456,7 +456,8 @@ def _incidents_and_webhooks(broker: Broker, hub: Hub, server: ServerHandle,
 
 
 def test_retrain_policies_keep_their_state_and_drift_and_retrain_refusals(
-    hub: Hub, server: ServerHandle, capsys: pytest.CaptureFixture[str],
+    hub: Hub, server: ServerHandle, fleet: dict[str, FakeDevice],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _ok(run_cli(server, capsys, "retrain", "policy", "plant-a", "--hold", "60", "--disable"))
     assert _row(hub, RetrainPolicy, "plant-a").enabled is False
@@ -495,6 +496,13 @@ def test_retrain_policies_keep_their_state_and_drift_and_retrain_refusals(
              "retrain start needs --reason")
     _refused(run_cli(server, capsys, "retrain", "start", "--reason", "why not"),
              "HTTP 422", "devices or group")
+    # An empty group, or one whose devices run no model, used to say "devices [] run no model".
+    _refused(run_cli(server, capsys, "retrain", "start", "--group", "plant-q", "--reason", "x"),
+             "HTTP 409", "group 'plant-q' has no devices")
+    _ok(run_cli(server, capsys, "devices", "tag", "pump-0", "--group", "plant-q"))
+    assert _row(hub, Device, "pump-0").active_name is None
+    _refused(run_cli(server, capsys, "retrain", "start", "--group", "plant-q", "--reason", "x"),
+             "HTTP 409", "no device of group 'plant-q' runs a model")
     assert json.loads(_ok(run_cli(server, capsys, "--json", "retrain", "runs"))) == []
     assert run_cli(server, capsys, "retrain", "runs")[2] == "no retrain runs\n"
 

@@ -145,8 +145,12 @@ def start_retrain_run(body: RetrainRunCreate, session: SessionDep, hub: HubDep,
                 "msg": f"devices {missing} are not known to the hub"}])
         groups = {found[d].group for d in devices}
     else:
-        devices = sorted(d.device_id for d in session.exec(
-            select(Device).where(Device.group == body.group)) if d.active_name)
+        members = list(session.exec(select(Device).where(Device.group == body.group)))
+        devices = sorted(d.device_id for d in members if d.active_name)
+        if not devices:
+            raise HTTPException(status.HTTP_409_CONFLICT, (
+                f"no device of group {body.group!r} runs a model: nothing to retrain"
+                if members else f"group {body.group!r} has no devices"))
         groups = {body.group}
     policies = {p.group: p for p in session.exec(select(RetrainPolicy))}
     policy = policy_for(policies, groups.pop() if len(groups) == 1 else None)
