@@ -123,6 +123,22 @@ def variant_artifact(*, threshold: float = 1.0, float32_passed: bool = True) -> 
     )
 
 
+def training_until_cancelled(started: threading.Event) -> Callable[..., ModelArtifact]:
+    """A stand-in for run_training that sets ``started``, then waits (up to 30 s) for its job
+    to be cancelled, and ends as a cancelled training does."""
+
+    def run(readings: Any, channels: Any, spec: Any, *, cancel: threading.Event,
+            **_: Any) -> ModelArtifact:
+        from cloud_hub.training.errors import TrainingCancelled
+
+        started.set()
+        if cancel.wait(30):
+            raise TrainingCancelled("training cancelled")
+        raise AssertionError("cancel never arrived")
+
+    return run
+
+
 def stand_in_training(**overrides: Any) -> Callable[..., ModelArtifact]:
     """A stand-in for run_training with its signature: reports progress, honours cancel."""
 

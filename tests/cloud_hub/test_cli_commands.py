@@ -25,7 +25,6 @@ from cloud_hub.db.registry_tables import ModelVersion, Rollout, TrainingJob
 from cloud_hub.db.tables import Device
 from cloud_hub.registry.lifecycle import publish_model
 from cloud_hub.service import Hub
-from cloud_hub.training.errors import TrainingCancelled
 from shared.messages import AnomalyEvent, ModelRef, encode
 from simulator.broker import Broker, free_port
 from tests.cloud_hub.conftest import hub_settings, run_cli, started_hub
@@ -35,6 +34,7 @@ from tests.cloud_hub.helpers import (
     publish_wait,
     publisher_client,
     tiny_artifact,
+    training_until_cancelled,
     wait_for,
 )
 
@@ -273,15 +273,8 @@ def test_jobs_list_show_and_cancel_a_running_job(
     broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     started = threading.Event()
-
-    def slow_training(readings: Any, channels: Any, spec: Any, *, cancel: threading.Event,
-                      **_: Any) -> Any:
-        started.set()
-        if cancel.wait(30):
-            raise TrainingCancelled("training cancelled")
-        raise AssertionError("cancel never arrived")
-
-    hub = Hub(hub_settings(broker, tmp_path / "hub"), run_training=slow_training)
+    hub = Hub(hub_settings(broker, tmp_path / "hub"),
+              run_training=training_until_cancelled(started))
     enroll_devices(hub)
     server = serve_in_thread(hub)
     csv_file = tmp_path / "readings.csv"

@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet
 from sqlmodel import Session, select
 
 from cloud_hub.cli import main
-from cloud_hub.cli.serve import ServerHandle, serve_in_thread
+from cloud_hub.cli.serve import ServerHandle
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.tables import DeadLetter, Device
 from cloud_hub.identity.enrollment import EnrollmentProgress
@@ -38,14 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.hub]
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"X-API-Key": ADMIN_KEY}
 
-
-@pytest.fixture
-def server(hub: Hub) -> Iterator[ServerHandle]:
-    handle = serve_in_thread(hub)
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 @pytest.fixture

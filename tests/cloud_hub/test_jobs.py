@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub
-from cloud_hub.training.errors import TrainingCancelled
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
 from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
@@ -21,6 +19,7 @@ from tests.cloud_hub.helpers import (
     publish_wait,
     publisher_client,
     stand_in_training,
+    training_until_cancelled,
     wait_for,
 )
 
@@ -129,15 +128,8 @@ def test_a_bad_csv_is_422_naming_line_and_column(hub: Hub, api: httpx.Client) ->
 
 def test_a_running_job_can_be_cancelled(broker: Broker, tmp_path: Path) -> None:
     started = threading.Event()
-
-    def slow_training(readings: Any, channels: Any, spec: Any, *, cancel: threading.Event,
-                      **_: Any) -> Any:
-        started.set()
-        if cancel.wait(30):
-            raise TrainingCancelled("training cancelled")
-        raise AssertionError("cancel never arrived")
-
-    hub = Hub(hub_settings(broker, tmp_path / "hub"), run_training=slow_training)
+    hub = Hub(hub_settings(broker, tmp_path / "hub"),
+              run_training=training_until_cancelled(started))
     enroll_devices(hub)
     hub.start()
     server = serve_in_thread(hub)
