@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
-__all__ = ["run_db"]
+__all__ = ["missing_sqlite_file", "no_database", "run_db"]
 
 
 def run_db(args: argparse.Namespace) -> int:
@@ -32,14 +32,23 @@ def run_db(args: argparse.Namespace) -> int:
         for line in setting_errors(exc):
             print(f"error: {line}", file=sys.stderr)
         return 2
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
+    if args.action == "current" and (missing := missing_sqlite_file(url)):
+        print(no_database(missing), file=sys.stderr)
+        return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url, create=False)
     shown = engine.url.render_as_string(hide_password=True)
     try:
         if args.action == "current":
             now = state(engine)
-            note = "up to date" if now.up_to_date else f"this hub's is {now.head}"
+            if now.up_to_date:
+                note = "up to date"
+            elif now.too_new:
+                note = (f"newer than this hub's {now.head}: a newer hub upgraded it, and this "
+                        "one refuses to serve it")
+            else:
+                note = f"this hub's is {now.head}: cloud-hub db upgrade, or serve, brings it there"
             print(f"{shown}: schema revision {now.current or 'none'} ({note})")
             return 0
         if args.action == "upgrade":
@@ -62,6 +71,22 @@ def run_db(args: argparse.Namespace) -> int:
         return 1
     finally:
         engine.dispose()
+
+
+def no_database(path: str) -> str:
+    return (f"error: no hub database at {path} (EDGELOOP_DATA_DIR or EDGELOOP_DATABASE_URL as "
+            "cloud-hub serve has them)")
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file ``url`` names when there is no such file (opening it would
+    make an empty database, and its folder, where there was none)."""
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" \
+            and not Path(path).is_file():
+        return path
+    return None
 
 
 def _copy(args: argparse.Namespace, target: Engine, *, keep_raw_days: float) -> int:

@@ -55,21 +55,17 @@ def run_local(args: argparse.Namespace) -> int:
 
 def _fingerprint(settings: object) -> int:
     """Every signing key the hub trusts, read from its own database (no network)."""
-    from sqlalchemy.engine import make_url
     from sqlmodel import Session, col, select
 
+    from cloud_hub.cli.db import missing_sqlite_file, no_database
     from cloud_hub.core.config import Settings
     from cloud_hub.db.engine import make_engine
     from cloud_hub.db.key_tables import SigningKeyRecord
     from shared.keys import fingerprint_of_raw, public_key_bytes
 
     assert isinstance(settings, Settings)
-    url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
-            and not Path(url.database).is_file():
-        # Opening it would make an empty database (and its folder) where there was none.
-        print(f"error: no hub database at {url.database} (EDGELOOP_DATA_DIR or "
-              "EDGELOOP_DATABASE_URL as cloud-hub serve has them)", file=sys.stderr)
+    if missing := missing_sqlite_file(settings.resolved_database_url):
+        print(no_database(missing), file=sys.stderr)
         return 2
     engine = make_engine(settings.resolved_database_url)
     try:

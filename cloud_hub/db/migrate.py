@@ -63,6 +63,11 @@ class SchemaState:
     def up_to_date(self) -> bool:
         return self.current == self.head
 
+    @property
+    def too_new(self) -> bool:
+        """At a revision this code does not know: a newer hub migrated it."""
+        return self.current is not None and not _known(self.current)
+
 
 def alembic_config(connection: Connection | None = None) -> Config:
     cfg = Config()
@@ -135,7 +140,7 @@ def upgrade(engine: Engine, *, fresh: str = "create") -> SchemaState:
     the tables (the test that both give the same schema)."""
     with one_at_a_time(engine):
         before = state(engine)
-        if before.current is not None and not _known(before.current):
+        if before.too_new:
             raise SchemaTooNew(
                 f"the database is at schema revision {before.current}, which this hub does "
                 f"not know (its newest is {before.head}): it was upgraded by a newer hub. "

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
+from cloud_hub.cli import main
 from cloud_hub.core.security import hash_api_key
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
@@ -26,6 +27,8 @@ from cloud_hub.db.partitions import include_name
 from cloud_hub.db.tables import ApiKey, Device, TelemetryBatchRow
 from cloud_hub.db.telemetry_read import read_telemetry
 from shared.messages import EPOCH_PATTERN, TelemetryBatch
+from simulator.broker import free_port
+from simulator.hub_process import HubProcess
 from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub
@@ -335,3 +338,47 @@ def test_postgres_telemetry_blobs_are_compressed_with_lz4_however_the_schema_was
             assert method == "lz4"
         finally:
             engine.dispose()
+
+
+def test_db_current_and_upgrade_say_where_the_schema_is_and_serve_refuses_a_newer_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("EDGELOOP_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("EDGELOOP_DATABASE_URL", raising=False)
+    db_file = data_dir / "hub.db"
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    # Reading where a database is makes none where there was none.
+    code, _, err = run("db", "current")
+    assert (code, f"no hub database at {db_file}" in err) == (2, True), err
+    assert not data_dir.exists()
+
+    code, out, _ = run("db", "upgrade")
+    assert (code, out.strip()) == (0, f"sqlite:///{db_file}: schema revision none -> {head()}")
+    code, out, _ = run("db", "current")
+    assert (code, out.strip()) == (0, f"sqlite:///{db_file}: schema revision {head()} "
+                                      "(up to date)")
+
+    engine = create_engine(f"sqlite:///{db_file}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    code, out, _ = run("db", "current")
+    assert code == 0 and f"revision 9999 (newer than this hub's {head()}" in out, out
+    code, _, err = run("db", "upgrade")
+    assert code == 1 and err.startswith("error: the database is at schema revision 9999"), err
+
+    # serve refuses it at start-up, saying why, before it touches the broker (none listens).
+    hub = HubProcess(data_dir, mqtt_port=free_port())
+    hub.launch()
+    assert hub.wait_exit(120) == 1
+    log = hub.log_tail()
+    assert "error: the database is at schema revision 9999" in log and "newer hub" in log, log
+    assert "Traceback" not in log, log
+    with create_engine(f"sqlite:///{db_file}").connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "9999"
