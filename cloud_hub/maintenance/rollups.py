@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, LargeBinary, String, Table, cast, literal, select, tuple_
+from sqlalchemy import Float, LargeBinary, String, Table, cast, func, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -28,8 +28,8 @@ from cloud_hub.db import pg_bulk
 from cloud_hub.db.rollup_tables import MaintenanceMark, TelemetryRollup
 from cloud_hub.db.tables import TelemetryBatchRow
 
-__all__ = ["RESOLUTIONS", "PendingFold", "apply_pending", "fold_rollups", "folded_mark",
-           "read_pending", "read_rollups"]
+__all__ = ["RESOLUTIONS", "PendingFold", "apply_pending", "count_rollups", "fold_rollups",
+           "folded_mark", "read_pending", "read_rollups"]
 
 RESOLUTIONS = {"1m": 60.0, "1h": 3600.0}
 MARK = "rollups"
@@ -274,13 +274,8 @@ def _set_mark(conn: Connection, value: float, key: list[Any], now: float) -> Non
                  .values(value=value, key=json.dumps(key), updated_at=now))
 
 
-def read_rollups(conn: Connection, *, device_ids: list[str], resolution: str,
-                 since: float | None, until: float | None) -> dict[str, dict[str, Any]]:
-    """Each device's buckets in [since, until): ``ts`` (bucket starts, an array), ``channels``,
-    and 2-D arrays (bucket x channel) ``count``, ``mean``, ``min``, ``max`` (NaN where a
-    channel had no reading in a bucket). One query for all the devices; on PostgreSQL each
-    device's buckets come back concatenated (``string_agg``), decoded by numpy at once
-    (:func:`_read_pg`)."""
+def _in_range(conn: Connection, device_ids: list[str], resolution: str, since: float | None,
+              until: float | None) -> list[Any]:
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution {resolution!r} is not one of {sorted(RESOLUTIONS)}")
     u = _rollups.c
@@ -291,6 +286,27 @@ def read_rollups(conn: Connection, *, device_ids: list[str], resolution: str,
         where.append(u.bucket >= float(np.floor(since / width) * width))
     if until is not None:
         where.append(u.bucket < until)
+    return where
+
+
+def count_rollups(conn: Connection, *, device_id: str, resolution: str, since: float | None,
+                  until: float | None) -> int:
+    """How many buckets :func:`read_rollups` would answer for this device (counted in SQL, so
+    that a reader can refuse a range of millions before reading it)."""
+    stmt = select(func.count(func.distinct(_rollups.c.bucket))).where(
+        *_in_range(conn, [device_id], resolution, since, until))
+    return int(conn.execute(stmt).scalar_one())
+
+
+def read_rollups(conn: Connection, *, device_ids: list[str], resolution: str,
+                 since: float | None, until: float | None) -> dict[str, dict[str, Any]]:
+    """Each device's buckets in [since, until): ``ts`` (bucket starts, an array), ``channels``,
+    and 2-D arrays (bucket x channel) ``count``, ``mean``, ``min``, ``max`` (NaN where a
+    channel had no reading in a bucket). One query for all the devices; on PostgreSQL each
+    device's buckets come back concatenated (``string_agg``), decoded by numpy at once
+    (:func:`_read_pg`)."""
+    u = _rollups.c
+    where = _in_range(conn, device_ids, resolution, since, until)
     parts: dict[str, list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                 np.ndarray]]] = {}
     if conn.dialect.name == "postgresql":
@@ -314,7 +330,6 @@ def _read_pg(conn: Connection, where: list[Any], parts: dict[str, list[Any]]) ->
     spilled to disk), one sort per device instead of five, and the results come in
     PostgreSQL's binary format (the text format doubles bytea into hex). A device whose buckets
     carry more than one channel list is read again, one row per channel list."""
-    from sqlalchemy import func
     from sqlalchemy.dialects.postgresql import aggregate_order_by
 
     u = _rollups.c

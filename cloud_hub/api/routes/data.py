@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel
 
 from cloud_hub.api.deps import ReadKey, SessionDep
@@ -34,7 +34,7 @@ from cloud_hub.db.queries import (
     read_telemetry,
     telemetry_summary,
 )
-from cloud_hub.maintenance.rollups import read_rollups
+from cloud_hub.maintenance.rollups import count_rollups, read_rollups
 from shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(tags=["data"])
@@ -57,6 +57,7 @@ def telemetry(
     cursor: CursorQuery = None,
 ) -> TelemetryPublic:
     """Readings of one device, time-ordered: at most ``limit`` from ``since`` per page."""
+    _refuse_reversed(since, until, "since", "until")
     after = None
     if cursor is not None:
         try:
@@ -69,6 +70,14 @@ def telemetry(
                   piece.next_cursor.to_json() if piece.next_cursor else None)
     return TelemetryPublic(device_id=device_id, channels=piece.channels,
                            ts=piece.ts.tolist(), values=piece.values.tolist())
+
+
+def _refuse_reversed(since: float | None, until: float | None, start: str, end: str) -> None:
+    """422 naming the end of a range that ends before it starts (it would select nothing)."""
+    if since is not None and until is not None and until < since:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
+            "loc": ["query", end], "type": "value_error", "input": until,
+            "msg": f"{end} {until} is before {start} {since}: the range selects nothing"}])
 
 
 class TelemetryRollupsPublic(BaseModel):
@@ -94,15 +103,26 @@ def device_telemetry(
     until: Annotated[float | None, Query(alias="to", ge=0)] = None,
     resolution: Literal["raw", "1m", "1h"] = "raw",
     limit: Annotated[int, Query(ge=1, le=MAX_TELEMETRY_READINGS,
-                                description="readings per page (raw only)")] = 10_000,
+                                description="raw: readings per page; 1m and 1h: the most "
+                                            "buckets the range may hold (more is a 422)")
+                     ] = 10_000,
     cursor: CursorQuery = None,
 ) -> TelemetryPublic | TelemetryRollupsPublic:
     """A device's telemetry in [from, to]: raw readings (paged like ``GET /telemetry``), or
     1-minute or 1-hour rollups (kept much longer than raw data; complete up to about a
-    minute ago, when the maintenance job last ran)."""
+    minute ago, when the maintenance job last ran), at most ``limit`` buckets in one answer."""
+    _refuse_reversed(since, until, "from", "to")
     if resolution == "raw":
         return telemetry(request, response, session, _key, device_id, since, until, limit,
                          cursor)
+    held = count_rollups(session.connection(), device_id=device_id, resolution=resolution,
+                         since=since, until=until)
+    if held > limit:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
+            "loc": ["query", "limit"], "type": "value_error", "input": limit,
+            "msg": f"from={since} to={until} holds {held} {resolution} buckets of device "
+                   f"{device_id}, more than limit {limit}: narrow from/to, ask for 1h, or "
+                   f"raise limit (at most {MAX_TELEMETRY_READINGS})"}])
     found = read_rollups(session.connection(), device_ids=[device_id], resolution=resolution,
                          since=since, until=until).get(device_id)
     if found is None:

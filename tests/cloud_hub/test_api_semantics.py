@@ -1,0 +1,86 @@
+"""REST API: requests of the right shape that name nothing, make no sense together, or act on
+something already finished are refused with a status and a message that says what was wrong
+(Schemathesis checks the shapes; these are the requests it cannot make up)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.db.ingest_store import IngestBatch, store_batch
+from cloud_hub.service import Hub
+from shared.messages import TelemetryBatch
+from tests.cloud_hub.conftest import ADMIN_KEY
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+EPOCH = "0123456789abcdef"
+T0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600  # on an hour
+
+
+@pytest.fixture
+def api(hub: Hub) -> Iterator[httpx.Client]:
+    server = serve_in_thread(hub)
+    try:
+        with httpx.Client(base_url=server.base_url + "/api/v1", timeout=30,
+                          headers={"X-API-Key": ADMIN_KEY}) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def _problem(response: httpx.Response, status: int) -> dict[str, object]:
+    """The one problem of a 422 (or the detail of another error), after checking the status."""
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    if isinstance(detail, list):
+        assert len(detail) == 1, detail
+        return detail[0]  # type: ignore[no-any-return]
+    return {"msg": detail}
+
+
+def _telemetry(hub: Hub, device: str = "pump-1", batches: int = 12) -> None:
+    """Readings every 10 s for an hour from T0, as five-minute batches."""
+    with Session(hub.engine) as session:
+        store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
+            device_id=device, epoch=EPOCH, seq=s, channels=["a"],
+            ts=[T0 + 300.0 * s + 10.0 * i for i in range(30)], values=[[1.0]] * 30)
+            for s in range(batches)]), now=T0)
+
+
+def test_a_telemetry_range_ending_before_it_starts_is_422_naming_its_end(
+    hub: Hub, api: httpx.Client
+) -> None:
+    _telemetry(hub)
+    problem = _problem(api.get("/telemetry", params={
+        "device_id": "pump-1", "since": T0 + 600, "until": T0}), 422)
+    assert problem["loc"] == ["query", "until"]
+    assert "before since" in str(problem["msg"])
+    for resolution in ("raw", "1m", "1h"):
+        problem = _problem(api.get("/devices/pump-1/telemetry", params={
+            "from": T0 + 600, "to": T0, "resolution": resolution}), 422)
+        assert problem["loc"] == ["query", "to"], resolution
+        assert "before from" in str(problem["msg"])
+    same = api.get("/devices/pump-1/telemetry", params={"from": T0, "to": T0})
+    assert same.status_code == 200 and same.json()["ts"] == [T0]
+
+
+def test_rollups_of_more_buckets_than_the_limit_are_422_saying_how_many(
+    hub: Hub, api: httpx.Client
+) -> None:
+    _telemetry(hub)
+    hub.maintenance_tick(T0 + 2 * 3600)  # 60 one-minute buckets, one one-hour bucket
+    problem = _problem(api.get("/devices/pump-1/telemetry",
+                               params={"resolution": "1m", "limit": 59}), 422)
+    assert problem["loc"] == ["query", "limit"]
+    assert "60 1m buckets" in str(problem["msg"]) and "limit 59" in str(problem["msg"])
+    fits = api.get("/devices/pump-1/telemetry", params={"resolution": "1m", "limit": 60})
+    assert fits.status_code == 200 and len(fits.json()["ts"]) == 60
+    narrowed = api.get("/devices/pump-1/telemetry", params={
+        "resolution": "1m", "limit": 59, "from": T0 + 60})
+    assert narrowed.status_code == 200 and len(narrowed.json()["ts"]) == 59
+    hourly = api.get("/devices/pump-1/telemetry", params={"resolution": "1h", "limit": 1})
+    assert hourly.status_code == 200 and hourly.json()["ts"] == [T0]
