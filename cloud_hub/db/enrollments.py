@@ -19,8 +19,8 @@ from cloud_hub.db import pg_bulk
 from cloud_hub.db.devices import ensure_devices
 from cloud_hub.db.rollup_tables import MaintenanceMark
 
-__all__ = ["EnrolledCache", "Enrollment", "NotEnrolled", "enrolled_among", "record_enrollment",
-           "record_revocation", "require_enrolled", "revocations"]
+__all__ = ["AlreadyRevoked", "EnrolledCache", "Enrollment", "NotEnrolled", "enrolled_among",
+           "record_enrollment", "record_revocation", "require_enrolled", "revocations"]
 
 # A counter of revocations, moved in each revocation's transaction: a process that remembers
 # which devices are enrolled (:class:`EnrolledCache`) reads it, one row by key, to learn that
@@ -32,6 +32,10 @@ _marks: Any = MaintenanceMark.__table__  # type: ignore[attr-defined]
 
 class NotEnrolled(ValueError):
     """A device that is not (or no longer) enrolled was asked to do something."""
+
+
+class AlreadyRevoked(NotEnrolled):
+    """The device was enrolled and is revoked already."""
 
 
 class Enrollment(SQLModel, table=True):
@@ -98,8 +102,11 @@ def record_enrollment(session: Session, device_ids: list[str], *, broker_credent
 
 def record_revocation(session: Session, device_id: str, *, now: float | None = None) -> float:
     row = session.get(Enrollment, device_id)
-    if row is None or row.revoked_at is not None:
+    if row is None:
         raise NotEnrolled(f"device {device_id!r} is not enrolled")
+    if row.revoked_at is not None:
+        raise AlreadyRevoked(f"device {device_id!r} is already revoked (at {row.revoked_at}); "
+                             f"enroll it again to give it a new credential")
     row.revoked_at = now if now is not None else time.time()
     session.add(row)
     _count_revocation(session, row.revoked_at)

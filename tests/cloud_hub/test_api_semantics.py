@@ -15,6 +15,7 @@ from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch
 from tests.cloud_hub.conftest import ADMIN_KEY
+from tests.cloud_hub.helpers import tiny_artifact
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 EPOCH = "0123456789abcdef"
@@ -84,3 +85,37 @@ def test_rollups_of_more_buckets_than_the_limit_are_422_saying_how_many(
     assert narrowed.status_code == 200 and len(narrowed.json()["ts"]) == 59
     hourly = api.get("/devices/pump-1/telemetry", params={"resolution": "1h", "limit": 1})
     assert hourly.status_code == 200 and hourly.json()["ts"] == [T0]
+
+
+def test_retiring_a_retired_model_is_409_and_keeps_when_it_was_retired(
+    hub: Hub, api: httpx.Client
+) -> None:
+    name, version = hub.register(tiny_artifact(), name="pump-ae")
+    assert api.post(f"/models/{name}/{version}/publish").status_code == 200
+    first = api.post(f"/models/{name}/{version}/retire")
+    assert first.status_code == 200, first.text
+    again = _problem(api.post(f"/models/{name}/{version}/retire"), 409)
+    assert "already retired" in str(again["msg"])
+    assert api.get(f"/models/{name}/{version}").json()["retired_at"] == first.json()["retired_at"]
+
+
+def test_revoking_a_revoked_api_key_is_409_and_keeps_when_it_was_revoked(
+    api: httpx.Client,
+) -> None:
+    created = api.post("/api-keys", json={"name": "temp", "scope": "read"}).json()
+    first = api.delete(f"/api-keys/{created['id']}")
+    assert first.status_code == 200 and first.json()["revoked_at"] is not None
+    again = _problem(api.delete(f"/api-keys/{created['id']}"), 409)
+    assert "already revoked" in str(again["msg"])
+    listed = {k["id"]: k for k in api.get("/api-keys").json()}
+    assert listed[created["id"]]["revoked_at"] == first.json()["revoked_at"]
+
+
+def test_revoking_a_revoked_device_is_409_and_an_unknown_one_404(
+    hub: Hub, api: httpx.Client
+) -> None:
+    assert api.post("/devices/pump-4/revoke").status_code == 200
+    again = _problem(api.post("/devices/pump-4/revoke"), 409)
+    assert "already revoked" in str(again["msg"]) and "pump-4" in str(again["msg"])
+    unknown = _problem(api.post("/devices/pump-404/revoke"), 404)
+    assert "not enrolled" in str(unknown["msg"])

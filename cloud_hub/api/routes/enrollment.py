@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from cloud_hub.api.deps import AdminKey, HubDep, ReadKey, SessionDep
 from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
-from cloud_hub.db.enrollments import Enrollment, NotEnrolled
+from cloud_hub.db.enrollments import AlreadyRevoked, Enrollment, NotEnrolled
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.identity.enrollment import DEFAULT_STATE_DIR, Bundle, EnrollmentError
 from cloud_hub.identity.enrollment_jobs import BundlesGone, WrongCollectKey
@@ -222,12 +222,15 @@ def enrollment_job_bundles(job_id: Annotated[str, Path(max_length=64)], body: Co
     return [BundlePublic(**b.to_dict()) for b in bundles]
 
 
-@router.post("/devices/{device_id}/revoke", response_model=Revoked, responses=errors(404, 503))
+@router.post("/devices/{device_id}/revoke", response_model=Revoked,
+             responses=errors(404, 409, 503))
 def revoke(device_id: DeviceIdPath, hub: HubDep, _key: AdminKey) -> Revoked:
     """The broker disconnects the device at once and refuses it from then on; the hub
     refuses its messages, trainings and rollouts."""
     try:
         return Revoked(**hub.enrollment.revoke(device_id))
+    except AlreadyRevoked as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except NotEnrolled as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except EnrollmentError as exc:

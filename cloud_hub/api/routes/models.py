@@ -128,11 +128,15 @@ def publish(name: NamePath, version: VersionPath, session: SessionDep, hub: HubD
 
 
 @router.post("/{name}/{version}/retire", response_model=ModelDetail,
-             responses=errors(404, 503))
+             responses={**errors(404, 503), 409: {
+                 "model": ErrorBody, "description": "the version is already retired"}})
 def retire(name: NamePath, version: VersionPath, session: SessionDep, hub: HubDep,
            _key: AdminKey) -> ModelDetail:
     """Clear the retained manifest and chunks; the version stays in the registry as retired."""
-    _get(session, name, version)
+    record = _get(session, name, version)
+    if record.status == ModelStatus.RETIRED:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"model {name} v{version} is already retired (at {record.retired_at})")
     try:
         record = retire_model(session, name=name, version=version, publisher=hub.publisher)
     except PublishError as exc:

@@ -123,9 +123,11 @@ def revoke_api_key(key_id: IdPath, session: SessionDep, caller: AdminKey) -> Api
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key id {key_id} does not exist")
     if record.id == caller.id:
         raise HTTPException(status.HTTP_409_CONFLICT, "an API key cannot revoke itself")
-    if record.revoked_at is None:
-        record.revoked_at = time.time()
-        session.add(record)
-        session.commit()
-        session.refresh(record)
+    if record.revoked_at is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, (
+            f"API key id {key_id} ({record.name!r}) is already revoked (at {record.revoked_at})"))
+    record.revoked_at = time.time()
+    session.add(record)
+    session.commit()
+    session.refresh(record)
     return _public(record)
