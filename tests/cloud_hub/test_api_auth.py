@@ -247,8 +247,8 @@ SCOPED_ROUTES: dict[tuple[str, str], tuple[str, Call]] = {
     ("GET", "/api/v1/models/{name}/{version}/tflite"): (READ, Call(_model)),
     ("POST", "/api/v1/models/{name}/{version}/publish"): (ADMIN, Call(_new_model)),
     ("POST", "/api/v1/models/{name}/{version}/retire"): (ADMIN, Call(_new_model)),
-    ("POST", "/api/v1/models/{name}/{version}/rollback"): (ADMIN, Call(_model,
-                                                                       json={"devices": []})),
+    ("POST", "/api/v1/models/{name}/{version}/rollback"): (ADMIN, Call(
+        _model, json_for=lambda w: {"devices": [w.known_device()]})),
     ("GET", "/api/v1/keys"): (READ, Call()),
     ("POST", "/api/v1/keys/rotate"): (ADMIN, Call(json={"overlap_s": 0})),
     ("POST", "/api/v1/keys/{key_id}/retire"): (ADMIN, Call(_retirable_key, json={"force": True})),

@@ -8,10 +8,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.db.devices import ensure_devices
+from cloud_hub.db.drift_tables import RetrainRun
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
+from cloud_hub.db.registry_tables import ModelRelease, TrainingJob
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch
 from tests.cloud_hub.conftest import ADMIN_KEY
@@ -119,3 +122,46 @@ def test_revoking_a_revoked_device_is_409_and_an_unknown_one_404(
     assert "already revoked" in str(again["msg"]) and "pump-4" in str(again["msg"])
     unknown = _problem(api.post("/devices/pump-404/revoke"), 404)
     assert "not enrolled" in str(unknown["msg"])
+
+
+def test_a_model_rollback_that_would_move_no_device_is_refused_and_releases_nothing(
+    hub: Hub, api: httpx.Client
+) -> None:
+    name, version = hub.register(tiny_artifact(), name="pump-ae")
+    assert api.post(f"/models/{name}/{version}/publish").status_code == 200
+    empty = _problem(api.post(f"/models/{name}/{version}/rollback", json={"devices": []}), 422)
+    assert empty["loc"] == ["body", "devices"]
+    nobody = _problem(api.post(f"/models/{name}/{version}/rollback", json={}), 409)
+    assert "no enrolled device runs" in str(nobody["msg"]) and name in str(nobody["msg"])
+    with Session(hub.engine) as session:
+        assert len(session.exec(select(ModelRelease)).all()) == 1, "a rollback released it"
+
+
+def test_a_retraining_of_a_revoked_device_is_422_naming_it(hub: Hub, api: httpx.Client) -> None:
+    name, version = hub.register(tiny_artifact(), name="pump-ae")
+    with Session(hub.engine) as session:
+        for row in ensure_devices(session, ["pump-5", "pump-6"]).values():
+            row.active_name, row.active_version, row.group = name, version, "line-5"
+            session.add(row)
+        session.commit()
+    hub.enrollment.revoke("pump-6")
+    problem = _problem(api.post("/retrain-runs", json={"devices": ["pump-5", "pump-6"],
+                                                       "reason": "recalibrated"}), 422)
+    assert problem["loc"] == ["body", "devices", 1]
+    assert "'pump-6' is not enrolled" in str(problem["msg"])
+    by_group = api.post("/retrain-runs", json={"group": "line-5", "reason": "recalibrated"})
+    assert by_group.status_code == 201, by_group.text
+    assert by_group.json()["devices"] == ["pump-5"]
+    with Session(hub.engine) as session:
+        assert len(session.exec(select(RetrainRun)).all()) == 1
+
+
+def test_a_training_job_for_a_device_nobody_enrolled_is_422_naming_it(
+    hub: Hub, api: httpx.Client
+) -> None:
+    problem = _problem(api.post("/training-jobs", json={"name": "m",
+                                                        "devices": ["pump-1", "pmup-2"]}), 422)
+    assert problem["loc"] == ["body", "devices", 1]
+    assert "'pmup-2' is not enrolled" in str(problem["msg"])
+    with Session(hub.engine) as session:
+        assert session.exec(select(TrainingJob)).all() == [], "a job was queued"

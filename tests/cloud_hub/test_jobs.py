@@ -95,12 +95,13 @@ def test_a_job_without_data_fails_and_says_why(hub: Hub, api: httpx.Client) -> N
     assert "no stored telemetry" in str(job["error"])
 
 
-def test_a_job_for_unknown_devices_fails_naming_them(hub: Hub, api: httpx.Client) -> None:
-    created = api.post("/training-jobs", json={"name": "m", "devices": ["ghost"]},
-                       headers=ADMIN).json()
-    job = wait_for(lambda: _finished(api, created["id"]), JOB_TIMEOUT_S, "job to finish")
-    assert job["status"] == "failed"
-    assert "ghost" in str(job["error"])
+def test_a_job_for_unknown_devices_is_refused_naming_them(hub: Hub, api: httpx.Client) -> None:
+    refused = api.post("/training-jobs", json={"name": "m", "devices": ["ghost"]},
+                       headers=ADMIN)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["body", "devices", 0]
+    assert "'ghost' is not enrolled" in refused.json()["detail"][0]["msg"]
+    assert api.get("/training-jobs", headers=ADMIN).json() == []
 
 
 def test_a_job_trains_on_an_uploaded_csv(hub: Hub, api: httpx.Client) -> None:

@@ -8,12 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlmodel import col, select
 
+from cloud_hub.api.checks import refuse_unenrolled
 from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.drift_schemas import RetrainPolicyBody, RetrainRunCreate
 from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.core.states import RetrainState, RetrainTrigger
 from cloud_hub.db.drift_tables import DeviceDrift, DriftSummaryRow, RetrainPolicy, RetrainRun
+from cloud_hub.db.enrollments import enrolled_among
 from cloud_hub.db.paging import keyset_page
 from cloud_hub.db.tables import Device
 from cloud_hub.drift.loop import RetrainError, open_run, policy_for
@@ -143,14 +145,19 @@ def start_retrain_run(body: RetrainRunCreate, session: SessionDep, hub: HubDep,
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
                 "loc": ["body", "devices"], "type": "value_error",
                 "msg": f"devices {missing} are not known to the hub"}])
+        # A revoked device's data is not trained on and it takes no rollout.
+        refuse_unenrolled(session, body.devices, ["body", "devices"])
         groups = {found[d].group for d in devices}
     else:
         members = list(session.exec(select(Device).where(Device.group == body.group)))
-        devices = sorted(d.device_id for d in members if d.active_name)
+        enrolled = enrolled_among(session, [d.device_id for d in members])
+        devices = sorted(d.device_id for d in members if d.active_name and d.device_id in enrolled)
         if not devices:
             raise HTTPException(status.HTTP_409_CONFLICT, (
-                f"no device of group {body.group!r} runs a model: nothing to retrain"
-                if members else f"group {body.group!r} has no devices"))
+                f"group {body.group!r} has no devices" if not members else
+                f"no device of group {body.group!r} is enrolled: nothing to retrain"
+                if not enrolled else
+                f"no device of group {body.group!r} runs a model: nothing to retrain"))
         groups = {body.group}
     policies = {p.group: p for p in session.exec(select(RetrainPolicy))}
     policy = policy_for(policies, groups.pop() if len(groups) == 1 else None)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import load_only
 from sqlmodel import col, or_, select
 
+from cloud_hub.api.checks import refuse_unenrolled
 from cloud_hub.api.convert import SUMMARY_COLUMNS, model_detail, model_summaries
 from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.errors import ErrorBody, errors
@@ -148,20 +149,8 @@ class ModelRollback(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"devices": ["pump-001", "pump-002"]}, {}]})
     devices: list[Annotated[str, Field(pattern=rf"^{DEVICE_ID_PATTERN}$")]] | None = Field(
-        default=None, max_length=10_000,
-        description="default: every device told to run, or running, another version of it")
-
-
-def _refuse_unenrolled(session: SessionDep, devices: list[str]) -> None:
-    """422 naming each listed device nobody enrolled (it would get a row and a retained
-    ``desired`` that no device reads)."""
-    enrolled = enrolled_among(session, devices)
-    missing = [(i, d) for i, d in enumerate(devices) if d not in enrolled]
-    if missing:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [
-            {"loc": ["body", "devices", i], "msg": f"device {d!r} is not enrolled "
-             "(cloud-hub devices enroll ID)", "type": "value_error", "input": d}
-            for i, d in missing])
+        default=None, min_length=1, max_length=10_000,
+        description="default: every enrolled device told to run, or running, a version of it")
 
 
 class RollbackDone(BaseModel):
@@ -174,7 +163,8 @@ class RollbackDone(BaseModel):
 @router.post("/{name}/{version}/rollback", response_model=RollbackDone,
              responses={**errors(404, 503), 409: {
                  "model": ErrorBody,
-                 "description": "never released, or the parity gate failed"}})
+                 "description": "never released, the parity gate failed, or (no devices "
+                                "given) no enrolled device runs or is told to run the model"}})
 def rollback(name: NamePath, version: VersionPath, body: ModelRollback, session: SessionDep,
              hub: HubDep, _key: AdminKey) -> RollbackDone:
     """Send devices back to this version: it goes out as a new signed release (a higher release
@@ -186,10 +176,15 @@ def rollback(name: NamePath, version: VersionPath, body: ModelRollback, session:
                             f"model {name} v{version} was never published; nothing to go back to")
     devices = body.devices
     if devices is not None:
-        _refuse_unenrolled(session, devices)
+        refuse_unenrolled(session, devices, ["body", "devices"])
     else:
-        devices = sorted(set(session.exec(select(Device.device_id).where(or_(
-            Device.desired_name == name, Device.active_name == name)))))
+        named = set(session.exec(select(Device.device_id).where(or_(
+            Device.desired_name == name, Device.active_name == name))))
+        devices = sorted(enrolled_among(session, named))
+        if not devices:  # a new release that no device is sent would only bump the number
+            raise HTTPException(status.HTTP_409_CONFLICT, (
+                f"no enrolled device runs or is told to run model {name}: nothing to roll "
+                "back; name the devices in `devices`"))
     try:
         set_desired(session, releases=hub.releases, device_ids=devices,
                     model=ModelRef(name=name, version=version), require_published=False,

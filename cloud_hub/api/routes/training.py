@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
+from cloud_hub.api.checks import refuse_unenrolled
 from cloud_hub.api.convert import job_public
 from cloud_hub.api.deps import AdminKey, HubDep, IdPath, ReadKey, SessionDep
 from cloud_hub.api.errors import errors
@@ -45,12 +46,15 @@ def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
     """Queue a training run; follow it with ``GET /training-jobs/{id}``.
 
     Every spec field has bounds (a 422 names the field and the bound); ``min_agreement``
-    cannot go below the hub's parity floor; the devices and time range may select at most
+    cannot go below the hub's parity floor; ``devices`` must be enrolled (a 422 names each
+    that is not); the devices and time range may select at most
     ``EDGELOOP_TRAINING_MAX_READINGS`` readings.
     """
     if body.since is not None and body.until is not None and body.until < body.since:
         raise _unprocessable(["body", "until"],
                              f"until {body.until} is before since {body.since}")
+    if body.devices is not None:  # the job would only fail, naming them
+        refuse_unenrolled(session, body.devices, ["body", "devices"])
     settings = hub.settings
     spec = _spec_request(body.spec, ["body", "spec"], settings.min_parity_agreement)
     selected = count_readings(session, device_ids=body.devices, since=body.since,
