@@ -97,6 +97,12 @@ def test_device_counters_are_exact_with_four_writers_storing_overlapping_copies(
         engine.dispose()
 
 
+# Leases of the leader-election tests: long enough that no stall of a loaded machine lets
+# another hub take one over from a live holder (which would be right for a lease, and make
+# both hubs tick or train).
+LEASE_TTL_S = 60.0
+
+
 class _Recorder:
     """Wraps a controller's tick: who ticked when, and whether two ticks ever overlapped."""
 
@@ -132,11 +138,15 @@ def test_two_hubs_never_run_a_rollout_tick_at_the_same_time_and_one_takes_over(
     recorder = _Recorder()
     controllers: dict[str, RolloutController] = {}
     engines = []
+    # The lease's ttl is far longer than the test: a leader is never taken over for being
+    # slow (a ttl of 1 s was: under load its thread went 1.1-1.9 s between two renewals, one
+    # database round trip alone took 1.4 s, and the other hub took over while the leader
+    # lived). Taking over does not wait for the ttl: a leader that stops gives its lease up.
     for name in ("hub-a", "hub-b"):
         engine = make_engine(pg_database, create=False)
         engines.append(engine)
         c = RolloutController(engine, releases=None,  # type: ignore[arg-type]
-                              tick_s=0.05, holder=name, lease_ttl_s=1.0)
+                              tick_s=0.05, holder=name, lease_ttl_s=LEASE_TTL_S)
         recorder.wrap(name, c)
         controllers[name] = c
     try:
@@ -193,7 +203,7 @@ def test_training_jobs_submitted_to_two_hubs_each_run_once_one_at_a_time(
         engines.append(engine)
         runners.append(JobRunner(engine, register=lambda *a: ("m", 1),
                                  run_training=training(name), uploads_dir=tmp_path,
-                                 holder=name, lease_ttl_s=2.0, poll_s=0.1))
+                                 holder=name, lease_ttl_s=LEASE_TTL_S, poll_s=0.1))
     try:
         for r in runners:
             r.start()
