@@ -79,6 +79,7 @@ class JobRunner:
         self._poll_s = poll_s
         self._cancel: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
+        self._lead_lock = threading.Lock()  # the worker and a job's watch both keep the lease
         self._worker = threading.Thread(target=self._run, name="hub-training", daemon=True)
 
     @property
@@ -179,8 +180,10 @@ class JobRunner:
     def _lead(self) -> bool:
         """Take or renew the training lease; on taking it over, jobs its previous holder
         left running are failed (that process is gone, and so is their child)."""
-        held = self._lease.keep()
-        if self._lease.taken_over:
+        with self._lead_lock:
+            held = self._lease.keep()
+            taken_over = self._lease.taken_over
+        if taken_over:
             now = time.time()
             with Session(self._engine) as session:
                 session.exec(
@@ -231,13 +234,19 @@ class JobRunner:
 
     def _watch_cancel(self, job_id: int, cancel: threading.Event,
                       ended: threading.Event) -> None:
+        """While the job runs: reads its ``cancel_requested_at``, and keeps the training lease
+        (renewed when a third of its ttl has passed). Progress reports do not do it: a stage
+        may report nothing for longer than the ttl (loading a large training set, converting
+        and comparing the quantization modes), and another hub process would then take the
+        lease over, fail this job and start the next at the same time."""
         while not ended.wait(self._poll_s):
             try:
+                self._lead()
                 with Session(self._engine) as session:
                     asked = session.exec(select(TrainingJob.cancel_requested_at).where(
                         col(TrainingJob.id) == job_id)).first()
             except Exception as exc:  # the database away for a moment: ask again
-                log.debug("training job %d: cancel not read (%s)", job_id, exc)
+                log.debug("training job %d: lease or cancel not read (%s)", job_id, exc)
                 continue
             if asked is not None:
                 cancel.set()
@@ -270,7 +279,6 @@ class JobRunner:
                 return
             last_write[0] = now
             self._update(job_id, progress=dict(latest))
-            self._lead()  # a long job keeps its lease (renewed when a third of its ttl passed)
 
         try:
             spec = request.training_spec()

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
+from cloud_hub.db.ops_tables import JobLease
 from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device, StreamMark, TelemetryBatchRow
 from cloud_hub.jobs.request import TrainingRequest
@@ -222,6 +223,83 @@ def test_training_jobs_submitted_to_two_hubs_each_run_once_one_at_a_time(
         wait_for(finished, timeout=60, what="six jobs finished")
         assert len(ran) == 6, ran  # each job ran exactly once
         assert not overlaps, "two trainings ran at the same time"
+    finally:
+        for r in runners:
+            r.stop()
+        for e in engines:
+            e.dispose()
+
+
+def test_a_training_job_that_reports_no_progress_for_longer_than_the_lease_keeps_it(
+    pg_database: str, tmp_path: Any,
+) -> None:
+    # A stage without progress reports (loading a large training set, converting and comparing
+    # four quantization modes) may outlast the lease's ttl: the lease must still be renewed,
+    # or another hub process takes it over, fails the running job and trains the next one
+    # at the same time.
+    setup = make_engine(pg_database)
+    with Session(setup) as session:
+        store_batch(session, IngestBatch(telemetry=[_batch("pump-1", s, 50) for s in range(4)]))
+    with Session(setup) as session:
+        record_enrollment(session, ["pump-1"], broker_credential=False)
+    setup.dispose()
+    ttl_s = 5.0
+    running: list[str] = []
+    ran: list[str] = []
+    overlaps: list[str] = []
+    lock = threading.Lock()
+
+    def training(holder: str, engine: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                if running:
+                    overlaps.append(holder)
+                running.append(holder)
+                ran.append(holder)
+            try:
+                with Session(engine) as session:
+                    lease = session.get(JobLease, "training")
+                    assert lease is not None
+                    expires_at = lease.expires_at
+                # No progress until the lease held at the start has expired and the other
+                # process has had time to see it so (it looks every poll_s, 0.1 s).
+                while time.time() < expires_at + 1.0:
+                    time.sleep(0.05)
+                raise RuntimeError("the stand-in stops here (the job ran)")
+            finally:
+                with lock:
+                    running.remove(holder)
+        return run
+
+    runners = []
+    engines = []
+    for name in ("hub-a", "hub-b"):
+        engine = make_engine(pg_database, create=False)
+        engines.append(engine)
+        runners.append(JobRunner(engine, register=lambda *a: ("m", 1),
+                                 run_training=training(name, engine), uploads_dir=tmp_path,
+                                 holder=name, lease_ttl_s=ttl_s, poll_s=0.1))
+    try:
+        for r in runners:
+            r.start()
+        ids = []
+        for i in range(2):
+            with Session(engines[0]) as session:
+                job = runners[0].submit(session, name=f"m{i}", request=TrainingRequest(
+                    devices=["pump-1"], spec={"window": 8, "epochs": 1}))
+                ids.append(job.id)
+
+        def finished() -> list[TrainingJob] | None:
+            with Session(engines[0]) as session:
+                jobs = [session.get(TrainingJob, i) for i in ids]
+                return jobs if all(j is not None and j.status in ("failed", "succeeded")
+                                   for j in jobs) else None
+
+        jobs = wait_for(finished, timeout=120, what="both jobs finished")
+        assert not overlaps, "two trainings ran at the same time"
+        assert len(set(ran)) == 1, f"the lease changed hands while its holder lived: {ran}"
+        assert all("the stand-in stops here" in (j.error or "") for j in jobs), \
+            [j.error for j in jobs]
     finally:
         for r in runners:
             r.stop()
