@@ -94,7 +94,9 @@ def test_a_burst_of_events_is_one_incident_that_resolves_itself_when_quiet(
     incident = wait_for(lambda: [i for i in _incidents(api) if i["events"] == 5],
                         what="one incident with all five events")[0]
     assert len(_incidents(api)) == 1
-    assert incident["device_id"] == "pump-1" and incident["state"] == "open"
+    # Open, or already resolved: the quiet period (1.5 s) runs from when the hub stored the
+    # last event, and a loaded machine may pass it before this reads the incident.
+    assert incident["device_id"] == "pump-1" and incident["state"] in ("open", "resolved")
     assert incident["peak_score"] == 7.5 and incident["threshold"] == 1.0
     assert incident["channels"] == ["pressure", "flow"]  # most frequent first
     assert incident["started_at"] == pytest.approx(t0) and incident["ended_at"] == pytest.approx(
@@ -107,7 +109,8 @@ def test_a_burst_of_events_is_one_incident_that_resolves_itself_when_quiet(
 
     # After it closed, a new event (even close in time) opens a new incident.
     send_event(device, quick_hub, "pump-1", 10, t0 + 12.0, 2.5, ["temperature"])
-    fresh = wait_for(lambda: _incidents(api, state="open"), what="a second incident")[0]
+    fresh = wait_for(lambda: [i for i in _incidents(api) if i["id"] != incident["id"]],
+                     what="a second incident")[0]  # open, or already quiet for 1.5 s
     assert fresh["id"] != incident["id"] and fresh["events"] == 1
     detail = api.get(f"/incidents/{fresh['id']}").json()
     assert [e["seq"] for e in detail["event_list"]] == [10]
