@@ -253,10 +253,13 @@ def test_the_fleet_figures_come_from_the_database_at_each_scrape(broker: Broker,
                 for f in text_string_to_metric_families(hub.metrics_text())
                 for s in f.samples if s.name.startswith(FLEET_PREFIX)}
 
-    seen = wait_for(lambda: (f := fleet()).get(FLEET_PREFIX + "outbox_messages") == 112 and f,
-                    20, "the three heartbeats stored")
-    assert seen[FLEET_PREFIX + "devices[('state', 'online')]"] == 2
-    assert seen[FLEET_PREFIX + "devices[('state', 'offline')]"] == 1
+    # Status records (retained, on their own subscription) and heartbeats can reach the hub
+    # in either order: wait for both.
+    online, offline = (FLEET_PREFIX + f"devices[('state', '{state}')]"
+                       for state in ("online", "offline"))
+    seen = wait_for(lambda: (f := fleet()).get(FLEET_PREFIX + "outbox_messages") == 112
+                    and (f.get(online), f.get(offline)) == (2, 1) and f,
+                    30, "the three heartbeats and status records stored")
     assert seen[FLEET_PREFIX + "devices[('state', 'silent')]"] == 0
     # the oldest message held on an online device: pump-3's is on a device that is offline
     assert seen[FLEET_PREFIX + "oldest_unsent_seconds"] == 90.0
