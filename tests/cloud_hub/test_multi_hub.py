@@ -10,10 +10,12 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import func
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from cloud_hub.db.engine import make_engine
@@ -168,15 +170,33 @@ def test_two_hubs_never_run_a_rollout_tick_at_the_same_time_and_one_takes_over(
             e.dispose()
 
 
-def test_training_jobs_submitted_to_two_hubs_each_run_once_one_at_a_time(
-    pg_database: str, tmp_path: Any,
-) -> None:
-    setup = make_engine(pg_database)
+def _pump_1_enrolled_with_readings(url: str) -> None:
+    setup = make_engine(url)
     with Session(setup) as session:
         store_batch(session, IngestBatch(telemetry=[_batch("pump-1", s, 50) for s in range(4)]))
     with Session(setup) as session:
         record_enrollment(session, ["pump-1"], broker_credential=False)
     setup.dispose()
+
+
+def _two_runners(url: str, uploads: Any, training: Callable[[str, Engine], Any], *,
+                 ttl_s: float) -> tuple[list[JobRunner], list[Engine]]:
+    """Training runners of two hub processes on one database (not started), each training
+    with ``training(holder, its engine)``."""
+    runners, engines = [], []
+    for name in ("hub-a", "hub-b"):
+        engine = make_engine(url, create=False)
+        engines.append(engine)
+        runners.append(JobRunner(engine, register=lambda *a: ("m", 1),
+                                 run_training=training(name, engine), uploads_dir=uploads,
+                                 holder=name, lease_ttl_s=ttl_s, poll_s=0.1))
+    return runners, engines
+
+
+def test_training_jobs_submitted_to_two_hubs_each_run_once_one_at_a_time(
+    pg_database: str, tmp_path: Any,
+) -> None:
+    _pump_1_enrolled_with_readings(pg_database)
     running: list[int] = []
     overlaps: list[int] = []
     ran: list[str] = []
@@ -197,14 +217,8 @@ def test_training_jobs_submitted_to_two_hubs_each_run_once_one_at_a_time(
                     running.pop()
         return run
 
-    runners = []
-    engines = []
-    for name in ("hub-a", "hub-b"):
-        engine = make_engine(pg_database, create=False)
-        engines.append(engine)
-        runners.append(JobRunner(engine, register=lambda *a: ("m", 1),
-                                 run_training=training(name), uploads_dir=tmp_path,
-                                 holder=name, lease_ttl_s=LEASE_TTL_S, poll_s=0.1))
+    runners, engines = _two_runners(pg_database, tmp_path, lambda name, _: training(name),
+                                    ttl_s=LEASE_TTL_S)
     try:
         for r in runners:
             r.start()
@@ -237,12 +251,7 @@ def test_a_training_job_that_reports_no_progress_for_longer_than_the_lease_keeps
     # four quantization modes) may outlast the lease's ttl: the lease must still be renewed,
     # or another hub process takes it over, fails the running job and trains the next one
     # at the same time.
-    setup = make_engine(pg_database)
-    with Session(setup) as session:
-        store_batch(session, IngestBatch(telemetry=[_batch("pump-1", s, 50) for s in range(4)]))
-    with Session(setup) as session:
-        record_enrollment(session, ["pump-1"], broker_credential=False)
-    setup.dispose()
+    _pump_1_enrolled_with_readings(pg_database)
     ttl_s = 5.0
     running: list[str] = []
     ran: list[str] = []
@@ -271,14 +280,7 @@ def test_a_training_job_that_reports_no_progress_for_longer_than_the_lease_keeps
                     running.remove(holder)
         return run
 
-    runners = []
-    engines = []
-    for name in ("hub-a", "hub-b"):
-        engine = make_engine(pg_database, create=False)
-        engines.append(engine)
-        runners.append(JobRunner(engine, register=lambda *a: ("m", 1),
-                                 run_training=training(name, engine), uploads_dir=tmp_path,
-                                 holder=name, lease_ttl_s=ttl_s, poll_s=0.1))
+    runners, engines = _two_runners(pg_database, tmp_path, training, ttl_s=ttl_s)
     try:
         for r in runners:
             r.start()
