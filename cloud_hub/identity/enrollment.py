@@ -26,7 +26,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cloud_hub.core.config import Settings
-from cloud_hub.db.enrollments import NotEnrolled, record_enrollment, record_revocation
+from cloud_hub.db.enrollments import (
+    AlreadyRevoked,
+    NotEnrolled,
+    record_enrollment,
+    record_revocation,
+)
 from cloud_hub.identity.dynsec import (
     DynsecClient,
     Identity,
@@ -305,21 +310,35 @@ class DeviceEnrollment:
         validate_device_id(device_id)
         started = time.monotonic()
         with Session(self.engine) as session:
-            revoked_at = record_revocation(session, device_id)
+            try:
+                revoked_at = record_revocation(session, device_id)
+            except AlreadyRevoked as exc:
+                if not self.manages_broker:
+                    raise
+                # A revocation whose broker step failed (503) is finished by asking again:
+                # the credential must not outlive the registry's word.
+                self._delete_credential(device_id)
+                raise AlreadyRevoked(f"{exc}; its broker credential is confirmed deleted") \
+                    from None
         broker_seconds: float | None = None
         if self.manages_broker:
-            with self._lock:
-                try:
-                    self._admin().execute(remove_commands(device_id, device_rolename(device_id)),
-                                          ignore=("not found",))
-                except Exception as exc:
-                    raise EnrollmentError(
-                        f"device {device_id!r} is revoked in the registry, but the broker did "
-                        f"not confirm deleting its credential: {exc}") from exc
+            self._delete_credential(device_id)
             broker_seconds = round(time.monotonic() - started, 4)
         log.info("revoked device %s (broker: %s s)", device_id, broker_seconds)
         return {"device_id": device_id, "revoked_at": revoked_at,
                 "broker_seconds": broker_seconds, "broker_credential_deleted": self.manages_broker}
+
+    def _delete_credential(self, device_id: str) -> None:
+        """Delete the device's broker client and role ("not found" counts as deleted)."""
+        with self._lock:
+            try:
+                self._admin().execute(remove_commands(device_id, device_rolename(device_id)),
+                                      ignore=("not found",))
+            except Exception as exc:
+                raise EnrollmentError(
+                    f"device {device_id!r} is revoked in the registry, but the broker did "
+                    f"not confirm deleting its credential (revoke it again to retry): "
+                    f"{exc}") from exc
 
 
 

@@ -324,3 +324,34 @@ def test_enrollment_progress_counts_devices_with_a_credential_up_to_all_of_them(
     assert credentials == sorted(credentials) and credentials[-1] == 60
     assert len(set(credentials)) > 2, "progress is told as the broker answers, not at the end"
     assert all(p.total == 60 for p in heard)
+
+
+def test_a_revoke_the_broker_did_not_confirm_is_finished_by_revoking_again(
+    broker: Broker, hub: Hub, api: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundle: dict[str, Any] = api.post("/devices/pump-78/enroll").json()
+    credential = Credential(bundle["username"], bundle["password"], bundle["username"])
+    admin = hub.enrollment._admin()
+
+    def broker_away(*args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("no answer from the broker's control topic")
+
+    monkeypatch.setattr(admin, "execute", broker_away)
+    first = api.post("/devices/pump-78/revoke")
+    assert first.status_code == 503 and "revoke it again to retry" in first.text, first.text
+    monkeypatch.undo()
+    # The registry says revoked, but the broker still takes the credential.
+    device = _Device(broker, credential)
+    try:
+        assert device.connack.get(timeout=10) == "Success"
+    finally:
+        device.close()
+
+    again = api.post("/devices/pump-78/revoke")  # it used to answer 409 and leave it there
+    assert again.status_code == 409, again.text
+    assert "already revoked" in again.text and "credential is confirmed deleted" in again.text
+    refused = _Device(broker, credential)
+    try:
+        assert refused.connack.get(timeout=10) == "Not authorized"
+    finally:
+        refused.close()
