@@ -81,6 +81,16 @@ def _batch(device_id: str, seq: int) -> bytes:
                                  channels=["a"], ts=[float(seq)], values=[[1.0]]))
 
 
+def _connack(broker: Broker, credential: Credential) -> str:
+    """What the broker answers a connection with this credential."""
+    device = _Device(broker, credential)
+    try:
+        answer: str = device.connack.get(timeout=10)
+        return answer
+    finally:
+        device.close()
+
+
 def test_an_enrolled_bundle_runs_as_it_is(
     broker: Broker, hub: Hub, server: ServerHandle, api: httpx.Client,
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -183,21 +193,13 @@ def test_revoke_disconnects_the_device_and_it_is_refused_from_then_on(
         assert device.dropped.wait(10), "the broker did not disconnect the revoked device"
     finally:
         device.close()
-    again = _Device(broker, credential)
-    try:
-        assert again.connack.get(timeout=10) == "Not authorized"
-    finally:
-        again.close()
+    assert _connack(broker, credential) == "Not authorized"
     listed = api.get("/enrollments", params={"revoked": True}).json()
     assert [e["device_id"] for e in listed] == ["pump-77"]
     # Enrolled again: a new credential works, the old one stays refused.
     renewed = api.post("/devices/pump-77/enroll").json()
     assert renewed["password"] != bundle["password"]
-    fresh = _Device(broker, Credential("pump-77", renewed["password"], "pump-77"))
-    try:
-        assert fresh.connack.get(timeout=10) == "Success"
-    finally:
-        fresh.close()
+    assert _connack(broker, Credential("pump-77", renewed["password"], "pump-77")) == "Success"
 
 
 def test_enrolling_an_enrolled_device_is_a_conflict(api: httpx.Client) -> None:
@@ -282,11 +284,7 @@ def test_a_bulk_enrollment_job_from_the_cli_writes_every_bundle_and_hands_them_o
     assert again.status_code == 409 and "collected already" in again.text
     # A written bundle's credential is the broker's: the device logs in with it.
     last = tomllib.loads((tmp_path / "bundles" / ids[-1] / "agent.toml").read_text())["mqtt"]
-    device = _Device(broker, Credential(last["username"], last["password"], ids[-1]))
-    try:
-        assert device.connack.get(timeout=10) == "Success"
-    finally:
-        device.close()
+    assert _connack(broker, Credential(last["username"], last["password"], ids[-1])) == "Success"
 
 
 def test_an_enrollment_job_answers_at_once_and_refuses_up_front_what_would_fail(
@@ -341,17 +339,9 @@ def test_a_revoke_the_broker_did_not_confirm_is_finished_by_revoking_again(
     assert first.status_code == 503 and "revoke it again to retry" in first.text, first.text
     monkeypatch.undo()
     # The registry says revoked, but the broker still takes the credential.
-    device = _Device(broker, credential)
-    try:
-        assert device.connack.get(timeout=10) == "Success"
-    finally:
-        device.close()
+    assert _connack(broker, credential) == "Success"
 
     again = api.post("/devices/pump-78/revoke")  # it used to answer 409 and leave it there
     assert again.status_code == 409, again.text
     assert "already revoked" in again.text and "credential is confirmed deleted" in again.text
-    refused = _Device(broker, credential)
-    try:
-        assert refused.connack.get(timeout=10) == "Not authorized"
-    finally:
-        refused.close()
+    assert _connack(broker, credential) == "Not authorized"
