@@ -12,7 +12,7 @@ from cloud_hub.api.errors import errors
 from cloud_hub.api.paging import PAGE_HEADERS, CursorQuery, paged
 from cloud_hub.api.schemas import DesiredUpdate, DevicePublic, DeviceUpdate
 from cloud_hub.db.conflicts import conflicts_of
-from cloud_hub.db.enrollments import enrolled_among
+from cloud_hub.db.enrollments import NotEnrolled, require_enrolled
 from cloud_hub.db.queries import page_devices
 from cloud_hub.db.tables import Device
 from cloud_hub.keys.ring import KeyUnavailable
@@ -85,9 +85,10 @@ def put_desired(
     """Publish a retained ``desired`` for this device (it need not have connected yet, but it
     must be enrolled: an id nobody enrolled, a typo say, would get a device row and a retained
     ``desired`` that no device reads)."""
-    if not enrolled_among(session, [device_id]):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not enrolled "
-                                                       f"(cloud-hub devices enroll {device_id})")
+    try:
+        require_enrolled(session, [device_id], "desired")
+    except NotEnrolled as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     model = ModelRef(name=body.model.name, version=body.model.version,
                      variant=body.model.variant) if body.model else None
     try:

@@ -152,12 +152,14 @@ def start_retrain_run(body: RetrainRunCreate, session: SessionDep, hub: HubDep,
         members = list(session.exec(select(Device).where(Device.group == body.group)))
         enrolled = enrolled_among(session, [d.device_id for d in members])
         devices = sorted(d.device_id for d in members if d.active_name and d.device_id in enrolled)
+        if not members:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"group {body.group!r} has no devices")
+        if not enrolled:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"no device of group {body.group!r} "
+                                                          "is enrolled: nothing to retrain")
         if not devices:
-            raise HTTPException(status.HTTP_409_CONFLICT, (
-                f"group {body.group!r} has no devices" if not members else
-                f"no device of group {body.group!r} is enrolled: nothing to retrain"
-                if not enrolled else
-                f"no device of group {body.group!r} runs a model: nothing to retrain"))
+            raise HTTPException(status.HTTP_409_CONFLICT, f"no device of group {body.group!r} "
+                                                          "runs a model: nothing to retrain")
         groups = {body.group}
     policies = {p.group: p for p in session.exec(select(RetrainPolicy))}
     policy = policy_for(policies, groups.pop() if len(groups) == 1 else None)
