@@ -25,6 +25,7 @@ from cloud_hub.db.ingest_store import StoreResult
 from cloud_hub.db.tables import ApiKey
 from cloud_hub.db.wal import WalCheckpointer
 from cloud_hub.drift.loop import RetrainLoop
+from cloud_hub.identity.audit import CredentialAuditor
 from cloud_hub.identity.enrollment import DeviceEnrollment
 from cloud_hub.identity.enrollment_jobs import EnrollmentJobs
 from cloud_hub.incidents.grouping import GroupingPolicy
@@ -130,6 +131,10 @@ class Hub:
                                      holder=holder)
         self.enrollment = DeviceEnrollment(settings, self.engine, trust_keys=self._pinned_keys)
         self.enrollment_jobs = EnrollmentJobs(self.enrollment, self.engine, holder=holder)
+        self.credential_auditor = CredentialAuditor(self.enrollment.audit)
+        self.credential_audit = LeasedWorker(
+            self.engine, name="broker-audit", tick=self.credential_auditor, holder=holder,
+            interval_s=settings.broker_audit_s or 3600.0)
         self.retrain = LeasedWorker(
             self.engine, name="retrain", holder=holder, interval_s=settings.retrain_tick_s,
             tick=RetrainLoop(self.engine, jobs=self.jobs, releases=self.releases,
@@ -176,6 +181,7 @@ class Hub:
         data.update(self.acks.snapshot())
         data.update(self.retained.snapshot())
         data.update(self.checkpointer.snapshot())
+        data.update(self.credential_auditor.snapshot())
         data["publisher_connected"] = self.publisher.connected
         data["uptime_s"] = time.time() - self.started_at if self.started_at else 0.0
         data["client_id"] = self.settings.mqtt_client_id
@@ -186,7 +192,7 @@ class Hub:
             "rollouts": self.rollouts.holding, "training": self.jobs.holding,
             RETAINED_LEASE: self.retained.leading,
             **{w.name: w.holding for w in (self.incidents, self.notifier, self.retrain,
-                                            self.maintenance)},
+                                            self.maintenance, self.credential_audit)},
         }
         return data, commit_seconds
 
@@ -313,6 +319,9 @@ class Hub:
         self.notifier.start()
         self.retrain.start()
         self.maintenance.start()
+        if self.enrollment.manages_broker and self.settings.broker_audit_s > 0:
+            self.credential_audit.start()
+            self.credential_audit.wake()  # once at start, then every broker_audit_s
         self.started_at = time.time()
         self.processes.start()
         ready = self.mqtt.wait_ready(timeout)
@@ -348,6 +357,7 @@ class Hub:
         self.maintenance.stop(timeout)
         self.notifier.stop(timeout)
         self.incidents.stop(timeout)
+        self.credential_audit.stop(timeout)
         self.webhooks.close()
         self.rollouts.stop(timeout)
         self.retained.stop(timeout)

@@ -1,6 +1,7 @@
 """Commands that work on this machine's files, not through the REST API: setting up the secure
 broker (``broker init`` / ``broker run``), bringing the hub's roles on a running broker up to
-this version (``broker sync-roles``) and showing the signing keys' fingerprints
+this version (``broker sync-roles``), checking its device credentials against the registry
+(``broker audit``) and showing the signing keys' fingerprints
 (``keys fingerprint``)."""
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ def add_local_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                        "dynamic-security identities (broker admin + this hub) and a "
                        "mosquitto.conf into DATA_DIR/broker; run: start mosquitto on them; "
                        "sync-roles: give the hub's roles on the running broker what this "
-                       "version needs and they lack (after an upgrade; removes nothing).")
-    b.add_argument("action", choices=["init", "run", "sync-roles"])
+                       "version needs and they lack (after an upgrade; removes nothing); "
+                       "audit: delete the device credentials the registry says should not "
+                       "exist (revoked devices', failed enrollments') and name the enrolled "
+                       "devices that have none (exit 1 while any is left).")
+    b.add_argument("action", choices=["init", "run", "sync-roles", "audit"])
+    b.add_argument("--dry-run", action="store_true",
+                   help="audit: say what would be deleted, delete nothing")
     b.add_argument("--dir", type=Path, help="where (default: EDGELOOP_DATA_DIR/broker)")
     b.add_argument("--port", type=int, default=8883)
     b.add_argument("--host", action="append", dest="hosts", metavar="NAME",
@@ -95,6 +101,8 @@ def _broker(args: argparse.Namespace, settings: object) -> int:
     folder = args.dir or settings.broker_dir
     if args.action == "sync-roles":
         return _sync_roles(settings)
+    if args.action == "audit":
+        return _audit(settings, dry_run=args.dry_run)
     try:
         if args.action == "run":
             mosquitto = shutil.which("mosquitto") or shutil.which(
@@ -148,3 +156,43 @@ def _sync_roles(settings: object) -> int:
     print(f"the roles of hub {settings.mqtt_client_id} are up to date"
           + (f" ({len(added)} ACL entries added)" if added else ""))
     return 0
+
+
+def _audit(settings: object, *, dry_run: bool) -> int:
+    """One audit of the broker's device credentials (as the hub runs every broker_audit_s);
+    exit 1 while something is left for the operator (or, in a dry run, for the audit)."""
+    from cloud_hub.cli.db import missing_sqlite_file, no_database
+    from cloud_hub.core.config import Settings
+    from cloud_hub.db.engine import make_engine
+    from cloud_hub.identity.audit import audit_credentials
+    from cloud_hub.identity.dynsec import DynsecError
+    from cloud_hub.identity.enrollment import EnrollmentError, hub_admin_client
+
+    assert isinstance(settings, Settings)
+    if missing := missing_sqlite_file(settings.resolved_database_url):
+        print(no_database(missing), file=sys.stderr)
+        return 2
+    try:
+        control = hub_admin_client(settings)
+    except EnrollmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        audit = audit_credentials(control, engine, dry_run=dry_run)
+    except DynsecError as exc:
+        print(f"error: the broker at {settings.mqtt_host}:{settings.mqtt_port}: {exc}",
+              file=sys.stderr)
+        return 1
+    finally:
+        control.stop()
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    for device_id, why in sorted(audit.deleted.items()):
+        print(f"{verb} the credential of {device_id}: {why}")
+    for device_id in audit.missing:
+        print(f"no credential for enrolled device {device_id}: it cannot connect "
+              f"(cloud-hub devices revoke {device_id}, then enroll it again)")
+    print(f"{audit.device_credentials} device credential(s) on the broker; "
+          f"{len(audit.deleted)} {verb}, {len(audit.missing)} enrolled device(s) without one")
+    return 1 if audit.missing or (dry_run and audit.deleted) else 0

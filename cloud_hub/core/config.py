@@ -152,6 +152,10 @@ class Settings(BaseSettings):
         default=90.0, gt=0, description="finished training jobs are kept this many days")
     maintenance_tick_s: float = Field(
         default=10.0, gt=0, description="how often rollups and retention run (in one hub process)")
+    broker_audit_s: float = Field(
+        default=300.0, ge=0,
+        description="how often the broker's device credentials are checked against the "
+                    "registry (in one hub process; 0: never)")
     hub_report_s: float = Field(
         default=10.0, gt=0, le=3600,
         description="how often this process writes its row of GET /api/v1/hubs (it is shown "

@@ -169,10 +169,11 @@ def role_update_commands(identities: Iterable[Identity], roles: dict[str, list[d
     return commands
 
 
-def client_commands(identities: Iterable[Identity], *,
-                    existing_roles: Iterable[str] = ()) -> list[dict[str, Any]]:
+def client_commands(identities: Iterable[Identity], *, existing_roles: Iterable[str] = (),
+                    description: str | None = None) -> list[dict[str, Any]]:
     """Commands that create the identities' roles (once each, unless in ``existing_roles``)
-    and their clients on a running broker."""
+    and their clients on a running broker; ``description``: each client's ``textdescription``
+    (how the hub marks the credentials it makes, :mod:`cloud_hub.identity.audit`)."""
     made = set(existing_roles)
     commands: list[dict[str, Any]] = []
     for ident in identities:
@@ -183,7 +184,8 @@ def client_commands(identities: Iterable[Identity], *,
         c = ident.credential
         commands.append({"command": "createClient", "username": c.username,
                          "password": c.password, "clientid": c.client_id,
-                         "roles": [{"rolename": ident.rolename}]})
+                         "roles": [{"rolename": ident.rolename}],
+                         **({"textdescription": description} if description else {})})
     return commands
 
 

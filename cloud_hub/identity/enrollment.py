@@ -32,6 +32,7 @@ from cloud_hub.db.enrollments import (
     record_enrollment,
     record_revocation,
 )
+from cloud_hub.identity.audit import CredentialAudit, audit_credentials, enrollment_mark
 from cloud_hub.identity.dynsec import (
     DynsecClient,
     Identity,
@@ -255,7 +256,8 @@ class DeviceEnrollment:
                     self._admin().execute(
                         [c for d in device_ids for c in remove_commands(d, device_rolename(d))],
                         ignore=("not found",))
-                    commands = client_commands(plan.identities)
+                    commands = client_commands(plan.identities,
+                                               description=enrollment_mark(time.time()))
                     clients_within = list(accumulate(
                         c["command"] == "createClient" for c in commands))
                     tell("credentials", 0)
@@ -327,6 +329,12 @@ class DeviceEnrollment:
         log.info("revoked device %s (broker: %s s)", device_id, broker_seconds)
         return {"device_id": device_id, "revoked_at": revoked_at,
                 "broker_seconds": broker_seconds, "broker_credential_deleted": self.manages_broker}
+
+    def audit(self, **options: Any) -> CredentialAudit:
+        """:func:`~cloud_hub.identity.audit.audit_credentials` on the hub's broker-admin
+        connection, between this process's enrollments and revocations."""
+        with self._lock:
+            return audit_credentials(self._admin(), self.engine, **options)
 
     def _delete_credential(self, device_id: str) -> None:
         """Delete the device's broker client and role ("not found" counts as deleted)."""

@@ -116,6 +116,16 @@ METRICS: tuple[Metric, ...] = (
     _c("wal_checkpoint_failures", "sqlite_wal_checkpoint_failures_total",
        "SQLite WAL checkpoints that failed"),
     _g("uptime_s", "uptime_seconds", "seconds since this process started serving"),
+    # the broker's device credentials against the registry (in the process holding the lease)
+    _c("credential_audits", "broker_credential_audits_total",
+       "audits of the broker's device credentials against the registry run by this process"),
+    _c("credentials_deleted", "broker_credentials_deleted_total",
+       "device credentials the audit deleted (revoked devices', failed enrollments')"),
+    _g("devices_without_credential", "devices_without_broker_credential",
+       "enrolled devices the broker has no credential for at the last audit (they cannot "
+       "connect: revoke and enroll them again)"),
+    _g("credential_audit_at", "broker_credential_audit_timestamp_seconds",
+       "when this process last audited the broker's credentials (Unix time; 0: never)"),
 )
 
 # GET /api/v1/metrics' "process", under the names every Prometheus client library gives them

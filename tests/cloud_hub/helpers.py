@@ -24,7 +24,7 @@ from cloud_hub.training.artifact import (
 )
 from shared.manifest import InputSpec, Normalization, Quantization, ScoreSpec
 from shared.topics import DEVICE_WRITES, TopicAccess
-from simulator.broker import Broker
+from simulator.broker import Broker, Credential
 
 T = TypeVar("T")
 
@@ -250,3 +250,36 @@ def publish_wait(client: mqtt.Client, topic: str, payload: bytes, qos: int = 1,
     info = client.publish(topic, payload, qos=qos, retain=retain)
     info.wait_for_publish(10)
     assert info.is_published(), f"publish to {topic} was not acknowledged"
+
+
+class DeviceConnection:
+    """A device's own MQTT connection (MQTT v5: refusals come back as reason codes)."""
+
+    def __init__(self, broker: Broker, credential: Credential) -> None:
+        self.connack: queue.Queue[str] = queue.Queue()
+        self.dropped = threading.Event()
+        self.client = broker.client(credential)
+        self.client.reconnect_delay_set(60, 60)
+        self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(str(rc))
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.dropped.set()
+        self.client.connect_async(broker.host, broker.port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: bytes) -> str:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+        return "sent" if info.is_published() else "not acknowledged"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def connack(broker: Broker, credential: Credential) -> str:
+    """What the broker answers a connection with this credential."""
+    device = DeviceConnection(broker, credential)
+    try:
+        answer: str = device.connack.get(timeout=10)
+        return answer
+    finally:
+        device.close()

@@ -9,7 +9,6 @@ import os
 import queue
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker, Credential
 from simulator.process import start_child
 from tests.cloud_hub.conftest import ADMIN_KEY
-from tests.cloud_hub.helpers import wait_for
+from tests.cloud_hub.helpers import DeviceConnection, connack, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
@@ -53,42 +52,9 @@ def _cli(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str) -
     return out.out
 
 
-class _Device:
-    """A device's own MQTT connection (MQTT v5: refusals come back as reason codes)."""
-
-    def __init__(self, broker: Broker, credential: Credential) -> None:
-        self.connack: queue.Queue[str] = queue.Queue()
-        self.dropped = threading.Event()
-        self.client = broker.client(credential)
-        self.client.reconnect_delay_set(60, 60)
-        self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(str(rc))
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.dropped.set()
-        self.client.connect_async(broker.host, broker.port)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: bytes) -> str:
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(10)
-        return "sent" if info.is_published() else "not acknowledged"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def _batch(device_id: str, seq: int) -> bytes:
     return encode(TelemetryBatch(device_id=device_id, epoch="0123456789abcdef", seq=seq,
                                  channels=["a"], ts=[float(seq)], values=[[1.0]]))
-
-
-def _connack(broker: Broker, credential: Credential) -> str:
-    """What the broker answers a connection with this credential."""
-    device = _Device(broker, credential)
-    try:
-        answer: str = device.connack.get(timeout=10)
-        return answer
-    finally:
-        device.close()
 
 
 def test_an_enrolled_bundle_runs_as_it_is(
@@ -126,7 +92,7 @@ def test_a_device_the_hub_did_not_enroll_is_refused_and_counted(
     broker: Broker, hub: Hub
 ) -> None:
     # The broker lets it in (a credential made outside the hub); the hub's registry does not.
-    device = _Device(broker, broker.add_device("stranger-1"))
+    device = DeviceConnection(broker, broker.add_device("stranger-1"))
     try:
         assert device.connack.get(timeout=10) == "Success"
         assert device.send(hub.topics.telemetry("stranger-1"), _batch("stranger-1", 0)) == "sent"
@@ -183,7 +149,7 @@ def test_revoke_disconnects_the_device_and_it_is_refused_from_then_on(
 ) -> None:
     bundle: dict[str, Any] = api.post("/devices/pump-77/enroll").json()
     credential = Credential(bundle["username"], bundle["password"], bundle["username"])
-    device = _Device(broker, credential)
+    device = DeviceConnection(broker, credential)
     try:
         assert device.connack.get(timeout=10) == "Success"
         assert device.send(hub.topics.telemetry("pump-77"), _batch("pump-77", 0)) == "sent"
@@ -193,13 +159,13 @@ def test_revoke_disconnects_the_device_and_it_is_refused_from_then_on(
         assert device.dropped.wait(10), "the broker did not disconnect the revoked device"
     finally:
         device.close()
-    assert _connack(broker, credential) == "Not authorized"
+    assert connack(broker, credential) == "Not authorized"
     listed = api.get("/enrollments", params={"revoked": True}).json()
     assert [e["device_id"] for e in listed] == ["pump-77"]
     # Enrolled again: a new credential works, the old one stays refused.
     renewed = api.post("/devices/pump-77/enroll").json()
     assert renewed["password"] != bundle["password"]
-    assert _connack(broker, Credential("pump-77", renewed["password"], "pump-77")) == "Success"
+    assert connack(broker, Credential("pump-77", renewed["password"], "pump-77")) == "Success"
 
 
 def test_enrolling_an_enrolled_device_is_a_conflict(api: httpx.Client) -> None:
@@ -284,7 +250,7 @@ def test_a_bulk_enrollment_job_from_the_cli_writes_every_bundle_and_hands_them_o
     assert again.status_code == 409 and "collected already" in again.text
     # A written bundle's credential is the broker's: the device logs in with it.
     last = tomllib.loads((tmp_path / "bundles" / ids[-1] / "agent.toml").read_text())["mqtt"]
-    assert _connack(broker, Credential(last["username"], last["password"], ids[-1])) == "Success"
+    assert connack(broker, Credential(last["username"], last["password"], ids[-1])) == "Success"
 
 
 def test_an_enrollment_job_answers_at_once_and_refuses_up_front_what_would_fail(
@@ -339,9 +305,9 @@ def test_a_revoke_the_broker_did_not_confirm_is_finished_by_revoking_again(
     assert first.status_code == 503 and "revoke it again to retry" in first.text, first.text
     monkeypatch.undo()
     # The registry says revoked, but the broker still takes the credential.
-    assert _connack(broker, credential) == "Success"
+    assert connack(broker, credential) == "Success"
 
     again = api.post("/devices/pump-78/revoke")  # it used to answer 409 and leave it there
     assert again.status_code == 409, again.text
     assert "already revoked" in again.text and "credential is confirmed deleted" in again.text
-    assert _connack(broker, credential) == "Not authorized"
+    assert connack(broker, credential) == "Not authorized"

@@ -32,7 +32,7 @@ from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 LEASES = {"rollouts", "training", "retained-desired", "incidents", "notifier", "retrain",
-          "maintenance"}
+          "maintenance", "broker-audit"}
 
 
 def parse(text: str) -> dict[str, list[Sample]]:

@@ -1,0 +1,184 @@
+"""The broker's device credentials audited against the registry, on a real secure mosquitto: a
+revoked device whose credential outlived its revocation is cut off, the leftover of a failed
+enrollment is deleted, an enrolled device whose credential is gone is named, and what the audit
+has no business with (enrollments under way, credentials the hub did not make) stays."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from cloud_hub.cli import main
+from cloud_hub.cli.serve import ServerHandle
+from cloud_hub.db.enrollments import record_enrollment, record_revocation
+from cloud_hub.identity.audit import enrollment_mark
+from cloud_hub.identity.dynsec import DynsecClient, client_commands
+from cloud_hub.identity.roles import device_identity
+from cloud_hub.service import Hub
+from simulator.broker import Broker, Credential, free_port
+from tests.cloud_hub.conftest import ADMIN_KEY
+from tests.cloud_hub.helpers import connack, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.hub]
+
+
+@pytest.fixture
+def api(server: ServerHandle) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url + "/api/v1", headers={"X-API-Key": ADMIN_KEY},
+                      timeout=30) as c:
+        yield c
+
+
+def _admin(broker: Broker) -> DynsecClient:
+    return DynsecClient(host=broker.host, port=broker.port, credential=broker.admin,
+                        ca_file=broker.ca_file)
+
+
+def _make_credential(broker: Broker, hub: Hub, device_id: str, *, marked_at: float) -> None:
+    """A device credential as an enrollment makes it, before it records the device."""
+    with _admin(broker) as admin:
+        admin.execute(client_commands([device_identity(hub.topics, device_id)],
+                                      description=enrollment_mark(marked_at)))
+
+
+def _on_broker(broker: Broker, device_id: str) -> bool:
+    with _admin(broker) as admin:
+        answer = admin.execute([{"command": "getClient", "username": device_id}],
+                               ignore=("not found",))[0]
+    return not answer.get("error")
+
+
+def _credential(bundle: dict[str, Any]) -> Credential:
+    return Credential(bundle["username"], bundle["password"], bundle["username"])
+
+
+def _revoke_unconfirmed(hub: Hub, api: httpx.Client, device_id: str,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revoke with the broker not answering: the registry says revoked, the broker not."""
+    def broker_away(*args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("no answer from the broker's control topic")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hub.enrollment._admin(), "execute", broker_away)
+        answer = api.post(f"/devices/{device_id}/revoke")
+    assert answer.status_code == 503, answer.text
+
+
+def _drifted(broker: Broker, hub: Hub, api: httpx.Client,
+             monkeypatch: pytest.MonkeyPatch) -> dict[str, Credential]:
+    """A broker out of step with the registry in every way the audit judges; the credentials
+    of the devices enrolled through the API."""
+    wait_for(lambda: hub.credential_auditor.audits >= 1, timeout=30)  # the one at start
+    bundles = {d: _credential(api.post(f"/devices/{d}/enroll").json())
+               for d in ("pump-a", "pump-b", "pump-c", "pump-d")}
+    _revoke_unconfirmed(hub, api, "pump-a", monkeypatch)  # revoked, credential left
+    broker.revoke("pump-c")  # enrolled, credential deleted behind the hub's back
+    # pump-d revoked, and being enrolled again: its new credential is made, not yet recorded.
+    assert api.post("/devices/pump-d/revoke").status_code == 200
+    _make_credential(broker, hub, "pump-d", marked_at=time.time() + 1)
+    # An earlier version's credential (no mark) of a device revoked with no broker step.
+    with Session(hub.engine) as session:
+        record_enrollment(session, ["pump-e"], broker_credential=True)
+    bundles["pump-e"] = broker.add_device("pump-e")
+    with Session(hub.engine) as session:
+        record_revocation(session, "pump-e")
+    _make_credential(broker, hub, "pump-x", marked_at=time.time() - 7200)  # failed enrollment
+    _make_credential(broker, hub, "pump-y", marked_at=time.time())  # enrollment under way
+    bundles["pump-h"] = broker.add_device("pump-h")  # an operator's, never enrolled
+    return bundles
+
+
+EXPECTED_DELETED = {"pump-a", "pump-e", "pump-x"}
+
+
+def test_the_audit_cuts_off_revoked_devices_and_names_enrolled_ones_without_a_credential(
+    broker: Broker, hub: Hub, api: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundles = _drifted(broker, hub, api, monkeypatch)
+    assert connack(broker, bundles["pump-a"]) == "Success"  # revoked, and still let in
+
+    # A dry run, two clients per listing page: the same verdicts, nothing deleted.
+    dry = hub.enrollment.audit(dry_run=True, page=2)
+    assert set(dry.deleted) == EXPECTED_DELETED and dry.missing == ["pump-c"], dry
+    assert connack(broker, bundles["pump-a"]) == "Success"
+
+    before = hub.credential_auditor.audits
+    hub.credential_audit.wake()  # the hub's own audit (every broker_audit_s)
+    wait_for(lambda: hub.credential_auditor.audits > before, timeout=30)
+    audit = hub.credential_auditor.last
+    assert audit is not None and not audit.dry_run
+    assert set(audit.deleted) == EXPECTED_DELETED, audit.deleted
+    assert "revoked at" in audit.deleted["pump-a"] and "revoked at" in audit.deleted["pump-e"]
+    assert "never recorded the device" in audit.deleted["pump-x"]
+    assert audit.missing == ["pump-c"]
+
+    assert connack(broker, bundles["pump-a"]) == "Not authorized"
+    assert connack(broker, bundles["pump-e"]) == "Not authorized"
+    assert not _on_broker(broker, "pump-x")
+    assert connack(broker, bundles["pump-b"]) == "Success"  # enrolled: untouched
+    assert connack(broker, bundles["pump-h"]) == "Success"  # not the hub's: untouched
+    assert _on_broker(broker, "pump-y") and _on_broker(broker, "pump-d")  # under way
+
+    figures = hub.metrics()
+    assert figures["credentials_deleted"] == 3 and figures["devices_without_credential"] == 1
+    text = hub.metrics_text()
+    assert "edgeloop_hub_broker_credentials_deleted_total 3" in text
+    assert "edgeloop_hub_devices_without_broker_credential 1" in text
+
+
+def _hub_env(hub: Hub, monkeypatch: pytest.MonkeyPatch, **override: object) -> None:
+    s = hub.settings
+    values: dict[str, object] = {
+        "data_dir": s.data_dir, "mqtt_host": s.mqtt_host, "mqtt_port": s.mqtt_port,
+        "mqtt_client_id": s.mqtt_client_id, "mqtt_password": s.mqtt_password,
+        "mqtt_tls": "true", "mqtt_ca_file": s.mqtt_ca_file, "topic_prefix": s.topic_prefix,
+        **override}
+    for name, value in values.items():
+        monkeypatch.setenv(f"EDGELOOP_{name.upper()}", str(value))
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_broker_audit_from_the_cli_says_what_it_deletes_and_exits_1_while_devices_lack_one(
+    broker: Broker, hub: Hub, api: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bundles = _drifted(broker, hub, api, monkeypatch)
+    _hub_env(hub, monkeypatch)
+
+    code, out, err = _cli(capsys, "broker", "audit", "--dry-run")
+    assert code == 1, err
+    for device_id in EXPECTED_DELETED:
+        assert f"would delete the credential of {device_id}" in out
+    assert "no credential for enrolled device pump-c" in out
+    assert connack(broker, bundles["pump-a"]) == "Success"
+
+    code, out, err = _cli(capsys, "broker", "audit")
+    assert code == 1, err  # pump-c is left for the operator
+    assert "deleted the credential of pump-a: revoked at" in out
+    assert "3 deleted, 1 enrolled device(s) without one" in out
+    assert connack(broker, bundles["pump-a"]) == "Not authorized"
+
+    assert api.post("/devices/pump-c/revoke").status_code == 200  # the operator's step
+    code, out, err = _cli(capsys, "broker", "audit")
+    assert code == 0, out + err
+    assert "0 deleted, 0 enrolled device(s) without one" in out
+
+
+def test_broker_audit_against_a_broker_that_does_not_answer_is_a_one_line_error(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    _hub_env(hub, monkeypatch, mqtt_port=port, publish_timeout_s=1.0)
+    code, out, err = _cli(capsys, "broker", "audit")
+    assert code == 1
+    assert err.startswith(f"error: the broker at 127.0.0.1:{port}:") and "Traceback" not in err
