@@ -199,7 +199,8 @@ class CredentialAuditor:
         self.audits = 0
         self.deleted = 0
 
-    def __call__(self, now: float) -> bool:
+    def __call__(self, now: float, _lease: object = None) -> bool:
+        # Not fenced by the lease: its deletions are idempotent, and judged on fresh reads.
         report: CredentialAudit = self._audit(now=now, grace_s=self._grace_s)
         self.last = report
         self.audits += 1

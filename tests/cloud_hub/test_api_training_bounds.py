@@ -41,6 +41,16 @@ def _hub(data_dir: Path, **settings: Any) -> Hub:
     return hub
 
 
+def _store_readings(hub: Hub, batches: int = 1) -> None:
+    """Telemetry of pump-1 for a job to select (100 readings a batch): a request selecting
+    none is refused."""
+    with Session(hub.engine) as session:
+        store_batch(session, IngestBatch(telemetry=[
+            TelemetryBatch(device_id="pump-1", epoch=EPOCH, seq=s, channels=["a"],
+                           ts=[s * 100.0 + i for i in range(100)], values=[[1.0]] * 100)
+            for s in range(batches)]))
+
+
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
     h = _hub(tmp_path / "hub")
@@ -111,7 +121,8 @@ def test_lists_and_ids_in_a_training_request_are_bounded(api: httpx.Client) -> N
         assert response.json()["detail"][0]["loc"] == loc
 
 
-def test_no_request_can_lower_the_parity_floor(api: httpx.Client) -> None:
+def test_no_request_can_lower_the_parity_floor(hub: Hub, api: httpx.Client) -> None:
+    _store_readings(hub)
     for gate in (0.0, 0.5, 0.98):
         response = api.post("/api/v1/training-jobs",
                             json={"name": "m", "spec": {"min_agreement": gate}}, headers=ADMIN)
@@ -137,6 +148,7 @@ def test_no_request_can_lower_the_parity_floor(api: httpx.Client) -> None:
 
 def test_a_higher_floor_raises_the_default_gate_and_says_so(tmp_path: Path) -> None:
     hub = _hub(tmp_path, min_parity_agreement=0.995)
+    _store_readings(hub)
     try:
         with api_client(hub) as api:
             created = api.post("/api/v1/training-jobs", json={"name": "m"}, headers=ADMIN)
@@ -154,11 +166,7 @@ def test_a_higher_floor_raises_the_default_gate_and_says_so(tmp_path: Path) -> N
 def test_a_training_request_selecting_too_many_readings_is_refused(
     hub: Hub, api: httpx.Client
 ) -> None:
-    batches = [TelemetryBatch(device_id="pump-1", epoch=EPOCH, seq=s, channels=["a"],
-                              ts=[s * 100.0 + i for i in range(100)], values=[[1.0]] * 100)
-               for s in range(12)]
-    with Session(hub.engine) as session:
-        store_batch(session, IngestBatch(telemetry=batches))
+    _store_readings(hub, batches=12)
     response = api.post("/api/v1/training-jobs", json={"name": "m"}, headers=ADMIN)
     assert response.status_code == 422
     error = response.json()["detail"][0]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import Session
 
 from cloud_hub.cli.serve import serve_in_thread
+from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
 from simulator.broker import Broker
@@ -88,9 +90,17 @@ def test_training_job_trains_on_stored_telemetry_and_registers_a_draft(
     assert record["channels"] == ["a", "c"]
 
 
-def test_a_job_without_data_fails_and_says_why(hub: Hub, api: httpx.Client) -> None:
-    created = api.post("/training-jobs", json={"name": "pump-ae"}, headers=ADMIN).json()
-    job = wait_for(lambda: _finished(api, created["id"]), JOB_TIMEOUT_S, "job to finish")
+def test_a_job_selecting_no_readings_is_refused_up_front(hub: Hub, api: httpx.Client) -> None:
+    refused = api.post("/training-jobs", json={"name": "pump-ae"}, headers=ADMIN)
+    assert refused.status_code == 422, refused.text  # it was queued, then failed
+    error = refused.json()["detail"][0]
+    assert error["loc"] == ["body", "devices"] and "select no stored readings" in error["msg"]
+    assert api.get("/training-jobs", headers=ADMIN).json() == []
+    # A job whose readings are gone by the time it runs (retention) fails, saying why.
+    with Session(hub.engine) as session:
+        queued = hub.jobs.submit(session, name="pump-ae",
+                                 request=TrainingRequest(name="pump-ae"))
+    job = wait_for(lambda: _finished(api, queued.id), JOB_TIMEOUT_S, "job to finish")
     assert job["status"] == "failed"
     assert "no stored telemetry" in str(job["error"])
 

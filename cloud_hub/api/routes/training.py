@@ -47,8 +47,8 @@ def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
 
     Every spec field has bounds (a 422 names the field and the bound); ``min_agreement``
     cannot go below the hub's parity floor; ``devices`` must be enrolled (a 422 names each
-    that is not); the devices and time range may select at most
-    ``EDGELOOP_TRAINING_MAX_READINGS`` readings.
+    that is not); the devices and time range must select at least one stored reading and
+    at most ``EDGELOOP_TRAINING_MAX_READINGS``.
     """
     if body.since is not None and body.until is not None and body.until < body.since:
         raise _unprocessable(["body", "until"],
@@ -59,6 +59,11 @@ def create_job(body: TrainingJobCreate, session: SessionDep, hub: HubDep,
     spec = _spec_request(body.spec, ["body", "spec"], settings.min_parity_agreement)
     selected = count_readings(session, device_ids=body.devices, since=body.since,
                               until=body.until)
+    if selected == 0:  # the job would only fail, saying so
+        raise _unprocessable(["body", "devices"], (
+            f"devices={body.devices or 'all'} since={body.since} until={body.until} select no "
+            "stored readings: nothing to train on (GET /api/v1/devices shows what each device "
+            "has sent)"))
     if selected > settings.training_max_readings:
         raise _unprocessable(["body", "devices"], (
             f"devices={body.devices or 'all'} since={body.since} until={body.until} select "
