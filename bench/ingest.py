@@ -775,9 +775,10 @@ def measure_rollup_query(console: Console, *, devices: int, days: int,
     """30 days of 1-hour rollups for 100 devices x 8 channels (72,000 bucket rows) generated in a
     PostgreSQL database with the hub's schema, vacuumed and checkpointed; the median of 5 reads
     of all of them through the API's query
-    (:func:`cloud_hub.maintenance.rollups.read_rollups`), in milliseconds."""
+    (:func:`cloud_hub.maintenance.rollup_reads.read_rollups`), in milliseconds."""
     from cloud_hub.db.engine import make_engine
-    from cloud_hub.maintenance.rollups import _write, read_rollups
+    from cloud_hub.maintenance.rollup_reads import read_rollups
+    from cloud_hub.maintenance.rollups import _write
 
     with database("postgresql") as db:
         assert db.url is not None

@@ -27,7 +27,8 @@ from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import ApiKey, DeadLetter, Device
 from cloud_hub.jobs.request import TrainingRequest, UploadedSet
 from cloud_hub.jobs.upload_store import new_upload
-from cloud_hub.maintenance.rollups import fold_rollups, read_rollups
+from cloud_hub.maintenance.rollup_reads import read_rollups
+from cloud_hub.maintenance.rollups import fold_rollups
 from cloud_hub.registry.records import register_artifact
 from shared.messages import AnomalyEvent, ModelRef, TelemetryBatch
 from tests.cloud_hub.helpers import variant_artifact

@@ -18,7 +18,7 @@ from cloud_hub.db.tables import DeadLetter, TelemetryBatchRow
 from cloud_hub.jobs.leased import LeasedWorker
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
-from cloud_hub.maintenance.rollups import read_rollups
+from cloud_hub.maintenance.rollup_reads import read_rollups
 from cloud_hub.mqtt.ingest import MqttIngest
 from shared.topics import Topics
 from tests.cloud_hub.helpers import wait_for

@@ -27,7 +27,7 @@ from cloud_hub.db.queries import telemetry_summary
 from cloud_hub.db.telemetry_read import read_telemetry
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
-from cloud_hub.maintenance.rollups import read_rollups
+from cloud_hub.maintenance.rollup_reads import read_rollups
 from shared.messages import TelemetryBatch
 from shared.packed import PackedTelemetry, decode_telemetry, encode_telemetry
 from tests.pg import made_pg_database

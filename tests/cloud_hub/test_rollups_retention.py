@@ -19,7 +19,7 @@ from cloud_hub.db.rollup_tables import TelemetryRollup
 from cloud_hub.db.tables import DeadLetter, Device, TelemetryBatchRow
 from cloud_hub.maintenance.job import MaintenanceTick
 from cloud_hub.maintenance.retention import RetentionPolicy
-from cloud_hub.maintenance.rollups import read_rollups
+from cloud_hub.maintenance.rollup_reads import read_rollups
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch
 from tests.cloud_hub.api_support import api_client

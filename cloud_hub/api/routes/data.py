@@ -34,7 +34,7 @@ from cloud_hub.db.queries import (
     read_telemetry,
     telemetry_summary,
 )
-from cloud_hub.maintenance.rollups import count_rollups, read_rollups
+from cloud_hub.maintenance.rollup_reads import count_rollups, read_rollups
 from shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(tags=["data"])
