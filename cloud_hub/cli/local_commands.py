@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloud_hub.identity.dynsec import DynsecClient
 
 __all__ = ["add_local_parsers", "run_local"]
 
@@ -132,10 +137,12 @@ def _broker(args: argparse.Namespace, settings: object) -> int:
     return 0
 
 
-def _sync_roles(settings: object) -> int:
+def _on_broker(settings: object, work: Callable[[DynsecClient], int]) -> int:
+    """``work`` on the hub's broker-admin connection: exit 2 when the hub has none, 1 with
+    the broker's error (or silence)."""
     from cloud_hub.core.config import Settings
     from cloud_hub.identity.dynsec import DynsecError
-    from cloud_hub.identity.enrollment import EnrollmentError, hub_admin_client, sync_hub_roles
+    from cloud_hub.identity.enrollment import EnrollmentError, hub_admin_client
 
     assert isinstance(settings, Settings)
     try:
@@ -144,18 +151,30 @@ def _sync_roles(settings: object) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        added = sync_hub_roles(control, settings)
+        return work(control)
     except DynsecError as exc:
         print(f"error: the broker at {settings.mqtt_host}:{settings.mqtt_port}: {exc}",
               file=sys.stderr)
         return 1
     finally:
         control.stop()
-    for line in added:
-        print(f"added {line}")
-    print(f"the roles of hub {settings.mqtt_client_id} are up to date"
-          + (f" ({len(added)} ACL entries added)" if added else ""))
-    return 0
+
+
+def _sync_roles(settings: object) -> int:
+    from cloud_hub.core.config import Settings
+    from cloud_hub.identity.enrollment import sync_hub_roles
+
+    assert isinstance(settings, Settings)
+
+    def sync(control: DynsecClient) -> int:
+        added = sync_hub_roles(control, settings)
+        for line in added:
+            print(f"added {line}")
+        print(f"the roles of hub {settings.mqtt_client_id} are up to date"
+              + (f" ({len(added)} ACL entries added)" if added else ""))
+        return 0
+
+    return _on_broker(settings, sync)
 
 
 def _audit(settings: object, *, dry_run: bool) -> int:
@@ -165,34 +184,27 @@ def _audit(settings: object, *, dry_run: bool) -> int:
     from cloud_hub.core.config import Settings
     from cloud_hub.db.engine import make_engine
     from cloud_hub.identity.audit import audit_credentials
-    from cloud_hub.identity.dynsec import DynsecError
-    from cloud_hub.identity.enrollment import EnrollmentError, hub_admin_client
 
     assert isinstance(settings, Settings)
     if missing := missing_sqlite_file(settings.resolved_database_url):
         print(no_database(missing), file=sys.stderr)
         return 2
-    try:
-        control = hub_admin_client(settings)
-    except EnrollmentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        audit = audit_credentials(control, engine, dry_run=dry_run)
-    except DynsecError as exc:
-        print(f"error: the broker at {settings.mqtt_host}:{settings.mqtt_port}: {exc}",
-              file=sys.stderr)
-        return 1
-    finally:
-        control.stop()
-        engine.dispose()
-    verb = "would delete" if dry_run else "deleted"
-    for device_id, why in sorted(audit.deleted.items()):
-        print(f"{verb} the credential of {device_id}: {why}")
-    for device_id in audit.missing:
-        print(f"no credential for enrolled device {device_id}: it cannot connect "
-              f"(cloud-hub devices revoke {device_id}, then enroll it again)")
-    print(f"{audit.device_credentials} device credential(s) on the broker; "
-          f"{len(audit.deleted)} {verb}, {len(audit.missing)} enrolled device(s) without one")
-    return 1 if audit.missing or (dry_run and audit.deleted) else 0
+
+    def audit(control: DynsecClient) -> int:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            report = audit_credentials(control, engine, dry_run=dry_run)
+        finally:
+            engine.dispose()
+        verb = "would delete" if dry_run else "deleted"
+        for device_id, why in sorted(report.deleted.items()):
+            print(f"{verb} the credential of {device_id}: {why}")
+        for device_id in report.missing:
+            print(f"no credential for enrolled device {device_id}: it cannot connect "
+                  f"(cloud-hub devices revoke {device_id}, then enroll it again)")
+        print(f"{report.device_credentials} device credential(s) on the broker; "
+              f"{len(report.deleted)} {verb}, {len(report.missing)} enrolled device(s) "
+              "without one")
+        return 1 if report.missing or (dry_run and report.deleted) else 0
+
+    return _on_broker(settings, audit)
