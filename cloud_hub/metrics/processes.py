@@ -27,13 +27,17 @@ from cloud_hub import __version__
 from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 
 __all__ = ["BROKER_REPORTED", "FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter",
-           "broker_figures_heard", "latest_broker_figures", "list_processes", "process_views"]
+           "broker_figures_heard", "latest_broker_figures", "latest_credential_audit",
+           "list_processes", "process_views"]
 
 log = logging.getLogger(__name__)
 
 # What each process reports of its metrics (GET /api/v1/metrics has them all, for itself).
 FIGURES = ("messages_received", "telemetry_batches", "telemetry_readings", "duplicates",
-           "dead_letters", "commit_errors", "queue_depth", "ingest_behind", "mqtt_connected")
+           "dead_letters", "commit_errors", "queue_depth", "ingest_behind", "mqtt_connected",
+           # the broker's credentials against the registry (cloud_hub.identity.audit), from the
+           # process that ran the last audit
+           "credential_audit_at", "devices_without_credential", "credentials_deleted")
 # ... and of the broker's figures it relays (cloud_hub.metrics.broker), as broker_<key>: every
 # process on one broker reports the same ones, and the console shows the freshest.
 BROKER_REPORTED = ("clients_connected", "store_messages", "publish_dropped", "uptime_s")
@@ -169,6 +173,14 @@ def broker_figures_heard(state: str, seen_at: float, figures: Mapping[str, float
     seen = {k: figures[f"broker_{k}"] for k in BROKER_REPORTED if f"broker_{k}" in figures}
     seen["started_at"] = seen_at - seen["uptime_s"]
     return seen
+
+
+def latest_credential_audit(views: Sequence[HubProcessView]) -> dict[str, float] | None:
+    """The figures of the last audit of the broker's credentials, from whichever process ran
+    it (one at a time, under a lease; None: no process has run one)."""
+    audits = [v.record.figures for v in views
+              if (v.record.figures or {}).get("credential_audit_at")]
+    return max(audits, key=lambda f: f["credential_audit_at"]) if audits else None
 
 
 def latest_broker_figures(views: Sequence[HubProcessView]) -> dict[str, float] | None:

@@ -186,14 +186,19 @@ def test_a_running_hub_lists_itself_through_the_api_and_the_cli(
                           headers={"X-API-Key": ADMIN_KEY}, timeout=30) as api:
             def all_leases() -> list[dict[str, Any]] | None:
                 found: list[dict[str, Any]] = api.get("/hubs").json()
-                return found if found and len(found[0]["leases"]) == 7 else None
+                # ... and the figures of its first audit of the broker's credentials
+                return found if found and len(found[0]["leases"]) == 8 and found[0][
+                    "figures"].get("credential_audit_at") else None
 
-            (me,) = wait_for(all_leases, 30, "the hub listed with its seven leases")
+            (me,) = wait_for(all_leases, 30, "the hub listed with its eight leases")
             assert me["holder"] == hub.holder and me["client_id"] == hub.settings.mqtt_client_id
             assert me["state"] == "running" and me["stopped_at"] is None
             assert me["report_s"] == 0.2
             assert set(me["figures"]) >= {"messages_received", "queue_depth", "mqtt_connected"}
             assert me["figures"]["mqtt_connected"] == 1.0
+            # It audited the broker's device credentials at start (one lease of the eight).
+            assert "broker-audit" in me["leases"]
+            assert me["figures"]["devices_without_credential"] == 0
             assert api.get("/hubs", headers={"X-API-Key": ""}).status_code == 401
             # Pages by start time: two older processes, then this one.
             with Session(hub.engine) as session:

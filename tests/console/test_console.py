@@ -172,6 +172,9 @@ def test_the_hubs_page_shows_the_processes_live_with_their_leases(
     broker = page.locator("#broker-line")
     expect(broker.locator(".clients")).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=LIVE)
     expect(broker.locator(".dropped")).to_have_text("none dropped")
+    # The hub audited the broker's credentials at start: nothing amiss.
+    audit = page.locator("#credential-line")
+    expect(audit.locator(".lacking")).to_have_text("every enrolled device has one", timeout=LIVE)
 
     # Another process that stopped reporting two minutes ago shows up, without a reload.
     from cloud_hub.db.ops_tables import HubProcessRecord
@@ -180,11 +183,17 @@ def test_the_hubs_page_shows_the_processes_live_with_their_leases(
         session.add(HubProcessRecord(
             holder="other-host:4242:deadbeef", client_id="hub-gone", host="other-host",
             pid=4242, version="0.1.0", started_at=time.time() - 600,
-            seen_at=time.time() - 120, report_s=10.0, figures={"queue_depth": 7.0}))
+            seen_at=time.time() - 120, report_s=10.0, figures={
+                "queue_depth": 7.0, "credential_audit_at": time.time(),
+                "devices_without_credential": 2.0, "credentials_deleted": 1.0}))
         session.commit()
     gone = page.locator('#hubs-table tr[data-holder="other-host:4242:deadbeef"]')
     expect(gone.locator(".pill").first).to_have_text("silent", timeout=LIVE)
     expect(gone.locator(".leases")).to_have_text("none")
+    # Its audit is the latest: two enrolled devices cannot connect, shown in red.
+    expect(audit.locator(".lacking.p-failed")).to_have_text(
+        "2 enrolled devices without one", timeout=LIVE)
+    expect(audit.locator(".deleted")).to_have_text("1")
     rows = page.locator("#hubs-table tbody tr")
     expect(rows.nth(0)).to_have_attribute("data-holder", console.hub.holder)  # running first
 
