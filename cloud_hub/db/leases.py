@@ -5,23 +5,103 @@ not run in two of them at once, or both would open an incident for the same even
 process takes or renews the job's lease with one conditional UPDATE; whoever holds an unexpired
 lease runs the tick, the others skip it. A process that dies loses the lease after ``ttl_s``.
 :class:`Lease` is how a process keeps one: renewed only when a third of its ttl has passed.
+
+Holding the lease when a tick starts is not enough: a tick that stalls past the lease's expiry
+(a GC pause, a starved thread, a slow database) would still commit after another process took
+the lease over and ran the same tick. So a job's writes are *fenced*: every commit of a
+:meth:`Lease.session` (or :meth:`Lease.begin`) first renews the lease in the same transaction,
+only if this process still holds it unexpired (:func:`fence`); otherwise the transaction rolls
+back and :class:`LeaseLost` is raised. A side effect outside the database (an MQTT publish) is
+made after :func:`confirm_lease` in the transaction that records it, so that a process that lost
+the lease makes none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
-from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy import event, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from cloud_hub.db.ops_tables import JobLease
 
-__all__ = ["Lease", "hold_lease", "release_lease"]
+__all__ = ["Lease", "LeaseLost", "begin_under", "confirm_lease", "fence", "hold_lease",
+           "release_lease", "session_under"]
 
 log = logging.getLogger(__name__)
+
+_FENCED_BY = "edgeloop.lease"  # the key of a fenced session's lease in ``Session.info``
+
+
+class LeaseLost(RuntimeError):
+    """The lease is no longer this process's (another took it over, or it expired): what was
+    to commit under it was rolled back, and nothing outside the database was done for it."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"the {name} lease is no longer held by {holder} (another process "
+                         f"took it over, or it expired): this tick's writes were rolled back")
+        self.name, self.holder = name, holder
+
+
+def fence(connection: Connection, *, name: str, holder: str, ttl_s: float) -> float:
+    """In ``connection``'s transaction, renew the lease ``name`` if ``holder`` still holds it
+    unexpired, and return its new expiry; raise :class:`LeaseLost` if not (the caller's
+    transaction must then roll back).
+
+    The UPDATE keeps the lease's row locked until the transaction ends (on SQLite, the
+    database's only write lock), so nobody takes the lease over before this transaction
+    commits: a takeover is an UPDATE of the same row, which waits for this one and then finds
+    the lease renewed (PostgreSQL, under READ COMMITTED, reads again the row it waited for and
+    evaluates its WHERE on it). Conversely, a takeover that committed first leaves a row this
+    WHERE does not match, and one in progress makes this UPDATE wait for it and then match
+    nothing. Whatever commits after the fence commits while this process holds the lease."""
+    now = time.time()
+    renewed = connection.execute(
+        update(JobLease).where(col(JobLease.name) == name, col(JobLease.holder) == holder,
+                               col(JobLease.expires_at) >= now)
+        .values(expires_at=now + ttl_s)).rowcount
+    if not renewed:
+        raise LeaseLost(name, holder)
+    return now + ttl_s
+
+
+def confirm_lease(session: Session) -> None:
+    """Before a side effect outside the database (an MQTT publish) that ``session`` records:
+    if the session commits under a lease (:meth:`Lease.session`), check in its transaction
+    that the lease is still held, which also keeps anyone from taking it over until the
+    transaction ends (:func:`fence`); :class:`LeaseLost` if not. Any other session (an admin's
+    request, which may run in any hub process) is not fenced: nothing is done."""
+    lease = session.info.get(_FENCED_BY)
+    if isinstance(lease, Lease):
+        lease.fence(session.connection())
+
+
+def session_under(lease: Lease | None, engine: Engine) -> Session:
+    """A session fenced by ``lease`` (:meth:`Lease.session`), or a plain one for a tick run
+    by hand with no lease (tests, a one-off command)."""
+    return lease.session() if lease is not None else Session(engine)
+
+
+@contextlib.contextmanager
+def begin_under(lease: Lease | None, engine: Engine) -> Iterator[Connection]:
+    """:meth:`Lease.begin`, or ``engine.begin()`` with no lease (see :func:`session_under`)."""
+    if lease is None:
+        with engine.begin() as connection:
+            yield connection
+    else:
+        with lease.begin() as connection:
+            yield connection
+
+
+def _fence_commit(session: Session) -> None:
+    """``before_commit`` of a fenced session: its writes first, then the fence, last."""
+    session.flush()
+    confirm_lease(session)
 
 
 def hold_lease(session: Session, *, name: str, holder: str, now: float, ttl_s: float) -> bool:
@@ -73,6 +153,7 @@ class Lease:
         self.name, self.holder, self.ttl_s = name, holder, ttl_s
         self.held = self.taken_over = False
         self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
+        self._valid_until = float("-inf")  # wall-clock end of the lease confirmed last
 
     def keep(self) -> bool:
         """Take or renew the lease when due; True while this process holds it. Raises what
@@ -91,6 +172,49 @@ class Lease:
 
     def lost(self) -> None:
         self.held = False
+
+    def fence(self, connection: Connection) -> float:
+        """:func:`fence` in ``connection``'s transaction; forgets the lease if it was lost."""
+        try:
+            return fence(connection, name=self.name, holder=self.holder, ttl_s=self.ttl_s)
+        except LeaseLost:
+            self.held = False
+            raise
+
+    def session(self) -> Session:
+        """A session whose every commit is fenced: it commits only while this process holds
+        the lease, else rolls back and raises :class:`LeaseLost` (closing the session, as its
+        ``with`` block does, ends the transaction). Library code that publishes under a
+        session calls :func:`confirm_lease` first."""
+        session = Session(self._engine)
+        session.info[_FENCED_BY] = self
+        event.listen(session, "before_commit", _fence_commit)
+        return session
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """``engine.begin()`` fenced: the block's transaction commits only while this process
+        holds the lease (the fence is its last statement), else rolls back with
+        :class:`LeaseLost`."""
+        with self._engine.begin() as connection:
+            yield connection
+            self.fence(connection)
+
+    def confirm(self) -> float:
+        """Renew the lease in a transaction of its own, only if still held (:func:`fence`):
+        for a side effect no transaction records (a webhook's delivery). Returns the wall-clock
+        time until which the lease is this process's (:meth:`valid`). :class:`LeaseLost` if
+        not held."""
+        with self._engine.begin() as connection:
+            until = self.fence(connection)
+        self._valid_until = until
+        return until
+
+    def valid(self) -> bool:
+        """Still within the lease confirmed last (:meth:`confirm`), by this host's clock: no
+        other process can have taken it over yet (leases already assume the hubs' clocks
+        agree)."""
+        return self.held and time.time() < self._valid_until
 
     def release(self) -> None:
         """Give the lease up if held (a clean stop), so another process takes it at once; on

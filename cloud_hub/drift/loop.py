@@ -36,6 +36,7 @@ from cloud_hub.core.states import (
     TrainingSource,
 )
 from cloud_hub.db.drift_tables import DeviceDrift, RetrainPolicy, RetrainRun
+from cloud_hub.db.leases import Lease, LeaseLost, session_under
 from cloud_hub.db.registry_tables import ModelVersion, Rollout, TrainingJob
 from cloud_hub.db.tables import Device
 from cloud_hub.drift.triggers import DeviceDriftState, PolicyRules, Trigger, device_trigger
@@ -141,20 +142,24 @@ class RetrainLoop:
         self._releases = releases
         self._wake_rollouts = wake_rollouts
 
-    def __call__(self, now: float) -> bool:
+    def __call__(self, now: float, lease: Lease | None = None) -> bool:
+        """One tick; each run's step commits under ``lease`` (:mod:`cloud_hub.db.leases`), and
+        releases its new version only while it holds it."""
         engine = self._engine
-        with Session(engine) as session:
+        with session_under(lease, engine) as session:
             self._open_triggered(session, now)
         with Session(engine) as session:
             ids = [r for r in session.exec(select(RetrainRun.id).where(
                 col(RetrainRun.state).in_(ACTIVE_RUN_STATES)))]
         for run_id in ids:
-            with Session(engine) as session:
+            with session_under(lease, engine) as session:
                 run = session.get(RetrainRun, run_id)
                 if run is None:
                     continue
                 try:
                     self._advance(session, run, now)
+                except LeaseLost:  # another process runs the loop now: not the run's failure
+                    raise
                 except Exception as exc:  # one broken run must not hold the others back
                     session.rollback()
                     log.exception("retrain run %s: step failed", run_id)

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
+from cloud_hub.db.leases import Lease, session_under
 from cloud_hub.incidents.grouping import GroupingPolicy, group_pending, resolve_quiet
 from cloud_hub.notify.rules import queue_notifications
 
@@ -33,8 +33,10 @@ class IncidentTick:
         self.events_grouped = 0
         self.incidents_opened = 0
 
-    def __call__(self, now: float) -> bool:
-        with Session(self._engine) as session:
+    def __call__(self, now: float, lease: Lease | None = None) -> bool:
+        """One tick; its transaction commits under ``lease`` (see :mod:`cloud_hub.db.leases`):
+        a tick that lost it opens no incident another process opened for the same events."""
+        with session_under(lease, self._engine) as session:
             grouped = group_pending(session, self.policy, now)
             resolved = resolve_quiet(session, self.policy, now)
             changed = {i.id: i for i in [*grouped.opened, *grouped.updated, *resolved]}

@@ -1,7 +1,10 @@
 """A background job that ticks in one hub process at a time: woken, or every ``interval_s``.
 
 The job's state lives in the database (never in this process), so whichever hub process holds
-the lease (:class:`cloud_hub.db.leases.Lease`) can run the next tick.
+the lease (:class:`cloud_hub.db.leases.Lease`) can run the next tick. The tick is handed the
+lease and commits through it (``lease.session()``, ``lease.begin()``): a tick that stalled past
+the lease's expiry, while another process took the job over, has its writes refused
+(:class:`~cloud_hub.db.leases.LeaseLost`) instead of committing them over the other's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from cloud_hub.db.leases import Lease
+from cloud_hub.db.leases import Lease, LeaseLost
 
 __all__ = ["LeasedWorker", "process_holder_id"]
 
@@ -29,7 +32,12 @@ def process_holder_id() -> str:
 
 
 class LeasedWorker:
-    """Runs ``tick(now)`` in a thread while this process holds the lease ``name``.
+    """Runs ``tick(now, lease)`` in a thread while this process holds the lease ``name``.
+
+    ``tick`` commits what it writes through ``lease`` (:meth:`Lease.session`,
+    :meth:`Lease.begin`), so only while this process still holds it; a tick that finds it lost
+    (:class:`LeaseLost`) is logged as a warning, counted in ``lost``, and the worker goes on
+    (it ticks again once it holds the lease again).
 
     ``tick`` returns True when it left work for the next tick (a full batch), which then runs
     soon instead of after ``interval_s``: after a pause so that the job works at most
@@ -48,7 +56,8 @@ class LeasedWorker:
     """
 
     def __init__(
-        self, engine: Engine, *, name: str, tick: Callable[[float], bool], interval_s: float,
+        self, engine: Engine, *, name: str, tick: Callable[[float, Lease], bool],
+        interval_s: float,
         lease_ttl_s: float = 15.0, holder: str | None = None, busy_share: float = 1.0,
         defer_while: Callable[[], bool] | None = None, max_defer_s: float = 60.0,
     ) -> None:
@@ -68,11 +77,16 @@ class LeasedWorker:
         self._max_defer_s = max_defer_s
         self.ticks = 0
         self.errors = 0
+        self.lost = 0  # ticks whose commit found the lease taken over
         self.deferred_s = 0.0  # time ticks waited for ingest's backlog
 
     @property
     def holding(self) -> bool:
         return self._lease.held
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
 
     def start(self) -> None:
         self._thread.start()
@@ -106,10 +120,14 @@ class LeasedWorker:
                 now = time.time()
                 if self._lease.keep():
                     started = time.monotonic()
-                    more = self._tick(now)
+                    more = self._tick(now, self._lease)
                     self.ticks += 1
                     busy = time.monotonic() - started
                     pause = min(busy * (1 / self._busy_share - 1), self._interval)
+            except LeaseLost as exc:  # another process runs the job now: not a failure
+                self._lease.lost()
+                self.lost += 1
+                log.warning("%s: %s", self.name, exc)
             except Exception:  # a failing tick is logged and retried; the thread goes on
                 self._lease.lost()  # renew first next time: the failure may have been it
                 self.errors += 1

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import JobStatus, TrainingStage
 from cloud_hub.db.enrollments import NotEnrolled, enrolled_among, require_enrolled
-from cloud_hub.db.leases import Lease
+from cloud_hub.db.leases import Lease, LeaseLost
 from cloud_hub.db.queries import count_readings, list_devices, read_telemetry
 from cloud_hub.db.registry_tables import TrainingJob, TrainingUpload
 from cloud_hub.db.tables import Anomaly, Device
@@ -167,6 +167,9 @@ class JobRunner:
                         with self._lock:
                             self._cancel.pop(job_id, None)
                         self._prune_legacy_uploads()
+            except LeaseLost as exc:  # another hub process runs the queue now
+                self._lease.lost()
+                log.warning("training worker: %s", exc)
             except Exception:  # never let one job (or a database hiccup) kill the worker
                 log.exception("training worker: a job or its bookkeeping failed")
 
@@ -185,7 +188,7 @@ class JobRunner:
             taken_over = self._lease.taken_over
         if taken_over:
             now = time.time()
-            with Session(self._engine) as session:
+            with self._lease.session() as session:
                 session.exec(
                     update(TrainingJob)
                     .where(col(TrainingJob.status) == JobStatus.RUNNING)
@@ -195,7 +198,7 @@ class JobRunner:
         return held
 
     def _claim_next(self) -> int | None:
-        with Session(self._engine) as session:
+        with self._lease.session() as session:
             job_id = session.exec(select(TrainingJob.id).where(
                 col(TrainingJob.status) == JobStatus.QUEUED
             ).order_by(col(TrainingJob.id))).first()
@@ -210,7 +213,9 @@ class JobRunner:
         return job_id if claimed else self._claim_next()
 
     def _update(self, job_id: int, **changes: Any) -> None:
-        with Session(self._engine) as session:
+        """Write the running job's state; only while this process holds the lease (a job
+        whose lease another process took over was failed by it, and keeps that end)."""
+        with self._lease.session() as session:
             job = session.get(TrainingJob, job_id)
             if job is None:
                 return
@@ -241,7 +246,11 @@ class JobRunner:
         lease over, fail this job and start the next at the same time."""
         while not ended.wait(self._poll_s):
             try:
-                self._lead()
+                if not self._lead():  # taken over: the new holder failed this job
+                    log.warning("training job %d: the training lease was taken over; the "
+                                "job stops here", job_id)
+                    cancel.set()
+                    return
                 with Session(self._engine) as session:
                     asked = session.exec(select(TrainingJob.cancel_requested_at).where(
                         col(TrainingJob.id) == job_id)).first()
@@ -278,7 +287,10 @@ class JobRunner:
             if now - last_write[0] < _PROGRESS_EVERY_S and p.stage == TrainingStage.FITTING:
                 return
             last_write[0] = now
-            self._update(job_id, progress=dict(latest))
+            try:
+                self._update(job_id, progress=dict(latest))
+            except LeaseLost:  # the job is another process's to end now: stop it
+                cancel.set()
 
         try:
             spec = request.training_spec()
@@ -301,9 +313,11 @@ class JobRunner:
                 run = self._run_training or _default_run_training()
                 artifact = run(readings, channels, spec, segments=segments, progress=progress,
                                cancel=cancel)
-            with Session(self._engine) as session:
+            with self._lease.session() as session:
                 model = self._register(session, artifact, name, training, job_id)
             unpublishable = artifact.parity.failure_reason()
+        except LeaseLost:
+            raise
         except Exception as exc:
             cancelled = type(exc).__name__ == "TrainingCancelled" or (
                 cancel.is_set() and not isinstance(exc, TrainingDataError)

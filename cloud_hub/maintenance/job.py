@@ -12,6 +12,7 @@ import logging
 from sqlalchemy.engine import Engine
 
 from cloud_hub.db import partitions
+from cloud_hub.db.leases import Lease, begin_under
 from cloud_hub.maintenance.retention import RetentionPolicy, prune
 from cloud_hub.maintenance.rollups import apply_pending, folded_mark, read_pending
 
@@ -30,8 +31,11 @@ class MaintenanceTick:
         self.folded = 0
         self.pruned: dict[str, int] = {}
 
-    def __call__(self, now: float) -> bool:
-        """One round; True when a full batch was done (more is waiting)."""
+    def __call__(self, now: float, lease: Lease | None = None) -> bool:
+        """One round; True when a full batch was done (more is waiting). The fold and the
+        prune commit under ``lease`` (:mod:`cloud_hub.db.leases`). The partitions are left
+        unfenced: each change checks what it does under its own locks, so one made again by a
+        process that lost the lease is refused (a day made twice) or finds nothing to do."""
         # Read and fold in memory outside any write transaction, then write in a short one:
         # on SQLite a write transaction holds the database's only write lock, and ingest
         # waited behind the folding (measured: storing stopped for ~30 s under overload).
@@ -40,9 +44,9 @@ class MaintenanceTick:
                                    limit=self._fold_limit)
         folded = 0
         if pending is not None:
-            with self._engine.begin() as conn:
+            with begin_under(lease, self._engine) as conn:
                 folded = apply_pending(conn, pending, now=now)
-        with self._engine.begin() as conn:
+        with begin_under(lease, self._engine) as conn:
             pruned = prune(conn, self.policy, now=now)
             folded_at, _ = folded_mark(conn)
         partitions.ensure_days(self._engine, now=now)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import DeliveryStatus
+from cloud_hub.db.leases import Lease, session_under
 from cloud_hub.db.ops_tables import WebhookDelivery, WebhookRule
 from cloud_hub.notify.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign_body
 
@@ -47,7 +48,18 @@ class WebhookSender:
     def close(self) -> None:
         self._http.close()
 
-    def tick(self, now: float) -> bool:
+    def tick(self, now: float, lease: Lease | None = None) -> bool:
+        """Send the deliveries that are due and record how each went.
+
+        Under ``lease`` (:mod:`cloud_hub.db.leases`) nothing is sent by a process that lost
+        it: the lease is confirmed in the database before the first send, and each send is
+        made only while that confirmation lasts (its ttl, by this host's clock), so a tick that
+        stalled past it sends nothing more (:class:`LeaseLost`), and the outcomes commit
+        only while the lease is held. What remains: a stall between that check and the request
+        itself, or a process that lost the lease after sending but before recording, lets the
+        next holder send the delivery again. Receivers see the same delivery id
+        (``X-Edgeloop-Delivery``) as for any retry after a time-out (a webhook is delivered at
+        least once), so a repeat is harmless to one that drops ids it has seen."""
         with Session(self._engine) as session:
             due = list(session.exec(
                 select(WebhookDelivery, WebhookRule)
@@ -58,9 +70,15 @@ class WebhookSender:
                 .limit(self.policy.batch)
             ))
         # No transaction is open while sending: a slow receiver holds no lock.
-        outcomes = [(d.id, self._send(d, rule)) for d, rule in due]
+        if due and lease is not None:
+            lease.confirm()
+        outcomes = []
+        for d, rule in due:
+            if lease is not None and not lease.valid():
+                break  # expired: the record's commit below finds it so (LeaseLost)
+            outcomes.append((d.id, self._send(d, rule)))
         sent_at = time.time()
-        with Session(self._engine) as session:
+        with session_under(lease, self._engine) as session:
             for delivery_id, (code, error) in outcomes:
                 delivery = session.get(WebhookDelivery, delivery_id)
                 if delivery is None or delivery.status != DeliveryStatus.PENDING:

@@ -18,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ModelStatus
+from cloud_hub.db.leases import confirm_lease
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion
 from cloud_hub.keys.ring import HubKeys
 from cloud_hub.mqtt.publisher import Publisher
@@ -81,7 +82,8 @@ class Releases:
         """Sign the version and each of its variants as ``release``, publish them (retained),
         and keep the variants' signed manifests in their rows; the version's own manifest is
         returned for the caller to record. Variants go first: a device sent a variant finds it
-        once the version is announced."""
+        once the version is announced. A leased job's session confirms its lease first."""
+        confirm_lease(session)
         for variant in variants_of(session, record):
             signed = sign_variant(variant, release=release, key=key)
             self.publisher.publish_model(signed, variant.tflite, as_variant=True)
@@ -116,6 +118,7 @@ class Releases:
         if (current is None or record.status != ModelStatus.PUBLISHED
                 or record.key_id not in self.keys.trusted_ids(session)):
             return self.release(session, record, reason="publish")
+        confirm_lease(session)
         for variant in variants_of(session, record):
             self.publisher.publish_model(manifest_from_dict(variant.manifest), variant.tflite,
                                          as_variant=True)

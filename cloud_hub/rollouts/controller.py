@@ -6,6 +6,11 @@ Each tick it looks at the devices of the current stage (their ``reported`` state
 it), asks :func:`judge_stage` for a verdict, and then starts the next stage, finishes the rollout,
 or rolls back: ``desired`` goes back to the previous version on every device the rollout
 touched, and the rollout is ``rolled_back`` only once each of them reports it runs that version.
+
+A tick commits through its lease (:meth:`~cloud_hub.db.leases.Lease.session`), and publishes
+releases and ``desired`` only once the lease is confirmed in the transaction that records them
+(:func:`~cloud_hub.db.leases.confirm_lease`): a tick that stalled while another hub process took
+the lease over and ran the same step publishes nothing and commits nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ROLLOUT_ACTIVE, RolloutStatus, Verdict
-from cloud_hub.db.leases import Lease
+from cloud_hub.db.leases import Lease, LeaseLost
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
 from cloud_hub.jobs.leased import process_holder_id
@@ -128,6 +133,9 @@ class RolloutController:
                 if self._lease.keep():
                     self.tick()
                     self.ticks += 1
+            except LeaseLost as exc:  # another hub process runs the rollouts now
+                self._lease.lost()
+                log.warning("rollout controller: %s", exc)
             except Exception:  # a broken rollout must not stop the others
                 self._lease.lost()  # renew first next time: the failure may have been it
                 log.exception("rollout controller tick failed")
@@ -135,7 +143,8 @@ class RolloutController:
 
     def tick(self, now: float | None = None) -> None:
         """Move every active rollout one step, each in its own session: an error in one (a
-        bad stored target, say) is contained to it and never holds the others back."""
+        bad stored target, say) is contained to it and never holds the others back. Every
+        commit is fenced by the lease (:class:`LeaseLost` ends the tick)."""
         with self._lock:
             with Session(self._engine) as session:
                 ids = session.exec(select(Rollout.id).where(
@@ -151,8 +160,10 @@ class RolloutController:
     def repick(self) -> list[str]:
         """:func:`repick_variants`; an error is logged, never raised into the tick."""
         try:
-            with Session(self._engine) as session:
+            with self._lease.session() as session:
                 sent = repick_variants(session, releases=self._releases)
+        except LeaseLost:
+            raise
         except Exception:
             log.exception("picking variants again failed")
             return []
@@ -163,7 +174,7 @@ class RolloutController:
 
     def _tick_one(self, rollout_id: int, now: float) -> None:
         try:
-            with Session(self._engine) as session:
+            with self._lease.session() as session:
                 rollout = session.get(Rollout, rollout_id, with_for_update=True)
                 if rollout is None:
                     return
@@ -171,6 +182,8 @@ class RolloutController:
                     self._advance(session, rollout, now)
                 elif rollout.status == RolloutStatus.ROLLING_BACK:
                     self._confirm_rollback(session, rollout, now)
+        except LeaseLost:  # not the rollout's failure: the whole tick ends
+            raise
         except PublishError as exc:  # the broker is away: try again next tick, for ever
             self._tick_failed(rollout_id, exc, give_up=False)
         except Exception as exc:
@@ -190,7 +203,7 @@ class RolloutController:
         reason = (f"aborted by the controller after {count} failed steps: "
                   f"{type(exc).__name__}: {exc}")[:2000]
         try:
-            with Session(self._engine) as session:
+            with self._lease.session() as session:
                 rollout = session.get(Rollout, rollout_id)
                 if rollout is not None and rollout.status in ACTIVE_STATES:
                     rollout.status, rollout.reason = RolloutStatus.ABORTED, reason
@@ -199,6 +212,8 @@ class RolloutController:
                     session.commit()
             log.error("rollout %s: %s", rollout_id, reason)
             self._failures.pop(rollout_id, None)
+        except LeaseLost:
+            raise
         except Exception:
             log.exception("rollout %s: could not mark it aborted", rollout_id)
 
@@ -336,7 +351,8 @@ class RolloutController:
         """Roll back at an admin's request if the rollout's state is in ``allowed``.
 
         Runs under the tick lock, so it never races a tick. Returns the state that refused
-        it, or None once the rollback started.
+        it, or None once the rollback started. Not fenced: an admin's request is served by
+        whichever hub process gets it (the rollout's row lock orders it with a tick).
         """
         with self._lock, Session(self._engine) as session:
             rollout = session.get(Rollout, rollout_id, with_for_update=True)

@@ -26,6 +26,7 @@ from sqlmodel import Session, col, func, select
 
 from cloud_hub.core.states import ModelStatus, RolloutStatus
 from cloud_hub.db.devices import ensure_devices
+from cloud_hub.db.leases import confirm_lease
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Device
 from cloud_hub.registry.lifecycle import ModelNotFound, PublishRefused, get_model
@@ -100,6 +101,7 @@ def set_desired(
                         variant=None if (pick := picks[d]) is None else pick.variant))
             for d in device_ids
         ]
+        confirm_lease(session)  # a rollout tick that lost its lease publishes nothing
         releases.publisher.publish_desired_many(messages)
         for device_id in device_ids:
             device, pick = rows[device_id], picks[device_id]

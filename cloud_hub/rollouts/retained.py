@@ -27,6 +27,12 @@ whenever it takes the lease over (the broker may have lost them while no process
 A broker that lost its state ends every hub's session, the holder's too, so one process
 writing the fleet's records is enough, and a fleet of N devices costs N publishes per broker
 loss, not N per hub process. A process that stops cleanly gives the lease up.
+
+Unlike the jobs' leases (:mod:`cloud_hub.db.leases`), this one fences nothing, on purpose: it
+writes nothing to the database, and what it publishes is the database's own state, read and
+sent under :func:`desired_writes`. A holder that stalled and publishes after another took the
+lease over sends the same records again, or records that a writer committed since then replaces
+(which waited on the same lock), never an older one over a newer: harmless when repeated.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_a_leased_worker_gives_its_lease_up_when_it_stops(tmp_path: Path) -> Non
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     ticked = threading.Event()
 
-    def tick(_now: float) -> bool:
+    def tick(_now: float, _lease: Lease) -> bool:
         ticked.set()
         return False
 
