@@ -136,6 +136,17 @@ def _with_credential(engine: Engine) -> set[str]:
             col(Enrollment.revoked_at).is_(None), col(Enrollment.broker_credential))))
 
 
+def _lacking(admin: DynsecClient, engine: Engine, names: list[str]) -> list[str]:
+    """Those of ``names`` still enrolled with a hub-made credential and still without one on
+    the broker, on fresh reads (a revocation, or an enrollment again, may have come since)."""
+    if not names:
+        return []
+    rows = _registry(engine, names)
+    present = _fetched(admin, names)
+    return [n for n in names if n not in present and (row := rows.get(n)) is not None
+            and row.revoked_at is None and row.broker_credential]
+
+
 def _why_delete(credential: _Credential, row: Enrollment | None, *, now: float,
                 grace_s: float) -> str | None:
     """Why this credential should not exist (None: leave it)."""
@@ -161,10 +172,11 @@ def audit_credentials(admin: DynsecClient, engine: Engine, *, now: float | None 
     not exist (unless ``dry_run``) and name the enrolled devices that lack one. Raises
     :class:`~cloud_hub.identity.dynsec.DynsecError` when the broker does not answer."""
     at = time.time() if now is None else now
+    enrolled = _with_credential(engine)  # read first: each of these has its credential by now
     listed = _listed(admin, page)
     rows = _registry(engine, listed)
     audit = CredentialAudit(at=at, device_credentials=len(listed), dry_run=dry_run,
-                            missing=sorted(_with_credential(engine) - set(listed)))
+                            missing=_lacking(admin, engine, sorted(enrolled - set(listed))))
     doomed = [n for n, c in listed.items()
               if _why_delete(c, rows.get(n), now=at, grace_s=grace_s) is not None]
     for i in range(0, len(doomed), _STEP):

@@ -182,3 +182,24 @@ def test_broker_audit_against_a_broker_that_does_not_answer_is_a_one_line_error(
     code, out, err = _cli(capsys, "broker", "audit")
     assert code == 1
     assert err.startswith(f"error: the broker at 127.0.0.1:{port}:") and "Traceback" not in err
+
+
+def test_enrollments_and_revocations_during_an_audit_are_not_named_missing(
+    hub: Hub, api: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another hub process enrolls one device and revokes another while this one lists the
+    broker's clients: the listing is stale for both, and neither is named missing."""
+    from cloud_hub.identity import audit as module
+
+    assert api.post("/devices/pump-old/enroll").status_code == 201
+    real = module._listed
+
+    def listed_meanwhile(admin: DynsecClient, page: int) -> Any:
+        found = real(admin, page)
+        assert api.post("/devices/pump-new/enroll").status_code == 201
+        assert api.post("/devices/pump-old/revoke").status_code == 200
+        return found
+
+    monkeypatch.setattr(module, "_listed", listed_meanwhile)
+    report = module.audit_credentials(hub.enrollment._admin(), hub.engine)
+    assert report.missing == [] and report.deleted == {}, report
