@@ -25,11 +25,13 @@ from cloud_hub.core.states import DeliveryStatus, WebhookEvent
 from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.ops_tables import Incident, JobLease, WebhookDelivery, WebhookRule
-from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, Rollout
+from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, Rollout, TrainingJob
 from cloud_hub.db.tables import Anomaly, Device
 from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker
+from cloud_hub.jobs.request import TrainingRequest
+from cloud_hub.jobs.training import JobRunner
 from cloud_hub.keys.ring import HubKeys
 from cloud_hub.mqtt.publisher import Publisher
 from cloud_hub.notify.sender import DeliveryPolicy, WebhookSender
@@ -39,7 +41,7 @@ from cloud_hub.rollouts.actions import create_rollout
 from cloud_hub.rollouts.controller import RolloutController
 from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 from shared.manifest import Manifest
-from shared.messages import AnomalyEvent, Desired, ModelRef
+from shared.messages import AnomalyEvent, Desired, ModelRef, TelemetryBatch
 from tests.cloud_hub.helpers import tiny_artifact, wait_for
 from tests.pg import hub_engines
 
@@ -274,3 +276,56 @@ def test_a_stalled_notifier_sends_nothing_once_another_hub_took_its_lease_over(
         b.stop()
         for s in senders:
             s.close()
+
+
+def test_a_training_job_whose_lease_was_taken_over_keeps_the_end_its_new_holder_gave_it(
+    two_hubs: list[Engine], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hub-a's job stalls past its lease; hub-b takes the queue over and fails the job as left
+    by a stopped process. hub-a's own end of the job is then refused (before the fence, it
+    wrote its end over hub-b's)."""
+    a_engine, b_engine = two_hubs
+    with Session(a_engine) as session:
+        store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
+            device_id="pump-1", epoch=EPOCH, seq=s, channels=["a"],
+            ts=[s * 100.0 + i for i in range(50)], values=[[1.0]] * 50) for s in range(2)]))
+    with Session(a_engine) as session:
+        record_enrollment(session, ["pump-1"], broker_credential=False)
+    started, go = threading.Event(), threading.Event()
+
+    def stalled_training(*_args: Any, **_kwargs: Any) -> Any:
+        started.set()
+        assert go.wait(60), "the test never let the job go on"
+        raise RuntimeError("hub-a's stand-in ends the job")
+
+    runners = [JobRunner(e, register=lambda *a: ("m", 1), uploads_dir=tmp_path, holder=h,
+                         lease_ttl_s=LONG_TTL_S, poll_s=0.1,
+                         run_training=stalled_training if h == "hub-a" else None)
+               for e, h in zip(two_hubs, ("hub-a", "hub-b"), strict=True)]
+    runners[0].start()
+    try:
+        with Session(a_engine) as session:
+            job_id = runners[0].submit(session, name="m", request=TrainingRequest(
+                devices=["pump-1"], spec={"window": 8, "epochs": 1})).id
+        assert started.wait(30), "hub-a started the job"
+        _end_lease(b_engine, "training")
+        runners[1].start()
+
+        def error() -> str | None:
+            with Session(b_engine) as session:
+                job = session.get(TrainingJob, job_id)
+                return job.error if job is not None else None
+
+        wait_for(lambda: error() == "the hub process running this job stopped", timeout=30,
+                 what="hub-b failing the job it took over")
+        with caplog.at_level(logging.WARNING, logger="cloud_hub.jobs.training"):
+            go.set()
+            wait_for(lambda: error() != "the hub process running this job stopped" or any(
+                "no longer held by hub-a" in r.getMessage() for r in caplog.records),
+                timeout=30, what="hub-a ending its job")
+        assert error() == "the hub process running this job stopped", \
+            "the process that lost the lease wrote its end of the job"
+    finally:
+        go.set()
+        for r in runners:
+            r.stop()
