@@ -183,15 +183,18 @@ def audit_credentials(admin: DynsecClient, engine: Engine, *, now: float | None 
         part = doomed[i:i + _STEP]
         # Judged again on fresh reads: an enrollment or revocation may have come meanwhile.
         rows.update(_registry(engine, part))
-        for name, credential in _fetched(admin, part).items():
-            why = _why_delete(credential, rows.get(name), now=at, grace_s=grace_s)
-            if why is None:
-                continue
-            if not dry_run:
-                admin.execute(remove_commands(name, device_rolename(name)),
-                              ignore=("not found",))
+        verdicts = {name: why for name, credential in _fetched(admin, part).items()
+                    if (why := _why_delete(credential, rows.get(name), now=at,
+                                           grace_s=grace_s)) is not None}
+        if not dry_run and verdicts:
+            # All in one call: the broker saves its whole configuration once per message,
+            # not once per device (measured: 180 ms a device, one by one, on 2,000 clients).
+            admin.execute([c for name in verdicts
+                           for c in remove_commands(name, device_rolename(name))],
+                          ignore=("not found",))
+            for name, why in verdicts.items():
                 log.warning("broker audit: deleted the credential of device %s (%s)", name, why)
-            audit.deleted[name] = why
+        audit.deleted.update(verdicts)
     if audit.missing:
         shown = ", ".join(audit.missing[:10]) + (" …" if len(audit.missing) > 10 else "")
         log.warning("broker audit: %d enrolled device(s) have no credential on the broker and "
