@@ -71,6 +71,15 @@ class _Stall:
         self._go.set()
 
 
+def _two_workers(name: str, engines: tuple[Engine, Engine], ticks: tuple[Any, Any]
+                 ) -> tuple[LeasedWorker, LeasedWorker]:
+    """The job ``name`` as two hub processes run it: hub-a's and hub-b's workers."""
+    a, b = (LeasedWorker(e, name=name, tick=t, interval_s=0.05, lease_ttl_s=LONG_TTL_S,
+                         holder=h) for e, t, h in zip(engines, ticks, ("hub-a", "hub-b"),
+                                                      strict=True))
+    return a, b
+
+
 def _end_lease(engine: Engine, name: str) -> None:
     """What the ttl passing does to the stalled holder's lease."""
     with Session(engine) as session:
@@ -108,11 +117,9 @@ def test_a_stalled_incident_tick_opens_nothing_once_another_hub_took_its_lease_o
     _anomalies(a_engine, "pump-1", 3)
     stall = _Stall(a_engine, "INSERT INTO INCIDENTS")  # after reading the events, before writing
     policy = GroupingPolicy(gap_s=3600.0, quiet_s=3600.0)
-    a = LeasedWorker(a_engine, name="incidents", tick=IncidentTick(a_engine, policy),
-                     interval_s=0.05, lease_ttl_s=LONG_TTL_S, holder="hub-a")
     b_tick = IncidentTick(b_engine, policy)
-    b = LeasedWorker(b_engine, name="incidents", tick=b_tick, interval_s=0.05,
-                     lease_ttl_s=LONG_TTL_S, holder="hub-b")
+    a, b = _two_workers("incidents", (a_engine, b_engine),
+                        (IncidentTick(a_engine, policy), b_tick))
     a.start()
     try:
         assert stall.reached.wait(30), "hub-a's tick reached its first write"
@@ -250,10 +257,7 @@ def test_a_stalled_notifier_sends_nothing_once_another_hub_took_its_lease_over(
     stall = _Stall(a_engine, "SELECT WEBHOOK_DELIVERIES", after=True)
     senders = [WebhookSender(e, DeliveryPolicy(), transport=httpx.MockTransport(receiver))
                for e in two_hubs]
-    a = LeasedWorker(a_engine, name="notifier", tick=senders[0].tick, interval_s=0.05,
-                     lease_ttl_s=LONG_TTL_S, holder="hub-a")
-    b = LeasedWorker(b_engine, name="notifier", tick=senders[1].tick, interval_s=0.05,
-                     lease_ttl_s=LONG_TTL_S, holder="hub-b")
+    a, b = _two_workers("notifier", (a_engine, b_engine), (senders[0].tick, senders[1].tick))
     a.start()
     try:
         assert stall.reached.wait(30), "hub-a read the due delivery"
