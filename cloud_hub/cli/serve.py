@@ -162,13 +162,19 @@ class ServerHandle:
 
 def serve_in_thread(hub: Hub, *, host: str = "127.0.0.1", port: int = 0,
                     timeout: float = 10.0) -> ServerHandle:
-    """Start ``hub`` (if not started) and serve its API on ``port`` (0 = a free one)."""
+    """Start ``hub`` (if not started) and serve its API on ``port`` (0 = a free one).
+
+    The process's logging is left as it is (``log_config=None``): uvicorn's own configuration
+    shuts down every handler the process has, and absl's (TensorFlow's) closes the stream it
+    was made with when that is no longer ``sys.stderr``. Under pytest, whose capture swaps
+    ``sys.stderr``, that closed the capture's stream and crashed the run (a test serving the
+    API with ``capsys`` on, after one that imported TensorFlow, in the same worker)."""
     from cloud_hub.api.main import create_app
 
     if hub.started_at is None:
         hub.start(timeout)
     config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning",
-                            lifespan="off")
+                            lifespan="off", log_config=None)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="hub-http", daemon=True)
     thread.start()
