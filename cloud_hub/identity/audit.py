@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -207,7 +207,8 @@ class CredentialAuditor:
     """The tick of the hub's ``broker-audit`` leased worker: one audit per tick, through the
     hub's broker-admin connection (between this process's enrollments), and its figures."""
 
-    def __init__(self, audit: Any, *, grace_s: float = FAILED_ENROLLMENT_GRACE_S) -> None:
+    def __init__(self, audit: Callable[..., CredentialAudit], *,
+                 grace_s: float = FAILED_ENROLLMENT_GRACE_S) -> None:
         self._audit = audit  # DeviceEnrollment.audit
         self._grace_s = grace_s
         self.last: CredentialAudit | None = None
@@ -216,7 +217,7 @@ class CredentialAuditor:
 
     def __call__(self, now: float, _lease: object = None) -> bool:
         # Not fenced by the lease: its deletions are idempotent, and judged on fresh reads.
-        report: CredentialAudit = self._audit(now=now, grace_s=self._grace_s)
+        report = self._audit(now=now, grace_s=self._grace_s)
         self.last = report
         self.audits += 1
         self.deleted += len(report.deleted)
