@@ -256,7 +256,6 @@ class RetrainLoop:
         spec = {k: v for k, v in (current.spec if current else {}).items()}
         policy = self._policy(session, run)
         spec.update((policy.spec if policy else None) or {})
-        run.until = now
         if run.source == TrainingSource.FEDERATED:
             request = TrainingRequest(name=run.model_name, spec=spec, federated=FederatedSet(
                 devices=run.devices, since=run.since, until=now))
@@ -268,7 +267,10 @@ class RetrainLoop:
                                       device_since=starts or None)
             what = ("their readings judged normal (windows of anomaly events left out)"
                     + (", each from its drift on" if starts else ""))
-        job = self._jobs.submit(session, name=run.model_name, request=request)
+        # the job and the run's move to TRAINING commit together: a tick whose commit is
+        # refused (its lease lost) leaves neither, so the next holder queues the job once
+        job = self._jobs.add(session, name=run.model_name, request=request)
+        run.until = now
         run.training_job_id = job.id
         run.state = RetrainState.TRAINING
         span = now - (run.since or now)

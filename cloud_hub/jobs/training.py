@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -104,18 +104,28 @@ class JobRunner:
     def submit(self, session: Session, *, name: str, request: TrainingRequest,
                upload: TrainingUpload | None = None) -> TrainingJob:
         """Queue a job; ``upload``, the data it names (``request.upload``), is stored with it
-        in one transaction."""
+        in one transaction. Commits ``session``."""
+        job = self.add(session, name=name, request=request, upload=upload)
+        session.commit()
+        session.refresh(job)
+        return job
+
+    def add(self, session: Session, *, name: str, request: TrainingRequest,
+            upload: TrainingUpload | None = None) -> TrainingJob:
+        """:meth:`submit` without the commit: the job (with its id) joins ``session``'s
+        transaction, so that what the caller records of it commits with it or not at all;
+        the worker is woken once it commits (else it finds the job at its next poll)."""
         job = TrainingJob(name=name, request=request, created_at=time.time(),
                           progress={"stage": TrainingStage.QUEUED, "fraction": 0.0})
         session.add(job)
+        session.flush()  # the job's id, which the upload and the caller keep
         if upload is not None:
-            session.flush()  # the job's id, which the upload keeps
             upload.job_id = job.id
             session.add(upload)
-        session.commit()
-        session.refresh(job)
-        assert job.id is not None
-        self._queue.put(job.id)  # its cancel event is made where it runs (_execute)
+        job_id = job.id
+        assert job_id is not None
+        # its cancel event is made where it runs (_execute)
+        event.listen(session, "after_commit", lambda _s: self._queue.put(job_id), once=True)
         return job
 
     def cancel(self, job_id: int) -> bool:

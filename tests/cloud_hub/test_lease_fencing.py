@@ -21,12 +21,14 @@ from sqlalchemy import event, func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from cloud_hub.core.states import DeliveryStatus, WebhookEvent
+from cloud_hub.core.states import DeliveryStatus, RetrainState, RetrainTrigger, WebhookEvent
+from cloud_hub.db.drift_tables import RetrainRun
 from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.ops_tables import Incident, JobLease, WebhookDelivery, WebhookRule
 from cloud_hub.db.registry_tables import ModelRelease, ModelVersion, Rollout, TrainingJob
 from cloud_hub.db.tables import Anomaly, Device
+from cloud_hub.drift.loop import RetrainLoop, open_run
 from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker
@@ -333,3 +335,55 @@ def test_a_training_job_whose_lease_was_taken_over_keeps_the_end_its_new_holder_
         go.set()
         for r in runners:
             r.stop()
+
+
+def test_a_stalled_retrain_tick_leaves_no_second_training_job(two_hubs: list[Engine],
+                                                               tmp_path: Path) -> None:
+    """hub-a's retrain tick queues a triggered run's training job and stalls before recording
+    the run's move to training; hub-b takes the lease over and starts the run's training. One
+    training job is queued, the run's (before, hub-a's job had committed on its own and stayed
+    queued beside hub-b's). On SQLite hub-a stalls at the job's insert instead: past it, it
+    would hold the database's write lock."""
+    a_engine, b_engine = two_hubs
+    with Session(a_engine) as session:
+        record_enrollment(session, ["pump-1"], broker_credential=False)
+        session.exec(update(Device).values(active_name="pump-ae", active_version=1))
+        session.commit()
+        run_id = open_run(session, devices=["pump-1"], trigger=RetrainTrigger.OPERATOR,
+                          reason="test", now=1000.0, policy=None).id
+    first_write = ("INSERT INTO TRAINING_JOBS" if a_engine.dialect.name == "sqlite"
+                   else "UPDATE RETRAIN_RUNS")
+    stall = _Stall(a_engine, first_write)
+    keys = HubKeys(a_engine, keys_dir=tmp_path / "keys", first_key_path=tmp_path / "hub.key")
+    loops = [RetrainLoop(e, jobs=JobRunner(e, register=lambda *a: ("m", 1),
+                                           uploads_dir=tmp_path, holder=h),
+                         releases=Releases(keys, _Recording()), wake_rollouts=lambda: None)
+             for e, h in zip(two_hubs, ("hub-a", "hub-b"), strict=True)]
+    a, b = _two_workers("retrain", (a_engine, b_engine), (loops[0], loops[1]))
+
+    def jobs() -> list[int | None]:
+        with Session(b_engine) as session:
+            return list(session.exec(select(TrainingJob.id)))
+
+    def state() -> str | None:
+        with Session(b_engine) as session:
+            run = session.get(RetrainRun, run_id)
+            return run.state if run is not None else None
+
+    a.start()
+    try:
+        assert stall.reached.wait(30), "hub-a's tick reached the run's training"
+        b.start()
+        _end_lease(b_engine, "retrain")
+        wait_for(lambda: state() == RetrainState.TRAINING, timeout=30,
+                 what="hub-b starting the run's training")
+        stall.go()
+        wait_for(lambda: a.lost == 1, timeout=30, what="hub-a's commit refused")
+    finally:
+        stall.go()
+        a.stop()
+        b.stop()
+    with Session(b_engine) as session:
+        run = session.get(RetrainRun, run_id)
+        assert run is not None and run.state == RetrainState.TRAINING
+        assert jobs() == [run.training_job_id], "one training job, the one the run follows"
