@@ -28,6 +28,7 @@ from cloud_hub.drift.loop import RetrainLoop
 from cloud_hub.identity.audit import CredentialAuditor
 from cloud_hub.identity.enrollment import DeviceEnrollment
 from cloud_hub.identity.enrollment_jobs import EnrollmentJobs
+from cloud_hub.identity.revocations import RevocationRetry
 from cloud_hub.incidents.grouping import GroupingPolicy
 from cloud_hub.incidents.job import IncidentTick
 from cloud_hub.jobs.leased import LeasedWorker, process_holder_id
@@ -131,6 +132,8 @@ class Hub:
                                      holder=holder)
         self.enrollment = DeviceEnrollment(settings, self.engine, trust_keys=self._pinned_keys)
         self.enrollment_jobs = EnrollmentJobs(self.enrollment, self.engine, holder=holder)
+        self.revocations = RevocationRetry(self.enrollment.delete_revoked)
+        self.enrollment.retry = self.revocations
         self.credential_auditor = CredentialAuditor(self.enrollment.audit)
         self.credential_audit = LeasedWorker(
             self.engine, name="broker-audit", tick=self.credential_auditor, holder=holder,
@@ -182,6 +185,7 @@ class Hub:
         data.update(self.retained.snapshot())
         data.update(self.checkpointer.snapshot())
         data.update(self.credential_auditor.snapshot())
+        data.update(self.revocations.snapshot())
         data["publisher_connected"] = self.publisher.connected
         data["uptime_s"] = time.time() - self.started_at if self.started_at else 0.0
         data["client_id"] = self.settings.mqtt_client_id
@@ -319,6 +323,7 @@ class Hub:
         self.notifier.start()
         self.retrain.start()
         self.maintenance.start()
+        self.revocations.start()
         if self.enrollment.manages_broker and self.settings.broker_audit_s > 0:
             self.credential_audit.start()
             self.credential_audit.wake()  # once at start, then every broker_audit_s
@@ -358,6 +363,7 @@ class Hub:
         self.notifier.stop(timeout)
         self.incidents.stop(timeout)
         self.credential_audit.stop(timeout)
+        self.revocations.stop(timeout)
         self.webhooks.close()
         self.rollouts.stop(timeout)
         self.retained.stop(timeout)

@@ -41,7 +41,7 @@ from cloud_hub.identity.dynsec import DynsecClient, remove_commands
 from cloud_hub.identity.roles import device_rolename
 
 __all__ = ["FAILED_ENROLLMENT_GRACE_S", "CredentialAudit", "CredentialAuditor",
-           "audit_credentials", "enrollment_mark"]
+           "audit_credentials", "delete_revoked", "enrollment_mark"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,25 @@ def _why_delete(credential: _Credential, row: Enrollment | None, *, now: float,
 
 def _when(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def delete_revoked(admin: DynsecClient, engine: Engine, names: list[str]) -> dict[str, str]:
+    """Of these devices, delete the credentials their revocation should have deleted (the
+    audit's rule for revoked devices, on fresh reads: a device enrolled again since keeps its
+    new credential); each device deleted, and why. Raises
+    :class:`~cloud_hub.identity.dynsec.DynsecError` when the broker does not answer."""
+    if not names:
+        return {}
+    rows = _registry(engine, names)
+    verdicts = {name: why for name, credential in _fetched(admin, sorted(set(names))).items()
+                if (row := rows.get(name)) is not None and row.revoked_at is not None
+                and (why := _why_delete(credential, row, now=time.time(),
+                                        grace_s=float("inf"))) is not None}
+    if verdicts:
+        admin.execute([c for name in verdicts
+                       for c in remove_commands(name, device_rolename(name))],
+                      ignore=("not found",))
+    return verdicts
 
 
 def audit_credentials(admin: DynsecClient, engine: Engine, *, now: float | None = None,

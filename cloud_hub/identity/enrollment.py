@@ -32,7 +32,12 @@ from cloud_hub.db.enrollments import (
     record_enrollment,
     record_revocation,
 )
-from cloud_hub.identity.audit import CredentialAudit, audit_credentials, enrollment_mark
+from cloud_hub.identity.audit import (
+    CredentialAudit,
+    audit_credentials,
+    delete_revoked,
+    enrollment_mark,
+)
 from cloud_hub.identity.dynsec import (
     DynsecClient,
     Identity,
@@ -40,6 +45,7 @@ from cloud_hub.identity.dynsec import (
     remove_commands,
     role_update_commands,
 )
+from cloud_hub.identity.revocations import RevocationRetry
 from cloud_hub.identity.roles import (
     HUB_ADMIN_SUFFIX,
     device_identity,
@@ -185,6 +191,7 @@ class DeviceEnrollment:
     trust_keys: Any  # () -> dict[key_id, base64 public key]
     _control: DynsecClient | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    retry: RevocationRetry | None = None  # takes the revocations the broker did not confirm
 
     @property
     def manages_broker(self) -> bool:
@@ -336,17 +343,29 @@ class DeviceEnrollment:
         with self._lock:
             return audit_credentials(self._admin(), self.engine, **options)
 
+    def delete_revoked(self, device_ids: list[str]) -> dict[str, str]:
+        """:func:`~cloud_hub.identity.audit.delete_revoked` on the hub's broker-admin
+        connection: what the revocations of these devices left on the broker, deleted."""
+        with self._lock:
+            return delete_revoked(self._admin(), self.engine, device_ids)
+
     def _delete_credential(self, device_id: str) -> None:
-        """Delete the device's broker client and role ("not found" counts as deleted)."""
+        """Delete the device's broker client and role ("not found" counts as deleted); if the
+        broker does not confirm it, ``retry`` (the hub's :class:`RevocationRetry`) takes it."""
         with self._lock:
             try:
                 self._admin().execute(remove_commands(device_id, device_rolename(device_id)),
                                       ignore=("not found",))
+                return
             except Exception as exc:
-                raise EnrollmentError(
-                    f"device {device_id!r} is revoked in the registry, but the broker did "
-                    f"not confirm deleting its credential (revoke it again to retry): "
-                    f"{exc}") from exc
+                error = exc
+        if self.retry is not None:
+            self.retry.add(device_id)
+        raise EnrollmentError(
+            f"device {device_id!r} is revoked in the registry, but the broker did not confirm "
+            f"deleting its credential: {error}; "
+            + ("the hub keeps retrying until it does (revoke it again to retry now)"
+               if self.retry is not None else "revoke it again to retry")) from error
 
 
 

@@ -126,6 +126,11 @@ METRICS: tuple[Metric, ...] = (
        "connect: revoke and enroll them again)"),
     _g("credential_audit_at", "broker_credential_audit_timestamp_seconds",
        "when this process last audited the broker's credentials (Unix time; 0: never)"),
+    _g("revocations_unconfirmed", "revocations_unconfirmed",
+       "revoked devices whose credential deletion the broker has not confirmed yet (this "
+       "process retries it; they may still connect meanwhile)"),
+    _c("revocations_confirmed_late", "revocations_confirmed_late_total",
+       "revocations this process finished by retrying after the broker did not confirm them"),
 )
 
 # GET /api/v1/metrics' "process", under the names every Prometheus client library gives them

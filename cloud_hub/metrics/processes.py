@@ -28,7 +28,7 @@ from cloud_hub.db.ops_tables import HubProcessRecord, JobLease
 
 __all__ = ["BROKER_REPORTED", "FIGURES", "PRUNE_AFTER_S", "HubProcessView", "ProcessReporter",
            "broker_figures_heard", "latest_broker_figures", "latest_credential_audit",
-           "list_processes", "process_views"]
+           "list_processes", "process_views", "unconfirmed_revocations"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ FIGURES = ("messages_received", "telemetry_batches", "telemetry_readings", "dupl
            "dead_letters", "commit_errors", "queue_depth", "ingest_behind", "mqtt_connected",
            # the broker's credentials against the registry (cloud_hub.identity.audit), from the
            # process that ran the last audit
-           "credential_audit_at", "devices_without_credential", "credentials_deleted")
+           "credential_audit_at", "devices_without_credential", "credentials_deleted",
+           # revocations the broker did not confirm, which the process retries
+           "revocations_unconfirmed")
 # ... and of the broker's figures it relays (cloud_hub.metrics.broker), as broker_<key>: every
 # process on one broker reports the same ones, and the console shows the freshest.
 BROKER_REPORTED = ("clients_connected", "store_messages", "publish_dropped", "uptime_s")
@@ -181,6 +183,13 @@ def latest_credential_audit(views: Sequence[HubProcessView]) -> dict[str, float]
     audits = [v.record.figures for v in views
               if (v.record.figures or {}).get("credential_audit_at")]
     return max(audits, key=lambda f: f["credential_audit_at"]) if audits else None
+
+
+def unconfirmed_revocations(views: Sequence[HubProcessView]) -> int:
+    """Revocations the broker has not confirmed, which the processes that took them still
+    retry (those of a stopped process are the audit's to finish)."""
+    return sum(int((v.record.figures or {}).get("revocations_unconfirmed") or 0)
+               for v in views if v.state != "stopped")
 
 
 def latest_broker_figures(views: Sequence[HubProcessView]) -> dict[str, float] | None:

@@ -175,6 +175,7 @@ def test_the_hubs_page_shows_the_processes_live_with_their_leases(
     # The hub audited the broker's credentials at start: nothing amiss.
     audit = page.locator("#credential-line")
     expect(audit.locator(".lacking")).to_have_text("every enrolled device has one", timeout=LIVE)
+    expect(page.locator("#revocation-line")).to_have_count(0)
 
     # Another process that stopped reporting two minutes ago shows up, without a reload.
     from cloud_hub.db.ops_tables import HubProcessRecord
@@ -185,7 +186,8 @@ def test_the_hubs_page_shows_the_processes_live_with_their_leases(
             pid=4242, version="0.1.0", started_at=time.time() - 600,
             seen_at=time.time() - 120, report_s=10.0, figures={
                 "queue_depth": 7.0, "credential_audit_at": time.time(),
-                "devices_without_credential": 2.0, "credentials_deleted": 1.0}))
+                "devices_without_credential": 2.0, "credentials_deleted": 1.0,
+                "revocations_unconfirmed": 1.0}))
         session.commit()
     gone = page.locator('#hubs-table tr[data-holder="other-host:4242:deadbeef"]')
     expect(gone.locator(".pill").first).to_have_text("silent", timeout=LIVE)
@@ -194,6 +196,9 @@ def test_the_hubs_page_shows_the_processes_live_with_their_leases(
     expect(audit.locator(".lacking.p-failed")).to_have_text(
         "2 enrolled devices without one", timeout=LIVE)
     expect(audit.locator(".deleted")).to_have_text("1")
+    # A revocation it took that the broker has not confirmed, in red too.
+    expect(page.locator("#revocation-line .unconfirmed.p-failed")).to_have_text(
+        "1 revocation not confirmed by the broker yet")
     rows = page.locator("#hubs-table tbody tr")
     expect(rows.nth(0)).to_have_attribute("data-holder", console.hub.holder)  # running first
 

@@ -1,6 +1,7 @@
 """Hubs: every hub process on the database (running, silent or stopped), the job leases each
 holds and its ingest rates, the broker's figures as the hubs relay them, and the last audit of
-the broker's device credentials against the registry, refreshed every few seconds: the
+the broker's device credentials against the registry (and the revocations the broker has not
+confirmed yet), refreshed every few seconds: the
 deployment at a glance, whichever process serves the page."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cloud_hub.metrics.processes import (
     latest_broker_figures,
     latest_credential_audit,
     list_processes,
+    unconfirmed_revocations,
 )
 from cloud_hub.ui.render import fragment, page
 from cloud_hub.ui.security import UiUser
@@ -37,4 +39,5 @@ def hub_rows(request: Request, viewer: UiUser, session: SessionDep) -> HTMLRespo
 def _hubs(session: SessionDep) -> dict[str, Any]:
     processes = list_processes(session, now=time.time())
     return {"processes": processes, "broker": latest_broker_figures(processes),
-            "audit": latest_credential_audit(processes)}
+            "audit": latest_credential_audit(processes),
+            "unconfirmed": unconfirmed_revocations(processes)}
