@@ -242,7 +242,7 @@ def _app(hub: Hub) -> Any:
 def test_training_leaves_out_faults_but_not_a_drift_s_false_alarms(hub: Hub) -> None:
     import numpy as np
 
-    from cloud_hub.jobs.training import normal_runs
+    from cloud_hub.jobs.training_sets import normal_runs
     from shared.messages import AnomalyEvent
 
     ts = np.arange(0.0, 100.0, 0.1)
