@@ -2,10 +2,11 @@
 :data:`REPICK_EVERY_S`, sends devices whose runtime has become known their variant of the version
 they were told to run: :func:`repick_variants`).
 
-Each tick it looks at the devices of the current stage (their ``reported`` state as ingest stored
-it), asks :func:`judge_stage` for a verdict, and then starts the next stage, finishes the rollout,
-or rolls back: ``desired`` goes back to the previous version on every device the rollout
-touched, and the rollout is ``rolled_back`` only once each of them reports it runs that version.
+Each tick it looks at the devices of the current stage (their ``reported`` state as ingest
+stored it: :mod:`cloud_hub.rollouts.observe`), asks :func:`judge_stage` for a verdict, and then
+starts the next stage, finishes the rollout, or rolls back: ``desired`` goes back to the
+previous version on every device the rollout touched, and the rollout is ``rolled_back`` only
+once each of them reports it runs that version.
 
 A tick commits through its lease (:meth:`~cloud_hub.db.leases.Lease.session`), and publishes
 releases and ``desired`` only once the lease is confirmed in the transaction that records them
@@ -18,36 +19,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
-from sqlalchemy import Table, bindparam, func
-from sqlalchemy import select as core_select
-from sqlalchemy import update as core_update
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ROLLOUT_ACTIVE, RolloutStatus, Verdict
 from cloud_hub.db.leases import Lease, LeaseLost
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
-from cloud_hub.db.tables import Anomaly, Device, TelemetryBatchRow
+from cloud_hub.db.tables import Device
 from cloud_hub.jobs.leased import process_holder_id
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.lifecycle import get_model
 from cloud_hub.registry.releases import Releases
 from cloud_hub.rollouts.desired import repick_variants, set_desired
-from cloud_hub.rollouts.policy import DeviceObservation, judge_stage
-from shared.messages import ModelRef, ModelState
-
-_DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
-_MEMBERS: Table = RolloutDevice.__table__  # type: ignore[attr-defined]
+from cloud_hub.rollouts.observe import baseline_rates, observe_stage
+from cloud_hub.rollouts.policy import judge_stage
+from shared.messages import ModelRef
 
 __all__ = ["ACTIVE_STATES", "RolloutController", "rest_after"]
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ROLLOUT_ACTIVE
-_FAILED_STATES = (ModelState.FAILED, ModelState.ROLLED_BACK)
-BASELINE_WINDOW_S = 600.0
 
 
 # Ingest wakes the controller after each commit. A tick over a 1,000-device stage costs tens of
@@ -68,16 +62,6 @@ def rest_after(tick_cpu_s: float) -> float:
     return min(MAX_REST_S, max(0.0, tick_cpu_s) * REST_FACTOR)
 
 
-@dataclass(slots=True)
-class _Member:
-    """The columns of a stage's device that a tick judges (a ``rollout_devices`` row)."""
-
-    device_id: str
-    desired_at: float | None
-    confirmed_at: float | None
-    failed_at: float | None
-    failure: str | None
-    baseline_rate: float | None
 # A rollout whose step fails this many times in a row (other than for a broker outage, which
 # is retried for ever) is aborted with the error as its reason.
 MAX_STEP_FAILURES = 3
@@ -231,7 +215,7 @@ class RolloutController:
             device = devices.get(m.device_id)
             if device is not None:
                 m.previous_name, m.previous_version = device.active_name, device.active_version
-        baselines = _baseline_rates(session, members, now) if rollout.stage == 0 else {}
+        baselines = baseline_rates(session, members, now) if rollout.stage == 0 else {}
         for m in members:
             m.baseline_rate = baselines.get(m.device_id, 0.0)
             m.desired_at = now
@@ -257,7 +241,7 @@ class RolloutController:
         if rollout.stage_started_at is None:
             self._start_stage(session, rollout, now)
             return
-        observations = self._observe_all(session, rollout, now)
+        observations = observe_stage(session, rollout, now)
         session.commit()
         verdict = judge_stage(observations, rollout.policy, now=now,
                               stage_started_at=rollout.stage_started_at,
@@ -280,70 +264,6 @@ class RolloutController:
                 session.commit()
                 log.info("rollout %s succeeded: %.1fs to full", rollout.id,
                          rollout.seconds_to_full)
-
-    def _observe_all(self, session: Session, rollout: Rollout,
-                     now: float) -> list[DeviceObservation]:
-        """Mark the stage's devices that now run the model (or failed to), and say what each
-        did. Members and devices are read as column rows and the marks written in one UPDATE:
-        a 1,000-device stage loaded as ORM objects (and expired at every commit) on each tick
-        was most of the hub's CPU during a rollout (py-spy), and ingest wakes the controller
-        after each commit."""
-        r = _MEMBERS.c
-        members = [_Member(*row) for row in session.connection().execute(
-            core_select(r.device_id, r.desired_at, r.confirmed_at, r.failed_at, r.failure,
-                        r.baseline_rate).where(r.rollout_id == rollout.id,
-                                               r.stage == rollout.stage))]
-        ids = [m.device_id for m in members]
-        pending = [m.device_id for m in members
-                   if m.confirmed_at is None and m.failed_at is None]
-        c = _DEVICES.c
-        devices = {row.device_id: row for row in session.connection().execute(
-            core_select(c.device_id, c.active_name, c.active_version, c.reported_name,
-                        c.reported_version, c.reported_state, c.reported_since,
-                        c.reported_error).where(c.device_id.in_(pending)))} if pending else {}
-        name, version = rollout.model_name, rollout.model_version
-        marks: list[dict[str, object]] = []
-        for m in members:
-            device = devices.get(m.device_id)
-            if device is None:
-                continue
-            if (device.active_name, device.active_version) == (name, version):
-                m.confirmed_at = now
-            elif ((device.reported_name, device.reported_version) == (name, version)
-                  and device.reported_state in _FAILED_STATES
-                  and (device.reported_since or 0) >= (m.desired_at or 0) - 1.0):
-                m.failed_at = now
-                m.failure = f"{device.reported_state}: {device.reported_error or 'no reason'}"
-            else:
-                continue
-            marks.append({"member": m.device_id, "confirmed": m.confirmed_at,
-                          "failed": m.failed_at, "failure": m.failure})
-        if marks:
-            session.connection().execute(
-                core_update(_MEMBERS).where(r.rollout_id == rollout.id,
-                                            r.device_id == bindparam("member"))
-                .values(confirmed_at=bindparam("confirmed"), failed_at=bindparam("failed"),
-                        failure=bindparam("failure")), marks)
-        counts: dict[str, int] = {}
-        if rollout.stage == 0:  # only the canary is judged on its anomaly rate
-            since = min((m.confirmed_at for m in members if m.confirmed_at), default=now)
-            rows = session.exec(
-                select(Anomaly.device_id, Anomaly.stored_at).where(
-                    col(Anomaly.device_id).in_(ids), Anomaly.model_name == name,
-                    Anomaly.model_version == version, Anomaly.stored_at >= since))
-            confirmed = {m.device_id: m.confirmed_at for m in members}
-            for device_id, stored_at in rows:
-                start = confirmed.get(device_id)
-                if start is not None and stored_at >= start:
-                    counts[device_id] = counts.get(device_id, 0) + 1
-        return [
-            DeviceObservation(
-                device_id=m.device_id, confirmed_at=m.confirmed_at, failed=m.failure,
-                baseline_rate=m.baseline_rate or 0.0,
-                anomalies_since_confirmed=counts.get(m.device_id, 0),
-            )
-            for m in members
-        ]
 
     # -- backward ------------------------------------------------------------------------
     def roll_back_on_request(self, rollout_id: int, reason: str,
@@ -411,36 +331,3 @@ class RolloutController:
             log.info("rollout %s rolled back, confirmed by %d device(s)", rollout.id,
                      len(touched))
         session.commit()
-
-
-def _baseline_rates(session: Session, members: list[RolloutDevice],
-                    now: float) -> dict[str, float]:
-    """Anomaly events per minute of each device under its previous model (0 if none ran).
-
-    The window is the last ``BASELINE_WINDOW_S`` seconds, or less for a device whose first
-    telemetry is more recent.
-    """
-    ids = [m.device_id for m in members if m.previous_name]
-    if not ids:
-        return {}
-    first_seen = dict(session.exec(
-        select(TelemetryBatchRow.device_id, func.min(TelemetryBatchRow.stored_at))
-        .where(col(TelemetryBatchRow.device_id).in_(ids))
-        .group_by(TelemetryBatchRow.device_id)).all())
-    counts: dict[tuple[str, str, int], int] = {}
-    for device_id, name, version, n in session.exec(
-        select(Anomaly.device_id, Anomaly.model_name, Anomaly.model_version, func.count())
-        .where(col(Anomaly.device_id).in_(ids), Anomaly.stored_at >= now - BASELINE_WINDOW_S)
-        .group_by(col(Anomaly.device_id), col(Anomaly.model_name), col(Anomaly.model_version))
-    ):
-        counts[(device_id, name, version)] = int(n)
-    rates: dict[str, float] = {}
-    for m in members:
-        first = first_seen.get(m.device_id)
-        if not m.previous_name or m.previous_version is None or first is None:
-            continue
-        window = min(BASELINE_WINDOW_S, now - first)
-        if window > 1.0:
-            n = counts.get((m.device_id, m.previous_name, m.previous_version), 0)
-            rates[m.device_id] = n / (window / 60.0)
-    return rates
