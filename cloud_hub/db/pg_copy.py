@@ -78,7 +78,8 @@ def copy_new_rows(conn: Connection, table: Table, columns: tuple[str, ...],
 
     The driver's errors come out as SQLAlchemy's, as from any statement SQLAlchemy runs (a
     lost connection as ``OperationalError``, marked invalidated): ingest retries those and
-    dead-letters only what the database refused (:func:`cloud_hub.mqtt.ingest.classify`)."""
+    dead-letters only what the database refused
+    (:func:`cloud_hub.mqtt.store_connection.classify`)."""
     raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
     try:
         return _copy(conn, raw, table, columns, rows)

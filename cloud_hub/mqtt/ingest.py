@@ -40,13 +40,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cloud_hub.db.enrollments import EnrolledCache
@@ -55,10 +53,16 @@ from cloud_hub.metrics.histogram import Histogram, HistogramSnapshot
 from cloud_hub.mqtt.connection import HubConnection
 from cloud_hub.mqtt.decoding import decode_batch, route
 from cloud_hub.mqtt.lean import Received
+from cloud_hub.mqtt.store_connection import (
+    DatabaseUnavailable,
+    RowsRefused,
+    StoreConnection,
+    StoreError,
+    classify,
+)
 from shared.topics import DeviceTopic, TopicError, Topics
 
-__all__ = ["DatabaseUnavailable", "IngestStats", "MqttIngest", "RowsRefused", "StoreError",
-           "classify", "subscriptions"]
+__all__ = ["IngestStats", "MqttIngest", "subscriptions"]
 
 log = logging.getLogger(__name__)
 _RETRY_MAX_S = 5.0
@@ -81,31 +85,6 @@ def subscriptions(topics: Topics, share_group: str | None) -> list[tuple[str, in
     return subs + [(topics.all_devices(t), 1) for t in _DIRECT]
 
 
-class StoreError(Exception):
-    """Storing a batch failed; the subclass says what to do about it."""
-
-
-class DatabaseUnavailable(StoreError):
-    """The database is down, locked or chose this transaction as a deadlock victim: retry."""
-
-
-class RowsRefused(StoreError):
-    """The database refused something in these rows: find the message and dead-letter it."""
-
-
-def classify(exc: Exception) -> StoreError:
-    """The typed form of an exception raised while storing."""
-    if isinstance(exc, StoreError):
-        return exc
-    if isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, SQLAlchemyError | ValueError | TypeError | OverflowError):
-        return RowsRefused(f"{type(exc).__name__}: {exc}")
-    return RowsRefused(f"unexpected {type(exc).__name__}: {exc}")
-
-
 @dataclass
 class IngestStats:
     messages_received: int = 0
@@ -124,39 +103,6 @@ class IngestStats:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class _StoreConnection:
-    """A writer's own database connection, opened when there is none (see the module's doc)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._connection: Connection | None = None
-
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session on the connection; any failure comes out typed (:func:`classify`), and
-        drops the connection: a failed one may be dead, and a new one costs one pool checkout
-        (which pings it), not one per batch."""
-        try:
-            if self._connection is None:
-                self._connection = self._engine.connect()
-            with Session(bind=self._connection) as session:
-                yield session
-        except Exception as exc:
-            self.drop()
-            if isinstance(exc, StoreError):
-                raise
-            raise classify(exc) from exc
-
-    def drop(self) -> None:
-        conn, self._connection = self._connection, None
-        if conn is None:
-            return
-        try:
-            conn.close()  # back to the pool, which discards it if it was invalidated
-        except Exception as exc:  # a dead connection may fail even to close: it is gone
-            log.debug("ingest: closing the store's connection failed (%s)", exc)
 
 
 class _InOrder:
@@ -281,7 +227,7 @@ class MqttIngest:
     def _run(self) -> None:
         """Take batches; store each one (one writer) or hand it to the writers."""
         inbound = self.connection.inbound
-        own = None if self._writers else _StoreConnection(self._engine)
+        own = None if self._writers else StoreConnection(self._engine)
         ticket = 0
         try:
             while True:
@@ -307,7 +253,7 @@ class MqttIngest:
 
     def _write(self) -> None:
         """A writer thread: store the batches handed to it until the worker stops."""
-        store = _StoreConnection(self._engine)
+        store = StoreConnection(self._engine)
         try:
             while True:
                 item = self._work.get()
@@ -317,7 +263,7 @@ class MqttIngest:
         finally:
             store.drop()
 
-    def _store_safely(self, store: _StoreConnection, ticket: int,
+    def _store_safely(self, store: StoreConnection, ticket: int,
                       messages: list[Received]) -> None:
         stored: list[Received] = []
         try:
@@ -327,7 +273,7 @@ class MqttIngest:
         finally:
             self._in_order.done(ticket, stored)
 
-    def _store(self, store: _StoreConnection, messages: list[Received],
+    def _store(self, store: StoreConnection, messages: list[Received],
                stored: list[Received]) -> None:
         """Store ``messages``, retrying and splitting as their failures call for; the
         messages committed are added to ``stored``."""
@@ -396,7 +342,7 @@ class MqttIngest:
                 kept.append(m)
         return kept, refused
 
-    def _dead_letter_refused(self, store: _StoreConnection, m: Received,
+    def _dead_letter_refused(self, store: StoreConnection, m: Received,
                              exc: StoreError) -> StoreResult | None:
         log.error("ingest: the database refused the message on %s: %s", m.topic, exc)
         letter = IngestBatch(dead_letters=[DeadLetterRecord(

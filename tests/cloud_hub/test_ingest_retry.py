@@ -13,12 +13,8 @@ from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import record_enrollment
 from cloud_hub.db.ingest_store import IngestBatch, StoreResult, store_batch
 from cloud_hub.db.tables import DeadLetter, TelemetryBatchRow
-from cloud_hub.mqtt.ingest import (
-    DatabaseUnavailable,
-    MqttIngest,
-    RowsRefused,
-    classify,
-)
+from cloud_hub.mqtt.ingest import MqttIngest
+from cloud_hub.mqtt.store_connection import DatabaseUnavailable, RowsRefused, classify
 from shared.topics import Topics
 from tests.cloud_hub.helpers import wait_for
 from tests.cloud_hub.ingest_fakes import FakeConnection as _Connection

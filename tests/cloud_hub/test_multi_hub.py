@@ -26,7 +26,7 @@ from cloud_hub.db.registry_tables import TrainingJob
 from cloud_hub.db.tables import Device, StreamMark, TelemetryBatchRow
 from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.jobs.training import JobRunner
-from cloud_hub.mqtt.ingest import DatabaseUnavailable, classify
+from cloud_hub.mqtt.store_connection import DatabaseUnavailable, classify
 from cloud_hub.rollouts.controller import RolloutController
 from shared.messages import TelemetryBatch
 from tests.cloud_hub.helpers import wait_for

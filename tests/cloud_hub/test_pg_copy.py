@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from cloud_hub.db import pg_copy
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.db.tables import TelemetryBatchRow
-from cloud_hub.mqtt.ingest import DatabaseUnavailable, RowsRefused, classify
+from cloud_hub.mqtt.store_connection import DatabaseUnavailable, RowsRefused, classify
 from shared.messages import TelemetryBatch
 from tests.pg import pg_schema_engine
 
