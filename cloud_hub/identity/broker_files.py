@@ -34,7 +34,7 @@ __all__ = ["BrokerFiles", "init_broker", "run_broker"]
 
 # Used when the repository's mosquitto.conf is not beside the package (a wheel install).
 _BASE_SETTINGS = """persistence true
-autosave_interval 60
+autosave_interval 600
 persistent_client_expiration 7d
 max_queued_messages 2000000
 max_queued_bytes 4294967296
