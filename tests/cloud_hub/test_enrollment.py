@@ -300,7 +300,7 @@ def test_a_revoke_the_broker_did_not_confirm_is_finished_by_revoking_again(
     def broker_away(*args: Any, **kwargs: Any) -> Any:
         raise TimeoutError("no answer from the broker's control topic")
 
-    # without the hub's own retry (test_revocation_retry.py), which would finish it first
+    # without the hub's own retry (test_credential_audit.py), which would finish it first
     monkeypatch.setattr(hub.enrollment, "retry", None)
     with monkeypatch.context() as patch:
         patch.setattr(admin, "execute", broker_away)
