@@ -39,6 +39,7 @@ class WalCheckpointer:
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # rounds that ran
         self.frames_checkpointed = 0  # pages copied into the database, summed over rounds
+        self._last = (0, 0)  # (frames in the log, frames copied) at the last round
         self.failures = 0
         database = engine.url.database
         self.applies = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
@@ -96,6 +97,21 @@ class WalCheckpointer:
             busy, logged, done = cursor.fetchone()
         finally:
             cursor.close()
+        busy, logged, done = int(busy), int(logged), int(done)
         self.checkpoints += 1
-        self.frames_checkpointed += max(int(done), 0)
-        return int(busy), int(logged), int(done)
+        self.frames_checkpointed += self._newly_copied(logged, done)
+        return busy, logged, done
+
+    def _newly_copied(self, logged: int, done: int) -> int:
+        """Frames this round copied. SQLite counts the frames of the whole log since it last
+        restarted, copied by any round; the log restarts (a writer starts it over) only once
+        all of it was copied, so a log that shrank, or grew after being copied whole, is a new
+        one (a reader can keep a copied log from restarting: rare, and then this counts the
+        earlier rounds' frames once more)."""
+        last_logged, last_done = self._last
+        self._last = (logged, done)
+        if logged < 0 or done < 0:  # not in WAL mode
+            return 0
+        if logged < last_logged or (last_done >= last_logged and logged != last_logged):
+            return done
+        return max(done - last_done, 0)

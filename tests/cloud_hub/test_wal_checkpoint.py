@@ -81,6 +81,28 @@ def test_commits_leave_the_log_to_the_checkpointer(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_frames_copied_are_counted_once_per_round_that_copies_them(tmp_path: Path) -> None:
+    """SQLite reports the frames of the whole log copied so far, by any round: a round that
+    finds nothing new adds nothing (the sum counted the log again at every round before)."""
+    path = tmp_path / "hub.db"
+    engine = make_engine(f"sqlite:///{path}")
+    checkpointer = WalCheckpointer(engine)
+    connection = engine.raw_connection()
+    try:
+        _fill(engine, 2000)
+        _busy, logged, done = checkpointer.checkpoint(connection)
+        assert done == logged > 1000
+        assert checkpointer.checkpoint(connection)[1:] == (logged, done)  # nothing new
+        assert checkpointer.frames_checkpointed == done
+        _fill(engine, 500)  # the log starts over, all of it copied: a new log of ~500 pages
+        _busy, again, copied = checkpointer.checkpoint(connection)
+        assert copied == again and 400 < again < logged
+        assert checkpointer.frames_checkpointed == done + copied
+    finally:
+        connection.close()
+        engine.dispose()
+
+
 def test_the_net_checkpoints_when_no_checkpointer_runs(tmp_path: Path) -> None:
     """Without the thread (the CLI, another process) the log still stops growing: the
     commit that takes it past the net copies it."""
