@@ -5,10 +5,10 @@ the outbox), messages in (desired → manifest → chunks → verify → shadow 
 acknowledgements; trust lists; hub presence), the link going up and down, a periodic
 :meth:`~DeviceCore.tick` (batch age, update timeouts and shadow end, a failed model's rollback,
 heartbeat, drift summary) and :meth:`~DeviceCore.send_now` (what the in-flight window lets go
-out now). Everything else comes in as collaborators: a :class:`Clock`, the
+out now). Everything else comes in as collaborators (:mod:`edge_agent.ports`): a clock, the
 :class:`~edge_agent.telemetry.outbox.Outbox`, the :class:`~edge_agent.models.store.ModelStore`
 (which holds the signature verifier), the trust ring, the model loader (the TFLite runtime), and
-a :class:`Wire` (the connection: ``MqttLink`` in the daemon, one socket of a many-device loop in
+a wire (the connection: ``MqttLink`` in the daemon, one socket of a many-device loop in
 the simulator, a list in the unit tests).
 
 Who calls what: the daemon (:mod:`edge_agent.agent`) calls the reading, message and tick
@@ -22,10 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
@@ -35,12 +32,12 @@ from edge_agent.drift.monitor import DriftMonitor
 from edge_agent.inference.runtime import installed_runtime, loaded_runtime
 from edge_agent.models.store import ModelStore
 from edge_agent.models.updater import UNLIMITED, ModelLoader, ModelReport, ModelUpdater, StepBudget
+from edge_agent.ports import SYSTEM_CLOCK, Clock, CoreStatus, TrustRing, Wire
 from edge_agent.sources.base import Reading
 from edge_agent.telemetry.batcher import TelemetryBatcher
 from edge_agent.telemetry.outbox import Outbox, OutboxError, Stream
 from edge_agent.telemetry.presence import HubWatch
 from edge_agent.telemetry.sender import SendWindow
-from edge_agent.trust.keyring import TrustOutcome
 from shared.messages import (
     Ack,
     AgentRuntime,
@@ -58,111 +55,13 @@ from shared.messages import (
 from shared.timefmt import iso_time
 from shared.topics import HUB_STATUS, TRUST, DeviceTopic, TopicError
 
-__all__ = ["Clock", "CoreStatus", "DeviceCore", "SYSTEM_CLOCK", "SystemClock", "TrustRing", "Wire"]
+__all__ = ["DeviceCore"]
 
 log = logging.getLogger(__name__)
 
 # Recent readings held before any model runs: a model that arrives (or starts its shadow run)
 # scores from the next reading instead of waiting a whole window. Small: 128 rows of floats.
 _KEEP_READINGS = 128
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-
-SYSTEM_CLOCK = SystemClock()
-
-
-class Wire(Protocol):
-    """What the core needs from a connection. Subscriptions and births (retained messages
-    published on every connect) are remembered by the wire and made again after a reconnect."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> int | None: ...
-
-    def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
-
-    def unsubscribe(self, topic_filter: str) -> None: ...
-
-    def set_birth(self, topic: str, payload: bytes | Callable[[], bytes]) -> None: ...
-
-
-class TrustRing(Protocol):
-    """The device's signing keys (:class:`~edge_agent.trust.keyring.KeyRing`)."""
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def refused(self) -> int: ...
-
-    def trusted(self) -> Any: ...
-
-    def known(self) -> Any: ...
-
-    def offer(self, version: int, payload: bytes) -> TrustOutcome: ...
-
-
-@dataclass(frozen=True)
-class CoreStatus:
-    """What a device knows about itself (``edge-agent status``, the heartbeat, the simulator)."""
-
-    device_id: str
-    connected: bool
-    active_model: dict[str, Any] | None
-    model_state: str | None
-    threshold: float | None
-    runtime: str | None
-    readings: int
-    batches_sent: int  # PUBACKed by the broker
-    readings_sent: int
-    anomalies_raised: int
-    anomalies_sent: int
-    outbox_depth: int
-    outbox_bytes: int
-    oldest_unsent_age_s: float
-    drops: int
-    dropped_readings: int
-    dropped_anomalies: int
-    bad_readings: int
-    bad_messages: int
-    outbox_refusals: int
-    outbox_delivered: int
-    batches_stored: int  # acknowledged by a hub
-    readings_stored: int
-    anomalies_stored: int
-    drift: dict[str, Any] | None
-    drift_summaries_stored: int
-    resent: int
-    hub: dict[str, Any]
-    reconnects: int
-    inference_us_p50: float | None
-    inference_us_p99: float | None
-    uptime_s: float
-    last_error: str | None
-    last_error_at: float | None
-    trust_version: int
-    trusted_keys: list[str]
-    trust_refused: int
-    acks_received: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class DeviceCore:

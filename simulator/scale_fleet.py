@@ -31,10 +31,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.core import CoreStatus, DeviceCore
+from edge_agent.core import DeviceCore
 from edge_agent.models.loader import load_model
 from edge_agent.models.store import ModelStore
 from edge_agent.models.updater import UNLIMITED
+from edge_agent.ports import CoreStatus
 from edge_agent.telemetry.outbox import Outbox
 from edge_agent.trust.keyring import open_keyring
 from shared.keys import SignedParts

@@ -12,17 +12,15 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
-import re
 import sys
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.inference.quantized_io import Dequantizer, Quantizer, quant_params
+from edge_agent.inference.runtime_stderr import quiet_runtime_stderr
 from shared.messages import AgentRuntime
 
 __all__ = [
@@ -33,7 +31,6 @@ __all__ = [
     "installed_runtime",
     "load_interpreter_class",
     "loaded_runtime",
-    "quiet_runtime_stderr",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,54 +147,6 @@ def available_runtime() -> str:
     return load_interpreter_class()[0]
 
 
-# The runtime's native logger prints this to the C stderr when it creates its default delegate
-# (once per process). It is not a log record, the runtime exports no way to raise its log
-# level, and TF_CPP_MIN_LOG_LEVEL does not reach it: only a file-descriptor filter removes it.
-_RUNTIME_CHATTER = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$")
-_stderr_lock = threading.Lock()
-# The file fd 2 points at meanwhile: one per process (a bare descriptor of an unlinked file, so
-# nothing is left to close at exit), emptied after each use. A new temporary file per
-# interpreter was a tenth of a fleet worker's time while 500 devices loaded a model (py-spy: the
-# open of an unnamed file in the temporary folder).
-_stderr_sink: int | None = None
-
-
-def _stderr_sink_fd() -> int:
-    global _stderr_sink
-    if _stderr_sink is None:
-        fd, path = tempfile.mkstemp(prefix="edgeloop-stderr-")
-        os.unlink(path)
-        _stderr_sink = fd
-    return _stderr_sink
-
-
-@contextmanager
-def quiet_runtime_stderr() -> Iterator[None]:
-    """Hold fd 2 meanwhile and pass every line on afterwards except the runtime's chatter."""
-    with _stderr_lock:
-        sink = _stderr_sink_fd()
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink, 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught = b""
-            if os.lseek(sink, 0, os.SEEK_END) > 0:
-                os.lseek(sink, 0, os.SEEK_SET)
-                while part := os.read(sink, 65536):
-                    caught += part
-                os.ftruncate(sink, 0)
-            os.lseek(sink, 0, os.SEEK_SET)
-            kept = [line for line in caught.splitlines(keepends=True)
-                    if not _RUNTIME_CHATTER.match(line.rstrip(b"\r\n"))]
-            if kept:
-                os.write(2, b"".join(kept))
-
-
 class TfliteModel:
     """A loaded model: float windows in, float reconstructions out.
 
@@ -236,14 +185,14 @@ class TfliteModel:
                                     (self._out, self.output_dtype, "output")):
             if dtype not in (np.float32, np.int8, np.uint8):
                 raise ModelLoadError(f"model {side} dtype {dtype} is not float32, int8 or uint8")
-            if dtype != np.float32 and _quant_params(detail)[0] == 0.0:
+            if dtype != np.float32 and quant_params(detail)[0] == 0.0:
                 raise ModelLoadError(f"integer model {side} has no quantization scale")
         self._quantizer = (
-            _Quantizer(self._in, self.input_dtype, self.input_shape)
+            Quantizer(self._in, self.input_dtype, self.input_shape)
             if self.input_dtype != np.float32 else None
         )
         self._dequantizer = (
-            _Dequantizer(self._out, self.output_shape)
+            Dequantizer(self._out, self.output_shape)
             if self.output_dtype != np.float32 else None
         )
         self.resolver = _RESOLVER
@@ -442,63 +391,3 @@ def _delegate_of(interp: Any) -> str:
     except AttributeError:  # no introspection: say nothing that is not known
         return "unknown"
     return "xnnpack" if any(op.get("op_name") == "DELEGATE" for op in ops) else "builtin"
-
-
-class _Quantizer:
-    """float32 → int8/uint8 input, into preallocated buffers (np.clip alone costs 3 µs)."""
-
-    def __init__(self, detail: dict[str, Any], dtype: np.dtype[Any], shape: tuple[int, ...]):
-        scale, zero = _quant_params(detail)
-        info = np.iinfo(dtype)
-        self.dtype = dtype
-        self.inv_scale = np.float32(1.0 / scale)
-        self.zero = np.float32(zero)
-        self.low, self.high = np.float32(info.min), np.float32(info.max)
-        self.buffer = np.empty(int(np.prod(shape)), dtype=np.float32)
-
-    def into(self, x: npt.NDArray[np.float32], q: npt.NDArray[Any]) -> None:
-        """Quantize the flat window ``x`` into ``q`` (the model's flat input tensor)."""
-        self._into(x, self.buffer, q)
-
-    def many(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
-        return self._into(x, np.empty_like(x), np.empty(x.shape, dtype=self.dtype))
-
-    def _into(
-        self, x: npt.NDArray[np.float32], buf: npt.NDArray[np.float32], q: npt.NDArray[Any]
-    ) -> npt.NDArray[Any]:
-        np.multiply(x, self.inv_scale, out=buf)
-        np.add(buf, self.zero, out=buf)
-        np.rint(buf, out=buf)
-        np.maximum(buf, self.low, out=buf)
-        np.minimum(buf, self.high, out=buf)
-        np.copyto(q, buf, casting="unsafe")  # in range after the clip: the cast is exact
-        return q
-
-
-class _Dequantizer:
-    """int8/uint8 output → float32 reconstruction (a fresh array the caller may keep)."""
-
-    def __init__(self, detail: dict[str, Any], shape: tuple[int, ...]):
-        scale, zero = _quant_params(detail)
-        self.scale = np.float32(scale)
-        self.zero = np.float32(zero)
-        self.size = int(np.prod(shape[1:]))
-
-    def __call__(self, y: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        return self.many(y.reshape(1, -1)).reshape(-1)
-
-    def many(self, y: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        out = y.astype(np.float32)
-        np.subtract(out, self.zero, out=out)
-        np.multiply(out, self.scale, out=out)
-        return out
-
-
-def _quant_params(detail: dict[str, Any]) -> tuple[float, int]:
-    params = detail.get("quantization_parameters") or {}
-    scales = params.get("scales")
-    zeros = params.get("zero_points")
-    if scales is not None and len(scales) == 1:
-        return float(scales[0]), int(zeros[0]) if zeros is not None else 0
-    scale, zero = detail.get("quantization", (0.0, 0))
-    return float(scale), int(zero)

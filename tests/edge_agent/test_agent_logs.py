@@ -15,7 +15,7 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import main as agent_cli
 from edge_agent.comms.mqtt import LinkSettings, MqttLink
-from edge_agent.inference.runtime import quiet_runtime_stderr
+from edge_agent.inference.runtime_stderr import quiet_runtime_stderr
 from shared.timefmt import iso_time
 from simulator.broker import Broker
 from tests.edge_agent.support import FIXTURES, ScriptedSource, agent_config, wait_until
