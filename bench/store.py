@@ -14,6 +14,11 @@ every message was stored once.
 
     .venv/bin/python bench/store.py      # SQLite and PostgreSQL, 1,000 and 10,000 devices
     .venv/bin/python bench/store.py --databases postgresql --devices 10000 --batches 40
+    .venv/bin/python bench/store.py --databases sqlite --devices 1000 --segments 20 --batches 50
+
+``--segments`` measures the rate segment by segment as the database grows (the last command
+stores 4 M messages), to tell whether the store slows as a long-running hub's database does.
+On SQLite the hub's WAL checkpointer runs beside the store, as in ``cloud-hub serve``.
 
 Compare code by running it from each checkout (``PYTHONPATH`` first); a harness on a bare
 ``create_engine`` measures psycopg's own list dumper, which the hub never uses
@@ -23,12 +28,14 @@ Compare code by running it from each checkout (``PYTHONPATH`` first); a harness 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import event, func, select  # noqa: E402
+from sqlalchemy import event, func, select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
@@ -46,6 +53,7 @@ from cloud_hub.cli.serve import settle_heap  # noqa: E402
 from cloud_hub.db.engine import make_engine  # noqa: E402
 from cloud_hub.db.ingest_store import store_batch  # noqa: E402
 from cloud_hub.db.tables import Device, TelemetryBatchRow  # noqa: E402
+from cloud_hub.db.wal import WalCheckpointer  # noqa: E402
 from cloud_hub.mqtt.decoding import decode_batch  # noqa: E402
 from shared.messages import new_epoch  # noqa: E402
 from shared.topics import DeviceTopic, Topics  # noqa: E402
@@ -135,16 +143,24 @@ class _Fleet:
 
 
 def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages: int,
-            readings: int, channels: int) -> dict[str, Any]:
-    """Store ``warmup`` + ``batches`` batches; the measured ones timed."""
+            readings: int, channels: int, segments: int = 1,
+            size: Callable[[], int] | None = None) -> dict[str, Any]:
+    """Store ``warmup`` + ``segments`` x ``batches`` batches; the measured ones timed, each
+    segment's rate apart (the database grows from one to the next)."""
     fleet = _Fleet(devices, readings, channels)
     totals: list[float] = []
     decode_s: list[float] = []
+    grown: list[dict[str, Any]] = []
     with _Timer(engine) as timer:
         times = timer.times
-        for n in range(warmup + batches):
+        for n in range(warmup + segments * batches):
             if n == warmup:
                 times.clear()
+            if n >= warmup and (n - warmup) % batches == 0:
+                grown.append({"messages_before": n * messages,
+                              "database_bytes_before": size() if size else None,
+                              "seconds": 0.0,
+                              "spent_before": {k: sum(v) for k, v in times.items()}})
             wire = fleet.messages(messages)
             t0 = time.perf_counter()
             batch, _ = decode_batch(fleet.topics, wire)
@@ -157,25 +173,37 @@ def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages
             if n >= warmup:
                 decode_s.append(t1 - t0)
                 totals.append(time.perf_counter() - t1)
-    statements = {kind: {"ms_per_batch": round(1000 * sum(s) / batches, 2),
-                         "per_batch": round(len(s) / batches, 2)}
+                grown[-1]["seconds"] += totals[-1]
+    measured = segments * batches
+    statements = {kind: {"ms_per_batch": round(1000 * sum(s) / measured, 2),
+                         "per_batch": round(len(s) / measured, 2)}
                   for kind, s in sorted(times.items(), key=lambda kv: -sum(kv[1]))}
     in_statements = sum(v["ms_per_batch"] for v in statements.values())
     mean_ms = 1000 * statistics.fmean(totals)
-    sent = (warmup + batches) * messages
+    sent = (warmup + measured) * messages
     with Session(engine) as session:
         rows = session.execute(select(func.count()).select_from(TelemetryBatchRow)).scalar_one()
         counted = session.execute(select(func.coalesce(func.sum(
             Device.telemetry_batches), 0))).scalar_one()
     return {
         "devices": devices, "messages_per_batch": messages, "readings_per_message": readings,
-        "batches": batches,
+        "batches": measured,
         "store_ms_mean": round(mean_ms, 1),
         "store_ms_median": round(1000 * statistics.median(totals), 1),
         "decode_ms_mean": round(1000 * statistics.fmean(decode_s), 1),
         "messages_per_s_stored": round(messages / statistics.fmean(totals)),
         "statements": statements,
         "other_ms_per_batch": round(mean_ms - in_statements, 1),
+        "segments": [{"messages_before": g["messages_before"],
+                      "database_bytes_before": g["database_bytes_before"],
+                      "messages_per_s_stored": round(batches * messages / g["seconds"]),
+                      "store_ms_mean": round(1000 * g["seconds"] / batches, 1),
+                      "statements_ms_per_batch": {
+                          kind: round(1000 * (spent - g["spent_before"].get(kind, 0.0))
+                                      / batches, 2)
+                          for kind, spent in (after["spent_before"] if after else
+                                              {k: sum(v) for k, v in times.items()}).items()}}
+                     for g, after in zip(grown, [*grown[1:], None], strict=True)],
         "sent": sent, "rows": rows, "counted": counted,
         "ok": rows == sent and counted == sent,
     }
@@ -197,13 +225,50 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                         else "-" for k in kinds],
                       f"{c['other_ms_per_batch']:.1f}", "yes" if c["ok"] else "NO")
     console.print(table)
+    for c in result["cases"]:
+        if len(c["segments"]) < 2:
+            continue
+        grow = Table(title=f"{c['database']}, {c['devices']:,} devices: the rate as the "
+                           "database grows")
+        first, last = c["segments"][0], c["segments"][-1]
+        # the statements whose time grew the most, first segment to last
+        kinds = sorted(last["statements_ms_per_batch"],
+                       key=lambda k: first["statements_ms_per_batch"].get(k, 0.0)
+                       - last["statements_ms_per_batch"][k])[:4]
+        for col in ("messages stored before", "database MB", "msg/s", "against the first",
+                    "store ms", *kinds, "the rest"):
+            grow.add_column(col, justify="right")
+        for g in c["segments"]:
+            size = g["database_bytes_before"]
+            spent = g["statements_ms_per_batch"]
+            grow.add_row(f"{g['messages_before']:,}",
+                         "-" if size is None else f"{size / 1e6:,.0f}",
+                         f"{g['messages_per_s_stored']:,}",
+                         f"{g['messages_per_s_stored'] / first['messages_per_s_stored']:.2f}",
+                         f"{g['store_ms_mean']:.1f}",
+                         *[f"{spent.get(k, 0.0):.1f}" for k in kinds],
+                         f"{g['store_ms_mean'] - sum(spent.get(k, 0.0) for k in kinds):.1f}")
+        console.print(grow)
+
+
+def _database_bytes(engine: Engine) -> int:
+    """The database's size on disk: SQLite's file and its log, PostgreSQL's database."""
+    if engine.dialect.name == "sqlite":
+        path = Path(engine.url.database or "")
+        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_database_size(current_database())"))
+                   .scalar_one())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--devices", default="1000,10000")
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=20, help="measured batches a segment")
+    parser.add_argument("--segments", type=int, default=1,
+                        help="measure this many segments of --batches in turn, each one's rate "
+                             "apart: how the store's rate holds as the database grows")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--messages", type=int, default=4000, help="messages per batch")
     parser.add_argument("--readings", type=int, default=10, help="readings per message")
@@ -218,11 +283,16 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="edgeloop-store-") as tmp, \
                     database(kind) as db:
                 engine = make_engine(db.url or f"sqlite:///{tmp}/hub.db")  # migrated
+                checkpointer = WalCheckpointer(engine)  # as the hub runs it (SQLite only)
+                checkpointer.start()
                 try:
                     case = measure(engine, devices=devices, batches=opts.batches,
                                    warmup=opts.warmup, messages=opts.messages,
-                                   readings=opts.readings, channels=opts.channels)
+                                   readings=opts.readings, channels=opts.channels,
+                                   segments=opts.segments,
+                                   size=functools.partial(_database_bytes, engine))
                 finally:
+                    checkpointer.stop()
                     engine.dispose()
             cases.append({"database": kind, **case})
             console.print(f"{kind}, {devices:,} devices: {case['store_ms_mean']} ms per batch "
