@@ -10,8 +10,10 @@ Holding the lease when a tick starts is not enough: a tick that stalls past the 
 (a GC pause, a starved thread, a slow database) would still commit after another process took
 the lease over and ran the same tick. So a job's writes are *fenced*: every commit of a
 :meth:`Lease.session` (or :meth:`Lease.begin`) first renews the lease in the same transaction,
-only if this process still holds it unexpired (:func:`fence`); otherwise the transaction rolls
-back and :class:`LeaseLost` is raised. A side effect outside the database (an MQTT publish) is
+only if no other process has taken it over (:func:`fence`); otherwise the transaction rolls
+back and :class:`LeaseLost` is raised. A tick that outlived its lease while no other process
+took it over commits: nobody else can have run it meanwhile, since taking a lease over writes
+the taker's name in its row first. A side effect outside the database (an MQTT publish) is
 made after :func:`confirm_lease` in the transaction that records it, so that a process that lost
 the lease makes none.
 """
@@ -39,19 +41,25 @@ _FENCED_BY = "edgeloop.lease"  # the key of a fenced session's lease in ``Sessio
 
 
 class LeaseLost(RuntimeError):
-    """The lease is no longer this process's (another took it over, or it expired): what was
-    to commit under it was rolled back, and nothing outside the database was done for it."""
+    """The lease is no longer this process's (another took it over): what was to commit under
+    it was rolled back, and nothing outside the database was done for it."""
 
     def __init__(self, name: str, holder: str) -> None:
         super().__init__(f"the {name} lease is no longer held by {holder} (another process "
-                         f"took it over, or it expired): this tick's writes were rolled back")
+                         f"took it over): this tick's writes were rolled back")
         self.name, self.holder = name, holder
 
 
 def fence(connection: Connection, *, name: str, holder: str, ttl_s: float) -> float:
-    """In ``connection``'s transaction, renew the lease ``name`` if ``holder`` still holds it
-    unexpired, and return its new expiry; raise :class:`LeaseLost` if not (the caller's
-    transaction must then roll back).
+    """In ``connection``'s transaction, renew the lease ``name`` if ``holder`` still holds it,
+    and return its new expiry; raise :class:`LeaseLost` if not (the caller's transaction must
+    then roll back).
+
+    Still holds it: its row names ``holder``, expired or not. A lease that expired with nobody
+    taking it over (one hub whose tick ran long under load, seen in bench/ingest.py's overload
+    on PostgreSQL) is renewed, not lost: any process that took it over, and so might have run
+    the tick meanwhile, wrote its own name in the row first. The expiry is what lets another
+    process take a lease over, not proof that one did.
 
     The UPDATE keeps the lease's row locked until the transaction ends (on SQLite, the
     database's only write lock), so nobody takes the lease over before this transaction
@@ -62,8 +70,7 @@ def fence(connection: Connection, *, name: str, holder: str, ttl_s: float) -> fl
     nothing. Whatever commits after the fence commits while this process holds the lease."""
     now = time.time()
     renewed = connection.execute(
-        update(JobLease).where(col(JobLease.name) == name, col(JobLease.holder) == holder,
-                               col(JobLease.expires_at) >= now)
+        update(JobLease).where(col(JobLease.name) == name, col(JobLease.holder) == holder)
         .values(expires_at=now + ttl_s)).rowcount
     if not renewed:
         raise LeaseLost(name, holder)

@@ -54,12 +54,12 @@ class WebhookSender:
         Under ``lease`` (:mod:`cloud_hub.db.leases`) nothing is sent by a process that lost
         it: the lease is confirmed in the database before the first send, and each send is
         made only while that confirmation lasts (its ttl, by this host's clock), so a tick that
-        stalled past it sends nothing more (:class:`LeaseLost`), and the outcomes commit
-        only while the lease is held. What remains: a stall between that check and the request
-        itself, or a process that lost the lease after sending but before recording, lets the
-        next holder send the delivery again. Receivers see the same delivery id
-        (``X-Edgeloop-Delivery``) as for any retry after a time-out (a webhook is delivered at
-        least once), so a repeat is harmless to one that drops ids it has seen."""
+        stalled past it sends nothing more, and the outcomes commit only while no other process
+        has taken the lease over (:class:`LeaseLost`). What remains: a stall between that
+        check and the request itself, or a process that lost the lease after sending but before
+        recording, lets the next holder send the delivery again. Receivers see the same
+        delivery id (``X-Edgeloop-Delivery``) as for any retry after a time-out (a webhook is
+        delivered at least once), so a repeat is harmless to one that drops ids it has seen."""
         with Session(self._engine) as session:
             due = list(session.exec(
                 select(WebhookDelivery, WebhookRule)
@@ -75,7 +75,7 @@ class WebhookSender:
         outcomes = []
         for d, rule in due:
             if lease is not None and not lease.valid():
-                break  # expired: the record's commit below finds it so (LeaseLost)
+                break  # the rest wait for the next tick (the commit below is fenced)
             outcomes.append((d.id, self._send(d, rule)))
         sent_at = time.time()
         with session_under(lease, self._engine) as session:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,41 @@ def test_a_stalled_incident_tick_opens_nothing_once_another_hub_took_its_lease_o
         stall.go()
         a.stop()
         b.stop()
+
+
+def test_a_tick_that_outlived_its_lease_commits_when_no_other_hub_took_it_over(
+    two_hubs: list[Engine],
+) -> None:
+    """One hub, its tick slower than the lease (the bench's overload on PostgreSQL): the lease
+    expired with nobody taking it over, so the tick's writes commit and the lease is renewed;
+    with the fence that also required an unexpired lease, they were rolled back and done again."""
+    engine = two_hubs[0]
+    _anomalies(engine, "pump-1", 3)
+    stall = _Stall(engine, "INSERT INTO INCIDENTS")
+    tick = IncidentTick(engine, GroupingPolicy(gap_s=3600.0, quiet_s=3600.0))
+    worker = LeasedWorker(engine, name="incidents", tick=tick, interval_s=0.05,
+                          lease_ttl_s=1.0, holder="hub-a")
+    worker.start()
+    try:
+        assert stall.reached.wait(30), "the tick reached its first write"
+        with Session(engine) as session:
+            lease = session.get(JobLease, "incidents")
+            assert lease is not None and lease.holder == "hub-a"
+            expired_at = lease.expires_at
+        wait_for(lambda: time.time() > expired_at + 0.5, timeout=30,
+                 what="the tick outliving its lease")
+        stall.go()
+        wait_for(lambda: tick.incidents_opened == 1, timeout=30, what="the incident opened")
+        assert worker.lost == 0, "the tick's commit was refused: nobody else held the lease"
+        assert worker.errors == 0
+        with Session(engine) as session:
+            assert len(session.exec(select(Incident)).all()) == 1
+            lease = session.get(JobLease, "incidents")
+            assert lease is not None and lease.holder == "hub-a"
+            assert lease.expires_at > expired_at, "the fence renewed the lease"
+    finally:
+        stall.go()
+        worker.stop()
 
 
 class _Recording(Publisher):
