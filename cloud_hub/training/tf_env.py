@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
+
+from edge_agent.inference.runtime_stderr import filtered_stderr
 
 __all__ = ["import_keras", "import_tensorflow", "quiet_conversion", "seed_everything"]
 
@@ -65,35 +65,14 @@ def import_keras() -> ModuleType:
 
 # The converter's calibrator prints this status line straight to the C stderr on every int8
 # conversion; it is not a log record, so only a file-descriptor filter removes it.
-_CONVERTER_CHATTER = re.compile(r"^fully_quantize: \d+, inference_type: ")
-_stderr_lock = threading.Lock()
-
-
-@contextmanager
-def _filtered_stderr() -> Iterator[None]:
-    """Collect fd-2 output meanwhile and pass every line on except the known chatter."""
-    with _stderr_lock, tempfile.TemporaryFile() as sink:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            for line in sink.read().decode(errors="replace").splitlines(keepends=True):
-                if not _CONVERTER_CHATTER.match(line):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
+_CONVERTER_CHATTER = re.compile(rb"^fully_quantize: \d+, inference_type: ")
 
 
 @contextmanager
 def quiet_conversion() -> Iterator[None]:
     """Hide the converter's known, harmless warnings and chatter (pytest runs with
     ``-W error``); anything else it writes to stderr is passed on when it finishes."""
-    with _filtered_stderr(), warnings.catch_warnings():
+    with filtered_stderr(_CONVERTER_CHATTER), warnings.catch_warnings():
         # int8 with a representative dataset: TF warns it was not given input statistics,
         # which the calibration supplies.
         warnings.filterwarnings(

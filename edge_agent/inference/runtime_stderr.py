@@ -1,8 +1,10 @@
-"""The TFLite runtime's chatter on the C stderr, filtered out while an interpreter is made,
-and every other line passed on."""
+"""Lines TFLite prints on the C stderr (fd 2), which no Python setting silences, filtered out
+while it works (an interpreter made here, a model converted on the hub), and every other line
+passed on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -11,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["quiet_runtime_stderr"]
+__all__ = ["filtered_stderr", "quiet_runtime_stderr"]
 
 # The runtime's native logger prints this to the C stderr when it creates its default delegate
 # (once per process). It is not a log record, the runtime exports no way to raise its log
@@ -34,9 +36,15 @@ def _stderr_sink_fd() -> int:
     return _stderr_sink
 
 
-@contextmanager
-def quiet_runtime_stderr() -> Iterator[None]:
+def quiet_runtime_stderr() -> contextlib.AbstractContextManager[None]:
     """Hold fd 2 meanwhile and pass every line on afterwards except the runtime's chatter."""
+    return filtered_stderr(_RUNTIME_CHATTER)
+
+
+@contextmanager
+def filtered_stderr(chatter: re.Pattern[bytes]) -> Iterator[None]:
+    """Hold fd 2 meanwhile and pass every line on afterwards except those ``chatter`` matches
+    (without their line end). One at a time in a process: fd 2 is the process's."""
     with _stderr_lock:
         sink = _stderr_sink_fd()
         sys.stderr.flush()
@@ -56,6 +64,6 @@ def quiet_runtime_stderr() -> Iterator[None]:
                 os.ftruncate(sink, 0)
             os.lseek(sink, 0, os.SEEK_SET)
             kept = [line for line in caught.splitlines(keepends=True)
-                    if not _RUNTIME_CHATTER.match(line.rstrip(b"\r\n"))]
+                    if not chatter.match(line.rstrip(b"\r\n"))]
             if kept:
                 os.write(2, b"".join(kept))
