@@ -180,6 +180,15 @@ class Lease:
     def lost(self) -> None:
         self.held = False
 
+    def warn_if_outlived(self, seconds: float) -> None:
+        """A tick that committed under this lease took ``seconds``. Longer than the lease's ttl,
+        it committed only because no other process took the job over meanwhile (the fence
+        refuses it otherwise): worth a warning, as a starved process or a slow database is."""
+        if seconds > self.ttl_s:
+            log.warning("%s: a tick took %.1f s, longer than its %.0f-s lease; it committed "
+                        "because no other hub process took the job over meanwhile (a starved "
+                        "process or a slow database?)", self.name, seconds, self.ttl_s)
+
     def fence(self, connection: Connection) -> float:
         """:func:`fence` in ``connection``'s transaction; forgets the lease if it was lost."""
         try:
