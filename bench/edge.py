@@ -84,7 +84,8 @@ models = {path: TfliteModel(open(path, "rb").read()) for path in sys.argv[5:]}
 manifest = None
 if sys.argv[4] != "-":  # the agent's whole per-reading path too: Detector.push
     import msgspec
-    from edge_agent.detect.detector import Detector, LoadedModel
+    from edge_agent.detect.detector import Detector
+    from edge_agent.detect.records import LoadedModel
     from edge_agent.sources.base import Reading
     from shared.manifest import Manifest
     manifest = msgspec.json.decode(open(sys.argv[4], "rb").read(), type=Manifest)

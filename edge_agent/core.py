@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
-from edge_agent.detect.detector import Detection, Detector
+from edge_agent.detect.detector import Detector
+from edge_agent.detect.records import Detection
 from edge_agent.drift.federated import WindowScatter
 from edge_agent.drift.monitor import DriftMonitor
 from edge_agent.inference.runtime import installed_runtime, loaded_runtime

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_agent.detect.detector import LoadedModel
+from edge_agent.detect.records import LoadedModel
 from edge_agent.inference.runtime import ModelLoadError, TfliteModel
 from shared.manifest import Manifest
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.config import ModelSettings
-from edge_agent.detect.detector import Detector, LoadedModel
+from edge_agent.detect.detector import Detector
+from edge_agent.detect.records import LoadedModel
 from edge_agent.models.store import ModelPointer, ModelStore, StoreError
 from shared.codec import ChunkError
 from shared.manifest import Manifest, Quantization

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.detect.detector import Detector as DeviceDetector
-from edge_agent.detect.detector import LoadedModel, Reconstructor
+from edge_agent.detect.records import LoadedModel, Reconstructor
 from edge_agent.models.loader import load_model
 from edge_agent.sources.base import Reading
 from shared.codec import sha256_hex, split

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from edge_agent.detect.adaptation import AdaptationSettings
 from edge_agent.detect.detector import Detector as DeviceDetector
-from edge_agent.detect.detector import Reconstructor
+from edge_agent.detect.records import Reconstructor
 from shared.manifest import Quantization
 from simulator.evaluate.datasets import NabSeries, load_nab
 from simulator.evaluate.detector import Detector, DetectorConfig, fit_detector

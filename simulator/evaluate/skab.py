@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from edge_agent.detect.adaptation import AdaptationSettings
 from edge_agent.detect.detector import Detector as DeviceDetector
-from edge_agent.detect.detector import Reconstructor
+from edge_agent.detect.records import Reconstructor
 from shared.manifest import Quantization
 from shared.scoring import fit_normalization
 from simulator.evaluate.datasets import SkabFile, load_skab_file, skab_files

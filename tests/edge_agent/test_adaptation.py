@@ -17,7 +17,8 @@ from edge_agent.detect.adaptation import (
     AdaptiveNormalization,
     AdaptiveThreshold,
 )
-from edge_agent.detect.detector import Detector, LoadedModel
+from edge_agent.detect.detector import Detector
+from edge_agent.detect.records import LoadedModel
 from edge_agent.models.loader import load_model
 from edge_agent.sources.base import Reading
 from shared.manifest import Normalization

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.detect.detector import Detection
+from edge_agent.detect.records import Detection
 from edge_agent.sources.base import Reading
 from edge_agent.telemetry.outbox import Outbox
 from shared.signing import SigningKey

@@ -6,7 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_agent.detect.detector import Detector, LoadedModel
+from edge_agent.detect.detector import Detector
+from edge_agent.detect.records import LoadedModel
 from edge_agent.models.loader import load_model
 from edge_agent.sources.base import Reading
 from shared.signing import generate_signing_key
@@ -196,7 +197,7 @@ def test_the_in_place_path_scores_and_alerts_like_the_plain_path(name: str, smoo
     normalized into the input tensor and scored from the output tensor gives the scores,
     spans and anomalies (with their channels) of the copy-in, copy-out path, bit for bit, and
     the hub's offline scores of every window (its smoothing rounds otherwise)."""
-    from edge_agent.detect.detector import InPlaceReconstructor
+    from edge_agent.detect.records import InPlaceReconstructor
     from edge_agent.inference.runtime import TfliteModel
     from shared.scoring import normalize, sliding_windows, smooth, window_scores
 

@@ -123,7 +123,7 @@ _QUANTILE_CHILD = r"""
 import json, sys
 import numpy as np
 with_numpy = "numpy.ma" in sys.modules  # numpy 1.x loads it with numpy; 2.x only on use
-from edge_agent.detect.detector import quantiles
+from edge_agent.detect.records import quantiles
 values = np.random.default_rng(1).lognormal(size=999)
 ours = quantiles(values, (0.0, 0.5, 0.99, 1.0))
 print(json.dumps({"ours": ours, "loaded_numpy_ma": "numpy.ma" in sys.modules and not with_numpy,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.detect.detector import LoadedModel
+from edge_agent.detect.records import LoadedModel
 from edge_agent.models.updater import ModelLoader
 from shared.codec import split
 from shared.manifest import Manifest
