@@ -150,17 +150,21 @@ def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages
     fleet = _Fleet(devices, readings, channels)
     totals: list[float] = []
     decode_s: list[float] = []
-    grown: list[dict[str, Any]] = []
+    # at each segment's start, and at the end: messages stored, the database's size, and the
+    # seconds spent so far per statement kind (a segment's are the next mark's less its own)
+    marks: list[tuple[int, int | None, dict[str, float]]] = []
+
+    def mark(stored: int) -> None:
+        marks.append((stored, size() if size else None,
+                      {k: sum(v) for k, v in timer.times.items()}))
+
     with _Timer(engine) as timer:
         times = timer.times
         for n in range(warmup + segments * batches):
             if n == warmup:
                 times.clear()
             if n >= warmup and (n - warmup) % batches == 0:
-                grown.append({"messages_before": n * messages,
-                              "database_bytes_before": size() if size else None,
-                              "seconds": 0.0,
-                              "spent_before": {k: sum(v) for k, v in times.items()}})
+                mark(n * messages)
             wire = fleet.messages(messages)
             t0 = time.perf_counter()
             batch, _ = decode_batch(fleet.topics, wire)
@@ -173,7 +177,7 @@ def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages
             if n >= warmup:
                 decode_s.append(t1 - t0)
                 totals.append(time.perf_counter() - t1)
-                grown[-1]["seconds"] += totals[-1]
+        mark((warmup + segments * batches) * messages)
     measured = segments * batches
     statements = {kind: {"ms_per_batch": round(1000 * sum(s) / measured, 2),
                          "per_batch": round(len(s) / measured, 2)}
@@ -194,19 +198,25 @@ def measure(engine: Engine, *, devices: int, batches: int, warmup: int, messages
         "messages_per_s_stored": round(messages / statistics.fmean(totals)),
         "statements": statements,
         "other_ms_per_batch": round(mean_ms - in_statements, 1),
-        "segments": [{"messages_before": g["messages_before"],
-                      "database_bytes_before": g["database_bytes_before"],
-                      "messages_per_s_stored": round(batches * messages / g["seconds"]),
-                      "store_ms_mean": round(1000 * g["seconds"] / batches, 1),
-                      "statements_ms_per_batch": {
-                          kind: round(1000 * (spent - g["spent_before"].get(kind, 0.0))
-                                      / batches, 2)
-                          for kind, spent in (after["spent_before"] if after else
-                                              {k: sum(v) for k, v in times.items()}).items()}}
-                     for g, after in zip(grown, [*grown[1:], None], strict=True)],
+        "segments": [_segment(i, marks[i], marks[i + 1], totals[i * batches:(i + 1) * batches])
+                     for i in range(segments)],
         "sent": sent, "rows": rows, "counted": counted,
         "ok": rows == sent and counted == sent,
     }
+
+
+def _segment(index: int, start: tuple[int, int | None, dict[str, float]],
+             end: tuple[int, int | None, dict[str, float]], seconds: list[float]
+             ) -> dict[str, Any]:
+    """One segment's figures, from the marks at its start and end and its batches' times."""
+    (stored, size, spent), (_, _, spent_after) = start, end
+    batches, taken = len(seconds), sum(seconds)
+    return {"messages_before": stored, "database_bytes_before": size,
+            "messages_per_s_stored": round((end[0] - stored) / taken),
+            "store_ms_mean": round(1000 * taken / batches, 1),
+            "statements_ms_per_batch": {
+                kind: round(1000 * (total - spent.get(kind, 0.0)) / batches, 2)
+                for kind, total in spent_after.items()}}
 
 
 def print_table(console: Console, result: dict[str, Any]) -> None:
