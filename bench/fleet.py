@@ -1,6 +1,6 @@
 """Fleet benchmark (issue 6): 1,000 devices at 1 Hz × 8 channels against a real hub for 60 s.
 
-Each device is the agent's own core (``simulator.scale_fleet``: its own TLS connection and
+Each device is the agent's own core (``simulator.scale_device``: its own TLS connection and
 credential, durable SQLite outbox, model store and trust ring); the fleet is split over
 ``--processes`` processes (default: one per core, ``simulator.fleet_pool``), each driving its
 share through epoll with ``--shards`` threads; the bench merges what they report. The hub

@@ -1,7 +1,7 @@
 """Rollout benchmark: seconds_to_full for a ~30 KB int8 model to 1,000 devices on one mosquitto.
 
 Also measures train_convert_seconds: training + conversion + parity of the default model on
-10,000 windows. Every device is the agent's own core (:mod:`simulator.scale_fleet`): its own TLS
+10,000 windows. Every device is the agent's own core (:mod:`simulator.scale_device`): its own TLS
 connection and credential, durable outbox, model store and trust ring, reading a simulated
 server at ``--rate`` Hz. The fleet is split over ``--processes`` processes of its own (default:
 one per core, :class:`simulator.fleet_pool.FleetPool`), each driving its share through epoll,

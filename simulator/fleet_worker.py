@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from simulator.fleet import DeviceSpec
-from simulator.scale_fleet import UPDATE_STEPS_PER_ROUND, ScaleDevice, ScaleFleet
+from simulator.scale_device import ScaleDevice
+from simulator.scale_fleet import UPDATE_STEPS_PER_ROUND, ScaleFleet
 
 __all__ = ["main", "settle"]
 

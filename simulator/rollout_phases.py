@@ -1,6 +1,6 @@
 """Where a rollout's time went on the devices: each device's steps, summarised over the fleet.
 
-A fleet-scale device (:mod:`simulator.scale_fleet`) keeps a timeline of its reported states and
+A fleet-scale device (:mod:`simulator.scale_device`) keeps a timeline of its reported states and
 of when each desired, manifest and chunk was read from its socket, on one clock
 (``time.monotonic()``, the same in every process of the machine). Per device:
 

@@ -1,6 +1,6 @@
 """Fleet scale run: a thousand devices running the agent's core against a real hub, measured.
 
-Used by ``bench/fleet.py``. The devices (:mod:`simulator.scale_fleet`, each an
+Used by ``bench/fleet.py``. The devices (:mod:`simulator.scale_device`, each an
 :class:`~edge_agent.core.DeviceCore` over TLS with its own credential, split over one process
 per core by :class:`~simulator.fleet_pool.FleetPool`) stream their recorded
 history, the hub trains a model on some of them, publishes it and rolls it out: every device

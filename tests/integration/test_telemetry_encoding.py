@@ -67,7 +67,7 @@ def test_an_agent_left_at_auto_sends_msgpack_to_a_hub_that_reads_it_and_all_is_s
 def test_the_many_device_fleet_negotiates_msgpack_with_the_hub_too(
     broker: Broker, tmp_path: Path
 ) -> None:
-    """The fleet's transport (simulator/scale_fleet.py) hands the core the presence record's
+    """The fleet's transport (simulator/shard_wire.py) hands the core the presence record's
     user properties as the daemon's link does: its devices send MessagePack to this hub."""
     devices = tuple(f"fleet-{i}" for i in range(3))
     key = generate_signing_key()
