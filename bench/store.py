@@ -58,7 +58,7 @@ from cloud_hub.mqtt.decoding import decode_batch  # noqa: E402
 from shared.messages import new_epoch  # noqa: E402
 from shared.topics import DeviceTopic, Topics  # noqa: E402
 from simulator.bench_database import database  # noqa: E402
-from simulator.flood import telemetry_payload  # noqa: E402
+from simulator.flood_stream import telemetry_payload  # noqa: E402
 
 _PREFIX = "edgeloop/v1"
 

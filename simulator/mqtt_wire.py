@@ -3,9 +3,10 @@
 The ingest bench's load generator stands in for devices that in real life do not share the
 hub's machine, so it must cost as little CPU as it can: paho builds objects, locks and a
 ``Properties`` block for every message, where a publisher that only ever sends QoS 1 PUBLISH
-packets and reads PUBACKs can do with bytes. :mod:`simulator.flood` uses this over the broker's
-real TLS socket, with the credential the harness issued it (MQTT 5, so a PUBACK says when the
-broker refused a message: an ACL denial is reason code 0x87, not a silent success as in 3.1.1).
+packets and reads PUBACKs can do with bytes. :mod:`simulator.flood_publisher` uses this over
+the broker's real TLS socket, with the credential the harness issued it (MQTT 5, so a PUBACK
+says when the broker refused a message: an ACL denial is reason code 0x87, not a silent success
+as in 3.1.1).
 """
 
 from __future__ import annotations
