@@ -13,12 +13,12 @@ import pytest
 from rich.console import Console
 from sqlmodel import Session, select
 
-from bench.ingest import enroll
 from cloud_hub.db.engine import make_engine
 from cloud_hub.db.enrollments import Enrollment, enrolled_among
 from cloud_hub.db.ingest_store import DeadLetterRecord, IngestBatch, store_batch
 from shared.messages import TelemetryBatch
 from simulator.flood import FloodPlan
+from simulator.ingest_bench.hubs import enroll
 from tests.cloud_hub.helpers import wait_for
 from tests.pg import pg_database
 
@@ -42,7 +42,7 @@ def test_bench_enroll_records_registry_only_devices(tmp_path: Path) -> None:
 
 
 def test_bench_compares_overload_cpu_with_the_saturation_run() -> None:
-    from bench.ingest import _cpu_compared
+    from simulator.ingest_bench.saturation import cpu_compared
 
     sat = {"hub_cpu_share": 0.5, "messages_per_cpu_s": 4000.0, "publisher_cpu_share": 0.06,
            "broker_cpu_share": 0.07, "hub_waited_for_cpu_s_per_s": 0.8, "load_average": 5.0,
@@ -50,18 +50,18 @@ def test_bench_compares_overload_cpu_with_the_saturation_run() -> None:
     over = {"hub_cpu_share": 0.25, "messages_per_cpu_s": 3600.0, "publisher_cpu_share": 0.08,
             "broker_cpu_share": 0.1, "hub_waited_for_cpu_s_per_s": 1.6, "load_average": 8.0,
             "speed_probe_ms": 12.5}
-    got = _cpu_compared(over, sat)
+    got = cpu_compared(over, sat)
     assert got is not None
     assert got["hub_cpu_share_ratio"] == 0.5
     assert got["messages_per_cpu_s_ratio"] == 0.9
     assert got["publisher_cpu_share"] == [0.06, 0.08]
     assert got["load_average"] == [5.0, 8.0]
     assert got["speed_probe_ms"] == [8.0, 12.5]
-    assert _cpu_compared(over, None) is None
+    assert cpu_compared(over, None) is None
 
 
 def test_bench_sets_two_hubs_against_one_on_postgresql_at_batch_10() -> None:
-    from bench.ingest import summarize
+    from simulator.ingest_bench.report import summarize
 
     def case(database: str, readings: int, per_s: float, per_cpu_s: float,
              busy: float) -> dict[str, object]:
@@ -89,7 +89,7 @@ def test_bench_saturation_is_refined_past_the_ramps_step(monkeypatch: Any) -> No
     """The ramp's 10% steps would leave the saturation rate up to 10% under the hub's capacity;
     bisection brings the lowest rate that fell behind within 3% above the rate reported. The
     paced runs here are a stand-in: a hub that keeps up with anything up to ``capacity``."""
-    import bench.ingest as bench
+    import simulator.ingest_bench.saturation as saturation
 
     offered: list[float] = []
 
@@ -101,10 +101,10 @@ def test_bench_saturation_is_refined_past_the_ramps_step(monkeypatch: Any) -> No
             return {"backlog_slope_per_s": 0.0 if plan.rate <= capacity else plan.rate,
                     "messages_per_s": min(plan.rate, capacity)}
 
-        monkeypatch.setattr(bench, "measure", paced)
+        monkeypatch.setattr(saturation, "measure", paced)
         opts = argparse.Namespace(saturation_steps=4, saturation_window=30.0, warmup=5.0,
                                   saturation_resolution=0.03, saturation_bisections=bisections)
-        rate, steps = bench.find_saturation(
+        rate, steps = saturation.find_saturation(
             None, None, FloodPlan(rate=0.0), {"messages_per_s": 10_000.0},  # type: ignore[arg-type]
             opts, Console(file=io.StringIO()))
         assert [s["keeps_up"] for s in steps] == [r <= capacity for r in offered]
@@ -132,8 +132,8 @@ def test_bench_counts_rows_and_counters_of_the_database(kind: str, tmp_path: Pat
                                                          request: pytest.FixtureRequest) -> None:
     """What lost and duplicates are computed from: the rows, the readings, the devices'
     counters and the dead letters, read in one statement (one snapshot)."""
-    from bench.ingest import _count_in_database
     from simulator.bench_database import Database
+    from simulator.ingest_bench.cases import count_in_database
 
     url = (f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite"
            else request.getfixturevalue("pg_database"))
@@ -146,7 +146,7 @@ def test_bench_counts_rows_and_counters_of_the_database(kind: str, tmp_path: Pat
                                           values=[[1.0], [2.0]])
                            for d in range(3) for s in range(4)],
                 dead_letters=[DeadLetterRecord("t", "bad", b"x", received_at=1.0)]))
-        got = _count_in_database(None, Database(kind, url))  # type: ignore[arg-type]
+        got = count_in_database(None, Database(kind, url))  # type: ignore[arg-type]
     finally:
         engine.dispose()
     assert got == {"rows": 12, "readings": 24, "device_batches": 12, "device_readings": 24,
@@ -154,7 +154,7 @@ def test_bench_counts_rows_and_counters_of_the_database(kind: str, tmp_path: Pat
 
 
 def test_bench_sums_the_hubs_redeliveries_and_retried_commits_over_every_phase() -> None:
-    from bench.ingest import summarize
+    from simulator.ingest_bench.report import summarize
 
     flood = {"messages_per_s": 1000.0, "readings_per_s": 10000.0, "messages_per_cpu_s": 2000.0,
              "machine_busy_cores": 1.0, "hub_rss_bytes_max": 1, "broker_rss_bytes_max": 1,
@@ -170,18 +170,18 @@ def test_bench_sums_the_hubs_redeliveries_and_retried_commits_over_every_phase()
 
 
 def test_bench_pins_what_it_starts_meanwhile_and_keeps_its_own_cpus() -> None:
-    """--pin-hub: a hub started under ``_affinity`` runs on those CPUs alone, threads and all;
+    """--pin-hub: a hub started under ``affinity`` runs on those CPUs alone, threads and all;
     the bench itself is back on its own CPUs afterwards."""
     import os
     import subprocess
     import sys
 
-    from bench.ingest import _affinity
+    from simulator.ingest_bench.machine import affinity
 
     mine = os.sched_getaffinity(0)
     one = {max(mine)}
     threads = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start()"
-    with _affinity(one):
+    with affinity(one):
         child = subprocess.Popen([sys.executable, "-c", threads])
     try:
         assert os.sched_getaffinity(0) == mine
@@ -193,15 +193,15 @@ def test_bench_pins_what_it_starts_meanwhile_and_keeps_its_own_cpus() -> None:
     finally:
         child.kill()
         child.wait()
-    with _affinity(None):
+    with affinity(None):
         assert os.sched_getaffinity(0) == mine
 
 
 def test_bench_keeps_the_hubs_warnings_before_their_logs_are_gone(tmp_path: Path) -> None:
     """A redelivery in the overload means the hub reconnected: the bench records the hubs'
     WARNING and ERROR lines, which say why, before its directory is deleted."""
-    from bench.ingest import Hubs
     from simulator.hub_process import HubProcess
+    from simulator.ingest_bench.hubs import Hubs
 
     hubs = Hubs.__new__(Hubs)
     hubs.procs = [HubProcess(tmp_path / f"hub-{i}", mqtt_port=1) for i in range(2)]
@@ -235,7 +235,7 @@ def test_bench_keeps_the_hubs_warnings_before_their_logs_are_gone(tmp_path: Path
 def test_bench_table_shows_every_figure_whole_at_its_width() -> None:
     """The bench prints at 170 columns; with one table of 21 columns its cells were cut
     ("21,2…"). Every figure of a full run's largest case shows whole."""
-    from bench.ingest import print_table, summarize
+    from simulator.ingest_bench.report import print_table, summarize
 
     def case(database: str, batch: int, msg_s: float, hubs: int = 1) -> dict[str, Any]:
         flood = {"held_backlog": 40_000, "messages_per_s": msg_s,

@@ -1,0 +1,141 @@
+"""One case of the ingest bench, on its own broker, hubs and database: one hub at one batch
+size (at batch 10 with the saturation search and the overload), or two hubs on PostgreSQL;
+then what the database holds against what the broker acknowledged."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from sqlalchemy import create_engine, text
+
+from simulator.bench_database import Database, database
+from simulator.broker import Broker
+from simulator.flood import FloodPlan
+from simulator.ingest_bench.hubs import Hubs, database_url, enroll
+from simulator.ingest_bench.measured_run import held_backlog, measure
+from simulator.ingest_bench.saturation import find_saturation, overload
+
+__all__ = ["case_ok", "check_counts", "count_in_database", "run_case", "run_two_hubs"]
+
+
+def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace,
+             console: Console, *, saturation: bool) -> dict[str, Any]:
+    """One database x batch size: the hub's capacity with a held backlog; at batch 10 also
+    saturation and overload. Everything the broker acknowledged is counted in the database."""
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
+        work = Path(tmp)
+        with Broker(workdir=work / "broker") as broker, database(db_kind) as db:
+            hubs = Hubs(broker, db, work, cpus=opts.hub_cpus).start()
+            try:
+                plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
+                                 processes=opts.publishers, encoding=opts.encoding)
+                enroll(database_url(hubs, db), plan.device_ids())
+                held = held_backlog(readings)
+                console.print(f"{db_kind}, batch {readings}: backlog held at {held.target:,} "
+                              f"messages for {opts.duration:g} s")
+                flood = measure(broker, hubs, plan, warmup_s=opts.warmup + opts.settle,
+                                window_s=opts.duration, held=held)
+                published = flood["published"]
+                phases = [flood]
+                case: dict[str, Any] = {"database": db_kind, "readings_per_message": readings,
+                                        "devices": devices, "flood": flood}
+                if saturation:
+                    steps: list[dict[str, Any]] = []
+                    if opts.saturation_rate:  # given: the overload alone, at twice it
+                        sat = opts.saturation_rate
+                    else:
+                        sat, steps = find_saturation(broker, hubs, plan, flood, opts, console)
+                    case["saturation_rate"] = sat
+                    case["saturation_steps"] = steps
+                    published += sum(s["published"] for s in steps)
+                    phases += steps
+                    over = overload(broker, hubs, plan, saturation_rate=sat, flood=flood,
+                                    steps=steps, opts=opts, console=console, label=db_kind)
+                    published += over["published"]
+                    phases.append(over)
+                    case["overload"] = over
+                counts = check_counts(hubs, db, published, published * readings)
+                case.update(counts)
+                case["broker_drop_log_lines"] = sum(p["broker_drop_log_lines"] for p in phases)
+                case["publisher_errors"] = [e for p in phases for e in p["publisher_errors"]]
+                if saturation:
+                    case["overload"]["lost"] = counts["lost"]
+                    case["overload"]["hub_missing_batches"] = hubs.missing_batches()
+            finally:
+                hubs.stop()
+                warnings = hubs.log_warnings()
+    case["hub_log_warnings"] = warnings
+    case["ok"] = case_ok(case)
+    return case
+
+
+def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
+                 console: Console) -> dict[str, Any]:
+    """Two hubs in one ``$share`` group on PostgreSQL, with a held backlog: their stored rate
+    and CPU, counted in the database as for one hub."""
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
+        work = Path(tmp)
+        with Broker(workdir=work / "broker") as broker, database("postgresql") as db:
+            hubs = Hubs(broker, db, work, count=2, cpus=opts.hub_cpus).start()
+            try:
+                plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
+                                 processes=opts.publishers, encoding=opts.encoding)
+                enroll(database_url(hubs, db), plan.device_ids())
+                held = held_backlog(readings)
+                console.print(f"postgresql, two hubs, batch {readings}: backlog held at "
+                              f"{held.target:,} messages for {opts.duration:g} s")
+                flood = measure(broker, hubs, plan, warmup_s=opts.warmup + opts.settle,
+                                window_s=opts.duration, held=held)
+                counts = check_counts(hubs, db, flood["published"],
+                                      flood["published"] * readings)
+            finally:
+                hubs.stop()
+                warnings = hubs.log_warnings()
+    case = {"database": "postgresql", "hubs": 2, "readings_per_message": readings,
+            "devices": devices, "flood": flood, **counts, "hub_log_warnings": warnings,
+            "broker_drop_log_lines": flood["broker_drop_log_lines"],
+            "publisher_errors": flood["publisher_errors"]}
+    case["ok"] = case_ok(case)
+    return case
+
+
+def count_in_database(hubs: Hubs, db: Database) -> dict[str, int]:
+    engine = create_engine(database_url(hubs, db))
+    try:
+        with engine.connect() as conn:
+            # One statement, so one snapshot: the rows and the devices' counters as of one
+            # moment, even if a hub still commits (two statements could fall either side of
+            # a commit and show rows missing that its counters already count).
+            rows, readings, batches_counted, readings_counted, dead = conn.execute(text(
+                "SELECT (SELECT count(*) FROM telemetry), "
+                "(SELECT coalesce(sum(readings), 0) FROM telemetry), "
+                "(SELECT coalesce(sum(telemetry_batches), 0) FROM devices), "
+                "(SELECT coalesce(sum(telemetry_readings), 0) FROM devices), "
+                "(SELECT count(*) FROM dead_letters)")).one()
+    finally:
+        engine.dispose()
+    return {"rows": int(rows), "readings": int(readings), "device_batches": int(batches_counted),
+            "device_readings": int(readings_counted), "dead_letters": int(dead)}
+
+
+def check_counts(hubs: Hubs, db: Database, published: int, readings: int) -> dict[str, int]:
+    """lost and duplicates, counted in the database against what the broker acknowledged."""
+    counts = count_in_database(hubs, db)
+    return {
+        "lost": max(0, published - counts["rows"]),
+        "duplicates": max(0, counts["rows"] - published)
+        + max(0, counts["device_batches"] - counts["rows"])
+        + max(0, counts["device_readings"] - counts["readings"]),
+        "rows": counts["rows"], "dead_letters": counts["dead_letters"],
+        "readings_stored": counts["readings"], "readings_published": readings,
+    }
+
+
+def case_ok(case: dict[str, Any]) -> bool:
+    """Nothing lost, nothing stored twice, no drop logged by the broker, no publisher error."""
+    return (case["lost"] == 0 and case["duplicates"] == 0
+            and case.get("broker_drop_log_lines", 0) == 0 and not case.get("publisher_errors"))
