@@ -25,8 +25,8 @@ from edge_agent.core import DeviceCore
 from edge_agent.detect.detector import Detector
 from edge_agent.health import rss_bytes
 from edge_agent.models.loader import load_model
+from edge_agent.models.report import ModelReport
 from edge_agent.models.store import ModelStore, write_atomic
-from edge_agent.models.updater import ModelReport
 from edge_agent.sources.base import Reading, SensorSource
 from edge_agent.sources.registry import create_source
 from edge_agent.telemetry.batcher import TelemetryBatcher

@@ -31,8 +31,9 @@ from edge_agent.detect.records import Detection
 from edge_agent.drift.federated import WindowScatter
 from edge_agent.drift.monitor import DriftMonitor
 from edge_agent.inference.runtime import installed_runtime, loaded_runtime
+from edge_agent.models.report import ModelReport
 from edge_agent.models.store import ModelStore
-from edge_agent.models.updater import UNLIMITED, ModelLoader, ModelReport, ModelUpdater, StepBudget
+from edge_agent.models.updater import UNLIMITED, ModelLoader, ModelUpdater, StepBudget
 from edge_agent.ports import SYSTEM_CLOCK, Clock, CoreStatus, TrustRing, Wire
 from edge_agent.sources.base import Reading
 from edge_agent.telemetry.batcher import TelemetryBatcher

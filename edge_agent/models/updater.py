@@ -2,12 +2,11 @@
 
 Runs in the agent's worker thread (the same thread that scores windows), so activation lands
 between two windows. On any failure the active model keeps running and ``reported`` says why.
-Chunks are fetched one retained topic each, so a restart resumes with the missing ones only and
-a chunk with a wrong hash is discarded and fetched again (``chunk_retries`` times). The last
-chunk stays in memory and the model is staged from it with the others from disk; a manifest
-whose signature was checked as it arrived is not checked again before its bytes are loaded
-(a model read back from disk is). The two costly steps, checking a manifest and staging a
-model, run when a :class:`StepBudget` lets them (the daemon's always does).
+The download itself (manifest and chunk topics, chunks checked and fetched again) is a
+:class:`~edge_agent.models.download.ModelDownload`; a manifest whose signature was checked as
+it arrived is not checked again before its bytes are loaded (a model read back from disk is).
+The two costly steps, checking a manifest and staging a model, run when a :class:`StepBudget`
+lets them (the daemon's always does).
 
 A desired naming another variant of the version that runs (the hub picked again once it knew
 the device's runtime) is fetched into the store's switch area beside the running one, checked,
@@ -17,31 +16,24 @@ take_switch`). A desired naming no variant is met by whichever variant of the ve
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.config import ModelSettings
 from edge_agent.detect.detector import Detector
 from edge_agent.detect.records import LoadedModel
+from edge_agent.models.download import ChunkOutcome, DownloadFailed, ModelDownload, Subscriber
+from edge_agent.models.report import ModelReport, ModelReporter
 from edge_agent.models.store import ModelPointer, ModelStore, StoreError
-from shared.codec import ChunkError
 from shared.manifest import Manifest, Quantization
-from shared.messages import ModelRef, ModelState, ReportedModel
+from shared.messages import ModelRef, ModelState
 from shared.topics import ParsedTopic, Topics
 
-__all__ = ["UNLIMITED", "ModelLoader", "ModelReport", "ModelUpdater", "StepBudget", "Subscriber",
-           "Unlimited"]
+__all__ = ["UNLIMITED", "ModelLoader", "ModelUpdater", "StepBudget", "Unlimited"]
 
 log = logging.getLogger(__name__)
-
-
-class Subscriber(Protocol):
-    def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
-    def unsubscribe(self, topic_filter: str) -> None: ...
 
 
 # Builds a LoadedModel from verified bytes, or raises (ModelLoadError/StoreError) with a reason.
@@ -67,27 +59,6 @@ class Unlimited:
 
 
 UNLIMITED = Unlimited()
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    """What ``reported`` says: the model the state is about, the state, why, and what runs."""
-
-    model: ReportedModel | None
-    state: ModelState
-    error: str | None
-    active: ReportedModel | None
-    threshold: float | None
-    since: float
-
-
-def _reported(manifest: Manifest | None, ref: ModelRef | None = None) -> ReportedModel | None:
-    if manifest is not None:
-        return ReportedModel(name=manifest.name, version=manifest.version, sha256=manifest.sha256,
-                             variant=manifest.quantization.value)
-    if ref is not None:
-        return ReportedModel(name=ref.name, version=ref.version, variant=ref.variant)
-    return None
 
 
 _VARIANTS = frozenset(q.value for q in Quantization)
@@ -119,31 +90,20 @@ class ModelUpdater:
         self.detector = detector
         self.loader = loader
         self.settings = settings
-        self._on_report = on_report
         self._clock = clock
-        self.state: ModelState | None = None
+        self._reporter = ModelReporter(detector, on_report)
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # wall clock
         self.refused = 0  # manifests and chunks refused (bad, forged, or not what was asked)
-        self.last_report: ModelReport | None = None
-        self._target: ModelRef | None = None
-        self._manifest: Manifest | None = None
-        self._subscribed: set[str] = set()
-        self._attempts: dict[int, int] = {}
+        self._download: ModelDownload | None = None  # of the model desired, until it runs or fails
         self._deadline = 0.0
-        self._download_started = 0.0
         self._settled: dict[tuple[str, int], float] = {}  # target -> issued_at it was decided at
-        # The manifest accepted from the network in this process (signature checked then):
-        # staging it loads the bytes just checked instead of reading both back from disk.
-        self._checked: Manifest | None = None
-        # The download's last chunk, checked, kept in memory only: staged at once, it need not
-        # be written, read back and deleted. The others are on disk (a restart resumes).
-        self._received: dict[int, bytes] = {}
-        self._missing: set[int] = set()
         self._step: Callable[[], None] | None = None  # a step the budget has not let run yet
-        # Where the download in progress goes: the store, or its switch area for another
-        # variant of the running version.
-        self._dl: ModelStore = store
+
+    @property
+    def state(self) -> ModelState | None:
+        """The state last reported (None before the first report)."""
+        return self._reporter.state
 
     # -- start-up ------------------------------------------------------------------------
     def load_current(self) -> None:
@@ -171,16 +131,16 @@ class ModelUpdater:
         switching = False
         if active is not None and (active.manifest.name, active.manifest.version) == key:
             if ref.variant in (None, active.manifest.quantization.value):
-                if self._target is not None:
+                if self._download is not None:
                     self._abort("desired changed back to the active model")
-                self._report(active.manifest, ModelState.ACTIVE, None)
+                self._reporter.report(active.manifest, ModelState.ACTIVE, None)
                 return
             switching = True  # another variant of the running version
-        if self._target == ref:
+        if self._download is not None and self._download.ref == ref:
             return
         if self._settled.get(key) == issued_at:
             return  # this very request was already decided; a new desired (issued_at) retries
-        if self._target is not None:
+        if self._download is not None:
             self._abort(f"desired changed to {_label(ref)}")
         self._settled[key] = issued_at
         if ref.variant is not None and ref.variant not in _VARIANTS:
@@ -188,121 +148,82 @@ class ModelUpdater:
                              f"v{ref.version}, which does not exist: a variant is one of "
                              f"{', '.join(q.value for q in Quantization)}", ref)
             return
-        self._target = ref
-        self._attempts = {}
-        self._forget_download()
         if switching:
             log.info("switching %s v%d from variant %s to %s", ref.name, ref.version,
                      active.manifest.quantization.value if active else "?", ref.variant)
-        self._dl = self.store.switch_store() if switching else self.store
+        download = self._download = ModelDownload(
+            ref, store=self.store.switch_store() if switching else self.store,
+            topics=self.topics, link=self.link, chunk_retries=self.settings.chunk_retries,
+            clock=self._clock)
         self._deadline = self._clock() + self.settings.download_timeout_s
-        saved = self._dl.saved_manifest(ref.name, ref.version)
-        if saved is not None and ref.variant not in (None, saved.quantization.value):
-            if self._dl.discard(ref.name, ref.version):  # another variant of it: fetch anew
-                log.info("dropping the stored %s variant of %s v%d for variant %s",
-                         saved.quantization.value, ref.name, ref.version, ref.variant)
-            saved = None
-        if saved is not None and saved.release >= self.store.releases.get(ref.name):
-            # (an older release of it on disk is not enough: going back needs the hub's
-            # new release of this version, which is on the broker)
-            self._with_manifest(saved)
+        saved = download.saved_manifest()
+        if saved is not None:
+            self._with_manifest(download, saved)
             return
-        self._report(None, ModelState.DOWNLOADING, None, ref=ref)
-        self._sub(self.topics.manifest(ref.name, ref.version, ref.variant))
+        self._reporter.report(None, ModelState.DOWNLOADING, None, ref=ref)
+        download.ask_manifest()
 
     # -- messages ------------------------------------------------------------------------
     def on_message(self, parsed: ParsedTopic, payload: bytes) -> None:
-        target = self._target
-        if target is None or (parsed.model_name, parsed.model_version, parsed.variant) != (
-            target.name, target.version, target.variant
+        download = self._download
+        if download is None or (parsed.model_name, parsed.model_version, parsed.variant) != (
+            download.ref.name, download.ref.version, download.ref.variant
         ):
             return
+        target = download.ref
         if parsed.kind == "manifest":
-            self._unsub(self.topics.manifest(target.name, target.version, target.variant))
-            if self._manifest is not None or self._step is not None:
+            download.manifest_arrived()
+            if download.manifest is not None or self._step is not None:
                 return
             if not payload:
                 self._fail(f"model {_label(target)} was retired (manifest cleared)")
                 return
             self._run_step(lambda: self._check_manifest(target, payload))
-        elif parsed.kind == "chunk" and self._manifest is not None:
+        elif parsed.kind == "chunk" and download.manifest is not None:
             assert parsed.chunk_index is not None
-            self._on_chunk(self._manifest, parsed.chunk_index, payload)
+            self._on_chunk(download, parsed.chunk_index, payload)
 
     def _check_manifest(self, target: ModelRef, payload: bytes) -> None:
         """The manifest step: its signature (and release, names) checked, then kept on disk."""
-        if self._target != target or self._manifest is not None:
+        download = self._download
+        if download is None or download.ref != target or download.manifest is not None:
             return  # desired moved on while the step waited for its turn
         try:
-            manifest = self._dl.accept_manifest(payload, name=target.name,
-                                                  version=target.version,
-                                                  variant=target.variant)
+            manifest = download.accept_manifest(payload)
         except StoreError as exc:
             self.refused += 1
             self._fail(str(exc))
             return
-        self._checked = manifest
-        self._with_manifest(manifest)
+        self._with_manifest(download, manifest)
 
-    def _with_manifest(self, manifest: Manifest) -> None:
-        self._manifest = manifest
-        if self._dl.has_model(manifest):
+    def _with_manifest(self, download: ModelDownload, manifest: Manifest) -> None:
+        download.manifest = manifest
+        if download.store.has_model(manifest):
             self._stage(manifest)
             return
-        self._report(manifest, ModelState.DOWNLOADING, None)
-        missing = self._dl.missing_chunks(manifest)
-        if not missing:
+        self._reporter.report(manifest, ModelState.DOWNLOADING, None)
+        if not download.fetch_chunks():
             self._stage(manifest)
-            return
-        self._missing = set(missing)
-        self._download_started = self._clock()
-        log.info("model %s v%d: downloading %d of %d chunk(s), %d bytes", manifest.name,
-                 manifest.version, len(missing), manifest.chunks.count, manifest.size)
-        for index in missing:
-            self._sub(self._chunk_topic(manifest, index))
 
-    def _on_chunk(self, manifest: Manifest, index: int, payload: bytes) -> None:
-        topic = self._chunk_topic(manifest, index)
-        if topic not in self._subscribed:
-            return
-        last = self._missing == {index}
+    def _on_chunk(self, download: ModelDownload, index: int, payload: bytes) -> None:
         try:
-            if last:  # staged from memory at once: no file to write, read back and delete
-                self._dl.check_chunk(manifest, index, payload)
-            else:  # kept on disk too, so that a restart resumes with the missing ones only
-                self._dl.put_chunk(manifest, index, payload)
-        except ChunkError as exc:
+            outcome = download.on_chunk(index, payload)
+        except DownloadFailed as exc:
             self.refused += 1
-            tries = self._attempts.get(index, 0) + 1
-            self._attempts[index] = tries
-            if tries > self.settings.chunk_retries:
-                self._fail(f"{exc}; still wrong after {tries} fetches")
-                return
-            log.warning("discarding bad chunk (%s); fetching it again (%d/%d)", exc, tries,
-                        self.settings.chunk_retries)
-            self._unsub(topic)
-            self._sub(topic)  # re-subscribing makes the broker send the retained chunk again
+            self._fail(str(exc))
             return
-        self._unsub(topic)
-        if last:
-            self._received[index] = payload
-        self._missing.discard(index)
-        self._deadline = self._clock() + self.settings.download_timeout_s
-        if not self._missing:
-            log.info("model %s v%d: download complete in %.1fs", manifest.name,
-                     manifest.version, self._clock() - self._download_started)
-            self._stage(manifest)
-
-    def _chunk_topic(self, manifest: Manifest, index: int) -> str:
-        # a variant asked for by name comes from its own topics, the published one from the
-        # version's (whatever its quantization)
-        variant = self._target.variant if self._target is not None else None
-        return self.topics.chunk(manifest.name, manifest.version, index, variant)
+        if outcome is ChunkOutcome.REFUSED:
+            self.refused += 1
+        elif outcome is not ChunkOutcome.IGNORED:
+            self._deadline = self._clock() + self.settings.download_timeout_s
+            if outcome is ChunkOutcome.COMPLETE:
+                assert download.manifest is not None
+                self._stage(download.manifest)
 
     # -- verification, shadow, activation -------------------------------------------------
-    def _load(self, name: str, version: int, store: ModelStore | None = None) -> LoadedModel:
+    def _load(self, name: str, version: int) -> LoadedModel:
         """A model read back from disk, checked again (signature, size, sha256)."""
-        return self._build(*(store or self.store).read_verified(name, version))
+        return self._build(*self.store.read_verified(name, version))
 
     def _build(self, manifest: Manifest, data: bytes) -> LoadedModel:
         """Checked bytes into a fresh interpreter, with this device's calibrated threshold."""
@@ -314,34 +235,24 @@ class ModelUpdater:
         return loaded
 
     def _stage(self, manifest: Manifest) -> None:
-        self._report(manifest, ModelState.VERIFYING, None)
+        self._reporter.report(manifest, ModelState.VERIFYING, None)
         self._run_step(lambda: self._verify_and_stage(manifest))
 
     def _verify_and_stage(self, manifest: Manifest) -> None:
         """The staging step: the model's bytes joined and checked, loaded, put in shadow (or
         promoted when there is no shadow run)."""
-        if self._manifest is not manifest:
+        download = self._download
+        if download is None or download.manifest is not manifest:
             return  # desired moved on while the step waited for its turn
-        store = self._dl
         try:
-            if store.has_model(manifest):
-                loaded = self._load(manifest.name, manifest.version, store)  # checked again
-            elif self._checked is manifest:
-                # its signature was checked as it arrived, in this process; its bytes are
-                # checked against it now (size, sha256): nothing to read back from disk
-                loaded = self._build(manifest, store.install(manifest, self._received))
-            else:  # a manifest saved by an earlier run: its signature is checked on reading
-                store.install(manifest, self._received)
-                loaded = self._load(manifest.name, manifest.version, store)
+            loaded = self._build(*download.assemble(manifest))
         except Exception as exc:  # every refusal becomes `failed` with its reason
             self._fail(str(exc))
             return
-        self._received = {}
-        self._drop_subscriptions()
+        download.close()
         if self.settings.shadow_windows > 0:
             self.detector.start_shadow(loaded)
-            self.state = ModelState.SHADOW
-            self._report(manifest, ModelState.SHADOW, None)
+            self._reporter.report(manifest, ModelState.SHADOW, None)
             return
         self._promote(loaded)
 
@@ -384,9 +295,9 @@ class ModelUpdater:
                                f"{bound:.3f}")
                 else:
                     self._promote(shadow)
-        elif self._target is not None and self._clock() > self._deadline:
-            what = "chunks" if self._manifest is not None else "manifest"
-            self._fail(f"no {what} received for {_label(self._target)} "
+        elif self._download is not None and self._clock() > self._deadline:
+            what = "chunks" if self._download.manifest is not None else "manifest"
+            self._fail(f"no {what} received for {_label(self._download.ref)} "
                        f"within {self.settings.download_timeout_s:.0f}s")
         cal = self.detector.calibration
         active = self.detector.active
@@ -397,20 +308,21 @@ class ModelUpdater:
                 "manifest_threshold": active.manifest.threshold,
             })
             self.detector.calibration = None
-            self._report(active.manifest, ModelState.ACTIVE, None)
+            self._reporter.report(active.manifest, ModelState.ACTIVE, None)
 
     def _promote(self, loaded: LoadedModel) -> None:
-        if self._dl is not self.store:  # another variant of the running version
+        download = self._download
+        if download is not None and download.store is not self.store:  # another variant
             try:
                 self.store.take_switch(loaded.manifest)
             except (OSError, StoreError) as exc:
                 self._fail(f"switching to variant {loaded.manifest.quantization.value} of "
                            f"{loaded.label}: {exc}")
                 return
-            self._end_switch()
+            self.store.drop_switch()
         self.store.activate(loaded.manifest)
-        self._target = None
-        self._forget_download()
+        self._download = None
+        self._step = None
         self._activate(loaded, announce=True)
         self.store.prune()
 
@@ -423,7 +335,7 @@ class ModelUpdater:
         log.info("model %s active (threshold %.6g, %s)", loaded.label, loaded.threshold,
                  loaded.threshold_source)
         if announce:
-            self._report(loaded.manifest, ModelState.ACTIVE, None)
+            self._reporter.report(loaded.manifest, ModelState.ACTIVE, None)
 
     # -- run-time failure ------------------------------------------------------------------
     def on_runtime_failure(self, failed: LoadedModel, reason: str) -> None:
@@ -447,75 +359,34 @@ class ModelUpdater:
         self.store.rollback()
         self._activate(loaded, announce=False)
         self.last_error, self.last_error_at = error, time.time()
-        self._report(failed.manifest, ModelState.ROLLED_BACK, error)
+        self._reporter.report(failed.manifest, ModelState.ROLLED_BACK, error)
 
     # -- helpers ---------------------------------------------------------------------------
     def _fail(self, reason: str) -> None:
-        target, manifest = self._target, self._manifest
-        self._drop_subscriptions()
-        self.detector.stop_shadow()
-        self._target = None
-        self._forget_download()
-        self._end_switch()
-        self._fail_state(reason, target, manifest=manifest)
+        download = self._download
+        self._end_update()
+        self._fail_state(reason, download.ref if download else None,
+                         manifest=download.manifest if download else None)
 
     def _fail_state(self, reason: str, ref: ModelRef | None, *,
                     manifest: Manifest | None = None) -> None:
         log.error("model update failed: %s", reason)
         self.last_error, self.last_error_at = reason, time.time()
-        self._report(manifest, ModelState.FAILED, reason, ref=ref)
+        self._reporter.report(manifest, ModelState.FAILED, reason, ref=ref)
 
     def _abort(self, why: str) -> None:
-        log.info("abandoning the update to %s: %s", self._target, why)
-        self._drop_subscriptions()
+        log.info("abandoning the update to %s: %s",
+                 self._download.ref if self._download else None, why)
+        self._end_update()
+
+    def _end_update(self) -> None:
+        """The update in progress ends: its subscriptions, shadow run and switch area go."""
+        download, self._download, self._step = self._download, None, None
+        if download is not None:
+            download.close()
         self.detector.stop_shadow()
-        self._target = None
-        self._forget_download()
-        self._end_switch()
-
-    def _end_switch(self) -> None:
-        """Downloads go to the store again; a variant switch's leftovers are deleted."""
-        if self._dl is not self.store:
-            self._dl = self.store
-            self.store.drop_switch()
-
-    def _forget_download(self) -> None:
-        self._manifest = None
-        self._checked = None
-        self._received = {}
-        self._missing = set()
-        self._step = None
-
-    def _report(self, manifest: Manifest | None, state: ModelState, error: str | None, *,
-                ref: ModelRef | None = None) -> None:
-        self.state = state
-        active = self.detector.active
-        report = ModelReport(
-            model=_reported(manifest, ref),
-            state=state,
-            error=error[:2000] if error else None,
-            active=_reported(active.manifest) if active else None,
-            threshold=active.threshold if active else None,
-            since=time.time(),
-        )
-        last = self.last_report
-        if last is not None and report == dataclasses.replace(last, since=report.since):
-            return  # nothing changed (e.g. the retained desired again after a reconnect)
-        self.last_report = report
-        self._on_report(report)
-
-    def _sub(self, topic: str) -> None:
-        self._subscribed.add(topic)
-        self.link.subscribe(topic, 1)
-
-    def _unsub(self, topic: str) -> None:
-        if topic in self._subscribed:
-            self._subscribed.discard(topic)
-            self.link.unsubscribe(topic)
-
-    def _drop_subscriptions(self) -> None:
-        for topic in list(self._subscribed):
-            self._unsub(topic)
+        if download is not None and download.store is not self.store:
+            self.store.drop_switch()  # what another variant's download left under it
 
     def pointer(self) -> ModelPointer | None:
         return self.store.current()

@@ -12,8 +12,9 @@ import pytest
 from edge_agent.config import ModelSettings
 from edge_agent.detect.detector import Detector
 from edge_agent.models.loader import load_model
+from edge_agent.models.report import ModelReport
 from edge_agent.models.store import ModelStore, TrustedKeys
-from edge_agent.models.updater import ModelReport, ModelUpdater
+from edge_agent.models.updater import ModelUpdater
 from edge_agent.sources.base import Reading
 from shared.codec import split
 from shared.manifest import Manifest
