@@ -151,10 +151,15 @@ class ModelUpdater:
         if switching:
             log.info("switching %s v%d from variant %s to %s", ref.name, ref.version,
                      active.manifest.quantization.value if active else "?", ref.variant)
+        try:
+            store = self.store.switch_store() if switching else self.store
+        except OSError as exc:  # no room for the switch area: the running variant stays
+            self._fail_state(f"cannot make a place for variant {ref.variant} of {ref.name} "
+                             f"v{ref.version} beside the running one: {exc}", ref)
+            return
         download = self._download = ModelDownload(
-            ref, store=self.store.switch_store() if switching else self.store,
-            topics=self.topics, link=self.link, chunk_retries=self.settings.chunk_retries,
-            clock=self._clock)
+            ref, store=store, topics=self.topics, link=self.link,
+            chunk_retries=self.settings.chunk_retries, clock=self._clock)
         self._deadline = self._clock() + self.settings.download_timeout_s
         saved = download.saved_manifest()
         if saved is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from shared.codec import split
 from shared.manifest import Manifest, Quantization
 from shared.messages import ModelRef
@@ -202,3 +204,22 @@ def test_a_desired_naming_no_variant_is_met_by_the_variant_that_runs(tmp_path: P
     active = rig.detector.active
     assert active is not None and active.manifest.quantization is Quantization.FLOAT32
     assert len(rig.reports) == reports, "nothing changed, nothing reported"
+
+
+def test_a_switch_area_that_cannot_be_made_is_reported_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig, _ = _running_int8(tmp_path)
+
+    def no_room() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rig.store, "switch_store", no_room)
+    rig.updater.want(ModelRef(name="pump-ae", version=1, variant="float32"), 2.0)
+    last = rig.reports[-1]
+    assert last.state.value == "failed" and last.error is not None
+    assert "variant float32" in last.error and "No space left" in last.error
+    assert last.active is not None and last.active.variant == "int8", "the running one stays"
+    assert not rig.link.active, "nothing subscribed for a download that did not start"
+    active = rig.detector.active
+    assert active is not None and active.manifest.quantization is Quantization.INT8
