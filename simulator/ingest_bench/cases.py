@@ -5,7 +5,10 @@ then what the database holds against what the broker acknowledged."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,53 +25,78 @@ from simulator.ingest_bench.saturation import find_saturation, overload
 __all__ = ["case_ok", "check_counts", "count_in_database", "run_case", "run_two_hubs"]
 
 
+@dataclass
+class _Setup:
+    """A case's broker, database and hubs, the flood's plan and its held-backlog run."""
+
+    broker: Broker
+    db: Database
+    hubs: Hubs
+    plan: FloodPlan
+    flood: dict[str, Any]
+    hub_log_warnings: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _held_flood(db_kind: str, readings: int, devices: int, opts: argparse.Namespace,
+                console: Console, *, hubs: int = 1, label: str) -> Iterator[_Setup]:
+    """A private broker, a database made for the case and ``hubs`` hubs, the flood's devices
+    enrolled, and the held-backlog run measured. When the block ends the hubs stop and their
+    warnings go to ``hub_log_warnings``."""
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
+        work = Path(tmp)
+        with Broker(workdir=work / "broker") as broker, database(db_kind) as db:
+            running = Hubs(broker, db, work, count=hubs, cpus=opts.hub_cpus).start()
+            warnings: dict[str, Any] = {}
+            try:
+                plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
+                                 processes=opts.publishers, encoding=opts.encoding)
+                enroll(database_url(running, db), plan.device_ids())
+                held = held_backlog(readings)
+                console.print(f"{label}, batch {readings}: backlog held at {held.target:,} "
+                              f"messages for {opts.duration:g} s")
+                flood = measure(broker, running, plan, warmup_s=opts.warmup + opts.settle,
+                                window_s=opts.duration, held=held)
+                setup = _Setup(broker, db, running, plan, flood, warnings)
+                yield setup
+            finally:
+                running.stop()
+                warnings.update(running.log_warnings())
+
+
 def run_case(db_kind: str, readings: int, devices: int, opts: argparse.Namespace,
              console: Console, *, saturation: bool) -> dict[str, Any]:
     """One database x batch size: the hub's capacity with a held backlog; at batch 10 also
     saturation and overload. Everything the broker acknowledged is counted in the database."""
-    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
-        work = Path(tmp)
-        with Broker(workdir=work / "broker") as broker, database(db_kind) as db:
-            hubs = Hubs(broker, db, work, cpus=opts.hub_cpus).start()
-            try:
-                plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
-                                 processes=opts.publishers, encoding=opts.encoding)
-                enroll(database_url(hubs, db), plan.device_ids())
-                held = held_backlog(readings)
-                console.print(f"{db_kind}, batch {readings}: backlog held at {held.target:,} "
-                              f"messages for {opts.duration:g} s")
-                flood = measure(broker, hubs, plan, warmup_s=opts.warmup + opts.settle,
-                                window_s=opts.duration, held=held)
-                published = flood["published"]
-                phases = [flood]
-                case: dict[str, Any] = {"database": db_kind, "readings_per_message": readings,
-                                        "devices": devices, "flood": flood}
-                if saturation:
-                    steps: list[dict[str, Any]] = []
-                    if opts.saturation_rate:  # given: the overload alone, at twice it
-                        sat = opts.saturation_rate
-                    else:
-                        sat, steps = find_saturation(broker, hubs, plan, flood, opts, console)
-                    case["saturation_rate"] = sat
-                    case["saturation_steps"] = steps
-                    published += sum(s["published"] for s in steps)
-                    phases += steps
-                    over = overload(broker, hubs, plan, saturation_rate=sat, flood=flood,
-                                    steps=steps, opts=opts, console=console, label=db_kind)
-                    published += over["published"]
-                    phases.append(over)
-                    case["overload"] = over
-                counts = check_counts(hubs, db, published, published * readings)
-                case.update(counts)
-                case["broker_drop_log_lines"] = sum(p["broker_drop_log_lines"] for p in phases)
-                case["publisher_errors"] = [e for p in phases for e in p["publisher_errors"]]
-                if saturation:
-                    case["overload"]["lost"] = counts["lost"]
-                    case["overload"]["hub_missing_batches"] = hubs.missing_batches()
-            finally:
-                hubs.stop()
-                warnings = hubs.log_warnings()
-    case["hub_log_warnings"] = warnings
+    with _held_flood(db_kind, readings, devices, opts, console, label=db_kind) as setup:
+        broker, hubs, plan, flood = setup.broker, setup.hubs, setup.plan, setup.flood
+        published = flood["published"]
+        phases = [flood]
+        case: dict[str, Any] = {"database": db_kind, "readings_per_message": readings,
+                                "devices": devices, "flood": flood}
+        if saturation:
+            steps: list[dict[str, Any]] = []
+            if opts.saturation_rate:  # given: the overload alone, at twice it
+                sat = opts.saturation_rate
+            else:
+                sat, steps = find_saturation(broker, hubs, plan, flood, opts, console)
+            case["saturation_rate"] = sat
+            case["saturation_steps"] = steps
+            published += sum(s["published"] for s in steps)
+            phases += steps
+            over = overload(broker, hubs, plan, saturation_rate=sat, flood=flood,
+                            steps=steps, opts=opts, console=console, label=db_kind)
+            published += over["published"]
+            phases.append(over)
+            case["overload"] = over
+        counts = check_counts(hubs, setup.db, published, published * readings)
+        case.update(counts)
+        case["broker_drop_log_lines"] = sum(p["broker_drop_log_lines"] for p in phases)
+        case["publisher_errors"] = [e for p in phases for e in p["publisher_errors"]]
+        if saturation:
+            case["overload"]["lost"] = counts["lost"]
+            case["overload"]["hub_missing_batches"] = hubs.missing_batches()
+    case["hub_log_warnings"] = setup.hub_log_warnings
     case["ok"] = case_ok(case)
     return case
 
@@ -77,26 +105,14 @@ def run_two_hubs(readings: int, devices: int, opts: argparse.Namespace,
                  console: Console) -> dict[str, Any]:
     """Two hubs in one ``$share`` group on PostgreSQL, with a held backlog: their stored rate
     and CPU, counted in the database as for one hub."""
-    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
-        work = Path(tmp)
-        with Broker(workdir=work / "broker") as broker, database("postgresql") as db:
-            hubs = Hubs(broker, db, work, count=2, cpus=opts.hub_cpus).start()
-            try:
-                plan = FloodPlan(devices=devices, readings=readings, rate=0.0,
-                                 processes=opts.publishers, encoding=opts.encoding)
-                enroll(database_url(hubs, db), plan.device_ids())
-                held = held_backlog(readings)
-                console.print(f"postgresql, two hubs, batch {readings}: backlog held at "
-                              f"{held.target:,} messages for {opts.duration:g} s")
-                flood = measure(broker, hubs, plan, warmup_s=opts.warmup + opts.settle,
-                                window_s=opts.duration, held=held)
-                counts = check_counts(hubs, db, flood["published"],
-                                      flood["published"] * readings)
-            finally:
-                hubs.stop()
-                warnings = hubs.log_warnings()
+    with _held_flood("postgresql", readings, devices, opts, console, hubs=2,
+                     label="postgresql, two hubs") as setup:
+        flood = setup.flood
+        counts = check_counts(setup.hubs, setup.db, flood["published"],
+                              flood["published"] * readings)
     case = {"database": "postgresql", "hubs": 2, "readings_per_message": readings,
-            "devices": devices, "flood": flood, **counts, "hub_log_warnings": warnings,
+            "devices": devices, "flood": flood, **counts,
+            "hub_log_warnings": setup.hub_log_warnings,
             "broker_drop_log_lines": flood["broker_drop_log_lines"],
             "publisher_errors": flood["publisher_errors"]}
     case["ok"] = case_ok(case)
