@@ -12,23 +12,19 @@ Callers get what a client needs from the broker object: :attr:`Broker.ca_file`,
 :meth:`Broker.client` (a paho client set up with TLS and a credential) and
 :meth:`Broker.agent_mqtt` / :meth:`Broker.hub_settings` (the agent's ``[mqtt]`` section, the
 hub's settings). Identities added before :meth:`Broker.start` go straight into the plugin's
-file (1,000 devices in well under a second); later ones through ``$CONTROL``.
+file (1,000 devices in well under a second); later ones through ``$CONTROL``. The files it runs
+from are written by :mod:`simulator.broker_files`; its port comes from :mod:`simulator.ports`.
 
 Standard library, ``cryptography`` and paho only, so the minimal edge venv can use it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
-import pwd
-import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -44,12 +40,9 @@ from cloud_hub.identity.dynsec import (
     DynsecClient,
     Identity,
     client_commands,
-    initial_config,
     new_password,
     remove_commands,
 )
-from cloud_hub.identity.mosquitto import secure_conf
-from cloud_hub.identity.pki import CertificateAuthority
 from cloud_hub.identity.roles import (
     broker_admin_identity,
     device_identity,
@@ -58,6 +51,14 @@ from cloud_hub.identity.roles import (
 )
 from shared.tls import client_context
 from shared.topics import TopicAccess, Topics
+from simulator.broker_files import (
+    owned_temp_dir,
+    persistence_dir,
+    write_certificates,
+    write_conf,
+    write_identities,
+)
+from simulator.ports import free_port
 from simulator.process import log_tail, start_child, terminate
 
 __all__ = [
@@ -65,13 +66,10 @@ __all__ = [
     "BrokerError",
     "Credential",
     "find_mosquitto",
-    "free_port",
     "repo_mosquitto_conf",
 ]
 
 log = logging.getLogger(__name__)
-
-_HOSTS = ("127.0.0.1", "localhost")
 
 
 class BrokerError(RuntimeError):
@@ -85,109 +83,11 @@ def find_mosquitto() -> str:
     return found
 
 
-# The harness's servers (brokers, hubs) take ports from below the kernel's ephemeral range. A
-# port that bind(0) handed out is free for the kernel to hand out again, to any process's bind(0)
-# or outgoing connection, as soon as nothing listens on it: a broker stopped to test a restart
-# could then find its own port taken ("Address already in use"), the more likely the busier the
-# machine. A port outside that range is only ever taken by an explicit bind.
-_HARNESS_PORTS = (20000, 32768)
-_PORT_RNG = random.SystemRandom()  # not the global `random`: tests may seed that
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on (below the ephemeral range where it can)."""
-    low, high = _HARNESS_PORTS[0], min(_HARNESS_PORTS[1], _ephemeral_low())
-    for _ in range(100 if high - low >= 1000 else 0):
-        port = _PORT_RNG.randrange(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        found: int = s.getsockname()[1]
-        return found
-
-
 def repo_mosquitto_conf() -> Path:
     here = Path(__file__).resolve().parent.parent / "mosquitto.conf"
     if not here.exists():
         raise BrokerError(f"mosquitto.conf not found next to the packages ({here})")
     return here
-
-
-def _let_broker_write(path: Path) -> None:
-    """Started as root, mosquitto drops to the ``mosquitto`` user: it must own its folder and
-    files, or every persistence save fails (and a restart loses queued and retained messages)."""
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam("mosquitto")
-    except KeyError:
-        return
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
-_OWNER_FILE = "owner.pid"  # the process whose Broker made the folder (and removes it at close)
-
-
-def _persistence_dir() -> Path:
-    # Its own folder directly under the system temp dir: a caller's ``workdir`` often sits in
-    # a root-only (0700) temp folder that the ``mosquitto`` user cannot even enter, and then
-    # every save fails with "Permission denied" and a restart comes back empty.
-    folder = _owned_temp_dir("edgeloop-mosquitto-db-")
-    _let_broker_write(folder)
-    return folder
-
-
-def _owned_temp_dir(prefix: str) -> Path:
-    """A new temporary folder that names the process that made it; first, the folders of
-    ``prefix`` left behind by processes that no longer exist are removed."""
-    _remove_orphaned_dirs(Path(tempfile.gettempdir()), prefix)
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    (folder / _OWNER_FILE).write_text(str(os.getpid()))
-    return folder
-
-
-def _remove_orphaned_dirs(parent: Path, prefix: str) -> None:
-    """Folders whose owner died without closing its broker (a test run killed with SIGKILL):
-    its mosquitto died with it (see start()), so nothing uses them any more. A folder without
-    an owner file is left alone: it may be one being made right now."""
-    for folder in parent.glob(f"{prefix}*"):
-        try:
-            owner = int((folder / _OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if not _process_alive(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _harness_pki() -> tuple[bytes, bytes, bytes]:
-    """One CA and loopback server certificate per process: every test broker can share them,
-    and making them costs more than the rest of a broker's start."""
-    ca = CertificateAuthority.create("edgeloop test CA")
-    server = ca.issue_server(list(_HOSTS))
-    return ca.cert_pem, server.cert_pem, server.key_pem
 
 
 class Broker:
@@ -205,9 +105,9 @@ class Broker:
         self.secure = secure
         self.topics = topics or Topics()
         self._own_dir = workdir is None
-        self.workdir = workdir or _owned_temp_dir("edgeloop-mosquitto-")
+        self.workdir = workdir or owned_temp_dir("edgeloop-mosquitto-")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = _persistence_dir()
+        self.data_dir = persistence_dir()
         # In the broker's own folder: started as root, it runs as ``mosquitto`` from the start
         # (see start()), and a caller's workdir may be closed to that user.
         self.conf_path = self.data_dir / "mosquitto.conf"
@@ -222,12 +122,7 @@ class Broker:
         self._admin = broker_admin_identity()
         self.ca_file: Path | None = None
         if secure:
-            ca_pem, cert_pem, key_pem = _harness_pki()
-            self.ca_file = self.workdir / "ca.crt"
-            self.ca_file.write_bytes(ca_pem)
-            for name, data in (("server.crt", cert_pem), ("server.key", key_pem)):
-                (self.data_dir / name).write_bytes(data)
-                _let_broker_write(self.data_dir / name)
+            self.ca_file = write_certificates(self.workdir, self.data_dir)
             self._pending.append(self._admin)
         self._write_conf()
 
@@ -368,41 +263,16 @@ class Broker:
 
     # -- the process ----------------------------------------------------------------------
     def _write_conf(self) -> None:
-        base = repo_mosquitto_conf().read_text()
-        if self.secure:
-            head = secure_conf(
-                port=self.port, host=self.host, certfile=self.data_dir / "server.crt",
-                keyfile=self.data_dir / "server.key", dynsec_file=self.dynsec_path,
-            )
-            tail = ""
-        else:
-            head = f"listener {self.port} {self.host}\n"
-            tail = "\n# Broker(secure=False): anonymous clients, asked for by the caller\n" \
-                   "allow_anonymous true\n"
-        if self.settings:
-            tail += "\n# asked for by the caller\n" + self.settings.strip() + "\n"
-        self.conf_path.write_text(
-            head + f"persistence_location {self.data_dir}/\n" + base + tail
-        )
+        write_conf(self.conf_path, repo_mosquitto_conf().read_text(), port=self.port,
+                   host=self.host, data_dir=self.data_dir, dynsec_file=self.dynsec_path,
+                   secure=self.secure, settings=self.settings)
 
     def _write_identities(self) -> None:
         """Put identities added while stopped into the plugin's file (merging with what the
         broker saved there, e.g. devices a hub enrolled at run time)."""
         if not self._pending:
             return
-        if self.dynsec_path.exists():
-            config = json.loads(self.dynsec_path.read_text())
-            extra = initial_config(self._pending)
-            known_roles = {r["rolename"] for r in config.get("roles", [])}
-            config.setdefault("clients", []).extend(extra["clients"])
-            config.setdefault("roles", []).extend(
-                r for r in extra["roles"] if r["rolename"] not in known_roles)
-        else:
-            config = initial_config(self._pending)
-        tmp = self.dynsec_path.with_name(self.dynsec_path.name + ".tmp")
-        tmp.write_text(json.dumps(config))
-        _let_broker_write(tmp)
-        tmp.replace(self.dynsec_path)
+        write_identities(self.dynsec_path, self._pending)
         self._roles.update(i.rolename for i in self._pending)
         self._pending.clear()
 

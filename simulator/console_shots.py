@@ -26,10 +26,11 @@ from typing import Any
 from rich.console import Console
 
 from cloud_hub.cli.client import HubClient
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.hub_process import HubProcess
 from simulator.loop import publish_model, roll_out, train_model, wait_for_telemetry
+from simulator.ports import free_port
 
 __all__ = ["CHROMIUM_ARGS", "chromium_path", "main", "take_screenshots"]
 

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import httpx
 
-from simulator.broker import free_port
+from simulator.ports import free_port
 from simulator.process import log_tail, start_child, terminate
 
 __all__ = ["HubProcess", "HubProcessError"]

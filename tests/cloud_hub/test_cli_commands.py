@@ -26,7 +26,8 @@ from cloud_hub.db.tables import Device
 from cloud_hub.registry.lifecycle import publish_model
 from cloud_hub.service import Hub
 from shared.messages import AnomalyEvent, ModelRef, encode
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker
+from simulator.ports import free_port
 from tests.cloud_hub.conftest import hub_settings, run_cli, started_hub
 from tests.cloud_hub.fleet import FakeDevice
 from tests.cloud_hub.helpers import (

@@ -13,7 +13,8 @@ from cloud_hub.cli import build_parser, main
 from cloud_hub.cli.serve import ServerHandle
 from cloud_hub.cli.timearg import parse_when
 from cloud_hub.service import Hub
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker
+from simulator.ports import free_port
 from tests.cloud_hub.conftest import ADMIN_KEY, run_cli
 from tests.cloud_hub.fleet import FakeDevice
 from tests.cloud_hub.helpers import tiny_artifact, variant_artifact

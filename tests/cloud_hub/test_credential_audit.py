@@ -23,7 +23,8 @@ from cloud_hub.identity.audit import enrollment_mark
 from cloud_hub.identity.dynsec import DynsecClient, client_commands
 from cloud_hub.identity.roles import device_identity
 from cloud_hub.service import Hub
-from simulator.broker import Broker, Credential, free_port
+from simulator.broker import Broker, Credential
+from simulator.ports import free_port
 from tests.cloud_hub.conftest import ADMIN_KEY
 from tests.cloud_hub.helpers import connack, wait_for
 

@@ -27,8 +27,8 @@ from cloud_hub.db.partitions import include_name
 from cloud_hub.db.tables import ApiKey, Device, TelemetryBatchRow
 from cloud_hub.db.telemetry_read import read_telemetry
 from shared.messages import EPOCH_PATTERN, TelemetryBatch
-from simulator.broker import free_port
 from simulator.hub_process import HubProcess
+from simulator.ports import free_port
 from tests.pg import made_pg_database
 
 pytestmark = pytest.mark.hub

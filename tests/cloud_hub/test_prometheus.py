@@ -23,7 +23,8 @@ import yaml
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.service import Hub
 from shared.messages import TelemetryBatch, encode
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker
+from simulator.ports import free_port
 from simulator.process import log_tail, start_child, terminate
 from tests.cloud_hub.conftest import ADMIN_KEY, started_hub
 from tests.cloud_hub.helpers import publish_wait, publisher_client, wait_for

@@ -16,7 +16,7 @@ import pytest
 from edge_agent.cli import main
 from edge_agent.config import load_config
 from shared.signing import SigningKey, generate_signing_key
-from simulator.broker import free_port
+from simulator.ports import free_port
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 ENROLLED: list[dict[str, object]] = []

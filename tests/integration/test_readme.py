@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from simulator.broker import free_port
+from simulator.ports import free_port
 from simulator.process import start_child
 from tests.integration.support import wait_for
 

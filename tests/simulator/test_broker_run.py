@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker
 from simulator.broker_run import PortTaken, socket_owner, start_checked
+from simulator.ports import free_port
 
 pytestmark = pytest.mark.integration
 COMMAND = [sys.executable, "-c", "import sys; from simulator.cli import main; sys.exit(main())",
