@@ -24,11 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from edge_agent.daemon.memory import memory_figures
 
-from edge_agent.daemon.memory import memory_figures  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = [
     "RELEASE_LINE",
