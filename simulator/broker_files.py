@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pwd
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloud_hub.identity.broker_files import owned_by_broker
 from cloud_hub.identity.dynsec import Identity, initial_config
 from cloud_hub.identity.mosquitto import secure_conf
 from cloud_hub.identity.pki import CertificateAuthority
@@ -29,20 +29,6 @@ __all__ = [
 
 _HOSTS = ("127.0.0.1", "localhost")
 _SERVER_CERT, _SERVER_KEY = "server.crt", "server.key"
-
-
-def _let_broker_write(path: Path) -> None:
-    """Started as root, mosquitto drops to the ``mosquitto`` user: it must own its folder and
-    files, or every persistence save fails (and a restart loses queued and retained messages)."""
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam("mosquitto")
-    except KeyError:
-        return
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
 _OWNER_FILE = "owner.pid"  # the process whose Broker made the folder (and removes it at close)
 
 
@@ -51,7 +37,7 @@ def persistence_dir() -> Path:
     # a root-only (0700) temp folder that the ``mosquitto`` user cannot even enter, and then
     # every save fails with "Permission denied" and a restart comes back empty.
     folder = owned_temp_dir("edgeloop-mosquitto-db-")
-    _let_broker_write(folder)
+    owned_by_broker(folder)
     return folder
 
 
@@ -104,7 +90,7 @@ def write_certificates(workdir: Path, data_dir: Path) -> Path:
     ca_file.write_bytes(ca_pem)
     for name, data in ((_SERVER_CERT, cert_pem), (_SERVER_KEY, key_pem)):
         (data_dir / name).write_bytes(data)
-        _let_broker_write(data_dir / name)
+        owned_by_broker(data_dir / name)
     return ca_file
 
 
@@ -144,5 +130,5 @@ def write_identities(dynsec_path: Path, identities: Sequence[Identity]) -> None:
         config = initial_config(identities)
     tmp = dynsec_path.with_name(dynsec_path.name + ".tmp")
     tmp.write_text(json.dumps(config))
-    _let_broker_write(tmp)
+    owned_by_broker(tmp)
     tmp.replace(dynsec_path)

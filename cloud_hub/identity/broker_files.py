@@ -30,7 +30,7 @@ from cloud_hub.identity.pki import CertificateAuthority, write_private
 from cloud_hub.identity.roles import broker_admin_identity, hub_identities
 from shared.topics import Topics
 
-__all__ = ["BrokerFiles", "init_broker", "run_broker"]
+__all__ = ["BrokerFiles", "init_broker", "owned_by_broker", "run_broker"]
 
 # Used when the repository's mosquitto.conf is not beside the package (a wheel install).
 _BASE_SETTINGS = """persistence true
@@ -70,9 +70,10 @@ class BrokerFiles:
         return self.folder / "data"
 
 
-def _owned_by_broker(path: Path) -> None:
+def owned_by_broker(path: Path) -> None:
     """mosquitto started as root drops to the ``mosquitto`` user: it must read its key and
-    write its persistence and the plugin's file."""
+    own the folders and files it writes (its persistence, the plugin's file), or every save
+    fails and a restart loses queued and retained messages."""
     if os.geteuid() != 0:
         return
     try:
@@ -118,7 +119,7 @@ def init_broker(folder: Path, *, hub_id: str, port: int = 8883, hosts: list[str]
                  [admin, *hub_identities(topics, hub_id, password)])
     for path in (data, data / "server.crt", data / "server.key",
                  data / "dynamic-security.json"):
-        _owned_by_broker(path)
+        owned_by_broker(path)
     conf = secure_conf(port=port, host=bind, certfile=data / "server.crt",
                        keyfile=data / "server.key", dynsec_file=data / "dynamic-security.json")
     (folder / "mosquitto.conf").write_text(
