@@ -7,7 +7,8 @@ history, the hub trains a model on some of them, publishes it and rolls it out: 
 follows its ``desired``, fetches the retained manifest and chunks, checks the signature, size
 and hashes, runs it in shadow, swaps it in and reports it. Then the fleet runs for the measured
 period with faults injected on a share of the devices. Everything reported is counted from what
-the sources produced and what the hub's REST API says it stored.
+the sources produced and what the hub's REST API says it stored; CPU time, the cost of the
+acknowledgements and the latency's stages are worked out by :mod:`simulator.scale_measures`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +41,14 @@ from simulator.loop import LoopError, publish_model, train_model
 from simulator.process import start_child
 from simulator.profiles import PROFILES
 from simulator.rollout_phases import summarise_steps
+from simulator.scale_measures import (
+    ack_cost,
+    ack_totals,
+    cpu_seconds_of,
+    own_cpu_seconds,
+    rounded_percentile,
+    stage_breakdown,
+)
 from simulator.scoring import Event, GroundTruth, latency_summary, score_detections
 
 __all__ = ["ScaleOptions", "run_scale"]
@@ -69,23 +77,6 @@ class ScaleOptions:
         "family": "dense_ae", "window": 16, "hidden": 64, "latent": 16, "epochs": 20,
         "threshold_quantile": 0.999, "threshold_factor": 2.0, "quantization": "int8",
     })
-
-
-def _cpu_seconds_of(pid: int | None) -> float:
-    """utime + stime of another process, from /proc (Linux)."""
-    if pid is None:
-        return float("nan")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _own_cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, Any]:
@@ -164,27 +155,27 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
         truths: list[GroundTruth] = fleet.inject(faults)
 
         watch = AnomalyWatch(broker)
-        cpu_self0, cpu_hub0, cpu_broker0 = (_own_cpu_seconds(), _cpu_seconds_of(hub.pid),
-                                            _cpu_seconds_of(broker.pid))
-        cpu_fleet0 = [_cpu_seconds_of(pid) for pid in fleet.pids]
+        cpu_self0, cpu_hub0, cpu_broker0 = (own_cpu_seconds(), cpu_seconds_of(hub.pid),
+                                            cpu_seconds_of(broker.pid))
+        cpu_fleet0 = [cpu_seconds_of(pid) for pid in fleet.pids]
         counters0 = fleet.counters()
-        hub0, devices0 = client.get("/metrics"), _ack_totals(counters0)
+        hub0, devices0 = client.get("/metrics"), ack_totals(counters0)
         generated0 = counters0["samples_generated"]
         fleet.reset_tick_lag()  # the backlog and the model loading are behind us
         say(f"measuring {opts.duration_s:g} s with {len(truths)} faults injected …")
         time.sleep(max(0.0, measured_from + opts.duration_s - time.time()))
-        fleet_cpu = [round(_cpu_seconds_of(pid) - c0, 2)
+        fleet_cpu = [round(cpu_seconds_of(pid) - c0, 2)
                      for pid, c0 in zip(fleet.pids, cpu_fleet0, strict=True)]
         cpu = {
             "fleet_s": round(sum(fleet_cpu), 2),
-            "bench_s": round(_own_cpu_seconds() - cpu_self0, 2),
-            "hub_s": round(_cpu_seconds_of(hub.pid) - cpu_hub0, 2),
-            "broker_s": round(_cpu_seconds_of(broker.pid) - cpu_broker0, 2),
+            "bench_s": round(own_cpu_seconds() - cpu_self0, 2),
+            "hub_s": round(cpu_seconds_of(hub.pid) - cpu_hub0, 2),
+            "broker_s": round(cpu_seconds_of(broker.pid) - cpu_broker0, 2),
         }
         counters1 = fleet.counters()
         generated_in_period = counters1["samples_generated"] - generated0
-        acks = _ack_cost(hub0, client.get("/metrics"), devices0, _ack_totals(counters1),
-                         devices=opts.devices, seconds=opts.duration_s)
+        acks = ack_cost(hub0, client.get("/metrics"), devices0, ack_totals(counters1),
+                        devices=opts.devices, seconds=opts.duration_s)
         final = fleet.stop()
         drained = final["drained"]
         lags_ms = final["tick_lags_ms"]  # the measured period's (the stop stops them)
@@ -232,19 +223,19 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "lost": total_generated - total_stored,
             "anomalies_raised": raised,
             "anomalies_stored": len(events),
-            "detection_latency_ms_p99": _p(window_to_commit, 99),
+            "detection_latency_ms_p99": rounded_percentile(window_to_commit, 99),
             "detection_latency_ms": {
                 "window_end_to_commit": {"n": len(window_to_commit),
-                                         "p50": _p(window_to_commit, 50),
-                                         "p95": _p(window_to_commit, 95),
-                                         "p99": _p(window_to_commit, 99),
-                                         "max": _p(window_to_commit, 100)},
-                "window_end_to_detected": {"p50": _p(window_to_detected, 50),
-                                           "p99": _p(window_to_detected, 99),
-                                           "max": _p(window_to_detected, 100)},
-                "detected_to_commit": {"p50": _p(detected_to_commit, 50),
-                                       "p99": _p(detected_to_commit, 99),
-                                       "max": _p(detected_to_commit, 100)},
+                                         "p50": rounded_percentile(window_to_commit, 50),
+                                         "p95": rounded_percentile(window_to_commit, 95),
+                                         "p99": rounded_percentile(window_to_commit, 99),
+                                         "max": rounded_percentile(window_to_commit, 100)},
+                "window_end_to_detected": {"p50": rounded_percentile(window_to_detected, 50),
+                                           "p99": rounded_percentile(window_to_detected, 99),
+                                           "max": rounded_percentile(window_to_detected, 100)},
+                "detected_to_commit": {"p50": rounded_percentile(detected_to_commit, 50),
+                                       "p99": rounded_percentile(detected_to_commit, 99),
+                                       "max": rounded_percentile(detected_to_commit, 100)},
                 "fault_start_to_commit": latency_summary(score.latencies_ms),
             },
             "detection_latency_stages_ms": stages,
@@ -258,8 +249,9 @@ def run_scale(opts: ScaleOptions, console: Console | None = None) -> dict[str, A
             "fleet_process_cpu_s": fleet_cpu,
             "acks": acks,
             "cpu_cores_used": round(sum(cpu.values()) / opts.duration_s, 3),
-            "tick_lag_ms": {"n": len(lags_ms), "p50": _p(lags_ms, 50), "p99": _p(lags_ms, 99),
-                            "max": _p(lags_ms, 100)},
+            "tick_lag_ms": {"n": len(lags_ms), "p50": rounded_percentile(lags_ms, 50),
+                            "p99": rounded_percentile(lags_ms, 99),
+                            "max": rounded_percentile(lags_ms, 100)},
             "max_tick_lag_s": round(max(lags_ms, default=0.0) / 1000.0, 3),
             "outboxes_drained_at_stop": drained,
             "drops": sum(s["drops"] for s in statuses.values()),
@@ -317,39 +309,13 @@ def roll_out_to_fleet(client: HubClient, fleet: FleetPool, ref: tuple[str, int],
     return {"devices_updated": running, "seconds_to_all_active": round(seconds, 3),
             "hub_status": final.get("status"), "hub_seconds_to_full": final.get("seconds_to_full"),
             "update_steps_s": summarise_steps(settled["timeline"], started),
-            "tick_lag_ms": {"n": len(lags), "p50": _p(lags, 50), "p99": _p(lags, 99),
+            "tick_lag_ms": {"n": len(lags), "p50": rounded_percentile(lags, 50),
+                            "p99": rounded_percentile(lags, 99),
                             "max": max(lags, default=None)}}
-
-
-def _ack_totals(counters: dict[str, int]) -> dict[str, float]:
-    # A counter read, not 1,000 full statuses (a few queries each) while the fleet is measured.
-    return {"acks_received": float(counters["acks_received"])}
 
 
 def _channels(profile: str) -> int:
     return len(PROFILES[profile].channel_names)
-
-
-def _ack_cost(hub0: dict[str, Any], hub1: dict[str, Any], dev0: dict[str, float],
-              dev1: dict[str, float], *, devices: int, seconds: float) -> dict[str, Any]:
-    """What the hub's delivery acknowledgements cost over the measured period: messages and
-    bytes the hub published, and what the devices received."""
-    def delta(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
-        return float(b.get(key, 0)) - float(a.get(key, 0))
-
-    published = delta(hub0, hub1, "acks_published")
-    size = delta(hub0, hub1, "ack_bytes")
-    streamed = delta(hub0, hub1, "messages_received")
-    received = delta(dev0, dev1, "acks_received")
-    return {
-        "published_per_s": round(published / seconds, 1),
-        "bytes_per_s": round(size / seconds),
-        "bytes_per_ack": round(size / published, 1) if published else None,
-        "device_messages_per_s": round(streamed / seconds, 1),
-        "acks_per_device_message": round(published / streamed, 3) if streamed else None,
-        "received_per_s": round(received / seconds, 1),
-        "received_per_device_per_s": round(received / seconds / devices, 3),
-    }
 
 
 class AnomalyWatch:
@@ -393,41 +359,3 @@ class AnomalyWatch:
             self._proc.wait()
         self._reader.join(timeout)
         return dict(self.seen)
-
-
-# The stages of window-to-hub, in order: each is the time between two stamps of the same anomaly.
-_STAGES = (
-    ("window_end_to_read", "ts_end", "picked"),  # the shard ticks the device, it reads
-    ("read_to_detected", "picked", "detected"),  # the readings read with it, the model
-    ("detected_to_published", "detected", "published"),  # outbox commit, window, paho queue
-    ("published_to_written", "published", "written"),  # until the shard's loop wrote the socket
-    ("written_to_broker_delivered", "written", "delivered"),  # broker, TLS both ways
-    ("broker_delivered_to_hub_stored", "delivered", "stored"),  # hub queue, batch, commit
-)
-
-
-def stage_breakdown(rows: list[dict[str, Any]],
-                    anomaly_times: dict[str, dict[tuple[str, int], dict[str, float]]],
-                    watched: dict[tuple[str, str, int], float]) -> dict[str, Any]:
-    """Where the window-to-hub time of these anomalies (the hub's rows) went, per stage: p50,
-    p95, p99, max in ms, and how many anomalies had both stamps. Device stamps come from the
-    fleet's wires (``anomaly_times``: device -> (epoch, seq) -> stamps), the broker's from
-    :class:`AnomalyWatch`, the hub's from its rows."""
-    values: dict[str, list[float]] = {name: [] for name, _, _ in _STAGES}
-    for r in rows:
-        key = (r["device_id"], r["epoch"], int(r["seq"]))
-        sent = anomaly_times.get(r["device_id"], {}).get((r["epoch"], int(r["seq"])), {})
-        stamps = {"ts_end": r.get("ts_end"), "picked": sent.get("picked"),
-                  "detected": r.get("detected_at"),
-                  "published": sent.get("published"), "written": sent.get("written"),
-                  "delivered": watched.get(key), "stored": r.get("stored_at")}
-        for name, start, end in _STAGES:
-            a, b = stamps[start], stamps[end]
-            if a is not None and b is not None:
-                values[name].append((b - a) * 1000.0)
-    return {name: {"n": len(v), "p50": _p(v, 50), "p95": _p(v, 95), "p99": _p(v, 99),
-                   "max": _p(v, 100)} for name, v in values.items()}
-
-
-def _p(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.scale import stage_breakdown
+from simulator.scale_measures import stage_breakdown
 
 
 def test_stages_of_one_anomaly_add_up_to_window_end_to_stored() -> None:
