@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.cli import main as cli_main
-from cloud_hub.cli.commands import _with_conflict_line
+from cloud_hub.cli.device_commands import _with_conflict_line
 from cloud_hub.cli.serve import serve_in_thread
 from cloud_hub.core.config import Settings
 from cloud_hub.db.conflicts import conflicts_of
