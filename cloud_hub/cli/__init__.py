@@ -8,13 +8,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cloud_hub.cli.argtypes import json_object, model_ref
 from cloud_hub.cli.client import ApiError, HubClient
+from cloud_hub.cli.device_commands import add_device_parsers
 from cloud_hub.cli.drift_commands import add_drift_parsers
+from cloud_hub.cli.key_commands import add_key_parsers
 from cloud_hub.cli.local_commands import LOCAL, add_local_parsers, run_local
+from cloud_hub.cli.model_commands import add_model_parsers
 from cloud_hub.cli.ops_commands import add_ops_parsers
-from cloud_hub.cli.timearg import WHEN_HELP, parse_when
-from cloud_hub.core.states import ModelStatus
+from cloud_hub.cli.rollout_commands import add_rollout_parsers
+from cloud_hub.cli.training_commands import add_training_parsers
 
 __all__ = ["build_parser", "main"]
 
@@ -55,83 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="copy: the database to copy from, a SQLAlchemy URL or a SQLite file")
     db.add_argument("-m", "--message", help="revision: what the new migration changes")
 
-    t = sub.add_parser("train", help="start a training job and follow its progress")
-    t.add_argument("name", help="model name")
-    t.add_argument("--devices", help="comma-separated device ids (default: all)")
-    t.add_argument("--channels", help="comma-separated channels (default: all)")
-    t.add_argument("--since", type=parse_when, help=f"readings from: {WHEN_HELP}")
-    t.add_argument("--until", type=parse_when, help="readings until (same forms)")
-    t.add_argument("--family", choices=["dense_ae", "conv1d_ae", "pca"])
-    t.add_argument("--window", type=int)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32", "auto"])
-    t.add_argument("--spec", type=json_object, help="more TrainingSpec fields as JSON")
-    t.add_argument("--csv", metavar="FILE", help="train on this CSV instead of stored telemetry")
-    t.add_argument("--no-wait", action="store_true", help="return once the job is queued")
-
-    j = sub.add_parser("jobs", help="list training jobs, show one, or cancel one")
-    j.add_argument("id", nargs="?", type=int)
-    j.add_argument("--cancel", type=int, metavar="ID")
-
-    m = sub.add_parser("models", help="the model registry")
-    m.add_argument("action", choices=["list", "show", "compare", "publish", "retire", "download",
-                                      "rollback"])
-    m.add_argument("refs", nargs="*", type=model_ref, metavar="NAME:VERSION")
-    m.add_argument("--name")
-    m.add_argument("--status", choices=[s.value for s in ModelStatus])
-    m.add_argument("--output", "-o")
-    m.add_argument("--devices", help="rollback: comma-separated device ids (default: every "
-                                     "device on another version of that model)")
-
-    r = sub.add_parser("rollout", help="staged rollouts")
-    r.add_argument("action", choices=["create", "status", "pause", "resume", "abort",
-                                      "rollback"])
-    r.add_argument("id", nargs="?", type=int)
-    r.add_argument("--model", type=model_ref, help="NAME:VERSION to roll out")
-    r.add_argument("--devices")
-    r.add_argument("--group")
-    r.add_argument("--tags")
-    r.add_argument("--percent", type=int, default=100)
-    r.add_argument("--policy", type=json_object,
-                   help='JSON, e.g. {"canary_size": 2, "wave_size": 20}')
-    r.add_argument("--wait", action="store_true",
-                   help="create: follow it to the end with a progress bar (exit 1 unless it "
-                        "succeeds)")
-
-    d = sub.add_parser("devices", help="devices: list, show, tag, set desired")
-    d.add_argument("action", choices=["list", "show", "tag", "desired", "enroll", "revoke"])
-    d.add_argument("device_id", nargs="?")
-    d.add_argument("--group")
-    d.add_argument("--tag", help="filter the list by tag")
-    d.add_argument("--tags", help="tag: the device's new comma-separated tags")
-    d.add_argument("--model", type=model_ref, help="desired: NAME:VERSION")
-    d.add_argument("--out", help="enroll: write agent.toml and ca.crt into this folder "
-                                 "(default: ./DEVICE_ID)")
-    d.add_argument("--state-dir", help="enroll: the agent's state_dir (default /var/lib/edgeloop)")
-    d.add_argument("--mqtt-host", help="enroll: the broker's name as the device reaches it")
-    d.add_argument("--mqtt-port", type=int)
-    d.add_argument("--from", dest="ids_file", metavar="FILE",
-                   help="enroll: many devices, one id per line ('-': stdin), as a job with a "
-                        "progress bar; each bundle goes into OUT/DEVICE_ID (--out, default .)")
+    add_training_parsers(sub)  # train, jobs
+    add_model_parsers(sub)  # models
+    add_rollout_parsers(sub)  # rollout
+    add_device_parsers(sub)  # devices
     add_local_parsers(sub)  # broker init|run
-
     add_ops_parsers(sub)  # anomalies, incidents, webhooks
     add_drift_parsers(sub)  # drift, retrain
-
-    sk = sub.add_parser("keys", help="signing keys: list, rotate to a new key, retire an old one; "
-                                     "fingerprint: read on this machine, for checking devices")
-    sk.add_argument("action", choices=["list", "rotate", "retire", "fingerprint"])
-    sk.add_argument("key_id", nargs="?", help="retire: the key id")
-    sk.add_argument("--overlap", type=float, default=7 * 86400.0, metavar="SECONDS",
-                    help="rotate: how long the old key stays trusted (default 7 days)")
-    sk.add_argument("--force", action="store_true",
-                    help="retire: even during the overlap (a compromised key)")
-
-    k = sub.add_parser("api-keys", help="create, list and revoke API keys")
-    k.add_argument("action", choices=["list", "create", "revoke"])
-    k.add_argument("--name")
-    k.add_argument("--scope", choices=["read", "admin"], default="read")
-    k.add_argument("--id", type=int)
+    add_key_parsers(sub)  # keys, api-keys
     _accept_common_options_after(sub)
     return p
 

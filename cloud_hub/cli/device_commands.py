@@ -6,11 +6,31 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cloud_hub.cli.argtypes import model_ref
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.enroll import enroll
 from cloud_hub.cli.render import console, emit, fmt
 
-__all__ = ["DEVICE_COMMANDS"]
+__all__ = ["DEVICE_COMMANDS", "add_device_parsers"]
+
+
+def add_device_parsers(sub: Any) -> None:
+    d = sub.add_parser("devices", help="devices: list, show, tag, set desired")
+    d.add_argument("action", choices=["list", "show", "tag", "desired", "enroll", "revoke"])
+    d.add_argument("device_id", nargs="?")
+    d.add_argument("--group")
+    d.add_argument("--tag", help="filter the list by tag")
+    d.add_argument("--tags", help="tag: the device's new comma-separated tags")
+    d.add_argument("--model", type=model_ref, help="desired: NAME:VERSION")
+    d.add_argument("--out", help="enroll: write agent.toml and ca.crt into this folder "
+                                 "(default: ./DEVICE_ID)")
+    d.add_argument("--state-dir", help="enroll: the agent's state_dir (default /var/lib/edgeloop)")
+    d.add_argument("--mqtt-host", help="enroll: the broker's name as the device reaches it")
+    d.add_argument("--mqtt-port", type=int)
+    d.add_argument("--from", dest="ids_file", metavar="FILE",
+                   help="enroll: many devices, one id per line ('-': stdin), as a job with a "
+                        "progress bar; each bundle goes into OUT/DEVICE_ID (--out, default .)")
+
 
 _DEVICE_COLS = ("device_id", "online", "last_seen", "group", "tags", "desired_model",
                 "active_model", "reported_state", "telemetry_readings", "anomalies")

@@ -4,11 +4,29 @@ lists, creates and revokes API keys; each takes parsed arguments and a :class:`H
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit
 
-__all__ = ["KEY_COMMANDS"]
+__all__ = ["KEY_COMMANDS", "add_key_parsers"]
+
+
+def add_key_parsers(sub: Any) -> None:
+    sk = sub.add_parser("keys", help="signing keys: list, rotate to a new key, retire an old one; "
+                                     "fingerprint: read on this machine, for checking devices")
+    sk.add_argument("action", choices=["list", "rotate", "retire", "fingerprint"])
+    sk.add_argument("key_id", nargs="?", help="retire: the key id")
+    sk.add_argument("--overlap", type=float, default=7 * 86400.0, metavar="SECONDS",
+                    help="rotate: how long the old key stays trusted (default 7 days)")
+    sk.add_argument("--force", action="store_true",
+                    help="retire: even during the overlap (a compromised key)")
+
+    k = sub.add_parser("api-keys", help="create, list and revoke API keys")
+    k.add_argument("action", choices=["list", "create", "revoke"])
+    k.add_argument("--name")
+    k.add_argument("--scope", choices=["read", "admin"], default="read")
+    k.add_argument("--id", type=int)
 
 
 def keys(a: argparse.Namespace, c: HubClient) -> int:

@@ -7,12 +7,26 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.cli.argtypes import model_ref
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.model_view import model_line, model_lines
 from cloud_hub.cli.render import console, emit
 from cloud_hub.core.states import ModelStatus
 
-__all__ = ["MODEL_COMMANDS"]
+__all__ = ["MODEL_COMMANDS", "add_model_parsers"]
+
+
+def add_model_parsers(sub: Any) -> None:
+    m = sub.add_parser("models", help="the model registry")
+    m.add_argument("action", choices=["list", "show", "compare", "publish", "retire", "download",
+                                      "rollback"])
+    m.add_argument("refs", nargs="*", type=model_ref, metavar="NAME:VERSION")
+    m.add_argument("--name")
+    m.add_argument("--status", choices=[s.value for s in ModelStatus])
+    m.add_argument("--output", "-o")
+    m.add_argument("--devices", help="rollback: comma-separated device ids (default: every "
+                                     "device on another version of that model)")
+
 
 _MODEL_COLS = ("name", "version", "status", "family", "quantization", "channels", "size_bytes",
                "float_size_bytes", "decision_agreement", "parity_passed", "devices_running")

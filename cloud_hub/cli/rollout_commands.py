@@ -10,11 +10,30 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cloud_hub.cli.argtypes import json_object, model_ref
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import emit
 from cloud_hub.core.states import RolloutStatus
 
-__all__ = ["ROLLOUT_COMMANDS", "follow_rollout"]
+__all__ = ["ROLLOUT_COMMANDS", "add_rollout_parsers", "follow_rollout"]
+
+
+def add_rollout_parsers(sub: Any) -> None:
+    r = sub.add_parser("rollout", help="staged rollouts")
+    r.add_argument("action", choices=["create", "status", "pause", "resume", "abort",
+                                      "rollback"])
+    r.add_argument("id", nargs="?", type=int)
+    r.add_argument("--model", type=model_ref, help="NAME:VERSION to roll out")
+    r.add_argument("--devices")
+    r.add_argument("--group")
+    r.add_argument("--tags")
+    r.add_argument("--percent", type=int, default=100)
+    r.add_argument("--policy", type=json_object,
+                   help='JSON, e.g. {"canary_size": 2, "wave_size": 20}')
+    r.add_argument("--wait", action="store_true",
+                   help="create: follow it to the end with a progress bar (exit 1 unless it "
+                        "succeeds)")
+
 
 _ROLLOUT_COLS = ("id", "model", "status", "stage", "devices_total", "devices_updated",
                  "seconds_to_full", "reason")

@@ -12,11 +12,34 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cloud_hub.cli.argtypes import json_object
 from cloud_hub.cli.client import HubClient
 from cloud_hub.cli.render import console, emit
+from cloud_hub.cli.timearg import WHEN_HELP, parse_when
 from cloud_hub.core.states import JobStatus, TrainingStage
 
-__all__ = ["TRAINING_COMMANDS", "follow_job"]
+__all__ = ["TRAINING_COMMANDS", "add_training_parsers", "follow_job"]
+
+
+def add_training_parsers(sub: Any) -> None:
+    t = sub.add_parser("train", help="start a training job and follow its progress")
+    t.add_argument("name", help="model name")
+    t.add_argument("--devices", help="comma-separated device ids (default: all)")
+    t.add_argument("--channels", help="comma-separated channels (default: all)")
+    t.add_argument("--since", type=parse_when, help=f"readings from: {WHEN_HELP}")
+    t.add_argument("--until", type=parse_when, help="readings until (same forms)")
+    t.add_argument("--family", choices=["dense_ae", "conv1d_ae", "pca"])
+    t.add_argument("--window", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--quantization", choices=["int8", "float16", "dynamic", "float32", "auto"])
+    t.add_argument("--spec", type=json_object, help="more TrainingSpec fields as JSON")
+    t.add_argument("--csv", metavar="FILE", help="train on this CSV instead of stored telemetry")
+    t.add_argument("--no-wait", action="store_true", help="return once the job is queued")
+
+    j = sub.add_parser("jobs", help="list training jobs, show one, or cancel one")
+    j.add_argument("id", nargs="?", type=int)
+    j.add_argument("--cancel", type=int, metavar="ID")
+
 
 _JOB_COLS = ("id", "name", "status", "progress", "model", "error")
 
