@@ -12,11 +12,13 @@ has installed for that name, so an old signed manifest cannot be replayed to dow
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
 
+from shared.codec import sha256_hex
 from shared.messages import (
     Finite,
     Frozen,
@@ -63,6 +65,11 @@ class Quantization(StrEnum):
 class ChunkTable(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     count: Positive
     sha256: list[Sha256Hex]
+
+    @classmethod
+    def of(cls, chunks: Sequence[bytes]) -> ChunkTable:
+        """The table of ``chunks``, as :func:`shared.codec.split` cut them."""
+        return cls(count=len(chunks), sha256=[sha256_hex(c) for c in chunks])
 
     def __post_init__(self) -> None:
         if len(self.sha256) != self.count:

@@ -62,7 +62,7 @@ def build_manifest(
         "size": len(tflite),
         "sha256": sha256_hex(tflite),
         "chunk_size": chunk_size,
-        "chunks": ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]).to_dict(),
+        "chunks": ChunkTable.of(chunks).to_dict(),
         "input": artifact.input.to_dict(),
         "normalization": artifact.normalization.to_dict(),
         "score": artifact.score.to_dict(),

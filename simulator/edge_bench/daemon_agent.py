@@ -55,7 +55,7 @@ def measure_daemon(
         name="bench-ae", version=1, release=1, created_at=time.time(),
         quantization=Quantization.INT8,
         size=len(tflite), sha256=sha256_hex(tflite), chunk_size=16 * 1024,
-        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        chunks=ChunkTable.of(chunks),
         input=InputSpec(window=WINDOW, channels=channels), normalization=norm,
         score=ScoreSpec(), threshold=threshold,
         parity=ParitySummary(decision_agreement=1.0, windows=0), float_size=len(tflite),

@@ -71,7 +71,7 @@ def signed_manifest(fitted: Any, result: Any, key: Any) -> Any:
             size=len(tflite),
             sha256=sha256_hex(tflite),
             chunk_size=chunk_size,
-            chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+            chunks=ChunkTable.of(chunks),
             input=InputSpec(
                 window=fitted.data.train.shape[1],
                 channels=SignalGenerator("pump").channels,

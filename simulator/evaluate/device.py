@@ -79,7 +79,7 @@ def device_model(
         size=len(data),
         sha256=sha256_hex(data),
         chunk_size=_CHUNK,
-        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        chunks=ChunkTable.of(chunks),
         input=InputSpec(window=detector.config.window, channels=list(channels),
                         layout="flat" if detector.layout == "flat" else "sequence"),
         normalization=detector.normalization,

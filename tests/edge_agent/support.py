@@ -88,7 +88,7 @@ def make_manifest(
         name=name, version=version, release=release or version, created_at=time.time(),
         quantization=quantization,
         size=size or len(data), sha256=sha256 or sha256_hex(data), chunk_size=chunk_size,
-        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        chunks=ChunkTable.of(chunks),
         input=InputSpec(window=window, channels=channels, stride=stride),
         normalization=Normalization(method="zscore", center=[0.0] * len(channels),
                                     scale=[0.7] * len(channels)),

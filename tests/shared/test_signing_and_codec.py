@@ -33,7 +33,7 @@ def _manifest(data: bytes = MODEL) -> Manifest:
     return Manifest(
         name="pump-ae", version=1, release=1, created_at=1_700_000_000.0, quantization="int8",
         size=len(data), sha256=sha256_hex(data), chunk_size=CHUNK,
-        chunks=ChunkTable(count=len(chunks), sha256=[sha256_hex(c) for c in chunks]),
+        chunks=ChunkTable.of(chunks),
         input=InputSpec(window=32, channels=["a", "b"]),
         normalization=Normalization(method="zscore", center=[0.0, 1.0], scale=[1.0, 2.0]),
         score=ScoreSpec(), threshold=0.25,
