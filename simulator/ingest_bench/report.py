@@ -38,7 +38,8 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
     # How busy the machine was with one hub and with two (PostgreSQL, batch 10): two hubs can
     # add only what one left idle of the machine's cores.
     busy = [f.get("machine_busy_cores") for f in pg10]
-    overloads = [c["overload"] for c in cases if "overload" in c]
+    overloads = [c["overload"] for c in cases if "overload" in c]  # each case's median run
+    every_overload = overloads + [o for c in cases for o in c.get("overload_other_runs", [])]
     every = cases + ([two_hubs] if two_hubs else [])
     return {
         "one_hub_messages_per_s_batch10": _worst(flood_of(10, "messages_per_s")),
@@ -57,15 +58,21 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
         "hub_duplicates": sum(p.get("hub_duplicates", 0) for p in _phases(every)),
         "hub_commit_errors": sum(p.get("hub_commit_errors", 0) for p in _phases(every)),
         "hub_rss_bytes_max": _worst([c["flood"]["hub_rss_bytes_max"] for c in every]
-                                    + [o["hub_rss_bytes_max"] for o in overloads], max),
+                                    + [o["hub_rss_bytes_max"] for o in every_overload], max),
+        # Of the median run of each database's overloads, the worse; every run's, in the
+        # order they ran, beside it.
         "overload_stored_ratio": _worst([o.get("stored_ratio") for o in overloads]),
+        "overload_stored_ratios": {c["database"]: [o.get("stored_ratio") for o in _runs(c)]
+                                   for c in cases if "overload" in c},
         "overload_offered_ratio": _worst([o.get("offered_ratio") for o in overloads]),
         "overload_lost": sum(o.get("lost", 0) for o in overloads) if overloads else None,
-        "overload_broker_drop_log_lines": (sum(o["broker_drop_log_lines"] for o in overloads)
+        "overload_broker_drop_log_lines": (sum(o["broker_drop_log_lines"]
+                                               for o in every_overload)
                                            if overloads else None),
         "broker_drop_log_lines": sum(c.get("broker_drop_log_lines", 0) for c in every),
         "broker_rss_bytes_max": _worst([c["flood"]["broker_rss_bytes_max"] for c in every]
-                                       + [o["broker_rss_bytes_max"] for o in overloads], max),
+                                       + [o["broker_rss_bytes_max"] for o in every_overload],
+                                       max),
         "publisher_cpu_us_per_message_batch10": _worst(
             flood_of(10, "publisher_cpu_us_per_message"), max),
         "rollup_query_ms": rollup_ms,
@@ -73,10 +80,16 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
     }
 
 
+def _runs(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """A case's overload runs in the order they ran."""
+    runs = [case["overload"], *case.get("overload_other_runs", [])] if "overload" in case else []
+    return sorted(runs, key=lambda o: o.get("run", 1))
+
+
 def _phases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The measured phases of the cases: each one's flood, paced runs and overload."""
+    """The measured phases of the cases: each one's flood, paced runs and overload runs."""
     return [p for c in cases
-            for p in [c["flood"], *c.get("saturation_steps", []), c.get("overload")] if p]
+            for p in [c["flood"], *c.get("saturation_steps", []), *_runs(c)] if p]
 
 
 def print_table(console: Console, result: dict[str, Any]) -> None:
@@ -124,7 +137,13 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                           f"{step['load_average']}, speed probe {step.get('speed_probe_ms')} "
                           f"ms)")
         if "overload" in c:
-            o = c["overload"]
+            o, runs = c["overload"], _runs(c)
+            if len(runs) > 1:
+                console.print(f"{c['database']}: {len(runs)} overloads, in the order they ran: "
+                              + "; ".join(f"stored ratio {r['stored_ratio']} (acknowledged "
+                                          f"{r.get('offered_ratio')} x, per CPU-s against the "
+                                          f"held flood {r['per_cpu_s_ratio']})" for r in runs)
+                              + "; the median run:")
             console.print(f"{c['database']}: saturation {c['saturation_rate']:,.0f} msg/s; at "
                           f"2x for {result['overload_s']:g} s (acknowledged "
                           f"{o.get('offered_ratio')} x) stored {o['messages_per_s']:,.0f}"
@@ -157,6 +176,6 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
         "two_hub_scaling", "two_hub_per_cpu_s_ratio", "two_hub_machine_busy_cores", "lost",
         "duplicates", "hub_duplicates", "hub_commit_errors", "broker_drop_log_lines",
         "hub_rss_bytes_max", "broker_rss_bytes_max", "publisher_cpu_us_per_message_batch10",
-        "overload_stored_ratio", "overload_offered_ratio", "overload_lost", "rollup_query_ms",
-        "ok")}
+        "overload_stored_ratio", "overload_stored_ratios", "overload_offered_ratio",
+        "overload_lost", "rollup_query_ms", "ok")}
     console.print(summary)

@@ -13,7 +13,7 @@ from simulator.flood import FloodPlan
 from simulator.ingest_bench.hubs import Hubs
 from simulator.ingest_bench.measured_run import measure
 
-__all__ = ["cpu_compared", "find_saturation", "overload", "rated"]
+__all__ = ["cpu_compared", "find_saturation", "overload", "overloads", "rated"]
 
 
 def rated(plan: FloodPlan, rate: float) -> FloodPlan:
@@ -69,6 +69,26 @@ def find_saturation(broker: Broker, hubs: Hubs, plan: FloodPlan, flood: dict[str
         else:
             above = rate
     return round(best, 1), steps
+
+
+def overloads(broker: Broker, hubs: Hubs, plan: FloodPlan, *, saturation_rate: float,
+              flood: dict[str, Any], steps: list[dict[str, Any]], opts: argparse.Namespace,
+              console: Console, label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``--overload-runs`` overloads one after the other, each drained before the next: the
+    run whose stored ratio is the median (of an even count, the lower of the middle two), and
+    the others in the order they ran. On these virtual machines one run's ratio moved by up to
+    0.18 with the same code, the same saturation rate and the same host (docs/ingest-
+    measurements.md), so that one run could neither meet nor miss the 0.9 bar by itself."""
+    runs = []
+    for i in range(opts.overload_runs):
+        tag = label if opts.overload_runs == 1 else f"{label} ({i + 1} of {opts.overload_runs})"
+        run = overload(broker, hubs, plan, saturation_rate=saturation_rate, flood=flood,
+                       steps=steps, opts=opts, console=console, label=tag)
+        run["run"] = i + 1
+        runs.append(run)
+    ranked = sorted(runs, key=lambda r: r["stored_ratio"] or 0.0)
+    median = ranked[(len(ranked) - 1) // 2]
+    return median, [r for r in runs if r is not median]
 
 
 def overload(broker: Broker, hubs: Hubs, plan: FloodPlan, *, saturation_rate: float,
