@@ -1,4 +1,5 @@
-"""Fixtures for hub tests: a started Hub on a private broker with a real SQLite file."""
+"""Fixtures for hub tests: a started Hub on a private broker with a real SQLite file, devices
+that follow it, and the admin CLI run against its REST API with checks of what it answered."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 from cloud_hub.cli import main as cli_main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
 from cloud_hub.core.config import Settings
+from cloud_hub.db.tables import Device
 from cloud_hub.service import Hub
 from simulator.broker import Broker
-from tests.cloud_hub.helpers import enroll_devices, stand_in_training
+from tests.cloud_hub.fleet import FakeDevice
+from tests.cloud_hub.helpers import _row, enroll_devices, stand_in_training, wait_for
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 
@@ -91,6 +94,19 @@ def server(hub: Hub) -> Iterator[ServerHandle]:
         handle.stop()
 
 
+@pytest.fixture
+def fleet(broker: Broker, hub: Hub) -> Iterator[dict[str, FakeDevice]]:
+    """pump-0 and pump-1 connected: they follow ``desired`` and report what they run."""
+    devices = {d: FakeDevice(d, broker, hub.topics, hub.signing_key.key_id,
+                             hub.signing_key.public_b64()) for d in ("pump-0", "pump-1")}
+    try:
+        wait_for(lambda: all(_row(hub, Device, d) for d in devices), 20, "the devices' rows")
+        yield devices
+    finally:
+        for device in devices.values():
+            device.close()
+
+
 def run_cli(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str,
             key: str = ADMIN_KEY) -> tuple[int, str, str]:
     """``cloud-hub --url HUB --api-key KEY ARGS...`` against ``server``: its exit status,
@@ -106,3 +122,29 @@ def run_cli(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str
             code = 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+Result = tuple[int, str, str]
+
+
+def _refused(result: Result, *said: str) -> str:
+    """A refusal as the CLI must give it: a non-zero exit, nothing on stdout, no traceback,
+    and the reason (each of ``said``) on the last line of stderr (argparse puts its usage
+    above it). Returns that line."""
+    code, out, err = result
+    assert code != 0, f"exit 0 for a refused command:\n{out}{err}"
+    assert out == "", out
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines, "no reason given on stderr"
+    reason = lines[-1]
+    for text in said:
+        assert text in reason, reason
+    return reason
+
+
+def _ok(result: Result) -> str:
+    """The stdout of a command that must succeed (exit 0)."""
+    code, out, err = result
+    assert code == 0, f"exit {code}:\n{out}{err}"
+    return out

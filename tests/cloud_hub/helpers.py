@@ -1,4 +1,5 @@
-"""Helpers for hub tests: waiting on conditions, a tiny real TFLite artifact, MQTT clients."""
+"""Helpers for hub tests: waiting on conditions, reading a row, a tiny real TFLite artifact,
+MQTT clients."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         event.wait(0.02)
+
+
+def _row(hub: Hub, table: Any, key: Any) -> Any:
+    """The row of ``table`` whose primary key is ``key`` (None if there is none)."""
+    with Session(hub.engine) as session:
+        return session.get(table, key)
 
 
 @functools.cache
