@@ -9,7 +9,8 @@ out now). Everything else comes in as collaborators (:mod:`edge_agent.ports`): a
 :class:`~edge_agent.telemetry.outbox.Outbox`, the :class:`~edge_agent.models.store.ModelStore`
 (which holds the signature verifier), the trust ring, the model loader (the TFLite runtime), and
 a wire (the connection: ``MqttLink`` in the daemon, one socket of a many-device loop in
-the simulator, a list in the unit tests).
+the simulator, a list in the unit tests). What it reports about the device (its status and
+heartbeat) is built in :mod:`edge_agent.core_status`.
 
 Who calls what: the daemon (:mod:`edge_agent.agent`) calls the reading, message and tick
 methods from one worker thread and the PUBACK/link/send methods from its sender thread (the
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
+from edge_agent.core_status import heartbeat_of, status_of
 from edge_agent.detect.detector import Detector
 from edge_agent.detect.records import Detection
 from edge_agent.drift.federated import WindowScatter
@@ -362,68 +364,13 @@ class DeviceCore:
                              agent_version=self.agent_version, runtime=self._runtime_told))
 
     def heartbeat(self) -> Heartbeat:
-        p50, p99 = self.detector.inference_us()
-        return Heartbeat(
-            device_id=self.device_id, at=self.clock.time(),
-            uptime_s=self.clock.monotonic() - self._started_at, rss_bytes=self._rss(),
-            inference_us_p50=p50, inference_us_p99=p99, outbox_depth=self.outbox.depth(),
-            oldest_unsent_age_s=self.outbox.oldest_age(), drops=self.outbox.drops().messages,
-            reconnects=max(0, self.connections - 1),
-            bad_readings=self.bad_readings + self.source_bad_readings(),
-            drift=self.drift.brief() if self.drift is not None else None,
-        )
+        """What :meth:`tick` publishes each interval (built in :mod:`edge_agent.core_status`)."""
+        return heartbeat_of(self)
 
     def pending(self) -> int:
         """Messages not yet acknowledged by a hub, and readings not yet in a batch."""
         return self.outbox.depth() + self.batcher.pending()
 
     def status(self) -> CoreStatus:
-        active = self.detector.active
-        drops = self.outbox.drops()
-        p50, p99 = self.detector.inference_us()
-        acked = self.window.acked
-        updater = self.updater
-        return CoreStatus(
-            device_id=self.device_id,
-            connected=self.connected,
-            active_model=None if active is None else {
-                "name": active.manifest.name, "version": active.manifest.version,
-                "sha256": active.manifest.sha256,
-                "variant": active.manifest.quantization.value,
-            },
-            model_state=updater.state.value if updater.state else None,
-            threshold=None if active is None else active.threshold,
-            runtime=None if active is None else getattr(active.runtime, "runtime", None),
-            readings=self.readings,
-            batches_sent=acked[Stream.TELEMETRY],
-            readings_sent=self.window.acked_readings,
-            anomalies_raised=self.anomalies_raised,
-            anomalies_sent=acked[Stream.ANOMALIES],
-            outbox_depth=self.outbox.depth(),
-            outbox_bytes=self.outbox.pending_bytes(),
-            oldest_unsent_age_s=self.outbox.oldest_age(),
-            drops=drops.messages,
-            dropped_readings=drops.telemetry_readings,
-            dropped_anomalies=drops.anomalies,
-            bad_readings=self.bad_readings + self.source_bad_readings(),
-            bad_messages=self.bad_messages + updater.refused,
-            outbox_refusals=self.outbox_refusals,
-            outbox_delivered=self.outbox.delivered(),
-            batches_stored=self.stored[Stream.TELEMETRY],
-            readings_stored=self.stored_readings,
-            anomalies_stored=self.stored[Stream.ANOMALIES],
-            drift=self.drift.status() if self.drift is not None else None,
-            drift_summaries_stored=self.stored[Stream.DRIFT],
-            resent=self.outbox.resent,
-            hub=self.hubs.status(),
-            reconnects=max(0, self.connections - 1),
-            inference_us_p50=p50,
-            inference_us_p99=p99,
-            uptime_s=self.clock.monotonic() - self._started_at,
-            last_error=updater.last_error,
-            last_error_at=updater.last_error_at,
-            trust_version=self.trust.version,
-            trusted_keys=sorted(self.trust.trusted()),
-            trust_refused=self.trust.refused,
-            acks_received=self.acks_received,
-        )
+        """What the device knows about itself (built in :mod:`edge_agent.core_status`)."""
+        return status_of(self)

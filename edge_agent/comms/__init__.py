@@ -1,1 +1,2 @@
-"""The agent's network side: the one MQTT link and its reconnect policy."""
+"""The agent's network side: the one MQTT link, the records it queues for its owner and its
+reconnect policy."""

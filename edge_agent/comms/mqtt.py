@@ -8,49 +8,26 @@ and full jitter. paho callbacks only put things on queues; the owner's threads d
 
 Publishing: :meth:`MqttLink.publish` returns the message id; the PUBACK arrives later as
 :class:`Acked` on the ``control`` queue. The in-flight window is kept by the caller
-(:mod:`edge_agent.telemetry.sender`), so paho's own queue never becomes the buffer.
+(:mod:`edge_agent.telemetry.sender`), so paho's own queue never becomes the buffer. The records
+put on the queues live in :mod:`edge_agent.comms.events` and are re-exported from here.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import queue
-import sys
 import threading
 import time
-import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-
-class _Deferred(types.ModuleType):
-    """Stands in ``sys.modules`` for a module until one of its attributes is read, then imports
-    the real module (which takes its place) and answers from it."""
-
-    def __getattr__(self, attribute: str) -> Any:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        real = importlib.import_module(self.__name__)
-        parent, _, child = self.__name__.rpartition(".")
-        setattr(sys.modules[parent], child, real)
-        return getattr(real, attribute)
-
-
-def _defer_import(name: str) -> None:
-    if name in sys.modules:
-        return
-    parent, _, child = name.rpartition(".")
-    stand_in = _Deferred(name)
-    sys.modules[name] = stand_in
-    setattr(importlib.import_module(parent), child, stand_in)
-
+from edge_agent.comms.deferred import defer_import
 
 # paho imports urllib.request at load time, but reads it only to find an MQTT proxy when PySocks
 # is installed (it is not a dependency of the agent). Loading it pulls in http.client, email and
 # 36 more modules: 1.4 MB of the daemon's resident memory, for nothing.
-_defer_import("urllib.request")
+defer_import("urllib.request")
 
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion  # noqa: E402
@@ -58,6 +35,14 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from edge_agent.comms.backoff import Backoff  # noqa: E402
+from edge_agent.comms.events import (  # noqa: E402
+    Acked,
+    Connected,
+    Disconnected,
+    InboundMessage,
+    LinkEvent,
+    Wake,
+)
 from shared.tls import client_context  # noqa: E402
 
 __all__ = [
@@ -98,41 +83,6 @@ class LinkSettings:
     connect_timeout_s: float = 5.0
     # (topic, payload or a function making it), retained, QoS 1; set again before every connect
     will: tuple[str, bytes | Callable[[], bytes]] | None = None
-
-
-@dataclass(frozen=True)
-class InboundMessage:
-    topic: str
-    payload: bytes
-    retain: bool
-    properties: tuple[tuple[str, str], ...] = ()  # MQTT 5 user properties
-
-
-@dataclass(frozen=True)
-class Acked:
-    mid: int
-    ok: bool  # False when the broker refused the message (reason code >= 0x80)
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Connected:
-    session_present: bool
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Disconnected:
-    reason: str
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Wake:
-    """Not from the broker: the link's owner nudging the thread that reads ``control``."""
-
-
-LinkEvent = Acked | Connected | Disconnected | Wake
 
 
 class MqttLink:
