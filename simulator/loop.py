@@ -30,9 +30,11 @@ __all__ = [
     "ModelRef",
     "Results",
     "collect_results",
+    "ROLLOUT_FINAL",
     "publish_model",
     "roll_out",
     "schedule_faults",
+    "settled_rollout",
     "train_model",
     "wait_for_telemetry",
     "watch_faults",
@@ -105,6 +107,21 @@ def train_model(client: HubClient, console: Console, *, name: str, devices: Sequ
     if job["status"] != "succeeded" or not job.get("model"):
         raise LoopError(f"training job {job['id']} {job['status']}: {job.get('error')}")
     return str(job["model"]["name"]), int(job["model"]["version"])
+
+
+ROLLOUT_FINAL = ("succeeded", "rolled_back", "aborted")
+
+
+def settled_rollout(client: HubClient, rollout_id: int, timeout: float = 60.0
+                    ) -> dict[str, Any]:
+    """The rollout as the hub has it once it ended (:data:`ROLLOUT_FINAL`), or as it is after
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    final: dict[str, Any] = client.get(f"/rollouts/{rollout_id}")
+    while final.get("status") not in ROLLOUT_FINAL and time.monotonic() < deadline:
+        time.sleep(0.25)
+        final = client.get(f"/rollouts/{rollout_id}")
+    return final
 
 
 def publish_model(client: HubClient, ref: ModelRef, say: Say) -> dict[str, Any]:
@@ -181,7 +198,11 @@ def roll_out(client: HubClient, fleet: Fleet, ref: ModelRef, say: Say,
         "method": method,
     }
     if rollout.get("id") is not None:
-        final = client.get(f"/rollouts/{rollout['id']}")
+        # The devices run it; the hub promotes the rollout once its last wave was observed
+        # (min_observation_s): the report gives the hub's verdict, not a "running" caught in
+        # between.
+        final = (settled_rollout(client, rollout["id"]) if len(running) == len(device_ids)
+                 else client.get(f"/rollouts/{rollout['id']}"))
         result.update(rollout_id=final.get("id"), rollout_status=final.get("status"),
                       hub_seconds_to_full=final.get("seconds_to_full"))
     if len(running) < len(device_ids):

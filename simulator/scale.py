@@ -37,7 +37,7 @@ from simulator.enroll import enroll_many
 from simulator.fleet import DeviceSpec
 from simulator.fleet_pool import FleetPool
 from simulator.hub_process import HubProcess
-from simulator.loop import LoopError, publish_model, train_model
+from simulator.loop import LoopError, publish_model, settled_rollout, train_model
 from simulator.process import start_child
 from simulator.profiles import PROFILES
 from simulator.rollout_phases import summarise_steps
@@ -296,12 +296,7 @@ def roll_out_to_fleet(client: HubClient, fleet: FleetPool, ref: tuple[str, int],
                         f"v{version} after {timeout:g}s; errors {settled['errors'][:5]}")
     seconds = max((t for line in settled["timeline"].values() for s, t in line
                    if s == "active"), default=started) - started
-    deadline = time.monotonic() + 60.0
-    final = client.get(f"/rollouts/{rollout['id']}")
-    while final.get("status") not in ("succeeded", "rolled_back", "aborted") and (
-            time.monotonic() < deadline):
-        time.sleep(0.25)
-        final = client.get(f"/rollouts/{rollout['id']}")
+    final = settled_rollout(client, rollout["id"])
     say(f"[bold]rollout[/] {name} v{version} active on {running} devices in {seconds:.1f} s "
         f"(desired → manifest → chunks → signature → shadow → swap → reported); hub: "
         f"{final.get('status')}, seconds_to_full {final.get('seconds_to_full')}")

@@ -76,6 +76,9 @@ def test_fault_is_detected_on_the_device_and_every_reading_is_stored_once(
     assert model["quantization"] == "int8"
     rollout = roll_out(client, fleet, ref, say, timeout=60.0)
     assert rollout["devices_updated"] == 3
+    # the report gives the hub's verdict once the last wave was observed, not "running"
+    assert rollout["rollout_status"] == "succeeded", rollout
+    assert rollout["hub_seconds_to_full"] is not None
     assert all(s["active_model"]["name"] == "it-pump" for s in fleet.statuses().values())
 
     # A malformed batch on a real device's topic: refused into the dead letters, ingest goes on.
