@@ -101,7 +101,7 @@ class DeviceCore:
         self.trust = trust
         self.wire = wire
         self.clock = clock
-        self._rss = rss
+        self.rss = rss  # the process's resident bytes, for the heartbeat
         self._on_report = on_report
         self._on_queued = on_queued or (lambda: None)
         self.agent_version = agent_version
@@ -143,7 +143,7 @@ class DeviceCore:
         self.connected = False
         self.connections = 0
         self._bad_topics: set[str] = set()
-        self._started_at = clock.monotonic()
+        self.started_at = clock.monotonic()
         now = clock.monotonic()
         # Devices started together (a fleet after a power cut, a simulator) would all send
         # their heartbeats in the same instant, every interval, and the hub would take a
@@ -163,7 +163,7 @@ class DeviceCore:
         self.wire.subscribe(self.topics.desired(self.device_id), 1)
         self.wire.subscribe(self.topics.all_hub_status(), 1)
         self.wire.subscribe(self.topics.ack(self.device_id), 1)
-        self._started_at = self.clock.monotonic()
+        self.started_at = self.clock.monotonic()
         self.updater.load_current()
 
     # -- readings --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def heartbeat_of(core: DeviceCore) -> Heartbeat:
     p50, p99 = core.detector.inference_us()
     return Heartbeat(
         device_id=core.device_id, at=core.clock.time(),
-        uptime_s=core.clock.monotonic() - core._started_at, rss_bytes=core._rss(),
+        uptime_s=core.clock.monotonic() - core.started_at, rss_bytes=core.rss(),
         inference_us_p50=p50, inference_us_p99=p99, outbox_depth=core.outbox.depth(),
         oldest_unsent_age_s=core.outbox.oldest_age(), drops=core.outbox.drops().messages,
         reconnects=max(0, core.connections - 1),
@@ -71,7 +71,7 @@ def status_of(core: DeviceCore) -> CoreStatus:
         reconnects=max(0, core.connections - 1),
         inference_us_p50=p50,
         inference_us_p99=p99,
-        uptime_s=core.clock.monotonic() - core._started_at,
+        uptime_s=core.clock.monotonic() - core.started_at,
         last_error=updater.last_error,
         last_error_at=updater.last_error_at,
         trust_version=core.trust.version,
