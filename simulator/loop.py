@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cloud_hub.cli.client import ApiError, HubClient
+from cloud_hub.core.states import ROLLOUT_ACTIVE
 from simulator.faults import DEFAULT_DURATION_S, FaultKind
 from simulator.fleet import Fleet
 from simulator.report import DeviceAccount, account_devices
@@ -30,7 +31,6 @@ __all__ = [
     "ModelRef",
     "Results",
     "collect_results",
-    "ROLLOUT_FINAL",
     "publish_model",
     "roll_out",
     "schedule_faults",
@@ -109,16 +109,13 @@ def train_model(client: HubClient, console: Console, *, name: str, devices: Sequ
     return str(job["model"]["name"]), int(job["model"]["version"])
 
 
-ROLLOUT_FINAL = ("succeeded", "rolled_back", "aborted")
-
-
 def settled_rollout(client: HubClient, rollout_id: int, timeout: float = 60.0
                     ) -> dict[str, Any]:
-    """The rollout as the hub has it once it ended (:data:`ROLLOUT_FINAL`), or as it is after
-    ``timeout``."""
+    """The rollout as the hub has it once it ended (no longer one of
+    :data:`~cloud_hub.core.states.ROLLOUT_ACTIVE`), or as it is after ``timeout``."""
     deadline = time.monotonic() + timeout
     final: dict[str, Any] = client.get(f"/rollouts/{rollout_id}")
-    while final.get("status") not in ROLLOUT_FINAL and time.monotonic() < deadline:
+    while final.get("status") in ROLLOUT_ACTIVE and time.monotonic() < deadline:
         time.sleep(0.25)
         final = client.get(f"/rollouts/{rollout_id}")
     return final

@@ -39,7 +39,7 @@ def summarize(cases: list[dict[str, Any]], two_hubs: dict[str, Any] | None,
     # add only what one left idle of the machine's cores.
     busy = [f.get("machine_busy_cores") for f in pg10]
     overloads = [c["overload"] for c in cases if "overload" in c]  # each case's median run
-    every_overload = overloads + [o for c in cases for o in c.get("overload_other_runs", [])]
+    every_overload = [o for c in cases for o in _runs(c)]
     every = cases + ([two_hubs] if two_hubs else [])
     return {
         "one_hub_messages_per_s_batch10": _worst(flood_of(10, "messages_per_s")),
