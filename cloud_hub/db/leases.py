@@ -13,7 +13,8 @@ the lease over and ran the same tick. So a job's writes are *fenced*: every comm
 only if no other process has taken it over (:func:`fence`); otherwise the transaction rolls
 back and :class:`LeaseLost` is raised. A tick that outlived its lease while no other process
 took it over commits: nobody else can have run it meanwhile, since taking a lease over writes
-the taker's name in its row first. A side effect outside the database (an MQTT publish) is
+the taker's name in its row first; the fence that finds the lease expired logs a warning, as
+that was a close call. A side effect outside the database (an MQTT publish) is
 made after :func:`confirm_lease` in the transaction that records it, so that a process that lost
 the lease makes none.
 """
@@ -24,16 +25,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from cloud_hub.db.ops_tables import JobLease
 
-__all__ = ["Lease", "LeaseLost", "begin_under", "confirm_lease", "fence", "hold_lease",
-           "release_lease", "session_under"]
+__all__ = ["Lease", "LeaseLost", "Renewal", "begin_under", "confirm_lease", "fence",
+           "hold_lease", "release_lease", "session_under"]
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,25 @@ class LeaseLost(RuntimeError):
         self.name, self.holder = name, holder
 
 
-def fence(connection: Connection, *, name: str, holder: str, ttl_s: float) -> float:
-    """In ``connection``'s transaction, renew the lease ``name`` if ``holder`` still holds it,
-    and return its new expiry; raise :class:`LeaseLost` if not (the caller's transaction must
-    then roll back).
+class Renewal(NamedTuple):
+    """What :func:`fence` did: the lease's new expiry, and how long after its expiry it was
+    renewed if it had expired (None: renewed within its ttl, as a fence normally is)."""
+
+    until: float
+    late_s: float | None
+
+
+def fence(connection: Connection, *, name: str, holder: str, ttl_s: float) -> Renewal:
+    """In ``connection``'s transaction, renew the lease ``name`` if ``holder`` still holds it;
+    raise :class:`LeaseLost` if not (the caller's transaction must then roll back).
 
     Still holds it: its row names ``holder``, expired or not. A lease that expired with nobody
     taking it over (one hub whose tick ran long under load, seen in bench/ingest.py's overload
     on PostgreSQL) is renewed, not lost: any process that took it over, and so might have run
     the tick meanwhile, wrote its own name in the row first. The expiry is what lets another
-    process take a lease over, not proof that one did.
+    process take a lease over, not proof that one did. Such a renewal is reported
+    (``late_s``), so that the holder can say its commit came after its lease had expired.
+    It costs one more statement, only then: a lease within its ttl is renewed by the first.
 
     The UPDATE keeps the lease's row locked until the transaction ends (on SQLite, the
     database's only write lock), so nobody takes the lease over before this transaction
@@ -69,12 +80,17 @@ def fence(connection: Connection, *, name: str, holder: str, ttl_s: float) -> fl
     WHERE does not match, and one in progress makes this UPDATE wait for it and then match
     nothing. Whatever commits after the fence commits while this process holds the lease."""
     now = time.time()
-    renewed = connection.execute(
-        update(JobLease).where(col(JobLease.name) == name, col(JobLease.holder) == holder)
-        .values(expires_at=now + ttl_s)).rowcount
-    if not renewed:
+    held = (col(JobLease.name) == name, col(JobLease.holder) == holder)
+    renew = update(JobLease).where(*held).values(expires_at=now + ttl_s)
+    if connection.execute(renew.where(col(JobLease.expires_at) >= now)).rowcount:
+        return Renewal(now + ttl_s, None)
+    # Expired, or not ours: lock the row if it is still ours (a takeover that began meanwhile
+    # either committed, and the row is not ours, or waits for this transaction).
+    expired_at = connection.execute(
+        select(col(JobLease.expires_at)).where(*held).with_for_update()).scalar_one_or_none()
+    if expired_at is None or not connection.execute(renew).rowcount:
         raise LeaseLost(name, holder)
-    return now + ttl_s
+    return Renewal(now + ttl_s, now - expired_at)
 
 
 def confirm_lease(session: Session) -> None:
@@ -161,6 +177,7 @@ class Lease:
         self.held = self.taken_over = False
         self._renewed_at = float("-inf")  # monotonic time of the last renewal that held
         self._valid_until = float("-inf")  # wall-clock end of the lease confirmed last
+        self.late_renewals = 0  # fences that renewed it after it had expired (see fence)
 
     def keep(self) -> bool:
         """Take or renew the lease when due; True while this process holds it. Raises what
@@ -180,22 +197,26 @@ class Lease:
     def lost(self) -> None:
         self.held = False
 
-    def warn_if_outlived(self, seconds: float) -> None:
-        """A tick that committed under this lease took ``seconds``. Longer than the lease's ttl,
-        it committed only because no other process took the job over meanwhile (the fence
-        refuses it otherwise): worth a warning, as a starved process or a slow database is."""
-        if seconds > self.ttl_s:
-            log.warning("%s: a tick took %.1f s, longer than its %.0f-s lease; it committed "
-                        "because no other hub process took the job over meanwhile (a starved "
-                        "process or a slow database?)", self.name, seconds, self.ttl_s)
-
     def fence(self, connection: Connection) -> float:
-        """:func:`fence` in ``connection``'s transaction; forgets the lease if it was lost."""
+        """:func:`fence` in ``connection``'s transaction; forgets the lease if it was lost.
+        Returns the new expiry.
+
+        A fence that found the lease expired renewed it only because no other process took
+        the job over meanwhile: what it fences goes ahead, and nothing was run twice, but a
+        starved process or a slow database came close to it. That is logged as a warning and
+        counted in ``late_renewals``."""
         try:
-            return fence(connection, name=self.name, holder=self.holder, ttl_s=self.ttl_s)
+            renewal = fence(connection, name=self.name, holder=self.holder, ttl_s=self.ttl_s)
         except LeaseLost:
             self.held = False
             raise
+        if renewal.late_s is not None:
+            self.late_renewals += 1
+            log.warning("%s: renewed its lease %.1f s after it had expired (a %.0f-s lease); "
+                        "the tick's writes go ahead because no other hub process took the job "
+                        "over meanwhile (a starved process or a slow database?)",
+                        self.name, renewal.late_s, self.ttl_s)
+        return renewal.until
 
     def session(self) -> Session:
         """A session whose every commit is fenced: it commits only while this process holds

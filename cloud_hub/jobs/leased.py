@@ -123,7 +123,6 @@ class LeasedWorker:
                     more = self._tick(now, self._lease)
                     self.ticks += 1
                     busy = time.monotonic() - started
-                    self._lease.warn_if_outlived(busy)
                     pause = min(busy * (1 / self._busy_share - 1), self._interval)
             except LeaseLost as exc:  # another process runs the job now: not a failure
                 self._lease.lost()

@@ -4,7 +4,9 @@ job at once rather than after the ttl."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cloud_hub.db.engine import make_engine
-from cloud_hub.db.leases import Lease
+from cloud_hub.db.leases import Lease, LeaseLost, fence
 from cloud_hub.db.ops_tables import JobLease
 from cloud_hub.jobs.leased import LeasedWorker
 from tests.cloud_hub.helpers import wait_for
+from tests.pg import hub_engines
 
 pytestmark = pytest.mark.hub
 
@@ -69,3 +72,53 @@ def test_a_leased_worker_gives_its_lease_up_when_it_stops(tmp_path: Path) -> Non
     assert not worker.holding
     other = Lease(engine, name="job", holder="hub-b", ttl_s=15.0)
     wait_for(other.keep, 5, "another process takes the lease at once")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "cloud_hub.db.leases"]
+
+
+def _set_expiry(engine: Engine, name: str, expires_at: float) -> None:
+    with Session(engine) as session:
+        lease = session.get(JobLease, name)
+        assert lease is not None
+        lease.expires_at = expires_at
+        session.add(lease)
+        session.commit()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql",
+                                                         marks=pytest.mark.postgres)])
+def test_a_fence_says_when_it_renewed_an_expired_lease(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Within its ttl, a fence renews the lease and says nothing. Expired with nobody taking it
+    over, it renews it and warns, naming how late it was. Taken over, it refuses."""
+    with hub_engines(kind, tmp_path, 2) as (a_engine, b_engine):
+        a = Lease(a_engine, name="job", holder="hub-a", ttl_s=30.0)
+        b = Lease(b_engine, name="job", holder="hub-b", ttl_s=30.0)
+        assert a.keep()
+        with caplog.at_level(logging.WARNING, logger="cloud_hub.db.leases"):
+            with a_engine.begin() as connection:
+                renewal = fence(connection, name="job", holder="hub-a", ttl_s=30.0)
+            assert renewal.late_s is None, "a lease within its ttl is not late"
+            assert _expires_at(a_engine, "job") == pytest.approx(renewal.until)
+            a.confirm()
+            assert a.late_renewals == 0 and not _warnings(caplog), "no warning within the ttl"
+
+            _set_expiry(a_engine, "job", time.time() - 12.0)  # its ttl passed, nobody took it
+            before = time.time()
+            until = a.confirm()
+            assert a.late_renewals == 1 and a.held
+            assert _expires_at(a_engine, "job") == pytest.approx(until)
+            assert until >= before + 30.0, "renewed for a whole ttl"
+            [warning] = _warnings(caplog)
+            assert warning.getMessage().startswith("job: renewed its lease 12.")
+            assert "after it had expired (a 30-s lease)" in warning.getMessage()
+
+            _set_expiry(a_engine, "job", time.time() - 1.0)
+            assert b.keep() and b.taken_over, "an expired lease is taken over"
+            with pytest.raises(LeaseLost, match="no longer held by hub-a"):
+                a.confirm()
+            assert not a.held and a.late_renewals == 1, "a refusal is not a late renewal"
+            assert len(_warnings(caplog)) == 1
