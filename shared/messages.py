@@ -22,18 +22,61 @@ computed from what is committed in its database: per stream, a ``watermark`` (ev
 the floor up to it is stored) and ``top`` (the highest seq stored). The device keeps a message
 until a watermark covers it, not just until the broker's PUBACK, and sends again what an
 acknowledgement shows missing (see :mod:`edge_agent.telemetry.delivery`).
+
+Import every message, type and function from this module; three parts live beside it and are
+re-exported here: the building blocks (limits, field types, :class:`Frozen`, :class:`WireMessage`,
+:class:`ModelRef`, :class:`MessageError`) in :mod:`shared.wire_base`, the drift stream
+(:class:`DriftSummary`, :class:`DriftBrief`, :class:`TrainingStats`, ...) in
+:mod:`shared.drift_messages`, and :func:`encode`, :func:`decode`, :func:`from_dict` and
+:func:`describe_error` in :mod:`shared.wire_codec`.
 """
 
 from __future__ import annotations
 
-import re
-import secrets
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
-from shared.topics import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN, VARIANT_PATTERN
+from shared.drift_messages import (
+    MAX_DRIFT_BYTES,
+    MAX_TRAINING_FEATURES,
+    DriftBrief,
+    DriftChannel,
+    DriftScores,
+    DriftState,
+    DriftSummary,
+    TrainingStats,
+)
+from shared.wire_base import (
+    EPOCH_PATTERN,
+    MAX_BATCH_ROWS,
+    MAX_CHANNELS,
+    MAX_COUNT,
+    MAX_PAYLOAD_BYTES,
+    MAX_SEQ,
+    MAX_VERSION,
+    SCHEMA_VERSION,
+    ChannelName,
+    Count,
+    DeviceId,
+    Epoch,
+    EpochSeconds,
+    Finite,
+    Frozen,
+    MessageError,
+    ModelName,
+    ModelRef,
+    NonNegative,
+    Seq,
+    Sha256Hex,
+    Watermark,
+    WireMessage,
+    check_version,
+    new_epoch,
+)
+from shared.wire_base import _check_floor as _check_floor  # shared.packed checks with it
+from shared.wire_codec import VersionProbe, decode, describe_error, encode, from_dict, with_floor
 
 __all__ = [
     "EPOCH_PATTERN",
@@ -43,6 +86,8 @@ __all__ = [
     "MAX_DRIFT_BYTES",
     "MAX_TRAINING_FEATURES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_COUNT",
+    "MAX_VERSION",
     "SCHEMA_VERSION",
     "Ack",
     "AnomalyEvent",
@@ -74,88 +119,19 @@ __all__ = [
     "from_dict",
     "new_epoch",
     "with_floor",
+    # field types the other shared modules build their structs with
+    "ChannelName",
+    "Count",
+    "DeviceId",
+    "Epoch",
+    "EpochSeconds",
+    "Finite",
+    "ModelName",
+    "NonNegative",
+    "Seq",
+    "Sha256Hex",
+    "Watermark",
 ]
-
-SCHEMA_VERSION = 2
-MAX_SEQ = 2**53 - 1  # exact in every JSON reader, and far beyond any device's life
-MAX_COUNT = 2**63 - 1  # what a database's BIGINT holds
-MAX_VERSION = 2**31 - 1  # model versions are INTEGER columns
-EPOCH_PATTERN = r"^[0-9a-f]{16}\Z"
-MAX_BATCH_ROWS = 10_000
-MAX_CHANNELS = 64
-MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
-_MAX_FLOAT = 1.7976931348623157e308  # bounds that refuse inf; NaN fails every comparison
-
-# Patterns end in \Z, not $: Python's $ also matches before a final newline ("pump-1\n").
-DeviceId = Annotated[str, msgspec.Meta(pattern=rf"^{DEVICE_ID_PATTERN}\Z")]
-ModelName = Annotated[str, msgspec.Meta(pattern=rf"^{MODEL_NAME_PATTERN}\Z")]
-ChannelName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
-Finite = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
-EpochSeconds = Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
-Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
-Watermark = Annotated[int, msgspec.Meta(ge=-1, le=MAX_SEQ)]  # -1: nothing yet
-Epoch = Annotated[str, msgspec.Meta(pattern=EPOCH_PATTERN)]
-
-
-def new_epoch() -> str:
-    """A fresh stream epoch: 16 random lowercase hex digits."""
-    return secrets.token_hex(8)
-
-
-class MessageError(ValueError):
-    """A payload that is not a valid message; the text says which field and why."""
-
-
-class Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Base of every wire shape: immutable, no unknown fields, keyword construction."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (enums as their values, tuples as lists)."""
-        data: dict[str, Any] = msgspec.to_builtins(self)
-        return data
-
-    def replace(self: _S, **changes: Any) -> _S:
-        """A copy with ``changes`` applied (cross-field checks run again)."""
-        return msgspec.structs.replace(self, **changes)
-
-
-_S = TypeVar("_S", bound=Frozen)
-
-
-class WireMessage(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Base of every message: ``v`` and ``device_id``."""
-
-    v: int = SCHEMA_VERSION
-    device_id: DeviceId
-
-    def __post_init__(self) -> None:
-        check_version(self.v, SCHEMA_VERSION, "schema version")
-
-
-def check_version(v: Any, known: int, what: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{what} v={v!r} is not an integer")
-    if v != known:
-        raise ValueError(f"unsupported {what} v={v}; this build understands v={known}")
-
-
-class ModelRef(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True,
-               omit_defaults=True):
-    """A model version by name, and which of its variants (issue 12).
-
-    ``variant`` is a quantization (``int8``, ``float32``, ...). In ``desired`` it names the
-    variant the device is to fetch (``models/{name}/{version}/variants/{variant}/…``); None, the
-    version's published variant (``models/{name}/{version}/…``), which is all agents of earlier
-    builds know. In ``reported`` it says which variant the device runs. Fields left at their
-    default are not encoded (``omit_defaults``), so a ref without a variant is the very JSON
-    earlier builds send and accept (they refuse unknown fields)."""
-
-    name: ModelName
-    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
-    variant: Annotated[str, msgspec.Meta(pattern=rf"^{VARIANT_PATTERN}\Z")] | None = None
 
 
 class TelemetryBatch(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -211,12 +187,6 @@ class AnomalyEvent(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only
         _check_floor(self.floor, self.seq)
         if self.ts[1] < self.ts[0]:
             raise ValueError(f"window end {self.ts[1]} is before its start {self.ts[0]}")
-
-
-def _check_floor(floor: int, seq: int) -> None:
-    if floor > seq:
-        raise ValueError(f"floor {floor} is above seq {seq}: a sender holds what it sends")
-
 
 class StreamAck(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What the hub has committed of one stream of one epoch."""
@@ -290,21 +260,6 @@ class HubStatus(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     at: EpochSeconds
 
 
-class DriftState(StrEnum):
-    WARMING = "warming"  # learning what normal looks like after a model change
-    STABLE = "stable"
-    DRIFT = "drift"  # a change detector fired and the change has not gone away
-
-
-class DriftBrief(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The drift state in a heartbeat: since when, and on which channels."""
-
-    state: DriftState
-    since: EpochSeconds | None = None
-    channels: Annotated[list[ChannelName], msgspec.Meta(max_length=MAX_CHANNELS + 1)] = (
-        msgspec.field(default_factory=list))
-
-
 class Heartbeat(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Periodic health of an agent."""
 
@@ -321,113 +276,6 @@ class Heartbeat(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     reconnects: Count = 0
     bad_readings: Count = 0
     drift: DriftBrief | None = None
-
-
-MAX_DRIFT_BYTES = 512 * 1024
-MAX_TRAINING_FEATURES = 256  # window × channels of the statistics a device sends to train on
-_MAX_SCATTER_CHARS = 4 * ((8 * MAX_TRAINING_FEATURES * (MAX_TRAINING_FEATURES + 1) // 2 + 2) // 3)
-Optional = Finite | None
-
-
-class DriftChannel(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One channel over a drift summary's period: moments, quantiles from the device's sketch,
-    and how far its recent mean sits from the reference, in the reference's spreads."""
-
-    name: ChannelName
-    count: Count
-    mean: Optional = None
-    std: NonNegative | None = None
-    min: Optional = None
-    max: Optional = None
-    q05: Optional = None
-    q50: Optional = None
-    q95: Optional = None
-    shift: Optional = None
-    drifting_since: EpochSeconds | None = None
-
-
-class DriftScores(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The model's window scores over the period."""
-
-    count: Count
-    mean: Optional = None
-    q50: Optional = None
-    q95: Optional = None
-    q99: Optional = None
-    max: Optional = None
-    shift: Optional = None  # log-score mean against the reference, in its spreads
-
-
-class TrainingStats(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Sufficient statistics of a device's normal windows (``telemetry.upload = "summaries"``):
-    count, mean and scatter (upper triangle, base64 of little-endian float64) of the windows
-    flattened as ``window`` rows × ``channels``, and each channel's count, mean and M2."""
-
-    window: Annotated[int, msgspec.Meta(ge=2, le=MAX_TRAINING_FEATURES)]
-    stride: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-    channels: Annotated[list[ChannelName], msgspec.Meta(min_length=1, max_length=MAX_CHANNELS)]
-    windows: Annotated[int, msgspec.Meta(ge=10, le=MAX_COUNT)]
-    mean: Annotated[list[Finite], msgspec.Meta(max_length=MAX_TRAINING_FEATURES)]
-    scatter: Annotated[str, msgspec.Meta(max_length=_MAX_SCATTER_CHARS)]
-    reading_count: Count
-    reading_mean: Annotated[list[Finite], msgspec.Meta(max_length=MAX_CHANNELS)]
-    reading_m2: Annotated[list[NonNegative], msgspec.Meta(max_length=MAX_CHANNELS)]
-
-    def __post_init__(self) -> None:
-        features = self.window * len(self.channels)
-        if features > MAX_TRAINING_FEATURES:
-            raise ValueError(f"window {self.window} × {len(self.channels)} channels is "
-                             f"{features} values; at most {MAX_TRAINING_FEATURES}")
-        if len(self.mean) != features:
-            raise ValueError(f"mean has {len(self.mean)} values, expected {features}")
-        width = len(self.channels)
-        if len(self.reading_mean) != width or len(self.reading_m2) != width:
-            raise ValueError(f"reading_mean and reading_m2 need one value per channel ({width})")
-        expected = 4 * ((8 * features * (features + 1) // 2 + 2) // 3)
-        if len(self.scatter) != expected:
-            raise ValueError(f"scatter has {len(self.scatter)} characters; the base64 of a "
-                             f"{features}×{features} upper triangle has {expected}")
-
-
-class DriftSummary(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Statistics of what a device's model saw over a period, never readings: per-channel
-    moments and quantiles, the score distribution, the anomaly rate against the reference
-    (the first windows after the model was installed), and the change detectors' state.
-    A durable stream like anomalies (``epoch``/``seq``/``floor``, acknowledged by the hub)."""
-
-    max_bytes: ClassVar[int] = MAX_DRIFT_BYTES
-
-    epoch: Epoch
-    seq: Seq
-    floor: Seq = 0
-    start: EpochSeconds  # device time of the period's first and last reading
-    end: EpochSeconds
-    model: ModelRef | None = None
-    state: DriftState
-    since: EpochSeconds | None = None  # when the current state began (drift: its detection)
-    drifting: Annotated[list[ChannelName], msgspec.Meta(max_length=MAX_CHANNELS + 1)] = (
-        msgspec.field(default_factory=list))
-    detections: Count = 0  # changes detected in the period
-    readings: Count = 0
-    windows: Count = 0
-    anomalies: Count = 0  # windows over the threshold
-    baseline_windows: Count = 0  # of the reference period, and how many were over it
-    baseline_anomalies: Count = 0
-    channels: Annotated[list[DriftChannel], msgspec.Meta(max_length=MAX_CHANNELS)] = (
-        msgspec.field(default_factory=list))
-    score: DriftScores | None = None
-    training: TrainingStats | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_floor(self.floor, self.seq)
-        if self.end < self.start:
-            raise ValueError(f"period end {self.end} is before its start {self.start}")
-        if self.anomalies > self.windows:
-            raise ValueError(f"anomalies {self.anomalies} exceed windows {self.windows}")
-        if self.baseline_anomalies > self.baseline_windows:
-            raise ValueError(f"baseline_anomalies {self.baseline_anomalies} exceed "
-                             f"baseline_windows {self.baseline_windows}")
 
 
 class ModelState(StrEnum):
@@ -461,111 +309,3 @@ class Desired(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only=True
     config: dict[str, float | int | str | bool] = msgspec.field(default_factory=dict)
     issued_at: EpochSeconds
     rollout_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] | None = None
-
-
-M = TypeVar("M", bound=Frozen)
-
-
-class VersionProbe(msgspec.Struct):
-    """Reads only ``v`` of a payload, to name an unknown version before anything else."""
-
-    v: Any = None
-
-
-def encode(message: Frozen) -> bytes:
-    """Serialise a message to its JSON payload (fields a newer build added are left out while
-    they are None, where the message says so: readers of an older build refuse them)."""
-    optional: tuple[str, ...] = getattr(message, "omit_when_none", ())
-    if optional and any(getattr(message, name) is None for name in optional):
-        data = msgspec.to_builtins(message)
-        for name in optional:
-            if data.get(name) is None:
-                data.pop(name, None)
-        return msgspec.json.encode(data)
-    return msgspec.json.encode(message)
-
-
-def with_floor(payload: bytes, floor: int) -> bytes:
-    """A telemetry or anomaly payload with its ``floor`` set as the sender sends it (the
-    outbox stores a message once, and the lowest seq held changes while it waits). Values
-    are copied as raw JSON (or MessagePack, :mod:`shared.packed`), not parsed again."""
-    from shared.packed import is_msgpack, with_floor_packed  # it imports this module
-
-    if is_msgpack(payload):
-        return with_floor_packed(payload, floor)
-    fields = msgspec.json.decode(payload, type=dict[str, msgspec.Raw])
-    fields["floor"] = msgspec.Raw(str(int(floor)).encode())
-    return msgspec.json.encode(fields)
-
-
-def decode(cls: type[M], payload: bytes | str) -> M:
-    """Parse and validate a payload as ``cls``, or raise :class:`MessageError` saying why."""
-    size = len(payload)
-    limit = min(MAX_PAYLOAD_BYTES, getattr(cls, "max_bytes", MAX_PAYLOAD_BYTES))
-    if size > limit:
-        raise MessageError(
-            f"{cls.__name__}: payload of {size} bytes exceeds the limit of {limit}"
-        )
-    try:
-        return msgspec.json.decode(payload, type=cls)
-    except msgspec.ValidationError as exc:
-        _refuse_unknown_version(cls, payload)
-        raise MessageError(f"{cls.__name__}: {describe_error(exc)}") from None
-    except msgspec.DecodeError as exc:
-        raise MessageError(f"{cls.__name__}: Invalid JSON: {_json_problem(exc, payload)}") from None
-    except UnicodeDecodeError as exc:  # msgspec raises it for a key that is not UTF-8
-        raise MessageError(f"{cls.__name__}: Invalid JSON: a string is not UTF-8 "
-                           f"({exc.reason})") from None
-
-
-def from_dict(cls: type[M], data: Any) -> M:
-    """Validate already-parsed data (a dict from JSON, TOML or code) as ``cls``, strictly."""
-    try:
-        return msgspec.convert(data, type=cls)
-    except msgspec.ValidationError as exc:
-        raise MessageError(f"{cls.__name__}: {describe_error(exc)}") from None
-
-
-def _refuse_unknown_version(cls: type[Frozen], payload: bytes | str) -> None:
-    # A newer schema may differ in any field: name the version, not the first field that differs.
-    if not issubclass(cls, WireMessage):
-        return
-    try:
-        v = msgspec.json.decode(payload, type=VersionProbe).v
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        return
-    try:
-        check_version(v, SCHEMA_VERSION, "schema version")
-    except ValueError as exc:
-        raise MessageError(f"{cls.__name__}: {exc}") from None
-
-
-_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-
-
-def describe_error(exc: msgspec.ValidationError) -> str:
-    """msgspec's message with its ``$.a[0].b`` location turned into ``a.0.b: …`` first."""
-    text = str(exc)
-    match = _AT.search(text)
-    if text.startswith("Object contains unknown field"):
-        name = text.split("`")[1]
-        where = _dotted(match.group("path")) if match else ""
-        return f"{where + '.' if where else ''}{name}: unknown field (extra fields are refused)"
-    if match is None:
-        return f"payload: {text}"
-    return f"{_dotted(match.group('path')) or 'payload'}: {text[: match.start()]}"
-
-
-def _dotted(path: str) -> str:
-    return re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".").replace("[...]", ".*")
-
-
-def _json_problem(exc: msgspec.DecodeError, payload: bytes | str) -> str:
-    text = str(exc)
-    match = re.search(r"\(byte (\d+)\)", text)
-    if match:
-        at = int(match.group(1))
-        raw = payload.encode() if isinstance(payload, str) else payload
-        if raw[at : at + 3] in (b"NaN", b"Inf", b"-In"):
-            return f"non-finite number at byte {at}: every value must be finite"
-    return text
