@@ -21,7 +21,7 @@ from shared.wire_base import (
     NonNegative,
     Seq,
     WireMessage,
-    _check_floor,
+    check_floor,
 )
 
 __all__ = [
@@ -147,7 +147,7 @@ class DriftSummary(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_floor(self.floor, self.seq)
+        check_floor(self.floor, self.seq)
         if self.end < self.start:
             raise ValueError(f"period end {self.end} is before its start {self.start}")
         if self.anomalies > self.windows:

@@ -72,10 +72,10 @@ from shared.wire_base import (
     Sha256Hex,
     Watermark,
     WireMessage,
+    check_floor,
     check_version,
     new_epoch,
 )
-from shared.wire_base import _check_floor as _check_floor  # shared.packed checks with it
 from shared.wire_codec import VersionProbe, decode, describe_error, encode, from_dict, with_floor
 
 __all__ = [
@@ -112,6 +112,7 @@ __all__ = [
     "TrainingStats",
     "VersionProbe",
     "WireMessage",
+    "check_floor",
     "check_version",
     "decode",
     "describe_error",
@@ -146,12 +147,12 @@ class TelemetryBatch(WireMessage, frozen=True, forbid_unknown_fields=True, kw_on
 
     def __post_init__(self) -> None:
         # The hub decodes thousands of these a second: the checks are written out here (the
-        # same as WireMessage's and _check_floor's), and the rows' widths are compared in one
+        # same as WireMessage's and check_floor's), and the rows' widths are compared in one
         # pass in C before a Python loop looks for the row that is wrong.
         if type(self.v) is not int or self.v != SCHEMA_VERSION:
             check_version(self.v, SCHEMA_VERSION, "schema version")
         if self.floor > self.seq:
-            _check_floor(self.floor, self.seq)
+            check_floor(self.floor, self.seq)
         channels, values = self.channels, self.values
         width = len(channels)
         if len(set(channels)) != width:
@@ -184,7 +185,7 @@ class AnomalyEvent(WireMessage, frozen=True, forbid_unknown_fields=True, kw_only
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_floor(self.floor, self.seq)
+        check_floor(self.floor, self.seq)
         if self.ts[1] < self.ts[0]:
             raise ValueError(f"window end {self.ts[1]} is before its start {self.ts[0]}")
 

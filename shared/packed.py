@@ -41,7 +41,7 @@ from shared.messages import (
     TelemetryBatch,
     VersionProbe,
     WireMessage,
-    _check_floor,
+    check_floor,
     check_version,
     describe_error,
 )
@@ -90,7 +90,7 @@ class PackedTelemetry(WireMessage, frozen=True, forbid_unknown_fields=True, kw_o
         if type(self.v) is not int or self.v != SCHEMA_VERSION:
             check_version(self.v, SCHEMA_VERSION, "schema version")
         if self.floor > self.seq:
-            _check_floor(self.floor, self.seq)
+            check_floor(self.floor, self.seq)
         width = len(self.channels)
         if len(set(self.channels)) != width:
             raise ValueError(f"channels {self.channels} contain duplicates")

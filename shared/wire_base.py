@@ -34,6 +34,7 @@ __all__ = [
     "Sha256Hex",
     "Watermark",
     "WireMessage",
+    "check_floor",
     "check_version",
     "new_epoch",
 ]
@@ -104,7 +105,8 @@ def check_version(v: Any, known: int, what: str) -> None:
         raise ValueError(f"unsupported {what} v={v}; this build understands v={known}")
 
 
-def _check_floor(floor: int, seq: int) -> None:
+def check_floor(floor: int, seq: int) -> None:
+    """A message's ``floor`` (the lowest seq its sender still held) is never above its seq."""
     if floor > seq:
         raise ValueError(f"floor {floor} is above seq {seq}: a sender holds what it sends")
 
