@@ -24,10 +24,10 @@ from shared.messages import (
     Frozen,
     ModelName,
     Sha256Hex,
-    VersionProbe,
     check_version,
     describe_error,
 )
+from shared.wire_codec import unknown_version
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -219,12 +219,6 @@ def manifest_from_dict(data: Any) -> Manifest:
 
 
 def _refuse_unknown_version(payload: bytes | str) -> None:
-    # A newer manifest may differ in any field: name the version, not the first difference.
-    try:
-        v = msgspec.json.decode(payload, type=VersionProbe).v
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        return
-    try:
-        check_version(v, MANIFEST_SCHEMA_VERSION, "manifest version")
-    except ValueError as exc:
-        raise ManifestError(f"manifest field v: {exc}") from None
+    reason = unknown_version(payload, MANIFEST_SCHEMA_VERSION, "manifest version")
+    if reason is not None:
+        raise ManifestError(f"manifest field v: {reason}")

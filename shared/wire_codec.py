@@ -17,7 +17,8 @@ from shared.wire_base import (
     check_version,
 )
 
-__all__ = ["VersionProbe", "decode", "describe_error", "encode", "from_dict", "with_floor"]
+__all__ = ["VersionProbe", "decode", "describe_error", "encode", "from_dict", "unknown_version",
+           "with_floor"]
 
 M = TypeVar("M", bound=Frozen)
 
@@ -83,18 +84,27 @@ def from_dict(cls: type[M], data: Any) -> M:
         raise MessageError(f"{cls.__name__}: {describe_error(exc)}") from None
 
 
-def _refuse_unknown_version(cls: type[Frozen], payload: bytes | str) -> None:
-    # A newer schema may differ in any field: name the version, not the first field that differs.
-    if not issubclass(cls, WireMessage):
-        return
+def unknown_version(payload: bytes | str, known: int, what: str) -> str | None:
+    """Why ``payload``'s ``v`` is refused (``what`` names it), or None when it is ``known`` or
+    cannot be read: a newer schema may differ in any field, so a decoder that failed names the
+    version first, not the first field that differs."""
     try:
         v = msgspec.json.decode(payload, type=VersionProbe).v
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        return
+        return None
     try:
-        check_version(v, SCHEMA_VERSION, "schema version")
+        check_version(v, known, what)
     except ValueError as exc:
-        raise MessageError(f"{cls.__name__}: {exc}") from None
+        return str(exc)
+    return None
+
+
+def _refuse_unknown_version(cls: type[Frozen], payload: bytes | str) -> None:
+    if not issubclass(cls, WireMessage):
+        return
+    reason = unknown_version(payload, SCHEMA_VERSION, "schema version")
+    if reason is not None:
+        raise MessageError(f"{cls.__name__}: {reason}")
 
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
