@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
-
 from edge_agent.detect.records import LoadedModel
 from edge_agent.models.updater import ModelLoader
 from shared.codec import split
 from shared.manifest import Manifest
 from shared.messages import Desired, ModelRef, encode
-from shared.signing import SigningKey, generate_signing_key, verify_manifest
+from shared.signing import SigningKey, verify_manifest
+from tests.edge_agent.conftest import DEVICE, INT8, Device
 from tests.edge_agent.support import TOPICS, make_manifest
-from tests.edge_agent.test_core import DEVICE, INT8, Device
 
 
 class PerRound:
@@ -96,11 +94,6 @@ class Fleet:
 
     def states(self) -> list[str | None]:
         return [dev.core.status().model_state for dev in self.devices]
-
-
-@pytest.fixture
-def key() -> SigningKey:
-    return generate_signing_key()
 
 
 def test_update_steps_wait_for_the_round_budget_and_every_device_checks_its_own(
