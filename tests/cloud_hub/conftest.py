@@ -1,5 +1,6 @@
 """Fixtures for hub tests: a started Hub on a private broker with a real SQLite file, devices
-that follow it, and the admin CLI run against its REST API with checks of what it answered."""
+that follow it, the admin CLI run against its REST API with checks of what it answered, and
+two hub processes' engines on one database (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import Engine
 
 from cloud_hub.cli import main as cli_main
 from cloud_hub.cli.serve import ServerHandle, serve_in_thread
@@ -19,6 +21,7 @@ from cloud_hub.service import Hub
 from simulator.broker import Broker
 from tests.cloud_hub.fleet import FakeDevice
 from tests.cloud_hub.helpers import _row, enroll_devices, stand_in_training, wait_for
+from tests.pg import hub_engines
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 
@@ -105,6 +108,16 @@ def fleet(broker: Broker, hub: Hub) -> Iterator[dict[str, FakeDevice]]:
     finally:
         for device in devices.values():
             device.close()
+
+
+KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=KINDS)
+def two_hubs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Engine]]:
+    """Two hub processes' engines on one database (test_lease_fencing*.py)."""
+    with hub_engines(request.param, tmp_path, 2) as engines:
+        yield engines
 
 
 def run_cli(server: ServerHandle, capsys: pytest.CaptureFixture[str], *args: str,

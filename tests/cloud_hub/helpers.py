@@ -1,5 +1,5 @@
 """Helpers for hub tests: waiting on conditions, reading a row, a tiny real TFLite artifact,
-MQTT clients."""
+MQTT clients, and a job's tick stalled past its lease (the fenced-lease tests)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from sqlalchemy import event, update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cloud_hub.db.enrollments import enrolled_among, record_enrollment
+from cloud_hub.db.ops_tables import JobLease
+from cloud_hub.jobs.leased import LeasedWorker
 from cloud_hub.service import Hub
 from cloud_hub.training.artifact import (
     ArtifactVariant,
@@ -290,3 +294,43 @@ def connack(broker: Broker, credential: Credential) -> str:
         return answer
     finally:
         device.close()
+
+
+LONG_TTL_S = 60.0  # never expires on its own during a test: the test ends it
+
+
+class _Stall:
+    """Stalls the first statement of one engine that starts with ``sql`` (after it ran, with
+    ``after``), until :meth:`go`; ``reached`` says it is stalled there."""
+
+    def __init__(self, engine: Engine, sql: str, *, after: bool = False) -> None:
+        self.reached, self._go, self._armed = threading.Event(), threading.Event(), True
+        self._sql = sql
+        event.listen(engine, "after_cursor_execute" if after else "before_cursor_execute",
+                     self._hook)
+
+    def _hook(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self._armed and statement.lstrip().upper().startswith(self._sql):
+            self._armed = False
+            self.reached.set()
+            assert self._go.wait(60), "the test never let the stalled tick go on"
+
+    def go(self) -> None:
+        self._go.set()
+
+
+def _two_workers(name: str, engines: tuple[Engine, Engine], ticks: tuple[Any, Any]
+                 ) -> tuple[LeasedWorker, LeasedWorker]:
+    """The job ``name`` as two hub processes run it: hub-a's and hub-b's workers."""
+    a, b = (LeasedWorker(e, name=name, tick=t, interval_s=0.05, lease_ttl_s=LONG_TTL_S,
+                         holder=h) for e, t, h in zip(engines, ticks, ("hub-a", "hub-b"),
+                                                      strict=True))
+    return a, b
+
+
+def _end_lease(engine: Engine, name: str) -> None:
+    """What the ttl passing does to the stalled holder's lease."""
+    with Session(engine) as session:
+        session.exec(update(JobLease).where(JobLease.name == name)  # type: ignore[arg-type]
+                     .values(expires_at=0.0))
+        session.commit()
