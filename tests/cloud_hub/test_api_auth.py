@@ -7,7 +7,6 @@ below (its scope and a call that succeeds with the right key) or its tests fail 
 
 from __future__ import annotations
 
-import contextlib
 import string
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 from sqlmodel import Session
@@ -25,13 +23,10 @@ from cloud_hub.api.main import create_app
 from cloud_hub.core.config import Settings
 from cloud_hub.db.ingest_store import IngestBatch, store_batch
 from cloud_hub.service import Hub
-from shared.messages import AnomalyEvent, DriftState, DriftSummary, ModelRef, TelemetryBatch
-from simulator.broker import Broker
-from tests.cloud_hub.api_support import Keys, make_keys, serving
-from tests.cloud_hub.conftest import ADMIN_KEY, hub_settings
-from tests.cloud_hub.helpers import enroll_devices, stand_in_training, tiny_artifact, wait_for
+from shared.messages import DriftState, DriftSummary
+from tests.cloud_hub.api_support import EPOCH, World, started_world
+from tests.cloud_hub.helpers import wait_for
 
-EPOCH = "0123456789abcdef"  # one stream epoch per device here
 pytestmark = [pytest.mark.integration, pytest.mark.hub]
 
 PUBLIC = "public"
@@ -39,60 +34,6 @@ READ = "read"
 ADMIN = "admin"
 # "-bearer": the same key as ``Authorization: Bearer KEY`` instead of ``X-API-Key``.
 KEY_KINDS = ("none", "read", "admin", "revoked", "read-bearer", "revoked-bearer")
-
-
-@dataclass
-class World:
-    """A started hub with one of everything the routes act on."""
-
-    hub: Hub
-    http: httpx.Client
-    keys: Keys
-    model: tuple[str, int]
-    counter: list[int] = field(default_factory=lambda: [0])
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, f"/api/v1{path}",
-                                     headers={"X-API-Key": self.keys.admin}, **kwargs)
-        assert response.status_code < 300, (method, path, response.text)
-        return response.json() if response.content else None
-
-    def fresh(self, prefix: str) -> str:
-        self.counter[0] += 1
-        return f"{prefix}-{self.counter[0]}"
-
-    def known_device(self) -> str:
-        device = self.fresh("auth-dev")
-        enroll_devices(self.hub, (device,))  # only enrolled devices send data or take rollouts
-        with Session(self.hub.engine) as session:
-            store_batch(session, IngestBatch(telemetry=[TelemetryBatch(
-                device_id=device, epoch=EPOCH, seq=0, channels=["a", "b"], ts=[1.0, 2.0],
-                values=[[1.0, 2.0], [3.0, 4.0]])]))
-        return device
-
-    def registered_model(self) -> int:
-        return self.hub.register(tiny_artifact(), name=self.model[0])[1]
-
-    def rollout(self, *, then: str | None = None) -> int:
-        body = {"model": {"name": self.model[0], "version": self.model[1]},
-                "target": {"devices": [self.known_device()]},
-                "policy": {"min_observation_s": 3600, "stage_timeout_s": 3600}}
-        rollout_id = int(self.admin("POST", "/rollouts", json=body)["id"])
-        if then:
-            self.admin("POST", f"/rollouts/{rollout_id}/{then}")
-        return rollout_id
-
-    def incident(self) -> int:
-        device = self.known_device()
-        event = AnomalyEvent(device_id=device, epoch=EPOCH, seq=0, ts=(1.0, 2.0), score=3.0,
-                             threshold=1.0, channels=["a"], detected_at=2.0,
-                             model=ModelRef(name=self.model[0], version=self.model[1]))
-        with Session(self.hub.engine) as session:
-            store_batch(session, IngestBatch(anomalies=[event]))
-        self.hub.incidents.wake()
-        found = wait_for(lambda: self.admin("GET", "/incidents", params={"device_id": device}),
-                         timeout=20, what=f"an incident of {device}")
-        return int(found[0]["id"])
 
 
 @dataclass(frozen=True)
@@ -120,7 +61,7 @@ def _new_model(w: World) -> dict[str, Any]:
 
 def _job(w: World) -> dict[str, Any]:
     job = w.admin("POST", "/training-jobs/csv", params={"name": "auth-slow"},
-                  content=b"slow,b\n1,2\n3,4\n")  # waits for its cancel (see _run_training)
+                  content=b"slow,b\n1,2\n3,4\n")  # waits for its cancel (api_support._run_training)
     return {"job_id": job["id"]}
 
 
@@ -329,44 +270,10 @@ def test_the_table_names_only_routes_that_exist() -> None:
     assert not stale, f"routes in the auth table that the app no longer has: {sorted(stale)}"
 
 
-def _run_training(readings: Any, channels: list[str], spec: Any, **kwargs: Any) -> Any:
-    if channels and channels[0] == "slow":  # the job the cancel test cancels
-        cancel = kwargs["cancel"]
-        cancel.wait(60)
-        raise RuntimeError("cancelled")
-    return stand_in_training()(readings, channels, spec, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with started_world(tmp_path_factory.mktemp("hub")) as w:
         yield w
-
-
-@contextlib.contextmanager
-def started_world(data_dir: Path, **settings: object) -> Iterator[World]:
-    """A hub serving its API on a broker of its own, with keys of every kind, a device that
-    sent telemetry, a published model, a training job and a rollout (``settings`` over the
-    test hub's, e.g. a PostgreSQL ``database_url``)."""
-    broker = Broker()
-    broker.start()
-    hub = Hub(hub_settings(broker, data_dir, incident_tick_s=0.1, **settings),
-              run_training=_run_training)
-    hub.start()
-    try:
-        with serving(create_app(hub)) as url, httpx.Client(base_url=url, timeout=30) as http:
-            keys = make_keys(http, ADMIN_KEY)
-            w = World(hub=hub, http=http, keys=keys, model=("auth-ae", 0))
-            w.known_device()  # auth-dev-1, whose telemetry the read call asks for
-            version = w.registered_model()
-            w.model = ("auth-ae", version)
-            w.admin("POST", f"/models/auth-ae/{version}/publish")
-            w.admin("POST", "/training-jobs", json={"name": "auth-m", "channels": ["nope"]})
-            w.rollout()  # rollout 1
-            yield w
-    finally:
-        hub.stop()
-        broker.close()
 
 
 def _expected(scope: str, kind: str) -> int | None:

@@ -9,12 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cloud_hub.test_api_auth import (
-    PUBLIC_ROUTES,
-    SCOPED_ROUTES,
-    World,
-    started_world,
-)
+from tests.cloud_hub.api_support import World, started_world
+from tests.cloud_hub.test_api_auth import PUBLIC_ROUTES, SCOPED_ROUTES
 from tests.pg import made_pg_database
 
 pytestmark = [pytest.mark.hub, pytest.mark.postgres]
