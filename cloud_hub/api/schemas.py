@@ -1,4 +1,8 @@
-"""Request and response bodies of the REST API (validated, with OpenAPI examples)."""
+"""Request and response bodies of the REST API (validated, with OpenAPI examples).
+
+The model registry's responses are in :mod:`cloud_hub.api.model_schemas` (re-exported here);
+drift's, incidents' and webhooks' bodies in their own ``*_schemas`` modules.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from cloud_hub.core.states import JobStatus, ModelStatus, RolloutStatus
+from cloud_hub.api.model_schemas import ModelComparison, ModelDetail, ModelSummary
+from cloud_hub.core.states import JobStatus, RolloutStatus
 from cloud_hub.jobs.request import TrainingRequest
 from cloud_hub.rollouts.policy import RolloutPolicy, RolloutTarget
 from cloud_hub.training import limits
@@ -228,46 +233,6 @@ class TrainingJobPublic(BaseModel):
                                   "running it stops it within a few seconds")
 
 
-class ModelSummary(BaseModel):
-    name: str
-    version: int
-    status: ModelStatus
-    family: str
-    quantization: str
-    channels: list[str]
-    size_bytes: int
-    float_size_bytes: int
-    threshold: float
-    decision_agreement: float | None
-    parity_passed: bool
-    created_at: float
-    published_at: float | None
-    devices_running: int
-    release: int | None = Field(default=None, description="its latest signed release number "
-                                "(none while a draft: only a release is signed)")
-
-
-class ModelDetail(ModelSummary):
-    spec: dict[str, Any]
-    training: dict[str, Any]
-    normalization: dict[str, Any]
-    input: dict[str, Any]
-    score: dict[str, Any]
-    threshold_method: str
-    sha256: str
-    parity: dict[str, Any]
-    parity_failure: str | None
-    validation: dict[str, Any]
-    extra: dict[str, Any]
-    key_id: str
-    retired_at: float | None
-    manifest: dict[str, Any]
-    devices: list[str] = Field(description="devices whose `reported` says they run it")
-    variants: list[dict[str, Any]] = Field(
-        default_factory=list, description="the other variants this version keeps (quantization "
-        "auto): quantization, size_bytes, sha256, decision_agreement, and its signed manifest")
-
-
 class HealthPublic(BaseModel):
     status: Literal["ok", "degraded"] = Field(description="degraded: the broker is unreachable")
     mqtt_connected: bool
@@ -311,13 +276,6 @@ class HubProcessPublic(BaseModel):
     figures: dict[str, float] = Field(
         description="its ingest counters at its last report, and messages_per_s and "
                     "readings_per_s since the report before")
-
-
-class ModelComparison(BaseModel):
-    a: dict[str, Any] = Field(description="figures of the first version")
-    b: dict[str, Any] = Field(description="figures of the second version")
-    differs: list[str] = Field(description="figures that differ")
-    spec_diff: dict[str, list[Any]] = Field(description="spec field -> [a, b]")
 
 
 class ApiKeyCreate(_Body):
