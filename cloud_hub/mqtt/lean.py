@@ -7,7 +7,8 @@ fills several dictionaries (about 10 us each time), then sends each PUBACK as a 
 own, waking its loop through a socket pair every time. And it reads one packet per ``select``,
 in three or more ``recv`` calls (the command byte, the length one byte at a time, the rest),
 each through the TLS layer. :class:`LeanClient` reads what the socket has in large chunks into
-a buffer and handles every complete packet in it (:meth:`LeanClient._packet_read`); turns a
+a buffer and handles every complete packet in it (:meth:`LeanClient._packet_read`), with TLS
+through memory BIOs (:mod:`.tls_stream`: one system call brings many records); turns a
 PUBLISH (QoS 0 and 1; QoS 2 goes the stock way) into a :class:`Received` with the fields ingest
 uses, skipping the properties block; and :meth:`LeanClient.ack_many` queues the PUBACKs of a
 whole commit as one write. Sending is as dear: a QoS 0 ``publish`` builds an
@@ -25,13 +26,14 @@ broker sent the hub's unacknowledged messages (12,000) again on the next one. A 
 on which bytes arrive is alive: the keep-alive is for one that has gone quiet.
 
 Everything here depends on paho 2.x internals (``_in_packet``, ``_packet_handle``,
-``_packet_queue``, ``_sock_recv``); the project pins paho below 3, and the ingest tests
-exercise this path against a real broker.
+``_packet_queue``, ``_sock_recv``, ``_ssl_wrap_socket``, ``_packet_write``); the project pins
+paho below 3, and the ingest tests exercise this path against a real broker.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +41,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
+
+from cloud_hub.mqtt.tls_stream import BufferedTLS
 
 __all__ = ["LeanClient", "Received"]
 
@@ -133,6 +137,30 @@ class LeanClient(mqtt.Client):
         if closed:
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         return MQTTErrorCode.MQTT_ERR_SUCCESS if got else MQTTErrorCode.MQTT_ERR_AGAIN
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> Any:
+        """TLS through :class:`BufferedTLS` (large reads, many records decrypted per call)
+        where the context checks the host name itself; paho's own ``SSLSocket`` otherwise."""
+        context = self._ssl_context
+        if context is None or not context.check_hostname or self._transport != "tcp":
+            return super()._ssl_wrap_socket(tcp_sock)
+        tcp_sock.settimeout(self._connect_timeout)
+        return BufferedTLS.connect(tcp_sock, context, self._host)
+
+    def want_write(self) -> bool:
+        """paho's, and also while TLS records made earlier wait for the socket."""
+        return super().want_write() or bool(getattr(self._sock, "unsent", b""))
+
+    def _packet_write(self) -> MQTTErrorCode:
+        sock = self._sock
+        if isinstance(sock, BufferedTLS) and sock.unsent:
+            try:
+                if not sock.flush():
+                    return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        return super()._packet_write()
 
     def loop_misc(self) -> MQTTErrorCode:
         """paho's, but a PINGRESP still awaited a keep-alive after its PINGREQ does not close
