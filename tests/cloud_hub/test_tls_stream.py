@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +20,9 @@ from cloud_hub.mqtt.lean import Received
 from cloud_hub.mqtt.tls_stream import BufferedTLS
 from shared.tls import client_context
 from simulator.broker import Broker
+from tests.cloud_hub.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +114,17 @@ def test_pending_counts_decrypted_bytes_not_yet_asked_for(
         pair: tuple[BufferedTLS, ssl.SSLSocket]) -> None:
     client, server = pair
     server.sendall(b"a" * 5000)
-    assert _wait(lambda: _peek(client, 100) == b"a" * 100)
+    wait_for(lambda: _peek(client, 100) == b"a" * 100, 30, "the first 100 bytes")
     assert client.pending() == 4900  # paho reads these without waiting on the socket
     assert client.recv(1 << 16) == b"a" * 4900
+
+
+def _ended(client: BufferedTLS) -> bool:
+    """True once recv reads as closed (b""), False while it would block."""
+    try:
+        return client.recv(100) == b""
+    except BlockingIOError:
+        return False
 
 
 def _peek(client: BufferedTLS, n: int) -> bytes:
@@ -150,9 +150,9 @@ def test_what_the_socket_does_not_take_waits_and_goes_later_in_order(
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    assert _wait(client.flush)
+    wait_for(client.flush, 30, "the 8 MB to go out")
     assert client.send(second) == len(second)
-    assert _wait(client.flush)
+    wait_for(client.flush, 30, "the last 1,000 bytes to go out")
     reader.join(30)
     assert bytes(received) == first + second
 
@@ -166,7 +166,8 @@ def test_the_peers_close_reads_as_the_end_after_what_it_sent(
     closing = threading.Thread(target=server.unwrap, daemon=True)
     closing.start()
     assert _read_all(client, 10) == b"last words"
-    assert _wait(lambda: _peek(client, 100) == b"" and client.recv(100) == b"")
+    wait_for(lambda: _ended(client), 30, "the end of the stream")
+    assert client.recv(100) == b""  # and it stays the end
     client.close()
     closing.join(10)
     assert not closing.is_alive(), "the client's close did not answer the close_notify"
@@ -178,7 +179,8 @@ def test_a_cut_connection_reads_as_the_end(pair: tuple[BufferedTLS, ssl.SSLSocke
     server.sendall(b"partial")
     server.close()
     assert _read_all(client, 7) == b"partial"
-    assert _wait(lambda: _peek(client, 100) == b"" and client.recv(100) == b"")
+    wait_for(lambda: _ended(client), 30, "the end of the stream")
+    assert client.recv(100) == b""  # and it stays the end
 
 
 def test_a_certificate_from_another_ca_is_refused_and_the_socket_closed(
@@ -234,8 +236,8 @@ def test_the_hubs_client_reads_a_flood_from_the_secure_broker_whole_and_in_order
                     range(10_000)]
         infos = [sender.publish(broker.topics.telemetry("tls-1"), p, qos=1)
                  for p in payloads]
-        assert _wait(lambda: all(info.is_published() for info in infos), 120)
-        assert _wait(lambda: len(received) >= len(payloads), 120), len(received)
+        wait_for(lambda: all(info.is_published() for info in infos), 120, "every PUBACK")
+        wait_for(lambda: len(received) >= len(payloads), 120, "every message at the hub")
         assert [m.payload for m in received] == payloads
         assert {m.topic for m in received} == {broker.topics.telemetry("tls-1")}
     finally:
