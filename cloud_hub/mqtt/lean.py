@@ -144,12 +144,12 @@ class LeanClient(mqtt.Client):
         context = self._ssl_context
         if context is None or not context.check_hostname or self._transport != "tcp":
             return super()._ssl_wrap_socket(tcp_sock)
-        tcp_sock.settimeout(self._connect_timeout)
-        return BufferedTLS.connect(tcp_sock, context, self._host)
+        return BufferedTLS.connect(tcp_sock, context, self._host)  # within connect_timeout
 
     def want_write(self) -> bool:
         """paho's, and also while TLS records made earlier wait for the socket."""
-        return super().want_write() or bool(getattr(self._sock, "unsent", b""))
+        sock = self._sock
+        return super().want_write() or (isinstance(sock, BufferedTLS) and bool(sock.unsent))
 
     def _packet_write(self) -> MQTTErrorCode:
         sock = self._sock

@@ -147,14 +147,12 @@ class BufferedTLS:
         try:
             while True:
                 chunk = tls.read(_RECORD)
-                if not chunk:  # close_notify
+                if not chunk:  # close_notify (CPython's read gives b"" for it)
                     self._eof = True
                     break
                 plain += chunk
         except ssl.SSLWantReadError:
             pass
-        except ssl.SSLZeroReturnError:
-            self._eof = True
         if self._outgoing.pending:  # what TLS 1.3 answers on its own (a key update)
             self.unsent += self._outgoing.read()
             self.flush()
