@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from cloud_hub.db.leases import Lease, LeaseLost
 
-__all__ = ["LeasedWorker", "process_holder_id"]
+__all__ = ["LeasedThread", "LeasedWorker", "process_holder_id"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,47 @@ def process_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class LeasedWorker:
+class LeasedThread:
+    """A daemon thread (``hub-{name}``) that runs :meth:`_run` and works only while this
+    process holds the lease ``name``: start, wake, stop. ``stop`` gives the lease up only once
+    the thread has ended, so that no work can still run under it."""
+
+    def __init__(self, engine: Engine, *, name: str, ttl_s: float,
+                 holder: str | None = None) -> None:
+        self.holder = holder or process_holder_id()
+        self._lease = Lease(engine, name=name, holder=self.holder, ttl_s=ttl_s)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"hub-{name}", daemon=True)
+
+    @property
+    def holding(self) -> bool:
+        return self._lease.held
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if not self._thread.is_alive():  # given up only once no tick can still run under it
+            self._lease.release()
+
+    def wake(self) -> None:
+        """Run the next tick now instead of at its interval."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class LeasedWorker(LeasedThread):
     """Runs ``tick(now, lease)`` in a thread while this process holds the lease ``name``.
 
     ``tick`` commits what it writes through ``lease`` (:meth:`Lease.session`,
@@ -63,44 +103,18 @@ class LeasedWorker:
     ) -> None:
         if not 0 < busy_share <= 1:
             raise ValueError(f"busy_share must be in (0, 1], not {busy_share}")
+        super().__init__(engine, name=name, ttl_s=max(lease_ttl_s, 3 * interval_s),
+                         holder=holder)
         self._busy_share = busy_share
         self.name = name
         self._tick = tick
         self._interval = interval_s
-        self.holder = holder or process_holder_id()
-        self._lease = Lease(engine, name=name, holder=self.holder,
-                            ttl_s=max(lease_ttl_s, 3 * interval_s))
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"hub-{name}", daemon=True)
         self._defer_while = defer_while
         self._max_defer_s = max_defer_s
         self.ticks = 0
         self.errors = 0
         self.lost = 0  # ticks whose commit found the lease taken over
         self.deferred_s = 0.0  # time ticks waited for ingest's backlog
-
-    @property
-    def holding(self) -> bool:
-        return self._lease.held
-
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if not self._thread.is_alive():  # given up only once no tick can still run under it
-            self._lease.release()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def _run(self) -> None:
         more = False

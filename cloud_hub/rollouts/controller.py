@@ -25,10 +25,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_hub.core.states import ROLLOUT_ACTIVE, RolloutStatus, Verdict
-from cloud_hub.db.leases import Lease, LeaseLost
+from cloud_hub.db.leases import LeaseLost
 from cloud_hub.db.registry_tables import Rollout, RolloutDevice
 from cloud_hub.db.tables import Device
-from cloud_hub.jobs.leased import process_holder_id
+from cloud_hub.jobs.leased import LeasedThread
 from cloud_hub.mqtt.publisher import PublishError
 from cloud_hub.registry.lifecycle import get_model
 from cloud_hub.registry.releases import Releases
@@ -67,43 +67,21 @@ def rest_after(tick_cpu_s: float) -> float:
 MAX_STEP_FAILURES = 3
 
 
-class RolloutController:
+class RolloutController(LeasedThread):
     """Ticks in the one hub process holding the ``rollouts`` lease (hub processes may share a
     database); each rollout's step also locks its row (PostgreSQL), so an admin's rollback
-    through another hub process waits for the step in progress instead of racing it."""
+    through another hub process waits for the step in progress instead of racing it. Ingest
+    wakes it after each commit, so a `reported` change is acted on at once."""
 
     def __init__(self, engine: Engine, releases: Releases, *, tick_s: float = 0.5,
                  holder: str | None = None, lease_ttl_s: float = 15.0) -> None:
+        super().__init__(engine, name="rollouts", ttl_s=max(lease_ttl_s, 3 * tick_s),
+                         holder=holder)
         self._engine, self._releases, self._tick = engine, releases, tick_s
-        self.holder = holder or process_holder_id()
-        self._lease = Lease(engine, name="rollouts", holder=self.holder,
-                            ttl_s=max(lease_ttl_s, 3 * tick_s))
         self.ticks = 0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._lock = threading.Lock()  # one tick at a time (thread and REST actions)
-        self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
         self._failures: dict[int, int] = {}  # rollout id -> consecutive failed steps
         self._repicked_at = -REPICK_EVERY_S
-
-    @property
-    def holding(self) -> bool:
-        return self._lease.held
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if not self._thread.is_alive():  # given up only once no tick can still run under it
-            self._lease.release()
-
-    def wake(self) -> None:
-        """Called after ingest commits, so a `reported` change is acted on at once."""
-        self._wake.set()
 
     def _run(self) -> None:
         rest = 0.0
