@@ -34,12 +34,14 @@ def process_holder_id() -> str:
 class LeasedThread:
     """A daemon thread (``hub-{name}``) that runs :meth:`_run` and works only while this
     process holds the lease ``name``: start, wake, stop. ``stop`` gives the lease up only once
-    the thread has ended, so that no work can still run under it."""
+    the thread has ended, so that no work can still run under it. The lease lasts
+    ``lease_ttl_s``, and at least three of the thread's ``interval_s``."""
 
-    def __init__(self, engine: Engine, *, name: str, ttl_s: float,
+    def __init__(self, engine: Engine, *, name: str, interval_s: float, lease_ttl_s: float,
                  holder: str | None = None) -> None:
         self.holder = holder or process_holder_id()
-        self._lease = Lease(engine, name=name, holder=self.holder, ttl_s=ttl_s)
+        self._lease = Lease(engine, name=name, holder=self.holder,
+                            ttl_s=max(lease_ttl_s, 3 * interval_s))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"hub-{name}", daemon=True)
@@ -103,7 +105,7 @@ class LeasedWorker(LeasedThread):
     ) -> None:
         if not 0 < busy_share <= 1:
             raise ValueError(f"busy_share must be in (0, 1], not {busy_share}")
-        super().__init__(engine, name=name, ttl_s=max(lease_ttl_s, 3 * interval_s),
+        super().__init__(engine, name=name, interval_s=interval_s, lease_ttl_s=lease_ttl_s,
                          holder=holder)
         self._busy_share = busy_share
         self.name = name

@@ -75,7 +75,7 @@ class RolloutController(LeasedThread):
 
     def __init__(self, engine: Engine, releases: Releases, *, tick_s: float = 0.5,
                  holder: str | None = None, lease_ttl_s: float = 15.0) -> None:
-        super().__init__(engine, name="rollouts", ttl_s=max(lease_ttl_s, 3 * tick_s),
+        super().__init__(engine, name="rollouts", interval_s=tick_s, lease_ttl_s=lease_ttl_s,
                          holder=holder)
         self._engine, self._releases, self._tick = engine, releases, tick_s
         self.ticks = 0
